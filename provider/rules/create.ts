@@ -1,0 +1,109 @@
+// Create-time legality: every check qemu-img 7.2 makes on qcow2 create options, in its order
+// and with its words, plus the combinations we refuse where qemu-img would lose data.
+// Pure: no I/O. The format engine, both engines and the CLI call this before touching a file.
+
+import type { CreateOptions, Preallocation, Compat, CompressionType } from '../format/options';
+
+/** Create options with every default filled in and the size rounded as qemu-img does. */
+export interface ResolvedCreateOptions {
+  size: bigint;
+  compat: Compat;
+  version: 2 | 3;
+  clusterSize: number;
+  clusterBits: number;
+  refcountBits: number;
+  refcountOrder: number;
+  lazyRefcounts: boolean;
+  extendedL2: boolean;
+  compressionType: CompressionType;
+  /** The preallocation that will actually run (data-file-raw forces at least metadata). */
+  preallocation: Preallocation;
+  backingFile?: string;
+  backingFormat?: string;
+  dataFile?: string;
+  dataFileRaw: boolean;
+  adoptDataFile: boolean;
+}
+
+/** A refusal: the option it is about and qemu-img's message (or ours, where we are stricter). */
+export interface CreateRefusal { property: string; message: string }
+
+const MAX_L1_ENTRIES = 0x2000000 / 8;
+
+/**
+ * Validate create options and fill in defaults. Returns the resolved options, or the first
+ * refusal in qemu-img's order. `size` may be undefined only when the caller will derive it
+ * (from a backing file or an adopted data file) and call again.
+ */
+export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedCreateOptions } | { ok: false; refusal: CreateRefusal } {
+  const refuse = (property: string, message: string) => ({ ok: false as const, refusal: { property, message } });
+  const clusterSize = o.clusterSize ?? 65536;
+  const clusterBits = Math.log2(clusterSize);
+  const extendedL2 = o.extendedL2 ?? false;
+  const compat: Compat = o.compat ?? '1.1';
+  const version = compat === '0.10' ? 2 : 3;
+  const refcountBits = o.refcountBits ?? 16;
+  const preallocationAsked: Preallocation = o.preallocation ?? 'off';
+  const dataFileRaw = o.dataFileRaw ?? false;
+  const compressionType: CompressionType = o.compressionType ?? 'zlib';
+
+  if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21) {
+    return refuse('cluster_size', 'Cluster size must be a power of two between 512 and 2048k');
+  }
+  if (extendedL2 && clusterSize < 16384) {
+    return refuse('extended_l2', 'Extended L2 entries are only supported with cluster sizes of at least 16384 bytes');
+  }
+  if (o.backingFile !== undefined && preallocationAsked !== 'off' && !extendedL2) {
+    return refuse('preallocation', 'Backing file and preallocation can only be used at the same time if extended_l2 is on');
+  }
+  if (o.backingFormat !== undefined && o.backingFile === undefined) {
+    return refuse('backing_fmt', 'Backing format cannot be used without backing file');
+  }
+  if (version < 3 && o.lazyRefcounts) {
+    return refuse('lazy_refcounts', 'Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)');
+  }
+  if (!Number.isInteger(refcountBits) || refcountBits < 1 || refcountBits > 64 || (refcountBits & (refcountBits - 1)) !== 0) {
+    return refuse('refcount_bits', 'Refcount width must be a power of two and may not exceed 64 bits');
+  }
+  if (version < 3 && refcountBits !== 16) {
+    return refuse('refcount_bits', 'Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)');
+  }
+  if (dataFileRaw && o.dataFile === undefined) {
+    return refuse('data_file_raw', 'data-file-raw requires data-file');
+  }
+  if (dataFileRaw && o.backingFile !== undefined) {
+    return refuse('backing_file', 'Backing file and data-file-raw cannot be used at the same time');
+  }
+  if (version < 3 && o.dataFile !== undefined) {
+    return refuse('data_file', 'External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
+  }
+  if (version < 3 && compressionType !== 'zlib') {
+    return refuse('compression_type', 'Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)');
+  }
+  // Stricter than qemu-img 7.2, which accepts this and then reads zeros through qcow2: its
+  // preallocated extended entries carry an empty subcluster bitmap.
+  if (extendedL2 && dataFileRaw) {
+    return refuse('extended_l2', 'extended_l2=on cannot be combined with data_file_raw=on: QEMU 7.2 preallocates such ' +
+      'images with empty subcluster bitmaps, so reads through qcow2 return zeros while the raw data file holds the data. ' +
+      'Create the image with extended_l2=off');
+  }
+  if (o.adoptDataFile && o.dataFile === undefined) {
+    return refuse('data_file', 'Adopting a data file needs data_file=NAME: name the existing raw file to wrap');
+  }
+  const size = o.size === undefined ? 0n : ((o.size + 511n) / 512n) * 512n;
+  const l2Coverage = BigInt(clusterSize / (extendedL2 ? 16 : 8)) * BigInt(clusterSize);
+  if ((size + l2Coverage - 1n) / l2Coverage > BigInt(MAX_L1_ENTRIES)) {
+    return refuse('size', "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
+  }
+  // data-file-raw needs a 1:1 mapping of every guest cluster: QEMU forces metadata preallocation.
+  const preallocation: Preallocation = dataFileRaw && preallocationAsked === 'off' ? 'metadata' : preallocationAsked;
+  const options: ResolvedCreateOptions = {
+    size, compat, version, clusterSize, clusterBits, refcountBits, refcountOrder: Math.log2(refcountBits),
+    lazyRefcounts: o.lazyRefcounts ?? false, extendedL2, compressionType, preallocation, dataFileRaw,
+    adoptDataFile: o.adoptDataFile ?? false,
+  };
+  if (o.backingFile !== undefined) options.backingFile = o.backingFile;
+  if (o.backingFormat !== undefined) options.backingFormat = o.backingFormat;
+  if (o.dataFile !== undefined) options.dataFile = o.dataFile;
+  return { ok: true, options };
+}
