@@ -83,7 +83,7 @@ export class Image {
   }
 
   /** Internal snapshots (bounded: at most 65536 entries of bounded size). */
-  readSnapshots(): Snapshot[] {
+  readSnapshots(): Snapshot[] & { tableSize?: number } {
     if (this.header.nbSnapshots === 0) return [];
     return readSnapshots((o, l) => this.file.read(o, l), safeOffset(this.header.snapshotsOffset), this.header.nbSnapshots);
   }

@@ -18,20 +18,19 @@ export interface L2Entry {
 }
 
 /**
- * Classify an entry as QEMU's qcow2_get_cluster_type does. With an external data file,
- * offset 0 is a valid mapping of guest cluster 0, so "normal" needs COPIED or an offset.
+ * Classify an entry exactly as QEMU's qcow2_get_cluster_type does. With an external data
+ * file, offset 0 is a valid mapping of guest cluster 0: COPIED tells it from unallocated.
  */
-export function decodeL2Entry(raw: bigint, bitmap = 0n, opts: { version: number; dataFile: boolean; extendedL2?: boolean }): L2Entry {
+export function decodeL2Entry(raw: bigint, bitmap: bigint, opts: { dataFile: boolean; extendedL2: boolean }): L2Entry {
   const copied = (raw & C.QCOW_OFLAG_COPIED) !== 0n;
   if ((raw & C.QCOW_OFLAG_COMPRESSED) !== 0n) {
     return { raw, bitmap, type: 'compressed', hostOffset: 0n, copied, reserved: 0n };
   }
   const hostOffset = raw & C.L2E_OFFSET_MASK;
   const reserved = raw & C.L2E_STD_RESERVED_MASK;
-  const zeroBit = !opts.extendedL2 && opts.version >= 3 && (raw & C.QCOW_OFLAG_ZERO) !== 0n;
   let type: ClusterType;
-  if (zeroBit) {
-    type = hostOffset !== 0n || (opts.dataFile && copied) ? 'zero-alloc' : 'zero-plain';
+  if ((raw & C.QCOW_OFLAG_ZERO) !== 0n && !opts.extendedL2) {
+    type = hostOffset !== 0n ? 'zero-alloc' : 'zero-plain';
   } else if (hostOffset === 0n && !(opts.dataFile && copied)) {
     type = 'unallocated';
   } else {

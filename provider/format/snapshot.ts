@@ -45,9 +45,9 @@ export interface Snapshot {
  * Decode `count` entries from `read(offset, length)`; every length is bounded by the spec's
  * limits so a hostile table cannot make us allocate without bound.
  */
-export function readSnapshots(read: (offset: number, length: number) => Uint8Array, offset: number, count: number): Snapshot[] {
+export function readSnapshots(read: (offset: number, length: number) => Uint8Array, offset: number, count: number): Snapshot[] & { tableSize?: number } {
   if (count > QCOW_MAX_SNAPSHOTS) throw invalidImage('Snapshot table too large', 60);
-  const out: Snapshot[] = [];
+  const out: Snapshot[] & { tableSize?: number } = [];
   let p = offset;
   for (let i = 0; i < count; i++) {
     const h = SNAPSHOT_HEADER.decode(read(p, SNAPSHOT_HEADER.size));
@@ -76,5 +76,6 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
     if (h.extraDataSize >= 24) s.icount = x.icount;
     out.push(s);
   }
+  out.tableSize = p - offset;
   return out;
 }
