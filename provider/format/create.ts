@@ -275,11 +275,24 @@ function writeZeros(file: BlockFile, start: number, end: number): void {
   for (let p = start; p < end; p += zeros.length) file.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)));
 }
 
+/** How create treats the world outside the new image. */
+export interface CreateBehaviour {
+  /** qemu-img's -u: do not open the backing file (then a size is required). */
+  unsafeBacking?: boolean;
+}
+
 /** Resolve and validate options, deriving the size from the backing file or adopted data file. */
-export function resolveCreate(imagePath: string, options: CreateOptions): ResolvedCreateOptions {
+export function resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
   const first = validateCreate(options);
   if (!first.ok) throw new Qcow2Error('INVALID_OPTION', first.refusal.message, { property: first.refusal.property });
-  if (options.size !== undefined) return first.options;
+  if (options.size !== undefined) {
+    // Like qemu-img, open the backing file even when the size is given, unless told not to (-u).
+    if (options.backingFile !== undefined && !behaviour.unsafeBacking) backingSize(imagePath, options.backingFile, options.backingFormat);
+    return first.options;
+  }
+  if (behaviour.unsafeBacking || (options.backingFile === undefined && !options.adoptDataFile)) {
+    throw new Qcow2Error('INVALID_OPTION', 'Image creation needs a size parameter', { property: 'size' });
+  }
   let size: bigint | undefined;
   if (options.backingFile !== undefined) {
     size = backingSize(imagePath, options.backingFile, options.backingFormat);
@@ -332,8 +345,8 @@ function statDataFile(name: string): fs.Stats {
  * existing data file is EXISTS unless `adoptDataFile`, in which case it is wrapped unchanged.
  * On failure nothing new is left behind and nothing that existed is changed.
  */
-export function createImage(imagePath: string, options: CreateOptions): void {
-  const o = resolveCreate(imagePath, options);
+export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): void {
+  const o = resolveCreate(imagePath, options, behaviour);
   if (fs.existsSync(imagePath) || isDanglingLink(imagePath)) {
     throw new Qcow2Error('EXISTS', `Image file '${imagePath}' already exists; refusing to overwrite it`, { file: imagePath, property: 'path' });
   }

@@ -1,0 +1,181 @@
+#!/usr/bin/env node
+// `qcow2`: a qemu-img-compatible command line over the native format engine. Syntax, output
+// and exit codes follow qemu-img 7.2; messages are prefixed `qcow2:` where qemu-img prints
+// `qemu-img:`. Commander parses the command line; the `-o` list syntax is ours (optlist.ts).
+
+import { Command, CommanderError, Option } from 'commander';
+import { checkExitCode, checkHumanText, checkImageFile, checkJson } from '../format/check';
+import { createImage } from '../format/create';
+import { Qcow2Error } from '../format/errors';
+import { imageInfo, infoHumanText, infoJsonText } from '../format/info';
+import { formattingLine } from './formatting';
+import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions } from './optlist';
+
+const PROG = 'qcow2';
+
+/** Thrown to end the process with a code after output was written. */
+class Exit extends Error {
+  constructor(readonly code: number) { super(`exit ${code}`); }
+}
+
+function report(lines: string, file?: string): void {
+  const [first, ...rest] = lines.split('\n');
+  process.stderr.write(`${PROG}: ${file !== undefined ? `${file}: ` : ''}${first}\n`);
+  for (const l of rest) process.stderr.write(`${l}\n`);
+}
+
+function reportEach(lines: string): void {
+  for (const l of lines.split('\n')) process.stderr.write(`${PROG}: ${l}\n`);
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+function requireQcow2(fmt: string | undefined): void {
+  if (fmt !== undefined && fmt !== 'qcow2') {
+    report(`Unknown file format '${fmt}': this tool handles qcow2 images only`);
+    throw new Exit(1);
+  }
+}
+
+function outputFormat(v: string | undefined): 'human' | 'json' {
+  if (v === undefined || v === 'human') return 'human';
+  if (v === 'json') return 'json';
+  report(`--output must be used with human or json as argument.`);
+  throw new Exit(1);
+}
+
+export function buildProgram(): Command {
+  const program = new Command(PROG)
+    .description('qemu-img-compatible qcow2 tool (native engine, no QEMU needed)')
+    .version(require('../../../package.json').version as string, '-V, --version')
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({ outputError: (str) => process.stderr.write(`${PROG}: ${str.replace(/^error: /, '')}`) });
+
+  program
+    .command('create')
+    .description('create a new qcow2 image (never overwrites an existing image or data file)')
+    .usage('[-f qcow2] [-o OPTIONS] [-b BACKING -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]')
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-o <options>', 'comma-separated create options; `-o help` lists them (repeatable)', collect, [] as string[])
+    .option('-b <backing_file>', 'backing file')
+    .option('-F <backing_fmt>', 'backing file format')
+    .option('-u', 'do not open the backing file (a size must be given)')
+    .option('-q', 'quiet: do not print the Formatting line')
+    .option('--adopt-data-file', 'wrap the existing data file named by data_file= unchanged instead of refusing')
+    .argument('[file]')
+    .argument('[size]')
+    .action((file: string | undefined, size: string | undefined, o: { f?: string; o: string[]; b?: string; F?: string; u?: boolean; q?: boolean; adoptDataFile?: boolean }) => {
+      requireQcow2(o.f);
+      let text: string;
+      try {
+        text = mergeOptionLists(o.o);
+      } catch (e) {
+        report((e as Error).message);
+        throw new Exit(1);
+      }
+      const pairs = o.o.length ? parseOptionList(text) : [];
+      if (hasHelpOption(pairs)) {
+        process.stdout.write(createOptionsHelp());
+        return;
+      }
+      if (file === undefined) {
+        report('Expecting image file name');
+        throw new Exit(1);
+      }
+      const extra: Array<[string, string]> = [];
+      if (o.b !== undefined) extra.push(['backing_file', o.b]);
+      if (o.F !== undefined) extra.push(['backing_fmt', o.F]);
+      let options;
+      try {
+        options = toCreateOptions([...pairs, ...extra], size, {
+          unsafe: o.u ?? false,
+          onWarning: (m) => process.stderr.write(`${PROG}: warning: ${m}\n`),
+        });
+      } catch (e) {
+        if (Qcow2Error.isInstance(e)) {
+          if (raisedAfterFormatting(e) && !o.q) process.stdout.write(formattingLine(file, [...pairs, ...extra], size) + '\n');
+          report(e.message, file);
+        } else {
+          reportEach((e as Error).message);
+        }
+        throw new Exit(1);
+      }
+      if (o.adoptDataFile) options.adoptDataFile = true;
+      if (options.size === undefined && (options.backingFile === undefined || o.u) && !options.adoptDataFile) {
+        report('Image creation needs a size parameter', file); // qemu-img says so before Formatting
+        throw new Exit(1);
+      }
+      if (!o.q) process.stdout.write(formattingLine(file, [...pairs, ...extra], size, options) + '\n');
+      try {
+        createImage(file, options, { unsafeBacking: o.u ?? false });
+      } catch (e) {
+        report((e as Error).message, file);
+        throw new Exit(1);
+      }
+    });
+
+  program
+    .command('info')
+    .description('show image information (reads the header only; never opens the data file)')
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-U, --force-share', 'open the image read-only without taking locks')
+    .addOption(new Option('--output <format>', 'human or json'))
+    .argument('<file>')
+    .action((file: string, o: { f?: string; output?: string }) => {
+      requireQcow2(o.f);
+      const fmt = outputFormat(o.output);
+      try {
+        const info = imageInfo(file);
+        process.stdout.write(fmt === 'json' ? infoJsonText(info) + '\n' : infoHumanText(info));
+      } catch (e) {
+        report(`Could not open '${file}': ${(e as Error).message}`);
+        throw new Exit(1);
+      }
+    });
+
+  program
+    .command('check')
+    .description('check refcount and L1/L2 consistency; exit 0 clean, 1 could not check, 2 corrupt, 3 leaks')
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-q', 'quiet')
+    .option('-U, --force-share', 'open the image read-only without taking locks')
+    .addOption(new Option('--output <format>', 'human or json'))
+    .argument('<file>')
+    .action((file: string, o: { f?: string; q?: boolean; output?: string }) => {
+      requireQcow2(o.f);
+      const fmt = outputFormat(o.output);
+      let r;
+      try {
+        r = checkImageFile(file);
+      } catch (e) {
+        report(`Could not open '${file}': ${(e as Error).message}`);
+        throw new Exit(1);
+      }
+      for (const m of r.messages) process.stderr.write(m + '\n');
+      const code = checkExitCode(r);
+      if (!o.q) process.stdout.write(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
+      if (code === 1) report('Check failed');
+      if (code !== 0) throw new Exit(code);
+    });
+
+  return program;
+}
+
+export function main(argv: string[]): number {
+  try {
+    buildProgram().parse(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof Exit) return e.code;
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
+    report((e as Error).stack ?? String(e));
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  process.exitCode = main(process.argv.slice(2));
+}
