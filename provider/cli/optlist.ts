@@ -1,0 +1,357 @@
+// qemu-img's `-o` text for `create -f qcow2`: tokenizing, merging repeated -o, typing into CreateOptions, and `-o help`.
+
+import { invalidOption, Qcow2Error } from '../format/errors';
+import type { CompressionType, Compat, CreateOptions, Preallocation } from '../format/options';
+import { parseSize, parseSizeOption, strtoull, type WarningSink } from '../format/size';
+
+/** One `-o` item as written: a bare `key` (no `=`) has value `undefined`. */
+export type OptionPair = [key: string, value: string | undefined];
+
+/**
+ * qemu-img's is_valid_option_list(): a list that can be joined to another with ',' without
+ * changing meaning. Empty lists, a leading ',' and an odd run of trailing ',' are refused.
+ */
+export function isValidOptionList(text: string): boolean {
+  if (text === '' || text.startsWith(',')) return false;
+  const trailing = text.length - text.replace(/,+$/, '').length;
+  return trailing % 2 === 0;
+}
+
+/**
+ * Joins the values of repeated `-o` options the way qemu-img's accumulate_options() does: with
+ * ','. Later items override earlier ones once parsed. Throws qemu-img's `Invalid option list: X`
+ * (printed as `qemu-img: Invalid option list: X`, no file name) for the first unjoinable list.
+ */
+export function mergeOptionLists(lists: string[]): string {
+  for (const list of lists) {
+    if (!isValidOptionList(list)) throw invalidOption(`Invalid option list: ${list}`);
+  }
+  return lists.join(',');
+}
+
+/**
+ * Splits `-o` text like QemuOpts' get_opt_name_value(): items separated by ',', `,,` is a literal
+ * ',' inside a value (never inside a key), the key ends at the first '=' or ','. Empty items come
+ * back as key ''. No item is dropped or interpreted here; see toCreateOptions for flags and `id`.
+ */
+export function parseOptionList(text: string): OptionPair[] {
+  const pairs: OptionPair[] = [];
+  let p = 0;
+  while (p < text.length) {
+    let keyEnd = p;
+    while (keyEnd < text.length && text[keyEnd] !== '=' && text[keyEnd] !== ',') keyEnd++;
+    const key = text.slice(p, keyEnd);
+    if (text[keyEnd] !== '=') {
+      pairs.push([key, undefined]);
+      p = keyEnd;
+    } else {
+      let value = '';
+      p = keyEnd + 1;
+      for (;;) {
+        const comma = text.indexOf(',', p);
+        const offset = comma < 0 ? text.length : comma;
+        value += text.slice(p, offset);
+        if (offset < text.length && text[offset + 1] === ',') {
+          value += ',';
+          p = offset + 2;
+          continue;
+        }
+        p = offset;
+        break;
+      }
+      pairs.push([key, value]);
+    }
+    if (text[p] === ',') p++;
+  }
+  return pairs;
+}
+
+/** qemu-img prints the option help instead of doing anything when any item is a bare `help` or `?`. */
+export function hasHelpOption(pairs: OptionPair[]): boolean {
+  return pairs.some(([key, value]) => value === undefined && (key === 'help' || key === '?'));
+}
+
+type OptType = 'str' | 'bool (on/off)' | 'num' | 'size';
+
+interface OptDesc {
+  type: OptType;
+  help: string;
+  /** Omitted from createOptionsHelp(): encryption is not implemented. */
+  hidden?: boolean;
+}
+
+// qcow2_create_opts plus file-posix's raw_create_opts, as `qemu-img create -f qcow2 -o help FILE` lists them.
+const CREATE_OPTS: Record<string, OptDesc> = {
+  size: { type: 'size', help: 'Virtual disk size' },
+  compat: { type: 'str', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
+  backing_file: { type: 'str', help: 'File name of a base image' },
+  backing_fmt: { type: 'str', help: 'Image format of the base image' },
+  data_file: { type: 'str', help: 'File name of an external data file' },
+  data_file_raw: { type: 'bool (on/off)', help: 'The external data file must stay valid as a raw image' },
+  encryption: {
+    type: 'bool (on/off)',
+    help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+    hidden: true,
+  },
+  'encrypt.format': { type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", hidden: true },
+  'encrypt.key-secret': { type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', hidden: true },
+  'encrypt.cipher-alg': { type: 'str', help: 'Name of encryption cipher algorithm', hidden: true },
+  'encrypt.cipher-mode': { type: 'str', help: 'Name of encryption cipher mode', hidden: true },
+  'encrypt.ivgen-alg': { type: 'str', help: 'Name of IV generator algorithm', hidden: true },
+  'encrypt.ivgen-hash-alg': { type: 'str', help: 'Name of IV generator hash algorithm', hidden: true },
+  'encrypt.hash-alg': { type: 'str', help: 'Name of encryption hash algorithm', hidden: true },
+  'encrypt.iter-time': { type: 'num', help: 'Time to spend in PBKDF in milliseconds', hidden: true },
+  cluster_size: { type: 'size', help: 'qcow2 cluster size' },
+  preallocation: { type: 'str', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)' },
+  lazy_refcounts: { type: 'bool (on/off)', help: 'Postpone refcount updates' },
+  refcount_bits: { type: 'num', help: 'Width of a reference count entry in bits' },
+  compression_type: { type: 'str', help: 'Compression method used for image cluster compression' },
+  extended_l2: { type: 'bool (on/off)', help: 'Extended L2 tables' },
+  nocow: { type: 'bool (on/off)', help: 'Turn off copy-on-write (valid only on btrfs)' },
+  extent_size_hint: { type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
+};
+
+/**
+ * The text of `qemu-img create -f qcow2 -o help FILE` (the variant that includes the file
+ * protocol's options), without the encryption options.
+ */
+export function createOptionsHelp(): string {
+  const lines = Object.entries(CREATE_OPTS)
+    .filter(([, desc]) => !desc.hidden)
+    .map(([name, desc]) => `  ${name}=<${desc.type}>`.padEnd(24) + ` - ${desc.help}`)
+    .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  return `Supported options:\n${lines.map((l) => `${l}\n`).join('')}`;
+}
+
+// BlockdevDriver as compiled into Debian's qemu-img 7.2: the values the create visitor accepts for backing-fmt.
+const BLOCKDEV_DRIVERS = new Set(
+  (
+    'blkdebug blklogwrites blkreplay blkverify bochs cloop compress copy-before-write copy-on-read dmg file ' +
+    'snapshot-access ftp ftps gluster host_cdrom host_device http https iscsi luks nbd nfs null-aio null-co ' +
+    'nvme parallels preallocate qcow qcow2 qed quorum raw rbd replication ssh throttle vdi vhdx vmdk vpc vvfat'
+  ).split(' '),
+);
+
+// `qemu-img --help` "Supported formats": the drivers bdrv_open finds by name when it opens the backing file.
+const REGISTERED_DRIVERS = new Set(
+  (
+    'blkdebug blklogwrites blkverify bochs cloop compress copy-before-write copy-on-read dmg file ftp ftps ' +
+    'gluster host_cdrom host_device http https iscsi iser luks nbd nfs null-aio null-co nvme parallels ' +
+    'preallocate qcow qcow2 qed quorum raw rbd replication snapshot-access ssh throttle vdi vhdx vmdk vpc vvfat'
+  ).split(' '),
+);
+
+const PREALLOCATION: readonly Preallocation[] = ['off', 'metadata', 'falloc', 'full'];
+const COMPRESSION: readonly CompressionType[] = ['zlib', 'zstd'];
+const COMPAT: Record<string, Compat> = { '0.10': '0.10', v2: '0.10', '1.1': '1.1', v3: '1.1' };
+const TRUE_WORDS = ['on', 'yes', 'true', 'y'];
+const FALSE_WORDS = ['off', 'no', 'false', 'n'];
+const I64_MAX = (1n << 63n) - 1n;
+const U32_MAX = 0xffffffffn;
+const U64_MAX = (1n << 64n) - 1n;
+
+const afterFormatting = new WeakSet<object>();
+
+/**
+ * True for errors that qemu-img reports only after it has printed its `Formatting '...'` line
+ * (they come from the qcow2 driver, not from option parsing). A CLI that mirrors qemu-img's
+ * output prints that line before such an error.
+ */
+export function raisedAfterFormatting(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && afterFormatting.has(e);
+}
+
+function driverError(message: string, property: string): Qcow2Error {
+  const e = invalidOption(message, property);
+  afterFormatting.add(e);
+  return e;
+}
+
+export interface ToCreateOptionsExtra {
+  /** qemu-img's `-u`: the backing file is not opened, so backing_fmt is only checked by name later. */
+  unsafe?: boolean;
+  /** Deprecation warnings (hex with a suffix), once per parse as qemu-img prints them. */
+  onWarning?: WarningSink;
+}
+
+/**
+ * Turns parsed `-o` items (and the positional SIZE) into CreateOptions, with qemu-img 7.2's
+ * messages and its order of checks. Only the values are checked; combination rules (lazy
+ * refcounts on compat 0.10, data_file_raw without data_file, cluster size range, refcount width,
+ * missing size, ...) belong to provider/rules.
+ *
+ * - A bare `key` means key=on and a bare `nokey` means key=off; `id` items are ignored.
+ * - The last occurrence of a key wins, but every occurrence must be valid.
+ * - `-b FILE` / `-F FMT` override `backing_file=` / `backing_fmt=` in qemu-img: pass them as
+ *   extra trailing pairs `['backing_file', FILE]`, `['backing_fmt', FMT]`.
+ * - SIZE both positional and in -o is an error (`The image size must be specified only once`).
+ * - A bad positional SIZE throws parseSize's plain Error (no file name in qemu's output); all
+ *   other failures throw INVALID_OPTION Qcow2Errors (qemu prints `qemu-img: FILE: message`).
+ * - `encryption=off`, `nocow=off` and `extent_size_hint` are accepted and have no effect here
+ *   (the hint is best effort in qemu too); encryption and `nocow=on` are refused as unsupported.
+ */
+export function toCreateOptions(
+  pairs: OptionPair[],
+  positionalSize?: string,
+  extra: ToCreateOptionsExtra = {},
+): CreateOptions {
+  const { onWarning } = extra;
+  const out: CreateOptions = {};
+  // img_create parses SIZE before it looks at -o.
+  if (positionalSize !== undefined) out.size = parseSize(positionalSize, { onWarning });
+
+  // QemuOpts stage: every item in order, unknown keys and typed values.
+  const raw = new Map<string, string>();
+  const sizes = new Map<string, bigint>();
+  const bools = new Map<string, boolean>();
+  for (const [rawKey, rawValue] of pairs) {
+    let key = rawKey;
+    let value = rawValue;
+    if (value === undefined) {
+      if (key.startsWith('no')) {
+        key = key.slice(2);
+        value = 'off';
+      } else {
+        value = 'on';
+      }
+    }
+    if (key === 'id') continue;
+    const desc = Object.hasOwn(CREATE_OPTS, key) ? CREATE_OPTS[key] : undefined;
+    if (desc === undefined) throw invalidOption(`Invalid parameter '${key}'`, key);
+    switch (desc.type) {
+      case 'bool (on/off)':
+        bools.set(key, parseBool(key, value));
+        break;
+      case 'num':
+        parseNumber(key, value);
+        break;
+      case 'size':
+        sizes.set(key, parseSizeOption(key, value, onWarning));
+        break;
+      case 'str':
+        break;
+    }
+    raw.set(key, value);
+  }
+
+  // bdrv_img_create stage.
+  if (raw.has('size') && positionalSize !== undefined) {
+    throw invalidOption('The image size must be specified only once', 'size');
+  }
+  const backingFile = raw.get('backing_file');
+  const backingFormat = raw.get('backing_fmt');
+  if (backingFile === '') throw invalidOption('Expected backing file name, got empty string', 'backing_file');
+  if (backingFile !== undefined && backingFormat !== undefined && !extra.unsafe && !REGISTERED_DRIVERS.has(backingFormat)) {
+    throw invalidOption(`Unknown driver '${backingFormat}'\nCould not open backing image.`, 'backing_fmt');
+  }
+
+  // qcow2_co_create_opts stage, after "Formatting ...": legacy encryption spelling first.
+  const encryption = raw.get('encryption');
+  const encryptKeys = [...raw.keys()].filter((k) => k.startsWith('encrypt.'));
+  let encryptFormat = raw.get('encrypt.format');
+  if (encryptFormat === 'aes') encryptFormat = 'qcow';
+  // Only the exact words on/off are translated; yes/no/true/false/y/n reach the visitor verbatim.
+  const encryptionAlias = encryption === 'off' ? undefined : encryption === 'on' ? 'qcow' : encryption;
+  if (encryptionAlias !== undefined && encryptFormat !== undefined) {
+    throw driverError("'encrypt.format' and its alias 'encryption' can't be used at the same time", 'encryption');
+  }
+  // The protocol layer creates the image file (and the data file) before the qcow2 options are typed.
+  const hint = sizes.get('extent_size_hint');
+  if (hint !== undefined && hint > U32_MAX) throw driverError('Extent size hint is too large', 'extent_size_hint');
+  if (bools.get('nocow') === true) {
+    throw driverError("Option 'nocow' is not supported: this implementation cannot set file attributes", 'nocow');
+  }
+  const dataFile = raw.get('data_file');
+  if (dataFile === '') throw driverError("Could not create '': No such file or directory", 'data_file');
+
+  // QAPI visitor stage, in BlockdevCreateOptionsQcow2 field order; size values are parsed again.
+  if (raw.has('size')) parseSizeOption('size', raw.get('size') ?? '', onWarning);
+  const compat = raw.get('compat');
+  if (compat !== undefined) {
+    const level = Object.hasOwn(COMPAT, compat) ? COMPAT[compat] : undefined;
+    if (level === undefined) {
+      throw driverError(`Parameter 'version' does not accept value '${compat}'`, 'compat');
+    }
+    out.compat = level;
+  }
+  if (backingFormat !== undefined && !BLOCKDEV_DRIVERS.has(backingFormat)) {
+    throw driverError(`Parameter 'backing-fmt' does not accept value '${backingFormat}'`, 'backing_fmt');
+  }
+  const effectiveEncryptFormat = encryptionAlias ?? encryptFormat;
+  const wantsEncryption = effectiveEncryptFormat !== undefined || encryptKeys.length > 0;
+  if (wantsEncryption) {
+    if (effectiveEncryptFormat === undefined) {
+      throw driverError("Parameter 'encrypt.format' is missing", 'encrypt.format');
+    }
+    if (effectiveEncryptFormat !== 'qcow' && effectiveEncryptFormat !== 'luks') {
+      throw driverError(
+        `Parameter 'format' does not accept value '${effectiveEncryptFormat}'`,
+        encryptionAlias !== undefined ? 'encryption' : 'encrypt.format',
+      );
+    }
+  }
+  if (raw.has('cluster_size')) parseSizeOption('cluster_size', raw.get('cluster_size') ?? '', onWarning);
+  const preallocation = raw.get('preallocation');
+  if (preallocation !== undefined) {
+    if (!(PREALLOCATION as readonly string[]).includes(preallocation)) {
+      throw driverError(`Parameter 'preallocation' does not accept value '${preallocation}'`, 'preallocation');
+    }
+    out.preallocation = preallocation as Preallocation;
+  }
+  const refcountBits = raw.get('refcount_bits');
+  if (refcountBits !== undefined) out.refcountBits = Number(parseInt64(refcountBits));
+  const compression = raw.get('compression_type');
+  if (compression !== undefined) {
+    if (!(COMPRESSION as readonly string[]).includes(compression)) {
+      throw driverError(`Parameter 'compression-type' does not accept value '${compression}'`, 'compression_type');
+    }
+    out.compressionType = compression as CompressionType;
+  }
+  // qemu fails here for want of encrypt.key-secret; we fail for want of encryption support.
+  if (wantsEncryption) {
+    throw driverError(
+      'Encrypted images are not supported by this implementation',
+      encryptionAlias !== undefined ? 'encryption' : 'encrypt.format',
+    );
+  }
+
+  const size = sizes.get('size');
+  // bdrv_img_create uses (uint64_t)-1 as "no size given", so size=2^64-1 behaves exactly like no
+  // size: taken from the backing file, or "Image creation needs a size parameter".
+  if (size !== undefined && size !== U64_MAX) out.size = size;
+  const clusterSize = sizes.get('cluster_size');
+  if (clusterSize !== undefined) out.clusterSize = Number(clusterSize);
+  if (backingFile !== undefined) out.backingFile = backingFile;
+  if (backingFormat !== undefined) out.backingFormat = backingFormat;
+  if (dataFile !== undefined) out.dataFile = dataFile;
+  const dataFileRaw = bools.get('data_file_raw');
+  if (dataFileRaw !== undefined) out.dataFileRaw = dataFileRaw;
+  const lazyRefcounts = bools.get('lazy_refcounts');
+  if (lazyRefcounts !== undefined) out.lazyRefcounts = lazyRefcounts;
+  const extendedL2 = bools.get('extended_l2');
+  if (extendedL2 !== undefined) out.extendedL2 = extendedL2;
+  return out;
+}
+
+/** qapi_bool_parse: case-sensitive on/yes/true/y and off/no/false/n. */
+function parseBool(key: string, value: string): boolean {
+  if (TRUE_WORDS.includes(value)) return true;
+  if (FALSE_WORDS.includes(value)) return false;
+  throw invalidOption(`Parameter '${key}' expects 'on' or 'off'`, key);
+}
+
+/** QemuOpts parse_option_number: qemu_strtou64 base 0, so "-1" wraps instead of failing. */
+function parseNumber(key: string, value: string): bigint {
+  const r = strtoull(value, 0, 0);
+  if (r.noConversion || r.end < value.length) throw invalidOption(`Parameter '${key}' expects a number`, key);
+  if (r.erange) throw invalidOption(`Value '${value}' is too large for parameter '${key}'`, key);
+  return r.value;
+}
+
+/** The visitor reads refcount-bits as int64 from the same text (qemu_strtoi64 base 0). */
+function parseInt64(value: string): bigint {
+  const r = strtoull(value, 0, 0);
+  const limit = r.negative ? I64_MAX + 1n : I64_MAX;
+  if (r.magnitude > limit) throw driverError("Parameter 'refcount-bits' expects integer", 'refcount_bits');
+  return r.negative ? -r.magnitude : r.magnitude;
+}
