@@ -29,6 +29,8 @@ export interface ResolvedCreateOptions {
 export interface CreateRefusal { property: string; message: string }
 
 const MAX_L1_ENTRIES = 0x2000000 / 8;
+/** QEMU's BDRV_MAX_LENGTH: INT64_MAX aligned down to the largest request size (1 GiB). */
+const BDRV_MAX_LENGTH = 9223372035781033984n;
 
 /**
  * Validate create options and fill in defaults. Returns the resolved options, or the first
@@ -47,6 +49,9 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   const dataFileRaw = o.dataFileRaw ?? false;
   const compressionType: CompressionType = o.compressionType ?? 'zlib';
 
+  if (extendedL2 && version < 3) {
+    return refuse('extended_l2', 'Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
+  }
   if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21) {
     return refuse('cluster_size', 'Cluster size must be a power of two between 512 and 2048k');
   }
@@ -91,6 +96,9 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
     return refuse('data_file', 'Adopting a data file needs data_file=NAME: name the existing raw file to wrap');
   }
   const size = o.size === undefined ? 0n : ((o.size + 511n) / 512n) * 512n;
+  if (size > BDRV_MAX_LENGTH) {
+    return refuse('size', `Could not resize image: offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`);
+  }
   const l2Coverage = BigInt(clusterSize / (extendedL2 ? 16 : 8)) * BigInt(clusterSize);
   if ((size + l2Coverage - 1n) / l2Coverage > BigInt(MAX_L1_ENTRIES)) {
     return refuse('size', "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
