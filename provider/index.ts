@@ -1,0 +1,13 @@
+// The public surface of pulumi-qcow2. Internals (field tables, allocator model) stay unexported.
+
+export { Qcow2Error } from './format/errors';
+export type { Qcow2ErrorCode, Qcow2ErrorDetails } from './format/errors';
+export type { CreateOptions, Compat, CompressionType, Preallocation } from './format/options';
+export { createImage } from './format/create';
+export type { CreateBehaviour } from './format/create';
+export { imageInfo, infoHumanText, infoJsonText } from './format/info';
+export type { ImageInfoJson, Qcow2SpecificJson } from './format/info';
+export { checkImageFile, checkJson, checkHumanText, checkExitCode } from './format/check';
+export type { CheckResult, CheckJson } from './format/check';
+export { parseSize, formatSize } from './format/size';
+export { validateCreate } from './rules/create';
