@@ -3,8 +3,8 @@
 export { Qcow2Error } from './format/errors';
 export type { Qcow2ErrorCode, Qcow2ErrorDetails } from './format/errors';
 export type { CreateOptions, Compat, CompressionType, Preallocation } from './format/options';
-export { createImage } from './format/create';
-export type { CreateBehaviour } from './format/create';
+export { createImage } from './engines/native';
+export type { CreateBehaviour } from './engines/native';
 export { imageInfo, infoHumanText, infoJsonText } from './format/info';
 export type { ImageInfoJson, Qcow2SpecificJson } from './format/info';
 export { checkImageFile, checkJson, checkHumanText, checkExitCode } from './format/check';

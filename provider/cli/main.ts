@@ -5,7 +5,7 @@
 
 import { Command, CommanderError, Option } from 'commander';
 import { checkExitCode, checkHumanText, checkImageFile, checkJson } from '../format/check';
-import { createImage } from '../format/create';
+import { createImage } from '../engines/native';
 import { Qcow2Error } from '../format/errors';
 import { imageInfo, infoHumanText, infoJsonText } from '../format/info';
 import { formattingLine } from './formatting';

@@ -1,6 +1,6 @@
 // `create`: plan an image by replaying QEMU's create sequence on the allocator model, then
-// write the plan into a new temporary file and link it into place. Validation (provider/rules)
-// runs before any file is touched; an existing image or data file is never overwritten.
+// write the plan into a new temporary file and link it into place. Options arrive validated
+// (provider/rules decides what is legal); an existing image or data file is never overwritten.
 //
 // Write ordering: the image is invisible until the final link(2), so a crash leaves at most a
 // temporary file beside it, never a half-written image at the requested path. Inside the
@@ -9,14 +9,13 @@
 
 import * as fs from 'fs';
 import * as path from 'path';
-import { validateCreate, ResolvedCreateOptions } from '../rules/create';
 import { QemuAllocator, Role } from './allocator';
 import { BlockFile, NodeBlockFile, ioError } from './blockfile';
 import * as C from './constants';
 import { Qcow2Error } from './errors';
 import { Geometry } from './geometry';
 import { Header, decodeHeader, encodeHeader } from './header';
-import type { CreateOptions } from './options';
+import type { ResolvedCreateOptions } from './options';
 import { encodeRefblock } from './refcount';
 
 /** How an L2 table maps its guest clusters: `hostStart` null means 1:1 (external data file). */
@@ -194,7 +193,7 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
   return plan;
 }
 
-const BATCH = 8 << 20;
+const BATCH = 4 << 20;
 
 /** Bytes of one metadata cluster according to its final role. */
 function clusterBytes(plan: CreatePlan, role: Role, out: Uint8Array): void {
@@ -252,6 +251,8 @@ export function writePlan(plan: CreatePlan, file: BlockFile): void {
   const order: Record<Role['kind'], number> = { refblock: 0, l2: 1, l1: 2, reftable: 3, header: 4 };
   const byKind: Array<Array<[number, Role]>> = [[], [], [], [], []];
   for (const [ci, role] of plan.alloc.roles) byKind[order[role.kind]]!.push([ci, role]);
+  // One reused batch buffer: L2 tables of a 1 TiB image are 128 MiB, streamed, never held.
+  const batch = new Uint8Array(Math.max(cs, BATCH));
   for (const list of byKind) {
     list.sort((a, b) => a[0] - b[0]);
     let i = 0;
@@ -260,7 +261,8 @@ export function writePlan(plan: CreatePlan, file: BlockFile): void {
       let j = i + 1;
       while (j < list.length && list[j]![0] === list[j - 1]![0] + 1 && (j - i + 1) * cs <= BATCH) j++;
       const start = list[i]![0] * cs;
-      const buf = new Uint8Array((j - i) * cs);
+      const buf = batch.subarray(0, (j - i) * cs);
+      buf.fill(0);
       for (let k = i; k < j; k++) clusterBytes(plan, list[k]![1], buf.subarray((k - i) * cs, (k - i + 1) * cs));
       const len = Math.min(buf.length, plan.fileSize - start);
       if (len > 0) file.write(start, len === buf.length ? buf : buf.subarray(0, len));
@@ -275,38 +277,17 @@ function writeZeros(file: BlockFile, start: number, end: number): void {
   for (let p = start; p < end; p += zeros.length) file.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)));
 }
 
-/** How create treats the world outside the new image. */
-export interface CreateBehaviour {
-  /** qemu-img's -u: do not open the backing file (then a size is required). */
-  unsafeBacking?: boolean;
+/** What a backing file is, read without trusting it (qemu-img opens it to learn the size). */
+export interface BackingProbe {
+  /** The path opened: relative names are relative to the new image's folder. */
+  path: string;
+  /** Virtual size under the given format, or the detected one when none was given. */
+  size: bigint;
+  detectedFormat: 'qcow2' | 'raw';
 }
 
-/** Resolve and validate options, deriving the size from the backing file or adopted data file. */
-export function resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-  const first = validateCreate(options);
-  if (!first.ok) throw new Qcow2Error('INVALID_OPTION', first.refusal.message, { property: first.refusal.property });
-  if (options.size !== undefined) {
-    // Like qemu-img, open the backing file even when the size is given, unless told not to (-u).
-    if (options.backingFile !== undefined && !behaviour.unsafeBacking) backingSize(imagePath, options.backingFile, options.backingFormat);
-    return first.options;
-  }
-  if (behaviour.unsafeBacking || (options.backingFile === undefined && !options.adoptDataFile)) {
-    throw new Qcow2Error('INVALID_OPTION', 'Image creation needs a size parameter', { property: 'size' });
-  }
-  let size: bigint | undefined;
-  if (options.backingFile !== undefined) {
-    size = backingSize(imagePath, options.backingFile, options.backingFormat);
-  } else if (options.adoptDataFile && options.dataFile !== undefined) {
-    size = BigInt(statDataFile(options.dataFile).size);
-  }
-  if (size === undefined) return first.options;
-  const again = validateCreate({ ...options, size });
-  if (!again.ok) throw new Qcow2Error('INVALID_OPTION', again.refusal.message, { property: again.refusal.property });
-  return again.options;
-}
-
-/** Virtual size of a backing file; relative names are relative to the new image's folder. */
-function backingSize(imagePath: string, backing: string, format: string | undefined): bigint {
+/** Open a backing file read-only and learn its size; NOT_FOUND names the path qemu-img would. */
+export function probeBacking(imagePath: string, backing: string, format: string | undefined): BackingProbe {
   const full = path.isAbsolute(backing) ? backing : path.join(path.dirname(imagePath), backing);
   let f: NodeBlockFile;
   try {
@@ -316,37 +297,26 @@ function backingSize(imagePath: string, backing: string, format: string | undefi
     throw new Qcow2Error('NOT_FOUND', `Could not open '${full}': ${detail}\nCould not open backing image.`, { property: 'backing_file', file: full });
   }
   try {
-    if (format === 'raw') return BigInt(f.size());
-    if (format === 'qcow2') return decodeHeader(f.read(0, Math.min(f.size(), 2 << 20))).size;
-    const probe = f.read(0, 4);
-    const isQcow2 = probe.readUInt32BE(0) === C.QCOW_MAGIC;
-    if (format === undefined) {
-      throw new Qcow2Error('INVALID_OPTION', `Backing file specified without backing format\nDetected format of ${isQcow2 ? 'qcow2' : 'raw'}.`, { property: 'backing_fmt' });
-    }
-    throw new Qcow2Error('UNSUPPORTED', `Backing format '${format}' is not supported: use qcow2 or raw`, { property: 'backing_fmt' });
+    const isQcow2 = f.size() >= 4 && f.read(0, 4).readUInt32BE(0) === C.QCOW_MAGIC;
+    const detectedFormat = isQcow2 ? 'qcow2' : 'raw';
+    const fmt = format ?? detectedFormat;
+    let size: bigint;
+    if (fmt === 'raw') size = BigInt(f.size());
+    else if (fmt === 'qcow2') size = decodeHeader(f.read(0, Math.min(f.size(), 2 << 20))).size;
+    else throw new Qcow2Error('UNSUPPORTED', `Backing format '${fmt}' is not supported: use qcow2 or raw`, { property: 'backing_fmt' });
+    return { path: full, size, detectedFormat };
   } finally {
     f.close();
   }
 }
 
-function statDataFile(name: string): fs.Stats {
-  try {
-    const st = fs.statSync(name);
-    if (!st.isFile()) throw new Qcow2Error('INVALID_OPTION', `Data file '${name}' is not a regular file`, { property: 'data_file', file: name });
-    return st;
-  } catch (e) {
-    if (Qcow2Error.isInstance(e)) throw e;
-    throw ioError(e, name, 'open');
-  }
-}
-
 /**
- * Create a qcow2 image at `imagePath`. Never overwrites: an existing image path is EXISTS; an
- * existing data file is EXISTS unless `adoptDataFile`, in which case it is wrapped unchanged.
+ * Write a planned image at `imagePath`. Never overwrites: an existing image path is EXISTS; an
+ * existing data file is EXISTS unless the plan adopts it (then it is never written or resized).
  * On failure nothing new is left behind and nothing that existed is changed.
  */
-export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): void {
-  const o = resolveCreate(imagePath, options, behaviour);
+export function writeNewImage(imagePath: string, plan: CreatePlan): void {
+  const o = plan.options;
   if (fs.existsSync(imagePath) || isDanglingLink(imagePath)) {
     throw new Qcow2Error('EXISTS', `Image file '${imagePath}' already exists; refusing to overwrite it`, { file: imagePath, property: 'path' });
   }
@@ -361,9 +331,7 @@ export function createImage(imagePath: string, options: CreateOptions, behaviour
     if (!exists && o.adoptDataFile) {
       throw new Qcow2Error('NOT_FOUND', `Data file '${o.dataFile}' to adopt does not exist`, { file: o.dataFile, property: 'data_file' });
     }
-    if (o.adoptDataFile) checkAdoptable(o);
   }
-  const plan = planCreate(o);
 
   const dir = path.dirname(imagePath);
   const tmp = path.join(dir, `.${path.basename(imagePath)}.create-${process.pid}-${Date.now().toString(36)}`);
@@ -402,26 +370,11 @@ export function createImage(imagePath: string, options: CreateOptions, behaviour
   }
 }
 
-function checkAdoptable(o: ResolvedCreateOptions): void {
-  const st = statDataFile(o.dataFile!);
-  if (st.size % 512 !== 0) {
-    throw new Qcow2Error('INVALID_OPTION',
-      `Data file '${o.dataFile}' is ${st.size} bytes, not a multiple of 512; an adopted data file is never resized, so it cannot back a qcow2 image as it is`,
-      { property: 'data_file', file: o.dataFile! });
-  }
-  if (BigInt(st.size) < o.size) {
-    throw new Qcow2Error('INVALID_OPTION',
-      `Data file '${o.dataFile}' is ${st.size} bytes, smaller than the requested size ${o.size}; an adopted data file is never resized. ` +
-      'Omit the size to use the file\'s own size',
-      { property: 'size', file: o.dataFile! });
-  }
-}
-
 function isDanglingLink(p: string): boolean {
   try { fs.lstatSync(p); return true; } catch { return false; }
 }
 
-function fsyncDir(dir: string): void {
+export function fsyncDir(dir: string): void {
   let fd: number | undefined;
   try {
     fd = fs.openSync(dir, 'r');

@@ -38,3 +38,24 @@ export interface CreateOptions {
    */
   adoptDataFile?: boolean;
 }
+
+/** Create options with every default filled in and the size rounded as qemu-img does. */
+export interface ResolvedCreateOptions {
+  size: bigint;
+  compat: Compat;
+  version: 2 | 3;
+  clusterSize: number;
+  clusterBits: number;
+  refcountBits: number;
+  refcountOrder: number;
+  lazyRefcounts: boolean;
+  extendedL2: boolean;
+  compressionType: CompressionType;
+  /** The preallocation that will actually run (data-file-raw forces at least metadata). */
+  preallocation: Preallocation;
+  backingFile?: string;
+  backingFormat?: string;
+  dataFile?: string;
+  dataFileRaw: boolean;
+  adoptDataFile: boolean;
+}

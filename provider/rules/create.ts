@@ -2,28 +2,8 @@
 // and with its words, plus the combinations we refuse where qemu-img would lose data.
 // Pure: no I/O. The format engine, both engines and the CLI call this before touching a file.
 
-import type { CreateOptions, Preallocation, Compat, CompressionType } from '../format/options';
-
-/** Create options with every default filled in and the size rounded as qemu-img does. */
-export interface ResolvedCreateOptions {
-  size: bigint;
-  compat: Compat;
-  version: 2 | 3;
-  clusterSize: number;
-  clusterBits: number;
-  refcountBits: number;
-  refcountOrder: number;
-  lazyRefcounts: boolean;
-  extendedL2: boolean;
-  compressionType: CompressionType;
-  /** The preallocation that will actually run (data-file-raw forces at least metadata). */
-  preallocation: Preallocation;
-  backingFile?: string;
-  backingFormat?: string;
-  dataFile?: string;
-  dataFileRaw: boolean;
-  adoptDataFile: boolean;
-}
+import type { CreateOptions, Preallocation, Compat, CompressionType, ResolvedCreateOptions } from '../format/options';
+export type { ResolvedCreateOptions };
 
 /** A refusal: the option it is about and qemu-img's message (or ours, where we are stricter). */
 export interface CreateRefusal { property: string; message: string }
@@ -114,4 +94,24 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   if (o.backingFormat !== undefined) options.backingFormat = o.backingFormat;
   if (o.dataFile !== undefined) options.dataFile = o.dataFile;
   return { ok: true, options };
+}
+
+/**
+ * Adopting an existing data file: it is never resized or written, so it must already be a
+ * whole number of sectors and at least as large as the virtual size.
+ */
+export function validateAdoption(dataFile: string, fileSize: bigint, size: bigint): CreateRefusal | undefined {
+  if (fileSize % 512n !== 0n) {
+    return {
+      property: 'data_file',
+      message: `Data file '${dataFile}' is ${fileSize} bytes, not a multiple of 512; an adopted data file is never resized, so it cannot back a qcow2 image as it is`,
+    };
+  }
+  if (fileSize < size) {
+    return {
+      property: 'size',
+      message: `Data file '${dataFile}' is ${fileSize} bytes, smaller than the requested size ${size}; an adopted data file is never resized. Omit the size to use the file's own size`,
+    };
+  }
+  return undefined;
 }

@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { createImage } from '../../provider/format/create';
+import { createImage } from '../../provider/engines/native';
 import { imageInfo } from '../../provider/format/info';
 import { Qcow2Error } from '../../provider/format/errors';
 import type { CreateOptions } from '../../provider/format/options';

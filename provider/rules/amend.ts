@@ -1,0 +1,106 @@
+// Amend legality: every refusal qemu-img 7.2 makes for `amend` (and `resize`, `rebase -u`),
+// in its order and words, but decided before anything is written: qemu-img applies an
+// upgrade or a refcount change and only then fails on a later option; we refuse the whole.
+
+import type { AmendRequest, ImageState, Refusal } from './types';
+
+const CREATE_ONLY = ['cluster_size', 'preallocation', 'extended_l2', 'compression_type', 'encryption', 'encrypt.format'];
+
+/** `Invalid parameter 'X'` for options that only create understands. */
+export function createOnlyRefusal(option: string): Refusal | undefined {
+  if (!CREATE_ONLY.includes(option)) return undefined;
+  return { property: option, message: `Invalid parameter '${option}'\nThis option is only supported for image creation` };
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+/** Refusals that apply to any size change (shared by amend -o size and resize). */
+export function validateResize(state: ImageState, size: bigint, allowShrink: boolean): Refusal | undefined {
+  if (size % 512n !== 0n) return { property: 'size', message: 'The new size must be a multiple of 512' };
+  if (size < state.virtualSize && !allowShrink) {
+    return {
+      property: 'size',
+      message: `Shrinking from ${state.virtualSize} to ${size} bytes deletes all data beyond the new end; ` +
+        'it needs an explicit opt-in (qcow2 resize --shrink, resource input allowShrink: true)',
+    };
+  }
+  if (size !== state.virtualSize && state.bitmaps > 0) {
+    return {
+      property: 'size',
+      message: 'Resizing an image with persistent dirty bitmaps is not supported by the native engine: the bitmaps ' +
+        'would have to be resized too. Use the qemu-img engine, or remove the bitmaps first',
+    };
+  }
+  return undefined;
+}
+
+/**
+ * Validate an amend as a whole. Returns the first refusal in qemu-img's order (so the message
+ * is the one qemu-img would print for the same request), or undefined when all of it is legal.
+ * `allowShrink` is true for amend (qemu-img amend shrinks without asking) and resize --shrink.
+ */
+export function validateAmend(state: ImageState, req: AmendRequest, allowShrink = true): Refusal | undefined {
+  const oldVersion = state.compat === '0.10' ? 2 : 3;
+  const newVersion = req.compat === undefined ? oldVersion : req.compat === '0.10' ? 2 : 3;
+  // Per-option checks, in the order of qemu's option list.
+  if (req.dataFile !== undefined && !state.hasDataFile) {
+    return { property: 'data_file', message: 'data-file can only be set for images that use an external data file' };
+  }
+  if (req.dataFileRaw === true && !state.dataFileRaw) {
+    return {
+      property: 'data_file_raw',
+      message: 'data-file-raw cannot be set on existing images: the data file was not kept a valid raw image until now, ' +
+        'so the flag would promise what is not true. Create a new image with data_file_raw=on and the data file, ' +
+        'or wrap the raw data file in a new image (create --adopt-data-file)',
+    };
+  }
+  if (req.refcountBits !== undefined && (req.refcountBits > 64 || !isPowerOfTwo(req.refcountBits))) {
+    return { property: 'refcount_bits', message: 'Refcount width must be a power of two and may not exceed 64 bits' };
+  }
+  const backingChanges = (req.backingFile !== undefined && req.backingFile !== state.backingFile) ||
+    (req.backingFormat !== undefined && req.backingFormat !== state.backingFormat);
+  if (backingChanges) {
+    return { property: 'backing_file', message: "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead." };
+  }
+  const lazy = req.lazyRefcounts ?? state.lazyRefcounts;
+  if (lazy && !state.lazyRefcounts && newVersion < 3) {
+    return { property: 'lazy_refcounts', message: 'Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)' };
+  }
+  const refcountBits = req.refcountBits ?? state.refcountBits;
+  if (refcountBits !== state.refcountBits && newVersion < 3 && refcountBits !== 16) {
+    return { property: 'refcount_bits', message: 'Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)' };
+  }
+  if (req.size !== undefined && req.size !== state.virtualSize) {
+    const r = validateResize(state, req.size, allowShrink);
+    if (r) return r;
+  }
+  if (newVersion < oldVersion) {
+    if (refcountBits !== 16) return { property: 'compat', message: 'compat=0.10 requires refcount_bits=16' };
+    if (state.hasDataFile) return { property: 'compat', message: 'Cannot downgrade an image with a data file' };
+    if (state.snapshots > 0) return { property: 'compat', message: 'Internal snapshots prevent downgrade of image' };
+    if (state.extendedL2) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x10 set' };
+    if (state.corrupt) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x2 set' };
+    if (state.compressionType === 'zstd' && state.hasCompressedClusters !== false) {
+      return {
+        property: 'compat',
+        message: 'Cannot downgrade an image with zstd compression type and existing compressed clusters',
+      };
+    }
+  }
+  return undefined;
+}
+
+/** `rebase -u` legality: a data-file-raw image can never get a backing file. */
+export function validateRebase(state: ImageState, backingFile: string | undefined): Refusal | undefined {
+  if (backingFile !== undefined && backingFile !== '' && state.dataFileRaw) {
+    return {
+      property: 'backing_file',
+      message: `Could not change the backing file to '${backingFile}': Backing file and data-file-raw cannot be used at the same time. ` +
+        'A data-file-raw image keeps its data file a complete raw image, which a backing chain would contradict. ' +
+        'Clear data-file-raw first (amend -o data_file_raw=off), or create an overlay image elsewhere',
+    };
+  }
+  return undefined;
+}

@@ -1,0 +1,175 @@
+// The change classifier: from an existing image (as info reads it) and a desired spec, decide
+// per property: nothing, amend in place, replace, or refuse, each with a reason a person can act
+// on. The preview, both engines and the CLI ask this; nothing else decides what is legal.
+
+import { validateAmend, validateRebase, validateResize } from './amend';
+import type { AmendRequest, Change, DesiredSpec, ImageState, WorldFacts } from './types';
+
+const RAW_AND_BACKING =
+  'Backing file and data-file-raw cannot be used at the same time: a data-file-raw image keeps its data file a ' +
+  'complete standalone raw image, and a backing file would make the image read clusters from elsewhere';
+
+/** Properties that only a new image can change (qemu-img: "only supported for image creation"). */
+const CREATE_ONLY: ReadonlyArray<keyof DesiredSpec> = ['clusterSize', 'extendedL2', 'compressionType', 'preallocation'];
+
+function replaceOrRefuse(property: keyof DesiredSpec, from: unknown, to: unknown, allowReplace: boolean | undefined): Change {
+  const what = `${property} can only be chosen when an image is created (changing it from ${String(from)} to ${String(to)} means a new image)`;
+  return allowReplace
+    ? { property, action: 'replace', reason: `${what}; allowReplace is set, so the image is deleted and created anew, and its data is lost`, from, to }
+    : { property, action: 'refuse', reason: `${what}, which deletes the current image and its data. Set allowReplace: true to accept that, or keep ${property} at ${String(from)}`, from, to };
+}
+
+/**
+ * Classify the change from `current` to `desired`. Properties left undefined in `desired` are
+ * not managed and produce no entry. The result holds one entry per managed property, seed rules
+ * (data-file-raw, backing file) first.
+ */
+export function classifyChange(current: ImageState, desired: DesiredSpec, facts: WorldFacts = {}): Change[] {
+  const out: Change[] = [];
+
+  // data-file-raw: can be cleared, never enabled on an existing image.
+  if (desired.dataFileRaw !== undefined) {
+    if (desired.dataFileRaw === current.dataFileRaw) {
+      out.push({ property: 'dataFileRaw', action: 'none', reason: 'unchanged', from: current.dataFileRaw, to: desired.dataFileRaw });
+    } else if (!desired.dataFileRaw) {
+      out.push({ property: 'dataFileRaw', action: 'amend', operation: 'amend', reason: 'data-file-raw is cleared in place (autoclear bit 1); the data file stays as it is', from: true, to: false });
+    } else if (!current.hasDataFile && desired.dataFile === undefined) {
+      out.push({ property: 'dataFileRaw', action: 'refuse', reason: 'data-file-raw requires data-file: set dataFile to the raw file that holds the guest data', from: false, to: true });
+    } else {
+      out.push({
+        property: 'dataFileRaw', action: 'refuse', from: false, to: true,
+        reason: 'data-file-raw cannot be set on existing images: until now writes did not keep the data file a valid raw ' +
+          'image, so the flag would promise what is not true. Create a new image with dataFileRaw: true, or wrap the raw ' +
+          'data file in a new image with adopt: true',
+      });
+    }
+  }
+
+  // Backing file: never together with data-file-raw; otherwise a header-only rebase.
+  if (desired.backingFile !== undefined || desired.backingFormat !== undefined) {
+    const file = desired.backingFile ?? current.backingFile;
+    const fmt = desired.backingFormat ?? current.backingFormat;
+    const changed = file !== current.backingFile || fmt !== current.backingFormat;
+    if (!changed) {
+      out.push({ property: 'backingFile', action: 'none', reason: 'unchanged', from: current.backingFile, to: file });
+    } else if (file !== undefined && file !== '' && (current.dataFileRaw || desired.dataFileRaw === true)) {
+      out.push({
+        property: 'backingFile', action: 'refuse', from: current.backingFile, to: file,
+        reason: `${RAW_AND_BACKING}. To layer images, create an overlay on a plain qcow2 base, or clear dataFileRaw in a step of its own first`,
+      });
+    } else if ((file === undefined || file === '') && current.backingFile !== undefined) {
+      out.push({
+        property: 'backingFile', action: 'refuse', from: current.backingFile, to: undefined,
+        reason: 'Removing the backing file would drop every cluster the image still reads from it. Convert the image to a ' +
+          'standalone one (qemu-img convert) and manage the result instead',
+      });
+    } else {
+      const r = validateRebase(current, file);
+      out.push(r
+        ? { property: 'backingFile', action: 'refuse', reason: r.message, from: current.backingFile, to: file }
+        : { property: 'backingFile', action: 'amend', operation: 'rebase', reason: `the backing file is changed in place (rebase) from ${current.backingFile ?? 'none'} to ${file}${fmt ? ` (${fmt})` : ''}`, from: current.backingFile, to: file });
+    }
+  }
+
+  // External data file: chosen at creation; afterwards only renamed, never moved.
+  if (desired.dataFile !== undefined) {
+    if (!current.hasDataFile) {
+      out.push(replaceOrRefuse('dataFile', 'none', desired.dataFile, desired.allowReplace));
+    } else if (desired.dataFile === current.dataFile) {
+      out.push({ property: 'dataFile', action: 'none', reason: 'unchanged', from: current.dataFile, to: desired.dataFile });
+    } else if (desired.dataFile === '') {
+      out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: '', reason: 'Removing the data file name would leave an image that cannot be opened without naming its data file each time; keep the name, or point it at the file\'s new location' });
+    } else {
+      const f = facts.desiredDataFile;
+      const need = current.virtualSize;
+      if (f && !f.exists) {
+        out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: desired.dataFile, reason: `The new data file '${desired.dataFile}' does not exist. Changing dataFile only renames the reference; it never moves data. Move or copy the data file there first` });
+      } else if (f && f.size !== undefined && f.size < need) {
+        out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: desired.dataFile, reason: `The new data file '${desired.dataFile}' is ${f.size} bytes, smaller than the image's ${need} bytes, so it cannot be the same disk. Point dataFile at a complete copy of the data file` });
+      } else {
+        out.push({ property: 'dataFile', action: 'amend', operation: 'amend', from: current.dataFile, to: desired.dataFile, reason: f ? 'the data file reference is renamed in place; the new file exists and is large enough' : 'the data file reference is renamed in place; the new file is checked before the change' });
+      }
+    }
+  }
+
+  // Size: grow in place; shrink only when allowed.
+  if (desired.size !== undefined) {
+    if (desired.size === current.virtualSize) {
+      out.push({ property: 'size', action: 'none', reason: 'unchanged', from: current.virtualSize, to: desired.size });
+    } else {
+      const r = validateResize(current, desired.size, desired.allowShrink ?? false);
+      if (r) {
+        out.push({ property: 'size', action: 'refuse', reason: r.message.replace('qcow2 resize --shrink, resource input allowShrink: true', 'set allowShrink: true'), from: current.virtualSize, to: desired.size });
+      } else {
+        out.push({ property: 'size', action: 'amend', operation: 'resize', reason: desired.size > current.virtualSize ? `the image grows in place from ${current.virtualSize} to ${desired.size} bytes${current.dataFileRaw ? ', its metadata preallocated and the data file extended' : ''}` : `the image shrinks in place from ${current.virtualSize} to ${desired.size} bytes; data beyond the new end is deleted (allowShrink is set)`, from: current.virtualSize, to: desired.size });
+      }
+    }
+  }
+
+  const simple = (property: 'compat' | 'lazyRefcounts' | 'refcountBits', from: unknown, to: unknown, how: string) => {
+    if (to === undefined) return;
+    out.push(to === from
+      ? { property, action: 'none', reason: 'unchanged', from, to }
+      : { property, action: 'amend', operation: 'amend', reason: how, from, to });
+  };
+  simple('compat', current.compat, desired.compat, desired.compat === '0.10' ? 'downgraded in place to compat 0.10 (zero clusters expanded)' : 'upgraded in place to compat 1.1');
+  simple('lazyRefcounts', current.lazyRefcounts, desired.lazyRefcounts, 'the lazy-refcounts feature bit is changed in place');
+  simple('refcountBits', current.refcountBits, desired.refcountBits, 'the refcount structures are rebuilt in place with the new width');
+
+  for (const property of CREATE_ONLY) {
+    const to = desired[property];
+    if (to === undefined) continue;
+    const from = property === 'preallocation' ? current.preallocation : current[property as 'clusterSize' | 'extendedL2' | 'compressionType'];
+    if (from === undefined || from === to) {
+      out.push({ property, action: 'none', reason: from === undefined ? 'not recorded in the image; left as it is' : 'unchanged', from, to });
+    } else {
+      out.push(replaceOrRefuse(property, from, to, desired.allowReplace));
+    }
+  }
+
+  // Cross-property legality of the in-place part, as one amend (qemu-img's order and words).
+  const amend = amendRequestOf(out);
+  if (amend && !out.some((c) => c.action === 'refuse')) {
+    const r = validateAmend(current, amend, desired.allowShrink ?? false);
+    if (r) {
+      const prop = ({ compat: 'compat', lazy_refcounts: 'lazyRefcounts', refcount_bits: 'refcountBits', size: 'size', data_file: 'dataFile', data_file_raw: 'dataFileRaw', backing_file: 'backingFile' } as Record<string, keyof DesiredSpec>)[r.property] ?? 'compat';
+      const i = out.findIndex((c) => c.property === prop);
+      const refusal: Change = { property: prop, action: 'refuse', reason: r.message };
+      if (i >= 0) out[i] = { ...out[i]!, ...refusal }; else out.push(refusal);
+    }
+  }
+  return out;
+}
+
+/** The amend request the in-place changes add up to (rebase and resize included), or undefined. */
+export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
+  const req: AmendRequest = {};
+  let any = false;
+  for (const c of changes) {
+    if (c.action !== 'amend') continue;
+    any = true;
+    switch (c.property) {
+      case 'compat': req.compat = c.to as AmendRequest['compat']; break;
+      case 'lazyRefcounts': req.lazyRefcounts = c.to as boolean; break;
+      case 'refcountBits': req.refcountBits = c.to as number; break;
+      case 'size': req.size = c.to as bigint; break;
+      case 'dataFile': req.dataFile = c.to as string; break;
+      case 'dataFileRaw': req.dataFileRaw = c.to as boolean; break;
+      default: break;
+    }
+  }
+  return any ? req : undefined;
+}
+
+/** The overall verdict of a classification: refuse beats replace beats amend beats none. */
+export function overallAction(changes: Change[]): Change['action'] {
+  for (const a of ['refuse', 'replace', 'amend'] as const) if (changes.some((c) => c.action === a)) return a;
+  return 'none';
+}
+
+/** A refusal message for a whole plan: every refused property with its reason. */
+export function refusalMessage(changes: Change[]): string | undefined {
+  const refused = changes.filter((c) => c.action === 'refuse');
+  if (!refused.length) return undefined;
+  return refused.map((c) => `${c.property}: ${c.reason}`).join('\n');
+}
