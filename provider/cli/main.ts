@@ -5,11 +5,12 @@
 
 import { Command, CommanderError, Option } from 'commander';
 import { checkExitCode, checkHumanText, checkImageFile, checkJson } from '../format/check';
-import { createImage } from '../engines/native';
+import { amendImage, createImage, rebaseUnsafe, resizeImage } from '../engines/native';
+import { parseSize } from '../format/size';
 import { Qcow2Error } from '../format/errors';
 import { imageInfo, infoHumanText, infoJsonText } from '../format/info';
 import { formattingLine } from './formatting';
-import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions } from './optlist';
+import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toAmendRequest, toCreateOptions } from './optlist';
 
 const PROG = 'qcow2';
 
@@ -161,7 +162,102 @@ export function buildProgram(): Command {
       if (code !== 0) throw new Exit(code);
     });
 
+  program
+    .command('amend')
+    .description('change options of an existing image, all or nothing (validated before anything is written)')
+    .usage('[-f qcow2] -o OPTIONS [-q] FILE')
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-o <options>', 'options to change: compat, lazy_refcounts, refcount_bits, size, data_file, data_file_raw (repeatable)', collect, [] as string[])
+    .option('-q', 'quiet')
+    .option('-p', 'progress (accepted for compatibility; amend is a single commit)')
+    .argument('<file>')
+    .action((file: string, o: { f?: string; o: string[] }) => {
+      requireQcow2(o.f);
+      if (!o.o.length) {
+        report('Must specify options (-o)');
+        throw new Exit(1);
+      }
+      let req;
+      try {
+        req = toAmendRequest(parseOptionList(mergeOptionLists(o.o)));
+      } catch (e) {
+        report((e as Error).message);
+        throw new Exit(1);
+      }
+      try {
+        amendImage(file, req);
+      } catch (e) {
+        report(openPrefix(e, file) + (e as Error).message);
+        throw new Exit(1);
+      }
+    });
+
+  program
+    .command('resize')
+    .description('change the virtual size; shrinking needs --shrink and deletes data beyond the new end')
+    .usage('[-f qcow2] [--shrink] [-q] FILE [+|-]SIZE')
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('--shrink', 'allow shrinking the image')
+    .option('-q', 'quiet')
+    .argument('<file>')
+    .argument('<size>')
+    .allowUnknownOption(false)
+    .action((file: string, sizeText: string, o: { f?: string; shrink?: boolean; q?: boolean }) => {
+      requireQcow2(o.f);
+      let size: bigint | { relative: bigint };
+      try {
+        const sign = sizeText.startsWith('+') ? 1n : sizeText.startsWith('-') ? -1n : 0n;
+        const n = parseSize(sign ? sizeText.slice(1) : sizeText);
+        size = sign ? { relative: sign * n } : n;
+      } catch (e) {
+        reportEach((e as Error).message);
+        throw new Exit(1);
+      }
+      if (o.shrink) process.stderr.write(`${PROG}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n`);
+      try {
+        resizeImage(file, size, { allowShrink: o.shrink ?? false });
+      } catch (e) {
+        report(openPrefix(e, file) + (e as Error).message);
+        throw new Exit(1);
+      }
+      if (!o.q) process.stdout.write('Image resized.\n');
+    });
+
+  program
+    .command('rebase')
+    .description('change the backing file reference (-u: header only; refused on data-file-raw images)')
+    .usage('[-f qcow2] -u -b BACKING [-F FMT] [-q] FILE')
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-u', 'unsafe: only rewrite the backing file reference')
+    .option('-b <backing_file>', "new backing file ('' for none)")
+    .option('-F <backing_fmt>', 'backing file format')
+    .option('-q', 'quiet')
+    .argument('<file>')
+    .action((file: string, o: { f?: string; u?: boolean; b?: string; F?: string }) => {
+      requireQcow2(o.f);
+      if (!o.u) {
+        report('Safe rebase (copying clusters that differ) needs the data path; use -u to change only the reference');
+        throw new Exit(1);
+      }
+      if (o.b === undefined) {
+        report('Must specify backing file (-b) or use unsafe mode (-u)');
+        throw new Exit(1);
+      }
+      try {
+        rebaseUnsafe(file, o.b, o.F);
+      } catch (e) {
+        report(openPrefix(e, file) + (e as Error).message);
+        throw new Exit(1);
+      }
+    });
+
   return program;
+}
+
+/** qemu-img prefixes open failures with `Could not open 'FILE': `; refusals stand alone. */
+function openPrefix(e: unknown, file: string): string {
+  return Qcow2Error.isInstance(e) && (e.code === 'INVALID_IMAGE' || e.code === 'UNSUPPORTED' || e.code === 'NOT_FOUND' || e.code === 'LOCKED')
+    ? `Could not open '${file}': ` : '';
 }
 
 export function main(argv: string[]): number {

@@ -2,6 +2,7 @@
 
 import { invalidOption, Qcow2Error } from '../format/errors';
 import type { CompressionType, Compat, CreateOptions, Preallocation } from '../format/options';
+import type { AmendRequest } from '../rules/types';
 import { parseSize, parseSizeOption, strtoull, type WarningSink } from '../format/size';
 
 /** One `-o` item as written: a bare `key` (no `=`) has value `undefined`. */
@@ -354,4 +355,45 @@ function parseInt64(value: string): bigint {
   const limit = r.negative ? I64_MAX + 1n : I64_MAX;
   if (r.magnitude > limit) throw driverError("Parameter 'refcount-bits' expects integer", 'refcount_bits');
   return r.negative ? -r.magnitude : r.magnitude;
+}
+
+/** Options `qemu-img amend -f qcow2` understands (the rest of the create list is create-only). */
+const AMEND_OPTS = new Set(['size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits']);
+const CREATE_ONLY_OPTS = new Set(['cluster_size', 'preallocation', 'extended_l2', 'compression_type', 'encryption', 'encrypt.format', 'nocow', 'extent_size_hint']);
+
+/**
+ * Turns parsed `amend -o` items into an AmendRequest with qemu-img's per-option messages:
+ * create-only options get `Invalid parameter 'X'` + `This option is only supported for image
+ * creation`; whether the amend as a whole is legal is provider/rules' call.
+ */
+export function toAmendRequest(pairs: OptionPair[]): AmendRequest {
+  const out: AmendRequest = {};
+  for (const [rawKey, rawValue] of pairs) {
+    let key = rawKey;
+    let value = rawValue;
+    if (value === undefined) {
+      if (key.startsWith('no')) { key = key.slice(2); value = 'off'; } else value = 'on';
+    }
+    if (key === 'id') continue;
+    if (CREATE_ONLY_OPTS.has(key) || key.startsWith('encrypt.')) {
+      throw invalidOption(`Invalid parameter '${key}'\nThis option is only supported for image creation`, key);
+    }
+    if (!AMEND_OPTS.has(key)) throw invalidOption(`Invalid parameter '${key}'`, key);
+    switch (key) {
+      case 'size': out.size = parseSizeOption('size', value); break;
+      case 'compat': {
+        const level = Object.prototype.hasOwnProperty.call(COMPAT, value) ? COMPAT[value] : undefined;
+        if (level === undefined) throw invalidOption(`Unknown compatibility level ${value}`, 'compat');
+        out.compat = level;
+        break;
+      }
+      case 'backing_file': out.backingFile = value; break;
+      case 'backing_fmt': out.backingFormat = value; break;
+      case 'data_file': out.dataFile = value; break;
+      case 'data_file_raw': out.dataFileRaw = parseBool(key, value); break;
+      case 'lazy_refcounts': out.lazyRefcounts = parseBool(key, value); break;
+      case 'refcount_bits': out.refcountBits = Number(parseNumber(key, value)); break;
+    }
+  }
+  return out;
 }

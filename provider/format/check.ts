@@ -45,6 +45,16 @@ export function checkImage(file: BlockFile): CheckResult {
   return new Checker(img, file).run();
 }
 
+/**
+ * The refcount every cluster should have, counted from references (what `check -r` rebuilds
+ * from). `beyondFile` lists clusters referenced past the end of the file (a corrupt image).
+ */
+export function countReferences(img: Image, file: BlockFile): { counts: Uint32Array; beyondFile: number[]; result: CheckResult } {
+  const c = new Checker(img, file);
+  const result = c.run();
+  return { counts: c.computed().dense, beyondFile: [...c.computed().sparse.keys()], result };
+}
+
 class Checker {
   private readonly r: CheckResult = {
     messages: [], corruptions: 0, leaks: 0, checkErrors: 0, imageEndOffset: 0,
@@ -65,6 +75,8 @@ class Checker {
   }
 
   private err(line: string): void { this.r.messages.push(line); }
+
+  computed(): RefCounter { return this.refs; }
 
   run(): CheckResult {
     const { img, r } = this;
