@@ -11,3 +11,9 @@ export { checkImageFile, checkJson, checkHumanText, checkExitCode } from './form
 export type { CheckResult, CheckJson } from './format/check';
 export { parseSize, formatSize } from './format/size';
 export { validateCreate } from './rules/create';
+export { Image, imageProvider } from './resource/image';
+export type { ImageArgs } from './resource/image';
+export { imageInputSchema, imageInputSchemaPath } from './resource/schema';
+export { getEngine } from './engines';
+export type { Engine, EngineName, ImageInfo } from './engines/engine';
+export { classifyChange } from './rules/change';

@@ -1,0 +1,72 @@
+// The native engine behind the Engine interface: provider/format in this process, no QEMU.
+
+import * as fs from 'fs';
+import { checkImageFile, CheckResult } from '../format/check';
+import { Qcow2Error } from '../format/errors';
+import { Image } from '../format/image';
+import { imageInfo } from '../format/info';
+import { NodeBlockFile } from '../format/blockfile';
+import { lockImage } from '../format/lock';
+import type { CreateOptions } from '../format/options';
+import type { AmendRequest } from '../rules/types';
+import { Engine, ImageInfo, RemoveOptions, ResizeOptions, toImageInfo } from './engine';
+import { amendImage, createImage, rebaseUnsafe, resizeImage } from './native';
+
+export class NativeEngine implements Engine {
+  readonly name = 'native' as const;
+
+  async create(path: string, options: CreateOptions): Promise<void> {
+    createImage(path, options);
+  }
+
+  async amend(path: string, request: AmendRequest): Promise<void> {
+    amendImage(path, request);
+  }
+
+  async resize(path: string, size: bigint, options: ResizeOptions = {}): Promise<void> {
+    resizeImage(path, size, { allowShrink: options.allowShrink ?? false });
+  }
+
+  async rebase(path: string, backingFile: string, backingFormat?: string): Promise<void> {
+    rebaseUnsafe(path, backingFile, backingFormat);
+  }
+
+  async info(path: string, options: { forceShare?: boolean } = {}): Promise<ImageInfo> {
+    if (!options.forceShare) {
+      // Like qemu-img info without -U: refuse an image a VM is writing to.
+      const f = NodeBlockFile.open(path, false);
+      try {
+        lockImage(f.fd, path, 'read').release();
+      } finally {
+        f.close();
+      }
+    }
+    return toImageInfo(imageInfo(path));
+  }
+
+  async check(path: string): Promise<CheckResult> {
+    return checkImageFile(path);
+  }
+
+  async remove(path: string, options: RemoveOptions = {}): Promise<void> {
+    let dataFile: string | undefined;
+    const f = NodeBlockFile.open(path, true);
+    try {
+      lockImage(f.fd, path, 'write'); // never delete an image a VM holds open
+      if (options.dataFile) {
+        const img = Image.open(f, path);
+        if (img.hasDataFile) dataFile = img.header.dataFile;
+      }
+      fs.unlinkSync(path);
+    } finally {
+      f.close();
+    }
+    if (dataFile !== undefined) {
+      try {
+        fs.unlinkSync(dataFile);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Qcow2Error('IO', `Could not remove data file '${dataFile}': ${(e as Error).message}`, { file: dataFile });
+      }
+    }
+  }
+}

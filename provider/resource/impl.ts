@@ -1,0 +1,380 @@
+// What the Image resource does on each call of the Pulumi engine: check (schema), diff
+// (provider/rules decides: none, amend, replace or refuse), create / update / read / delete
+// through an Engine. The provider object Pulumi serializes is a thin shim that requires this
+// module at run time (image.ts), so the state never carries a copy of this code.
+
+import * as fs from 'fs';
+import * as path from 'path';
+import { getEngine } from '../engines';
+import type { Engine, EngineName, ImageInfo } from '../engines/engine';
+import { Qcow2Error } from '../format/errors';
+import type { CreateOptions, Compat, CompressionType, Preallocation } from '../format/options';
+import { parseSize } from '../format/size';
+import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
+import { validateCreate } from '../rules/create';
+import type { DesiredSpec, ImageState, WorldFacts } from '../rules/types';
+import { UNKNOWN, validateInputs } from './schema';
+
+/** The version of this provider's code; a change makes diff report an update, refreshing state. */
+export const PROVIDER_VERSION: string = (() => {
+  for (let dir = __dirname, i = 0; i < 5; i++, dir = path.dirname(dir)) {
+    const p = path.join(dir, 'package.json');
+    if (fs.existsSync(p)) {
+      const pkg = JSON.parse(fs.readFileSync(p, 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'pulumi-qcow2' && pkg.version) return pkg.version;
+    }
+  }
+  return '0.0.0';
+})();
+
+/** Inputs as Pulumi hands them to the provider (after check). */
+export interface ImageInputs {
+  path: string;
+  size?: number | string;
+  clusterSize?: number;
+  compat?: Compat;
+  lazyRefcounts?: boolean;
+  refcountBits?: number;
+  extendedL2?: boolean;
+  compressionType?: CompressionType;
+  preallocation?: Preallocation;
+  backingFile?: string;
+  backingFormat?: string;
+  dataFile?: string;
+  dataFileRaw?: boolean;
+  adopt?: boolean;
+  source?: string;
+  sourceFormat?: 'raw' | 'qcow2';
+  allowShrink?: boolean;
+  allowReplace?: boolean;
+  engine?: EngineName;
+  dataFileOnDelete?: 'auto' | 'keep' | 'delete';
+  deleteAdopted?: boolean;
+}
+
+/** Outputs: the image as last read, plus what delete and diff need. Never undefined. */
+export interface ImageOutputs {
+  path: string;
+  engine: EngineName;
+  virtualSize: number;
+  actualSize: number;
+  clusterSize: number;
+  compat: Compat;
+  refcountBits: number;
+  lazyRefcounts: boolean;
+  extendedL2: boolean;
+  compressionType: CompressionType;
+  dataFile: string;
+  dataFileRaw: boolean;
+  backingFile: string;
+  backingFormat: string;
+  dirty: boolean;
+  corrupt: boolean;
+  bitmaps: string[];
+  /** Preallocation asked at creation ('' when unknown: adopted images). */
+  preallocation: string;
+  /** This resource created the data file (so destroy may remove it). */
+  createdDataFile: boolean;
+  /** This resource adopted an existing image (destroy keeps it unless deleteAdopted). */
+  adopted: boolean;
+  dataFileOnDelete: 'auto' | 'keep' | 'delete';
+  deleteAdopted: boolean;
+  providerVersion: string;
+}
+
+const isUnknown = (v: unknown) => v === UNKNOWN;
+
+/** A user-facing error that names the property and the way forward. */
+function failure(property: string, message: string): Error {
+  return new Qcow2Error('REFUSED', `${property}: ${message}`, { property });
+}
+
+function absolute(p: string): string {
+  return path.resolve(process.cwd(), p);
+}
+
+function sizeOf(v: number | string | undefined): bigint | undefined {
+  if (v === undefined || isUnknown(v)) return undefined;
+  if (typeof v === 'number') return BigInt(v);
+  try {
+    return parseSize(v);
+  } catch (e) {
+    throw failure('size', `${JSON.stringify(v)} is not a size: ${(e as Error).message.split('\n')[0]}. Use bytes or a number with k, M, G, T, P or E`);
+  }
+}
+
+function engineOf(name: EngineName | undefined): Engine {
+  return getEngine(name ?? 'native');
+}
+
+/** Inputs as rules' desired spec; values unknown during preview are left out (not judged). */
+function desiredOf(i: ImageInputs): DesiredSpec {
+  const d: DesiredSpec = {};
+  const set = <K extends keyof DesiredSpec>(k: K, v: DesiredSpec[K] | string | undefined) => {
+    if (v !== undefined && !isUnknown(v)) d[k] = v as DesiredSpec[K];
+  };
+  const size = sizeOf(i.size);
+  if (size !== undefined) d.size = size;
+  set('compat', i.compat);
+  set('clusterSize', i.clusterSize);
+  set('refcountBits', i.refcountBits);
+  set('lazyRefcounts', i.lazyRefcounts);
+  set('extendedL2', i.extendedL2);
+  set('compressionType', i.compressionType);
+  set('preallocation', i.preallocation);
+  if (i.backingFile !== undefined && !isUnknown(i.backingFile)) d.backingFile = absolute(i.backingFile);
+  set('backingFormat', i.backingFormat);
+  if (i.dataFile !== undefined && !isUnknown(i.dataFile)) d.dataFile = absolute(i.dataFile);
+  set('dataFileRaw', i.dataFileRaw);
+  set('allowShrink', i.allowShrink);
+  set('allowReplace', i.allowReplace);
+  return d;
+}
+
+/** The image as rules see it, from the outputs last read. */
+function stateOf(o: ImageOutputs): ImageState {
+  const s: ImageState = {
+    virtualSize: BigInt(o.virtualSize),
+    clusterSize: o.clusterSize,
+    compat: o.compat,
+    refcountBits: o.refcountBits,
+    lazyRefcounts: o.lazyRefcounts,
+    extendedL2: o.extendedL2,
+    compressionType: o.compressionType,
+    hasDataFile: o.dataFile !== '' || o.dataFileRaw,
+    dataFileRaw: o.dataFileRaw,
+    dirty: o.dirty,
+    corrupt: o.corrupt,
+    snapshots: 0,
+    bitmaps: o.bitmaps.length,
+  };
+  if (o.dataFile) s.dataFile = o.dataFile;
+  if (o.backingFile) s.backingFile = o.backingFile;
+  if (o.backingFormat) s.backingFormat = o.backingFormat;
+  if (o.preallocation) s.preallocation = o.preallocation as Preallocation;
+  return s;
+}
+
+function createOptionsOf(i: ImageInputs): CreateOptions {
+  const o: CreateOptions = {};
+  const size = sizeOf(i.size);
+  if (size !== undefined) o.size = size;
+  if (i.compat !== undefined) o.compat = i.compat;
+  if (i.clusterSize !== undefined) o.clusterSize = i.clusterSize;
+  if (i.refcountBits !== undefined) o.refcountBits = i.refcountBits;
+  if (i.lazyRefcounts !== undefined) o.lazyRefcounts = i.lazyRefcounts;
+  if (i.extendedL2 !== undefined) o.extendedL2 = i.extendedL2;
+  if (i.compressionType !== undefined) o.compressionType = i.compressionType;
+  if (i.preallocation !== undefined) o.preallocation = i.preallocation;
+  if (i.backingFile !== undefined) o.backingFile = absolute(i.backingFile);
+  if (i.backingFormat !== undefined) o.backingFormat = i.backingFormat;
+  if (i.dataFile !== undefined) o.dataFile = absolute(i.dataFile);
+  if (i.dataFileRaw !== undefined) o.dataFileRaw = i.dataFileRaw;
+  return o;
+}
+
+function outputsOf(i: ImageInputs, info: ImageInfo, extra: { createdDataFile: boolean; adopted: boolean }): ImageOutputs {
+  return {
+    path: absolute(i.path),
+    engine: i.engine ?? 'native',
+    virtualSize: Number(info.virtualSize),
+    actualSize: info.actualSize,
+    clusterSize: info.clusterSize,
+    compat: info.compat,
+    refcountBits: info.refcountBits,
+    lazyRefcounts: info.lazyRefcounts,
+    extendedL2: info.extendedL2,
+    compressionType: info.compressionType,
+    dataFile: info.dataFile ?? '',
+    dataFileRaw: info.dataFileRaw,
+    backingFile: info.backingFile ?? '',
+    backingFormat: info.backingFormat ?? '',
+    dirty: info.dirty,
+    corrupt: info.corrupt,
+    bitmaps: info.bitmaps,
+    preallocation: i.preallocation ?? (extra.adopted ? '' : i.dataFileRaw ? 'metadata' : 'off'),
+    createdDataFile: extra.createdDataFile,
+    adopted: extra.adopted,
+    dataFileOnDelete: i.dataFileOnDelete ?? 'auto',
+    deleteAdopted: i.deleteAdopted ?? false,
+    providerVersion: PROVIDER_VERSION,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export async function check(_olds: Record<string, unknown>, news: Record<string, unknown>): Promise<{ inputs: Record<string, unknown>; failures: Array<{ property: string; reason: string }> }> {
+  const failures = validateInputs(news);
+  if (failures.length === 0) {
+    const i = news as unknown as ImageInputs;
+    try {
+      sizeOf(i.size);
+    } catch (e) {
+      failures.push({ property: 'size', reason: (e as Error).message });
+    }
+    // Create-time legality of the whole combination (only what is known now).
+    const known = Object.fromEntries(Object.entries(news).filter(([, v]) => !isUnknown(v))) as unknown as ImageInputs;
+    if (failures.length === 0 && !hasUnknown(news)) {
+      const opts = createOptionsOf(known);
+      if (known.adopt || known.source) delete opts.size;
+      if (opts.size === undefined && !known.adopt && !known.source && opts.backingFile === undefined) {
+        failures.push({ property: 'size', reason: 'size is required unless the image is adopted, imported from source, or sized by its backingFile' });
+      } else {
+        const r = validateCreate({ ...opts, ...(known.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
+        if (!r.ok) failures.push({ property: propertyName(r.refusal.property), reason: r.refusal.message });
+      }
+    }
+  }
+  return { inputs: news, failures };
+}
+
+function hasUnknown(v: unknown): boolean {
+  if (isUnknown(v)) return true;
+  if (Array.isArray(v)) return v.some(hasUnknown);
+  if (v && typeof v === 'object') return Object.entries(v).some(([k, x]) => !k.startsWith('__') && hasUnknown(x));
+  return false;
+}
+
+/** qemu-img option names to input names. */
+function propertyName(option: string): string {
+  const map: Record<string, string> = {
+    cluster_size: 'clusterSize', extended_l2: 'extendedL2', backing_fmt: 'backingFormat', backing_file: 'backingFile',
+    lazy_refcounts: 'lazyRefcounts', refcount_bits: 'refcountBits', data_file_raw: 'dataFileRaw', data_file: 'dataFile',
+    compression_type: 'compressionType', preallocation: 'preallocation', size: 'size', compat: 'compat',
+  };
+  return map[option] ?? option;
+}
+
+/** Facts only the disk knows, gathered here so rules stay pure. */
+function factsFor(old: ImageOutputs, d: DesiredSpec): WorldFacts {
+  const facts: WorldFacts = {};
+  if (d.dataFile !== undefined && d.dataFile !== old.dataFile) {
+    try {
+      const st = fs.statSync(d.dataFile);
+      facts.desiredDataFile = { exists: true, size: BigInt(st.size) };
+    } catch {
+      facts.desiredDataFile = { exists: false };
+    }
+  }
+  return facts;
+}
+
+export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
+  const replaces: string[] = [];
+  let changes = false;
+  if (olds.providerVersion !== PROVIDER_VERSION) changes = true;
+  if (!isUnknown(news.path) && absolute(news.path) !== olds.path) {
+    if (!news.allowReplace) {
+      throw failure('path', `moving the image from ${olds.path} to ${absolute(news.path)} means creating a new image and deleting the old one with its data. Set allowReplace: true to accept that, or keep the path`);
+    }
+    replaces.push('path');
+  }
+  if (isUnknown(news.path)) changes = true;
+  const engine = news.engine ?? 'native';
+  if (isUnknown(engine) || engine !== olds.engine) changes = true;
+  for (const k of ['dataFileOnDelete', 'deleteAdopted'] as const) {
+    const now = news[k] ?? (k === 'dataFileOnDelete' ? 'auto' : false);
+    if (now !== olds[k]) changes = true;
+  }
+
+  const desired = desiredOf(news);
+  const result = classifyChange(stateOf(olds), desired, factsFor(olds, desired));
+  const refusal = refusalMessage(result);
+  if (refusal) throw new Qcow2Error('REFUSED', refusal, { property: result.find((c) => c.action === 'refuse')!.property });
+  for (const c of result) {
+    if (c.action === 'replace') replaces.push(c.property);
+    if (c.action === 'amend') changes = true;
+  }
+  // Values not known yet can only be judged at update time; report a change so it happens.
+  for (const [k, v] of Object.entries(news)) if (!k.startsWith('__') && hasUnknown(v)) changes = true;
+  const samePath = !replaces.includes('path');
+  return { changes: changes || replaces.length > 0, replaces, deleteBeforeReplace: replaces.length > 0 && samePath };
+}
+
+export async function create(inputs: ImageInputs): Promise<{ id: string; outs: ImageOutputs }> {
+  const engine = engineOf(inputs.engine);
+  const file = absolute(inputs.path);
+  const opts = createOptionsOf(inputs);
+  if (inputs.adopt) {
+    if (fs.existsSync(file)) return adoptImage(engine, file, inputs);
+    if (opts.dataFile === undefined || !fs.existsSync(opts.dataFile)) {
+      throw failure('adopt', `there is nothing to adopt: no image at ${file}${opts.dataFile ? ` and no data file at ${opts.dataFile}` : ''}. Remove adopt to create a new image`);
+    }
+    await engine.create(file, { ...opts, adoptDataFile: true });
+    return { id: file, outs: outputsOf(inputs, await engine.info(file, { forceShare: true }), { createdDataFile: false, adopted: false }) };
+  }
+  if (fs.existsSync(file)) {
+    throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
+  }
+  if (inputs.source !== undefined) {
+    const native = require('../engines/native') as Record<string, unknown>;
+    const importImage = native.importImage as ((dst: string, o: CreateOptions, src: { path: string; format?: string }) => unknown) | undefined;
+    if (typeof importImage !== 'function') throw failure('source', 'importing from a source file is not available in this version');
+    await importImage(file, opts, { path: absolute(inputs.source), ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}) });
+  } else {
+    await engine.create(file, opts);
+  }
+  const info = await engine.info(file, { forceShare: true });
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: opts.dataFile !== undefined, adopted: false }) };
+}
+
+/** Take over an existing image: verify it matches the inputs, change nothing. */
+async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Promise<{ id: string; outs: ImageOutputs }> {
+  const info = await engine.info(file, { forceShare: true });
+  const outs = outputsOf(inputs, info, { createdDataFile: false, adopted: true });
+  const desired = desiredOf(inputs);
+  delete desired.allowReplace;
+  delete desired.allowShrink;
+  const mismatches = classifyChange(stateOf(outs), desired).filter((c) => c.action !== 'none');
+  if (mismatches.length) {
+    throw failure('adopt', `the existing image at ${file} does not match the inputs (${mismatches.map((c) => `${c.property}: image has ${String(c.from)}, inputs say ${String(c.to)}`).join('; ')}). Adopting never changes an image: make the inputs match it, then change them in a later update`);
+  }
+  return { id: file, outs };
+}
+
+export async function update(_id: string, olds: ImageOutputs, news: ImageInputs): Promise<{ outs: ImageOutputs }> {
+  const engine = engineOf(news.engine);
+  const file = olds.path;
+  const desired = desiredOf(news);
+  const result = classifyChange(stateOf(olds), desired, factsFor(olds, desired));
+  const refusal = refusalMessage(result);
+  if (refusal) throw new Qcow2Error('REFUSED', refusal);
+  const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
+  if (rebase) await engine.rebase(file, desired.backingFile ?? olds.backingFile, desired.backingFormat ?? (olds.backingFormat || undefined));
+  // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
+  // only if allowShrink is set).
+  const req = amendRequestOf(result);
+  if (req) await engine.amend(file, req);
+  const info = await engine.info(file, { forceShare: true });
+  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted }) };
+}
+
+export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
+  const file = props?.path ?? id;
+  if (!fs.existsSync(file)) return { id: '' };
+  const engine = engineOf(props?.engine);
+  const info = await engine.info(file, { forceShare: true });
+  const base: ImageInputs = { path: file, engine: props?.engine ?? 'native' };
+  if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false });
+  outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
+  outs.deleteAdopted = props?.deleteAdopted ?? false;
+  // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update
+  // puts the image back where the program says it should be.
+  const inputs: Record<string, unknown> = {
+    path: file, size: outs.virtualSize, compat: outs.compat, lazyRefcounts: outs.lazyRefcounts, refcountBits: outs.refcountBits,
+    dataFileRaw: outs.dataFileRaw, engine: outs.engine,
+  };
+  if (outs.dataFile) inputs.dataFile = outs.dataFile;
+  if (outs.backingFile) inputs.backingFile = outs.backingFile;
+  if (outs.backingFormat) inputs.backingFormat = outs.backingFormat;
+  return { id: file, props: outs, inputs };
+}
+
+export async function remove(_id: string, props: ImageOutputs): Promise<void> {
+  if (props.adopted && !props.deleteAdopted) return; // adopted images are the user's: kept
+  if (!fs.existsSync(props.path)) return;
+  const policy = props.dataFileOnDelete ?? 'auto';
+  const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);
+  await engineOf(props.engine).remove(props.path, { dataFile });
+}

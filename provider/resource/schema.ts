@@ -1,0 +1,68 @@
+// The Image input schema (shipped as schema/image.schema.json) and its ajv validator. Values
+// Pulumi does not know yet during preview arrive as the unknown sentinel and always pass.
+
+import Ajv, { ErrorObject } from 'ajv';
+import * as fs from 'fs';
+import * as path from 'path';
+
+/** Where the shipped schema file is: the package root, above provider/ (source) or dist/provider/ (built). */
+export const imageInputSchemaPath: string = (() => {
+  for (let dir = __dirname, i = 0; i < 5; i++, dir = path.dirname(dir)) {
+    const p = path.join(dir, 'schema', 'image.schema.json');
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error('schema/image.schema.json is missing from the pulumi-qcow2 package');
+})();
+
+/** The JSON Schema of the Image inputs, as shipped in the package. */
+export const imageInputSchema: Record<string, unknown> = JSON.parse(fs.readFileSync(imageInputSchemaPath, 'utf8'));
+
+/** What Pulumi puts where a value is not known yet (preview), at any depth. */
+export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
+
+export interface InputFailure { property: string; reason: string }
+
+let validator: ReturnType<Ajv['compile']> | undefined;
+
+function stripUnknown(v: unknown): unknown {
+  if (Array.isArray(v)) return v.filter((x) => x !== UNKNOWN).map(stripUnknown);
+  if (v && typeof v === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) if (x !== UNKNOWN && !k.startsWith('__')) out[k] = stripUnknown(x);
+    return out;
+  }
+  return v;
+}
+
+function describe(e: ErrorObject, schema: Record<string, unknown>): InputFailure {
+  const props = (schema.properties ?? {}) as Record<string, { description?: string; enum?: unknown[] }>;
+  const name = e.instancePath.replace(/^\//, '').split('/')[0] || (e.params as { missingProperty?: string; additionalProperty?: string }).missingProperty
+    || (e.params as { additionalProperty?: string }).additionalProperty || '';
+  const p = props[name];
+  if (e.keyword === 'additionalProperties') {
+    return { property: name, reason: `'${name}' is not an Image input; allowed inputs: ${Object.keys(props).join(', ')}` };
+  }
+  if (e.keyword === 'required') return { property: name, reason: `'${name}' is required: ${p?.description ?? ''}`.trim() };
+  const allowed = p?.enum ? `one of ${p.enum.map((x) => JSON.stringify(x)).join(', ')}` : p?.description ?? e.message ?? 'invalid';
+  return { property: name, reason: `${name} ${e.message ?? 'is invalid'}: allowed is ${allowed}` };
+}
+
+/** One failure per bad property (the first problem found for it). */
+export function validateInputs(inputs: Record<string, unknown>): InputFailure[] {
+  if (!validator) validator = new Ajv({ allErrors: true, strict: false }).compile(imageInputSchema);
+  const data = stripUnknown(inputs);
+  if (validator(data)) return [];
+  const seen = new Map<string, InputFailure>();
+  for (const e of validator.errors ?? []) {
+    if (e.keyword === 'oneOf') continue; // its branches say more
+    const f = describe(e, imageInputSchema);
+    if (!seen.has(f.property)) seen.set(f.property, f);
+  }
+  if (seen.size === 0) {
+    for (const e of validator.errors ?? []) {
+      const f = describe(e, imageInputSchema);
+      if (!seen.has(f.property)) seen.set(f.property, f);
+    }
+  }
+  return [...seen.values()];
+}

@@ -1,0 +1,165 @@
+// A driver for Pulumi's own dynamic-provider host: start the host process that ships in
+// @pulumi/pulumi, serialize the provider from compiled CommonJS (as a Pulumi program does) and
+// make the engine's gRPC calls in its order. No Pulumi CLI and no mocks.
+
+import { ChildProcess, spawn } from 'child_process';
+import { createRequire } from 'module';
+import * as path from 'path';
+
+const root = path.resolve(__dirname, '..', '..');
+const req = createRequire(path.join(root, 'package.json'));
+const grpc = req('@grpc/grpc-js');
+const providerGrpc = req('@pulumi/pulumi/proto/provider_grpc_pb');
+const providerPb = req('@pulumi/pulumi/proto/provider_pb');
+const structPb = req('google-protobuf/google/protobuf/struct_pb');
+const pulumi = req('@pulumi/pulumi');
+
+export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
+export type Props = Record<string, unknown>;
+
+/** Serialize the Image provider the way pulumi.dynamic.Resource does (from dist/, CommonJS). */
+export async function serializedProvider(): Promise<string> {
+  const { imageProvider } = req(path.join(root, 'dist', 'provider', 'resource', 'image.js'));
+  const sf = await pulumi.runtime.serializeFunction(() => imageProvider, { allowSecrets: true });
+  return sf.text as string;
+}
+
+/** The real gRPC error text of a failed call (what `pulumi preview` would print). */
+export class HostError extends Error {}
+
+export class ProviderHost {
+  private client: any;
+  private constructor(private readonly child: ChildProcess, port: number) {
+    this.client = new providerGrpc.ResourceProviderClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  }
+
+  /** Start the host with `cwd` as the program directory (relative paths resolve there). */
+  static async start(cwd: string): Promise<ProviderHost> {
+    const entry = req.resolve('@pulumi/pulumi/cmd/dynamic-provider/index.js');
+    const child = spawn(process.execPath, [entry, '127.0.0.1:1'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d) => { stderr += d; });
+    const port = await new Promise<number>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d) => {
+        out += d;
+        const line = out.split('\n')[0]!;
+        if (out.includes('\n') && /^\d+$/.test(line.trim())) resolve(Number(line.trim()));
+      });
+      child.on('exit', (code) => reject(new Error(`provider host exited with ${code}: ${stderr}`)));
+      setTimeout(() => reject(new Error(`provider host did not print its port: ${stderr}`)), 20000);
+    });
+    const host = new ProviderHost(child, port);
+    await host.call('configure', new providerPb.ConfigureRequest().setArgs(structPb.Struct.fromJavaScript({})).setAcceptsecrets(true));
+    return host;
+  }
+
+  stop(): void {
+    this.client.close();
+    this.child.kill('SIGKILL');
+  }
+
+  private call(method: string, request: unknown): Promise<any> {
+    return new Promise((resolve, reject) => {
+      this.client[method](request, (err: Error | null, resp: unknown) => (err ? reject(new HostError(err.message.replace(/^\d+ [A-Z_]+: /, ''))) : resolve(resp)));
+    });
+  }
+
+  async check(urn: string, olds: Props, news: Props): Promise<{ inputs: Props; failures: Array<{ property: string; reason: string }> }> {
+    const r = await this.call('check', new providerPb.CheckRequest().setUrn(urn)
+      .setOlds(structPb.Struct.fromJavaScript(olds)).setNews(structPb.Struct.fromJavaScript(news)));
+    return {
+      inputs: r.getInputs().toJavaScript(),
+      failures: r.getFailuresList().map((f: any) => ({ property: f.getProperty(), reason: f.getReason() })),
+    };
+  }
+
+  async diff(urn: string, id: string, olds: Props, news: Props): Promise<{ changes: 'some' | 'none' | 'unknown'; replaces: string[]; deleteBeforeReplace: boolean }> {
+    const r = await this.call('diff', new providerPb.DiffRequest().setUrn(urn).setId(id)
+      .setOlds(structPb.Struct.fromJavaScript(olds)).setNews(structPb.Struct.fromJavaScript(news)));
+    const C = providerPb.DiffResponse.DiffChanges;
+    const c = r.getChanges();
+    return { changes: c === C.DIFF_SOME ? 'some' : c === C.DIFF_NONE ? 'none' : 'unknown', replaces: r.getReplacesList(), deleteBeforeReplace: r.getDeletebeforereplace() };
+  }
+
+  async create(urn: string, props: Props): Promise<{ id: string; outs: Props }> {
+    const r = await this.call('create', new providerPb.CreateRequest().setUrn(urn).setProperties(structPb.Struct.fromJavaScript(props)));
+    return { id: r.getId(), outs: r.getProperties().toJavaScript() };
+  }
+
+  async update(urn: string, id: string, olds: Props, news: Props): Promise<Props> {
+    const r = await this.call('update', new providerPb.UpdateRequest().setUrn(urn).setId(id)
+      .setOlds(structPb.Struct.fromJavaScript(olds)).setNews(structPb.Struct.fromJavaScript(news)));
+    return r.getProperties().toJavaScript();
+  }
+
+  async read(urn: string, id: string, props: Props): Promise<{ id: string; props: Props; inputs?: Props }> {
+    const r = await this.call('read', new providerPb.ReadRequest().setUrn(urn).setId(id).setProperties(structPb.Struct.fromJavaScript(props)));
+    const inputs = r.getInputs();
+    return { id: r.getId(), props: r.getProperties()?.toJavaScript() ?? {}, ...(inputs ? { inputs: inputs.toJavaScript() } : {}) };
+  }
+
+  async delete(urn: string, id: string, props: Props): Promise<void> {
+    await this.call('delete', new providerPb.DeleteRequest().setUrn(urn).setId(id).setProperties(structPb.Struct.fromJavaScript(props)));
+  }
+}
+
+/** The engine's sequence for one resource across `pulumi preview` / `up` runs, with state kept. */
+export class Stack {
+  state?: { id: string; inputs: Props; outputs: Props };
+  constructor(private readonly host: ProviderHost, private readonly provider: string, readonly urn = 'urn:pulumi:test::qcow2::pulumi-nodejs:dynamic/qcow2:Image::img') {}
+
+  private withProvider(p: Props): Props {
+    return { ...p, __provider: this.provider };
+  }
+
+  /** `pulumi preview`: Check, then Diff when the resource exists. Never Create/Update. */
+  async preview(inputs: Props): Promise<{ op: 'create' | 'update' | 'replace' | 'same'; failures: Array<{ property: string; reason: string }> }> {
+    const c = await this.host.check(this.urn, this.state?.inputs ?? {}, this.withProvider(inputs));
+    if (c.failures.length) return { op: 'same', failures: c.failures };
+    if (!this.state) return { op: 'create', failures: [] };
+    const d = await this.host.diff(this.urn, this.state.id, this.state.outputs, c.inputs);
+    return { op: d.replaces.length ? 'replace' : d.changes === 'none' ? 'same' : 'update', failures: [] };
+  }
+
+  /** `pulumi up` for this resource: Check, Diff, then Create / Update (replace: delete + create). */
+  async up(inputs: Props): Promise<{ op: 'create' | 'update' | 'replace' | 'same'; outputs: Props }> {
+    const c = await this.host.check(this.urn, this.state?.inputs ?? {}, this.withProvider(inputs));
+    if (c.failures.length) throw new HostError(c.failures.map((f) => `${f.property}: ${f.reason}`).join('\n'));
+    if (!this.state) {
+      const r = await this.host.create(this.urn, c.inputs);
+      this.state = { id: r.id, inputs: c.inputs, outputs: r.outs };
+      return { op: 'create', outputs: r.outs };
+    }
+    const d = await this.host.diff(this.urn, this.state.id, this.state.outputs, c.inputs);
+    if (d.replaces.length) {
+      if (d.deleteBeforeReplace) await this.host.delete(this.urn, this.state.id, this.state.outputs);
+      const r = await this.host.create(this.urn, c.inputs);
+      if (!d.deleteBeforeReplace) await this.host.delete(this.urn, this.state.id, this.state.outputs);
+      this.state = { id: r.id, inputs: c.inputs, outputs: r.outs };
+      return { op: 'replace', outputs: r.outs };
+    }
+    if (d.changes === 'none') return { op: 'same', outputs: this.state.outputs };
+    const outs = await this.host.update(this.urn, this.state.id, this.state.outputs, c.inputs);
+    this.state = { id: this.state.id, inputs: c.inputs, outputs: outs };
+    return { op: 'update', outputs: outs };
+  }
+
+  /** `pulumi refresh`: Read with the state's outputs; an empty id drops the resource. */
+  async refresh(): Promise<void> {
+    if (!this.state) return;
+    const r = await this.host.read(this.urn, this.state.id, this.state.outputs);
+    if (!r.id) {
+      this.state = undefined;
+      return;
+    }
+    this.state = { id: r.id, inputs: r.inputs ? { ...this.state.inputs, ...r.inputs } : this.state.inputs, outputs: r.props };
+  }
+
+  /** `pulumi destroy`. */
+  async destroy(): Promise<void> {
+    if (!this.state) return;
+    await this.host.delete(this.urn, this.state.id, this.state.outputs);
+    this.state = undefined;
+  }
+}

@@ -1,0 +1,181 @@
+// The Image resource through Pulumi's real dynamic-provider host: preview, up, update, refresh,
+// refusals of the seed's rules at preview time, adopt and destroy, for both engines.
+
+import { spawnSync } from 'child_process';
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { qemuImgAvailable, requireQemu } from '../helpers/qemu';
+import { HostError, ProviderHost, Stack, UNKNOWN, serializedProvider } from './host';
+
+const md5 = (f: string) => crypto.createHash('md5').update(fs.readFileSync(f)).digest('hex');
+const qemu = (args: string[], cwd: string) => spawnSync('qemu-img', args, { cwd, encoding: 'utf8' });
+
+const engines = ['native', 'qemu-img'] as const;
+const haveQemu = qemuImgAvailable();
+if (!haveQemu && !requireQemu) console.warn('lifecycle: qemu-img not installed; the qemu-img engine and drift cases are skipped');
+
+describe.each(engines)('Image lifecycle through the dynamic-provider host (%s engine)', (engine) => {
+  const skip = !haveQemu && (engine === 'qemu-img' || !requireQemu);
+  let dir: string;
+  let host: ProviderHost;
+  let provider: string;
+
+  beforeAll(async () => {
+    if (skip) return;
+    if (engine === 'qemu-img' && !fs.existsSync(path.resolve(__dirname, '../../dist/provider/engines/qemuimg-engine.js'))) {
+      throw new Error('the qemu-img engine is not built');
+    }
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), `qcow2-life-${engine}-`));
+    host = await ProviderHost.start(dir);
+    provider = await serializedProvider();
+  }, 60_000);
+  afterAll(() => {
+    host?.stop();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const stack = (name: string) => new Stack(host, provider, `urn:pulumi:test::qcow2::pulumi-nodejs:dynamic/qcow2:Image::${name}`);
+  const raw = (name: string, extra: Record<string, unknown> = {}) => ({ path: `${name}.qcow2`, size: '1G', dataFile: `${name}.raw`, dataFileRaw: true, engine, ...extra });
+
+  it.skipIf(skip)('preview_creates_nothing_and_passes_unknown_values', async () => {
+    const s = stack('pre');
+    const p = await s.preview({ ...raw('pre'), size: UNKNOWN });
+    expect(p).toEqual({ op: 'create', failures: [] });
+    expect(fs.existsSync(path.join(dir, 'pre.qcow2'))).toBe(false);
+    expect(fs.existsSync(path.join(dir, 'pre.raw'))).toBe(false);
+  });
+
+  it.skipIf(skip)('check_reports_one_failure_per_bad_property', async () => {
+    const s = stack('bad');
+    const p = await s.preview({ path: 'bad.qcow2', size: 'lots', clusterSize: 1000, compat: '2.0', engine });
+    const props = p.failures.map((f) => f.property).sort();
+    expect(props).toEqual(['clusterSize', 'compat', 'size']);
+    for (const f of p.failures) expect(f.reason).toMatch(/allowed|one of/);
+  });
+
+  it.skipIf(skip)('up_creates_then_amends_in_place_and_refreshes_drift', async () => {
+    const s = stack('life');
+    const c = await s.up(raw('life'));
+    expect(c.op).toBe('create');
+    expect(c.outputs).toMatchObject({ virtualSize: 1073741824, dataFileRaw: true, clusterSize: 65536, compat: '1.1', engine });
+    for (const v of Object.values(c.outputs)) expect(v).not.toBeUndefined();
+    expect((await s.preview(raw('life'))).op).toBe('same');
+
+    const u = await s.up(raw('life', { size: '2G', lazyRefcounts: true }));
+    expect(u.op).toBe('update');
+    expect(u.outputs).toMatchObject({ virtualSize: 2147483648, lazyRefcounts: true, dataFileRaw: true });
+    expect(fs.statSync(path.join(dir, 'life.raw')).size).toBe(2147483648);
+
+    if (haveQemu) {
+      // Somebody changes the image by hand: refresh shows it, the next up puts it back.
+      expect(qemu(['resize', 'life.qcow2', '3G'], dir).status).toBe(0);
+      await s.refresh();
+      expect(s.state!.outputs.virtualSize).toBe(3221225472);
+      expect(s.state!.inputs.size).toBe(3221225472);
+      // Shrinking back needs allowShrink: the drift is refused at preview rather than silently cut.
+      await expect(s.preview(raw('life', { size: '2G', lazyRefcounts: true }))).rejects.toThrow(/allowShrink/);
+      await expect(s.up(raw('life', { size: '2G', lazyRefcounts: true }))).rejects.toThrow(/allowShrink/);
+      const ok = await s.up(raw('life', { size: '3G', lazyRefcounts: false }));
+      expect(ok.outputs).toMatchObject({ virtualSize: 3221225472, lazyRefcounts: false });
+    }
+    await s.destroy();
+    expect(fs.existsSync(path.join(dir, 'life.qcow2'))).toBe(false);
+    expect(fs.existsSync(path.join(dir, 'life.raw'))).toBe(false); // we created it, so it goes
+  });
+
+  it.skipIf(skip)('refuses_the_seed_rules_at_preview_and_touches_nothing', async () => {
+    const s = stack('seed');
+    await s.up({ path: 'seed.qcow2', size: '64M', dataFile: 'seed.raw', engine });
+    const before = md5(path.join(dir, 'seed.qcow2'));
+    // Enabling data-file-raw on an existing image.
+    await expect(s.preview({ path: 'seed.qcow2', size: '64M', dataFile: 'seed.raw', dataFileRaw: true, engine }))
+      .rejects.toThrow(/data-file-raw cannot be set on existing images.*Create a new image/s);
+    expect(md5(path.join(dir, 'seed.qcow2'))).toBe(before);
+    await s.destroy();
+
+    const r = stack('seedraw');
+    await r.up(raw('seedraw', { size: '64M' }));
+    fs.copyFileSync(path.join(dir, 'seedraw.qcow2'), path.join(dir, 'base.qcow2'));
+    // A backing file on a data-file-raw image: refused by check (same words as qemu-img create).
+    const p = await r.preview(raw('seedraw', { size: '64M', backingFile: 'base.qcow2', backingFormat: 'qcow2' }));
+    expect(p.failures.map((f) => f.reason).join()).toMatch(/Backing file and data-file-raw cannot be used at the same time/);
+    // ...and also when the same plan clears data-file-raw: two steps, not one.
+    await expect(r.preview(raw('seedraw', { size: '64M', dataFileRaw: false, backingFile: 'base.qcow2', backingFormat: 'qcow2' })))
+      .rejects.toThrow(/Backing file and data-file-raw cannot be used at the same time/);
+    // Shrink without allowShrink, and a create-only change without allowReplace.
+    await expect(r.preview(raw('seedraw', { size: '32M' }))).rejects.toThrow(/allowShrink/);
+    await expect(r.preview(raw('seedraw', { size: '64M', clusterSize: 4096 }))).rejects.toThrow(/allowReplace/);
+    // Clearing data-file-raw is an in-place amend.
+    const cleared = await r.up(raw('seedraw', { size: '64M', dataFileRaw: false }));
+    expect(cleared).toMatchObject({ op: 'update', outputs: { dataFileRaw: false } });
+    await r.destroy();
+  });
+
+  it.skipIf(skip)('opted_in_replacement_on_the_same_path_deletes_first', async () => {
+    const s = stack('rep');
+    await s.up({ path: 'rep.qcow2', size: '64M', engine });
+    const r = await s.preview({ path: 'rep.qcow2', size: '64M', clusterSize: 4096, allowReplace: true, engine });
+    expect(r.op).toBe('replace');
+    const up = await s.up({ path: 'rep.qcow2', size: '64M', clusterSize: 4096, allowReplace: true, engine });
+    expect(up).toMatchObject({ op: 'replace', outputs: { clusterSize: 4096 } });
+    await s.destroy();
+  });
+
+  it.skipIf(skip)('adopts_an_existing_raw_disk_without_changing_a_byte', async () => {
+    const disk = path.join(dir, 'disk.raw');
+    fs.writeFileSync(disk, crypto.randomBytes(1 << 20));
+    fs.truncateSync(disk, 8 << 20);
+    const before = md5(disk);
+    const s = stack('adoptraw');
+    const c = await s.up({ path: 'adoptraw.qcow2', dataFile: 'disk.raw', dataFileRaw: true, adopt: true, engine });
+    expect(c.outputs).toMatchObject({ virtualSize: 8 << 20, dataFileRaw: true, createdDataFile: false });
+    expect(md5(disk)).toBe(before);
+    if (haveQemu) expect(qemu(['compare', '-f', 'raw', '-F', 'qcow2', 'disk.raw', 'adoptraw.qcow2'], dir).stdout).toMatch(/identical/);
+    await s.destroy();
+    expect(fs.existsSync(disk)).toBe(true); // the user's data file stays
+    expect(md5(disk)).toBe(before);
+  });
+
+  it.skipIf(skip)('adopts_an_existing_image_only_when_it_matches', async () => {
+    const s0 = stack('mine');
+    await s0.up({ path: 'mine.qcow2', size: '64M', lazyRefcounts: true, engine });
+    const before = md5(path.join(dir, 'mine.qcow2'));
+    const bad = stack('adopt-bad');
+    await expect(bad.up({ path: 'mine.qcow2', size: '128M', adopt: true, engine })).rejects.toThrow(/does not match.*size/);
+    const good = stack('adopt-good');
+    const a = await good.up({ path: 'mine.qcow2', size: '64M', adopt: true, engine });
+    expect(a.outputs).toMatchObject({ adopted: true, lazyRefcounts: true });
+    await good.destroy(); // adopted: kept
+    expect(md5(path.join(dir, 'mine.qcow2'))).toBe(before);
+    await expect(stack('clobber').up({ path: 'mine.qcow2', size: '64M', engine })).rejects.toThrow(/already exists.*adopt: true/);
+    await s0.destroy();
+  });
+
+  it.skipIf(skip)('refresh_of_a_missing_image_drops_it_from_state', async () => {
+    const s = stack('gone');
+    await s.up({ path: 'gone.qcow2', size: '1M', engine });
+    fs.rmSync(path.join(dir, 'gone.qcow2'));
+    await s.refresh();
+    expect(s.state).toBeUndefined();
+  });
+
+  it.skipIf(skip)('a_new_provider_version_reports_an_update', async () => {
+    const s = stack('ver');
+    await s.up({ path: 'ver.qcow2', size: '1M', engine });
+    s.state!.outputs = { ...s.state!.outputs, providerVersion: '0.0.0-old' };
+    expect((await s.preview({ path: 'ver.qcow2', size: '1M', engine })).op).toBe('update');
+    const u = await s.up({ path: 'ver.qcow2', size: '1M', engine });
+    expect(u.outputs.providerVersion).not.toBe('0.0.0-old');
+    await s.destroy();
+  });
+
+  it.skipIf(skip)('errors_cross_the_boundary_with_the_property_and_the_way_forward', async () => {
+    const s = stack('err');
+    const e = await s.up({ path: 'err.qcow2', dataFile: 'nothere.raw', adopt: true, engine }).catch((x) => x);
+    expect(e).toBeInstanceOf(HostError);
+    expect(String(e.message)).toMatch(/adopt: there is nothing to adopt.*Remove adopt/);
+  });
+});
