@@ -380,7 +380,12 @@ export function toAmendRequest(pairs: OptionPair[]): AmendRequest {
     }
     if (!AMEND_OPTS.has(key)) throw invalidOption(`Invalid parameter '${key}'`, key);
     switch (key) {
-      case 'size': out.size = parseSizeOption('size', value); break;
+      case 'size': {
+        // qemu-img amend reads size=0 as "no size given".
+        const size = parseSizeOption('size', value);
+        if (size !== 0n) out.size = size;
+        break;
+      }
       case 'compat': {
         const level = Object.prototype.hasOwnProperty.call(COMPAT, value) ? COMPAT[value] : undefined;
         if (level === undefined) throw invalidOption(`Unknown compatibility level ${value}`, 'compat');

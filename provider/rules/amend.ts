@@ -59,18 +59,19 @@ export function validateAmend(state: ImageState, req: AmendRequest, allowShrink 
   if (req.refcountBits !== undefined && (req.refcountBits > 64 || !isPowerOfTwo(req.refcountBits))) {
     return { property: 'refcount_bits', message: 'Refcount width must be a power of two and may not exceed 64 bits' };
   }
-  const backingChanges = (req.backingFile !== undefined && req.backingFile !== state.backingFile) ||
-    (req.backingFormat !== undefined && req.backingFormat !== state.backingFormat);
-  if (backingChanges) {
+  // Then in the order qemu-img applies them: refcount width, backing file, lazy refcounts.
+  const refcountBits = req.refcountBits ?? state.refcountBits;
+  if (refcountBits !== state.refcountBits && newVersion < 3 && refcountBits !== 16) {
+    return { property: 'refcount_bits', message: 'Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)' };
+  }
+  // qemu-img compares both names with the stored ones, an option left out counting as unset.
+  if ((req.backingFile !== undefined || req.backingFormat !== undefined) &&
+    (req.backingFile !== state.backingFile || req.backingFormat !== state.backingFormat)) {
     return { property: 'backing_file', message: "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead." };
   }
   const lazy = req.lazyRefcounts ?? state.lazyRefcounts;
   if (lazy && !state.lazyRefcounts && newVersion < 3) {
     return { property: 'lazy_refcounts', message: 'Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)' };
-  }
-  const refcountBits = req.refcountBits ?? state.refcountBits;
-  if (refcountBits !== state.refcountBits && newVersion < 3 && refcountBits !== 16) {
-    return { property: 'refcount_bits', message: 'Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)' };
   }
   if (req.size !== undefined && req.size !== state.virtualSize) {
     const r = validateResize(state, req.size, allowShrink);

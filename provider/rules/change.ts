@@ -24,7 +24,8 @@ function replaceOrRefuse(property: keyof DesiredSpec, from: unknown, to: unknown
  * not managed and produce no entry. The result holds one entry per managed property, seed rules
  * (data-file-raw, backing file) first.
  */
-export function classifyChange(current: ImageState, desired: DesiredSpec, facts: WorldFacts = {}): Change[] {
+export function classifyChange(current: ImageState, desiredSpec: DesiredSpec, facts: WorldFacts = {}): Change[] {
+  let desired = desiredSpec;
   const out: Change[] = [];
 
   // data-file-raw: can be cleared, never enabled on an existing image.
@@ -47,10 +48,12 @@ export function classifyChange(current: ImageState, desired: DesiredSpec, facts:
 
   // Backing file: never together with data-file-raw; otherwise a header-only rebase.
   if (desired.backingFile !== undefined || desired.backingFormat !== undefined) {
-    const file = desired.backingFile ?? current.backingFile;
+    const file = desired.backingFile === '' ? undefined : desired.backingFile ?? current.backingFile;
     const fmt = desired.backingFormat ?? current.backingFormat;
-    const changed = file !== current.backingFile || fmt !== current.backingFormat;
-    if (!changed) {
+    const changed = file !== current.backingFile || (file !== undefined && fmt !== current.backingFormat);
+    if (file === undefined && desired.backingFormat !== undefined && current.backingFile === undefined) {
+      out.push({ property: 'backingFile', action: 'refuse', from: current.backingFile, to: undefined, reason: 'Backing format cannot be used without backing file. Set backingFile too, or remove backingFormat' });
+    } else if (!changed) {
       out.push({ property: 'backingFile', action: 'none', reason: 'unchanged', from: current.backingFile, to: file });
     } else if (file !== undefined && file !== '' && (current.dataFileRaw || desired.dataFileRaw === true)) {
       out.push({
@@ -78,7 +81,7 @@ export function classifyChange(current: ImageState, desired: DesiredSpec, facts:
     } else if (desired.dataFile === current.dataFile) {
       out.push({ property: 'dataFile', action: 'none', reason: 'unchanged', from: current.dataFile, to: desired.dataFile });
     } else if (desired.dataFile === '') {
-      out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: '', reason: 'Removing the data file name would leave an image that cannot be opened without naming its data file each time; keep the name, or point it at the file\'s new location' });
+      out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: '', reason: 'Removing the data file name would leave an image that cannot be opened without naming its data file each time. Keep the name, or point it at the file\'s new location' });
     } else {
       const f = facts.desiredDataFile;
       const need = current.virtualSize;
@@ -94,14 +97,17 @@ export function classifyChange(current: ImageState, desired: DesiredSpec, facts:
 
   // Size: grow in place; shrink only when allowed.
   if (desired.size !== undefined) {
-    if (desired.size === current.virtualSize) {
+    // Sizes are rounded up to 512 bytes, as create rounds them.
+    const size = ((desired.size + 511n) / 512n) * 512n;
+    desired = { ...desired, size };
+    if (size === current.virtualSize) {
       out.push({ property: 'size', action: 'none', reason: 'unchanged', from: current.virtualSize, to: desired.size });
     } else {
-      const r = validateResize(current, desired.size, desired.allowShrink ?? false);
+      const r = validateResize(current, size, desired.allowShrink ?? false);
       if (r) {
-        out.push({ property: 'size', action: 'refuse', reason: r.message.replace('qcow2 resize --shrink, resource input allowShrink: true', 'set allowShrink: true'), from: current.virtualSize, to: desired.size });
+        out.push({ property: 'size', action: 'refuse', reason: withWayForward(r.message.replace('qcow2 resize --shrink, resource input allowShrink: true', 'set allowShrink: true')), from: current.virtualSize, to: desired.size });
       } else {
-        out.push({ property: 'size', action: 'amend', operation: 'resize', reason: desired.size > current.virtualSize ? `the image grows in place from ${current.virtualSize} to ${desired.size} bytes${current.dataFileRaw ? ', its metadata preallocated and the data file extended' : ''}` : `the image shrinks in place from ${current.virtualSize} to ${desired.size} bytes; data beyond the new end is deleted (allowShrink is set)`, from: current.virtualSize, to: desired.size });
+        out.push({ property: 'size', action: 'amend', operation: 'resize', reason: size > current.virtualSize ? `the image grows in place from ${current.virtualSize} to ${desired.size} bytes${current.dataFileRaw ? ', its metadata preallocated and the data file extended' : ''}` : `the image shrinks in place from ${current.virtualSize} to ${desired.size} bytes; data beyond the new end is deleted (allowShrink is set)`, from: current.virtualSize, to: desired.size });
       }
     }
   }
@@ -127,26 +133,78 @@ export function classifyChange(current: ImageState, desired: DesiredSpec, facts:
     }
   }
 
-  // Cross-property legality of the in-place part, as one amend (qemu-img's order and words).
-  const amend = amendRequestOf(out);
-  if (amend && !out.some((c) => c.action === 'refuse')) {
-    const r = validateAmend(current, amend, desired.allowShrink ?? false);
+  // Cross-property legality of the whole result: a downgrade must leave an image that compat
+  // 0.10 can describe (no lazy refcounts, 16-bit refcounts, no data file, no extended L2).
+  if (!out.some((c) => c.action === 'refuse')) {
+    const downgrade = desired.compat === '0.10' && current.compat !== '0.10';
+    const r = downgrade ? v2Conflict(current, desired) : undefined;
     if (r) {
-      const prop = ({ compat: 'compat', lazy_refcounts: 'lazyRefcounts', refcount_bits: 'refcountBits', size: 'size', data_file: 'dataFile', data_file_raw: 'dataFileRaw', backing_file: 'backingFile' } as Record<string, keyof DesiredSpec>)[r.property] ?? 'compat';
-      const i = out.findIndex((c) => c.property === prop);
-      const refusal: Change = { property: prop, action: 'refuse', reason: r.message };
-      if (i >= 0) out[i] = { ...out[i]!, ...refusal }; else out.push(refusal);
+      // On the property turned on in the same change, if one was; else on compat.
+      const culprit = (['lazyRefcounts', 'refcountBits', 'compressionType', 'extendedL2'] as const)
+        .find((p) => desired[p] !== undefined && desired[p] !== current[p] && r.includes(p === 'lazyRefcounts' ? 'Lazy' : p === 'refcountBits' ? 'refcount_bits' : p === 'compressionType' ? 'compression' : 'extended'));
+      mergeRefusal(out, culprit ?? 'compat', r);
+    } else {
+      // And the in-place part as one amend, in qemu-img's order and words.
+      const amend = amendRequestOf(out);
+      const refusal = amend && validateAmend(current, amend, desired.allowShrink ?? false);
+      if (refusal) {
+        const prop = ({ compat: 'compat', lazy_refcounts: 'lazyRefcounts', refcount_bits: 'refcountBits', size: 'size', data_file: 'dataFile', data_file_raw: 'dataFileRaw', backing_file: 'backingFile' } as Record<string, keyof DesiredSpec>)[refusal.property] ?? 'compat';
+        mergeRefusal(out, prop, withWayForward(refusal.message));
+      }
     }
   }
   return out;
 }
 
-/** The amend request the in-place changes add up to (rebase and resize included), or undefined. */
+function mergeRefusal(out: Change[], property: keyof DesiredSpec, reason: string): void {
+  const i = out.findIndex((c) => c.property === property);
+  const refusal: Change = { property, action: 'refuse', reason };
+  if (i >= 0) {
+    const { operation: _op, ...rest } = out[i]!;
+    out[i] = { ...rest, ...refusal };
+  } else {
+    out.push(refusal);
+  }
+}
+
+/** What a compat 0.10 image cannot have after the change, in qemu-img's words plus the way forward. */
+function v2Conflict(current: ImageState, d: DesiredSpec): string | undefined {
+  if (d.lazyRefcounts ?? current.lazyRefcounts) {
+    return 'Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater). Set lazyRefcounts: false in the same change, or keep compat 1.1';
+  }
+  if ((d.refcountBits ?? current.refcountBits) !== 16) return 'compat=0.10 requires refcount_bits=16. Set refcountBits: 16 in the same change, or keep compat 1.1';
+  if (current.hasDataFile) return 'Cannot downgrade an image with a data file. Keep compat 1.1: images with an external data file need it';
+  if (d.extendedL2 ?? current.extendedL2) return 'Cannot downgrade an image with incompatible features 0x10 set (extended L2 entries). Keep compat 1.1, or create a new image without extendedL2';
+  if (d.compressionType === 'zstd') {
+    return 'Non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater). Remove compressionType: zstd (a downgrade converts the image to zlib when no cluster is compressed), or keep compat 1.1';
+  }
+  return undefined;
+}
+
+/** qemu-img's words for an amend refusal, followed by what to do instead. */
+export function withWayForward(message: string): string {
+  const ways: Array<[RegExp, string]> = [
+    [/^compat=0\.10 requires refcount_bits=16/, 'Set refcountBits: 16 in the same change, or keep compat 1.1'],
+    [/^Cannot downgrade an image with a data file/, 'Keep compat 1.1: images with an external data file need it'],
+    [/^Cannot downgrade an image with incompatible features/, 'Keep compat 1.1, or create a new image without the feature'],
+    [/^Cannot downgrade an image with zstd compression type/, 'Keep compat 1.1, or convert the data into a new zlib image (qemu-img convert -o compression_type=zlib)'],
+    [/^Internal snapshots prevent downgrade/, 'Delete the internal snapshots first (qemu-img snapshot -d), or keep compat 1.1'],
+    [/^Refcount width must be a power of two/, 'Use 1, 2, 4, 8, 16, 32 or 64'],
+    [/^The new size must be a multiple of 512/, 'Use a size that is a multiple of 512 bytes'],
+    [/^Refcount widths other than 16 bits require/, 'Set compat: 1.1 in the same change, or keep refcountBits: 16'],
+    [/^Lazy refcounts only supported with compatibility level 1\.1/, 'Set compat: 1.1 in the same change, or keep lazyRefcounts: false'],
+    [/^data-file can only be set for images that use an external data file/, 'Create a new image with dataFile instead'],
+  ];
+  for (const [re, way] of ways) if (re.test(message) && !message.includes(way)) return `${message.replace(/\.$/, '')}. ${way}`;
+  return message;
+}
+
+/** The amend request the in-place changes add up to (size included, rebase not), or undefined. */
 export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   const req: AmendRequest = {};
   let any = false;
   for (const c of changes) {
-    if (c.action !== 'amend') continue;
+    if (c.action !== 'amend' || c.operation === 'rebase') continue;
     any = true;
     switch (c.property) {
       case 'compat': req.compat = c.to as AmendRequest['compat']; break;
