@@ -6,7 +6,16 @@ import { ChildProcess, spawn } from 'child_process';
 import { createRequire } from 'module';
 import * as path from 'path';
 
-const root = path.resolve(__dirname, '..', '..');
+import * as fs from 'fs';
+
+/** The repository root (this file runs from test/ in vitest and from dist/test/ in benches). */
+const root = (() => {
+  for (let dir = __dirname; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    const p = path.join(dir, 'package.json');
+    if (fs.existsSync(p) && JSON.parse(fs.readFileSync(p, 'utf8')).name === 'pulumi-qcow2') return dir;
+  }
+  throw new Error('cannot find the pulumi-qcow2 repository root');
+})();
 const req = createRequire(path.join(root, 'package.json'));
 const grpc = req('@grpc/grpc-js');
 const providerGrpc = req('@pulumi/pulumi/proto/provider_grpc_pb');
@@ -36,7 +45,7 @@ export class ProviderHost {
   /** Start the host with `cwd` as the program directory (relative paths resolve there). */
   static async start(cwd: string): Promise<ProviderHost> {
     const entry = req.resolve('@pulumi/pulumi/cmd/dynamic-provider/index.js');
-    const child = spawn(process.execPath, [entry, '127.0.0.1:1'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...(process.env.QCOW2_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean), entry, '127.0.0.1:1'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (d) => { stderr += d; });
     const port = await new Promise<number>((resolve, reject) => {
@@ -52,6 +61,13 @@ export class ProviderHost {
     const host = new ProviderHost(child, port);
     await host.call('configure', new providerPb.ConfigureRequest().setArgs(structPb.Struct.fromJavaScript({})).setAcceptsecrets(true));
     return host;
+  }
+
+  /** CPU seconds the host process has used so far (user + system), from /proc. */
+  cpuSeconds(): number {
+    const stat = fs.readFileSync(`/proc/${this.child.pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
   }
 
   stop(): void {
