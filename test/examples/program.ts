@@ -39,6 +39,9 @@ function awaitOutput(v: unknown): Promise<unknown> {
     return o.isKnown.then((known) => known ? new Promise((resolve) => o.apply((x) => { resolve(x); return x; })) : UNKNOWN);
   }
   if (Array.isArray(v)) return Promise.all(v.map(awaitOutput));
+  if (v && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+    return Promise.all(Object.entries(v).map(async ([k, x]) => [k, await awaitOutput(x)] as const)).then(Object.fromEntries);
+  }
   return Promise.resolve(v);
 }
 
@@ -78,13 +81,28 @@ export async function runProgram(programDir: string, state: ProgramState, config
     call(args: { inputs: Record<string, unknown> }) { return args.inputs; },
   }, state.project, 'dev', preview);
   pulumi.runtime.setAllConfig(Object.fromEntries(Object.entries(config).map(([k, v]) => [`${state.project}:${k}`, v])));
-  const index = req.resolve(path.join(programDir, 'index.ts'));
-  delete req.cache[index];
-  const mod = req(index) as Record<string, unknown>;
-  const outputs: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(mod)) outputs[k] = await awaitOutput(v);
-  // Give registrations that nothing exported a moment to finish, then report failures.
-  await new Promise((r) => setTimeout(r, 50));
-  if (failures.length) throw new Error(failures.join('\n'));
-  return { outputs, ops };
+  // A failed registration also rejects the resource's own promises inside the Pulumi runtime;
+  // the engine would end the run, we collect the failure and report it once.
+  const swallow = (e: unknown) => {
+    if (!/failed to register new resource/.test(String((e as Error)?.message ?? e))) throw e;
+  };
+  process.on('unhandledRejection', swallow);
+  try {
+    const index = req.resolve(path.join(programDir, 'index.ts'));
+    delete req.cache[index];
+    const mod = req(index) as Record<string, unknown>;
+    const outputs: Record<string, unknown> = {};
+    const all = Promise.all(Object.entries(mod).map(async ([k, v]) => { outputs[k] = await awaitOutput(v); }));
+    // An output that depends on a failed resource never resolves: stop waiting once one failed.
+    await Promise.race([all, new Promise<void>((resolve) => {
+      const t = setInterval(() => { if (failures.length) { clearInterval(t); resolve(); } }, 20);
+      void all.then(() => clearInterval(t));
+    })]);
+    // Give registrations that nothing exported a moment to finish, then report failures.
+    await new Promise((r) => setTimeout(r, 50));
+    if (failures.length) throw new Error(failures.join('\n'));
+    return { outputs, ops };
+  } finally {
+    setTimeout(() => process.off('unhandledRejection', swallow), 200);
+  }
 }

@@ -1,0 +1,32 @@
+// A golden base image and one overlay per VM. Overlays read unchanged clusters from the base
+// and take its size unless they name their own; growing an overlay is an in-place amend.
+//
+//   pulumi config set --path 'vms.web' 20G
+//   pulumi config set --path 'vms.db' 40G     # a later step: db grows in place
+
+import * as fs from 'fs';
+import * as path from 'path';
+import * as pulumi from '@pulumi/pulumi';
+import { Image } from 'pulumi-qcow2';
+
+const config = new pulumi.Config();
+const dir = path.resolve(config.get('imageDir') ?? 'images');
+fs.mkdirSync(dir, { recursive: true });
+const vms = config.getObject<Record<string, string>>('vms') ?? { web: '20G', db: '20G' };
+
+const golden = new Image('golden', {
+  path: path.join(dir, 'golden.qcow2'),
+  size: config.get('goldenSize') ?? '20G',
+  lazyRefcounts: true,
+});
+
+export const overlays = Object.entries(vms).map(([vm, size]) => {
+  const img = new Image(`overlay-${vm}`, {
+    path: path.join(dir, `${vm}.qcow2`),
+    size,
+    backingFile: golden.path,
+    backingFormat: 'qcow2',
+  });
+  return { vm, path: img.path, virtualSize: img.virtualSize };
+});
+export const goldenPath = golden.path;
