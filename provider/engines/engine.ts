@@ -3,31 +3,17 @@
 // results and the same typed errors, because both ask provider/rules before doing anything.
 
 import type { CheckResult } from '../format/check';
-import type { CreateOptions, Compat, CompressionType } from '../format/options';
+import type { CreateOptions } from '../format/options';
 import type { ImageInfoJson } from '../format/info';
-import type { AmendRequest } from '../rules/types';
+import type { AmendRequest, ImageState } from '../rules/types';
 
 export type EngineName = 'native' | 'qemu-img';
 
 /** What `info` reports, typed: sizes exact, absent values as undefined (never guessed). */
-export interface ImageInfo {
-  virtualSize: bigint;
+export interface ImageInfo extends Pick<ImageState, 'virtualSize' | 'clusterSize' | 'compat' | 'refcountBits' | 'lazyRefcounts' |
+  'extendedL2' | 'compressionType' | 'hasDataFile' | 'dataFile' | 'dataFileRaw' | 'backingFile' | 'backingFormat' | 'dirty' | 'corrupt'> {
   /** Bytes allocated for the qcow2 file (qemu-img's actual-size). */
   actualSize: number;
-  clusterSize: number;
-  compat: Compat;
-  refcountBits: number;
-  lazyRefcounts: boolean;
-  extendedL2: boolean;
-  compressionType: CompressionType;
-  /** The image has an external data file (incompatible bit 2). */
-  hasDataFile: boolean;
-  dataFile?: string;
-  dataFileRaw: boolean;
-  backingFile?: string;
-  backingFormat?: string;
-  dirty: boolean;
-  corrupt: boolean;
   /** Names of persistent dirty bitmaps. */
   bitmaps: string[];
   snapshots: number;

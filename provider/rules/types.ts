@@ -1,7 +1,7 @@
 // The vocabulary of provider/rules: what an existing image is (as info reads it), what a
 // program or command asks for, and the decisions the rules return. Pure data, no I/O.
 
-import type { Compat, CompressionType, Preallocation } from '../format/options';
+import type { Compat, CompressionType, CreateOptions, Preallocation } from '../format/options';
 
 /** An existing image as the rules see it: what `info` reads, plus a few facts from the header. */
 export interface ImageState {
@@ -42,20 +42,8 @@ export interface AmendRequest {
   backingFormat?: string;
 }
 
-/** What a program or stack declares for an image (resource inputs, typed). */
-export interface DesiredSpec {
-  size?: bigint;
-  compat?: Compat;
-  clusterSize?: number;
-  refcountBits?: number;
-  lazyRefcounts?: boolean;
-  extendedL2?: boolean;
-  compressionType?: CompressionType;
-  preallocation?: Preallocation;
-  backingFile?: string;
-  backingFormat?: string;
-  dataFile?: string;
-  dataFileRaw?: boolean;
+/** What a program or stack declares for an image (resource inputs, typed): the create options, plus opt-ins. */
+export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
   /** Shrinking destroys data beyond the new end: only with this set. */
   allowShrink?: boolean;
   /** Properties that can only change by replacing the image may do so (the old image is deleted). */
