@@ -9,6 +9,7 @@ import { Qcow2Error } from './errors';
 import { Image, safeOffset } from './image';
 import { decodeL2Entry } from './l2';
 import { getRefcount, refcountMax } from './refcount';
+import { decodeBitmapDirectory } from './bitmaps';
 
 export interface CheckResult {
   /** Errors and leaks, one line each, as qemu-img prints them on stderr. */
@@ -238,19 +239,21 @@ class Checker {
     const b = this.img.header.bitmaps;
     if (!b) return;
     this.inc(b.bitmapDirectoryOffset, Number(b.bitmapDirectorySize));
-    const dir = this.readTable(b.bitmapDirectoryOffset, Number(b.bitmapDirectorySize));
-    let p = 0;
-    for (let i = 0; i < b.nbBitmaps; i++) {
-      if (p + 24 > dir.length) { this.r.corruptions++; return; }
-      const tableOffset = dir.readBigUInt64BE(p);
-      const tableSize = dir.readUInt32BE(p + 8);
-      const nameSize = dir.readUInt16BE(p + 18);
-      const extra = dir.readUInt32BE(p + 20);
-      p = Math.ceil((p + 24 + extra + nameSize) / 8) * 8;
-      this.inc(tableOffset, tableSize * 8);
-      if (tableSize > (1 << 27) || tableOffset % BigInt(this.cs) !== 0n) { this.r.corruptions++; break; }
-      const t = this.readTable(tableOffset, tableSize * 8);
-      for (let k = 0; k < tableSize; k++) {
+    let entries;
+    try {
+      const dir = this.readTable(b.bitmapDirectoryOffset, Number(b.bitmapDirectorySize));
+      entries = decodeBitmapDirectory(dir, b.nbBitmaps, Number(b.bitmapDirectoryOffset), this.cs, this.img.header.size);
+    } catch (e) {
+      // qcow2_check_bitmaps_refcounts: an unloadable directory is one corruption.
+      this.err(`ERROR ${(e as Error).message}`);
+      this.r.corruptions++;
+      return;
+    }
+    for (const e of entries) {
+      // Sizes are bounded by the entry check: at most what the virtual size needs.
+      this.inc(e.tableOffset, e.tableSize * 8);
+      const t = this.readTable(e.tableOffset, e.tableSize * 8);
+      for (let k = 0; k < e.tableSize; k++) {
         const entry = t.readBigUInt64BE(k * 8);
         const off = entry & 0x00fffffffffffe00n;
         if ((entry & 0x7f000000000001fen) || off % BigInt(this.cs) !== 0n || ((entry & 1n) && off)) { this.r.corruptions++; continue; }

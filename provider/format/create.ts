@@ -183,7 +183,12 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
   if (o.backingFormat !== undefined) header.backingFormat = o.backingFormat;
   if (o.dataFile !== undefined) header.dataFile = o.dataFile;
   // Encode now so a name that does not fit in cluster 0 fails before any file exists.
-  encodeHeader(header, cs);
+  try {
+    encodeHeader(header, cs);
+  } catch (e) {
+    if (o.backingFile === undefined) throw e;
+    throw new Qcow2Error('INVALID_OPTION', `Could not assign backing file '${o.backingFile}' with format '${o.backingFormat ?? ''}': No space left on device`, { property: 'backing_file' });
+  }
 
   const plan: CreatePlan = {
     options: o, geometry: g, header, alloc, l1, l2, fileSize: alloc.fileEnd, dataFilePrealloc,

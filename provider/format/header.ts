@@ -84,7 +84,7 @@ function decodeName(bytes: Uint8Array): string {
  * extensions and backing name: pass cluster 0, or the whole file if it is shorter).
  * `fileSize` bounds reads. Throws Qcow2Error INVALID_IMAGE / UNSUPPORTED with QEMU's wording.
  */
-export function decodeHeader(buf: Uint8Array): Header {
+export function decodeHeader(buf: Uint8Array, options: { tables?: boolean } = {}): Header {
   if (buf.length < HEADER_V2.size) {
     if (buf.length >= 4 && new DataView(buf.buffer, buf.byteOffset).getUint32(0) === C.QCOW_MAGIC) {
       throw invalidImage('Could not read qcow2 header: Input/output error (file is truncated)', buf.length);
@@ -130,33 +130,45 @@ export function decodeHeader(buf: Uint8Array): Header {
     throw invalidImage('Invalid backing file offset', HEADER_V2.offsets.backingFileOffset);
   }
 
+  const header: Header = { ...v2, ...tail, compressionType, unknownFields, unknownExtensions: [] };
+  const extEnd = Math.min(v2.backingFileOffset !== 0n ? Number(v2.backingFileOffset) : clusterSize, clusterSize);
+  const v3off = (name: string) => HEADER_V2.size + HEADER_V3_TAIL.offsets[name]!;
+
+  // From here on, QEMU's order (qcow2_do_open): unknown incompatible bits (named from a lenient
+  // read of the feature table), compression type, refcount width, subclusters, tables, and only
+  // then the extensions and the backing file name.
+  const unknownIncompat = tail.incompatibleFeatures & ~C.QCOW2_INCOMPAT_MASK;
+  if (unknownIncompat !== 0n) {
+    const probe: Header = { ...header, unknownExtensions: [] };
+    try {
+      readExtensions(probe, buf, tail.headerLength, extEnd, clusterSize);
+    } catch {
+      // QEMU reads the feature table ignoring errors here; what was read before one still counts.
+    }
+    throw new Qcow2Error('UNSUPPORTED', unsupportedFeatureMessage(unknownIncompat, probe.featureTable), { offset: v3off('incompatibleFeatures') });
+  }
   if (compressionType > C.QCOW2_COMPRESSION_TYPE_ZSTD) {
     throw new Qcow2Error('UNSUPPORTED', `qcow2: unknown compression type: ${compressionType}`, { offset: C.QCOW2_V3_MIN_HEADER_LENGTH });
   }
   const hasCompressionBit = (tail.incompatibleFeatures & C.QCOW2_INCOMPAT_COMPRESSION) !== 0n;
   if (compressionType === C.QCOW2_COMPRESSION_TYPE_ZLIB && hasCompressionBit) {
-    throw invalidImage('qcow2: Compression type incompatible feature bit must not be set', HEADER_V2.size);
+    throw invalidImage('qcow2: Compression type incompatible feature bit must not be set', v3off('incompatibleFeatures'));
   }
   if (compressionType !== C.QCOW2_COMPRESSION_TYPE_ZLIB && !hasCompressionBit) {
-    throw invalidImage('qcow2: Compression type incompatible feature bit must be set', HEADER_V2.size);
-  }
-
-  const header: Header = { ...v2, ...tail, compressionType, unknownFields, unknownExtensions: [] };
-
-  // Extensions: from header_length to the backing file name, or to the end of cluster 0.
-  const extEnd = Math.min(v2.backingFileOffset !== 0n ? Number(v2.backingFileOffset) : clusterSize, clusterSize);
-  readExtensions(header, buf, tail.headerLength, extEnd, clusterSize);
-
-  // Unknown incompatible bits: refuse, naming them from the image's own feature table.
-  const unknownIncompat = tail.incompatibleFeatures & ~C.QCOW2_INCOMPAT_MASK;
-  if (unknownIncompat !== 0n) {
-    throw new Qcow2Error('UNSUPPORTED', unsupportedFeatureMessage(unknownIncompat, header.featureTable),
-      { offset: HEADER_V2.size + HEADER_V3_TAIL.offsets.incompatibleFeatures! });
+    throw invalidImage('qcow2: Compression type incompatible feature bit must be set', v3off('incompatibleFeatures'));
   }
   if (tail.refcountOrder > C.MAX_REFCOUNT_ORDER) {
-    throw invalidImage('Reference count entry width too large; may not exceed 64 bits',
-      HEADER_V2.size + HEADER_V3_TAIL.offsets.refcountOrder!);
+    throw invalidImage('Reference count entry width too large; may not exceed 64 bits', v3off('refcountOrder'));
   }
+  if (v2.cryptMethod > C.QCOW_CRYPT_LUKS) {
+    throw new Qcow2Error('UNSUPPORTED', `Unsupported encryption method ${v2.cryptMethod}`, { offset: HEADER_V2.offsets.cryptMethod });
+  }
+  if ((tail.incompatibleFeatures & C.QCOW2_INCOMPAT_EXTL2) !== 0n && clusterSize / 32 < 1 << C.MIN_CLUSTER_BITS) {
+    throw invalidImage(`Unsupported subcluster size: ${clusterSize / 32}`, v3off('incompatibleFeatures'));
+  }
+  if (options.tables !== false) validateHeaderTables(header, clusterSize);
+
+  readExtensions(header, buf, tail.headerLength, extEnd, clusterSize);
 
   if (v2.backingFileOffset !== 0n) {
     const off = Number(v2.backingFileOffset);
@@ -169,6 +181,39 @@ export function decodeHeader(buf: Uint8Array): Header {
     header.backingFile = decodeName(buf.subarray(off, off + v2.backingFileSize));
   }
   return header;
+}
+
+const INT64_MAX = (1n << 63n) - 1n;
+const INT_MAX = 0x7fffffffn;
+
+/** qcow2_validate_table: size limit (named at the size field), INT64 overflow and alignment (at the offset field). */
+function validateTable(cs: number, offset: bigint, entries: bigint, entryLen: number, maxBytes: number, name: string, sizeField: number, offsetField: number): void {
+  if (entries > BigInt(Math.floor(maxBytes / entryLen))) throw invalidImage(`${name} too large`, sizeField);
+  if (INT64_MAX - entries * BigInt(entryLen) < offset || offset % BigInt(cs) !== 0n) {
+    throw invalidImage(`${name} offset invalid`, offsetField);
+  }
+}
+
+/** Where the tables are, checked as QEMU checks them at open (it never trusts them further). */
+function validateHeaderTables(h: Header, cs: number): void {
+  const f = (name: string) => HEADER_V2.offsets[name]!;
+  if (h.refcountTableClusters === 0) {
+    throw invalidImage('Image does not contain a reference count table', f('refcountTableClusters'));
+  }
+  validateTable(cs, h.refcountTableOffset, BigInt(h.refcountTableClusters) * BigInt(cs / 8), 8,
+    C.QCOW_MAX_REFTABLE_SIZE, 'Reference count table', f('refcountTableClusters'), f('refcountTableOffset'));
+  validateTable(cs, h.snapshotsOffset, BigInt(h.nbSnapshots), 40, 65536 * 40, 'Snapshot table', f('nbSnapshots'), f('snapshotsOffset'));
+  if (h.l1Size > C.QCOW_MAX_L1_SIZE / C.L1E_SIZE) throw invalidImage('Active L1 table too large', f('l1Size'));
+  validateTable(cs, h.l1TableOffset, BigInt(h.l1Size), 8, C.QCOW_MAX_L1_SIZE, 'Active L1 table', f('l1Size'), f('l1TableOffset'));
+  const extl2 = (h.incompatibleFeatures & C.QCOW2_INCOMPAT_EXTL2) !== 0n;
+  const coverage = BigInt(cs / (extl2 ? 16 : 8)) * BigInt(cs);
+  const needed = (h.size + coverage - 1n) / coverage;
+  if (needed > INT_MAX) throw invalidImage('Image is too big', f('size'));
+  if (BigInt(h.l1Size) < needed) throw invalidImage('L1 table is too small', f('l1Size'));
+  const hasDataFile = (h.incompatibleFeatures & C.QCOW2_INCOMPAT_DATA_FILE) !== 0n;
+  if (!hasDataFile && (h.autoclearFeatures & C.QCOW2_AUTOCLEAR_DATA_FILE_RAW) !== 0n) {
+    throw invalidImage('data-file-raw requires a data file', HEADER_V2.size + HEADER_V3_TAIL.offsets.autoclearFeatures!);
+  }
 }
 
 function readExtensions(header: Header, buf: Uint8Array, start: number, end: number, clusterSize: number): void {
@@ -236,14 +281,15 @@ function readExtensions(header: Header, buf: Uint8Array, start: number, end: num
   }
 }
 
-/** QEMU's QCOW2_MAX_BITMAP_DIRECTORY_SIZE: 1024 entries of at most 64 KiB... (1 MiB * 64). */
-export const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * 1024 * 64;
+/** QEMU's QCOW2_MAX_BITMAP_DIRECTORY_SIZE (BME_MAX_PHYS_SIZE... 1024 * 65535 bytes). */
+export const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * 65535;
 
 /** `Unsupported qcow2 feature(s): <names>, Unknown incompatible feature: <hex>` as QEMU builds it. */
 export function unsupportedFeatureMessage(mask: bigint, table: FeatureName[] | undefined): string {
   const parts: string[] = [];
   let rest = mask;
   for (const f of table ?? []) {
+    if (f.name === '') break; // QEMU stops at the first entry without a name
     if (f.type !== C.QCOW2_FEAT_TYPE_INCOMPATIBLE) continue;
     const bit = 1n << BigInt(f.bit);
     if ((rest & bit) !== 0n) {

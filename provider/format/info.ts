@@ -55,7 +55,8 @@ export function describe(img: Image, fileName: string, allocated: number): Image
   if (h.version >= 3) data['lazy-refcounts'] = (h.compatibleFeatures & 1n) !== 0n;
   if (h.bitmaps) {
     const dir = img.read(h.bitmaps.bitmapDirectoryOffset, Number(h.bitmaps.bitmapDirectorySize));
-    data.bitmaps = decodeBitmapDirectory(dir, h.bitmaps.nbBitmaps, Number(h.bitmaps.bitmapDirectoryOffset));
+    data.bitmaps = decodeBitmapDirectory(dir, h.bitmaps.nbBitmaps, Number(h.bitmaps.bitmapDirectoryOffset), img.geometry.clusterSize, h.size)
+      .map(({ name, granularity, flags }) => ({ flags, name, granularity }));
   }
   if (h.dataFile !== undefined) data['data-file'] = h.dataFile;
   if (img.hasDataFile) data['data-file-raw'] = img.dataFileRaw;

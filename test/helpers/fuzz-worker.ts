@@ -1,0 +1,72 @@
+// Child process of the fuzz test: replays one mutated-image case per message through open, info
+// and (when provider/format/check.ts exists) check, and reports each call's outcome. Running in
+// a child with a heap limit lets the test survive, and report, a case that hangs or exhausts
+// memory instead of taking the whole test process down (a worker thread cannot: V8's fatal
+// out-of-memory in a worker aborts the whole process).
+
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+import type { BlockFile } from '../../provider/format/blockfile';
+import { Qcow2Error } from '../../provider/format/errors';
+import { Image } from '../../provider/format/image';
+import { infoOf } from '../../provider/format/info';
+import { GuardedFile, UnboundedReadError, apply, parseCase } from './mutate';
+
+export interface CallResult {
+  call: string;
+  /** ok; qcow2 (a Qcow2Error); unbounded (a read over 64 MiB); threw (anything else). */
+  outcome: 'ok' | 'qcow2' | 'unbounded' | 'threw';
+  detail: string;
+  ms: number;
+  largestRead: number;
+}
+
+export interface WorkerRequest { id: number; case: string }
+export interface WorkerReply { id: number; results: CallResult[] }
+export interface WorkerHello { ready: true; calls: string[] }
+
+type Call = (file: BlockFile) => unknown;
+const calls: Array<[string, Call]> = [
+  ['Image.open', (f) => Image.open(f, 'x')],
+  ['infoOf', (f) => infoOf(f, 'x')],
+];
+// FUZZ_CHECK_MODULE points the fuzzer at another check.ts (a candidate fix in a scratch copy).
+const checkModule = process.env.FUZZ_CHECK_MODULE ?? join(__dirname, '../../provider/format/check.ts');
+if (existsSync(checkModule)) {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const mod = require(checkModule) as { checkImage?: Call };
+  if (typeof mod.checkImage === 'function') calls.push(['checkImage', (f) => mod.checkImage!(f)]);
+}
+
+function run(caseText: string): CallResult[] {
+  const { bytes } = apply(parseCase(caseText));
+  return calls.map(([name, call]) => {
+    const file = new GuardedFile(bytes);
+    const t0 = performance.now();
+    let outcome: CallResult['outcome'] = 'ok';
+    let detail = '';
+    try {
+      call(file);
+    } catch (e) {
+      if (e instanceof UnboundedReadError) {
+        outcome = 'unbounded';
+        detail = e.message;
+      } else if (Qcow2Error.isInstance(e)) {
+        outcome = 'qcow2';
+        detail = `${e.code} ${e.message}`;
+      } else {
+        outcome = 'threw';
+        detail = (e as Error)?.stack ?? String(e);
+      }
+    }
+    return { call: name, outcome, detail, ms: performance.now() - t0, largestRead: file.largestRead };
+  });
+}
+
+process.on('message', (m: WorkerRequest) => {
+  process.send!({ id: m.id, results: run(m.case) } satisfies WorkerReply);
+});
+process.on('disconnect', () => process.exit(0));
+process.send!({ ready: true, calls: calls.map(([n]) => n) } satisfies WorkerHello);
