@@ -6,6 +6,9 @@
 import { Command, CommanderError, Option } from 'commander';
 import { checkExitCode, checkHumanText, checkImageFile, checkJson } from '../format/check';
 import { amendImage, createImage, rebaseUnsafe, resizeImage } from '../engines/native';
+import { importImage, mapImage, rebaseImage } from '../engines/native';
+import { mapHumanText, mapJsonText } from '../format/map';
+import * as cliProgress from 'cli-progress';
 import { parseSize } from '../format/size';
 import { Qcow2Error } from '../format/errors';
 import { imageInfo, infoHumanText, infoJsonText } from '../format/info';
@@ -145,12 +148,12 @@ export function buildProgram(): Command {
     .option('-U, --force-share', 'open the image read-only without taking locks')
     .addOption(new Option('--output <format>', 'human or json'))
     .argument('<file>')
-    .action((file: string, o: { f?: string; q?: boolean; output?: string }) => {
+    .action((file: string, o: { f?: string; q?: boolean; output?: string; forceShare?: boolean }) => {
       requireQcow2(o.f);
       const fmt = outputFormat(o.output);
       let r;
       try {
-        r = checkImageFile(file);
+        r = checkImageFile(file, { forceShare: o.forceShare ?? false });
       } catch (e) {
         report(`Could not open '${file}': ${(e as Error).message}`);
         throw new Exit(1);
@@ -236,8 +239,18 @@ export function buildProgram(): Command {
     .action((file: string, o: { f?: string; u?: boolean; b?: string; F?: string }) => {
       requireQcow2(o.f);
       if (!o.u) {
-        report('Safe rebase (copying clusters that differ) needs the data path; use -u to change only the reference');
-        throw new Exit(1);
+        if (o.b === undefined) {
+          report('Must specify backing file (-b) or use unsafe mode (-u)');
+          throw new Exit(1);
+        }
+        // Safe rebase: clusters that differ between the old and the new chain are copied first.
+        try {
+          rebaseImage(file, o.b, o.F);
+        } catch (e) {
+          report(openPrefix(e, file) + (e as Error).message);
+          throw new Exit(1);
+        }
+        return;
       }
       if (o.b === undefined) {
         report('Must specify backing file (-b) or use unsafe mode (-u)');
@@ -245,6 +258,80 @@ export function buildProgram(): Command {
       }
       try {
         rebaseUnsafe(file, o.b, o.F);
+      } catch (e) {
+        report(openPrefix(e, file) + (e as Error).message);
+        throw new Exit(1);
+      }
+    });
+
+  program
+    .command('convert')
+    .description('import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites')
+    .usage('[-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST')
+    .option('-f <fmt>', 'source format: raw or qcow2 (probed when omitted)')
+    .option('-O <fmt>', 'output format (qcow2)')
+    .option('-o <options>', 'create options of the new image (repeatable); its size comes from the source', collect, [] as string[])
+    .option('-p', 'show a progress bar')
+    .option('-q', 'quiet')
+    .option('-c', 'compress the output (not supported: refused)')
+    .argument('<src>')
+    .argument('<dst>')
+    .action((src: string, dst: string, o: { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }) => {
+      let options;
+      try {
+        const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
+        if (hasHelpOption(pairs)) {
+          process.stdout.write(createOptionsHelp());
+          return;
+        }
+        options = toCreateOptions(pairs, undefined, { onWarning: (m) => process.stderr.write(`${PROG}: warning: ${m}\n`) });
+      } catch (e) {
+        reportEach((e as Error).message);
+        throw new Exit(1);
+      }
+      if (o.O !== undefined && o.O !== 'qcow2') {
+        report(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
+        throw new Exit(1);
+      }
+      if (o.c) {
+        report('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
+        throw new Exit(1);
+      }
+      const bar = o.p && !o.q
+        ? new cliProgress.SingleBar({ format: '    [{bar}] {percentage}% | {value}/{total} MiB', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic)
+        : undefined;
+      let started = false;
+      try {
+        const source = o.f !== undefined ? { path: src, format: o.f } : { path: src };
+        importImage(dst, options, source, {
+          progress: bar ? (done, total) => {
+            const mib = (n: number) => Math.round(n / 1048576);
+            if (!started) { bar.start(mib(total), 0); started = true; }
+            bar.update(mib(done));
+          } : undefined,
+        });
+      } catch (e) {
+        if (started) bar?.stop();
+        report(openPrefix(e, src) + (e as Error).message);
+        throw new Exit(1);
+      }
+      if (started) bar?.stop();
+    });
+
+  program
+    .command('map')
+    .description('show the allocation map of an image through its backing chain (qemu-img map)')
+    .usage('[-f qcow2] [--output=human|json] [-U] FILE')
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-U, --force-share', 'open the image read-only without taking locks')
+    .addOption(new Option('--output <format>', 'human or json'))
+    .argument('<file>')
+    .action((file: string, o: { f?: string; output?: string; forceShare?: boolean }) => {
+      requireQcow2(o.f);
+      const fmt = outputFormat(o.output);
+      try {
+        const entries = mapImage(file, { format: 'qcow2', forceShare: o.forceShare ?? false });
+        process.stdout.write(fmt === 'json' ? mapJsonText(entries) : mapHumanText(entries));
       } catch (e) {
         report(openPrefix(e, file) + (e as Error).message);
         throw new Exit(1);

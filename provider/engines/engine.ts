@@ -42,8 +42,8 @@ export interface Engine {
   rebase(path: string, backingFile: string, backingFormat?: string): Promise<void>;
   /** Read what the header says. `forceShare` reads an image another process holds (qemu-img -U). */
   info(path: string, options?: { forceShare?: boolean }): Promise<ImageInfo>;
-  /** Consistency check with qemu-img check's verdicts. */
-  check(path: string): Promise<CheckResult>;
+  /** Consistency check with qemu-img check's verdicts; `forceShare` checks an image another process holds. */
+  check(path: string, options?: { forceShare?: boolean }): Promise<CheckResult>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
 }

@@ -44,8 +44,8 @@ export class NativeEngine implements Engine {
     return toImageInfo(imageInfo(path));
   }
 
-  async check(path: string): Promise<CheckResult> {
-    return checkImageFile(path);
+  async check(path: string, options: { forceShare?: boolean } = {}): Promise<CheckResult> {
+    return checkImageFile(path, options);
   }
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {

@@ -11,7 +11,7 @@ import { AmendChanges, AmendPlan, applyAmend, planAmend } from '../format/amend'
 import * as C from '../format/constants';
 import { Image } from '../format/image';
 import { ImageLock, lockImage } from '../format/lock';
-import { validateAmend, validateRebase, validateResize } from '../rules/amend';
+import { validateAmend, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
 import type { AmendRequest, ImageState } from '../rules/types';
 
 /** How create treats the world outside the new image. */
@@ -133,9 +133,8 @@ function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img:
     lock = lockImage(nf.fd, path, 'write');
     const file = behaviour.wrapFile ? behaviour.wrapFile(nf) : nf;
     const img = Image.open(file, path);
-    if (img.corrupt) {
-      throw new Qcow2Error('REFUSED', 'qcow2: Image is corrupt; cannot be opened read/write. Repair it with qemu-img check -r all first', { file: path });
-    }
+    const w = validateWritable(imageStateOf(img));
+    if (w) throw new Qcow2Error('REFUSED', w.message, { file: path });
     return fn(img, file);
   } finally {
     lock?.release();
@@ -170,9 +169,14 @@ function changesOf(state: ImageState, req: AmendRequest): AmendChanges {
 
 function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
+  const grows = ch.size !== undefined && ch.size > img.header.size;
+  // Growing over a longer backing file must zero the new area: learn the backing file's length.
+  const backingLength = grows && img.header.backingFile !== undefined
+    ? probeBacking(path, img.header.backingFile, img.header.backingFormat).size
+    : undefined;
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
-    const plan = planAmend(img, file, ch, df?.size());
+    const plan = planAmend(img, file, ch, df?.size(), backingLength);
     applyAmend(file, plan, df);
     return plan;
   } finally {
@@ -199,11 +203,7 @@ export function resizeImage(path: string, size: bigint | { relative: bigint }, b
   return withWritableImage(path, behaviour, (img, file) => {
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
-    if (target < 0n) throw new Qcow2Error('REFUSED', 'New image size must be positive', { property: 'size' });
-    if (target < state.virtualSize && !behaviour.allowShrink) {
-      throw new Qcow2Error('REFUSED', 'Use the --shrink option to perform a shrink operation.', { property: 'size', file: path });
-    }
-    const r = validateResize(state, target, behaviour.allowShrink ?? false);
+    const r = validateResizeRequest(state, target, behaviour.allowShrink ?? false);
     if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
     return runPlan(img, file, path, { size: target });
   });
@@ -212,10 +212,124 @@ export function resizeImage(path: string, size: bigint | { relative: bigint }, b
 /** `qemu-img rebase -u -b BACKING -F FMT FILE`: the header only; refused on data-file-raw images. */
 export function rebaseUnsafe(path: string, backingFile: string, backingFormat: string | undefined, behaviour: AmendBehaviour = {}): AmendPlan {
   return withWritableImage(path, behaviour, (img, file) => {
-    const r = validateRebase(imageStateOf(img), backingFile);
+    const r = validateRebase(imageStateOf(img), backingFile, backingFormat);
     if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
     const backing: { file: string; format?: string } = { file: backingFile };
     if (backingFormat !== undefined) backing.format = backingFormat;
     return runPlan(img, file, path, { backing });
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data path: guest writes, import/convert, map, safe rebase (provider/format/dataio.ts and
+// friends do the work; provider/rules/data.ts decides what is allowed).
+
+import * as nodePath from 'path';
+import { writeImportedImage } from '../format/convert';
+import { GuestSource, OpenOptions, ProgressFn, Qcow2Image, openSource, probeFormat, validateChain } from '../format/dataio';
+import { MapEntry, mapSource } from '../format/map';
+import { rebaseSafe } from '../format/rebase';
+import { validateImport, validateSafeRebase, validateWrite } from '../rules/data';
+
+/** Open an image to write guest data (QEMU's write locks on image and data file; rules first). */
+export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writable' | 'beforeWrite'> = {}): Qcow2Image {
+  return Qcow2Image.open(path, {
+    ...opts,
+    writable: true,
+    beforeWrite: (img) => {
+      const r = validateWrite(imageStateOf(img));
+      if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+    },
+  });
+}
+
+/** Where an image's guest data comes from when it is created from a source. */
+export interface ImportSource {
+  /** A raw or qcow2 file; a qcow2 file is read through its backing chain. */
+  path: string;
+  /** 'raw' or 'qcow2'; probed from the magic when omitted. */
+  format?: string;
+}
+
+export interface ImportBehaviour {
+  /** Called as the copy advances: bytes of the guest view done, of total. */
+  progress?: ProgressFn;
+}
+
+function sameFile(a: string, b: string): boolean {
+  try {
+    const sa = fs.statSync(a), sb = fs.statSync(b);
+    return sa.dev === sb.dev && sa.ino === sb.ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Create `dst` holding the guest view of `source` (qemu-img convert -O qcow2 -o ...). The source
+ * is opened and validated (header, backing chain, every mapping inside its file) before anything
+ * is created; `dst` and a data file are never overwritten, and a failure leaves nothing behind.
+ */
+export function importImage(dst: string, options: CreateOptions, source: ImportSource, behaviour: ImportBehaviour = {}): void {
+  const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
+  if (early) throw new Qcow2Error('REFUSED', early.message, { property: early.property });
+  const format = source.format ?? probeFormat(source.path);
+  const src: GuestSource = openSource(source.path, format);
+  try {
+    validateChain(src);
+    const r = validateImport({
+      sourceFormat: format,
+      options,
+      sourceSize: BigInt(src.size),
+      sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
+    });
+    if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: dst });
+    const resolved = resolveCreate(dst, { ...options, size: BigInt(src.size) });
+    writeImportedImage(dst, planCreate(resolved), src, behaviour.progress);
+  } finally {
+    src.close();
+  }
+}
+
+/** `qemu-img map`: the extents of an image's guest view through its backing chain. */
+export function mapImage(path: string, opts: { format?: string; forceShare?: boolean } = {}): MapEntry[] {
+  const src = openSource(path, opts.format ?? probeFormat(path), { lock: !opts.forceShare });
+  try {
+    return mapSource(src);
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * `qemu-img rebase -b NEW [-F FMT] FILE` (safe): clusters whose content differs between the
+ * old and the new backing chain are copied into the image first, so the guest view does not
+ * change; then the backing reference is rewritten. Refused on data-file-raw images.
+ * Without a format the new backing file is probed and the detected format recorded.
+ */
+export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
+  const img = Qcow2Image.open(path, {
+    writable: true,
+    beforeWrite: (image) => {
+      const r = validateSafeRebase(imageStateOf(image), backingFile);
+      if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+    },
+  });
+  let next: GuestSource | null = null;
+  try {
+    let fmt = backingFormat;
+    if (backingFile !== '') {
+      const full = nodePath.isAbsolute(backingFile) ? backingFile : nodePath.join(nodePath.dirname(path), backingFile);
+      try {
+        fmt ??= probeFormat(full);
+        next = openSource(full, fmt);
+      } catch (e) {
+        throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO', `Could not open new backing file '${full}': ${(e as Error).message}`, { file: full, property: 'backing_file', cause: e });
+      }
+    }
+    return rebaseSafe(img, next, backingFile, backingFile === '' ? undefined : fmt, behaviour.progress);
+  } finally {
+    next?.close();
+    img.close();
+  }
 }

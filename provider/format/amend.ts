@@ -134,10 +134,10 @@ function compressedClusters(entry: bigint, clusterBits: number): number[] {
 
 /**
  * Plan an amend on an open image. `dataFileSize` is the current size of the external data file
- * (needed when the size changes). Throws REFUSED for what only the data can decide (a refcount
+ * and `backingLength` the backing file's virtual size (both needed when the size grows). Throws REFUSED for what only the data can decide (a refcount
  * that does not fit a narrower width); everything else was validated by provider/rules.
  */
-export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFileSize?: number): AmendPlan {
+export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFileSize?: number, backingLength?: bigint): AmendPlan {
   const old = img.header;
   const g = img.geometry;
   const cs = g.clusterSize;
@@ -246,7 +246,22 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
           l1Size = need;
           while (l1.length < l1Size) l1.push(0n);
         }
-        if (img.dataFileRaw) {
+        if (backingLength !== undefined && backingLength > old.size) {
+          // As QEMU (bdrv_co_truncate): where the backing file is longer than the old end, the new
+          // area must read as zeros, not as the backing file's data, so it gets ZERO entries.
+          if (old.version < 3) {
+            throw new Qcow2Error('REFUSED', 'Cannot grow a compat 0.10 image over a longer backing file: the new area would show the backing file\'s data and compat 0.10 has no zero clusters. Upgrade to compat 1.1 first', { property: 'size' });
+          }
+          if (old.size % BigInt(cs) !== 0n) {
+            throw new Qcow2Error('REFUSED', 'Cannot grow an image whose old end is inside a cluster over a longer backing file with the native engine: the rest of that cluster must be written as zeros. Use the qemu-img engine', { property: 'size' });
+          }
+          for (let gc = oldClusters; gc < newClusters; gc++) {
+            const t = tableFor(Math.floor(gc / g.l2Entries));
+            const k = gc % g.l2Entries;
+            dropDataRef(t.readBigUInt64BE(k * g.l2EntrySize));
+            if (ext) setRaw(t, k, 0n, 0xffffffff00000000n); else setRaw(t, k, C.QCOW_OFLAG_ZERO);
+          }
+        } else if (img.dataFileRaw) {
           // data-file-raw keeps every guest cluster mapped 1:1, so growth preallocates metadata.
           for (let gc = oldClusters; gc < newClusters; gc++) {
             const t = tableFor(Math.floor(gc / g.l2Entries));

@@ -10,6 +10,7 @@ import { Image, safeOffset } from './image';
 import { decodeL2Entry } from './l2';
 import { getRefcount, refcountMax } from './refcount';
 import { decodeBitmapDirectory } from './bitmaps';
+import { lockImage } from './lock';
 
 export interface CheckResult {
   /** Errors and leaks, one line each, as qemu-img prints them on stderr. */
@@ -445,10 +446,14 @@ export function checkExitCode(r: CheckResult): number {
   return 0;
 }
 
-/** Check an image file. Like qemu-img, fails when the external data file cannot be opened. */
-export function checkImageFile(path: string): CheckResult {
+/**
+ * Check an image file. Like qemu-img, fails when the external data file cannot be opened, and
+ * takes QEMU's read lock (refusing an image a VM is writing) unless `forceShare` (qemu-img -U).
+ */
+export function checkImageFile(path: string, options: { forceShare?: boolean } = {}): CheckResult {
   const f = NodeBlockFile.open(path, false);
   try {
+    if (!options.forceShare) lockImage(f.fd, path, 'read');
     const img = Image.open(f, path);
     if (img.hasDataFile) {
       const name = img.header.dataFile;

@@ -93,8 +93,21 @@ export function validateAmend(state: ImageState, req: AmendRequest, allowShrink 
   return undefined;
 }
 
-/** `rebase -u` legality: a data-file-raw image can never get a backing file. */
-export function validateRebase(state: ImageState, backingFile: string | undefined): Refusal | undefined {
+/** Any change at all: QEMU will not open a corrupt image read/write. */
+export function validateWritable(state: ImageState): Refusal | undefined {
+  if (!state.corrupt) return undefined;
+  return { property: 'path', message: 'qcow2: Image is corrupt; cannot be opened read/write. Repair it with qemu-img check -r all first' };
+}
+
+/** `resize FILE SIZE` (qemu-img's words): positive, shrinking only with --shrink, then validateResize. */
+export function validateResizeRequest(state: ImageState, size: bigint, allowShrink: boolean): Refusal | undefined {
+  if (size < 0n) return { property: 'size', message: 'New image size must be positive' };
+  if (size < state.virtualSize && !allowShrink) return { property: 'size', message: 'Use the --shrink option to perform a shrink operation.' };
+  return validateResize(state, size, allowShrink);
+}
+
+/** `rebase -u` legality: a data-file-raw image can never get a backing file; a backing file needs its format. */
+export function validateRebase(state: ImageState, backingFile: string | undefined, backingFormat?: string): Refusal | undefined {
   if (backingFile !== undefined && backingFile !== '' && state.dataFileRaw) {
     return {
       property: 'backing_file',
@@ -102,6 +115,9 @@ export function validateRebase(state: ImageState, backingFile: string | undefine
         'A data-file-raw image keeps its data file a complete raw image, which a backing chain would contradict. ' +
         'Clear data-file-raw first (amend -o data_file_raw=off), or create an overlay image elsewhere',
     };
+  }
+  if (backingFile !== undefined && backingFile !== '' && backingFormat === undefined) {
+    return { property: 'backing_fmt', message: `Could not change the backing file to '${backingFile}': backing format must be specified` };
   }
   return undefined;
 }
