@@ -61,7 +61,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import type { CheckResult } from '../format/check';
-import { fsyncDir } from '../format/create';
+import { assertNewImageFiles, fsyncDir } from '../format/create';
 import { Qcow2Error } from '../format/errors';
 import { NodeBlockFile, ioError } from '../format/blockfile';
 import { lockImage } from '../format/lock';
@@ -272,22 +272,7 @@ export class QemuImgEngine implements Engine {
     // Rules (validateCreate, validateAdoption) and the size from a backing file or adopted file:
     // the same resolution, refusals and words as the native engine.
     const o = resolveCreate(imagePath, options);
-    // writeNewImage's refusals, in its words.
-    if (fs.existsSync(imagePath) || isDanglingLink(imagePath)) {
-      throw new Qcow2Error('EXISTS', `Image file '${imagePath}' already exists; refusing to overwrite it`, { file: imagePath, property: 'path' });
-    }
-    if (o.dataFile !== undefined) {
-      const exists = fs.existsSync(o.dataFile);
-      if (exists && !o.adoptDataFile) {
-        throw new Qcow2Error('EXISTS',
-          `Data file '${o.dataFile}' already exists; qemu-img would truncate it, we refuse. ` +
-          'To wrap the existing raw file unchanged, adopt it (CLI: --adopt-data-file; resource: adopt: true)',
-          { file: o.dataFile, property: 'data_file' });
-      }
-      if (!exists && o.adoptDataFile) {
-        throw new Qcow2Error('NOT_FOUND', `Data file '${o.dataFile}' to adopt does not exist`, { file: o.dataFile, property: 'data_file' });
-      }
-    }
+    assertNewImageFiles(imagePath, o);
     await this.createViaTemp(imagePath, o);
   }
 
@@ -469,15 +454,6 @@ export class QemuImgEngine implements Engine {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Qcow2Error('IO', `Could not remove data file '${dataFile}': ${(e as Error).message}`, { file: dataFile });
       }
     }
-  }
-}
-
-function isDanglingLink(p: string): boolean {
-  try {
-    fs.lstatSync(p);
-    return true;
-  } catch {
-    return false;
   }
 }
 

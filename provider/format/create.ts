@@ -316,12 +316,11 @@ export function probeBacking(imagePath: string, backing: string, format: string 
 }
 
 /**
- * Write a planned image at `imagePath`. Never overwrites: an existing image path is EXISTS; an
- * existing data file is EXISTS unless the plan adopts it (then it is never written or resized).
- * On failure nothing new is left behind and nothing that existed is changed.
+ * The files a new image must not clobber: an existing image path is EXISTS; an existing data
+ * file is EXISTS unless adopted (then it must exist). Shared by every engine's create, so they
+ * refuse with the same words before touching anything.
  */
-export function writeNewImage(imagePath: string, plan: CreatePlan): void {
-  const o = plan.options;
+export function assertNewImageFiles(imagePath: string, o: Pick<ResolvedCreateOptions, 'dataFile' | 'adoptDataFile'>): void {
   if (fs.existsSync(imagePath) || isDanglingLink(imagePath)) {
     throw new Qcow2Error('EXISTS', `Image file '${imagePath}' already exists; refusing to overwrite it`, { file: imagePath, property: 'path' });
   }
@@ -337,6 +336,16 @@ export function writeNewImage(imagePath: string, plan: CreatePlan): void {
       throw new Qcow2Error('NOT_FOUND', `Data file '${o.dataFile}' to adopt does not exist`, { file: o.dataFile, property: 'data_file' });
     }
   }
+}
+
+/**
+ * Write a planned image at `imagePath`. Never overwrites (assertNewImageFiles); an adopted data
+ * file is never written or resized. On failure nothing new is left behind and nothing that
+ * existed is changed.
+ */
+export function writeNewImage(imagePath: string, plan: CreatePlan): void {
+  const o = plan.options;
+  assertNewImageFiles(imagePath, o);
 
   const dir = path.dirname(imagePath);
   const tmp = path.join(dir, `.${path.basename(imagePath)}.create-${process.pid}-${Date.now().toString(36)}`);
