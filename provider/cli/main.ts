@@ -216,11 +216,14 @@ export function buildProgram(): Command {
         reportEach((e as Error).message);
         throw new Exit(1);
       }
-      if (o.shrink) process.stderr.write(`${PROG}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n`);
       try {
         resizeImage(file, size, { allowShrink: o.shrink ?? false });
       } catch (e) {
         report(openPrefix(e, file) + (e as Error).message);
+        // qemu-img warns after refusing a shrink that lacks --shrink (and never on success).
+        if (/^Use the --shrink option/.test((e as Error).message)) {
+          process.stderr.write(`${PROG}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n`);
+        }
         throw new Exit(1);
       }
       if (!o.q) process.stdout.write('Image resized.\n');

@@ -37,7 +37,8 @@ export interface AmendChanges {
   backing?: { file: string; format?: string };
 }
 
-interface Write { offset: number; data: Uint8Array }
+/** A write: bytes, or a generator filling `length` bytes at apply time (L2 tables are streamed, not held). */
+type Write = { offset: number; data: Uint8Array } | { offset: number; length: number; fill: (out: DataView, at: number) => void };
 
 /** Everything an amend writes, decided before anything is written. */
 export interface AmendPlan {
@@ -181,7 +182,8 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     let stored: Uint32Array;
     if (repair) {
       const ref = countReferences(img, file);
-      if (ref.beyondFile.length || ref.result.corruptions) {
+      // Stale refcounts are what the repair fixes; broken structure it cannot.
+      if (ref.beyondFile.length || ref.structuralCorruptions) {
         throw new Qcow2Error('INVALID_IMAGE', 'The image has corruptions that a refcount repair cannot fix; run qemu-img check -r all first');
       }
       stored = ref.counts;
@@ -214,18 +216,10 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       if (l2 === 0n) {
         t = Buffer.alloc(cs);
       } else {
+        // A data cluster's refcount counts the L1 tables that reach it, not the L2 copies: a copy
+        // of a table shared with a snapshot changes only the tables' own refcounts.
         t = Buffer.from(img.readCluster(l2));
-        const l2c = Number(l2 >> cbits);
-        if (a.get(l2c) > 1) {
-          // Shared with a snapshot: the copy references the same data clusters once more.
-          forEachDataRef(t, (raw) => {
-            if (hasData) return;
-            const e = decodeL2Entry(raw, 0n, entryOpts);
-            if (e.type === 'compressed') for (const c of compressedClusters(raw, g.clusterBits)) a.add(c, 1);
-            else if (e.type === 'normal' || e.type === 'zero-alloc') a.add(Number(e.hostOffset >> cbits), 1);
-          });
-        }
-        a.add(l2c, -1);
+        a.add(Number(l2 >> cbits), -1);
       }
       tables.set(i, t);
       return t;
@@ -235,11 +229,34 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       if (ext) t.writeBigUInt64BE(bitmap, k * g.l2EntrySize + 8);
     };
 
+    // data-file-raw as it will be: qemu-img clears the bit before it resizes.
+    const raw = img.dataFileRaw && ch.dataFileRaw !== false;
+    /** New L2 tables the grow path generates whole; written by generators, never held in memory. */
+    const generated = new Map<number, { kind: 'zero' | 'identity'; from: number; to: number }>();
+
     let l1Size = old.l1Size;
     if (sizeChanges) {
       const newSize = ch.size!;
       const oldClusters = g.clustersFor(old.size);
       const newClusters = g.clustersFor(newSize);
+      /** Entries for guest clusters [oldClusters, newClusters): ZERO, or COPIED | guest offset. */
+      const fillNewArea = (kind: 'zero' | 'identity') => {
+        for (let i = Math.floor(oldClusters / g.l2Entries); i * g.l2Entries < newClusters; i++) {
+          const from = Math.max(oldClusters, i * g.l2Entries), to = Math.min(newClusters, (i + 1) * g.l2Entries);
+          if ((l1[i]! & C.L1E_OFFSET_MASK) === 0n && !tables.has(i)) {
+            generated.set(i, { kind, from, to });
+            continue;
+          }
+          const t = tableFor(i);
+          for (let gc = from; gc < to; gc++) {
+            const k = gc % g.l2Entries;
+            dropDataRef(t.readBigUInt64BE(k * g.l2EntrySize));
+            if (kind === 'identity') setRaw(t, k, C.QCOW_OFLAG_COPIED | (BigInt(gc) << cbits));
+            else if (ext) setRaw(t, k, 0n, 0xffffffff00000000n);
+            else setRaw(t, k, C.QCOW_OFLAG_ZERO);
+          }
+        }
+      };
       if (newSize > old.size) {
         const need = g.l1EntriesFor(newSize);
         if (need > l1Size) {
@@ -255,21 +272,13 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
           if (old.size % BigInt(cs) !== 0n) {
             throw new Qcow2Error('REFUSED', 'Cannot grow an image whose old end is inside a cluster over a longer backing file with the native engine: the rest of that cluster must be written as zeros. Use the qemu-img engine', { property: 'size' });
           }
-          for (let gc = oldClusters; gc < newClusters; gc++) {
-            const t = tableFor(Math.floor(gc / g.l2Entries));
-            const k = gc % g.l2Entries;
-            dropDataRef(t.readBigUInt64BE(k * g.l2EntrySize));
-            if (ext) setRaw(t, k, 0n, 0xffffffff00000000n); else setRaw(t, k, C.QCOW_OFLAG_ZERO);
-          }
-        } else if (img.dataFileRaw) {
+          fillNewArea('zero');
+        } else if (raw) {
           // data-file-raw keeps every guest cluster mapped 1:1, so growth preallocates metadata.
-          for (let gc = oldClusters; gc < newClusters; gc++) {
-            const t = tableFor(Math.floor(gc / g.l2Entries));
-            setRaw(t, gc % g.l2Entries, C.QCOW_OFLAG_COPIED | (BigInt(gc) << cbits));
-          }
+          fillNewArea('identity');
         }
         if (hasData) {
-          const target = Number(img.dataFileRaw ? g.roundUp(newSize) : newSize);
+          const target = Number(raw ? g.roundUp(newSize) : newSize);
           if ((dataFileSize ?? 0) < target) plan.dataFileGrow = target;
         }
       } else {
@@ -280,10 +289,9 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
           const first = i * g.l2Entries;
           if (first + g.l2Entries <= newClusters) continue;
           if (i >= keepL1) {
-            // The whole table goes; its data goes with it unless a snapshot still uses it.
-            const l2c = Number(l2 >> cbits);
-            if (a.get(l2c) === 1) forEachDataRef(img.readCluster(l2), dropDataRef);
-            a.add(l2c, -1);
+            // The whole table leaves the active L1, and with it the active L1's references.
+            forEachDataRef(img.readCluster(l2), dropDataRef);
+            a.add(Number(l2 >> cbits), -1);
             l1[i] = 0n;
             continue;
           }
@@ -341,10 +349,16 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     }
 
     // New L2 tables, then a new L1 that points at them (the old L1 stays as it was).
-    const l1Changed = tables.size > 0 || l1Size !== old.l1Size || l1.some((e, i) => e !== l1Old[i]);
-    for (const [i, t] of [...tables].sort((x, y) => x[0] - y[0])) {
+    const l1Changed = tables.size > 0 || generated.size > 0 || l1Size !== old.l1Size || l1.some((e, i) => e !== l1Old[i]);
+    for (const i of [...new Set([...tables.keys(), ...generated.keys()])].sort((x, y) => x - y)) {
       const c = a.alloc(1);
-      writes.push({ offset: c * cs, data: t });
+      const t = tables.get(i);
+      if (t) {
+        writes.push({ offset: c * cs, data: t });
+      } else {
+        const gen = generated.get(i)!;
+        writes.push({ offset: c * cs, length: cs, fill: (dv, at) => fillGenerated(dv, at, g, i, gen) });
+      }
       l1[i] = C.QCOW_OFLAG_COPIED | (BigInt(c) << cbits);
     }
     if (l1Changed && l1Size > 0) {
@@ -441,7 +455,7 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
     dataFile.truncate(plan.dataFileGrow);
     dataFile.flush();
   }
-  for (const w of plan.writes) file.write(w.offset, w.data);
+  writeAll(file, plan.writes);
   if (plan.writes.length) file.flush();
   file.write(0, plan.commit);
   file.flush();
@@ -453,4 +467,48 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
     file.truncate(plan.fileShrink);
     file.flush();
   }
+}
+
+/** Entries of a generated L2 table, with numbers split into u32 halves (no BigInt per entry). */
+function fillGenerated(dv: DataView, at: number, g: Geometry, l1Index: number, gen: { kind: 'zero' | 'identity'; from: number; to: number }): void {
+  const step = g.l2EntrySize;
+  for (let gc = gen.from; gc < gen.to; gc++) {
+    const p = at + (gc - l1Index * g.l2Entries) * step;
+    if (gen.kind === 'identity') {
+      const off = gc * g.clusterSize;
+      dv.setUint32(p, 0x80000000 | Math.floor(off / 0x100000000));
+      dv.setUint32(p + 4, off >>> 0);
+    } else if (g.extendedL2) {
+      dv.setUint32(p + 8, 0xffffffff); // all subclusters read as zeros
+    } else {
+      dv.setUint32(p + 4, 1); // QCOW_OFLAG_ZERO
+    }
+  }
+}
+
+const BATCH = 4 << 20;
+
+/** Write the plan's new clusters, coalescing generated runs into one reused 4 MiB buffer. */
+function writeAll(file: BlockFile, writes: Write[]): void {
+  const batch = new Uint8Array(BATCH);
+  const dv = new DataView(batch.buffer);
+  let start = -1, used = 0;
+  const flushBatch = () => {
+    if (used) file.write(start, batch.subarray(0, used));
+    start = -1;
+    used = 0;
+  };
+  for (const w of writes) {
+    if ('data' in w) {
+      flushBatch();
+      file.write(w.offset, w.data);
+      continue;
+    }
+    if (start >= 0 && (w.offset !== start + used || used + w.length > BATCH)) flushBatch();
+    if (start < 0) start = w.offset;
+    batch.fill(0, used, used + w.length);
+    w.fill(dv, used);
+    used += w.length;
+  }
+  flushBatch();
 }

@@ -51,10 +51,10 @@ export function checkImage(file: BlockFile): CheckResult {
  * The refcount every cluster should have, counted from references (what `check -r` rebuilds
  * from). `beyondFile` lists clusters referenced past the end of the file (a corrupt image).
  */
-export function countReferences(img: Image, file: BlockFile): { counts: Uint32Array; beyondFile: number[]; result: CheckResult } {
+export function countReferences(img: Image, file: BlockFile): { counts: Uint32Array; beyondFile: number[]; structuralCorruptions: number; result: CheckResult } {
   const c = new Checker(img, file);
   const result = c.run();
-  return { counts: c.computed().dense, beyondFile: [...c.computed().sparse.keys()], result };
+  return { counts: c.computed().dense, beyondFile: [...c.computed().sparse.keys()], structuralCorruptions: c.structural, result };
 }
 
 class Checker {
@@ -79,6 +79,9 @@ class Checker {
   private err(line: string): void { this.r.messages.push(line); }
 
   computed(): RefCounter { return this.refs; }
+
+  /** Corruptions found before refcounts were compared: broken structure, not stale counts. */
+  structural = 0;
 
   run(): CheckResult {
     const { img, r } = this;
@@ -110,6 +113,7 @@ class Checker {
     this.inc(h.refcountTableOffset, this.reftable.length * 8);
     this.checkBitmaps();
     this.checkRefblocks();
+    this.structural = this.r.corruptions;
     const highest = this.compare();
     this.checkCopied();
     r.imageEndOffset = (highest + 1) * this.cs;

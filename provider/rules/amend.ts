@@ -80,7 +80,11 @@ export function validateAmend(state: ImageState, req: AmendRequest, allowShrink 
   if (newVersion < oldVersion) {
     if (refcountBits !== 16) return { property: 'compat', message: 'compat=0.10 requires refcount_bits=16' };
     if (state.hasDataFile) return { property: 'compat', message: 'Cannot downgrade an image with a data file' };
-    if (state.snapshots > 0) return { property: 'compat', message: 'Internal snapshots prevent downgrade of image' };
+    if (state.snapshots > 0) {
+      // qemu-img downgrades some of these (expanding zero clusters in every snapshot's tables);
+      // this project does not, in either engine, so both refuse alike.
+      return { property: 'compat', message: 'Downgrading an image with internal snapshots is not supported: delete the snapshots first (qemu-img snapshot -d), or keep compat 1.1' };
+    }
     if (state.extendedL2) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x10 set' };
     if (state.corrupt) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x2 set' };
     if (state.compressionType === 'zstd' && state.hasCompressedClusters !== false) {
@@ -101,7 +105,7 @@ export function validateWritable(state: ImageState): Refusal | undefined {
 
 /** `resize FILE SIZE` (qemu-img's words): positive, shrinking only with --shrink, then validateResize. */
 export function validateResizeRequest(state: ImageState, size: bigint, allowShrink: boolean): Refusal | undefined {
-  if (size < 0n) return { property: 'size', message: 'New image size must be positive' };
+  if (size <= 0n) return { property: 'size', message: 'New image size must be positive' };
   if (size < state.virtualSize && !allowShrink) return { property: 'size', message: 'Use the --shrink option to perform a shrink operation.' };
   return validateResize(state, size, allowShrink);
 }

@@ -67,7 +67,7 @@ export function classifyChange(current: ImageState, desiredSpec: DesiredSpec, fa
           'standalone one (qemu-img convert) and manage the result instead',
       });
     } else {
-      const r = validateRebase(current, file);
+      const r = validateRebase(current, file, fmt);
       out.push(r
         ? { property: 'backingFile', action: 'refuse', reason: r.message, from: current.backingFile, to: file }
         : { property: 'backingFile', action: 'amend', operation: 'rebase', reason: `the backing file is changed in place (rebase) from ${current.backingFile ?? 'none'} to ${file}${fmt ? ` (${fmt})` : ''}`, from: current.backingFile, to: file });

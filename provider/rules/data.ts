@@ -1,0 +1,80 @@
+// Data-path legality: which images may have guest data written (writes, import, safe rebase),
+// and which convert/import requests are refused. Pure: the engine gathers the facts.
+
+import type { CreateOptions } from '../format/options';
+import { validateRebase } from './amend';
+import type { ImageState, Refusal } from './types';
+
+/** Writing guest data (write, write-zeroes, discard, the copy of a safe rebase). */
+export function validateWrite(state: ImageState): Refusal | undefined {
+  if (state.corrupt) {
+    return { property: 'corrupt', message: 'qcow2: Image is corrupt; cannot be opened read/write. Repair it with qemu-img check -r all first' };
+  }
+  if (state.dirty) {
+    return {
+      property: 'dirty',
+      message: 'The image is marked dirty (lazy refcounts were not written back), so its refcounts cannot be trusted for ' +
+        'allocation. Repair it first: qemu-img check -r all, or open and close it once with QEMU',
+    };
+  }
+  return undefined;
+}
+
+/** What a convert/import request is, as facts. */
+export interface ImportRequest {
+  sourceFormat: string;
+  targetFormat?: string;
+  /** Create options for the target as given (before the size is taken from the source). */
+  options: CreateOptions;
+  /** Virtual size of the source. */
+  sourceSize: bigint;
+  /** Source and destination are the same file (or the destination is the source's data file). */
+  sameFile: boolean;
+  /** qemu-img convert -c. */
+  compress?: boolean;
+}
+
+export function validateImport(req: ImportRequest): Refusal | undefined {
+  if (req.sourceFormat !== 'raw' && req.sourceFormat !== 'qcow2') {
+    return { property: 'source.format', message: `Unknown source format '${req.sourceFormat}': import reads raw and qcow2 images only` };
+  }
+  if (req.targetFormat !== undefined && req.targetFormat !== 'qcow2') {
+    return { property: 'format', message: `Unknown output format '${req.targetFormat}': this tool writes qcow2 images only (-O qcow2)` };
+  }
+  if (req.sameFile) {
+    return { property: 'source', message: 'The source and the destination are the same file; import never overwrites its source' };
+  }
+  if (req.compress) {
+    return { property: 'compress', message: 'Compressed output (-c) is not supported by the native engine; use qemu-img convert -c' };
+  }
+  const o = req.options;
+  if (o.backingFile !== undefined || o.backingFormat !== undefined) {
+    return {
+      property: 'backing_file',
+      message: 'An imported image holds the whole guest view of its source, so it cannot also have a backing file. ' +
+        'Import without backing_file, or create an overlay with create -b and write into it',
+    };
+  }
+  if (o.adoptDataFile) {
+    return {
+      property: 'data_file',
+      message: 'Importing into an adopted data file would overwrite an existing file; name a data file that does not exist yet',
+    };
+  }
+  if (o.size !== undefined) {
+    const rounded = ((req.sourceSize + 511n) / 512n) * 512n;
+    if (((o.size + 511n) / 512n) * 512n !== rounded) {
+      return {
+        property: 'size',
+        message: `An imported image takes its size from the source (${rounded} bytes); size=${o.size} differs. ` +
+          'Import first, then resize',
+      };
+    }
+  }
+  return undefined;
+}
+
+/** `rebase` without -u: the image is written (clusters copied) and its backing changed. */
+export function validateSafeRebase(state: ImageState, backingFile: string): Refusal | undefined {
+  return validateRebase(state, backingFile) ?? validateWrite(state);
+}
