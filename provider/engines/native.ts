@@ -302,26 +302,25 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
 }
 
 /**
- * `qemu-img rebase -b NEW [-F FMT] FILE` (safe): clusters whose content differs between the
+ * `qemu-img rebase -b NEW -F FMT FILE` (safe): clusters whose content differs between the
  * old and the new backing chain are copied into the image first, so the guest view does not
- * change; then the backing reference is rewritten. Refused on data-file-raw images.
- * Without a format the new backing file is probed and the detected format recorded.
+ * change; then the backing reference is rewritten. Refused on data-file-raw images, and
+ * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
   const img = Qcow2Image.open(path, {
     writable: true,
     beforeWrite: (image) => {
-      const r = validateSafeRebase(imageStateOf(image), backingFile);
+      const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
       if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
     },
   });
   let next: GuestSource | null = null;
   try {
-    let fmt = backingFormat;
+    const fmt = backingFormat;
     if (backingFile !== '') {
       const full = nodePath.isAbsolute(backingFile) ? backingFile : nodePath.join(nodePath.dirname(path), backingFile);
       try {
-        fmt ??= probeFormat(full);
         next = openSource(full, fmt);
       } catch (e) {
         throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO', `Could not open new backing file '${full}': ${(e as Error).message}`, { file: full, property: 'backing_file', cause: e });

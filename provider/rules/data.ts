@@ -2,14 +2,13 @@
 // and which convert/import requests are refused. Pure: the engine gathers the facts.
 
 import type { CreateOptions } from '../format/options';
-import { validateRebase } from './amend';
+import { validateRebase, validateWritable } from './amend';
 import type { ImageState, Refusal } from './types';
 
 /** Writing guest data (write, write-zeroes, discard, the copy of a safe rebase). */
 export function validateWrite(state: ImageState): Refusal | undefined {
-  if (state.corrupt) {
-    return { property: 'corrupt', message: 'qcow2: Image is corrupt; cannot be opened read/write. Repair it with qemu-img check -r all first' };
-  }
+  const w = validateWritable(state);
+  if (w) return w;
   if (state.dirty) {
     return {
       property: 'dirty',
@@ -75,6 +74,6 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
 }
 
 /** `rebase` without -u: the image is written (clusters copied) and its backing changed. */
-export function validateSafeRebase(state: ImageState, backingFile: string): Refusal | undefined {
-  return validateRebase(state, backingFile) ?? validateWrite(state);
+export function validateSafeRebase(state: ImageState, backingFile: string, backingFormat: string | undefined): Refusal | undefined {
+  return validateRebase(state, backingFile, backingFormat) ?? validateWrite(state);
 }
