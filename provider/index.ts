@@ -3,8 +3,9 @@
 export { Qcow2Error } from './format/errors';
 export type { Qcow2ErrorCode, Qcow2ErrorDetails } from './format/errors';
 export type { CreateOptions, Compat, CompressionType, Preallocation } from './format/options';
-export { createImage } from './engines/native';
-export type { CreateBehaviour } from './engines/native';
+export { createImage, amendImage, resizeImage, rebaseUnsafe, rebaseImage, importImage, mapImage, openImageForWrite } from './engines/native';
+export type { CreateBehaviour, AmendBehaviour, ImportSource, ImportBehaviour } from './engines/native';
+export type { AmendRequest, ImageState, DesiredSpec, Change } from './rules/types';
 export { imageInfo, infoHumanText, infoJsonText } from './format/info';
 export type { ImageInfoJson, Qcow2SpecificJson } from './format/info';
 export { checkImageFile, checkJson, checkHumanText, checkExitCode } from './format/check';

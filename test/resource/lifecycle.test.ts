@@ -179,3 +179,26 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
     expect(String(e.message)).toMatch(/adopt: there is nothing to adopt.*Remove adopt/);
   });
 });
+
+describe('Image import from a source file (native engine)', () => {
+  const skip = !haveQemu && !requireQemu;
+  it.skipIf(skip)('imports_a_sparse_raw_source_into_a_data_file_raw_image', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-import-'));
+    const host = await ProviderHost.start(dir);
+    try {
+      const src = path.join(dir, 'src.raw');
+      fs.writeFileSync(src, crypto.randomBytes(256 << 10));
+      fs.truncateSync(src, 4 << 20);
+      const s = new Stack(host, await serializedProvider());
+      const c = await s.up({ path: 'imported.qcow2', source: 'src.raw', sourceFormat: 'raw', dataFile: 'imported.raw', dataFileRaw: true });
+      expect(c.outputs).toMatchObject({ virtualSize: 4 << 20, dataFileRaw: true });
+      expect(qemu(['compare', '-f', 'raw', '-F', 'qcow2', 'src.raw', 'imported.qcow2'], dir).stdout).toMatch(/identical/);
+      expect(qemu(['compare', '-f', 'raw', '-F', 'raw', 'src.raw', 'imported.raw'], dir).stdout).toMatch(/identical/);
+      await s.destroy();
+      expect(fs.existsSync(src)).toBe(true);
+    } finally {
+      host.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
