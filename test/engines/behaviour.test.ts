@@ -504,11 +504,14 @@ describe.skipIf(SKIP)('engine behaviour', () => {
     if (!scenarios.find((s) => s.name === name)!.bytesDiffer) expect(b!.bytes, 'byte-identical qcow2 files').toEqual(a!.bytes);
   };
 
-  describe('known differences (expected to disagree)', () => {
-    for (const s of scenarios.filter((x) => x.knownDifference)) {
-      it.fails(`${s.name}: ${s.knownDifference}`, () => agree(s.name));
-    }
-  });
+  // A scenario may record a known difference: it is expected to disagree (it.fails), and starts
+  // failing loudly once the engines agree. There are none at the moment.
+  const known = scenarios.filter((x) => x.knownDifference);
+  if (known.length) {
+    describe('known differences (expected to disagree)', () => {
+      for (const s of known) it.fails(`${s.name}: ${s.knownDifference}`, () => agree(s.name));
+    });
+  }
 
   describe('the two engines agree', () => {
     it.each(scenarios.filter((s) => !s.knownDifference).map((s) => [s.name] as const))('%s', (name) => {
