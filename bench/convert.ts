@@ -9,28 +9,20 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { CLI, Sample as Measured, measure, median } from './common';
 
-const CLI = path.join(__dirname, '..', 'provider', 'cli', 'main.js');
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 3);
 const GiB = 1 << 30;
 const RSS_LIMIT_MIB = 150;
 
-interface Sample { wall: number; rssKiB: number; allocated: number }
+interface Sample extends Measured { allocated: number }
 
-function measure(argv: string[], cwd: string, out: string, extraAlloc?: string): Sample {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', ...argv], { cwd, encoding: 'utf8' });
-  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (r.status !== 0) throw new Error(`${argv.join(' ')} failed: ${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
+/** measureConvert() plus the bytes the output (and its data file) allocated. */
+function measureConvert(argv: string[], cwd: string, out: string, extraAlloc?: string): Sample {
+  const m = measure(argv, cwd);
   const blocks = (p: string) => fs.statSync(p).blocks * 512;
-  return { wall, rssKiB: Number(lines[lines.length - 1]), allocated: blocks(out) + (extraAlloc ? blocks(extraAlloc) : 0) };
+  return { ...m, allocated: blocks(out) + (extraAlloc ? blocks(extraAlloc) : 0) };
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 /** 4 GiB sparse: 64 extents of 16 MiB random data, one every 64 MiB; the rest holes. */
 function makeSource(file: string): void {
@@ -73,7 +65,7 @@ function main(): number {
           const argv = who === 'qemu'
             ? ['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', ...o, src, out]
             : [process.execPath, CLI, 'convert', '-f', 'raw', '-O', 'qcow2', ...o, src, out];
-          (who === 'qemu' ? theirs : ours).push(measure(argv, root, out, data));
+          (who === 'qemu' ? theirs : ours).push(measureConvert(argv, root, out, data));
         }
         if (i === 0) {
           const r = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', src, path.join(root, 'ours-0.qcow2')], { encoding: 'utf8' });

@@ -4,33 +4,16 @@
 //
 //   npm run build && node dist/bench/create.js [runs]
 
-import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { CLI, Sample, measure, median } from './common';
 
-const CLI = path.join(__dirname, '..', 'provider', 'cli', 'main.js');
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 5);
 const cases: Array<[string, string]> = [
   ['1G', '64k'], ['1G', '2M'], ['64G', '64k'], ['64G', '2M'], ['1T', '64k'], ['1T', '2M'],
 ];
 
-interface Sample { wall: number; rssKiB: number }
-
-/** Run a command under GNU time for its peak RSS; wall time measured here around the spawn. */
-function measure(argv: string[], cwd: string): Sample {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', ...argv], { cwd, encoding: 'utf8' });
-  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (r.status !== 0) throw new Error(`${argv.join(' ')} failed: ${r.stderr}`);
-  const lines = r.stderr.trim().split('\n');
-  return { wall, rssKiB: Number(lines[lines.length - 1]) };
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 function main(): number {
   if (!fs.existsSync('/usr/bin/time')) {

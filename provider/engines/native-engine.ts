@@ -1,9 +1,6 @@
 // The native engine behind the Engine interface: provider/format in this process, no QEMU.
 
-import * as fs from 'fs';
 import { checkImageFile, CheckResult } from '../format/check';
-import { Qcow2Error } from '../format/errors';
-import { Image } from '../format/image';
 import { imageInfo } from '../format/info';
 import { NodeBlockFile } from '../format/blockfile';
 import { lockImage } from '../format/lock';
@@ -11,6 +8,7 @@ import type { CreateOptions } from '../format/options';
 import type { AmendRequest } from '../rules/types';
 import { Engine, ImageInfo, RemoveOptions, ResizeOptions, toImageInfo } from './engine';
 import { amendImage, createImage, rebaseUnsafe, resizeImage } from './native';
+import { removeImageFiles } from './remove';
 
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
@@ -49,24 +47,6 @@ export class NativeEngine implements Engine {
   }
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
-    let dataFile: string | undefined;
-    const f = NodeBlockFile.open(path, true);
-    try {
-      lockImage(f.fd, path, 'write'); // never delete an image a VM holds open
-      if (options.dataFile) {
-        const img = Image.open(f, path);
-        if (img.hasDataFile) dataFile = img.header.dataFile;
-      }
-      fs.unlinkSync(path);
-    } finally {
-      f.close();
-    }
-    if (dataFile !== undefined) {
-      try {
-        fs.unlinkSync(dataFile);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Qcow2Error('IO', `Could not remove data file '${dataFile}': ${(e as Error).message}`, { file: dataFile });
-      }
-    }
+    removeImageFiles(path, options);
   }
 }

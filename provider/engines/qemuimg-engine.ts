@@ -62,6 +62,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { CheckResult } from '../format/check';
 import { assertNewImageFiles, fsyncDir } from '../format/create';
+import { removeImageFiles } from './remove';
 import { Qcow2Error } from '../format/errors';
 import { NodeBlockFile, ioError } from '../format/blockfile';
 import { lockImage } from '../format/lock';
@@ -435,25 +436,8 @@ export class QemuImgEngine implements Engine {
   }
 
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
-    let dataFile: string | undefined;
-    const f = NodeBlockFile.open(file, true);
-    try {
-      lockImage(f.fd, file, 'write'); // held until close: never delete an image a VM holds open
-      if (options.dataFile) {
-        const parsed = await this.readInfo(file, true);
-        if (parsed.info.hasDataFile) dataFile = parsed.info.dataFile;
-      }
-      fs.unlinkSync(file);
-    } finally {
-      f.close();
-    }
-    if (dataFile !== undefined) {
-      try {
-        fs.unlinkSync(dataFile);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Qcow2Error('IO', `Could not remove data file '${dataFile}': ${(e as Error).message}`, { file: dataFile });
-      }
-    }
+    // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
+    removeImageFiles(file, options);
   }
 }
 

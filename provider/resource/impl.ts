@@ -27,21 +27,11 @@ export const PROVIDER_VERSION: string = (() => {
   return '0.0.0';
 })();
 
-/** Inputs as Pulumi hands them to the provider (after check). */
-export interface ImageInputs {
+/** Inputs as Pulumi hands them to the provider (after check): the create options, and ours. */
+export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile'> {
   path: string;
+  /** Bytes, or qemu-img size text ("20G"). */
   size?: number | string;
-  clusterSize?: number;
-  compat?: Compat;
-  lazyRefcounts?: boolean;
-  refcountBits?: number;
-  extendedL2?: boolean;
-  compressionType?: CompressionType;
-  preallocation?: Preallocation;
-  backingFile?: string;
-  backingFormat?: string;
-  dataFile?: string;
-  dataFileRaw?: boolean;
   adopt?: boolean;
   source?: string;
   sourceFormat?: 'raw' | 'qcow2';
