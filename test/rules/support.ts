@@ -70,6 +70,7 @@ export function describeWithQemu(title: string, fn: () => void): void {
   if (HAVE_QEMU || requireQemu) {
     describe(title, fn);
   } else {
+    // qemu-img is missing and not required (no CI=true / REQUIRE_QEMU=1): say so, visibly.
     console.warn(`[rules] SKIPPED "${title}": ${QEMU_SKIP_REASON}`);
     describe.skip(`${title} [SKIPPED: ${QEMU_SKIP_REASON}]`, fn);
   }
