@@ -82,6 +82,7 @@ class Checker {
 
   /** Corruptions found before refcounts were compared: broken structure, not stale counts. */
   structural = 0;
+  private signalled = false;
 
   run(): CheckResult {
     const { img, r } = this;
@@ -305,7 +306,14 @@ class Checker {
     if (ti >= this.reftable.length) return 0n;
     const off = this.reftable[ti]! & C.REFT_OFFSET_MASK;
     if (off === 0n) return 0n;
-    if (off % BigInt(this.cs) !== 0n) return undefined;
+    if (off % BigInt(this.cs) !== 0n) {
+      // qcow2_signal_corruption on a read-only image: said once, then suppressed.
+      if (!this.signalled) {
+        this.signalled = true;
+        this.err(`qcow2: Image is corrupt: Refblock offset 0x${hex(off)} unaligned (reftable index: ${ti === 0 ? '0' : `0x${hex(ti)}`}); further non-fatal corruption events will be suppressed`);
+      }
+      return undefined;
+    }
     let block = this.refblockCache.get(ti);
     if (!block) {
       block = this.readTable(off, this.cs);
