@@ -231,36 +231,24 @@ export function buildProgram(): Command {
 
   program
     .command('rebase')
-    .description('change the backing file reference (-u: header only; refused on data-file-raw images)')
-    .usage('[-f qcow2] -u -b BACKING [-F FMT] [-q] FILE')
+    .description('change the backing file; without -u, clusters that differ between the old and the new chain are ' +
+      'copied into the image first, so the guest view is unchanged; refused on data-file-raw images')
+    .usage('[-f qcow2] [-u] -b BACKING -F FMT [-q] FILE')
     .option('-f <fmt>', 'image format (qcow2)')
-    .option('-u', 'unsafe: only rewrite the backing file reference')
+    .option('-u', 'unsafe: only rewrite the backing file reference (the guest view may change)')
     .option('-b <backing_file>', "new backing file ('' for none)")
     .option('-F <backing_fmt>', 'backing file format')
     .option('-q', 'quiet')
     .argument('<file>')
     .action((file: string, o: { f?: string; u?: boolean; b?: string; F?: string }) => {
       requireQcow2(o.f);
-      if (!o.u) {
-        if (o.b === undefined) {
-          report('Must specify backing file (-b) or use unsafe mode (-u)');
-          throw new Exit(1);
-        }
-        // Safe rebase: clusters that differ between the old and the new chain are copied first.
-        try {
-          rebaseImage(file, o.b, o.F);
-        } catch (e) {
-          report(openPrefix(e, file) + (e as Error).message);
-          throw new Exit(1);
-        }
-        return;
-      }
       if (o.b === undefined) {
         report('Must specify backing file (-b) or use unsafe mode (-u)');
         throw new Exit(1);
       }
       try {
-        rebaseUnsafe(file, o.b, o.F);
+        if (o.u) rebaseUnsafe(file, o.b, o.F);
+        else rebaseImage(file, o.b, o.F); // copies what differs between the chains first
       } catch (e) {
         report(openPrefix(e, file) + (e as Error).message);
         throw new Exit(1);
