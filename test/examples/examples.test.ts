@@ -82,3 +82,12 @@ describe('examples', () => {
     expect(fs.readdirSync(images)).toEqual([]);
   }, 60_000);
 });
+
+describe('examples type-check as Pulumi runs them (ts-node checks types by default)', () => {
+  const tsc = path.resolve(__dirname, '../../node_modules/typescript/bin/tsc');
+  it.each(['quickstart', 'overlays', 'raw-data-file', 'gitops'])('%s', (name) => {
+    const r = require('child_process').spawnSync(process.execPath, [tsc, '-p', path.join(examples, name, 'tsconfig.json'), '--noEmit'], { encoding: 'utf8' });
+    expect(r.stdout + r.stderr).toBe('');
+    expect(r.status).toBe(0);
+  }, 60_000);
+});
