@@ -7,7 +7,7 @@ import * as C from './constants';
 import { BlockFile, NodeBlockFile } from './blockfile';
 import { Qcow2Error, invalidImage } from './errors';
 import { Geometry } from './geometry';
-import { Header, HEADER_V2, HEADER_V3_TAIL, decodeHeader } from './header';
+import { Header, HEADER_V2, decodeHeader } from './header';
 import { readEntries } from './l1';
 import { Snapshot, readSnapshots } from './snapshot';
 
