@@ -303,7 +303,6 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
             setRaw(t, k, 0n);
           }
         }
-        void oldClusters;
         if (hasData) plan.dataFileShrink = Number(newSize);
       }
       h.size = newSize;
@@ -317,13 +316,11 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         const l2 = l1[i]! & C.L1E_OFFSET_MASK;
         if (l2 === 0n) continue;
         const src = tables.get(i) ?? img.readCluster(l2);
-        let touched = false;
         for (let k = 0; k < g.l2Entries; k++) {
           const raw = src.readBigUInt64BE(k * g.l2EntrySize);
           const e = decodeL2Entry(raw, 0n, entryOpts);
           if (e.type !== 'zero-plain' && e.type !== 'zero-alloc') continue;
           const t = tableFor(i);
-          touched = true;
           if (e.type === 'zero-plain') {
             if (!backed) { setRaw(t, k, 0n); continue; }
             const c = a.alloc(1);
@@ -335,7 +332,6 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
             setRaw(t, k, e.hostOffset | (rc === 1 ? C.QCOW_OFLAG_COPIED : 0n));
           }
         }
-        void touched;
       }
       h.version = 2;
       h.headerLength = C.QCOW2_V2_HEADER_LENGTH;
