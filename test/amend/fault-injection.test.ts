@@ -23,6 +23,7 @@ import type { BlockFile } from '../../provider/format/blockfile';
 import type { AmendRequest } from '../../provider/rules/types';
 
 import { checkOf, cliArgv, compareImages, infoOf, md5, missingTools, openSpec, shOk, skipReason, type Info } from './helpers';
+import { inDir, prng } from '../helpers/common';
 
 const PAGE = 4096;
 
@@ -130,15 +131,6 @@ const OPERATIONS: Operation[] = [
 const SKIP = skipReason('amend/fault-injection');
 let root = '';
 
-function inDir<T>(dir: string, fn: () => T): T {
-  const prev = process.cwd();
-  process.chdir(dir);
-  try {
-    return fn();
-  } finally {
-    process.chdir(prev);
-  }
-}
 
 /** Replace `dst`'s contents with a copy of every file of `src`. */
 function copyDir(src: string, dst: string): void {
@@ -183,17 +175,6 @@ function record(t: Tally, r: { outcome: Outcome; why: string }, label: string): 
 const line = (name: string, t: Tally) =>
   `${name}: ${t.trials} trials, ${t.old} old, ${t.new} new, ${t.corrupt} corruptions`;
 
-/** mulberry32: a small seeded PRNG, so the kill delays are reproducible (AMEND_KILL_SEED). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})` : ''}`, () => {
   beforeAll(() => {

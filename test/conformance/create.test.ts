@@ -34,6 +34,7 @@ import {
   type FailingCase,
 } from './create-cases';
 import { allocatedBytes, compareDataFiles, describeDiff, diffFiles, md5File } from './compare';
+import { inDir } from '../helpers/common';
 
 const HAVE_QEMU = qemuImgAvailable();
 const SKIP_REASON = `${qemuImgPath} not found ($QEMU_IMG or PATH; apt-get install qemu-utils; CI=true or REQUIRE_QEMU=1 turns this into a failure)`;
@@ -54,15 +55,6 @@ let root = '';
 let baseDir = '';
 let caseCounter = 0;
 
-function inDir<T>(dir: string, fn: () => T): T {
-  const prev = process.cwd();
-  process.chdir(dir);
-  try {
-    return fn();
-  } finally {
-    process.chdir(prev);
-  }
-}
 
 /** Fresh <root>/<n>/{qemu,ours}, each holding base.qcow2 and base.raw. */
 function caseDirs(): { dir: string; a: string; b: string } {

@@ -8,17 +8,7 @@ import { qemuImgAvailable, requireQemu, runQemuImg } from '../helpers/qemu';
 
 export { runQemuImg };
 
-/** mulberry32: small, seeded, reproducible. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from '../helpers/common';
 
 export const qemuIoPath = process.env.QEMU_IO ?? 'qemu-io';
 

@@ -9,6 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Qcow2Error } from '../../provider/format/errors';
 import { qemuImgPath, requireQemu } from '../helpers/qemu';
+import { stopProcess } from '../helpers/common';
 
 export { requireQemu };
 
@@ -138,31 +139,10 @@ export async function inDir<T>(dir: string, fn: () => Promise<T>): Promise<T> {
 
 const daemons = new Set<number>();
 
-function alive(pid: number): boolean {
-  try {
-    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 /** Stop one holder we started (by its pid): SIGTERM, then SIGKILL. */
 export function stopHolder(pid: number): void {
   daemons.delete(pid);
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + 3000;
-  while (alive(pid) && Date.now() < deadline) spawnSync('sleep', ['0.02']);
-  if (alive(pid)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
+  stopProcess(pid);
 }
 
 export function stopAllHolders(): void {

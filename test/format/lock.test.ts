@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Qcow2Error } from '../../provider/format/errors';
 import { findLockHolders, lockBytes, lockImage, type ImageLock } from '../../provider/format/lock';
 import { qemuImgAvailable, requireQemu, runQemuImg } from '../helpers/qemu';
+import { stopProcess } from '../helpers/common';
 
 const IMG = 'img.qcow2';
 const WRITE_MSG = `Failed to get "write" lock\nIs another process using the image [${IMG}]?`;
@@ -73,31 +74,7 @@ function heldOn(fd: number): number[] {
   return self.flatMap((h) => h.bytes);
 }
 
-const alive = (pid: number): boolean => {
-  try {
-    // Daemonized holders are reparented to a PID 1 that may not reap them: a zombie is gone.
-    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-};
-
-function stopDaemon(pid: number): void {
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + 3000;
-  while (alive(pid) && Date.now() < deadline) spawnSync('sleep', ['0.02']);
-  if (alive(pid)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-  }
-}
+const stopDaemon = stopProcess;
 
 function stopDaemons(): void {
   while (daemons.length > 0) stopDaemon(daemons.pop()!);
