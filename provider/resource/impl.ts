@@ -103,6 +103,7 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   const set = <K extends keyof DesiredSpec>(k: K, v: DesiredSpec[K] | string | undefined) => {
     if (v !== undefined && !isUnknown(v)) d[k] = v as DesiredSpec[K];
   };
+  if (i.path !== undefined && !isUnknown(i.path)) d.path = absolute(i.path);
   const size = sizeOf(i.size);
   if (size !== undefined) d.size = size;
   set('compat', i.compat);
@@ -138,6 +139,7 @@ function stateOf(o: ImageOutputs): ImageState {
     snapshots: 0,
     bitmaps: o.bitmaps.length,
   };
+  s.path = o.path;
   if (o.dataFile) s.dataFile = o.dataFile;
   if (o.backingFile) s.backingFile = o.backingFile;
   if (o.backingFormat) s.backingFormat = o.backingFormat;
@@ -253,12 +255,6 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
   const replaces: string[] = [];
   let changes = false;
   if (olds.providerVersion !== PROVIDER_VERSION) changes = true;
-  if (!isUnknown(news.path) && absolute(news.path) !== olds.path) {
-    if (!news.allowReplace) {
-      throw failure('path', `moving the image from ${olds.path} to ${absolute(news.path)} means creating a new image and deleting the old one with its data. Set allowReplace: true to accept that, or keep the path`);
-    }
-    replaces.push('path');
-  }
   if (isUnknown(news.path)) changes = true;
   const engine = news.engine ?? 'native';
   if (isUnknown(engine) || engine !== olds.engine) changes = true;

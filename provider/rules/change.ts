@@ -122,6 +122,18 @@ export function classifyChange(current: ImageState, desiredSpec: DesiredSpec, fa
   simple('lazyRefcounts', current.lazyRefcounts, desired.lazyRefcounts, 'the lazy-refcounts feature bit is changed in place');
   simple('refcountBits', current.refcountBits, desired.refcountBits, 'the refcount structures are rebuilt in place with the new width');
 
+  // The path: a new image at the new place, then the old one deleted.
+  if (desired.path !== undefined && current.path !== undefined) {
+    if (desired.path === current.path) {
+      out.push({ property: 'path', action: 'none', reason: 'unchanged', from: current.path, to: desired.path });
+    } else {
+      const what = `moving the image from ${current.path} to ${desired.path} means creating a new image and deleting the old one with its data`;
+      out.push(desired.allowReplace
+        ? { property: 'path', action: 'replace', reason: `${what}; allowReplace is set`, from: current.path, to: desired.path }
+        : { property: 'path', action: 'refuse', reason: `${what}. Set allowReplace: true to accept that, or keep the path`, from: current.path, to: desired.path });
+    }
+  }
+
   for (const property of CREATE_ONLY) {
     const to = desired[property];
     if (to === undefined) continue;

@@ -25,6 +25,8 @@ export interface ImageState {
   bitmaps: number;
   /** Whether any L2 entry is compressed; undefined when not scanned (only a downgrade needs it). */
   hasCompressedClusters?: boolean;
+  /** Where the image is (absolute), when the caller knows. */
+  path?: string;
   /** The preallocation the image was created with, when known: the file does not record it. */
   preallocation?: Preallocation;
 }
@@ -44,6 +46,8 @@ export interface AmendRequest {
 
 /** What a program or stack declares for an image (resource inputs, typed): the create options, plus opt-ins. */
 export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
+  /** Where the image should be (absolute). Moving it means a new image. */
+  path?: string;
   /** Shrinking destroys data beyond the new end: only with this set. */
   allowShrink?: boolean;
   /** Properties that can only change by replacing the image may do so (the old image is deleted). */

@@ -202,3 +202,23 @@ describe('Image import from a source file (native engine)', () => {
     }
   });
 });
+
+describe('moving an image (native engine)', () => {
+  it.skipIf(!haveQemu && !requireQemu)('a_new_path_is_a_replacement_only_with_allowReplace', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-move-'));
+    const host = await ProviderHost.start(dir);
+    try {
+      const s = new Stack(host, await serializedProvider());
+      await s.up({ path: 'one.qcow2', size: '1M' });
+      await expect(s.preview({ path: 'two.qcow2', size: '1M' })).rejects.toThrow(/moving the image .* allowReplace: true/);
+      const up = await s.up({ path: 'two.qcow2', size: '1M', allowReplace: true });
+      expect(up.op).toBe('replace');
+      expect(fs.existsSync(path.join(dir, 'one.qcow2'))).toBe(false);
+      expect(fs.existsSync(path.join(dir, 'two.qcow2'))).toBe(true);
+      await s.destroy();
+    } finally {
+      host.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
