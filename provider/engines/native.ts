@@ -11,7 +11,7 @@ import { AmendChanges, AmendPlan, applyAmend, planAmend } from '../format/amend'
 import * as C from '../format/constants';
 import { Image } from '../format/image';
 import { ImageLock, lockImage } from '../format/lock';
-import { validateAmend, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
+import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
 import type { AmendRequest, ImageState } from '../rules/types';
 
 /** How create treats the world outside the new image. */
@@ -174,6 +174,10 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
   const backingLength = grows && img.header.backingFile !== undefined
     ? probeBacking(path, img.header.backingFile, img.header.backingFormat).size
     : undefined;
+  if (ch.size !== undefined) {
+    const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
+    if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+  }
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);

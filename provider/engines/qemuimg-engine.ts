@@ -67,7 +67,7 @@ import { Qcow2Error } from '../format/errors';
 import { NodeBlockFile, ioError } from '../format/blockfile';
 import { lockImage } from '../format/lock';
 import type { CreateOptions, ResolvedCreateOptions } from '../format/options';
-import { validateAmend, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
+import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
 import type { AmendRequest, ImageState, Refusal } from '../rules/types';
 import type { Engine, ImageInfo, RemoveOptions, ResizeOptions } from './engine';
 import { resolveCreate } from './native';
@@ -236,20 +236,14 @@ export class QemuImgEngine implements Engine {
     if (state.backingFile === undefined || newSize <= state.virtualSize) return 0;
     const length = await this.backingLength(file, state);
     if (BigInt(length) <= state.virtualSize) return 0;
-    if (state.compat === '0.10') {
-      // qemu-img resize/amend fails here after growing the L1 table: refuse before it runs.
-      throw new Qcow2Error('REFUSED',
-        `Growing this image from ${state.virtualSize} bytes must zero the new area because its backing file is longer (${length} bytes), ` +
-        'and a compat=0.10 image has no zero clusters (qemu-img: "Failed to zero out new clusters: Operation not supported"). ' +
-        'Upgrade it first (amend compat=1.1)', { property: 'size', file });
-    }
+    const r = validateGrowOverBacking(state, newSize, BigInt(length));
+    if (r) throw refused(r, file);
     const unit = BigInt(state.extendedL2 ? state.clusterSize / 32 : state.clusterSize);
     if (state.virtualSize % unit !== 0n) {
       throw new Qcow2Error('REFUSED',
         `Growing this image from ${state.virtualSize} bytes zeroes the new area because its backing file is longer (${length} bytes), ` +
         `and its current end is inside a cluster of ${unit} bytes: QEMU first copies the rest of that cluster from the backing ` +
-        'file, which the qemu-img engine never opens. Run qemu-img resize on the image directly, or use the native engine ' +
-        '(which leaves the new area unallocated, so the backing data shows through)',
+        'file, which the qemu-img engine never opens. Run qemu-img resize on the image directly',
         { property: 'size', file });
     }
     return length;

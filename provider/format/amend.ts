@@ -266,9 +266,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         if (backingLength !== undefined && backingLength > old.size) {
           // As QEMU (bdrv_co_truncate): where the backing file is longer than the old end, the new
           // area must read as zeros, not as the backing file's data, so it gets ZERO entries.
-          if (old.version < 3) {
-            throw new Qcow2Error('REFUSED', 'Cannot grow a compat 0.10 image over a longer backing file: the new area would show the backing file\'s data and compat 0.10 has no zero clusters. Upgrade to compat 1.1 first', { property: 'size' });
-          }
+          // (compat 0.10 has no zero clusters: provider/rules refused that before planning.)
           if (old.size % BigInt(cs) !== 0n) {
             throw new Qcow2Error('REFUSED', 'Cannot grow an image whose old end is inside a cluster over a longer backing file with the native engine: the rest of that cluster must be written as zeros. Use the qemu-img engine', { property: 'size' });
           }

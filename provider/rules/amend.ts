@@ -125,3 +125,18 @@ export function validateRebase(state: ImageState, backingFile: string | undefine
   }
   return undefined;
 }
+
+/**
+ * Growing over a longer backing file: the new area must read as zeros (QEMU writes zero
+ * clusters there), which compat 0.10 cannot express. `backingLength` is a fact the engine read.
+ */
+export function validateGrowOverBacking(state: ImageState, newSize: bigint, backingLength: bigint | undefined): Refusal | undefined {
+  if (backingLength === undefined || newSize <= state.virtualSize || backingLength <= state.virtualSize) return undefined;
+  if (state.compat === '0.10') {
+    return {
+      property: 'size',
+      message: "Cannot grow a compat 0.10 image over a longer backing file: the new area would show the backing file's data and compat 0.10 has no zero clusters. Upgrade to compat 1.1 first",
+    };
+  }
+  return undefined;
+}
