@@ -127,7 +127,7 @@ export function ioError(e: unknown, file: string, op: string): Qcow2Error {
     return new Qcow2Error('EXISTS', `${file}: file exists; refusing to overwrite it`, { file, cause: e });
   }
   if (err?.code === 'ENOENT') {
-    return new Qcow2Error('NOT_FOUND', `Could not open '${file}': No such file or directory`, { file, cause: e });
+    return new Qcow2Error('NOT_FOUND', `Could not ${op === 'create' ? 'create' : 'open'} '${file}': No such file or directory`, { file, cause: e });
   }
   return new Qcow2Error('IO', `Could not ${op} '${file}': ${err?.message ?? String(e)}`, { file, cause: e });
 }

@@ -348,6 +348,9 @@ export function writeNewImage(imagePath: string, plan: CreatePlan): void {
   assertNewImageFiles(imagePath, o);
 
   const dir = path.dirname(imagePath);
+  if (!fs.existsSync(dir)) {
+    throw new Qcow2Error('NOT_FOUND', `Could not create '${imagePath}': No such file or directory`, { file: imagePath, property: 'path' });
+  }
   const tmp = path.join(dir, `.${path.basename(imagePath)}.create-${process.pid}-${Date.now().toString(36)}`);
   let createdData = false;
   let tmpFile: NodeBlockFile | undefined;
