@@ -52,14 +52,19 @@ export function validateInputs(inputs: Record<string, unknown>): InputFailure[] 
   if (!validator) validator = new Ajv({ allErrors: true, strict: false }).compile(imageInputSchema);
   const data = stripUnknown(inputs);
   if (validator(data)) return [];
+  // A property whose value is not known yet is present: it cannot be "missing".
+  const unknown = new Set(Object.entries(inputs).filter(([, v]) => v === UNKNOWN).map(([k]) => k));
+  const errors = (validator.errors ?? []).filter((e) =>
+    !(e.keyword === 'required' && unknown.has((e.params as { missingProperty?: string }).missingProperty ?? '')));
+  if (errors.length === 0) return [];
   const seen = new Map<string, InputFailure>();
-  for (const e of validator.errors ?? []) {
+  for (const e of errors) {
     if (e.keyword === 'oneOf') continue; // its branches say more
     const f = describe(e, imageInputSchema);
     if (!seen.has(f.property)) seen.set(f.property, f);
   }
   if (seen.size === 0) {
-    for (const e of validator.errors ?? []) {
+    for (const e of errors) {
       const f = describe(e, imageInputSchema);
       if (!seen.has(f.property)) seen.set(f.property, f);
     }
