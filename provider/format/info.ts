@@ -78,6 +78,7 @@ export function describe(img: Image, fileName: string, allocated: number): Image
     info['full-backing-filename'] = fullBackingFilename(fileName, h.backingFile);
     if (h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
   }
+  exactSizes.set(info, h.size);
   const snaps = img.readSnapshots();
   if (snaps.length > 0) {
     info.snapshots = snaps.map((s) => {
@@ -109,6 +110,9 @@ function toJsonNumber(v: bigint): number {
   return Number(v);
 }
 
+/** The exact virtual size of each described image, for the JSON text (the object holds numbers). */
+const exactSizes = new WeakMap<ImageInfoJson, bigint>();
+
 /** `qemu-img info --output=json FILE`, parsed. Never opens the data file. */
 export function imageInfo(fileName: string): ImageInfoJson {
   const file = NodeBlockFile.open(fileName, false);
@@ -124,9 +128,12 @@ export function infoOf(file: BlockFile, fileName: string): ImageInfoJson {
   return describe(img, fileName, file.allocatedSize());
 }
 
-/** JSON text as qemu-img prints it (4-space indent). Exact 64-bit integers are kept. */
+/** JSON text as qemu-img prints it (4-space indent); the virtual size is printed exactly. */
 export function infoJsonText(info: ImageInfoJson): string {
-  return JSON.stringify(info, null, 4);
+  const exact = exactSizes.get(info);
+  const text = JSON.stringify(info, null, 4);
+  if (exact === undefined || exact <= BigInt(Number.MAX_SAFE_INTEGER)) return text;
+  return text.replace(/^( {4}"virtual-size": )\d+(\.\d+)?(e\+\d+)?/m, `$1${exact}`);
 }
 
 /** The human form of `qemu-img info FILE`. */
@@ -134,7 +141,8 @@ export function infoHumanText(info: ImageInfoJson): string {
   const lines: string[] = [];
   lines.push(`image: ${info.filename}`);
   lines.push('file format: qcow2');
-  lines.push(`virtual size: ${formatSize(info['virtual-size'])} (${info['virtual-size']} bytes)`);
+  const exact = exactSizes.get(info) ?? BigInt(info['virtual-size']);
+  lines.push(`virtual size: ${formatSize(exact)} (${exact} bytes)`);
   lines.push(`disk size: ${formatSize(info['actual-size'])}`);
   lines.push(`cluster_size: ${info['cluster-size']}`);
   if (info['dirty-flag']) lines.push('cleanly shut down: no');
