@@ -204,15 +204,14 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
     } catch (e) {
       failures.push({ property: 'size', reason: (e as Error).message });
     }
-    // Create-time legality of the whole combination (only what is known now).
-    const known = Object.fromEntries(Object.entries(news).filter(([, v]) => !isUnknown(v))) as unknown as ImageInputs;
+    // Create-time legality of the whole combination, once every value is known.
     if (failures.length === 0 && !hasUnknown(news)) {
-      const opts = createOptionsOf(known);
-      if (known.adopt || known.source) delete opts.size;
-      if (opts.size === undefined && !known.adopt && !known.source && opts.backingFile === undefined) {
+      const opts = createOptionsOf(i);
+      if (i.adopt || i.source) delete opts.size;
+      if (opts.size === undefined && !i.adopt && !i.source && opts.backingFile === undefined) {
         failures.push({ property: 'size', reason: 'size is required unless the image is adopted, imported from source, or sized by its backingFile' });
       } else {
-        const r = validateCreate({ ...opts, ...(known.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
+        const r = validateCreate({ ...opts, ...(i.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
         if (!r.ok) failures.push({ property: propertyName(r.refusal.property), reason: r.refusal.message });
       }
     }
