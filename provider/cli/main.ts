@@ -187,12 +187,7 @@ export function buildProgram(): Command {
         report((e as Error).message);
         throw new Exit(1);
       }
-      try {
-        amendImage(file, req);
-      } catch (e) {
-        report(openPrefix(e, file) + (e as Error).message);
-        throw new Exit(1);
-      }
+      onImage(file, () => amendImage(file, req));
     });
 
   program
@@ -246,13 +241,8 @@ export function buildProgram(): Command {
         report('Must specify backing file (-b) or use unsafe mode (-u)');
         throw new Exit(1);
       }
-      try {
-        if (o.u) rebaseUnsafe(file, o.b, o.F);
-        else rebaseImage(file, o.b, o.F); // copies what differs between the chains first
-      } catch (e) {
-        report(openPrefix(e, file) + (e as Error).message);
-        throw new Exit(1);
-      }
+      // Without -u, what differs between the chains is copied first.
+      onImage(file, () => (o.u ? rebaseUnsafe(file, o.b!, o.F) : rebaseImage(file, o.b!, o.F)));
     });
 
   program
@@ -320,16 +310,21 @@ export function buildProgram(): Command {
     .action((file: string, o: { f?: string; output?: string; forceShare?: boolean }) => {
       requireQcow2(o.f);
       const fmt = outputFormat(o.output);
-      try {
-        const entries = mapImage(file, { format: 'qcow2', forceShare: o.forceShare ?? false });
-        process.stdout.write(fmt === 'json' ? mapJsonText(entries) : mapHumanText(entries));
-      } catch (e) {
-        report(openPrefix(e, file) + (e as Error).message);
-        throw new Exit(1);
-      }
+      const entries = onImage(file, () => mapImage(file, { format: 'qcow2', forceShare: o.forceShare ?? false }));
+      process.stdout.write(fmt === 'json' ? mapJsonText(entries) : mapHumanText(entries));
     });
 
   return program;
+}
+
+/** Run an operation on FILE; on failure, report it as qemu-img would and exit 1. */
+function onImage<T>(file: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    report(openPrefix(e, file) + (e as Error).message);
+    throw new Exit(1);
+  }
 }
 
 /** qemu-img prefixes open failures with `Could not open 'FILE': `; refusals stand alone. */

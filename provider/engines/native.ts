@@ -7,12 +7,13 @@ import { planCreate, probeBacking, writeNewImage } from '../format/create';
 import type { CreateOptions, ResolvedCreateOptions } from '../format/options';
 import { validateAdoption, validateCreate } from '../rules/create';
 import { BlockFile, NodeBlockFile, ioError } from '../format/blockfile';
-import { AmendChanges, AmendPlan, applyAmend, planAmend } from '../format/amend';
+import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../format/amend';
 import * as C from '../format/constants';
 import { Image } from '../format/image';
 import { ImageLock, lockImage } from '../format/lock';
-import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
-import type { AmendRequest, ImageState } from '../rules/types';
+import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
+import type { AmendRequest, ImageState, Refusal } from '../rules/types';
+import { refused, throwIfRefused } from './refusal';
 
 /** How create treats the world outside the new image. */
 export interface CreateBehaviour {
@@ -20,14 +21,13 @@ export interface CreateBehaviour {
   unsafeBacking?: boolean;
 }
 
-function refused(r: { property: string; message: string }): Qcow2Error {
-  return new Qcow2Error('INVALID_OPTION', r.message, { property: r.property });
-}
+/** Create refusals keep qemu-img's code for bad options. */
+const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
 
 /** Validate create options (rules) and derive the size from the backing file or adopted data file. */
 export function resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
   const first = validateCreate(options);
-  if (!first.ok) throw refused(first.refusal);
+  if (!first.ok) throw createRefused(first.refusal);
   let resolved = first.options;
   if (options.size === undefined) {
     let size: bigint | undefined;
@@ -42,7 +42,7 @@ export function resolveCreate(imagePath: string, options: CreateOptions, behavio
     }
     if (size === undefined) throw new Qcow2Error('INVALID_OPTION', 'Image creation needs a size parameter', { property: 'size' });
     const again = validateCreate({ ...options, size });
-    if (!again.ok) throw refused(again.refusal);
+    if (!again.ok) throw createRefused(again.refusal);
     resolved = again.options;
   } else if (options.backingFile !== undefined && !behaviour.unsafeBacking) {
     // Like qemu-img, open the backing file even when the size is given.
@@ -54,7 +54,7 @@ export function resolveCreate(imagePath: string, options: CreateOptions, behavio
   }
   if (resolved.adoptDataFile && resolved.dataFile !== undefined && fs.existsSync(resolved.dataFile)) {
     const r = validateAdoption(resolved.dataFile, BigInt(statFile(resolved.dataFile).size), resolved.size);
-    if (r) throw refused(r);
+    if (r) throw createRefused(r);
   }
   return resolved;
 }
@@ -134,7 +134,7 @@ function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img:
     const file = behaviour.wrapFile ? behaviour.wrapFile(nf) : nf;
     const img = Image.open(file, path);
     const w = validateWritable(imageStateOf(img));
-    if (w) throw new Qcow2Error('REFUSED', w.message, { file: path });
+    throwIfRefused(w, path);
     return fn(img, file);
   } finally {
     lock?.release();
@@ -176,7 +176,7 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
     : undefined;
   if (ch.size !== undefined) {
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
-    if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+    throwIfRefused(r, path);
   }
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
@@ -197,7 +197,11 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
     const r = validateAmend(state, req, behaviour.allowShrink ?? true);
-    if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+    throwIfRefused(r, path);
+    if (req.refcountBits !== undefined && req.refcountBits < state.refcountBits) {
+      const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
+      throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
+    }
     return runPlan(img, file, path, changesOf(state, req));
   });
 }
@@ -208,7 +212,7 @@ export function resizeImage(path: string, size: bigint | { relative: bigint }, b
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
     const r = validateResizeRequest(state, target, behaviour.allowShrink ?? false);
-    if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+    throwIfRefused(r, path);
     return runPlan(img, file, path, { size: target });
   });
 }
@@ -217,7 +221,7 @@ export function resizeImage(path: string, size: bigint | { relative: bigint }, b
 export function rebaseUnsafe(path: string, backingFile: string, backingFormat: string | undefined, behaviour: AmendBehaviour = {}): AmendPlan {
   return withWritableImage(path, behaviour, (img, file) => {
     const r = validateRebase(imageStateOf(img), backingFile, backingFormat);
-    if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+    throwIfRefused(r, path);
     const backing: { file: string; format?: string } = { file: backingFile };
     if (backingFormat !== undefined) backing.format = backingFormat;
     return runPlan(img, file, path, { backing });
@@ -242,7 +246,7 @@ export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writabl
     writable: true,
     beforeWrite: (img) => {
       const r = validateWrite(imageStateOf(img));
-      if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+      throwIfRefused(r, path);
     },
   });
 }
@@ -276,7 +280,7 @@ function sameFile(a: string, b: string): boolean {
  */
 export function importImage(dst: string, options: CreateOptions, source: ImportSource, behaviour: ImportBehaviour = {}): void {
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
-  if (early) throw new Qcow2Error('REFUSED', early.message, { property: early.property });
+  throwIfRefused(early);
   const format = source.format ?? probeFormat(source.path);
   const src: GuestSource = openSource(source.path, format);
   try {
@@ -287,7 +291,7 @@ export function importImage(dst: string, options: CreateOptions, source: ImportS
       sourceSize: BigInt(src.size),
       sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
     });
-    if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: dst });
+    throwIfRefused(r, dst);
     const resolved = resolveCreate(dst, { ...options, size: BigInt(src.size) });
     writeImportedImage(dst, planCreate(resolved), src, behaviour.progress);
   } finally {
@@ -316,7 +320,7 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
     writable: true,
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
-      if (r) throw new Qcow2Error('REFUSED', r.message, { property: r.property, file: path });
+      throwIfRefused(r, path);
     },
   });
   let next: GuestSource | null = null;

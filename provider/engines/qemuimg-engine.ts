@@ -63,12 +63,13 @@ import * as path from 'path';
 import type { CheckResult } from '../format/check';
 import { assertNewImageFiles, fsyncDir } from '../format/create';
 import { removeImageFiles } from './remove';
+import { refused, throwIfRefused } from './refusal';
 import { Qcow2Error } from '../format/errors';
 import { NodeBlockFile, ioError } from '../format/blockfile';
 import { lockImage } from '../format/lock';
 import type { CreateOptions, ResolvedCreateOptions } from '../format/options';
 import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../rules/amend';
-import type { AmendRequest, ImageState, Refusal } from '../rules/types';
+import type { AmendRequest, ImageState } from '../rules/types';
 import type { Engine, ImageInfo, RemoveOptions, ResizeOptions } from './engine';
 import { resolveCreate } from './native';
 import { qemuImgError } from './qemuimg/errors';
@@ -86,9 +87,6 @@ export interface QemuImgEngineOptions {
 type Kind = 'read' | 'write';
 
 
-function refused(r: Refusal, file: string): Qcow2Error {
-  return new Qcow2Error('REFUSED', r.message, { property: r.property, file });
-}
 
 const onOff = (b: boolean) => (b ? 'on' : 'off');
 
@@ -169,8 +167,7 @@ export class QemuImgEngine implements Engine {
   private async stateForChange(file: string): Promise<ImageState> {
     QemuImgEngine.probeWriteLock(file);
     const state = imageStateOf(await this.readInfo(file, true));
-    const w = validateWritable(state);
-    if (w) throw new Qcow2Error('REFUSED', w.message, { file });
+    throwIfRefused(validateWritable(state), file);
     return state;
   }
 

@@ -76,6 +76,19 @@ function storedRefcounts(img: Image, fileClusters: number): Uint32Array {
   return counts;
 }
 
+/**
+ * The first cluster whose stored refcount exceeds `max` (a narrower refcount width cannot hold
+ * it), or undefined. Reads the refcount blocks inside the file.
+ */
+export function firstRefcountAbove(img: Image, file: BlockFile, max: bigint): { offset: bigint; refcount: bigint } | undefined {
+  const cs = img.geometry.clusterSize;
+  const counts = storedRefcounts(img, Math.ceil(file.size() / cs));
+  for (let ci = 0; ci < counts.length; ci++) {
+    if (BigInt(counts[ci]!) > max) return { offset: BigInt(ci) * BigInt(cs), refcount: BigInt(counts[ci]!) };
+  }
+  return undefined;
+}
+
 /** Cluster allocation over the old image's free clusters, never reusing what the old one uses. */
 class Allocations {
   counts: Uint32Array;
@@ -387,10 +400,10 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     });
     const ng = new Geometry(g.clusterBits, newOrder, g.extendedL2);
     const max = refcountMax(newOrder);
+    // provider/rules refused widths the stored refcounts do not fit (validateRefcountWidth);
+    // what this plan adds is refcount 1, so this only guards the invariant.
     for (let ci = 0; ci < a.counts.length; ci++) {
-      if (BigInt(a.counts[ci]!) > max) {
-        throw new Qcow2Error('REFUSED', `Cannot decrease refcount entry width to ${ng.refcountBits} bits: Cluster at offset 0x${(BigInt(ci) * BigInt(cs)).toString(16)} has a refcount of ${a.counts[ci]}`, { property: 'refcount_bits' });
-      }
+      if (BigInt(a.counts[ci]!) > max) throw new Error(`internal: refcount ${a.counts[ci]} of cluster ${ci} does not fit ${ng.refcountBits} bits`);
     }
     const start = Math.max(a.end(), fileClusters);
     let blocks = 0, tableClusters = 0;

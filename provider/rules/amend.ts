@@ -140,3 +140,15 @@ export function validateGrowOverBacking(state: ImageState, newSize: bigint, back
   }
   return undefined;
 }
+
+/**
+ * A narrower refcount width must hold every refcount the image has. `over` is the first cluster
+ * whose refcount exceeds the new width's maximum, a fact the engine read from the refcount blocks.
+ */
+export function validateRefcountWidth(refcountBits: number, over: { offset: bigint; refcount: bigint } | undefined): Refusal | undefined {
+  if (!over) return undefined;
+  return {
+    property: 'refcount_bits',
+    message: `Cannot decrease refcount entry width to ${refcountBits} bits: Cluster at offset 0x${over.offset.toString(16)} has a refcount of ${over.refcount}`,
+  };
+}

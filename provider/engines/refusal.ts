@@ -1,0 +1,13 @@
+// A provider/rules refusal as the typed error both engines throw: same code, words and property.
+
+import { Qcow2Error, Qcow2ErrorCode } from '../format/errors';
+import type { Refusal } from '../rules/types';
+
+export function refused(r: Refusal, file?: string, code: Qcow2ErrorCode = 'REFUSED'): Qcow2Error {
+  return new Qcow2Error(code, r.message, file === undefined ? { property: r.property } : { property: r.property, file });
+}
+
+/** Throw when the rules refused; nothing happens otherwise. */
+export function throwIfRefused(r: Refusal | undefined, file?: string): void {
+  if (r) throw refused(r, file);
+}
