@@ -489,7 +489,7 @@ describe.skipIf(SKIP)('engine behaviour', () => {
         const extra = s.after?.(dir, result, engineName);
         if (extra) record.after = extra;
         // No temporary files left beside the image.
-        expect(Object.keys(snapshotDir(dir)).filter((f) => f.includes('.qcow2-create-'))).toEqual([]);
+        expect(Object.keys(snapshotDir(dir)).filter((f) => f.includes('.qcow2-tmp-'))).toEqual([]);
       }
       records.get(engineName)!.set(s.name, { record, bytes });
     });

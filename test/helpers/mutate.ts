@@ -26,10 +26,10 @@ export class UnboundedReadError extends Error {}
 /** A MemoryBlockFile that refuses any single read over 64 MiB with a distinctive error. */
 export class GuardedFile extends MemoryBlockFile {
   largestRead = 0;
-  override read(offset: number, length: number): Buffer {
-    if (length > MAX_READ) throw new UnboundedReadError(`read of ${length} bytes at offset ${offset}`);
-    this.largestRead = Math.max(this.largestRead, length);
-    return super.read(offset, length);
+  override readInto(target: Uint8Array, offset: number): void {
+    if (target.length > MAX_READ) throw new UnboundedReadError(`read of ${target.length} bytes at offset ${offset}`);
+    this.largestRead = Math.max(this.largestRead, target.length);
+    super.readInto(target, offset);
   }
 }
 

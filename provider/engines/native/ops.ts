@@ -229,12 +229,15 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 }
 
 // ---------------------------------------------------------------------------------------------
-// Data path: guest writes, import/convert, map, safe rebase (provider/qcow2/guest/dataio.ts and
+// Data path: guest writes, import/convert, map, safe rebase (provider/qcow2/guest/ and
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
-import * as nodePath from 'path';
 import { writeImportedImage } from '../../qcow2/ops/convert';
-import { GuestSource, OpenOptions, ProgressFn, Qcow2Image, openSource, probeFormat, validateChain } from '../../qcow2/guest/dataio';
+import { Qcow2Image } from '../../qcow2/guest/qcow2';
+import type { GuestSource, OpenOptions, ProgressFn } from '../../qcow2/guest/source';
+import { openSource, probeFileFormat as probeFormat } from '../../qcow2/guest/sources/open';
+import { validateChain } from '../../qcow2/guest/sources/preflight';
+import { resolveBackingName } from '../../qcow2/spec/backing';
 import { MapEntry, mapSource } from '../../qcow2/ops/map';
 import { rebaseSafe } from '../../qcow2/ops/rebase';
 import { validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
@@ -327,7 +330,7 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
   try {
     const fmt = backingFormat;
     if (backingFile !== '') {
-      const full = nodePath.isAbsolute(backingFile) ? backingFile : nodePath.join(nodePath.dirname(path), backingFile);
+      const full = resolveBackingName(path, backingFile);
       try {
         next = openSource(full, fmt);
       } catch (e) {

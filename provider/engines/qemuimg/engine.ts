@@ -61,7 +61,9 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import type { CheckResult } from '../../qcow2/ops/check';
-import { assertNewImageFiles, fsyncDir } from '../../qcow2/ops/create';
+import { assertNewImageFiles } from '../../qcow2/ops/create';
+import { Publication } from '../../qcow2/io/publish';
+import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { removeImageFiles } from '../remove';
 import { refused, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
@@ -208,8 +210,8 @@ export class QemuImgEngine implements Engine {
     const name = state.backingFile;
     const fmt = state.backingFormat;
     if (name === undefined || (fmt !== 'raw' && fmt !== 'qcow2')) return 0;
-    if (/^[^:/]*:/.test(name)) return 0; // QEMU's path_has_protocol
-    const full = path.isAbsolute(name) ? name : path.join(path.dirname(path.resolve(file)), name);
+    if (hasProtocolPrefix(name)) return 0;
+    const full = resolveBackingName(path.resolve(file), name);
     if (!fs.existsSync(full)) return 0;
     const spec: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename: full } };
     if (fmt === 'qcow2') {
@@ -273,19 +275,9 @@ export class QemuImgEngine implements Engine {
     const imageDir = path.dirname(absImage);
     const newData = o.dataFile !== undefined && !o.adoptDataFile;
     const absData = o.dataFile !== undefined ? path.resolve(o.dataFile) : undefined;
-    const temps: string[] = [];
-    const tempDir = (dir: string) => {
-      try {
-        const t = fs.mkdtempSync(path.join(dir, '.qcow2-create-'));
-        temps.push(t);
-        return t;
-      } catch (e) {
-        throw ioError(e, dir, 'create a temporary folder in');
-      }
-    };
-    let published: { from: string; to: string } | undefined;
+    const pub = new Publication();
     try {
-      const tmp = tempDir(imageDir);
+      const tmp = pub.folderBeside(absImage);
       const tmpImage = path.join(tmp, 'img.qcow2');
       // The throw-away data file: beside the temp image, or (a new data file in another folder)
       // in a temp folder there, so that link(2) can publish it.
@@ -293,7 +285,7 @@ export class QemuImgEngine implements Engine {
       let dataArg: string | undefined;
       if (absData !== undefined) {
         if (newData && path.dirname(absData) !== imageDir) {
-          tmpData = path.join(tempDir(path.dirname(absData)), 'data.raw');
+          tmpData = path.join(pub.folderBeside(absData), 'data.raw');
           dataArg = tmpData;
         } else {
           tmpData = path.join(tmp, 'data.raw');
@@ -323,29 +315,13 @@ export class QemuImgEngine implements Engine {
         const spec = imageSpec(tmpImage, { kind: 'null' }, { kind: 'none' });
         await this.run('write', ['amend', '-q', '-o', optList([['data_file', o.dataFile]]), spec], { arg: spec, file: imagePath });
       }
-      fsyncFile(tmpImage);
-      if (newData) {
-        fsyncFile(tmpData!);
-        try {
-          fs.linkSync(tmpData!, absData!);
-        } catch (e) {
-          throw ioError(e, o.dataFile!, 'create');
-        }
-        published = { from: tmpData!, to: absData! };
-        fsyncDir(path.dirname(absData!));
-      }
-      try {
-        fs.linkSync(tmpImage, absImage); // atomic; fails rather than replace an existing file
-      } catch (e) {
-        throw ioError(e, imagePath, 'create');
-      }
-      fsyncDir(imageDir);
+      // link(2) publishes the data file (a new one) and then the image, never replacing a file.
+      if (newData) pub.stage(tmpData!, absData!, 'data file');
+      pub.stage(tmpImage, absImage, 'image');
+      pub.publish();
     } catch (e) {
-      // Undo the data file we published (only if it is still ours: same inode as the temp one).
-      if (published) unlinkIfSame(published.to, published.from);
+      pub.abort();
       throw e;
-    } finally {
-      for (const t of temps) fs.rmSync(t, { recursive: true, force: true });
     }
   }
 
@@ -432,21 +408,3 @@ export class QemuImgEngine implements Engine {
   }
 }
 
-function fsyncFile(p: string): void {
-  const fd = fs.openSync(p, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function unlinkIfSame(published: string, original: string): void {
-  try {
-    const a = fs.statSync(published);
-    const b = fs.statSync(original);
-    if (a.ino === b.ino && a.dev === b.dev) fs.unlinkSync(published);
-  } catch {
-    /* already gone */
-  }
-}

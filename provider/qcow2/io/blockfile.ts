@@ -1,13 +1,18 @@
 // The file seam: everything in qcow2/ reads and writes through BlockFile, so tests run on
-// MemoryBlockFile and fault injection can wrap any implementation.
+// MemoryBlockFile and fault injection can wrap any implementation. Files are opened through
+// HostFs (io/hostfs.ts), which owns everything else a host does to files.
 
 import * as fs from 'fs';
+import * as os from 'os';
 import { Qcow2Error } from '../../model/errors';
+import { libc } from './libc';
 
 /** Synchronous random-access file. Offsets are byte offsets (< 2^53, checked by callers). */
 export interface BlockFile {
   /** Read `length` bytes at `offset`; bytes past the end read as zeros (as QEMU's file driver). */
   read(offset: number, length: number): Buffer;
+  /** Fill `target` from `offset` (one pread where the file allows); past the end, zeros. */
+  readInto(target: Uint8Array, offset: number): void;
   write(offset: number, data: Uint8Array): void;
   size(): number;
   truncate(size: number): void;
@@ -23,33 +28,38 @@ export class NodeBlockFile implements BlockFile {
   private closed = false;
   private constructor(readonly path: string, readonly fd: number, readonly writable: boolean) {}
 
-  /** Open an existing file. */
-  static open(path: string, writable: boolean): NodeBlockFile {
+  /** Open an existing file; errors name `name` (the caller's name for it). */
+  static open(path: string, writable: boolean, name = path): NodeBlockFile {
     try {
       return new NodeBlockFile(path, fs.openSync(path, writable ? 'r+' : 'r'), writable);
     } catch (e) {
-      throw ioError(e, path, 'open');
+      throw ioError(e, name, 'open');
     }
   }
 
   /** Create a new file; fails with EXISTS rather than touch an existing one. */
-  static createExclusive(path: string): NodeBlockFile {
+  static createExclusive(path: string, name = path): NodeBlockFile {
     try {
       return new NodeBlockFile(path, fs.openSync(path, 'wx+', 0o644), true);
     } catch (e) {
-      throw ioError(e, path, 'create');
+      throw ioError(e, name, 'create');
     }
   }
 
   read(offset: number, length: number): Buffer {
-    const buf = Buffer.alloc(length);
+    const buf = Buffer.allocUnsafe(length);
+    this.readInto(buf, offset);
+    return buf;
+  }
+
+  readInto(target: Uint8Array, offset: number): void {
     let done = 0;
-    while (done < length) {
-      const n = fs.readSync(this.fd, buf, done, length - done, offset + done);
-      if (n === 0) break; // EOF: the rest stays zero
+    while (done < target.length) {
+      const n = fs.readSync(this.fd, target, done, target.length - done, offset + done);
+      if (n === 0) break; // EOF: the rest reads as zeros
       done += n;
     }
-    return buf;
+    if (done < target.length) target.fill(0, done);
   }
 
   write(offset: number, data: Uint8Array): void {
@@ -93,9 +103,15 @@ export class MemoryBlockFile implements BlockFile {
   }
 
   read(offset: number, length: number): Buffer {
-    const out = Buffer.alloc(length);
-    if (offset < this.length) this.data.copy(out, 0, offset, Math.min(this.length, offset + length));
+    const out = Buffer.allocUnsafe(length);
+    this.readInto(out, offset);
     return out;
+  }
+
+  readInto(target: Uint8Array, offset: number): void {
+    const n = Math.max(0, Math.min(target.length, this.length - offset));
+    if (n > 0) target.set(this.data.subarray(offset, offset + n));
+    target.fill(0, n);
   }
 
   write(offset: number, data: Uint8Array): void {
@@ -121,13 +137,28 @@ export class MemoryBlockFile implements BlockFile {
   bytes(): Buffer { return Buffer.from(this.data.subarray(0, this.length)); }
 }
 
+/**
+ * A file operation's failure as a Qcow2Error naming `file` (the caller's name, never a
+ * temporary one) with the C library's words for the cause, as QEMU prints them.
+ */
 export function ioError(e: unknown, file: string, op: string): Qcow2Error {
-  const err = e as NodeJS.ErrnoException;
-  if (err?.code === 'EEXIST') {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (code === 'EEXIST') {
     return new Qcow2Error('EXISTS', `${file}: file exists; refusing to overwrite it`, { file, cause: e });
   }
-  if (err?.code === 'ENOENT') {
+  if (code === 'ENOENT') {
     return new Qcow2Error('NOT_FOUND', `Could not ${op === 'create' ? 'create' : 'open'} '${file}': No such file or directory`, { file, cause: e });
   }
-  return new Qcow2Error('IO', `Could not ${op} '${file}': ${err?.message ?? String(e)}`, { file, cause: e });
+  return new Qcow2Error('IO', `Could not ${op} '${file}': ${errnoText(e)}`, { file, cause: e });
+}
+
+/** strerror() of a Node error's code ("Permission denied"), without Node's path-laden text. */
+export function errnoText(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const errno = code !== undefined ? (os.constants.errno as Record<string, number>)[code] : undefined;
+  if (errno !== undefined) {
+    const text = libc()?.strerror(errno);
+    return text ?? code!;
+  }
+  return code ?? (e instanceof Error ? e.message : String(e));
 }

@@ -19,6 +19,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import { Qcow2Error } from '../../model/errors';
+import { Libc, libc, libcUnavailable } from './libc';
 
 /** QEMU's BLK_PERM_* permissions, in bit order (index i = lock bytes 100+i and 200+i). */
 export type Permission = 'consistent-read' | 'write' | 'write-unchanged' | 'resize';
@@ -83,10 +84,9 @@ export interface ImageLock {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fcntl through koffi
+// fcntl (io/libc.ts)
 
-// Linux generic fcntl constants (asm-generic/fcntl.h); alpha, mips, sparc, parisc differ and are
-// refused below, as are 32-bit ABIs (struct flock64 / fcntl64).
+// Linux generic fcntl constants (asm-generic/fcntl.h; io/libc.ts refuses other ABIs).
 const F_OFD_GETLK = 36;
 const F_OFD_SETLK = 37;
 const F_RDLCK = 0;
@@ -97,93 +97,33 @@ const SEEK_SET = 0;
 const EAGAIN = 11;
 const EACCES = 13;
 
-/** 64-bit Linux architectures whose struct flock and F_* values are asm-generic's. */
-const SUPPORTED_ARCHES = new Set(['x64', 'arm64', 'riscv64', 'ppc64', 's390x', 'loong64']);
-
-interface Fcntl {
-  /** fcntl(fd, cmd, &flock) on `flock` (a struct flock buffer); returns -errno on failure. */
-  call(fd: number, cmd: number, flock: Buffer): number;
-  size: number;
-  off: { type: number; whence: number; start: number; len: number; pid: number };
-  strerror(errno: number): string;
-}
-
-let fcntlBinding: Fcntl | undefined;
-
-function binding(): Fcntl {
-  if (fcntlBinding !== undefined) return fcntlBinding;
-  if (process.platform !== 'linux' || !SUPPORTED_ARCHES.has(process.arch)) {
-    throw new Qcow2Error(
-      'UNSUPPORTED',
-      `QEMU image locking is implemented for 64-bit Linux only (this is ${process.platform}/${process.arch})`,
-    );
-  }
-  try {
-    // koffi is loaded on first use, so that a machine without the native module can still use
-    // the engine's lock-free paths. Symbols come from the process itself (dlopen(NULL)), which
-    // has libc whether it is glibc's libc.so.6 or musl's.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const koffi = require('koffi') as typeof import('koffi');
-    const libc = koffi.load(null);
-    const flock = koffi.struct('qcow2_flock', {
-      l_type: 'int16_t',
-      l_whence: 'int16_t',
-      l_start: 'int64_t',
-      l_len: 'int64_t',
-      l_pid: 'int32_t',
-    });
-    const size = koffi.sizeof(flock);
-    const off = {
-      type: koffi.offsetof(flock, 'l_type'),
-      start: koffi.offsetof(flock, 'l_start'),
-      whence: koffi.offsetof(flock, 'l_whence'),
-      len: koffi.offsetof(flock, 'l_len'),
-      pid: koffi.offsetof(flock, 'l_pid'),
-    };
-    // struct flock on LP64 asm-generic: 2+2 (+4 pad) + 8 + 8 + 4 (+4 pad) = 32 bytes.
-    if (size !== 32 || off.whence !== 2 || off.start !== 8 || off.len !== 16 || off.pid !== 24) {
-      throw new Error(`unexpected struct flock layout (size ${size})`);
-    }
-    const fcntl = libc.func('int fcntl(int fd, int cmd, ...)');
-    const strerror = libc.func('const char *strerror(int errnum)');
-    fcntlBinding = {
-      call(fd, cmd, buf) {
-        const r = fcntl(fd, cmd, 'void *', buf) as number;
-        return r === -1 ? -koffi.errno() : r;
-      },
-      size,
-      off,
-      strerror: (errno) => strerror(errno) as string,
-    };
-  } catch (e) {
-    throw new Qcow2Error('UNSUPPORTED', `QEMU image locking is unavailable: cannot bind fcntl through koffi: ${(e as Error).message}`, {
-      cause: e,
-    });
-  }
-  return fcntlBinding;
+function binding(): Libc {
+  const b = libc();
+  if (b === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locking is unavailable: ${libcUnavailable()}`);
+  return b;
 }
 
 const le = os.endianness() === 'LE';
 
-function flockBuffer(b: Fcntl, type: number, start: number): Buffer {
-  const buf = Buffer.alloc(b.size); // padding and l_pid = 0, as OFD locks require
+function flockBuffer(b: Libc, type: number, start: number): Buffer {
+  const buf = Buffer.alloc(b.flock.size); // padding and l_pid = 0, as OFD locks require
   const w16 = (v: number, o: number) => (le ? buf.writeInt16LE(v, o) : buf.writeInt16BE(v, o));
   const w64 = (v: number, o: number) => (le ? buf.writeBigInt64LE(BigInt(v), o) : buf.writeBigInt64BE(BigInt(v), o));
-  w16(type, b.off.type);
-  w16(SEEK_SET, b.off.whence);
-  w64(start, b.off.start);
-  w64(1, b.off.len);
+  w16(type, b.flock.type);
+  w16(SEEK_SET, b.flock.whence);
+  w64(start, b.flock.start);
+  w64(1, b.flock.len);
   return buf;
 }
 
-function readType(b: Fcntl, buf: Buffer): number {
-  return le ? buf.readInt16LE(b.off.type) : buf.readInt16BE(b.off.type);
+function readType(b: Libc, buf: Buffer): number {
+  return le ? buf.readInt16LE(b.flock.type) : buf.readInt16BE(b.flock.type);
 }
 
 /** Set (F_RDLCK) or clear (F_UNLCK) our read lock on one byte; returns 0 or -errno. */
 function setByte(fd: number, byte: number, type: typeof F_RDLCK | typeof F_UNLCK): number {
   const b = binding();
-  const r = b.call(fd, F_OFD_SETLK, flockBuffer(b, type, byte));
+  const r = b.fcntl(fd, F_OFD_SETLK, flockBuffer(b, type, byte));
   return r < 0 ? r : 0;
 }
 
@@ -191,7 +131,7 @@ function setByte(fd: number, byte: number, type: typeof F_RDLCK | typeof F_UNLCK
 function testByte(fd: number, byte: number): number {
   const b = binding();
   const buf = flockBuffer(b, F_WRLCK, byte);
-  const r = b.call(fd, F_OFD_GETLK, buf);
+  const r = b.fcntl(fd, F_OFD_GETLK, buf);
   if (r < 0) return r;
   return readType(b, buf) === F_UNLCK ? 0 : -EAGAIN;
 }

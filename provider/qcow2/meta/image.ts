@@ -4,13 +4,13 @@
 // allocate without bound, and every failure is a Qcow2Error with the byte offset.
 
 import * as C from '../spec/constants';
-import { BlockFile, NodeBlockFile } from '../io/blockfile';
+import { BlockFile } from '../io/blockfile';
+import { HostFs, localFs } from '../io/hostfs';
 import { Qcow2Error, invalidImage } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
 import { Header, HEADER_V2, decodeHeader } from '../spec/header';
 import { readEntries } from '../spec/l1';
 import { Snapshot, readSnapshots } from '../spec/snapshot';
-
 
 /** An open image. Read-only unless opened writable; the engine's writers build on it. */
 export class Image {
@@ -42,8 +42,8 @@ export class Image {
   }
 
   /** Open a file by name. */
-  static openFile(path: string, writable = false): Image {
-    const f = NodeBlockFile.open(path, writable);
+  static openFile(path: string, writable = false, host: HostFs = localFs): Image {
+    const f = host.open(path, writable ? 'write' : 'read').file;
     try {
       return Image.open(f, path);
     } catch (e) {

@@ -1,16 +1,23 @@
 // `check`: QEMU's qcow2_check_refcounts, read-only. Recount every reference (header, L1/L2,
-// snapshots, refcount structures, bitmaps) and compare with the stored refcounts; then the
-// OFLAG_COPIED consistency pass. Verdicts, counters, messages and exit codes as qemu-img check.
+// snapshots, refcount structures, bitmaps) and compare with the stored refcounts, with QEMU's
+// OFLAG_COPIED consistency check folded into the same pass over the active L2 tables (its
+// messages still come after the refcount comparison's, as qemu-img prints them). Verdicts,
+// counters, messages and exit codes as qemu-img check.
+//
+// Cost: one read of each L2 table into one reused buffer, entries read as u32 halves; the
+// common entry (normal, COPIED, aligned, no reserved bits) takes a fast path.
 
-import * as fs from 'fs';
-import { BlockFile, NodeBlockFile } from '../io/blockfile';
+import { BlockFile } from '../io/blockfile';
+import { HostFs, localFs } from '../io/hostfs';
 import * as C from '../spec/constants';
 import { Qcow2Error } from '../../model/errors';
 import { Image, safeOffset } from '../meta/image';
-import { decodeL2Entry } from '../spec/l2';
-import { getRefcount, refcountMax } from '../spec/refcount';
+import {
+  L2_HI_COPIED, L2_LO_ZERO, clusterTypeOf, entryAllocBits, entryHi, entryLo, entryOf, entryZeroBits, hasReservedBits,
+  hostClusterOf, hostOffsetOf, parseCompressedEntry, tableView,
+} from '../spec/l2';
+import { getRefcount, readRefcount, refcountMax } from '../spec/refcount';
 import { decodeBitmapDirectory } from '../spec/bitmaps';
-import { lockImage } from '../io/lock';
 
 export interface CheckResult {
   /** Errors and leaks, one line each, as qemu-img prints them on stderr. */
@@ -57,6 +64,9 @@ export function countReferences(img: Image, file: BlockFile): { counts: Uint32Ar
   return { counts: c.computed().dense, beyondFile: [...c.computed().sparse.keys()], structuralCorruptions: c.structural, result };
 }
 
+/** A refcount block as check reads it: the block, none (refcount 0), or unreadable (unaligned). */
+type StoredBlock = Uint8Array | undefined | null;
+
 class Checker {
   private readonly r: CheckResult = {
     messages: [], corruptions: 0, leaks: 0, checkErrors: 0, imageEndOffset: 0,
@@ -65,15 +75,23 @@ class Checker {
   private readonly cs: number;
   private readonly bits: bigint;
   private readonly refs: RefCounter;
-  private readonly max: bigint;
+  /** Largest refcount the width holds (64-bit ones never overflow a count held in 32 bits). */
+  private readonly max: number;
   private reftable: bigint[] = [];
   private readonly refblockCache = new Map<number, Uint8Array>();
+  /** OFLAG_COPIED findings of the pass over the active tables, reported after the comparison. */
+  private readonly copiedMessages: string[] = [];
+  private copiedCorruptions = 0;
+  private readonly table: Buffer;
+  private readonly view: DataView;
 
   constructor(private readonly img: Image, private readonly file: BlockFile) {
     this.cs = img.geometry.clusterSize;
     this.bits = BigInt(img.geometry.clusterBits);
     this.refs = new RefCounter(Math.ceil(file.size() / this.cs));
-    this.max = refcountMax(img.geometry.refcountOrder);
+    this.max = img.geometry.refcountOrder === 6 ? Infinity : Number(refcountMax(img.geometry.refcountOrder));
+    this.table = Buffer.allocUnsafe(this.cs);
+    this.view = tableView(this.table);
   }
 
   private err(line: string): void { this.r.messages.push(line); }
@@ -116,22 +134,27 @@ class Checker {
     this.checkRefblocks();
     this.structural = this.r.corruptions;
     const highest = this.compare();
-    this.checkCopied();
+    // check_oflag_copied runs after the comparison in QEMU: its messages come last.
+    r.messages.push(...this.copiedMessages);
+    r.corruptions += this.copiedCorruptions;
     r.imageEndOffset = (highest + 1) * this.cs;
     return r;
   }
 
-  /** qcow2_inc_refcounts_imrt */
+  /** qcow2_inc_refcounts_imrt over the bytes [offset, offset+size). */
   private inc(offset: bigint, size: number): void {
     if (size <= 0) return;
-    const cs = BigInt(this.cs);
-    const first = offset / cs;
-    const last = (offset + BigInt(size) - 1n) / cs;
-    for (let c = first; c <= last; c++) {
-      const ci = Number(c);
+    const first = offset >> this.bits;
+    const last = (offset + BigInt(size) - 1n) >> this.bits;
+    this.incClusters(Number(first), Number(last - first) + 1);
+  }
+
+  /** qcow2_inc_refcounts_imrt over `n` clusters from `first`. */
+  private incClusters(first: number, n: number): void {
+    for (let ci = first; ci < first + n; ci++) {
       const v = this.refs.get(ci);
-      if (BigInt(v) === this.max) {
-        this.err(`ERROR: overflow cluster offset=0x${hex(c * cs)}`);
+      if (v === this.max) {
+        this.err(`ERROR: overflow cluster offset=0x${hex(BigInt(ci) << this.bits)}`);
         this.err('Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing');
         this.r.corruptions++;
         continue;
@@ -161,45 +184,81 @@ class Checker {
         this.err(`ERROR l2_offset=${hex(l2)}: Table is not cluster aligned; L1 entry corrupted`);
         this.r.corruptions++;
       }
-      this.checkL2(l2, active);
+      // check_oflag_copied, active L1 only: a table whose refcount cannot be read is skipped.
+      let copied = false;
+      if (active) {
+        const rc = this.storedQuiet(Number(l2 >> this.bits));
+        if (rc !== undefined) {
+          copied = true;
+          if ((rc === 1n) !== ((e & C.QCOW_OFLAG_COPIED) !== 0n)) {
+            this.copiedCorruptions++;
+            this.copiedMessages.push(`ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(e)} refcount=${rc}`);
+          }
+        }
+      }
+      this.checkL2(l2, active, copied);
     }
   }
 
-  private checkL2(l2Offset: bigint, active: boolean): void {
+  /** check_refcounts_l2, and (`copied`) check_oflag_copied's data-cluster half, in one pass. */
+  private checkL2(l2Offset: bigint, active: boolean, copied: boolean): void {
     const g = this.img.geometry;
     const ext = g.extendedL2;
-    const table = this.readTable(l2Offset, this.cs);
-    const opts = { dataFile: this.img.hasDataFile, extendedL2: ext };
-    let nextContiguous = 0n;
+    const fmt = { dataFile: this.img.hasDataFile, extendedL2: ext };
+    const cs = this.cs;
+    const v = this.view;
+    this.file.readInto(this.table, safeOffset(l2Offset));
+    // Low-half bits of the common entry that must be clear: ZERO, reserved, and the offset's
+    // bits below the cluster size (alignment). The high byte must be exactly COPIED.
+    const loClear = (cs - 1) | L2_LO_ZERO;
+    let nextContiguous = 0;
     for (let i = 0; i < g.l2Entries; i++) {
-      const raw = table.readBigUInt64BE(i * g.l2EntrySize);
-      const bitmap = ext ? table.readBigUInt64BE(i * g.l2EntrySize + 8) : 0n;
-      const e = decodeL2Entry(raw, bitmap, opts);
-      if (e.type !== 'compressed' && e.reserved) {
-        this.err(`ERROR found l2 entry with reserved bits set: ${hex(raw)}`);
+      const at = i * g.l2EntrySize;
+      const hi = entryHi(v, at);
+      const lo = entryLo(v, at);
+      if (!ext && hi >>> 24 === L2_HI_COPIED >>> 24 && (lo & loClear) === 0 && ((hi & 0xffffff) !== 0 || lo !== 0 || fmt.dataFile)) {
+        // Normal, COPIED, aligned, no reserved bits: every entry of a data-file-raw image.
+        const offset = hostOffsetOf(hi, lo);
+        if (active) {
+          this.r.allocatedClusters++;
+          if (nextContiguous !== 0 && offset !== nextContiguous) this.r.fragmentedClusters++;
+          nextContiguous = offset + cs;
+        }
+        if (!fmt.dataFile) {
+          const ci = hostClusterOf(hi, lo, g.clusterBits);
+          this.incClusters(ci, 1);
+          if (copied) this.checkCopiedData(hi, lo, ci);
+        }
+        continue;
+      }
+      const allocBits = ext ? entryAllocBits(v, at) : 0;
+      const zeroBits = ext ? entryZeroBits(v, at) : 0;
+      const type = clusterTypeOf(hi, lo, fmt);
+      if (type !== 'compressed' && hasReservedBits(hi, lo)) {
+        this.err(`ERROR found l2 entry with reserved bits set: ${hex(entryOf(hi, lo))}`);
         this.r.corruptions++;
       }
-      switch (e.type) {
+      switch (type) {
         case 'compressed': {
+          const raw = entryOf(hi, lo);
+          const range = parseCompressedEntry(raw, g.clusterBits);
           let entry = raw;
-          if (raw & C.QCOW_OFLAG_COPIED) {
-            const mask = (1n << (62n - (this.bits - 8n))) - 1n;
-            this.err(`ERROR: coffset=0x${hex(raw & mask)}: copied flag must never be set for compressed clusters`);
+          if (hi & L2_HI_COPIED) {
+            this.err(`ERROR: coffset=0x${hex(range.offset)}: copied flag must never be set for compressed clusters`);
             entry &= ~C.QCOW_OFLAG_COPIED;
             this.r.corruptions++;
           }
-          if (this.img.hasDataFile) {
+          if (fmt.dataFile) {
             this.err(`ERROR compressed cluster ${i} with data file, entry=0x${hex(entry)}`);
             this.r.corruptions++;
             break;
           }
-          if (bitmap) {
+          if (allocBits || zeroBits) {
             this.err(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex(entry)}`);
             this.r.corruptions++;
             break;
           }
-          const { offset, size } = compressedRange(entry, g.clusterBits);
-          this.inc(offset, size);
+          this.incClusters(range.firstCluster, range.clusters);
           if (active) {
             this.r.allocatedClusters++;
             this.r.compressedClusters++;
@@ -209,36 +268,56 @@ class Checker {
         }
         case 'zero-alloc':
         case 'normal': {
-          const offset = e.hostOffset;
-          if ((bitmap >> 32n) & bitmap) {
+          const offset = hostOffsetOf(hi, lo);
+          if (zeroBits & allocBits) {
             this.r.corruptions++;
             this.err(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
           }
-          if (offset % BigInt(this.cs) !== 0n) {
+          if (offset % cs !== 0) {
             this.r.corruptions++;
-            const containsData = ext ? (bitmap & 0xffffffffn) !== 0n : (raw & C.QCOW_OFLAG_ZERO) === 0n;
+            const containsData = ext ? allocBits !== 0 : (lo & L2_LO_ZERO) === 0;
             this.err(containsData
               ? `ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`
               : `ERROR offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
           }
           if (active) {
             this.r.allocatedClusters++;
-            if (nextContiguous && offset !== nextContiguous) this.r.fragmentedClusters++;
-            nextContiguous = offset + BigInt(this.cs);
+            if (nextContiguous !== 0 && offset !== nextContiguous) this.r.fragmentedClusters++;
+            nextContiguous = offset + cs;
           }
-          if (!this.img.hasDataFile) this.inc(offset, this.cs);
+          const ci = hostClusterOf(hi, lo, g.clusterBits);
+          if (!fmt.dataFile) this.incClusters(ci, offset % cs === 0 ? 1 : 2); // an unaligned cluster spans two
+          if (copied) {
+            if (fmt.dataFile) {
+              if ((hi & L2_HI_COPIED) === 0) this.copiedDataError(hi, lo, 1n);
+            } else {
+              this.checkCopiedData(hi, lo, ci);
+            }
+          }
           break;
         }
         case 'zero-plain':
           break;
         case 'unallocated':
-          if (bitmap & 0xffffffffn) {
+          if (allocBits) {
             this.r.corruptions++;
             this.err('ERROR: Unallocated cluster has non-zero subcluster allocation map');
           }
           break;
       }
     }
+  }
+
+  /** A data cluster's COPIED flag against its stored refcount (skipped when that cannot be read). */
+  private checkCopiedData(hi: number, lo: number, ci: number): void {
+    const rc = this.storedQuiet(ci);
+    if (rc === undefined) return;
+    if ((rc === 1n) !== ((hi & L2_HI_COPIED) !== 0)) this.copiedDataError(hi, lo, rc);
+  }
+
+  private copiedDataError(hi: number, lo: number, rc: bigint): void {
+    this.copiedCorruptions++;
+    this.copiedMessages.push(`ERROR OFLAG_COPIED data cluster: l2_entry=${hex(entryOf(hi, lo))} refcount=${rc}`);
   }
 
   private checkBitmaps(): void {
@@ -299,46 +378,64 @@ class Checker {
     });
   }
 
-  /** Stored refcount of a cluster (qcow2_get_refcount); undefined when it cannot be read. */
-  private stored(ci: number): bigint | undefined {
+  /** The refcount block covering cluster `ci` (qcow2_get_refcount's lookup). */
+  private storedBlock(ci: number, signal: boolean): StoredBlock {
     const g = this.img.geometry;
     const ti = Math.floor(ci / g.refblockEntries);
-    if (ti >= this.reftable.length) return 0n;
+    if (ti >= this.reftable.length) return undefined;
     const off = this.reftable[ti]! & C.REFT_OFFSET_MASK;
-    if (off === 0n) return 0n;
+    if (off === 0n) return undefined;
     if (off % BigInt(this.cs) !== 0n) {
       // qcow2_signal_corruption on a read-only image: said once, then suppressed.
-      if (!this.signalled) {
+      if (signal && !this.signalled) {
         this.signalled = true;
         this.err(`qcow2: Image is corrupt: Refblock offset 0x${hex(off)} unaligned (reftable index: ${ti === 0 ? '0' : `0x${hex(ti)}`}); further non-fatal corruption events will be suppressed`);
       }
-      return undefined;
+      return null;
     }
     let block = this.refblockCache.get(ti);
     if (!block) {
       block = this.readTable(off, this.cs);
       this.refblockCache.set(ti, block);
     }
-    return getRefcount(block, g.refcountOrder, ci % g.refblockEntries);
+    return block;
+  }
+
+  /** Stored refcount of a cluster, exact (qcow2_get_refcount); undefined when it cannot be read. */
+  private stored(ci: number, signal = true): bigint | undefined {
+    const b = this.storedBlock(ci, signal);
+    if (b === null) return undefined;
+    return b === undefined ? 0n : getRefcount(b, this.img.geometry.refcountOrder, ci % this.img.geometry.refblockEntries);
+  }
+
+  /**
+   * stored() without the corruption signal. The OFLAG_COPIED pass, which QEMU runs after the
+   * comparison, uses it: the comparison has said whatever it would have said.
+   */
+  private storedQuiet(ci: number): bigint | undefined {
+    return this.stored(ci, false);
   }
 
   private compare(): number {
     let highest = 0;
+    const g = this.img.geometry;
     const n = this.refs.size();
     // Beyond the file, only clusters something references can differ (stored refcounts past
     // the end of the file are read as zero blocks), so visit those instead of the whole range.
     const visit = (ci: number) => {
-      const stored = this.stored(ci);
-      const computed = BigInt(this.refs.get(ci));
-      if (stored === undefined) {
+      const b = this.storedBlock(ci, true);
+      const computed = this.refs.get(ci);
+      if (b === null) {
         this.err(`Can't get refcount for cluster ${ci}: Input/output error`);
         this.r.checkErrors++;
         return;
       }
-      if (stored > 0n || computed > 0n) highest = ci;
+      const stored = b === undefined ? 0 : readRefcount(b, g.refcountOrder, ci % g.refblockEntries);
+      if (stored > 0 || computed > 0) highest = ci;
       if (stored !== computed) {
-        this.err(`${stored < computed ? 'ERROR' : 'Leaked'} cluster ${ci} refcount=${stored} reference=${computed}`);
-        if (stored < computed) this.r.corruptions++;
+        const exact = this.stored(ci)!;
+        this.err(`${exact < BigInt(computed) ? 'ERROR' : 'Leaked'} cluster ${ci} refcount=${exact} reference=${computed}`);
+        if (exact < BigInt(computed)) this.r.corruptions++;
         else this.r.leaks++;
       }
     };
@@ -365,45 +462,6 @@ class Checker {
     });
     return out;
   }
-
-  private checkCopied(): void {
-    const g = this.img.geometry;
-    const l1 = this.img.readL1();
-    l1.forEach((l1e, i) => {
-      const l2 = l1e & C.L1E_OFFSET_MASK;
-      if (l2 === 0n) return;
-      const rc = this.stored(Number(l2 >> this.bits));
-      if (rc === undefined) return;
-      if ((rc === 1n) !== ((l1e & C.QCOW_OFLAG_COPIED) !== 0n)) {
-        this.r.corruptions++;
-        this.err(`ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex(l1e)} refcount=${rc}`);
-      }
-      const table = this.readTable(l2, this.cs);
-      const opts = { dataFile: this.img.hasDataFile, extendedL2: g.extendedL2 };
-      for (let j = 0; j < g.l2Entries; j++) {
-        const raw = table.readBigUInt64BE(j * g.l2EntrySize);
-        const e = decodeL2Entry(raw, 0n, opts);
-        if (e.type !== 'normal' && e.type !== 'zero-alloc') continue;
-        const drc = this.img.hasDataFile ? 1n : this.stored(Number(e.hostOffset >> this.bits));
-        if (drc === undefined) continue;
-        if ((drc === 1n) !== e.copied) {
-          this.r.corruptions++;
-          this.err(`ERROR OFLAG_COPIED data cluster: l2_entry=${hex(raw)} refcount=${drc}`);
-        }
-      }
-    });
-  }
-}
-
-/** Host range of a compressed cluster descriptor (qcow2_parse_compressed_l2_entry). */
-function compressedRange(entry: bigint, clusterBits: number): { offset: bigint; size: number } {
-  const csizeShift = 62n - (BigInt(clusterBits) - 8n);
-  const offsetMask = (1n << csizeShift) - 1n;
-  const csizeMask = (1n << (BigInt(clusterBits) - 8n)) - 1n;
-  const offset = entry & offsetMask;
-  const nbSectors = Number((entry >> csizeShift) & csizeMask) + 1;
-  const size = nbSectors * 512 - Number(offset & 511n);
-  return { offset, size };
 }
 
 export interface CheckJson {
@@ -462,20 +520,21 @@ export function checkExitCode(r: CheckResult): number {
  * Check an image file. Like qemu-img, fails when the external data file cannot be opened, and
  * takes QEMU's read lock (refusing an image a VM is writing) unless `forceShare` (qemu-img -U).
  */
-export function checkImageFile(path: string, options: { forceShare?: boolean } = {}): CheckResult {
-  const f = NodeBlockFile.open(path, false);
+export function checkImageFile(path: string, options: { forceShare?: boolean; host?: HostFs } = {}): CheckResult {
+  const host = options.host ?? localFs;
+  const { file } = host.open(path, 'read');
   try {
-    if (!options.forceShare) lockImage(f.fd, path, 'read');
-    const img = Image.open(f, path);
+    if (!options.forceShare) host.lock(file, path, 'read');
+    const img = Image.open(file, path);
     if (img.hasDataFile) {
       const name = img.header.dataFile;
       if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image");
-      if (!fs.existsSync(name)) {
+      if (host.stat(name) === undefined) {
         throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
       }
     }
-    return new Checker(img, f).run();
+    return new Checker(img, file).run();
   } finally {
-    f.close();
+    file.close(); // closing the file drops its lock
   }
 }

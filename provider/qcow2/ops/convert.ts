@@ -1,18 +1,17 @@
 // Import (qemu-img convert -O qcow2): stream a guest view (raw file, or qcow2 through its chain)
 // into a new image. Sparse-aware: ranges the source reports as holes or zero clusters are not
 // read, read clusters that are all zeros are not allocated; with an external data file the data
-// goes to the data file at guest offsets. The image is built under temporary names and linked
-// into place last, so an existing image or data file is never touched and a failure leaves
-// nothing behind. Memory is bounded: one chunk buffer plus the metadata caches.
+// goes to the data file at guest offsets. The image is built under temporary names and
+// published (io/publish.ts) last, so an existing image or data file is never touched and a
+// failure leaves nothing behind. Memory is bounded: one chunk buffer plus the metadata caches.
 
-import * as fs from 'fs';
-import * as path from 'path';
-import { NodeBlockFile, ioError } from '../io/blockfile';
-import { CreatePlan, fsyncDir, writePlan } from './create';
-import { GuestSource, ProgressFn, Qcow2Image } from '../guest/dataio';
-import { Qcow2Error } from '../../model/errors';
-import { lockImage } from '../io/lock';
+import { BlockFile } from '../io/blockfile';
+import { HostFs, localFs } from '../io/hostfs';
+import { Publication, existsError } from '../io/publish';
 import { isZeroBuffer, writeZeros } from '../io/sparse';
+import { CreatePlan, writePlan } from './create';
+import { Qcow2Image } from '../guest/qcow2';
+import { GuestSource, ProgressFn } from '../guest/source';
 
 const CHUNK = 4 << 20;
 
@@ -66,16 +65,11 @@ let chunkBuf: Buffer | undefined;
 
 function copyRange(src: GuestSource, dst: Qcow2Image, a: number, b: number): void {
   const cs = dst.cs;
+  chunkBuf ??= Buffer.allocUnsafe(CHUNK);
   for (let p = a; p < b; p += CHUNK) {
     const n = Math.min(CHUNK, b - p);
-    let buf: Buffer;
-    if (src.readInto) {
-      chunkBuf ??= Buffer.allocUnsafe(CHUNK);
-      buf = chunkBuf.subarray(0, n);
-      src.readInto(buf, p);
-    } else {
-      buf = src.read(p, n);
-    }
+    const buf = chunkBuf.subarray(0, n);
+    src.readInto(buf, p);
     // Coalesce runs of non-zero clusters into one write.
     let runStart = -1;
     for (let q = 0; q <= n; q += cs) {
@@ -90,72 +84,32 @@ function copyRange(src: GuestSource, dst: Qcow2Image, a: number, b: number): voi
   }
 }
 
-function tempName(target: string, tag: string): string {
-  return path.join(path.dirname(target), `.${path.basename(target)}.${tag}-${process.pid}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`);
-}
-
-function existsAny(p: string): boolean {
-  try { fs.lstatSync(p); return true; } catch { return false; }
-}
-
 /**
  * Write a planned image at `imagePath` holding the guest view of `src`. Never overwrites: the
  * image and data file must not exist. On failure nothing new is left behind.
  */
-export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn): void {
+export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs): void {
   const o = plan.options;
-  if (existsAny(imagePath)) {
-    throw new Qcow2Error('EXISTS', `Image file '${imagePath}' already exists; refusing to overwrite it`, { file: imagePath, property: 'path' });
-  }
-  if (o.dataFile !== undefined && existsAny(o.dataFile)) {
-    throw new Qcow2Error('EXISTS', `Data file '${o.dataFile}' already exists; refusing to overwrite it`, { file: o.dataFile, property: 'data_file' });
-  }
-  const tmpImg = tempName(imagePath, 'import');
-  const tmpData = o.dataFile !== undefined ? tempName(o.dataFile, 'import') : undefined;
-  const created: string[] = [];
-  let img: Qcow2Image | undefined;
-  let df: NodeBlockFile | undefined;
+  if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
+  if (o.dataFile !== undefined && host.lstat(o.dataFile) !== undefined) throw existsError(o.dataFile, 'data file');
+  const pub = new Publication(host);
   try {
-    const f = NodeBlockFile.createExclusive(tmpImg);
-    created.push(tmpImg);
-    try {
-      writePlan(plan, f);
-    } finally {
-      f.close();
-    }
-    if (tmpData !== undefined) {
-      df = NodeBlockFile.createExclusive(tmpData);
-      created.push(tmpData);
+    // The data file first: the image names it, so it is published first too.
+    let df: BlockFile | null = null;
+    if (o.dataFile !== undefined) {
+      df = pub.create(o.dataFile, 'data file');
       const dsize = plan.dataFileSize ?? 0;
       if (plan.dataFilePrealloc) writeZeros(df, 0, dsize, true);
       df.truncate(dsize);
     }
-    const dataLock = df ? lockImage(df.fd, tmpData!, 'write') : undefined;
-    try {
-      img = Qcow2Image.open(tmpImg, { writable: true, backing: null, ...(df ? { dataFile: df } : {}) });
-      copyGuest(src, img, progress);
-      img.close();
-      img = undefined;
-      df?.flush();
-    } finally {
-      img?.close();
-      dataLock?.release();
-      df?.close();
-      df = undefined;
-    }
-    // Link into place: the data file first (the image names it), the image last.
-    if (tmpData !== undefined) {
-      try { fs.linkSync(tmpData, o.dataFile!); } catch (e) { throw ioError(e, o.dataFile!, 'create'); }
-      created.push(o.dataFile!);
-    }
-    try { fs.linkSync(tmpImg, imagePath); } catch (e) { throw ioError(e, imagePath, 'create'); }
-    fs.unlinkSync(tmpImg);
-    if (tmpData !== undefined) fs.unlinkSync(tmpData);
-    fsyncDir(path.dirname(imagePath));
-    if (o.dataFile !== undefined) fsyncDir(path.dirname(o.dataFile));
+    const f = pub.create(imagePath, 'image');
+    writePlan(plan, f);
+    const img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
+    copyGuest(src, img, progress);
+    img.close();
+    pub.publish();
   } catch (e) {
-    df?.close();
-    for (const p of created) fs.rmSync(p, { force: true });
+    pub.abort();
     throw e;
   }
 }

@@ -1,22 +1,37 @@
-// `create`: plan an image by replaying QEMU's create sequence on the allocator model, then
-// write the plan into a new temporary file and link it into place. Options arrive validated
-// (provider/rules decides what is legal); an existing image or data file is never overwritten.
+// `create`: plan an image by replaying QEMU's create sequence on the refcount component (an
+// empty in-memory image), then write the plan into a new file that io/publish.ts links into
+// place. Options arrive validated (provider/rules decides what is legal); an existing image or
+// data file is never overwritten.
 //
 // Write ordering: the image is invisible until the final link(2), so a crash leaves at most a
 // temporary file beside it, never a half-written image at the requested path. Inside the
 // temporary file we still write data area, refcount blocks, L2 tables, L1, refcount table and
 // the header last, so that even the temporary file is never self-inconsistent.
 
-import * as fs from 'fs';
 import * as path from 'path';
-import { QemuAllocator, Role } from '../meta/allocator';
-import { BlockFile, NodeBlockFile, ioError } from '../io/blockfile';
+import { BlockFile } from '../io/blockfile';
+import { HostFs, localFs } from '../io/hostfs';
+import { Publication, existsError } from '../io/publish';
+import { writeZeros } from '../io/sparse';
 import * as C from '../spec/constants';
 import { Qcow2Error } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
 import { Header, decodeHeader, encodeHeader } from '../spec/header';
+import { resolveBackingName } from '../spec/backing';
+import { encodeL1Entry } from '../spec/l1';
+import { putNormalEntry } from '../spec/l2';
 import type { ResolvedCreateOptions } from '../../model/options';
-import { encodeRefblock } from '../spec/refcount';
+import { TableRefcounts } from '../meta/refcount';
+import { TableCache } from '../meta/tables';
+import { probeFormat } from '../guest/sources/open';
+
+/** What a metadata cluster last held; freed clusters keep their old bytes, as in QEMU's file. */
+export type Role =
+  | { kind: 'header' }
+  | { kind: 'reftable'; table: BigUint64Array; chunk: number }
+  | { kind: 'refblock'; offset: number }
+  | { kind: 'l1'; chunk: number }
+  | { kind: 'l2'; l1Index: number };
 
 /** How an L2 table maps its guest clusters: `hostStart` null means 1:1 (external data file). */
 interface L2Map { firstGuestCluster: number; count: number; hostStart: number | null }
@@ -26,8 +41,10 @@ export interface CreatePlan {
   options: ResolvedCreateOptions;
   geometry: Geometry;
   header: Header;
-  /** Final allocator state: roles of metadata clusters, refcounts, refcount table. */
-  alloc: QemuAllocator;
+  /** Final refcount state: the refcount table and blocks QEMU would have written. */
+  refcounts: TableRefcounts;
+  /** Cluster index -> what was last written there. */
+  roles: Map<number, Role>;
   /** L1 entries as L2 table offsets (0 = none); all set entries carry COPIED. */
   l1: number[];
   l2: Map<number, L2Map>;
@@ -47,15 +64,29 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
   const cs = g.clusterSize;
   const hasDataFile = o.dataFile !== undefined;
 
+  const roles = new Map<number, Role>();
+  let fileEnd = 0;
+  const wrote = (offset: number, length: number) => { fileEnd = Math.max(fileEnd, offset + length); };
+  const setRole = (offset: number, role: Role) => { roles.set(offset / cs, role); };
+  const setTableRoles = (offset: number, table: BigUint64Array) => {
+    for (let c = 0; c * cs < table.length * 8; c++) setRole(offset + c * cs, { kind: 'reftable', table, chunk: c });
+    wrote(offset, table.length * 8);
+  };
+
   // qcow2_co_create: header at 0, refcount table at cluster 1 with one refblock at cluster 2.
-  const initialTable = new Array<bigint>(cs / 8).fill(0n);
+  const initialTable = new BigUint64Array(cs / 8);
   initialTable[0] = BigInt(2 * cs);
-  const alloc = new QemuAllocator(g, cs, initialTable);
-  alloc.setRole(0, { kind: 'header' });
-  alloc.setRole(cs, { kind: 'reftable', table: initialTable, chunk: 0 });
-  alloc.setRole(2 * cs, { kind: 'refblock', index: 0 });
-  alloc.wrote(0, 3 * cs);
-  if (alloc.allocClusters(3 * cs) !== 0) throw new Error('first cluster in empty image is already in use');
+  const blocks = new TableCache(null, cs);
+  blocks.create(2 * cs);
+  const rc = new TableRefcounts(g, 'immediate', blocks, initialTable, cs, {
+    refblock: (offset) => { setRole(offset, { kind: 'refblock', offset }); wrote(offset, cs); },
+    reftable: setTableRoles,
+  });
+  setRole(0, { kind: 'header' });
+  setTableRoles(cs, initialTable);
+  setRole(2 * cs, { kind: 'refblock', offset: 2 * cs });
+  wrote(0, 3 * cs);
+  if (rc.alloc(3) !== 0) throw new Error('first cluster in empty image is already in use');
 
   // qcow2_co_truncate from 0 to size: grow the L1 table (exact size) first.
   const size = o.size;
@@ -63,19 +94,19 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
   const l1 = new Array<number>(l1Size).fill(0);
   let l1Offset = 0;
   if (l1Size > 0) {
-    l1Offset = alloc.allocClusters(l1Size * 8);
-    for (let c = 0; c * cs < l1Size * 8; c++) alloc.setRole(l1Offset + c * cs, { kind: 'l1', chunk: c });
-    alloc.wrote(l1Offset, l1Size * 8);
+    l1Offset = rc.alloc(Math.ceil((l1Size * 8) / cs)) * cs;
+    for (let c = 0; c * cs < l1Size * 8; c++) setRole(l1Offset + c * cs, { kind: 'l1', chunk: c });
+    wrote(l1Offset, l1Size * 8);
   }
 
   const l2 = new Map<number, L2Map>();
   const guestClusters = g.clustersFor(size);
   const allocL2 = (i: number) => {
     if (l1[i] === 0) {
-      const off = alloc.allocClusters(cs);
+      const off = rc.alloc(1) * cs;
       l1[i] = off;
-      alloc.setRole(off, { kind: 'l2', l1Index: i });
-      alloc.wrote(off, cs);
+      setRole(off, { kind: 'l2', l1Index: i });
+      wrote(off, cs);
     }
   };
   const rangeOf = (i: number) => {
@@ -97,15 +128,15 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
       if (hasDataFile) {
         l2.set(i, { firstGuestCluster: first, count, hostStart: null });
       } else {
-        const host = alloc.allocClusters(count * cs);
+        const host = rc.alloc(count) * cs;
         l2.set(i, { firstGuestCluster: first, count, hostStart: host });
         lastEnd = host + count * cs;
       }
     }
     if (hasDataFile) {
       if (roundedSize > 0) dataFileSize = roundedSize;
-    } else if (lastEnd > alloc.fileEnd) {
-      alloc.wrote(0, lastEnd); // bdrv_co_truncate of the image file to the last data cluster
+    } else if (lastEnd > fileEnd) {
+      wrote(0, lastEnd); // bdrv_co_truncate of the image file to the last data cluster
     }
   };
 
@@ -126,22 +157,22 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
       {
         // qcow2_co_truncate, falloc/full: new self-covering refcount structures after the
         // current end, the data area after them, then L2 tables wherever first fit puts them.
-        let oldFileSize = alloc.fileEnd;
-        const last = alloc.lastCluster(oldFileSize);
+        let oldFileSize = fileEnd;
+        const last = rc.lastCluster(Math.ceil(oldFileSize / cs));
         if ((last + 1) * cs < oldFileSize) {
           oldFileSize = (last + 1) * cs;
-          alloc.fileEnd = oldFileSize;
+          fileEnd = oldFileSize;
         } else {
           oldFileSize = Math.ceil(oldFileSize / cs) * cs;
         }
         const nData = guestClusters;
         const nL2 = Math.ceil(nData / g.l2Entries) + 1;
-        const allocStart = alloc.refcountArea(oldFileSize, nData + nL2, true, 0, 0);
-        if (alloc.allocClustersAt(allocStart, nData) !== nData) throw new Error('data clusters not contiguous');
+        const allocStart = rc.refcountArea(oldFileSize, nData + nL2, true, 0, 0);
+        if (rc.allocAt(allocStart / cs, nData) !== nData) throw new Error('data clusters not contiguous');
         const end = allocStart + nData * cs;
-        if (end > alloc.fileEnd) {
-          preallocRange = { start: alloc.fileEnd, end };
-          alloc.wrote(0, end);
+        if (end > fileEnd) {
+          preallocRange = { start: fileEnd, end };
+          wrote(0, end);
         }
         for (let i = 0; i < l1Size; i++) {
           const { first, count } = rangeOf(i);
@@ -166,8 +197,8 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
     cryptMethod: C.QCOW_CRYPT_NONE,
     l1Size,
     l1TableOffset: BigInt(l1Offset),
-    refcountTableOffset: BigInt(alloc.reftableOffset),
-    refcountTableClusters: (alloc.reftable.length * 8) / cs,
+    refcountTableOffset: BigInt(rc.reftableOffset),
+    refcountTableClusters: (rc.reftable.length * 8) / cs,
     nbSnapshots: 0,
     snapshotsOffset: 0n,
     incompatibleFeatures: incompat,
@@ -191,7 +222,7 @@ export function planCreate(o: ResolvedCreateOptions): CreatePlan {
   }
 
   const plan: CreatePlan = {
-    options: o, geometry: g, header, alloc, l1, l2, fileSize: alloc.fileEnd, dataFilePrealloc,
+    options: o, geometry: g, header, refcounts: rc, roles, l1, l2, fileSize: fileEnd, dataFilePrealloc,
   };
   if (preallocRange) plan.preallocRange = preallocRange;
   if (dataFileSize !== undefined) plan.dataFileSize = dataFileSize;
@@ -202,7 +233,7 @@ const BATCH = 4 << 20;
 
 /** Bytes of one metadata cluster according to its final role. */
 function clusterBytes(plan: CreatePlan, role: Role, out: Uint8Array): void {
-  const { geometry: g, alloc } = plan;
+  const { geometry: g } = plan;
   const cs = g.clusterSize;
   const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
   switch (role.kind) {
@@ -217,16 +248,14 @@ function clusterBytes(plan: CreatePlan, role: Role, out: Uint8Array): void {
       }
       return;
     }
-    case 'refblock': {
-      const E = g.refblockEntries;
-      out.set(encodeRefblock(cs, g.refcountOrder, alloc.counts, role.index * E, Math.max(0, Math.min(E, alloc.counts.length - role.index * E))));
+    case 'refblock':
+      out.set(plan.refcounts.blocks.get(role.offset).buf);
       return;
-    }
     case 'l1': {
       const per = cs / 8;
       for (let k = 0; k < per; k++) {
         const off = plan.l1[role.chunk * per + k];
-        if (off) setEntry(dv, k * 8, off);
+        if (off) dv.setBigUint64(k * 8, encodeL1Entry(BigInt(off), true));
       }
       return;
     }
@@ -235,27 +264,20 @@ function clusterBytes(plan: CreatePlan, role: Role, out: Uint8Array): void {
       if (!m) return;
       const step = g.l2EntrySize;
       for (let k = 0; k < m.count; k++) {
-        const host = m.hostStart === null ? (m.firstGuestCluster + k) * cs : m.hostStart + k * cs;
-        setEntry(dv, k * step, host);
+        putNormalEntry(dv, k * step, m.hostStart === null ? (m.firstGuestCluster + k) * cs : m.hostStart + k * cs);
       }
       return;
     }
   }
 }
 
-/** COPIED | offset, without a lossy number: offsets are < 2^53, split into two u32 halves. */
-function setEntry(dv: DataView, at: number, offset: number): void {
-  dv.setUint32(at, 0x80000000 | Math.floor(offset / 0x100000000));
-  dv.setUint32(at + 4, offset >>> 0);
-}
-
 /** Write a plan into an empty BlockFile: data area, refblocks, L2, L1, reftable, header last. */
 export function writePlan(plan: CreatePlan, file: BlockFile): void {
   const cs = plan.geometry.clusterSize;
-  if (plan.preallocRange) writeZeros(file, plan.preallocRange.start, plan.preallocRange.end);
+  if (plan.preallocRange) writeZeros(file, plan.preallocRange.start, plan.preallocRange.end - plan.preallocRange.start, true);
   const order: Record<Role['kind'], number> = { refblock: 0, l2: 1, l1: 2, reftable: 3, header: 4 };
   const byKind: Array<Array<[number, Role]>> = [[], [], [], [], []];
-  for (const [ci, role] of plan.alloc.roles) byKind[order[role.kind]]!.push([ci, role]);
+  for (const [ci, role] of plan.roles) byKind[order[role.kind]]!.push([ci, role]);
   // One reused batch buffer: L2 tables of a 1 TiB image are 128 MiB, streamed, never held.
   const batch = new Uint8Array(Math.max(cs, BATCH));
   for (const list of byKind) {
@@ -277,11 +299,6 @@ export function writePlan(plan: CreatePlan, file: BlockFile): void {
   if (file.size() !== plan.fileSize) file.truncate(plan.fileSize);
 }
 
-function writeZeros(file: BlockFile, start: number, end: number): void {
-  const zeros = new Uint8Array(Math.min(BATCH, end - start));
-  for (let p = start; p < end; p += zeros.length) file.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)));
-}
-
 /** What a backing file is, read without trusting it (qemu-img opens it to learn the size). */
 export interface BackingProbe {
   /** The path opened: relative names are relative to the new image's folder. */
@@ -292,22 +309,22 @@ export interface BackingProbe {
 }
 
 /** Open a backing file read-only and learn its size; NOT_FOUND names the path qemu-img would. */
-export function probeBacking(imagePath: string, backing: string, format: string | undefined): BackingProbe {
-  const full = path.isAbsolute(backing) ? backing : path.join(path.dirname(imagePath), backing);
-  let f: NodeBlockFile;
+export function probeBacking(imagePath: string, backing: string, format: string | undefined, host: HostFs = localFs): BackingProbe {
+  const full = resolveBackingName(imagePath, backing);
+  let opened;
   try {
-    f = NodeBlockFile.open(full, false);
+    opened = host.open(full, 'read');
   } catch (e) {
     const detail = Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND' ? 'No such file or directory' : String((e as Error).message);
     throw new Qcow2Error('NOT_FOUND', `Could not open '${full}': ${detail}\nCould not open backing image.`, { property: 'backing_file', file: full });
   }
+  const f = opened.file;
   try {
-    const isQcow2 = f.size() >= 4 && f.read(0, 4).readUInt32BE(0) === C.QCOW_MAGIC;
-    const detectedFormat = isQcow2 ? 'qcow2' : 'raw';
+    const detectedFormat = probeFormat(f, opened.size);
     const fmt = format ?? detectedFormat;
     let size: bigint;
-    if (fmt === 'raw') size = BigInt(f.size());
-    else if (fmt === 'qcow2') size = decodeHeader(f.read(0, Math.min(f.size(), 2 << 20))).size;
+    if (fmt === 'raw') size = BigInt(opened.size);
+    else if (fmt === 'qcow2') size = decodeHeader(f.read(0, Math.min(opened.size, 2 << 20))).size;
     else throw new Qcow2Error('UNSUPPORTED', `Backing format '${fmt}' is not supported: use qcow2 or raw`, { property: 'backing_fmt' });
     return { path: full, size, detectedFormat };
   } finally {
@@ -320,12 +337,10 @@ export function probeBacking(imagePath: string, backing: string, format: string 
  * file is EXISTS unless adopted (then it must exist). Shared by every engine's create, so they
  * refuse with the same words before touching anything.
  */
-export function assertNewImageFiles(imagePath: string, o: Pick<ResolvedCreateOptions, 'dataFile' | 'adoptDataFile'>): void {
-  if (fs.existsSync(imagePath) || isDanglingLink(imagePath)) {
-    throw new Qcow2Error('EXISTS', `Image file '${imagePath}' already exists; refusing to overwrite it`, { file: imagePath, property: 'path' });
-  }
+export function assertNewImageFiles(imagePath: string, o: Pick<ResolvedCreateOptions, 'dataFile' | 'adoptDataFile'>, host: HostFs = localFs): void {
+  if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
   if (o.dataFile !== undefined) {
-    const exists = fs.existsSync(o.dataFile);
+    const exists = host.stat(o.dataFile) !== undefined;
     if (exists && !o.adoptDataFile) {
       throw new Qcow2Error('EXISTS',
         `Data file '${o.dataFile}' already exists; qemu-img would truncate it, we refuse. ` +
@@ -343,62 +358,24 @@ export function assertNewImageFiles(imagePath: string, o: Pick<ResolvedCreateOpt
  * file is never written or resized. On failure nothing new is left behind and nothing that
  * existed is changed.
  */
-export function writeNewImage(imagePath: string, plan: CreatePlan): void {
+export function writeNewImage(imagePath: string, plan: CreatePlan, host: HostFs = localFs): void {
   const o = plan.options;
-  assertNewImageFiles(imagePath, o);
-
-  const dir = path.dirname(imagePath);
-  if (!fs.existsSync(dir)) {
+  assertNewImageFiles(imagePath, o, host);
+  if (host.stat(path.dirname(imagePath)) === undefined) {
     throw new Qcow2Error('NOT_FOUND', `Could not create '${imagePath}': No such file or directory`, { file: imagePath, property: 'path' });
   }
-  const tmp = path.join(dir, `.${path.basename(imagePath)}.create-${process.pid}-${Date.now().toString(36)}`);
-  let createdData = false;
-  let tmpFile: NodeBlockFile | undefined;
+  const pub = new Publication(host);
   try {
     if (o.dataFile !== undefined && !o.adoptDataFile) {
-      const df = NodeBlockFile.createExclusive(o.dataFile);
-      createdData = true;
-      try {
-        const dsize = plan.dataFileSize ?? 0;
-        if (plan.dataFilePrealloc) writeZeros(df, 0, dsize);
-        df.truncate(dsize);
-        df.flush();
-      } finally {
-        df.close();
-      }
+      const df = pub.create(o.dataFile, 'data file');
+      const dsize = plan.dataFileSize ?? 0;
+      if (plan.dataFilePrealloc) writeZeros(df, 0, dsize, true);
+      df.truncate(dsize);
     }
-    tmpFile = NodeBlockFile.createExclusive(tmp);
-    writePlan(plan, tmpFile);
-    tmpFile.flush();
-    tmpFile.close();
-    tmpFile = undefined;
-    try {
-      fs.linkSync(tmp, imagePath); // atomic, and fails rather than replace an existing file
-    } catch (e) {
-      throw ioError(e, imagePath, 'create');
-    }
-    fs.unlinkSync(tmp);
-    fsyncDir(dir);
+    writePlan(plan, pub.create(imagePath, 'image'));
+    pub.publish();
   } catch (e) {
-    tmpFile?.close();
-    fs.rmSync(tmp, { force: true });
-    if (createdData) fs.rmSync(o.dataFile!, { force: true });
+    pub.abort();
     throw e;
-  }
-}
-
-function isDanglingLink(p: string): boolean {
-  try { fs.lstatSync(p); return true; } catch { return false; }
-}
-
-export function fsyncDir(dir: string): void {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
-  } catch {
-    // Some file systems do not allow fsync on directories; the link itself is already done.
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
   }
 }

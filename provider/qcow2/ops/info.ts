@@ -2,7 +2,9 @@
 // human text. Reads only cluster 0 and what it points at (snapshot table, bitmap directory);
 // never the L1/L2 tables and never the data file, so its cost does not grow with the image.
 
-import { BlockFile, NodeBlockFile } from '../io/blockfile';
+import { BlockFile } from '../io/blockfile';
+import { HostFs, localFs } from '../io/hostfs';
+import { resolveBackingName } from '../spec/backing';
 import { BitmapInfo, decodeBitmapDirectory } from '../spec/bitmaps';
 import { Image } from '../meta/image';
 import { formatSize } from '../../model/size';
@@ -75,7 +77,7 @@ export function describe(img: Image, fileName: string, allocated: number): Image
   };
   if (h.backingFile !== undefined) {
     info['backing-filename'] = h.backingFile;
-    info['full-backing-filename'] = fullBackingFilename(fileName, h.backingFile);
+    info['full-backing-filename'] = resolveBackingName(fileName, h.backingFile);
     if (h.backingFormat !== undefined) info['backing-filename-format'] = h.backingFormat;
   }
   exactSizes.set(info, h.size);
@@ -98,13 +100,6 @@ export function describe(img: Image, fileName: string, allocated: number): Image
   return info;
 }
 
-/** QEMU's path_combine: a relative backing name is relative to the image's folder. */
-export function fullBackingFilename(imageName: string, backing: string): string {
-  if (backing.startsWith('/') || /^[a-zA-Z0-9+.-]+:/.test(backing) && !backing.startsWith('./')) return backing;
-  const slash = imageName.lastIndexOf('/');
-  return slash < 0 ? backing : imageName.slice(0, slash + 1) + backing;
-}
-
 /** qemu-img prints 64-bit values as JSON integers; beyond 2^53 a JS number cannot hold them. */
 function toJsonNumber(v: bigint): number {
   return Number(v);
@@ -114,8 +109,8 @@ function toJsonNumber(v: bigint): number {
 const exactSizes = new WeakMap<ImageInfoJson, bigint>();
 
 /** `qemu-img info --output=json FILE`, parsed. Never opens the data file. */
-export function imageInfo(fileName: string): ImageInfoJson {
-  const file = NodeBlockFile.open(fileName, false);
+export function imageInfo(fileName: string, host: HostFs = localFs): ImageInfoJson {
+  const { file } = host.open(fileName, 'read');
   try {
     return infoOf(file, fileName);
   } finally {

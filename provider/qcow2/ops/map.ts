@@ -2,7 +2,7 @@
 // the top layer and, while unallocated there, of each backing layer below (depth); adjacent
 // ranges with equal status and contiguous offsets are merged (can_merge). Output text as qemu-img.
 
-import { GuestSource } from '../guest/dataio';
+import { GuestSource } from '../guest/source';
 import { Qcow2Error } from '../../model/errors';
 
 export interface MapEntry {

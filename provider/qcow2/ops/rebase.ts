@@ -4,7 +4,8 @@
 // backing reference changes, with the header, as the last write of the commit. The guest view
 // is the same before and after.
 
-import { GuestSource, ProgressFn, Qcow2Image } from '../guest/dataio';
+import { Qcow2Image } from '../guest/qcow2';
+import { GuestSource, ProgressFn } from '../guest/source';
 
 const CHUNK = 1 << 20;
 

@@ -1,21 +1,11 @@
-// Compressed clusters (read side): descriptor parsing as qcow2_parse_compressed_l2_entry, and
-// decompression as QEMU's qcow2-threads.c: zlib is raw deflate (no zlib header), zstd is one
-// zstd frame (decoded by fzstd, pure JS). Both stop at the cluster size and ignore the sector
-// padding after the stream, as QEMU does.
+// Compressed clusters (read side; the descriptor is parsed in l2.ts): decompression as QEMU's
+// qcow2-threads.c. zlib is raw deflate (no zlib header), zstd is one zstd frame (decoded by
+// fzstd, pure JS). Both stop at the cluster size and ignore the sector padding after the
+// stream, as QEMU does.
 
 import * as zlib from 'zlib';
 import { Qcow2Error } from '../../model/errors';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './constants';
-
-/** Host byte range of a compressed cluster descriptor. */
-export interface CompressedRange { offset: bigint; size: number }
-
-export function parseCompressedEntry(entry: bigint, clusterBits: number): CompressedRange {
-  const csizeShift = 62n - (BigInt(clusterBits) - 8n);
-  const offset = entry & ((1n << csizeShift) - 1n);
-  const sectors = Number((entry >> csizeShift) & ((1n << (BigInt(clusterBits) - 8n)) - 1n)) + 1;
-  return { offset, size: sectors * 512 - Number(offset & 511n) };
-}
 
 /** Decompress one cluster. Throws INVALID_IMAGE (QEMU: EIO) when the data does not decode to a full cluster. */
 export function decompressCluster(data: Uint8Array, clusterSize: number, compressionType: number, at?: bigint): Buffer {

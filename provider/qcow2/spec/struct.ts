@@ -75,3 +75,13 @@ export function defineStruct<const F extends readonly FieldSpec[]>(fields: F): S
     },
   };
 }
+
+/** Big-endian u32 at byte `at` (the word tables are walked in: no DataView, no BigInt). */
+export function u32be(b: Uint8Array, at: number): number {
+  return ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0;
+}
+
+/** Write a big-endian u32 at byte `at`. */
+export function putU32be(b: Uint8Array, at: number, v: number): void {
+  b[at] = v >>> 24; b[at + 1] = v >>> 16; b[at + 2] = v >>> 8; b[at + 3] = v;
+}

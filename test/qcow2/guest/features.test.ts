@@ -8,7 +8,7 @@ import * as path from 'path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImageForWrite } from '../../../provider/engines/native/ops';
 import * as C from '../../../provider/qcow2/spec/constants';
-import { Qcow2Image } from '../../../provider/qcow2/guest/dataio';
+import { Qcow2Image } from '../../../provider/qcow2/guest/qcow2';
 import { prng, qemuImg, qemuIo, runQemuImg, runQemuIo, skipWithoutQemuTools, tempDir } from './harness';
 
 const FIXTURES = path.join(__dirname, '..', '..', 'fixtures');

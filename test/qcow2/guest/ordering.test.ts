@@ -1,4 +1,4 @@
-// The write-ordering invariant of provider/qcow2/guest/dataio.ts, checked on a write-recording
+// The write-ordering invariant of provider/qcow2/guest/metadata.ts, checked on a write-recording
 // BlockFile: refcount blocks (increments) before the L2 tables that use them, L2 before L1,
 // header last; freed refcounts after the tables that dropped them; a flush between each step.
 // Also an in-memory model test: random guest writes read back as a shadow buffer says.
@@ -8,7 +8,7 @@ import { BlockFile, MemoryBlockFile } from '../../../provider/qcow2/io/blockfile
 import { checkImage } from '../../../provider/qcow2/ops/check';
 import * as C from '../../../provider/qcow2/spec/constants';
 import { writePlan } from '../../../provider/qcow2/ops/create';
-import { Qcow2Image } from '../../../provider/qcow2/guest/dataio';
+import { Qcow2Image } from '../../../provider/qcow2/guest/qcow2';
 import { Image } from '../../../provider/qcow2/meta/image';
 import type { CreateOptions } from '../../../provider/model/options';
 import { planFor } from '../../helpers/images';
@@ -20,6 +20,7 @@ class RecordingFile implements BlockFile {
   events: Ev[] = [];
   constructor(readonly inner: BlockFile) {}
   read(o: number, l: number) { return this.inner.read(o, l); }
+  readInto(t: Uint8Array, o: number) { this.inner.readInto(t, o); }
   write(o: number, d: Uint8Array) { this.events.push({ kind: 'write', offset: o, length: d.length }); this.inner.write(o, d); }
   size() { return this.inner.size(); }
   truncate(n: number) { this.inner.truncate(n); }

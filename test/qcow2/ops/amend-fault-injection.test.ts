@@ -53,6 +53,7 @@ class FaultyFile implements BlockFile {
     return this.mutations === this.failAt;
   }
   read(offset: number, length: number): Buffer { return this.f.read(offset, length); }
+  readInto(target: Uint8Array, offset: number): void { this.f.readInto(target, offset); }
   write(offset: number, data: Uint8Array): void {
     if (this.next()) {
       const n = tornLength(this.variant, offset, data.length);

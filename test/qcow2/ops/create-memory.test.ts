@@ -173,7 +173,7 @@ describe.each(CASES)('$name', (c) => {
     const kinds: string[] = [];
     const recorder = new (class extends MemoryBlockFile {
       override write(offset: number, data: Uint8Array): void {
-        const role = plan.alloc.roles.get(Math.floor(offset / plan.geometry.clusterSize));
+        const role = plan.roles.get(Math.floor(offset / plan.geometry.clusterSize));
         kinds.push(role ? role.kind : 'data');
         super.write(offset, data);
       }

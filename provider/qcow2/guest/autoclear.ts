@@ -1,0 +1,28 @@
+// The autoclear policy of a writer (qcow2 spec, "autoclear features"): bits a writer does not
+// maintain must be cleared before it writes, so that a reader can tell they went stale. These
+// are the only header writes outside a commit, and they come before any guest data.
+//
+// Bit 1 (data-file-raw) is kept: every write here keeps the data file a valid raw image (host
+// offset = guest offset, zeros written on write-zeroes, holes punched on discard). Bit 0
+// (bitmaps) is cleared before the first guest write: this engine does NOT update persistent
+// bitmaps, so QEMU then treats them as inconsistent and `check -r` reclaims their clusters.
+
+import * as C from '../spec/constants';
+import { Qcow2Metadata } from './metadata';
+
+/** QEMU's qcow2_do_open for a read-write open: unknown autoclear bits are cleared at once. */
+export function clearUnknownAutoclear(meta: Qcow2Metadata): void {
+  const known = meta.header.autoclearFeatures & C.QCOW2_AUTOCLEAR_MASK;
+  if (known !== meta.header.autoclearFeatures) {
+    meta.header.autoclearFeatures = known;
+    meta.writeHeaderNow();
+  }
+}
+
+/** Before the first guest write: the bitmaps bit goes, with the extension it vouches for. */
+export function clearBitmapsBeforeWrite(meta: Qcow2Metadata): void {
+  if ((meta.header.autoclearFeatures & C.QCOW2_AUTOCLEAR_BITMAPS) === 0n) return;
+  meta.header.autoclearFeatures &= ~C.QCOW2_AUTOCLEAR_BITMAPS;
+  delete meta.header.bitmaps;
+  meta.writeHeaderNow();
+}

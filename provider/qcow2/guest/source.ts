@@ -1,0 +1,62 @@
+// The guest view contract: what every source of guest bytes (a raw file, a qcow2 image with its
+// backing chain) answers. Readers (convert, rebase, map) and backing chains speak only this.
+
+import type { BlockFile } from '../io/blockfile';
+import type { HostFs } from '../io/hostfs';
+import type { Image } from '../meta/image';
+
+/** What one layer says about a guest range (QEMU's BDRV_BLOCK_* for that layer alone). */
+export interface BlockStatus {
+  /** Bytes from the asked offset with the same status (> 0). */
+  length: number;
+  data: boolean;
+  zero: boolean;
+  /** DATA or ZERO came from this layer itself (QEMU's BDRV_BLOCK_ALLOCATED). */
+  allocated: boolean;
+  /** Host offset in `file` when QEMU reports one (OFFSET_VALID). */
+  offset?: number;
+  file?: string;
+}
+
+/** A guest view: a raw file, or a qcow2 image with its backing chain. */
+export interface GuestSource {
+  readonly format: 'raw' | 'qcow2';
+  /** Virtual size in bytes. */
+  readonly size: number;
+  readonly fileName: string;
+  readonly backing: GuestSource | null;
+  /** Guest bytes; past the virtual size they read as zeros. */
+  read(offset: number, length: number): Buffer;
+  /** The same into a caller's buffer: host-contiguous runs with one read each, no allocation. */
+  readInto(target: Uint8Array, offset: number): void;
+  /** QEMU's bdrv_co_is_zero_fast (want_zero = false): known zero without reading data. */
+  isZeroFast(offset: number, length: number): boolean;
+  /** This layer's status at `offset` (want_zero = true, as map asks), at most `length` bytes. */
+  blockStatus(offset: number, length: number): BlockStatus;
+  close(): void;
+}
+
+/** Progress of long operations: bytes done of total. */
+export type ProgressFn = (done: number, total: number) => void;
+
+/** Options for opening an image or a chain. */
+export interface OpenOptions {
+  writable?: boolean;
+  /** Take QEMU's image locks (default true): write on image and data file, read on backing files. */
+  lock?: boolean;
+  /** The host the files are on (default: this machine). */
+  host?: HostFs;
+  /** Wrap the image file (tests record writes here). */
+  wrapFile?: (f: BlockFile) => BlockFile;
+  /** Use this file as the external data file instead of opening the stored name. */
+  dataFile?: BlockFile;
+  /** Use this guest view as the backing chain instead of opening the stored name (null: none). */
+  backing?: GuestSource | null;
+  /** Format of the backing file when the image does not record one (default: probe). */
+  backingFormat?: string;
+  /**
+   * Called with the opened image before anything is written (writable opens): the engine puts
+   * its legality check (provider/rules) here; a throw closes everything again.
+   */
+  beforeWrite?: (img: Image) => void;
+}

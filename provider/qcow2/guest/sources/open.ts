@@ -1,0 +1,103 @@
+// Opening guest views: a qcow2 image with its external data file and its backing chain (each
+// file locked as QEMU locks it: write on image and data file, read on backing files), or a raw
+// file; the format probed from the magic where none is given.
+
+import { BlockFile } from '../../io/blockfile';
+import { HostFs, localFs } from '../../io/hostfs';
+import { ImageLock } from '../../io/lock';
+import * as C from '../../spec/constants';
+import { Qcow2Error } from '../../../model/errors';
+import { resolveBackingName } from '../../spec/backing';
+import { Header } from '../../spec/header';
+import { Image } from '../../meta/image';
+import { Qcow2Image } from '../qcow2';
+import { GuestSource, OpenOptions } from '../source';
+import { RawSource } from './raw';
+
+const MAX_CHAIN = 64;
+
+/** Raw or qcow2 by the magic, as QEMU's probe tells these two apart. */
+export function probeFormat(file: BlockFile, size = file.size()): 'raw' | 'qcow2' {
+  return size >= 4 && file.read(0, 4).readUInt32BE(0) === C.QCOW_MAGIC ? 'qcow2' : 'raw';
+}
+
+/** probeFormat of a file by name. */
+export function probeFileFormat(fileName: string, host: HostFs = localFs): 'raw' | 'qcow2' {
+  const { file, size } = host.open(fileName, 'read');
+  try {
+    return probeFormat(file, size);
+  } finally {
+    file.close();
+  }
+}
+
+/** Open a file as a guest view in the given format (qcow2: with its backing chain), read-only. */
+export function openSource(fileName: string, format: string | undefined, opts: OpenOptions = {}, depth = 0): GuestSource {
+  const host = opts.host ?? localFs;
+  const fmt = format ?? probeFileFormat(fileName, host);
+  if (fmt === 'raw') return RawSource.open(fileName, { lock: opts.lock ?? true, host });
+  if (fmt === 'qcow2') return openQcow2(fileName, { ...opts, writable: false }, depth);
+  throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${fmt}': this engine reads qcow2 and raw images only`, { file: fileName });
+}
+
+/** The backing chain below an image, or null; names resolved as QEMU resolves them. */
+function openBacking(imagePath: string, h: Header, opts: OpenOptions, depth: number): GuestSource | null {
+  if (h.backingFile === undefined || h.backingFile === '') return null;
+  if (depth + 1 >= MAX_CHAIN) {
+    throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${imagePath}' is deeper than ${MAX_CHAIN} images (a loop?)`, { file: imagePath });
+  }
+  const full = resolveBackingName(imagePath, h.backingFile);
+  try {
+    const sub: OpenOptions = { lock: opts.lock ?? true };
+    if (opts.host) sub.host = opts.host;
+    return openSource(full, h.backingFormat ?? opts.backingFormat, sub, depth + 1);
+  } catch (e) {
+    const msg = Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND' ? `Could not open '${full}': No such file or directory` : (e as Error).message;
+    throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO', `Could not open backing file: ${msg}`, { file: full, property: 'backing_file', cause: e });
+  }
+}
+
+/** Open a qcow2 image file with its data file and backing chain. */
+export function openQcow2(fileName: string, opts: OpenOptions = {}, depth = 0): Qcow2Image {
+  const writable = opts.writable ?? false;
+  const lock = opts.lock ?? true;
+  const host = opts.host ?? localFs;
+  const mode = writable ? 'write' : 'read';
+  const opened = host.open(fileName, mode).file;
+  const locks: ImageLock[] = [];
+  const owned: Array<{ close(): void }> = [];
+  try {
+    if (lock) locks.push(host.lock(opened, fileName, mode));
+    const file = opts.wrapFile ? opts.wrapFile(opened) : opened;
+    const image = Image.open(file, fileName);
+    const h = image.header;
+    let dataFile: BlockFile | null = null;
+    if (image.hasDataFile) {
+      if (opts.dataFile) {
+        dataFile = opts.dataFile;
+      } else {
+        if (h.dataFile === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: fileName });
+        // A relative name is relative to the working directory (QCOW2-NOTES §4), as QEMU opens it.
+        dataFile = host.open(h.dataFile, mode).file;
+        owned.push(dataFile);
+        if (lock) locks.push(host.lock(dataFile, h.dataFile, mode));
+      }
+    }
+    let backing: GuestSource | null;
+    if (opts.backing !== undefined) {
+      backing = opts.backing;
+    } else {
+      backing = openBacking(fileName, h, opts, depth);
+      if (backing) owned.push(backing);
+    }
+    if (writable) opts.beforeWrite?.(image);
+    return new Qcow2Image({
+      file, image, fileName, dataFile, dataFileName: h.dataFile, backing, writable, host, locks, owned, ownsFile: true,
+    });
+  } catch (e) {
+    for (const o of owned.reverse()) o.close();
+    for (const l of locks) l.release();
+    opened.close();
+    throw e;
+  }
+}

@@ -1,0 +1,154 @@
+// The host seam: everything qcow2/ asks of the machine that holds the files, besides reading and
+// writing their bytes (BlockFile). The local implementation is Node's fs plus io/libc.ts; an
+// implementation over SFTP serves remote hosts. Every method is synchronous (the format engine
+// is; a remote implementation runs it in a worker behind a synchronous bridge) and coarse, so a
+// remote host pays one round trip per call: open returns the size with the file, stat answers
+// "missing" without an exception, lock takes QEMU's whole protocol in one call.
+
+import * as fs from 'fs';
+import * as path from 'path';
+import { Qcow2Error } from '../../model/errors';
+import { BlockFile, NodeBlockFile, ioError } from './blockfile';
+import { ImageLock, LockMode, lockImage } from './lock';
+import { Extent, extentOfFd, punchHoleFd } from './sparse';
+
+/** 'read' and 'write' open an existing file; 'create' makes a new one, EXISTS if anything is there. */
+export type OpenMode = 'read' | 'write' | 'create';
+
+/** What one stat call says about a path. */
+export interface HostStat {
+  kind: 'file' | 'directory' | 'symlink' | 'other';
+  size: number;
+  /** Bytes allocated on the medium (st_blocks * 512). */
+  allocated: number;
+  /** The file's identity on its host (device and inode): equal ids are the same file. */
+  id: string;
+}
+
+/** An open file and its size when opened. */
+export interface OpenedFile { file: BlockFile; size: number }
+
+export interface HostFs {
+  /** Open `path`; errors name `name` (default: the path), never a temporary name. */
+  open(path: string, mode: OpenMode, name?: string): OpenedFile;
+  /** stat(2), following links; undefined when nothing is there. */
+  stat(path: string): HostStat | undefined;
+  /** lstat(2): a link is reported as one; undefined when nothing is there. */
+  lstat(path: string): HostStat | undefined;
+  /** link(2): a second name for a file; fails (EXISTS) rather than replace `newPath`. Errors name `name`. */
+  link(existing: string, newPath: string, name?: string): void;
+  /** rename(2) (replaces `to`). */
+  rename(from: string, to: string): void;
+  /** unlink(2); false when nothing was there. */
+  unlink(path: string): boolean;
+  /** readdir(3): the names in a folder. */
+  readdir(path: string): string[];
+  /** mkdir(2) of one folder (mode 0700). */
+  mkdir(path: string): void;
+  /** A new folder `prefix` + a unique suffix (mkdtemp(3)); returns its path. */
+  mkdtemp(prefix: string): string;
+  /** Remove a folder and everything in it; nothing there is not an error. */
+  removeTree(path: string): void;
+  /** Make a folder's entries durable (after link, unlink); a no-op where the host cannot. */
+  fsyncDir(path: string): void;
+  /** Take QEMU's image lock on an open file (io/lock.ts); LOCKED when a QEMU user conflicts. */
+  lock(file: BlockFile, name: string, mode: LockMode): ImageLock;
+  /** The extent at `offset` (SEEK_DATA / SEEK_HOLE): data, or a hole reading as zeros. */
+  extent(file: BlockFile, offset: number, length: number, fileSize?: number): Extent;
+  /** Make a range read as zeros without changing the size: a hole where the host can. */
+  punchHole(file: BlockFile, offset: number, length: number): void;
+}
+
+function statOf(st: fs.BigIntStats): HostStat {
+  const kind = st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
+  return { kind, size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` };
+}
+
+function fdOf(file: BlockFile): number | undefined {
+  return file instanceof NodeBlockFile ? file.fd : undefined;
+}
+
+/** The local machine: Node's fs, and libc for locks and holes. */
+export const localFs: HostFs = {
+  open(p, mode, name = p) {
+    const file = mode === 'create' ? NodeBlockFile.createExclusive(p, name) : NodeBlockFile.open(p, mode === 'write', name);
+    return { file, size: mode === 'create' ? 0 : file.size() };
+  },
+  stat(p) {
+    const st = fs.statSync(p, { bigint: true, throwIfNoEntry: false });
+    return st === undefined ? undefined : statOf(st);
+  },
+  lstat(p) {
+    const st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
+    return st === undefined ? undefined : statOf(st);
+  },
+  link(existing, newPath, name = newPath) {
+    try {
+      fs.linkSync(existing, newPath);
+    } catch (e) {
+      throw ioError(e, name, 'create');
+    }
+  },
+  rename(from, to) {
+    try {
+      fs.renameSync(from, to);
+    } catch (e) {
+      throw ioError(e, to, 'create');
+    }
+  },
+  unlink(p) {
+    try {
+      fs.unlinkSync(p);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw ioError(e, p, 'remove');
+    }
+  },
+  readdir(p) {
+    try {
+      return fs.readdirSync(p);
+    } catch (e) {
+      throw ioError(e, p, 'read folder');
+    }
+  },
+  mkdir(p) {
+    try {
+      fs.mkdirSync(p, 0o700);
+    } catch (e) {
+      throw ioError(e, p, 'create');
+    }
+  },
+  mkdtemp(prefix) {
+    try {
+      return fs.mkdtempSync(prefix);
+    } catch (e) {
+      throw ioError(e, path.dirname(prefix), 'create a temporary folder in');
+    }
+  },
+  removeTree(p) {
+    fs.rmSync(p, { recursive: true, force: true });
+  },
+  fsyncDir(p) {
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(p, 'r');
+      fs.fsyncSync(fd);
+    } catch {
+      // Some file systems do not allow fsync on folders; the entries are written all the same.
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  },
+  lock(file, name, mode) {
+    const fd = fdOf(file);
+    if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locks need a local file: '${name}' is not one`, { file: name });
+    return lockImage(fd, name, mode);
+  },
+  extent(file, offset, length, fileSize = file.size()) {
+    return extentOfFd(fdOf(file), offset, length, fileSize);
+  },
+  punchHole(file, offset, length) {
+    punchHoleFd(fdOf(file), file, offset, length);
+  },
+};

@@ -1,0 +1,77 @@
+// The one binding to libc: the calls Node has no API for (fcntl for QEMU's OFD locks, lseek
+// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE), through koffi, loaded on first use so that a
+// machine without the native module can still use the engine's other paths. Symbols come from
+// the process itself (dlopen(NULL)), which has libc whether it is glibc or musl.
+//
+// Linux 64-bit only: the F_* values and struct flock layout are asm-generic's (alpha, mips,
+// sparc and parisc differ; 32-bit ABIs need flock64), and refused.
+
+/** 64-bit Linux architectures whose fcntl constants and struct flock are asm-generic's. */
+const SUPPORTED_ARCHES = new Set(['x64', 'arm64', 'riscv64', 'ppc64', 's390x', 'loong64']);
+
+/** Byte offsets of struct flock's fields (LP64 asm-generic: 32 bytes). */
+export interface FlockLayout { size: number; type: number; whence: number; start: number; len: number; pid: number }
+
+export interface Libc {
+  /** fcntl(fd, cmd, &flock) on a struct flock buffer; returns the result, or -errno. */
+  fcntl(fd: number, cmd: number, flock: Buffer): number;
+  readonly flock: FlockLayout;
+  /** lseek(2); returns the offset, or -errno. */
+  lseek(fd: number, offset: number, whence: number): number;
+  /** fallocate(2); returns 0, or -errno. */
+  fallocate(fd: number, mode: number, offset: number, length: number): number;
+  strerror(errno: number): string;
+}
+
+let loaded: Libc | undefined;
+let failure: string | undefined;
+
+/** Why libc cannot be bound here (platform, or koffi missing), or undefined when it can. */
+export function libcUnavailable(): string | undefined {
+  libc();
+  return failure;
+}
+
+/** The binding, or undefined where it cannot be had (see libcUnavailable for why). */
+export function libc(): Libc | undefined {
+  if (loaded !== undefined || failure !== undefined) return loaded;
+  if (process.platform !== 'linux' || !SUPPORTED_ARCHES.has(process.arch)) {
+    failure = `implemented for 64-bit Linux only (this is ${process.platform}/${process.arch})`;
+    return undefined;
+  }
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const koffi = require('koffi') as typeof import('koffi');
+    const lib = koffi.load(null);
+    const flock = koffi.struct('qcow2_flock', {
+      l_type: 'int16_t', l_whence: 'int16_t', l_start: 'int64_t', l_len: 'int64_t', l_pid: 'int32_t',
+    });
+    const layout: FlockLayout = {
+      size: koffi.sizeof(flock),
+      type: koffi.offsetof(flock, 'l_type'),
+      whence: koffi.offsetof(flock, 'l_whence'),
+      start: koffi.offsetof(flock, 'l_start'),
+      len: koffi.offsetof(flock, 'l_len'),
+      pid: koffi.offsetof(flock, 'l_pid'),
+    };
+    // struct flock on LP64 asm-generic: 2+2 (+4 pad) + 8 + 8 + 4 (+4 pad) = 32 bytes.
+    if (layout.size !== 32 || layout.whence !== 2 || layout.start !== 8 || layout.len !== 16 || layout.pid !== 24) {
+      throw new Error(`unexpected struct flock layout (size ${layout.size})`);
+    }
+    const fcntl = lib.func('int fcntl(int fd, int cmd, ...)');
+    const lseek = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
+    const fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+    const strerror = lib.func('const char *strerror(int errnum)');
+    const orErrno = (r: number) => (r === -1 ? -koffi.errno() : r);
+    loaded = {
+      fcntl: (fd, cmd, buf) => orErrno(fcntl(fd, cmd, 'void *', buf) as number),
+      flock: layout,
+      lseek: (fd, offset, whence) => orErrno(Number(lseek(fd, offset, whence) as number | bigint)),
+      fallocate: (fd, mode, offset, length) => orErrno(fallocate(fd, mode, offset, length) as number),
+      strerror: (errno) => strerror(errno) as string,
+    };
+  } catch (e) {
+    failure = `cannot bind libc through koffi: ${(e as Error).message}`;
+  }
+  return loaded;
+}
