@@ -90,7 +90,7 @@ function unitAt(meta: Qcow2Metadata, p: number): Unit {
   const inC = p - gc * cs;
   const e: L2Halves = meta.entry(gc);
   const ext = meta.fmt.extendedL2;
-  const unit = ext ? cs / 32 : cs;
+  const unit = cs / meta.g.subclustersPerCluster;
   const sc = Math.floor(inC / unit);
   const type = subclusterTypeOf(clusterTypeOf(e.hi, e.lo, meta.fmt), e.allocBits, e.zeroBits, sc, meta.fmt, e.hi, e.lo);
   const u: Unit = { type, end: type === 'compressed' || !ext ? (gc + 1) * cs : gc * cs + (sc + 1) * unit };

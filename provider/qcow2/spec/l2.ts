@@ -4,11 +4,15 @@
 // the host cluster offset. Extended entries (extended_l2) add a 64-bit subcluster bitmap: bits
 // 0..31 "allocated", bits 32..63 "reads as zeros". A compressed entry holds a descriptor instead.
 //
-// Whole tables are walked on the entry's two u32 halves (hi = bits 32..63, lo = bits 0..31),
+// Whole tables are walked on the entry's two 32-bit halves (hi = bits 32..63, lo = bits 0..31),
 // read through a DataView of the table: no BigInt per entry where a 1 TiB image has 16M of them
 // (check, map, block status, create). The bigint form (decodeL2Entry) serves single entries and
-// messages, and is built on the same classifier, so the two cannot disagree. Beware that JS
-// bitwise results are signed: test masks with `!== 0`, never `=== MASK`.
+// messages, and is built on the same classifier, so the two cannot disagree.
+//
+// The word accessors (entryHi, entryLo, ...) return the bits as a signed int32, which is what
+// JS bitwise operators see anyway: a value the JIT always holds as a small integer, so a scan
+// is not deoptimized when offsets pass 2 GiB. Test masks with `!== 0`, never `=== MASK`; decoded
+// entries (L2Halves) hold them as unsigned numbers.
 
 import * as C from './constants';
 import { invalidImage } from '../../model/errors';
@@ -21,24 +25,30 @@ export type SubclusterType = 'unallocated-plain' | 'unallocated-alloc' | 'zero-p
 /** What decides an entry's meaning besides its bits. */
 export interface L2Format { dataFile: boolean; extendedL2: boolean }
 
-// QEMU's 64-bit masks split into the halves they fall in.
+// QEMU's 64-bit masks split into the halves they fall in. Module-local constants, exported by
+// list: the accessors below then read them as constants, not as properties of `exports`
+// (which costs a third of check's time over 16M entries).
 /** QCOW_OFLAG_COPIED, in the high half. */
-export const L2_HI_COPIED = 0x80000000;
+const L2_HI_COPIED = 0x80000000;
 /** QCOW_OFLAG_COMPRESSED, in the high half. */
-export const L2_HI_COMPRESSED = 0x40000000;
+const L2_HI_COMPRESSED = 0x40000000;
 /** QCOW_OFLAG_ZERO, in the low half. */
-export const L2_LO_ZERO = 0x1;
+const L2_LO_ZERO = 0x1;
 /** L2E_OFFSET_MASK, high half (bits 32..55) and low half (bits 9..31). */
-export const L2_HI_OFFSET = 0x00ffffff;
-export const L2_LO_OFFSET = 0xfffffe00;
+const L2_HI_OFFSET = 0x00ffffff;
+const L2_LO_OFFSET = 0xfffffe00;
 /** L2E_STD_RESERVED_MASK, split. */
-export const L2_HI_RESERVED = 0x3f000000;
-export const L2_LO_RESERVED = 0x1fe;
+const L2_HI_RESERVED = 0x3f000000;
+const L2_LO_RESERVED = 0x1fe;
 /** Offset bits 53..55: a host offset with any of them set is beyond a safe JS number. */
 const L2_HI_UNSAFE = 0x00e00000;
 /** QCOW_L2_BITMAP_ALL_ALLOC / ALL_ZERO, each a whole half of the bitmap. */
-export const SUBCLUSTERS_ALL = 0xffffffff;
-export const SUBCLUSTERS_PER_CLUSTER = 32;
+const SUBCLUSTERS_ALL = 0xffffffff;
+
+export {
+  L2_HI_COPIED, L2_HI_COMPRESSED, L2_LO_ZERO, L2_HI_OFFSET, L2_LO_OFFSET, L2_HI_RESERVED, L2_LO_RESERVED,
+  SUBCLUSTERS_ALL,
+};
 
 const TWO_32 = 0x100000000;
 
@@ -47,35 +57,36 @@ export function tableView(t: Uint8Array): DataView {
   return new DataView(t.buffer, t.byteOffset, t.byteLength);
 }
 
-/** The high half of the entry at byte `at` of a table. */
+/** The high half of the entry at byte `at` of a table (as int32). */
 export function entryHi(v: DataView, at: number): number {
-  return v.getUint32(at);
+  return v.getInt32(at);
 }
 
-/** The low half of the entry at byte `at` of a table. */
+/** The low half of the entry at byte `at` of a table (as int32). */
 export function entryLo(v: DataView, at: number): number {
-  return v.getUint32(at + 4);
+  return v.getInt32(at + 4);
 }
 
-/** Extended L2: the subcluster "allocated" bits (bitmap bits 0..31) of the entry at `at`. */
+/** Extended L2: the subcluster "allocated" bits (bitmap bits 0..31) of the entry at `at` (as int32). */
 export function entryAllocBits(v: DataView, at: number): number {
-  return v.getUint32(at + 12);
+  return v.getInt32(at + 12);
 }
 
-/** Extended L2: the subcluster "reads as zeros" bits (bitmap bits 32..63) of the entry at `at`. */
+/** Extended L2: the subcluster "reads as zeros" bits (bitmap bits 32..63) of the entry at `at` (as int32). */
 export function entryZeroBits(v: DataView, at: number): number {
-  return v.getUint32(at + 8);
+  return v.getInt32(at + 8);
 }
 
-/** An entry as a table holds it: its halves and, with extended L2, its subcluster bits. */
+/** An entry as a table holds it: its halves and, with extended L2, its subcluster bits (unsigned). */
 export interface L2Halves { hi: number; lo: number; allocBits: number; zeroBits: number }
 
 /** Entry `k` of a table. */
 export function readL2Entry(t: DataView, k: number, extendedL2: boolean): L2Halves {
   const at = k * (extendedL2 ? C.L2E_SIZE_EXTENDED : C.L2E_SIZE_NORMAL);
-  return extendedL2
-    ? { hi: entryHi(t, at), lo: entryLo(t, at), allocBits: entryAllocBits(t, at), zeroBits: entryZeroBits(t, at) }
-    : { hi: entryHi(t, at), lo: entryLo(t, at), allocBits: 0, zeroBits: 0 };
+  return {
+    hi: entryHi(t, at) >>> 0, lo: entryLo(t, at) >>> 0,
+    allocBits: extendedL2 ? entryAllocBits(t, at) >>> 0 : 0, zeroBits: extendedL2 ? entryZeroBits(t, at) >>> 0 : 0,
+  };
 }
 
 /** Write entry `k` of a table (and, extended, its subcluster bits). */
@@ -113,7 +124,7 @@ export function hostOffsetOf(hi: number, lo: number): number {
 
 /** The host cluster index of a standard entry: exact for every entry (at most 2^47). */
 export function hostClusterOf(hi: number, lo: number, clusterBits: number): number {
-  return (hi & L2_HI_OFFSET) * 2 ** (32 - clusterBits) + ((lo & L2_LO_OFFSET) >>> clusterBits);
+  return (hi & L2_HI_OFFSET) * (1 << (32 - clusterBits)) + ((lo & L2_LO_OFFSET) >>> clusterBits);
 }
 
 /** Reserved bits of the standard layout are set (not meaningful for compressed entries). */
