@@ -11,7 +11,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, Sample, measure, median } from './common';
+import { CLI, Sample, haveGnuTime, measure, median } from './common';
 
 const QEMU_IMG = process.env.QEMU_IMG ?? 'qemu-img';
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 5);
@@ -43,10 +43,7 @@ function freshCopy(template: string, dir: string): void {
 }
 
 function main(): number {
-  if (!fs.existsSync('/usr/bin/time')) {
-    console.error('bench/amend needs GNU time (/usr/bin/time): apt-get install -y time');
-    return 2;
-  }
+  if (!haveGnuTime('amend')) return 2;
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-bench-amend-'));
   let mismatches = 0;
   try {

@@ -2,6 +2,7 @@
 // the median.
 
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 
 /** The compiled `qcow2` command line (benches run from dist/bench). */
@@ -39,4 +40,42 @@ export function nodeStartup(runs: number, cwd: string): number {
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+/** True when GNU time is there; otherwise says how to get it. */
+export function haveGnuTime(bench: string): boolean {
+  if (fs.existsSync('/usr/bin/time')) return true;
+  console.error(`bench/${bench} needs GNU time (/usr/bin/time): apt-get install -y time`);
+  return false;
+}
+
+/** Each command's samples over `runs` rounds, the order rotated every round so none always goes first. */
+export function interleaved(runs: number, cwd: string, commands: Record<string, string[]>): Record<string, Sample[]> {
+  const names = Object.keys(commands);
+  const out: Record<string, Sample[]> = Object.fromEntries(names.map((n) => [n, []]));
+  for (let i = 0; i < runs; i++) {
+    for (let k = 0; k < names.length; k++) {
+      const name = names[(i + k) % names.length]!;
+      out[name]!.push(measure(commands[name]!, cwd));
+    }
+  }
+  return out;
+}
+
+/** The median of one figure over samples. */
+export function med(xs: Sample[], k: 'cpu' | 'wall'): number {
+  return median(xs.map((s) => s[k]));
+}
+
+/** Peak RSS over samples, in MiB. */
+export function peakMiB(xs: Sample[]): string {
+  return (Math.max(...xs.map((s) => s.rssKiB)) / 1024).toFixed(1);
+}
+
+/** A new folder under `root` holding img.qcow2, a data-file-raw image qemu-img made (data file data.raw). */
+export function rawImage(root: string, size: string, qemuImg: string): string {
+  const dir = fs.mkdtempSync(path.join(root, `${size}-`));
+  const c = spawnSync(qemuImg, ['create', '-q', '-f', 'qcow2', '-o', 'data_file=data.raw,data_file_raw=on', 'img.qcow2', size], { cwd: dir, encoding: 'utf8' });
+  if (c.status !== 0) throw new Error(`qemu-img create failed: ${c.stderr}`);
+  return dir;
 }

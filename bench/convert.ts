@@ -9,7 +9,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, Sample as Measured, measure, median } from './common';
+import { CLI, Sample as Measured, haveGnuTime, measure, median } from './common';
 
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 3);
 const GiB = 1 << 30;
@@ -37,10 +37,7 @@ function makeSource(file: string): void {
 }
 
 function main(): number {
-  if (!fs.existsSync('/usr/bin/time')) {
-    console.error('bench/convert needs GNU time (/usr/bin/time): apt-get install -y time');
-    return 2;
-  }
+  if (!haveGnuTime('convert')) return 2;
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-bench-convert-'));
   const src = path.join(root, 'src.raw');
   let failures = 0;

@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, Sample, measure, median } from './common';
+import { CLI, Sample, haveGnuTime, measure, median } from './common';
 
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 5);
 const cases: Array<[string, string]> = [
@@ -16,10 +16,7 @@ const cases: Array<[string, string]> = [
 
 
 function main(): number {
-  if (!fs.existsSync('/usr/bin/time')) {
-    console.error('bench/create needs GNU time (/usr/bin/time): apt-get install -y time');
-    return 2;
-  }
+  if (!haveGnuTime('create')) return 2;
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-bench-'));
   let mismatches = 0;
   console.log(`| size | cluster | qemu-img median s | qcow2 median s | speed-up | qemu-img RSS MiB | qcow2 RSS MiB | identical |`);

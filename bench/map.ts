@@ -5,21 +5,17 @@
 //
 //   npm run build && node dist/bench/map.js [runs] [sizes, comma separated: 1T,4T]
 
-import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, Sample, measure, median, nodeStartup } from './common';
+import { CLI, haveGnuTime, interleaved, med, nodeStartup, peakMiB, rawImage } from './common';
 
 const QEMU_IMG = process.env.QEMU_IMG ?? 'qemu-img';
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 5);
 const sizes = (process.argv[3] ?? '1T,4T').split(',');
 
 function main(): number {
-  if (!fs.existsSync('/usr/bin/time')) {
-    console.error('bench/map needs GNU time (/usr/bin/time): apt-get install -y time');
-    return 2;
-  }
+  if (!haveGnuTime('map')) return 2;
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-bench-map-'));
   let mismatches = 0;
   try {
@@ -27,24 +23,13 @@ function main(): number {
     console.log(`| size | qemu-img CPU s | qcow2 CPU s | CPU ratio | qemu-img wall s | qcow2 wall s | qemu-img RSS MiB | qcow2 RSS MiB | same output |`);
     console.log(`|---:|---:|---:|---:|---:|---:|---:|---:|:---:|`);
     for (const size of sizes) {
-      const dir = path.join(root, size);
-      fs.mkdirSync(dir);
-      const c = spawnSync(QEMU_IMG, ['create', '-q', '-f', 'qcow2', '-o', 'data_file=data.raw,data_file_raw=on', 'img.qcow2', size], { cwd: dir, encoding: 'utf8' });
-      if (c.status !== 0) throw new Error(`qemu-img create failed: ${c.stderr}`);
-      const ours: Sample[] = [], theirs: Sample[] = [];
+      const dir = rawImage(root, size, QEMU_IMG);
       const args = ['map', '--output=json', 'img.qcow2'];
-      for (let i = 0; i < runs; i++) {
-        for (const who of i % 2 === 0 ? ['qemu', 'ours'] : ['ours', 'qemu']) {
-          const s = who === 'qemu' ? measure([QEMU_IMG, ...args], dir) : measure([process.execPath, CLI, ...args], dir);
-          (who === 'qemu' ? theirs : ours).push(s);
-        }
-      }
-      const same = theirs[0]!.stdout === ours[0]!.stdout;
+      const { qemu, ours } = interleaved(runs, dir, { qemu: [QEMU_IMG, ...args], ours: [process.execPath, CLI, ...args] });
+      const same = qemu![0]!.stdout === ours![0]!.stdout;
       if (!same) mismatches++;
-      const m = (xs: Sample[], k: 'cpu' | 'wall') => median(xs.map((s) => s[k]));
-      const rss = (xs: Sample[]) => (Math.max(...xs.map((s) => s.rssKiB)) / 1024).toFixed(1);
-      console.log(`| ${size} | ${m(theirs, 'cpu').toFixed(3)} | ${m(ours, 'cpu').toFixed(3)} | ${(m(ours, 'cpu') / m(theirs, 'cpu')).toFixed(2)}x | ` +
-        `${m(theirs, 'wall').toFixed(3)} | ${m(ours, 'wall').toFixed(3)} | ${rss(theirs)} | ${rss(ours)} | ${same ? 'yes' : 'NO'} |`);
+      console.log(`| ${size} | ${med(qemu!, 'cpu').toFixed(3)} | ${med(ours!, 'cpu').toFixed(3)} | ${(med(ours!, 'cpu') / med(qemu!, 'cpu')).toFixed(2)}x | ` +
+        `${med(qemu!, 'wall').toFixed(3)} | ${med(ours!, 'wall').toFixed(3)} | ${peakMiB(qemu!)} | ${peakMiB(ours!)} | ${same ? 'yes' : 'NO'} |`);
       fs.rmSync(dir, { recursive: true, force: true });
     }
     console.log(`\n${runs} runs per tool per size, interleaved; medians of whole-process CPU (user + system) and wall time; ` +

@@ -3,7 +3,7 @@
 // the metadata (guest/metadata.ts), which commit() writes in its stated order. Opening (files,
 // locks, chains) is guest/sources/open.ts.
 
-import { BlockFile } from '../io/blockfile';
+import { BlockFile, readNew } from '../io/blockfile';
 import { HostFs, localFs } from '../io/hostfs';
 import { ImageLock } from '../io/lock';
 import { decompressCluster } from '../spec/compress';
@@ -118,9 +118,7 @@ export class Qcow2Image implements GuestSource {
   // Reading
 
   read(offset: number, length: number): Buffer {
-    const out = Buffer.allocUnsafe(length);
-    this.readInto(out, offset);
-    return out;
+    return readNew(this, offset, length);
   }
 
   /** Guest bytes into `target`: one read per host-contiguous run, straight into the buffer. */

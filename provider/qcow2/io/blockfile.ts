@@ -47,9 +47,7 @@ export class NodeBlockFile implements BlockFile {
   }
 
   read(offset: number, length: number): Buffer {
-    const buf = Buffer.allocUnsafe(length);
-    this.readInto(buf, offset);
-    return buf;
+    return readNew(this, offset, length);
   }
 
   readInto(target: Uint8Array, offset: number): void {
@@ -103,9 +101,7 @@ export class MemoryBlockFile implements BlockFile {
   }
 
   read(offset: number, length: number): Buffer {
-    const out = Buffer.allocUnsafe(length);
-    this.readInto(out, offset);
-    return out;
+    return readNew(this, offset, length);
   }
 
   readInto(target: Uint8Array, offset: number): void {
@@ -135,6 +131,13 @@ export class MemoryBlockFile implements BlockFile {
 
   /** A copy of the contents. */
   bytes(): Buffer { return Buffer.from(this.data.subarray(0, this.length)); }
+}
+
+/** `read` for whatever has `readInto`: a new buffer of `length` bytes from `offset`. */
+export function readNew(from: { readInto(target: Uint8Array, offset: number): void }, offset: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  from.readInto(out, offset);
+  return out;
 }
 
 /**

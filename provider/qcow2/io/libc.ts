@@ -6,6 +6,20 @@
 // Linux 64-bit only: the F_* values and struct flock layout are asm-generic's (alpha, mips,
 // sparc and parisc differ; 32-bit ABIs need flock64), and refused.
 
+/** fcntl(2) commands and lock types (asm-generic/fcntl.h). */
+export const F_OFD_GETLK = 36;
+export const F_OFD_SETLK = 37;
+export const F_RDLCK = 0;
+export const F_WRLCK = 1;
+export const F_UNLCK = 2;
+/** lseek(2) whences: SEEK_DATA / SEEK_HOLE find a file's extents. */
+export const SEEK_SET = 0;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+/** fallocate(2) modes. */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+
 /** 64-bit Linux architectures whose fcntl constants and struct flock are asm-generic's. */
 const SUPPORTED_ARCHES = new Set(['x64', 'arm64', 'riscv64', 'ppc64', 's390x', 'loong64']);
 

@@ -19,7 +19,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import { Qcow2Error } from '../../model/errors';
-import { Libc, libc, libcUnavailable } from './libc';
+import { F_OFD_GETLK, F_OFD_SETLK, F_RDLCK, F_UNLCK, F_WRLCK, Libc, SEEK_SET, libc, libcUnavailable } from './libc';
 
 /** QEMU's BLK_PERM_* permissions, in bit order (index i = lock bytes 100+i and 200+i). */
 export type Permission = 'consistent-read' | 'write' | 'write-unchanged' | 'resize';
@@ -86,16 +86,7 @@ export interface ImageLock {
 // ---------------------------------------------------------------------------------------------
 // fcntl (io/libc.ts)
 
-// Linux generic fcntl constants (asm-generic/fcntl.h; io/libc.ts refuses other ABIs).
-const F_OFD_GETLK = 36;
-const F_OFD_SETLK = 37;
-const F_RDLCK = 0;
-const F_WRLCK = 1;
-const F_UNLCK = 2;
-const SEEK_SET = 0;
-// Linux errno values (asm-generic/errno-base.h).
-const EAGAIN = 11;
-const EACCES = 13;
+const { EAGAIN, EACCES } = os.constants.errno;
 
 function binding(): Libc {
   const b = libc();

@@ -3,14 +3,11 @@
 // (QEMU's discard on a data file), on a local file descriptor through io/libc.ts. Without the
 // binding a file is all data and punching writes zeros. Callers reach these through HostFs.
 
+import * as os from 'os';
 import { BlockFile } from './blockfile';
-import { libc } from './libc';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, SEEK_DATA, SEEK_HOLE, libc } from './libc';
 
-const SEEK_DATA = 3;
-const SEEK_HOLE = 4;
-const FALLOC_FL_KEEP_SIZE = 0x01;
-const FALLOC_FL_PUNCH_HOLE = 0x02;
-const ENXIO = 6;
+const { ENXIO } = os.constants.errno;
 
 /** An extent of a file: data, or a hole that reads as zeros. */
 export interface Extent { offset: number; length: number; data: boolean }

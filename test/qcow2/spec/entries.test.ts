@@ -6,7 +6,10 @@ import { describe, expect, it } from 'vitest';
 
 import * as C from '../../../provider/qcow2/spec/constants';
 import { decodeL1Entry, encodeL1Entry, readEntries, writeEntries } from '../../../provider/qcow2/spec/l1';
-import { decodeL2Entry, encodeNormalEntry } from '../../../provider/qcow2/spec/l2';
+import {
+  clusterTypeOf, decodeL2Entry, encodeNormalEntry, entryHi, entryLo, entryOf, hostClusterOf, hostOffsetOf, parseCompressedEntry,
+  putNormalEntry, readL2Entry, subclusterTypeOf, tableView, writeL2Entry,
+} from '../../../provider/qcow2/spec/l2';
 import { makeImage, planFor } from '../../helpers/images';
 
 const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
@@ -102,6 +105,97 @@ describe('L2 entries (qcow2_get_cluster_type)', () => {
     expect(encodeNormalEntry(0x50000n)).toBe(0x8000000000050000n);
     expect(encodeNormalEntry(0x50000n, false)).toBe(0x50000n);
     expect(encodeNormalEntry(0x00fffffffffffe00n)).toBe(0x80fffffffffffe00n);
+  });
+});
+
+/** qcow2_get_cluster_type on a 64-bit entry, written here independently of l2.ts. */
+function referenceType(raw: bigint, f: { dataFile: boolean; extendedL2: boolean }): string {
+  if (raw & C.QCOW_OFLAG_COMPRESSED) return 'compressed';
+  const off = raw & C.L2E_OFFSET_MASK;
+  if ((raw & C.QCOW_OFLAG_ZERO) && !f.extendedL2) return off ? 'zero-alloc' : 'zero-plain';
+  if (!off) return f.dataFile && (raw & C.QCOW_OFLAG_COPIED) ? 'normal' : 'unallocated';
+  return 'normal';
+}
+
+describe('L2 entries as u32 halves (the table walkers\' path)', () => {
+  const formats = [std, ext, df, { dataFile: true, extendedL2: true }];
+
+  it('the_halves_classify_as_qcow2_get_cluster_type_does', () => {
+    fc.assert(fc.property(u64, (raw) => {
+      const t = new Uint8Array(8);
+      const v = tableView(t);
+      v.setBigUint64(0, raw);
+      for (const f of formats) expect(clusterTypeOf(entryHi(v, 0), entryLo(v, 0), f)).toBe(referenceType(raw, f));
+      expect(entryOf(entryHi(v, 0), entryLo(v, 0))).toBe(raw);
+    }), { seed: 21, numRuns: 2000 });
+  });
+
+  it('host_offsets_and_clusters_from_halves_are_exact_up_to_bit_55', () => {
+    fc.assert(fc.property(fc.bigInt({ min: 0n, max: (1n << 47n) - 1n }), fc.integer({ min: 9, max: 21 }), (cluster, bits) => {
+      const offset = cluster << 9n;
+      const raw = C.QCOW_OFLAG_COPIED | offset | 0x1fen;
+      const hi = Number(raw >> 32n) | 0, lo = Number(raw & 0xffffffffn) | 0; // as the accessors return them
+      expect(BigInt(hostOffsetOf(hi, lo))).toBe(offset);
+      expect(BigInt(hostClusterOf(hi, lo, bits))).toBe(offset >> BigInt(bits));
+    }), { seed: 22, numRuns: 500 });
+  });
+
+  it('putNormalEntry_writes_what_encodeNormalEntry_encodes', () => {
+    fc.assert(fc.property(fc.integer({ min: 0, max: 2 ** 44 - 1 }), fc.boolean(), (cluster, copied) => {
+      const offset = cluster * 512;
+      const t = new Uint8Array(16);
+      putNormalEntry(tableView(t), 8, offset, copied);
+      expect(tableView(t).getBigUint64(8)).toBe(encodeNormalEntry(BigInt(offset), copied));
+    }), { seed: 23, numRuns: 500 });
+  });
+
+  it('read_and_write_round_trip_standard_and_extended_entries', () => {
+    fc.assert(fc.property(fc.array(fc.tuple(u64, u64), { minLength: 4, maxLength: 4 }), fc.boolean(), (entries, extended) => {
+      const step = extended ? 16 : 8;
+      const t = new Uint8Array(4 * step);
+      const v = tableView(t);
+      entries.forEach(([raw, bitmap], k) => {
+        v.setBigUint64(k * step, raw);
+        if (extended) v.setBigUint64(k * step + 8, bitmap);
+      });
+      const copy = new Uint8Array(t.length);
+      entries.forEach((_, k) => writeL2Entry(tableView(copy), k, extended, readL2Entry(v, k, extended)));
+      expect(copy).toEqual(t);
+      const e = readL2Entry(v, 1, extended);
+      expect(entryOf(e.hi, e.lo)).toBe(entries[1]![0]);
+      if (extended) expect(entryOf(e.zeroBits, e.allocBits)).toBe(entries[1]![1]);
+    }), { seed: 24, numRuns: 300 });
+  });
+
+  it('subcluster_types_follow_qcow2_get_subcluster_type', () => {
+    const e = { dataFile: false, extendedL2: true };
+    expect(subclusterTypeOf('normal', 0b0001, 0b0010, 0, e)).toBe('normal');
+    expect(subclusterTypeOf('normal', 0b0001, 0b0010, 1, e)).toBe('zero-alloc');
+    expect(subclusterTypeOf('normal', 0b0001, 0b0010, 2, e)).toBe('unallocated-alloc');
+    expect(subclusterTypeOf('unallocated', 0, 0b0100, 2, e)).toBe('zero-plain');
+    expect(subclusterTypeOf('unallocated', 0, 0, 31, e)).toBe('unallocated-plain');
+    expect(subclusterTypeOf('compressed', 0, 0, 5, e)).toBe('compressed');
+    expect(() => subclusterTypeOf('normal', 1, 1, 0, e)).toThrow(/Invalid subcluster bitmap/);
+    expect(() => subclusterTypeOf('unallocated', 1, 0, 3, e)).toThrow(/non-zero subcluster allocation map/);
+    // Standard L2: the cluster is its one subcluster.
+    expect(subclusterTypeOf('unallocated', 0, 0, 0, std)).toBe('unallocated-plain');
+    expect(subclusterTypeOf('zero-alloc', 0, 0, 0, std)).toBe('zero-alloc');
+  });
+});
+
+describe('compressed cluster descriptors (qcow2_parse_compressed_l2_entry)', () => {
+  it('offset_and_sector_count_split_at_62_minus_cluster_bits_minus_8', () => {
+    // 64 KiB clusters: bits 0..53 the offset, 54..61 the additional 512-byte sectors.
+    const entry = C.QCOW_OFLAG_COMPRESSED | (3n << 54n) | 0x123456n;
+    expect(parseCompressedEntry(entry, 16)).toEqual({ offset: 0x123456n, size: 4 * 512 - 0x56, firstCluster: 0x12, clusters: 1 });
+    // COPIED and COMPRESSED lie outside both fields.
+    expect(parseCompressedEntry(entry | C.QCOW_OFLAG_COPIED, 16)).toEqual(parseCompressedEntry(entry, 16));
+  });
+
+  it('the_clusters_a_descriptor_touches_are_counted_across_a_boundary', () => {
+    // 512-byte clusters: one sector field bit; data from 0x3f0, 2 sectors minus 0x1f0: to 0x5ff.
+    const r = parseCompressedEntry(C.QCOW_OFLAG_COMPRESSED | (1n << 61n) | 0x3f0n, 9);
+    expect(r).toMatchObject({ offset: 0x3f0n, size: 2 * 512 - 0x1f0, firstCluster: 1, clusters: 2 });
   });
 });
 

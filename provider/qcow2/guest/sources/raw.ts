@@ -1,7 +1,7 @@
 // A raw file as a guest view (QEMU's raw format over file-posix): bytes at guest offsets, holes
 // reported through the host's SEEK_DATA / SEEK_HOLE.
 
-import { BlockFile } from '../../io/blockfile';
+import { BlockFile, readNew } from '../../io/blockfile';
 import { HostFs, localFs } from '../../io/hostfs';
 import { ImageLock } from '../../io/lock';
 import { BlockStatus, GuestSource } from '../source';
@@ -33,9 +33,7 @@ export class RawSource implements GuestSource {
   }
 
   read(offset: number, length: number): Buffer {
-    const b = Buffer.allocUnsafe(length);
-    this.readInto(b, offset);
-    return b;
+    return readNew(this, offset, length);
   }
 
   readInto(target: Uint8Array, offset: number): void {

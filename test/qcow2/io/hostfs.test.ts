@@ -1,0 +1,68 @@
+// The local HostFs (io/hostfs.ts): what qcow2/ asks of a host besides bytes, answered by this
+// machine. Missing files are answers, not exceptions; errors name the caller's name for a file.
+
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Qcow2Error } from '../../../provider/model/errors';
+import { localFs } from '../../../provider/qcow2/io/hostfs';
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-hostfs-'));
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+
+describe('local host', () => {
+  it('open_returns_the_size_and_create_never_touches_an_existing_file', () => {
+    const p = path.join(root, 'a.bin');
+    fs.writeFileSync(p, Buffer.alloc(1234, 7));
+    const { file, size } = localFs.open(p, 'read');
+    expect(size).toBe(1234);
+    file.close();
+    let err: unknown;
+    try { localFs.open(p, 'create', 'the image'); } catch (e) { err = e; }
+    expect(Qcow2Error.isInstance(err) && err.code).toBe('EXISTS');
+    expect((err as Error).message).toMatch(/^the image: file exists/);
+    expect(fs.readFileSync(p)).toEqual(Buffer.alloc(1234, 7));
+  });
+
+  it('stat_answers_undefined_for_nothing_and_tells_links_from_files', () => {
+    expect(localFs.stat(path.join(root, 'missing'))).toBeUndefined();
+    const p = path.join(root, 'b.bin');
+    fs.writeFileSync(p, 'x');
+    fs.symlinkSync(path.join(root, 'nowhere'), path.join(root, 'dangling'));
+    expect(localFs.stat(p)).toMatchObject({ kind: 'file', size: 1 });
+    expect(localFs.stat(path.join(root, 'dangling'))).toBeUndefined();
+    expect(localFs.lstat(path.join(root, 'dangling'))?.kind).toBe('symlink');
+    expect(localFs.stat(root)?.kind).toBe('directory');
+  });
+
+  it('link_refuses_an_existing_name_and_gives_the_same_file_a_second_name', () => {
+    const a = path.join(root, 'c.bin'), b = path.join(root, 'c2.bin');
+    fs.writeFileSync(a, 'c');
+    localFs.link(a, b);
+    expect(localFs.stat(a)!.id).toBe(localFs.stat(b)!.id);
+    expect(() => localFs.link(a, b, 'target')).toThrow(/^target: file exists/);
+    expect(localFs.unlink(b)).toBe(true);
+    expect(localFs.unlink(b)).toBe(false);
+  });
+
+  it('holes_are_found_and_made_in_sparse_files', () => {
+    const p = path.join(root, 'sparse.raw');
+    fs.writeFileSync(p, '');
+    fs.truncateSync(p, 4 << 20);
+    const { file } = localFs.open(p, 'write');
+    try {
+      file.write(1 << 20, Buffer.alloc(1 << 20, 1));
+      file.flush();
+      const hole = localFs.extent(file, 0, 4 << 20);
+      const data = localFs.extent(file, 1 << 20, 3 << 20);
+      expect(hole).toEqual({ offset: 0, length: 1 << 20, data: false });
+      expect(data).toMatchObject({ offset: 1 << 20, data: true });
+      localFs.punchHole(file, 1 << 20, 1 << 20);
+      expect(file.read(1 << 20, 4096).every((b) => b === 0)).toBe(true);
+      expect(file.size()).toBe(4 << 20);
+    } finally {
+      file.close();
+    }
+  });
+});
