@@ -156,7 +156,7 @@ export function ioError(e: unknown, file: string, op: string): Qcow2Error {
 }
 
 /** strerror() of a Node error's code ("Permission denied"), without Node's path-laden text. */
-export function errnoText(e: unknown): string {
+function errnoText(e: unknown): string {
   const code = (e as NodeJS.ErrnoException)?.code;
   const errno = code !== undefined ? (os.constants.errno as Record<string, number>)[code] : undefined;
   if (errno !== undefined) {

@@ -108,11 +108,6 @@ export abstract class Refcounts {
     }
   }
 
-  /** Take one more reference to each of `n` clusters (a cluster shared with another table). */
-  ref(first: number, n = 1): void {
-    while (this.update(first, n, 1) === EAGAIN) { /* a refcount block was placed: again */ }
-  }
-
   /** qcow2_free_clusters: drop one reference to each of `n` clusters, now or per the policy. */
   free(first: number, n = 1): void {
     this.touched = true;

@@ -4,10 +4,9 @@
 // the host cluster offset. Extended entries (extended_l2) add a 64-bit subcluster bitmap: bits
 // 0..31 "allocated", bits 32..63 "reads as zeros". A compressed entry holds a descriptor instead.
 //
-// Whole tables are walked on the entry's two 32-bit halves (hi = bits 32..63, lo = bits 0..31),
-// read through a DataView of the table: no BigInt per entry where a 1 TiB image has 16M of them
-// (check, map, block status, create). The bigint form (decodeL2Entry) serves single entries and
-// messages, and is built on the same classifier, so the two cannot disagree.
+// Entries are read and written as their two 32-bit halves (hi = bits 32..63, lo = bits 0..31)
+// through a DataView of the table: no BigInt per entry where a 1 TiB image has 16M of them
+// (check, map, block status, create); entryOf gives the 64-bit value for messages.
 //
 // The word accessors (entryHi, entryLo, ...) return the bits as a signed int32, which is what
 // JS bitwise operators see anyway: a value the JIT always holds as a small integer, so a scan
@@ -96,7 +95,7 @@ export function writeL2Entry(t: DataView, k: number, extendedL2: boolean, e: L2H
   if (extendedL2) putHalves(t, at + 8, e.zeroBits, e.allocBits);
 }
 
-/** The 64-bit value of two halves (for messages and single-entry callers). */
+/** The 64-bit value of two halves (for messages). */
 export function entryOf(hi: number, lo: number): bigint {
   return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
 }
@@ -160,47 +159,19 @@ function bitmapOf(allocBits: number, zeroBits: number): bigint {
   return entryOf(zeroBits, allocBits);
 }
 
-/** One entry decoded (single entries and messages; tables are walked on halves). */
-export interface L2Entry {
-  raw: bigint;
-  /** Subcluster bitmap (extended L2 only; 0n otherwise): low 32 bits allocated, high 32 zero. */
-  bitmap: bigint;
-  type: ClusterType;
-  /** Host offset for normal / zero-alloc entries. */
-  hostOffset: bigint;
-  copied: boolean;
-  /** Reserved bits set (standard L2 layout only; compressed entries have their own). */
-  reserved: bigint;
-}
-
-/** An entry and its bitmap, classified exactly as QEMU's qcow2_get_cluster_type. */
-export function decodeL2Entry(raw: bigint, bitmap: bigint, f: L2Format): L2Entry {
-  const hi = Number(raw >> 32n);
-  const lo = Number(raw & 0xffffffffn);
-  const type = clusterTypeOf(hi, lo, f);
-  const copied = (hi & L2_HI_COPIED) !== 0;
-  if (type === 'compressed') return { raw, bitmap, type, hostOffset: 0n, copied, reserved: 0n };
-  return { raw, bitmap, type, hostOffset: raw & C.L2E_OFFSET_MASK, copied, reserved: raw & C.L2E_STD_RESERVED_MASK };
-}
-
-/** COPIED | host offset: the entry of a cluster this image alone references. */
-export function encodeNormalEntry(hostOffset: bigint, copied = true): bigint {
-  return (hostOffset & C.L2E_OFFSET_MASK) | (copied ? C.QCOW_OFLAG_COPIED : 0n);
-}
-
-/** encodeNormalEntry as halves, from a number (< 2^53): the form whole tables are filled in. */
+/** COPIED | host offset (< 2^53): the entry of a cluster this image alone references, as halves. */
 export function normalEntryHalves(hostOffset: number, copied = true): { hi: number; lo: number } {
   return { hi: ((copied ? L2_HI_COPIED : 0) | (Math.floor(hostOffset / TWO_32) & L2_HI_OFFSET)) >>> 0, lo: (hostOffset & L2_LO_OFFSET) >>> 0 };
 }
 
-/** encodeNormalEntry written straight into a table at byte `at` (create and amend fill tables so). */
+/** normalEntryHalves written straight into a table at byte `at` (create and amend fill tables so). */
 export function putNormalEntry(t: DataView, at: number, hostOffset: number, copied = true): void {
   const e = normalEntryHalves(hostOffset, copied);
   putHalves(t, at, e.hi, e.lo);
 }
 
 /** Write an entry's halves at byte `at`. */
-export function putHalves(t: DataView, at: number, hi: number, lo: number): void {
+function putHalves(t: DataView, at: number, hi: number, lo: number): void {
   t.setUint32(at, hi >>> 0);
   t.setUint32(at + 4, lo >>> 0);
 }

@@ -44,9 +44,10 @@ describe('TableRefcounts', () => {
     expect(rc.alloc(1)).toBe(a);
   });
 
-  it('a_refcount_past_the_width_is_refused', () => {
+  it('a_refcount_outside_the_width_is_refused', () => {
     const rc = fresh(Geometry.forClusterSize(65536, 1), 'immediate');
-    expect(() => rc.ref(0)).toThrow(/would become 2: out of range for 1-bit refcounts/);
+    expect(() => rc.free(5)).toThrow(/cluster 5 would become -1: out of range for 1-bit refcounts/);
+    expect(rc.get(5)).toBe(0);
   });
 
   it('grows_blocks_and_table_and_every_cluster_is_counted_once', () => {
