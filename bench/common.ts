@@ -3,6 +3,7 @@
 
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 
 /** The compiled `qcow2` command line (benches run from dist/bench). */
@@ -73,9 +74,38 @@ export function peakMiB(xs: Sample[]): string {
 }
 
 /** A new folder under `root` holding img.qcow2, a data-file-raw image qemu-img made (data file data.raw). */
-export function rawImage(root: string, size: string, qemuImg: string): string {
+function rawImage(root: string, size: string, qemuImg: string): string {
   const dir = fs.mkdtempSync(path.join(root, `${size}-`));
   const c = spawnSync(qemuImg, ['create', '-q', '-f', 'qcow2', '-o', 'data_file=data.raw,data_file_raw=on', 'img.qcow2', size], { cwd: dir, encoding: 'utf8' });
   if (c.status !== 0) throw new Error(`qemu-img create failed: ${c.stderr}`);
   return dir;
+}
+
+/**
+ * A bench over data-file-raw images of several sizes (made by qemu-img, removed after): prints a
+ * markdown table with `columns` after the size and one row per size from `row`, which says
+ * whether the tools agreed; returns the exit code (1 when any did not).
+ */
+export function perRawImage(bench: string, sizes: string[], runs: number, qemuImg: string, columns: string[],
+  row: (dir: string) => { cells: string[]; same: boolean }): number {
+  if (!haveGnuTime(bench)) return 2;
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), `qcow2-bench-${bench}-`));
+  let mismatches = 0;
+  try {
+    const floor = nodeStartup(runs, root);
+    console.log(`| size | ${columns.join(' | ')} |`);
+    console.log(`|---:|${columns.map(() => '---:').join('|')}|`);
+    for (const size of sizes) {
+      const dir = rawImage(root, size, qemuImg);
+      const r = row(dir);
+      if (!r.same) mismatches++;
+      console.log(`| ${size} | ${r.cells.join(' | ')} |`);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    console.log(`\n${runs} runs per command per size, interleaved; medians of whole-process CPU (user + system) and wall time; ` +
+      `RSS = peak (GNU time %M), max over runs. \`node -e 0\` alone: ${floor.toFixed(3)} s CPU.`);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  return mismatches ? 1 : 0;
 }

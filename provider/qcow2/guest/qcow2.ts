@@ -10,7 +10,7 @@ import { decompressCluster } from '../spec/compress';
 import { Qcow2Error, invalidImage } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
 import { Header } from '../spec/header';
-import { L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, normalEntryHalves, parseCompressedEntry } from '../spec/l2';
+import { L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, normalEntry, parseCompressedEntry } from '../spec/l2';
 import * as C from '../spec/constants';
 import { writeZeros } from '../io/sparse';
 import { Image, safeOffset } from '../meta/image';
@@ -244,7 +244,7 @@ export class Qcow2Image implements GuestSource {
 
   /** COPIED | host, every subcluster data (a cluster filled from the guest view). */
   private ownedEntry(host: number): L2Halves {
-    return { ...normalEntryHalves(host), allocBits: this.extendedL2 ? SUBCLUSTERS_ALL : 0, zeroBits: 0 };
+    return normalEntry(host, true, this.extendedL2 ? SUBCLUSTERS_ALL : 0);
   }
 
   /** Write guest data; partial clusters are completed from the current guest view (copy-on-write). */

@@ -22,7 +22,7 @@ import { Geometry } from '../spec/geometry';
 import { Header, encodeHeader } from '../spec/header';
 import { encodeL1Entry } from '../spec/l1';
 import {
-  L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntryHalves,
+  L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
@@ -291,7 +291,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
             if (!backed) { setEntry(t, k, NO_ENTRY); continue; }
             const c = a.alloc(1);
             writes.push({ offset: c * cs, data: new Uint8Array(cs) });
-            setEntry(t, k, { ...normalEntryHalves(c * cs), allocBits: 0, zeroBits: 0 });
+            setEntry(t, k, normalEntry(c * cs));
           } else {
             writes.push({ offset: safeOffset(entryOf(e.hi, e.lo) & C.L2E_OFFSET_MASK), data: new Uint8Array(cs) });
             copiedLater.push({ i, k, host: hostOffsetOf(e.hi, e.lo), ci: hostClusterOf(e.hi, e.lo, g.clusterBits) });
@@ -331,7 +331,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     // Every allocation is made: what the plan freed counts from here on.
     a.applyFrees();
     for (const { i, k, host, ci } of copiedLater) {
-      setEntry(copies.get(i)!, k, { ...normalEntryHalves(host, a.get(ci) === 1), allocBits: 0, zeroBits: 0 });
+      setEntry(copies.get(i)!, k, normalEntry(host, a.get(ci) === 1));
     }
     if (newL1 !== undefined) {
       const bytes = l1Size * 8;
@@ -381,7 +381,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
 
 /** The entry of guest cluster `gc` in new area: ZERO, or COPIED | guest offset (data-file-raw). */
 function newAreaEntry(kind: 'zero' | 'identity', gc: number, g: Geometry): L2Halves {
-  if (kind === 'identity') return { ...normalEntryHalves(gc * g.clusterSize), allocBits: 0, zeroBits: 0 };
+  if (kind === 'identity') return normalEntry(gc * g.clusterSize);
   return g.extendedL2 ? { hi: 0, lo: 0, allocBits: 0, zeroBits: SUBCLUSTERS_ALL } : { hi: 0, lo: L2_LO_ZERO, allocBits: 0, zeroBits: 0 };
 }
 

@@ -159,15 +159,26 @@ function bitmapOf(allocBits: number, zeroBits: number): bigint {
   return entryOf(zeroBits, allocBits);
 }
 
-/** COPIED | host offset (< 2^53): the entry of a cluster this image alone references, as halves. */
-export function normalEntryHalves(hostOffset: number, copied = true): { hi: number; lo: number } {
-  return { hi: ((copied ? L2_HI_COPIED : 0) | (Math.floor(hostOffset / TWO_32) & L2_HI_OFFSET)) >>> 0, lo: (hostOffset & L2_LO_OFFSET) >>> 0 };
+/**
+ * COPIED | host offset (< 2^53): the entry of a cluster this image alone references (extended
+ * L2: with `allocBits`, the subclusters that hold data).
+ */
+export function normalEntry(hostOffset: number, copied = true, allocBits = 0): L2Halves {
+  return { hi: normalHi(hostOffset, copied), lo: normalLo(hostOffset), allocBits, zeroBits: 0 };
 }
 
-/** normalEntryHalves written straight into a table at byte `at` (create and amend fill tables so). */
+/** normalEntry written straight into a table at byte `at`, making no object (create and amend fill whole tables so). */
 export function putNormalEntry(t: DataView, at: number, hostOffset: number, copied = true): void {
-  const e = normalEntryHalves(hostOffset, copied);
-  putHalves(t, at, e.hi, e.lo);
+  t.setUint32(at, normalHi(hostOffset, copied));
+  t.setUint32(at + 4, normalLo(hostOffset));
+}
+
+function normalHi(hostOffset: number, copied: boolean): number {
+  return ((copied ? L2_HI_COPIED : 0) | (Math.floor(hostOffset / TWO_32) & L2_HI_OFFSET)) >>> 0;
+}
+
+function normalLo(hostOffset: number): number {
+  return (hostOffset & L2_LO_OFFSET) >>> 0;
 }
 
 /** Write an entry's halves at byte `at`. */

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import * as C from '../../../provider/qcow2/spec/constants';
 import { decodeL1Entry, encodeL1Entry, readEntries, writeEntries } from '../../../provider/qcow2/spec/l1';
 import {
-  L2_HI_COPIED, clusterTypeOf, entryHi, entryLo, entryOf, hasReservedBits, hostClusterOf, hostOffsetOf, normalEntryHalves,
+  L2_HI_COPIED, clusterTypeOf, entryHi, entryLo, entryOf, hasReservedBits, hostClusterOf, hostOffsetOf, normalEntry,
   parseCompressedEntry, putNormalEntry, readL2Entry, subclusterTypeOf, tableView, writeL2Entry,
 } from '../../../provider/qcow2/spec/l2';
 import { makeImage, planFor } from '../../helpers/images';
@@ -123,7 +123,7 @@ describe('L2 entries (qcow2_get_cluster_type)', () => {
   });
 
   it('the_normal_entry_encoder_sets_copied_and_masks_the_offset', () => {
-    const enc = (offset: number, copied?: boolean) => { const e = normalEntryHalves(offset, copied); return entryOf(e.hi, e.lo); };
+    const enc = (offset: number, copied?: boolean) => { const e = normalEntry(offset, copied); return entryOf(e.hi, e.lo); };
     expect(enc(0x50000)).toBe(0x8000000000050000n);
     expect(enc(0x50000, false)).toBe(0x50000n);
     expect(enc(2 ** 53 - 512)).toBe(0x801ffffffffffe00n);
