@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { openImageForWrite } from '../../../provider/engines/native/ops';
 import * as C from '../../../provider/qcow2/spec/constants';
 import { Qcow2Image } from '../../../provider/qcow2/guest/qcow2';
+import { findLockHolders } from '../../../provider/qcow2/io/lock';
 import { prng, qemuImg, qemuIo, runQemuImg, runQemuIo, skipWithoutQemuTools, tempDir } from './harness';
 
 const FIXTURES = path.join(__dirname, '..', '..', 'fixtures');
@@ -43,18 +44,17 @@ describe.skipIf(skipWithoutQemuTools('data features'))('data path features', () 
     qemuImg(['create', '-q', '-f', 'qcow2', img, '1M']);
     // qemu-io holds the image while it sleeps; open it from here meanwhile.
     const { spawn } = require('child_process') as typeof import('child_process');
-    const child = spawn('qemu-io', ['-f', 'qcow2', '-c', 'sleep 3000', img], { stdio: 'ignore' });
+    const child = spawn('qemu-io', ['-f', 'qcow2', '-c', 'sleep 30000', img], { stdio: 'ignore' });
     try {
-      const deadline = Date.now() + 2500;
-      let err: unknown;
-      while (Date.now() < deadline) {
-        try {
-          openImageForWrite(img).close();
-        } catch (e) {
-          err = e;
-          break;
-        }
+      // Wait (by polls, not by the clock) until qemu-io holds its write lock, then open once.
+      for (let i = 0; i < 600 && !findLockHolders(img).some((h) => h.uses.includes('write')); i++) {
         Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+      }
+      let err: unknown;
+      try {
+        openImageForWrite(img).close();
+      } catch (e) {
+        err = e;
       }
       expect(String((err as Error)?.message)).toMatch(/Failed to get "write" lock|Failed to get shared "write" lock/);
     } finally {
