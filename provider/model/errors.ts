@@ -18,7 +18,13 @@ export type Qcow2ErrorCode =
   /** A refused change (rules/): what was asked, why not, and what to do instead. */
   | 'REFUSED'
   /** An operating-system I/O error. */
-  | 'IO';
+  | 'IO'
+  /** A remote host could not be reached, or the connection to it was lost (may succeed when retried). */
+  | 'CONNECTION'
+  /** A remote host refused every credential offered (user, key, agent or password). */
+  | 'AUTH'
+  /** A remote host's key is unknown, changed or revoked: nothing was sent to it. */
+  | 'HOST_KEY';
 
 const BRAND = Symbol.for('pulumi-qcow2.Qcow2Error');
 
