@@ -78,6 +78,23 @@ function connectionLost(label: string, during: string, cause?: unknown): Qcow2Er
   );
 }
 
+/**
+ * Send SIGKILL to the program of a session channel, then close it. ssh2's channel.signal() sends
+ * nothing once our side has sent EOF (which exec does at once for programs without input), so
+ * the request goes through the protocol object. sshd delivers it with killpg(), except in root
+ * sessions (privilege separation is off after a root login, and sshd then refuses signals).
+ */
+function killChannel(ch: ClientChannel): void {
+  const inner = ch as unknown as { outgoing?: { id: number; state: string }; _client?: { _protocol?: { signal(id: number, sig: string): void } } };
+  try {
+    const state = inner.outgoing?.state;
+    if (state === 'open' || state === 'eof') inner._client?._protocol?.signal(inner.outgoing!.id, 'KILL');
+  } catch {
+    /* the channel is gone already */
+  }
+  ch.close();
+}
+
 class Semaphore {
   private active = 0;
   private readonly queue: (() => void)[] = [];
@@ -182,11 +199,15 @@ export class SshConnection {
   async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const program = argv[0] ?? '';
     const during = `'${program}'`;
-    const { ch } = await this.open(shellCommand(argv), during);
+    // The shell prints its pid, then becomes the program (same pid, leader of the session's
+    // process group): a timeout can then kill the group even where sshd ignores signal requests.
+    const { ch } = await this.open(`printf '%s\\n' "$$"; exec ${shellCommand(argv)}`, during);
     const maxOut = opts.maxStdoutBytes ?? 64 * 1024 * 1024;
     return new Promise<ExecResult>((resolve, reject) => {
       const out: Buffer[] = [];
       let outBytes = 0;
+      let head: Buffer | undefined = Buffer.alloc(0);
+      let pid: number | undefined;
       let err = '';
       let status: number | null | undefined;
       let signal: string | null = null;
@@ -194,12 +215,8 @@ export class SshConnection {
       const stop = (why: Qcow2Error) => {
         if (failure !== undefined) return;
         failure = why;
-        try {
-          ch.signal('KILL');
-        } catch {
-          /* channel already gone */
-        }
-        ch.close();
+        killChannel(ch);
+        if (pid !== undefined) void this.exec(['kill', '-s', 'KILL', '--', `-${pid}`]).catch(() => undefined);
       };
       const timer =
         opts.timeoutMs !== undefined
@@ -212,6 +229,14 @@ export class SshConnection {
       opts.signal?.addEventListener('abort', onAbort, { once: true });
       if (opts.signal?.aborted) onAbort();
       ch.on('data', (d: Buffer) => {
+        if (head !== undefined) {
+          head = Buffer.concat([head, d]);
+          const nl = head.indexOf(0x0a);
+          if (nl < 0) return;
+          pid = Number(head.subarray(0, nl).toString('latin1'));
+          d = head.subarray(nl + 1);
+          head = undefined;
+        }
         outBytes += d.length;
         if (outBytes > maxOut) stop(new Qcow2Error('IO', `${during} on ${this.label} wrote more than ${maxOut} bytes; it was stopped`));
         else out.push(d);

@@ -107,6 +107,7 @@ async function windowed(tasks: (() => Promise<void>)[], limit: number): Promise<
 export class Sftp {
   readonly extensions: SftpExtensions;
   readonly limits: SftpLimits;
+  private ended = false;
 
   /** @internal */
   constructor(
@@ -125,6 +126,14 @@ export class Sftp {
       statvfs: ext['statvfs@openssh.com'] === '2',
     };
     this.limits = { maxReadLength: inner._maxReadLen ?? 32 * 1024, maxWriteLength: inner._maxWriteLen ?? 32 * 1024 };
+    // ssh2 queues requests on a closed channel without sending or failing them: refuse them here.
+    sftp.once('close', () => (this.ended = true));
+  }
+
+  /** @internal The error for a request on a session that has ended, or undefined while it is up. */
+  gone(op: string, path: string): Qcow2Error | undefined {
+    if (!this.ended && this.lostReason() === undefined) return undefined;
+    return this.fail(new Error('session ended'), op, path);
   }
 
   /** A readable name for a remote path in messages. */
@@ -158,6 +167,8 @@ export class Sftp {
 
   private call<T>(op: string, path: string, run: (cb: (err: Error | null | undefined, v?: T) => void) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
+      const gone = this.gone(op, path);
+      if (gone !== undefined) return reject(gone);
       try {
         run((err, v) => (err ? reject(this.fail(err, op, path)) : resolve(v as T)));
       } catch (e) {
@@ -200,9 +211,16 @@ export class Sftp {
     }
   }
 
+  /** Stat a path without following a final symlink. */
+  lstat(path: string): Promise<RemoteStat> {
+    return this.call<Stats>('stat', path, (cb) => this.sftp.lstat(path, cb)).then(toStat);
+  }
+
+  /** Whether anything (a dangling symlink included) is at `path`; false when that cannot be told. */
   private async existsQuietly(path: string): Promise<boolean> {
     try {
-      return (await this.statIfExists(path)) !== undefined;
+      await this.lstat(path);
+      return true;
     } catch {
       return false;
     }
@@ -273,10 +291,15 @@ export class Sftp {
   /** Free space of the file system holding `path`, or undefined without statvfs@openssh.com. */
   async statvfs(path: string): Promise<StatVfs | undefined> {
     if (!this.extensions.statvfs) return undefined;
-    const s = await this.call<{ bsize: number; frsize: number; blocks: number; bfree: number; bavail: number }>('statvfs', path, (cb) =>
-      this.sftp.ext_openssh_statvfs(path, cb as never),
-    );
-    return { blockSize: s.bsize, fragmentSize: s.frsize, blocks: s.blocks, freeBlocks: s.bfree, availableBlocks: s.bavail };
+    type Raw = Record<'f_bsize' | 'f_frsize' | 'f_blocks' | 'f_bfree' | 'f_bavail', number | bigint | string>;
+    const s = await this.call<Raw>('statvfs', path, (cb) => this.sftp.ext_openssh_statvfs(path, cb as never));
+    return {
+      blockSize: Number(s.f_bsize),
+      fragmentSize: Number(s.f_frsize),
+      blocks: Number(s.f_blocks),
+      freeBlocks: Number(s.f_bfree),
+      availableBlocks: Number(s.f_bavail),
+    };
   }
 }
 
@@ -296,6 +319,8 @@ export class SftpFile {
   private call<T>(op: string, run: (cb: (err: Error | null | undefined, v?: T) => void) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closed) return reject(new Qcow2Error('IO', `${this.session.where(this.path)} was closed`));
+      const gone = this.session.gone(op, this.path);
+      if (gone !== undefined) return reject(gone);
       try {
         run((err, v) => (err ? reject(this.session.fail(err, op, this.path)) : resolve(v as T)));
       } catch (e) {
