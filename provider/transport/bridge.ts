@@ -23,7 +23,7 @@
 // per-call limits). Closing the host answers a pending call and every later one with an error.
 
 import { MessagePort, MessageChannel, isMainThread, receiveMessageOnPort } from 'worker_threads';
-import { Qcow2Error } from '../format/errors';
+import { Qcow2Error } from '../model/errors';
 
 /** What the worker needs: post it in workerData with `transferList` from createBridge. */
 export interface BridgeEndpoint {

@@ -4,7 +4,7 @@
 import { createHash } from 'crypto';
 import { parentPort, workerData } from 'worker_threads';
 import { BridgeClient, type BridgeEndpoint } from '../../provider/transport/bridge';
-import { Qcow2Error } from '../../provider/format/errors';
+import { Qcow2Error } from '../../provider/model/errors';
 
 interface Data {
   endpoint: BridgeEndpoint;

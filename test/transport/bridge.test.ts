@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../provider/format/errors';
+import { Qcow2Error } from '../../provider/model/errors';
 import { BridgeClient, createBridge, type BridgeHandler } from '../../provider/transport/bridge';
 import { SshPool, type SftpFile, type SshConnection } from '../../provider/transport/ssh';
 import { scratchBase } from '../engines/helpers';

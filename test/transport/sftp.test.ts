@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../provider/format/errors';
+import { Qcow2Error } from '../../provider/model/errors';
 import { SshPool, type Sftp, type SshConnection } from '../../provider/transport/ssh';
 import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy';

@@ -10,7 +10,7 @@ import * as net from 'net';
 import * as path from 'path';
 import { inspect } from 'util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../provider/format/errors';
+import { Qcow2Error } from '../../provider/model/errors';
 import { SshPool, resolveConnection, type ConnectionArgs } from '../../provider/transport/ssh';
 import { fingerprint, parseHostKey } from '../../provider/transport/ssh/hostkeys';
 import { generateKey, skipWithoutSshd, startSshd, type KeyPair, type Sshd } from '../helpers/sshd';
@@ -100,7 +100,12 @@ describe.skipIf(skip)('SSH connections to a real sshd', () => {
     const agent = spawn('ssh-agent', ['-D', '-a', sock], { stdio: 'ignore' });
     try {
       for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
-      const add = spawnSync('ssh-add', [sshd.clientKey.privateKeyPath], { env: { ...process.env, SSH_AUTH_SOCK: sock }, encoding: 'utf8' });
+      // The socket exists a moment before the agent accepts on it: retry the add briefly.
+      let add = spawnSync('ssh-add', [sshd.clientKey.privateKeyPath], { env: { ...process.env, SSH_AUTH_SOCK: sock }, encoding: 'utf8' });
+      for (let i = 0; i < 50 && add.status !== 0; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        add = spawnSync('ssh-add', [sshd.clientKey.privateKeyPath], { env: { ...process.env, SSH_AUTH_SOCK: sock }, encoding: 'utf8' });
+      }
       expect(add.status, add.stderr).toBe(0);
       const p = new SshPool({ knownHostsFiles: [sshd.knownHostsPath], env: { SSH_AUTH_SOCK: sock } });
       pools.push(p);

@@ -6,7 +6,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../provider/format/errors';
+import { Qcow2Error } from '../../provider/model/errors';
 import { SshPool, shellCommand, shellQuote, type SshConnection } from '../../provider/transport/ssh';
 import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
 
@@ -127,30 +127,36 @@ describe.skipIf(skip)('exec on a real sshd', () => {
   });
 
   it('stops a program that outlives its timeout, and one whose caller aborts', async () => {
-    const marker = `qcow2-timeout-${process.pid}-${Date.now()}`;
-    const running = () => spawnSync('pgrep', ['-f', `^perl -e sleep 30 ${marker}$`], { encoding: 'utf8' }).stdout.trim();
-    const e = await conn.exec(['perl', '-e', 'sleep 30', marker], { timeoutMs: 300 }).then(
+    const tag = `qcow2-exec-${process.pid}-${Date.now()}`;
+    /** pids of `perl -e 'sleep 30' MARKER` on the host (this machine). */
+    const running = (marker: string) =>
+      spawnSync('pgrep', ['-f', `^perl -e sleep 30 ${marker}$`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
+    const waitFor = async (cond: () => boolean) => {
+      for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 20));
+      return cond();
+    };
+    const timedOut = await conn.exec(['perl', '-e', 'sleep 30', `${tag}-t`], { timeoutMs: 300 }).then(
       () => undefined,
       (err: unknown) => err,
     );
-    expect(Qcow2Error.isInstance(e)).toBe(true);
-    expect((e as Qcow2Error).message).toMatch(/'perl' on .* did not finish within 300 ms; it was stopped/);
+    expect(Qcow2Error.isInstance(timedOut)).toBe(true);
+    expect((timedOut as Qcow2Error).message).toMatch(/'perl' on .* did not finish within 300 ms; it was stopped/);
+    expect(await waitFor(() => running(`${tag}-t`).length === 0)).toBe(true);
+
     const ac = new AbortController();
-    const p = conn.exec(['perl', '-e', 'sleep 30', marker]);
-    const aborted = conn.exec(['perl', '-e', 'sleep 30', marker], { signal: ac.signal });
-    setTimeout(() => ac.abort(), 200);
+    const kept = conn.exec(['perl', '-e', 'sleep 30', `${tag}-k`]);
+    const aborted = conn.exec(['perl', '-e', 'sleep 30', `${tag}-a`], { signal: ac.signal });
+    expect(await waitFor(() => running(`${tag}-k`).length === 1 && running(`${tag}-a`).length === 1)).toBe(true);
+    ac.abort();
     await expect(aborted).rejects.toThrow(/was cancelled/);
-    // The aborted one is gone from the host; the other still runs until we stop it.
-    let left = '';
-    for (let i = 0; i < 100; i++) {
-      left = running();
-      if (left.split('\n').filter(Boolean).length <= 1) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    expect(left.split('\n').filter(Boolean).length).toBe(1);
-    process.kill(Number(left.trim()), 'SIGTERM');
-    const r = await p;
-    expect(r.signal ?? String(r.status)).toMatch(/TERM|143/);
+    // The aborted program is gone from the host; the other one still runs until it is signalled.
+    expect(await waitFor(() => running(`${tag}-a`).length === 0)).toBe(true);
+    const [pid] = running(`${tag}-k`);
+    expect(pid).toBeGreaterThan(0);
+    process.kill(pid!, 'SIGTERM');
+    const r = await kept;
+    expect(r.status).toBeNull();
+    expect(r.signal).toBe('SIGTERM');
   });
 
   it('refuses runaway output', async () => {

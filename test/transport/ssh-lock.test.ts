@@ -5,8 +5,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../provider/format/errors';
-import { lockBytes } from '../../provider/format/lock';
+import { Qcow2Error } from '../../provider/model/errors';
+import { lockBytes } from '../../provider/qcow2/io/lock';
 import { RemoteLocker, SshPool, lockRemoteImage, type RemoteImageLock, type SshConnection } from '../../provider/transport/ssh';
 import { scratchBase, skipWithoutTools, startHolder, stopHolder, tool } from '../engines/helpers';
 import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';

@@ -5,7 +5,7 @@
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import { ParsedKey, utils } from 'ssh2';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 import { fingerprint } from './hostkeys';
 
 /** A jump host: the same settings as a connection, without a further proxy. */

@@ -13,7 +13,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { utils } from 'ssh2';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 
 /** A public key: its type name and its wire-format blob. */
 export interface PublicKey {

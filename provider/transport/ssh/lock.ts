@@ -1,13 +1,13 @@
 // QEMU's image locks on a remote host, taken by a short helper run over SSH exec.
 //
-// QEMU 7.2 locks images with OFD byte-range locks (QCOW2-NOTES.md §7, provider/format/lock.ts):
+// QEMU 7.2 locks images with OFD byte-range locks (QCOW2-NOTES.md §7, provider/qcow2/io/lock.ts):
 // one-byte shared read locks at 100+i ("I use permission i") and 200+i ("I do not share
 // permission i"), conflicts probed with F_OFD_GETLK for a write lock. OFD locks belong to an open
 // file description on the host, so they must be taken by a process on the host: SFTP has no lock
 // request, and no agent of ours is installed there. Instead one helper per connection runs in
 // Perl (perl-base is part of every Debian and Ubuntu system): `perl -e SCRIPT` started over SSH
 // exec, holding one channel. It opens each image read-only, takes and probes the lock bytes this
-// module sends it (so QEMU's protocol is stated once, here and in format/lock.ts), and holds them
+// module sends it (so QEMU's protocol is stated once, here and in qcow2/io/lock.ts), and holds them
 // while its standard input stays open. When we release a lock it closes that file; when the
 // channel closes - on purpose, or because the connection dropped or this process died - sshd
 // closes the helper's stdin, it exits, and the kernel releases every lock it held. So a lock is
@@ -30,8 +30,8 @@
 //   <- R 1 PID                   first line: ready; or "X REASONHEX" and exit when unsupported
 // HOLDERS is "-" or "pid:COMMHEX,..." (OFD locks show pid -1 in F_OFD_GETLK and /proc/locks).
 
-import { Qcow2Error } from '../../format/errors';
-import { LOCK_MODES, LOCK_PERM_BASE, LOCK_SHARED_BASE, LockMode, lockBytes, PERMISSIONS, type Permission } from '../../format/lock';
+import { Qcow2Error } from '../../model/errors';
+import { LOCK_MODES, LOCK_PERM_BASE, LOCK_SHARED_BASE, LockMode, lockBytes, PERMISSIONS, type Permission } from '../../qcow2/io/lock';
 import type { RemoteProcess, SshConnection } from './pool';
 
 /** The helper, run as `perl -e SCRIPT`. Needs only perl-base (strict, POSIX). */

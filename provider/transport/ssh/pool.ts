@@ -9,7 +9,7 @@
 
 import { Duplex } from 'stream';
 import { AnyAuthMethod, Client, ClientChannel, ConnectConfig, SFTPWrapper } from 'ssh2';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 import { agentUsable, ConnectionArgs, parsedPrivateKey, ResolvedConnection, resolveConnection } from './connection';
 import { hostKeyPolicy, defaultKnownHostsFiles } from './hostkeys';
 import { shellCommand } from './quote';
@@ -52,7 +52,7 @@ export interface ExecOptions {
 export interface ExecResult {
   /** Exit status, or null when the program was killed by a signal. */
   status: number | null;
-  /** The signal that killed it ("KILL", "TERM"...), or null. */
+  /** The signal that killed it, named as Node names them ("SIGKILL", "SIGTERM"...), or null. */
   signal: string | null;
   stdout: Buffer;
   /** Standard error as text (its last 64 KiB). */
@@ -93,6 +93,12 @@ function killChannel(ch: ClientChannel): void {
     /* the channel is gone already */
   }
   ch.close();
+}
+
+/** A signal as Node names it: ssh2 already says "SIGTERM"; the SSH protocol says "TERM". */
+function signalName(sig: unknown): string | null {
+  if (typeof sig !== 'string' || sig === '') return null;
+  return sig.startsWith('SIG') ? sig : `SIG${sig}`;
 }
 
 class Semaphore {
@@ -216,7 +222,7 @@ export class SshConnection {
         if (failure !== undefined) return;
         failure = why;
         killChannel(ch);
-        if (pid !== undefined) void this.exec(['kill', '-s', 'KILL', '--', `-${pid}`]).catch(() => undefined);
+        if (pid !== undefined && Number.isInteger(pid) && pid > 1) void this.exec(['kill', '-s', 'KILL', '--', `-${pid}`]).catch(() => undefined);
       };
       const timer =
         opts.timeoutMs !== undefined
@@ -246,7 +252,7 @@ export class SshConnection {
       });
       ch.on('exit', (code: number | null, sig?: string) => {
         status = typeof code === 'number' ? code : null;
-        signal = typeof sig === 'string' ? sig : null;
+        signal = signalName(sig);
       });
       ch.on('close', () => {
         if (timer !== undefined) clearTimeout(timer);
@@ -267,7 +273,7 @@ export class SshConnection {
     let signal: string | null = null;
     ch.on('exit', (code: number | null, sig?: string) => {
       status = typeof code === 'number' ? code : null;
-      signal = typeof sig === 'string' ? sig : null;
+      signal = signalName(sig);
     });
     const exited = new Promise<{ status: number | null; signal: string | null }>((resolve) => ch.once('close', () => resolve({ status, signal })));
     return { channel: ch, exited };

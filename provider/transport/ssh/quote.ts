@@ -6,7 +6,7 @@
 // the program that receives it: quoting cannot change that, the caller must (`--`, or "./-x").
 // Login shells that are not POSIX (csh, fish) are not supported.
 
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 
 /** Quote one argument for a POSIX shell. */
 export function shellQuote(arg: string): string {

@@ -17,7 +17,7 @@
 // followed by a stat to tell "exists" from other failures.
 
 import type { SFTPWrapper, Stats } from 'ssh2';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 
 /** SSH_FXF_* open flags (draft-ietf-secsh-filexfer-02). */
 const FXF = { READ: 0x01, WRITE: 0x02, CREAT: 0x08, TRUNC: 0x10, EXCL: 0x20 } as const;
