@@ -86,10 +86,16 @@ const WAITING = 0;
 const REPLIED = 1;
 const DEFAULT_BYTES = 1 << 20;
 
-function roomFor(n: number, current: number): number {
-  let size = Math.max(current, 4096);
-  while (size < n) size *= 2;
-  return size;
+/** Copy `bytes` into `data`, or into a larger buffer when they do not fit; returns the buffer used. */
+function put(data: SharedArrayBuffer, bytes: Uint8Array): SharedArrayBuffer {
+  let target = data;
+  if (bytes.length > data.byteLength) {
+    let size = Math.max(data.byteLength, 4096);
+    while (size < bytes.length) size *= 2;
+    target = new SharedArrayBuffer(size);
+  }
+  new Uint8Array(target).set(bytes);
+  return target;
 }
 
 function encodeError(e: unknown): EncodedError {
@@ -154,11 +160,8 @@ export class BridgeHost {
       const r = (await handler(req.args, input)) ?? {};
       reply = { seq: req.seq, value: r.value, dataLength: -1 };
       if (r.data !== undefined) {
-        if (r.data.length > this.data.byteLength) {
-          this.data = new SharedArrayBuffer(roomFor(r.data.length, this.data.byteLength));
-          reply.grow = this.data;
-        }
-        new Uint8Array(this.data).set(r.data);
+        const used = put(this.data, r.data);
+        if (used !== this.data) reply.grow = this.data = used;
         reply.dataLength = r.data.length;
       }
     } catch (e) {
@@ -243,11 +246,8 @@ export class BridgeClient {
     const seq = ++this.seq;
     const req: Request = { seq, method, args, inputLength: -1 };
     if (opts.input !== undefined) {
-      if (opts.input.length > this.data.byteLength) {
-        this.data = new SharedArrayBuffer(roomFor(opts.input.length, this.data.byteLength));
-        req.grow = this.data;
-      }
-      new Uint8Array(this.data).set(opts.input);
+      const used = put(this.data, opts.input);
+      if (used !== this.data) req.grow = this.data = used;
       req.inputLength = opts.input.length;
     }
     Atomics.store(this.control, STATE, WAITING);

@@ -9,9 +9,10 @@ import { Worker } from 'worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Error } from '../../provider/model/errors';
 import { BridgeClient, createBridge, type BridgeHandler } from '../../provider/transport/bridge';
-import { SshPool, type SftpFile, type SshConnection } from '../../provider/transport/ssh';
+import type { SftpFile, SshConnection } from '../../provider/transport/ssh';
 import { scratchBase } from '../engines/helpers';
-import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
+import { skipWithoutSshd } from '../helpers/sshd';
+import { useSshd } from './support';
 
 const repo = path.resolve(__dirname, '../..');
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
@@ -92,22 +93,16 @@ describe('the synchronous bridge', () => {
 const skipSsh = skipWithoutSshd('bridge');
 
 describe.skipIf(skipSsh)('SFTP reads from a worker thread through the bridge', () => {
-  let sshd: Sshd;
-  let pool: SshPool;
+  const suite = useSshd();
   let conn: SshConnection;
   let dir: string;
 
-  beforeAll(async () => {
-    sshd = await startSshd();
-    pool = new SshPool({ knownHostsFiles: [sshd.knownHostsPath], env: {} });
-    conn = await pool.connect(sshd.connection());
+  beforeAll(() => {
+    ({ conn } = suite);
     dir = fs.mkdtempSync(path.join(scratchBase(), 'qcow2-bridge-'));
   });
 
-  afterAll(async () => {
-    conn?.release();
-    await pool?.closeAll();
-    await sshd?.stop();
+  afterAll(() => {
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 

@@ -7,45 +7,30 @@ import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../provider/model/errors';
 import { SshPool, type Sftp, type SshConnection } from '../../provider/transport/ssh';
-import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
+import { skipWithoutSshd, type Sshd } from '../helpers/sshd';
+import { failure, useSshd } from './support';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy';
 import { scratchBase } from '../engines/helpers';
 
 const skip = skipWithoutSshd('sftp');
 
-async function failure(p: Promise<unknown>): Promise<Qcow2Error> {
-  try {
-    await p;
-  } catch (e) {
-    expect(Qcow2Error.isInstance(e), String(e)).toBe(true);
-    return e as Qcow2Error;
-  }
-  throw new Error('expected a failure');
-}
-
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 
 describe.skipIf(skip)('SFTP on a real sshd', () => {
+  const suite = useSshd();
   let sshd: Sshd;
-  let pool: SshPool;
   let conn: SshConnection;
   let sftp: Sftp;
   let dir: string;
 
   beforeAll(async () => {
-    sshd = await startSshd();
-    pool = new SshPool({ knownHostsFiles: [sshd.knownHostsPath], env: {} });
-    conn = await pool.connect(sshd.connection());
+    ({ sshd, conn } = suite);
     sftp = await conn.sftp();
     dir = fs.mkdtempSync(path.join(scratchBase(), 'qcow2-sftp-'));
   });
 
-  afterAll(async () => {
-    conn?.release();
-    await pool?.closeAll();
-    await sshd?.stop();
+  afterAll(() => {
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 

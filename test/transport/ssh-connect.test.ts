@@ -14,22 +14,12 @@ import { Qcow2Error } from '../../provider/model/errors';
 import { SshPool, resolveConnection, type ConnectionArgs } from '../../provider/transport/ssh';
 import { fingerprint, parseHostKey } from '../../provider/transport/ssh/hostkeys';
 import { generateKey, skipWithoutSshd, startSshd, type KeyPair, type Sshd } from '../helpers/sshd';
+import { failure } from './support';
 
 const skip = skipWithoutSshd('ssh-connect');
 
 const SECRET_PASSWORD = 'hunter2-Sup3rSecret-pw';
 const SECRET_PASSPHRASE = 'passphrase-Sup3rSecret-pp';
-
-/** The Qcow2Error `p` rejects with (fails when it resolves). */
-async function failure(p: Promise<unknown>): Promise<Qcow2Error> {
-  try {
-    await p;
-  } catch (e) {
-    expect(Qcow2Error.isInstance(e), `not a Qcow2Error: ${inspect(e)}`).toBe(true);
-    return e as Qcow2Error;
-  }
-  throw new Error('expected a failure');
-}
 
 /** Every secret of `args`, and long fragments of private keys, absent from the error and its causes. */
 function expectNoSecrets(e: unknown, args: ConnectionArgs): void {

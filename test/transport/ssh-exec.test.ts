@@ -5,10 +5,11 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Error } from '../../provider/model/errors';
-import { SshPool, shellCommand, shellQuote, type SshConnection } from '../../provider/transport/ssh';
-import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
+import { shellCommand, shellQuote, type SshConnection } from '../../provider/transport/ssh';
+import { skipWithoutSshd } from '../helpers/sshd';
+import { useSshd } from './support';
 
 const skip = skipWithoutSshd('ssh-exec');
 
@@ -88,20 +89,11 @@ describe('shellQuote (POSIX single quotes)', () => {
 });
 
 describe.skipIf(skip)('exec on a real sshd', () => {
-  let sshd: Sshd;
-  let pool: SshPool;
+  const suite = useSshd();
   let conn: SshConnection;
 
-  beforeAll(async () => {
-    sshd = await startSshd();
-    pool = new SshPool({ knownHostsFiles: [sshd.knownHostsPath], env: {} });
-    conn = await pool.connect(sshd.connection());
-  });
-
-  afterAll(async () => {
-    conn?.release();
-    await pool?.closeAll();
-    await sshd?.stop();
+  beforeAll(() => {
+    ({ conn } = suite);
   });
 
   it('delivers hostile names to the remote program unchanged', async () => {

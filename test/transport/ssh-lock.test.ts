@@ -5,11 +5,11 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../provider/model/errors';
 import { lockBytes } from '../../provider/qcow2/io/lock';
 import { RemoteLocker, SshPool, lockRemoteImage, type RemoteImageLock, type SshConnection } from '../../provider/transport/ssh';
 import { scratchBase, skipWithoutTools, startHolder, stopHolder, tool } from '../engines/helpers';
-import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
+import { skipWithoutSshd, type Sshd } from '../helpers/sshd';
+import { failure, useSshd } from './support';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy';
 
 const skip = skipWithoutSshd('ssh-lock') || skipWithoutTools('ssh-lock');
@@ -19,19 +19,9 @@ const QEMU_WRITE_REFUSAL = /Failed to get "write" lock/;
 /** qemu-img info without -U against a writer. */
 const QEMU_SHARED_REFUSAL = /Failed to get shared "write" lock/;
 
-async function failure(p: Promise<unknown>): Promise<Qcow2Error> {
-  try {
-    await p;
-  } catch (e) {
-    expect(Qcow2Error.isInstance(e), String(e)).toBe(true);
-    return e as Qcow2Error;
-  }
-  throw new Error('expected a failure');
-}
-
 describe.skipIf(skip)('QEMU image locks through SSH', () => {
+  const suite = useSshd();
   let sshd: Sshd;
-  let pool: SshPool;
   let conn: SshConnection;
   let dir: string;
   let image: string;
@@ -41,10 +31,8 @@ describe.skipIf(skip)('QEMU image locks through SSH', () => {
   const qemuIo = () => tool('qemu-io', ['-c', 'read 0 512', '-f', 'qcow2', image], dir);
   const qemuInfo = () => tool('qemu-img', ['info', image], dir);
 
-  beforeAll(async () => {
-    sshd = await startSshd();
-    pool = new SshPool({ knownHostsFiles: [sshd.knownHostsPath], env: {} });
-    conn = await pool.connect(sshd.connection());
+  beforeAll(() => {
+    ({ sshd, conn } = suite);
   });
 
   beforeEach(() => {
@@ -58,12 +46,6 @@ describe.skipIf(skip)('QEMU image locks through SSH', () => {
     for (const l of locks.splice(0)) await l.release().catch(() => undefined);
     for (const pid of holders.splice(0)) stopHolder(pid);
     fs.rmSync(dir, { recursive: true, force: true });
-  });
-
-  afterAll(async () => {
-    conn?.release();
-    await pool?.closeAll();
-    await sshd?.stop();
   });
 
   const lock = async (mode: 'read' | 'write', c: SshConnection = conn) => {

@@ -200,15 +200,12 @@ export class Sftp {
     const flags =
       how === 'read' ? FXF.READ : how === 'read-write' ? FXF.READ | FXF.WRITE : FXF.READ | FXF.WRITE | FXF.CREAT | FXF.EXCL;
     const op = how === 'create-exclusive' ? 'create' : 'open';
-    try {
-      const handle = await this.call<Buffer>(op, path, (cb) => this.sftp.open(path, flags, { mode }, cb));
-      return new SftpFile(this, this.sftp, handle, path, how !== 'read');
-    } catch (e) {
-      if (how === 'create-exclusive' && Qcow2Error.isInstance(e) && e.code === 'IO' && (await this.existsQuietly(path))) {
-        throw new Qcow2Error('EXISTS', `${this.where(path)}: file exists; refusing to overwrite it`, { file: this.where(path), cause: e });
-      }
-      throw e;
-    }
+    let handle: Buffer | undefined;
+    const open = async () => {
+      handle = await this.call<Buffer>(op, path, (cb) => this.sftp.open(path, flags, { mode }, cb));
+    };
+    await (how === 'create-exclusive' ? this.noClobber(path, open) : open());
+    return new SftpFile(this, this.sftp, handle!, path, how !== 'read');
   }
 
   /** Stat a path without following a final symlink. */
@@ -226,6 +223,21 @@ export class Sftp {
     }
   }
 
+  /**
+   * Run a request that must not replace `target`; sftp-server reports EEXIST as a bare failure,
+   * so a failure with something at `target` becomes EXISTS.
+   */
+  private async noClobber(target: string, run: () => Promise<void>): Promise<void> {
+    try {
+      await run();
+    } catch (e) {
+      if (Qcow2Error.isInstance(e) && e.code === 'IO' && (await this.existsQuietly(target))) {
+        throw new Qcow2Error('EXISTS', `${this.where(target)}: file exists; refusing to overwrite it`, { file: this.where(target), cause: e });
+      }
+      throw e;
+    }
+  }
+
   /** rename(2) through posix-rename@openssh.com: replaces `to` atomically. UNSUPPORTED without the extension. */
   rename(from: string, to: string): Promise<void> {
     if (!this.extensions.posixRename) {
@@ -238,15 +250,8 @@ export class Sftp {
    * The plain SSH_FXP_RENAME. OpenSSH's server never replaces an existing `to` with it (EXISTS
    * then); other servers may.
    */
-  async renameNoReplace(from: string, to: string): Promise<void> {
-    try {
-      await this.call<void>('rename', from, (cb) => this.sftp.rename(from, to, cb));
-    } catch (e) {
-      if (Qcow2Error.isInstance(e) && e.code === 'IO' && (await this.existsQuietly(to))) {
-        throw new Qcow2Error('EXISTS', `${this.where(to)}: file exists; refusing to overwrite it`, { file: this.where(to), cause: e });
-      }
-      throw e;
-    }
+  renameNoReplace(from: string, to: string): Promise<void> {
+    return this.noClobber(to, () => this.call<void>('rename', from, (cb) => this.sftp.rename(from, to, cb)));
   }
 
   /** link(2) through hardlink@openssh.com: EXISTS when `to` exists. UNSUPPORTED without the extension. */
@@ -254,14 +259,7 @@ export class Sftp {
     if (!this.extensions.hardlink) {
       throw new Qcow2Error('UNSUPPORTED', `${this.label}'s SFTP server has no hardlink@openssh.com`);
     }
-    try {
-      await this.call<void>('link', from, (cb) => this.sftp.ext_openssh_hardlink(from, to, cb));
-    } catch (e) {
-      if (Qcow2Error.isInstance(e) && e.code === 'IO' && (await this.existsQuietly(to))) {
-        throw new Qcow2Error('EXISTS', `${this.where(to)}: file exists; refusing to overwrite it`, { file: this.where(to), cause: e });
-      }
-      throw e;
-    }
+    return this.noClobber(to, () => this.call<void>('link', from, (cb) => this.sftp.ext_openssh_hardlink(from, to, cb)));
   }
 
   unlink(path: string): Promise<void> {
