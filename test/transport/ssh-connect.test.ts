@@ -264,6 +264,14 @@ describe.skipIf(skip)('SSH connections to a real sshd', () => {
     expect([r.port, r.user, r.dialErrorLimit, r.perDialTimeoutMs, r.agentSocketPath]).toEqual([22, 'root', 10, 15000, '/agent']);
   });
 
+  it('keeps secrets out of an inspected or serialized connection', () => {
+    const args = { host: 'h', password: SECRET_PASSWORD, privateKey: encrypted.privateKey, privateKeyPassword: SECRET_PASSPHRASE };
+    const r = resolveConnection(args, {});
+    expect(r.password).toBe(SECRET_PASSWORD);
+    expect(r.privateKeyPassword).toBe(SECRET_PASSPHRASE);
+    expectNoSecrets(new Error(`${inspect(r, { depth: 5 })}\n${JSON.stringify(r)}\n${JSON.stringify({ ...r })}`), args);
+  });
+
   it('shares one connection per host and credentials, and bounds its channels below MaxSessions', async () => {
     // sshd here allows 3 sessions per connection; 12 commands at once must queue, not fail.
     const p = pool(undefined, { maxChannels: 3 });

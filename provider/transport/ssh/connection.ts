@@ -41,7 +41,7 @@ export interface ConnectionArgs extends ProxyConnectionArgs {
   proxy?: ProxyConnectionArgs;
 }
 
-/** A validated connection with its defaults applied. */
+/** A validated connection with its defaults applied. Its secrets are non-enumerable properties. */
 export interface ResolvedConnection {
   readonly host: string;
   readonly port: number;
@@ -146,13 +146,10 @@ function resolveOne(args: ProxyConnectionArgs, property: string, env: NodeJS.Pro
   }
   const label = `${user}@${host}:${port}`;
   const poolKey = digest([host.toLowerCase(), String(port), user, privateKey, privateKeyPassword, password, agentSocketPath, hostKey, proxy?.poolKey]);
-  return {
+  const resolved = {
     host,
     port,
     user,
-    ...(privateKey !== undefined ? { privateKey } : {}),
-    ...(privateKeyPassword !== undefined ? { privateKeyPassword } : {}),
-    ...(password !== undefined ? { password } : {}),
     ...(agentSocketPath !== undefined ? { agentSocketPath } : {}),
     ...(hostKey !== undefined ? { hostKey } : {}),
     ...(keyFingerprint !== undefined ? { keyFingerprint } : {}),
@@ -163,6 +160,12 @@ function resolveOne(args: ProxyConnectionArgs, property: string, env: NodeJS.Pro
     property,
     poolKey,
   };
+  // The secrets are not enumerable: a logged, inspected, serialized or spread copy lacks them.
+  const secrets = { privateKey, privateKeyPassword, password };
+  for (const [k, v] of Object.entries(secrets)) {
+    if (v !== undefined) Object.defineProperty(resolved, k, { value: v, enumerable: false });
+  }
+  return resolved as ResolvedConnection;
 }
 
 /** Validate `args`, apply the defaults; throws INVALID_OPTION naming the property. */
