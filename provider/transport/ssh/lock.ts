@@ -272,7 +272,9 @@ export class RemoteLocker {
   /**
    * Take QEMU's lock for `mode` on `path` on the host, as qemu-img 7.2 does for the same operation
    * ('write' like amend/resize, 'read' like check). Throws LOCKED (QEMU's wording, plus the holders
-   * it can name), NOT_FOUND, or CONNECTION; on any failure nothing stays held.
+   * it can name), NOT_FOUND, or CONNECTION; on any failure nothing stays held. Keep a lease on
+   * the connection while the lock is held: a pooled connection nobody leases is closed when idle,
+   * and its locks go with it.
    */
   async lock(path: string, mode: LockMode): Promise<RemoteImageLock> {
     if (LOCK_MODES[mode] === undefined) throw new Qcow2Error('INVALID_OPTION', `unknown lock mode '${String(mode)}'`);
