@@ -24,7 +24,9 @@ export type Qcow2ErrorCode =
   /** A remote host refused every credential offered (user, key, agent or password). */
   | 'AUTH'
   /** A remote host's key is unknown, changed or revoked: nothing was sent to it. */
-  | 'HOST_KEY';
+  | 'HOST_KEY'
+  /** QEMU answered a QMP command with an error (its class and description are in the message). */
+  | 'QMP';
 
 const BRAND = Symbol.for('pulumi-qcow2.Qcow2Error');
 
