@@ -335,6 +335,39 @@ export class SshConnection {
     });
   }
 
+  /**
+   * A stream to the unix socket `socketPath` on the host (OpenSSH stream-local forwarding,
+   * direct-streamlocal@openssh.com, as `ssh -L LOCAL:REMOTE_SOCKET`): a QEMU monitor there, for
+   * one. It takes no session slot (sshd's MaxSessions does not count it); it lasts until it is
+   * closed or the connection ends. Rejects with CONNECTION naming the host and the socket.
+   */
+  openStreamLocal(socketPath: string): Promise<Duplex> {
+    const during = `opening the socket ${socketPath}`;
+    const client = this.client(during);
+    return new Promise<Duplex>((resolve, reject) => {
+      const fail = (err: unknown) => {
+        if (this.entry.closed) return reject(this.entry.lost ?? connectionLost(this.label, during, err));
+        const reason = (err as { reason?: unknown })?.reason;
+        // OpenSSH answers "open failed" (2) both when nothing listens and when its configuration
+        // forbids the forwarding; only other servers say "administratively prohibited" (1).
+        const forbidden = 'sshd_config has "AllowStreamLocalForwarding no" (or "DisableForwarding yes")';
+        const why =
+          reason === 1
+            ? `its sshd refuses stream-local forwarding: ${forbidden}; allow it ("AllowStreamLocalForwarding local")`
+            : reason === 2
+              ? `the host could not open it: the process that should listen there is not running, the path is wrong, ` +
+                `${this.entry.rc.user} may not open it, or the host's ${forbidden}`
+              : `the channel was refused (${(err as Error)?.message ?? String(err)})`;
+        reject(new Qcow2Error('CONNECTION', `${this.label} could not connect to the socket ${socketPath}: ${why}`, { file: socketPath, cause: err }));
+      };
+      try {
+        client.openssh_forwardOutStreamLocal(socketPath, (err, stream) => (err ? fail(err) : resolve(stream)));
+      } catch (e) {
+        fail(e);
+      }
+    });
+  }
+
   /** Give the lease back (idempotent). The connection stays pooled until idle. */
   release(): void {
     if (this.released) return;
