@@ -293,6 +293,26 @@ describe.skipIf(skipWithoutQsd('qmp-live'))('QMP against qemu-storage-daemon', (
     expect(await queryBlock(qmp)).toEqual([]);
   });
 
+  it('delivers_events_to_listeners_and_waiters', async () => {
+    const { qsd, qmp } = await start();
+    const seen: string[] = [];
+    const off = qmp.onEvent((e) => seen.push(e.event));
+    const deleted = qmp.waitForEvent('BLOCK_EXPORT_DELETED', { filter: (e) => e.data.id === 'disk0-export' });
+    await qmp.execute('block-export-del', { id: 'disk0-export' });
+    const ev = await deleted;
+    expect(ev.data).toEqual({ id: 'disk0-export' });
+    expect(ev.timestamp.seconds).toBeGreaterThan(1_600_000_000);
+    expect(seen).toContain('BLOCK_EXPORT_DELETED');
+    off();
+    // With the export gone nothing unshares resize: block_resize now works on the NBD daemon too.
+    await blockResize(qmp, 'disk0', 8n * BigInt(MiB));
+    const none = await failure(qmp.waitForEvent('BLOCK_EXPORT_DELETED', { timeoutMs: 50 }));
+    expect(none.message).toBe(`No BLOCK_EXPORT_DELETED event from the QMP socket ${qsd.qmpSocket} within 50 ms`);
+    await qmp.close();
+    const after = await failure(qmp.execute('query-block'));
+    expect(after.message).toBe(`The connection to the QMP socket ${qsd.qmpSocket} was closed`);
+  });
+
   it('says_why_it_cannot_connect', async () => {
     const missing = path.join(dir, 'none.sock');
     const e1 = await failure(QmpClient.connect(missing, { property: 'qmpSocket' }));
