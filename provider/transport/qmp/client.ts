@@ -111,6 +111,9 @@ export class QmpClient {
   private negotiated = false;
   private lost?: Qcow2Error;
   private onGreeting?: (g: QmpObject) => void;
+  private failGreeting?: (e: Error) => void;
+  /** Event waiters, told when the connection is lost. */
+  private readonly waiters = new Set<(e: Error) => void>();
   private closing = false;
 
   private constructor(
@@ -233,8 +236,6 @@ export class QmpClient {
     this.negotiated = true;
   }
 
-  private failGreeting?: (e: Error) => void;
-
   /** QEMU's version as "7.2.22". */
   get version(): string {
     const q = this.greeting.version.qemu;
@@ -275,6 +276,7 @@ export class QmpClient {
           opts.signal?.removeEventListener('abort', onAbort);
         },
       };
+      if (opts.signal?.aborted) return onAbort();
       if (ms > 0) {
         timer = setTimeout(() => {
           this.forget(id);
@@ -288,7 +290,6 @@ export class QmpClient {
           );
         }, ms);
       }
-      if (opts.signal?.aborted) return onAbort();
       opts.signal?.addEventListener('abort', onAbort, { once: true });
       this.pending.set(id, entry);
       this.order.push(id);
@@ -340,8 +341,6 @@ export class QmpClient {
       }, ms);
     });
   }
-
-  private readonly waiters = new Set<(e: Error) => void>();
 
   private receive(chunk: Buffer): void {
     let texts: string[];
