@@ -26,7 +26,11 @@ export type Qcow2ErrorCode =
   /** A remote host's key is unknown, changed or revoked: nothing was sent to it. */
   | 'HOST_KEY'
   /** QEMU answered a QMP command with an error (its class and description are in the message). */
-  | 'QMP';
+  | 'QMP'
+  /** A download failed: an HTTP status, a refused or dropped connection, TLS, a proxy, redirects. */
+  | 'NETWORK'
+  /** Bytes received do not match the checksum the user gave (`sourceChecksum`). */
+  | 'CHECKSUM';
 
 const BRAND = Symbol.for('pulumi-qcow2.Qcow2Error');
 
@@ -35,7 +39,7 @@ export interface Qcow2ErrorDetails {
   offset?: number | bigint;
   /** The option or property the error is about (`cluster_size`, `dataFileRaw`, ...). */
   property?: string;
-  /** The file the error is about. */
+  /** The file the error is about (for a download, its URL with credentials redacted). */
   file?: string;
   /** The underlying error. */
   cause?: unknown;
