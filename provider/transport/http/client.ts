@@ -151,7 +151,11 @@ export class HttpClient {
       const tunnel = await connectTunnel(proxy, url, { ca: this.ca, timeoutMs: this.headersTimeout, ...(signal !== undefined ? { signal } : {}) });
       const host = url.hostname.replace(/^\[|\]$/g, '');
       const secure = tls.connect({ socket: tunnel, ca: this.ca, ...(net.isIP(host) === 0 ? { servername: host } : {}), ALPNProtocols: ['http/1.1'] });
-      req = https.request(url, { ...common, agent: false, createConnection: () => secure });
+      // The request reports the socket's errors; this listener only keeps one that comes before
+      // the request has the socket from going unhandled.
+      secure.on('error', () => undefined);
+      // No `agent` at all: with one (even `false`), Node connects by itself and ignores createConnection.
+      req = https.request(url, { ...common, createConnection: () => secure });
     }
     return new Promise((resolve, reject) => {
       req.setTimeout(this.headersTimeout, () => req.destroy(timeoutError('HEADERS_TIMEOUT')));

@@ -35,6 +35,8 @@ export interface FileRoute {
    * client discards bytes it had buffered but not read when the connection breaks).
    */
   beforeDrop?: () => Promise<void>;
+  /** Awaited after the headers, before the first body byte (holds a download in progress). */
+  beforeBody?: () => Promise<void>;
   /** Write the body in chunks of this size (default 64 KiB) ... */
   chunkSize?: number;
   /** ... waiting this many milliseconds before each. */
@@ -106,6 +108,7 @@ async function serveFile(route: FileRoute, req: http.IncomingMessage, res: http.
   headers.push('Connection: close');
   const sock = req.socket;
   sock.write(`${headers.join('\r\n')}\r\n\r\n`);
+  if (route.beforeBody) await route.beforeBody();
   const drop = route.dropAfter !== undefined && served < (route.dropTimes ?? Infinity) ? route.dropAfter : undefined;
   const size = route.chunkSize ?? 65536;
   let sent = 0;
@@ -224,15 +227,46 @@ export interface TestProxy {
   readonly url: string;
   /** `host:port` of each CONNECT tunnel opened. */
   readonly tunnels: string[];
+  /** Absolute URLs of plain-HTTP requests forwarded. */
+  readonly forwarded: string[];
+  /** Proxy-Authorization headers seen. */
+  readonly authorizations: string[];
   close(): Promise<void>;
 }
 
-/** An HTTP proxy on 127.0.0.1 that serves CONNECT tunnels (and nothing else) and logs them. */
-export async function startProxy(): Promise<TestProxy> {
+/**
+ * An HTTP proxy on 127.0.0.1: CONNECT tunnels, and plain-HTTP forwarding of absolute-form
+ * requests, each logged. With `requireAuth`, anything without that Proxy-Authorization gets 407.
+ */
+export async function startProxy(requireAuth?: string): Promise<TestProxy> {
   const tunnels: string[] = [];
+  const forwarded: string[] = [];
+  const authorizations: string[] = [];
   const sockets = new Set<net.Socket>();
-  const server = http.createServer((_req, res) => res.writeHead(405).end('CONNECT only'));
+  const server = http.createServer((req, res) => {
+    if (req.headers['proxy-authorization']) authorizations.push(req.headers['proxy-authorization']);
+    if (requireAuth !== undefined && req.headers['proxy-authorization'] !== requireAuth) {
+      res.writeHead(407).end();
+      return;
+    }
+    forwarded.push(req.url ?? '');
+    const target = new URL(req.url ?? '');
+    const headers = { ...req.headers };
+    delete headers['proxy-authorization'];
+    const up = http.request({ host: target.hostname, port: target.port, path: `${target.pathname}${target.search}`, headers }, (upRes) => {
+      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+      upRes.pipe(res);
+      upRes.on('error', () => res.destroy());
+    });
+    up.on('error', () => res.destroy());
+    up.end();
+  });
   server.on('connect', (req: http.IncomingMessage, client: net.Socket, head: Buffer) => {
+    if (req.headers['proxy-authorization']) authorizations.push(req.headers['proxy-authorization']);
+    if (requireAuth !== undefined && req.headers['proxy-authorization'] !== requireAuth) {
+      client.end('HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
     tunnels.push(req.url ?? '');
     const [host, port] = (req.url ?? '').split(':');
     const upstream = net.connect(Number(port), host!, () => {
@@ -255,6 +289,8 @@ export async function startProxy(): Promise<TestProxy> {
   return {
     url: `http://127.0.0.1:${port}`,
     tunnels,
+    forwarded,
+    authorizations,
     close: () =>
       new Promise<void>((r) => {
         for (const s of sockets) s.destroy();
