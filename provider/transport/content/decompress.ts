@@ -104,11 +104,12 @@ function checkZstdWindow(head: Buffer, what: string): void {
 }
 
 const XZ_ERRORS: Record<number, string> = {
-  2: 'an integrity check type other than CRC32/CRC64 (recompress with xz --check=crc64)',
+  2: 'an integrity check other than CRC32 or CRC64 (recompress with xz --check=crc64)',
   3: 'out of memory',
   4: 'a dictionary over 64 MiB (recompress with xz -9 or lower, without a larger --lzma2=dict)',
   5: 'not an xz stream',
-  6: 'unsupported xz options (a BCJ filter or a newer format)',
+  // xz-embedded says OPTIONS_ERROR also for a SHA-256 check, as it is built without XZ_DEC_ANY_CHECK.
+  6: 'options this decoder lacks: an integrity check other than CRC32 or CRC64, or a filter other than LZMA2 (recompress with xz --check=crc64, without BCJ filters)',
   7: 'corrupt data',
   8: 'the data ends early',
 };
@@ -139,7 +140,7 @@ export function decompress(input: Readable, compression: Compression, options: D
   if (compression === 'xz') {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { XzReadableStream } = require('xz-decompress') as typeof import('xz-decompress');
-    const web = new XzReadableStream(Readable.toWeb(input) as unknown as ReadableStream<Uint8Array>);
+    const web = new XzReadableStream(pullStream(input));
     decoded = Readable.fromWeb(web as unknown as import('stream/web').ReadableStream<Uint8Array>);
   } else {
     decoded = pipeline(input, compression === 'gzip' ? zlib.createGunzip() : new ZstdDecode(what), () => undefined);
@@ -163,7 +164,39 @@ export function decompress(input: Readable, compression: Compression, options: D
       input.destroy();
     }
   }
-  return Readable.from(limited(), { objectMode: false });
+  const out = Readable.from(limited(), { objectMode: false });
+  // A generator never started runs no finally: destroy the decoder when the output closes.
+  out.once('close', () => {
+    decoded.destroy();
+    input.destroy();
+  });
+  return out;
+}
+
+/**
+ * `input` as a web ReadableStream that reads only when pulled. (Node 20's Readable.toWeb runs
+ * the stream in flowing mode and throws an uncaught ERR_INVALID_STATE when data arrives after
+ * the web stream was cancelled, as xz-decompress does when its reader stops early.)
+ */
+function pullStream(input: Readable): ReadableStream<Uint8Array> {
+  const it = (input as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const { done, value } = await it.next();
+        try {
+          if (done) controller.close();
+          else controller.enqueue(value);
+        } catch {
+          // cancelled meanwhile: the bytes are not wanted
+        }
+      },
+      async cancel() {
+        await it.return?.();
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 function mapError(err: Error, compression: Compression, what: string): Error {
@@ -175,20 +208,23 @@ function mapError(err: Error, compression: Compression, what: string): Error {
 }
 
 /**
- * Read the first `n` bytes of `stream` without consuming them (they are put back), or all of
- * it when shorter.
+ * The first `n` bytes of `stream` (or all of it when shorter), and a stream of all its bytes
+ * from the first: `stream` itself must not be read any more. (Putting bytes back with unshift()
+ * fails once a short stream has ended, so the bytes read go before the rest in a new stream.)
  */
-export async function peek(stream: Readable, n: number): Promise<Buffer> {
+export async function peek(stream: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
   const chunks: Buffer[] = [];
   let have = 0;
   while (have < n) {
     const chunk = await new Promise<Buffer | null>((resolve, reject) => {
+      if (stream.errored) return reject(stream.errored);
       const read = stream.read() as Buffer | null;
       if (read !== null) return resolve(read);
-      if (stream.readableEnded) return resolve(null);
+      if (stream.readableEnded || stream.destroyed) return resolve(null);
       const cleanup = () => {
         stream.off('readable', onReadable);
         stream.off('end', onEnd);
+        stream.off('close', onEnd);
         stream.off('error', onError);
       };
       const onReadable = () => {
@@ -208,15 +244,21 @@ export async function peek(stream: Readable, n: number): Promise<Buffer> {
       };
       stream.on('readable', onReadable);
       stream.on('end', onEnd);
+      stream.on('close', onEnd);
       stream.on('error', onError);
     });
     if (chunk === null) break;
     chunks.push(chunk);
     have += chunk.length;
   }
-  const all = Buffer.concat(chunks);
-  if (all.length > 0) stream.unshift(all);
-  return all.subarray(0, n);
+  async function* all(): AsyncGenerator<Buffer> {
+    yield* chunks;
+    yield* stream as AsyncIterable<Buffer>;
+  }
+  const head = Buffer.concat(chunks);
+  const out = Readable.from(all(), { objectMode: false });
+  out.once('close', () => stream.destroy());
+  return { head: head.subarray(0, n), stream: out };
 }
 
 /** A source stream opened as its content. */
@@ -242,12 +284,15 @@ export async function openContent(input: Readable, options: DecompressOptions = 
   let stream = input;
   let compression: Compression | undefined;
   try {
-    outer = detectFormat(await peek(input, DETECT_BYTES));
+    const first = await peek(input, DETECT_BYTES);
+    stream = first.stream;
+    outer = detectFormat(first.head);
     inner = outer;
     if (outer.format === 'gzip' || outer.format === 'xz' || outer.format === 'zstd') {
       compression = outer.format;
-      stream = decompress(input, compression, options);
-      inner = detectFormat(await peek(stream, DETECT_BYTES));
+      const inside = await peek(decompress(stream, compression, options), DETECT_BYTES);
+      stream = inside.stream;
+      inner = detectFormat(inside.head);
     }
   } catch (e) {
     stream.destroy();
