@@ -114,8 +114,12 @@ export async function openSourceStream(url: string | URL, options: DownloadOptio
       })
       .catch((e: unknown) => {
         settled = true;
-        sink.stream.destroy(e as Error);
-        if (!answered) reject(e);
+        if (answered) {
+          sink.stream.destroy(e as Error);
+        } else {
+          sink.stream.destroy(); // nobody holds the stream: the promise carries the error
+          reject(e);
+        }
       })
       .finally(() => client.close());
   });

@@ -195,15 +195,14 @@ describe('fetchSource: downloads and the cache', () => {
   });
 
   it('a file changed on the server between attempts (If-Range fails) is fetched again from its start', async () => {
-    const route = { type: 'file' as const, body: Buffer.from(FILE), dropAfter: 100_000, dropTimes: 1 };
+    const w = whenReceived(100_000);
+    const route = { type: 'file' as const, body: Buffer.from(FILE), dropAfter: 100_000, dropTimes: 1, beforeDrop: w.reached };
     server.routes.set('/img', route);
     const changed = Buffer.from(FILE);
     changed[0] ^= 1;
-    // The first response is of the old file; by the resume, the server has a new one.
-    const fetching = fetchSource(server.url('/img'), opts({ checksum: sha256(changed), onProgress: (p) => {
-      if (p.received > 0) route.body = changed;
-    } }));
-    const s = await fetching;
+    // The first response is of the old file; by the resume, the server has a new one (new ETag).
+    void w.reached().then(() => (route.body = changed));
+    const s = await fetchSource(server.url('/img'), opts({ checksum: sha256(changed), onProgress: w.onProgress }));
     expect(fs.readFileSync(s.path).equals(changed)).toBe(true);
     await s.release();
     expect(server.log.map((l) => [l.status, l.range])).toEqual([[200, undefined], [200, 'bytes=100000-']]);
