@@ -50,6 +50,13 @@ export interface CacheOptions {
   maxSize?: number | bigint | string;
   /** Environment read for the defaults. Default `process.env`. */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Serialize downloads of one checksum across processes with OFD locks (default: when they
+   * work here). `false` for file systems whose locks cannot be trusted: each fetch then
+   * downloads to its own temp file, so concurrent fetches may download twice, and eviction
+   * cannot see which files other processes are using.
+   */
+  locks?: boolean;
 }
 
 /** A verified source file in the cache, held against eviction until released. */
@@ -168,6 +175,7 @@ function statOrUndefined(file: string): fs.Stats | undefined {
 export class SourceCache {
   readonly dir: string;
   readonly maxSize: number;
+  private readonly locks: boolean;
   /** Downloads this process runs, by key: waiters in the same process wake when one ends. */
   private static readonly running = new Map<string, Promise<unknown>>();
 
@@ -175,6 +183,7 @@ export class SourceCache {
     const env = options.env ?? process.env;
     this.dir = options.dir !== undefined ? path.resolve(options.dir) : defaultCacheDir(env);
     this.maxSize = cacheMaxSize(options.maxSize, env);
+    this.locks = options.locks ?? true;
   }
 
   private key(c: Checksum): string {
@@ -214,7 +223,7 @@ export class SourceCache {
    */
   async fetch(url: URL, checksum: Checksum, options: Omit<DownloadOptions, 'checksum'> = {}): Promise<CachedSource> {
     this.prepare();
-    if (!tryLocks(this.dir)) return this.fetchUnlocked(url, checksum, options);
+    if (!this.locks || !tryLocks(this.dir)) return this.fetchUnlocked(url, checksum, options);
     const key = this.key(checksum);
     let poll = POLL_START_MS;
     for (;;) {
@@ -334,17 +343,7 @@ export class SourceCache {
     try {
       sink = await FileSink.open(partial, checksum.algorithm, resuming ? 'r+' : 'wx');
       await transfer(client, url, sink, { ...options, onResumeState: (s) => this.writeState(checksum, s) }, state);
-      verifyChecksum(checksum, sink.digest.current(), redactUrl(url));
-      await sink.sync();
-      await sink.close();
-      fs.chmodSync(partial, 0o444);
-      try {
-        fs.linkSync(partial, this.entryPath(checksum));
-      } catch (e) {
-        // EEXIST: published by a fetch that ran without locks; the content is the same.
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      fsyncDir(path.dirname(this.entryPath(checksum)));
+      await this.publish(sink, partial, checksum, url);
     } catch (e) {
       keep = sink !== undefined && sink.offset > 0 && state.ranges === true && (canResumeLater(e) || options.signal?.aborted === true);
       throw e;
@@ -354,6 +353,23 @@ export class SourceCache {
       if (keep) this.writeState(checksum, state);
       else this.removePartial(checksum);
     }
+  }
+
+  /**
+   * Make `file` (the sink's) the entry for `checksum` if its digest matches: flushed, read-only,
+   * then link(2), which never replaces. EEXIST means another fetch published the same bytes.
+   */
+  private async publish(sink: FileSink, file: string, checksum: Checksum, url: URL): Promise<void> {
+    verifyChecksum(checksum, sink.digest.current(), redactUrl(url));
+    await sink.sync();
+    await sink.close();
+    fs.chmodSync(file, 0o444);
+    try {
+      fs.linkSync(file, this.entryPath(checksum));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    fsyncDir(path.dirname(this.entryPath(checksum)));
   }
 
   /** Without locks: a private temp file, verified, then link(2); EEXIST means another got there first. */
@@ -366,16 +382,7 @@ export class SourceCache {
     try {
       sink = await FileSink.open(temp, checksum.algorithm, 'wx');
       await transfer(client, url, sink, options);
-      verifyChecksum(checksum, sink.digest.current(), redactUrl(url));
-      await sink.sync();
-      await sink.close();
-      fs.chmodSync(temp, 0o444);
-      try {
-        fs.linkSync(temp, this.entryPath(checksum));
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      fsyncDir(path.dirname(this.entryPath(checksum)));
+      await this.publish(sink, temp, checksum, url);
     } finally {
       await sink?.close();
       await client.close();
@@ -411,7 +418,7 @@ export class SourceCache {
     const files = this.list();
     let total = files.reduce((s, f) => s + f.size, 0);
     if (total <= this.maxSize) return;
-    const locking = tryLocks(this.dir);
+    const locking = this.locks && tryLocks(this.dir);
     for (const f of files.sort((a, b) => a.lastUsed - b.lastUsed)) {
       if (total <= this.maxSize) break;
       if (keep.has(f.path)) continue;

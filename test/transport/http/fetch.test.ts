@@ -322,4 +322,29 @@ describe('fetchSource: downloads and the cache', () => {
     await f1.release();
     expect(cache.list().reduce((n, f) => n + f.size, 0)).toBeLessThanOrEqual(250_000);
   });
+
+  it('an aborted download keeps a resumable partial; without Range support it leaves nothing', async () => {
+    const stop = new AbortController();
+    server.routes.set('/img', { type: 'file', body: FILE, chunkSize: 10_000, delayMs: 5 });
+    const e = await failure(fetchSource(server.url('/img'), opts({ signal: stop.signal, onProgress: (p) => p.received >= 50_000 && stop.abort() })));
+    expect(e.message).toContain('aborted');
+    const partials = filesUnder(cacheDir).filter((f) => f.startsWith('partial/'));
+    expect(partials).toHaveLength(2); // the bytes and what If-Range needs
+    const stop2 = new AbortController();
+    server.routes.set('/norange', { type: 'file', body: FILE, ranges: false, chunkSize: 10_000, delayMs: 5 });
+    const other = path.join(dir, 'other');
+    await failure(fetchSource(server.url('/norange'), opts({ signal: stop2.signal, cache: { dir: other }, onProgress: (p) => p.received >= 50_000 && stop2.abort() })));
+    expect(filesUnder(other).filter((f) => !f.startsWith('locks/'))).toEqual([]);
+  });
+
+  it('without locks: downloads verify and publish, failures leave nothing, concurrent fetches both succeed', async () => {
+    server.routes.set('/img', { type: 'file', body: FILE, chunkSize: 30_000, delayMs: 2 });
+    const unlocked = { dir: cacheDir, locks: false };
+    const bad = await failure(fetchSource(server.url('/img'), opts({ cache: unlocked, checksum: sha256(Buffer.from('x')) })));
+    expect(bad.code).toBe('CHECKSUM');
+    nothingLeft();
+    const both = await Promise.all([fetchSource(server.url('/img'), opts({ cache: unlocked })), fetchSource(server.url('/img'), opts({ cache: unlocked }))]);
+    for (const s of both) expect(fs.readFileSync(s.path).equals(FILE)).toBe(true);
+    expect(filesUnder(cacheDir)).toEqual([`sha256/${SUM.slice(7)}`]);
+  });
 });
