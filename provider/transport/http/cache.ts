@@ -230,17 +230,17 @@ export class SourceCache {
       const lock = KeyLock.open(this.lockPath(checksum));
       let handed = false;
       try {
-        if (lock.take('read')) {
+        // Read mode to serve the entry; write mode to download it (or to serve it, should it
+        // appear meanwhile). Both are refused while another fetch holds the other mode.
+        const exists = fs.existsSync(this.entryPath(checksum));
+        if (exists ? lock.take('read') : lock.take('write')) {
           const hit = this.serve(checksum, lock, true, options);
-          if (hit !== undefined) {
+          if (hit !== undefined || !exists) {
+            const served = hit ?? (await this.download(url, checksum, lock, options));
             handed = true;
-            return hit;
+            return served;
           }
-        }
-        if (lock.take('write')) {
-          const served = this.serve(checksum, lock, true, options) ?? (await this.download(url, checksum, lock, options));
-          handed = true;
-          return served;
+          continue; // evicted between the look and the lock: look again
         }
       } finally {
         if (!handed) lock.close();
@@ -252,7 +252,8 @@ export class SourceCache {
         continue;
       }
       this.reportWaiting(checksum, options);
-      await sleep(poll, options.signal);
+      // Jitter: two processes that both probed (and so both backed off) must not meet again.
+      await sleep(poll * (0.5 + Math.random()), options.signal);
       poll = Math.min(poll * 2, POLL_MAX_MS);
     }
   }
@@ -278,8 +279,13 @@ export class SourceCache {
         property: 'sourceMaxSize',
       });
     }
-    // Access time is what eviction orders by; set it here rather than trust mount options.
-    fs.utimesSync(file, new Date(), st.mtime);
+    // Access time is what eviction orders by; set it here rather than trust mount options
+    // (best effort: in a cache shared between users, only the file's owner may set it).
+    try {
+      fs.utimesSync(file, new Date(), st.mtime);
+    } catch {
+      /* eviction then sees the time of the last use by the owner */
+    }
     options.onProgress?.({ received: st.size, total: st.size });
     let released = false;
     return {

@@ -89,7 +89,7 @@ export function verifyChecksum(expected: Checksum, actual: Checksum, what: strin
   throw new Qcow2Error(
     'CHECKSUM',
     `Checksum mismatch for ${what}: expected ${formatChecksum(expected)}, got ${formatChecksum(actual)}. ` +
-      'Nothing was kept. Check sourceChecksum against the publisher\'s checksum list; if it is right, the server sent other bytes (a changed or damaged file, or a wrong Content-Length)',
+      'Check sourceChecksum against the publisher\'s checksum list; if it is right, the server sent other bytes (a changed or damaged file, or a wrong Content-Length)',
     { file: what, property: 'sourceChecksum' },
   );
 }
