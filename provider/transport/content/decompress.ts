@@ -4,7 +4,7 @@
 
 import { pipeline, Readable, Transform, TransformCallback } from 'stream';
 import * as zlib from 'zlib';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 import { Compression, ContentFormat, DETECT_BYTES, describeFormat, detectFormat } from './detect';
 
 /** zstd windows above this are refused (zstd's own default limit for decompression, 2^27). */

@@ -8,7 +8,7 @@
 //   locks/<alg>-<hex>.lock        the key's lock file (empty; never deleted, see below)
 //
 // One key, one downloader, across processes: a fetch takes QEMU-style OFD locks on the key's lock
-// file (provider/format/lock.ts): the write mode to download or evict, the read mode while it
+// file (provider/qcow2/io/lock.ts): the write mode to download or evict, the read mode while it
 // serves the file (so eviction skips files in use). OFD locks vanish with their process, so a
 // crashed download leaves no stale lock, only a partial file the next fetch resumes. Lock files
 // are never deleted: a process could hold one open while another unlinks and recreates the name,
@@ -20,10 +20,10 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { fsyncDir } from '../../format/create';
-import { Qcow2Error } from '../../format/errors';
-import { ImageLock, lockImage } from '../../format/lock';
-import { parseSize } from '../../format/size';
+import { fsyncDir } from '../../qcow2/ops/create';
+import { Qcow2Error } from '../../model/errors';
+import { ImageLock, lockImage } from '../../qcow2/io/lock';
+import { parseSize } from '../../model/size';
 import { Checksum, verifyChecksum } from './checksum';
 import { HttpClient } from './client';
 import { DownloadOptions, tempNameFor } from './download';

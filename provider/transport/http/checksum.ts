@@ -2,7 +2,7 @@
 // a streaming digest over the bytes as they arrive.
 
 import * as crypto from 'crypto';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 
 /** The digests a source checksum may use. */
 export type ChecksumAlgorithm = 'sha256' | 'sha512';

@@ -13,7 +13,7 @@ import type { IncomingHttpHeaders } from 'http';
 import * as https from 'https';
 import * as net from 'net';
 import * as tls from 'tls';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 import { connectTunnel, proxyAuthorization, proxyFor } from './proxy';
 import { trustedCertificates } from './tls';
 import { redactUrl } from './url';

@@ -5,7 +5,7 @@
 import * as http from 'http';
 import * as https from 'https';
 import * as net from 'net';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 import { redactUrl } from './url';
 
 /** The proxy an environment sets for a URL, or undefined when it goes direct. */

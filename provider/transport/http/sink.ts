@@ -3,7 +3,7 @@
 
 import * as fs from 'fs';
 import { PassThrough } from 'stream';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 import { ChecksumAlgorithm, StreamingDigest } from './checksum';
 import type { Sink } from './transfer';
 

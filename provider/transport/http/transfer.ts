@@ -2,7 +2,7 @@
 // what the server declared and what the caller allows, and a dropped connection resumed with
 // `Range` (validated by `If-Range`) when the server supports it.
 
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 import { discard, header, HttpClient, isTransient, networkError, statusError, transientError } from './client';
 import { redactUrl } from './url';
 

@@ -1,6 +1,6 @@
 // Source URLs: which ones we fetch, and how they appear in messages (never with credentials).
 
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 
 /** Query parameters whose values are secrets in the URL schemes cloud storage and mirrors use. */
 const SECRET_QUERY = /(sig|signature|token|key|secret|passw|pwd|auth|credential|session|jwt|code)/i;

@@ -7,7 +7,7 @@ import * as path from 'path';
 import { Readable } from 'stream';
 import * as zlib from 'zlib';
 import { describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/format/errors';
+import { Qcow2Error } from '../../../provider/model/errors';
 import { decompress, detectFormat, openContent, peek } from '../../../provider/transport/content';
 
 const FIXTURES = path.resolve(__dirname, '../../fixtures');

@@ -3,7 +3,7 @@
 
 import * as crypto from 'crypto';
 import { describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/format/errors';
+import { Qcow2Error } from '../../../provider/model/errors';
 import { formatChecksum, parseChecksum, parseSourceUrl, redactUrl, StreamingDigest } from '../../../provider/transport/http';
 import { verifyChecksum } from '../../../provider/transport/http/checksum';
 

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/format/errors';
+import { Qcow2Error } from '../../../provider/model/errors';
 import { fetchSource, FetchSourceOptions, Progress, SourceCache } from '../../../provider/transport/http';
 import { bytes, filesUnder, sha256, sha512, startServer, TestServer, whenReceived } from './server';
 

@@ -6,7 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { Readable } from 'stream';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/format/errors';
+import { Qcow2Error } from '../../../provider/model/errors';
 import { openContent } from '../../../provider/transport/content';
 import { downloadFile, DownloadOptions, openSourceStream } from '../../../provider/transport/http';
 import { bytes, filesUnder, sha256, startServer, TestServer, whenReceived } from './server';

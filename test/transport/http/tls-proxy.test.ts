@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/format/errors';
+import { Qcow2Error } from '../../../provider/model/errors';
 import { fetchSource, FetchSourceOptions } from '../../../provider/transport/http';
 import { bypassed, proxyFor } from '../../../provider/transport/http/proxy';
 import { trustedCertificates } from '../../../provider/transport/http/tls';
