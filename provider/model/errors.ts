@@ -23,12 +23,14 @@ export type Qcow2ErrorCode =
   | 'CONNECTION'
   /** A remote host refused every credential offered (user, key, agent or password). */
   | 'AUTH'
-  /** A remote host's key is unknown, changed or revoked: nothing was sent to it. */
+  /** A remote host's key (or an HTTPS server's certificate) is unknown, changed, revoked or not trusted: nothing was sent to it. */
   | 'HOST_KEY'
   /** QEMU answered a QMP command with an error (its class and description are in the message). */
   | 'QMP'
   /** A download failed: an HTTP status, a refused or dropped connection, TLS, a proxy, redirects. */
   | 'NETWORK'
+  /** An HTTP server answered with an error status, redirects without end, or breaks the protocol (ranges, lengths). */
+  | 'HTTP'
   /** Bytes received do not match the checksum the user gave (`sourceChecksum`). */
   | 'CHECKSUM';
 

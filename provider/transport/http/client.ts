@@ -108,19 +108,19 @@ export class HttpClient {
       try {
         next = new URL(location, current);
       } catch {
-        throw new Qcow2Error('NETWORK', `${redactUrl(current)} redirects to an invalid URL`, { file: redactUrl(url) });
+        throw new Qcow2Error('HTTP', `${redactUrl(current)} redirects to an invalid URL`, { file: redactUrl(url) });
       }
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {
-        throw new Qcow2Error('NETWORK', `${redactUrl(current)} redirects to ${next.protocol}//, which cannot be downloaded`, { file: redactUrl(url) });
+        throw new Qcow2Error('HTTP', `${redactUrl(current)} redirects to ${next.protocol}//, which cannot be downloaded`, { file: redactUrl(url) });
       }
       next = stripCredentials(next);
       if (seen.has(next.href)) {
-        throw new Qcow2Error('NETWORK', `Redirect loop: ${redactUrl(current)} redirects back to ${redactUrl(next)}, which redirected before; the server is misconfigured, or the URL is wrong`, {
+        throw new Qcow2Error('HTTP', `Redirect loop: ${redactUrl(current)} redirects back to ${redactUrl(next)}, which redirected before; the server is misconfigured, or the URL is wrong`, {
           file: redactUrl(url),
         });
       }
       if (hop + 1 > this.maxRedirects) {
-        throw new Qcow2Error('NETWORK', `Too many redirects (more than ${this.maxRedirects}) starting at ${redactUrl(url)}; the last went to ${redactUrl(next)}`, {
+        throw new Qcow2Error('HTTP', `Too many redirects (more than ${this.maxRedirects}) starting at ${redactUrl(url)}; the last went to ${redactUrl(next)}`, {
           file: redactUrl(url),
         });
       }
@@ -215,19 +215,22 @@ export function isTransient(e: unknown): boolean {
   return TRANSIENT.has(errorCode(e));
 }
 
-/** NETWORK errors raised for a broken connection (a retry may succeed). */
+/** CONNECTION errors raised for a broken connection (a retry may succeed). */
 const transientErrors = new WeakSet<object>();
 
 const TRANSIENT = new Set(['BODY_TIMEOUT', 'HEADERS_TIMEOUT', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE']);
 
-/** A transient NETWORK error: the connection broke and a retry may succeed. */
+/** A transient CONNECTION error: the connection broke and a retry may succeed. */
 export function transientError(message: string, url: URL, cause?: unknown): Qcow2Error {
-  const e = new Qcow2Error('NETWORK', message, { file: redactUrl(url), ...(cause !== undefined ? { cause } : {}) });
+  const e = new Qcow2Error('CONNECTION', message, { file: redactUrl(url), ...(cause !== undefined ? { cause } : {}) });
   transientErrors.add(e);
   return e;
 }
 
-/** A network failure of `url` as a NETWORK error saying what happened in words, never errno text. */
+/**
+ * A network failure of `url` in words, never errno text: HOST_KEY when the server's certificate
+ * is not trusted (nothing was sent), CONNECTION for everything else (not reached, or lost).
+ */
 export function networkError(e: unknown, url: URL): Qcow2Error {
   if (Qcow2Error.isInstance(e)) return e;
   const where = redactUrl(url);
@@ -247,18 +250,20 @@ export function networkError(e: unknown, url: URL): Qcow2Error {
   else if (code.startsWith('ERR_SSL') || code.startsWith('ERR_TLS') || /certificate/i.test(code)) what = `TLS with ${host} failed (${code})`;
   else if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'ERR_STREAM_PREMATURE_CLOSE') what = `The connection to ${host} was closed`;
   else what = `Download failed (${code !== '' ? code : 'network error'})`;
-  const err = new Qcow2Error('NETWORK', `${what}: ${where}`, { file: where, cause: e });
+  const tlsIdentity = TLS_TRUST.has(code) || code === 'CERT_HAS_EXPIRED' || code === 'ERR_TLS_CERT_ALTNAME_INVALID';
+  const err = new Qcow2Error(tlsIdentity ? 'HOST_KEY' : 'CONNECTION', `${what}: ${where}`, { file: where, cause: e });
   if (TRANSIENT.has(code)) transientErrors.add(err);
   return err;
 }
 
-/** A non-success HTTP status as a NETWORK error naming the URL. */
+/** A non-success HTTP status as an error naming the URL: AUTH for 401 and 407, else HTTP. */
 export function statusError(status: number, url: URL, requested: URL): Qcow2Error {
   const names: Record<number, string> = {
     400: 'Bad Request',
     401: 'Unauthorized',
     403: 'Forbidden',
     404: 'Not Found',
+    407: 'Proxy Authentication Required',
     410: 'Gone',
     429: 'Too Many Requests',
     500: 'Internal Server Error',
@@ -270,11 +275,13 @@ export function statusError(status: number, url: URL, requested: URL): Qcow2Erro
   const hint =
     status === 404 || status === 410
       ? 'check the URL'
-      : status === 401 || status === 403
+      : status === 407
+        ? 'the proxy wants credentials: give them in the proxy URL (http://user:password@proxy:port)'
+        : status === 401 || status === 403
         ? 'the server needs credentials or refuses this client'
         : status >= 500
           ? 'the server failed; try again later'
           : 'the server refused the request';
   const via = url.href !== requested.href ? ` (redirected from ${redactUrl(requested)})` : '';
-  return new Qcow2Error('NETWORK', `HTTP ${status}${name} from ${redactUrl(url)}${via}: ${hint}`, { file: redactUrl(requested) });
+  return new Qcow2Error(status === 401 || status === 407 ? 'AUTH' : 'HTTP', `HTTP ${status}${name} from ${redactUrl(url)}${via}: ${hint}`, { file: redactUrl(requested) });
 }

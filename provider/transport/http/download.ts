@@ -70,7 +70,7 @@ export async function downloadFile(url: string | URL, dest: string, options: Dow
 export interface SourceStream {
   /**
    * The bytes, from the first. It ends only when all arrived and matched the checksum;
-   * otherwise it fails (CHECKSUM, NETWORK, REFUSED): whoever wrote the bytes somewhere must then
+   * otherwise it fails (CHECKSUM, CONNECTION, HTTP, REFUSED): whoever wrote the bytes somewhere must then
    * delete what they wrote. Destroying it stops the download.
    */
   readonly stream: Readable;

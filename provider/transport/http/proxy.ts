@@ -82,8 +82,8 @@ export function proxyAuthorization(proxy: URL): Record<string, string> {
 }
 
 /**
- * A socket to `target` through `proxy` (HTTP CONNECT). Fails with a NETWORK error naming the
- * proxy's answer when it refuses.
+ * A socket to `target` through `proxy` (HTTP CONNECT). Fails naming the proxy's answer when it
+ * refuses: AUTH for 407 (credentials wanted), CONNECTION otherwise.
  */
 export function connectTunnel(proxy: URL, target: URL, options: { ca: string[]; signal?: AbortSignal; timeoutMs: number }): Promise<net.Socket> {
   const port = target.port || (target.protocol === 'https:' ? '443' : '80');
@@ -106,7 +106,7 @@ export function connectTunnel(proxy: URL, target: URL, options: { ca: string[]; 
       if (res.statusCode !== 200) {
         socket.destroy();
         reject(
-          new Qcow2Error('NETWORK', `The proxy ${redactUrl(proxy)} refused a tunnel to ${target.host} (HTTP ${res.statusCode}); check HTTPS_PROXY/HTTP_PROXY and NO_PROXY`, {
+          new Qcow2Error(res.statusCode === 407 ? 'AUTH' : 'CONNECTION', `The proxy ${redactUrl(proxy)} refused a tunnel to ${target.host} (HTTP ${res.statusCode}); check HTTPS_PROXY/HTTP_PROXY and NO_PROXY`, {
             file: redactUrl(target),
           }),
         );

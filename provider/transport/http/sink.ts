@@ -91,7 +91,7 @@ export class StreamSink implements Sink {
   }
 
   async write(chunk: Buffer): Promise<void> {
-    if (this.stream.destroyed) throw new Qcow2Error('NETWORK', `The download of ${this.what} was abandoned by its reader`, { file: this.what });
+    if (this.stream.destroyed) throw new Qcow2Error('CONNECTION', `The download of ${this.what} was abandoned by its reader`, { file: this.what });
     this.position += chunk.length;
     this.digest.update(chunk);
     if (!this.stream.write(chunk)) {
@@ -110,7 +110,7 @@ export class StreamSink implements Sink {
   async restart(): Promise<void> {
     if (this.position === 0) return;
     throw new Qcow2Error(
-      'NETWORK',
+      'HTTP',
       `The server sent ${this.what} again from its start after ${this.position} bytes had been passed on (it ignored a Range request, or the file changed); a stream cannot start over: try again, or use the download cache`,
       { file: this.what },
     );

@@ -123,7 +123,7 @@ export async function transfer(client: HttpClient, url: URL, sink: Sink, options
         const range = contentRange(header(res.headers, 'content-range'));
         if (range === undefined || range.start !== offset || (range.total !== undefined && range.end !== range.total - 1)) {
           discard(res.body);
-          throw new Qcow2Error('NETWORK', `${redactUrl(current)} answered a request for bytes ${offset}- with another range (${header(res.headers, 'content-range') ?? 'none'}); the server's range support is broken`, {
+          throw new Qcow2Error('HTTP', `${redactUrl(current)} answered a request for bytes ${offset}- with another range (${header(res.headers, 'content-range') ?? 'none'}); the server's range support is broken`, {
             file: redactUrl(url),
           });
         }
@@ -151,7 +151,7 @@ export async function transfer(client: HttpClient, url: URL, sink: Sink, options
       if (total !== undefined) {
         if (state.total !== undefined && state.total !== total && sink.offset > 0) {
           discard(res.body);
-          throw new Qcow2Error('NETWORK', `${redactUrl(url)} changed size during the download (${state.total} bytes, then ${total}); try again`, { file: redactUrl(url) });
+          throw new Qcow2Error('HTTP', `${redactUrl(url)} changed size during the download (${state.total} bytes, then ${total}); try again`, { file: redactUrl(url) });
         }
         state.total = total;
       }
@@ -165,7 +165,7 @@ export async function transfer(client: HttpClient, url: URL, sink: Sink, options
         for await (const chunk of res.body as AsyncIterable<Buffer>) {
           const end = sink.offset + chunk.length;
           if (total !== undefined && end > total) {
-            throw new Qcow2Error('NETWORK', `${redactUrl(current)} sent more bytes than its Content-Length (${total}); the server is broken, nothing was kept`, {
+            throw new Qcow2Error('HTTP', `${redactUrl(current)} sent more bytes than its Content-Length (${total}); the server is broken, nothing was kept`, {
               file: redactUrl(url),
             });
           }
@@ -201,13 +201,13 @@ export async function transfer(client: HttpClient, url: URL, sink: Sink, options
       }
       if (sink.offset > 0 && state.ranges !== true) {
         throw new Qcow2Error(
-          'NETWORK',
+          'CONNECTION',
           `${err.message}\nThe server does not support resuming (no Accept-Ranges: bytes), so the ${sink.offset} bytes received were dropped; try again`,
           { file: redactUrl(url), cause: e },
         );
       }
       if (failures > retries) {
-        const gaveUp = new Qcow2Error('NETWORK', `${err.message}\nGave up after ${retries + 1} attempts in a row that received nothing new; try again later`, {
+        const gaveUp = new Qcow2Error('CONNECTION', `${err.message}\nGave up after ${retries + 1} attempts in a row that received nothing new; try again later`, {
           file: redactUrl(url),
           cause: e,
         });

@@ -115,7 +115,7 @@ describe('fetchSource: downloads and the cache', () => {
   it.each([404, 500, 403, 503])('HTTP %i is an error naming the status and the URL, leaving nothing', async (status) => {
     server.routes.set('/img', { type: 'status', status });
     const e = await failure(fetchSource(server.url('/img'), opts()));
-    expect(e.code).toBe('NETWORK');
+    expect(e.code).toBe('HTTP');
     expect(e.message).toContain(`HTTP ${status}`);
     expect(e.message).toContain(server.url('/img'));
     expect(server.count('/img')).toBe(1); // statuses are not retried
@@ -136,7 +136,7 @@ describe('fetchSource: downloads and the cache', () => {
     server.routes.set('/loop1', { type: 'redirect', to: '/loop2' });
     server.routes.set('/loop2', { type: 'redirect', to: '/loop1' });
     const e = await failure(fetchSource(server.url('/loop1'), opts()));
-    expect(e.code).toBe('NETWORK');
+    expect(e.code).toBe('HTTP');
     expect(e.message).toMatch(/^Redirect loop: .*\/loop2 redirects back to .*\/loop1/);
     expect(server.log).toHaveLength(2);
     nothingLeft();
@@ -187,7 +187,7 @@ describe('fetchSource: downloads and the cache', () => {
   it('a dropped connection to a server without Range support is a clear error, leaving nothing', async () => {
     server.routes.set('/img', { type: 'file', body: FILE, ranges: false, dropAfter: 100_000 });
     const e = await failure(fetchSource(server.url('/img'), opts()));
-    expect(e.code).toBe('NETWORK');
+    expect(e.code).toBe('CONNECTION');
     expect(e.message).toMatch(/closed after \d+ of 300000 bytes/);
     expect(e.message).toContain('does not support resuming');
     expect(server.count('/img')).toBe(1);
@@ -215,7 +215,7 @@ describe('fetchSource: downloads and the cache', () => {
     const fetching = fetchSource(server.url('/img'), opts({ retries: 1, onProgress: w.onProgress }));
     void w.reached().then(() => server.routes.set('/img', { type: 'file', body: FILE, dropAfter: 0 }));
     const e = await failure(fetching);
-    expect(e.code).toBe('NETWORK');
+    expect(e.code).toBe('CONNECTION');
     expect(e.message).toContain('Gave up after 2 attempts');
     const key = `sha256-${SUM.slice(7)}`;
     expect(filesUnder(cacheDir).filter((f) => !f.startsWith('locks/'))).toEqual([`partial/${key}`, `partial/${key}.json`]);
@@ -234,7 +234,7 @@ describe('fetchSource: downloads and the cache', () => {
     // Declares 300 000 + 1000 and sends 300 000: the resume asks for bytes the file lacks (416).
     server.routes.set('/img', { type: 'file', body: FILE, declaredLength: FILE.length + 1000, ranges: false });
     const e = await failure(fetchSource(server.url('/img'), opts()));
-    expect(e.code).toBe('NETWORK');
+    expect(e.code).toBe('CONNECTION');
     expect(e.message).toMatch(new RegExp(`closed after \\d+ of ${FILE.length + 1000} bytes`));
     nothingLeft();
   });
@@ -242,7 +242,7 @@ describe('fetchSource: downloads and the cache', () => {
   it('a server whose Content-Length is shorter than its body is caught, leaving nothing', async () => {
     server.routes.set('/img', { type: 'file', body: FILE, declaredLength: FILE.length - 1000 });
     const e = await failure(fetchSource(server.url('/img'), opts()));
-    expect(['NETWORK', 'CHECKSUM']).toContain(e.code);
+    expect(['HTTP', 'CHECKSUM']).toContain(e.code);
     expect(e.message).toContain(server.url('/img'));
     nothingLeft();
   });

@@ -80,9 +80,9 @@ describe('downloadFile', () => {
 
   it.each([
     ['a checksum mismatch', { type: 'file' as const, body: FILE }, { checksum: sha256(Buffer.from('x')) }, 'CHECKSUM'],
-    ['HTTP 404', { type: 'status' as const, status: 404 }, {}, 'NETWORK'],
+    ['HTTP 404', { type: 'status' as const, status: 404 }, {}, 'HTTP'],
     ['a body over maxSize', { type: 'file' as const, body: FILE, chunked: true }, { maxSize: 1000 }, 'REFUSED'],
-    ['a dropped connection without Range support', { type: 'file' as const, body: FILE, ranges: false, dropAfter: 1000 }, {}, 'NETWORK'],
+    ['a dropped connection without Range support', { type: 'file' as const, body: FILE, ranges: false, dropAfter: 1000 }, {}, 'CONNECTION'],
   ])('%s leaves nothing in the folder', async (_name, route, extra, code) => {
     server.routes.set('/img', route);
     const e = await failure(downloadFile(server.url('/img'), path.join(dir, 'disk.img'), opts(extra)));

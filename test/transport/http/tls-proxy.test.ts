@@ -64,7 +64,7 @@ tlsSuite(`HTTPS with a test CA${NO_OPENSSL !== undefined && !MUST ? ` [SKIPPED: 
     await fetchSource(httpsServer.url('/img'), opts()).catch((e: unknown) => (err = e));
     expect(Qcow2Error.isInstance(err)).toBe(true);
     const e = err as Qcow2Error;
-    expect(e.code).toBe('NETWORK');
+    expect(e.code).toBe('HOST_KEY');
     expect(e.message).toMatch(/The certificate of 127\.0\.0\.1:\d+ is not trusted/);
     expect(e.message).toContain('NODE_EXTRA_CA_CERTS');
     expect(filesUnder(cacheDir).filter((f) => !f.startsWith('locks/'))).toEqual([]);
@@ -92,7 +92,7 @@ tlsSuite(`HTTPS with a test CA${NO_OPENSSL !== undefined && !MUST ? ` [SKIPPED: 
     expect(trusted.error).toBeUndefined();
     expect(fs.readFileSync(trusted.path!).equals(FILE)).toBe(true);
     const untrusted = await childFetch({ ...args, cacheDir: `${cacheDir}-2` }, {});
-    expect(untrusted.error?.code).toBe('NETWORK');
+    expect(untrusted.error?.code).toBe('HOST_KEY');
     expect(untrusted.error?.message).toContain('is not trusted');
   });
 
@@ -134,7 +134,7 @@ describe('proxies from the environment', () => {
       await s.release();
       expect(proxy.authorizations).toEqual([auth]);
       const e = (await fetchSource(httpServer.url('/img'), opts({ checksum: `sha512:${'1'.repeat(128)}`, env: { HTTP_PROXY: proxy.url } })).catch((x: unknown) => x)) as Qcow2Error;
-      expect(e.code).toBe('NETWORK');
+      expect(e.code).toBe('AUTH');
       expect(e.message).toContain('HTTP 407');
       expect(e.message).not.toContain('pw');
     } finally {
@@ -147,7 +147,7 @@ describe('proxies from the environment', () => {
     const proxy = await startProxy('Basic nope');
     try {
       const e = (await fetchSource(httpsServer.url('/img'), opts({ ca: ca.caPem, env: { HTTPS_PROXY: proxy.url } })).catch((x: unknown) => x)) as Qcow2Error;
-      expect(e.code).toBe('NETWORK');
+      expect(e.code).toBe('AUTH');
       expect(e.message).toContain('refused a tunnel');
       expect(e.message).toContain('HTTP 407');
     } finally {
