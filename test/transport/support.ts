@@ -1,6 +1,7 @@
 // What the transport suites share: a started sshd with a pool and one leased connection, torn
-// down after the suite, and the typed error a promise rejects with.
+// down after the suite, the typed error a promise rejects with, and a stream read to its end.
 
+import type { Readable } from 'stream';
 import { inspect } from 'util';
 import { afterAll, beforeAll, expect } from 'vitest';
 import { Qcow2Error } from '../../provider/model/errors';
@@ -16,6 +17,13 @@ export async function failure(p: Promise<unknown>): Promise<Qcow2Error> {
     return e as Qcow2Error;
   }
   throw new Error('expected a failure');
+}
+
+/** Every byte of `stream`, once it ended (rejects with its error). */
+export async function drain(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const c of stream) parts.push(c as Buffer);
+  return Buffer.concat(parts);
 }
 
 export interface SshdSuite {

@@ -7,8 +7,8 @@ import * as path from 'path';
 import { Readable } from 'stream';
 import * as zlib from 'zlib';
 import { describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/model/errors';
 import { decompress, detectFormat, openContent, peek } from '../../../provider/transport/content';
+import { drain, failure } from '../support';
 
 const FIXTURES = path.resolve(__dirname, '../../fixtures');
 const fixture = (name: string) => fs.readFileSync(path.join(FIXTURES, 'content', name));
@@ -26,21 +26,6 @@ function chunked(buf: Buffer, size = 7000): Readable {
   const parts: Buffer[] = [];
   for (let i = 0; i < buf.length; i += size) parts.push(buf.subarray(i, i + size));
   return Readable.from(parts, { objectMode: false });
-}
-
-async function drain(stream: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of stream) parts.push(c as Buffer);
-  return Buffer.concat(parts);
-}
-
-async function rejection(p: Promise<unknown>): Promise<Qcow2Error> {
-  const e = await p.then(
-    () => undefined,
-    (x: unknown) => x,
-  );
-  expect(Qcow2Error.isInstance(e), `not a Qcow2Error: ${String(e)}`).toBe(true);
-  return e as Qcow2Error;
 }
 
 const sha = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
@@ -117,7 +102,7 @@ describe('decompress', () => {
 
   it.each(['gzip', 'xz', 'zstd'] as const)('truncated %s data is an error saying so, not short output', async (kind) => {
     const full = kind === 'gzip' ? zlib.gzipSync(pattern()) : fixture(kind === 'xz' ? 'pattern.raw.xz' : 'pattern.raw.zst');
-    const e = await rejection(drain(decompress(chunked(full.subarray(0, full.length >> 1)), kind, { what: 'disk.img' })));
+    const e = await failure(drain(decompress(chunked(full.subarray(0, full.length >> 1)), kind, { what: 'disk.img' })));
     expect(e.code).toBe('INVALID_IMAGE');
     expect(e.message).toMatch(new RegExp(`^The ${kind} data of disk.img is damaged or truncated`));
   });
@@ -125,20 +110,20 @@ describe('decompress', () => {
   it.each(['gzip', 'xz'] as const)('corrupt %s data is an error', async (kind) => {
     const full = Buffer.from(kind === 'gzip' ? zlib.gzipSync(pattern()) : fixture('pattern.raw.xz'));
     for (let i = 1000; i < 1064; i++) full[i] ^= 0x5a;
-    const e = await rejection(drain(decompress(chunked(full), kind)));
+    const e = await failure(drain(decompress(chunked(full), kind)));
     expect(e.code).toBe('INVALID_IMAGE');
   });
 
   it.each(['gzip', 'xz', 'zstd'] as const)('%s output past maxOutput is refused', async (kind) => {
     const full = kind === 'gzip' ? zlib.gzipSync(pattern()) : fixture(kind === 'xz' ? 'pattern.raw.xz' : 'pattern.raw.zst');
-    const e = await rejection(drain(decompress(chunked(full), kind, { maxOutput: 300_000, what: 'disk.img' })));
+    const e = await failure(drain(decompress(chunked(full), kind, { maxOutput: 300_000, what: 'disk.img' })));
     expect(e.code).toBe('REFUSED');
     expect(e.message).toContain('disk.img decompresses');
     expect(sha(await drain(decompress(chunked(full), kind, { maxOutput: 1048576 })))).toBe(PATTERN_SHA);
   });
 
   it('xz with an integrity check the decoder lacks (SHA-256) is UNSUPPORTED, saying how to recompress', async () => {
-    const e = await rejection(drain(decompress(chunked(fixture('pattern-sha256check.raw.xz')), 'xz')));
+    const e = await failure(drain(decompress(chunked(fixture('pattern-sha256check.raw.xz')), 'xz')));
     expect(e.code).toBe('UNSUPPORTED');
     expect(e.message).toContain('--check=crc64');
   });
@@ -146,7 +131,7 @@ describe('decompress', () => {
   it('zstd with a window over 128 MiB is refused before any allocation', async () => {
     // Frame header: magic, descriptor 0 (window descriptor follows), window 2^(10+18) = 256 MiB.
     const frame = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 18 << 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    const e = await rejection(drain(decompress(chunked(frame), 'zstd')));
+    const e = await failure(drain(decompress(chunked(frame), 'zstd')));
     expect(e.code).toBe('UNSUPPORTED');
     expect(e.message).toContain('256 MiB window');
   });
@@ -177,18 +162,18 @@ describe('openContent', () => {
   });
 
   it('a gzip-compressed tar archive is refused: extract the image first', async () => {
-    const e = await rejection(openContent(chunked(zlib.gzipSync(header(ascii('ustar'), 257, 1024))), { what: 'img.tar.gz' }));
+    const e = await failure(openContent(chunked(zlib.gzipSync(header(ascii('ustar'), 257, 1024))), { what: 'img.tar.gz' }));
     expect(e.code).toBe('UNSUPPORTED');
     expect(e.message).toBe('img.tar.gz is a tar archive inside gzip-compressed data, which cannot be imported; extract the disk image from it first (tar -x)');
   });
 
   it('content compressed twice is refused', async () => {
-    const e = await rejection(openContent(chunked(zlib.gzipSync(zlib.gzipSync(pattern())))));
+    const e = await failure(openContent(chunked(zlib.gzipSync(zlib.gzipSync(pattern())))));
     expect(e.message).toContain('compressed twice');
   });
 
   it('a VMDK is refused naming the way forward', async () => {
-    const e = await rejection(openContent(chunked(header(ascii('KDMV'))), { what: 'disk.vmdk' }));
+    const e = await failure(openContent(chunked(header(ascii('KDMV'))), { what: 'disk.vmdk' }));
     expect(e.message).toBe('disk.vmdk is VMDK, which cannot be imported; convert it to qcow2 or raw with qemu-img first');
   });
 });

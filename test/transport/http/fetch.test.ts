@@ -6,8 +6,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/model/errors';
 import { fetchSource, FetchSourceOptions, Progress, SourceCache } from '../../../provider/transport/http';
+import { failure } from '../support';
 import { bytes, filesUnder, sha256, sha512, startServer, TestServer, whenReceived } from './server';
 
 const FILE = bytes(300_000, 7);
@@ -35,16 +35,6 @@ afterEach(() => {
 
 function opts(extra: Partial<FetchSourceOptions> = {}): FetchSourceOptions {
   return { checksum: SUM, cache: { dir: cacheDir }, env: {}, retryDelayMs: 0, ...extra };
-}
-
-async function failure(p: Promise<unknown>): Promise<Qcow2Error> {
-  try {
-    await p;
-  } catch (e) {
-    expect(Qcow2Error.isInstance(e), `not a Qcow2Error: ${String(e)}`).toBe(true);
-    return e as Qcow2Error;
-  }
-  throw new Error('expected a failure');
 }
 
 /** Only the cache's folders and lock files: no partial, no verified file, no temp. */

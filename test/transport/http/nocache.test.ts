@@ -4,11 +4,10 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Readable } from 'stream';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { Qcow2Error } from '../../../provider/model/errors';
 import { openContent } from '../../../provider/transport/content';
 import { downloadFile, DownloadOptions, openSourceStream } from '../../../provider/transport/http';
+import { drain, failure } from '../support';
 import { bytes, filesUnder, sha256, startServer, TestServer, whenReceived } from './server';
 
 const FILE = bytes(300_000, 11);
@@ -33,21 +32,6 @@ afterEach(() => {
 });
 
 const opts = (extra: Partial<DownloadOptions> = {}): DownloadOptions => ({ checksum: SUM, env: {}, retryDelayMs: 0, ...extra });
-
-async function failure(p: Promise<unknown>): Promise<Qcow2Error> {
-  const e = await p.then(
-    () => undefined,
-    (x: unknown) => x,
-  );
-  expect(Qcow2Error.isInstance(e), `not a Qcow2Error: ${String(e)}`).toBe(true);
-  return e as Qcow2Error;
-}
-
-async function drain(stream: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of stream) parts.push(c as Buffer);
-  return Buffer.concat(parts);
-}
 
 describe('downloadFile', () => {
   it('publishes the verified file at its name, and nothing else', async () => {
