@@ -27,8 +27,6 @@ export type Qcow2ErrorCode =
   | 'HOST_KEY'
   /** QEMU answered a QMP command with an error (its class and description are in the message). */
   | 'QMP'
-  /** A download failed: an HTTP status, a refused or dropped connection, TLS, a proxy, redirects. */
-  | 'NETWORK'
   /** An HTTP server answered with an error status, redirects without end, or breaks the protocol (ranges, lengths). */
   | 'HTTP'
   /** Bytes received do not match the checksum the user gave (`sourceChecksum`). */
