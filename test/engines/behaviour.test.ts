@@ -18,7 +18,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, EngineName } from '../../provider/engines/engine';
 import { NativeEngine } from '../../provider/engines/native/engine';
 import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
-import { imageInfo } from '../../provider/qcow2/ops/info';
+import { imageInfo } from '../helpers/info';
 import type { CreateOptions } from '../../provider/model/options';
 import { validateRebase } from '../../provider/rules/amend';
 import {
