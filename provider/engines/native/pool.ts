@@ -119,7 +119,7 @@ export class WorkerPool {
       this.pump();
     };
     worker.on('error', (e) => fail(e instanceof Error ? e.message : inspect(e)));
-    worker.on('exit', (code) => fail(`exit code ${code}`));
+    worker.on('exit', (code) => fail(`exit code ${code}`)); // (an idle worker retiring fails nothing)
     worker.unref(); // after the listeners: adding one refs the worker's port again
     this.slots.push(slot);
     return slot;
