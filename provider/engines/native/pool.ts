@@ -15,7 +15,8 @@ import { inspect } from 'util';
 import { Worker } from 'worker_threads';
 import { Qcow2Error } from '../../model/errors';
 import type { ProgressFn } from '../../qcow2/guest/dataio';
-import { fromWire, OpCall, OpReply, OpRequest, TargetDescriptor } from './protocol';
+import { errorFromData } from '../../model/errors';
+import type { OpCall, OpReply, OpRequest, TargetDescriptor } from './protocol';
 
 interface Task {
   id: number;
@@ -135,7 +136,7 @@ export class WorkerPool {
     slot.task = undefined;
     slot.worker.unref();
     if (m.kind === 'result') t.resolve(m.value);
-    else t.reject(fromWire(m.error));
+    else t.reject(errorFromData(m.error));
     this.pump();
   }
 }

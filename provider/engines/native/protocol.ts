@@ -8,7 +8,7 @@
 // (a SharedArrayBuffer the worker blocks on with Atomics.wait while the main thread does the
 // asynchronous SSH/SFTP work and notifies), so the format engine itself stays synchronous.
 
-import { Qcow2Error, type Qcow2ErrorCode } from '../../model/errors';
+import type { ErrorData } from '../../model/errors';
 import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions } from '../../model/options';
@@ -41,39 +41,8 @@ export interface OpRequest {
   progress: boolean;
 }
 
-/** A Qcow2Error as plain data: code, message, property, offset, file survive the crossing. */
-export interface WireError {
-  qcow2: boolean;
-  code?: Qcow2ErrorCode;
-  message: string;
-  property?: string;
-  offset?: number | bigint;
-  file?: string;
-}
-
 /** What a worker posts back. */
 export type OpReply =
   | { id: number; kind: 'progress'; done: number; total: number }
   | { id: number; kind: 'result'; value: unknown }
-  | { id: number; kind: 'error'; error: WireError };
-
-export function toWire(e: unknown): WireError {
-  if (Qcow2Error.isInstance(e)) {
-    const w: WireError = { qcow2: true, code: e.code, message: e.message };
-    if (e.property !== undefined) w.property = e.property;
-    if (e.offset !== undefined) w.offset = e.offset;
-    if (e.file !== undefined) w.file = e.file;
-    return w;
-  }
-  return { qcow2: false, message: e instanceof Error ? e.message : String(e) };
-}
-
-/** The error again on this side: a branded Qcow2Error when it was one. */
-export function fromWire(w: WireError): Error {
-  if (!w.qcow2 || w.code === undefined) return new Error(w.message);
-  const details: { property?: string; offset?: number | bigint; file?: string } = {};
-  if (w.property !== undefined) details.property = w.property;
-  if (w.offset !== undefined) details.offset = w.offset;
-  if (w.file !== undefined) details.file = w.file;
-  return new Qcow2Error(w.code, w.message, details);
-}
+  | { id: number; kind: 'error'; error: ErrorData };

@@ -5,7 +5,8 @@
 import * as os from 'os';
 import { parentPort } from 'worker_threads';
 import { runOp } from './dispatch';
-import { OpReply, OpRequest, toWire } from './protocol';
+import { errorToData } from '../../model/errors';
+import type { OpReply, OpRequest } from './protocol';
 
 /** Progress is posted at most this often (a 1 TiB import reports every 4 MiB). */
 const PROGRESS_INTERVAL_MS = 50;
@@ -63,7 +64,7 @@ port.on('message', (req: OpRequest) => {
   try {
     post({ id: req.id, kind: 'result', value: runOp(req.target, req.call, progress) });
   } catch (e) {
-    post({ id: req.id, kind: 'error', error: toWire(e) });
+    post({ id: req.id, kind: 'error', error: errorToData(e) });
   }
   // A thread that cannot get its priority back retires; the pool starts a fresh one when needed.
   if (niced && !restore()) process.exit(0);
