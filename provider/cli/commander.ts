@@ -3,12 +3,13 @@
 
 import { Command } from 'commander';
 import { PROG } from './report';
+import { err, out } from './io';
 
 export function command(name: string): Command {
   return new Command(`${PROG} ${name}`)
     .showHelpAfterError(false)
     .exitOverride()
-    .configureOutput({ outputError: (str) => process.stderr.write(`${PROG}: ${str.replace(/^error: /, '')}`) });
+    .configureOutput({ writeOut: out, writeErr: err, outputError: (str) => err(`${PROG}: ${str.replace(/^error: /, '')}`) });
 }
 
 /** Repeatable option values (`-o a -o b`). */

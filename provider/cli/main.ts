@@ -6,6 +6,7 @@
 // reaches the user through report.ts: a message, never a stack trace.
 
 import { Exit, PROG, messageOf, report } from './report';
+import { Io, err, out, withIo } from './io';
 
 interface CommandModule {
   usage: string;
@@ -34,16 +35,20 @@ function help(): string {
   return lines.join('\n') + '\n';
 }
 
-/** Run one command line; resolves with the exit status. */
-export async function main(argv: string[]): Promise<number> {
+/** Run one command line; resolves with the exit status. Output goes to `io` (default: fds 1 and 2). */
+export function main(argv: string[], io?: Io): Promise<number> {
+  return io ? withIo(io, () => run(argv)) : run(argv);
+}
+
+async function run(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   try {
     if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
-      (name === undefined ? process.stderr : process.stdout).write(help());
+      (name === undefined ? err : out)(help());
       return name === undefined ? 1 : 0;
     }
     if (name === '-V' || name === '--version') {
-      process.stdout.write(`${version()}\n`);
+      out(`${version()}\n`);
       return 0;
     }
     if (!(COMMANDS as readonly string[]).includes(name)) {
@@ -53,7 +58,7 @@ export async function main(argv: string[]): Promise<number> {
     const cmd = load(name as CommandName);
     if (rest.includes('-h') || rest.includes('--help')) {
       if (name === 'info' || name === 'check' || name === 'map') {
-        process.stdout.write(`Usage: ${PROG} ${cmd.usage}\n\n${cmd.description}\n`);
+        out(`Usage: ${PROG} ${cmd.usage}\n\n${cmd.description}\n`);
         return 0;
       }
     }

@@ -2,6 +2,7 @@
 // then an exit status. Commands throw; main() turns what they throw into output and a status.
 
 import { Qcow2Error } from '../model/errors';
+import { err } from './io';
 
 export const PROG = 'qcow2';
 
@@ -13,17 +14,17 @@ export class Exit extends Error {
 /** `qcow2: [FILE: ]first line`, further lines bare (qemu-img's error_report of a multi-line message). */
 export function report(lines: string, file?: string): void {
   const [first, ...rest] = lines.split('\n');
-  process.stderr.write(`${PROG}: ${file !== undefined ? `${file}: ` : ''}${first}\n`);
-  for (const l of rest) process.stderr.write(`${l}\n`);
+  err(`${PROG}: ${file !== undefined ? `${file}: ` : ''}${first}\n`);
+  for (const l of rest) err(`${l}\n`);
 }
 
 /** Every line prefixed (qemu-img prints such messages as separate error_reports). */
 export function reportEach(lines: string): void {
-  for (const l of lines.split('\n')) process.stderr.write(`${PROG}: ${l}\n`);
+  for (const l of lines.split('\n')) err(`${PROG}: ${l}\n`);
 }
 
 export function warn(message: string): void {
-  process.stderr.write(`${PROG}: warning: ${message}\n`);
+  err(`${PROG}: warning: ${message}\n`);
 }
 
 /** Report and end with status 1. */

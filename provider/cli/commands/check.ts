@@ -5,6 +5,7 @@ import { outputFormat, parseArgs, requireQcow2 } from '../args';
 import { cliEngine } from '../engine';
 import { checkExitCode, checkHumanText, checkJson } from '../render/check';
 import { Exit, fail, messageOf, report } from '../report';
+import { out, err } from '../io';
 
 export const usage = 'check [-f qcow2] [-q] [-U] [--output=human|json] FILE';
 export const description = 'check refcount and L1/L2 consistency; exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
@@ -24,9 +25,9 @@ export async function run(argv: string[]): Promise<void> {
   } catch (e) {
     fail(`Could not open '${file}': ${messageOf(e)}`);
   }
-  for (const m of r.messages) process.stderr.write(m + '\n');
+  for (const m of r.messages) err(m + '\n');
   const code = checkExitCode(r);
-  if (!a.flags.has('quiet')) process.stdout.write(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
+  if (!a.flags.has('quiet')) out(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
   if (code === 1) report('Check failed');
   if (code !== 0) throw new Exit(code);
 }

@@ -6,6 +6,7 @@ import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
+import { out } from '../io';
 
 export const usage = 'convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
@@ -33,7 +34,7 @@ export async function run(argv: string[]): Promise<void> {
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
     if (hasHelpOption(pairs)) {
-      process.stdout.write(createOptionsHelp());
+      out(createOptionsHelp());
       return;
     }
     options = toCreateOptions(pairs, undefined, { onWarning: warn });

@@ -9,6 +9,7 @@ import { formattingLine } from '../render/formatting';
 import { Exit, fail, messageOf, report, reportEach, warn } from '../report';
 import { Qcow2Error } from '../../model/errors';
 import type { CreateOptions } from '../../model/options';
+import { out } from '../io';
 
 export const usage = 'create [-f qcow2] [-o OPTIONS] [-b FILE -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]';
 export const description = 'create a new qcow2 image (never overwrites an existing image or data file)';
@@ -42,7 +43,7 @@ export async function run(argv: string[]): Promise<void> {
   }
   const pairs = o.o.length ? parseOptionList(text) : [];
   if (hasHelpOption(pairs)) {
-    process.stdout.write(createOptionsHelp());
+    out(createOptionsHelp());
     return;
   }
   if (file === undefined) fail('Expecting image file name');
@@ -54,7 +55,7 @@ export async function run(argv: string[]): Promise<void> {
     options = toCreateOptions([...pairs, ...extra], size, { unsafe: o.u ?? false, onWarning: warn });
   } catch (e) {
     if (Qcow2Error.isInstance(e)) {
-      if (raisedAfterFormatting(e) && !o.q) process.stdout.write(formattingLine(file, [...pairs, ...extra], size) + '\n');
+      if (raisedAfterFormatting(e) && !o.q) out(formattingLine(file, [...pairs, ...extra], size) + '\n');
       report(e.message, file);
     } else {
       reportEach(messageOf(e));
@@ -65,7 +66,7 @@ export async function run(argv: string[]): Promise<void> {
   if (options.size === undefined && (options.backingFile === undefined || o.u) && !options.adoptDataFile) {
     fail('Image creation needs a size parameter', file); // qemu-img says so before Formatting
   }
-  if (!o.q) process.stdout.write(formattingLine(file, [...pairs, ...extra], size, options) + '\n');
+  if (!o.q) out(formattingLine(file, [...pairs, ...extra], size, options) + '\n');
   try {
     await cliEngine().create(file, options, { unsafeBacking: o.u ?? false });
   } catch (e) {

@@ -5,6 +5,7 @@ import { outputFormat, parseArgs, requireQcow2 } from '../args';
 import { cliEngine } from '../engine';
 import { infoHumanText, infoJsonText } from '../render/info';
 import { fail, messageOf } from '../report';
+import { out } from '../io';
 
 export const usage = 'info [-f qcow2] [-U] [--output=human|json] FILE';
 export const description = 'show image information (reads the header only; never opens the data file)';
@@ -21,5 +22,5 @@ export async function run(argv: string[]): Promise<void> {
   } catch (e) {
     fail(`Could not open '${file}': ${messageOf(e)}`);
   }
-  process.stdout.write(fmt === 'json' ? infoJsonText(facts, file) + '\n' : infoHumanText(facts, file));
+  out(fmt === 'json' ? infoJsonText(facts, file) + '\n' : infoHumanText(facts, file));
 }

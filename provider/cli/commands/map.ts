@@ -5,6 +5,7 @@ import { outputFormat, parseArgs, requireQcow2 } from '../args';
 import { cliEngine } from '../engine';
 import { mapHumanText, mapJsonText } from '../render/map';
 import { fail, failOn, messageOf } from '../report';
+import { out } from '../io';
 
 export const usage = 'map [-f qcow2] [--output=human|json] [-U] FILE';
 export const description = 'show the allocation map of an image through its backing chain (qemu-img map)';
@@ -27,5 +28,5 @@ export async function run(argv: string[]): Promise<void> {
   } catch (e) {
     fail(messageOf(e)); // qemu-img's refusal to print compressed clusters: no file prefix
   }
-  process.stdout.write(text);
+  out(text);
 }

@@ -5,6 +5,7 @@ import { command } from '../commander';
 import { cliEngine } from '../engine';
 import { Exit, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import { parseSize } from '../../model/size';
+import { out } from '../io';
 
 export const usage = 'resize [-f qcow2] [--shrink] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
@@ -44,5 +45,5 @@ export async function run(argv: string[]): Promise<void> {
     }
     throw new Exit(1);
   }
-  if (!o.q) process.stdout.write('Image resized.\n');
+  if (!o.q) out('Image resized.\n');
 }

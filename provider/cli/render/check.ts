@@ -15,6 +15,17 @@ export interface CheckJson {
   format: 'qcow2';
 }
 
+/**
+ * qemu-img prints the check's QDict in hash-bucket order (qdict.c: tdb_hash(key) % 512), not in
+ * the QAPI field order: image-end-offset 30, compressed-clusters 67, total-clusters 169,
+ * corruptions 181, check-errors 204, leaks 246, allocated-clusters 304, filename 313, format 337,
+ * fragmented-clusters 484.
+ */
+const QDICT_ORDER: ReadonlyArray<keyof CheckJson> = [
+  'image-end-offset', 'compressed-clusters', 'total-clusters', 'corruptions', 'check-errors', 'leaks',
+  'allocated-clusters', 'filename', 'format', 'fragmented-clusters',
+];
+
 /** `qemu-img check --output=json`: zero counters other than check-errors are omitted. */
 export function checkJson(r: CheckResult, filename: string): CheckJson {
   const j: CheckJson = { 'total-clusters': r.totalClusters, 'check-errors': r.checkErrors, filename, format: 'qcow2' };
@@ -24,7 +35,9 @@ export function checkJson(r: CheckResult, filename: string): CheckJson {
   if (r.compressedClusters) j['compressed-clusters'] = r.compressedClusters;
   if (r.leaks) j.leaks = r.leaks;
   if (r.corruptions) j.corruptions = r.corruptions;
-  return j;
+  const ordered: Record<string, unknown> = {};
+  for (const k of QDICT_ORDER) if (j[k] !== undefined) ordered[k] = j[k];
+  return ordered as unknown as CheckJson;
 }
 
 /** `qemu-img check` human summary (stdout). */

@@ -11,8 +11,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { inspect } from 'util';
-import { Worker } from 'worker_threads';
+import type { Worker } from 'worker_threads';
 import { Qcow2Error } from '../../model/errors';
 import type { ProgressFn } from '../../qcow2/guest/dataio';
 import { errorFromData } from '../../model/errors';
@@ -108,7 +107,9 @@ export class WorkerPool {
 
   private spawn(): Slot {
     const entry = workerEntry();
-    const worker = new Worker(entry.file, { eval: entry.eval });
+    // Loaded here, not at the top: a program that runs the engine inline never starts a thread.
+    const { Worker: WorkerClass } = require('worker_threads') as typeof import('worker_threads');
+    const worker = new WorkerClass(entry.file, { eval: entry.eval });
     const slot: Slot = { worker };
     worker.on('message', (m: OpReply) => this.onReply(slot, m));
     const fail = (why: string) => {
@@ -119,7 +120,7 @@ export class WorkerPool {
       t?.reject(new Qcow2Error('IO', `The native engine's worker thread stopped (${why}) during ${t.request.call.op} of '${t.request.call.path}'`, { file: t.request.call.path }));
       this.pump();
     };
-    worker.on('error', (e) => fail(e instanceof Error ? e.message : inspect(e)));
+    worker.on('error', (e) => fail(e instanceof Error ? e.message : (require('util') as typeof import('util')).inspect(e)));
     worker.on('exit', (code) => fail(`exit code ${code}`)); // (an idle worker retiring fails nothing)
     worker.unref(); // after the listeners: adding one refs the worker's port again
     this.slots.push(slot);

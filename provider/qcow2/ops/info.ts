@@ -6,7 +6,7 @@
 import { BlockFile, NodeBlockFile } from '../io/blockfile';
 import { decodeBitmapDirectory } from '../spec/bitmaps';
 import { Image } from '../meta/image';
-import { lockImage } from '../io/lock';
+import { probeLock } from '../io/lock';
 import * as C from '../spec/constants';
 import type { ImageFacts, SnapshotFacts } from '../../model/facts';
 
@@ -59,13 +59,13 @@ export function fullBackingFilename(imageName: string, backing: string): string 
 
 /**
  * The facts of the image file `fileName` (header only; the data file is never opened). With
- * `lock`, QEMU's shared read lock is probed first, as qemu-img info without -U does: an image a
- * VM is writing is LOCKED.
+ * `lock`, QEMU's locks are probed first, as qemu-img info without -U does: an image a VM is
+ * writing is LOCKED.
  */
 export function readImageFacts(fileName: string, options: { lock?: boolean } = {}): ImageFacts {
   const file = NodeBlockFile.open(fileName, false);
   try {
-    if (options.lock) lockImage(file.fd, fileName, 'read').release();
+    if (options.lock) probeLock(file.fd, fileName, 'read');
     return infoOf(file, fileName);
   } finally {
     file.close();

@@ -104,7 +104,7 @@ function qemuImgUntimed(args: string[], cwd: string): Run {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-interface CliModule { main(argv: string[]): Promise<number> }
+interface CliModule { main(argv: string[], io?: { out(t: string): void; err(t: string): void }): Promise<number> }
 let cliModule: CliModule | undefined;
 
 /**
@@ -123,20 +123,14 @@ export async function runOurs(args: string[], cwd: string): Promise<Run> {
 async function runOursUntimed(args: string[], cwd: string): Promise<Run> {
   cliModule ??= require(CLI) as CliModule;
   const prev = process.cwd();
-  const errWrite = process.stderr.write;
-  const outWrite = process.stdout.write;
   let stderr = '';
   let stdout = '';
-  process.stderr.write = ((chunk: string | Uint8Array) => { stderr += String(chunk); return true; }) as typeof process.stderr.write;
-  process.stdout.write = ((chunk: string | Uint8Array) => { stdout += String(chunk); return true; }) as typeof process.stdout.write;
   process.chdir(cwd);
   let status: number;
   try {
-    status = await cliModule.main(args);
+    status = await cliModule.main(args, { out: (t) => { stdout += t; }, err: (t) => { stderr += t; } });
   } finally {
     process.chdir(prev);
-    process.stderr.write = errWrite;
-    process.stdout.write = outWrite;
   }
   return { status, stdout, stderr };
 }
