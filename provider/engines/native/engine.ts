@@ -10,8 +10,7 @@ import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
 import type { Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
-import { LOCAL, OpCall, TargetDescriptor } from './protocol';
-import { sharedPool } from './pool';
+import type { OpCall, TargetDescriptor } from './protocol';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
 export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
@@ -23,16 +22,14 @@ export interface NativeEngineOptions {
   target?: TargetDescriptor;
 }
 
+// Each executor loads its machinery on first use: a command line running inline never loads the
+// pool (nor worker_threads), a provider never loads the dispatcher on its own thread.
 function executorOf(kind: NativeEngineOptions['executor']): Executor {
   if (typeof kind === 'function') return kind;
   if (kind === 'inline') {
-    // Loaded on first use, through Node's CommonJS loader (compiled code or ts-node).
-    return async (target, call, progress) => {
-      const { runOp } = require('./dispatch') as typeof import('./dispatch');
-      return runOp(target, call, progress);
-    };
+    return async (target, call, progress) => (await import('./dispatch')).runOp(target, call, progress);
   }
-  return (target, call, progress) => sharedPool().run(target, call, progress);
+  return async (target, call, progress) => (await import('./pool')).sharedPool().run(target, call, progress);
 }
 
 export class NativeEngine implements Engine {
@@ -42,7 +39,7 @@ export class NativeEngine implements Engine {
 
   constructor(options: NativeEngineOptions = {}) {
     this.exec = executorOf(options.executor);
-    this.target = options.target ?? LOCAL;
+    this.target = options.target ?? { kind: 'local' };
   }
 
   private run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
