@@ -57,3 +57,24 @@ export function outputFormat(v: string | undefined): 'human' | 'json' {
 export function requireQcow2(fmt: string | undefined): void {
   if (fmt !== undefined && fmt !== 'qcow2') fail(`Unknown file format '${fmt}': this tool handles qcow2 images only`);
 }
+
+/** What the read-only commands (info, check, map) take: `[-f qcow2] [-U] [--output=FMT] [-q] FILE`. */
+export interface ReadArgs {
+  file: string;
+  output: 'human' | 'json';
+  forceShare: boolean;
+  quiet: boolean;
+}
+
+export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean } = {}): ReadArgs {
+  const a = parseArgs(argv, {
+    flags: { '-U': 'forceShare', '--force-share': 'forceShare', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
+    values: { '-f': 'format', '--output': 'output' },
+  });
+  requireQcow2(a.values.get('format'));
+  const output = outputFormat(a.values.get('output'));
+  const file = a.positional[0];
+  if (file === undefined) fail('Expecting one image file name');
+  if (a.positional.length > 1) fail(`Unexpected argument '${a.positional[1]}'`);
+  return { file, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet') };
+}

@@ -5,32 +5,26 @@
 
 import type { EngineName } from '../engines/engine';
 import type { ImageFacts } from '../model/facts';
-import type { Compat, CompressionType, Preallocation } from '../model/options';
+import type { Preallocation } from '../model/options';
 
-/** Outputs: the image as last read, plus what delete and diff need. Never undefined. */
-export interface ImageOutputs {
-  path: string;
-  engine: EngineName;
-  /** Bytes: a number below 2^53, a decimal string above (exact either way). */
+/**
+ * The outputs that are facts of the image: the facts' own types where JSON holds them as they
+ * are, byte counts exact (a number below 2^53, a decimal string above), absent names as ''.
+ */
+export type FactOutputs = Pick<ImageFacts, 'clusterSize' | 'compat' | 'refcountBits' | 'lazyRefcounts' | 'extendedL2' | 'compressionType' |
+  'dataFileRaw' | 'dirty' | 'corrupt' | 'snapshots' | 'bitmaps'> & {
   virtualSize: number | string;
-  /** Bytes allocated for the qcow2 file: a number below 2^53, a decimal string above. */
+  /** Bytes allocated for the qcow2 file. */
   actualSize: number | string;
-  clusterSize: number;
-  compat: Compat;
-  refcountBits: number;
-  lazyRefcounts: boolean;
-  extendedL2: boolean;
-  compressionType: CompressionType;
   dataFile: string;
-  dataFileRaw: boolean;
   backingFile: string;
   backingFormat: string;
-  dirty: boolean;
-  corrupt: boolean;
-  /** Number of internal snapshots. */
-  snapshots: number;
-  /** Names of the persistent dirty bitmaps. */
-  bitmaps: string[];
+};
+
+/** Outputs: the image as last read, plus what delete and diff need. Never undefined. */
+export interface ImageOutputs extends FactOutputs {
+  path: string;
+  engine: EngineName;
   /** Preallocation asked at creation ('' when unknown: adopted images). */
   preallocation: string;
   /** This resource created the data file (so destroy may remove it). */
@@ -41,10 +35,6 @@ export interface ImageOutputs {
   deleteAdopted: boolean;
   providerVersion: string;
 }
-
-/** The outputs that are facts of the image (the rest is the resource's own bookkeeping). */
-export type FactOutputs = Pick<ImageOutputs, 'virtualSize' | 'actualSize' | 'clusterSize' | 'compat' | 'refcountBits' | 'lazyRefcounts' |
-  'extendedL2' | 'compressionType' | 'dataFile' | 'dataFileRaw' | 'backingFile' | 'backingFormat' | 'dirty' | 'corrupt' | 'snapshots' | 'bitmaps'>;
 
 /** A byte count as Pulumi state: exact as a number below 2^53, else a decimal string. */
 export function bytesOut(v: bigint): number | string {

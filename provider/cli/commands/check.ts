@@ -1,7 +1,7 @@
 // `qcow2 check [-f qcow2] [-q] [-U] [--output=human|json] FILE`: QEMU's refcount and L1/L2
 // consistency check, read-only; exit 0 clean, 1 could not check, 2 corruptions, 3 leaks only.
 
-import { outputFormat, parseArgs, requireQcow2 } from '../args';
+import { parseReadArgs } from '../args';
 import { cliEngine } from '../engine';
 import { checkExitCode, checkHumanText, checkJson } from '../render/check';
 import { Exit, fail, messageOf, report } from '../report';
@@ -11,23 +11,16 @@ export const usage = 'check [-f qcow2] [-q] [-U] [--output=human|json] FILE';
 export const description = 'check refcount and L1/L2 consistency; exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
 
 export async function run(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, {
-    flags: { '-U': 'forceShare', '--force-share': 'forceShare', '-q': 'quiet' },
-    values: { '-f': 'format', '--output': 'output' },
-  });
-  requireQcow2(a.values.get('format'));
-  const fmt = outputFormat(a.values.get('output'));
-  const file = a.positional[0];
-  if (file === undefined || a.positional.length > 1) fail(file === undefined ? 'Expecting one image file name' : `Unexpected argument '${a.positional[1]}'`);
+  const { file, output: fmt, forceShare, quiet } = parseReadArgs(argv, { quiet: true });
   let r;
   try {
-    r = await cliEngine().check(file, { forceShare: a.flags.has('forceShare') });
+    r = await cliEngine().check(file, { forceShare });
   } catch (e) {
     fail(`Could not open '${file}': ${messageOf(e)}`);
   }
   for (const m of r.messages) err(m + '\n');
   const code = checkExitCode(r);
-  if (!a.flags.has('quiet')) out(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
+  if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
   if (code === 1) report('Check failed');
   if (code !== 0) throw new Exit(code);
 }

@@ -1,7 +1,7 @@
 // `qcow2 map [-f qcow2] [--output=human|json] [-U] FILE`: the allocation map through the backing
 // chain, as qemu-img map prints it.
 
-import { outputFormat, parseArgs, requireQcow2 } from '../args';
+import { parseReadArgs } from '../args';
 import { cliEngine } from '../engine';
 import { mapHumanText, mapJsonText } from '../render/map';
 import { fail, failOn, messageOf } from '../report';
@@ -11,14 +11,10 @@ export const usage = 'map [-f qcow2] [--output=human|json] [-U] FILE';
 export const description = 'show the allocation map of an image through its backing chain (qemu-img map)';
 
 export async function run(argv: string[]): Promise<void> {
-  const a = parseArgs(argv, { flags: { '-U': 'forceShare', '--force-share': 'forceShare' }, values: { '-f': 'format', '--output': 'output' } });
-  requireQcow2(a.values.get('format'));
-  const fmt = outputFormat(a.values.get('output'));
-  const file = a.positional[0];
-  if (file === undefined || a.positional.length > 1) fail(file === undefined ? 'Expecting one image file name' : `Unexpected argument '${a.positional[1]}'`);
+  const { file, output: fmt, forceShare } = parseReadArgs(argv);
   let entries;
   try {
-    entries = await cliEngine().map(file, { forceShare: a.flags.has('forceShare') });
+    entries = await cliEngine().map(file, { forceShare });
   } catch (e) {
     failOn(e, file);
   }
