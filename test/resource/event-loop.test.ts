@@ -2,6 +2,9 @@
 // dynamic-provider host keeps answering while a long operation writes. A `preallocation: full`
 // create of a 2 GiB image (gigabytes of zeros written) runs while a Read of another image is
 // made; the Read must answer within 100 ms, and must provably fall inside the create.
+//
+// `npm test` runs this file on its own after the rest of the suite (npm run test:latency): a
+// latency is only meaningful while no other test file competes for the same cores.
 
 import * as fs from 'fs';
 import * as os from 'os';
