@@ -18,7 +18,19 @@ export type Qcow2ErrorCode =
   /** A refused change (rules/): what was asked, why not, and what to do instead. */
   | 'REFUSED'
   /** An operating-system I/O error. */
-  | 'IO';
+  | 'IO'
+  /** A remote host could not be reached, or the connection to it was lost (may succeed when retried). */
+  | 'CONNECTION'
+  /** A remote host refused every credential offered (user, key, agent or password). */
+  | 'AUTH'
+  /** A remote host's key (or an HTTPS server's certificate) is unknown, changed, revoked or not trusted: nothing was sent to it. */
+  | 'HOST_KEY'
+  /** QEMU answered a QMP command with an error (its class and description are in the message). */
+  | 'QMP'
+  /** An HTTP server answered with an error status, redirects without end, or breaks the protocol (ranges, lengths). */
+  | 'HTTP'
+  /** Bytes received do not match the checksum the user gave (`sourceChecksum`). */
+  | 'CHECKSUM';
 
 const BRAND = Symbol.for('pulumi-qcow2.Qcow2Error');
 
@@ -27,7 +39,7 @@ export interface Qcow2ErrorDetails {
   offset?: number | bigint;
   /** The option or property the error is about (`cluster_size`, `dataFileRaw`, ...). */
   property?: string;
-  /** The file the error is about. */
+  /** The file the error is about (for a download, its URL with credentials redacted). */
   file?: string;
   /** The underlying error. */
   cause?: unknown;
@@ -63,4 +75,51 @@ export function invalidImage(message: string, offset?: number | bigint): Qcow2Er
 /** Shorthand for an invalid-option error naming the option. */
 export function invalidOption(message: string, property?: string): Qcow2Error {
   return new Qcow2Error('INVALID_OPTION', message, property === undefined ? {} : { property });
+}
+
+/**
+ * An error as structured-clone data, for crossing a thread (the native engine's workers, the
+ * transport bridge): a Qcow2Error keeps its code, file, property and offset (bigint included) and
+ * is rebuilt branded; any other error keeps its name, message and string code.
+ */
+export interface ErrorData {
+  qcow2: boolean;
+  name: string;
+  message: string;
+  code?: string;
+  file?: string;
+  property?: string;
+  offset?: number | bigint;
+}
+
+export function errorToData(e: unknown): ErrorData {
+  if (Qcow2Error.isInstance(e)) {
+    const out: ErrorData = { qcow2: true, name: e.name, message: e.message, code: e.code };
+    if (e.file !== undefined) out.file = e.file;
+    if (e.property !== undefined) out.property = e.property;
+    if (e.offset !== undefined) out.offset = e.offset;
+    return out;
+  }
+  const err = e as { name?: unknown; message?: unknown; code?: unknown };
+  const out: ErrorData = {
+    qcow2: false,
+    name: typeof err?.name === 'string' ? err.name : 'Error',
+    message: typeof err?.message === 'string' ? err.message : String(e),
+  };
+  if (typeof err?.code === 'string') out.code = err.code;
+  return out;
+}
+
+export function errorFromData(e: ErrorData): Error {
+  if (e.qcow2) {
+    const details: Qcow2ErrorDetails = {};
+    if (e.file !== undefined) details.file = e.file;
+    if (e.property !== undefined) details.property = e.property;
+    if (e.offset !== undefined) details.offset = e.offset;
+    return new Qcow2Error(e.code as Qcow2ErrorCode, e.message, details);
+  }
+  const err = new Error(e.message) as Error & { code?: string };
+  err.name = e.name;
+  if (e.code !== undefined) err.code = e.code;
+  return err;
 }

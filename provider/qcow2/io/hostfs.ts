@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Qcow2Error } from '../../model/errors';
 import { BlockFile, NodeBlockFile, ioError } from './blockfile';
-import { ImageLock, LockMode, lockImage } from './lock';
+import { ImageLock, LockMode, lockImage, probeLock } from './lock';
 import { Extent, extentOfFd, punchHoleFd } from './sparse';
 
 /** 'read' and 'write' open an existing file; 'create' makes a new one, EXISTS if anything is there. */
@@ -53,6 +53,8 @@ export interface HostFs {
   fsyncDir(path: string): void;
   /** Take QEMU's image lock on an open file (io/lock.ts); LOCKED when a QEMU user conflicts. */
   lock(file: BlockFile, name: string, mode: LockMode): ImageLock;
+  /** Refuse (LOCKED) when another process holds a lock conflicting with `mode`, without taking one. */
+  probeLock(file: BlockFile, name: string, mode: LockMode): void;
   /** The extent at `offset` (SEEK_DATA / SEEK_HOLE): data, or a hole reading as zeros. */
   extent(file: BlockFile, offset: number, length: number, fileSize?: number): Extent;
   /** Make a range read as zeros without changing the size: a hole where the host can. */
@@ -144,6 +146,11 @@ export const localFs: HostFs = {
     const fd = fdOf(file);
     if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locks need a local file: '${name}' is not one`, { file: name });
     return lockImage(fd, name, mode);
+  },
+  probeLock(file, name, mode) {
+    const fd = fdOf(file);
+    if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locks need a local file: '${name}' is not one`, { file: name });
+    probeLock(fd, name, mode);
   },
   extent(file, offset, length, fileSize = file.size()) {
     return extentOfFd(fdOf(file), offset, length, fileSize);
