@@ -176,12 +176,14 @@ export function runIotests(opts: RunOptions): Promise<RunResult> {
       // check exits 1 when a test failed; anything else without results is check itself failing.
       if (outcomes.length === 0) {
         const why = (diffs || header).trim().split('\n').slice(-8).join('\n');
+        stopLeftDaemons(runDir);
         detachMounts(runDir);
         removeRunDir(runDir);
         reject(new Error(`qemu-iotests check ran no test (exit ${code}):\n${why}`));
         return;
       }
       for (const o of outcomes) o.reason = reasonOf(runDir, o, opts.jobs ?? 1);
+      stopLeftDaemons(runDir);
       detachMounts(runDir);
       if (!opts.keep) removeRunDir(runDir);
       const named = (s: Status) => outcomes.filter((o) => o.status === s).map((o) => o.name);
@@ -200,6 +202,33 @@ function detachMounts(runDir: string): void {
     .map((l) => l.split(' ')[4]?.replace(/\\040/g, ' '))
     .filter((m): m is string => m !== undefined && m.startsWith(real + path.sep));
   for (const m of mounts.reverse()) spawnSync('umount', ['-l', m], { stdio: 'ignore' });
+}
+
+/**
+ * Stop daemons a test started and left running: a failing test can leave a `qemu-nbd --fork`
+ * (162) that has left check's process group. Only processes that wrote a pid file in this run's
+ * scratch folder and name the run folder on their command line, by their pid.
+ */
+function stopLeftDaemons(runDir: string): void {
+  const scratch = path.join(runDir, 'scratch');
+  const pidFiles: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(path.join(dir, e.name));
+      else if (e.name.endsWith('.pid')) pidFiles.push(path.join(dir, e.name));
+    }
+  };
+  if (fs.existsSync(scratch)) walk(scratch);
+  for (const f of pidFiles) {
+    const pid = Number(fs.readFileSync(f, 'utf8').trim());
+    if (!Number.isInteger(pid) || pid <= 1) continue;
+    try {
+      if (!fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(runDir)) continue;
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // gone already
+    }
+  }
 }
 
 function removeRunDir(runDir: string): void {
