@@ -205,28 +205,19 @@ function detachMounts(runDir: string): void {
 }
 
 /**
- * Stop daemons a test started and left running: a failing test can leave a `qemu-nbd --fork`
- * (162) that has left check's process group. Only processes that wrote a pid file in this run's
- * scratch folder and name the run folder on their command line, by their pid.
+ * Stop daemons a test started and left running: 162 forks a qemu-nbd that only exits once a
+ * client has come and gone, so when our CLI fails before connecting it stays, outside check's
+ * process group. check has ended by now: what still names this run's folder on its command line
+ * (the iotests' qemu-nbd wrapper passes --pid-file=$TEST_DIR/...) is such a daemon, stopped by pid.
  */
 function stopLeftDaemons(runDir: string): void {
-  const scratch = path.join(runDir, 'scratch');
-  const pidFiles: string[] = [];
-  const walk = (dir: string) => {
-    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(path.join(dir, e.name));
-      else if (e.name.endsWith('.pid')) pidFiles.push(path.join(dir, e.name));
-    }
-  };
-  if (fs.existsSync(scratch)) walk(scratch);
-  for (const f of pidFiles) {
-    const pid = Number(fs.readFileSync(f, 'utf8').trim());
-    if (!Number.isInteger(pid) || pid <= 1) continue;
+  for (const entry of fs.readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
     try {
-      if (!fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(runDir)) continue;
-      process.kill(pid, 'SIGTERM');
+      if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(runDir + path.sep)) process.kill(pid, 'SIGTERM');
     } catch {
-      // gone already
+      // gone, or not ours to read
     }
   }
 }
