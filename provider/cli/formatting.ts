@@ -2,7 +2,7 @@
 // QEMU's option-list order, set values as given (numbers as parsed), unset ones at their default.
 
 import type { OptionPair } from './optlist';
-import type { CreateOptions } from '../format/options';
+import type { CreateOptions } from '../model/options';
 
 /** [name, default, kind]: QEMU's qcow2 create option list order (with file-protocol options merged). */
 const ORDER: ReadonlyArray<readonly [string, string | undefined, 'str' | 'num' | 'size' | 'bool']> = [

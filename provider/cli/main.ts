@@ -4,14 +4,14 @@
 // `qemu-img:`. Commander parses the command line; the `-o` list syntax is ours (optlist.ts).
 
 import { Command, CommanderError, Option } from 'commander';
-import { checkExitCode, checkHumanText, checkImageFile, checkJson } from '../format/check';
-import { amendImage, createImage, rebaseUnsafe, resizeImage } from '../engines/native';
-import { importImage, mapImage, rebaseImage } from '../engines/native';
-import { mapHumanText, mapJsonText } from '../format/map';
+import { checkExitCode, checkHumanText, checkImageFile, checkJson } from '../qcow2/ops/check';
+import { amendImage, createImage, rebaseUnsafe, resizeImage } from '../engines/native/ops';
+import { importImage, mapImage, rebaseImage } from '../engines/native/ops';
+import { mapHumanText, mapJsonText } from '../qcow2/ops/map';
 import * as cliProgress from 'cli-progress';
-import { parseSize } from '../format/size';
-import { Qcow2Error } from '../format/errors';
-import { imageInfo, infoHumanText, infoJsonText } from '../format/info';
+import { parseSize } from '../model/size';
+import { Qcow2Error } from '../model/errors';
+import { imageInfo, infoHumanText, infoJsonText } from '../qcow2/ops/info';
 import { formattingLine } from './formatting';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toAmendRequest, toCreateOptions } from './optlist';
 

@@ -1,9 +1,9 @@
 // qemu-img's `-o` text for `create -f qcow2`: tokenizing, merging repeated -o, typing into CreateOptions, and `-o help`.
 
-import { invalidOption, Qcow2Error } from '../format/errors';
-import type { CompressionType, Compat, CreateOptions, Preallocation } from '../format/options';
+import { invalidOption, Qcow2Error } from '../model/errors';
+import type { CompressionType, Compat, CreateOptions, Preallocation } from '../model/options';
 import type { AmendRequest } from '../rules/types';
-import { parseSize, parseSizeOption, strtoull, type WarningSink } from '../format/size';
+import { parseSize, parseSizeOption, strtoull, type WarningSink } from '../model/size';
 
 /** One `-o` item as written: a bare `key` (no `=`) has value `undefined`. */
 export type OptionPair = [key: string, value: string | undefined];

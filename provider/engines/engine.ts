@@ -2,9 +2,9 @@
 // native (provider/format, the default) and qemu-img (spawns QEMU's tool), with the same
 // results and the same typed errors, because both ask provider/rules before doing anything.
 
-import type { CheckResult } from '../format/check';
-import type { CreateOptions } from '../format/options';
-import type { ImageInfoJson } from '../format/info';
+import type { CheckResult } from '../qcow2/ops/check';
+import type { CreateOptions } from '../model/options';
+import type { ImageInfoJson } from '../qcow2/ops/info';
 import type { AmendRequest, ImageState } from '../rules/types';
 
 export type EngineName = 'native' | 'qemu-img';

@@ -1,6 +1,6 @@
 // A provider/rules refusal as the typed error both engines throw: same code, words and property.
 
-import { Qcow2Error, Qcow2ErrorCode } from '../format/errors';
+import { Qcow2Error, Qcow2ErrorCode } from '../model/errors';
 import type { Refusal } from '../rules/types';
 
 export function refused(r: Refusal, file?: string, code: Qcow2ErrorCode = 'REFUSED'): Qcow2Error {

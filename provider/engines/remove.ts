@@ -2,10 +2,10 @@
 // holds open), the data file only when asked, a backing file never.
 
 import * as fs from 'fs';
-import { NodeBlockFile } from '../format/blockfile';
-import { Qcow2Error } from '../format/errors';
-import { Image } from '../format/image';
-import { lockImage } from '../format/lock';
+import { NodeBlockFile } from '../qcow2/io/blockfile';
+import { Qcow2Error } from '../model/errors';
+import { Image } from '../qcow2/meta/image';
+import { lockImage } from '../qcow2/io/lock';
 import type { RemoveOptions } from './engine';
 
 export function removeImageFiles(path: string, options: RemoveOptions = {}): void {

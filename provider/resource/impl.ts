@@ -7,9 +7,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { getEngine } from '../engines';
 import type { Engine, EngineName, ImageInfo } from '../engines/engine';
-import { Qcow2Error } from '../format/errors';
-import type { CreateOptions, Compat, CompressionType, Preallocation } from '../format/options';
-import { parseSize } from '../format/size';
+import { Qcow2Error } from '../model/errors';
+import type { CreateOptions, Compat, CompressionType, Preallocation } from '../model/options';
+import { parseSize } from '../model/size';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { validateCreate } from '../rules/create';
 import type { DesiredSpec, ImageState, WorldFacts } from '../rules/types';
@@ -292,7 +292,7 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
   }
   if (inputs.source !== undefined) {
-    const native = require('../engines/native') as Record<string, unknown>;
+    const native = require('../engines/native/ops') as Record<string, unknown>;
     const importImage = native.importImage as ((dst: string, o: CreateOptions, src: { path: string; format?: string }) => unknown) | undefined;
     if (typeof importImage !== 'function') throw failure('source', 'importing from a source file is not available in this version');
     await importImage(file, opts, { path: absolute(inputs.source), ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}) });

@@ -2,7 +2,7 @@
 // and with its words, plus the combinations we refuse where qemu-img would lose data.
 // Pure: no I/O. The format engine, both engines and the CLI call this before touching a file.
 
-import type { CreateOptions, Preallocation, Compat, CompressionType, ResolvedCreateOptions } from '../format/options';
+import type { CreateOptions, Preallocation, Compat, CompressionType, ResolvedCreateOptions } from '../model/options';
 export type { ResolvedCreateOptions };
 
 /** A refusal: the option it is about and qemu-img's message (or ours, where we are stricter). */

@@ -1,7 +1,7 @@
 // Data-path legality: which images may have guest data written (writes, import, safe rebase),
 // and which convert/import requests are refused. Pure: the engine gathers the facts.
 
-import type { CreateOptions } from '../format/options';
+import type { CreateOptions } from '../model/options';
 import { validateRebase, validateWritable } from './amend';
 import type { ImageState, Refusal } from './types';
 

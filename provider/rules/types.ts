@@ -1,7 +1,7 @@
 // The vocabulary of provider/rules: what an existing image is (as info reads it), what a
 // program or command asks for, and the decisions the rules return. Pure data, no I/O.
 
-import type { Compat, CompressionType, CreateOptions, Preallocation } from '../format/options';
+import type { Compat, CompressionType, CreateOptions, Preallocation } from '../model/options';
 
 /** An existing image as the rules see it: what `info` reads, plus a few facts from the header. */
 export interface ImageState {

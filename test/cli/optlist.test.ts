@@ -15,8 +15,8 @@ import {
   type OptionPair,
   type ToCreateOptionsExtra,
 } from '../../provider/cli/optlist';
-import { Qcow2Error } from '../../provider/format/errors';
-import type { CreateOptions } from '../../provider/format/options';
+import { Qcow2Error } from '../../provider/model/errors';
+import type { CreateOptions } from '../../provider/model/options';
 import { runQemuImg, skipWithoutQemu } from '../helpers/qemu';
 
 const SIZE_HINT =

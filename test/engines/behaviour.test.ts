@@ -16,10 +16,10 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, EngineName } from '../../provider/engines/engine';
-import { NativeEngine } from '../../provider/engines/native-engine';
-import { QemuImgEngine } from '../../provider/engines/qemuimg-engine';
-import { imageInfo } from '../../provider/format/info';
-import type { CreateOptions } from '../../provider/format/options';
+import { NativeEngine } from '../../provider/engines/native/engine';
+import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
+import { imageInfo } from '../../provider/qcow2/ops/info';
+import type { CreateOptions } from '../../provider/model/options';
 import { validateRebase } from '../../provider/rules/amend';
 import {
   inDir, md5, must, observe, outcome, Outcome, scratchBase, snapshotDir, skipWithoutTools, startHolder, stopAllHolders, stopHolder, tool,

@@ -7,7 +7,7 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Qcow2Error } from '../../provider/format/errors';
+import { Qcow2Error } from '../../provider/model/errors';
 import { qemuImgPath, requireQemu } from '../helpers/qemu';
 import { stopProcess } from '../helpers/common';
 

@@ -8,11 +8,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { QemuImgEngine } from '../../provider/engines/qemuimg-engine';
+import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
 import { qemuImgError, coreMessage } from '../../provider/engines/qemuimg/errors';
 import { clearVersionCache, limitedArgv, limitMechanism } from '../../provider/engines/qemuimg/run';
 import { imageSpec, optList, peekHeader } from '../../provider/engines/qemuimg/spec';
-import { imageInfo } from '../../provider/format/info';
+import { imageInfo } from '../../provider/qcow2/ops/info';
 import { inDir, md5, must, outcome, skipWithoutTools, snapshotDir, tool } from './helpers';
 import { qemuImgPath } from '../helpers/qemu';
 
@@ -79,7 +79,7 @@ describe('finding qemu-img', () => {
     expect(b.version[0] * 100 + b.version[1]).toBeGreaterThanOrEqual(702);
   });
 
-  it.skipIf(!fs.existsSync(path.resolve(__dirname, '../../dist/provider/engines/qemuimg-engine.js')))('getEngine("qemu-img") on the build returns this engine', () => {
+  it.skipIf(!fs.existsSync(path.resolve(__dirname, '../../dist/provider/engines/qemuimg/engine.js')))('getEngine("qemu-img") on the build returns this engine', () => {
     // getEngine() requires compiled siblings; vitest does not compile them for require().
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { getEngine } = require(path.resolve(__dirname, '../../dist/provider/engines/index.js')) as typeof import('../../provider/engines');

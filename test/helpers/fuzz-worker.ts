@@ -1,5 +1,5 @@
 // Child process of the fuzz test: replays one mutated-image case per message through open, info
-// and (when provider/format/check.ts exists) check, and reports each call's outcome. Running in
+// and (when provider/qcow2/ops/check.ts exists) check, and reports each call's outcome. Running in
 // a child with a heap limit lets the test survive, and report, a case that hangs or exhausts
 // memory instead of taking the whole test process down (a worker thread cannot: V8's fatal
 // out-of-memory in a worker aborts the whole process).
@@ -8,10 +8,10 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
-import type { BlockFile } from '../../provider/format/blockfile';
-import { Qcow2Error } from '../../provider/format/errors';
-import { Image } from '../../provider/format/image';
-import { infoOf } from '../../provider/format/info';
+import type { BlockFile } from '../../provider/qcow2/io/blockfile';
+import { Qcow2Error } from '../../provider/model/errors';
+import { Image } from '../../provider/qcow2/meta/image';
+import { infoOf } from '../../provider/qcow2/ops/info';
 import { GuardedFile, UnboundedReadError, apply, parseCase } from './mutate';
 
 export interface CallResult {
@@ -33,7 +33,7 @@ const calls: Array<[string, Call]> = [
   ['infoOf', (f) => infoOf(f, 'x')],
 ];
 // FUZZ_CHECK_MODULE points the fuzzer at another check.ts (a candidate fix in a scratch copy).
-const checkModule = process.env.FUZZ_CHECK_MODULE ?? join(__dirname, '../../provider/format/check.ts');
+const checkModule = process.env.FUZZ_CHECK_MODULE ?? join(__dirname, '../../provider/qcow2/ops/check.ts');
 if (existsSync(checkModule)) {
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const mod = require(checkModule) as { checkImage?: Call };

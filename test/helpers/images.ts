@@ -1,9 +1,9 @@
 // Building valid images in memory (planCreate + writePlan onto a MemoryBlockFile) and the
 // byte-patching helpers hostile-image and fuzz tests use to break them on purpose.
 
-import { MemoryBlockFile } from '../../provider/format/blockfile';
-import { planCreate, writePlan, type CreatePlan } from '../../provider/format/create';
-import type { CreateOptions } from '../../provider/format/options';
+import { MemoryBlockFile } from '../../provider/qcow2/io/blockfile';
+import { planCreate, writePlan, type CreatePlan } from '../../provider/qcow2/ops/create';
+import type { CreateOptions } from '../../provider/model/options';
 import { validateCreate } from '../../provider/rules/create';
 
 /** Plan a create exactly as createImage would (same validation), without touching a file. */

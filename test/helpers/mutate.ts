@@ -1,4 +1,4 @@
-// Mutated-image cases for the fuzz test (test/format/fuzz.test.ts): seed images with the
+// Mutated-image cases for the fuzz test (test/qcow2/fuzz.test.ts): seed images with the
 // offsets of their header fields (from the field tables) and table areas, a fast-check arbitrary
 // of mutations, and a replayable `apply`. Kept apart so a failing case can be replayed in a script.
 
@@ -6,13 +6,13 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 
-import { BITMAP_DIR_ENTRY } from '../../provider/format/bitmaps';
-import { MemoryBlockFile } from '../../provider/format/blockfile';
-import * as C from '../../provider/format/constants';
-import { EXTENSION, HEADER_ADDITIONAL, HEADER_V2, HEADER_V3_TAIL } from '../../provider/format/header';
-import { Image } from '../../provider/format/image';
-import { SNAPSHOT_HEADER } from '../../provider/format/snapshot';
-import type { Struct, FieldSpec } from '../../provider/format/struct';
+import { BITMAP_DIR_ENTRY } from '../../provider/qcow2/spec/bitmaps';
+import { MemoryBlockFile } from '../../provider/qcow2/io/blockfile';
+import * as C from '../../provider/qcow2/spec/constants';
+import { EXTENSION, HEADER_ADDITIONAL, HEADER_V2, HEADER_V3_TAIL } from '../../provider/qcow2/spec/header';
+import { Image } from '../../provider/qcow2/meta/image';
+import { SNAPSHOT_HEADER } from '../../provider/qcow2/spec/snapshot';
+import type { Struct, FieldSpec } from '../../provider/qcow2/spec/struct';
 import { encodeExtensions, listExtensions, makeImage, patched, setU32 } from './images';
 
 export const MAX_READ = 64 << 20;

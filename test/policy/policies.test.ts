@@ -19,7 +19,7 @@ import {
   UNKNOWN as UNKNOWN_INPUT,
 } from '../../policy/policies';
 import { describeSize, parseSize } from '../../policy/size';
-import { parseSize as projectParseSize } from '../../provider/format/size';
+import { parseSize as projectParseSize } from '../../provider/model/size';
 import { Image } from '../../provider/resource/image';
 
 // Not in @pulumi/policy's typings (proxy.d.ts is empty), exported at run time.

@@ -25,7 +25,7 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
 
   beforeAll(async () => {
     if (skip) return;
-    if (engine === 'qemu-img' && !fs.existsSync(path.resolve(__dirname, '../../dist/provider/engines/qemuimg-engine.js'))) {
+    if (engine === 'qemu-img' && !fs.existsSync(path.resolve(__dirname, '../../dist/provider/engines/qemuimg/engine.js'))) {
       throw new Error('the qemu-img engine is not built');
     }
     dir = fs.mkdtempSync(path.join(os.tmpdir(), `qcow2-life-${engine}-`));

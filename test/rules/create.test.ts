@@ -6,7 +6,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import type { CreateOptions } from '../../provider/format/options';
+import type { CreateOptions } from '../../provider/model/options';
 import { validateAdoption, validateCreate } from '../../provider/rules/create';
 import { runQemuImg } from '../helpers/qemu';
 import { GiB, KiB, MiB, describeWithQemu, makeTempRoot, qemuCreateArgs, qemuMessage, removeTree, show } from './support';

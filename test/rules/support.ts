@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe } from 'vitest';
 
-import type { CreateOptions } from '../../provider/format/options';
+import type { CreateOptions } from '../../provider/model/options';
 import type { AmendRequest, ImageState } from '../../provider/rules/types';
 import { qemuImgAvailable, qemuImgPath, requireQemu, runQemuImg, type QemuImgResult } from '../helpers/qemu';
 

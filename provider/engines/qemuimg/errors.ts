@@ -4,7 +4,7 @@
 // the native engine reports for the same cause (provider/format mirrors qemu's messages).
 
 import * as path from 'path';
-import { Qcow2Error, Qcow2ErrorCode } from '../../format/errors';
+import { Qcow2Error, Qcow2ErrorCode } from '../../model/errors';
 import type { Limits, RunResult } from './run';
 
 export interface ErrorContext {
@@ -66,7 +66,7 @@ export function qemuImgError(r: RunResult, ctx: ErrorContext): Qcow2Error {
     }
   }
   if (code === 'LOCKED') {
-    // Name the caller's file, in the words lockImage uses (provider/format/lock.ts).
+    // Name the caller's file, in the words lockImage uses (provider/qcow2/io/lock.ts).
     const first = msg.split('\n')[0]!;
     const m = /Failed to get (shared )?"[^"]+" lock|Failed to lock byte \d+/.exec(first);
     const what = m ? m[0] : first;
@@ -78,7 +78,7 @@ export function qemuImgError(r: RunResult, ctx: ErrorContext): Qcow2Error {
     return new Qcow2Error('LOCKED', what + hint, details);
   }
   if (code === 'INVALID_OPTION' && HEADER_FULL.test(msg)) {
-    // The words of provider/format/header.ts (encodeHeader), so both engines say the same.
+    // The words of provider/qcow2/spec/header.ts (encodeHeader), so both engines say the same.
     return new Qcow2Error('INVALID_OPTION', 'Could not update qcow2 header: No space left on device', details);
   }
   if (code === undefined) {

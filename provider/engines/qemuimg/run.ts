@@ -10,7 +10,7 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { Qcow2Error } from '../../format/errors';
+import { Qcow2Error } from '../../model/errors';
 
 /** Resource limits of one qemu-img run. */
 export interface Limits {

@@ -1,9 +1,9 @@
 // qemu-img's JSON outputs mapped onto our types: `info --output=json` to ImageInfo and to the
 // rules' ImageState, `check --output=json` (plus its stderr lines) to CheckResult.
 
-import type { CheckResult } from '../../format/check';
-import { Qcow2Error } from '../../format/errors';
-import type { ImageInfoJson } from '../../format/info';
+import type { CheckResult } from '../../qcow2/ops/check';
+import { Qcow2Error } from '../../model/errors';
+import type { ImageInfoJson } from '../../qcow2/ops/info';
 import type { ImageState } from '../../rules/types';
 import { ImageInfo, toImageInfo } from '../engine';
 

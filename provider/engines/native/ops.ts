@@ -1,0 +1,342 @@
+// The native engine's operations: ask provider/rules, then drive provider/format. This is the
+// glue layer: qcow2/ knows how, rules/ knows what is legal, and nothing below reaches up.
+
+import * as fs from 'fs';
+import { Qcow2Error } from '../../model/errors';
+import { planCreate, probeBacking, writeNewImage } from '../../qcow2/ops/create';
+import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
+import { validateAdoption, validateCreate } from '../../rules/create';
+import { BlockFile, NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
+import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import * as C from '../../qcow2/spec/constants';
+import { Image } from '../../qcow2/meta/image';
+import { ImageLock, lockImage } from '../../qcow2/io/lock';
+import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import type { AmendRequest, ImageState, Refusal } from '../../rules/types';
+import { refused, throwIfRefused } from '../refusal';
+
+/** How create treats the world outside the new image. */
+export interface CreateBehaviour {
+  /** qemu-img's -u: do not open the backing file (then a size is required). */
+  unsafeBacking?: boolean;
+}
+
+/** Create refusals keep qemu-img's code for bad options. */
+const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
+
+/** Validate create options (rules) and derive the size from the backing file or adopted data file. */
+export function resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
+  const first = validateCreate(options);
+  if (!first.ok) throw createRefused(first.refusal);
+  let resolved = first.options;
+  if (options.size === undefined) {
+    let size: bigint | undefined;
+    if (options.backingFile !== undefined && !behaviour.unsafeBacking) {
+      const probe = probeBacking(imagePath, options.backingFile, options.backingFormat);
+      if (options.backingFormat === undefined) {
+        throw new Qcow2Error('INVALID_OPTION', `Backing file specified without backing format\nDetected format of ${probe.detectedFormat}.`, { property: 'backing_fmt' });
+      }
+      size = probe.size;
+    } else if (options.adoptDataFile && options.dataFile !== undefined) {
+      size = BigInt(statFile(options.dataFile).size);
+    }
+    if (size === undefined) throw new Qcow2Error('INVALID_OPTION', 'Image creation needs a size parameter', { property: 'size' });
+    const again = validateCreate({ ...options, size });
+    if (!again.ok) throw createRefused(again.refusal);
+    resolved = again.options;
+  } else if (options.backingFile !== undefined && !behaviour.unsafeBacking) {
+    // Like qemu-img, open the backing file even when the size is given.
+    probeBacking(imagePath, options.backingFile, options.backingFormat);
+    if (options.backingFormat === undefined) {
+      const probe = probeBacking(imagePath, options.backingFile, undefined);
+      throw new Qcow2Error('INVALID_OPTION', `Backing file specified without backing format\nDetected format of ${probe.detectedFormat}.`, { property: 'backing_fmt' });
+    }
+  }
+  if (resolved.adoptDataFile && resolved.dataFile !== undefined && fs.existsSync(resolved.dataFile)) {
+    const r = validateAdoption(resolved.dataFile, BigInt(statFile(resolved.dataFile).size), resolved.size);
+    if (r) throw createRefused(r);
+  }
+  return resolved;
+}
+
+function statFile(name: string): fs.Stats {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(name);
+  } catch (e) {
+    throw ioError(e, name, 'open');
+  }
+  if (!st.isFile()) throw new Qcow2Error('INVALID_OPTION', `Data file '${name}' is not a regular file`, { property: 'data_file', file: name });
+  return st;
+}
+
+/**
+ * Create a qcow2 image. All validation happens before any file is touched; an existing image
+ * or data file is never overwritten (a data file can be adopted, unchanged, on request).
+ */
+export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): void {
+  writeNewImage(imagePath, planCreate(resolveCreate(imagePath, options, behaviour)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// amend, resize, rebase -u
+
+/** What the rules need to know about an open image. */
+export function imageStateOf(img: Image, scanCompressed = false): ImageState {
+  const h = img.header;
+  const state: ImageState = {
+    virtualSize: h.size,
+    clusterSize: img.geometry.clusterSize,
+    compat: h.version === 2 ? '0.10' : '1.1',
+    refcountBits: img.geometry.refcountBits,
+    lazyRefcounts: (h.compatibleFeatures & C.QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
+    extendedL2: img.extendedL2,
+    compressionType: h.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD ? 'zstd' : 'zlib',
+    hasDataFile: img.hasDataFile,
+    dataFileRaw: img.dataFileRaw,
+    dirty: img.dirty,
+    corrupt: img.corrupt,
+    snapshots: h.nbSnapshots,
+    bitmaps: h.bitmaps?.nbBitmaps ?? 0,
+  };
+  if (h.dataFile !== undefined) state.dataFile = h.dataFile;
+  if (h.backingFile !== undefined) state.backingFile = h.backingFile;
+  if (h.backingFormat !== undefined) state.backingFormat = h.backingFormat;
+  if (scanCompressed) state.hasCompressedClusters = hasCompressedClusters(img);
+  return state;
+}
+
+/** Any compressed L2 entry in the active L1 (only a zstd downgrade needs to know). */
+function hasCompressedClusters(img: Image): boolean {
+  const g = img.geometry;
+  for (const e of img.readL1()) {
+    const l2 = e & C.L1E_OFFSET_MASK;
+    if (l2 === 0n) continue;
+    const t = img.readCluster(l2);
+    for (let k = 0; k < g.l2Entries; k++) if (t.readBigUInt64BE(k * g.l2EntrySize) & C.QCOW_OFLAG_COMPRESSED) return true;
+  }
+  return false;
+}
+
+export interface AmendBehaviour {
+  /** Allow the size to shrink (amend does, as qemu-img amend does; resize needs --shrink). */
+  allowShrink?: boolean;
+  /** Wrap the image file (tests inject faults here). */
+  wrapFile?: (f: BlockFile) => BlockFile;
+}
+
+/** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
+function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+  const nf = NodeBlockFile.open(path, true);
+  let lock: ImageLock | undefined;
+  try {
+    lock = lockImage(nf.fd, path, 'write');
+    const file = behaviour.wrapFile ? behaviour.wrapFile(nf) : nf;
+    const img = Image.open(file, path);
+    const w = validateWritable(imageStateOf(img));
+    throwIfRefused(w, path);
+    return fn(img, file);
+  } finally {
+    lock?.release();
+    nf.close();
+  }
+}
+
+function openDataFile(img: Image, path: string): NodeBlockFile | undefined {
+  if (!img.hasDataFile) return undefined;
+  const name = img.header.dataFile;
+  if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: path });
+  const df = NodeBlockFile.open(name, true);
+  try {
+    lockImage(df.fd, name, 'write');
+  } catch (e) {
+    df.close();
+    throw e;
+  }
+  return df;
+}
+
+function changesOf(state: ImageState, req: AmendRequest): AmendChanges {
+  const ch: AmendChanges = {};
+  if (req.compat !== undefined) ch.version = req.compat === '0.10' ? 2 : 3;
+  if (req.lazyRefcounts !== undefined && req.lazyRefcounts !== state.lazyRefcounts) ch.lazyRefcounts = req.lazyRefcounts;
+  if (req.refcountBits !== undefined) ch.refcountOrder = Math.log2(req.refcountBits);
+  if (req.size !== undefined) ch.size = req.size;
+  if (req.dataFile !== undefined) ch.dataFile = req.dataFile;
+  if (req.dataFileRaw !== undefined) ch.dataFileRaw = req.dataFileRaw;
+  return ch;
+}
+
+function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
+  const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
+  const grows = ch.size !== undefined && ch.size > img.header.size;
+  // Growing over a longer backing file must zero the new area: learn the backing file's length.
+  const backingLength = grows && img.header.backingFile !== undefined
+    ? probeBacking(path, img.header.backingFile, img.header.backingFormat).size
+    : undefined;
+  if (ch.size !== undefined) {
+    const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
+    throwIfRefused(r, path);
+  }
+  const df = needsData ? openDataFile(img, path) : undefined;
+  try {
+    const plan = planAmend(img, file, ch, df?.size(), backingLength);
+    applyAmend(file, plan, df);
+    return plan;
+  } finally {
+    df?.close();
+  }
+}
+
+/**
+ * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
+ * anything is written, and the change is committed by a single header write.
+ */
+export function amendImage(path: string, req: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+  return withWritableImage(path, behaviour, (img, file) => {
+    const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
+    const state = imageStateOf(img, downgradeZstd);
+    const r = validateAmend(state, req, behaviour.allowShrink ?? true);
+    throwIfRefused(r, path);
+    if (req.refcountBits !== undefined && req.refcountBits < state.refcountBits) {
+      const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
+      throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
+    }
+    return runPlan(img, file, path, changesOf(state, req));
+  });
+}
+
+/** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
+export function resizeImage(path: string, size: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+  return withWritableImage(path, behaviour, (img, file) => {
+    const state = imageStateOf(img);
+    const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
+    const r = validateResizeRequest(state, target, behaviour.allowShrink ?? false);
+    throwIfRefused(r, path);
+    return runPlan(img, file, path, { size: target });
+  });
+}
+
+/** `qemu-img rebase -u -b BACKING -F FMT FILE`: the header only; refused on data-file-raw images. */
+export function rebaseUnsafe(path: string, backingFile: string, backingFormat: string | undefined, behaviour: AmendBehaviour = {}): AmendPlan {
+  return withWritableImage(path, behaviour, (img, file) => {
+    const r = validateRebase(imageStateOf(img), backingFile, backingFormat);
+    throwIfRefused(r, path);
+    const backing: { file: string; format?: string } = { file: backingFile };
+    if (backingFormat !== undefined) backing.format = backingFormat;
+    return runPlan(img, file, path, { backing });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data path: guest writes, import/convert, map, safe rebase (provider/qcow2/guest/dataio.ts and
+// friends do the work; provider/rules/data.ts decides what is allowed).
+
+import * as nodePath from 'path';
+import { writeImportedImage } from '../../qcow2/ops/convert';
+import { GuestSource, OpenOptions, ProgressFn, Qcow2Image, openSource, probeFormat, validateChain } from '../../qcow2/guest/dataio';
+import { MapEntry, mapSource } from '../../qcow2/ops/map';
+import { rebaseSafe } from '../../qcow2/ops/rebase';
+import { validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
+
+/** Open an image to write guest data (QEMU's write locks on image and data file; rules first). */
+export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writable' | 'beforeWrite'> = {}): Qcow2Image {
+  return Qcow2Image.open(path, {
+    ...opts,
+    writable: true,
+    beforeWrite: (img) => {
+      const r = validateWrite(imageStateOf(img));
+      throwIfRefused(r, path);
+    },
+  });
+}
+
+/** Where an image's guest data comes from when it is created from a source. */
+export interface ImportSource {
+  /** A raw or qcow2 file; a qcow2 file is read through its backing chain. */
+  path: string;
+  /** 'raw' or 'qcow2'; probed from the magic when omitted. */
+  format?: string;
+}
+
+export interface ImportBehaviour {
+  /** Called as the copy advances: bytes of the guest view done, of total. */
+  progress?: ProgressFn;
+}
+
+function sameFile(a: string, b: string): boolean {
+  try {
+    const sa = fs.statSync(a), sb = fs.statSync(b);
+    return sa.dev === sb.dev && sa.ino === sb.ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Create `dst` holding the guest view of `source` (qemu-img convert -O qcow2 -o ...). The source
+ * is opened and validated (header, backing chain, every mapping inside its file) before anything
+ * is created; `dst` and a data file are never overwritten, and a failure leaves nothing behind.
+ */
+export function importImage(dst: string, options: CreateOptions, source: ImportSource, behaviour: ImportBehaviour = {}): void {
+  const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
+  throwIfRefused(early);
+  const format = source.format ?? probeFormat(source.path);
+  const src: GuestSource = openSource(source.path, format);
+  try {
+    validateChain(src);
+    const r = validateImport({
+      sourceFormat: format,
+      options,
+      sourceSize: BigInt(src.size),
+      sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
+    });
+    throwIfRefused(r, dst);
+    const resolved = resolveCreate(dst, { ...options, size: BigInt(src.size) });
+    writeImportedImage(dst, planCreate(resolved), src, behaviour.progress);
+  } finally {
+    src.close();
+  }
+}
+
+/** `qemu-img map`: the extents of an image's guest view through its backing chain. */
+export function mapImage(path: string, opts: { format?: string; forceShare?: boolean } = {}): MapEntry[] {
+  const src = openSource(path, opts.format ?? probeFormat(path), { lock: !opts.forceShare });
+  try {
+    return mapSource(src);
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * `qemu-img rebase -b NEW -F FMT FILE` (safe): clusters whose content differs between the
+ * old and the new backing chain are copied into the image first, so the guest view does not
+ * change; then the backing reference is rewritten. Refused on data-file-raw images, and
+ * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
+ */
+export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
+  const img = Qcow2Image.open(path, {
+    writable: true,
+    beforeWrite: (image) => {
+      const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
+      throwIfRefused(r, path);
+    },
+  });
+  let next: GuestSource | null = null;
+  try {
+    const fmt = backingFormat;
+    if (backingFile !== '') {
+      const full = nodePath.isAbsolute(backingFile) ? backingFile : nodePath.join(nodePath.dirname(path), backingFile);
+      try {
+        next = openSource(full, fmt);
+      } catch (e) {
+        throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO', `Could not open new backing file '${full}': ${(e as Error).message}`, { file: full, property: 'backing_file', cause: e });
+      }
+    }
+    return rebaseSafe(img, next, backingFile, backingFile === '' ? undefined : fmt, behaviour.progress);
+  } finally {
+    next?.close();
+    img.close();
+  }
+}

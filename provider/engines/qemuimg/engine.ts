@@ -1,0 +1,452 @@
+// The qemu-img engine: the Engine interface carried out by QEMU's own qemu-img (7.2 or newer),
+// with the native engine's guarantees. Both engines ask provider/rules first, so they refuse the
+// same plans with the same words and codes; this one then spawns qemu-img.
+//
+// What is run (argument arrays, never a shell; SPEC is a json: image specification, see
+// qemuimg/spec.ts):
+//   create   qemu-img create -q -f qcow2 -o compat=..,cluster_size=..,refcount_bits=..,lazy_refcounts=..,
+//              extended_l2=..,compression_type=..,preallocation=..[,data_file=THROWAWAY,data_file_raw=..]
+//              [-u -b BACKING -F FMT] img.qcow2 SIZE          (cwd: a private temp folder beside the image)
+//            [qemu-img amend -q -o data_file=NAME SPEC(tmp image; data-file null-co; backing null)]
+//            then link(2) the data file (new ones only) and the image into place.
+//   amend    qemu-img amend -q -o OPTS SPEC
+//   resize   qemu-img resize -q [--shrink] SPEC BYTES
+//   rebase   qemu-img rebase -q -u -b BACKING [-F FMT] SPEC
+//   info     qemu-img info --output=json [-U] SPEC
+//   check    qemu-img check --output=json SPEC
+//   remove   (no qemu-img: QEMU's write lock probed on an fd, unlink; qemu-img info -U for the
+//            data file name when that is to go too; never the backing file)
+//   (amend/resize/rebase first read the image with qemu-img info --output=json -U SPEC, and a
+//   zstd downgrade with qemu-img check --output=json -U SPEC for its compressed-clusters count;
+//   a growth of a backed image reads the backing file's size: qemu-img info --output=json -U
+//   json:{"driver":FMT,"file":{"driver":"file","filename":ABS},"backing":null}.)
+//
+// Safety design:
+// - Names: the image is passed as json:{"driver":"qcow2","file":{"driver":"file","filename":ABS}},
+//   so commas, spaces, newlines, quotes, a leading dash and prefixes such as json:, nbd:, ssh:,
+//   file: are plain file names; `-o` values double their commas. qemu-img create only ever sees
+//   `img.qcow2` / `data.raw` in a temp folder (or an absolute temp path for a data file in another
+//   folder); hostile data file names are written by `amend -o data_file=`, which stores the name
+//   without opening it. Backing names go in `-b` with `-u` (never opened by qemu-img).
+// - No data loss: qemu-img create truncates an existing data file and deletes both files when it
+//   fails. It never sees the caller's files here: it creates a throw-away image and data file in
+//   a private temp folder; the name is amended in; link(2) publishes the files, and fails rather
+//   than replace anything. An adopted data file is never opened by qemu-img or by us. A failure
+//   removes the temp folder and leaves the caller's paths as they were.
+// - What qemu-img may open: every SPEC says "backing": null, or, when QEMU must know the image is
+//   backed (amend, resize: a compat=0.10 downgrade writes zero clusters only for backed images),
+//   a raw file of ours as a stand-in; the real backing file is never opened. The stand-in is
+//   empty, except when the image grows while its backing file is longer than its current size:
+//   then it gets the backing file's virtual size (read from that file's header with the plain
+//   file driver, its own backing and data file not opened), so that qemu-img zeroes the new area
+//   as it does with the real chain (refused where that would need the backing data itself: a
+//   compat=0.10 image, or a current size that ends inside a cluster). The data file
+//   is a null-co node unless the operation needs the data (a size change): then the stored name,
+//   resolved against the working directory as QEMU does, opened with the plain file driver.
+//   check therefore never opens the data file or the backing file: like the native engine, it
+//   only requires that the data file exists. So a check or info of an untrusted image cannot make
+//   qemu-img read other files, connect to NBD/SSH servers or parse json: names from the image.
+// - Resource limits (qemuimg/run.ts): info, check and the version probe run under 1 GiB address
+//   space, 30 s CPU, 60 s wall clock (vdsm's qemu-img info limits); create, amend, resize and
+//   rebase under 4 GiB, 30 min CPU, 1 h wall clock. prlimit(1) applies them; without it a
+//   constant `sh -c 'ulimit -v; ulimit -t; exec "$@"'`; the wall clock is ours (SIGKILL).
+// - Locks: reads with forceShare pass -U. Changes first probe QEMU's write lock on an fd of the
+//   image (provider/qcow2/io/lock.ts), as the native engine does, so a held image is LOCKED before
+//   any validation; qemu-img's own lock failures map to LOCKED too. check runs without -U, as
+//   qemu-img check does: an image a VM is writing is LOCKED rather than checked.
+// - Messages (qemuimg/errors.ts): qemu-img's reason without its "Could not open 'SPEC': "
+//   wrapper, lock messages naming the caller's path, codes as the native engine's.
+
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import type { CheckResult } from '../../qcow2/ops/check';
+import { assertNewImageFiles, fsyncDir } from '../../qcow2/ops/create';
+import { removeImageFiles } from '../remove';
+import { refused, throwIfRefused } from '../refusal';
+import { Qcow2Error } from '../../model/errors';
+import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
+import { lockImage } from '../../qcow2/io/lock';
+import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
+import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import type { AmendRequest, ImageState } from '../../rules/types';
+import type { Engine, ImageInfo, RemoveOptions, ResizeOptions } from '../engine';
+import { resolveCreate } from '../native/ops';
+import { qemuImgError } from './errors';
+import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
+import { BackingSpec, DataFileSpec, imageSpec, optList, peekHeader } from './spec';
+import { ParsedInfo, imageStateOf, parseCheck, parseInfo } from './state';
+
+export interface QemuImgEngineOptions {
+  /** The qemu-img binary: a path, or a name looked up on PATH. Default: $QEMU_IMG, else `qemu-img`. */
+  qemuImg?: string;
+  /** Override the resource limits (see DEFAULT_LIMITS). */
+  limits?: { read?: Partial<Limits>; write?: Partial<Limits> };
+}
+
+type Kind = 'read' | 'write';
+
+
+
+const onOff = (b: boolean) => (b ? 'on' : 'off');
+
+export class QemuImgEngine implements Engine {
+  readonly name = 'qemu-img' as const;
+  private readonly binName: string;
+  readonly limits: Readonly<Record<Kind, Limits>>;
+
+  constructor(options: QemuImgEngineOptions = {}) {
+    this.binName = options.qemuImg ?? process.env.QEMU_IMG ?? 'qemu-img';
+    this.limits = {
+      read: { ...DEFAULT_LIMITS.read, ...options.limits?.read },
+      write: { ...DEFAULT_LIMITS.write, ...options.limits?.write },
+    };
+  }
+
+  /** The qemu-img binary and its version (probed once per binary, cached). */
+  binary(): Promise<QemuImgBinary> {
+    return probeQemuImg(this.binName);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Running qemu-img
+
+  private async spawn(kind: Kind, args: string[], cwd?: string): Promise<RunResult> {
+    const bin = await this.binary();
+    try {
+      return await runLimited(bin.path, args, this.limits[kind], cwd);
+    } catch (e) {
+      throw new Qcow2Error('IO', `Could not run qemu-img ${args[0]}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** Run; a non-zero exit becomes the mapped Qcow2Error. */
+  private async run(kind: Kind, args: string[], ctx: { arg?: string; file?: string }, cwd?: string): Promise<RunResult> {
+    const r = await this.spawn(kind, args, cwd);
+    if (r.status !== 0) throw qemuImgError(r, { command: args[0]!, ...ctx, limits: this.limits[kind] });
+    return r;
+  }
+
+  /** SPEC for reading: no backing file, and a null data file node when the image has one. */
+  private readSpec(abs: string): string {
+    const peek = peekHeader(abs);
+    return imageSpec(abs, peek?.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+  }
+
+  private async readInfo(file: string, forceShare: boolean): Promise<ParsedInfo> {
+    const abs = path.resolve(file);
+    const spec = this.readSpec(abs);
+    const r = await this.run('read', ['info', '--output=json', ...(forceShare ? ['-U'] : []), spec], { arg: spec, file });
+    return parseInfo(r.stdout, file);
+  }
+
+  /** Like the native engine: NOT_FOUND (same words) before qemu-img names an absolute path. */
+  private static mustExist(file: string): void {
+    try {
+      fs.statSync(file);
+    } catch (e) {
+      throw ioError(e, file, 'open');
+    }
+  }
+
+  /**
+   * The first step of every change, as in the native engine: open the image read-write and
+   * probe QEMU's write lock (LOCKED when a VM or qemu-nbd holds it), then let go: qemu-img takes
+   * the lock again for the change itself.
+   */
+  private static probeWriteLock(file: string): void {
+    const f = NodeBlockFile.open(file, true);
+    try {
+      lockImage(f.fd, file, 'write').release();
+    } finally {
+      f.close();
+    }
+  }
+
+  /** Lock probe, then the image as the rules see it (qemu-img info -U). */
+  private async stateForChange(file: string): Promise<ImageState> {
+    QemuImgEngine.probeWriteLock(file);
+    const state = imageStateOf(await this.readInfo(file, true));
+    throwIfRefused(validateWritable(state), file);
+    return state;
+  }
+
+  /** The data file node for a change: opened only when the data itself is needed. */
+  private static dataSpecFor(file: string, state: ImageState, needed: boolean): DataFileSpec {
+    if (!state.hasDataFile) return { kind: 'none' };
+    if (!needed) return { kind: 'null' };
+    const name = state.dataFile;
+    if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
+    QemuImgEngine.mustExist(name);
+    return { kind: 'file', path: path.resolve(name) };
+  }
+
+  /**
+   * Run fn with the backing specification a change needs: when the image is backed, a private
+   * stand-in raw file of `length` bytes (sparse; 0 unless a growth needs the backing's length).
+   */
+  private static async withBacking<T>(state: ImageState, length: number, fn: (b: BackingSpec) => Promise<T>): Promise<T> {
+    if (state.backingFile === undefined) return fn({ kind: 'none' });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-qemuimg-'));
+    try {
+      const emptyFile = path.join(dir, 'backing-stand-in.raw');
+      fs.writeFileSync(emptyFile, '');
+      if (length > 0) fs.truncateSync(emptyFile, length);
+      return await fn({ kind: 'stand-in', emptyFile });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * The virtual size of the image's backing file, read from its header only (qemu-img info -U,
+   * declared format raw or qcow2, plain file driver, its own backing and data file not opened),
+   * or 0 when it cannot be known without following more: no declared format, a protocol-looking
+   * name (QEMU would not open it as a file), a missing file.
+   */
+  private async backingLength(file: string, state: ImageState): Promise<number> {
+    const name = state.backingFile;
+    const fmt = state.backingFormat;
+    if (name === undefined || (fmt !== 'raw' && fmt !== 'qcow2')) return 0;
+    if (/^[^:/]*:/.test(name)) return 0; // QEMU's path_has_protocol
+    const full = path.isAbsolute(name) ? name : path.join(path.dirname(path.resolve(file)), name);
+    if (!fs.existsSync(full)) return 0;
+    const spec: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename: full } };
+    if (fmt === 'qcow2') {
+      spec.backing = null;
+      if (peekHeader(full)?.hasDataFile) spec['data-file'] = { driver: 'null-co' };
+    }
+    const r = await this.spawn('read', ['info', '--output=json', '-U', `json:${JSON.stringify(spec)}`]);
+    const m = r.status === 0 ? /^ {4}"virtual-size": (\d+),?$/m.exec(r.stdout) : null;
+    return m ? Number(m[1]) : 0;
+  }
+
+  /**
+   * QEMU zeroes the new area when an image grows while its backing file is longer than its old
+   * size, so that the backing file's data does not appear in the guest (bdrv_co_truncate's
+   * BDRV_REQ_ZERO_WRITE). The stand-in backing file gets the real one's length so qemu-img does
+   * exactly that. Returns the stand-in length. Refused before qemu-img runs: a compat=0.10 image
+   * (qemu-img fails half way: no zero clusters), and a current end inside a cluster (QEMU copies
+   * that cluster's backing data into the image first, which the stand-in cannot provide).
+   */
+  private async growthBackingLength(file: string, state: ImageState, newSize: bigint): Promise<number> {
+    if (state.backingFile === undefined || newSize <= state.virtualSize) return 0;
+    const length = await this.backingLength(file, state);
+    if (BigInt(length) <= state.virtualSize) return 0;
+    const r = validateGrowOverBacking(state, newSize, BigInt(length));
+    if (r) throw refused(r, file);
+    const unit = BigInt(state.extendedL2 ? state.clusterSize / 32 : state.clusterSize);
+    if (state.virtualSize % unit !== 0n) {
+      throw new Qcow2Error('REFUSED',
+        `Growing this image from ${state.virtualSize} bytes zeroes the new area because its backing file is longer (${length} bytes), ` +
+        `and its current end is inside a cluster of ${unit} bytes: QEMU first copies the rest of that cluster from the backing ` +
+        'file, which the qemu-img engine never opens. Run qemu-img resize on the image directly',
+        { property: 'size', file });
+    }
+    return length;
+  }
+
+  private async change(file: string, state: ImageState, dataNeeded: boolean, args: (spec: string) => string[], newSize?: bigint): Promise<void> {
+    const abs = path.resolve(file);
+    const data = QemuImgEngine.dataSpecFor(file, state, dataNeeded);
+    const length = newSize === undefined ? 0 : await this.growthBackingLength(file, state, newSize);
+    await QemuImgEngine.withBacking(state, length, async (backing) => {
+      const spec = imageSpec(abs, data, backing);
+      await this.run('write', args(spec), { arg: spec, file });
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Engine
+
+  async create(imagePath: string, options: CreateOptions): Promise<void> {
+    await this.binary();
+    // Rules (validateCreate, validateAdoption) and the size from a backing file or adopted file:
+    // the same resolution, refusals and words as the native engine.
+    const o = resolveCreate(imagePath, options);
+    assertNewImageFiles(imagePath, o);
+    await this.createViaTemp(imagePath, o);
+  }
+
+  private async createViaTemp(imagePath: string, o: ResolvedCreateOptions): Promise<void> {
+    const absImage = path.resolve(imagePath);
+    const imageDir = path.dirname(absImage);
+    const newData = o.dataFile !== undefined && !o.adoptDataFile;
+    const absData = o.dataFile !== undefined ? path.resolve(o.dataFile) : undefined;
+    const temps: string[] = [];
+    const tempDir = (dir: string) => {
+      try {
+        const t = fs.mkdtempSync(path.join(dir, '.qcow2-create-'));
+        temps.push(t);
+        return t;
+      } catch (e) {
+        throw ioError(e, dir, 'create a temporary folder in');
+      }
+    };
+    let published: { from: string; to: string } | undefined;
+    try {
+      const tmp = tempDir(imageDir);
+      const tmpImage = path.join(tmp, 'img.qcow2');
+      // The throw-away data file: beside the temp image, or (a new data file in another folder)
+      // in a temp folder there, so that link(2) can publish it.
+      let tmpData: string | undefined;
+      let dataArg: string | undefined;
+      if (absData !== undefined) {
+        if (newData && path.dirname(absData) !== imageDir) {
+          tmpData = path.join(tempDir(path.dirname(absData)), 'data.raw');
+          dataArg = tmpData;
+        } else {
+          tmpData = path.join(tmp, 'data.raw');
+          dataArg = 'data.raw';
+        }
+      }
+      // An adopted file keeps its contents: the throw-away one needs no zeros written.
+      const prealloc = o.adoptDataFile && (o.preallocation === 'falloc' || o.preallocation === 'full') ? 'metadata' : o.preallocation;
+      const pairs: Array<[string, string]> = [
+        ['compat', o.compat],
+        ['cluster_size', String(o.clusterSize)],
+        ['refcount_bits', String(o.refcountBits)],
+        ['lazy_refcounts', onOff(o.lazyRefcounts)],
+        ['extended_l2', onOff(o.extendedL2)],
+        ['compression_type', o.compressionType],
+        ['preallocation', prealloc],
+      ];
+      if (dataArg !== undefined) pairs.push(['data_file', dataArg], ['data_file_raw', onOff(o.dataFileRaw)]);
+      const args = ['create', '-q', '-f', 'qcow2', '-o', optList(pairs)];
+      // -u: the backing file is never opened by qemu-img (resolveCreate read its size).
+      if (o.backingFile !== undefined) args.push('-u', '-b', o.backingFile, '-F', o.backingFormat!);
+      args.push('img.qcow2', String(o.size));
+      await this.run('write', args, { arg: 'img.qcow2', file: imagePath }, tmp);
+
+      if (o.dataFile !== undefined) {
+        // Store the caller's name; amend writes it without opening it.
+        const spec = imageSpec(tmpImage, { kind: 'null' }, { kind: 'none' });
+        await this.run('write', ['amend', '-q', '-o', optList([['data_file', o.dataFile]]), spec], { arg: spec, file: imagePath });
+      }
+      fsyncFile(tmpImage);
+      if (newData) {
+        fsyncFile(tmpData!);
+        try {
+          fs.linkSync(tmpData!, absData!);
+        } catch (e) {
+          throw ioError(e, o.dataFile!, 'create');
+        }
+        published = { from: tmpData!, to: absData! };
+        fsyncDir(path.dirname(absData!));
+      }
+      try {
+        fs.linkSync(tmpImage, absImage); // atomic; fails rather than replace an existing file
+      } catch (e) {
+        throw ioError(e, imagePath, 'create');
+      }
+      fsyncDir(imageDir);
+    } catch (e) {
+      // Undo the data file we published (only if it is still ours: same inode as the temp one).
+      if (published) unlinkIfSame(published.to, published.from);
+      throw e;
+    } finally {
+      for (const t of temps) fs.rmSync(t, { recursive: true, force: true });
+    }
+  }
+
+  async amend(file: string, request: AmendRequest): Promise<void> {
+    await this.binary();
+    const state = await this.stateForChange(file);
+    if (request.compat === '0.10' && state.compat === '1.1' && state.compressionType === 'zstd') {
+      state.hasCompressedClusters = await this.hasCompressedClusters(file);
+    }
+    const r = validateAmend(state, request, true);
+    if (r) throw refused(r, file);
+
+    const pairs: Array<[string, string]> = [];
+    if (request.compat !== undefined && request.compat !== state.compat) pairs.push(['compat', request.compat]);
+    if (request.lazyRefcounts !== undefined && request.lazyRefcounts !== state.lazyRefcounts) pairs.push(['lazy_refcounts', onOff(request.lazyRefcounts)]);
+    if (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits) pairs.push(['refcount_bits', String(request.refcountBits)]);
+    const sizeChanges = request.size !== undefined && request.size !== state.virtualSize;
+    if (sizeChanges) pairs.push(['size', String(request.size)]);
+    if (request.dataFile !== undefined && request.dataFile !== state.dataFile) pairs.push(['data_file', request.dataFile]);
+    if (request.dataFileRaw !== undefined && request.dataFileRaw !== state.dataFileRaw) pairs.push(['data_file_raw', onOff(request.dataFileRaw)]);
+    if (pairs.length === 0) return;
+    await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
+  }
+
+  async resize(file: string, size: bigint, options: ResizeOptions = {}): Promise<void> {
+    await this.binary();
+    const allowShrink = options.allowShrink ?? false;
+    const state = await this.stateForChange(file);
+    const r = validateResizeRequest(state, size, allowShrink);
+    if (r) throw refused(r, file);
+    if (size === state.virtualSize) return;
+    const shrink = size < state.virtualSize ? ['--shrink'] : [];
+    await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
+  }
+
+  async rebase(file: string, backingFile: string, backingFormat?: string): Promise<void> {
+    await this.binary();
+    const state = await this.stateForChange(file);
+    const r = validateRebase(state, backingFile, backingFormat);
+    if (r) throw refused(r, file);
+    const fmt = backingFile !== '' && backingFormat !== undefined ? ['-F', backingFormat] : [];
+    const abs = path.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    await this.run('write', ['rebase', '-q', '-u', '-b', backingFile, ...fmt, spec], { arg: spec, file });
+  }
+
+  async info(file: string, options: { forceShare?: boolean } = {}): Promise<ImageInfo> {
+    await this.binary();
+    QemuImgEngine.mustExist(file);
+    return (await this.readInfo(file, options.forceShare ?? false)).info;
+  }
+
+  async check(file: string, options: { forceShare?: boolean } = {}): Promise<CheckResult> {
+    await this.binary();
+    QemuImgEngine.mustExist(file);
+    const state = imageStateOf(await this.readInfo(file, true));
+    if (state.hasDataFile) {
+      // As the native engine: the data file must exist, but it is not opened.
+      const name = state.dataFile;
+      if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
+      if (!fs.existsSync(name)) {
+        throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
+      }
+    }
+    return this.runCheck(file, options.forceShare ?? false);
+  }
+
+  private async runCheck(file: string, forceShare: boolean): Promise<CheckResult> {
+    const spec = this.readSpec(path.resolve(file));
+    const r = await this.spawn('read', ['check', '--output=json', ...(forceShare ? ['-U'] : []), spec]);
+    const result = r.signal === null && !r.timedOut && r.status !== null && r.status <= 3 ? parseCheck(r.stdout, r.stderr) : undefined;
+    if (result === undefined) throw qemuImgError(r, { command: 'check', arg: spec, file, limits: this.limits.read });
+    return result;
+  }
+
+  /** Any compressed cluster in the active L1 (qemu-img check's compressed-clusters). */
+  private async hasCompressedClusters(file: string): Promise<boolean> {
+    return (await this.runCheck(file, true)).compressedClusters > 0;
+  }
+
+  async remove(file: string, options: RemoveOptions = {}): Promise<void> {
+    // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
+    removeImageFiles(file, options);
+  }
+}
+
+function fsyncFile(p: string): void {
+  const fd = fs.openSync(p, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function unlinkIfSame(published: string, original: string): void {
+  try {
+    const a = fs.statSync(published);
+    const b = fs.statSync(original);
+    if (a.ino === b.ino && a.dev === b.dev) fs.unlinkSync(published);
+  } catch {
+    /* already gone */
+  }
+}

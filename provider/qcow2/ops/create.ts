@@ -1,0 +1,404 @@
+// `create`: plan an image by replaying QEMU's create sequence on the allocator model, then
+// write the plan into a new temporary file and link it into place. Options arrive validated
+// (provider/rules decides what is legal); an existing image or data file is never overwritten.
+//
+// Write ordering: the image is invisible until the final link(2), so a crash leaves at most a
+// temporary file beside it, never a half-written image at the requested path. Inside the
+// temporary file we still write data area, refcount blocks, L2 tables, L1, refcount table and
+// the header last, so that even the temporary file is never self-inconsistent.
+
+import * as fs from 'fs';
+import * as path from 'path';
+import { QemuAllocator, Role } from '../meta/allocator';
+import { BlockFile, NodeBlockFile, ioError } from '../io/blockfile';
+import * as C from '../spec/constants';
+import { Qcow2Error } from '../../model/errors';
+import { Geometry } from '../spec/geometry';
+import { Header, decodeHeader, encodeHeader } from '../spec/header';
+import type { ResolvedCreateOptions } from '../../model/options';
+import { encodeRefblock } from '../spec/refcount';
+
+/** How an L2 table maps its guest clusters: `hostStart` null means 1:1 (external data file). */
+interface L2Map { firstGuestCluster: number; count: number; hostStart: number | null }
+
+/** Everything `create` will write, decided before anything is written. */
+export interface CreatePlan {
+  options: ResolvedCreateOptions;
+  geometry: Geometry;
+  header: Header;
+  /** Final allocator state: roles of metadata clusters, refcounts, refcount table. */
+  alloc: QemuAllocator;
+  /** L1 entries as L2 table offsets (0 = none); all set entries carry COPIED. */
+  l1: number[];
+  l2: Map<number, L2Map>;
+  /** Size of the qcow2 file. */
+  fileSize: number;
+  /** qcow2-file range to preallocate with zeros (falloc/full without a data file). */
+  preallocRange?: { start: number; end: number };
+  /** Size the data file gets (ignored when adopting: an adopted file is never resized). */
+  dataFileSize?: number;
+  /** Write zeros into the data file (falloc/full with a data file). */
+  dataFilePrealloc: boolean;
+}
+
+/** Plan a create with validated options. Pure: touches no file. */
+export function planCreate(o: ResolvedCreateOptions): CreatePlan {
+  const g = new Geometry(o.clusterBits, o.refcountOrder, o.extendedL2);
+  const cs = g.clusterSize;
+  const hasDataFile = o.dataFile !== undefined;
+
+  // qcow2_co_create: header at 0, refcount table at cluster 1 with one refblock at cluster 2.
+  const initialTable = new Array<bigint>(cs / 8).fill(0n);
+  initialTable[0] = BigInt(2 * cs);
+  const alloc = new QemuAllocator(g, cs, initialTable);
+  alloc.setRole(0, { kind: 'header' });
+  alloc.setRole(cs, { kind: 'reftable', table: initialTable, chunk: 0 });
+  alloc.setRole(2 * cs, { kind: 'refblock', index: 0 });
+  alloc.wrote(0, 3 * cs);
+  if (alloc.allocClusters(3 * cs) !== 0) throw new Error('first cluster in empty image is already in use');
+
+  // qcow2_co_truncate from 0 to size: grow the L1 table (exact size) first.
+  const size = o.size;
+  const l1Size = size === 0n ? 0 : g.l1EntriesFor(size);
+  const l1 = new Array<number>(l1Size).fill(0);
+  let l1Offset = 0;
+  if (l1Size > 0) {
+    l1Offset = alloc.allocClusters(l1Size * 8);
+    for (let c = 0; c * cs < l1Size * 8; c++) alloc.setRole(l1Offset + c * cs, { kind: 'l1', chunk: c });
+    alloc.wrote(l1Offset, l1Size * 8);
+  }
+
+  const l2 = new Map<number, L2Map>();
+  const guestClusters = g.clustersFor(size);
+  const allocL2 = (i: number) => {
+    if (l1[i] === 0) {
+      const off = alloc.allocClusters(cs);
+      l1[i] = off;
+      alloc.setRole(off, { kind: 'l2', l1Index: i });
+      alloc.wrote(off, cs);
+    }
+  };
+  const rangeOf = (i: number) => {
+    const first = i * g.l2Entries;
+    return { first, count: Math.min(g.l2Entries, guestClusters - first) };
+  };
+
+  let preallocRange: CreatePlan['preallocRange'];
+  let dataFileSize: number | undefined;
+  let dataFilePrealloc = false;
+  const roundedSize = Number(g.roundUp(size));
+
+  const preallocateMetadata = () => {
+    // preallocate_co: per L2 table, the table first (first fit), then its data clusters.
+    let lastEnd = 0;
+    for (let i = 0; i < l1Size; i++) {
+      const { first, count } = rangeOf(i);
+      allocL2(i);
+      if (hasDataFile) {
+        l2.set(i, { firstGuestCluster: first, count, hostStart: null });
+      } else {
+        const host = alloc.allocClusters(count * cs);
+        l2.set(i, { firstGuestCluster: first, count, hostStart: host });
+        lastEnd = host + count * cs;
+      }
+    }
+    if (hasDataFile) {
+      if (roundedSize > 0) dataFileSize = roundedSize;
+    } else if (lastEnd > alloc.fileEnd) {
+      alloc.wrote(0, lastEnd); // bdrv_co_truncate of the image file to the last data cluster
+    }
+  };
+
+  switch (o.preallocation) {
+    case 'off':
+      if (hasDataFile) dataFileSize = Number(size);
+      break;
+    case 'metadata':
+      preallocateMetadata();
+      break;
+    case 'falloc':
+    case 'full':
+      if (hasDataFile) {
+        preallocateMetadata();
+        dataFilePrealloc = true;
+        break;
+      }
+      {
+        // qcow2_co_truncate, falloc/full: new self-covering refcount structures after the
+        // current end, the data area after them, then L2 tables wherever first fit puts them.
+        let oldFileSize = alloc.fileEnd;
+        const last = alloc.lastCluster(oldFileSize);
+        if ((last + 1) * cs < oldFileSize) {
+          oldFileSize = (last + 1) * cs;
+          alloc.fileEnd = oldFileSize;
+        } else {
+          oldFileSize = Math.ceil(oldFileSize / cs) * cs;
+        }
+        const nData = guestClusters;
+        const nL2 = Math.ceil(nData / g.l2Entries) + 1;
+        const allocStart = alloc.refcountArea(oldFileSize, nData + nL2, true, 0, 0);
+        if (alloc.allocClustersAt(allocStart, nData) !== nData) throw new Error('data clusters not contiguous');
+        const end = allocStart + nData * cs;
+        if (end > alloc.fileEnd) {
+          preallocRange = { start: alloc.fileEnd, end };
+          alloc.wrote(0, end);
+        }
+        for (let i = 0; i < l1Size; i++) {
+          const { first, count } = rangeOf(i);
+          allocL2(i);
+          l2.set(i, { firstGuestCluster: first, count, hostStart: allocStart + first * cs });
+        }
+      }
+      break;
+  }
+
+  let incompat = 0n;
+  if (hasDataFile) incompat |= C.QCOW2_INCOMPAT_DATA_FILE;
+  if (o.compressionType === 'zstd') incompat |= C.QCOW2_INCOMPAT_COMPRESSION;
+  if (o.extendedL2) incompat |= C.QCOW2_INCOMPAT_EXTL2;
+  const header: Header = {
+    magic: C.QCOW_MAGIC,
+    version: o.version,
+    backingFileOffset: 0n,
+    backingFileSize: 0,
+    clusterBits: o.clusterBits,
+    size,
+    cryptMethod: C.QCOW_CRYPT_NONE,
+    l1Size,
+    l1TableOffset: BigInt(l1Offset),
+    refcountTableOffset: BigInt(alloc.reftableOffset),
+    refcountTableClusters: (alloc.reftable.length * 8) / cs,
+    nbSnapshots: 0,
+    snapshotsOffset: 0n,
+    incompatibleFeatures: incompat,
+    compatibleFeatures: o.lazyRefcounts ? C.QCOW2_COMPAT_LAZY_REFCOUNTS : 0n,
+    autoclearFeatures: o.dataFileRaw ? C.QCOW2_AUTOCLEAR_DATA_FILE_RAW : 0n,
+    refcountOrder: o.refcountOrder,
+    headerLength: o.version === 3 ? C.QCOW2_V3_HEADER_LENGTH : C.QCOW2_V2_HEADER_LENGTH,
+    compressionType: o.compressionType === 'zstd' ? C.QCOW2_COMPRESSION_TYPE_ZSTD : C.QCOW2_COMPRESSION_TYPE_ZLIB,
+    unknownFields: new Uint8Array(0),
+    unknownExtensions: [],
+  };
+  if (o.backingFile !== undefined) header.backingFile = o.backingFile;
+  if (o.backingFormat !== undefined) header.backingFormat = o.backingFormat;
+  if (o.dataFile !== undefined) header.dataFile = o.dataFile;
+  // Encode now so a name that does not fit in cluster 0 fails before any file exists.
+  try {
+    encodeHeader(header, cs);
+  } catch (e) {
+    if (o.backingFile === undefined) throw e;
+    throw new Qcow2Error('INVALID_OPTION', `Could not assign backing file '${o.backingFile}' with format '${o.backingFormat ?? ''}': No space left on device`, { property: 'backing_file' });
+  }
+
+  const plan: CreatePlan = {
+    options: o, geometry: g, header, alloc, l1, l2, fileSize: alloc.fileEnd, dataFilePrealloc,
+  };
+  if (preallocRange) plan.preallocRange = preallocRange;
+  if (dataFileSize !== undefined) plan.dataFileSize = dataFileSize;
+  return plan;
+}
+
+const BATCH = 4 << 20;
+
+/** Bytes of one metadata cluster according to its final role. */
+function clusterBytes(plan: CreatePlan, role: Role, out: Uint8Array): void {
+  const { geometry: g, alloc } = plan;
+  const cs = g.clusterSize;
+  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  switch (role.kind) {
+    case 'header':
+      out.set(encodeHeader(plan.header, cs));
+      return;
+    case 'reftable': {
+      const per = cs / 8;
+      for (let k = 0; k < per; k++) {
+        const e = role.table[role.chunk * per + k];
+        if (e) dv.setBigUint64(k * 8, e);
+      }
+      return;
+    }
+    case 'refblock': {
+      const E = g.refblockEntries;
+      out.set(encodeRefblock(cs, g.refcountOrder, alloc.counts, role.index * E, Math.max(0, Math.min(E, alloc.counts.length - role.index * E))));
+      return;
+    }
+    case 'l1': {
+      const per = cs / 8;
+      for (let k = 0; k < per; k++) {
+        const off = plan.l1[role.chunk * per + k];
+        if (off) setEntry(dv, k * 8, off);
+      }
+      return;
+    }
+    case 'l2': {
+      const m = plan.l2.get(role.l1Index);
+      if (!m) return;
+      const step = g.l2EntrySize;
+      for (let k = 0; k < m.count; k++) {
+        const host = m.hostStart === null ? (m.firstGuestCluster + k) * cs : m.hostStart + k * cs;
+        setEntry(dv, k * step, host);
+      }
+      return;
+    }
+  }
+}
+
+/** COPIED | offset, without a lossy number: offsets are < 2^53, split into two u32 halves. */
+function setEntry(dv: DataView, at: number, offset: number): void {
+  dv.setUint32(at, 0x80000000 | Math.floor(offset / 0x100000000));
+  dv.setUint32(at + 4, offset >>> 0);
+}
+
+/** Write a plan into an empty BlockFile: data area, refblocks, L2, L1, reftable, header last. */
+export function writePlan(plan: CreatePlan, file: BlockFile): void {
+  const cs = plan.geometry.clusterSize;
+  if (plan.preallocRange) writeZeros(file, plan.preallocRange.start, plan.preallocRange.end);
+  const order: Record<Role['kind'], number> = { refblock: 0, l2: 1, l1: 2, reftable: 3, header: 4 };
+  const byKind: Array<Array<[number, Role]>> = [[], [], [], [], []];
+  for (const [ci, role] of plan.alloc.roles) byKind[order[role.kind]]!.push([ci, role]);
+  // One reused batch buffer: L2 tables of a 1 TiB image are 128 MiB, streamed, never held.
+  const batch = new Uint8Array(Math.max(cs, BATCH));
+  for (const list of byKind) {
+    list.sort((a, b) => a[0] - b[0]);
+    let i = 0;
+    while (i < list.length) {
+      // Coalesce runs of adjacent clusters into one write of at most BATCH bytes.
+      let j = i + 1;
+      while (j < list.length && list[j]![0] === list[j - 1]![0] + 1 && (j - i + 1) * cs <= BATCH) j++;
+      const start = list[i]![0] * cs;
+      const buf = batch.subarray(0, (j - i) * cs);
+      buf.fill(0);
+      for (let k = i; k < j; k++) clusterBytes(plan, list[k]![1], buf.subarray((k - i) * cs, (k - i + 1) * cs));
+      const len = Math.min(buf.length, plan.fileSize - start);
+      if (len > 0) file.write(start, len === buf.length ? buf : buf.subarray(0, len));
+      i = j;
+    }
+  }
+  if (file.size() !== plan.fileSize) file.truncate(plan.fileSize);
+}
+
+function writeZeros(file: BlockFile, start: number, end: number): void {
+  const zeros = new Uint8Array(Math.min(BATCH, end - start));
+  for (let p = start; p < end; p += zeros.length) file.write(p, zeros.subarray(0, Math.min(zeros.length, end - p)));
+}
+
+/** What a backing file is, read without trusting it (qemu-img opens it to learn the size). */
+export interface BackingProbe {
+  /** The path opened: relative names are relative to the new image's folder. */
+  path: string;
+  /** Virtual size under the given format, or the detected one when none was given. */
+  size: bigint;
+  detectedFormat: 'qcow2' | 'raw';
+}
+
+/** Open a backing file read-only and learn its size; NOT_FOUND names the path qemu-img would. */
+export function probeBacking(imagePath: string, backing: string, format: string | undefined): BackingProbe {
+  const full = path.isAbsolute(backing) ? backing : path.join(path.dirname(imagePath), backing);
+  let f: NodeBlockFile;
+  try {
+    f = NodeBlockFile.open(full, false);
+  } catch (e) {
+    const detail = Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND' ? 'No such file or directory' : String((e as Error).message);
+    throw new Qcow2Error('NOT_FOUND', `Could not open '${full}': ${detail}\nCould not open backing image.`, { property: 'backing_file', file: full });
+  }
+  try {
+    const isQcow2 = f.size() >= 4 && f.read(0, 4).readUInt32BE(0) === C.QCOW_MAGIC;
+    const detectedFormat = isQcow2 ? 'qcow2' : 'raw';
+    const fmt = format ?? detectedFormat;
+    let size: bigint;
+    if (fmt === 'raw') size = BigInt(f.size());
+    else if (fmt === 'qcow2') size = decodeHeader(f.read(0, Math.min(f.size(), 2 << 20))).size;
+    else throw new Qcow2Error('UNSUPPORTED', `Backing format '${fmt}' is not supported: use qcow2 or raw`, { property: 'backing_fmt' });
+    return { path: full, size, detectedFormat };
+  } finally {
+    f.close();
+  }
+}
+
+/**
+ * The files a new image must not clobber: an existing image path is EXISTS; an existing data
+ * file is EXISTS unless adopted (then it must exist). Shared by every engine's create, so they
+ * refuse with the same words before touching anything.
+ */
+export function assertNewImageFiles(imagePath: string, o: Pick<ResolvedCreateOptions, 'dataFile' | 'adoptDataFile'>): void {
+  if (fs.existsSync(imagePath) || isDanglingLink(imagePath)) {
+    throw new Qcow2Error('EXISTS', `Image file '${imagePath}' already exists; refusing to overwrite it`, { file: imagePath, property: 'path' });
+  }
+  if (o.dataFile !== undefined) {
+    const exists = fs.existsSync(o.dataFile);
+    if (exists && !o.adoptDataFile) {
+      throw new Qcow2Error('EXISTS',
+        `Data file '${o.dataFile}' already exists; qemu-img would truncate it, we refuse. ` +
+        'To wrap the existing raw file unchanged, adopt it (CLI: --adopt-data-file; resource: adopt: true)',
+        { file: o.dataFile, property: 'data_file' });
+    }
+    if (!exists && o.adoptDataFile) {
+      throw new Qcow2Error('NOT_FOUND', `Data file '${o.dataFile}' to adopt does not exist`, { file: o.dataFile, property: 'data_file' });
+    }
+  }
+}
+
+/**
+ * Write a planned image at `imagePath`. Never overwrites (assertNewImageFiles); an adopted data
+ * file is never written or resized. On failure nothing new is left behind and nothing that
+ * existed is changed.
+ */
+export function writeNewImage(imagePath: string, plan: CreatePlan): void {
+  const o = plan.options;
+  assertNewImageFiles(imagePath, o);
+
+  const dir = path.dirname(imagePath);
+  if (!fs.existsSync(dir)) {
+    throw new Qcow2Error('NOT_FOUND', `Could not create '${imagePath}': No such file or directory`, { file: imagePath, property: 'path' });
+  }
+  const tmp = path.join(dir, `.${path.basename(imagePath)}.create-${process.pid}-${Date.now().toString(36)}`);
+  let createdData = false;
+  let tmpFile: NodeBlockFile | undefined;
+  try {
+    if (o.dataFile !== undefined && !o.adoptDataFile) {
+      const df = NodeBlockFile.createExclusive(o.dataFile);
+      createdData = true;
+      try {
+        const dsize = plan.dataFileSize ?? 0;
+        if (plan.dataFilePrealloc) writeZeros(df, 0, dsize);
+        df.truncate(dsize);
+        df.flush();
+      } finally {
+        df.close();
+      }
+    }
+    tmpFile = NodeBlockFile.createExclusive(tmp);
+    writePlan(plan, tmpFile);
+    tmpFile.flush();
+    tmpFile.close();
+    tmpFile = undefined;
+    try {
+      fs.linkSync(tmp, imagePath); // atomic, and fails rather than replace an existing file
+    } catch (e) {
+      throw ioError(e, imagePath, 'create');
+    }
+    fs.unlinkSync(tmp);
+    fsyncDir(dir);
+  } catch (e) {
+    tmpFile?.close();
+    fs.rmSync(tmp, { force: true });
+    if (createdData) fs.rmSync(o.dataFile!, { force: true });
+    throw e;
+  }
+}
+
+function isDanglingLink(p: string): boolean {
+  try { fs.lstatSync(p); return true; } catch { return false; }
+}
+
+export function fsyncDir(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch {
+    // Some file systems do not allow fsync on directories; the link itself is already done.
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}

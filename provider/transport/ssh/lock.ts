@@ -1,0 +1,356 @@
+// QEMU's image locks on a remote host, taken by a short helper run over SSH exec.
+//
+// QEMU 7.2 locks images with OFD byte-range locks (QCOW2-NOTES.md §7, provider/qcow2/io/lock.ts):
+// one-byte shared read locks at 100+i ("I use permission i") and 200+i ("I do not share
+// permission i"), conflicts probed with F_OFD_GETLK for a write lock. OFD locks belong to an open
+// file description on the host, so they must be taken by a process on the host: SFTP has no lock
+// request, and no agent of ours is installed there. Instead one helper per connection runs in
+// Perl (perl-base is part of every Debian and Ubuntu system): `perl -e SCRIPT` started over SSH
+// exec, holding one channel. It opens each image read-only, takes and probes the lock bytes this
+// module sends it (so QEMU's protocol is stated once, here and in qcow2/io/lock.ts), and holds them
+// while its standard input stays open. When we release a lock it closes that file; when the
+// channel closes - on purpose, or because the connection dropped or this process died - sshd
+// closes the helper's stdin, it exits, and the kernel releases every lock it held. So a lock is
+// never left behind, and a lost connection loses the lock: `held` turns false and later
+// changes fail, so a caller must not write through SFTP once its lock is gone.
+//
+// Both directions hold as locally: while the helper holds a write lock, QEMU (a VM, qemu-nbd,
+// qemu-img) refuses to open the image; while QEMU holds it, lock() fails with LOCKED in QEMU's
+// own words, naming the holding processes the helper can see in /proc/<pid>/fdinfo (all of them
+// when it runs as root; its user's otherwise).
+//
+// Wire protocol (one line each way per request; paths and names hex-encoded so any byte passes):
+//   -> O id PATHHEX              open read-only     <- O id ok | O id err ERRNO
+//   -> T id TAKE PROBE DROP      byte lists "100,101" or "-": take TAKE (read locks), probe PROBE
+//                                in order (write-lock test), then drop DROP
+//                                <- T id ok | T id busy BYTE | T id conflict BYTE HOLDERS | T id err ERRNO
+//                                (busy: a write lock on a byte we tried to take; on any failure the
+//                                bytes taken by this request are dropped again)
+//   -> C id                      close (releases)   <- C id ok
+//   <- R 1 PID                   first line: ready; or "X REASONHEX" and exit when unsupported
+// HOLDERS is "-" or "pid:COMMHEX,..." (OFD locks show pid -1 in F_OFD_GETLK and /proc/locks).
+
+import { Qcow2Error } from '../../model/errors';
+import { LOCK_MODES, LOCK_PERM_BASE, LOCK_SHARED_BASE, LockMode, lockBytes, PERMISSIONS, type Permission } from '../../qcow2/io/lock';
+import type { RemoteProcess, SshConnection } from './pool';
+
+/** The helper, run as `perl -e SCRIPT`. Needs only perl-base (strict, POSIX). */
+export const LOCK_HELPER = String.raw`
+use strict;
+use POSIX ();
+$| = 1;
+my %fh;
+sub hx { unpack('H*', $_[0]) }
+my $arch = (POSIX::uname())[4];
+if ($^O ne 'linux' || $arch !~ /^(x86_64|aarch64|riscv64|ppc64le|ppc64|s390x|loongarch64)$/ || length(pack('q', 0)) != 8) {
+  print 'X ', hx("OFD locks are supported on 64-bit Linux only (this host is $^O/$arch)"), "\n"; exit 1;
+}
+my ($GETLK, $SETLK, $RD, $WR, $UN) = (36, 37, 0, 1, 2);
+sub fl { pack('ssx4qqlx4', $_[0], 0, $_[1], 1, 0) }
+sub holders {
+  my ($fd, $byte) = @_;
+  my @st = stat($fd) or return '-';
+  my ($dev, $ino) = @st[0, 1];
+  my $maj = (($dev >> 8) & 0xfff) | (($dev >> 32) & ~0xfff);
+  my $min = ($dev & 0xff) | (($dev >> 12) & ~0xff);
+  my $id = sprintf('%02x:%02x:%d', $maj, $min, $ino);
+  my %seen;
+  for my $f (glob('/proc/[0-9]*/fdinfo/*')) {
+    my ($pid) = $f =~ m{^/proc/(\d+)/} or next;
+    next if $pid == $$ || $seen{$pid};
+    open(my $in, '<', $f) or next;
+    while (my $l = <$in>) {
+      next unless $l =~ /^lock:\s+\d+:\s+OFDLCK\s+\S+\s+\S+\s+-?\d+\s+(\S+)\s+(\d+)\s+(\d+|EOF)/;
+      next unless $1 eq $id && $2 <= $byte && ($3 eq 'EOF' || $3 >= $byte);
+      my $comm = '';
+      if (open(my $c, '<', "/proc/$pid/comm")) { $comm = <$c> // ''; chomp $comm; }
+      $seen{$pid} = "$pid:" . hx($comm);
+      last;
+    }
+  }
+  return %seen ? join(',', values %seen) : '-';
+}
+sub list { $_[0] eq '-' ? () : split(/,/, $_[0]) }
+print "R 1 $$\n";
+while (my $line = <STDIN>) {
+  chomp $line;
+  my ($op, $id, @a) = split(/ /, $line);
+  next unless defined $id;
+  if ($op eq 'O') {
+    my $path = pack('H*', $a[0] // '');
+    if (open(my $h, '<', $path)) { $fh{$id} = $h; print "O $id ok\n"; }
+    else { print "O $id err ", ($! + 0), "\n"; }
+  } elsif ($op eq 'T') {
+    my $h = $fh{$id};
+    unless ($h) { print "T $id err 9\n"; next; }
+    my (@taken, $reply);
+    for my $b (list($a[0])) {
+      my $buf = fl($RD, $b);
+      if (fcntl($h, $SETLK, $buf)) { push @taken, $b; next; }
+      $reply = ($! == 11 || $! == 13) ? "busy $b" : 'err ' . ($! + 0);
+      last;
+    }
+    unless ($reply) {
+      for my $b (list($a[1])) {
+        my $buf = fl($WR, $b);
+        unless (fcntl($h, $GETLK, $buf)) { $reply = 'err ' . ($! + 0); last; }
+        my ($type) = unpack('s', $buf);
+        if ($type != $UN) { $reply = "conflict $b " . holders($h, $b); last; }
+      }
+    }
+    my @drop = $reply ? @taken : list($a[2]);
+    for my $b (@drop) { my $buf = fl($UN, $b); fcntl($h, $SETLK, $buf); }
+    print "T $id ", ($reply // 'ok'), "\n";
+  } elsif ($op eq 'C') {
+    close(delete $fh{$id}) if $fh{$id};
+    print "C $id ok\n";
+  }
+}
+`;
+
+/** The names QEMU prints for permissions (bdrv_perm_names): the ids with spaces. */
+const permName = (p: Permission): string => p.replace(/-/g, ' ');
+
+/** What the helper must check for a mode, in QEMU's order (raw_check_lock_bytes). */
+function probesFor(mode: LockMode): number[] {
+  const spec = LOCK_MODES[mode];
+  const uses = PERMISSIONS.flatMap((p, i) => (spec.perm.includes(p) ? [LOCK_SHARED_BASE + i] : []));
+  const unshared = PERMISSIONS.flatMap((p, i) => (spec.shared.includes(p) ? [] : [LOCK_PERM_BASE + i]));
+  return [...uses, ...unshared];
+}
+
+/** QEMU's message for a conflict found probing `byte`. */
+function conflictMessage(byte: number): string {
+  const shared = byte < LOCK_SHARED_BASE;
+  const p = PERMISSIONS[byte - (shared ? LOCK_PERM_BASE : LOCK_SHARED_BASE)];
+  const name = p !== undefined ? permName(p) : `byte ${byte}`;
+  return shared ? `Failed to get shared "${name}" lock` : `Failed to get "${name}" lock`;
+}
+
+/** A process holding a lock byte on the host. */
+export interface RemoteLockHolder {
+  pid: number;
+  /** Its command name (/proc/PID/comm), e.g. "qemu-nbd" or "qemu-system-x86". */
+  name: string;
+}
+
+/** A QEMU image lock held on a remote host. */
+export interface RemoteImageLock {
+  readonly path: string;
+  readonly mode: LockMode;
+  /** Lock bytes held, ascending. */
+  readonly bytes: readonly number[];
+  /** False once released, or once the helper or the connection is gone (QEMU may then open the image). */
+  readonly held: boolean;
+  /** Switch modes as QEMU does (take, probe, drop); on LOCKED the old mode stays held. */
+  change(mode: LockMode): Promise<void>;
+  /** Drop the locks (idempotent). */
+  release(): Promise<void>;
+}
+
+const ERRNO: Record<number, string> = { 2: 'No such file or directory', 13: 'Permission denied', 20: 'Not a directory', 21: 'Is a directory', 40: 'Too many levels of symbolic links' };
+
+const hex = (s: string): string => Buffer.from(s, 'utf8').toString('hex');
+const unhex = (s: string): string => Buffer.from(s, 'hex').toString('utf8');
+
+/** The lock helper of one connection: started on first use, stopped when no lock is held for a while. */
+export class RemoteLocker {
+  private proc?: Promise<RemoteProcess>;
+  private buffered = '';
+  private readonly waiting = new Map<string, (words: string[]) => void>();
+  private nextId = 0;
+  private readonly locks = new Set<LockState>();
+  private linger?: NodeJS.Timeout;
+  private lost?: Qcow2Error;
+
+  constructor(private readonly conn: SshConnection, private readonly lingerMs = 2000) {}
+
+  /** The locker of `conn`'s connection (one helper per connection). */
+  static of(conn: SshConnection): RemoteLocker {
+    return conn.perConnection('qemu-lock-helper', () => new RemoteLocker(conn));
+  }
+
+  private start(): Promise<RemoteProcess> {
+    if (this.proc !== undefined) return this.proc;
+    this.lost = undefined;
+    const p = (async () => {
+      const proc = await this.conn.spawn(['perl', '-e', LOCK_HELPER]);
+      const ch = proc.channel;
+      let stderr = '';
+      ch.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
+      const ready = new Promise<void>((resolve, reject) => {
+        this.waiting.set('R', (w) =>
+          w[0] === 'R' ? resolve() : reject(new Qcow2Error('UNSUPPORTED', `Cannot lock images on ${this.conn.label}: ${unhex(w[1] ?? '')}`)),
+        );
+        void proc.exited.then(({ status }) => {
+          const why =
+            status === 127
+              ? `Cannot lock images on ${this.conn.label}: perl is not installed there (the image lock helper needs perl-base)`
+              : `The image lock helper on ${this.conn.label} stopped (exit ${status ?? 'signal'}${stderr ? `: ${stderr.trim().split('\n').pop()}` : ''})`;
+          reject(new Qcow2Error(status === 127 ? 'UNSUPPORTED' : 'CONNECTION', why));
+        });
+      });
+      ch.on('data', (d: Buffer) => this.onData(d));
+      void proc.exited.then(() => this.onExit());
+      await ready;
+      return proc;
+    })();
+    this.proc = p;
+    p.catch(() => {
+      if (this.proc === p) this.proc = undefined;
+    });
+    return p;
+  }
+
+  private onData(d: Buffer): void {
+    this.buffered += d.toString('latin1');
+    let nl: number;
+    while ((nl = this.buffered.indexOf('\n')) >= 0) {
+      const line = this.buffered.slice(0, nl);
+      this.buffered = this.buffered.slice(nl + 1);
+      const words = line.split(' ');
+      const key = words[0] === 'R' || words[0] === 'X' ? 'R' : `${words[0]} ${words[1]}`;
+      const w = this.waiting.get(key);
+      if (w === undefined) continue;
+      this.waiting.delete(key);
+      w(words[0] === 'R' || words[0] === 'X' ? words : words.slice(2));
+    }
+  }
+
+  private onExit(): void {
+    this.lost = new Qcow2Error(
+      'CONNECTION',
+      `The image lock helper on ${this.conn.label} ended (the connection was closed or lost): its locks are released`,
+    );
+    this.proc = undefined;
+    this.buffered = '';
+    for (const l of this.locks) l.held = false;
+    this.locks.clear();
+    const pending = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const w of pending) w(['lost']);
+  }
+
+  private async request(line: string, key: string): Promise<string[]> {
+    const proc = await this.start();
+    return new Promise<string[]>((resolve, reject) => {
+      this.waiting.set(key, (words) => (words[0] === 'lost' ? reject(this.lost) : resolve(words)));
+      if (!proc.channel.write(`${line}\n`) && !proc.channel.writable) {
+        this.waiting.delete(key);
+        reject(this.lost ?? new Qcow2Error('CONNECTION', `The image lock helper on ${this.conn.label} is gone`));
+      }
+    });
+  }
+
+  private holdersOf(field: string | undefined): RemoteLockHolder[] {
+    if (field === undefined || field === '-') return [];
+    return field.split(',').map((h) => {
+      const [pid, name] = h.split(':');
+      return { pid: Number(pid), name: unhex(name ?? '') };
+    });
+  }
+
+  /** Take, probe and drop bytes for `state` to move from `from` to `to`; throws LOCKED with QEMU's words. */
+  private async transition(state: LockState, from: readonly number[], to: LockMode): Promise<number[]> {
+    const want = lockBytes(to);
+    const take = want.filter((b) => !from.includes(b));
+    const drop = from.filter((b) => !want.includes(b));
+    const list = (l: number[]) => (l.length === 0 ? '-' : l.join(','));
+    const r = await this.request(`T ${state.id} ${list(take)} ${list(probesFor(to))} ${list(drop)}`, `T ${state.id}`);
+    if (r[0] === 'ok') return want;
+    const where = `${this.conn.label}:${state.path}`;
+    if (r[0] === 'conflict' || r[0] === 'busy') {
+      const byte = Number(r[1]);
+      const holders = this.holdersOf(r[2]);
+      const by = holders.length > 0 ? `\nHeld on ${this.conn.label} by ${holders.map((h) => `${h.name} (pid ${h.pid})`).join(', ')}` : '';
+      const what = r[0] === 'busy' ? `Failed to lock byte ${byte}` : conflictMessage(byte);
+      throw new Qcow2Error('LOCKED', `${what}\nIs another process using the image [${state.path}]?${by}`, { file: where });
+    }
+    throw new Qcow2Error('IO', `Could not lock '${where}': ${ERRNO[Number(r[1])] ?? `error ${r[1]}`}`, { file: where });
+  }
+
+  /**
+   * Take QEMU's lock for `mode` on `path` on the host, as qemu-img 7.2 does for the same operation
+   * ('write' like amend/resize, 'read' like check). Throws LOCKED (QEMU's wording, plus the holders
+   * it can name), NOT_FOUND, or CONNECTION; on any failure nothing stays held. Keep a lease on
+   * the connection while the lock is held: a pooled connection nobody leases is closed when idle,
+   * and its locks go with it.
+   */
+  async lock(path: string, mode: LockMode): Promise<RemoteImageLock> {
+    if (LOCK_MODES[mode] === undefined) throw new Qcow2Error('INVALID_OPTION', `unknown lock mode '${String(mode)}'`);
+    if (this.linger !== undefined) {
+      clearTimeout(this.linger);
+      this.linger = undefined;
+    }
+    const state = new LockState(this, String(++this.nextId), path);
+    this.locks.add(state);
+    try {
+      const o = await this.request(`O ${state.id} ${hex(path)}`, `O ${state.id}`);
+      if (o[0] !== 'ok') {
+        const where = `${this.conn.label}:${path}`;
+        const errno = Number(o[1]);
+        throw new Qcow2Error(errno === 2 ? 'NOT_FOUND' : 'IO', `Could not open '${where}': ${ERRNO[errno] ?? `error ${errno}`}`, { file: where });
+      }
+      state.bytes = await this.transition(state, [], mode);
+      state.mode = mode;
+      state.held = true;
+      return state;
+    } catch (e) {
+      await this.close(state).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** @internal */
+  async change(state: LockState, mode: LockMode): Promise<void> {
+    if (!state.held) throw this.lost ?? new Qcow2Error('INVALID_OPTION', `the image lock on ${state.path} was released`);
+    state.bytes = await this.transition(state, state.bytes, mode);
+    state.mode = mode;
+  }
+
+  /** @internal */
+  async close(state: LockState): Promise<void> {
+    const wasTracked = this.locks.delete(state);
+    state.held = false;
+    state.bytes = [];
+    try {
+      if (wasTracked && this.proc !== undefined) await this.request(`C ${state.id}`, `C ${state.id}`);
+    } finally {
+      if (this.locks.size === 0 && this.proc !== undefined && this.linger === undefined) {
+        this.linger = setTimeout(() => void this.stop(), this.lingerMs);
+        this.linger.unref();
+      }
+    }
+  }
+
+  /** End the helper (releasing whatever it holds). */
+  async stop(): Promise<void> {
+    if (this.linger !== undefined) clearTimeout(this.linger);
+    this.linger = undefined;
+    const p = this.proc;
+    if (p === undefined) return;
+    const proc = await p.catch(() => undefined);
+    if (proc === undefined) return;
+    proc.channel.end();
+    await proc.exited;
+  }
+}
+
+class LockState implements RemoteImageLock {
+  mode: LockMode = 'read';
+  bytes: number[] = [];
+  held = false;
+  constructor(private readonly locker: RemoteLocker, readonly id: string, readonly path: string) {}
+  change(mode: LockMode): Promise<void> {
+    return this.locker.change(this, mode);
+  }
+  release(): Promise<void> {
+    if (!this.held) return Promise.resolve();
+    return this.locker.close(this);
+  }
+}
+
+/** Lock `path` on the host of `conn` (see RemoteLocker.lock). */
+export function lockRemoteImage(conn: SshConnection, path: string, mode: LockMode): Promise<RemoteImageLock> {
+  return RemoteLocker.of(conn).lock(path, mode);
+}

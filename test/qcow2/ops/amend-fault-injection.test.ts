@@ -1,0 +1,326 @@
+// All or nothing, proved by faults: an amend interrupted at any write leaves either the old
+// image or the new one, never a corrupt one.
+//
+// In-process trials: a BlockFile wrapper (AmendBehaviour.wrapFile) throws at the k-th mutation
+// (write or truncate) of the image file, for every k from 1 to (mutations of an uninjected run)+1,
+// in three variants: the failing write writes nothing; it writes only up to its first 4 KiB page
+// boundary (a kill mid-write at a page boundary); it writes its first half, in whole pages.
+// Real kills: the CLI is spawned on a larger image and SIGKILLed after random delays.
+//
+// Each outcome is classified with qemu-img: `check` must exit 0 or 3 (leaks allowed, corruption
+// never); `info --output=json` (minus filename and actual-size) must equal the old image's or
+// the new image's; and `compare` against that reference (old copy / uninjected result) must say
+// identical. Anything else counts as a corruption, and there must be none.
+
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { amendImage, rebaseUnsafe, resizeImage, type AmendBehaviour } from '../../../provider/engines/native/ops';
+import type { BlockFile } from '../../../provider/qcow2/io/blockfile';
+import type { AmendRequest } from '../../../provider/rules/types';
+
+import { checkOf, cliArgv, compareImages, infoOf, md5, missingTools, openSpec, shOk, skipReason, type Info } from './amend-helpers';
+import { inDir, prng } from '../../helpers/common';
+
+const PAGE = 4096;
+
+class InjectedFault extends Error {
+  constructor(readonly k: number) { super(`injected fault at mutation ${k}`); }
+}
+
+type Variant = 'none' | 'first-page' | 'half-pages';
+const VARIANTS: Variant[] = ['none', 'first-page', 'half-pages'];
+
+/** Bytes of a write of `len` at `off` that reach the file when it is torn, per variant. */
+function tornLength(v: Variant, off: number, len: number): number {
+  if (v === 'none') return 0;
+  const firstBoundary = (Math.floor(off / PAGE) + 1) * PAGE;
+  if (v === 'first-page') return firstBoundary < off + len ? firstBoundary - off : 0;
+  // half-pages: the first half of the write, cut down to a page boundary.
+  const cut = Math.floor((off + Math.floor(len / 2)) / PAGE) * PAGE;
+  return cut > off ? cut - off : 0;
+}
+
+/** Counts mutations; throws at mutation `failAt` (1-based), tearing that write per `variant`. */
+class FaultyFile implements BlockFile {
+  mutations = 0;
+  constructor(private readonly f: BlockFile, private readonly failAt: number, private readonly variant: Variant) {}
+  private next(): boolean {
+    this.mutations++;
+    return this.mutations === this.failAt;
+  }
+  read(offset: number, length: number): Buffer { return this.f.read(offset, length); }
+  write(offset: number, data: Uint8Array): void {
+    if (this.next()) {
+      const n = tornLength(this.variant, offset, data.length);
+      if (n > 0) this.f.write(offset, data.subarray(0, n));
+      throw new InjectedFault(this.failAt);
+    }
+    this.f.write(offset, data);
+  }
+  truncate(size: number): void {
+    if (this.next()) throw new InjectedFault(this.failAt);
+    this.f.truncate(size);
+  }
+  size(): number { return this.f.size(); }
+  flush(): void { this.f.flush(); }
+  close(): void { this.f.close(); }
+  allocatedSize(): number { return this.f.allocatedSize(); }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Operations
+
+interface Operation {
+  name: string;
+  /** bash run in the base folder: makes img.qcow2 (and its data file) with qemu-img / qemu-io. */
+  setup: string;
+  run: (path: string, b: AmendBehaviour) => unknown;
+}
+
+const IMG = 'img.qcow2';
+const mk = (opts: string, size: string) => `$QEMU_IMG create -q -f qcow2 ${opts ? `-o ${opts} ` : ''}${IMG} ${size}`;
+const io = (...cmds: string[]) => `$QEMU_IO ${cmds.map((c) => `-c '${c}'`).join(' ')} ${IMG} >/dev/null`;
+const and = (...s: string[]) => s.join(' && ');
+const amendOp = (req: AmendRequest) => (p: string, b: AmendBehaviour) => amendImage(p, req, b);
+const SET_DIRTY = `printf '\\001' | dd of=${IMG} bs=1 seek=79 conv=notrunc status=none`;
+
+const OPERATIONS: Operation[] = [
+  {
+    name: 'refcount_bits 16 -> 64 (512 B clusters, data)',
+    setup: and(mk('cluster_size=512', '4M'), io('write -P 0x11 0 512k', 'write -P 0x22 3M 256k')),
+    run: amendOp({ refcountBits: 64 }),
+  },
+  { name: 'refcount_bits 16 -> 1 (fresh image)', setup: mk('', '64M'), run: amendOp({ refcountBits: 1 }) },
+  {
+    name: 'size grow on data-file-raw, L1 8 -> 20 entries (4 KiB clusters)',
+    setup: and(mk('data_file=data.raw,data_file_raw=on,cluster_size=4096', '16M'), io('write -P 0x33 0 1M', 'write -P 0x44 15M 1M')),
+    run: amendOp({ size: 40n << 20n }),
+  },
+  {
+    name: 'shrink a preallocated image 32M -> 10M+512 (4 KiB clusters)',
+    setup: and(mk('preallocation=metadata,cluster_size=4096', '32M'), io('write -P 0x55 9M 2M', 'write -P 0x66 30M 1M')),
+    run: (p, b) => resizeImage(p, 10485760n + 512n, { ...b, allowShrink: true }),
+  },
+  {
+    name: 'compat downgrade with zero clusters (4 KiB clusters)',
+    setup: and(mk('cluster_size=4096', '32M'), io('write -P 0x66 0 2M', 'write -z 0 64k', 'write -z -u 512k 32k', 'write -z 4M 64k', 'write -z -u 8M 16k')),
+    run: amendOp({ compat: '0.10' }),
+  },
+  {
+    name: 'lazy_refcounts off on a dirty image',
+    setup: and(mk('lazy_refcounts=on,cluster_size=4096', '32M'), io('write -P 0x77 0 1M', 'write -P 0x78 20M 64k'), SET_DIRTY),
+    run: amendOp({ lazyRefcounts: false }),
+  },
+  { name: 'header only: lazy_refcounts on', setup: and(mk('', '64M'), io('write -P 1 0 1M')), run: amendOp({ lazyRefcounts: true }) },
+  { name: 'header only: compat 0.10 -> 1.1', setup: and(mk('compat=0.10', '64M'), io('write -P 2 0 1M')), run: amendOp({ compat: '1.1' }) },
+  { name: 'header only: data_file_raw off', setup: and(mk('data_file=data.raw,data_file_raw=on', '16M'), io('write -P 3 0 1M')), run: amendOp({ dataFileRaw: false }) },
+  {
+    name: 'header only: rebase -u onto a backing file',
+    setup: and(`$QEMU_IMG create -q -f qcow2 base.qcow2 64M`, `$QEMU_IO -c 'write -P 9 0 4M' base.qcow2 >/dev/null`, mk('', '64M'), io('write -P 4 1M 1M')),
+    run: (p, b) => rebaseUnsafe(p, 'base.qcow2', 'qcow2', b),
+  },
+  { name: 'header only: grow within the L1', setup: and(mk('', '64M'), io('write -P 5 0 1M')), run: amendOp({ size: 128n << 20n }) },
+];
+
+// ------------------------------------------------------------------------------------------------
+
+const SKIP = skipReason('amend/fault-injection');
+let root = '';
+
+
+/** Replace `dst`'s contents with a copy of every file of `src`. */
+function copyDir(src: string, dst: string): void {
+  rmSync(dst, { recursive: true, force: true });
+  mkdirSync(dst, { recursive: true });
+  for (const f of readdirSync(src)) copyFileSync(join(src, f), join(dst, f));
+}
+
+interface Reference { dir: string; info: Info }
+type Outcome = 'old' | 'new' | 'corrupt';
+
+/** Classify the image in `dir` against the old and the new reference. */
+function classify(dir: string, old: Reference, neu: Reference): { outcome: Outcome; why: string } {
+  const check = checkOf(dir);
+  if (check.status !== 0 && check.status !== 3) {
+    return { outcome: 'corrupt', why: `qemu-img check exit ${check.status}\n${check.stdout}${check.stderr}`.slice(0, 2000) };
+  }
+  let info: Info;
+  try {
+    info = infoOf(dir);
+  } catch (e) {
+    return { outcome: 'corrupt', why: (e as Error).message };
+  }
+  const norm = JSON.stringify(info.norm);
+  const ref = norm === JSON.stringify(old.info.norm) ? old : norm === JSON.stringify(neu.info.norm) ? neu : undefined;
+  if (!ref) return { outcome: 'corrupt', why: `info equals neither old nor new:\n${norm}\nold ${JSON.stringify(old.info.norm)}\nnew ${JSON.stringify(neu.info.norm)}` };
+  const cmp = compareImages(openSpec(dir, info.dataFile), openSpec(ref.dir, ref.info.dataFile));
+  if (cmp.status !== 0 || !cmp.stdout.includes('Images are identical.')) {
+    return { outcome: 'corrupt', why: `compare with the ${ref === old ? 'old' : 'new'} reference: exit ${cmp.status} ${cmp.stdout}${cmp.stderr}` };
+  }
+  return { outcome: ref === old ? 'old' : 'new', why: '' };
+}
+
+interface Tally { trials: number; old: number; new: number; corrupt: number; failures: string[] }
+const summary: Array<[string, Tally]> = [];
+const tally = (): Tally => ({ trials: 0, old: 0, new: 0, corrupt: 0, failures: [] });
+function record(t: Tally, r: { outcome: Outcome; why: string }, label: string): void {
+  t.trials++;
+  t[r.outcome]++;
+  if (r.outcome === 'corrupt' && t.failures.length < 5) t.failures.push(`${label}: ${r.why}`);
+}
+const line = (name: string, t: Tally) =>
+  `${name}: ${t.trials} trials, ${t.old} old, ${t.new} new, ${t.corrupt} corruptions`;
+
+
+describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})` : ''}`, () => {
+  beforeAll(() => {
+    const missing = missingTools();
+    if (missing.length) throw new Error(missing.join('\n'));
+    root = mkdtempSync(join(tmpdir(), 'qcow2-amend-fault-'));
+  });
+  afterAll(() => {
+    for (const [name, t] of summary) console.log(`[fault-injection] ${line(name, t)}`);
+    const all = summary.reduce((a, [, t]) => ({ ...a, trials: a.trials + t.trials, old: a.old + t.old, new: a.new + t.new, corrupt: a.corrupt + t.corrupt }), tally());
+    if (summary.length) console.log(`[fault-injection] ${line('all operations', all)}`);
+    if (root && !process.env.KEEP_AMEND_TMP) rmSync(root, { recursive: true, force: true });
+  });
+
+  OPERATIONS.forEach((op, n) => {
+    it(`injected write faults: ${op.name}`, () => {
+      const dir = join(root, `op${n}`);
+      const base = join(dir, 'base');
+      const neu = join(dir, 'new');
+      const trial = join(dir, 'trial');
+      mkdirSync(base, { recursive: true });
+      shOk(op.setup, base);
+      const old: Reference = { dir: base, info: infoOf(base) };
+      expect(checkOf(base).status, 'the old image must be clean').toBe(0);
+
+      // The uninjected run: the new reference, and the number of mutations to walk through.
+      copyDir(base, neu);
+      let counter: FaultyFile | undefined;
+      inDir(neu, () => op.run(join(neu, IMG), { wrapFile: (f) => (counter = new FaultyFile(f, 0, 'none')) }));
+      const mutations = counter?.mutations ?? 0;
+      const ref: Reference = { dir: neu, info: infoOf(neu) };
+      expect(checkOf(neu).status, 'the uninjected result must be clean').toBe(0);
+      expect(ref.info.norm, 'the operation must change what info shows').not.toEqual(old.info.norm);
+      expect(mutations).toBeGreaterThan(0);
+
+      const t = tally();
+      for (const variant of VARIANTS) {
+        for (let k = 1; k <= mutations + 1; k++) {
+          copyDir(base, trial);
+          let injected = false;
+          try {
+            inDir(trial, () => op.run(join(trial, IMG), { wrapFile: (f) => new FaultyFile(f, k, variant) }));
+          } catch (e) {
+            if (!(e instanceof InjectedFault)) throw e;
+            injected = true;
+          }
+          expect(injected, `k=${k} of ${mutations} mutations`).toBe(k <= mutations);
+          record(t, classify(trial, old, ref), `${variant} k=${k}/${mutations}`);
+        }
+      }
+      summary.push([`${op.name} [${mutations} mutations per run x ${VARIANTS.length} tear variants]`, t]);
+      expect(t.failures, t.failures.join('\n\n')).toEqual([]);
+      expect(t.corrupt).toBe(0);
+      // The walk must see both sides of the commit: every k before it leaves the old image,
+      // and the run without a fault the new one.
+      expect(t.old).toBeGreaterThan(0);
+      expect(t.new).toBeGreaterThan(0);
+    });
+  });
+
+  it('has at least 200 injected trials in total', () => {
+    const total = summary.reduce((s, [, t]) => s + t.trials, 0);
+    expect(summary.length).toBe(OPERATIONS.length);
+    expect(total).toBeGreaterThanOrEqual(200);
+  });
+
+  it('kill -9 of the CLI at random moments: amend -o refcount_bits=64,size=1G', async () => {
+    const trials = Number(process.env.AMEND_KILL_TRIALS ?? 40);
+    const seed = Number(process.env.AMEND_KILL_SEED ?? 20240607);
+    const rnd = prng(seed);
+    const dir = join(root, 'kill');
+    const base = join(dir, 'base');
+    const neu = join(dir, 'new');
+    const trial = join(dir, 'trial');
+    mkdirSync(base, { recursive: true });
+    // 512 B clusters: about 50,000 clusters in use, so the 64-bit rebuild writes ~800 refblocks,
+    // and the grow writes a 256 KiB L1: a run takes long enough to be killed in the middle.
+    shOk(and(mk('cluster_size=512', '64M'), io('write -P 0x3c 0 16M', 'write -P 0x4d 40M 8M')), base);
+    const old: Reference = { dir: base, info: infoOf(base) };
+    const args = ['amend', '-o', 'refcount_bits=64,size=1G', IMG];
+
+    // Half of the trials run on a "slow disk": a preload makes every fs.writeSync busy-wait
+    // 0.3 ms first (the CLI's logic is untouched), which widens the write phase from ~15 ms to
+    // ~250 ms so that more kills land between the first write and the commit.
+    const slowDisk = join(root, 'slow-disk.js');
+    writeFileSync(slowDisk, `const fs = require('fs');\nconst w = fs.writeSync;\n` +
+      `fs.writeSync = function (...a) { const end = process.hrtime.bigint() + 300000n; while (process.hrtime.bigint() < end); return w.apply(this, a); };\n`);
+
+    const runCli = (cwd: string, slow: boolean, killAfterMs?: number) =>
+      new Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>((resolveRun, reject) => {
+        const [node, ...rest] = cliArgv(args);
+        const argv = slow ? ['-r', slowDisk, ...rest] : rest;
+        const t0 = process.hrtime.bigint();
+        const child = spawn(node!, argv, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+        let stderr = '';
+        child.stderr!.on('data', (d) => { stderr += String(d); });
+        const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+        child.on('error', reject);
+        child.on('exit', (code, signal) => {
+          if (timer) clearTimeout(timer);
+          const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+          if (code !== 0 && signal === null) reject(new Error(`CLI failed (exit ${code}): ${stderr}`));
+          else resolveRun({ code, signal, ms });
+        });
+      });
+
+    // The uninjected result, and how long a whole run takes (the kills spread over it).
+    copyDir(base, neu);
+    await runCli(neu, false);
+    const ref: Reference = { dir: neu, info: infoOf(neu) };
+    expect(checkOf(neu).status).toBe(0);
+
+    const t = tally();
+    const baseSize = statSync(join(base, IMG)).size;
+    const baseMd5 = md5(join(base, IMG));
+    let killed = 0;
+    let midway = 0; // killed after it had written something, before the commit
+    const wholes: string[] = [];
+    for (const slow of [false, true]) {
+      copyDir(base, trial);
+      const whole = (await runCli(trial, slow)).ms;
+      wholes.push(`${whole.toFixed(0)} ms${slow ? ' (slow disk)' : ''}`);
+      // Most of a run is Node's start-up and the plan; the writes come last. The first trials
+      // spread over the second half of a run; the rest aim at the window between the latest
+      // delay that left the file untouched and the earliest that gave the new image.
+      let untouchedMax = whole * 0.5;
+      let newMin = whole * 1.05;
+      for (let i = 0; i < trials / 2; i++) {
+        copyDir(base, trial);
+        const [lo, hi] = untouchedMax < newMin ? [untouchedMax, newMin] : [newMin, untouchedMax];
+        const delay = Math.max(1, i < 6 ? Math.round(whole * (0.5 + 0.55 * rnd())) : Math.round(lo - 3 + (hi - lo + 6) * rnd()));
+        const r = await runCli(trial, slow, delay);
+        if (r.signal === 'SIGKILL') killed++;
+        const res = classify(trial, old, ref);
+        const touched = statSync(join(trial, IMG)).size !== baseSize || md5(join(trial, IMG)) !== baseMd5;
+        if (res.outcome === 'old' && touched) midway++;
+        if (res.outcome === 'old' && !touched) untouchedMax = Math.max(untouchedMax, delay);
+        if (res.outcome === 'new') newMin = Math.min(newMin, delay);
+        record(t, res, `kill after ${delay} ms (whole run ${whole.toFixed(0)} ms${slow ? ', slow disk' : ''})`);
+      }
+    }
+    const name = `kill -9 during ${args.slice(0, 3).join(' ')} (512 B clusters, 64M), seed ${seed}`;
+    summary.push([`${name} [${killed} killed before exit, ${midway} of the old outcomes killed mid-write ` +
+      `(file already changed); whole run ${wholes.join(', ')}]`, t]);
+    expect(t.failures, t.failures.join('\n\n')).toEqual([]);
+    expect(t.corrupt).toBe(0);
+    expect(existsSync(join(trial, IMG))).toBe(true);
+  }, 120_000);
+});
