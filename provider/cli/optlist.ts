@@ -3,6 +3,8 @@
 import { invalidOption, Qcow2Error } from '../model/errors';
 import type { CompressionType, Compat, CreateOptions, Preallocation } from '../model/options';
 import type { AmendRequest } from '../rules/types';
+import { createOnlyRefusal } from '../rules/amend';
+import { CREATE_OPTIONS, optionSpec } from '../model/names';
 import { parseSize, parseSizeOption, strtoull, type WarningSink } from '../model/size';
 
 /** One `-o` item as written: a bare `key` (no `=`) has value `undefined`. */
@@ -72,54 +74,14 @@ export function hasHelpOption(pairs: OptionPair[]): boolean {
   return pairs.some(([key, value]) => value === undefined && (key === 'help' || key === '?'));
 }
 
-type OptType = 'str' | 'bool (on/off)' | 'num' | 'size';
-
-interface OptDesc {
-  type: OptType;
-  help: string;
-  /** Omitted from createOptionsHelp(): encryption is not implemented. */
-  hidden?: boolean;
-}
-
-// qcow2_create_opts plus file-posix's raw_create_opts, as `qemu-img create -f qcow2 -o help FILE` lists them.
-const CREATE_OPTS: Record<string, OptDesc> = {
-  size: { type: 'size', help: 'Virtual disk size' },
-  compat: { type: 'str', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
-  backing_file: { type: 'str', help: 'File name of a base image' },
-  backing_fmt: { type: 'str', help: 'Image format of the base image' },
-  data_file: { type: 'str', help: 'File name of an external data file' },
-  data_file_raw: { type: 'bool (on/off)', help: 'The external data file must stay valid as a raw image' },
-  encryption: {
-    type: 'bool (on/off)',
-    help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
-    hidden: true,
-  },
-  'encrypt.format': { type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", hidden: true },
-  'encrypt.key-secret': { type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', hidden: true },
-  'encrypt.cipher-alg': { type: 'str', help: 'Name of encryption cipher algorithm', hidden: true },
-  'encrypt.cipher-mode': { type: 'str', help: 'Name of encryption cipher mode', hidden: true },
-  'encrypt.ivgen-alg': { type: 'str', help: 'Name of IV generator algorithm', hidden: true },
-  'encrypt.ivgen-hash-alg': { type: 'str', help: 'Name of IV generator hash algorithm', hidden: true },
-  'encrypt.hash-alg': { type: 'str', help: 'Name of encryption hash algorithm', hidden: true },
-  'encrypt.iter-time': { type: 'num', help: 'Time to spend in PBKDF in milliseconds', hidden: true },
-  cluster_size: { type: 'size', help: 'qcow2 cluster size' },
-  preallocation: { type: 'str', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)' },
-  lazy_refcounts: { type: 'bool (on/off)', help: 'Postpone refcount updates' },
-  refcount_bits: { type: 'num', help: 'Width of a reference count entry in bits' },
-  compression_type: { type: 'str', help: 'Compression method used for image cluster compression' },
-  extended_l2: { type: 'bool (on/off)', help: 'Extended L2 tables' },
-  nocow: { type: 'bool (on/off)', help: 'Turn off copy-on-write (valid only on btrfs)' },
-  extent_size_hint: { type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
-};
-
 /**
  * The text of `qemu-img create -f qcow2 -o help FILE` (the variant that includes the file
  * protocol's options), without the encryption options.
  */
 export function createOptionsHelp(): string {
-  const lines = Object.entries(CREATE_OPTS)
-    .filter(([, desc]) => !desc.hidden)
-    .map(([name, desc]) => `  ${name}=<${desc.type}>`.padEnd(24) + ` - ${desc.help}`)
+  const lines = CREATE_OPTIONS
+    .filter((desc) => !desc.hidden)
+    .map((desc) => `  ${desc.name}=<${desc.type}>`.padEnd(24) + ` - ${desc.help}`)
     .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   return `Supported options:\n${lines.map((l) => `${l}\n`).join('')}`;
 }
@@ -217,7 +179,7 @@ export function toCreateOptions(
       }
     }
     if (key === 'id') continue;
-    const desc = Object.hasOwn(CREATE_OPTS, key) ? CREATE_OPTS[key] : undefined;
+    const desc = optionSpec(key);
     if (desc === undefined) throw invalidOption(`Invalid parameter '${key}'`, key);
     switch (desc.type) {
       case 'bool (on/off)':
@@ -357,9 +319,6 @@ function parseInt64(value: string): bigint {
   return r.negative ? -r.magnitude : r.magnitude;
 }
 
-/** Options `qemu-img amend -f qcow2` understands (the rest of the create list is create-only). */
-const AMEND_OPTS = new Set(['size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits']);
-const CREATE_ONLY_OPTS = new Set(['cluster_size', 'preallocation', 'extended_l2', 'compression_type', 'encryption', 'encrypt.format', 'nocow', 'extent_size_hint']);
 
 /**
  * Turns parsed `amend -o` items into an AmendRequest with qemu-img's per-option messages:
@@ -375,10 +334,10 @@ export function toAmendRequest(pairs: OptionPair[]): AmendRequest {
       if (key.startsWith('no')) { key = key.slice(2); value = 'off'; } else value = 'on';
     }
     if (key === 'id') continue;
-    if (CREATE_ONLY_OPTS.has(key) || key.startsWith('encrypt.')) {
-      throw invalidOption(`Invalid parameter '${key}'\nThis option is only supported for image creation`, key);
-    }
-    if (!AMEND_OPTS.has(key)) throw invalidOption(`Invalid parameter '${key}'`, key);
+    // The amendable options are the create options that are not create-only (model/names.ts).
+    const createOnly = createOnlyRefusal(key);
+    if (createOnly) throw invalidOption(createOnly.message, key);
+    if (optionSpec(key) === undefined) throw invalidOption(`Invalid parameter '${key}'`, key);
     switch (key) {
       case 'size': {
         // qemu-img amend reads size=0 as "no size given".

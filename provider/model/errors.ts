@@ -76,3 +76,50 @@ export function invalidImage(message: string, offset?: number | bigint): Qcow2Er
 export function invalidOption(message: string, property?: string): Qcow2Error {
   return new Qcow2Error('INVALID_OPTION', message, property === undefined ? {} : { property });
 }
+
+/**
+ * An error as structured-clone data, for crossing a thread (the native engine's workers, the
+ * transport bridge): a Qcow2Error keeps its code, file, property and offset (bigint included) and
+ * is rebuilt branded; any other error keeps its name, message and string code.
+ */
+export interface ErrorData {
+  qcow2: boolean;
+  name: string;
+  message: string;
+  code?: string;
+  file?: string;
+  property?: string;
+  offset?: number | bigint;
+}
+
+export function errorToData(e: unknown): ErrorData {
+  if (Qcow2Error.isInstance(e)) {
+    const out: ErrorData = { qcow2: true, name: e.name, message: e.message, code: e.code };
+    if (e.file !== undefined) out.file = e.file;
+    if (e.property !== undefined) out.property = e.property;
+    if (e.offset !== undefined) out.offset = e.offset;
+    return out;
+  }
+  const err = e as { name?: unknown; message?: unknown; code?: unknown };
+  const out: ErrorData = {
+    qcow2: false,
+    name: typeof err?.name === 'string' ? err.name : 'Error',
+    message: typeof err?.message === 'string' ? err.message : String(e),
+  };
+  if (typeof err?.code === 'string') out.code = err.code;
+  return out;
+}
+
+export function errorFromData(e: ErrorData): Error {
+  if (e.qcow2) {
+    const details: Qcow2ErrorDetails = {};
+    if (e.file !== undefined) details.file = e.file;
+    if (e.property !== undefined) details.property = e.property;
+    if (e.offset !== undefined) details.offset = e.offset;
+    return new Qcow2Error(e.code as Qcow2ErrorCode, e.message, details);
+  }
+  const err = new Error(e.message) as Error & { code?: string };
+  err.name = e.name;
+  if (e.code !== undefined) err.code = e.code;
+  return err;
+}

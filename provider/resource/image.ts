@@ -66,7 +66,7 @@ export interface ImageArgs {
 
 const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
-  'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'bitmaps',
+  'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
   'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'adopted', 'dataFileOnDelete', 'deleteAdopted',
 ];
 
@@ -80,8 +80,10 @@ export class Image extends pulumi.dynamic.Resource {
   }
 
   declare readonly path: pulumi.Output<string>;
-  declare readonly virtualSize: pulumi.Output<number>;
-  declare readonly actualSize: pulumi.Output<number>;
+  /** Bytes: a number below 2^53 (8 PiB), a decimal string above, exact either way. */
+  declare readonly virtualSize: pulumi.Output<number | string>;
+  /** Bytes allocated for the qcow2 file (a number below 2^53, a decimal string above). */
+  declare readonly actualSize: pulumi.Output<number | string>;
   declare readonly clusterSize: pulumi.Output<number>;
   declare readonly compat: pulumi.Output<'0.10' | '1.1'>;
   declare readonly refcountBits: pulumi.Output<number>;
@@ -96,6 +98,8 @@ export class Image extends pulumi.dynamic.Resource {
   declare readonly backingFormat: pulumi.Output<string>;
   declare readonly dirty: pulumi.Output<boolean>;
   declare readonly corrupt: pulumi.Output<boolean>;
+  /** Number of internal snapshots (the rules refuse a compat 0.10 downgrade of an image with any). */
+  declare readonly snapshots: pulumi.Output<number>;
   /** Names of persistent dirty bitmaps. */
   declare readonly bitmaps: pulumi.Output<string[]>;
   declare readonly providerVersion: pulumi.Output<string>;

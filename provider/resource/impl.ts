@@ -6,14 +6,19 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { getEngine } from '../engines';
-import type { Engine, EngineName, ImageInfo } from '../engines/engine';
+import type { Engine, EngineName } from '../engines/engine';
 import { Qcow2Error } from '../model/errors';
-import type { CreateOptions, Compat, CompressionType, Preallocation } from '../model/options';
+import type { ImageFacts } from '../model/facts';
+import { propertyOf } from '../model/names';
+import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { validateCreate } from '../rules/create';
-import type { DesiredSpec, ImageState, WorldFacts } from '../rules/types';
+import type { DesiredSpec, WorldFacts } from '../rules/types';
 import { UNKNOWN, validateInputs } from './schema';
+import { ImageOutputs, factOutputs, factsOfState } from './state';
+
+export type { ImageOutputs };
 
 /** The version of this provider's code; a change makes diff report an update, refreshing state. */
 export const PROVIDER_VERSION: string = (() => {
@@ -40,36 +45,6 @@ export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile
   engine?: EngineName;
   dataFileOnDelete?: 'auto' | 'keep' | 'delete';
   deleteAdopted?: boolean;
-}
-
-/** Outputs: the image as last read, plus what delete and diff need. Never undefined. */
-export interface ImageOutputs {
-  path: string;
-  engine: EngineName;
-  virtualSize: number;
-  actualSize: number;
-  clusterSize: number;
-  compat: Compat;
-  refcountBits: number;
-  lazyRefcounts: boolean;
-  extendedL2: boolean;
-  compressionType: CompressionType;
-  dataFile: string;
-  dataFileRaw: boolean;
-  backingFile: string;
-  backingFormat: string;
-  dirty: boolean;
-  corrupt: boolean;
-  bitmaps: string[];
-  /** Preallocation asked at creation ('' when unknown: adopted images). */
-  preallocation: string;
-  /** This resource created the data file (so destroy may remove it). */
-  createdDataFile: boolean;
-  /** This resource adopted an existing image (destroy keeps it unless deleteAdopted). */
-  adopted: boolean;
-  dataFileOnDelete: 'auto' | 'keep' | 'delete';
-  deleteAdopted: boolean;
-  providerVersion: string;
 }
 
 const isUnknown = (v: unknown) => v === UNKNOWN;
@@ -122,31 +97,6 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   return d;
 }
 
-/** The image as rules see it, from the outputs last read. */
-function stateOf(o: ImageOutputs): ImageState {
-  const s: ImageState = {
-    virtualSize: BigInt(o.virtualSize),
-    clusterSize: o.clusterSize,
-    compat: o.compat,
-    refcountBits: o.refcountBits,
-    lazyRefcounts: o.lazyRefcounts,
-    extendedL2: o.extendedL2,
-    compressionType: o.compressionType,
-    hasDataFile: o.dataFile !== '' || o.dataFileRaw,
-    dataFileRaw: o.dataFileRaw,
-    dirty: o.dirty,
-    corrupt: o.corrupt,
-    snapshots: 0,
-    bitmaps: o.bitmaps.length,
-  };
-  s.path = o.path;
-  if (o.dataFile) s.dataFile = o.dataFile;
-  if (o.backingFile) s.backingFile = o.backingFile;
-  if (o.backingFormat) s.backingFormat = o.backingFormat;
-  if (o.preallocation) s.preallocation = o.preallocation as Preallocation;
-  return s;
-}
-
 function createOptionsOf(i: ImageInputs): CreateOptions {
   const o: CreateOptions = {};
   const size = sizeOf(i.size);
@@ -165,25 +115,11 @@ function createOptionsOf(i: ImageInputs): CreateOptions {
   return o;
 }
 
-function outputsOf(i: ImageInputs, info: ImageInfo, extra: { createdDataFile: boolean; adopted: boolean }): ImageOutputs {
+function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean }): ImageOutputs {
   return {
     path: absolute(i.path),
     engine: i.engine ?? 'native',
-    virtualSize: Number(info.virtualSize),
-    actualSize: info.actualSize,
-    clusterSize: info.clusterSize,
-    compat: info.compat,
-    refcountBits: info.refcountBits,
-    lazyRefcounts: info.lazyRefcounts,
-    extendedL2: info.extendedL2,
-    compressionType: info.compressionType,
-    dataFile: info.dataFile ?? '',
-    dataFileRaw: info.dataFileRaw,
-    backingFile: info.backingFile ?? '',
-    backingFormat: info.backingFormat ?? '',
-    dirty: info.dirty,
-    corrupt: info.corrupt,
-    bitmaps: info.bitmaps,
+    ...factOutputs(facts),
     preallocation: i.preallocation ?? (extra.adopted ? '' : i.dataFileRaw ? 'metadata' : 'off'),
     createdDataFile: extra.createdDataFile,
     adopted: extra.adopted,
@@ -212,7 +148,7 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
         failures.push({ property: 'size', reason: 'size is required unless the image is adopted, imported from source, or sized by its backingFile' });
       } else {
         const r = validateCreate({ ...opts, ...(i.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
-        if (!r.ok) failures.push({ property: propertyName(r.refusal.property), reason: r.refusal.message });
+        if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: r.refusal.message });
       }
     }
   }
@@ -224,16 +160,6 @@ function hasUnknown(v: unknown): boolean {
   if (Array.isArray(v)) return v.some(hasUnknown);
   if (v && typeof v === 'object') return Object.entries(v).some(([k, x]) => !k.startsWith('__') && hasUnknown(x));
   return false;
-}
-
-/** qemu-img option names to input names. */
-function propertyName(option: string): string {
-  const map: Record<string, string> = {
-    cluster_size: 'clusterSize', extended_l2: 'extendedL2', backing_fmt: 'backingFormat', backing_file: 'backingFile',
-    lazy_refcounts: 'lazyRefcounts', refcount_bits: 'refcountBits', data_file_raw: 'dataFileRaw', data_file: 'dataFile',
-    compression_type: 'compressionType', preallocation: 'preallocation', size: 'size', compat: 'compat',
-  };
-  return map[option] ?? option;
 }
 
 /** Facts only the disk knows, gathered here so rules stay pure. */
@@ -263,7 +189,7 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
   }
 
   const desired = desiredOf(news);
-  const result = classifyChange(stateOf(olds), desired, factsFor(olds, desired));
+  const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
   const refusal = refusalMessage(result);
   if (refusal) throw new Qcow2Error('REFUSED', refusal, { property: result.find((c) => c.action === 'refuse')!.property });
   for (const c of result) {
@@ -292,10 +218,8 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
   }
   if (inputs.source !== undefined) {
-    const native = require('../engines/native/ops') as Record<string, unknown>;
-    const importImage = native.importImage as ((dst: string, o: CreateOptions, src: { path: string; format?: string }) => unknown) | undefined;
-    if (typeof importImage !== 'function') throw failure('source', 'importing from a source file is not available in this version');
-    await importImage(file, opts, { path: absolute(inputs.source), ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}) });
+    // Through the chosen engine: qemu-img convert for engine "qemu-img", the native import otherwise.
+    await engine.import(file, opts, { path: absolute(inputs.source), ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}) });
   } else {
     await engine.create(file, opts);
   }
@@ -310,7 +234,7 @@ async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Pr
   const desired = desiredOf(inputs);
   delete desired.allowReplace;
   delete desired.allowShrink;
-  const mismatches = classifyChange(stateOf(outs), desired).filter((c) => c.action !== 'none');
+  const mismatches = classifyChange(factsOfState(outs), desired).filter((c) => c.action !== 'none');
   if (mismatches.length) {
     throw failure('adopt', `the existing image at ${file} does not match the inputs (${mismatches.map((c) => `${c.property}: image has ${String(c.from)}, inputs say ${String(c.to)}`).join('; ')}). Adopting never changes an image: make the inputs match it, then change them in a later update`);
   }
@@ -321,7 +245,7 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   const engine = engineOf(news.engine);
   const file = olds.path;
   const desired = desiredOf(news);
-  const result = classifyChange(stateOf(olds), desired, factsFor(olds, desired));
+  const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
   const refusal = refusalMessage(result);
   if (refusal) throw new Qcow2Error('REFUSED', refusal);
   const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');

@@ -2,13 +2,14 @@
 // in its order and words, but decided before anything is written: qemu-img applies an
 // upgrade or a refcount change and only then fails on a later option; we refuse the whole.
 
-import type { AmendRequest, ImageState, Refusal } from './types';
+import { isCreateOnly } from '../model/names';
+import type { ImageFacts } from '../model/facts';
+import { v2Refusal } from './compat';
+import type { AmendRequest, Refusal } from './types';
 
-const CREATE_ONLY = ['cluster_size', 'preallocation', 'extended_l2', 'compression_type', 'encryption', 'encrypt.format'];
-
-/** `Invalid parameter 'X'` for options that only create understands. */
+/** `Invalid parameter 'X'` for options that only create understands (model/names.ts). */
 export function createOnlyRefusal(option: string): Refusal | undefined {
-  if (!CREATE_ONLY.includes(option)) return undefined;
+  if (!isCreateOnly(option)) return undefined;
   return { property: option, message: `Invalid parameter '${option}'\nThis option is only supported for image creation` };
 }
 
@@ -17,7 +18,7 @@ function isPowerOfTwo(n: number): boolean {
 }
 
 /** Refusals that apply to any size change (shared by amend -o size and resize). */
-export function validateResize(state: ImageState, size: bigint, allowShrink: boolean): Refusal | undefined {
+export function validateResize(state: ImageFacts, size: bigint, allowShrink: boolean): Refusal | undefined {
   if (size % 512n !== 0n) return { property: 'size', message: 'The new size must be a multiple of 512' };
   if (size < state.virtualSize && !allowShrink) {
     return {
@@ -26,7 +27,7 @@ export function validateResize(state: ImageState, size: bigint, allowShrink: boo
         'it needs an explicit opt-in (qcow2 resize --shrink, resource input allowShrink: true)',
     };
   }
-  if (size !== state.virtualSize && state.bitmaps > 0) {
+  if (size !== state.virtualSize && state.bitmaps.length > 0) {
     return {
       property: 'size',
       message: 'Resizing an image with persistent dirty bitmaps is not supported by the native engine: the bitmaps ' +
@@ -41,7 +42,7 @@ export function validateResize(state: ImageState, size: bigint, allowShrink: boo
  * is the one qemu-img would print for the same request), or undefined when all of it is legal.
  * `allowShrink` is true for amend (qemu-img amend shrinks without asking) and resize --shrink.
  */
-export function validateAmend(state: ImageState, req: AmendRequest, allowShrink = true): Refusal | undefined {
+export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink = true): Refusal | undefined {
   const oldVersion = state.compat === '0.10' ? 2 : 3;
   const newVersion = req.compat === undefined ? oldVersion : req.compat === '0.10' ? 2 : 3;
   // Per-option checks, in the order of qemu's option list.
@@ -61,57 +62,59 @@ export function validateAmend(state: ImageState, req: AmendRequest, allowShrink 
   }
   // Then in the order qemu-img applies them: refcount width, backing file, lazy refcounts.
   const refcountBits = req.refcountBits ?? state.refcountBits;
-  if (refcountBits !== state.refcountBits && newVersion < 3 && refcountBits !== 16) {
-    return { property: 'refcount_bits', message: 'Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)' };
+  // What compat 0.10 cannot have: rules/compat.ts, in qemu-img's amend order.
+  const lazy = req.lazyRefcounts ?? state.lazyRefcounts;
+  const after = { ...state, refcountBits, lazyRefcounts: lazy };
+  if (refcountBits !== state.refcountBits && newVersion < 3) {
+    const r = v2Refusal('refcount_bits', 'amend', after);
+    if (r) return r;
   }
   // qemu-img compares both names with the stored ones, an option left out counting as unset.
   if ((req.backingFile !== undefined || req.backingFormat !== undefined) &&
     (req.backingFile !== state.backingFile || req.backingFormat !== state.backingFormat)) {
     return { property: 'backing_file', message: "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead." };
   }
-  const lazy = req.lazyRefcounts ?? state.lazyRefcounts;
-  if (lazy && !state.lazyRefcounts && newVersion < 3) {
-    return { property: 'lazy_refcounts', message: 'Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)' };
+  if (!state.lazyRefcounts && newVersion < 3) {
+    const r = v2Refusal('lazy_refcounts', 'amend', after);
+    if (r) return r;
   }
   if (req.size !== undefined && req.size !== state.virtualSize) {
     const r = validateResize(state, req.size, allowShrink);
     if (r) return r;
   }
   if (newVersion < oldVersion) {
-    if (refcountBits !== 16) return { property: 'compat', message: 'compat=0.10 requires refcount_bits=16' };
-    if (state.hasDataFile) return { property: 'compat', message: 'Cannot downgrade an image with a data file' };
+    const down = (option: 'refcount_bits' | 'data_file' | 'extended_l2' | 'compression_type') => v2Refusal(option, 'downgrade', after);
+    const r = down('refcount_bits') ?? down('data_file');
+    if (r) return r;
     if (state.snapshots > 0) {
       // qemu-img downgrades some of these (expanding zero clusters in every snapshot's tables);
       // this project does not, in either engine, so both refuse alike.
       return { property: 'compat', message: 'Downgrading an image with internal snapshots is not supported: delete the snapshots first (qemu-img snapshot -d), or keep compat 1.1' };
     }
-    if (state.extendedL2) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x10 set' };
+    const ext = down('extended_l2');
+    if (ext) return ext;
     if (state.corrupt) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x2 set' };
-    if (state.compressionType === 'zstd' && state.hasCompressedClusters !== false) {
-      return {
-        property: 'compat',
-        message: 'Cannot downgrade an image with zstd compression type and existing compressed clusters',
-      };
-    }
+    const zstd = down('compression_type');
+    if (zstd) return zstd;
   }
   return undefined;
 }
 
 /** Any change at all: QEMU will not open a corrupt image read/write. */
-export function validateWritable(state: ImageState): Refusal | undefined {
+export function validateWritable(state: ImageFacts): Refusal | undefined {
   if (!state.corrupt) return undefined;
   return { property: 'path', message: 'qcow2: Image is corrupt; cannot be opened read/write. Repair it with qemu-img check -r all first' };
 }
 
 /** `resize FILE SIZE` (qemu-img's words): positive, shrinking only with --shrink, then validateResize. */
-export function validateResizeRequest(state: ImageState, size: bigint, allowShrink: boolean): Refusal | undefined {
+export function validateResizeRequest(state: ImageFacts, size: bigint, allowShrink: boolean): Refusal | undefined {
   if (size <= 0n) return { property: 'size', message: 'New image size must be positive' };
   if (size < state.virtualSize && !allowShrink) return { property: 'size', message: 'Use the --shrink option to perform a shrink operation.' };
   return validateResize(state, size, allowShrink);
 }
 
 /** `rebase -u` legality: a data-file-raw image can never get a backing file; a backing file needs its format. */
-export function validateRebase(state: ImageState, backingFile: string | undefined, backingFormat?: string): Refusal | undefined {
+export function validateRebase(state: ImageFacts, backingFile: string | undefined, backingFormat?: string): Refusal | undefined {
   if (backingFile !== undefined && backingFile !== '' && state.dataFileRaw) {
     return {
       property: 'backing_file',
@@ -130,7 +133,7 @@ export function validateRebase(state: ImageState, backingFile: string | undefine
  * Growing over a longer backing file: the new area must read as zeros (QEMU writes zero
  * clusters there), which compat 0.10 cannot express. `backingLength` is a fact the engine read.
  */
-export function validateGrowOverBacking(state: ImageState, newSize: bigint, backingLength: bigint | undefined): Refusal | undefined {
+export function validateGrowOverBacking(state: ImageFacts, newSize: bigint, backingLength: bigint | undefined): Refusal | undefined {
   if (backingLength === undefined || newSize <= state.virtualSize || backingLength <= state.virtualSize) return undefined;
   if (state.compat === '0.10') {
     return {

@@ -2,15 +2,16 @@
 // per property: nothing, amend in place, replace, or refuse, each with a reason a person can act
 // on. The preview, both engines and the CLI ask this; nothing else decides what is legal.
 
+import type { ImageFacts } from '../model/facts';
+import { roundToSector } from '../model/facts';
+import { CREATE_ONLY_PROPERTIES, propertyOf } from '../model/names';
 import { validateAmend, validateRebase, validateResize } from './amend';
-import type { AmendRequest, Change, DesiredSpec, ImageState, WorldFacts } from './types';
+import { firstV2Refusal } from './compat';
+import type { AmendRequest, Change, DesiredSpec, WorldFacts } from './types';
 
 const RAW_AND_BACKING =
   'Backing file and data-file-raw cannot be used at the same time: a data-file-raw image keeps its data file a ' +
   'complete standalone raw image, and a backing file would make the image read clusters from elsewhere';
-
-/** Properties that only a new image can change (qemu-img: "only supported for image creation"). */
-const CREATE_ONLY: ReadonlyArray<keyof DesiredSpec> = ['clusterSize', 'extendedL2', 'compressionType', 'preallocation'];
 
 function replaceOrRefuse(property: keyof DesiredSpec, from: unknown, to: unknown, allowReplace: boolean | undefined): Change {
   const what = `${property} can only be chosen when an image is created (changing it from ${String(from)} to ${String(to)} means a new image)`;
@@ -24,7 +25,7 @@ function replaceOrRefuse(property: keyof DesiredSpec, from: unknown, to: unknown
  * not managed and produce no entry. The result holds one entry per managed property, seed rules
  * (data-file-raw, backing file) first.
  */
-export function classifyChange(current: ImageState, desiredSpec: DesiredSpec, facts: WorldFacts = {}): Change[] {
+export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFacts = {}): Change[] {
   let desired = desiredSpec;
   const out: Change[] = [];
 
@@ -98,7 +99,7 @@ export function classifyChange(current: ImageState, desiredSpec: DesiredSpec, fa
   // Size: grow in place; shrink only when allowed.
   if (desired.size !== undefined) {
     // Sizes are rounded up to 512 bytes, as create rounds them.
-    const size = ((desired.size + 511n) / 512n) * 512n;
+    const size = roundToSector(desired.size);
     desired = { ...desired, size };
     if (size === current.virtualSize) {
       out.push({ property: 'size', action: 'none', reason: 'unchanged', from: current.virtualSize, to: desired.size });
@@ -134,7 +135,10 @@ export function classifyChange(current: ImageState, desiredSpec: DesiredSpec, fa
     }
   }
 
-  for (const property of CREATE_ONLY) {
+  // Create-only properties (qemu-img: "only supported for image creation"; model/names.ts).
+  for (const property of CREATE_ONLY_PROPERTIES) {
+    // (The table's create-only properties are exactly these; the test narrows the type.)
+    if (property !== 'clusterSize' && property !== 'extendedL2' && property !== 'compressionType' && property !== 'preallocation') continue;
     const to = desired[property];
     if (to === undefined) continue;
     const from = property === 'preallocation' ? current.preallocation : current[property as 'clusterSize' | 'extendedL2' | 'compressionType'];
@@ -149,20 +153,25 @@ export function classifyChange(current: ImageState, desiredSpec: DesiredSpec, fa
   // 0.10 can describe (no lazy refcounts, 16-bit refcounts, no data file, no extended L2).
   if (!out.some((c) => c.action === 'refuse')) {
     const downgrade = desired.compat === '0.10' && current.compat !== '0.10';
-    const r = downgrade ? v2Conflict(current, desired) : undefined;
+    // Asked on the settings after the change; the refusal names the property to change.
+    const r = downgrade ? firstV2Refusal(['lazy_refcounts', 'refcount_bits', 'data_file', 'extended_l2', 'compression_type'], 'plan', {
+      lazyRefcounts: desired.lazyRefcounts ?? current.lazyRefcounts,
+      refcountBits: desired.refcountBits ?? current.refcountBits,
+      hasDataFile: current.hasDataFile,
+      extendedL2: desired.extendedL2 ?? current.extendedL2,
+      // Only a zstd asked for here refuses; an image that is zstd now is the amend's to judge.
+      compressionType: desired.compressionType === 'zstd' ? 'zstd' : 'zlib',
+    }) : undefined;
     if (r) {
-      // On the property turned on in the same change, if one was; else on compat.
-      const culprit = (['lazyRefcounts', 'refcountBits', 'compressionType', 'extendedL2'] as const)
-        .find((p) => desired[p] !== undefined && desired[p] !== current[p] && r.includes(p === 'lazyRefcounts' ? 'Lazy' : p === 'refcountBits' ? 'refcount_bits' : p === 'compressionType' ? 'compression' : 'extended'));
-      mergeRefusal(out, culprit ?? 'compat', r);
+      // On the property turned on in the same change, if it was; else on compat.
+      const p = r.property as keyof DesiredSpec;
+      const turnedOn = p !== 'dataFile' && desired[p] !== undefined && desired[p] !== (current as unknown as Record<string, unknown>)[p];
+      mergeRefusal(out, turnedOn ? p : 'compat', r.message);
     } else {
       // And the in-place part as one amend, in qemu-img's order and words.
       const amend = amendRequestOf(out);
       const refusal = amend && validateAmend(current, amend, desired.allowShrink ?? false);
-      if (refusal) {
-        const prop = ({ compat: 'compat', lazy_refcounts: 'lazyRefcounts', refcount_bits: 'refcountBits', size: 'size', data_file: 'dataFile', data_file_raw: 'dataFileRaw', backing_file: 'backingFile' } as Record<string, keyof DesiredSpec>)[refusal.property] ?? 'compat';
-        mergeRefusal(out, prop, withWayForward(refusal.message));
-      }
+      if (refusal) mergeRefusal(out, propertyOf(refusal.property) as keyof DesiredSpec, withWayForward(refusal.message));
     }
   }
   return out;
@@ -177,20 +186,6 @@ function mergeRefusal(out: Change[], property: keyof DesiredSpec, reason: string
   } else {
     out.push(refusal);
   }
-}
-
-/** What a compat 0.10 image cannot have after the change, in qemu-img's words plus the way forward. */
-function v2Conflict(current: ImageState, d: DesiredSpec): string | undefined {
-  if (d.lazyRefcounts ?? current.lazyRefcounts) {
-    return 'Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater). Set lazyRefcounts: false in the same change, or keep compat 1.1';
-  }
-  if ((d.refcountBits ?? current.refcountBits) !== 16) return 'compat=0.10 requires refcount_bits=16. Set refcountBits: 16 in the same change, or keep compat 1.1';
-  if (current.hasDataFile) return 'Cannot downgrade an image with a data file. Keep compat 1.1: images with an external data file need it';
-  if (d.extendedL2 ?? current.extendedL2) return 'Cannot downgrade an image with incompatible features 0x10 set (extended L2 entries). Keep compat 1.1, or create a new image without extendedL2';
-  if (d.compressionType === 'zstd') {
-    return 'Non-zlib compression type is only supported with compatibility level 1.1 and above (use compat=1.1 or greater). Remove compressionType: zstd (a downgrade converts the image to zlib when no cluster is compressed), or keep compat 1.1';
-  }
-  return undefined;
 }
 
 /** qemu-img's words for an amend refusal, followed by what to do instead. */

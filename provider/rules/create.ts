@@ -3,6 +3,8 @@
 // Pure: no I/O. The format engine, both engines and the CLI call this before touching a file.
 
 import type { CreateOptions, Preallocation, Compat, CompressionType, ResolvedCreateOptions } from '../model/options';
+import { roundToSector } from '../model/facts';
+import { v2Refusal, type V2Option } from './compat';
 export type { ResolvedCreateOptions };
 
 /** A refusal: the option it is about and qemu-img's message (or ours, where we are stricter). */
@@ -29,9 +31,11 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   const dataFileRaw = o.dataFileRaw ?? false;
   const compressionType: CompressionType = o.compressionType ?? 'zlib';
 
-  if (extendedL2 && version < 3) {
-    return refuse('extended_l2', 'Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
-  }
+  // What compat 0.10 cannot have (rules/compat.ts), asked in qemu-img's order among the rest.
+  const subject = { lazyRefcounts: o.lazyRefcounts ?? false, refcountBits, hasDataFile: o.dataFile !== undefined, extendedL2, compressionType };
+  const v2 = (option: V2Option) => (version < 3 ? v2Refusal(option, 'create', subject) : undefined);
+  let r = v2('extended_l2');
+  if (r) return { ok: false as const, refusal: r };
   if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21) {
     return refuse('cluster_size', 'Cluster size must be a power of two between 512 and 2048k');
   }
@@ -44,27 +48,18 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   if (o.backingFormat !== undefined && o.backingFile === undefined) {
     return refuse('backing_fmt', 'Backing format cannot be used without backing file');
   }
-  if (version < 3 && o.lazyRefcounts) {
-    return refuse('lazy_refcounts', 'Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)');
-  }
+  if ((r = v2('lazy_refcounts'))) return { ok: false as const, refusal: r };
   if (!Number.isInteger(refcountBits) || refcountBits < 1 || refcountBits > 64 || (refcountBits & (refcountBits - 1)) !== 0) {
     return refuse('refcount_bits', 'Refcount width must be a power of two and may not exceed 64 bits');
   }
-  if (version < 3 && refcountBits !== 16) {
-    return refuse('refcount_bits', 'Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)');
-  }
+  if ((r = v2('refcount_bits'))) return { ok: false as const, refusal: r };
   if (dataFileRaw && o.dataFile === undefined) {
     return refuse('data_file_raw', 'data-file-raw requires data-file');
   }
   if (dataFileRaw && o.backingFile !== undefined) {
     return refuse('backing_file', 'Backing file and data-file-raw cannot be used at the same time');
   }
-  if (version < 3 && o.dataFile !== undefined) {
-    return refuse('data_file', 'External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)');
-  }
-  if (version < 3 && compressionType !== 'zlib') {
-    return refuse('compression_type', 'Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)');
-  }
+  if ((r = v2('data_file')) || (r = v2('compression_type'))) return { ok: false as const, refusal: r };
   // Stricter than qemu-img 7.2, which accepts this and then reads zeros through qcow2: its
   // preallocated extended entries carry an empty subcluster bitmap.
   if (extendedL2 && dataFileRaw) {
@@ -75,7 +70,7 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   if (o.adoptDataFile && o.dataFile === undefined) {
     return refuse('data_file', 'Adopting a data file needs data_file=NAME: name the existing raw file to wrap');
   }
-  const size = o.size === undefined ? 0n : ((o.size + 511n) / 512n) * 512n;
+  const size = o.size === undefined ? 0n : roundToSector(o.size);
   if (size > BDRV_MAX_LENGTH) {
     return refuse('size', `Could not resize image: offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`);
   }
@@ -114,4 +109,58 @@ export function validateAdoption(dataFile: string, fileSize: bigint, size: bigin
     };
   }
   return undefined;
+}
+
+/** Facts about the world a create needs, read by the engine when the rules ask (rules do no I/O). */
+export interface CreateFacts {
+  /** Open the backing file (relative to the new image's folder) and learn its size; throws when it cannot. */
+  backing(): { size: bigint; detectedFormat: string };
+  /** Size of the data file to adopt; throws when it is not a regular file or does not exist. */
+  adoptedDataFileSize(): bigint;
+  /** Whether the data file to adopt exists. */
+  adoptedDataFileExists(): boolean;
+}
+
+export interface CreateBehaviour {
+  /** qemu-img's -u: do not open the backing file (then a size is required). */
+  unsafeBacking?: boolean;
+}
+
+const missingBackingFormat = (detected: string): CreateRefusal => ({
+  property: 'backing_fmt', message: `Backing file specified without backing format\nDetected format of ${detected}.`,
+});
+
+/**
+ * Validate create options and derive the size from the backing file or the adopted data file,
+ * in qemu-img's order: the options alone first (nothing is opened for a refused request), then
+ * the backing file (qemu-img opens it even when the size is given), then the adopted data file.
+ */
+export function resolveCreate(options: CreateOptions, facts: CreateFacts, behaviour: CreateBehaviour = {}):
+  { ok: true; options: ResolvedCreateOptions } | { ok: false; refusal: CreateRefusal } {
+  const first = validateCreate(options);
+  if (!first.ok) return first;
+  let resolved = first.options;
+  const probeBacking = options.backingFile !== undefined && !behaviour.unsafeBacking;
+  if (options.size === undefined) {
+    let size: bigint | undefined;
+    if (probeBacking) {
+      const probe = facts.backing();
+      if (options.backingFormat === undefined) return { ok: false, refusal: missingBackingFormat(probe.detectedFormat) };
+      size = probe.size;
+    } else if (options.adoptDataFile && options.dataFile !== undefined) {
+      size = facts.adoptedDataFileSize();
+    }
+    if (size === undefined) return { ok: false, refusal: { property: 'size', message: 'Image creation needs a size parameter' } };
+    const again = validateCreate({ ...options, size });
+    if (!again.ok) return again;
+    resolved = again.options;
+  } else if (probeBacking) {
+    const probe = facts.backing();
+    if (options.backingFormat === undefined) return { ok: false, refusal: missingBackingFormat(probe.detectedFormat) };
+  }
+  if (resolved.adoptDataFile && resolved.dataFile !== undefined && facts.adoptedDataFileExists()) {
+    const r = validateAdoption(resolved.dataFile, facts.adoptedDataFileSize(), resolved.size);
+    if (r) return { ok: false, refusal: r };
+  }
+  return { ok: true, options: resolved };
 }

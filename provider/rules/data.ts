@@ -3,10 +3,12 @@
 
 import type { CreateOptions } from '../model/options';
 import { validateRebase, validateWritable } from './amend';
-import type { ImageState, Refusal } from './types';
+import type { ImageFacts } from '../model/facts';
+import { roundToSector } from '../model/facts';
+import type { Refusal } from './types';
 
 /** Writing guest data (write, write-zeroes, discard, the copy of a safe rebase). */
-export function validateWrite(state: ImageState): Refusal | undefined {
+export function validateWrite(state: ImageFacts): Refusal | undefined {
   const w = validateWritable(state);
   if (w) return w;
   if (state.dirty) {
@@ -61,8 +63,8 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     };
   }
   if (o.size !== undefined) {
-    const rounded = ((req.sourceSize + 511n) / 512n) * 512n;
-    if (((o.size + 511n) / 512n) * 512n !== rounded) {
+    const rounded = roundToSector(req.sourceSize);
+    if (roundToSector(o.size) !== rounded) {
       return {
         property: 'size',
         message: `An imported image takes its size from the source (${rounded} bytes); size=${o.size} differs. ` +
@@ -74,6 +76,6 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
 }
 
 /** `rebase` without -u: the image is written (clusters copied) and its backing changed. */
-export function validateSafeRebase(state: ImageState, backingFile: string, backingFormat: string | undefined): Refusal | undefined {
+export function validateSafeRebase(state: ImageFacts, backingFile: string, backingFormat: string | undefined): Refusal | undefined {
   return validateRebase(state, backingFile, backingFormat) ?? validateWrite(state);
 }

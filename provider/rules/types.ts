@@ -1,35 +1,10 @@
 // The vocabulary of provider/rules: what an existing image is (as info reads it), what a
 // program or command asks for, and the decisions the rules return. Pure data, no I/O.
 
-import type { Compat, CompressionType, CreateOptions, Preallocation } from '../model/options';
+import type { Compat, CreateOptions } from '../model/options';
 
-/** An existing image as the rules see it: what `info` reads, plus a few facts from the header. */
-export interface ImageState {
-  virtualSize: bigint;
-  clusterSize: number;
-  compat: Compat;
-  refcountBits: number;
-  lazyRefcounts: boolean;
-  extendedL2: boolean;
-  compressionType: CompressionType;
-  /** The image uses an external data file (incompatible bit 2). */
-  hasDataFile: boolean;
-  /** The stored data file name, when the image records one. */
-  dataFile?: string;
-  dataFileRaw: boolean;
-  backingFile?: string;
-  backingFormat?: string;
-  dirty: boolean;
-  corrupt: boolean;
-  snapshots: number;
-  bitmaps: number;
-  /** Whether any L2 entry is compressed; undefined when not scanned (only a downgrade needs it). */
-  hasCompressedClusters?: boolean;
-  /** Where the image is (absolute), when the caller knows. */
-  path?: string;
-  /** The preallocation the image was created with, when known: the file does not record it. */
-  preallocation?: Preallocation;
-}
+/** An existing image as the rules see it: the one image-facts model (provider/model/facts.ts). */
+export type { ImageFacts } from '../model/facts';
 
 /** An `amend` request in qemu-img terms: only the fields given are changed. */
 export interface AmendRequest {

@@ -23,7 +23,7 @@
 // per-call limits). Closing the host answers a pending call and every later one with an error.
 
 import { MessagePort, MessageChannel, isMainThread, receiveMessageOnPort } from 'worker_threads';
-import { Qcow2Error } from '../model/errors';
+import { ErrorData, errorFromData, errorToData } from '../model/errors';
 
 /** What the worker needs: post it in workerData with `transferList` from createBridge. */
 export interface BridgeEndpoint {
@@ -61,20 +61,10 @@ interface Request {
   grow?: SharedArrayBuffer;
 }
 
-interface EncodedError {
-  qcow2: boolean;
-  name: string;
-  message: string;
-  code?: string;
-  file?: string;
-  property?: string;
-  offset?: number | bigint;
-}
-
 interface Reply {
   seq: number;
   value?: unknown;
-  error?: EncodedError;
+  error?: ErrorData;
   /** Length of the reply's bulk bytes in the shared buffer, or -1 for none. */
   dataLength: number;
   grow?: SharedArrayBuffer;
@@ -96,38 +86,6 @@ function put(data: SharedArrayBuffer, bytes: Uint8Array): SharedArrayBuffer {
   }
   new Uint8Array(target).set(bytes);
   return target;
-}
-
-function encodeError(e: unknown): EncodedError {
-  if (Qcow2Error.isInstance(e)) {
-    const out: EncodedError = { qcow2: true, name: e.name, message: e.message, code: e.code };
-    if (e.file !== undefined) out.file = e.file;
-    if (e.property !== undefined) out.property = e.property;
-    if (e.offset !== undefined) out.offset = e.offset;
-    return out;
-  }
-  const err = e as { name?: unknown; message?: unknown; code?: unknown };
-  const out: EncodedError = {
-    qcow2: false,
-    name: typeof err?.name === 'string' ? err.name : 'Error',
-    message: typeof err?.message === 'string' ? err.message : String(e),
-  };
-  if (typeof err?.code === 'string') out.code = err.code;
-  return out;
-}
-
-function decodeError(e: EncodedError): Error {
-  if (e.qcow2) {
-    const details: ConstructorParameters<typeof Qcow2Error>[2] = {};
-    if (e.file !== undefined) details.file = e.file;
-    if (e.property !== undefined) details.property = e.property;
-    if (e.offset !== undefined) details.offset = e.offset;
-    return new Qcow2Error(e.code as ConstructorParameters<typeof Qcow2Error>[0], e.message, details);
-  }
-  const err = new Error(e.message) as Error & { code?: string };
-  err.name = e.name;
-  if (e.code !== undefined) err.code = e.code;
-  return err;
 }
 
 /** The main thread's side: serves one worker's calls with `handlers`. */
@@ -165,7 +123,7 @@ export class BridgeHost {
         reply.dataLength = r.data.length;
       }
     } catch (e) {
-      reply = { seq: req.seq, error: encodeError(e), dataLength: -1 };
+      reply = { seq: req.seq, error: errorToData(e), dataLength: -1 };
     }
     this.answer(reply);
   }
@@ -177,7 +135,7 @@ export class BridgeHost {
       this.port.postMessage(reply);
     } catch (e) {
       // A value that cannot be cloned must still wake the worker.
-      this.port.postMessage({ seq: reply.seq, error: encodeError(e), dataLength: -1 } satisfies Reply);
+      this.port.postMessage({ seq: reply.seq, error: errorToData(e), dataLength: -1 } satisfies Reply);
     }
     Atomics.store(this.control, SEQ, reply.seq);
     Atomics.store(this.control, STATE, REPLIED);
@@ -194,7 +152,7 @@ export class BridgeHost {
     if (this.closed) return;
     this.closed = true;
     if (this.pendingSeq !== undefined) {
-      this.answer({ seq: this.pendingSeq, error: encodeError(new Error('the bridge was closed during the call')), dataLength: -1 });
+      this.answer({ seq: this.pendingSeq, error: errorToData(new Error('the bridge was closed during the call')), dataLength: -1 });
     }
   }
 }
@@ -261,7 +219,7 @@ export class BridgeClient {
       if (reply.seq === seq) break;
     }
     if (reply.grow !== undefined) this.data = reply.grow;
-    if (reply.error !== undefined) throw decodeError(reply.error);
+    if (reply.error !== undefined) throw errorFromData(reply.error);
     const out: CallResult = { value: reply.value };
     if (reply.dataLength >= 0) {
       const src = new Uint8Array(this.data, 0, reply.dataLength);

@@ -12,7 +12,7 @@ import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
 import { qemuImgError, coreMessage } from '../../provider/engines/qemuimg/errors';
 import { clearVersionCache, limitedArgv, limitMechanism } from '../../provider/engines/qemuimg/run';
 import { imageSpec, optList, peekHeader } from '../../provider/engines/qemuimg/spec';
-import { imageInfo } from '../../provider/qcow2/ops/info';
+import { imageInfo } from '../helpers/info';
 import { inDir, md5, must, outcome, skipWithoutTools, snapshotDir, tool } from './helpers';
 import { qemuImgPath } from '../helpers/qemu';
 

@@ -114,6 +114,31 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
     await r.destroy();
   });
 
+  it.skipIf(skip || !haveQemu)('state_carries_snapshots_so_preview_refuses_the_downgrade_update_would_refuse', async () => {
+    const s = stack('snap');
+    await s.up({ path: 'snap.qcow2', size: '64M', engine });
+    expect(s.state!.outputs.snapshots).toBe(0);
+    // An internal snapshot made by hand; refresh records it in the state.
+    expect(qemu(['snapshot', '-c', 's1', 'snap.qcow2'], dir).status).toBe(0);
+    await s.refresh();
+    expect(s.state!.outputs.snapshots).toBe(1);
+    const before = md5(path.join(dir, 'snap.qcow2'));
+    // Preview and update decide alike: both refuse, in the same words, and nothing changes.
+    const previewed = await s.preview({ path: 'snap.qcow2', size: '64M', compat: '0.10', engine }).catch((e: Error) => e);
+    const updated = await s.up({ path: 'snap.qcow2', size: '64M', compat: '0.10', engine }).catch((e: Error) => e);
+    expect(previewed).toBeInstanceOf(HostError);
+    expect(updated).toBeInstanceOf(HostError);
+    expect((previewed as Error).message).toMatch(/internal snapshots.*keep compat 1\.1/s);
+    expect((updated as Error).message).toMatch(/internal snapshots/);
+    expect(md5(path.join(dir, 'snap.qcow2'))).toBe(before);
+    // Without the snapshot, the same downgrade is previewed as an update and carried out.
+    expect(qemu(['snapshot', '-d', 's1', 'snap.qcow2'], dir).status).toBe(0);
+    await s.refresh();
+    expect((await s.preview({ path: 'snap.qcow2', size: '64M', compat: '0.10', engine })).op).toBe('update');
+    expect((await s.up({ path: 'snap.qcow2', size: '64M', compat: '0.10', engine })).outputs).toMatchObject({ compat: '0.10', snapshots: 0 });
+    await s.destroy();
+  });
+
   it.skipIf(skip)('opted_in_replacement_on_the_same_path_deletes_first', async () => {
     const s = stack('rep');
     await s.up({ path: 'rep.qcow2', size: '64M', engine });
@@ -180,20 +205,36 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
   });
 });
 
-describe('Image import from a source file (native engine)', () => {
-  const skip = !haveQemu && !requireQemu;
+describe.each(engines)('Image import from a source file (%s engine)', (engine) => {
+  const skip = !haveQemu && (engine === 'qemu-img' || !requireQemu);
   it.skipIf(skip)('imports_a_sparse_raw_source_into_a_data_file_raw_image', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-import-'));
+    // The qemu-img engine must really run qemu-img convert: a wrapper logs every invocation.
+    const log = path.join(dir, 'qemu-img.log');
+    const wrapper = path.join(dir, 'qemu-img-wrapper.sh');
+    fs.writeFileSync(wrapper, `#!/bin/sh\nprintf '%s\\n' "$1" >> '${log}'\nexec qemu-img "$@"\n`, { mode: 0o755 });
+    const saved = process.env.QEMU_IMG;
+    process.env.QEMU_IMG = wrapper;
     const host = await ProviderHost.start(dir);
+    if (saved === undefined) delete process.env.QEMU_IMG; else process.env.QEMU_IMG = saved;
     try {
       const src = path.join(dir, 'src.raw');
       fs.writeFileSync(src, crypto.randomBytes(256 << 10));
       fs.truncateSync(src, 4 << 20);
       const s = new Stack(host, await serializedProvider());
-      const c = await s.up({ path: 'imported.qcow2', source: 'src.raw', sourceFormat: 'raw', dataFile: 'imported.raw', dataFileRaw: true });
-      expect(c.outputs).toMatchObject({ virtualSize: 4 << 20, dataFileRaw: true });
+      // The rules refuse the same requests whichever engine imports.
+      await expect(s.up({ path: 'bad.qcow2', source: 'src.raw', sourceFormat: 'raw', backingFile: 'src.raw', backingFormat: 'raw', engine }))
+        .rejects.toThrow(/cannot also have a backing file/);
+      await expect(s.up({ path: 'bad.qcow2', source: 'src.raw', sourceFormat: 'raw', size: '8M', engine }))
+        .rejects.toThrow(/takes its size from the source/);
+      const c = await s.up({ path: 'imported.qcow2', source: 'src.raw', sourceFormat: 'raw', dataFile: 'imported.raw', dataFileRaw: true, engine });
+      expect(c.outputs).toMatchObject({ virtualSize: 4 << 20, dataFileRaw: true, engine });
       expect(qemu(['compare', '-f', 'raw', '-F', 'qcow2', 'src.raw', 'imported.qcow2'], dir).stdout).toMatch(/identical/);
       expect(qemu(['compare', '-f', 'raw', '-F', 'raw', 'src.raw', 'imported.raw'], dir).stdout).toMatch(/identical/);
+      const ran = fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n') : [];
+      if (engine === 'qemu-img') expect(ran).toContain('convert');
+      else expect(ran).not.toContain('convert');
+      expect(fs.readdirSync(dir).filter((f) => f.startsWith('.'))).toEqual([]); // no temp left behind
       await s.destroy();
       expect(fs.existsSync(src)).toBe(true);
     } finally {

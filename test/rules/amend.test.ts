@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { createOnlyRefusal, validateAmend, validateRebase, validateResize } from '../../provider/rules/amend';
-import type { AmendRequest, ImageState, Refusal } from '../../provider/rules/types';
+import type { AmendRequest, ImageFacts, Refusal } from '../../provider/rules/types';
+import { factsFromInfoJson, type ImageInfoJson } from '../../provider/model/qemu-json';
 import { runQemuImg } from '../helpers/qemu';
 import {
   KiB, MiB, amendOptString, dataFileState, describeWithQemu, makeTempRoot, mustQemu, overlayState, plainState,
@@ -35,7 +36,7 @@ type Expect = undefined | { property: string; message: string | RegExp; startsWi
 
 interface AmendCase {
   name: string;
-  state: ImageState;
+  state: ImageFacts;
   req: AmendRequest;
   allowShrink?: boolean;
   expect: Expect;
@@ -108,8 +109,8 @@ const AMEND_CASES: AmendCase[] = [
   { name: 'shrinking is allowed by default (qemu-img amend shrinks without asking)', state: plainState(), req: { size: 512n * KiB }, expect: undefined },
   { name: 'shrinking with allowShrink=false is refused', state: plainState(), req: { size: 512n * KiB }, allowShrink: false, expect: refuse('size', /Shrinking from 1048576 to 524288 bytes.*allowShrink: true/s) },
   { name: 'growing with allowShrink=false is allowed', state: plainState(), req: { size: 2n * MiB }, allowShrink: false, expect: undefined },
-  { name: 'resizing with persistent bitmaps is refused', state: plainState({ bitmaps: 1 }), req: { size: 2n * MiB }, expect: refuse('size', /persistent dirty bitmaps.*remove the bitmaps/s) },
-  { name: 'the same size with persistent bitmaps is allowed', state: plainState({ bitmaps: 1 }), req: { size: MiB }, expect: undefined },
+  { name: 'resizing with persistent bitmaps is refused', state: plainState({ bitmaps: ['b0'] }), req: { size: 2n * MiB }, expect: refuse('size', /persistent dirty bitmaps.*remove the bitmaps/s) },
+  { name: 'the same size with persistent bitmaps is allowed', state: plainState({ bitmaps: ['b0'] }), req: { size: MiB }, expect: undefined },
   { name: 'growing a raw image is allowed', state: rawState(), req: { size: 2n * MiB }, expect: undefined },
   { name: 'growing a v2 image is allowed', state: v2State(), req: { size: 2n * MiB }, expect: undefined },
   // order
@@ -148,7 +149,7 @@ describe('validateAmend', () => {
   });
 
   it('an empty request is always allowed', () => {
-    for (const s of [plainState(), v2State(), rawState(), overlayState(), plainState({ bitmaps: 2, snapshots: 2 })]) {
+    for (const s of [plainState(), v2State(), rawState(), overlayState(), plainState({ bitmaps: ['b0', 'b1'], snapshots: 2 })]) {
       expect(validateAmend(s, {})).toBeUndefined();
     }
   });
@@ -156,17 +157,17 @@ describe('validateAmend', () => {
 
 describe('validateResize', () => {
   it.each([
-    ['grow', MiB, 2n * MiB, false, 0, undefined],
-    ['same size', MiB, MiB, false, 0, undefined],
-    ['shrink without allowShrink', MiB, 512n * KiB, false, 0, /^Shrinking from 1048576 to 524288 bytes deletes all data beyond the new end/],
-    ['shrink with allowShrink', MiB, 512n * KiB, true, 0, undefined],
-    ['shrink to 0 with allowShrink', MiB, 0n, true, 0, undefined],
-    ['not a multiple of 512', MiB, MiB + 1n, true, 0, /^The new size must be a multiple of 512$/],
-    ['not a multiple of 512 (shrinking) reports the alignment first', MiB, 1000n, false, 0, /^The new size must be a multiple of 512$/],
-    ['grow with bitmaps', MiB, 2n * MiB, false, 1, /persistent dirty bitmaps/],
-    ['shrink with bitmaps and allowShrink', MiB, 512n * KiB, true, 1, /persistent dirty bitmaps/],
-    ['shrink with bitmaps without allowShrink reports the shrink first', MiB, 512n * KiB, false, 1, /^Shrinking/],
-  ] as Array<[string, bigint, bigint, boolean, number, RegExp | undefined]>)('%s', (_n, from, to, allowShrink, bitmaps, want) => {
+    ['grow', MiB, 2n * MiB, false, [], undefined],
+    ['same size', MiB, MiB, false, [], undefined],
+    ['shrink without allowShrink', MiB, 512n * KiB, false, [], /^Shrinking from 1048576 to 524288 bytes deletes all data beyond the new end/],
+    ['shrink with allowShrink', MiB, 512n * KiB, true, [], undefined],
+    ['shrink to 0 with allowShrink', MiB, 0n, true, [], undefined],
+    ['not a multiple of 512', MiB, MiB + 1n, true, [], /^The new size must be a multiple of 512$/],
+    ['not a multiple of 512 (shrinking) reports the alignment first', MiB, 1000n, false, [], /^The new size must be a multiple of 512$/],
+    ['grow with bitmaps', MiB, 2n * MiB, false, ['b0'], /persistent dirty bitmaps/],
+    ['shrink with bitmaps and allowShrink', MiB, 512n * KiB, true, ['b0'], /persistent dirty bitmaps/],
+    ['shrink with bitmaps without allowShrink reports the shrink first', MiB, 512n * KiB, false, ['b0'], /^Shrinking/],
+  ] as Array<[string, bigint, bigint, boolean, string[], RegExp | undefined]>)('%s', (_n, from, to, allowShrink, bitmaps, want) => {
     const r = validateResize(plainState({ virtualSize: from, bitmaps }), to, allowShrink);
     if (want === undefined) expect(r).toBeUndefined();
     else {
@@ -188,7 +189,7 @@ describe('validateRebase', () => {
     ['a new backing file on an overlay is allowed', overlayState(), 'other.qcow2', false],
     ['removing the backing file of a raw image (-b "") is allowed', rawState(), '', false],
     ['no backing file on a raw image is allowed', rawState(), undefined, false],
-  ] as Array<[string, ImageState, string | undefined, boolean]>)('%s', (_n, state, backing, refused) => {
+  ] as Array<[string, ImageFacts, string | undefined, boolean]>)('%s', (_n, state, backing, refused) => {
     const r = validateRebase(state, backing, backing ? 'qcow2' : undefined);
     if (!refused) {
       expect(r).toBeUndefined();
@@ -214,7 +215,7 @@ describe('createOnlyRefusal', () => {
 // ------------------------------------------------------------------------------------------------
 
 interface Fixture {
-  state: ImageState;
+  state: ImageFacts;
   /** Builds img.qcow2 (and img.raw, base.qcow2) in dir. */
   make: (dir: string) => void;
 }
@@ -226,7 +227,7 @@ const create = (dir: string, opts: string, size = '1M'): void => {
   const o = [`cluster_size=${CS}`, ...(opts ? [opts] : [])].join(',');
   mustQemu(['create', '-q', '-f', 'qcow2', '-o', o, IMG, size], dir);
 };
-const sm = (s: ImageState): ImageState => ({ ...s, clusterSize: CS });
+const sm = (s: ImageFacts): ImageFacts => ({ ...s, clusterSize: CS });
 
 const FIXTURES: Record<string, Fixture> = {
   v3: { state: sm(plainState()), make: (d) => create(d, '') },
@@ -250,7 +251,7 @@ const FIXTURES: Record<string, Fixture> = {
     state: sm(plainState({ snapshots: 1, virtualSize: 2n * MiB })),
     make: (d) => { create(d, ''); mustQemu(['snapshot', '-c', 's1', IMG], d); mustQemu(['resize', '-q', IMG, '2M'], d); },
   },
-  bitmap: { state: sm(plainState({ bitmaps: 1 })), make: (d) => { create(d, ''); mustQemu(['bitmap', '--add', IMG, 'b0'], d); } },
+  bitmap: { state: sm(plainState({ bitmaps: ['b0'] })), make: (d) => { create(d, ''); mustQemu(['bitmap', '--add', IMG, 'b0'], d); } },
   overlay: {
     state: sm(overlayState()),
     make: (d) => {
@@ -343,7 +344,7 @@ const OWN_WORDS: Record<string, string> = {
 const STRICTER: Record<string, string> = {
   'snap compat=0.10':
     'qemu-img refuses a downgrade only when a snapshot has VM state or a disk size other than the current one; ' +
-    'ImageState carries only the snapshot count, so validateAmend refuses any internal snapshot',
+    'ImageFacts carries only the snapshot count, so validateAmend refuses any internal snapshot',
   'bitmap size=2097152':
     'qemu-img resizes persistent dirty bitmaps with the image; the native engine cannot, so validateResize refuses ' +
     '(and points to the qemu-img engine or removing the bitmaps)',
@@ -364,31 +365,14 @@ interface QemuInfo {
   'format-specific': { data: Record<string, unknown> };
 }
 
-function stateFromInfo(info: QemuInfo): Partial<ImageState> {
-  const d = info['format-specific'].data;
-  const out: Partial<ImageState> = {
-    virtualSize: BigInt(info['virtual-size']),
-    clusterSize: info['cluster-size'],
-    compat: d.compat as ImageState['compat'],
-    refcountBits: d['refcount-bits'] as number,
-    lazyRefcounts: (d['lazy-refcounts'] as boolean | undefined) ?? false,
-    extendedL2: (d['extended-l2'] as boolean | undefined) ?? false,
-    compressionType: d['compression-type'] as ImageState['compressionType'],
-    hasDataFile: d['data-file'] !== undefined,
-    dataFileRaw: (d['data-file-raw'] as boolean | undefined) ?? false,
-    snapshots: info.snapshots?.length ?? 0,
-    bitmaps: (d.bitmaps as unknown[] | undefined)?.length ?? 0,
-    corrupt: (d.corrupt as boolean | undefined) ?? false,
-    dirty: info['dirty-flag'] ?? false,
-  };
-  if (d['data-file'] !== undefined) out.dataFile = d['data-file'] as string;
-  if (info['backing-filename'] !== undefined) out.backingFile = info['backing-filename'];
-  if (info['backing-filename-format'] !== undefined) out.backingFormat = info['backing-filename-format'];
-  return out;
+/** The facts qemu-img reports, through the model's converter (without the listing and the file's allocation). */
+function stateFromInfo(info: QemuInfo): Partial<ImageFacts> {
+  const { actualSize: _size, detail: _detail, ...facts } = factsFromInfoJson(info as unknown as ImageInfoJson);
+  return facts;
 }
 
-function pick(s: ImageState, keys: Array<keyof ImageState>): Partial<ImageState> {
-  const o: Partial<ImageState> = {};
+function pick(s: ImageFacts, keys: Array<keyof ImageFacts>): Partial<ImageFacts> {
+  const o: Partial<ImageFacts> = {};
   for (const k of keys) if (s[k] !== undefined) (o as Record<string, unknown>)[k] = s[k];
   return o;
 }
@@ -418,11 +402,11 @@ describeWithQemu('validateAmend against qemu-img amend 7.2', () => {
     return JSON.parse(mustQemu(['info', '--output=json', IMG], dir).stdout) as QemuInfo;
   }
 
-  describe('each fixture is the image its ImageState describes', () => {
+  describe('each fixture is the image its ImageFacts describes', () => {
     it.each(Object.keys(FIXTURES))('%s', (name) => {
       const f = FIXTURES[name as FixtureName]!;
       const got = stateFromInfo(qemuInfo(fixtureDir(name)));
-      const keys = Object.keys(got) as Array<keyof ImageState>;
+      const keys = Object.keys(got) as Array<keyof ImageFacts>;
       expect(got).toEqual(pick(f.state, keys));
     });
   });

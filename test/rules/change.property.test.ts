@@ -6,13 +6,13 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
 import { classifyChange } from '../../provider/rules/change';
-import type { Change, DesiredSpec, ImageState, WorldFacts } from '../../provider/rules/types';
+import type { Change, DesiredSpec, ImageFacts, WorldFacts } from '../../provider/rules/types';
 import { MiB, show } from './support';
 
 const SIZES = [0n, 512n, 1000n, 65536n, MiB - 512n, MiB, MiB + 1n, 2n * MiB, 1n << 30n];
 
 /** Images as qemu-img can make them: v2 has none of the v3 features, raw needs a data file and no backing. */
-const imageState: fc.Arbitrary<ImageState> = fc
+const imageState: fc.Arbitrary<ImageFacts> = fc
   .record({
     v3: fc.boolean(),
     virtualSize: fc.constantFrom(...SIZES.filter((s) => s % 512n === 0n)),
@@ -31,11 +31,11 @@ const imageState: fc.Arbitrary<ImageState> = fc
     hasCompressedClusters: fc.option(fc.boolean(), { nil: undefined }),
     preallocation: fc.option(fc.constantFrom('off', 'metadata', 'falloc', 'full' as const), { nil: undefined }),
   })
-  .map((g): ImageState => {
+  .map((g): ImageFacts => {
     const v3 = g.v3;
     const hasDataFile = v3 && g.hasDataFile;
     const dataFileRaw = hasDataFile && g.dataFileRaw;
-    const s: ImageState = {
+    const s: ImageFacts = {
       virtualSize: g.virtualSize,
       clusterSize: g.clusterSize,
       compat: v3 ? '1.1' : '0.10',
@@ -48,7 +48,8 @@ const imageState: fc.Arbitrary<ImageState> = fc
       dirty: g.dirty,
       corrupt: false,
       snapshots: g.snapshots,
-      bitmaps: v3 ? g.bitmaps : 0,
+      bitmaps: v3 ? Array.from({ length: g.bitmaps }, (_, i) => `b${i}`) : [],
+      actualSize: 0n,
     };
     if (hasDataFile) s.dataFile = 'img.raw';
     if (!dataFileRaw && g.backing !== undefined) {
@@ -93,7 +94,7 @@ const CREATE_ONLY: Array<keyof DesiredSpec> = ['clusterSize', 'extendedL2', 'com
 const RUNS = 500;
 
 describe('classifyChange (property-based, fast-check)', () => {
-  const run = (check: (current: ImageState, desired: DesiredSpec, changes: Change[]) => void): void => {
+  const run = (check: (current: ImageFacts, desired: DesiredSpec, changes: Change[]) => void): void => {
     fc.assert(
       fc.property(imageState, desiredSpec, worldFacts, (current, desired, facts) => {
         check(current, desired, classifyChange(current, desired, facts));

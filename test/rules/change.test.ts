@@ -7,12 +7,12 @@ import { describe, expect, it } from 'vitest';
 
 import { amendRequestOf, classifyChange, overallAction, refusalMessage } from '../../provider/rules/change';
 import { validateCreate } from '../../provider/rules/create';
-import type { Action, AmendRequest, Change, DesiredSpec, ImageState, Operation, WorldFacts } from '../../provider/rules/types';
+import type { Action, AmendRequest, Change, DesiredSpec, ImageFacts, Operation, WorldFacts } from '../../provider/rules/types';
 import { MiB, WAY_FORWARD, dataFileState, overlayState, plainState, rawState, show, v2State } from './support';
 
 interface ChangeCase {
   name: string;
-  current: ImageState;
+  current: ImageFacts;
   desired: DesiredSpec;
   facts?: WorldFacts;
   /** The entry checked (omit for plans checked only as a whole). */
@@ -39,7 +39,7 @@ const CREATE_ONLY_CASES: ChangeCase[] = (
     ['compressionType', plainState({ compressionType: 'zstd' }), 'zstd', 'zlib'],
     ['preallocation', plainState(), 'off', 'metadata'],
     ['preallocation', plainState({ preallocation: 'full' }), 'full', 'off'],
-  ] as Array<[keyof DesiredSpec, ImageState, unknown, unknown]>
+  ] as Array<[keyof DesiredSpec, ImageFacts, unknown, unknown]>
 ).flatMap(([property, current, from, to]): ChangeCase[] => [
   { name: `${property} unchanged (${String(from)}) is nothing to do`, current, desired: { [property]: from }, property, action: 'none', request: 'none' },
   {
@@ -60,7 +60,7 @@ const CASES: ChangeCase[] = [
   { name: 'size grows a raw image in place, extending the data file', current: rawState(), desired: { size: two }, property: 'size', action: 'amend', operation: 'resize', reason: /data file extended/, request: { size: two } },
   { name: 'size shrink is refused without allowShrink', current: plainState(), desired: { size: half }, property: 'size', action: 'refuse', reason: /set allowShrink: true/ },
   { name: 'size shrink is done in place with allowShrink', current: plainState(), desired: { size: half, allowShrink: true }, property: 'size', action: 'amend', operation: 'resize', reason: /deleted/, request: { size: half } },
-  { name: 'size growth with persistent bitmaps is refused', current: plainState({ bitmaps: 1 }), desired: { size: two }, property: 'size', action: 'refuse', reason: /remove the bitmaps/ },
+  { name: 'size growth with persistent bitmaps is refused', current: plainState({ bitmaps: ['b0'] }), desired: { size: two }, property: 'size', action: 'refuse', reason: /remove the bitmaps/ },
   { name: 'size as create rounds it (1000 -> 1024) is unchanged on the image create made', current: plainState({ virtualSize: 1024n }), desired: { size: 1000n }, property: 'size', action: 'none', request: 'none' },
   { name: 'size not a multiple of 512 grows to the rounded size, as create would', current: plainState({ virtualSize: 512n }), desired: { size: 1000n }, property: 'size', action: 'amend', operation: 'resize', request: { size: 1024n } },
   // ---- compat
@@ -244,7 +244,7 @@ describe('a created image is not changed by the spec that created it', () => {
     expect(r.ok).toBe(true);
     if (!r.ok) return;
     const o = r.options;
-    const current: ImageState = plainState({
+    const current: ImageFacts = plainState({
       virtualSize: o.size, compat: o.compat, clusterSize: o.clusterSize, refcountBits: o.refcountBits, lazyRefcounts: o.lazyRefcounts,
       extendedL2: o.extendedL2, compressionType: o.compressionType, hasDataFile: o.dataFile !== undefined,
       ...(o.dataFile !== undefined ? { dataFile: o.dataFile } : {}), dataFileRaw: o.dataFileRaw, preallocation: o.preallocation,

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe } from 'vitest';
 
 import type { CreateOptions } from '../../provider/model/options';
-import type { AmendRequest, ImageState } from '../../provider/rules/types';
+import type { AmendRequest, ImageFacts } from '../../provider/rules/types';
 import { qemuImgAvailable, qemuImgPath, requireQemu, runQemuImg, type QemuImgResult } from '../helpers/qemu';
 
 export const KiB = 1024n;
@@ -16,7 +16,7 @@ export const MiB = 1024n * KiB;
 export const GiB = 1024n * MiB;
 
 /** A freshly created `qemu-img create -f qcow2 img.qcow2 1M`, as the rules see it. */
-export function plainState(over: Partial<ImageState> = {}): ImageState {
+export function plainState(over: Partial<ImageFacts> = {}): ImageFacts {
   return {
     virtualSize: MiB,
     clusterSize: 65536,
@@ -30,19 +30,20 @@ export function plainState(over: Partial<ImageState> = {}): ImageState {
     dirty: false,
     corrupt: false,
     snapshots: 0,
-    bitmaps: 0,
+    bitmaps: [],
+    actualSize: 0n,
     hasCompressedClusters: false,
     preallocation: 'off',
     ...over,
   };
 }
 
-export const v2State = (over: Partial<ImageState> = {}): ImageState => plainState({ compat: '0.10', ...over });
-export const dataFileState = (over: Partial<ImageState> = {}): ImageState =>
+export const v2State = (over: Partial<ImageFacts> = {}): ImageFacts => plainState({ compat: '0.10', ...over });
+export const dataFileState = (over: Partial<ImageFacts> = {}): ImageFacts =>
   plainState({ hasDataFile: true, dataFile: 'img.raw', ...over });
-export const rawState = (over: Partial<ImageState> = {}): ImageState =>
+export const rawState = (over: Partial<ImageFacts> = {}): ImageFacts =>
   dataFileState({ dataFileRaw: true, preallocation: 'metadata', ...over });
-export const overlayState = (over: Partial<ImageState> = {}): ImageState =>
+export const overlayState = (over: Partial<ImageFacts> = {}): ImageFacts =>
   plainState({ backingFile: 'base.qcow2', backingFormat: 'qcow2', ...over });
 
 /**

@@ -83,9 +83,10 @@ describe.skipIf(skipWithoutSshd('qmp-ssh'))('stream-local forwarding to a socket
       expect(qmp.where).toBe(where);
       expect((await findNodeByImage(qmp, image)).nodeName).toBe('disk0');
       qsd.freeze();
-      const pending = queryNamedBlockNodes(qmp);
+      // The rejection is awaited from the start: it may land while the daemon is being killed.
+      const pending = failure(queryNamedBlockNodes(qmp));
       await qsd.kill();
-      const e = await failure(pending);
+      const e = await pending;
       expect(e.message).toContain(`${where} closed while 'query-named-block-nodes' was pending`);
     });
   });

@@ -1,52 +1,86 @@
-// The native engine behind the Engine interface: provider/format in this process, no QEMU.
+// The native engine behind the Engine interface: this package's format engine, no QEMU. Each
+// operation is a request (protocol.ts) run by an executor: a worker pool by default, so the
+// caller's event loop never blocks on image I/O, or inline on the calling thread for a command
+// line, which has nothing else to do and should not pay for starting a thread.
 
-import { checkImageFile, CheckResult } from '../../qcow2/ops/check';
-import { imageInfo } from '../../qcow2/ops/info';
-import { NodeBlockFile } from '../../qcow2/io/blockfile';
-import { lockImage } from '../../qcow2/io/lock';
 import type { CreateOptions } from '../../model/options';
+import type { ImageFacts } from '../../model/facts';
 import type { AmendRequest } from '../../rules/types';
-import { Engine, ImageInfo, RemoveOptions, ResizeOptions, toImageInfo } from '../engine';
-import { amendImage, createImage, rebaseUnsafe, resizeImage } from './ops';
-import { removeImageFiles } from '../remove';
+import type { CreateBehaviour } from '../../rules/create';
+import type { CheckResult } from '../../qcow2/ops/check';
+import type { MapEntry } from '../../qcow2/ops/map';
+import type { Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { OpCall, TargetDescriptor } from './protocol';
+
+/** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
+export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
+
+export interface NativeEngineOptions {
+  /** 'worker' (default): a shared pool of worker threads. 'inline': on the calling thread (blocks it). */
+  executor?: 'worker' | 'inline' | Executor;
+  /** The file system the paths are on (default: local files). */
+  target?: TargetDescriptor;
+}
+
+// Each executor loads its machinery on first use: a command line running inline never loads the
+// pool (nor worker_threads), a provider never loads the dispatcher on its own thread.
+function executorOf(kind: NativeEngineOptions['executor']): Executor {
+  if (typeof kind === 'function') return kind;
+  if (kind === 'inline') {
+    return async (target, call, progress) => (await import('./dispatch')).runOp(target, call, progress);
+  }
+  return async (target, call, progress) => (await import('./pool')).sharedPool().run(target, call, progress);
+}
 
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
+  private readonly exec: Executor;
+  private readonly target: TargetDescriptor;
 
-  async create(path: string, options: CreateOptions): Promise<void> {
-    createImage(path, options);
+  constructor(options: NativeEngineOptions = {}) {
+    this.exec = executorOf(options.executor);
+    this.target = options.target ?? { kind: 'local' };
+  }
+
+  private run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
+    return this.exec(this.target, call, progress) as Promise<T>;
+  }
+
+  async create(path: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<void> {
+    await this.run({ op: 'create', path, options, behaviour });
+  }
+
+  async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    await this.run({ op: 'import', path, options, source }, opts.progress);
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {
-    amendImage(path, request);
+    await this.run({ op: 'amend', path, request });
   }
 
-  async resize(path: string, size: bigint, options: ResizeOptions = {}): Promise<void> {
-    resizeImage(path, size, { allowShrink: options.allowShrink ?? false });
+  async resize(path: string, size: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+    await this.run({ op: 'resize', path, size, options });
   }
 
-  async rebase(path: string, backingFile: string, backingFormat?: string): Promise<void> {
-    rebaseUnsafe(path, backingFile, backingFormat);
+  async rebase(path: string, backingFile: string, backingFormat?: string, options: RebaseOptions = {}): Promise<void> {
+    const call: OpCall = { op: 'rebase', path, backingFile, safe: options.safe ?? false };
+    if (backingFormat !== undefined) call.backingFormat = backingFormat;
+    await this.run(call, options.progress);
   }
 
-  async info(path: string, options: { forceShare?: boolean } = {}): Promise<ImageInfo> {
-    if (!options.forceShare) {
-      // Like qemu-img info without -U: refuse an image a VM is writing to.
-      const f = NodeBlockFile.open(path, false);
-      try {
-        lockImage(f.fd, path, 'read').release();
-      } finally {
-        f.close();
-      }
-    }
-    return toImageInfo(imageInfo(path));
+  info(path: string, options: ReadOptions = {}): Promise<ImageFacts> {
+    return this.run({ op: 'info', path, options });
   }
 
-  async check(path: string, options: { forceShare?: boolean } = {}): Promise<CheckResult> {
-    return checkImageFile(path, options);
+  check(path: string, options: ReadOptions = {}): Promise<CheckResult> {
+    return this.run({ op: 'check', path, options });
+  }
+
+  map(path: string, options: ReadOptions = {}): Promise<MapEntry[]> {
+    return this.run({ op: 'map', path, options });
   }
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
-    removeImageFiles(path, options);
+    await this.run({ op: 'remove', path, options });
   }
 }

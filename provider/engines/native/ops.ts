@@ -1,73 +1,31 @@
 // The native engine's operations: ask provider/rules, then drive provider/format. This is the
 // glue layer: qcow2/ knows how, rules/ knows what is legal, and nothing below reaches up.
 
-import * as fs from 'fs';
 import { Qcow2Error } from '../../model/errors';
+import type { ImageFacts } from '../../model/facts';
 import { planCreate, probeBacking, writeNewImage } from '../../qcow2/ops/create';
+import { factsOfImage } from '../../qcow2/ops/info';
 import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
-import { validateAdoption, validateCreate } from '../../rules/create';
-import { BlockFile, NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
+import { CreateBehaviour, resolveCreate } from '../../rules/create';
+import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
+import { localCreateFacts, sameFile } from '../local-facts';
+import type { ImportSource } from '../engine';
 import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import { ImageLock, lockImage } from '../../qcow2/io/lock';
 import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
-import type { AmendRequest, ImageState, Refusal } from '../../rules/types';
+import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, throwIfRefused } from '../refusal';
-
-/** How create treats the world outside the new image. */
-export interface CreateBehaviour {
-  /** qemu-img's -u: do not open the backing file (then a size is required). */
-  unsafeBacking?: boolean;
-}
 
 /** Create refusals keep qemu-img's code for bad options. */
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
 
 /** Validate create options (rules) and derive the size from the backing file or adopted data file. */
-export function resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-  const first = validateCreate(options);
-  if (!first.ok) throw createRefused(first.refusal);
-  let resolved = first.options;
-  if (options.size === undefined) {
-    let size: bigint | undefined;
-    if (options.backingFile !== undefined && !behaviour.unsafeBacking) {
-      const probe = probeBacking(imagePath, options.backingFile, options.backingFormat);
-      if (options.backingFormat === undefined) {
-        throw new Qcow2Error('INVALID_OPTION', `Backing file specified without backing format\nDetected format of ${probe.detectedFormat}.`, { property: 'backing_fmt' });
-      }
-      size = probe.size;
-    } else if (options.adoptDataFile && options.dataFile !== undefined) {
-      size = BigInt(statFile(options.dataFile).size);
-    }
-    if (size === undefined) throw new Qcow2Error('INVALID_OPTION', 'Image creation needs a size parameter', { property: 'size' });
-    const again = validateCreate({ ...options, size });
-    if (!again.ok) throw createRefused(again.refusal);
-    resolved = again.options;
-  } else if (options.backingFile !== undefined && !behaviour.unsafeBacking) {
-    // Like qemu-img, open the backing file even when the size is given.
-    probeBacking(imagePath, options.backingFile, options.backingFormat);
-    if (options.backingFormat === undefined) {
-      const probe = probeBacking(imagePath, options.backingFile, undefined);
-      throw new Qcow2Error('INVALID_OPTION', `Backing file specified without backing format\nDetected format of ${probe.detectedFormat}.`, { property: 'backing_fmt' });
-    }
-  }
-  if (resolved.adoptDataFile && resolved.dataFile !== undefined && fs.existsSync(resolved.dataFile)) {
-    const r = validateAdoption(resolved.dataFile, BigInt(statFile(resolved.dataFile).size), resolved.size);
-    if (r) throw createRefused(r);
-  }
-  return resolved;
-}
-
-function statFile(name: string): fs.Stats {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(name);
-  } catch (e) {
-    throw ioError(e, name, 'open');
-  }
-  if (!st.isFile()) throw new Qcow2Error('INVALID_OPTION', `Data file '${name}' is not a regular file`, { property: 'data_file', file: name });
-  return st;
+function resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
+  const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
+  if (!r.ok) throw createRefused(r.refusal);
+  return r.options;
 }
 
 /**
@@ -75,33 +33,16 @@ function statFile(name: string): fs.Stats {
  * or data file is never overwritten (a data file can be adopted, unchanged, on request).
  */
 export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): void {
-  writeNewImage(imagePath, planCreate(resolveCreate(imagePath, options, behaviour)));
+  writeNewImage(imagePath, planCreate(resolved(imagePath, options, behaviour)));
 }
 
 // ---------------------------------------------------------------------------------------------
 // amend, resize, rebase -u
 
-/** What the rules need to know about an open image. */
-export function imageStateOf(img: Image, scanCompressed = false): ImageState {
-  const h = img.header;
-  const state: ImageState = {
-    virtualSize: h.size,
-    clusterSize: img.geometry.clusterSize,
-    compat: h.version === 2 ? '0.10' : '1.1',
-    refcountBits: img.geometry.refcountBits,
-    lazyRefcounts: (h.compatibleFeatures & C.QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n,
-    extendedL2: img.extendedL2,
-    compressionType: h.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD ? 'zstd' : 'zlib',
-    hasDataFile: img.hasDataFile,
-    dataFileRaw: img.dataFileRaw,
-    dirty: img.dirty,
-    corrupt: img.corrupt,
-    snapshots: h.nbSnapshots,
-    bitmaps: h.bitmaps?.nbBitmaps ?? 0,
-  };
-  if (h.dataFile !== undefined) state.dataFile = h.dataFile;
-  if (h.backingFile !== undefined) state.backingFile = h.backingFile;
-  if (h.backingFormat !== undefined) state.backingFormat = h.backingFormat;
+/** What the rules need to know about an open image: its facts (model), compressed clusters when asked. */
+export function imageStateOf(img: Image, scanCompressed = false): ImageFacts {
+  const state = factsOfImage(img, 0);
+  delete state.detail;
   if (scanCompressed) state.hasCompressedClusters = hasCompressedClusters(img);
   return state;
 }
@@ -156,7 +97,7 @@ function openDataFile(img: Image, path: string): NodeBlockFile | undefined {
   return df;
 }
 
-function changesOf(state: ImageState, req: AmendRequest): AmendChanges {
+function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   const ch: AmendChanges = {};
   if (req.compat !== undefined) ch.version = req.compat === '0.10' ? 2 : 3;
   if (req.lazyRefcounts !== undefined && req.lazyRefcounts !== state.lazyRefcounts) ch.lazyRefcounts = req.lazyRefcounts;
@@ -233,6 +174,7 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
 import * as nodePath from 'path';
+export type { CreateBehaviour };
 import { writeImportedImage } from '../../qcow2/ops/convert';
 import { GuestSource, OpenOptions, ProgressFn, Qcow2Image, openSource, probeFormat, validateChain } from '../../qcow2/guest/dataio';
 import { MapEntry, mapSource } from '../../qcow2/ops/map';
@@ -251,26 +193,9 @@ export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writabl
   });
 }
 
-/** Where an image's guest data comes from when it is created from a source. */
-export interface ImportSource {
-  /** A raw or qcow2 file; a qcow2 file is read through its backing chain. */
-  path: string;
-  /** 'raw' or 'qcow2'; probed from the magic when omitted. */
-  format?: string;
-}
-
 export interface ImportBehaviour {
   /** Called as the copy advances: bytes of the guest view done, of total. */
   progress?: ProgressFn;
-}
-
-function sameFile(a: string, b: string): boolean {
-  try {
-    const sa = fs.statSync(a), sb = fs.statSync(b);
-    return sa.dev === sb.dev && sa.ino === sb.ino;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -292,8 +217,7 @@ export function importImage(dst: string, options: CreateOptions, source: ImportS
       sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
     });
     throwIfRefused(r, dst);
-    const resolved = resolveCreate(dst, { ...options, size: BigInt(src.size) });
-    writeImportedImage(dst, planCreate(resolved), src, behaviour.progress);
+    writeImportedImage(dst, planCreate(resolved(dst, { ...options, size: BigInt(src.size) })), src, behaviour.progress);
   } finally {
     src.close();
   }

@@ -68,14 +68,20 @@ import { Qcow2Error } from '../../model/errors';
 import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
 import { lockImage } from '../../qcow2/io/lock';
 import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
+import type { ImageFacts } from '../../model/facts';
+import { optionOf, type OptionName } from '../../model/names';
+import type { MapEntry } from '../../qcow2/ops/map';
+import { fullBackingFilename } from '../../qcow2/ops/info';
 import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
-import type { AmendRequest, ImageState } from '../../rules/types';
-import type { Engine, ImageInfo, RemoveOptions, ResizeOptions } from '../engine';
-import { resolveCreate } from '../native/ops';
+import { CreateBehaviour, resolveCreate } from '../../rules/create';
+import { validateImport } from '../../rules/data';
+import type { AmendRequest } from '../../rules/types';
+import type { Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import { localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
-import { BackingSpec, DataFileSpec, imageSpec, optList, peekHeader } from './spec';
-import { ParsedInfo, imageStateOf, parseCheck, parseInfo } from './state';
+import { BackingSpec, DataFileSpec, chainSpec, imageSpec, optList, peekHeader } from './spec';
+import { parseCheck, parseInfo, parseMap } from './state';
 
 export interface QemuImgEngineOptions {
   /** The qemu-img binary: a path, or a name looked up on PATH. Default: $QEMU_IMG, else `qemu-img`. */
@@ -89,6 +95,9 @@ type Kind = 'read' | 'write';
 
 
 const onOff = (b: boolean) => (b ? 'on' : 'off');
+
+/** An `-o` pair named from the one option table (model/names.ts). */
+const opt = (property: Parameters<typeof optionOf>[0], value: string): [OptionName, string] => [optionOf(property), value];
 
 export class QemuImgEngine implements Engine {
   readonly name = 'qemu-img' as const;
@@ -133,11 +142,14 @@ export class QemuImgEngine implements Engine {
     return imageSpec(abs, peek?.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
   }
 
-  private async readInfo(file: string, forceShare: boolean): Promise<ParsedInfo> {
+  private async readInfo(file: string, forceShare: boolean): Promise<ImageFacts> {
     const abs = path.resolve(file);
     const spec = this.readSpec(abs);
     const r = await this.run('read', ['info', '--output=json', ...(forceShare ? ['-U'] : []), spec], { arg: spec, file });
-    return parseInfo(r.stdout, file);
+    const facts = parseInfo(r.stdout, file);
+    // qemu-img resolved the backing name against our absolute json: name; the caller's is `file`.
+    if (facts.backingFile !== undefined && facts.detail) facts.detail.fullBackingFile = fullBackingFilename(file, facts.backingFile);
+    return facts;
   }
 
   /** Like the native engine: NOT_FOUND (same words) before qemu-img names an absolute path. */
@@ -164,15 +176,15 @@ export class QemuImgEngine implements Engine {
   }
 
   /** Lock probe, then the image as the rules see it (qemu-img info -U). */
-  private async stateForChange(file: string): Promise<ImageState> {
+  private async stateForChange(file: string): Promise<ImageFacts> {
     QemuImgEngine.probeWriteLock(file);
-    const state = imageStateOf(await this.readInfo(file, true));
+    const state = await this.readInfo(file, true);
     throwIfRefused(validateWritable(state), file);
     return state;
   }
 
   /** The data file node for a change: opened only when the data itself is needed. */
-  private static dataSpecFor(file: string, state: ImageState, needed: boolean): DataFileSpec {
+  private static dataSpecFor(file: string, state: ImageFacts, needed: boolean): DataFileSpec {
     if (!state.hasDataFile) return { kind: 'none' };
     if (!needed) return { kind: 'null' };
     const name = state.dataFile;
@@ -185,7 +197,7 @@ export class QemuImgEngine implements Engine {
    * Run fn with the backing specification a change needs: when the image is backed, a private
    * stand-in raw file of `length` bytes (sparse; 0 unless a growth needs the backing's length).
    */
-  private static async withBacking<T>(state: ImageState, length: number, fn: (b: BackingSpec) => Promise<T>): Promise<T> {
+  private static async withBacking<T>(state: ImageFacts, length: number, fn: (b: BackingSpec) => Promise<T>): Promise<T> {
     if (state.backingFile === undefined) return fn({ kind: 'none' });
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-qemuimg-'));
     try {
@@ -204,7 +216,7 @@ export class QemuImgEngine implements Engine {
    * or 0 when it cannot be known without following more: no declared format, a protocol-looking
    * name (QEMU would not open it as a file), a missing file.
    */
-  private async backingLength(file: string, state: ImageState): Promise<number> {
+  private async backingLength(file: string, state: ImageFacts): Promise<number> {
     const name = state.backingFile;
     const fmt = state.backingFormat;
     if (name === undefined || (fmt !== 'raw' && fmt !== 'qcow2')) return 0;
@@ -229,7 +241,7 @@ export class QemuImgEngine implements Engine {
    * (qemu-img fails half way: no zero clusters), and a current end inside a cluster (QEMU copies
    * that cluster's backing data into the image first, which the stand-in cannot provide).
    */
-  private async growthBackingLength(file: string, state: ImageState, newSize: bigint): Promise<number> {
+  private async growthBackingLength(file: string, state: ImageFacts, newSize: bigint): Promise<number> {
     if (state.backingFile === undefined || newSize <= state.virtualSize) return 0;
     const length = await this.backingLength(file, state);
     if (BigInt(length) <= state.virtualSize) return 0;
@@ -246,7 +258,7 @@ export class QemuImgEngine implements Engine {
     return length;
   }
 
-  private async change(file: string, state: ImageState, dataNeeded: boolean, args: (spec: string) => string[], newSize?: bigint): Promise<void> {
+  private async change(file: string, state: ImageFacts, dataNeeded: boolean, args: (spec: string) => string[], newSize?: bigint): Promise<void> {
     const abs = path.resolve(file);
     const data = QemuImgEngine.dataSpecFor(file, state, dataNeeded);
     const length = newSize === undefined ? 0 : await this.growthBackingLength(file, state, newSize);
@@ -259,16 +271,91 @@ export class QemuImgEngine implements Engine {
   // -------------------------------------------------------------------------------------------
   // Engine
 
-  async create(imagePath: string, options: CreateOptions): Promise<void> {
+  async create(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<void> {
     await this.binary();
     // Rules (validateCreate, validateAdoption) and the size from a backing file or adopted file:
     // the same resolution, refusals and words as the native engine.
-    const o = resolveCreate(imagePath, options);
+    const o = QemuImgEngine.resolved(imagePath, options, behaviour);
     assertNewImageFiles(imagePath, o);
-    await this.createViaTemp(imagePath, o);
+    await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
+      const args = ['create', '-q', '-f', 'qcow2', '-o', optList(pairs)];
+      // -u: the backing file is never opened by qemu-img (resolveCreate read its size).
+      if (o.backingFile !== undefined) args.push('-u', '-b', o.backingFile, '-F', o.backingFormat!);
+      args.push('img.qcow2', String(o.size));
+      await this.run('write', args, { arg: 'img.qcow2', file: imagePath }, tmp);
+    });
   }
 
-  private async createViaTemp(imagePath: string, o: ResolvedCreateOptions): Promise<void> {
+  private static resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
+    const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
+    if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
+    return r.options;
+  }
+
+  /**
+   * `qemu-img convert -O qcow2`: the source (raw, or qcow2 through its backing chain, every
+   * layer an explicit file node) into a new image built in a private temp folder and linked into
+   * place like create's. The same refusals as the native engine (provider/rules).
+   */
+  async import(imagePath: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    await this.binary();
+    throwIfRefused(source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined);
+    QemuImgEngine.mustExist(source.path);
+    const format = source.format ?? (peekHeader(source.path) !== undefined ? 'qcow2' : 'raw');
+    const src = await this.chain(source.path, format);
+    const r = validateImport({
+      sourceFormat: format,
+      options,
+      sourceSize: src.size,
+      sameFile: sameFile(imagePath, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
+    });
+    throwIfRefused(r, imagePath);
+    const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
+    assertNewImageFiles(imagePath, o);
+    await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
+      const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+      await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
+    });
+    opts.progress?.(Number(src.size), Number(src.size));
+  }
+
+  /**
+   * A guest view for qemu-img to read: the image and every backing layer as explicit file nodes
+   * (names read with qemu-img info -U from each header, resolved as QEMU resolves them), so no
+   * name inside an image can make qemu-img open anything but a plain file.
+   */
+  private async chain(file: string, format: string): Promise<{ spec: string; size: bigint }> {
+    const layers: Array<{ path: string; format: 'raw' | 'qcow2'; dataFile?: string }> = [];
+    let size = 0n;
+    let at: string | undefined = path.resolve(file);
+    let fmt: string | undefined = format;
+    while (at !== undefined) {
+      if (layers.length >= 64) throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${file}' is deeper than 64 images (a loop?)`, { file });
+      if (fmt !== 'raw' && fmt !== 'qcow2') {
+        throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${String(fmt)}': this engine reads qcow2 and raw images only`, { file: at });
+      }
+      QemuImgEngine.mustExist(at);
+      if (fmt === 'raw') {
+        if (layers.length === 0) size = BigInt(fs.statSync(at).size);
+        layers.push({ path: at, format: 'raw' });
+        break;
+      }
+      const facts = await this.readInfo(at, true);
+      if (layers.length === 0) size = facts.virtualSize;
+      const layer: { path: string; format: 'qcow2'; dataFile?: string } = { path: at, format: 'qcow2' };
+      if (facts.hasDataFile) {
+        if (facts.dataFile === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: at });
+        layer.dataFile = path.resolve(facts.dataFile);
+      }
+      layers.push(layer);
+      at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.resolve(path.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
+      fmt = facts.backingFormat ?? (at !== undefined && peekHeader(at) !== undefined ? 'qcow2' : 'raw');
+    }
+    return { spec: chainSpec(layers), size };
+  }
+
+  /** Build a new image (and a new data file) in a private temp folder, then link them into place. */
+  private async publishViaTemp(imagePath: string, o: ResolvedCreateOptions, produce: (tmp: string, pairs: Array<[string, string]>) => Promise<void>): Promise<void> {
     const absImage = path.resolve(imagePath);
     const imageDir = path.dirname(absImage);
     const newData = o.dataFile !== undefined && !o.adoptDataFile;
@@ -303,25 +390,21 @@ export class QemuImgEngine implements Engine {
       // An adopted file keeps its contents: the throw-away one needs no zeros written.
       const prealloc = o.adoptDataFile && (o.preallocation === 'falloc' || o.preallocation === 'full') ? 'metadata' : o.preallocation;
       const pairs: Array<[string, string]> = [
-        ['compat', o.compat],
-        ['cluster_size', String(o.clusterSize)],
-        ['refcount_bits', String(o.refcountBits)],
-        ['lazy_refcounts', onOff(o.lazyRefcounts)],
-        ['extended_l2', onOff(o.extendedL2)],
-        ['compression_type', o.compressionType],
-        ['preallocation', prealloc],
+        opt('compat', o.compat),
+        opt('clusterSize', String(o.clusterSize)),
+        opt('refcountBits', String(o.refcountBits)),
+        opt('lazyRefcounts', onOff(o.lazyRefcounts)),
+        opt('extendedL2', onOff(o.extendedL2)),
+        opt('compressionType', o.compressionType),
+        opt('preallocation', prealloc),
       ];
-      if (dataArg !== undefined) pairs.push(['data_file', dataArg], ['data_file_raw', onOff(o.dataFileRaw)]);
-      const args = ['create', '-q', '-f', 'qcow2', '-o', optList(pairs)];
-      // -u: the backing file is never opened by qemu-img (resolveCreate read its size).
-      if (o.backingFile !== undefined) args.push('-u', '-b', o.backingFile, '-F', o.backingFormat!);
-      args.push('img.qcow2', String(o.size));
-      await this.run('write', args, { arg: 'img.qcow2', file: imagePath }, tmp);
+      if (dataArg !== undefined) pairs.push(opt('dataFile', dataArg), opt('dataFileRaw', onOff(o.dataFileRaw)));
+      await produce(tmp, pairs);
 
       if (o.dataFile !== undefined) {
         // Store the caller's name; amend writes it without opening it.
         const spec = imageSpec(tmpImage, { kind: 'null' }, { kind: 'none' });
-        await this.run('write', ['amend', '-q', '-o', optList([['data_file', o.dataFile]]), spec], { arg: spec, file: imagePath });
+        await this.run('write', ['amend', '-q', '-o', optList([opt('dataFile', o.dataFile)]), spec], { arg: spec, file: imagePath });
       }
       fsyncFile(tmpImage);
       if (newData) {
@@ -359,21 +442,22 @@ export class QemuImgEngine implements Engine {
     if (r) throw refused(r, file);
 
     const pairs: Array<[string, string]> = [];
-    if (request.compat !== undefined && request.compat !== state.compat) pairs.push(['compat', request.compat]);
-    if (request.lazyRefcounts !== undefined && request.lazyRefcounts !== state.lazyRefcounts) pairs.push(['lazy_refcounts', onOff(request.lazyRefcounts)]);
-    if (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits) pairs.push(['refcount_bits', String(request.refcountBits)]);
+    if (request.compat !== undefined && request.compat !== state.compat) pairs.push(opt('compat', request.compat));
+    if (request.lazyRefcounts !== undefined && request.lazyRefcounts !== state.lazyRefcounts) pairs.push(opt('lazyRefcounts', onOff(request.lazyRefcounts)));
+    if (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits) pairs.push(opt('refcountBits', String(request.refcountBits)));
     const sizeChanges = request.size !== undefined && request.size !== state.virtualSize;
-    if (sizeChanges) pairs.push(['size', String(request.size)]);
-    if (request.dataFile !== undefined && request.dataFile !== state.dataFile) pairs.push(['data_file', request.dataFile]);
-    if (request.dataFileRaw !== undefined && request.dataFileRaw !== state.dataFileRaw) pairs.push(['data_file_raw', onOff(request.dataFileRaw)]);
+    if (sizeChanges) pairs.push(opt('size', String(request.size)));
+    if (request.dataFile !== undefined && request.dataFile !== state.dataFile) pairs.push(opt('dataFile', request.dataFile));
+    if (request.dataFileRaw !== undefined && request.dataFileRaw !== state.dataFileRaw) pairs.push(opt('dataFileRaw', onOff(request.dataFileRaw)));
     if (pairs.length === 0) return;
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
-  async resize(file: string, size: bigint, options: ResizeOptions = {}): Promise<void> {
+  async resize(file: string, newSize: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
     await this.binary();
     const allowShrink = options.allowShrink ?? false;
     const state = await this.stateForChange(file);
+    const size = typeof newSize === 'bigint' ? newSize : state.virtualSize + newSize.relative;
     const r = validateResizeRequest(state, size, allowShrink);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
@@ -381,27 +465,49 @@ export class QemuImgEngine implements Engine {
     await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
   }
 
-  async rebase(file: string, backingFile: string, backingFormat?: string): Promise<void> {
+  async rebase(file: string, backingFile: string, backingFormat?: string, options: RebaseOptions = {}): Promise<void> {
     await this.binary();
     const state = await this.stateForChange(file);
     const r = validateRebase(state, backingFile, backingFormat);
     if (r) throw refused(r, file);
+    if (options.safe) {
+      // qemu-img rebase without -u opens the old and the new backing chain by their stored names.
+      throw new Qcow2Error('UNSUPPORTED', 'The qemu-img engine rewrites the backing reference only (rebase -u): it never lets qemu-img ' +
+        'open backing files by the names stored in an image. Use the native engine for a rebase that copies data', { property: 'backing_file', file });
+    }
     const fmt = backingFile !== '' && backingFormat !== undefined ? ['-F', backingFormat] : [];
     const abs = path.resolve(file);
     const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
     await this.run('write', ['rebase', '-q', '-u', '-b', backingFile, ...fmt, spec], { arg: spec, file });
   }
 
-  async info(file: string, options: { forceShare?: boolean } = {}): Promise<ImageInfo> {
+  async info(file: string, options: ReadOptions = {}): Promise<ImageFacts> {
     await this.binary();
     QemuImgEngine.mustExist(file);
-    return (await this.readInfo(file, options.forceShare ?? false)).info;
+    return this.readInfo(file, options.forceShare ?? false);
   }
 
-  async check(file: string, options: { forceShare?: boolean } = {}): Promise<CheckResult> {
+  /** `qemu-img map --output=json` over the image's chain, every layer an explicit file node. */
+  async map(file: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     await this.binary();
     QemuImgEngine.mustExist(file);
-    const state = imageStateOf(await this.readInfo(file, true));
+    if (!options.forceShare) {
+      const f = NodeBlockFile.open(file, false);
+      try {
+        lockImage(f.fd, file, 'read').release();
+      } finally {
+        f.close();
+      }
+    }
+    const src = await this.chain(file, 'qcow2');
+    const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
+    return parseMap(r.stdout, file);
+  }
+
+  async check(file: string, options: ReadOptions = {}): Promise<CheckResult> {
+    await this.binary();
+    QemuImgEngine.mustExist(file);
+    const state = await this.readInfo(file, true);
     if (state.hasDataFile) {
       // As the native engine: the data file must exist, but it is not opened.
       const name = state.dataFile;

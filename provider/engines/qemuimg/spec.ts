@@ -41,6 +41,30 @@ export function imageSpec(absImage: string, data: DataFileSpec, backing: Backing
   return `json:${JSON.stringify(spec)}`;
 }
 
+/** One layer of a guest view: an absolute file, its format, and (qcow2) its absolute data file. */
+export interface ChainLayer {
+  path: string;
+  format: 'raw' | 'qcow2';
+  dataFile?: string;
+}
+
+/**
+ * The `json:` argument for a whole chain, top first: every image, backing file and data file
+ * an explicit file node, the last layer with "backing": null. qemu-img follows nothing by name.
+ */
+export function chainSpec(layers: readonly ChainLayer[]): string {
+  const node = (i: number): Record<string, unknown> => {
+    const l = layers[i]!;
+    const spec: Record<string, unknown> = { driver: l.format, file: { driver: 'file', filename: l.path } };
+    if (l.format === 'qcow2') {
+      if (l.dataFile !== undefined) spec['data-file'] = { driver: 'file', filename: l.dataFile };
+      spec.backing = i + 1 < layers.length ? node(i + 1) : null;
+    }
+    return spec;
+  };
+  return `json:${JSON.stringify(node(0))}`;
+}
+
 /** A value inside a qemu `-o` list: commas are doubled. */
 export function optValue(v: string): string {
   return v.replace(/,/g, ',,');

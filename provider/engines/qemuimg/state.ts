@@ -1,22 +1,15 @@
-// qemu-img's JSON outputs mapped onto our types: `info --output=json` to ImageInfo and to the
-// rules' ImageState, `check --output=json` (plus its stderr lines) to CheckResult.
+// qemu-img's JSON outputs mapped onto our types: `info --output=json` to the image facts (the
+// model's converter), `check --output=json` (plus its stderr lines) to CheckResult, `map
+// --output=json` to map entries.
 
 import type { CheckResult } from '../../qcow2/ops/check';
+import type { MapEntry } from '../../qcow2/ops/map';
 import { Qcow2Error } from '../../model/errors';
-import type { ImageInfoJson } from '../../qcow2/ops/info';
-import type { ImageState } from '../../rules/types';
-import { ImageInfo, toImageInfo } from '../engine';
+import type { ImageFacts } from '../../model/facts';
+import { factsFromInfoJson, type ImageInfoJson } from '../../model/qemu-json';
 
-export interface ParsedInfo {
-  json: ImageInfoJson;
-  info: ImageInfo;
-}
-
-/**
- * Parse `qemu-img info --output=json`. The virtual size is read from the text as an exact
- * integer: JSON.parse would round sizes above 2^53 (qemu allows up to 2^63 - 2^30).
- */
-export function parseInfo(stdout: string, file: string): ParsedInfo {
+/** `qemu-img info --output=json` as facts; 64-bit values read exactly from the text. */
+export function parseInfo(stdout: string, file: string): ImageFacts {
   let json: ImageInfoJson;
   try {
     json = JSON.parse(stdout) as ImageInfoJson;
@@ -26,34 +19,25 @@ export function parseInfo(stdout: string, file: string): ParsedInfo {
   if (json.format !== 'qcow2' || json['format-specific']?.type !== 'qcow2') {
     throw new Qcow2Error('INVALID_IMAGE', 'Image is not in qcow2 format', { file });
   }
-  const info = toImageInfo(json);
-  const m = /^ {4}"virtual-size": (\d+),?$/m.exec(stdout);
-  if (m) info.virtualSize = BigInt(m[1]!);
-  return { json, info };
+  return factsFromInfoJson(json, stdout);
 }
 
-/** What the rules need to know about an image, from what qemu-img info reports. */
-export function imageStateOf(p: ParsedInfo): ImageState {
-  const i = p.info;
-  const state: ImageState = {
-    virtualSize: i.virtualSize,
-    clusterSize: i.clusterSize,
-    compat: i.compat,
-    refcountBits: i.refcountBits,
-    lazyRefcounts: i.lazyRefcounts,
-    extendedL2: i.extendedL2,
-    compressionType: i.compressionType,
-    hasDataFile: i.hasDataFile,
-    dataFileRaw: i.dataFileRaw,
-    dirty: i.dirty,
-    corrupt: i.corrupt,
-    snapshots: i.snapshots,
-    bitmaps: i.bitmaps.length,
-  };
-  if (i.dataFile !== undefined) state.dataFile = i.dataFile;
-  if (i.backingFile !== undefined) state.backingFile = i.backingFile;
-  if (i.backingFormat !== undefined) state.backingFormat = i.backingFormat;
-  return state;
+/** `qemu-img map --output=json` as map entries. */
+export function parseMap(stdout: string, file: string): MapEntry[] {
+  let rows: Array<Record<string, unknown>>;
+  try {
+    rows = JSON.parse(stdout) as Array<Record<string, unknown>>;
+  } catch (e) {
+    throw new Qcow2Error('IO', `qemu-img map printed no JSON for '${file}': ${stdout.slice(0, 200)}`, { file, cause: e });
+  }
+  return rows.map((r) => {
+    const e: MapEntry = {
+      start: Number(r.start), length: Number(r.length), depth: Number(r.depth),
+      present: r.present === true, zero: r.zero === true, data: r.data === true,
+    };
+    if (typeof r.offset === 'number') e.offset = r.offset;
+    return e;
+  });
 }
 
 interface CheckJsonOut {

@@ -365,8 +365,8 @@ function parseLockLine(line: string, devIno: string): LockLine | undefined {
   return { kind: m[1]!, type: m[2]!, start: Number(m[4]), end: m[5] === 'EOF' ? Number.MAX_SAFE_INTEGER : Number(m[5]) };
 }
 
-function devIno(fileName: string): string {
-  const st = fs.statSync(fileName, { bigint: true });
+function devIno(file: string | number): string {
+  const st = typeof file === 'number' ? fs.fstatSync(file, { bigint: true }) : fs.statSync(file, { bigint: true });
   const dev = st.dev;
   const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
   const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
@@ -441,4 +441,42 @@ export function findLockHolders(fileName: string): LockHolder[] {
     /* no /proc/locks */
   }
   return holders;
+}
+
+/**
+ * Refuse as lockImage(fd, fileName, mode) would, without taking a lock: the conflicting bytes are
+ * read from /proc/locks (any lock of another open file description, POSIX or OFD, as the fcntl
+ * probe sees them; waiters are not holders). For a look that needs no lock of its own, such as
+ * `qemu-img info` without -U: no fcntl binding is loaded. Where /proc/locks cannot be read, the
+ * lock is taken and released on `fd` instead.
+ */
+export function probeLock(fd: number, fileName: string, mode: LockMode): void {
+  let text: string | undefined;
+  if (process.platform === 'linux') {
+    try {
+      text = fs.readFileSync('/proc/locks', 'utf8');
+    } catch {
+      /* no /proc */
+    }
+  }
+  if (text === undefined) {
+    lockImage(fd, fileName, mode).release();
+    return;
+  }
+  const key = devIno(fd);
+  const held = new Set<number>();
+  for (const line of text.split('\n')) {
+    if (line.includes('->')) continue;
+    const l = parseLockLine(line, key);
+    if (l === undefined || (l.kind !== 'OFDLCK' && l.kind !== 'POSIX')) continue;
+    for (let b = Math.max(l.start, LOCK_PERM_BASE); b <= Math.min(l.end, LOCK_SHARED_BASE + PERMISSIONS.length - 1); b++) held.add(b);
+  }
+  const spec = LOCK_MODES[mode];
+  const perm = bitsOf(spec.perm), shared = bitsOf(spec.shared);
+  for (let i = 0; i < PERMISSIONS.length; i++) {
+    if (perm & (1 << i) && held.has(LOCK_SHARED_BASE + i)) throw lockError(EAGAIN, `Failed to get "${PERM_NAMES[PERMISSIONS[i]!]}" lock`, fileName, true);
+  }
+  for (let i = 0; i < PERMISSIONS.length; i++) {
+    if (!(shared & (1 << i)) && held.has(LOCK_PERM_BASE + i)) throw lockError(EAGAIN, `Failed to get shared "${PERM_NAMES[PERMISSIONS[i]!]}" lock`, fileName, true);
+  }
 }

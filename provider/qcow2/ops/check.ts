@@ -406,58 +406,6 @@ function compressedRange(entry: bigint, clusterBits: number): { offset: bigint; 
   return { offset, size };
 }
 
-export interface CheckJson {
-  'image-end-offset'?: number;
-  'total-clusters': number;
-  'check-errors': number;
-  'allocated-clusters'?: number;
-  'fragmented-clusters'?: number;
-  'compressed-clusters'?: number;
-  leaks?: number;
-  corruptions?: number;
-  filename: string;
-  format: 'qcow2';
-}
-
-/** `qemu-img check --output=json`: zero counters other than check-errors are omitted. */
-export function checkJson(r: CheckResult, filename: string): CheckJson {
-  const j: CheckJson = { 'total-clusters': r.totalClusters, 'check-errors': r.checkErrors, filename, format: 'qcow2' };
-  if (r.imageEndOffset) j['image-end-offset'] = r.imageEndOffset;
-  if (r.allocatedClusters) j['allocated-clusters'] = r.allocatedClusters;
-  if (r.fragmentedClusters) j['fragmented-clusters'] = r.fragmentedClusters;
-  if (r.compressedClusters) j['compressed-clusters'] = r.compressedClusters;
-  if (r.leaks) j.leaks = r.leaks;
-  if (r.corruptions) j.corruptions = r.corruptions;
-  return j;
-}
-
-/** `qemu-img check` human summary (stdout). */
-export function checkHumanText(r: CheckResult): string {
-  let out = '';
-  if (!(r.corruptions || r.leaks || r.checkErrors)) {
-    out += 'No errors were found on the image.\n';
-  } else {
-    if (r.corruptions) out += `\n${r.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`;
-    if (r.leaks) out += `\n${r.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`;
-    if (r.checkErrors) out += `\n${r.checkErrors} internal errors have occurred during the check.\n`;
-  }
-  if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
-    const pct = (a: number, b: number) => ((a * 100) / b).toFixed(2);
-    out += `${r.allocatedClusters}/${r.totalClusters} = ${pct(r.allocatedClusters, r.totalClusters)}% allocated, ` +
-      `${pct(r.fragmentedClusters, r.allocatedClusters)}% fragmented, ${pct(r.compressedClusters, r.allocatedClusters)}% compressed clusters\n`;
-  }
-  if (r.imageEndOffset) out += `Image end offset: ${r.imageEndOffset}\n`;
-  return out;
-}
-
-/** Exit code of qemu-img check: 0 clean, 1 could not check, 2 corruptions, 3 leaks only. */
-export function checkExitCode(r: CheckResult): number {
-  if (r.checkErrors) return 1;
-  if (r.corruptions) return 2;
-  if (r.leaks) return 3;
-  return 0;
-}
-
 /**
  * Check an image file. Like qemu-img, fails when the external data file cannot be opened, and
  * takes QEMU's read lock (refusing an image a VM is writing) unless `forceShare` (qemu-img -U).

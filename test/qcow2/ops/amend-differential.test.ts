@@ -303,7 +303,7 @@ describe.skipIf(SKIP !== '')(`amend differential vs qemu-img 7.2${SKIP ? ` (SKIP
   });
 
   for (const sc of SCENARIOS) {
-    it(sc.name, () => {
+    it(sc.name, async () => {
       const dir = join(root, String(++counter).padStart(3, '0'));
       const A = join(dir, 'A');
       const B = join(dir, 'B');
@@ -318,7 +318,7 @@ describe.skipIf(SKIP !== '')(`amend differential vs qemu-img 7.2${SKIP ? ` (SKIP
       const infoBefore = sc.refusal ? infoOf(B).norm : undefined;
 
       const q = qemuImg(sc.op, A);
-      const o = runOurs(sc.op, B);
+      const o = await runOurs(sc.op, B);
       const ctx = `${sc.op.join(' ')}\n${show('qemu-img', q)}\n${show('qcow2', o)}`;
 
       if (sc.refusal) {
@@ -393,7 +393,7 @@ describe.skipIf(SKIP !== '')(`amend differential vs qemu-img 7.2${SKIP ? ` (SKIP
 
   // qemu-img resize prints its shrink warning only when it refuses for want of --shrink (after
   // the error); a successful `resize --shrink` prints nothing on stderr.
-  it('resize: the shrink warning is printed exactly when qemu-img prints it', () => {
+  it('resize: the shrink warning is printed exactly when qemu-img prints it', async () => {
     const dir = join(root, 'warning');
     for (const d of ['A', 'B']) {
       mkdirSync(join(dir, d), { recursive: true });
@@ -402,7 +402,7 @@ describe.skipIf(SKIP !== '')(`amend differential vs qemu-img 7.2${SKIP ? ` (SKIP
     const cases = [['resize', '--shrink', IMG, '32M'], ['resize', IMG, '16M'], ['resize', '--shrink', IMG, '+1M']];
     for (const op of cases) {
       const q = qemuImg(op, join(dir, 'A'));
-      const o = runOurs(op, join(dir, 'B'));
+      const o = await runOurs(op, join(dir, 'B'));
       const ctx = `${op.join(' ')}\n${show('qemu-img', q)}\n${show('qcow2', o)}`;
       expect(o.status === 0, ctx).toBe(q.status === 0);
       expect(o.stderr.replace(/^qcow2: /gm, 'qemu-img: '), ctx).toBe(q.stderr);

@@ -104,34 +104,33 @@ function qemuImgUntimed(args: string[], cwd: string): Run {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-interface CliModule { main(argv: string[]): number }
+interface CliModule { main(argv: string[], io?: { out(t: string): void; err(t: string): void }): Promise<number> }
 let cliModule: CliModule | undefined;
 
 /**
  * Our CLI, in-process: `main(argv)` of the built dist/provider/cli/main.js with cwd = `cwd` and
  * stdout/stderr captured. Same parsing, engine and messages as the spawned binary.
  */
-export function runOurs(args: string[], cwd: string): Run {
-  return timed('ours', () => runOursUntimed(args, cwd));
+export async function runOurs(args: string[], cwd: string): Promise<Run> {
+  const t0 = process.hrtime.bigint();
+  try {
+    return await runOursUntimed(args, cwd);
+  } finally {
+    timings.set('ours', (timings.get('ours') ?? 0) + Number(process.hrtime.bigint() - t0) / 1e9);
+  }
 }
 
-function runOursUntimed(args: string[], cwd: string): Run {
+async function runOursUntimed(args: string[], cwd: string): Promise<Run> {
   cliModule ??= require(CLI) as CliModule;
   const prev = process.cwd();
-  const errWrite = process.stderr.write;
-  const outWrite = process.stdout.write;
   let stderr = '';
   let stdout = '';
-  process.stderr.write = ((chunk: string | Uint8Array) => { stderr += String(chunk); return true; }) as typeof process.stderr.write;
-  process.stdout.write = ((chunk: string | Uint8Array) => { stdout += String(chunk); return true; }) as typeof process.stdout.write;
   process.chdir(cwd);
   let status: number;
   try {
-    status = cliModule.main(args);
+    status = await cliModule.main(args, { out: (t) => { stdout += t; }, err: (t) => { stderr += t; } });
   } finally {
     process.chdir(prev);
-    process.stderr.write = errWrite;
-    process.stdout.write = outWrite;
   }
   return { status, stdout, stderr };
 }

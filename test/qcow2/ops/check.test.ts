@@ -7,7 +7,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkExitCode, checkHumanText, checkImageFile, checkJson } from '../../../provider/qcow2/ops/check';
+import { checkImageFile } from '../../../provider/qcow2/ops/check';
+import { checkExitCode, checkHumanText, checkJson } from '../../../provider/cli/render/check';
 import { qemuImgAvailable, requireQemu } from '../../helpers/qemu';
 
 const HAVE = qemuImgAvailable() && spawnSync('qemu-io', ['--version']).status === 0;

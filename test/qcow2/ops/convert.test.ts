@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { importImage, mapImage } from '../../../provider/engines/native/ops';
-import { mapJsonText } from '../../../provider/qcow2/ops/map';
+import { mapJsonText } from '../../../provider/cli/render/map';
 import { prng, qemuImg, qemuIo, qemuMap, runQemuImg, skipWithoutQemuTools, tempDir } from '../guest/harness';
 
 const CLI = path.join(__dirname, '..', '..', '..', 'dist', 'provider', 'cli', 'main.js');

@@ -15,7 +15,7 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { createImage } from '../../../provider/engines/native/ops';
-import { imageInfo } from '../../../provider/qcow2/ops/info';
+import { imageInfo } from '../../helpers/info';
 import { Qcow2Error } from '../../../provider/model/errors';
 import type { CreateOptions } from '../../../provider/model/options';
 

@@ -14,7 +14,9 @@ import { writePlan, type CreatePlan } from '../../../provider/qcow2/ops/create';
 import { Qcow2Error } from '../../../provider/model/errors';
 import { Geometry } from '../../../provider/qcow2/spec/geometry';
 import { Image } from '../../../provider/qcow2/meta/image';
-import { imageInfo, infoOf } from '../../../provider/qcow2/ops/info';
+import { infoOf } from '../../../provider/qcow2/ops/info';
+import { infoJsonOf } from '../../../provider/model/qemu-json';
+import { imageInfo } from '../../helpers/info';
 import type { CreateOptions } from '../../../provider/model/options';
 import { planFor } from '../../helpers/images';
 import { runQemuImg, skipWithoutQemu } from '../../helpers/qemu';
@@ -140,7 +142,7 @@ describe.each(CASES)('$name', (c) => {
   });
 
   it('reports_info_like_qemu_img', () => {
-    const info = infoOf(new MemoryBlockFile(bytes), 'mem.qcow2');
+    const info = infoJsonOf(infoOf(new MemoryBlockFile(bytes), 'mem.qcow2'), 'mem.qcow2');
     const o = plan.options;
     expect(info['virtual-size']).toBe(Number(((c.options.size! + 511n) / 512n) * 512n));
     expect(info['cluster-size']).toBe(o.clusterSize);

@@ -1,28 +1,10 @@
 // The `Formatting 'FILE', fmt=qcow2 ...` line qemu-img create prints: every create option in
-// QEMU's option-list order, set values as given (numbers as parsed), unset ones at their default.
+// QEMU's option-list order (model/names.ts), set values as given (numbers as parsed), unset ones
+// at their default.
 
-import type { OptionPair } from './optlist';
-import type { CreateOptions } from '../model/options';
-
-/** [name, default, kind]: QEMU's qcow2 create option list order (with file-protocol options merged). */
-const ORDER: ReadonlyArray<readonly [string, string | undefined, 'str' | 'num' | 'size' | 'bool']> = [
-  ['cluster_size', '65536', 'size'],
-  ['extended_l2', 'off', 'bool'],
-  ['preallocation', undefined, 'str'],
-  ['compression_type', 'zlib', 'str'],
-  ['size', undefined, 'size'],
-  ['compat', undefined, 'str'],
-  ['backing_file', undefined, 'str'],
-  ['backing_fmt', undefined, 'str'],
-  ['data_file', undefined, 'str'],
-  ['data_file_raw', undefined, 'bool'],
-  ['encryption', undefined, 'bool'],
-  ['encrypt.format', undefined, 'str'],
-  ['lazy_refcounts', 'off', 'bool'],
-  ['refcount_bits', '16', 'num'],
-  ['nocow', undefined, 'bool'],
-  ['extent_size_hint', undefined, 'size'],
-];
+import type { OptionPair } from '../optlist';
+import type { CreateOptions } from '../../model/options';
+import { CREATE_OPTIONS } from '../../model/names';
 
 export function formattingLine(file: string, pairs: OptionPair[], positionalSize: string | undefined, parsed?: CreateOptions): string {
   const last = new Map<string, string>();
@@ -34,7 +16,9 @@ export function formattingLine(file: string, pairs: OptionPair[], positionalSize
     last.set(k, v);
   }
   const parts: string[] = ['fmt=qcow2'];
-  for (const [name, def, kind] of ORDER) {
+  for (const { name, type: kind, formatting } of CREATE_OPTIONS) {
+    if (formatting === undefined) continue;
+    const def = formatting.default;
     let value: string | undefined;
     if (name === 'size' && (parsed?.size !== undefined || positionalSize !== undefined || last.has('size'))) {
       value = parsed?.size !== undefined ? parsed.size.toString() : last.get('size') ?? positionalSize;

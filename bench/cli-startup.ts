@@ -1,0 +1,65 @@
+// bench/cli-startup: the CPU a short command costs. `qcow2 info IMG` against bare `node -e 0`,
+// runs interleaved, each process reporting its own CPU time (user + system, getrusage) and the
+// modules it loaded, through a preload both commands get. The target: info costs at most the
+// bare start-up + 15 ms of CPU, and loads neither commander nor cli-progress.
+//
+//   npm run build && node dist/bench/cli-startup.js [runs]
+
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { CLI, median } from './common';
+
+const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 41);
+const BUDGET_MS = 15;
+
+interface Report { cpuMs: number; modules: string[] }
+
+// Printed from the process's exit hook: its whole CPU time so far and what require() loaded.
+const PRELOAD = `process.on('exit', () => {
+  const u = process.cpuUsage();
+  require('fs').writeSync(3, JSON.stringify({ cpuMs: (u.user + u.system) / 1000, modules: Object.keys(require.cache) }));
+});
+`;
+
+function once(args: string[], cwd: string, preload: string): Report {
+  const r = spawnSync(process.execPath, ['-r', preload, ...args], { cwd, stdio: ['ignore', 'ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(String(r.output[3])) as Report;
+}
+
+function main(): number {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-startup-'));
+  try {
+    const preload = path.join(dir, 'report-cpu.js');
+    fs.writeFileSync(preload, PRELOAD);
+    const img = path.join(dir, 'img.qcow2');
+    const made = spawnSync(process.execPath, [CLI, 'create', '-q', img, '1G'], { encoding: 'utf8' });
+    if (made.status !== 0) throw new Error(made.stderr);
+    const bare: number[] = [], info: number[] = [];
+    let last: Report | undefined;
+    for (let i = 0; i < runs; i++) {
+      bare.push(once(['-e', '0'], dir, preload).cpuMs);
+      last = once([CLI, 'info', img], dir, preload);
+      info.push(last.cpuMs);
+    }
+    const b = median(bare), n = median(info);
+    const ours = last!.modules.filter((m) => !m.includes(`${path.sep}node_modules${path.sep}`) && m !== preload);
+    const deps = [...new Set(last!.modules.filter((m) => m.includes(`${path.sep}node_modules${path.sep}`))
+      .map((m) => m.split(`${path.sep}node_modules${path.sep}`).pop()!.split(path.sep).slice(0, 1).join('')))];
+    console.log(`| command | median CPU ms (${runs} runs) |`);
+    console.log('|---|---:|');
+    console.log(`| node -e 0 | ${b.toFixed(1)} |`);
+    console.log(`| qcow2 info | ${n.toFixed(1)} |`);
+    console.log(`| difference | ${(n - b).toFixed(1)} (budget ${BUDGET_MS}) |`);
+    console.log(`\nqcow2 info loads ${ours.length} modules of this package; dependencies: ${deps.join(', ') || 'none'}`);
+    const heavy = deps.filter((d) => d === 'commander' || d === 'cli-progress');
+    if (heavy.length) console.log(`NOT MET: info loads ${heavy.join(', ')}`);
+    return n - b <= BUDGET_MS && heavy.length === 0 ? 0 : 1;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = main();

@@ -1,0 +1,80 @@
+// A small qemu-img-style argument parser for the read-only commands (info, check, map), which
+// must start fast: flags, options with a value (`-f X`, `--output=X` or `--output X`), and
+// positional arguments. The commands that change images use commander.
+
+import { fail } from './report';
+
+export interface ArgSpec {
+  /** Flags without a value: short or long spelling -> the name in the result. */
+  flags: Record<string, string>;
+  /** Options with a value: short or long spelling -> the name in the result. */
+  values: Record<string, string>;
+}
+
+export interface ParsedArgs {
+  flags: Set<string>;
+  values: Map<string, string>;
+  positional: string[];
+}
+
+export function parseArgs(argv: readonly string[], spec: ArgSpec): ParsedArgs {
+  const out: ParsedArgs = { flags: new Set(), values: new Map(), positional: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      out.positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!a.startsWith('-') || a === '-') {
+      out.positional.push(a);
+      continue;
+    }
+    const eq = a.startsWith('--') ? a.indexOf('=') : -1;
+    const key = eq > 0 ? a.slice(0, eq) : a;
+    if (Object.hasOwn(spec.flags, key) && eq < 0) {
+      out.flags.add(spec.flags[key]!);
+    } else if (Object.hasOwn(spec.values, key)) {
+      let v: string | undefined;
+      if (eq > 0) v = a.slice(eq + 1);
+      else v = argv[++i];
+      if (v === undefined) fail(`option '${key}' argument missing`);
+      out.values.set(spec.values[key]!, v);
+    } else {
+      fail(`unknown option '${key}'`);
+    }
+  }
+  return out;
+}
+
+/** `--output`: human (default) or json; anything else is qemu-img's error. */
+export function outputFormat(v: string | undefined): 'human' | 'json' {
+  if (v === undefined || v === 'human') return 'human';
+  if (v === 'json') return 'json';
+  fail('--output must be used with human or json as argument.');
+}
+
+/** `-f`: this tool handles qcow2 only. */
+export function requireQcow2(fmt: string | undefined): void {
+  if (fmt !== undefined && fmt !== 'qcow2') fail(`Unknown file format '${fmt}': this tool handles qcow2 images only`);
+}
+
+/** What the read-only commands (info, check, map) take: `[-f qcow2] [-U] [--output=FMT] [-q] FILE`. */
+export interface ReadArgs {
+  file: string;
+  output: 'human' | 'json';
+  forceShare: boolean;
+  quiet: boolean;
+}
+
+export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean } = {}): ReadArgs {
+  const a = parseArgs(argv, {
+    flags: { '-U': 'forceShare', '--force-share': 'forceShare', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
+    values: { '-f': 'format', '--output': 'output' },
+  });
+  requireQcow2(a.values.get('format'));
+  const output = outputFormat(a.values.get('output'));
+  const file = a.positional[0];
+  if (file === undefined) fail('Expecting one image file name');
+  if (a.positional.length > 1) fail(`Unexpected argument '${a.positional[1]}'`);
+  return { file, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet') };
+}

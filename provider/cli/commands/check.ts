@@ -1,0 +1,26 @@
+// `qcow2 check [-f qcow2] [-q] [-U] [--output=human|json] FILE`: QEMU's refcount and L1/L2
+// consistency check, read-only; exit 0 clean, 1 could not check, 2 corruptions, 3 leaks only.
+
+import { parseReadArgs } from '../args';
+import { cliEngine } from '../engine';
+import { checkExitCode, checkHumanText, checkJson } from '../render/check';
+import { Exit, fail, messageOf, report } from '../report';
+import { out, err } from '../io';
+
+export const usage = 'check [-f qcow2] [-q] [-U] [--output=human|json] FILE';
+export const description = 'check refcount and L1/L2 consistency; exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
+
+export async function run(argv: string[]): Promise<void> {
+  const { file, output: fmt, forceShare, quiet } = parseReadArgs(argv, { quiet: true });
+  let r;
+  try {
+    r = await cliEngine().check(file, { forceShare });
+  } catch (e) {
+    fail(`Could not open '${file}': ${messageOf(e)}`);
+  }
+  for (const m of r.messages) err(m + '\n');
+  const code = checkExitCode(r);
+  if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
+  if (code === 1) report('Check failed');
+  if (code !== 0) throw new Exit(code);
+}

@@ -1,0 +1,28 @@
+// `qcow2 map [-f qcow2] [--output=human|json] [-U] FILE`: the allocation map through the backing
+// chain, as qemu-img map prints it.
+
+import { parseReadArgs } from '../args';
+import { cliEngine } from '../engine';
+import { mapHumanText, mapJsonText } from '../render/map';
+import { fail, failOn, messageOf } from '../report';
+import { out } from '../io';
+
+export const usage = 'map [-f qcow2] [--output=human|json] [-U] FILE';
+export const description = 'show the allocation map of an image through its backing chain (qemu-img map)';
+
+export async function run(argv: string[]): Promise<void> {
+  const { file, output: fmt, forceShare } = parseReadArgs(argv);
+  let entries;
+  try {
+    entries = await cliEngine().map(file, { forceShare });
+  } catch (e) {
+    failOn(e, file);
+  }
+  let text: string;
+  try {
+    text = fmt === 'json' ? mapJsonText(entries) : mapHumanText(entries);
+  } catch (e) {
+    fail(messageOf(e)); // qemu-img's refusal to print compressed clusters: no file prefix
+  }
+  out(text);
+}

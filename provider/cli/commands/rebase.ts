@@ -1,0 +1,37 @@
+// `qcow2 rebase [-f qcow2] [-u] -b FILE -F FMT [-q] FILE`: change the backing file. Without -u
+// the clusters that differ between the old and the new chain are copied first.
+
+import { requireQcow2 } from '../args';
+import { command } from '../commander';
+import { cliEngine } from '../engine';
+import { fail, failOn } from '../report';
+
+export const usage = 'rebase [-f qcow2] [-u] -b BACKING -F FMT [-q] FILE';
+export const description = 'change the backing file; without -u, clusters that differ between the old and the new chain are ' +
+  'copied into the image first, so the guest view is unchanged; refused on data-file-raw images';
+
+interface Opts { f?: string; u?: boolean; b?: string; F?: string }
+
+export async function run(argv: string[]): Promise<void> {
+  let parsed: { file: string; o: Opts } | undefined;
+  command('rebase')
+    .description(description)
+    .usage(usage.replace(/^rebase /, ''))
+    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-u', 'unsafe: only rewrite the backing file reference (the guest view may change)')
+    .option('-b <backing_file>', "new backing file ('' for none)")
+    .option('-F <backing_fmt>', 'backing file format')
+    .option('-q', 'quiet')
+    .argument('<file>')
+    .action((file: string, o: Opts) => { parsed = { file, o }; })
+    .parse(argv, { from: 'user' });
+  if (parsed === undefined) return;
+  const { file, o } = parsed;
+  requireQcow2(o.f);
+  if (o.b === undefined) fail('Must specify backing file (-b) or use unsafe mode (-u)');
+  try {
+    await cliEngine().rebase(file, o.b, o.F, { safe: !o.u });
+  } catch (e) {
+    failOn(e, file);
+  }
+}

@@ -1,0 +1,48 @@
+// Where the command line's output goes: file descriptors 1 and 2, written synchronously (not
+// through process.stdout, whose stream machinery costs a short command more than its work), or
+// the sinks a caller running main() in-process hands over.
+
+import * as fs from 'fs';
+
+export interface Io {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+function writeAll(fd: number, text: string): void {
+  const buf = Buffer.from(text, 'utf8');
+  for (let off = 0; off < buf.length;) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      // A non-blocking pipe that is full: wait for the reader, then go on.
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
+  }
+}
+
+export const FD_IO: Io = { out: (t) => writeAll(1, t), err: (t) => writeAll(2, t) };
+
+let current: Io = FD_IO;
+
+/** Write to standard output. */
+export function out(text: string): void {
+  current.out(text);
+}
+
+/** Write to standard error. */
+export function err(text: string): void {
+  current.err(text);
+}
+
+/** Use `io` until `fn` settles. */
+export async function withIo<T>(io: Io, fn: () => Promise<T>): Promise<T> {
+  const prev = current;
+  current = io;
+  try {
+    return await fn();
+  } finally {
+    current = prev;
+  }
+}

@@ -1,0 +1,69 @@
+// `qemu-img info` output from the image facts: the JSON text (--output=json) and the human text.
+
+import type { ImageFacts } from '../../model/facts';
+import { infoJsonOf } from '../../model/qemu-json';
+import { formatSize } from '../../model/size';
+
+/** JSON text as qemu-img prints it (4-space indent); the virtual size printed exactly. */
+export function infoJsonText(f: ImageFacts, filename: string): string {
+  const text = JSON.stringify(infoJsonOf(f, filename), null, 4);
+  if (f.virtualSize <= BigInt(Number.MAX_SAFE_INTEGER)) return text;
+  return text.replace(/^( {4}"virtual-size": )\d+(\.\d+)?(e\+\d+)?/m, `$1${f.virtualSize}`);
+}
+
+/** The human form of `qemu-img info FILE`. */
+export function infoHumanText(f: ImageFacts, filename: string): string {
+  const info = infoJsonOf(f, filename);
+  const lines: string[] = [];
+  lines.push(`image: ${filename}`);
+  lines.push('file format: qcow2');
+  lines.push(`virtual size: ${formatSize(f.virtualSize)} (${f.virtualSize} bytes)`);
+  lines.push(`disk size: ${formatSize(Number(f.actualSize))}`);
+  lines.push(`cluster_size: ${f.clusterSize}`);
+  if (f.dirty) lines.push('cleanly shut down: no');
+  if (info['backing-filename'] !== undefined) {
+    let l = `backing file: ${info['backing-filename']}`;
+    if (info['full-backing-filename'] !== info['backing-filename']) l += ` (actual path: ${info['full-backing-filename']})`;
+    lines.push(l);
+    if (info['backing-filename-format'] !== undefined) lines.push(`backing file format: ${info['backing-filename-format']}`);
+  }
+  if (info.snapshots) {
+    lines.push('Snapshot list:');
+    lines.push(snapshotRow('ID', 'TAG', 'VM SIZE', 'DATE', 'VM CLOCK', 'ICOUNT'));
+    for (const s of info.snapshots) {
+      const date = new Date(s['date-sec'] * 1000);
+      const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+      const dateStr = `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+      const secs = s['vm-clock-sec'];
+      const clock = `${pad(Math.floor(secs / 3600))}:${pad(Math.floor(secs / 60) % 60)}:${pad(secs % 60)}.${pad(Math.floor(s['vm-clock-nsec'] / 1e6), 3)}`;
+      lines.push(snapshotRow(s.id, s.name, formatSize(s['vm-state-size']), dateStr, clock, s.icount === undefined ? '' : String(s.icount)));
+    }
+  }
+  lines.push('Format specific information:');
+  const d = info['format-specific'].data;
+  const ind = '    ';
+  lines.push(`${ind}compat: ${d.compat}`);
+  lines.push(`${ind}compression type: ${d['compression-type']}`);
+  if (d['lazy-refcounts'] !== undefined) lines.push(`${ind}lazy refcounts: ${d['lazy-refcounts']}`);
+  if (d.bitmaps) {
+    lines.push(`${ind}bitmaps:`);
+    d.bitmaps.forEach((b, i) => {
+      lines.push(`${ind}${ind}[${i}]:`);
+      lines.push(`${ind}${ind}${ind}flags:`);
+      b.flags.forEach((fl, k) => lines.push(`${ind}${ind}${ind}${ind}[${k}]: ${fl}`));
+      lines.push(`${ind}${ind}${ind}name: ${b.name}`);
+      lines.push(`${ind}${ind}${ind}granularity: ${b.granularity}`);
+    });
+  }
+  lines.push(`${ind}refcount bits: ${d['refcount-bits']}`);
+  if (d['data-file'] !== undefined) lines.push(`${ind}data file: ${d['data-file']}`);
+  if (d['data-file-raw'] !== undefined) lines.push(`${ind}data file raw: ${d['data-file-raw']}`);
+  if (d.corrupt !== undefined) lines.push(`${ind}corrupt: ${d.corrupt}`);
+  if (d['extended-l2'] !== undefined) lines.push(`${ind}extended l2: ${d['extended-l2']}`);
+  return lines.join('\n') + '\n';
+}
+
+/** QEMU's snapshot list columns. */
+function snapshotRow(id: string, tag: string, vmSize: string, date: string, clock: string, icount: string): string {
+  return `${id.padEnd(10)}${tag.padEnd(18)}${vmSize.padStart(7)} ${date.padStart(19)} ${clock.padStart(12)} ${icount.padStart(10)}`;
+}

@@ -1,0 +1,62 @@
+// Runs one native-engine operation, synchronously, on the thread that calls it: a worker thread
+// (worker.ts) for the provider, the calling thread for the command line. Loads only the format
+// engine, the rules and the model.
+
+import { Qcow2Error } from '../../model/errors';
+import type { ProgressFn } from '../../qcow2/guest/dataio';
+import type { OpCall, TargetDescriptor } from './protocol';
+
+// Each operation loads what it needs when first run: `qcow2 info` must not pay for loading the
+// whole format engine (module loading is most of a short command's cost).
+const ops = () => require('./ops') as typeof import('./ops');
+
+/**
+ * The file access a target gives. Local files are the only kind today: the format engine opens
+ * them itself. A remote target would build its file system here, over the synchronous bridge.
+ */
+function checkTarget(target: TargetDescriptor): void {
+  if (target.kind !== 'local') {
+    throw new Qcow2Error('UNSUPPORTED', `Unknown target kind '${String((target as { kind: unknown }).kind)}': this engine works on local files`);
+  }
+}
+
+export function runOp(target: TargetDescriptor, call: OpCall, progress?: ProgressFn): unknown {
+  checkTarget(target);
+  switch (call.op) {
+    case 'create':
+      ops().createImage(call.path, call.options, call.behaviour);
+      return undefined;
+    case 'import':
+      ops().importImage(call.path, call.options, call.source, progress ? { progress } : {});
+      return undefined;
+    case 'amend':
+      ops().amendImage(call.path, call.request);
+      return undefined;
+    case 'resize':
+      ops().resizeImage(call.path, call.size, { allowShrink: call.options.allowShrink ?? false });
+      return undefined;
+    case 'rebase':
+      if (call.safe) ops().rebaseImage(call.path, call.backingFile, call.backingFormat, progress ? { progress } : {});
+      else ops().rebaseUnsafe(call.path, call.backingFile, call.backingFormat);
+      return undefined;
+    case 'info': {
+      const { readImageFacts } = require('../../qcow2/ops/info') as typeof import('../../qcow2/ops/info');
+      return readImageFacts(call.path, { lock: !call.options.forceShare });
+    }
+    case 'check': {
+      const { checkImageFile } = require('../../qcow2/ops/check') as typeof import('../../qcow2/ops/check');
+      return checkImageFile(call.path, { forceShare: call.options.forceShare ?? false });
+    }
+    case 'map':
+      return ops().mapImage(call.path, { format: 'qcow2', forceShare: call.options.forceShare ?? false });
+    case 'remove': {
+      const { removeImageFiles } = require('../remove') as typeof import('../remove');
+      removeImageFiles(call.path, call.options);
+      return undefined;
+    }
+    default: {
+      const never: never = call;
+      throw new Qcow2Error('UNSUPPORTED', `Unknown operation '${(never as { op: string }).op}'`);
+    }
+  }
+}

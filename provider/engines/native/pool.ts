@@ -1,0 +1,151 @@
+// A small pool of worker threads that run native-engine operations off the caller's event loop
+// (the dynamic-provider host must keep answering while a large create writes gigabytes).
+//
+// - Size: QCOW2_WORKERS, else the machine's parallelism clamped to 2..4. Operations are mostly
+//   synchronous file I/O; more threads than that only queue on the same disks.
+// - Workers start on demand and are reused. When a task takes the last idle worker, one more is
+//   started (up to the size), so a short read arriving during a long write finds a warm thread.
+// - Idle workers are unref'd: they never keep a process alive.
+// - A worker that dies fails its task with an IO error and is replaced on the next demand.
+
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import type { Worker } from 'worker_threads';
+import { Qcow2Error } from '../../model/errors';
+import type { ProgressFn } from '../../qcow2/guest/dataio';
+import { errorFromData } from '../../model/errors';
+import type { OpCall, OpReply, OpRequest, TargetDescriptor } from './protocol';
+
+interface Task {
+  id: number;
+  request: OpRequest;
+  progress?: ProgressFn;
+  resolve(value: unknown): void;
+  reject(e: Error): void;
+}
+
+interface Slot {
+  worker: Worker;
+  task?: Task;
+}
+
+/** The pool size: QCOW2_WORKERS, else the machine's parallelism clamped to 2..4. */
+export function defaultPoolSize(): number {
+  const env = Number(process.env.QCOW2_WORKERS);
+  if (Number.isInteger(env) && env >= 1) return env;
+  const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  return Math.min(4, Math.max(2, cpus));
+}
+
+/** How a worker is started: the compiled worker.js, or (running from TypeScript sources) worker.ts through ts-node. */
+function workerEntry(): { file: string; eval: boolean } {
+  const js = path.join(__dirname, 'worker.js');
+  if (fs.existsSync(js)) return { file: js, eval: false };
+  const ts = path.join(__dirname, 'worker.ts');
+  // The repository's tsconfig, whatever the working directory is.
+  const project = path.resolve(__dirname, '../../../tsconfig.json');
+  const tsNode = require.resolve('ts-node');
+  return {
+    file: `require(${JSON.stringify(tsNode)}).register({ transpileOnly: true, project: ${JSON.stringify(project)} }); require(${JSON.stringify(ts)});`,
+    eval: true,
+  };
+}
+
+export class WorkerPool {
+  private readonly slots: Slot[] = [];
+  private readonly queue: Task[] = [];
+  private nextId = 1;
+  private closed = false;
+
+  constructor(readonly size: number = defaultPoolSize()) {}
+
+  /** Run one operation on a worker; progress callbacks arrive on this thread. */
+  run(target: TargetDescriptor, call: OpCall, progress?: ProgressFn): Promise<unknown> {
+    if (this.closed) return Promise.reject(new Qcow2Error('IO', 'The native engine is closed'));
+    return new Promise((resolve, reject) => {
+      const id = this.nextId++;
+      const task: Task = { id, request: { id, target, call, progress: progress !== undefined }, resolve, reject };
+      if (progress) task.progress = progress;
+      this.queue.push(task);
+      this.pump();
+    });
+  }
+
+  /** Workers started so far (for tests and diagnostics). */
+  get started(): number {
+    return this.slots.length;
+  }
+
+  /** Stop every worker; queued and running tasks fail. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const err = new Qcow2Error('IO', 'The native engine was closed before the operation finished');
+    for (const t of this.queue.splice(0)) t.reject(err);
+    await Promise.all(this.slots.splice(0).map((s) => {
+      s.task?.reject(err);
+      return s.worker.terminate();
+    }));
+  }
+
+  private pump(): void {
+    if (this.closed) return;
+    while (this.queue.length > 0) {
+      let slot = this.slots.find((s) => s.task === undefined);
+      if (slot === undefined) {
+        if (this.slots.length >= this.size) return;
+        slot = this.spawn();
+      }
+      const task = this.queue.shift()!;
+      slot.task = task;
+      slot.worker.ref();
+      slot.worker.postMessage(task.request);
+    }
+    // Keep one warm spare while there is room: the next short task need not wait for a start.
+    if (!this.slots.some((s) => s.task === undefined) && this.slots.length < this.size) this.spawn();
+  }
+
+  private spawn(): Slot {
+    const entry = workerEntry();
+    // Loaded here, not at the top: a program that runs the engine inline never starts a thread.
+    const { Worker: WorkerClass } = require('worker_threads') as typeof import('worker_threads');
+    const worker = new WorkerClass(entry.file, { eval: entry.eval });
+    const slot: Slot = { worker };
+    worker.on('message', (m: OpReply) => this.onReply(slot, m));
+    const fail = (why: string) => {
+      const i = this.slots.indexOf(slot);
+      if (i >= 0) this.slots.splice(i, 1);
+      const t = slot.task;
+      slot.task = undefined;
+      t?.reject(new Qcow2Error('IO', `The native engine's worker thread stopped (${why}) during ${t.request.call.op} of '${t.request.call.path}'`, { file: t.request.call.path }));
+      this.pump();
+    };
+    worker.on('error', (e) => fail(e instanceof Error ? e.message : (require('util') as typeof import('util')).inspect(e)));
+    worker.on('exit', (code) => fail(`exit code ${code}`)); // (an idle worker retiring fails nothing)
+    worker.unref(); // after the listeners: adding one refs the worker's port again
+    this.slots.push(slot);
+    return slot;
+  }
+
+  private onReply(slot: Slot, m: OpReply): void {
+    const t = slot.task;
+    if (t === undefined || t.id !== m.id) return;
+    if (m.kind === 'progress') {
+      t.progress?.(m.done, m.total);
+      return;
+    }
+    slot.task = undefined;
+    slot.worker.unref();
+    if (m.kind === 'result') t.resolve(m.value);
+    else t.reject(errorFromData(m.error));
+    this.pump();
+  }
+}
+
+let shared: WorkerPool | undefined;
+
+/** The process-wide pool the native engine uses by default. */
+export function sharedPool(): WorkerPool {
+  shared ??= new WorkerPool();
+  return shared;
+}

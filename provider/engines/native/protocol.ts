@@ -1,0 +1,48 @@
+// The native engine's operation protocol: what crosses from the caller to the thread that runs
+// the format engine, and back. Plain structured-clone data (bigints included), so the same
+// requests run inline, in a worker thread, or later on another transport.
+//
+// Every request names its target: the file system the operation's paths live on. Only
+// `{ kind: 'local' }` exists today. A remote host will be another kind: the worker builds its
+// file access from the descriptor and performs synchronous reads and writes through a bridge
+// (a SharedArrayBuffer the worker blocks on with Atomics.wait while the main thread does the
+// asynchronous SSH/SFTP work and notifies), so the format engine itself stays synchronous.
+
+import type { ErrorData } from '../../model/errors';
+import type { AmendRequest } from '../../rules/types';
+import type { CreateBehaviour } from '../../rules/create';
+import type { CreateOptions } from '../../model/options';
+import type { ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
+
+/** Where an operation's files are. */
+export type TargetDescriptor = { kind: 'local' };
+
+export const LOCAL: TargetDescriptor = { kind: 'local' };
+
+/** The operations and their arguments (all paths on the target). */
+export type OpCall =
+  | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
+  | { op: 'import'; path: string; options: CreateOptions; source: ImportSource }
+  | { op: 'amend'; path: string; request: AmendRequest }
+  | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
+  | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }
+  | { op: 'info'; path: string; options: ReadOptions }
+  | { op: 'check'; path: string; options: ReadOptions }
+  | { op: 'map'; path: string; options: ReadOptions }
+  | { op: 'remove'; path: string; options: RemoveOptions };
+
+export type OpName = OpCall['op'];
+
+/** A request as sent to a worker: the call, its target, and whether progress is wanted. */
+export interface OpRequest {
+  id: number;
+  target: TargetDescriptor;
+  call: OpCall;
+  progress: boolean;
+}
+
+/** What a worker posts back. */
+export type OpReply =
+  | { id: number; kind: 'progress'; done: number; total: number }
+  | { id: number; kind: 'result'; value: unknown }
+  | { id: number; kind: 'error'; error: ErrorData };
