@@ -1,7 +1,7 @@
 // @ts-check
 // Loaded with `node --require` before the qcow2 command line when qemu-iotests call it as
 // qemu-img (see ./qemu-img). It undoes our deliberate differences from qemu-img, and only those:
-//   - messages start `qcow2:` where qemu-img's start `qemu-img:`: mapped back on both streams,
+//   - messages start `qcow2:` where qemu-img's start `qemu-img:`: mapped back on fds 1 and 2,
 //     in the order they are written;
 //   - create and convert refuse an existing target (and create an existing data file) where
 //     qemu-img truncates it: the file is removed first, as qemu-img would discard its contents.
@@ -10,21 +10,54 @@
 
 const fs = require('fs');
 
-/** @param {NodeJS.WriteStream} stream */
-function mapMessagePrefix(stream) {
-  const write = stream.write.bind(stream);
-  let atLineStart = true;
-  /** @param {string} text */
-  const map = (text) => {
-    const out = text.replace(/(^|\n)qcow2: /g, (m, nl, offset) => (offset === 0 && !atLineStart ? m : `${nl}qemu-img: `));
-    if (text.length) atLineStart = text.endsWith('\n');
-    return out;
+/** Per file descriptor: whether the next byte written starts a line. */
+const atLineStart = { 1: true, 2: true };
+
+/** `qcow2: ` at the start of a line becomes `qemu-img: `. @param {1 | 2} fd @param {string} text */
+function mapText(fd, text) {
+  const out = text.replace(/(^|\n)qcow2: /g, (m, nl, offset) => (offset === 0 && !atLineStart[fd] ? m : `${nl}qemu-img: `));
+  if (text.length) atLineStart[fd] = text.endsWith('\n');
+  return out;
+}
+
+/**
+ * The command line writes fds 1 and 2 with fs.writeSync; commander and progress bars may use
+ * process.stdout/stderr. Both are mapped (a stream that ends in fs.writeSync maps twice, which
+ * changes nothing the second time).
+ */
+function mapMessagePrefix() {
+  const writeSync = fs.writeSync;
+  /** @type {any} */ (fs).writeSync = (/** @type {number} */ fd, /** @type {any} */ data, /** @type {any[]} */ ...rest) => {
+    if (fd !== 1 && fd !== 2) return writeSync(fd, data, ...rest);
+    let text, consumed;
+    if (typeof data === 'string') {
+      text = data;
+      consumed = Buffer.byteLength(data, typeof rest[1] === 'string' ? rest[1] : 'utf8');
+    } else {
+      const off = typeof rest[0] === 'number' ? rest[0] : 0;
+      const len = typeof rest[1] === 'number' ? rest[1] : data.byteLength - off;
+      text = Buffer.from(data.buffer, data.byteOffset + off, len).toString('utf8');
+      consumed = len;
+    }
+    const mapped = Buffer.from(mapText(fd, text), 'utf8');
+    for (let o = 0; o < mapped.length;) {
+      try {
+        o += writeSync(fd, mapped, o, mapped.length - o);
+      } catch (e) {
+        if (/** @type {NodeJS.ErrnoException} */ (e).code !== 'EAGAIN') throw e;
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5); // a full pipe: wait for its reader
+      }
+    }
+    return consumed; // the caller counts in its own bytes
   };
-  /** @type {any} */ (stream).write = (/** @type {any} */ chunk, /** @type {any[]} */ ...rest) => {
-    if (typeof chunk === 'string') return write(map(chunk), ...rest);
-    if (chunk instanceof Uint8Array) return write(Buffer.from(map(Buffer.from(chunk).toString('utf8'))), ...rest);
-    return write(chunk, ...rest);
-  };
+  for (const [fd, stream] of /** @type {Array<[1 | 2, NodeJS.WriteStream]>} */ ([[1, process.stdout], [2, process.stderr]])) {
+    const write = stream.write.bind(stream);
+    /** @type {any} */ (stream).write = (/** @type {any} */ chunk, /** @type {any[]} */ ...rest) => {
+      if (typeof chunk === 'string') return write(mapText(fd, chunk), ...rest);
+      if (chunk instanceof Uint8Array) return write(Buffer.from(mapText(fd, Buffer.from(chunk).toString('utf8'))), ...rest);
+      return write(chunk, ...rest);
+    };
+  }
 }
 
 /**
@@ -116,6 +149,5 @@ function discardTargets(args) {
   }
 }
 
-mapMessagePrefix(process.stdout);
-mapMessagePrefix(process.stderr);
+mapMessagePrefix();
 discardTargets(process.argv.slice(2));
