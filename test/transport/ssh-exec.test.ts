@@ -151,6 +151,30 @@ describe.skipIf(skip)('exec on a real sshd', () => {
     expect(r.signal).toBe('SIGTERM');
   });
 
+  it('stops a program whose caller aborts before its pid has been read', async () => {
+    // sshd refuses signal requests in root sessions, so the process-group kill is what stops the
+    // program. An abort that comes as soon as the program runs often lands before its pid line
+    // has been read; the kill must wait for the pid rather than skip it. Several rounds, since
+    // where the abort lands relative to that line varies.
+    const tag = `qcow2-early-${process.pid}-${Date.now()}`;
+    const running = (marker: string) =>
+      spawnSync('pgrep', ['-f', `^perl -e sleep 30 ${marker}$`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+    for (let round = 0; round < 6; round++) {
+      const marker = `${tag}-${round}`;
+      const ac = new AbortController();
+      const run = conn.exec(['perl', '-e', 'sleep 30', marker], { signal: ac.signal });
+      for (let i = 0; i < 500 && running(marker).length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      ac.abort();
+      await expect(run).rejects.toThrow(/was cancelled/);
+      let left = running(marker);
+      for (let i = 0; i < 250 && left.length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        left = running(marker);
+      }
+      expect(left, `round ${round}`).toEqual([]);
+    }
+  });
+
   it('refuses runaway output', async () => {
     await expect(conn.exec(['head', '-c', '100000', '/dev/zero'], { maxStdoutBytes: 1000 })).rejects.toThrow(/wrote more than 1000 bytes/);
   });

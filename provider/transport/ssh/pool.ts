@@ -79,12 +79,12 @@ function connectionLost(label: string, during: string, cause?: unknown): Qcow2Er
 }
 
 /**
- * Send SIGKILL to the program of a session channel, then close it. ssh2's channel.signal() sends
+ * Send SIGKILL to the program of a session channel. ssh2's channel.signal() sends
  * nothing once our side has sent EOF (which exec does at once for programs without input), so
  * the request goes through the protocol object. sshd delivers it with killpg(), except in root
  * sessions (privilege separation is off after a root login, and sshd then refuses signals).
  */
-function killChannel(ch: ClientChannel): void {
+function signalKill(ch: ClientChannel): void {
   const inner = ch as unknown as { outgoing?: { id: number; state: string }; _client?: { _protocol?: { signal(id: number, sig: string): void } } };
   try {
     const state = inner.outgoing?.state;
@@ -92,8 +92,10 @@ function killChannel(ch: ClientChannel): void {
   } catch {
     /* the channel is gone already */
   }
-  ch.close();
 }
+
+/** How long a stopped exec keeps its channel open waiting for the program's pid line. */
+const PID_WAIT_MS = 5000;
 
 /** A signal as Node names it: ssh2 already says "SIGTERM"; the SSH protocol says "TERM". */
 function signalName(sig: unknown): string | null {
@@ -218,11 +220,25 @@ export class SshConnection {
       let status: number | null | undefined;
       let signal: string | null = null;
       let failure: Qcow2Error | undefined;
+      let groupKilled = false;
+      let closeFallback: NodeJS.Timeout | undefined;
+      // Kill the program's process group once both are known: that it must stop, and its pid. A
+      // stop can come before the pid line has been read (an abort right after the start), and
+      // sshd ignores the channel's signal request in root sessions, so the channel stays open
+      // until the pid arrives (or PID_WAIT_MS pass, for a shell that never printed one).
+      const killGroup = () => {
+        if (groupKilled || failure === undefined || pid === undefined) return;
+        groupKilled = true;
+        if (closeFallback !== undefined) clearTimeout(closeFallback);
+        if (Number.isInteger(pid) && pid > 1) void this.exec(['kill', '-s', 'KILL', '--', `-${pid}`]).catch(() => undefined);
+        ch.close();
+      };
       const stop = (why: Qcow2Error) => {
         if (failure !== undefined) return;
         failure = why;
-        killChannel(ch);
-        if (pid !== undefined && Number.isInteger(pid) && pid > 1) void this.exec(['kill', '-s', 'KILL', '--', `-${pid}`]).catch(() => undefined);
+        signalKill(ch);
+        if (pid === undefined) closeFallback = setTimeout(() => ch.close(), PID_WAIT_MS);
+        killGroup();
       };
       const timer =
         opts.timeoutMs !== undefined
@@ -242,6 +258,7 @@ export class SshConnection {
           pid = Number(head.subarray(0, nl).toString('latin1'));
           d = head.subarray(nl + 1);
           head = undefined;
+          killGroup();
         }
         outBytes += d.length;
         if (outBytes > maxOut) stop(new Qcow2Error('IO', `${during} on ${this.label} wrote more than ${maxOut} bytes; it was stopped`));
@@ -256,6 +273,7 @@ export class SshConnection {
       });
       ch.on('close', () => {
         if (timer !== undefined) clearTimeout(timer);
+        if (closeFallback !== undefined) clearTimeout(closeFallback);
         opts.signal?.removeEventListener('abort', onAbort);
         if (failure !== undefined) return reject(failure);
         if (status === undefined) return reject(this.entry.lost ?? connectionLost(this.label, during));
