@@ -58,6 +58,11 @@ export function requireQcow2(fmt: string | undefined): void {
   if (fmt !== undefined && fmt !== 'qcow2') fail(`Unknown file format '${fmt}': this tool handles qcow2 images only`);
 }
 
+/** `-f` where raw is taken too. */
+export function requireQcow2OrRaw(fmt: string | undefined): void {
+  if (fmt !== undefined && fmt !== 'qcow2' && fmt !== 'raw') fail(`Unknown file format '${fmt}': this tool handles qcow2 and raw images only`);
+}
+
 /** What the read-only commands (info, check, map) take: `[-f qcow2] [-U] [--output=FMT] [-q] FILE`. */
 export interface ReadArgs {
   file: string;

@@ -14,7 +14,7 @@ export const description = 'import a raw or qcow2 image (read through its backin
 interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
 
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { src: string; dst: string; o: Opts } | undefined;
+  let parsed: { src?: string; dst?: string; o: Opts } | undefined;
   command('convert')
     .description(description)
     .usage(usage.replace(/^convert /, ''))
@@ -24,9 +24,9 @@ export async function run(argv: string[]): Promise<void> {
     .option('-p', 'show a progress bar')
     .option('-q', 'quiet')
     .option('-c', 'compress the output (not supported: refused)')
-    .argument('<src>')
-    .argument('<dst>')
-    .action((src: string, dst: string, o: Opts) => { parsed = { src, dst, o }; })
+    .argument('[src]')
+    .argument('[dst]')
+    .action((src: string | undefined, dst: string | undefined, o: Opts) => { parsed = { o, ...(src !== undefined ? { src } : {}), ...(dst !== undefined ? { dst } : {}) }; })
     .parse(argv, { from: 'user' });
   if (parsed === undefined) return;
   const { src, dst, o } = parsed;
@@ -34,7 +34,10 @@ export async function run(argv: string[]): Promise<void> {
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
     if (hasHelpOption(pairs)) {
-      out(createOptionsHelp());
+      // qemu-img: without -O the output format is raw; with both file names the protocol's options are listed too.
+      const fmt = o.O ?? 'raw';
+      if (fmt !== 'qcow2' && fmt !== 'raw') fail(`Unknown file format '${fmt}': this tool handles qcow2 and raw images only`);
+      out(createOptionsHelp(fmt, src !== undefined && dst !== undefined));
       return;
     }
     options = toCreateOptions(pairs, undefined, { onWarning: warn });
@@ -42,6 +45,7 @@ export async function run(argv: string[]): Promise<void> {
     reportEach(messageOf(e));
     throw new Exit(1);
   }
+  if (src === undefined || dst === undefined) fail('Expecting image file name');
   if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
   if (o.c) fail('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
   // Loaded only for -p: the bar library is not needed otherwise.

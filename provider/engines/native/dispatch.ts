@@ -26,6 +26,11 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'create':
       ops().createImage(call.path, call.options, call.behaviour);
       return undefined;
+    case 'createRaw':
+      ops().createRawImage(call.path, call.options);
+      return undefined;
+    case 'resolveCreate':
+      return ops().resolveCreateOptions(call.path, call.options, call.behaviour);
     case 'import':
       ops().importImage(call.path, call.options, call.source, progress ? { progress } : {});
       return undefined;

@@ -3,10 +3,10 @@
 
 import { Qcow2Error } from '../../model/errors';
 import type { ImageFacts } from '../../model/facts';
-import { planCreate, probeBacking, writeNewImage } from '../../qcow2/ops/create';
+import { planCreate, probeBacking, writeNewImage, writeNewRawImage } from '../../qcow2/ops/create';
 import { factsOfImage } from '../../qcow2/ops/info';
-import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
-import { CreateBehaviour, resolveCreate } from '../../rules/create';
+import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
+import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
@@ -26,6 +26,18 @@ function resolved(imagePath: string, options: CreateOptions, behaviour: CreateBe
   const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
   if (!r.ok) throw createRefused(r.refusal);
   return r.options;
+}
+
+/** `qemu-img create -f raw`: validated by the rules, published like a qcow2 image. */
+export function createRawImage(imagePath: string, options: RawCreateOptions): void {
+  const r = validateRawCreate(options);
+  if (!r.ok) throw createRefused(r.refusal);
+  writeNewRawImage(imagePath, r.options.size, r.options.preallocation);
+}
+
+/** What createImage would make (rules, backing size), touching nothing. */
+export function resolveCreateOptions(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
+  return resolved(imagePath, options, behaviour);
 }
 
 /**

@@ -69,12 +69,12 @@ import { refused, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
 import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
 import { lockImage } from '../../qcow2/io/lock';
-import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
+import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
-import { CreateBehaviour, resolveCreate } from '../../rules/create';
+import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
 import type { Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
@@ -285,6 +285,30 @@ export class QemuImgEngine implements Engine {
       args.push('img.qcow2', String(o.size));
       await this.run('write', args, { arg: 'img.qcow2', file: imagePath }, tmp);
     });
+  }
+
+  /** `qemu-img create -f raw` in a private temp folder beside the target, linked into place. */
+  async createRaw(imagePath: string, options: RawCreateOptions): Promise<void> {
+    await this.binary();
+    const r = validateRawCreate(options);
+    if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
+    assertNewImageFiles(imagePath, { adoptDataFile: false });
+    const absImage = path.resolve(imagePath);
+    const pub = new Publication();
+    try {
+      const tmp = pub.folderBeside(absImage);
+      const args = ['create', '-q', '-f', 'raw', '-o', `preallocation=${r.options.preallocation}`, 'img.raw', String(r.options.size)];
+      await this.run('write', args, { arg: 'img.raw', file: imagePath }, tmp);
+      pub.stage(path.join(tmp, 'img.raw'), absImage, 'image');
+      pub.publish();
+    } catch (e) {
+      pub.abort();
+      throw e;
+    }
+  }
+
+  async resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
+    return QemuImgEngine.resolved(imagePath, options, behaviour);
   }
 
   private static resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
