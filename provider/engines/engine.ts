@@ -31,6 +31,8 @@ export interface RemoveOptions {
 export interface ReadOptions {
   /** Read an image another process holds (qemu-img -U); without it a held image is LOCKED. */
   forceShare?: boolean;
+  /** The image's format: qcow2 (default), raw, or 'probe' (qemu-img's probing: qcow2 magic, else raw). */
+  format?: 'qcow2' | 'raw' | 'probe';
 }
 
 export interface RebaseOptions {

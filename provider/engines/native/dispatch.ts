@@ -46,7 +46,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       return undefined;
     case 'info': {
       const { readImageFacts } = require('../../qcow2/ops/info') as typeof import('../../qcow2/ops/info');
-      return readImageFacts(call.path, { lock: !call.options.forceShare });
+      return readImageFacts(call.path, { lock: !call.options.forceShare, ...(call.options.format ? { format: call.options.format } : {}) });
     }
     case 'check': {
       const { checkImageFile } = require('../../qcow2/ops/check') as typeof import('../../qcow2/ops/check');

@@ -483,6 +483,13 @@ export class QemuImgEngine implements Engine {
   async info(file: string, options: ReadOptions = {}): Promise<ImageFacts> {
     await this.binary();
     QemuImgEngine.mustExist(file);
+    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format;
+    if (format === 'raw') {
+      // A raw file as an explicit file node: no name is ever parsed as a protocol.
+      const spec = `json:${JSON.stringify({ driver: 'raw', file: { driver: 'file', filename: path.resolve(file) } })}`;
+      const r = await this.run('read', ['info', '--output=json', ...(options.forceShare ? ['-U'] : []), spec], { arg: spec, file });
+      return parseInfo(r.stdout, file, 'raw');
+    }
     return this.readInfo(file, options.forceShare ?? false);
   }
 
