@@ -58,9 +58,18 @@ export function requireQcow2(fmt: string | undefined): void {
   if (fmt !== undefined && fmt !== 'qcow2') fail(`Unknown file format '${fmt}': this tool handles qcow2 images only`);
 }
 
+/** qemu-img's format drivers that can read images but not create or amend them. */
+export const READ_ONLY_DRIVERS: ReadonlySet<string> = new Set(['bochs', 'cloop', 'dmg']);
+
 /** `-f` where raw is taken too. */
 export function requireQcow2OrRaw(fmt: string | undefined): void {
   if (fmt !== undefined && fmt !== 'qcow2' && fmt !== 'raw') fail(`Unknown file format '${fmt}': this tool handles qcow2 and raw images only`);
+}
+
+/** `-f`/`-O` of a command that creates an image: qemu-img's words for its read-only drivers. */
+export function requireCreatable(fmt: string | undefined): void {
+  if (fmt !== undefined && READ_ONLY_DRIVERS.has(fmt)) fail(`Format driver '${fmt}' does not support image creation`);
+  requireQcow2OrRaw(fmt);
 }
 
 /** What the read-only commands (info, check, map) take: `[-f qcow2] [-U] [--output=FMT] [-q] FILE`. */

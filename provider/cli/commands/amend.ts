@@ -1,7 +1,7 @@
 // `qcow2 amend [-f qcow2] -o OPTIONS FILE`: change options all or nothing (provider/rules
 // validates the whole request before anything is written).
 
-import { requireQcow2 } from '../args';
+import { READ_ONLY_DRIVERS, requireQcow2 } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
 import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
@@ -26,21 +26,23 @@ export async function run(argv: string[]): Promise<void> {
     .parse(argv, { from: 'user' });
   if (parsed === undefined) return;
   const { file, o } = parsed;
+  if (!o.o.length) fail('Must specify options (-o)');
   let pairs;
   try {
     pairs = parseOptionList(mergeOptionLists(o.o));
   } catch (e) {
     fail(messageOf(e));
   }
-  // qemu-img: the file name is required even for help; the format is checked before help.
-  if (file === undefined) fail('Expecting one image file name');
-  if (hasHelpOption(pairs)) {
-    if (o.f !== undefined && o.f !== 'qcow2') fail(`Format driver '${o.f}' does not support option amendment`);
+  // qemu-img's img_amend: with -f, help needs no file name; without, the image's format is used.
+  if (hasHelpOption(pairs) && (o.f !== undefined || file !== undefined)) {
+    if (o.f !== undefined && o.f !== 'qcow2') {
+      fail(READ_ONLY_DRIVERS.has(o.f) || o.f === 'raw' ? `Format driver '${o.f}' does not support option amendment` : `Unknown file format '${o.f}'`);
+    }
     out(amendOptionsHelp());
     return;
   }
+  if (file === undefined) fail('Expecting one image file name');
   requireQcow2(o.f);
-  if (!o.o.length) fail('Must specify options (-o)');
   let req: AmendRequest;
   try {
     req = toAmendRequest(pairs);

@@ -1,6 +1,7 @@
 // `qcow2 convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2
 // image (read through its backing chain) into a new image, sparse-aware; never overwrites.
 
+import { requireCreatable } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
@@ -36,12 +37,13 @@ export async function run(argv: string[]): Promise<void> {
     if (hasHelpOption(pairs)) {
       // qemu-img: without -O the output format is raw; with both file names the protocol's options are listed too.
       const fmt = o.O ?? 'raw';
-      if (fmt !== 'qcow2' && fmt !== 'raw') fail(`Unknown file format '${fmt}': this tool handles qcow2 and raw images only`);
-      out(createOptionsHelp(fmt, src !== undefined && dst !== undefined));
+      requireCreatable(fmt);
+      out(createOptionsHelp(fmt as 'qcow2' | 'raw', src !== undefined && dst !== undefined));
       return;
     }
     options = toCreateOptions(pairs, undefined, { onWarning: warn });
   } catch (e) {
+    if (e instanceof Exit) throw e;
     reportEach(messageOf(e));
     throw new Exit(1);
   }

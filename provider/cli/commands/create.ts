@@ -1,7 +1,7 @@
 // `qcow2 create [-f qcow2] [-o OPTIONS] [-b FILE -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]`:
 // qemu-img create's syntax, output and refusals; never overwrites an image or a data file.
 
-import { requireQcow2OrRaw } from '../args';
+import { requireCreatable } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions, toRawCreateOptions, type OptionPair } from '../optlist';
@@ -93,7 +93,7 @@ export async function run(argv: string[]): Promise<void> {
 function createFormat(f: string | undefined): 'qcow2' | 'raw' {
   if (f === undefined || f === 'qcow2') return 'qcow2';
   if (f === 'raw') return 'raw';
-  requireQcow2OrRaw(f);
+  requireCreatable(f);
   return 'qcow2';
 }
 
