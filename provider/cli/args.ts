@@ -75,6 +75,8 @@ export function requireCreatable(fmt: string | undefined): void {
 /** What the read-only commands (info, check, map) take: `[-f qcow2] [-U] [--output=FMT] [-q] FILE`. */
 export interface ReadArgs {
   file: string;
+  /** -f: qcow2 or raw; undefined means probe. */
+  format?: 'qcow2' | 'raw';
   output: 'human' | 'json';
   forceShare: boolean;
   quiet: boolean;
@@ -85,10 +87,11 @@ export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean }
     flags: { '-U': 'forceShare', '--force-share': 'forceShare', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
     values: { '-f': 'format', '--output': 'output' },
   });
-  requireQcow2(a.values.get('format'));
+  const format = a.values.get('format');
+  requireQcow2OrRaw(format);
   const output = outputFormat(a.values.get('output'));
   const file = a.positional[0];
   if (file === undefined) fail('Expecting one image file name');
   if (a.positional.length > 1) fail(`Unexpected argument '${a.positional[1]}'`);
-  return { file, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet') };
+  return { file, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet'), ...(format !== undefined ? { format: format as 'qcow2' | 'raw' } : {}) };
 }

@@ -53,7 +53,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       return checkImageFile(call.path, { forceShare: call.options.forceShare ?? false });
     }
     case 'map':
-      return ops().mapImage(call.path, { format: 'qcow2', forceShare: call.options.forceShare ?? false });
+      return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false });
     case 'remove': {
       const { removeImageFiles } = require('../remove') as typeof import('../remove');
       removeImageFiles(call.path, call.options);

@@ -505,7 +505,8 @@ export class QemuImgEngine implements Engine {
         f.close();
       }
     }
-    const src = await this.chain(file, 'qcow2');
+    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format ?? 'qcow2';
+    const src = await this.chain(file, format);
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
     return parseMap(r.stdout, file);
   }
