@@ -3,6 +3,7 @@
 // positional arguments. The commands that change images use commander.
 
 import { fail } from './report';
+import { parseImageName, type ImageName } from './names';
 
 export interface ArgSpec {
   /** Flags without a value: short or long spelling -> the name in the result. */
@@ -74,7 +75,11 @@ export function requireCreatable(fmt: string | undefined): void {
 
 /** What the read-only commands (info, check, map) take: `[-f qcow2] [-U] [--output=FMT] [-q] FILE`. */
 export interface ReadArgs {
+  /** The name as given (for messages). */
   file: string;
+  /** The local file it names, and how qemu-img prints it. */
+  path: string;
+  display: string;
   /** -f: qcow2 or raw; undefined means probe. */
   format?: 'qcow2' | 'raw';
   output: 'human' | 'json';
@@ -84,14 +89,30 @@ export interface ReadArgs {
 
 export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean } = {}): ReadArgs {
   const a = parseArgs(argv, {
-    flags: { '-U': 'forceShare', '--force-share': 'forceShare', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
+    flags: { '-U': 'forceShare', '--force-share': 'forceShare', '--image-opts': 'imageOpts', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
     values: { '-f': 'format', '--output': 'output' },
   });
-  const format = a.values.get('format');
+  let format = a.values.get('format');
   requireQcow2OrRaw(format);
   const output = outputFormat(a.values.get('output'));
   const file = a.positional[0];
   if (file === undefined) fail('Expecting one image file name');
   if (a.positional.length > 1) fail(`Unexpected argument '${a.positional[1]}'`);
-  return { file, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet'), ...(format !== undefined ? { format: format as 'qcow2' | 'raw' } : {}) };
+  const name = imageName(file, a.flags.has('imageOpts'));
+  format ??= name.format;
+  return {
+    file, path: name.path, display: name.display, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet'),
+    ...(format !== undefined ? { format: format as 'qcow2' | 'raw' } : {}),
+  };
+}
+
+/** An image name from the command line (plain, file:, json:, or --image-opts) as a local file; refusals as qemu-img's error lines. */
+export function imageName(name: string, imageOpts = false, create = false): ImageName {
+  try {
+    return parseImageName(name, imageOpts);
+  } catch (e) {
+    // create reports `FILE: message`; the commands that open an image `Could not open 'FILE': message`.
+    if (create) fail((e as Error).message, name);
+    fail(`Could not open '${name}': ${(e as Error).message}`);
+  }
 }

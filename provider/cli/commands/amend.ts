@@ -1,7 +1,7 @@
 // `qcow2 amend [-f qcow2] -o OPTIONS FILE`: change options all or nothing (provider/rules
 // validates the whole request before anything is written).
 
-import { READ_ONLY_DRIVERS, requireQcow2 } from '../args';
+import { READ_ONLY_DRIVERS, imageName, requireQcow2 } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
 import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
@@ -50,7 +50,7 @@ export async function run(argv: string[]): Promise<void> {
     fail(messageOf(e));
   }
   try {
-    await cliEngine().amend(file, req);
+    await cliEngine().amend(imageName(file).path, req);
   } catch (e) {
     failOn(e, file);
   }

@@ -11,22 +11,22 @@ export const usage = 'check [-f qcow2|raw] [-q] [-U] [--output=human|json] FILE'
 export const description = 'check refcount and L1/L2 consistency; exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
 
 export async function run(argv: string[]): Promise<void> {
-  const { file, output: fmt, forceShare, quiet, format } = parseReadArgs(argv, { quiet: true });
+  const { file, path, display, output: fmt, forceShare, quiet, format } = parseReadArgs(argv, { quiet: true });
   let r;
   try {
     // qemu-img opens the image first, then finds that raw has no check (exit 63).
-    if (format !== 'qcow2' && (await cliEngine().info(file, { forceShare, format: format ?? 'probe' })).format === 'raw') {
+    if (format !== 'qcow2' && (await cliEngine().info(path, { forceShare, format: format ?? 'probe' })).format === 'raw') {
       report('This image format does not support checks');
       throw new Exit(63);
     }
-    r = await cliEngine().check(file, { forceShare });
+    r = await cliEngine().check(path, { forceShare });
   } catch (e) {
     if (e instanceof Exit) throw e;
     fail(`Could not open '${file}': ${messageOf(e)}`);
   }
   for (const m of r.messages) err(m + '\n');
   const code = checkExitCode(r);
-  if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
+  if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, display), null, 4) + '\n' : checkHumanText(r));
   if (code === 1) report('Check failed');
   if (code !== 0) throw new Exit(code);
 }

@@ -1,7 +1,7 @@
 // `qcow2 convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2
 // image (read through its backing chain) into a new image, sparse-aware; never overwrites.
 
-import { requireCreatable } from '../args';
+import { imageName, requireCreatable } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
@@ -51,9 +51,12 @@ export async function run(argv: string[]): Promise<void> {
   if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
   if (o.c) fail('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
   // Loaded only for -p: the bar library is not needed otherwise.
+  const from = imageName(src);
+  const format = o.f ?? from.format;
+  const target = imageName(dst).path;
   const bar = o.p && !o.q ? progressBar() : undefined;
   try {
-    await cliEngine().import(dst, options, o.f !== undefined ? { path: src, format: o.f } : { path: src }, bar ? { progress: bar.update } : {});
+    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, bar ? { progress: bar.update } : {});
   } catch (e) {
     bar?.stop();
     report(openPrefix(e, src) + messageOf(e));

@@ -1,7 +1,7 @@
 // `qcow2 create [-f qcow2] [-o OPTIONS] [-b FILE -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]`:
 // qemu-img create's syntax, output and refusals; never overwrites an image or a data file.
 
-import { requireCreatable } from '../args';
+import { imageName, requireCreatable } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions, toRawCreateOptions, type OptionPair } from '../optlist';
@@ -71,19 +71,20 @@ export async function run(argv: string[]): Promise<void> {
     fail('Image creation needs a size parameter', file); // qemu-img says so before Formatting
   }
   const engine = cliEngine();
+  const target = imageName(file, false, true).path;
   const behaviour = { unsafeBacking: o.u ?? false };
   // qemu-img opens the backing file (and takes an overlay's size from it) before it prints the
   // Formatting line: a missing backing file fails with no Formatting line.
   let resolvedSize: bigint | undefined;
   try {
-    resolvedSize = (await engine.resolveCreate(file, options, behaviour)).size;
+    resolvedSize = (await engine.resolveCreate(target, options, behaviour)).size;
   } catch (e) {
     if (!failsBeforeFormatting(e) && !o.q) out(formattingLine(file, all, options.size) + '\n');
     fail(messageOf(e), file);
   }
   if (!o.q) out(formattingLine(file, all, options.size ?? resolvedSize) + '\n');
   try {
-    await engine.create(file, options, behaviour);
+    await engine.create(target, options, behaviour);
   } catch (e) {
     fail(messageOf(e), file);
   }
@@ -130,9 +131,10 @@ async function createRaw(file: string, pairs: OptionPair[], size: string | undef
     throw new Exit(1);
   }
   if (options.size === undefined) fail('Image creation needs a size parameter', file);
+  const target = imageName(file, false, true).path;
   if (!o.q) out(formattingLine(file, pairs, options.size, 'raw') + '\n');
   try {
-    await cliEngine().createRaw(file, options);
+    await cliEngine().createRaw(target, options);
   } catch (e) {
     fail(messageOf(e), file);
   }

@@ -2,7 +2,8 @@
 // facts from its header, printed as qemu-img info prints them. Without -U an image a VM is
 // writing is refused (LOCKED). Without -f the format is probed (qcow2 magic, else raw).
 
-import { parseArgs, outputFormat, requireQcow2OrRaw } from '../args';
+import { resolveBackingName } from '../../model/backing-name';
+import { imageName, parseArgs, outputFormat, requireQcow2OrRaw } from '../args';
 import { cliEngine } from '../engine';
 import { infoChainJsonText, infoHumanText, infoJsonText } from '../render/info';
 import { fail, messageOf } from '../report';
@@ -14,7 +15,7 @@ export const description = 'show image information (reads the header only; never
 
 export async function run(argv: string[]): Promise<void> {
   const a = parseArgs(argv, {
-    flags: { '-U': 'forceShare', '--force-share': 'forceShare', '--backing-chain': 'chain' },
+    flags: { '-U': 'forceShare', '--force-share': 'forceShare', '--backing-chain': 'chain', '--image-opts': 'imageOpts' },
     values: { '-f': 'format', '--output': 'output' },
   });
   let fmt = a.values.get('format');
@@ -26,20 +27,29 @@ export async function run(argv: string[]): Promise<void> {
   const chain: Array<{ facts: ImageFacts; filename: string }> = [];
   const seen = new Set<string>();
   const engine = cliEngine();
+  const top = imageName(file, a.flags.has('imageOpts'));
+  fmt ??= top.format;
+  let path = top.path;
+  let display = top.display;
   // qemu-img's collect_image_info_list: each backing file by its full name, in the format the
   // image records (else the format of the one before), a name seen twice is a loop.
   while (file !== undefined) {
-    if (seen.has(file)) fail(`Backing file '${file}' creates an infinite loop.`);
-    seen.add(file);
+    if (seen.has(display)) fail(`Backing file '${display}' creates an infinite loop.`);
+    seen.add(display);
     let facts: ImageFacts;
     try {
-      facts = await engine.info(file, { forceShare: a.flags.has('forceShare'), format: fmt === 'raw' || fmt === 'qcow2' ? fmt : 'probe' });
+      facts = await engine.info(path, { forceShare: a.flags.has('forceShare'), format: fmt === 'raw' || fmt === 'qcow2' ? fmt : 'probe' });
     } catch (e) {
       fail(`Could not open '${file}': ${messageOf(e)}`);
     }
-    chain.push({ facts, filename: file });
+    // The backing name resolved against the name qemu-img prints (`./a:b` -> `./base`).
+    if (facts.backingFile !== undefined && facts.detail) facts.detail.fullBackingFile = resolveBackingName(display, facts.backingFile);
+    chain.push({ facts, filename: display });
     if (!a.flags.has('chain') || facts.backingFile === undefined || facts.backingFile === '') break;
     file = facts.detail?.fullBackingFile ?? facts.backingFile;
+    const next = imageName(file);
+    path = next.path;
+    display = next.display;
     if (facts.backingFormat !== undefined) {
       fmt = facts.backingFormat;
       requireQcow2OrRaw(fmt);

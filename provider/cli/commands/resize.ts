@@ -1,6 +1,6 @@
 // `qcow2 resize [-f qcow2] [--shrink] [-q] FILE [+|-]SIZE`: change the virtual size.
 
-import { requireQcow2 } from '../args';
+import { imageName, requireQcow2 } from '../args';
 import { command } from '../commander';
 import { cliEngine } from '../engine';
 import { Exit, messageOf, openPrefix, report, reportEach, warn } from '../report';
@@ -35,8 +35,9 @@ export async function run(argv: string[]): Promise<void> {
     reportEach(messageOf(e));
     throw new Exit(1);
   }
+  const { path } = imageName(file);
   try {
-    await cliEngine().resize(file, size, { allowShrink: o.shrink ?? false });
+    await cliEngine().resize(path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
     report(openPrefix(e, file) + messageOf(e));
     // qemu-img warns after refusing a shrink that lacks --shrink (and never on success).
