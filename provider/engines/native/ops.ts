@@ -8,6 +8,7 @@ import { factsOfImage } from '../../qcow2/ops/info';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
+import { localFs } from '../../qcow2/io/hostfs';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
 import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
@@ -134,7 +135,7 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
-    applyAmend(file, plan, df);
+    applyAmend(file, plan, df, (offset, length) => localFs.punchHole(file, offset, length));
     return plan;
   } finally {
     df?.close();
