@@ -6,6 +6,7 @@
 // so is anything the parser does not know. No I/O here.
 
 import { Qcow2Error } from '../model/errors';
+import { parseOptionList } from '../model/qemu-opts';
 
 /** A local image file, as a command names it. */
 export interface ImageName {
@@ -80,8 +81,6 @@ function fromOptions(opts: Map<string, string>, source: string): ImageName {
 export function parseImageName(name: string, imageOpts = false): ImageName {
   if (imageOpts) {
     const opts = new Map<string, string>();
-    // Loaded only here: the option-list parser brings the create-option machinery with it.
-    const { parseOptionList } = require('./optlist') as typeof import('./optlist');
     for (const [k, v] of parseOptionList(name)) {
       if (v === undefined) throw refuse(`Invalid option '${k}' in --image-opts: expected key=value`);
       opts.set(k, v);

@@ -7,8 +7,8 @@ import { createOnlyRefusal } from '../rules/amend';
 import { CREATE_OPTIONS, optionSpec } from '../model/names';
 import { parseSize, parseSizeOption, strtoull, type WarningSink } from '../model/size';
 
-/** One `-o` item as written: a bare `key` (no `=`) has value `undefined`. */
-export type OptionPair = [key: string, value: string | undefined];
+export { parseOptionList, type OptionPair } from '../model/qemu-opts';
+import type { OptionPair } from '../model/qemu-opts';
 
 /**
  * qemu-img's is_valid_option_list(): a list that can be joined to another with ',' without
@@ -30,43 +30,6 @@ export function mergeOptionLists(lists: string[]): string {
     if (!isValidOptionList(list)) throw invalidOption(`Invalid option list: ${list}`);
   }
   return lists.join(',');
-}
-
-/**
- * Splits `-o` text like QemuOpts' get_opt_name_value(): items separated by ',', `,,` is a literal
- * ',' inside a value (never inside a key), the key ends at the first '=' or ','. Empty items come
- * back as key ''. No item is dropped or interpreted here; see toCreateOptions for flags and `id`.
- */
-export function parseOptionList(text: string): OptionPair[] {
-  const pairs: OptionPair[] = [];
-  let p = 0;
-  while (p < text.length) {
-    let keyEnd = p;
-    while (keyEnd < text.length && text[keyEnd] !== '=' && text[keyEnd] !== ',') keyEnd++;
-    const key = text.slice(p, keyEnd);
-    if (text[keyEnd] !== '=') {
-      pairs.push([key, undefined]);
-      p = keyEnd;
-    } else {
-      let value = '';
-      p = keyEnd + 1;
-      for (;;) {
-        const comma = text.indexOf(',', p);
-        const offset = comma < 0 ? text.length : comma;
-        value += text.slice(p, offset);
-        if (offset < text.length && text[offset + 1] === ',') {
-          value += ',';
-          p = offset + 2;
-          continue;
-        }
-        p = offset;
-        break;
-      }
-      pairs.push([key, value]);
-    }
-    if (text[p] === ',') p++;
-  }
-  return pairs;
 }
 
 /** qemu-img prints the option help instead of doing anything when any item is a bare `help` or `?`. */
