@@ -135,7 +135,10 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
-    applyAmend(file, plan, df, (offset, length) => localFs.punchHole(file, offset, length));
+    // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
+    // file that can have holes punched, never by writing zeros through a wrapper.
+    const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
+    applyAmend(file, plan, df, punch);
     return plan;
   } finally {
     df?.close();
