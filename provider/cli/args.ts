@@ -3,6 +3,7 @@
 // positional arguments. The commands that change images use commander.
 
 import { fail } from './report';
+import { parseImageName, type ImageName } from './names';
 
 export interface ArgSpec {
   /** Flags without a value: short or long spelling -> the name in the result. */
@@ -58,9 +59,29 @@ export function requireQcow2(fmt: string | undefined): void {
   if (fmt !== undefined && fmt !== 'qcow2') fail(`Unknown file format '${fmt}': this tool handles qcow2 images only`);
 }
 
+/** qemu-img's format drivers that can read images but not create or amend them. */
+export const READ_ONLY_DRIVERS: ReadonlySet<string> = new Set(['bochs', 'cloop', 'dmg']);
+
+/** `-f` where raw is taken too. */
+export function requireQcow2OrRaw(fmt: string | undefined): void {
+  if (fmt !== undefined && fmt !== 'qcow2' && fmt !== 'raw') fail(`Unknown file format '${fmt}': this tool handles qcow2 and raw images only`);
+}
+
+/** `-f`/`-O` of a command that creates an image: qemu-img's words for its read-only drivers. */
+export function requireCreatable(fmt: string | undefined): void {
+  if (fmt !== undefined && READ_ONLY_DRIVERS.has(fmt)) fail(`Format driver '${fmt}' does not support image creation`);
+  requireQcow2OrRaw(fmt);
+}
+
 /** What the read-only commands (info, check, map) take: `[-f qcow2] [-U] [--output=FMT] [-q] FILE`. */
 export interface ReadArgs {
+  /** The name as given (for messages). */
   file: string;
+  /** The local file it names, and how qemu-img prints it. */
+  path: string;
+  display: string;
+  /** -f: qcow2 or raw; undefined means probe. */
+  format?: 'qcow2' | 'raw';
   output: 'human' | 'json';
   forceShare: boolean;
   quiet: boolean;
@@ -68,13 +89,30 @@ export interface ReadArgs {
 
 export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean } = {}): ReadArgs {
   const a = parseArgs(argv, {
-    flags: { '-U': 'forceShare', '--force-share': 'forceShare', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
+    flags: { '-U': 'forceShare', '--force-share': 'forceShare', '--image-opts': 'imageOpts', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
     values: { '-f': 'format', '--output': 'output' },
   });
-  requireQcow2(a.values.get('format'));
+  let format = a.values.get('format');
+  requireQcow2OrRaw(format);
   const output = outputFormat(a.values.get('output'));
   const file = a.positional[0];
   if (file === undefined) fail('Expecting one image file name');
   if (a.positional.length > 1) fail(`Unexpected argument '${a.positional[1]}'`);
-  return { file, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet') };
+  const name = imageName(file, a.flags.has('imageOpts'));
+  format ??= name.format;
+  return {
+    file, path: name.path, display: name.display, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet'),
+    ...(format !== undefined ? { format: format as 'qcow2' | 'raw' } : {}),
+  };
+}
+
+/** An image name from the command line (plain, file:, json:, or --image-opts) as a local file; refusals as qemu-img's error lines. */
+export function imageName(name: string, imageOpts = false, create = false): ImageName {
+  try {
+    return parseImageName(name, imageOpts);
+  } catch (e) {
+    // create reports `FILE: message`; the commands that open an image `Could not open 'FILE': message`.
+    if (create) fail((e as Error).message, name);
+    fail(`Could not open '${name}': ${(e as Error).message}`);
+  }
 }

@@ -1,14 +1,14 @@
 // qemu-img's `-o` text for `create -f qcow2`: tokenizing, merging repeated -o, typing into CreateOptions, and `-o help`.
 
 import { invalidOption, Qcow2Error } from '../model/errors';
-import type { CompressionType, Compat, CreateOptions, Preallocation } from '../model/options';
+import type { CompressionType, Compat, CreateOptions, Preallocation, RawCreateOptions } from '../model/options';
 import type { AmendRequest } from '../rules/types';
 import { createOnlyRefusal } from '../rules/amend';
 import { CREATE_OPTIONS, optionSpec } from '../model/names';
 import { parseSize, parseSizeOption, strtoull, type WarningSink } from '../model/size';
 
-/** One `-o` item as written: a bare `key` (no `=`) has value `undefined`. */
-export type OptionPair = [key: string, value: string | undefined];
+export { parseOptionList, type OptionPair } from '../model/qemu-opts';
+import type { OptionPair } from '../model/qemu-opts';
 
 /**
  * qemu-img's is_valid_option_list(): a list that can be joined to another with ',' without
@@ -32,58 +32,54 @@ export function mergeOptionLists(lists: string[]): string {
   return lists.join(',');
 }
 
-/**
- * Splits `-o` text like QemuOpts' get_opt_name_value(): items separated by ',', `,,` is a literal
- * ',' inside a value (never inside a key), the key ends at the first '=' or ','. Empty items come
- * back as key ''. No item is dropped or interpreted here; see toCreateOptions for flags and `id`.
- */
-export function parseOptionList(text: string): OptionPair[] {
-  const pairs: OptionPair[] = [];
-  let p = 0;
-  while (p < text.length) {
-    let keyEnd = p;
-    while (keyEnd < text.length && text[keyEnd] !== '=' && text[keyEnd] !== ',') keyEnd++;
-    const key = text.slice(p, keyEnd);
-    if (text[keyEnd] !== '=') {
-      pairs.push([key, undefined]);
-      p = keyEnd;
-    } else {
-      let value = '';
-      p = keyEnd + 1;
-      for (;;) {
-        const comma = text.indexOf(',', p);
-        const offset = comma < 0 ? text.length : comma;
-        value += text.slice(p, offset);
-        if (offset < text.length && text[offset + 1] === ',') {
-          value += ',';
-          p = offset + 2;
-          continue;
-        }
-        p = offset;
-        break;
-      }
-      pairs.push([key, value]);
-    }
-    if (text[p] === ',') p++;
-  }
-  return pairs;
-}
-
 /** qemu-img prints the option help instead of doing anything when any item is a bare `help` or `?`. */
 export function hasHelpOption(pairs: OptionPair[]): boolean {
   return pairs.some(([key, value]) => value === undefined && (key === 'help' || key === '?'));
 }
 
+/** One `-o help` line: `  name=<type>` padded to 24 columns, then the help text. */
+function helpLine(name: string, type: string, help: string): string {
+  return `  ${name}=<${type}>`.padEnd(24) + ` - ${help}\n`;
+}
+
+const byName = (a: { name: string }, b: { name: string }) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+const PROTOCOL_NOTE = '\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n';
+
+/** raw's create options: the format's own (size), then with a file name the file protocol's. */
+const RAW_HELP: ReadonlyArray<{ name: string; type: string; help: string; protocol?: boolean }> = [
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'extent_size_hint', type: 'size', help: 'Extent size hint for the image file, 0 to disable', protocol: true },
+  { name: 'nocow', type: 'bool (on/off)', help: 'Turn off copy-on-write (valid only on btrfs)', protocol: true },
+  { name: 'preallocation', type: 'str', help: 'Preallocation mode (allowed values: off, falloc, full)', protocol: true },
+];
+
 /**
- * The text of `qemu-img create -f qcow2 -o help FILE` (the variant that includes the file
- * protocol's options), without the encryption options.
+ * `qemu-img create -f FMT -o help [FILE]` (and convert's): with a file name, `Supported
+ * options:` and the format's options merged with the file protocol's; without one, `Supported
+ * FMT options:`, the format's own, and QEMU's note about the protocol level. Sorted by name, as
+ * qemu_opts_print_help prints them. The encryption options are listed, as qemu-img lists them;
+ * using one is refused.
  */
-export function createOptionsHelp(): string {
-  const lines = CREATE_OPTIONS
-    .filter((desc) => !desc.hidden)
-    .map((desc) => `  ${desc.name}=<${desc.type}>`.padEnd(24) + ` - ${desc.help}`)
-    .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  return `Supported options:\n${lines.map((l) => `${l}\n`).join('')}`;
+export function createOptionsHelp(fmt: 'qcow2' | 'raw' = 'qcow2', withFile = true): string {
+  const list = (fmt === 'raw' ? RAW_HELP : CREATE_OPTIONS).filter((d) => withFile || !d.protocol);
+  const lines = [...list].sort(byName).map((d) => helpLine(d.name, d.type, d.help)).join('');
+  return withFile ? `Supported options:\n${lines}` : `Supported ${fmt} options:\n${lines}${PROTOCOL_NOTE}`;
+}
+
+/** qcow2's amend-only encryption options (qcow2_amend_opts), listed by `amend -o help`. */
+const AMEND_ENCRYPTION_HELP = [
+  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds' },
+  { name: 'encrypt.keyslot', type: 'num', help: 'Select a single keyslot to modify explicitly' },
+  { name: 'encrypt.new-secret', type: 'str', help: 'New secret to set in the matching keyslots. Empty string to erase' },
+  { name: 'encrypt.old-secret', type: 'str', help: 'Select all keyslots that match this password' },
+  { name: 'encrypt.state', type: 'str', help: 'Select new state of affected keyslots (active/inactive)' },
+];
+
+/** `qemu-img amend -f qcow2 -o help FILE`: the options amend understands (encryption ones listed, refused when used). */
+export function amendOptionsHelp(): string {
+  const list = [...CREATE_OPTIONS.filter((d) => !d.createOnly), ...AMEND_ENCRYPTION_HELP].sort(byName);
+  return `Amend options for 'qcow2':\n${list.map((d) => helpLine(d.name, d.type, d.help)).join('')}`;
 }
 
 // BlockdevDriver as compiled into Debian's qemu-img 7.2: the values the create visitor accepts for backing-fmt.
@@ -293,6 +289,41 @@ export function toCreateOptions(
   if (lazyRefcounts !== undefined) out.lazyRefcounts = lazyRefcounts;
   const extendedL2 = bools.get('extended_l2');
   if (extendedL2 !== undefined) out.extendedL2 = extendedL2;
+  return out;
+}
+
+/**
+ * Turns parsed `create -f raw -o` items (and the positional SIZE) into RawCreateOptions:
+ * size and preallocation; `nocow=off` and `extent_size_hint` are accepted (no effect here),
+ * anything else is qemu-img's `Invalid parameter`. Values are checked as qemu-img checks them;
+ * which preallocation modes raw allows is provider/rules' call.
+ */
+export function toRawCreateOptions(pairs: OptionPair[], positionalSize?: string, extra: ToCreateOptionsExtra = {}): RawCreateOptions {
+  const out: RawCreateOptions = {};
+  if (positionalSize !== undefined) out.size = parseSize(positionalSize, { onWarning: extra.onWarning });
+  let size: bigint | undefined;
+  let nocow = false;
+  for (const [rawKey, rawValue] of pairs) {
+    let key = rawKey;
+    let value = rawValue;
+    if (value === undefined) {
+      if (key.startsWith('no') && key !== 'nocow') { key = key.slice(2); value = 'off'; } else value = 'on';
+    }
+    if (key === 'id') continue;
+    switch (key) {
+      case 'size': size = parseSizeOption(key, value, extra.onWarning); break;
+      case 'extent_size_hint': parseSizeOption(key, value, extra.onWarning); break;
+      case 'nocow': nocow = parseBool(key, value); break;
+      case 'preallocation': out.preallocation = value; break;
+      default: throw invalidOption(`Invalid parameter '${key}'`, key);
+    }
+  }
+  if (size !== undefined && positionalSize !== undefined) throw invalidOption('The image size must be specified only once', 'size');
+  if (size !== undefined) out.size = size;
+  if (out.preallocation !== undefined && !(PREALLOCATION as readonly string[]).includes(out.preallocation)) {
+    throw driverError(`invalid parameter value: ${out.preallocation}`, 'preallocation');
+  }
+  if (nocow) throw driverError("Option 'nocow' is not supported: this implementation cannot set file attributes", 'nocow');
   return out;
 }
 

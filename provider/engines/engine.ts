@@ -5,13 +5,13 @@
 
 import type { CheckResult } from '../qcow2/ops/check';
 import type { MapEntry } from '../qcow2/ops/map';
-import type { CreateOptions } from '../model/options';
+import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import type { ImageFacts } from '../model/facts';
 import type { AmendRequest } from '../rules/types';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
 
-export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour };
+export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions };
 
 export type EngineName = 'native' | 'qemu-img';
 
@@ -31,6 +31,8 @@ export interface RemoveOptions {
 export interface ReadOptions {
   /** Read an image another process holds (qemu-img -U); without it a held image is LOCKED. */
   forceShare?: boolean;
+  /** The image's format: qcow2 (default), raw, or 'probe' (qemu-img's probing: qcow2 magic, else raw). */
+  format?: 'qcow2' | 'raw' | 'probe';
 }
 
 export interface RebaseOptions {
@@ -60,6 +62,13 @@ export interface Engine {
   readonly name: EngineName;
   /** Create an image; never overwrites an existing image or data file (adopt wraps one). */
   create(path: string, options: CreateOptions, behaviour?: CreateBehaviour): Promise<void>;
+  /** Create a raw image (qemu-img create -f raw); never overwrites an existing file. */
+  createRaw(path: string, options: RawCreateOptions): Promise<void>;
+  /**
+   * What `create` would make, touching nothing: the options validated by the rules and the size
+   * taken from the backing file (opened as qemu-img opens it) or the adopted data file.
+   */
+  resolveCreate(path: string, options: CreateOptions, behaviour?: CreateBehaviour): Promise<ResolvedCreateOptions>;
   /**
    * Create an image holding the guest view of `source` (qemu-img convert -O qcow2): its size is
    * the source's. Never overwrites, and a failure leaves nothing behind.

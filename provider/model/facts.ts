@@ -41,6 +41,8 @@ export interface ImageDetail {
 
 /** An image's facts. Absent optional values are unknown or unset, never guessed. */
 export interface ImageFacts {
+  /** 'raw' for a raw image (then only the sizes and `path` mean anything); absent for qcow2. */
+  format?: 'raw';
   virtualSize: bigint;
   /** Bytes allocated for the qcow2 file (qemu-img's actual-size). */
   actualSize: bigint;
@@ -76,4 +78,13 @@ export interface ImageFacts {
 /** Round a size up to 512 bytes, as qemu-img does for a new or resized image. */
 export function roundToSector(size: bigint): bigint {
   return ((size + 511n) / 512n) * 512n;
+}
+
+/** The facts of a raw image: its size (rounded up to 512, as QEMU reads it) and what it allocates. */
+export function rawImageFacts(fileSize: bigint, actualSize: bigint): ImageFacts {
+  return {
+    format: 'raw', virtualSize: roundToSector(fileSize), actualSize, clusterSize: 0, compat: '1.1', refcountBits: 0,
+    lazyRefcounts: false, extendedL2: false, compressionType: 'zlib', hasDataFile: false, dataFileRaw: false,
+    dirty: false, corrupt: false, snapshots: 0, bitmaps: [],
+  };
 }

@@ -26,15 +26,24 @@ export interface OptionSpec {
   help: string;
   /** Only create understands it: amend answers `Invalid parameter` + `only supported for image creation`. */
   createOnly: boolean;
-  /** Not listed by `-o help` here: encryption is not implemented. */
-  hidden?: boolean;
+  /** The file protocol's option: `-o help` lists it only when a file name is given. */
+  protocol?: boolean;
   /** Printed on the `Formatting ...` line (with this default when unset). */
   formatting?: { default?: string };
 }
 
 // In QEMU's option-list order (qcow2_create_opts with the file protocol's merged in), which is
-// the order of the `Formatting ...` line.
+// the order of the `Formatting ...` line: encryption first, nocow and extent_size_hint last.
 export const CREATE_OPTIONS: readonly OptionSpec[] = [
+  { name: 'encryption', type: 'bool (on/off)', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)", createOnly: true, formatting: {} },
+  { name: 'encrypt.format', type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", createOnly: true, formatting: {} },
+  { name: 'encrypt.key-secret', type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', createOnly: true },
+  { name: 'encrypt.cipher-alg', type: 'str', help: 'Name of encryption cipher algorithm', createOnly: true },
+  { name: 'encrypt.cipher-mode', type: 'str', help: 'Name of encryption cipher mode', createOnly: true },
+  { name: 'encrypt.ivgen-alg', type: 'str', help: 'Name of IV generator algorithm', createOnly: true },
+  { name: 'encrypt.ivgen-hash-alg', type: 'str', help: 'Name of IV generator hash algorithm', createOnly: true },
+  { name: 'encrypt.hash-alg', type: 'str', help: 'Name of encryption hash algorithm', createOnly: true },
+  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds', createOnly: true },
   { name: 'cluster_size', property: 'clusterSize', type: 'size', help: 'qcow2 cluster size', createOnly: true, formatting: { default: '65536' } },
   { name: 'extended_l2', property: 'extendedL2', type: 'bool (on/off)', help: 'Extended L2 tables', createOnly: true, formatting: { default: 'off' } },
   { name: 'preallocation', property: 'preallocation', type: 'str', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)', createOnly: true, formatting: {} },
@@ -45,19 +54,10 @@ export const CREATE_OPTIONS: readonly OptionSpec[] = [
   { name: 'backing_fmt', property: 'backingFormat', type: 'str', help: 'Image format of the base image', createOnly: false, formatting: {} },
   { name: 'data_file', property: 'dataFile', type: 'str', help: 'File name of an external data file', createOnly: false, formatting: {} },
   { name: 'data_file_raw', property: 'dataFileRaw', type: 'bool (on/off)', help: 'The external data file must stay valid as a raw image', createOnly: false, formatting: {} },
-  { name: 'encryption', type: 'bool (on/off)', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)", createOnly: true, hidden: true, formatting: {} },
-  { name: 'encrypt.format', type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", createOnly: true, hidden: true, formatting: {} },
-  { name: 'encrypt.key-secret', type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', createOnly: true, hidden: true },
-  { name: 'encrypt.cipher-alg', type: 'str', help: 'Name of encryption cipher algorithm', createOnly: true, hidden: true },
-  { name: 'encrypt.cipher-mode', type: 'str', help: 'Name of encryption cipher mode', createOnly: true, hidden: true },
-  { name: 'encrypt.ivgen-alg', type: 'str', help: 'Name of IV generator algorithm', createOnly: true, hidden: true },
-  { name: 'encrypt.ivgen-hash-alg', type: 'str', help: 'Name of IV generator hash algorithm', createOnly: true, hidden: true },
-  { name: 'encrypt.hash-alg', type: 'str', help: 'Name of encryption hash algorithm', createOnly: true, hidden: true },
-  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds', createOnly: true, hidden: true },
   { name: 'lazy_refcounts', property: 'lazyRefcounts', type: 'bool (on/off)', help: 'Postpone refcount updates', createOnly: false, formatting: { default: 'off' } },
   { name: 'refcount_bits', property: 'refcountBits', type: 'num', help: 'Width of a reference count entry in bits', createOnly: false, formatting: { default: '16' } },
-  { name: 'nocow', type: 'bool (on/off)', help: 'Turn off copy-on-write (valid only on btrfs)', createOnly: true, formatting: {} },
-  { name: 'extent_size_hint', type: 'size', help: 'Extent size hint for the image file, 0 to disable', createOnly: true, formatting: {} },
+  { name: 'nocow', type: 'bool (on/off)', help: 'Turn off copy-on-write (valid only on btrfs)', createOnly: true, protocol: true, formatting: {} },
+  { name: 'extent_size_hint', type: 'size', help: 'Extent size hint for the image file, 0 to disable', createOnly: true, protocol: true, formatting: {} },
 ];
 
 const BY_NAME = new Map<string, OptionSpec>(CREATE_OPTIONS.map((o) => [o.name, o]));

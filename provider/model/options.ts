@@ -39,6 +39,13 @@ export interface CreateOptions {
   adoptDataFile?: boolean;
 }
 
+/** Options of `create -f raw`: a size and a preallocation mode (validated by provider/rules). */
+export interface RawCreateOptions {
+  size?: bigint;
+  /** As written; rules/create.ts decides which modes raw allows (not metadata). */
+  preallocation?: string;
+}
+
 /** Create options with every default filled in and the size rounded as qemu-img does. */
 export interface ResolvedCreateOptions {
   size: bigint;

@@ -2,15 +2,15 @@
 // qemu-img's own JSON (the qemu-img engine reads it), and the same JSON from facts (the CLI
 // prints it, byte for byte as qemu-img 7.2 does). Pure: no I/O.
 
-import type { ImageFacts, SnapshotFacts } from './facts';
+import { rawImageFacts, type ImageFacts, type SnapshotFacts } from './facts';
 
 export interface ImageInfoJson {
   'virtual-size': number;
   filename: string;
-  'cluster-size': number;
-  format: 'qcow2';
+  'cluster-size'?: number;
+  format: 'qcow2' | 'raw';
   'actual-size': number;
-  'format-specific': { type: 'qcow2'; data: Qcow2SpecificJson };
+  'format-specific'?: { type: 'qcow2'; data: Qcow2SpecificJson };
   'dirty-flag': boolean;
   'backing-filename'?: string;
   'full-backing-filename'?: string;
@@ -48,12 +48,13 @@ const NS = 1_000_000_000n;
  * exactly, since JSON.parse rounds integers above 2^53 (qemu allows sizes up to 2^63 - 2^30).
  */
 export function factsFromInfoJson(j: ImageInfoJson, text?: string): ImageFacts {
-  const d = j['format-specific'].data;
   const exactVirtual = text !== undefined ? /^ {4}"virtual-size": (\d+),?$/m.exec(text)?.[1] : undefined;
+  if (j.format === 'raw') return rawImageFacts(BigInt(exactVirtual ?? j['virtual-size']), BigInt(j['actual-size'] ?? 0));
+  const d = j['format-specific']!.data;
   const facts: ImageFacts = {
     virtualSize: BigInt(exactVirtual ?? j['virtual-size']),
     actualSize: BigInt(j['actual-size'] ?? 0),
-    clusterSize: j['cluster-size'],
+    clusterSize: j['cluster-size'] ?? 0,
     compat: d.compat,
     refcountBits: d['refcount-bits'],
     lazyRefcounts: d['lazy-refcounts'] ?? false,
@@ -99,35 +100,34 @@ export function infoJsonOf(f: ImageFacts, filename: string): ImageInfoJson {
     data.corrupt = f.corrupt;
     data['extended-l2'] = f.extendedL2;
   }
-  const j: ImageInfoJson = {
-    'virtual-size': Number(f.virtualSize),
-    filename,
-    'cluster-size': f.clusterSize,
-    format: 'qcow2',
-    'actual-size': Number(f.actualSize),
-    'format-specific': { type: 'qcow2', data },
-    'dirty-flag': f.dirty,
-  };
-  if (f.backingFile !== undefined) {
-    j['backing-filename'] = f.backingFile;
-    j['full-backing-filename'] = f.detail?.fullBackingFile ?? f.backingFile;
-    if (f.backingFormat !== undefined) j['backing-filename-format'] = f.backingFormat;
-  }
+  // qemu-img 7.2 prints a QDict, whose keys come out in its hash order, not QAPI's field order.
   const snaps = f.detail?.snapshots ?? [];
+  const j = {} as ImageInfoJson;
+  if (f.backingFile !== undefined && f.backingFormat !== undefined) j['backing-filename-format'] = f.backingFormat;
   if (snaps.length > 0) {
     j.snapshots = snaps.map((s) => {
-      const o: SnapshotJson = {
-        'vm-clock-nsec': Number(s.vmClockNsec % NS),
-        name: s.name,
-        'date-sec': s.dateSec,
-        'date-nsec': s.dateNsec,
-        'vm-clock-sec': Number(s.vmClockNsec / NS),
-        id: s.id,
-        'vm-state-size': Number(s.vmStateSize),
-      };
+      const o = {} as SnapshotJson;
       if (s.icount !== undefined) o.icount = Number(s.icount);
+      o['vm-clock-nsec'] = Number(s.vmClockNsec % NS);
+      o.name = s.name;
+      o['date-sec'] = s.dateSec;
+      o['date-nsec'] = s.dateNsec;
+      o['vm-clock-sec'] = Number(s.vmClockNsec / NS);
+      o.id = s.id;
+      o['vm-state-size'] = Number(s.vmStateSize);
       return o;
     });
   }
+  j['virtual-size'] = Number(f.virtualSize);
+  j.filename = filename;
+  if (f.format !== 'raw') j['cluster-size'] = f.clusterSize;
+  j.format = f.format ?? 'qcow2';
+  j['actual-size'] = Number(f.actualSize);
+  if (f.format !== 'raw') j['format-specific'] = { type: 'qcow2', data };
+  if (f.backingFile !== undefined) {
+    j['full-backing-filename'] = f.detail?.fullBackingFile ?? f.backingFile;
+    j['backing-filename'] = f.backingFile;
+  }
+  j['dirty-flag'] = f.dirty;
   return j;
 }

@@ -2,7 +2,7 @@
 // and with its words, plus the combinations we refuse where qemu-img would lose data.
 // Pure: no I/O. The format engine, both engines and the CLI call this before touching a file.
 
-import type { CreateOptions, Preallocation, Compat, CompressionType, ResolvedCreateOptions } from '../model/options';
+import type { CreateOptions, Preallocation, Compat, CompressionType, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import { roundToSector } from '../model/facts';
 import { v2Refusal, type V2Option } from './compat';
 export type { ResolvedCreateOptions };
@@ -89,6 +89,23 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   if (o.backingFormat !== undefined) options.backingFormat = o.backingFormat;
   if (o.dataFile !== undefined) options.dataFile = o.dataFile;
   return { ok: true, options };
+}
+
+/** A raw image to create: its size (rounded up to 512 as QEMU's file driver does) and preallocation. */
+export interface ResolvedRawCreate { size: bigint; preallocation: 'off' | 'falloc' | 'full' }
+
+/** `create -f raw`: a size is needed; raw has no metadata to preallocate. */
+export function validateRawCreate(o: RawCreateOptions): { ok: true; options: ResolvedRawCreate } | { ok: false; refusal: CreateRefusal } {
+  if (o.size === undefined) return { ok: false, refusal: { property: 'size', message: 'Image creation needs a size parameter' } };
+  const p = o.preallocation ?? 'off';
+  if (p !== 'off' && p !== 'falloc' && p !== 'full') {
+    return { ok: false, refusal: { property: 'preallocation', message: `Unsupported preallocation mode: ${p}` } };
+  }
+  const size = roundToSector(o.size);
+  if (size > BDRV_MAX_LENGTH) {
+    return { ok: false, refusal: { property: 'size', message: "The image size is too large for file format 'raw'" } };
+  }
+  return { ok: true, options: { size, preallocation: p } };
 }
 
 /**

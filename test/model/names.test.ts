@@ -35,8 +35,8 @@ describe('option <-> property names', () => {
 
   it('keeps_qemu_option_list_order_for_the_formatting_line', () => {
     expect(CREATE_OPTIONS.filter((o) => o.formatting).map((o) => o.name)).toEqual([
-      'cluster_size', 'extended_l2', 'preallocation', 'compression_type', 'size', 'compat', 'backing_file', 'backing_fmt', 'data_file',
-      'data_file_raw', 'encryption', 'encrypt.format', 'lazy_refcounts', 'refcount_bits', 'nocow', 'extent_size_hint',
+      'encryption', 'encrypt.format', 'cluster_size', 'extended_l2', 'preallocation', 'compression_type', 'size', 'compat', 'backing_file',
+      'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits', 'nocow', 'extent_size_hint',
     ]);
   });
 });

@@ -1,10 +1,11 @@
 // `qcow2 amend [-f qcow2] -o OPTIONS FILE`: change options all or nothing (provider/rules
 // validates the whole request before anything is written).
 
-import { requireQcow2 } from '../args';
+import { READ_ONLY_DRIVERS, imageName, requireQcow2 } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
-import { mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
+import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
+import { out } from '../io';
 import { fail, failOn, messageOf } from '../report';
 import type { AmendRequest } from '../../rules/types';
 
@@ -12,7 +13,7 @@ export const usage = 'amend [-f qcow2] -o OPTIONS [-q] FILE';
 export const description = 'change options of an existing image, all or nothing (validated before anything is written)';
 
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { file: string; o: { f?: string; o: string[] } } | undefined;
+  let parsed: { file?: string; o: { f?: string; o: string[] } } | undefined;
   command('amend')
     .description(description)
     .usage(usage.replace(/^amend /, ''))
@@ -20,21 +21,36 @@ export async function run(argv: string[]): Promise<void> {
     .option('-o <options>', 'options to change: compat, lazy_refcounts, refcount_bits, size, data_file, data_file_raw (repeatable)', collect, [] as string[])
     .option('-q', 'quiet')
     .option('-p', 'progress (accepted for compatibility; amend is a single commit)')
-    .argument('<file>')
-    .action((file: string, o: { f?: string; o: string[] }) => { parsed = { file, o }; })
+    .argument('[file]')
+    .action((file: string | undefined, o: { f?: string; o: string[] }) => { parsed = { o, ...(file !== undefined ? { file } : {}) }; })
     .parse(argv, { from: 'user' });
   if (parsed === undefined) return;
   const { file, o } = parsed;
-  requireQcow2(o.f);
   if (!o.o.length) fail('Must specify options (-o)');
+  let pairs;
+  try {
+    pairs = parseOptionList(mergeOptionLists(o.o));
+  } catch (e) {
+    fail(messageOf(e));
+  }
+  // qemu-img's img_amend: with -f, help needs no file name; without, the image's format is used.
+  if (hasHelpOption(pairs) && (o.f !== undefined || file !== undefined)) {
+    if (o.f !== undefined && o.f !== 'qcow2') {
+      fail(READ_ONLY_DRIVERS.has(o.f) || o.f === 'raw' ? `Format driver '${o.f}' does not support option amendment` : `Unknown file format '${o.f}'`);
+    }
+    out(amendOptionsHelp());
+    return;
+  }
+  if (file === undefined) fail('Expecting one image file name');
+  requireQcow2(o.f);
   let req: AmendRequest;
   try {
-    req = toAmendRequest(parseOptionList(mergeOptionLists(o.o)));
+    req = toAmendRequest(pairs);
   } catch (e) {
     fail(messageOf(e));
   }
   try {
-    await cliEngine().amend(file, req);
+    await cliEngine().amend(imageName(file).path, req);
   } catch (e) {
     failOn(e, file);
   }

@@ -1,4 +1,4 @@
-// `qcow2 check [-f qcow2] [-q] [-U] [--output=human|json] FILE`: QEMU's refcount and L1/L2
+// `qcow2 check [-f qcow2|raw] [-q] [-U] [--output=human|json] FILE`: QEMU's refcount and L1/L2
 // consistency check, read-only; exit 0 clean, 1 could not check, 2 corruptions, 3 leaks only.
 
 import { parseReadArgs } from '../args';
@@ -7,20 +7,26 @@ import { checkExitCode, checkHumanText, checkJson } from '../render/check';
 import { Exit, fail, messageOf, report } from '../report';
 import { out, err } from '../io';
 
-export const usage = 'check [-f qcow2] [-q] [-U] [--output=human|json] FILE';
+export const usage = 'check [-f qcow2|raw] [-q] [-U] [--output=human|json] FILE';
 export const description = 'check refcount and L1/L2 consistency; exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
 
 export async function run(argv: string[]): Promise<void> {
-  const { file, output: fmt, forceShare, quiet } = parseReadArgs(argv, { quiet: true });
+  const { file, path, display, output: fmt, forceShare, quiet, format } = parseReadArgs(argv, { quiet: true });
   let r;
   try {
-    r = await cliEngine().check(file, { forceShare });
+    // qemu-img opens the image first, then finds that raw has no check (exit 63).
+    if (format !== 'qcow2' && (await cliEngine().info(path, { forceShare, format: format ?? 'probe' })).format === 'raw') {
+      report('This image format does not support checks');
+      throw new Exit(63);
+    }
+    r = await cliEngine().check(path, { forceShare });
   } catch (e) {
+    if (e instanceof Exit) throw e;
     fail(`Could not open '${file}': ${messageOf(e)}`);
   }
   for (const m of r.messages) err(m + '\n');
   const code = checkExitCode(r);
-  if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, file), null, 4) + '\n' : checkHumanText(r));
+  if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, display), null, 4) + '\n' : checkHumanText(r));
   if (code === 1) report('Check failed');
   if (code !== 0) throw new Exit(code);
 }

@@ -1,6 +1,7 @@
 // `qcow2 convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2
 // image (read through its backing chain) into a new image, sparse-aware; never overwrites.
 
+import { imageName, requireCreatable } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
@@ -14,7 +15,7 @@ export const description = 'import a raw or qcow2 image (read through its backin
 interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
 
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { src: string; dst: string; o: Opts } | undefined;
+  let parsed: { src?: string; dst?: string; o: Opts } | undefined;
   command('convert')
     .description(description)
     .usage(usage.replace(/^convert /, ''))
@@ -24,9 +25,9 @@ export async function run(argv: string[]): Promise<void> {
     .option('-p', 'show a progress bar')
     .option('-q', 'quiet')
     .option('-c', 'compress the output (not supported: refused)')
-    .argument('<src>')
-    .argument('<dst>')
-    .action((src: string, dst: string, o: Opts) => { parsed = { src, dst, o }; })
+    .argument('[src]')
+    .argument('[dst]')
+    .action((src: string | undefined, dst: string | undefined, o: Opts) => { parsed = { o, ...(src !== undefined ? { src } : {}), ...(dst !== undefined ? { dst } : {}) }; })
     .parse(argv, { from: 'user' });
   if (parsed === undefined) return;
   const { src, dst, o } = parsed;
@@ -34,20 +35,28 @@ export async function run(argv: string[]): Promise<void> {
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
     if (hasHelpOption(pairs)) {
-      out(createOptionsHelp());
+      // qemu-img: without -O the output format is raw; with both file names the protocol's options are listed too.
+      const fmt = o.O ?? 'raw';
+      requireCreatable(fmt);
+      out(createOptionsHelp(fmt as 'qcow2' | 'raw', src !== undefined && dst !== undefined));
       return;
     }
     options = toCreateOptions(pairs, undefined, { onWarning: warn });
   } catch (e) {
+    if (e instanceof Exit) throw e;
     reportEach(messageOf(e));
     throw new Exit(1);
   }
+  if (src === undefined || dst === undefined) fail('Expecting image file name');
   if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
   if (o.c) fail('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
   // Loaded only for -p: the bar library is not needed otherwise.
+  const from = imageName(src);
+  const format = o.f ?? from.format;
+  const target = imageName(dst).path;
   const bar = o.p && !o.q ? progressBar() : undefined;
   try {
-    await cliEngine().import(dst, options, o.f !== undefined ? { path: src, format: o.f } : { path: src }, bar ? { progress: bar.update } : {});
+    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, bar ? { progress: bar.update } : {});
   } catch (e) {
     bar?.stop();
     report(openPrefix(e, src) + messageOf(e));

@@ -1,17 +1,18 @@
 // `qcow2 create [-f qcow2] [-o OPTIONS] [-b FILE -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]`:
 // qemu-img create's syntax, output and refusals; never overwrites an image or a data file.
 
-import { requireQcow2 } from '../args';
+import { imageName, requireCreatable } from '../args';
 import { collect, command } from '../commander';
 import { cliEngine } from '../engine';
-import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions } from '../optlist';
+import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions, toRawCreateOptions, type OptionPair } from '../optlist';
 import { formattingLine } from '../render/formatting';
 import { Exit, fail, messageOf, report, reportEach, warn } from '../report';
 import { Qcow2Error } from '../../model/errors';
-import type { CreateOptions } from '../../model/options';
+import type { CreateOptions, RawCreateOptions } from '../../model/options';
+import { parseSize } from '../../model/size';
 import { out } from '../io';
 
-export const usage = 'create [-f qcow2] [-o OPTIONS] [-b FILE -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]';
+export const usage = 'create [-f qcow2|raw] [-o OPTIONS] [-b FILE -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]';
 export const description = 'create a new qcow2 image (never overwrites an existing image or data file)';
 
 interface Opts { f?: string; o: string[]; b?: string; F?: string; u?: boolean; q?: boolean; adoptDataFile?: boolean }
@@ -21,7 +22,7 @@ export async function run(argv: string[]): Promise<void> {
   command('create')
     .description(description)
     .usage(usage.replace(/^create /, ''))
-    .option('-f <fmt>', 'image format (qcow2)')
+    .option('-f <fmt>', 'image format (qcow2 or raw)')
     .option('-o <options>', 'comma-separated create options; `-o help` lists them (repeatable)', collect, [] as string[])
     .option('-b <backing_file>', 'backing file')
     .option('-F <backing_fmt>', 'backing file format')
@@ -34,7 +35,7 @@ export async function run(argv: string[]): Promise<void> {
     .parse(argv, { from: 'user' });
   if (parsed === undefined) return;
   const { file, size, o } = parsed;
-  requireQcow2(o.f);
+  const fmt = createFormat(o.f);
   let text: string;
   try {
     text = mergeOptionLists(o.o);
@@ -43,19 +44,22 @@ export async function run(argv: string[]): Promise<void> {
   }
   const pairs = o.o.length ? parseOptionList(text) : [];
   if (hasHelpOption(pairs)) {
-    out(createOptionsHelp());
+    // Without -f qemu-img lists raw's options (its default format); ours creates qcow2 then.
+    out(createOptionsHelp(o.f === undefined ? 'raw' : fmt, file !== undefined));
     return;
   }
   if (file === undefined) fail('Expecting image file name');
+  if (fmt === 'raw') return createRaw(file, pairs, size, o);
   const extra: Array<[string, string]> = [];
   if (o.b !== undefined) extra.push(['backing_file', o.b]);
   if (o.F !== undefined) extra.push(['backing_fmt', o.F]);
+  const all = [...pairs, ...extra];
   let options: CreateOptions;
   try {
-    options = toCreateOptions([...pairs, ...extra], size, { unsafe: o.u ?? false, onWarning: warn });
+    options = toCreateOptions(all, size, { unsafe: o.u ?? false, onWarning: warn });
   } catch (e) {
     if (Qcow2Error.isInstance(e)) {
-      if (raisedAfterFormatting(e) && !o.q) out(formattingLine(file, [...pairs, ...extra], size) + '\n');
+      if (raisedAfterFormatting(e) && !o.q) out(formattingLine(file, all, positionalSize(size)) + '\n');
       report(e.message, file);
     } else {
       reportEach(messageOf(e));
@@ -66,9 +70,71 @@ export async function run(argv: string[]): Promise<void> {
   if (options.size === undefined && (options.backingFile === undefined || o.u) && !options.adoptDataFile) {
     fail('Image creation needs a size parameter', file); // qemu-img says so before Formatting
   }
-  if (!o.q) out(formattingLine(file, [...pairs, ...extra], size, options) + '\n');
+  const engine = cliEngine();
+  const target = imageName(file, false, true).path;
+  const behaviour = { unsafeBacking: o.u ?? false };
+  // qemu-img opens the backing file (and takes an overlay's size from it) before it prints the
+  // Formatting line: a missing backing file fails with no Formatting line.
+  let resolvedSize: bigint | undefined;
   try {
-    await cliEngine().create(file, options, { unsafeBacking: o.u ?? false });
+    resolvedSize = (await engine.resolveCreate(target, options, behaviour)).size;
+  } catch (e) {
+    if (!failsBeforeFormatting(e) && !o.q) out(formattingLine(file, all, options.size) + '\n');
+    fail(messageOf(e), file);
+  }
+  if (!o.q) out(formattingLine(file, all, options.size ?? resolvedSize) + '\n');
+  try {
+    await engine.create(target, options, behaviour);
+  } catch (e) {
+    fail(messageOf(e), file);
+  }
+}
+
+/** `-f`: qcow2 (default) or raw; encryption formats and the rest are not supported. */
+function createFormat(f: string | undefined): 'qcow2' | 'raw' {
+  if (f === undefined || f === 'qcow2') return 'qcow2';
+  if (f === 'raw') return 'raw';
+  requireCreatable(f);
+  return 'qcow2';
+}
+
+/** The positional SIZE as parsed (for a Formatting line printed before the options are typed), if it parses. */
+function positionalSize(size: string | undefined): bigint | undefined {
+  if (size === undefined) return undefined;
+  try {
+    return parseSize(size);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Refusals qemu-img makes while it opens the backing file, before the Formatting line. */
+function failsBeforeFormatting(e: unknown): boolean {
+  const m = messageOf(e);
+  return m.includes('Could not open backing image.') || m.startsWith('Backing file specified without backing format') ||
+    m.startsWith('Image creation needs a size parameter') || m.startsWith("Backing format '");
+}
+
+/** `create -f raw`: size and preallocation (nocow=off and extent_size_hint accepted, as for qcow2). */
+async function createRaw(file: string, pairs: OptionPair[], size: string | undefined, o: Opts): Promise<void> {
+  if (o.b !== undefined) fail("Backing file not supported for file format 'raw'", file);
+  let options: RawCreateOptions;
+  try {
+    options = toRawCreateOptions(pairs, size, { onWarning: warn });
+  } catch (e) {
+    if (Qcow2Error.isInstance(e)) {
+      if (raisedAfterFormatting(e) && !o.q) out(formattingLine(file, pairs, positionalSize(size), 'raw') + '\n');
+      report(e.message, file);
+    } else {
+      reportEach(messageOf(e));
+    }
+    throw new Exit(1);
+  }
+  if (options.size === undefined) fail('Image creation needs a size parameter', file);
+  const target = imageName(file, false, true).path;
+  if (!o.q) out(formattingLine(file, pairs, options.size, 'raw') + '\n');
+  try {
+    await cliEngine().createRaw(target, options);
   } catch (e) {
     fail(messageOf(e), file);
   }

@@ -1,4 +1,4 @@
-// `qcow2 map [-f qcow2] [--output=human|json] [-U] FILE`: the allocation map through the backing
+// `qcow2 map [-f qcow2|raw] [--output=human|json] [-U] FILE`: the allocation map through the backing
 // chain, as qemu-img map prints it.
 
 import { parseReadArgs } from '../args';
@@ -7,14 +7,14 @@ import { mapHumanText, mapJsonText } from '../render/map';
 import { fail, failOn, messageOf } from '../report';
 import { out } from '../io';
 
-export const usage = 'map [-f qcow2] [--output=human|json] [-U] FILE';
+export const usage = 'map [-f qcow2|raw] [--output=human|json] [-U] FILE';
 export const description = 'show the allocation map of an image through its backing chain (qemu-img map)';
 
 export async function run(argv: string[]): Promise<void> {
-  const { file, output: fmt, forceShare } = parseReadArgs(argv);
+  const { file, path, output: fmt, forceShare, format } = parseReadArgs(argv);
   let entries;
   try {
-    entries = await cliEngine().map(file, { forceShare });
+    entries = await cliEngine().map(path, { forceShare, format: format ?? 'probe' });
   } catch (e) {
     failOn(e, file);
   }

@@ -1,7 +1,7 @@
 // `qcow2 rebase [-f qcow2] [-u] -b FILE -F FMT [-q] FILE`: change the backing file. Without -u
 // the clusters that differ between the old and the new chain are copied first.
 
-import { requireQcow2 } from '../args';
+import { imageName, requireQcow2 } from '../args';
 import { command } from '../commander';
 import { cliEngine } from '../engine';
 import { fail, failOn } from '../report';
@@ -30,7 +30,7 @@ export async function run(argv: string[]): Promise<void> {
   requireQcow2(o.f);
   if (o.b === undefined) fail('Must specify backing file (-b) or use unsafe mode (-u)');
   try {
-    await cliEngine().rebase(file, o.b, o.F, { safe: !o.u });
+    await cliEngine().rebase(imageName(file).path, o.b, o.F, { safe: !o.u });
   } catch (e) {
     failOn(e, file);
   }

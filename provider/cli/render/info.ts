@@ -11,14 +11,21 @@ export function infoJsonText(f: ImageFacts, filename: string): string {
   return text.replace(/^( {4}"virtual-size": )\d+(\.\d+)?(e\+\d+)?/m, `$1${f.virtualSize}`);
 }
 
+/** `qemu-img info --backing-chain --output=json`: the list, as qemu-img prints it. */
+export function infoChainJsonText(chain: Array<{ facts: ImageFacts; filename: string }>): string {
+  const items = chain.map(({ facts, filename }) => infoJsonText(facts, filename).replace(/^/gm, '    '));
+  return `[\n${items.join(',\n')}\n]`;
+}
+
 /** The human form of `qemu-img info FILE`. */
 export function infoHumanText(f: ImageFacts, filename: string): string {
   const info = infoJsonOf(f, filename);
   const lines: string[] = [];
   lines.push(`image: ${filename}`);
-  lines.push('file format: qcow2');
+  lines.push(`file format: ${f.format ?? 'qcow2'}`);
   lines.push(`virtual size: ${formatSize(f.virtualSize)} (${f.virtualSize} bytes)`);
   lines.push(`disk size: ${formatSize(Number(f.actualSize))}`);
+  if (f.format === 'raw') return lines.join('\n') + '\n';
   lines.push(`cluster_size: ${f.clusterSize}`);
   if (f.dirty) lines.push('cleanly shut down: no');
   if (info['backing-filename'] !== undefined) {
@@ -40,7 +47,7 @@ export function infoHumanText(f: ImageFacts, filename: string): string {
     }
   }
   lines.push('Format specific information:');
-  const d = info['format-specific'].data;
+  const d = info['format-specific']!.data;
   const ind = '    ';
   lines.push(`${ind}compat: ${d.compat}`);
   lines.push(`${ind}compression type: ${d['compression-type']}`);

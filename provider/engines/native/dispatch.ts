@@ -26,6 +26,11 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'create':
       ops().createImage(call.path, call.options, call.behaviour);
       return undefined;
+    case 'createRaw':
+      ops().createRawImage(call.path, call.options);
+      return undefined;
+    case 'resolveCreate':
+      return ops().resolveCreateOptions(call.path, call.options, call.behaviour);
     case 'import':
       ops().importImage(call.path, call.options, call.source, progress ? { progress } : {});
       return undefined;
@@ -41,14 +46,14 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       return undefined;
     case 'info': {
       const { readImageFacts } = require('../../qcow2/ops/info') as typeof import('../../qcow2/ops/info');
-      return readImageFacts(call.path, { lock: !call.options.forceShare });
+      return readImageFacts(call.path, { lock: !call.options.forceShare, ...(call.options.format ? { format: call.options.format } : {}) });
     }
     case 'check': {
       const { checkImageFile } = require('../../qcow2/ops/check') as typeof import('../../qcow2/ops/check');
       return checkImageFile(call.path, { forceShare: call.options.forceShare ?? false });
     }
     case 'map':
-      return ops().mapImage(call.path, { format: 'qcow2', forceShare: call.options.forceShare ?? false });
+      return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false });
     case 'remove': {
       const { removeImageFiles } = require('../remove') as typeof import('../remove');
       removeImageFiles(call.path, call.options);

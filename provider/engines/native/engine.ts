@@ -3,7 +3,7 @@
 // caller's event loop never blocks on image I/O, or inline on the calling thread for a command
 // line, which has nothing else to do and should not pay for starting a thread.
 
-import type { CreateOptions } from '../../model/options';
+import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
@@ -48,6 +48,14 @@ export class NativeEngine implements Engine {
 
   async create(path: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<void> {
     await this.run({ op: 'create', path, options, behaviour });
+  }
+
+  async createRaw(path: string, options: RawCreateOptions): Promise<void> {
+    await this.run({ op: 'createRaw', path, options });
+  }
+
+  resolveCreate(path: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
+    return this.run({ op: 'resolveCreate', path, options, behaviour });
   }
 
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {

@@ -3,11 +3,12 @@
 
 import { Qcow2Error } from '../../model/errors';
 import type { ImageFacts } from '../../model/facts';
-import { planCreate, probeBacking, writeNewImage } from '../../qcow2/ops/create';
+import { planCreate, probeBacking, writeNewImage, writeNewRawImage } from '../../qcow2/ops/create';
 import { factsOfImage } from '../../qcow2/ops/info';
-import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
-import { CreateBehaviour, resolveCreate } from '../../rules/create';
+import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
+import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
+import { localFs } from '../../qcow2/io/hostfs';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
 import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
@@ -26,6 +27,18 @@ function resolved(imagePath: string, options: CreateOptions, behaviour: CreateBe
   const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
   if (!r.ok) throw createRefused(r.refusal);
   return r.options;
+}
+
+/** `qemu-img create -f raw`: validated by the rules, published like a qcow2 image. */
+export function createRawImage(imagePath: string, options: RawCreateOptions): void {
+  const r = validateRawCreate(options);
+  if (!r.ok) throw createRefused(r.refusal);
+  writeNewRawImage(imagePath, r.options.size, r.options.preallocation);
+}
+
+/** What createImage would make (rules, backing size), touching nothing. */
+export function resolveCreateOptions(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
+  return resolved(imagePath, options, behaviour);
 }
 
 /**
@@ -122,7 +135,10 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
-    applyAmend(file, plan, df);
+    // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
+    // file that can have holes punched, never by writing zeros through a wrapper.
+    const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
+    applyAmend(file, plan, df, punch);
     return plan;
   } finally {
     df?.close();

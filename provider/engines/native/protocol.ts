@@ -11,7 +11,7 @@
 import type { ErrorData } from '../../model/errors';
 import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
-import type { CreateOptions } from '../../model/options';
+import type { CreateOptions, RawCreateOptions } from '../../model/options';
 import type { ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
 
 /** Where an operation's files are. */
@@ -22,6 +22,8 @@ export const LOCAL: TargetDescriptor = { kind: 'local' };
 /** The operations and their arguments (all paths on the target). */
 export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
+  | { op: 'createRaw'; path: string; options: RawCreateOptions }
+  | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'import'; path: string; options: CreateOptions; source: ImportSource }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }

@@ -69,12 +69,12 @@ import { refused, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
 import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
 import { lockImage } from '../../qcow2/io/lock';
-import type { CreateOptions, ResolvedCreateOptions } from '../../model/options';
+import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
-import { CreateBehaviour, resolveCreate } from '../../rules/create';
+import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
 import type { Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
@@ -287,6 +287,30 @@ export class QemuImgEngine implements Engine {
     });
   }
 
+  /** `qemu-img create -f raw` in a private temp folder beside the target, linked into place. */
+  async createRaw(imagePath: string, options: RawCreateOptions): Promise<void> {
+    await this.binary();
+    const r = validateRawCreate(options);
+    if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
+    assertNewImageFiles(imagePath, { adoptDataFile: false });
+    const absImage = path.resolve(imagePath);
+    const pub = new Publication();
+    try {
+      const tmp = pub.folderBeside(absImage);
+      const args = ['create', '-q', '-f', 'raw', '-o', `preallocation=${r.options.preallocation}`, 'img.raw', String(r.options.size)];
+      await this.run('write', args, { arg: 'img.raw', file: imagePath }, tmp);
+      pub.stage(path.join(tmp, 'img.raw'), absImage, 'image');
+      pub.publish();
+    } catch (e) {
+      pub.abort();
+      throw e;
+    }
+  }
+
+  async resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
+    return QemuImgEngine.resolved(imagePath, options, behaviour);
+  }
+
   private static resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
     const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
     if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
@@ -459,6 +483,13 @@ export class QemuImgEngine implements Engine {
   async info(file: string, options: ReadOptions = {}): Promise<ImageFacts> {
     await this.binary();
     QemuImgEngine.mustExist(file);
+    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format;
+    if (format === 'raw') {
+      // A raw file as an explicit file node: no name is ever parsed as a protocol.
+      const spec = `json:${JSON.stringify({ driver: 'raw', file: { driver: 'file', filename: path.resolve(file) } })}`;
+      const r = await this.run('read', ['info', '--output=json', ...(options.forceShare ? ['-U'] : []), spec], { arg: spec, file });
+      return parseInfo(r.stdout, file, 'raw');
+    }
     return this.readInfo(file, options.forceShare ?? false);
   }
 
@@ -474,7 +505,8 @@ export class QemuImgEngine implements Engine {
         f.close();
       }
     }
-    const src = await this.chain(file, 'qcow2');
+    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format ?? 'qcow2';
+    const src = await this.chain(file, format);
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
     return parseMap(r.stdout, file);
   }

@@ -9,13 +9,14 @@ import type { ImageFacts } from '../../model/facts';
 import { factsFromInfoJson, type ImageInfoJson } from '../../model/qemu-json';
 
 /** `qemu-img info --output=json` as facts; 64-bit values read exactly from the text. */
-export function parseInfo(stdout: string, file: string): ImageFacts {
+export function parseInfo(stdout: string, file: string, format: 'qcow2' | 'raw' = 'qcow2'): ImageFacts {
   let json: ImageInfoJson;
   try {
     json = JSON.parse(stdout) as ImageInfoJson;
   } catch (e) {
     throw new Qcow2Error('IO', `qemu-img info printed no JSON for '${file}': ${stdout.slice(0, 200)}`, { file, cause: e });
   }
+  if (format === 'raw' && json.format === 'raw') return factsFromInfoJson(json, stdout);
   if (json.format !== 'qcow2' || json['format-specific']?.type !== 'qcow2') {
     throw new Qcow2Error('INVALID_IMAGE', 'Image is not in qcow2 format', { file });
   }

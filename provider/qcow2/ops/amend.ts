@@ -59,6 +59,11 @@ export interface AmendPlan {
   dataFileShrink?: number;
   /** Shrink the image file to this size after the commit. */
   fileShrink?: number;
+  /**
+   * Host ranges of data clusters a shrink freed, given back to the file system (holes punched)
+   * after the commit, as QEMU's truncate discards them. Never a cluster the new image uses.
+   */
+  discards?: Array<{ offset: number; length: number }>;
   /** True when only the header changes. */
   headerOnly: boolean;
 }
@@ -166,6 +171,9 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     const tables = new TableCache(file, cs);
     const copies = new Map<number, Table>();
 
+    /** Data clusters a shrink frees: candidates for discarding once the plan is complete. */
+    const freedByShrink: number[] = [];
+    let shrinking = false;
     const dropDataRef = (e: L2Halves) => {
       if (hasData) return;
       const t = clusterTypeOf(e.hi, e.lo, fmt);
@@ -173,7 +181,9 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         const r = parseCompressedEntry(entryOf(e.hi, e.lo), g.clusterBits);
         a.free(r.firstCluster, r.clusters);
       } else if (t === 'normal' || t === 'zero-alloc') {
-        a.free(hostClusterOf(e.hi, e.lo, g.clusterBits));
+        const hc = hostClusterOf(e.hi, e.lo, g.clusterBits);
+        a.free(hc);
+        if (shrinking) freedByShrink.push(hc);
       }
     };
     /** The table at L1 index i as it stands in this plan (the copy once there is one). */
@@ -245,6 +255,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
           if ((dataFileSize ?? 0) < target) plan.dataFileGrow = target;
         }
       } else {
+        shrinking = true;
         const keepL1 = g.l1EntriesFor(newSize);
         for (let i = 0; i < l1.length; i++) {
           const l2 = l1[i]! & C.L1E_OFFSET_MASK;
@@ -373,6 +384,15 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     if (sizeChanges && ch.size! < old.size) {
       const end = a.end() * cs;
       if (end < fileSize) plan.fileShrink = end;
+      // What stays free inside the new end is punched; what lies past it goes with the truncate.
+      const discards: Array<{ offset: number; length: number }> = [];
+      for (const c of [...new Set(freedByShrink)].sort((x, y) => x - y)) {
+        if (c >= a.end() || a.get(c) !== 0) continue;
+        const last = discards[discards.length - 1];
+        if (last && last.offset + last.length === c * cs) last.length += cs;
+        else discards.push({ offset: c * cs, length: cs });
+      }
+      if (discards.length) plan.discards = discards;
     }
     plan = { ...plan, headerOnly: false };
   }
@@ -400,7 +420,7 @@ function headerCommitBytes(h: Header, cs: number, file: BlockFile): Uint8Array {
 }
 
 /** Apply a plan in the order stated at the top of this file. */
-export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFile): void {
+export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFile, punchHole?: (offset: number, length: number) => void): void {
   if (plan.dataFileGrow !== undefined) {
     if (!dataFile) throw new Qcow2Error('NOT_FOUND', 'The external data file must be open to grow it');
     dataFile.truncate(plan.dataFileGrow);
@@ -416,6 +436,11 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
   }
   if (plan.fileShrink !== undefined) {
     file.truncate(plan.fileShrink);
+    file.flush();
+  }
+  // After the commit the ranges are unreferenced: punching them changes no guest view.
+  if (punchHole && plan.discards) {
+    for (const d of plan.discards) punchHole(d.offset, d.length);
     file.flush();
   }
 }

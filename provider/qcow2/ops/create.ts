@@ -379,3 +379,26 @@ export function writeNewImage(imagePath: string, plan: CreatePlan, host: HostFs 
     throw e;
   }
 }
+
+/**
+ * Write a new raw image of `size` bytes at `imagePath` (qemu-img create -f raw): sparse, or with
+ * or with its blocks allocated (falloc, full: written with zeros). Never overwrites; published like a
+ * qcow2 image, so a failure leaves nothing behind.
+ */
+export function writeNewRawImage(imagePath: string, size: bigint, preallocation: 'off' | 'falloc' | 'full', host: HostFs = localFs): void {
+  if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
+  if (host.stat(path.dirname(imagePath)) === undefined) {
+    throw new Qcow2Error('NOT_FOUND', `Could not create '${imagePath}': No such file or directory`, { file: imagePath, property: 'path' });
+  }
+  const pub = new Publication(host);
+  try {
+    const f = pub.create(imagePath, 'image');
+    // falloc and full both write zeros, as create does for qcow2 (the blocks end up allocated).
+    if (preallocation !== 'off') writeZeros(f, 0, Number(size), true);
+    f.truncate(Number(size));
+    pub.publish();
+  } catch (e) {
+    pub.abort();
+    throw e;
+  }
+}

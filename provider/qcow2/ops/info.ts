@@ -9,7 +9,10 @@ import { resolveBackingName } from '../spec/backing';
 import { decodeBitmapDirectory } from '../spec/bitmaps';
 import { Image } from '../meta/image';
 import * as C from '../spec/constants';
-import type { ImageFacts, SnapshotFacts } from '../../model/facts';
+import { rawImageFacts, type ImageFacts, type SnapshotFacts } from '../../model/facts';
+
+/** The format to read an image as: qcow2 (the default), raw, or probed from the leading bytes as qemu-img does. */
+export type InfoFormat = 'qcow2' | 'raw' | 'probe';
 
 const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
 
@@ -54,13 +57,15 @@ export function factsOfImage(img: Image, allocated: number | bigint, fileName = 
 /**
  * The facts of the image file `fileName` (header only; the data file is never opened). With
  * `lock`, QEMU's locks are probed first, as qemu-img info without -U does: an image a VM is
- * writing is LOCKED.
+ * writing is LOCKED. A raw file (format 'raw', or probed as raw) gives its sizes only.
  */
-export function readImageFacts(fileName: string, options: { lock?: boolean; host?: HostFs } = {}): ImageFacts {
+export function readImageFacts(fileName: string, options: { lock?: boolean; host?: HostFs; format?: InfoFormat } = {}): ImageFacts {
   const host = options.host ?? localFs;
-  const { file } = host.open(fileName, 'read');
+  const { file, size } = host.open(fileName, 'read');
   try {
     if (options.lock) host.probeLock(file, fileName, 'read');
+    const format = options.format === 'probe' ? (size >= 4 && file.read(0, 4).readUInt32BE(0) === C.QCOW_MAGIC ? 'qcow2' : 'raw') : options.format;
+    if (format === 'raw') return rawImageFacts(BigInt(size), BigInt(file.allocatedSize()));
     return infoOf(file, fileName);
   } finally {
     file.close();

@@ -6,6 +6,7 @@
 
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
+import { isZeroBuffer } from '../io/sparse';
 
 const CHUNK = 1 << 20;
 
@@ -31,7 +32,11 @@ export function rebaseSafe(img: Qcow2Image, next: GuestSource | null, backingFil
         if (differs && runStart < 0) runStart = q;
         if (!differs && runStart >= 0) {
           const stop = Math.min(q, n);
-          img.write(p + runStart, a.subarray(runStart, stop));
+          // As qemu-img: a differing run the old chain reads as zeros becomes a zero write
+          // (a zero cluster where it covers one), not a data cluster full of zeros.
+          const run = a.subarray(runStart, stop);
+          if (isZeroBuffer(run)) img.writeZeroes(p + runStart, stop - runStart);
+          else img.write(p + runStart, run);
           copied += stop - runStart;
           runStart = -1;
         }
