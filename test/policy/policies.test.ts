@@ -37,7 +37,7 @@ type Props = Record<string, unknown>;
 
 /** Inputs of `new Image(...)` as the analyzer receives them: the args plus the serialized provider. */
 function image(args: Props): Props {
-  return { __provider: 'exports.handler = __f0;\nfunction __f0() { return require("pulumi-qcow2/dist/provider/resource/impl"); }', ...args };
+  return { __provider: 'exports.handler = __f0;\nfunction __f0() { return require("pulumi-qcow2/dynamic"); }', ...args };
 }
 
 function argsFor(props: Props, config: object = {}, type = IMAGE_TYPE): ResourceValidationArgs {

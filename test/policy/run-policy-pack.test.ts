@@ -23,7 +23,7 @@ const emptyPb = pulumiReq('google-protobuf/google/protobuf/empty_pb');
 const IMAGE_TYPE = 'pulumi-nodejs:dynamic/qcow2:Image';
 const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
 const IMAGES = '/var/lib/libvirt/images';
-const PROVIDER = '__f0 = function () { return require("pulumi-qcow2/dist/provider/resource/impl"); };';
+const PROVIDER = '__f0 = function () { return require("pulumi-qcow2/dynamic"); };';
 const Level = analyzerPb.EnforcementLevel as Record<'ADVISORY' | 'MANDATORY' | 'DISABLED' | 'REMEDIATE', number>;
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const levelName = (n: number) => Object.entries(Level).find(([, v]) => v === n)![0].toLowerCase();

@@ -42,10 +42,15 @@ export class ProviderHost {
     this.client = new providerGrpc.ResourceProviderClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
   }
 
-  /** Start the host with `cwd` as the program directory (relative paths resolve there). */
+  /**
+   * Start the host with `cwd` as the program directory (relative paths resolve there). The
+   * serialized provider requires `pulumi-qcow2/dynamic`; a scratch folder has no node_modules,
+   * so NODE_PATH points at the checkout's, where scripts/link-self.js links this package.
+   */
   static async start(cwd: string): Promise<ProviderHost> {
     const entry = req.resolve('@pulumi/pulumi/cmd/dynamic-provider/index.js');
-    const child = spawn(process.execPath, [...(process.env.QCOW2_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean), entry, '127.0.0.1:1'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = { ...process.env, NODE_PATH: path.join(root, 'node_modules') };
+    const child = spawn(process.execPath, [...(process.env.QCOW2_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean), entry, '127.0.0.1:1'], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (d) => { stderr += d; });
     const port = await new Promise<number>((resolve, reject) => {
