@@ -1,0 +1,269 @@
+// Every example, and the root Pulumi.yaml's quick start, run as a user runs them: a fresh copy
+// of the project with the packed tarball installed, driven through the language-host harness
+// (test/harness/engine.ts) with the shipped policy pack on every preview and up, in its default
+// configuration (one pack process serves the whole file; the CLI would start it per run). Each goes through preview, up, a change, up again, a refresh after a hand-run
+// `qemu-img resize`, and a destroy from a moved copy of the project; the state never names the
+// project's folder.
+
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { qemuImgAvailable, requireQemu, runQemuImg } from '../helpers/qemu';
+import { PolicyPack, Project, type RunResult } from './engine';
+import { examplesInstall, policyInstall, projectCopy, runDir } from './install';
+
+const repo = path.resolve(__dirname, '../..');
+const examples = path.join(repo, 'examples');
+const skipDrift = !qemuImgAvailable() && !requireQemu;
+if (skipDrift) console.warn('[examples] qemu-img not installed: the hand-run `qemu-img resize` steps are skipped (set REQUIRE_QEMU=1 to make this fail)');
+
+const md5 = (f: string) => crypto.createHash('md5').update(fs.readFileSync(f)).digest('hex');
+const GiB = 2 ** 30;
+
+/** A run that must succeed: no errors and no policy violation of any level. */
+function clean(r: RunResult): RunResult {
+  expect(r.errors, `${r.stderr}\n${r.stdout}`).toEqual([]);
+  expect(r.policy).toEqual([]);
+  return r;
+}
+
+function resize(file: string, size: string, shrink = false): void {
+  const r = runQemuImg(['resize', ...(shrink ? ['--shrink'] : []), '-f', 'qcow2', file, size]);
+  expect(r.status, r.stderr).toBe(0);
+}
+
+/** One example's project, its images (outside the project) and state across the steps. */
+class Example {
+  readonly work: string;
+  readonly images: string;
+  readonly stateFile: string;
+  project!: Project;
+  config: Record<string, unknown>;
+
+  constructor(readonly name: string, config: (images: string) => Record<string, unknown>) {
+    this.work = fs.mkdtempSync(path.join(runDir(), `example-${name}-`));
+    this.images = path.join(this.work, 'images');
+    fs.mkdirSync(this.images);
+    this.stateFile = path.join(this.work, 'state.json');
+    this.config = config(this.images);
+  }
+
+  /** A fresh copy of the example (`source` builds its files) with the tarball installed. */
+  async create(source: (dest: string) => void): Promise<void> {
+    const src = path.join(this.work, 'source');
+    fs.mkdirSync(src);
+    source(src);
+    this.project = this.at(await projectCopy(src, path.join(this.work, 'project'), await examplesInstall()));
+  }
+
+  /**
+   * The project at `dir`. Its first run type-checks the program, as `pulumi` does; later runs
+   * set PULUMI_NODEJS_TRANSPILE_ONLY (a setting the nodejs language host honours too) to keep the
+   * suite short: the program has not changed.
+   */
+  at(dir: string): Project {
+    const env: Record<string, string> = this.project ? { PULUMI_NODEJS_TRANSPILE_ONLY: 'true' } : {};
+    return new Project({ dir, stateFile: this.stateFile, config: this.config, policyPacks: [pack], env });
+  }
+
+  set(config: Record<string, unknown>): void {
+    Object.assign(this.config, config);
+    this.project = this.at(this.project.dir);
+  }
+
+  /** Move the project folder (another clone, another CI runner) and destroy from there. */
+  async destroyFromMovedCopy(): Promise<RunResult> {
+    const moved = path.join(this.work, 'moved');
+    const before = this.project.dir;
+    fs.renameSync(before, moved);
+    this.project = this.at(moved);
+    const state = fs.readFileSync(this.stateFile, 'utf8');
+    for (const p of [before, moved, repo]) expect(state).not.toContain(p);
+    const r = clean(await this.project.destroy());
+    expect(this.project.readState().resources).toEqual([]);
+    return r;
+  }
+}
+
+const copyExample = (name: string) => (dest: string) => fs.cpSync(path.join(examples, name), dest, {
+  recursive: true, filter: (s) => !s.split(path.sep).includes('node_modules'),
+});
+
+/** The shipped policy pack, from its own install, in its default configuration: on every preview and up. */
+let pack: PolicyPack;
+
+beforeAll(async () => {
+  // The installs take a while: side by side, and here, out of the first test's time.
+  const [, policy] = await Promise.all([examplesInstall(), policyInstall()]);
+  pack = await PolicyPack.start(policy);
+}, 600_000);
+afterAll(() => pack?.stop());
+
+describe('the root Pulumi.yaml (main: examples/quickstart)', () => {
+  const ex = new Example('root', (images) => ({ imageDir: images, baseSize: '2G', dataSize: '1G' }));
+  afterAll(() => fs.rmSync(ex.work, { recursive: true, force: true }));
+
+  it('preview, up, a change, up', async () => {
+    await ex.create((dest) => {
+      fs.copyFileSync(path.join(repo, 'Pulumi.yaml'), path.join(dest, 'Pulumi.yaml'));
+      copyExample('quickstart')(path.join(dest, 'examples', 'quickstart'));
+    });
+    expect(ex.project.programDir).toBe(path.join(ex.project.dir, 'examples', 'quickstart'));
+    const preview = clean(await ex.project.preview());
+    expect(preview.ops).toEqual({ base: 'create', vm1: 'create', vm2: 'create', data: 'create' });
+    expect(fs.readdirSync(ex.images)).toEqual([]);
+
+    const up = clean(await ex.project.up());
+    expect(up.ops).toEqual({ base: 'create', vm1: 'create', vm2: 'create', data: 'create' });
+    expect(fs.readdirSync(ex.images).sort()).toEqual(['base.qcow2', 'data.qcow2', 'data.raw', 'vm1.qcow2', 'vm2.qcow2']);
+    expect(up.outputs).toMatchObject({ dataVirtualSize: GiB, dataFile: path.join(ex.images, 'data.raw') });
+
+    ex.set({ dataSize: '2G' });
+    const grown = clean(await ex.project.up());
+    // Only the changed image is updated; the others have no input change and nothing to do.
+    expect(grown.ops).toEqual({ base: 'same', vm1: 'same', vm2: 'same', data: 'update' });
+    expect(grown.outputs.dataVirtualSize).toBe(2 * GiB);
+    expect(fs.statSync(path.join(ex.images, 'data.raw')).size).toBe(2 * GiB);
+  }, 300_000);
+
+  it.skipIf(skipDrift)('a hand-run qemu-img resize shows in refresh, and the next preview refuses to shrink it back', async () => {
+    resize(path.join(ex.images, 'base.qcow2'), '3G');
+    const refresh = clean(await ex.project.refresh());
+    expect(refresh.ops).toEqual({ base: 'update', vm1: 'same', vm2: 'same', data: 'same' });
+    const refused = await ex.project.preview();
+    expect(refused.ok).toBe(false);
+    expect(refused.errors.join('\n')).toMatch(/allowShrink/);
+    ex.set({ baseSize: '3G' });
+    expect(clean(await ex.project.preview()).ops).toEqual({ base: 'same', vm1: 'same', vm2: 'same', data: 'same' });
+  }, 300_000);
+
+  it('destroys from a moved copy of the project', async () => {
+    const r = await ex.destroyFromMovedCopy();
+    expect(Object.keys(r.ops).sort()).toEqual(['base', 'data', 'vm1', 'vm2']);
+    expect(fs.readdirSync(ex.images)).toEqual([]);
+  }, 300_000);
+});
+
+describe('examples/overlays', () => {
+  const ex = new Example('overlays', (images) => ({ imageDir: images, goldenSize: '1G', vms: { web: '1G', db: '1G' } }));
+  afterAll(() => fs.rmSync(ex.work, { recursive: true, force: true }));
+
+  it('preview, up, a change, up', async () => {
+    await ex.create(copyExample('overlays'));
+    expect(clean(await ex.project.preview()).ops).toEqual({ golden: 'create', 'overlay-web': 'create', 'overlay-db': 'create' });
+    clean(await ex.project.up());
+    expect(fs.readdirSync(ex.images).sort()).toEqual(['db.qcow2', 'golden.qcow2', 'web.qcow2']);
+    ex.set({ vms: { web: '1G', db: '2G' } });
+    const grown = clean(await ex.project.up());
+    expect(grown.ops).toEqual({ golden: 'same', 'overlay-web': 'same', 'overlay-db': 'update' });
+    expect((grown.outputs.overlays as Array<{ vm: string; virtualSize: number }>).find((o) => o.vm === 'db')!.virtualSize).toBe(2 * GiB);
+  }, 300_000);
+
+  it.skipIf(skipDrift)('a hand-shrunk overlay shows in refresh and the next up grows it back; a VM removed from config is deleted', async () => {
+    resize(path.join(ex.images, 'web.qcow2'), '512M', true);
+    expect(clean(await ex.project.refresh()).ops).toEqual({ golden: 'same', 'overlay-web': 'update', 'overlay-db': 'same' });
+    ex.set({ vms: { web: '1G' } });
+    const back = clean(await ex.project.up());
+    expect(back.ops).toEqual({ golden: 'same', 'overlay-web': 'update', 'overlay-db': 'delete' });
+    expect(back.outputs.overlays).toEqual([{ vm: 'web', path: path.join(ex.images, 'web.qcow2'), virtualSize: GiB }]);
+    expect(fs.readdirSync(ex.images).sort()).toEqual(['golden.qcow2', 'web.qcow2']);
+  }, 300_000);
+
+  it('destroys from a moved copy of the project', async () => {
+    await ex.destroyFromMovedCopy();
+    expect(fs.readdirSync(ex.images)).toEqual([]);
+  }, 300_000);
+});
+
+describe('examples/raw-data-file', () => {
+  const ex = new Example('raw-data-file', (images) => ({ imageDir: images, rawDisk: path.join(images, 'disk.raw') }));
+  afterAll(() => fs.rmSync(ex.work, { recursive: true, force: true }));
+  let disk: string;
+  let sum: string;
+
+  it('wraps a raw disk unchanged, clears data-file-raw, refuses to set it again', async () => {
+    disk = path.join(ex.images, 'disk.raw');
+    fs.writeFileSync(disk, crypto.randomBytes(1 << 20));
+    fs.truncateSync(disk, 16 << 20);
+    sum = md5(disk);
+    await ex.create(copyExample('raw-data-file'));
+    expect(clean(await ex.project.preview()).ops).toEqual({ disk: 'create' });
+    const up = clean(await ex.project.up());
+    expect(up.outputs).toMatchObject({ dataFile: disk, dataFileRaw: true, virtualSize: 16 << 20 });
+    expect(md5(disk)).toBe(sum);
+
+    ex.set({ dataFileRaw: 'false' });
+    const off = await ex.project.up();
+    expect(off.errors).toEqual([]);
+    expect(off.ops).toEqual({ disk: 'update' });
+    expect(off.outputs.dataFileRaw).toBe(false);
+    // The pack's advice, not a refusal: a data file without data-file-raw.
+    expect(off.policy.map((p) => [p.policy, p.level])).toEqual([['qcow2-prefer-data-file-raw', 'advisory']]);
+
+    ex.set({ dataFileRaw: 'true' });
+    const refused = await ex.project.preview();
+    expect(refused.ok).toBe(false);
+    expect(refused.errors.join('\n')).toMatch(/data-file-raw cannot be set on existing images/);
+    expect(md5(disk)).toBe(sum);
+    ex.set({ dataFileRaw: 'false' });
+  }, 300_000);
+
+  it.skipIf(skipDrift)('a hand-run qemu-img resize shows in refresh; nothing to do for an adopted size', async () => {
+    resize(path.join(ex.images, 'disk.qcow2'), '32M');
+    const refresh = await ex.project.refresh();
+    expect(refresh.errors).toEqual([]);
+    expect(refresh.ops).toEqual({ disk: 'update' });
+    expect(ex.project.readState().resources.find((r) => r.urn.endsWith('::disk'))!.outputs.virtualSize).toBe(32 << 20);
+    expect((await ex.project.preview()).ops).toEqual({ disk: 'same' });
+    sum = md5(disk);
+  }, 300_000);
+
+  it('destroys from a moved copy of the project, keeping the raw disk', async () => {
+    await ex.destroyFromMovedCopy();
+    expect(fs.readdirSync(ex.images)).toEqual(['disk.raw']);
+    expect(md5(disk)).toBe(sum); // the user's raw disk is never deleted
+  }, 300_000);
+});
+
+describe('examples/gitops', () => {
+  const ex = new Example('gitops', () => ({}));
+  afterAll(() => fs.rmSync(ex.work, { recursive: true, force: true }));
+  let declared: Record<string, Record<string, unknown>>;
+
+  it('previews the stack file as shipped, rejects a bad one, then up, a change, up', async () => {
+    await ex.create(copyExample('gitops'));
+    // Pulumi.dev.yaml as shipped: schema-valid, passes the policy pack; a preview creates nothing.
+    const shipped = clean(await ex.project.preview());
+    expect(shipped.ops).toEqual({ base: 'create', scratch: 'create' });
+    expect(shipped.outputs.images).toMatchObject({ base: { path: '/var/lib/libvirt/images/base.qcow2' } });
+
+    ex.set({ images: { bad: { path: 'x.qcow2', size: 'lots', clusterSize: 3 } } });
+    const bad = await ex.project.up();
+    expect(bad.ok).toBe(false);
+    expect(bad.errors.join('\n')).toMatch(/images\.bad\.(size|clusterSize)/);
+    expect(ex.project.readState().resources.filter((r) => r.custom)).toEqual([]);
+
+    declared = {
+      base: { path: path.join(ex.images, 'base.qcow2'), size: '1G' },
+      scratch: { path: path.join(ex.images, 'scratch.qcow2'), size: '1G', dataFile: path.join(ex.images, 'scratch.raw'), dataFileRaw: true },
+    };
+    ex.set({ images: declared });
+    expect(clean(await ex.project.up()).ops).toEqual({ base: 'create', scratch: 'create' });
+    ex.set({ images: { ...declared, base: { ...declared.base, size: '2G' } } });
+    expect(clean(await ex.project.up()).ops).toEqual({ base: 'update', scratch: 'same' });
+  }, 300_000);
+
+  it.skipIf(skipDrift)('a hand-grown data-file-raw image shows in refresh; the next preview refuses to shrink it', async () => {
+    resize(path.join(ex.images, 'scratch.qcow2'), '2G');
+    expect(fs.statSync(path.join(ex.images, 'scratch.raw')).size).toBe(2 * GiB);
+    expect(clean(await ex.project.refresh()).ops).toEqual({ base: 'same', scratch: 'update' });
+    const refused = await ex.project.preview();
+    expect(refused.errors.join('\n')).toMatch(/allowShrink/);
+  }, 300_000);
+
+  it('destroys from a moved copy of the project', async () => {
+    await ex.destroyFromMovedCopy();
+    expect(fs.readdirSync(ex.images)).toEqual([]);
+  }, 300_000);
+});
