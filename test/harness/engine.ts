@@ -396,12 +396,13 @@ class Run {
   /** After the program: delete replaced resources and those the program no longer declares. */
   async finish(): Promise<void> {
     const orphans = [...this.old.values()].filter((r) => !this.registered.has(r.urn));
-    if (this.dryRun) {
-      for (const r of orphans) if (r.custom) this.ops[nameOf(r.urn)] = 'delete';
+    if (this.failed) {
+      // The engine deletes nothing the program did not declare when the program or a step failed.
+      this.save();
       return;
     }
-    if (this.failed) {
-      this.save();
+    if (this.dryRun) {
+      for (const r of orphans) if (r.custom) this.ops[nameOf(r.urn)] = 'delete';
       return;
     }
     let state = this.newState();
@@ -517,7 +518,10 @@ class Run {
     try {
       if (!old) {
         this.ops[name] = 'create';
-        if (this.dryRun) return response('', checked);
+        if (this.dryRun) {
+          this.registered.set(urn, entry({ inputs: checked }));
+          return response('', checked);
+        }
         const r = await host.create(urn, checked);
         this.registered.set(urn, entry({ id: r.id, inputs: checked, outputs: r.outs }));
         this.save();
@@ -528,7 +532,10 @@ class Run {
       if (changed && d.replaces.length) {
         this.ops[name] = 'replace';
         if (old.protect) throw this.stop(`unable to replace resource "${urn}" as it is currently marked for protection`, urn);
-        if (this.dryRun) return response('', checked);
+        if (this.dryRun) {
+          this.registered.set(urn, entry({ inputs: checked }));
+          return response('', checked);
+        }
         if (d.deleteBeforeReplace || request.getDeletebeforereplace()) {
           await host.delete(urn, old.id!, old.outputs, old.inputs);
           this.old.delete(urn);
@@ -543,7 +550,10 @@ class Run {
       }
       if (changed) {
         this.ops[name] = 'update';
-        if (this.dryRun) return response(old.id!, checked);
+        if (this.dryRun) {
+          this.registered.set(urn, entry({ id: old.id, inputs: checked, outputs: old.outputs }));
+          return response(old.id!, checked);
+        }
         const outs = await host.update(urn, old.id!, old.outputs, checked, old.inputs);
         this.registered.set(urn, entry({ id: old.id, inputs: checked, outputs: outs }));
         this.save();

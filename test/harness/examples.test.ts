@@ -253,6 +253,7 @@ describe('examples/gitops', () => {
     ex.set({ images: declared });
     expect(clean(await ex.project.up()).ops).toEqual({ base: 'create', scratch: 'create' });
     ex.set({ images: { ...declared, base: { ...declared.base, size: '2G' } } });
+    expect(clean(await ex.project.preview()).ops).toEqual({ base: 'update', scratch: 'same' });
     expect(clean(await ex.project.up()).ops).toEqual({ base: 'update', scratch: 'same' });
   }, 300_000);
 

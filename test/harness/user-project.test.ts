@@ -15,7 +15,11 @@ import { Image } from 'pulumi-qcow2';
 const config = new pulumi.Config();
 const dir = config.require('imageDir');
 const base = new Image('base', { path: \`\${dir}/base.qcow2\`, size: config.get('size') ?? '1G' });
-const vm = new Image('vm', { path: \`\${dir}/vm.qcow2\`, backingFile: base.path, backingFormat: 'qcow2' });
+const cluster = config.getNumber('vmClusterSize');
+const vm = new Image('vm', {
+  path: \`\${dir}/vm.qcow2\`, backingFile: base.path, backingFormat: 'qcow2',
+  ...(cluster ? { clusterSize: cluster, allowReplace: true } : {}),
+});
 export const basePath = base.path;
 export const vmSize = vm.virtualSize;
 `;
@@ -56,10 +60,19 @@ describe('a fresh project with only the tarball and @pulumi/pulumi installed', (
     expect(refresh.errors).toEqual([]);
     expect(refresh.ops).toEqual({ base: 'same', vm: 'same' });
 
+    // A create-only change, allowed to replace: the provider asks for delete-before-replace (same
+    // path), so the engine deletes the old overlay before it creates the new one.
+    const replacing = new Project({ dir: first, stateFile, config: { imageDir: images, vmClusterSize: '4096' } });
+    expect((await replacing.preview()).ops).toEqual({ base: 'same', vm: 'replace' });
+    const replaced = await replacing.up();
+    expect(replaced.errors).toEqual([]);
+    expect(replaced.ops).toEqual({ base: 'same', vm: 'replace' });
+    expect(replacing.readState().resources.find((r) => r.urn.endsWith('::vm'))!.outputs.clusterSize).toBe(4096);
+
     // The project moves (another clone, another runner): the state still works from there.
     const moved = path.join(work, 'moved');
     fs.renameSync(first, moved);
-    const there = new Project({ dir: moved, stateFile, config: { imageDir: images } });
+    const there = new Project({ dir: moved, stateFile, config: { imageDir: images, vmClusterSize: '4096' } });
     expect((await there.refresh()).ops).toEqual({ base: 'same', vm: 'same' });
     const state = fs.readFileSync(stateFile, 'utf8');
     expect(state).not.toContain(first);
