@@ -101,8 +101,6 @@ export interface ProjectOptions {
   env?: Record<string, string>;
 }
 
-const unknownValue = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
-
 function deepEqual(a: unknown, b: unknown): boolean {
   return JSON.stringify(sorted(a)) === JSON.stringify(sorted(b));
 }
@@ -657,4 +655,3 @@ export class PolicyPack {
   }
 }
 
-export { unknownValue as UNKNOWN };
