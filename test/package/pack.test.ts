@@ -69,7 +69,8 @@ describe('npm pack', () => {
         }
       }
     };
-    for (const e of [pkg.main, ...Object.values(pkg.bin as Record<string, string>), pkg.exports['./dynamic'].default]) visit(path.posix.normalize(e));
+    const jsTargets = (v: unknown): string[] => (typeof v === 'string' ? (v.endsWith('.js') ? [v] : []) : Object.values(v as object).flatMap(jsTargets));
+    for (const e of [pkg.main, ...Object.values(pkg.bin as Record<string, string>), ...jsTargets(pkg.exports)]) visit(path.posix.normalize(e));
     expect(missing).toEqual([]);
     expect(seen.size).toBeGreaterThan(10);
   });
