@@ -403,11 +403,11 @@ const scenarios: Scenario[] = [
       images: [],
       run: async (e, dir) => {
         await e.create(image, { size: 4n * M, dataFile: data, dataFileRaw: true });
-        expect(imageInfo(path.join(dir, image))['format-specific'].data['data-file']).toBe(data);
+        expect(imageInfo(path.join(dir, image))['format-specific']!.data['data-file']).toBe(data);
         expect(fs.statSync(path.join(dir, data)).size).toBe(4 << 20);
         fs.renameSync(path.join(dir, data), path.join(dir, next));
         await e.amend(image, { dataFile: next, lazyRefcounts: true });
-        expect(imageInfo(path.join(dir, image))['format-specific'].data['data-file']).toBe(next);
+        expect(imageInfo(path.join(dir, image))['format-specific']!.data['data-file']).toBe(next);
         await e.resize(image, 6n * M); // opens the data file by its hostile name
         expect(fs.statSync(path.join(dir, next)).size).toBe(6 << 20);
         await e.amend(image, { dataFileRaw: false });
@@ -417,12 +417,12 @@ const scenarios: Scenario[] = [
         expect(check).toMatchObject({ corruptions: 0, leaks: 0, checkErrors: 0 });
         // Absolute data file names too (what the provider stores).
         await e.amend(image, { dataFile: path.join(dir, next) });
-        expect(imageInfo(path.join(dir, image))['format-specific'].data['data-file']).toBe(path.join(dir, next));
+        expect(imageInfo(path.join(dir, image))['format-specific']!.data['data-file']).toBe(path.join(dir, next));
         await e.amend(image, { dataFile: next });
         const files = Object.keys(snapshotDir(dir)).sort();
         expect(files).toEqual([...new Set(['base.qcow2', 'base.raw', image, next])].sort());
         const { imageEndOffset: _end, ...verdict } = check;
-        return { info, check: verdict, dataFile: imageInfo(path.join(dir, image))['format-specific'].data['data-file'] };
+        return { info, check: verdict, dataFile: imageInfo(path.join(dir, image))['format-specific']!.data['data-file'] };
       },
     };
   }),

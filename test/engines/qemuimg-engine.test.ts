@@ -231,7 +231,7 @@ describe.skipIf(SKIP)('what qemu-img may open', () => {
     const j = imageInfo(path.join(d, 'img.qcow2'));
     expect(j['backing-filename']).toBe('nbd:localhost:1');
     expect(j['virtual-size']).toBe(2 * 1024 * 1024);
-    expect(j['format-specific'].data.compat).toBe('0.10');
+    expect(j['format-specific']!.data.compat).toBe('0.10');
   });
 
   it('growth over a longer backing file is what plain qemu-img does, byte for byte', async () => {

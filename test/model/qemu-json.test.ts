@@ -24,11 +24,11 @@ describe('qemu-img info JSON', () => {
   });
 
   it('orders_format_specific_keys_as_qemu_img', () => {
-    expect(Object.keys(infoJsonOf(base, 'img.qcow2')['format-specific'].data)).toEqual([
+    expect(Object.keys(infoJsonOf(base, 'img.qcow2')['format-specific']!.data)).toEqual([
       'compat', 'compression-type', 'lazy-refcounts', 'bitmaps', 'refcount-bits', 'data-file', 'data-file-raw', 'corrupt', 'extended-l2',
     ]);
     const v2 = infoJsonOf({ ...base, compat: '0.10', lazyRefcounts: false, hasDataFile: false, dataFileRaw: false, dataFile: undefined as never, bitmaps: [], detail: { snapshots: [], bitmaps: [] } }, 'x');
-    expect(Object.keys(v2['format-specific'].data)).toEqual(['compat', 'compression-type', 'refcount-bits']);
+    expect(Object.keys(v2['format-specific']!.data)).toEqual(['compat', 'compression-type', 'refcount-bits']);
   });
 
   it('keeps_sizes_above_2_53_exact_in_both_directions', () => {

@@ -148,7 +148,7 @@ describe.each(CASES)('$name', (c) => {
     expect(info['cluster-size']).toBe(o.clusterSize);
     expect(info.format).toBe('qcow2');
     expect(info['dirty-flag']).toBe(false);
-    const d = info['format-specific'].data;
+    const d = info['format-specific']!.data;
     expect(d.compat).toBe(o.compat);
     expect(d['refcount-bits']).toBe(o.refcountBits);
     expect(d['compression-type']).toBe(o.compressionType);
