@@ -17,6 +17,7 @@ import { ChildProcess, spawn } from 'child_process';
 import { createRequire } from 'module';
 import * as fs from 'fs';
 import * as path from 'path';
+import { startPlugin } from '../helpers/plugin';
 import { HostError, ProviderHost, type Props } from '../resource/host';
 
 const root = path.resolve(__dirname, '..', '..');
@@ -597,20 +598,7 @@ export class PolicyPack {
     const entry = require.resolve('@pulumi/pulumi/cmd/run-policy-pack', { paths: [dir] });
     const env = { ...process.env };
     for (const k of ['NODE_OPTIONS', 'NODE_PATH', 'TS_NODE_PROJECT']) delete env[k];
-    const child = spawn(process.execPath, [entry, engineAddress, dir], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (d) => { stderr += d; });
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (d) => {
-        out += d;
-        const line = out.split('\n')[0]!.trim();
-        if (!out.includes('\n')) return;
-        if (/^\d+$/.test(line)) resolve(Number(line));
-        else reject(new Error(`run-policy-pack in ${dir} printed ${JSON.stringify(out)}: ${stderr}`));
-      });
-      child.on('exit', (code) => reject(new Error(`run-policy-pack in ${dir} exited with ${code}: ${stderr}`)));
-    });
+    const { child, port } = await startPlugin(`run-policy-pack in ${dir}`, [entry, engineAddress, dir], dir, env);
     const client = new analyzerGrpc.AnalyzerClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
     const call = <T>(method: string, request: unknown) => new Promise<T>((resolve, reject) => client[method](request, (err: Error | null, r: T) => (err ? reject(err) : resolve(r))));
     const info: any = await call('getAnalyzerInfo', new emptyPb.Empty());

@@ -6,12 +6,13 @@
 // 127.0.0.1 and prints its port on stdout. The engine address is never used. Then the engine's
 // calls: GetAnalyzerInfo, Configure, Analyze.
 
-import { ChildProcess, spawn } from 'child_process';
+import type { ChildProcess } from 'child_process';
 import { createRequire } from 'module';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { policyInstall } from '../harness/install';
+import { startPlugin } from '../helpers/plugin';
 
 const root = path.resolve(__dirname, '..', '..');
 let packDir: string;
@@ -43,7 +44,7 @@ interface Diagnostic {
 
 let child: ChildProcess | undefined;
 let client: any;
-let stderr = '';
+let stderr: () => string = () => '';
 
 function call<T = any>(method: string, request: unknown): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -83,20 +84,10 @@ async function analyze(props: Record<string, unknown>, type = IMAGE_TYPE, name =
 beforeAll(async () => {
   packDir = await policyInstall();
   const entry = require.resolve('@pulumi/pulumi/cmd/run-policy-pack', { paths: [packDir] });
-  child = spawn(process.execPath, [entry, '127.0.0.1:1', packDir], { cwd: packDir, stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stderr!.on('data', (d) => { stderr += d; });
-  // No deadline of our own: a pack that never prints its port is caught by the hook's timeout.
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
-    child!.stdout!.on('data', (d) => {
-      out += d;
-      const line = out.split('\n')[0]!.trim();
-      if (!out.includes('\n')) return;
-      if (/^\d+$/.test(line)) resolve(Number(line));
-      else reject(new Error(`run-policy-pack printed ${JSON.stringify(out)} (stderr: ${stderr})`));
-    });
-    child!.on('exit', (code) => reject(new Error(`run-policy-pack exited with ${code}: ${stderr}`)));
-  });
+  const plugin = await startPlugin('run-policy-pack', [entry, '127.0.0.1:1', packDir], packDir);
+  child = plugin.child;
+  stderr = plugin.stderr;
+  const port = plugin.port;
   client = new analyzerGrpc.AnalyzerClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
 }, 300_000);
 
@@ -226,6 +217,6 @@ describe('the qcow2 policy pack served by run-policy-pack', () => {
   });
 
   it('kept stderr free of errors', () => {
-    expect(stderr).not.toMatch(/error/i);
+    expect(stderr()).not.toMatch(/error/i);
   });
 });

@@ -2,9 +2,10 @@
 // @pulumi/pulumi, serialize the provider from compiled CommonJS (as a Pulumi program does) and
 // make the engine's gRPC calls in its order. No Pulumi CLI and no mocks.
 
-import { ChildProcess, spawn } from 'child_process';
+import type { ChildProcess } from 'child_process';
 import { createRequire } from 'module';
 import * as path from 'path';
+import { startPlugin } from '../helpers/plugin';
 
 import * as fs from 'fs';
 
@@ -57,22 +58,7 @@ export class ProviderHost {
     const env = opts.installed ? { ...process.env } : { ...process.env, NODE_PATH: path.join(root, 'node_modules') };
     if (opts.installed) delete env.NODE_PATH;
     const nodeArgs = (process.env.QCOW2_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    const child = spawn(process.execPath, [...nodeArgs, entry, opts.engineAddress ?? '127.0.0.1:1'], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (d) => { stderr += d; });
-    // No deadline of our own (a loaded machine must not fail a test): a host that never prints
-    // its port is caught by the test's timeout.
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (d) => {
-        out += d;
-        const line = out.split('\n')[0]!;
-        if (!out.includes('\n')) return;
-        if (/^\d+$/.test(line.trim())) resolve(Number(line.trim()));
-        else reject(new Error(`provider host printed ${JSON.stringify(out)} instead of its port: ${stderr}`));
-      });
-      child.on('exit', (code) => reject(new Error(`provider host exited with ${code}: ${stderr}`)));
-    });
+    const { child, port } = await startPlugin('provider host', [...nodeArgs, entry, opts.engineAddress ?? '127.0.0.1:1'], cwd, env);
     const host = new ProviderHost(child, port);
     await host.call('configure', new providerPb.ConfigureRequest().setArgs(structPb.Struct.fromJavaScript(opts.config ?? {}))
       .setAcceptsecrets(true).setAcceptresources(true));
