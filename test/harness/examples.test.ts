@@ -12,7 +12,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, it, type ExpectStatic } from 'vitest';
 import { qemuImgAvailable, requireQemu, runQemuImg } from '../helpers/qemu';
 import { PolicyPack, Project, type RunResult } from './engine';
-import { examplesInstall, policyInstall, projectCopy, runDir } from './install';
+import { HANG_MS, examplesInstall, policyInstall, projectCopy, runDir } from './install';
 
 const repo = path.resolve(__dirname, '../..');
 const examples = path.join(repo, 'examples');
@@ -118,7 +118,7 @@ beforeAll(async () => {
   // The installs take a while: side by side, and here, out of the first test's time.
   const [, policy] = await Promise.all([examplesInstall(), policyInstall()]);
   pack = await PolicyPack.start(policy);
-}, 600_000);
+}, HANG_MS);
 afterAll(() => pack?.stop());
 
 describe.concurrent('examples, each in a fresh project with the packed package installed', () => {
@@ -162,7 +162,7 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(Object.keys(destroyed.ops).sort()).toEqual(['base', 'data', 'vm1', 'vm2']);
     expect(fs.readdirSync(ex.images)).toEqual([]);
     ex.remove();
-  }), 600_000);
+  }), HANG_MS);
 
   it('examples/overlays: preview, up, one overlay grows; a hand-shrunk overlay seen by refresh and grown back, a VM dropped from config deleted; destroy from a moved copy', ({ expect }) => inSlot(async () => {
     const ex = new Example(expect, 'overlays', (images) => ({ imageDir: images, goldenSize: '1G', vms: { web: '1G', db: '1G' } }));
@@ -188,7 +188,7 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     await ex.destroyFromMovedCopy();
     expect(fs.readdirSync(ex.images)).toEqual([]);
     ex.remove();
-  }), 600_000);
+  }), HANG_MS);
 
   it('examples/raw-data-file: wraps a raw disk unchanged, clears data-file-raw, refuses to set it again; a hand-run resize seen by refresh; destroy from a moved copy keeps the raw disk', ({ expect }) => inSlot(async () => {
     const ex = new Example(expect, 'raw-data-file', (images) => ({ imageDir: images, rawDisk: path.join(images, 'disk.raw') }));
@@ -232,7 +232,7 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(fs.readdirSync(ex.images)).toEqual(['disk.raw']);
     expect(md5(disk)).toBe(sum); // the user's raw disk is never deleted
     ex.remove();
-  }), 600_000);
+  }), HANG_MS);
 
   it('examples/gitops: previews the stack file as shipped, rejects a bad one, up, a change, up; a hand-grown image refused by the next preview, recorded by refresh; destroy from a moved copy', ({ expect }) => inSlot(async () => {
     const ex = new Example(expect, 'gitops', () => ({}));
@@ -272,5 +272,5 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     await ex.destroyFromMovedCopy();
     expect(fs.readdirSync(ex.images)).toEqual([]);
     ex.remove();
-  }), 600_000);
+  }), HANG_MS);
 });

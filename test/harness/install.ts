@@ -12,6 +12,13 @@ import { inject } from 'vitest';
 const root = path.resolve(__dirname, '..', '..');
 const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
 
+/**
+ * How long a harness test may run before it counts as hung: half an hour, the goal for a whole CI
+ * run. Not a speed budget: a project's runs start several node processes each, and on a loaded
+ * machine (or while the examples wait for a slot, which vitest counts) they take many minutes.
+ */
+export const HANG_MS = 30 * 60_000;
+
 /** The folder this test run shares between files (made and removed by test/harness/global-setup.ts). */
 export function runDir(): string {
   return inject('harnessDir');

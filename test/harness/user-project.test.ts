@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Project } from './engine';
-import { bareInstall, projectCopy, runDir } from './install';
+import { HANG_MS, bareInstall, projectCopy, runDir } from './install';
 
 const program = `import * as pulumi from '@pulumi/pulumi';
 import { Image } from 'pulumi-qcow2';
@@ -38,7 +38,7 @@ describe('a fresh project with only the tarball and @pulumi/pulumi installed', (
     fs.writeFileSync(path.join(source, 'Pulumi.yaml'), 'name: disks\nruntime:\n  name: nodejs\n  options:\n    typescript: true\n');
     fs.writeFileSync(path.join(source, 'package.json'), JSON.stringify({ name: 'disks', private: true, main: 'index.ts' }, null, 2));
     fs.writeFileSync(path.join(source, 'index.ts'), program);
-  }, 300_000);
+  }, HANG_MS);
 
   it('previews, ups, refreshes, and refreshes and destroys from a moved copy', async () => {
     const first = await projectCopy(source, path.join(work, 'project'), await bareInstall());
@@ -83,5 +83,5 @@ describe('a fresh project with only the tarball and @pulumi/pulumi installed', (
     expect(destroy.ops).toEqual({ vm: 'delete', base: 'delete' });
     expect(fs.readdirSync(images)).toEqual([]);
     expect(there.readState().resources).toEqual([]);
-  }, 300_000);
+  }, HANG_MS);
 });

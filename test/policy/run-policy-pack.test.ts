@@ -11,7 +11,7 @@ import { createRequire } from 'module';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { policyInstall } from '../harness/install';
+import { HANG_MS, policyInstall } from '../harness/install';
 import { startPlugin } from '../helpers/plugin';
 
 const root = path.resolve(__dirname, '..', '..');
@@ -89,7 +89,7 @@ beforeAll(async () => {
   stderr = plugin.stderr;
   const port = plugin.port;
   client = new analyzerGrpc.AnalyzerClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-}, 300_000);
+}, HANG_MS);
 
 afterAll(() => {
   client?.close();
