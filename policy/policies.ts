@@ -16,8 +16,11 @@ import { SIZE_PATTERN, describeSize, parseSize } from './size';
 /** Type token of pulumi-qcow2's Image (its class's static __pulumiType). */
 export const IMAGE_TYPE = 'pulumi-nodejs:dynamic/qcow2:Image';
 
-/** Where images may live unless the pack's config says otherwise. */
-export const DEFAULT_ALLOWED_DIRECTORIES: readonly string[] = ['/var/lib/libvirt/images'];
+/**
+ * Where images may live unless the pack's config says otherwise: anywhere, as long as the path is
+ * absolute (so the default passes every example). Set allowedDirectories to confine them.
+ */
+export const DEFAULT_ALLOWED_DIRECTORIES: readonly string[] = ['/'];
 
 /** Largest virtual size that passes qcow2-max-size unless the pack's config says otherwise. */
 export const DEFAULT_MAX_SIZE = '2T';
@@ -127,13 +130,14 @@ export const allowedPaths: ResourceValidationPolicy = {
   validateResource: forImage((input, args, report) => {
     const dirs = args.getConfig<AllowedPathsConfig>().allowedDirectories ?? [...DEFAULT_ALLOWED_DIRECTORIES];
     const where = dirs.map((d) => show(d)).join(', ');
+    const anywhere = dirs.some((d) => path.posix.normalize(d) === '/');
     for (const key of PATH_INPUTS) {
       const p = input(key);
       if (p === UNKNOWN || !isSet(p)) continue;
       if (!path.posix.isAbsolute(p)) {
         report(
           `${key} ${show(p)} is a relative path. The Image resolves it against the directory the Pulumi program ` +
-            `runs in, so the file would land wherever the program happens to run. Use an absolute path under ${where}.`,
+            `runs in, so the file would land wherever the program happens to run. Use an absolute path${anywhere ? '' : ` under ${where}`}.`,
         );
         continue;
       }

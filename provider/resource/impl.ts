@@ -13,14 +13,17 @@ import { propertyOf } from '../model/names';
 import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
-import { validateCreate } from '../rules/create';
-import type { DesiredSpec, WorldFacts } from '../rules/types';
+import { validateCreate, withCreateWayForward } from '../rules/create';
+import type { Change, DesiredSpec, WorldFacts } from '../rules/types';
 import { UNKNOWN, validateInputs } from './schema';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
 
 export type { ImageOutputs };
 
-/** The version of this provider's code; a change makes diff report an update, refreshing state. */
+/**
+ * The version of the code that last wrote an image's state (an output, for the record). It never
+ * causes a change by itself: every call runs the installed code, so an upgrade plans nothing.
+ */
 export const PROVIDER_VERSION: string = (() => {
   for (let dir = __dirname, i = 0; i < 5; i++, dir = path.dirname(dir)) {
     const p = path.join(dir, 'package.json');
@@ -145,10 +148,10 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
       const opts = createOptionsOf(i);
       if (i.adopt || i.source) delete opts.size;
       if (opts.size === undefined && !i.adopt && !i.source && opts.backingFile === undefined) {
-        failures.push({ property: 'size', reason: 'size is required unless the image is adopted, imported from source, or sized by its backingFile' });
+        failures.push({ property: 'size', reason: 'size is required unless the image is adopted, imported from source, or sized by its backingFile. Set size (bytes, or a size such as "20G"), or one of adopt, source or backingFile' });
       } else {
         const r = validateCreate({ ...opts, ...(i.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
-        if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: r.refusal.message });
+        if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: withCreateWayForward(r.refusal) });
       }
     }
   }
@@ -163,9 +166,9 @@ function hasUnknown(v: unknown): boolean {
 }
 
 /** Facts only the disk knows, gathered here so rules stay pure. */
-function factsFor(old: ImageOutputs, d: DesiredSpec): WorldFacts {
+function factsFor(current: ImageFacts, d: DesiredSpec): WorldFacts {
   const facts: WorldFacts = {};
-  if (d.dataFile !== undefined && d.dataFile !== old.dataFile) {
+  if (d.dataFile !== undefined && d.dataFile !== (current.dataFile ?? '')) {
     try {
       const st = fs.statSync(d.dataFile);
       facts.desiredDataFile = { exists: true, size: BigInt(st.size) };
@@ -176,10 +179,41 @@ function factsFor(old: ImageOutputs, d: DesiredSpec): WorldFacts {
   return facts;
 }
 
+/** The image as its header says now; path and preallocation from the state (the file does not record them). */
+function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
+  const { detail: _detail, dataFile, backingFile, backingFormat, ...facts } = info;
+  const f: ImageFacts = { ...facts, path: olds.path };
+  if (dataFile) f.dataFile = dataFile;
+  if (backingFile) f.backingFile = backingFile;
+  if (backingFormat) f.backingFormat = backingFormat;
+  if (olds.preallocation) f.preallocation = olds.preallocation as Preallocation;
+  return f;
+}
+
+/**
+ * What the inputs mean for the image as it is on disk now (one header read), with the state's
+ * record of it, so that changes made outside the program show in the plan and in refusals.
+ */
+async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: Change[]; desired: DesiredSpec; current: ImageFacts }> {
+  const desired = desiredOf(news);
+  const recorded = factsOfState(olds);
+  if (!fs.existsSync(olds.path)) {
+    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded };
+  }
+  // The engine the program asks for; during a preview it may not be known yet: then the one that wrote the image.
+  const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine);
+  const current = factsOnDisk(await engine.info(olds.path, { forceShare: true }), olds);
+  return { changes: classifyChange(current, desired, { ...factsFor(current, desired), recorded }), desired, current };
+}
+
+function throwIfRefused(changes: Change[]): void {
+  const refusal = refusalMessage(changes);
+  if (refusal) throw new Qcow2Error('REFUSED', refusal, { property: changes.find((c) => c.action === 'refuse')!.property });
+}
+
 export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
   const replaces: string[] = [];
   let changes = false;
-  if (olds.providerVersion !== PROVIDER_VERSION) changes = true;
   if (isUnknown(news.path)) changes = true;
   const engine = news.engine ?? 'native';
   if (isUnknown(engine) || engine !== olds.engine) changes = true;
@@ -188,10 +222,8 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
     if (now !== olds[k]) changes = true;
   }
 
-  const desired = desiredOf(news);
-  const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
-  const refusal = refusalMessage(result);
-  if (refusal) throw new Qcow2Error('REFUSED', refusal, { property: result.find((c) => c.action === 'refuse')!.property });
+  const { changes: result } = await plan(olds, news);
+  throwIfRefused(result);
   for (const c of result) {
     if (c.action === 'replace') replaces.push(c.property);
     if (c.action === 'amend') changes = true;
@@ -244,12 +276,10 @@ async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Pr
 export async function update(_id: string, olds: ImageOutputs, news: ImageInputs): Promise<{ outs: ImageOutputs }> {
   const engine = engineOf(news.engine);
   const file = olds.path;
-  const desired = desiredOf(news);
-  const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
-  const refusal = refusalMessage(result);
-  if (refusal) throw new Qcow2Error('REFUSED', refusal);
+  const { changes: result, desired, current } = await plan(olds, news);
+  throwIfRefused(result);
   const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
-  if (rebase) await engine.rebase(file, desired.backingFile ?? olds.backingFile, desired.backingFormat ?? (olds.backingFormat || undefined));
+  if (rebase) await engine.rebase(file, desired.backingFile ?? current.backingFile!, desired.backingFormat ?? current.backingFormat);
   // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
   // only if allowShrink is set).
   const req = amendRequestOf(result);
