@@ -1,5 +1,7 @@
-// The internal snapshot table: a run of variable-length entries at snapshots_offset.
-// Read for `info` (listing) and `check` (snapshot L1 tables hold references too).
+// The internal snapshot table: a run of variable-length entries at snapshots_offset, each
+// starting at a multiple of 8. Read for `info` (listing) and `check` (snapshot L1 tables hold
+// references too); written whole by the snapshot operations, as QEMU's qcow2_write_snapshots
+// writes it: at least the three known extra data fields, unknown extra data kept.
 
 import { invalidImage } from '../../model/errors';
 import { defineStruct } from './struct';
@@ -26,6 +28,8 @@ export const SNAPSHOT_EXTRA = defineStruct([
 export const QCOW_MAX_SNAPSHOTS = 65536;
 /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA */
 export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
+/** An unknown icount (QEMU: -1ULL). */
+export const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
 
 export interface Snapshot {
   l1TableOffset: bigint;
@@ -39,6 +43,10 @@ export interface Snapshot {
   diskSize?: bigint;
   /** -1 (all ones) means unknown. */
   icount?: bigint;
+  /** extra_data_size as stored. */
+  extraDataSize?: number;
+  /** Extra data beyond the known fields, kept as it is on rewrite. */
+  unknownExtra?: Uint8Array;
 }
 
 /**
@@ -48,7 +56,7 @@ export interface Snapshot {
 export function readSnapshots(read: (offset: number, length: number) => Uint8Array, offset: number, count: number): Snapshot[] & { tableSize?: number } {
   if (count > QCOW_MAX_SNAPSHOTS) throw invalidImage('Snapshot table too large', 60);
   const out: Snapshot[] & { tableSize?: number } = [];
-  let p = offset;
+  let p = offset, end = offset, padding = 0;
   for (let i = 0; i < count; i++) {
     const h = SNAPSHOT_HEADER.decode(read(p, SNAPSHOT_HEADER.size));
     if (h.extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) throw invalidImage('Too much extra metadata in snapshot table entry', p);
@@ -57,7 +65,8 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
     p += h.extraDataSize;
     const idName = read(p, h.idStrSize + h.nameSize);
     p += h.idStrSize + h.nameSize;
-    p = Math.ceil(p / 8) * 8;
+    padding = Math.ceil(p / 8) * 8 - p;
+    p += padding;
     const s: Snapshot = {
       l1TableOffset: h.l1TableOffset,
       l1Size: h.l1Size,
@@ -74,8 +83,63 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
     if (h.extraDataSize >= 8) s.vmStateSize = x.vmStateSizeLarge;
     if (h.extraDataSize >= 16) s.diskSize = x.diskSize;
     if (h.extraDataSize >= 24) s.icount = x.icount;
+    s.extraDataSize = h.extraDataSize;
+    if (h.extraDataSize > SNAPSHOT_EXTRA.size) s.unknownExtra = Uint8Array.from(extra.subarray(SNAPSHOT_EXTRA.size));
     out.push(s);
+    end = p - padding;
   }
-  out.tableSize = p - offset;
+  // QEMU's snapshots_size: up to the end of the last entry's name (no padding after it).
+  out.tableSize = end - offset;
+  return out;
+}
+
+/** Bytes of one entry as written: the header, at least the known extra data, id, name. */
+function entrySize(s: Snapshot): number {
+  return SNAPSHOT_HEADER.size + Math.max(SNAPSHOT_EXTRA.size, s.extraDataSize ?? 0) + Buffer.byteLength(s.id) + Buffer.byteLength(s.name);
+}
+
+/** qcow2_write_snapshots' size: every entry from a multiple of 8, no padding after the last. */
+export function snapshotTableSize(list: readonly Snapshot[]): number {
+  let size = 0;
+  for (const s of list) size = Math.ceil(size / 8) * 8 + entrySize(s);
+  return size;
+}
+
+/**
+ * Encode a snapshot table as QEMU writes it: extra data at least 24 bytes (vm_state_size_large,
+ * disk_size, icount), unknown extra data after them, the 32-bit vm_state_size 0 when the size
+ * does not fit. `virtualSize` stands in for a disk size the entry does not record.
+ */
+export function encodeSnapshots(list: readonly Snapshot[], virtualSize: bigint): Uint8Array {
+  const out = new Uint8Array(snapshotTableSize(list));
+  let p = 0;
+  for (const s of list) {
+    p = Math.ceil(p / 8) * 8;
+    const id = Buffer.from(s.id, 'utf8');
+    const name = Buffer.from(s.name, 'utf8');
+    if (id.length > 0xffff || name.length > 0xffff) throw invalidImage(`Snapshot name too long: '${s.name}'`, p);
+    const unknown = s.unknownExtra ?? new Uint8Array(0);
+    const extraSize = SNAPSHOT_EXTRA.size + unknown.length;
+    SNAPSHOT_HEADER.encode({
+      l1TableOffset: s.l1TableOffset,
+      l1Size: s.l1Size,
+      idStrSize: id.length,
+      nameSize: name.length,
+      dateSec: s.dateSec,
+      dateNsec: s.dateNsec,
+      vmClockNsec: s.vmClockNsec,
+      vmStateSize: s.vmStateSize <= 0xffffffffn ? Number(s.vmStateSize) : 0,
+      extraDataSize: extraSize,
+    }, out, p);
+    p += SNAPSHOT_HEADER.size;
+    SNAPSHOT_EXTRA.encode({ vmStateSizeLarge: s.vmStateSize, diskSize: s.diskSize ?? virtualSize, icount: s.icount ?? ICOUNT_UNKNOWN }, out, p);
+    p += SNAPSHOT_EXTRA.size;
+    out.set(unknown, p);
+    p += unknown.length;
+    out.set(id, p);
+    p += id.length;
+    out.set(name, p);
+    p += name.length;
+  }
   return out;
 }
