@@ -102,6 +102,43 @@ const COPIED_BYTE = L2_HI_COPIED >>> 24;
 /** A refcount block as check reads it: the block, none (refcount 0), or unreadable (unaligned). */
 type StoredBlock = Uint8Array | undefined | null;
 
+/** A cluster whose stored refcount differs from the references counted. */
+export interface Mismatch { cluster: number; stored: bigint; computed: number }
+
+/**
+ * What a pass found beyond its result, for check -r (ops/repair.ts): where its messages end by
+ * phase, the mismatches, whether the refcount structure must be rebuilt, and the repairs QEMU
+ * makes while it counts (with fixErrors).
+ */
+export interface CheckFindings {
+  /** messages[0, calcEnd) come from counting, [calcEnd, compareEnd) from the comparison, the rest from OFLAG_COPIED. */
+  calcEnd: number;
+  compareEnd: number;
+  /** Corruptions counting found (before the comparison). */
+  calcCorruptions: number;
+  /** Of those, repaired while counting (preallocated clusters zeroed, refblocks past the end). */
+  calcFixed: number;
+  mismatches: Mismatch[];
+  /** QEMU's `rebuild`: a refcount of 0 where there are references, or a broken refcount block. */
+  rebuild: boolean;
+  /** Preallocated clusters with an unaligned offset: L2 entries to make ZERO (fix_l2_entry_by_zero). */
+  zeroEntries: Array<{ l2Offset: number; index: number }>;
+  /** The file must grow to this size (a refcount block past its end, check -r all). */
+  growTo?: number;
+}
+
+export interface CheckerOptions {
+  /** check -r all (BDRV_FIX_ERRORS): the repairs made while counting, with QEMU's "Repairing" words. */
+  fixErrors?: boolean;
+}
+
+/** Run the check and return what check -r needs besides the result. */
+export function checkWithFindings(img: Image, file: BlockFile, options: CheckerOptions = {}): { result: CheckResult; findings: CheckFindings; counts: Uint32Array } {
+  const c = new Checker(img, file, options);
+  const result = c.run();
+  return { result, findings: c.findings, counts: c.computed().dense };
+}
+
 class Checker {
   private readonly r: CheckResult = {
     messages: [], corruptions: 0, leaks: 0, checkErrors: 0, imageEndOffset: 0,
@@ -120,7 +157,9 @@ class Checker {
   private readonly table: Buffer;
   private readonly view: DataView;
 
-  constructor(private readonly img: Image, private readonly file: BlockFile) {
+  readonly findings: CheckFindings = { calcEnd: 0, compareEnd: 0, calcCorruptions: 0, calcFixed: 0, mismatches: [], rebuild: false, zeroEntries: [] };
+
+  constructor(private readonly img: Image, private readonly file: BlockFile, private readonly options: CheckerOptions = {}) {
     this.cs = img.geometry.clusterSize;
     this.bits = BigInt(img.geometry.clusterBits);
     this.refs = new RefCounter(Math.ceil(file.size() / this.cs));
@@ -168,7 +207,10 @@ class Checker {
     this.checkBitmaps();
     this.checkRefblocks();
     this.structural = this.r.corruptions;
+    this.findings.calcEnd = r.messages.length;
+    this.findings.calcCorruptions = r.corruptions;
     const highest = this.compare();
+    this.findings.compareEnd = r.messages.length;
     // check_oflag_copied runs after the comparison in QEMU: its messages come last.
     r.messages.push(...this.copiedMessages);
     r.corruptions += this.copiedCorruptions;
@@ -235,9 +277,13 @@ class Checker {
     }
   }
 
+  /** The L2 table being checked (where a repair would write). */
+  private l2Offset = 0;
+
   /** check_refcounts_l2, and (`copied`) check_oflag_copied's data-cluster half, in one pass. */
   private checkL2(l2Offset: bigint, active: boolean, copied: boolean): void {
     const g = this.img.geometry;
+    this.l2Offset = safeOffset(l2Offset);
     this.file.readInto(this.table, safeOffset(l2Offset));
     this.next[0] = 0;
     for (let i = 0; i < g.l2Entries; i++) {
@@ -353,9 +399,19 @@ class Checker {
         if (offset % cs !== 0) {
           this.r.corruptions++;
           const containsData = ext ? allocBits !== 0 : (lo & L2_LO_ZERO) === 0;
-          this.err(containsData
-            ? `ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`
-            : `ERROR offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+          if (containsData) {
+            this.err(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+          } else {
+            const fix = this.options.fixErrors === true;
+            this.err(`${fix ? 'Repairing' : 'ERROR'} offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+            if (fix) {
+              // fix_l2_entry_by_zero: the entry becomes ZERO, and its cluster is no longer counted.
+              this.findings.zeroEntries.push({ l2Offset: this.l2Offset, index: i });
+              this.r.corruptions--;
+              this.findings.calcFixed++;
+              break;
+            }
+          }
         }
         if (active) {
           this.r.allocatedClusters++;
@@ -430,17 +486,27 @@ class Checker {
       if (entry & C.REFT_RESERVED_MASK) {
         this.err(`ERROR refcount table entry ${i} has reserved bits set`);
         this.r.corruptions++;
+        this.findings.rebuild = true;
         return;
       }
       if (offset % BigInt(this.cs) !== 0n) {
         this.err(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
         this.r.corruptions++;
+        this.findings.rebuild = true;
         return;
       }
       const cluster = offset >> this.bits;
       if (cluster >= BigInt(nb)) {
         this.r.corruptions++;
-        this.err(`ERROR refcount block ${i} is outside image`);
+        const fix = this.options.fixErrors === true;
+        this.err(`${fix ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
+        if (fix) {
+          // The file grows to hold the block (QEMU truncates it up), which then counts as used.
+          this.findings.growTo = Math.max(this.findings.growTo ?? 0, safeOffset(offset) + this.cs);
+          this.r.corruptions--;
+          this.findings.calcFixed++;
+          this.inc(offset, this.cs);
+        }
         return;
       }
       if (offset !== 0n) {
@@ -449,6 +515,7 @@ class Checker {
         if (v !== 1) {
           this.err(`ERROR refcount block ${i} refcount=${v}`);
           this.r.corruptions++;
+          this.findings.rebuild = true;
         }
       }
     });
@@ -510,6 +577,8 @@ class Checker {
       if (stored > 0 || computed > 0) highest = ci;
       if (stored !== computed) {
         const exact = this.stored(ci)!;
+        this.findings.mismatches.push({ cluster: ci, stored: exact, computed });
+        if (exact === 0n) this.findings.rebuild = true;
         this.err(`${exact < BigInt(computed) ? 'ERROR' : 'Leaked'} cluster ${ci} refcount=${exact} reference=${computed}`);
         if (exact < BigInt(computed)) this.r.corruptions++;
         else this.r.leaks++;
