@@ -80,7 +80,7 @@ export interface AmendBehaviour {
 }
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
-function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+export function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
   const nf = NodeBlockFile.open(path, true);
   let lock: ImageLock | undefined;
   try {
@@ -121,7 +121,7 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
