@@ -14,7 +14,7 @@ interface CommandModule {
   run(argv: string[]): Promise<void>;
 }
 
-const COMMANDS = ['create', 'info', 'check', 'amend', 'resize', 'rebase', 'convert', 'map'] as const;
+const COMMANDS = ['create', 'info', 'check', 'amend', 'resize', 'rebase', 'convert', 'map', 'snapshot', 'compare', 'commit'] as const;
 type CommandName = typeof COMMANDS[number];
 
 function load(name: CommandName): CommandModule {
@@ -57,7 +57,7 @@ async function run(argv: string[]): Promise<number> {
     }
     const cmd = load(name as CommandName);
     if (rest.includes('-h') || rest.includes('--help')) {
-      if (name === 'info' || name === 'check' || name === 'map') {
+      if (['info', 'check', 'map', 'snapshot', 'compare', 'commit'].includes(name)) {
         out(`Usage: ${PROG} ${cmd.usage}\n\n${cmd.description}\n`);
         return 0;
       }

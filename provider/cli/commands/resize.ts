@@ -6,6 +6,7 @@ import { cliEngine } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import { parseSize } from '../../model/size';
 import { out } from '../io';
+import { repairDirtyFirst } from '../dirty';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
@@ -44,6 +45,7 @@ export async function run(argv: string[]): Promise<void> {
   }
   const { path } = imageName(file);
   try {
+    await repairDirtyFirst(path);
     await cliEngine().resize(path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
     report(openPrefix(e, file) + messageOf(e));
