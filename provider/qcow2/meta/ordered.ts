@@ -18,6 +18,12 @@
 //   6. the whole header, when it changes (dirty and corrupt bits cleared last).
 //
 // Tables whose cluster ends with refcount 0 are not written (QEMU drops them from its cache).
+//
+// A crash between phases can leave OFLAG_COPIED out of step with a refcount, as QEMU's own
+// order (refcount blocks before L2 tables) does: the flag on a cluster whose extra reference is
+// not yet published (between 2 and 3: writing in place is still right), or the flag missing on a
+// cluster back at refcount 1 (between 4 and 5: the next write copies needlessly). qemu-img check
+// counts these as corruptions; `check -r all` sets the flags right. Data is never at risk.
 
 import { BlockFile } from '../io/blockfile';
 import * as C from '../spec/constants';

@@ -2,7 +2,9 @@
 // qemu-img on one copy and by the native engine on another leaves byte-identical files (the
 // native create takes qemu-img's timestamp, the only thing that differs), a clean check, and
 // the same `snapshot -l`; qemu-img's refusals in qemu-img's words; and every write of every
-// operation made to fail (also torn) leaves the old image or the new one, never a corrupt one.
+// operation made to fail (also torn) leaves the old image or the new one, never a corrupt one
+// (OFLAG_COPIED flags may be stale in the harmless directions, as QEMU's own order leaves them:
+// faults.ts).
 
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +25,8 @@ const and = (...s: string[]) => s.join(' && ');
 /** One step: a snapshot action, or a command run on both copies between them (guest writes). */
 type Step = ['c' | 'a' | 'd', string] | ['sh', string];
 
-interface Scenario { name: string; setup: string; steps: Step[] }
+/** `sameLayout: false`: a step resizes, which moves metadata (ops/amend.ts): compared by content, not bytes. */
+interface Scenario { name: string; setup: string; steps: Step[]; sameLayout?: boolean }
 
 const SCENARIOS: Scenario[] = [
   {
@@ -55,6 +58,7 @@ const SCENARIOS: Scenario[] = [
     name: 'a snapshot of another size: apply resizes first',
     setup: and(mk('', '32M'), io('write -P 1 0 1M')),
     steps: [['c', 'small'], ['sh', `$QEMU_IMG resize -q ${IMG} 48M`], ['sh', io('write -P 2 40M 64k')], ['a', 'small']],
+    sameLayout: false,
   },
 ];
 
@@ -102,7 +106,14 @@ describe.skipIf(SKIP !== '')(`internal snapshots against qemu-img${SKIP ? ` (SKI
         expect(r.status, `qemu-img snapshot -${flag} ${name}: ${r.stderr}`).toBe(0);
         const action = flag === 'c' ? 'create' : flag === 'a' ? 'apply' : 'delete';
         inDir(o, () => snapshotImage(join(o, IMG), action === 'create' ? { action, name, time: lastTime(join(q, IMG)) } : { action, name }));
-        expect(firstDifference(join(q, IMG), join(o, IMG)), `step ${i}: snapshot -${flag} ${name}`).toBeUndefined();
+        if (sc.sameLayout === false) {
+          const same = qemuImg(['compare', '-s', join(q, IMG), join(o, IMG)], root);
+          expect(same.status, `step ${i}: snapshot -${flag} ${name}: ${same.stdout}${same.stderr}`).toBe(0);
+          const list = (d: string) => qemuImg(['snapshot', '-l', IMG], d).stdout.replace(/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g, '');
+          expect(list(o), `step ${i}: snapshot -l`).toBe(list(q));
+        } else {
+          expect(firstDifference(join(q, IMG), join(o, IMG)), `step ${i}: snapshot -${flag} ${name}`).toBeUndefined();
+        }
         expect(checkOf(o).status, `step ${i}: check`).toBe(0);
       }
     });
@@ -182,7 +193,7 @@ describe.skipIf(SKIP !== '')(`internal snapshots against qemu-img${SKIP ? ` (SKI
           } catch (e) {
             if (!(e instanceof InjectedFault)) throw e;
           }
-          record(t, classify(trial, old, ref), `${variant} k=${k}/${mutations}`);
+          record(t, classify(trial, old, ref, { staleCopied: true }), `${variant} k=${k}/${mutations}`);
         }
       }
       summary.push([`${op.name} [${mutations} mutations x ${VARIANTS.length} tear variants]`, t]);
