@@ -27,6 +27,7 @@ import { validateCommit } from '../../rules/commit';
 import type { CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { RepairReport } from '../engine';
 import { throwIfRefused } from '../refusal';
+import { clearUnknownAutoclearOf } from '../../qcow2/guest/autoclear';
 import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage } from './ops';
 
 const punchIn = (file: BlockFile) => (offset: number, length: number) => localFs.punchHole(file, offset, length);
@@ -63,7 +64,9 @@ function requireDataFile(img: Image): void {
  */
 export function repairImageFile(path: string, mode: RepairMode): RepairReport {
   return withLockedFile(path, (file) => {
-    requireDataFile(Image.open(file, path));
+    const img = Image.open(file, path);
+    requireDataFile(img);
+    clearUnknownAutoclearOf(file, img);
     const r = repairImage(file, mode, { punch: punchIn(file) });
     const fixed = r.leaksFixed + r.corruptionsFixed > 0;
     const result = fixed && !r.failed ? checkImage(file) : r.result;
@@ -89,7 +92,8 @@ export function repairDirtyImage(path: string): string[] {
 
 /** Open for a change and, when the image is dirty, repair it first as QEMU's open does. */
 function withRepairedImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
-  return withWritableImage(path, behaviour, (img, file) => {
+  return withWritableImage(path, behaviour, (opened, file) => {
+    const img = clearUnknownAutoclearOf(file, opened) ? Image.open(file, path) : opened;
     if (!img.dirty) return fn(img, file);
     const r = repairImage(file, 'all', { punch: punchIn(file) });
     if (r.failed || r.result.checkErrors) throw repairFailed(path);

@@ -239,8 +239,11 @@ function readExtensions(header: Header, buf: Uint8Array, start: number, end: num
         break;
       case C.QCOW2_EXT_MAGIC_FEATURE_TABLE: {
         const table: FeatureName[] = [];
-        for (let p = 0; p + FEATURE_ENTRY_SIZE <= length; p += FEATURE_ENTRY_SIZE) {
-          table.push({ type: data[p]!, bit: data[p + 1]!, name: decodeName(data.subarray(p + 2, p + FEATURE_ENTRY_SIZE)) });
+        // QEMU reads the extension into a zeroed buffer: a last, short entry is padded with zeros.
+        const padded = new Uint8Array(Math.ceil(length / FEATURE_ENTRY_SIZE) * FEATURE_ENTRY_SIZE);
+        padded.set(data.subarray(0, length));
+        for (let p = 0; p < padded.length; p += FEATURE_ENTRY_SIZE) {
+          table.push({ type: padded[p]!, bit: padded[p + 1]!, name: decodeName(padded.subarray(p + 2, p + FEATURE_ENTRY_SIZE)) });
         }
         header.featureTable = table;
         break;
