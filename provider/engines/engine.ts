@@ -9,10 +9,11 @@ import type { CompareResult } from '../qcow2/ops/compare';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import type { ImageFacts, SnapshotFacts } from '../model/facts';
 import type { AmendRequest, CommitRequest, SnapshotRequest } from '../rules/types';
+import type { SnapshotSelector } from '../qcow2/spec/snapshot';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
 
-export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, CompareResult, SnapshotFacts, SnapshotRequest, CommitRequest };
+export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, CompareResult, SnapshotFacts, SnapshotRequest, SnapshotSelector, CommitRequest };
 
 export type EngineName = 'native' | 'qemu-img';
 
@@ -52,6 +53,8 @@ export interface ImportSource {
   path: string;
   /** 'raw' or 'qcow2'; probed from the magic when omitted. */
   format?: string;
+  /** convert -l: read this internal snapshot instead of the current state. */
+  snapshot?: SnapshotSelector;
 }
 
 export interface ImportOptions {

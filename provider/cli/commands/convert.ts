@@ -7,12 +7,14 @@ import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
+import type { ImportSource, SnapshotSelector } from '../../engines/engine';
+import type { OptionPair } from '../optlist';
 import { out } from '../io';
 
-export const usage = 'convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
+export const usage = 'convert [-p] [-q] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; l?: string }
 
 export async function run(argv: string[]): Promise<void> {
   let parsed: { src?: string; dst?: string; o: Opts } | undefined;
@@ -25,12 +27,14 @@ export async function run(argv: string[]): Promise<void> {
     .option('-p', 'show a progress bar')
     .option('-q', 'quiet')
     .option('-c', 'compress the output (not supported: refused)')
+    .option('-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state')
     .argument('[src]')
     .argument('[dst]')
     .action((src: string | undefined, dst: string | undefined, o: Opts) => { parsed = { o, ...(src !== undefined ? { src } : {}), ...(dst !== undefined ? { dst } : {}) }; })
     .parse(argv, { from: 'user' });
   if (parsed === undefined) return;
   const { src, dst, o } = parsed;
+  const snapshot = o.l === undefined ? undefined : snapshotSelector(o.l);
   let options: CreateOptions;
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
@@ -56,13 +60,36 @@ export async function run(argv: string[]): Promise<void> {
   const target = imageName(dst).path;
   const bar = o.p && !o.q ? progressBar() : undefined;
   try {
-    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, bar ? { progress: bar.update } : {});
+    const source: ImportSource = { path: from.path, ...(format !== undefined ? { format } : {}), ...(snapshot ? { snapshot } : {}) };
+    await cliEngine().import(target, options, source, bar ? { progress: bar.update } : {});
   } catch (e) {
     bar?.stop();
-    report(openPrefix(e, src) + messageOf(e));
+    // qemu-img opens the source, then loads the snapshot: its failure is not an open error.
+    report((/^Failed to load snapshot: /.test(messageOf(e)) ? '' : openPrefix(e, src)) + messageOf(e));
     throw new Exit(1);
   }
   bar?.stop();
+}
+
+/** -l as qemu-img's img_convert reads it: `snapshot.id=...,snapshot.name=...` (QemuOpts), else an id or name. */
+function snapshotSelector(text: string): SnapshotSelector {
+  if (!text.startsWith('snapshot.')) return { idOrName: text };
+  const sel: { id?: string; name?: string } = {};
+  let pairs: OptionPair[];
+  try {
+    pairs = parseOptionList(text);
+  } catch (e) {
+    reportEach(messageOf(e));
+    fail(`Failed in parsing snapshot param '${text}'`);
+  }
+  for (const [key, value = 'on'] of pairs) {
+    if (key !== 'snapshot.id' && key !== 'snapshot.name') {
+      report(`Invalid parameter '${key}'`);
+      fail(`Failed in parsing snapshot param '${text}'`);
+    }
+    if (key === 'snapshot.id') sel.id = value; else sel.name = value;
+  }
+  return sel;
 }
 
 function progressBar(): { update(done: number, total: number): void; stop(): void } {

@@ -226,7 +226,7 @@ export function importImage(dst: string, options: CreateOptions, source: ImportS
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
   const format = source.format ?? probeFormat(source.path);
-  const src: GuestSource = openSource(source.path, format);
+  const src: GuestSource = openSource(source.path, format, source.snapshot ? { snapshot: source.snapshot } : {});
   try {
     validateChain(src);
     const r = validateImport({

@@ -343,7 +343,7 @@ export class QemuImgEngine implements Engine {
     const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
     assertNewImageFiles(imagePath, o);
     await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-      const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+      const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
       await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
     });
     opts.progress?.(Number(src.size), Number(src.size));
@@ -655,3 +655,12 @@ export class QemuImgEngine implements Engine {
   }
 }
 
+
+/** convert -l as qemu-img takes it: an id or name, or snapshot.id/snapshot.name (commas doubled). */
+function snapshotArgs(sel: ImportSource['snapshot']): string[] {
+  if (sel === undefined) return [];
+  if ('idOrName' in sel) return ['-l', sel.idOrName];
+  const esc = (v: string) => v.replace(/,/g, ',,');
+  const parts = [...(sel.id !== undefined ? [`snapshot.id=${esc(sel.id)}`] : []), ...(sel.name !== undefined ? [`snapshot.name=${esc(sel.name)}`] : [])];
+  return ['-l', parts.join(',')];
+}

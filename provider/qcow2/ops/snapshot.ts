@@ -13,7 +13,7 @@ import * as C from '../spec/constants';
 import { invalidImage } from '../../model/errors';
 import { HEADER_V2 } from '../spec/header';
 import { L2_HI_COPIED, clusterTypeOf, hostClusterOf, hostOffsetOf, parseCompressedEntry, entryOf } from '../spec/l2';
-import { Snapshot, encodeSnapshots, snapshotTableSize } from '../spec/snapshot';
+import { Snapshot, encodeSnapshots, findSnapshot, snapshotTableSize, validateSnapshotL1 } from '../spec/snapshot';
 import { Image, safeOffset } from '../meta/image';
 import { TableRefcounts } from '../meta/refcount';
 import { TableCache } from '../meta/tables';
@@ -43,8 +43,7 @@ function idNumber(id: string): bigint {
 
 /** find_snapshot_by_id_or_name: the id first, then the name. */
 export function findByIdOrName(list: readonly Snapshot[], idOrName: string): number {
-  const byId = list.findIndex((s) => s.id === idOrName);
-  return byId >= 0 ? byId : list.findIndex((s) => s.name === idOrName);
+  return findSnapshot(list, { idOrName });
 }
 
 /** bdrv_snapshot_find: by name only (what `qemu-img snapshot -d` looks up). */
@@ -52,16 +51,6 @@ export function findByName(list: readonly Snapshot[], name: string): number {
   return list.findIndex((s) => s.name === name);
 }
 
-/** qcow2_validate_table for a snapshot's L1 table (the messages qemu-img prints). */
-export function validateSnapshotL1(sn: Snapshot, fileSize: number, clusterSize: number): string | undefined {
-  if (BigInt(sn.l1Size) > BigInt(C.QCOW_MAX_L1_SIZE / 8)) return 'Snapshot L1 table too large';
-  const size = BigInt(sn.l1Size) * 8n;
-  if (sn.l1TableOffset > BigInt(Number.MAX_SAFE_INTEGER) - size || sn.l1TableOffset + size > BigInt(fileSize) ||
-    sn.l1TableOffset % BigInt(clusterSize) !== 0n) {
-    return 'Snapshot L1 table offset invalid';
-  }
-  return undefined;
-}
 
 /**
  * The working state of one snapshot operation: the image's refcounts (QEMU's allocator,

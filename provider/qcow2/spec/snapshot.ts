@@ -4,6 +4,7 @@
 // writes it: at least the three known extra data fields, unknown extra data kept.
 
 import { invalidImage } from '../../model/errors';
+import * as C from './constants';
 import { defineStruct } from './struct';
 
 export const SNAPSHOT_HEADER = defineStruct([
@@ -142,4 +143,34 @@ export function encodeSnapshots(list: readonly Snapshot[], virtualSize: bigint):
     p += name.length;
   }
   return out;
+}
+
+/**
+ * An internal snapshot to read (`convert -l`): by id or else name (`-l NAME`), or by id and/or
+ * name, each given one having to match (`-l snapshot.id=ID,snapshot.name=NAME`).
+ */
+export type SnapshotSelector = { idOrName: string } | { id?: string; name?: string };
+
+/**
+ * QEMU's lookups: find_snapshot_by_id_or_name (the id first, then the name) and
+ * find_snapshot_by_id_and_name. The index, or -1.
+ */
+export function findSnapshot(list: readonly Snapshot[], sel: SnapshotSelector): number {
+  if ('idOrName' in sel) {
+    const byId = list.findIndex((s) => s.id === sel.idOrName);
+    return byId >= 0 ? byId : list.findIndex((s) => s.name === sel.idOrName);
+  }
+  if (sel.id === undefined && sel.name === undefined) return -1;
+  return list.findIndex((s) => (sel.id === undefined || s.id === sel.id) && (sel.name === undefined || s.name === sel.name));
+}
+
+/** qcow2_validate_table for a snapshot's L1 table (the messages qemu-img prints). */
+export function validateSnapshotL1(sn: Snapshot, fileSize: number, clusterSize: number): string | undefined {
+  if (BigInt(sn.l1Size) > BigInt(C.QCOW_MAX_L1_SIZE / 8)) return 'Snapshot L1 table too large';
+  const size = BigInt(sn.l1Size) * 8n;
+  if (sn.l1TableOffset > BigInt(Number.MAX_SAFE_INTEGER) - size || sn.l1TableOffset + size > BigInt(fileSize) ||
+    sn.l1TableOffset % BigInt(clusterSize) !== 0n) {
+    return 'Snapshot L1 table offset invalid';
+  }
+  return undefined;
 }

@@ -157,6 +157,29 @@ describe.skipIf(SKIP !== '')(`internal snapshots against qemu-img${SKIP ? ` (SKI
     expect(firstDifference(join(d, 'r1.qcow2'), join(d, 'r1-ours.qcow2'))).toBeUndefined();
   });
 
+  it('convert_l_reads_a_snapshot_as_qemu_img', async () => {
+    const d = join(root, 'convert-l');
+    mkdirSync(d, { recursive: true });
+    // The snapshot's L1 is shorter than the image's after the resize: qemu-img reads past it as unallocated.
+    shOk(and(mk('cluster_size=4096', '16M'), io('write -P 1 0 64k', 'write -P 2 8M 4k'), `$QEMU_IMG snapshot -c 'snap one' ${IMG}`,
+      io('write -P 3 0 4k'), `$QEMU_IMG resize -q ${IMG} 3G`, io('write -P 4 2G 64k')), d);
+    for (const l of ['1', 'snap one', 'snapshot.name=snap one', 'snapshot.id=1,snapshot.name=snap one']) {
+      const ours = await runOurs(['convert', '-l', l, '-O', 'qcow2', IMG, 'ours.qcow2'], d);
+      expect(ours.status, `${l}: ${ours.stderr}`).toBe(0);
+      expect(qemuImg(['convert', '-l', l, '-O', 'qcow2', IMG, 'theirs.qcow2'], d).status).toBe(0);
+      const same = qemuImg(['compare', '-s', 'ours.qcow2', 'theirs.qcow2'], d);
+      expect(same.status, `${l}: ${same.stdout}${same.stderr}`).toBe(0);
+      rmSync(join(d, 'ours.qcow2'));
+      rmSync(join(d, 'theirs.qcow2'));
+    }
+    for (const l of ['nope', 'snapshot.id=1,snapshot.name=other', 'snapshot.foo=1']) {
+      const ours = await runOurs(['convert', '-l', l, '-O', 'qcow2', IMG, 'x.qcow2'], d);
+      const theirs = qemuImg(['convert', '-l', l, '-O', 'qcow2', IMG, 'y.qcow2'], d);
+      expect(ours.status, l).toBe(theirs.status);
+      expect(ours.stderr.replace(/^qcow2:/gm, 'qemu-img:'), l).toBe(theirs.stderr.replace(/Try 'qemu-img --help' for more information\n/, ''));
+    }
+  });
+
   const FAULT_OPS: Array<{ name: string; setup: string; req: Parameters<typeof snapshotImage>[1] }> = [
     { name: 'create (512-byte clusters)', setup: and(mk('cluster_size=512', '4M'), io('write -P 1 0 512k', 'write -c -P 2 1M 64k')), req: { action: 'create', name: 'n', time: { sec: 1, nsec: 2 } } },
     {
