@@ -157,12 +157,16 @@ class Checker {
   private readonly table: Buffer;
   private readonly view: DataView;
 
+  /** The image file's length (grown, for check -r all, by a refcount block placed past it). */
+  private fileLen: number;
+
   readonly findings: CheckFindings = { calcEnd: 0, compareEnd: 0, calcCorruptions: 0, calcFixed: 0, mismatches: [], rebuild: false, zeroEntries: [] };
 
   constructor(private readonly img: Image, private readonly file: BlockFile, private readonly options: CheckerOptions = {}) {
     this.cs = img.geometry.clusterSize;
     this.bits = BigInt(img.geometry.clusterBits);
-    this.refs = new RefCounter(Math.ceil(file.size() / this.cs));
+    this.fileLen = file.size();
+    this.refs = new RefCounter(Math.ceil(this.fileLen / this.cs));
     this.max = img.geometry.refcountOrder === 6 ? Infinity : Number(refcountMax(img.geometry.refcountOrder));
     this.table = Buffer.allocUnsafe(this.cs);
     this.view = tableView(this.table);
@@ -221,9 +225,22 @@ class Checker {
   /** qcow2_inc_refcounts_imrt over the bytes [offset, offset+size). */
   private inc(offset: bigint, size: number): void {
     if (size <= 0) return;
+    if (this.pastEnd(offset, size)) return;
     const first = offset >> this.bits;
     const last = (offset + BigInt(size) - 1n) >> this.bits;
     this.incClusters(Number(first), Number(last - first) + 1);
+  }
+
+  /**
+   * qcow2_inc_refcounts_imrt's bound: the last cluster may be partly past the end of the file,
+   * never a whole cluster or more. Such a reference is an error and is not counted.
+   */
+  private pastEnd(offset: bigint | number, size: number): boolean {
+    const o = BigInt(offset);
+    if (o + BigInt(size) - BigInt(this.fileLen) < BigInt(this.cs)) return false;
+    this.err(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(o)} size 0x${hex(size)}`);
+    this.r.corruptions++;
+    return true;
   }
 
   /** qcow2_inc_refcounts_imrt over `n` clusters from `first`. */
@@ -339,7 +356,7 @@ class Checker {
     for (let i = from; i < end; i++) {
       const hi = entryHi(v, i * step), lo = entryLo(v, i * step);
       const ci = hostClusterOf(hi, lo, bits);
-      this.incClusters(ci, 1);
+      if (ci * this.cs < this.fileLen || !this.pastEnd(BigInt(ci) << this.bits, this.cs)) this.incClusters(ci, 1);
       if (copied) this.checkCopiedData(hi, lo, ci);
     }
   }
@@ -381,7 +398,7 @@ class Checker {
           this.r.corruptions++;
           break;
         }
-        this.incClusters(range.firstCluster, range.clusters);
+        if (!this.pastEnd(range.offset, range.size)) this.incClusters(range.firstCluster, range.clusters);
         if (active) {
           this.r.allocatedClusters++;
           this.r.compressedClusters++;
@@ -419,7 +436,7 @@ class Checker {
           this.next[0] = offset + cs;
         }
         const ci = hostClusterOf(hi, lo, g.clusterBits);
-        if (!fmt.dataFile) this.incClusters(ci, offset % cs === 0 ? 1 : 2); // an unaligned cluster spans two
+        if (!fmt.dataFile && !this.pastEnd(offset, cs)) this.incClusters(ci, offset % cs === 0 ? 1 : 2); // an unaligned cluster spans two
         if (copied) {
           if (fmt.dataFile) {
             if ((hi & L2_HI_COPIED) === 0) this.copiedDataError(hi, lo, 1n);
@@ -503,6 +520,7 @@ class Checker {
         if (fix) {
           // The file grows to hold the block (QEMU truncates it up), which then counts as used.
           this.findings.growTo = Math.max(this.findings.growTo ?? 0, safeOffset(offset) + this.cs);
+          this.fileLen = Math.max(this.fileLen, this.findings.growTo);
           this.r.corruptions--;
           this.findings.calcFixed++;
           this.inc(offset, this.cs);
