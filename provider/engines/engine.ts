@@ -58,6 +58,7 @@ export interface ImportSource {
 }
 
 export interface ImportOptions {
+  /** (done, total): bytes of data to copy, as qemu-img convert counts them (known zeros and holes left out). */
   progress?: ProgressFn;
 }
 

@@ -10,6 +10,7 @@ import type { CreateOptions } from '../../model/options';
 import type { ImportSource, SnapshotSelector } from '../../engines/engine';
 import type { OptionPair } from '../optlist';
 import { out } from '../io';
+import { qemuProgress } from '../render/progress';
 
 export const usage = 'convert [-p] [-q] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
@@ -58,7 +59,8 @@ export async function run(argv: string[]): Promise<void> {
   const from = imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst).path;
-  const bar = o.p && !o.q ? progressBar() : undefined;
+  // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
+  const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;
   try {
     const source: ImportSource = { path: from.path, ...(format !== undefined ? { format } : {}), ...(snapshot ? { snapshot } : {}) };
     await cliEngine().import(target, options, source, bar ? { progress: bar.update } : {});
@@ -90,6 +92,14 @@ function snapshotSelector(text: string): SnapshotSelector {
     if (key === 'snapshot.id') sel.id = value; else sel.name = value;
   }
   return sel;
+}
+
+function qemuLines(): { update(done: number, total: number): void; stop(): void } {
+  const p = qemuProgress();
+  return {
+    update: (done, total) => p.update(total ? (done * 100) / total : 100),
+    stop: () => p.end(),
+  };
 }
 
 function progressBar(): { update(done: number, total: number): void; stop(): void } {
