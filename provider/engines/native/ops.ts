@@ -14,6 +14,7 @@ import type { ImportSource } from '../engine';
 import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
+import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
 import { ImageLock, lockImage } from '../../qcow2/io/lock';
 import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
@@ -150,7 +151,8 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
  * anything is written, and the change is committed by a single header write.
  */
 export function amendImage(path: string, req: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
-  return withWritableImage(path, behaviour, (img, file) => {
+  return withWritableImage(path, behaviour, (opened, file) => {
+    let img = opened;
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
     const r = validateAmend(state, req, behaviour.allowShrink ?? true);
@@ -158,6 +160,12 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
     if (req.refcountBits !== undefined && req.refcountBits < state.refcountBits) {
       const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
       throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
+    }
+    if (req.compat === '1.1' && img.header.version === 2 && img.readSnapshots().some((sn) => (sn.extraDataSize ?? 0) < 16)) {
+      // qcow2_upgrade: snapshot entries without a disk size get the extra data v3 requires
+      // (the table rewritten on its own, crash-safe), before the header becomes v3.
+      rewriteSnapshotTable(file, img);
+      img = Image.open(file, path);
     }
     return runPlan(img, file, path, changesOf(state, req));
   });

@@ -136,7 +136,15 @@ export interface CheckerOptions {
 export function checkWithFindings(img: Image, file: BlockFile, options: CheckerOptions = {}): { result: CheckResult; findings: CheckFindings; counts: Uint32Array } {
   const c = new Checker(img, file, options);
   const result = c.run();
-  return { result, findings: c.findings, counts: c.computed().dense };
+  // References past the end of the file (at most into the cluster after it: pastEnd) count too.
+  const refs = c.computed();
+  let counts = refs.dense;
+  if (refs.sparse.size) {
+    counts = new Uint32Array(refs.size());
+    counts.set(refs.dense);
+    for (const [ci, v] of refs.sparse) counts[ci] = v;
+  }
+  return { result, findings: c.findings, counts };
 }
 
 class Checker {
