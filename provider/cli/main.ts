@@ -14,7 +14,7 @@ interface CommandModule {
   run(argv: string[]): Promise<void>;
 }
 
-const COMMANDS = ['create', 'info', 'check', 'amend', 'resize', 'rebase', 'convert', 'map'] as const;
+const COMMANDS = ['create', 'info', 'check', 'amend', 'resize', 'rebase', 'convert', 'map', 'bitmap'] as const;
 type CommandName = typeof COMMANDS[number];
 
 function load(name: CommandName): CommandModule {

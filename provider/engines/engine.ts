@@ -10,8 +10,10 @@ import type { ImageFacts } from '../model/facts';
 import type { AmendRequest } from '../rules/types';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
+import type { BitmapAction } from '../model/bitmaps';
+import type { DirtyExtent } from '../qcow2/meta/dirty-bitmap';
 
-export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions };
+export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, BitmapAction, DirtyExtent };
 
 export type EngineName = 'native' | 'qemu-img';
 
@@ -57,6 +59,22 @@ export interface ImportOptions {
   progress?: ProgressFn;
 }
 
+export interface BitmapOptions {
+  /** --merge reads its source bitmap from this image (-b; opened read-only, never changed). */
+  sourceFile?: string;
+  /** Its format (-F); probed when omitted. */
+  sourceFormat?: string;
+}
+
+/** A bitmap's dirty extents: the guest ranges written while it recorded (clipped to the disk's end). */
+export interface BitmapDump {
+  name: string;
+  granularity: number;
+  /** Recording writes (the `auto` flag). */
+  enabled: boolean;
+  extents: DirtyExtent[];
+}
+
 /** One interface, two engines. Every method validates through provider/rules first. */
 export interface Engine {
   readonly name: EngineName;
@@ -86,6 +104,14 @@ export interface Engine {
   check(path: string, options?: ReadOptions): Promise<CheckResult>;
   /** The allocation map through the backing chain, as qemu-img map computes it. */
   map(path: string, options?: ReadOptions): Promise<MapEntry[]>;
+  /**
+   * `qemu-img bitmap ACTIONS FILE NAME`: add, remove, clear, enable, disable, merge bitmap `name`,
+   * in order. Validated as a whole first (provider/rules/bitmaps.ts); a refusal is REFUSED with
+   * qemu-img's words and changes no bitmap.
+   */
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options?: BitmapOptions): Promise<void>;
+  /** The dirty extents of bitmap `name` in an image nobody writes (an inconsistent one is refused). */
+  dumpBitmap(path: string, name: string, options?: ReadOptions): Promise<BitmapDump>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
 }

@@ -54,6 +54,11 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     }
     case 'map':
       return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false });
+    case 'bitmap':
+      ops().bitmapImage(call.path, call.name, call.actions, call.options);
+      return undefined;
+    case 'dumpBitmap':
+      return ops().dumpBitmap(call.path, call.name, { forceShare: call.options.forceShare ?? false });
     case 'remove': {
       const { removeImageFiles } = require('../remove') as typeof import('../remove');
       removeImageFiles(call.path, call.options);

@@ -9,7 +9,9 @@ import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
-import type { Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
 import type { OpCall, TargetDescriptor } from './protocol';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
@@ -86,6 +88,14 @@ export class NativeEngine implements Engine {
 
   map(path: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     return this.run({ op: 'map', path, options });
+  }
+
+  async bitmap(path: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<void> {
+    await this.run({ op: 'bitmap', path, name, actions: [...actions], options });
+  }
+
+  dumpBitmap(path: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    return this.run({ op: 'dumpBitmap', path, name, options });
   }
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {

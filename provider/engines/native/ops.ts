@@ -55,7 +55,6 @@ export function createImage(imagePath: string, options: CreateOptions, behaviour
 /** What the rules need to know about an open image: its facts (model), compressed clusters when asked. */
 export function imageStateOf(img: Image, scanCompressed = false): ImageFacts {
   const state = factsOfImage(img, 0);
-  delete state.detail;
   if (scanCompressed) state.hasCompressedClusters = hasCompressedClusters(img);
   return state;
 }
@@ -282,4 +281,98 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
     next?.close();
     img.close();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent bitmaps (qemu-img bitmap, and reading a bitmap's dirty extents)
+
+import type { BitmapAction } from '../../model/bitmaps';
+import { defaultBitmapGranularity } from '../../model/bitmaps';
+import { BitmapState, inconsistentMessage, validateBitmapActions } from '../../rules/bitmaps';
+import { applyBitmapOps, readBitmapFile, readImageBitmaps } from '../../qcow2/ops/bitmap';
+import type { DirtyBitmap, DirtyExtent } from '../../qcow2/meta/dirty-bitmap';
+import { RawSource } from '../../qcow2/guest/sources/raw';
+
+export interface BitmapCommandOptions {
+  /** -b: the image --merge reads its source bitmap from (opened read-only, never changed). */
+  sourceFile?: string;
+  /** -F: its format (probed when omitted; a raw file has no bitmaps). */
+  sourceFormat?: string;
+}
+
+/** Bitmaps in memory as the rules see them. */
+function statesOf(list: readonly DirtyBitmap[]): BitmapState[] {
+  return list.map((b) => ({ name: b.name, granularity: b.granularity, enabled: b.enabled, inconsistent: b.inconsistent }));
+}
+
+/** The bitmaps and size of a --merge source file, opened as QEMU opens it (read-only, no backing). */
+function mergeSource(file: string, format: string | undefined): { bitmaps: DirtyBitmap[]; size: bigint } {
+  const fmt = format ?? probeFormat(file);
+  if (fmt === 'raw') {
+    const raw = RawSource.open(file, { lock: true });
+    try {
+      return { bitmaps: [], size: BigInt(raw.size) };
+    } finally {
+      raw.close();
+    }
+  }
+  if (fmt !== 'qcow2') throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${fmt}': this engine reads qcow2 and raw images only`, { file, property: 'source_format' });
+  const src = Qcow2Image.open(file, { backing: null });
+  try {
+    return { bitmaps: readImageBitmaps(src.image), size: src.image.header.size };
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * `qemu-img bitmap ACTIONS FILE NAME`: the image is opened read-write the QEMU way (every
+ * consistent bitmap flagged in-use on disk), the actions are validated as a whole by
+ * provider/rules, carried out, and every bitmap is stored at close, as qemu-img does; the bytes
+ * written equal qemu-img's. A refused action changes no bitmap (qemu-img would have carried out
+ * the actions before it); the image is closed as qemu-img closes it, then REFUSED is thrown.
+ */
+export function bitmapImage(path: string, name: string, actions: readonly BitmapAction[], opts: BitmapCommandOptions = {}): void {
+  const img = Qcow2Image.open(path, {
+    writable: true,
+    backing: null, // qemu-img bitmap opens no backing chain
+    frees: 'immediate', // QEMU's reuse of freed clusters, for its exact layout
+    beforeWrite: (image) => throwIfRefused(validateWrite(imageStateOf(image)), path),
+  });
+  let refusal;
+  try {
+    const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat) : undefined;
+    const bitmaps = img.bitmaps();
+    const h = img.header;
+    refusal = validateBitmapActions(
+      { compat: h.version === 2 ? '0.10' : '1.1', virtualSize: h.size, clusterSize: img.cs, bitmaps: statesOf(bitmaps.list), node: path },
+      name, actions, source && { bitmaps: statesOf(source.bitmaps), virtualSize: source.size });
+    if (!refusal) applyBitmapOps(bitmaps, h.size, img.cs, name, actions, defaultBitmapGranularity(img.cs), source?.bitmaps);
+  } finally {
+    img.close();
+  }
+  throwIfRefused(refusal, path);
+}
+
+/** A bitmap's dirty extents (qcow2 bitmap --dump). */
+export interface BitmapExtents {
+  name: string;
+  granularity: number;
+  enabled: boolean;
+  extents: DirtyExtent[];
+}
+
+/**
+ * The dirty extents of bitmap `name` in a closed image (read-only; QEMU's locks probed unless
+ * `forceShare`). An inconsistent bitmap is refused as QEMU refuses it.
+ */
+export function dumpBitmap(path: string, name: string, opts: { forceShare?: boolean } = {}): BitmapExtents {
+  const b = readBitmapFile(path, name, {
+    forceShare: opts.forceShare ?? false,
+    check: (e) => {
+      if (e.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file: path, property: 'bitmaps' });
+    },
+  });
+  if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file: path, property: 'bitmaps' });
+  return { name: b.name, granularity: b.granularity, enabled: b.enabled, extents: b.extents() };
 }

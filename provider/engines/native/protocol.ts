@@ -12,7 +12,7 @@ import type { ErrorData } from '../../model/errors';
 import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
-import type { ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { BitmapAction, BitmapOptions, ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
 
 /** Where an operation's files are. */
 export type TargetDescriptor = { kind: 'local' };
@@ -31,6 +31,8 @@ export type OpCall =
   | { op: 'info'; path: string; options: ReadOptions }
   | { op: 'check'; path: string; options: ReadOptions }
   | { op: 'map'; path: string; options: ReadOptions }
+  | { op: 'bitmap'; path: string; name: string; actions: BitmapAction[]; options: BitmapOptions }
+  | { op: 'dumpBitmap'; path: string; name: string; options: ReadOptions }
   | { op: 'remove'; path: string; options: RemoveOptions };
 
 export type OpName = OpCall['op'];
