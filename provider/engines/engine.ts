@@ -66,6 +66,12 @@ export interface BitmapOptions {
   sourceFormat?: string;
 }
 
+/** What a bitmap command reports besides success. */
+export interface BitmapResult {
+  /** qemu-img's warnings when it opened the image (a stale bitmaps extension was dropped). */
+  warnings: string[];
+}
+
 /** A bitmap's dirty extents: the guest ranges written while it recorded (clipped to the disk's end). */
 export interface BitmapDump {
   name: string;
@@ -109,7 +115,7 @@ export interface Engine {
    * in order. Validated as a whole first (provider/rules/bitmaps.ts); a refusal is REFUSED with
    * qemu-img's words and changes no bitmap.
    */
-  bitmap(path: string, name: string, actions: readonly BitmapAction[], options?: BitmapOptions): Promise<void>;
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options?: BitmapOptions): Promise<BitmapResult>;
   /** The dirty extents of bitmap `name` in an image nobody writes (an inconsistent one is refused). */
   dumpBitmap(path: string, name: string, options?: ReadOptions): Promise<BitmapDump>;
   /** Delete an image (and, when asked, its data file); never a backing file. */

@@ -7,7 +7,7 @@
 
 import { cliEngine } from '../engine';
 import { err, out } from '../io';
-import { Exit, PROG, failOn, messageOf, report, reportEach } from '../report';
+import { Exit, PROG, failOn, messageOf, report, reportEach, warn } from '../report';
 import { granularityArgument } from '../../rules/bitmaps';
 import type { BitmapAction, BitmapDump } from '../../engines/engine';
 import { parseSize } from '../../model/size';
@@ -141,10 +141,15 @@ export async function run(argv: string[]): Promise<void> {
     return a;
   });
   try {
-    await cliEngine().bitmap(file, name, actions, {
+    const r = await cliEngine().bitmap(file, name, actions, {
       ...(srcFile !== undefined ? { sourceFile: srcFile } : {}),
       ...(srcFmt !== undefined ? { sourceFormat: srcFmt } : {}),
     });
+    for (const w of r.warnings) {
+      const [first, ...rest] = w.split('\n');
+      warn(first!);
+      for (const l of rest) err(`${l}\n`);
+    }
   } catch (e) {
     failOn(e, file);
   }

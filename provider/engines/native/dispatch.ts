@@ -55,8 +55,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'map':
       return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false });
     case 'bitmap':
-      ops().bitmapImage(call.path, call.name, call.actions, call.options);
-      return undefined;
+      return ops().bitmapImage(call.path, call.name, call.actions, call.options);
     case 'dumpBitmap':
       return ops().dumpBitmap(call.path, call.name, { forceShare: call.options.forceShare ?? false });
     case 'remove': {

@@ -10,7 +10,7 @@ import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
 } from '../engine';
 import type { OpCall, TargetDescriptor } from './protocol';
 
@@ -90,8 +90,8 @@ export class NativeEngine implements Engine {
     return this.run({ op: 'map', path, options });
   }
 
-  async bitmap(path: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<void> {
-    await this.run({ op: 'bitmap', path, name, actions: [...actions], options });
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    return this.run({ op: 'bitmap', path, name, actions: [...actions], options });
   }
 
   dumpBitmap(path: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {

@@ -332,7 +332,7 @@ function mergeSource(file: string, format: string | undefined): { bitmaps: Dirty
  * written equal qemu-img's. A refused action changes no bitmap (qemu-img would have carried out
  * the actions before it); the image is closed as qemu-img closes it, then REFUSED is thrown.
  */
-export function bitmapImage(path: string, name: string, actions: readonly BitmapAction[], opts: BitmapCommandOptions = {}): void {
+export function bitmapImage(path: string, name: string, actions: readonly BitmapAction[], opts: BitmapCommandOptions = {}): { warnings: string[] } {
   const img = Qcow2Image.open(path, {
     writable: true,
     backing: null, // qemu-img bitmap opens no backing chain
@@ -340,7 +340,9 @@ export function bitmapImage(path: string, name: string, actions: readonly Bitmap
     beforeWrite: (image) => throwIfRefused(validateWrite(imageStateOf(image)), path),
   });
   let refusal;
+  const warnings: string[] = [];
   try {
+    if (img.header.staleBitmaps) warnings.push(staleBitmapsWarning(img.header.version));
     const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat) : undefined;
     const bitmaps = img.bitmaps();
     const h = img.header;
@@ -352,6 +354,15 @@ export function bitmapImage(path: string, name: string, actions: readonly Bitmap
     img.close();
   }
   throwIfRefused(refusal, path);
+  return { warnings };
+}
+
+/** QEMU's warning when it opens an image whose bitmaps extension another writer left stale. */
+export function staleBitmapsWarning(version: number): string {
+  return (version < 3
+    ? 'This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+    : 'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent') +
+    "\nSome clusters may be leaked, run 'qemu-img check -r' on the image file to fix.";
 }
 
 /** A bitmap's dirty extents (qcow2 bitmap --dump). */

@@ -78,7 +78,7 @@ import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/c
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
 } from '../engine';
 import { BitmapState, inconsistentMessage, validateBitmapActions } from '../../rules/bitmaps';
 import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
@@ -551,7 +551,7 @@ export class QemuImgEngine implements Engine {
   }
 
   /** `qemu-img bitmap`, after the same validation as the native engine (so it refuses alike, before qemu-img runs). */
-  async bitmap(file: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<void> {
+  async bitmap(file: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
     await this.binary();
     const state = await this.stateForChange(file);
     let source: { bitmaps: BitmapState[]; virtualSize: bigint } | undefined;
@@ -582,7 +582,10 @@ export class QemuImgEngine implements Engine {
     }
     const abs = path.resolve(file);
     const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
-    await this.run('write', ['bitmap', ...args, spec, name], { arg: spec, file });
+    const done = await this.run('write', ['bitmap', ...args, spec, name], { arg: spec, file });
+    // qemu-img's warnings (a stale bitmaps extension it dropped), without its prefix.
+    const warnings = done.stderr.split(/qemu-img: warning: /).slice(1).map((w) => w.trim());
+    return { warnings };
   }
 
   /** Dirty extents through QEMU: qemu-nbd exports the bitmap, qemu-img map reads it. */
