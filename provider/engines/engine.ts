@@ -57,6 +57,10 @@ export interface ImportSource {
 
 export interface ImportOptions {
   progress?: ProgressFn;
+  /** convert --bitmaps: copy the source's persistent bitmaps (name, granularity, recording, contents). */
+  bitmaps?: boolean;
+  /** --skip-broken-bitmaps: leave inconsistent bitmaps out instead of refusing. */
+  skipBrokenBitmaps?: boolean;
 }
 
 export interface BitmapOptions {

@@ -117,13 +117,30 @@ export function validateResizeBitmaps(bitmaps: readonly BitmapState[]): Refusal 
   return bad ? { property: 'size', message: inconsistentMessage(bad.name) } : undefined;
 }
 
-/** convert --bitmaps copies every bitmap: refused for an inconsistent one unless skipped. */
-export function validateCopyBitmaps(bitmaps: readonly BitmapState[], skipBroken: boolean): Refusal | undefined {
-  if (skipBroken) return undefined;
-  const bad = bitmaps.find((b) => b.inconsistent);
-  if (!bad) return undefined;
-  return {
-    property: 'bitmaps',
-    message: `Cannot copy inconsistent bitmap '${bad.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
-  };
+/** What convert --bitmaps copies from, and into. */
+export interface CopyBitmapsRequest {
+  sourceFormat: string;
+  /** The source image's bitmaps (its top layer's: a backing file's are not copied). */
+  bitmaps: BitmapState[];
+  /** The new image's compat level. */
+  targetCompat: Compat;
+  /** --skip-broken-bitmaps: leave inconsistent bitmaps out instead of refusing. */
+  skipBroken: boolean;
+}
+
+/** convert --bitmaps (qemu-img's convert_check_bitmaps, then what the new image can hold). */
+export function validateCopyBitmaps(req: CopyBitmapsRequest): Refusal | undefined {
+  if (req.sourceFormat !== 'qcow2') return { property: 'bitmaps', message: 'Source lacks bitmap support' };
+  const bad = req.skipBroken ? undefined : req.bitmaps.find((b) => b.inconsistent);
+  if (bad) {
+    return {
+      property: 'bitmaps',
+      message: `Cannot copy inconsistent bitmap '${bad.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
+    };
+  }
+  const copied = req.bitmaps.find((b) => !b.inconsistent);
+  if (copied && req.targetCompat === '0.10') {
+    return { property: 'compat', message: `Failed to populate bitmap ${copied.name}: Cannot store dirty bitmaps in qcow2 v2 files. Create the new image with compat 1.1` };
+  }
+  return undefined;
 }

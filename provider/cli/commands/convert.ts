@@ -9,10 +9,10 @@ import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../
 import type { CreateOptions } from '../../model/options';
 import { out } from '../io';
 
-export const usage = 'convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
+export const usage = 'convert [-p] [-q] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; bitmaps?: boolean; skipBrokenBitmaps?: boolean }
 
 export async function run(argv: string[]): Promise<void> {
   let parsed: { src?: string; dst?: string; o: Opts } | undefined;
@@ -25,6 +25,8 @@ export async function run(argv: string[]): Promise<void> {
     .option('-p', 'show a progress bar')
     .option('-q', 'quiet')
     .option('-c', 'compress the output (not supported: refused)')
+    .option('--bitmaps', "copy the source's persistent dirty bitmaps")
+    .option('--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing')
     .argument('[src]')
     .argument('[dst]')
     .action((src: string | undefined, dst: string | undefined, o: Opts) => { parsed = { o, ...(src !== undefined ? { src } : {}), ...(dst !== undefined ? { dst } : {}) }; })
@@ -54,9 +56,13 @@ export async function run(argv: string[]): Promise<void> {
   const from = imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst).path;
+  if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
   const bar = o.p && !o.q ? progressBar() : undefined;
   try {
-    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, bar ? { progress: bar.update } : {});
+    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, {
+      ...(bar ? { progress: bar.update } : {}),
+      ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+    });
   } catch (e) {
     bar?.stop();
     report(openPrefix(e, src) + messageOf(e));

@@ -61,7 +61,9 @@ export class NativeEngine implements Engine {
   }
 
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
-    await this.run({ op: 'import', path, options, source }, opts.progress);
+    const call: OpCall = { op: 'import', path, options, source };
+    if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+    await this.run(call, opts.progress);
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {

@@ -214,6 +214,8 @@ export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writabl
 export interface ImportBehaviour {
   /** Called as the copy advances: bytes of the guest view done, of total. */
   progress?: ProgressFn;
+  /** convert --bitmaps: copy the source's persistent bitmaps (inconsistent ones refused unless skipped). */
+  bitmaps?: { skipBroken: boolean };
 }
 
 /**
@@ -235,7 +237,16 @@ export function importImage(dst: string, options: CreateOptions, source: ImportS
       sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
     });
     throwIfRefused(r, dst);
-    writeImportedImage(dst, planCreate(resolved(dst, { ...options, size: BigInt(src.size) })), src, behaviour.progress);
+    const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }));
+    let bitmaps: DirtyBitmap[] | undefined;
+    if (behaviour.bitmaps) {
+      const list = src instanceof Qcow2Image ? readImageBitmaps(src.image) : [];
+      throwIfRefused(validateCopyBitmaps({
+        sourceFormat: format, bitmaps: statesOf(list), targetCompat: plan.options.compat ?? '1.1', skipBroken: behaviour.bitmaps.skipBroken,
+      }), source.path);
+      bitmaps = list.filter((b) => !b.inconsistent);
+    }
+    writeImportedImage(dst, plan, src, behaviour.progress, undefined, bitmaps);
   } finally {
     src.close();
   }
@@ -288,7 +299,7 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
 
 import type { BitmapAction } from '../../model/bitmaps';
 import { defaultBitmapGranularity } from '../../model/bitmaps';
-import { BitmapState, inconsistentMessage, validateBitmapActions } from '../../rules/bitmaps';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
 import { applyBitmapOps, readBitmapFile, readImageBitmaps } from '../../qcow2/ops/bitmap';
 import type { DirtyBitmap, DirtyExtent } from '../../qcow2/meta/dirty-bitmap';
 import { RawSource } from '../../qcow2/guest/sources/raw';

@@ -80,7 +80,7 @@ import type { AmendRequest } from '../../rules/types';
 import type {
   BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
 } from '../engine';
-import { BitmapState, inconsistentMessage, validateBitmapActions } from '../../rules/bitmaps';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
 import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
 import { localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
@@ -340,9 +340,16 @@ export class QemuImgEngine implements Engine {
     });
     throwIfRefused(r, imagePath);
     const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
+    if (opts.bitmaps) {
+      const top = format === 'qcow2' ? await this.readInfo(source.path, false) : undefined;
+      throwIfRefused(validateCopyBitmaps({
+        sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+      }), source.path);
+    }
     assertNewImageFiles(imagePath, o);
     await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-      const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+      const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
+      const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
       await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
     });
     opts.progress?.(Number(src.size), Number(src.size));
