@@ -12,9 +12,12 @@ import type { ImageFacts } from '../model/facts';
 import { propertyOf } from '../model/names';
 import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
+import { planBitmaps } from '../rules/bitmaps';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { validateCreate } from '../rules/create';
-import type { DesiredSpec, WorldFacts } from '../rules/types';
+import type { BitmapSpec, BitmapStep, Change, DesiredSpec, WorldFacts } from '../rules/types';
+import { describeHolder, imageHolders } from '../transport/qmp';
+import { applyLive, liveView, LivePlan, LiveView } from '../engines/live';
 import { UNKNOWN, validateInputs } from './schema';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
 
@@ -45,6 +48,12 @@ export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile
   engine?: EngineName;
   dataFileOnDelete?: 'auto' | 'keep' | 'delete';
   deleteAdopted?: boolean;
+  /** The persistent dirty bitmaps the image should have. */
+  bitmaps?: BitmapSpec[];
+  /** Remove bitmaps the image has and `bitmaps` does not list. */
+  manageAllBitmaps?: boolean;
+  /** The QMP socket of the QEMU process that holds the image (a running VM): grows and bitmap changes go through it. */
+  qmpSocket?: string;
 }
 
 const isUnknown = (v: unknown) => v === UNKNOWN;
@@ -94,6 +103,9 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   set('dataFileRaw', i.dataFileRaw);
   set('allowShrink', i.allowShrink);
   set('allowReplace', i.allowReplace);
+  if (i.bitmaps !== undefined && !hasUnknown(i.bitmaps)) d.bitmaps = i.bitmaps.map((b) => ({ ...b }));
+  set('manageAllBitmaps', i.manageAllBitmaps);
+  if (i.qmpSocket !== undefined && !isUnknown(i.qmpSocket)) d.qmpSocket = absolute(i.qmpSocket);
   return d;
 }
 
@@ -125,8 +137,35 @@ function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: 
     adopted: extra.adopted,
     dataFileOnDelete: i.dataFileOnDelete ?? 'auto',
     deleteAdopted: i.deleteAdopted ?? false,
+    qmpSocket: i.qmpSocket !== undefined ? absolute(i.qmpSocket) : '',
     providerVersion: PROVIDER_VERSION,
   };
+}
+
+/** The facts with what the QEMU holding the image reports instead of the file (its size, its bitmaps). */
+function withLive(facts: ImageFacts, view: LiveView): ImageFacts {
+  return {
+    ...facts, virtualSize: view.virtualSize, bitmaps: view.bitmaps.map((b) => b.name),
+    detail: { snapshots: facts.detail?.snapshots ?? [], bitmaps: view.bitmaps, ...(facts.detail?.fullBackingFile !== undefined ? { fullBackingFile: facts.detail.fullBackingFile } : {}) },
+  };
+}
+
+/** The running process that holds `file` for writing, named; undefined when none does. */
+function writerOf(file: string): string | undefined {
+  const h = imageHolders(file).find((x) => x.uses.includes('write'));
+  return h && describeHolder(h);
+}
+
+/** The image's facts: from the file, and from the QEMU holding it when qmpSocket is given and a process holds it. */
+async function currentFacts(engine: Engine, file: string, qmpSocket: string | undefined): Promise<ImageFacts> {
+  const info = await engine.info(file, { forceShare: true });
+  if (qmpSocket === undefined || qmpSocket === '' || writerOf(file) === undefined) return info;
+  return withLive(info, await liveView(qmpSocket, file));
+}
+
+/** Carry out the bitmap steps offline, in order, through the engine. */
+async function applyBitmapSteps(engine: Engine, file: string, steps: readonly BitmapStep[]): Promise<void> {
+  for (const step of steps) await engine.bitmap(file, step.name, step.actions);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -149,6 +188,12 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
       } else {
         const r = validateCreate({ ...opts, ...(i.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
         if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: r.refusal.message });
+        else if (i.bitmaps !== undefined) {
+          // The bitmaps of a new image: every one added, judged as qemu-img bitmap would judge it.
+          const fresh = planBitmaps({ bitmaps: [], detail: { snapshots: [], bitmaps: [] }, clusterSize: opts.clusterSize ?? 65536, path: absolute(i.path) },
+            i.bitmaps, false, { compat: opts.compat ?? '1.1', virtualSize: opts.size ?? 0n });
+          if (fresh.action === 'refuse') failures.push({ property: 'bitmaps', reason: fresh.reason });
+        }
       }
     }
   }
@@ -165,6 +210,8 @@ function hasUnknown(v: unknown): boolean {
 /** Facts only the disk knows, gathered here so rules stay pure. */
 function factsFor(old: ImageOutputs, d: DesiredSpec): WorldFacts {
   const facts: WorldFacts = {};
+  const holder = old.path && fs.existsSync(old.path) ? writerOf(old.path) : undefined;
+  if (holder !== undefined) facts.holder = holder;
   if (d.dataFile !== undefined && d.dataFile !== old.dataFile) {
     try {
       const st = fs.statSync(d.dataFile);
@@ -187,6 +234,7 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
     const now = news[k] ?? (k === 'dataFileOnDelete' ? 'auto' : false);
     if (now !== olds[k]) changes = true;
   }
+  if (isUnknown(news.qmpSocket) || (news.qmpSocket !== undefined ? absolute(news.qmpSocket) : '') !== (olds.qmpSocket ?? '')) changes = true;
 
   const desired = desiredOf(news);
   const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
@@ -194,7 +242,7 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
   if (refusal) throw new Qcow2Error('REFUSED', refusal, { property: result.find((c) => c.action === 'refuse')!.property });
   for (const c of result) {
     if (c.action === 'replace') replaces.push(c.property);
-    if (c.action === 'amend') changes = true;
+    if (c.action === 'amend' || c.action === 'live') changes = true;
   }
   // Values not known yet can only be judged at update time; report a change so it happens.
   for (const [k, v] of Object.entries(news)) if (!k.startsWith('__') && hasUnknown(v)) changes = true;
@@ -223,7 +271,19 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   } else {
     await engine.create(file, opts);
   }
-  const info = await engine.info(file, { forceShare: true });
+  let info = await engine.info(file, { forceShare: true });
+  if (inputs.bitmaps !== undefined && inputs.bitmaps.length > 0) {
+    const plan = planBitmaps({ ...info, path: file }, inputs.bitmaps, false, { compat: info.compat, virtualSize: info.virtualSize });
+    try {
+      if (plan.action === 'refuse') throw new Qcow2Error('REFUSED', `bitmaps: ${plan.reason}`, { property: 'bitmaps' });
+      if (plan.action === 'amend') await applyBitmapSteps(engine, file, plan.to as BitmapStep[]);
+    } catch (e) {
+      // The image is ours (created just now): an image without its declared bitmaps is not left behind.
+      await engine.remove(file, { dataFile: opts.dataFile !== undefined });
+      throw e;
+    }
+    info = await engine.info(file, { forceShare: true });
+  }
   return { id: file, outs: outputsOf(inputs, info, { createdDataFile: opts.dataFile !== undefined, adopted: false }) };
 }
 
@@ -248,13 +308,28 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
   const refusal = refusalMessage(result);
   if (refusal) throw new Qcow2Error('REFUSED', refusal);
-  const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
-  if (rebase) await engine.rebase(file, desired.backingFile ?? olds.backingFile, desired.backingFormat ?? (olds.backingFormat || undefined));
-  // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
-  // only if allowShrink is set).
-  const req = amendRequestOf(result);
-  if (req) await engine.amend(file, req);
-  const info = await engine.info(file, { forceShare: true });
+  const live = result.filter((c) => c.action === 'live');
+  let info: ImageFacts;
+  if (live.length > 0) {
+    // A running QEMU holds the image (rules refused everything else): that QEMU makes the change.
+    const plan: LivePlan = {};
+    for (const c of live) {
+      if (c.property === 'size') plan.size = c.to as bigint;
+      if (c.property === 'bitmaps') plan.bitmaps = c.to as BitmapStep[];
+    }
+    const view = await applyLive(desired.qmpSocket!, file, plan);
+    info = withLive(await engine.info(file, { forceShare: true }), view);
+  } else {
+    const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
+    if (rebase) await engine.rebase(file, desired.backingFile ?? olds.backingFile, desired.backingFormat ?? (olds.backingFormat || undefined));
+    // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
+    // only if allowShrink is set); then the bitmaps, judged on the image the amend leaves.
+    const req = amendRequestOf(result);
+    if (req) await engine.amend(file, req);
+    const bitmaps = result.find((c): c is Change & { to: BitmapStep[] } => c.property === 'bitmaps' && c.action === 'amend');
+    if (bitmaps) await applyBitmapSteps(engine, file, bitmaps.to);
+    info = await engine.info(file, { forceShare: true });
+  }
   return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted }) };
 }
 
@@ -262,8 +337,8 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   const file = props?.path ?? id;
   if (!fs.existsSync(file)) return { id: '' };
   const engine = engineOf(props?.engine);
-  const info = await engine.info(file, { forceShare: true });
-  const base: ImageInputs = { path: file, engine: props?.engine ?? 'native' };
+  const info = await currentFacts(engine, file, props?.qmpSocket);
+  const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
   const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';

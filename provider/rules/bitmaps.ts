@@ -7,7 +7,8 @@ import {
   BitmapAction, MAX_BITMAP_DIRECTORY_SIZE, MAX_BITMAPS, bitmapConstraintError, defaultBitmapGranularity, dirEntrySize, nameBytes,
 } from '../model/bitmaps';
 import type { Compat } from '../model/options';
-import type { Refusal } from './types';
+import type { ImageFacts } from '../model/facts';
+import type { BitmapSpec, BitmapStep, Change, Refusal } from './types';
 
 export type { BitmapAction };
 
@@ -70,6 +71,12 @@ function addRefusal(img: BitmapSubject, bitmaps: BitmapState[], name: string, gr
  * carries them out.
  */
 export function validateBitmapActions(img: BitmapSubject, name: string, actions: readonly BitmapAction[], source?: MergeSource): Refusal | undefined {
+  const r = simulateBitmapActions(img, name, actions, source);
+  return Array.isArray(r) ? undefined : r;
+}
+
+/** The bitmaps after the actions, or the first refusal (validateBitmapActions). */
+function simulateBitmapActions(img: BitmapSubject, name: string, actions: readonly BitmapAction[], source?: MergeSource): Refusal | BitmapState[] {
   const bitmaps = img.bitmaps.map((b) => ({ ...b }));
   const fail = (op: string, why: string): Refusal => ({ property: 'bitmaps', message: `Operation ${op} on bitmap ${name} failed: ${why}` });
   const lookup = (list: BitmapState[], n: string) => list.find((b) => b.name === n);
@@ -102,7 +109,7 @@ export function validateBitmapActions(img: BitmapSubject, name: string, actions:
       }
     }
   }
-  return undefined;
+  return bitmaps;
 }
 
 /** qemu-img's -g: a size, cut to QEMU's 32-bit granularity (4G is 0, which is refused; 0 means the default). */
@@ -143,4 +150,98 @@ export function validateCopyBitmaps(req: CopyBitmapsRequest): Refusal | undefine
     return { property: 'compat', message: `Failed to populate bitmap ${copied.name}: Cannot store dirty bitmaps in qcow2 v2 files. Create the new image with compat 1.1` };
   }
   return undefined;
+}
+
+/** The image's bitmaps as the rules see them (from the facts' detail; names only for a state written before it was kept). */
+export function bitmapStates(current: Pick<ImageFacts, 'bitmaps' | 'detail'>): BitmapState[] {
+  const detail = current.detail?.bitmaps;
+  if (detail === undefined) return current.bitmaps.map((name) => ({ name, granularity: 0, enabled: true, inconsistent: false }));
+  return detail.map((b) => ({ name: b.name, granularity: b.granularity, enabled: b.flags.includes('auto'), inconsistent: b.inconsistent }));
+}
+
+/**
+ * The resource's `bitmaps` input against the image: one step per bitmap that changes (undeclared
+ * bitmaps removed first when `manageAll`, then the declared ones in their order), each judged as
+ * `qemu-img bitmap` would judge it on the image as it will be (`after`: its compat and size once
+ * the same plan's amend is done). Adding, removing, enabling and disabling are amends in place;
+ * a granularity change or an inconsistent bitmap needs `allowReset` on that bitmap (its recorded
+ * writes are lost).
+ */
+export function planBitmaps(
+  current: Pick<ImageFacts, 'bitmaps' | 'detail' | 'clusterSize' | 'path'>, desired: readonly BitmapSpec[], manageAll: boolean,
+  after: { compat: Compat; virtualSize: bigint },
+): Change {
+  const have = bitmapStates(current);
+  const from = have.map((b) => b.name);
+  const refuse = (reason: string): Change => ({ property: 'bitmaps', action: 'refuse', reason, from, to: desired.map((d) => d.name) });
+  const declared = new Set<string>();
+  for (const d of desired) {
+    if (declared.has(d.name)) return refuse(`bitmap '${d.name}' is declared twice: list each bitmap once`);
+    declared.add(d.name);
+  }
+  const steps: BitmapStep[] = [];
+  const words: string[] = [];
+  if (manageAll) {
+    for (const b of have) {
+      if (declared.has(b.name)) continue;
+      steps.push({ name: b.name, actions: [{ op: 'remove' }] });
+      words.push(`'${b.name}' removed (not declared, manageAllBitmaps is set)`);
+    }
+  }
+  for (const d of desired) {
+    const add: BitmapAction[] = [{ op: 'add', ...(d.granularity !== undefined ? { granularity: d.granularity } : {}) }, ...(d.enabled === false ? [{ op: 'disable' } as const] : [])];
+    const b = have.find((x) => x.name === d.name);
+    if (b === undefined) {
+      steps.push({ name: d.name, actions: add });
+      words.push(`'${d.name}' added${d.enabled === false ? ' (not recording)' : ''}`);
+      continue;
+    }
+    const regranulate = d.granularity !== undefined && b.granularity !== 0 && d.granularity !== b.granularity;
+    if (b.inconsistent || regranulate) {
+      const why = b.inconsistent
+        ? `bitmap '${d.name}' is inconsistent (in-use in an image no process holds: its writer stopped without storing it), so what it recorded is unknown`
+        : `changing the granularity of bitmap '${d.name}' from ${b.granularity} to ${d.granularity} throws away the writes it recorded`;
+      if (!d.allowReset) {
+        return refuse(`${why}. Set allowReset: true on that bitmap to remove it and add it anew (the next backup must be a full one)${regranulate ? `, or keep granularity ${b.granularity}` : ''}`);
+      }
+      steps.push({ name: d.name, actions: [{ op: 'remove' }, ...add] });
+      words.push(`'${d.name}' removed and added anew (allowReset)`);
+      continue;
+    }
+    if (d.enabled !== undefined && d.enabled !== b.enabled) {
+      steps.push({ name: d.name, actions: [{ op: d.enabled ? 'enable' : 'disable' }] });
+      words.push(`'${d.name}' ${d.enabled ? 'enabled' : 'disabled'}`);
+    }
+  }
+  if (steps.length === 0) return { property: 'bitmaps', action: 'none', reason: 'unchanged', from, to: from };
+  let states = have;
+  for (const step of steps) {
+    const subject: BitmapSubject = { compat: after.compat, virtualSize: after.virtualSize, clusterSize: current.clusterSize, bitmaps: states, node: current.path ?? 'the image' };
+    const r = simulateBitmapActions(subject, step.name, step.actions);
+    if (!Array.isArray(r)) return refuse(r.message);
+    states = r;
+  }
+  return { property: 'bitmaps', action: 'amend', operation: 'bitmap', reason: `bitmaps changed in place: ${words.join('; ')}`, from, to: steps };
+}
+
+/**
+ * An image a process holds for writing (a running VM): a grow and bitmap changes go live through
+ * `qmpSocket` (QEMU's block_resize and block-dirty-bitmap-*); every other change is refused,
+ * naming the process, because writing under a running QEMU corrupts the image.
+ */
+export function liveOrRefuse(changes: Change[], holder: string, qmpSocket: string | undefined): void {
+  for (const [i, c] of changes.entries()) {
+    if (c.action !== 'amend' && c.action !== 'replace') continue;
+    const liveable = (c.property === 'size' && c.operation === 'resize' && (c.to as bigint) > (c.from as bigint)) || c.property === 'bitmaps';
+    if (liveable && qmpSocket !== undefined) {
+      changes[i] = { ...c, action: 'live', reason: `${c.reason.replace(/ in place/, '')}, live through ${qmpSocket} (${holder} holds the image)` };
+      continue;
+    }
+    const { operation: _op, ...rest } = c;
+    changes[i] = {
+      ...rest, action: 'refuse',
+      reason: `${c.property} cannot change while ${holder} holds the image for writing (a running VM): changing it under QEMU would corrupt the image. ` +
+        `Stop the VM first${liveable ? ', or set qmpSocket to that QEMU\'s QMP socket to change it live' : ' (only a grow and bitmap changes can be made live, through qmpSocket)'}`,
+    };
+  }
 }

@@ -6,6 +6,7 @@ import type { ImageFacts } from '../model/facts';
 import { roundToSector } from '../model/facts';
 import { CREATE_ONLY_PROPERTIES, propertyOf } from '../model/names';
 import { validateAmend, validateRebase, validateResize } from './amend';
+import { liveOrRefuse, planBitmaps } from './bitmaps';
 import { firstV2Refusal } from './compat';
 import type { AmendRequest, Change, DesiredSpec, WorldFacts } from './types';
 
@@ -123,6 +124,13 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
   simple('lazyRefcounts', current.lazyRefcounts, desired.lazyRefcounts, 'the lazy-refcounts feature bit is changed in place');
   simple('refcountBits', current.refcountBits, desired.refcountBits, 'the refcount structures are rebuilt in place with the new width');
 
+  // Persistent bitmaps: judged on the image as the same plan's amend leaves it.
+  if (desired.bitmaps !== undefined) {
+    out.push(planBitmaps(current, desired.bitmaps, desired.manageAllBitmaps ?? false, {
+      compat: desired.compat ?? current.compat, virtualSize: desired.size ?? current.virtualSize,
+    }));
+  }
+
   // The path: a new image at the new place, then the old one deleted.
   if (desired.path !== undefined && current.path !== undefined) {
     if (desired.path === current.path) {
@@ -174,6 +182,8 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
       if (refusal) mergeRefusal(out, propertyOf(refusal.property) as keyof DesiredSpec, withWayForward(refusal.message));
     }
   }
+  // An image a running QEMU holds: live through QMP, or refused with the holder named.
+  if (facts.holder !== undefined) liveOrRefuse(out, facts.holder, desired.qmpSocket);
   return out;
 }
 
@@ -226,9 +236,9 @@ export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   return any ? req : undefined;
 }
 
-/** The overall verdict of a classification: refuse beats replace beats amend beats none. */
+/** The overall verdict of a classification: refuse beats replace beats amend beats live beats none. */
 export function overallAction(changes: Change[]): Change['action'] {
-  for (const a of ['refuse', 'replace', 'amend'] as const) if (changes.some((c) => c.action === a)) return a;
+  for (const a of ['refuse', 'replace', 'amend', 'live'] as const) if (changes.some((c) => c.action === a)) return a;
   return 'none';
 }
 
