@@ -37,6 +37,7 @@ function viewOf(node: BlockNode): LiveView {
   return {
     nodeName: node.nodeName,
     virtualSize: node.virtualSize,
+    // In QEMU's order (newest first), the order it stores them in the image's directory when it closes it.
     bitmaps: node.dirtyBitmaps.filter((b) => b.persistent).map((b) => ({
       name: b.name, granularity: b.granularity, flags: b.recording ? ['in-use', 'auto'] : ['in-use'], inconsistent: b.inconsistent,
     })),
