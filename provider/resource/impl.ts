@@ -260,7 +260,9 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
       throw failure('adopt', `there is nothing to adopt: no image at ${file}${opts.dataFile ? ` and no data file at ${opts.dataFile}` : ''}. Remove adopt to create a new image`);
     }
     await engine.create(file, { ...opts, adoptDataFile: true });
-    return { id: file, outs: outputsOf(inputs, await engine.info(file, { forceShare: true }), { createdDataFile: false, adopted: false }) };
+    // The raw data file is the user's: only the new image goes if its bitmaps cannot be added.
+    const info = await addDeclaredBitmaps(engine, file, inputs, false);
+    return { id: file, outs: outputsOf(inputs, info, { createdDataFile: false, adopted: false }) };
   }
   if (fs.existsSync(file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
@@ -271,20 +273,27 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   } else {
     await engine.create(file, opts);
   }
-  let info = await engine.info(file, { forceShare: true });
-  if (inputs.bitmaps !== undefined && inputs.bitmaps.length > 0) {
-    const plan = planBitmaps({ ...info, path: file }, inputs.bitmaps, false, { compat: info.compat, virtualSize: info.virtualSize });
-    try {
-      if (plan.action === 'refuse') throw new Qcow2Error('REFUSED', `bitmaps: ${plan.reason}`, { property: 'bitmaps' });
-      if (plan.action === 'amend') await applyBitmapSteps(engine, file, plan.to as BitmapStep[]);
-    } catch (e) {
-      // The image is ours (created just now): an image without its declared bitmaps is not left behind.
-      await engine.remove(file, { dataFile: opts.dataFile !== undefined });
-      throw e;
-    }
-    info = await engine.info(file, { forceShare: true });
-  }
+  const info = await addDeclaredBitmaps(engine, file, inputs, opts.dataFile !== undefined);
   return { id: file, outs: outputsOf(inputs, info, { createdDataFile: opts.dataFile !== undefined, adopted: false }) };
+}
+
+/**
+ * Add the declared bitmaps to an image created just now, and read its facts. When they cannot
+ * be added the new image is removed again (with its data file only if that was made too), so
+ * no image short of its inputs is left behind.
+ */
+async function addDeclaredBitmaps(engine: Engine, file: string, inputs: ImageInputs, removeDataFile: boolean): Promise<ImageFacts> {
+  const info = await engine.info(file, { forceShare: true });
+  if (inputs.bitmaps === undefined || inputs.bitmaps.length === 0) return info;
+  const plan = planBitmaps({ ...info, path: file }, inputs.bitmaps, false, { compat: info.compat, virtualSize: info.virtualSize });
+  try {
+    if (plan.action === 'refuse') throw new Qcow2Error('REFUSED', `bitmaps: ${plan.reason}`, { property: 'bitmaps' });
+    if (plan.action === 'amend') await applyBitmapSteps(engine, file, plan.to as BitmapStep[]);
+  } catch (e) {
+    await engine.remove(file, { dataFile: removeDataFile });
+    throw e;
+  }
+  return engine.info(file, { forceShare: true });
 }
 
 /** Take over an existing image: verify it matches the inputs, change nothing. */

@@ -1,10 +1,12 @@
 // Every other example, run like a user would: preview, up, a change, up again, destroy.
 
+import { spawnSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { skipWithoutQemu } from '../helpers/qemu';
 import { ProviderHost } from '../resource/host';
 import { ProgramState, runProgram } from './program';
 
@@ -40,7 +42,7 @@ describe('examples', () => {
     expect(fs.readdirSync(images)).toEqual([]);
   }, 60_000);
 
-  it('raw-data-file: wraps a raw disk unchanged, clears data-file-raw, refuses to set it again', async () => {
+  it('raw-data-file: wraps a raw disk unchanged with a bitmap, clears data-file-raw, refuses to set it again, tracks a guest write', async () => {
     const program = path.join(examples, 'raw-data-file');
     const state = new ProgramState(await start('raw-data-file'), 'qcow2-raw-data-file');
     const images = path.join(dir, 'raw');
@@ -52,14 +54,26 @@ describe('examples', () => {
     const config = { imageDir: images, rawDisk: disk };
     const up = await runProgram(program, state, config);
     expect(up.outputs).toMatchObject({ dataFile: disk, dataFileRaw: true, virtualSize: 16 << 20 });
+    expect(up.outputs.bitmaps).toEqual([{ name: 'backup', granularity: 65536, flags: ['auto'], inconsistent: false }]);
     expect(md5(disk)).toBe(before);
     const off = await runProgram(program, state, { ...config, dataFileRaw: 'false' });
     expect(off).toMatchObject({ ops: { disk: 'update' }, outputs: { dataFileRaw: false } });
     await expect(runProgram(program, state, { ...config, dataFileRaw: 'true' }, true)).rejects.toThrow(/data-file-raw cannot be set on existing images/);
     expect(md5(disk)).toBe(before);
+    // A guest writes (qemu-io, as a VM would); the bitmap says where; cleared after the "backup".
+    let kept = before;
+    if (!skipWithoutQemu('raw-data-file guest write')) {
+      const qcow2 = path.join(images, 'disk.qcow2');
+      const cli = (...args: string[]) => spawnSync(process.execPath, [path.resolve(__dirname, '../../dist/provider/cli/main.js'), ...args], { encoding: 'utf8' });
+      expect(spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -q -P 7 1M 64k', qcow2], { encoding: 'utf8' }).status).toBe(0);
+      expect(cli('bitmap', '--dump', '--output=json', qcow2, 'backup').stdout).toBe('[{ "start": 1048576, "length": 65536, "dirty": true }]\n');
+      expect(cli('bitmap', '--clear', qcow2, 'backup').status).toBe(0);
+      expect(cli('bitmap', '--dump', '--output=json', qcow2, 'backup').stdout).toBe('[]\n');
+      kept = md5(disk); // the guest's write is in the raw disk
+    }
     await state.destroy();
     expect(fs.existsSync(path.join(images, 'disk.qcow2'))).toBe(false);
-    expect(md5(disk)).toBe(before); // the user's raw disk is never deleted
+    expect(md5(disk)).toBe(kept); // the user's raw disk is never deleted
   }, 60_000);
 
   it('gitops: images from stack config, validated by the shipped schema', async () => {
