@@ -53,8 +53,8 @@ describe.skipIf(skipWithoutQemuTools('bitmaps-ops'))('bitmaps survive the native
     return { size: j['virtual-size'], data: (j['format-specific'] as { data: unknown }).data };
   };
 
-  async function bits(f: string, s: Setup): Promise<unknown[]> {
-    const out: unknown[] = [];
+  async function bits(f: string, s: Setup): Promise<Array<[string, unknown[]]>> {
+    const out: Array<[string, unknown[]]> = [];
     for (const [b] of s.bitmaps) out.push([b, await dirtyExtents(f, b)]);
     return out;
   }
@@ -68,7 +68,7 @@ describe.skipIf(skipWithoutQemuTools('bitmaps-ops'))('bitmaps survive the native
     expect(runQemuImg(['check', theirs]).status).toBe(0);
     expect(info(mine)).toEqual(info(theirs));
     const b = await bits(theirs, op.setup);
-    expect(b.some(([, e]) => (e as unknown[]).length > 0)).toBe(true);
+    expect(b.some(([, e]) => e.length > 0)).toBe(true);
     expect(await bits(mine, op.setup)).toEqual(b);
   });
 
