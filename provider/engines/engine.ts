@@ -68,6 +68,13 @@ export interface BitmapOptions {
   sourceFile?: string;
   /** Its format (-F); probed when omitted. */
   sourceFormat?: string;
+  /**
+   * Write on a refusal as qemu-img does (the CLI's byte-for-byte mode): qemu-img opens the image
+   * read-write before it judges the actions, so even a refused run rewrites every bitmap (same
+   * contents, new places). Default false: a refusal writes nothing. (The qemu-img engine always
+   * refuses before it runs qemu-img.)
+   */
+  rewriteOnRefusal?: boolean;
 }
 
 /** What a bitmap command reports besides success. */

@@ -144,6 +144,7 @@ export async function run(argv: string[]): Promise<void> {
     const r = await cliEngine().bitmap(file, name, actions, {
       ...(srcFile !== undefined ? { sourceFile: srcFile } : {}),
       ...(srcFmt !== undefined ? { sourceFormat: srcFmt } : {}),
+      rewriteOnRefusal: true, // qemu-img's bytes, even when it refuses
     });
     for (const w of r.warnings) {
       const [first, ...rest] = w.split('\n');

@@ -309,6 +309,17 @@ export interface BitmapCommandOptions {
   sourceFile?: string;
   /** -F: its format (probed when omitted; a raw file has no bitmaps). */
   sourceFormat?: string;
+  /** Open and close the image read-write even when refusing, as qemu-img does (BitmapOptions.rewriteOnRefusal). */
+  rewriteOnRefusal?: boolean;
+}
+
+/** The rules' verdict on bitmap actions for an image as loaded (its bitmaps in memory). */
+function bitmapRefusal(img: Qcow2Image, list: readonly DirtyBitmap[], path: string, name: string, actions: readonly BitmapAction[],
+  source: { bitmaps: DirtyBitmap[]; size: bigint } | undefined) {
+  const h = img.header;
+  return validateBitmapActions(
+    { compat: h.version === 2 ? '0.10' : '1.1', virtualSize: h.size, clusterSize: img.cs, bitmaps: statesOf(list), node: path },
+    name, actions, source && { bitmaps: statesOf(source.bitmaps), virtualSize: source.size });
 }
 
 /** Bitmaps in memory as the rules see them. */
@@ -340,10 +351,20 @@ function mergeSource(file: string, format: string | undefined): { bitmaps: Dirty
  * `qemu-img bitmap ACTIONS FILE NAME`: the image is opened read-write the QEMU way (every
  * consistent bitmap flagged in-use on disk), the actions are validated as a whole by
  * provider/rules, carried out, and every bitmap is stored at close, as qemu-img does; the bytes
- * written equal qemu-img's. A refused action changes no bitmap (qemu-img would have carried out
- * the actions before it); the image is closed as qemu-img closes it, then REFUSED is thrown.
+ * written equal qemu-img's. A refusal is found on a read-only look first and writes nothing;
+ * with `rewriteOnRefusal` the image is opened and closed as qemu-img does even then (no action
+ * carried out: qemu-img would have carried out those before the refused one), then REFUSED.
  */
 export function bitmapImage(path: string, name: string, actions: readonly BitmapAction[], opts: BitmapCommandOptions = {}): { warnings: string[] } {
+  const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat) : undefined;
+  if (!opts.rewriteOnRefusal) {
+    const look = Qcow2Image.open(path, { backing: null });
+    try {
+      throwIfRefused(bitmapRefusal(look, look.bitmaps().list, path, name, actions, source), path);
+    } finally {
+      look.close();
+    }
+  }
   const img = Qcow2Image.open(path, {
     writable: true,
     backing: null, // qemu-img bitmap opens no backing chain
@@ -354,13 +375,10 @@ export function bitmapImage(path: string, name: string, actions: readonly Bitmap
   const warnings: string[] = [];
   try {
     if (img.header.staleBitmaps) warnings.push(staleBitmapsWarning(img.header.version));
-    const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat) : undefined;
     const bitmaps = img.bitmaps();
-    const h = img.header;
-    refusal = validateBitmapActions(
-      { compat: h.version === 2 ? '0.10' : '1.1', virtualSize: h.size, clusterSize: img.cs, bitmaps: statesOf(bitmaps.list), node: path },
-      name, actions, source && { bitmaps: statesOf(source.bitmaps), virtualSize: source.size });
-    if (!refusal) applyBitmapOps(bitmaps, h.size, img.cs, name, actions, defaultBitmapGranularity(img.cs), source?.bitmaps);
+    // Judged again under the write lock: another writer may have come and gone since the look.
+    refusal = bitmapRefusal(img, bitmaps.list, path, name, actions, source);
+    if (!refusal) applyBitmapOps(bitmaps, img.header.size, img.cs, name, actions, defaultBitmapGranularity(img.cs), source?.bitmaps);
   } finally {
     img.close();
   }

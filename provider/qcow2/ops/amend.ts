@@ -177,6 +177,12 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
 
     /** Data clusters a shrink frees: candidates for discarding once the plan is complete. */
     const freedByShrink: number[] = [];
+    /** Metadata clusters the plan frees (old L2 tables, L1, refcount structures): discarded too on a shrink. */
+    const freedMeta: number[] = [];
+    const freeMeta = (first: number, n = 1) => {
+      a.free(first, n);
+      for (let c = first; c < first + n; c++) freedMeta.push(c);
+    };
     let shrinking = false;
     const dropDataRef = (e: L2Halves) => {
       if (hasData) return;
@@ -203,7 +209,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       t = tables.clone(l2 === 0n ? null : safeOffset(l2));
       // A data cluster's refcount counts the L1 tables that reach it, not the L2 copies: a copy
       // of a table shared with a snapshot changes only the tables' own refcounts.
-      if (l2 !== 0n) a.free(Number(l2 >> cbits));
+      if (l2 !== 0n) freeMeta(Number(l2 >> cbits));
       copies.set(i, t);
       return t;
     };
@@ -270,7 +276,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
             // The whole table leaves the active L1, and with it the active L1's references.
             const t = tables.get(safeOffset(l2));
             for (let k = 0; k < g.l2Entries; k++) dropDataRef(entryAt(t, k));
-            a.free(Number(l2 >> cbits));
+            freeMeta(Number(l2 >> cbits));
             l1[i] = 0n;
             continue;
           }
@@ -341,7 +347,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     let newL1: number | undefined;
     if (l1Changed && l1Size > 0) {
       const oldL1 = Number(old.l1TableOffset >> cbits);
-      if (old.l1Size > 0) a.free(oldL1, Math.ceil((old.l1Size * 8) / cs));
+      if (old.l1Size > 0) freeMeta(oldL1, Math.ceil((old.l1Size * 8) / cs));
       newL1 = a.alloc(Math.ceil((l1Size * 8) / cs));
     }
     // Every allocation is made: what the plan freed counts from here on.
@@ -371,10 +377,10 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
 
     // New refcount structures for the new state, placed after everything else; the old ones
     // are no longer referenced.
-    a.free(Number(old.refcountTableOffset >> cbits), old.refcountTableClusters);
+    freeMeta(Number(old.refcountTableOffset >> cbits), old.refcountTableClusters);
     img.readReftable().forEach((e) => {
       const off = e & C.REFT_OFFSET_MASK;
-      if (off !== 0n && off < BigInt(fileSize)) a.free(Number(off >> cbits));
+      if (off !== 0n && off < BigInt(fileSize)) freeMeta(Number(off >> cbits));
     });
     a.applyFrees();
     // provider/rules refused widths the stored refcounts do not fit (validateRefcountWidth);
@@ -389,9 +395,10 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     if (sizeChanges && ch.size! < old.size) {
       const end = a.end() * cs;
       if (end < fileSize) plan.fileShrink = end;
-      // What stays free inside the new end is punched; what lies past it goes with the truncate.
+      // What stays free inside the new end is punched, as QEMU discards what a shrink frees;
+      // what lies past it goes with the truncate.
       const discards: Array<{ offset: number; length: number }> = [];
-      for (const c of [...new Set(freedByShrink)].sort((x, y) => x - y)) {
+      for (const c of [...new Set([...freedByShrink, ...freedMeta])].sort((x, y) => x - y)) {
         if (c >= a.end() || a.get(c) !== 0) continue;
         const last = discards[discards.length - 1];
         if (last && last.offset + last.length === c * cs) last.length += cs;
