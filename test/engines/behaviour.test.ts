@@ -17,6 +17,7 @@ import * as path from 'path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, EngineName } from '../../provider/engines/engine';
 import { NativeEngine } from '../../provider/engines/native/engine';
+import { sharedPool } from '../../provider/engines/native/pool';
 import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
 import { imageInfo } from '../helpers/info';
 import type { CreateOptions } from '../../provider/model/options';
@@ -28,7 +29,7 @@ import {
 const SKIP = skipWithoutTools('engines/behaviour');
 
 const ENGINES: Array<[EngineName, () => Engine]> = [
-  ['native', () => new NativeEngine()],
+  ['native', () => new NativeEngine((target, call, progress) => sharedPool().run(target, call, progress))],
   ['qemu-img', () => new QemuImgEngine()],
 ];
 
