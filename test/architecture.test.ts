@@ -77,6 +77,13 @@ describe('architecture', () => {
     expect(deps(closure('engines/native/worker.ts')).filter((d) => d.startsWith('@pulumi') || d === 'commander' || d === 'ssh2')).toEqual([]);
   });
 
+  it('the_command_line_reaches_neither_the_worker_pool_nor_the_qemu_img_engine', () => {
+    // What the CLI can reach is what its bundle (dist/provider/cli/qcow2.js) holds: only what it runs.
+    const reached = local(closure('cli/main.ts'));
+    expect(reached.filter((f) => f === 'engines/native/pool.ts' || f === 'engines/native/worker.ts' || f.startsWith('engines/qemuimg/'))).toEqual([]);
+    expect(deps(closure('cli/main.ts')).filter((d) => d.startsWith('@pulumi') || d === 'ssh2' || d === 'undici' || d === 'ajv')).toEqual([]);
+  });
+
   it('qcow2_info_loads_neither_commander_nor_cli_progress', () => {
     const reached = closure('cli/commands/info.ts');
     expect(deps(reached).filter((d) => d === 'commander' || d === 'cli-progress')).toEqual([]);
