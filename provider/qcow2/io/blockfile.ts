@@ -4,6 +4,7 @@
 
 import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'fs';
 import { Qcow2Error } from '../../model/errors';
+import { libc } from './libc';
 
 /** Synchronous random-access file. Offsets are byte offsets (< 2^53, checked by callers). */
 export interface BlockFile {
@@ -156,10 +157,10 @@ export function ioError(e: unknown, file: string, op: string): Qcow2Error {
 /** strerror() of a Node error's code ("Permission denied"), without Node's path-laden text. */
 function errnoText(e: unknown): string {
   const code = (e as NodeJS.ErrnoException)?.code;
-  // os and the libc binding load only here, on a failure: a command that succeeds needs neither.
+  // os and the libc binding (koffi) load only here, on a failure: a command that succeeds needs neither.
   const errno = code !== undefined ? ((require('os') as typeof import('os')).constants.errno as Record<string, number>)[code] : undefined;
   if (errno !== undefined) {
-    const text = (require('./libc') as typeof import('./libc')).libc()?.strerror(errno);
+    const text = libc()?.strerror(errno);
     return text ?? code!;
   }
   return code ?? (e instanceof Error ? e.message : String(e));

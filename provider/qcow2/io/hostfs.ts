@@ -9,13 +9,8 @@ import { closeSync, fsyncSync, linkSync, lstatSync, mkdirSync, mkdtempSync, open
 import { dirname } from 'path';
 import { Qcow2Error } from '../../model/errors';
 import { BlockFile, NodeBlockFile, ioError } from './blockfile';
-import type { ImageLock, LockMode } from './lock';
-import type { Extent } from './sparse';
-
-// Locks and holes load on first use: `qcow2 info -U` needs neither, and every module a short
-// command loads is a good part of its cost.
-const locks = () => require('./lock') as typeof import('./lock');
-const sparse = () => require('./sparse') as typeof import('./sparse');
+import { lockImage, probeLock, type ImageLock, type LockMode } from './lock';
+import { extentOfFd, punchHoleFd, type Extent } from './sparse';
 
 /** 'read' and 'write' open an existing file; 'create' makes a new one, EXISTS if anything is there. */
 export type OpenMode = 'read' | 'write' | 'create';
@@ -150,17 +145,17 @@ export const localFs: HostFs = {
   lock(file, name, mode) {
     const fd = fdOf(file);
     if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locks need a local file: '${name}' is not one`, { file: name });
-    return locks().lockImage(fd, name, mode);
+    return lockImage(fd, name, mode);
   },
   probeLock(file, name, mode) {
     const fd = fdOf(file);
     if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locks need a local file: '${name}' is not one`, { file: name });
-    locks().probeLock(fd, name, mode);
+    probeLock(fd, name, mode);
   },
   extent(file, offset, length, fileSize = file.size()) {
-    return sparse().extentOfFd(fdOf(file), offset, length, fileSize);
+    return extentOfFd(fdOf(file), offset, length, fileSize);
   },
   punchHole(file, offset, length) {
-    sparse().punchHoleFd(fdOf(file), file, offset, length);
+    punchHoleFd(fdOf(file), file, offset, length);
   },
 };

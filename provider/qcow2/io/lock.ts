@@ -18,7 +18,7 @@
 
 import { fstatSync, readFileSync, readdirSync, statSync } from 'fs';
 import { Qcow2Error } from '../../model/errors';
-import type { Libc } from './libc';
+import { F_OFD_GETLK, F_OFD_SETLK, F_RDLCK, F_UNLCK, F_WRLCK, Libc, SEEK_SET, libc, libcUnavailable } from './libc';
 
 /** QEMU's BLK_PERM_* permissions, in bit order (index i = lock bytes 100+i and 200+i). */
 export type Permission = 'consistent-read' | 'write' | 'write-unchanged' | 'resize';
@@ -83,15 +83,14 @@ export interface ImageLock {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fcntl (io/libc.ts). The binding and the errno numbers (os) load with the first lock taken: a
-// probe through /proc/locks (`qcow2 info`) needs neither.
+// fcntl (io/libc.ts). The binding (koffi) loads with the first lock taken: a probe through
+// /proc/locks (`qcow2 info`) needs none.
 
-const L = () => require('./libc') as typeof import('./libc');
 const errnos = () => (require('os') as typeof import('os')).constants.errno;
 
 function binding(): Libc {
-  const b = L().libc();
-  if (b === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locking is unavailable: ${L().libcUnavailable()}`);
+  const b = libc();
+  if (b === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locking is unavailable: ${libcUnavailable()}`);
   return b;
 }
 
@@ -103,7 +102,7 @@ function flockBuffer(b: Libc, type: number, start: number): Buffer {
   const w16 = (v: number, o: number) => (le ? buf.writeInt16LE(v, o) : buf.writeInt16BE(v, o));
   const w64 = (v: number, o: number) => (le ? buf.writeBigInt64LE(BigInt(v), o) : buf.writeBigInt64BE(BigInt(v), o));
   w16(type, b.flock.type);
-  w16(L().SEEK_SET, b.flock.whence);
+  w16(SEEK_SET, b.flock.whence);
   w64(start, b.flock.start);
   w64(1, b.flock.len);
   return buf;
@@ -116,17 +115,17 @@ function readType(b: Libc, buf: Buffer): number {
 /** Set (F_RDLCK) or clear (F_UNLCK) our read lock on one byte; returns 0 or -errno. */
 function setByte(fd: number, byte: number, type: 'lock' | 'unlock'): number {
   const b = binding();
-  const r = b.fcntl(fd, L().F_OFD_SETLK, flockBuffer(b, type === 'lock' ? L().F_RDLCK : L().F_UNLCK, byte));
+  const r = b.fcntl(fd, F_OFD_SETLK, flockBuffer(b, type === 'lock' ? F_RDLCK : F_UNLCK, byte));
   return r < 0 ? r : 0;
 }
 
 /** qemu_lock_fd_test(fd, byte, 1, exclusive=true): 0 when free, -EAGAIN when another OFD holds it. */
 function testByte(fd: number, byte: number): number {
   const b = binding();
-  const buf = flockBuffer(b, L().F_WRLCK, byte);
-  const r = b.fcntl(fd, L().F_OFD_GETLK, buf);
+  const buf = flockBuffer(b, F_WRLCK, byte);
+  const r = b.fcntl(fd, F_OFD_GETLK, buf);
   if (r < 0) return r;
-  return readType(b, buf) === L().F_UNLCK ? 0 : -errnos().EAGAIN;
+  return readType(b, buf) === F_UNLCK ? 0 : -errnos().EAGAIN;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,11 +9,8 @@ import { HostFs, localFs } from '../io/hostfs';
 import { Qcow2Error, invalidImage } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
 import { Header, HEADER_V2, decodeHeader } from '../spec/header';
-import type { Snapshot } from '../spec/snapshot';
-
-// Table and snapshot codecs load on first use: `qcow2 info` of an image without snapshots reads
-// the header only.
-const l1 = () => require('../spec/l1') as typeof import('../spec/l1');
+import { readEntries } from '../spec/l1';
+import { Snapshot, readSnapshots } from '../spec/snapshot';
 
 /** An open image. Read-only unless opened writable; the engine's writers build on it. */
 export class Image {
@@ -73,14 +70,14 @@ export class Image {
   readL1(): bigint[] {
     const h = this.header;
     if (h.l1Size === 0) return [];
-    return l1().readEntries(this.read(h.l1TableOffset, h.l1Size * 8), h.l1Size);
+    return readEntries(this.read(h.l1TableOffset, h.l1Size * 8), h.l1Size);
   }
 
   /** The refcount table (at most 8 MiB by validation). */
   readReftable(): bigint[] {
     const h = this.header;
     const n = (h.refcountTableClusters * this.geometry.clusterSize) / 8;
-    return l1().readEntries(this.read(h.refcountTableOffset, n * 8), n);
+    return readEntries(this.read(h.refcountTableOffset, n * 8), n);
   }
 
   readCluster(offset: bigint | number): Buffer {
@@ -90,7 +87,7 @@ export class Image {
   /** Internal snapshots (bounded: at most 65536 entries of bounded size). */
   readSnapshots(): Snapshot[] & { tableSize?: number } {
     if (this.header.nbSnapshots === 0) return [];
-    return (require('../spec/snapshot') as typeof import('../spec/snapshot')).readSnapshots((o, l) => this.file.read(o, l), safeOffset(this.header.snapshotsOffset), this.header.nbSnapshots);
+    return readSnapshots((o, l) => this.file.read(o, l), safeOffset(this.header.snapshotsOffset), this.header.nbSnapshots);
   }
 }
 

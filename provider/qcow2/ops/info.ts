@@ -5,6 +5,8 @@
 
 import { BlockFile } from '../io/blockfile';
 import { HostFs, localFs } from '../io/hostfs';
+import { resolveBackingName } from '../spec/backing';
+import { decodeBitmapDirectory } from '../spec/bitmaps';
 import { Image } from '../meta/image';
 import * as C from '../spec/constants';
 import { rawImageFacts, type ImageFacts, type SnapshotFacts } from '../../model/facts';
@@ -19,7 +21,7 @@ export function factsOfImage(img: Image, allocated: number | bigint, fileName = 
   const h = img.header;
   // The bitmap directory's and the backing name's codecs load only for images that have them.
   const bitmaps = h.bitmaps
-    ? (require('../spec/bitmaps') as typeof import('../spec/bitmaps')).decodeBitmapDirectory(img.read(h.bitmaps.bitmapDirectoryOffset, Number(h.bitmaps.bitmapDirectorySize)), h.bitmaps.nbBitmaps,
+    ? decodeBitmapDirectory(img.read(h.bitmaps.bitmapDirectoryOffset, Number(h.bitmaps.bitmapDirectorySize)), h.bitmaps.nbBitmaps,
       Number(h.bitmaps.bitmapDirectoryOffset), img.geometry.clusterSize, h.size).map(({ name, granularity, flags }) => ({ name, granularity, flags: [...flags] }))
     : [];
   const snapshots = img.readSnapshots().map((s) => {
@@ -47,7 +49,7 @@ export function factsOfImage(img: Image, allocated: number | bigint, fileName = 
   if (h.dataFile !== undefined) facts.dataFile = h.dataFile;
   if (h.backingFile !== undefined) {
     facts.backingFile = h.backingFile;
-    facts.detail!.fullBackingFile = (require('../spec/backing') as typeof import('../spec/backing')).resolveBackingName(fileName, h.backingFile);
+    facts.detail!.fullBackingFile = resolveBackingName(fileName, h.backingFile);
   }
   if (h.backingFormat !== undefined) facts.backingFormat = h.backingFormat;
   return facts;
