@@ -78,7 +78,7 @@ describe('architecture', () => {
   });
 
   it('the_command_line_reaches_neither_the_worker_pool_nor_the_qemu_img_engine', () => {
-    // What the CLI can reach is what its bundle (dist/provider/cli/qcow2.js) holds: only what it runs.
+    // What the CLI can reach is what its bundle (dist/provider/cli/qcow2-bundle.js) holds: only what it runs.
     const reached = local(closure('cli/main.ts'));
     expect(reached.filter((f) => f === 'engines/native/pool.ts' || f === 'engines/native/worker.ts' || f.startsWith('engines/qemuimg/'))).toEqual([]);
     expect(deps(closure('cli/main.ts')).filter((d) => d.startsWith('@pulumi') || d === 'ssh2' || d === 'undici' || d === 'ajv')).toEqual([]);

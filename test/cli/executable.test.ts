@@ -1,7 +1,7 @@
-// The `qcow2` executable as installed (package.json "bin"): one bundled file, built by
-// scripts/bundle-cli.js from the compiled command line. A short command loads that file and no
-// other module of this package, and no dependency (module loading is most of a short command's
-// cost: bench/cli-startup.ts measures it).
+// The `qcow2` executable as installed (package.json "bin"): a launcher that runs one bundled file,
+// built by scripts/bundle-cli.js from the compiled command line, with V8's code cache made at
+// build time. A short command loads no other module of this package, and no dependency (module
+// loading and compiling are most of a short command's cost: bench/cli-startup.ts measures it).
 
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -52,5 +52,36 @@ describe('the qcow2 executable', () => {
   it('prints_the_package_version', () => {
     const r = run(['--version'], dir);
     expect(r.stdout).toBe(`${PKG.version}\n`);
+  });
+});
+
+describe('the code cache built with the executable', () => {
+  // The launcher's own module, as installed: load() compiles the bundle with or without a cache.
+  const launcher = require(BIN) as typeof import('../../provider/cli/qcow2');
+
+  it('is_accepted_by_the_node_that_built_it', () => {
+    const { script } = launcher.load(fs.readFileSync(launcher.CODE_CACHE));
+    expect(script.cachedDataRejected).toBe(false);
+  });
+
+  it('when_rejected_or_missing_the_command_line_still_runs', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-cache-'));
+    try {
+      // A copy of the launcher and the bundle beside a cache V8 cannot use, then beside none.
+      for (const f of ['qcow2.js', 'qcow2-bundle.js']) fs.copyFileSync(path.join(path.dirname(BIN), f), path.join(dir, f));
+      fs.writeFileSync(path.join(dir, 'qcow2-bundle.cache'), Buffer.alloc(1024, 7));
+      const copy = require(path.join(dir, 'qcow2.js')) as typeof launcher;
+      expect(copy.load(fs.readFileSync(copy.CODE_CACHE)).script.cachedDataRejected).toBe(true);
+      // (info needs no dependency, so the copy runs outside the package's node_modules.)
+      expect(spawnSync(process.execPath, [BIN, 'create', '-q', 'x.qcow2', '1M'], { cwd: dir }).status).toBe(0);
+      for (const withCache of [true, false]) {
+        if (!withCache) fs.rmSync(path.join(dir, 'qcow2-bundle.cache'));
+        const i = spawnSync(process.execPath, [path.join(dir, 'qcow2.js'), 'info', 'x.qcow2'], { cwd: dir, encoding: 'utf8' });
+        expect(i.status, i.stderr).toBe(0);
+        expect(i.stdout).toContain('virtual size: 1 MiB (1048576 bytes)');
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
