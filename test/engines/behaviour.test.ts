@@ -363,6 +363,18 @@ const scenarios: Scenario[] = [
     },
   },
 
+  // --- stat (what the resource asks before create, read and delete)
+  {
+    name: 'stat: an image, a folder, nothing', setup: (d) => { qimg(d, 'create', '-q', '-f', 'qcow2', 'img.qcow2', '1M'); fs.mkdirSync(path.join(d, 'sub')); },
+    run: async (e, dir) => {
+      const r = { image: await e.stat('img.qcow2'), folder: (await e.stat('sub'))?.kind, missing: await e.stat('none.qcow2'),
+        throughAFile: await e.stat('img.qcow2/x') };
+      expect(r.image).toEqual({ kind: 'file', size: fs.statSync(path.join(dir, 'img.qcow2')).size });
+      expect(r).toMatchObject({ folder: 'directory', missing: undefined, throughAFile: undefined });
+      return r;
+    },
+  },
+
   // --- locks: a real QEMU holder
   {
     name: 'lock conflicts with a running qemu-nbd', setup: (d) => imageWithData(d),

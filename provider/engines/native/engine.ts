@@ -9,7 +9,7 @@ import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
-import type { Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
 import type { OpCall, TargetDescriptor } from './protocol';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
@@ -81,5 +81,9 @@ export class NativeEngine implements Engine {
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
+  }
+
+  stat(path: string): Promise<FileStat | undefined> {
+    return this.run({ op: 'stat', path });
   }
 }

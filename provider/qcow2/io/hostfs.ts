@@ -61,7 +61,19 @@ export interface HostFs {
   punchHole(file: BlockFile, offset: number, length: number): void;
 }
 
-function statOf(st: BigIntStats): HostStat {
+/** A stat call whose failures (other than "nothing there") name the path, never Node's text. */
+function guarded(p: string, call: () => BigIntStats | undefined): BigIntStats | undefined {
+  try {
+    return call();
+  } catch (e) {
+    // ENOTDIR: a path through a file, which is nothing there as well.
+    if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    throw ioError(e, p, 'stat');
+  }
+}
+
+function statOf(st: BigIntStats | undefined): HostStat | undefined {
+  if (st === undefined) return undefined;
   const kind = st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
   return { kind, size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` };
 }
@@ -77,12 +89,10 @@ export const localFs: HostFs = {
     return { file, size: mode === 'create' ? 0 : file.size() };
   },
   stat(p) {
-    const st = statSync(p, { bigint: true, throwIfNoEntry: false });
-    return st === undefined ? undefined : statOf(st);
+    return statOf(guarded(p, () => statSync(p, { bigint: true, throwIfNoEntry: false })));
   },
   lstat(p) {
-    const st = lstatSync(p, { bigint: true, throwIfNoEntry: false });
-    return st === undefined ? undefined : statOf(st);
+    return statOf(guarded(p, () => lstatSync(p, { bigint: true, throwIfNoEntry: false })));
   },
   link(existing, newPath, name = newPath) {
     try {
