@@ -3,7 +3,6 @@
 // through an Engine. The provider object Pulumi serializes is a thin shim that requires this
 // module at run time (image.ts), so the state never carries a copy of this code.
 
-import * as fs from 'fs';
 import * as path from 'path';
 import { getEngine } from '../engines';
 import type { Engine, EngineName } from '../engines/engine';
@@ -15,6 +14,7 @@ import { parseSize } from '../model/size';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { validateCreate, withCreateWayForward } from '../rules/create';
 import type { Change, DesiredSpec, WorldFacts } from '../rules/types';
+import { findPackageFile, readPackageFile } from './package-files';
 import { UNKNOWN, validateInputs } from './schema';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
 
@@ -25,14 +25,12 @@ export type { ImageOutputs };
  * causes a change by itself: every call runs the installed code, so an upgrade plans nothing.
  */
 export const PROVIDER_VERSION: string = (() => {
-  for (let dir = __dirname, i = 0; i < 5; i++, dir = path.dirname(dir)) {
-    const p = path.join(dir, 'package.json');
-    if (fs.existsSync(p)) {
-      const pkg = JSON.parse(fs.readFileSync(p, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'pulumi-qcow2' && pkg.version) return pkg.version;
-    }
-  }
-  return '0.0.0';
+  const ours = (p: string) => {
+    const pkg = JSON.parse(readPackageFile(p)) as { name?: string; version?: string };
+    return pkg.name === 'pulumi-qcow2' && pkg.version !== undefined;
+  };
+  const file = findPackageFile('package.json', ours);
+  return file === undefined ? '0.0.0' : (JSON.parse(readPackageFile(file)) as { version: string }).version;
 })();
 
 /** Inputs as Pulumi hands them to the provider (after check): the create options, and ours. */
@@ -165,16 +163,17 @@ function hasUnknown(v: unknown): boolean {
   return false;
 }
 
-/** Facts only the disk knows, gathered here so rules stay pure. */
-function factsFor(current: ImageFacts, d: DesiredSpec): WorldFacts {
+/** Anything at `file`, on the engine's files. */
+async function exists(engine: Engine, file: string): Promise<boolean> {
+  return (await engine.stat(file)) !== undefined;
+}
+
+/** Facts only the disk knows, gathered here (through the engine) so rules stay pure. */
+async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec): Promise<WorldFacts> {
   const facts: WorldFacts = {};
   if (d.dataFile !== undefined && d.dataFile !== (current.dataFile ?? '')) {
-    try {
-      const st = fs.statSync(d.dataFile);
-      facts.desiredDataFile = { exists: true, size: BigInt(st.size) };
-    } catch {
-      facts.desiredDataFile = { exists: false };
-    }
+    const st = await engine.stat(d.dataFile);
+    facts.desiredDataFile = st === undefined ? { exists: false } : { exists: true, size: BigInt(st.size) };
   }
   return facts;
 }
@@ -197,13 +196,13 @@ function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
 async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: Change[]; desired: DesiredSpec; current: ImageFacts }> {
   const desired = desiredOf(news);
   const recorded = factsOfState(olds);
-  if (!fs.existsSync(olds.path)) {
-    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded };
-  }
   // The engine the program asks for; during a preview it may not be known yet: then the one that wrote the image.
   const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine);
+  if (!(await exists(engine, olds.path))) {
+    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded };
+  }
   const current = factsOnDisk(await engine.info(olds.path, { forceShare: true }), olds);
-  return { changes: classifyChange(current, desired, { ...factsFor(current, desired), recorded }), desired, current };
+  return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired)), recorded }), desired, current };
 }
 
 function throwIfRefused(changes: Change[]): void {
@@ -239,14 +238,14 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   const file = absolute(inputs.path);
   const opts = createOptionsOf(inputs);
   if (inputs.adopt) {
-    if (fs.existsSync(file)) return adoptImage(engine, file, inputs);
-    if (opts.dataFile === undefined || !fs.existsSync(opts.dataFile)) {
+    if (await exists(engine, file)) return adoptImage(engine, file, inputs);
+    if (opts.dataFile === undefined || !(await exists(engine, opts.dataFile))) {
       throw failure('adopt', `there is nothing to adopt: no image at ${file}${opts.dataFile ? ` and no data file at ${opts.dataFile}` : ''}. Remove adopt to create a new image`);
     }
     await engine.create(file, { ...opts, adoptDataFile: true });
     return { id: file, outs: outputsOf(inputs, await engine.info(file, { forceShare: true }), { createdDataFile: false, adopted: false }) };
   }
-  if (fs.existsSync(file)) {
+  if (await exists(engine, file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
   }
   if (inputs.source !== undefined) {
@@ -290,8 +289,8 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
   const file = props?.path ?? id;
-  if (!fs.existsSync(file)) return { id: '' };
   const engine = engineOf(props?.engine);
+  if (!(await exists(engine, file))) return { id: '' };
   const info = await engine.info(file, { forceShare: true });
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native' };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
@@ -312,8 +311,9 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
 
 export async function remove(_id: string, props: ImageOutputs): Promise<void> {
   if (props.adopted && !props.deleteAdopted) return; // adopted images are the user's: kept
-  if (!fs.existsSync(props.path)) return;
+  const engine = engineOf(props.engine);
+  if (!(await exists(engine, props.path))) return;
   const policy = props.dataFileOnDelete ?? 'auto';
   const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);
-  await engineOf(props.engine).remove(props.path, { dataFile });
+  await engine.remove(props.path, { dataFile });
 }
