@@ -5,6 +5,7 @@
 
 import type { CheckResult } from '../qcow2/ops/check';
 import type { MapEntry } from '../qcow2/ops/map';
+import type { RemoveImageOptions } from '../qcow2/ops/remove';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import type { ImageFacts } from '../model/facts';
 import type { AmendRequest } from '../rules/types';
@@ -25,10 +26,14 @@ export interface ResizeOptions {
   allowShrink?: boolean;
 }
 
-export interface RemoveOptions {
-  /** Also remove the external data file named in the image (only files we created). */
-  dataFile?: boolean;
+/** What one stat of a path says: its kind and size in bytes. */
+export interface FileStat {
+  kind: 'file' | 'directory' | 'symlink' | 'other';
+  size: number;
 }
+
+/** `dataFile`: also remove the external data file named in the image (only files we created). */
+export type RemoveOptions = RemoveImageOptions;
 
 export interface ReadOptions {
   /** Read an image another process holds (qemu-img -U); without it a held image is LOCKED. */
@@ -131,4 +136,6 @@ export interface Engine {
   dumpBitmap(path: string, name: string, options?: ReadOptions): Promise<BitmapDump>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
+  /** What is at `path` (following links) on the files this engine works on; undefined: nothing. */
+  stat(path: string): Promise<FileStat | undefined>;
 }

@@ -2,6 +2,7 @@
 // program or command asks for, and the decisions the rules return. Pure data, no I/O.
 
 import type { BitmapAction } from '../model/bitmaps';
+import type { ImageFacts } from '../model/facts';
 import type { Compat, CreateOptions } from '../model/options';
 
 /** An existing image as the rules see it: the one image-facts model (provider/model/facts.ts). */
@@ -53,6 +54,14 @@ export interface WorldFacts {
   desiredDataFile?: { exists: boolean; size?: bigint };
   /** The process that holds the image for writing (a running VM), named ("process 4242 (qemu-system-x86_64)"). */
   holder?: string;
+  /**
+   * The image as it was last recorded (the resource's state after its last create, update or
+   * refresh), when the caller has it. Where the image on disk differs, it was changed outside
+   * the program since: decisions and refusals say so.
+   */
+  recorded?: ImageFacts;
+  /** The image file is not there any more (removed outside the program since it was recorded). */
+  imageMissing?: boolean;
 }
 
 /** `live`: carried out through QMP by the QEMU process that holds the image. */

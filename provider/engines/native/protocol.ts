@@ -33,7 +33,8 @@ export type OpCall =
   | { op: 'map'; path: string; options: ReadOptions }
   | { op: 'bitmap'; path: string; name: string; actions: BitmapAction[]; options: BitmapOptions }
   | { op: 'dumpBitmap'; path: string; name: string; options: ReadOptions }
-  | { op: 'remove'; path: string; options: RemoveOptions };
+  | { op: 'remove'; path: string; options: RemoveOptions }
+  | { op: 'stat'; path: string };
 
 export type OpName = OpCall['op'];
 

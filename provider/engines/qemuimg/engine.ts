@@ -64,11 +64,11 @@ import type { CheckResult } from '../../qcow2/ops/check';
 import { assertNewImageFiles } from '../../qcow2/ops/create';
 import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
-import { removeImageFiles } from '../remove';
+import { removeImageFiles } from '../../qcow2/ops/remove';
 import { refused, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
-import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
-import { lockImage } from '../../qcow2/io/lock';
+import { ioError } from '../../qcow2/io/blockfile';
+import { localFs } from '../../qcow2/io/hostfs';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
@@ -78,7 +78,7 @@ import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/c
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
 } from '../engine';
 import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
 import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
@@ -172,9 +172,14 @@ export class QemuImgEngine implements Engine {
    * the lock again for the change itself.
    */
   private static probeWriteLock(file: string): void {
-    const f = NodeBlockFile.open(file, true);
+    QemuImgEngine.probeLock(file, 'write');
+  }
+
+  /** Take QEMU's lock in `mode` and let go: LOCKED when a VM, qemu-nbd or qemu-img conflicts. */
+  private static probeLock(file: string, mode: 'read' | 'write'): void {
+    const { file: f } = localFs.open(file, mode);
     try {
-      lockImage(f.fd, file, 'write').release();
+      localFs.lock(f, file, mode).release();
     } finally {
       f.close();
     }
@@ -508,14 +513,7 @@ export class QemuImgEngine implements Engine {
   async map(file: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     await this.binary();
     QemuImgEngine.mustExist(file);
-    if (!options.forceShare) {
-      const f = NodeBlockFile.open(file, false);
-      try {
-        lockImage(f.fd, file, 'read').release();
-      } finally {
-        f.close();
-      }
-    }
+    if (!options.forceShare) QemuImgEngine.probeLock(file, 'read');
     const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format ?? 'qcow2';
     const src = await this.chain(file, format);
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
@@ -530,7 +528,7 @@ export class QemuImgEngine implements Engine {
       // As the native engine: the data file must exist, but it is not opened.
       const name = state.dataFile;
       if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-      if (!fs.existsSync(name)) {
+      if (localFs.stat(name) === undefined) {
         throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
       }
     }
@@ -613,6 +611,11 @@ export class QemuImgEngine implements Engine {
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
     // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
     removeImageFiles(file, options);
+  }
+
+  async stat(file: string): Promise<FileStat | undefined> {
+    const st = localFs.stat(file);
+    return st === undefined ? undefined : { kind: st.kind, size: st.size };
   }
 }
 

@@ -24,6 +24,7 @@ const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
  */
 export function factsOfImage(img: Image, allocated: number | bigint, fileName = '', writerHolds = false): ImageFacts {
   const h = img.header;
+  // The bitmap directory's and the backing name's codecs load only for images that have them.
   const bitmaps = h.bitmaps
     ? decodeBitmapDirectory(img.read(h.bitmaps.bitmapDirectoryOffset, Number(h.bitmaps.bitmapDirectorySize)), h.bitmaps.nbBitmaps,
       Number(h.bitmaps.bitmapDirectoryOffset), img.geometry.clusterSize, h.size)
