@@ -1,8 +1,8 @@
-// `qcow2 convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2
+// `qcow2 convert [-p] [-q] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2
 // image (read through its backing chain) into a new image, sparse-aware; never overwrites.
 
 import { imageName, requireCreatable } from '../args';
-import { collect, command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
@@ -12,29 +12,30 @@ import type { OptionPair } from '../optlist';
 import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 
-export const usage = 'convert [-p] [-q] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC DST';
+export const usage = 'convert [-p] [-q] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; l?: string }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string }
+
+const spec: CommandSpec = {
+  name: 'convert', usage, description, args: ['[src]', '[dst]'],
+  options: [
+    ['-f <fmt>', 'source format: raw or qcow2 (probed when omitted)'],
+    ['-O <fmt>', 'output format (qcow2)'],
+    ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
+    ['-p', 'show a progress bar'],
+    ['-q', 'quiet'],
+    ['-c', 'compress the output (not supported: refused)'],
+    ['--bitmaps', "copy the source's persistent dirty bitmaps"],
+    ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
+    ['-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state'],
+  ],
+};
 
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { src?: string; dst?: string; o: Opts } | undefined;
-  command('convert')
-    .description(description)
-    .usage(usage.replace(/^convert /, ''))
-    .option('-f <fmt>', 'source format: raw or qcow2 (probed when omitted)')
-    .option('-O <fmt>', 'output format (qcow2)')
-    .option('-o <options>', 'create options of the new image (repeatable); its size comes from the source', collect, [] as string[])
-    .option('-p', 'show a progress bar')
-    .option('-q', 'quiet')
-    .option('-c', 'compress the output (not supported: refused)')
-    .option('-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state')
-    .argument('[src]')
-    .argument('[dst]')
-    .action((src: string | undefined, dst: string | undefined, o: Opts) => { parsed = { o, ...(src !== undefined ? { src } : {}), ...(dst !== undefined ? { dst } : {}) }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { src, dst, o } = parsed;
+  const { args: [src, dst], o } = parsed;
   const snapshot = o.l === undefined ? undefined : snapshotSelector(o.l);
   let options: CreateOptions;
   try {
@@ -59,11 +60,15 @@ export async function run(argv: string[]): Promise<void> {
   const from = imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst).path;
+  if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
   // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
   const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;
   try {
     const source: ImportSource = { path: from.path, ...(format !== undefined ? { format } : {}), ...(snapshot ? { snapshot } : {}) };
-    await cliEngine().import(target, options, source, bar ? { progress: bar.update } : {});
+    await cliEngine().import(target, options, source, {
+      ...(bar ? { progress: bar.update } : {}),
+      ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+    });
   } catch (e) {
     bar?.stop();
     // qemu-img opens the source, then loads the snapshot: its failure is not an open error.

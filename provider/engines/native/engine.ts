@@ -10,8 +10,8 @@ import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
 import type {
-  CommitOptions, CompareOptions, CompareResult, Engine, ImageRef, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions,
-  RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Engine, FileStat, ImageRef, ImportOptions,
+  ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
 } from '../engine';
 import type { CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { OpCall, TargetDescriptor } from './protocol';
@@ -26,25 +26,16 @@ export interface NativeEngineOptions {
   target?: TargetDescriptor;
 }
 
-// Each executor loads its machinery on first use: a command line running inline never loads the
-// pool (nor worker_threads), a provider never loads the dispatcher on its own thread.
-function executorOf(kind: NativeEngineOptions['executor']): Executor {
-  if (typeof kind === 'function') return kind;
-  if (kind === 'inline') {
-    return async (target, call, progress) => (await import('./dispatch')).runOp(target, call, progress);
-  }
-  return async (target, call, progress) => (await import('./pool')).sharedPool().run(target, call, progress);
-}
-
+/**
+ * The Engine over an executor. Which executor is the caller's choice, made where the engine is
+ * built (engines/index.ts: the worker pool by default; engines/inline.ts: the calling thread),
+ * so that this class reaches neither: a command line running inline never loads the pool (nor
+ * worker_threads), a provider never loads the dispatcher on its own thread.
+ */
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
-  private readonly exec: Executor;
-  private readonly target: TargetDescriptor;
 
-  constructor(options: NativeEngineOptions = {}) {
-    this.exec = executorOf(options.executor);
-    this.target = options.target ?? { kind: 'local' };
-  }
+  constructor(private readonly exec: Executor, private readonly target: TargetDescriptor = { kind: 'local' }) {}
 
   private run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
     return this.exec(this.target, call, progress) as Promise<T>;
@@ -63,7 +54,9 @@ export class NativeEngine implements Engine {
   }
 
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
-    await this.run({ op: 'import', path, options, source }, opts.progress);
+    const call: OpCall = { op: 'import', path, options, source };
+    if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+    await this.run(call, opts.progress);
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {
@@ -92,6 +85,14 @@ export class NativeEngine implements Engine {
     return this.run({ op: 'map', path, options });
   }
 
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    return this.run({ op: 'bitmap', path, name, actions: [...actions], options });
+  }
+
+  dumpBitmap(path: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    return this.run({ op: 'dumpBitmap', path, name, options });
+  }
+
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
   }
@@ -114,5 +115,9 @@ export class NativeEngine implements Engine {
 
   async commit(path: string, request: CommitRequest, options: CommitOptions = {}): Promise<void> {
     await this.run({ op: 'commit', path, request }, options.progress);
+  }
+
+  stat(path: string): Promise<FileStat | undefined> {
+    return this.run({ op: 'stat', path });
   }
 }

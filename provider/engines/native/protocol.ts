@@ -12,7 +12,7 @@ import type { ErrorData } from '../../model/errors';
 import type { AmendRequest, CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
-import type { ImageRef, ImportSource, ReadOptions, RemoveOptions, RepairMode, ResizeOptions } from '../engine';
+import type { BitmapAction, BitmapOptions, ImageRef, ImportSource, ReadOptions, RemoveOptions, RepairMode, ResizeOptions } from '../engine';
 
 /** Where an operation's files are. */
 export type TargetDescriptor = { kind: 'local' };
@@ -24,7 +24,7 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: ImportSource }
+  | { op: 'import'; path: string; options: CreateOptions; source: ImportSource; bitmaps?: { skipBroken: boolean } }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }
@@ -37,7 +37,10 @@ export type OpCall =
   | { op: 'snapshot'; path: string; request: SnapshotRequest; options: ReadOptions }
   /** `path` is the first image's (for messages about the request). */
   | { op: 'compare'; path: string; a: ImageRef; b: ImageRef; strict: boolean; forceShare: boolean }
-  | { op: 'commit'; path: string; request: CommitRequest };
+  | { op: 'commit'; path: string; request: CommitRequest }
+  | { op: 'bitmap'; path: string; name: string; actions: BitmapAction[]; options: BitmapOptions }
+  | { op: 'dumpBitmap'; path: string; name: string; options: ReadOptions }
+  | { op: 'stat'; path: string };
 
 export type OpName = OpCall['op'];
 
