@@ -18,6 +18,8 @@ import { ImageLock, lockImage } from '../../qcow2/io/lock';
 import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, throwIfRefused } from '../refusal';
+import { sweepStale } from '../../qcow2/io/publish';
+import { dirname } from 'path';
 
 /** Create refusals keep qemu-img's code for bad options. */
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
@@ -81,6 +83,7 @@ export interface AmendBehaviour {
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+  sweepStale(dirname(path));
   const nf = NodeBlockFile.open(path, true);
   let lock: ImageLock | undefined;
   try {
@@ -259,6 +262,7 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
  * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
+  sweepStale(dirname(path));
   const img = Qcow2Image.open(path, {
     writable: true,
     beforeWrite: (image) => {

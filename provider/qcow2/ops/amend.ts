@@ -7,7 +7,8 @@
 //      to clusters that are free in the old image, so the old image cannot see them;
 //      ZERO_ALLOC clusters expanded by a downgrade are zeroed in place: they read as zeros in
 //      the old image whatever they hold;
-//   3. flush; then the header is rewritten in one write of at most 4 KiB (one page): the commit;
+//   3. flush; then the header is rewritten in one write of at most 4 KiB (one page): the commit
+//      (meta/header-commit.ts);
 //   4. flush; then what only the new image allows: shrinking the data file and the image file.
 //
 // Header-only changes (compat up, lazy refcounts, data file name, data-file-raw off, rebase -u)
@@ -19,7 +20,8 @@ import * as C from '../spec/constants';
 import { countReferences } from './check';
 import { Qcow2Error } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
-import { Header, encodeHeader } from '../spec/header';
+import { Header } from '../spec/header';
+import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { encodeL1Entry } from '../spec/l1';
 import {
   L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
@@ -51,8 +53,8 @@ export interface AmendPlan {
   header: Header;
   /** New clusters (and in-place zeroing of ZERO_ALLOC clusters), written before the commit. */
   writes: Write[];
-  /** The header bytes written at offset 0: the commit. */
-  commit: Uint8Array;
+  /** The header write at offset 0 (one page; a long header's tail written before it): the commit. */
+  commit: HeaderCommit;
   /** Grow the data file to this size before the commit. */
   dataFileGrow?: number;
   /** Shrink the data file to this size after the commit. */
@@ -367,7 +369,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     if (!a.touched && newOrder === old.refcountOrder && !repair) {
       // Nothing moved (a downgrade without zero clusters, a size change within the L1): the
       // header alone changes, exactly as qemu-img would write it.
-      return { ...plan, headerOnly: writes.length === 0, commit: headerCommitBytes(h, cs, file) };
+      return { ...plan, headerOnly: writes.length === 0, commit: planHeaderCommit(h, cs, file) };
     }
 
     // New refcount structures for the new state, placed after everything else; the old ones
@@ -403,27 +405,13 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     }
     plan = { ...plan, headerOnly: false };
   }
-  return { ...plan, commit: headerCommitBytes(h, cs, file) };
+  return { ...plan, commit: planHeaderCommit(h, cs, file) };
 }
 
 /** The entry of guest cluster `gc` in new area: ZERO, or COPIED | guest offset (data-file-raw). */
 function newAreaEntry(kind: 'zero' | 'identity', gc: number, g: Geometry): L2Halves {
   if (kind === 'identity') return normalEntry(gc * g.clusterSize);
   return g.extendedL2 ? { hi: 0, lo: 0, allocBits: 0, zeroBits: SUBCLUSTERS_ALL } : { hi: 0, lo: L2_LO_ZERO, allocBits: 0, zeroBits: 0 };
-}
-
-/**
- * The bytes of the header commit: QEMU rewrites all of cluster 0; one page is enough when the
- * rest of cluster 0 is zero (always so for images written by QEMU or us), and one page is
- * written whole even when a process is killed mid-write.
- */
-function headerCommitBytes(h: Header, cs: number, file: BlockFile): Uint8Array {
-  const full = encodeHeader(h, cs);
-  const page = Math.min(cs, 4096);
-  if (cs > page && full.subarray(page).every((b) => b === 0) && file.read(page, cs - page).every((b) => b === 0)) {
-    return full.subarray(0, page);
-  }
-  return full;
 }
 
 /** Apply a plan in the order stated at the top of this file. */
@@ -435,7 +423,7 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
   }
   writeAll(file, plan.writes);
   if (plan.writes.length) file.flush();
-  file.write(0, plan.commit);
+  writeHeaderCommit(file, plan.commit);
   file.flush();
   if (plan.dataFileShrink !== undefined && dataFile) {
     dataFile.truncate(plan.dataFileShrink);
