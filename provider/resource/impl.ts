@@ -14,6 +14,7 @@ import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { validateCreate } from '../rules/create';
+import { validateSizeValue } from '../rules/size';
 import type { DesiredSpec, WorldFacts } from '../rules/types';
 import { UNKNOWN, validateInputs } from './schema';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
@@ -60,7 +61,11 @@ function absolute(p: string): string {
 
 function sizeOf(v: number | string | undefined): bigint | undefined {
   if (v === undefined || isUnknown(v)) return undefined;
-  if (typeof v === 'number') return BigInt(v);
+  if (typeof v !== 'string') {
+    const bad = validateSizeValue(v);
+    if (bad) throw new Qcow2Error('REFUSED', bad.message, { property: 'size' });
+    return BigInt(v);
+  }
   try {
     return parseSize(v);
   } catch (e) {

@@ -6,6 +6,7 @@ import { isCreateOnly } from '../model/names';
 import type { ImageFacts } from '../model/facts';
 import { v2Refusal } from './compat';
 import type { AmendRequest, Refusal } from './types';
+import { BDRV_MAX_LENGTH, validateSizeValue, validateVirtualSize } from './size';
 
 /** `Invalid parameter 'X'` for options that only create understands (model/names.ts). */
 export function createOnlyRefusal(option: string): Refusal | undefined {
@@ -17,9 +18,13 @@ function isPowerOfTwo(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
-/** Refusals that apply to any size change (shared by amend -o size and resize). */
+/** Refusals that apply to any size change (shared by amend -o size and resize), in qemu-img's order. */
 export function validateResize(state: ImageFacts, size: bigint, allowShrink: boolean): Refusal | undefined {
+  const bad = validateSizeValue(size);
+  if (bad) return bad;
+  if (size > BDRV_MAX_LENGTH) return validateVirtualSize(size, state.clusterSize, state.extendedL2);
   if (size % 512n !== 0n) return { property: 'size', message: 'The new size must be a multiple of 512' };
+  if (state.compat === '0.10' && state.snapshots > 0) return { property: 'size', message: "Can't resize a v2 image which has snapshots" };
   if (size < state.virtualSize && !allowShrink) {
     return {
       property: 'size',
@@ -34,7 +39,7 @@ export function validateResize(state: ImageFacts, size: bigint, allowShrink: boo
         'would have to be resized too. Use the qemu-img engine, or remove the bitmaps first',
     };
   }
-  return undefined;
+  return size > state.virtualSize ? validateVirtualSize(size, state.clusterSize, state.extendedL2) : undefined;
 }
 
 /**
@@ -108,6 +113,7 @@ export function validateWritable(state: ImageFacts): Refusal | undefined {
 
 /** `resize FILE SIZE` (qemu-img's words): positive, shrinking only with --shrink, then validateResize. */
 export function validateResizeRequest(state: ImageFacts, size: bigint, allowShrink: boolean): Refusal | undefined {
+  if (typeof size !== 'bigint') return validateSizeValue(size);
   if (size <= 0n) return { property: 'size', message: 'New image size must be positive' };
   if (size < state.virtualSize && !allowShrink) return { property: 'size', message: 'Use the --shrink option to perform a shrink operation.' };
   return validateResize(state, size, allowShrink);

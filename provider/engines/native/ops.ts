@@ -17,7 +17,7 @@ import { Image } from '../../qcow2/meta/image';
 import { ImageLock, lockImage } from '../../qcow2/io/lock';
 import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { sweepStale } from '../../qcow2/io/publish';
 import { dirname } from 'path';
 
@@ -152,7 +152,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, req: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+  const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
   return withWritableImage(path, behaviour, (img, file) => {
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
@@ -167,7 +168,9 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
 }
 
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, size: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+  const size = typeof sizeAsked === 'object' && sizeAsked !== null
+    ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;

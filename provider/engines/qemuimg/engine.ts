@@ -65,7 +65,7 @@ import { assertNewImageFiles } from '../../qcow2/ops/create';
 import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { removeImageFiles } from '../remove';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
 import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
 import { lockImage } from '../../qcow2/io/lock';
@@ -431,7 +431,8 @@ export class QemuImgEngine implements Engine {
     }
   }
 
-  async amend(file: string, request: AmendRequest): Promise<void> {
+  async amend(file: string, asked: AmendRequest): Promise<void> {
+    const request = asked.size === undefined ? asked : { ...asked, size: sizeArg(asked.size) };
     await this.binary();
     const state = await this.stateForChange(file);
     if (request.compat === '0.10' && state.compat === '1.1' && state.compressionType === 'zstd') {
@@ -452,7 +453,8 @@ export class QemuImgEngine implements Engine {
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
-  async resize(file: string, newSize: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+  async resize(file: string, asked: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+    const newSize = typeof asked === 'object' && asked !== null ? { relative: sizeArg(asked.relative, 'size', true) } : sizeArg(asked);
     await this.binary();
     const allowShrink = options.allowShrink ?? false;
     const state = await this.stateForChange(file);

@@ -242,6 +242,8 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       };
       if (newSize > old.size) {
         const need = g.l1EntriesFor(newSize);
+        // provider/rules refused sizes past the L1 table's limit; this keeps memory bounded regardless.
+        if (need > C.QCOW_MAX_L1_SIZE / 8) throw new Qcow2Error('REFUSED', 'Failed to grow the L1 table: File too large', { property: 'size' });
         if (need > l1Size) {
           l1Size = need;
           while (l1.length < l1Size) l1.push(0n);
