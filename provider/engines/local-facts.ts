@@ -7,6 +7,9 @@ import { ioError } from '../qcow2/io/blockfile';
 import { probeBacking } from '../qcow2/ops/create';
 import type { CreateOptions } from '../model/options';
 import type { CreateFacts } from '../rules/create';
+import type { ConsistencyFacts } from '../rules/types';
+import { Image } from '../qcow2/meta/image';
+import { consistencyOf } from '../qcow2/ops/check';
 
 function statRegular(name: string): fs.Stats {
   let st: fs.Stats;
@@ -35,5 +38,15 @@ export function sameFile(a: string, b: string): boolean {
     return sa.dev === sb.dev && sa.ino === sb.ino;
   } catch {
     return false;
+  }
+}
+
+/** Check's verdict on an image's tables (read-only, metadata only), for a change that builds on them. */
+export function localConsistency(imagePath: string): ConsistencyFacts {
+  const img = Image.openFile(imagePath);
+  try {
+    return consistencyOf(img, img.file);
+  } finally {
+    img.close();
   }
 }

@@ -5,7 +5,7 @@
 import { isCreateOnly } from '../model/names';
 import type { ImageFacts } from '../model/facts';
 import { v2Refusal } from './compat';
-import type { AmendRequest, Refusal } from './types';
+import type { AmendRequest, ConsistencyFacts, Refusal } from './types';
 import { BDRV_MAX_LENGTH, validateSizeValue, validateVirtualSize } from './size';
 
 /** `Invalid parameter 'X'` for options that only create understands (model/names.ts). */
@@ -103,6 +103,23 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
     if (zstd) return zstd;
   }
   return undefined;
+}
+
+/**
+ * A change that moves metadata (a size change, a refcount width, a downgrade, a safe rebase)
+ * on an image check calls corrupt would build on broken tables and spread the damage (one
+ * overlapping L2 entry became thousands of refcount errors). Refused, the image unchanged;
+ * leaks alone do not block. Header-only changes do not ask.
+ */
+export function validateConsistent(f: ConsistencyFacts): Refusal | undefined {
+  const n = f.corruptions + f.checkErrors;
+  if (n === 0) return undefined;
+  return {
+    property: 'path',
+    message: `Image is corrupt: check finds ${n === 1 ? '1 error' : `${n} errors`}` +
+      `${f.first ? ` (${f.first})` : ''}; changing it now could spread the damage, so nothing was changed. ` +
+      'Run qemu-img check -r all first',
+  };
 }
 
 /** Any change at all: QEMU will not open a corrupt image read/write. */

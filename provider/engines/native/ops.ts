@@ -11,11 +11,14 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { localFs } from '../../qcow2/io/hostfs';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import { ImageLock, lockImage } from '../../qcow2/io/lock';
-import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import {
+  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+} from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { sweepStale } from '../../qcow2/io/publish';
@@ -135,6 +138,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
     throwIfRefused(r, path);
   }
+  // A change that builds on the tables needs them sound: check's verdict first (rules decide).
+  if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
@@ -271,6 +276,7 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
       throwIfRefused(r, path);
+      throwIfRefused(validateConsistent(consistencyOf(image, image.file)), path);
     },
   });
   let next: GuestSource | null = null;

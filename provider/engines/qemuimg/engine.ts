@@ -73,12 +73,12 @@ import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
-import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
 import type { Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
-import { localCreateFacts, sameFile } from '../local-facts';
+import { localConsistency, localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
 import { BackingSpec, DataFileSpec, chainSpec, imageSpec, optList, peekHeader } from './spec';
@@ -450,6 +450,9 @@ export class QemuImgEngine implements Engine {
     if (request.dataFile !== undefined && request.dataFile !== state.dataFile) pairs.push(opt('dataFile', request.dataFile));
     if (request.dataFileRaw !== undefined && request.dataFileRaw !== state.dataFileRaw) pairs.push(opt('dataFileRaw', onOff(request.dataFileRaw)));
     if (pairs.length === 0) return;
+    const moves = sizeChanges || state.dirty || (request.compat === '0.10' && state.compat === '1.1') ||
+      (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits);
+    if (moves) throwIfRefused(validateConsistent(localConsistency(file)), file);
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
@@ -462,6 +465,7 @@ export class QemuImgEngine implements Engine {
     const r = validateResizeRequest(state, size, allowShrink);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
+    throwIfRefused(validateConsistent(localConsistency(file)), file);
     const shrink = size < state.virtualSize ? ['--shrink'] : [];
     await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
   }

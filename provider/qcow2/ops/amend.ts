@@ -105,6 +105,19 @@ export function firstRefcountAbove(img: Image, file: BlockFile, max: bigint): { 
 const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 
 /**
+ * Whether an amend writes more than the header: a size change, a new refcount width, a
+ * downgrade, or the repair of refcounts lazy refcounts left dirty. Such changes build on the
+ * image's tables, so the engine checks them first (provider/rules validateConsistent).
+ */
+export function amendMovesMetadata(img: Image, ch: AmendChanges): boolean {
+  const old = img.header;
+  return (ch.size !== undefined && ch.size !== old.size) ||
+    (ch.version === 2 && old.version === 3) ||
+    (ch.refcountOrder !== undefined && ch.refcountOrder !== old.refcountOrder) ||
+    img.dirty;
+}
+
+/**
  * Plan an amend on an open image. `dataFileSize` is the current size of the external data file
  * and `backingLength` the backing file's virtual size (both needed when the size grows). Throws REFUSED for what only the data can decide (a refcount
  * that does not fit a narrower width); everything else was validated by provider/rules.
@@ -143,7 +156,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
   const sizeChanges = ch.size !== undefined && ch.size !== old.size;
   const downgrade = ch.version === 2 && old.version === 3;
   const repair = img.dirty;
-  const metadata = sizeChanges || downgrade || newOrder !== old.refcountOrder || repair;
+  const metadata = amendMovesMetadata(img, ch);
 
   const writes: Write[] = [];
   let plan: Omit<AmendPlan, 'commit'> = { header: h, writes, headerOnly: !metadata };

@@ -64,6 +64,23 @@ export function countReferences(img: Image, file: BlockFile): { counts: Uint32Ar
   return { counts: c.computed().dense, beyondFile: [...c.computed().sparse.keys()], structuralCorruptions: c.structural, result };
 }
 
+/**
+ * What a change that moves metadata must know (provider/rules validateConsistent): check's
+ * corruptions and unreadable refcounts, and the first error line. On an image with lazy
+ * refcounts left dirty, stale refcounts are what the change's repair fixes: only corruptions
+ * found before the refcount comparison (broken structure) count.
+ */
+export function consistencyOf(img: Image, file: BlockFile): { corruptions: number; checkErrors: number; first?: string } {
+  const c = new Checker(img, file);
+  const r = c.run();
+  const out: { corruptions: number; checkErrors: number; first?: string } = {
+    corruptions: img.dirty ? c.structural : r.corruptions, checkErrors: r.checkErrors,
+  };
+  const first = r.messages.find((m) => !m.startsWith('Leaked'));
+  if (first !== undefined && out.corruptions + out.checkErrors > 0) out.first = first.replace(/^ERROR:? /, '');
+  return out;
+}
+
 // The hot loops are small module-level functions that take everything as parameters. On a first
 // call V8 runs a function before it has a feedback vector, and compiles the loop while it runs
 // (on-stack replacement): operations before the loop then have no feedback and deoptimize the
