@@ -24,6 +24,11 @@ export async function run(argv: string[]): Promise<void> {
     if (e instanceof Exit) throw e;
     fail(`Could not open '${file}': ${messageOf(e)}`);
   }
+  if (r.failed) {
+    report(r.failed.message);
+    report(`Check failed: ${r.failed.cause}`);
+    throw new Exit(1);
+  }
   for (const m of r.messages) err(m + '\n');
   const code = checkExitCode(r);
   if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, display), null, 4) + '\n' : checkHumanText(r));

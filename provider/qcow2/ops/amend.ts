@@ -28,6 +28,7 @@ import {
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
+import { SNAPSHOT_EXTRA_V3, encodeSnapshots } from '../spec/snapshot';
 import { Image, safeOffset } from '../meta/image';
 import { CountRefcounts } from '../meta/refcount';
 import { Table, TableCache } from '../meta/tables';
@@ -114,7 +115,16 @@ export function amendMovesMetadata(img: Image, ch: AmendChanges): boolean {
   return (ch.size !== undefined && ch.size !== old.size) ||
     (ch.version === 2 && old.version === 3) ||
     (ch.refcountOrder !== undefined && ch.refcountOrder !== old.refcountOrder) ||
-    img.dirty;
+    img.dirty || upgradeRewritesSnapshots(img, ch);
+}
+
+/**
+ * qcow2_upgrade: v3 needs every snapshot to carry at least 16 bytes of extra data (the 64-bit
+ * VM state size and the disk size); when one does not, the whole table is written anew.
+ */
+function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean {
+  return ch.version === 3 && img.header.version === 2 && img.header.nbSnapshots > 0 &&
+    img.readSnapshots().some((s) => s.extraDataSize < SNAPSHOT_EXTRA_V3);
 }
 
 /**
@@ -341,6 +351,17 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         h.compressionType = C.QCOW2_COMPRESSION_TYPE_ZLIB;
         h.incompatibleFeatures &= ~C.QCOW2_INCOMPAT_COMPRESSION;
       }
+    }
+
+    if (upgradeRewritesSnapshots(img, ch)) {
+      // A new table in v3 form where the old image does not look; the old one is freed.
+      const snaps = img.readSnapshots();
+      const bytes = encodeSnapshots(snaps, old.size);
+      const c = a.alloc(Math.ceil(bytes.length / cs));
+      writes.push({ offset: c * cs, data: bytes });
+      const first = Number(old.snapshotsOffset >> cbits);
+      a.free(first, Math.ceil((Number(old.snapshotsOffset) + (snaps.tableSize ?? 0)) / cs) - first);
+      h.snapshotsOffset = BigInt(c * cs);
     }
 
     // New L2 tables, then a new L1 that points at them (the old L1 stays as it was).

@@ -239,8 +239,12 @@ function readExtensions(header: Header, buf: Uint8Array, start: number, end: num
         break;
       case C.QCOW2_EXT_MAGIC_FEATURE_TABLE: {
         const table: FeatureName[] = [];
-        for (let p = 0; p + FEATURE_ENTRY_SIZE <= length; p += FEATURE_ENTRY_SIZE) {
-          table.push({ type: data[p]!, bit: data[p + 1]!, name: decodeName(data.subarray(p + 2, p + FEATURE_ENTRY_SIZE)) });
+        // QEMU reads the extension into a zeroed buffer: a last entry shorter than 48 bytes is
+        // padded with zeros, not dropped (iotest 036 adds a table of one 14-byte entry).
+        for (let p = 0; p < length; p += FEATURE_ENTRY_SIZE) {
+          const entry = new Uint8Array(FEATURE_ENTRY_SIZE);
+          entry.set(data.subarray(p, Math.min(length, p + FEATURE_ENTRY_SIZE)));
+          table.push({ type: entry[0]!, bit: entry[1]!, name: decodeName(entry.subarray(2)) });
         }
         header.featureTable = table;
         break;
