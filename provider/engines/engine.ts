@@ -26,6 +26,12 @@ export interface ResizeOptions {
 export interface RemoveOptions {
   /** Also remove the external data file named in the image (only files we created). */
   dataFile?: boolean;
+  /**
+   * With dataFile: the data file as recorded when it was created. Only this path is removed, and
+   * only while it is the same file (its identity "dev:ino"; without one, while the header still
+   * names it). A name in the header is never followed to another file.
+   */
+  recordedDataFile?: { path: string; identity?: string };
 }
 
 export interface ReadOptions {

@@ -2,9 +2,9 @@
 // holds open), the data file only when asked, a backing file never.
 
 import * as fs from 'fs';
-import { NodeBlockFile } from '../qcow2/io/blockfile';
-import { Qcow2Error } from '../model/errors';
+import { NodeBlockFile, ioError } from '../qcow2/io/blockfile';
 import { Image } from '../qcow2/meta/image';
+import { resolveBackingName } from '../model/backing-name';
 import { lockImage } from '../qcow2/io/lock';
 import type { RemoveOptions } from './engine';
 
@@ -15,7 +15,10 @@ export function removeImageFiles(path: string, options: RemoveOptions = {}): voi
     lockImage(f.fd, path, 'write'); // held until close
     if (options.dataFile) {
       const img = Image.open(f, path);
-      if (img.hasDataFile) dataFile = img.header.dataFile;
+      const named = img.hasDataFile && img.header.dataFile ? resolveBackingName(path, img.header.dataFile) : undefined;
+      const recorded = options.recordedDataFile;
+      if (recorded === undefined) dataFile = named;
+      else if (recorded.identity !== undefined ? sameFile(recorded.path, recorded.identity) : named === recorded.path) dataFile = recorded.path;
     }
     fs.unlinkSync(path);
   } finally {
@@ -25,8 +28,16 @@ export function removeImageFiles(path: string, options: RemoveOptions = {}): voi
   try {
     fs.unlinkSync(dataFile);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new Qcow2Error('IO', `Could not remove data file '${dataFile}': ${(e as Error).message}`, { file: dataFile });
-    }
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, dataFile, 'remove');
+  }
+}
+
+/** `file` is still the file whose identity ("dev:ino") was recorded (a regular file, not replaced). */
+function sameFile(file: string, identity: string): boolean {
+  try {
+    const st = fs.lstatSync(file, { bigint: true });
+    return st.isFile() && `${st.dev}:${st.ino}` === identity;
+  } catch {
+    return false;
   }
 }

@@ -14,6 +14,7 @@ import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { validateCreate } from '../rules/create';
+import { type References, resolvedReferences, validateDeclaredReferences, validateRecordedReferences } from '../rules/references';
 import { validateSizeValue } from '../rules/size';
 import type { DesiredSpec, WorldFacts } from '../rules/types';
 import { UNKNOWN, validateInputs } from './schema';
@@ -57,6 +58,25 @@ function failure(property: string, message: string): Error {
 
 function absolute(p: string): string {
   return path.resolve(process.cwd(), p);
+}
+
+/**
+ * A data file as created: "dev:ino:path". Delete removes that path only while it is still that
+ * file, whatever the header names by then (a refresh records the header's name in dataFile).
+ */
+function identityOf(file: string): string {
+  const st = fs.statSync(file, { bigint: true });
+  return `${st.dev}:${st.ino}:${file}`;
+}
+
+function recordedDataFileOf(identity: string): { path: string; identity: string } | undefined {
+  const m = /^(\d+:\d+):(.+)$/.exec(identity);
+  return m ? { path: m[2]!, identity: m[1]! } : undefined;
+}
+
+/** The references an image's header holds, resolved as QEMU opens them. */
+function referencesOf(file: string, facts: ImageFacts): References {
+  return resolvedReferences(file, { ...(facts.dataFile ? { dataFile: facts.dataFile } : {}), ...(facts.backingFile ? { backingFile: facts.backingFile } : {}) });
 }
 
 function sizeOf(v: number | string | undefined): bigint | undefined {
@@ -120,13 +140,14 @@ function createOptionsOf(i: ImageInputs): CreateOptions {
   return o;
 }
 
-function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean }): ImageOutputs {
+function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string }): ImageOutputs {
   return {
     path: absolute(i.path),
     engine: i.engine ?? 'native',
     ...factOutputs(facts),
     preallocation: i.preallocation ?? (extra.adopted ? '' : i.dataFileRaw ? 'metadata' : 'off'),
     createdDataFile: extra.createdDataFile,
+    dataFileIdentity: extra.dataFileIdentity ?? '',
     adopted: extra.adopted,
     dataFileOnDelete: i.dataFileOnDelete ?? 'auto',
     deleteAdopted: i.deleteAdopted ?? false,
@@ -229,12 +250,18 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
     await engine.create(file, opts);
   }
   const info = await engine.info(file, { forceShare: true });
-  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: opts.dataFile !== undefined, adopted: false }) };
+  const created = opts.dataFile !== undefined;
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(created ? { dataFileIdentity: identityOf(opts.dataFile!) } : {}) }) };
 }
 
 /** Take over an existing image: verify it matches the inputs, change nothing. */
 async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Promise<{ id: string; outs: ImageOutputs }> {
   const info = await engine.info(file, { forceShare: true });
+  const declared: References = {};
+  if (inputs.dataFile !== undefined) declared.dataFile = absolute(inputs.dataFile);
+  if (inputs.backingFile !== undefined) declared.backingFile = resolvedReferences(file, { backingFile: inputs.backingFile }).backingFile!;
+  const undeclared = validateDeclaredReferences(file, referencesOf(file, info), declared);
+  if (undeclared) throw failure(undeclared.property, undeclared.message);
   const outs = outputsOf(inputs, info, { createdDataFile: false, adopted: true });
   const desired = desiredOf(inputs);
   delete desired.allowReplace;
@@ -253,6 +280,10 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
   const refusal = refusalMessage(result);
   if (refusal) throw new Qcow2Error('REFUSED', refusal);
+  // The header must still name what was recorded: a name changed behind our back is never followed.
+  const recorded = resolvedReferences(file, { ...(olds.dataFile ? { dataFile: olds.dataFile } : {}), ...(olds.backingFile ? { backingFile: olds.backingFile } : {}) });
+  const drift = validateRecordedReferences(file, referencesOf(file, await engine.info(file, { forceShare: true })), recorded);
+  if (drift) throw new Qcow2Error('REFUSED', `${drift.property}: ${drift.message}`, { property: drift.property });
   const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
   if (rebase) await engine.rebase(file, desired.backingFile ?? olds.backingFile, desired.backingFormat ?? (olds.backingFormat || undefined));
   // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
@@ -260,7 +291,7 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   const req = amendRequestOf(result);
   if (req) await engine.amend(file, req);
   const info = await engine.info(file, { forceShare: true });
-  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted }) };
+  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '' }) };
 }
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
@@ -270,7 +301,7 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   const info = await engine.info(file, { forceShare: true });
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native' };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
-  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false });
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '' });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
   outs.deleteAdopted = props?.deleteAdopted ?? false;
   // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update
@@ -290,5 +321,9 @@ export async function remove(_id: string, props: ImageOutputs): Promise<void> {
   if (!fs.existsSync(props.path)) return;
   const policy = props.dataFileOnDelete ?? 'auto';
   const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);
-  await engineOf(props.engine).remove(props.path, { dataFile });
+  // Only the data file this resource recorded, and only while it is still that file: the name in
+  // the header is not followed (it may have been pointed at another file).
+  // (A state written before identities were recorded: the recorded name, while the header still names it.)
+  const recorded = recordedDataFileOf(props.dataFileIdentity ?? '') ?? (props.dataFile ? { path: props.dataFile } : undefined);
+  await engineOf(props.engine).remove(props.path, { dataFile, ...(dataFile && recorded ? { recordedDataFile: recorded } : {}) });
 }

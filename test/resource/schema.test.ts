@@ -43,7 +43,7 @@ describe('provider check and diff (in process)', () => {
     path: path.resolve('x.qcow2'), engine: 'native', virtualSize: 1 << 30, actualSize: 0, clusterSize: 65536, compat: '1.1',
     refcountBits: 16, lazyRefcounts: false, extendedL2: false, compressionType: 'zlib', dataFile: '/d.raw', dataFileRaw: true,
     backingFile: '', backingFormat: '', dirty: false, corrupt: false, snapshots: 0, bitmaps: [], preallocation: 'metadata',
-    createdDataFile: true, adopted: false, dataFileOnDelete: 'auto', deleteAdopted: false, providerVersion: impl.PROVIDER_VERSION, ...over,
+    createdDataFile: true, dataFileIdentity: '', adopted: false, dataFileOnDelete: 'auto', deleteAdopted: false, providerVersion: impl.PROVIDER_VERSION, ...over,
   });
 
   it('check_refuses_combinations_create_would_refuse_on_the_property', async () => {
