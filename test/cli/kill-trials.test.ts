@@ -66,12 +66,12 @@ function sameGuestView(dir: string, a: string, b: string): string {
 
 const OPERATIONS: Operation[] = [
   {
-    name: 'create with a data file (data-file-raw, 64 GiB, metadata preallocated)',
+    name: 'create with a data file (data-file-raw, 32 GiB, metadata preallocated)',
     prepare: () => undefined,
-    argv: ['create', '-q', '-f', 'qcow2', '-o', 'data_file=disk.raw,data_file_raw=on,preallocation=metadata', 'img.qcow2', '64G'],
+    argv: ['create', '-q', '-f', 'qcow2', '-o', 'data_file=disk.raw,data_file_raw=on,preallocation=metadata', 'img.qcow2', '32G'],
     userFiles: ['disk.raw'],
     image: 'img.qcow2',
-    verify: (dir) => consistent(dir, 'img.qcow2') || (virtualSize(dir, 'img.qcow2') === 64 * 2 ** 30 ? '' : 'wrong size'),
+    verify: (dir) => consistent(dir, 'img.qcow2') || (virtualSize(dir, 'img.qcow2') === 32 * 2 ** 30 ? '' : 'wrong size'),
   },
   {
     name: 'create with full preallocation (48 MiB)',
@@ -93,30 +93,30 @@ const OPERATIONS: Operation[] = [
     verify: (dir) => consistent(dir, 'img.qcow2') || sameGuestView(dir, 'src.qcow2', 'img.qcow2'),
   },
   {
-    name: 'resize of a data-file-raw image (1 GiB to 65 GiB)',
+    name: 'resize of a data-file-raw image (1 GiB to 33 GiB)',
     prepare: (dir) => {
       must(['create', '-q', '-f', 'qcow2', '-o', 'data_file=disk.raw,data_file_raw=on,preallocation=metadata', 'img.qcow2', '1G'], dir);
       qemuIo(['-c', 'write -P 0x33 0 1M', 'img.qcow2'], dir);
       fs.writeFileSync(path.join(dir, 'ref.raw'), firstMiB(path.join(dir, 'disk.raw')));
     },
-    argv: ['resize', 'img.qcow2', '65G'],
+    argv: ['resize', 'img.qcow2', '33G'],
     userFiles: ['disk.raw'],
     image: 'img.qcow2',
     verify: (dir, completed) => {
       const bad = consistent(dir, 'img.qcow2');
       if (bad) return bad;
       const size = virtualSize(dir, 'img.qcow2');
-      if (size !== 2 ** 30 && size !== 65 * 2 ** 30) return `virtual size ${size}: neither the old nor the new`;
-      if (completed && size !== 65 * 2 ** 30) return 'completed, but not resized';
+      if (size !== 2 ** 30 && size !== 33 * 2 ** 30) return `virtual size ${size}: neither the old nor the new`;
+      if (completed && size !== 33 * 2 ** 30) return 'completed, but not resized';
       // The guest data written before is what it was.
       return firstBytesSame(dir) ? '' : 'data file content changed';
     },
   },
   {
-    name: 'amend (refcount_bits=64 on 4 KiB clusters, 16 MiB of data)',
+    name: 'amend (refcount_bits=64 on 4 KiB clusters, 8 MiB of data)',
     prepare: (dir) => {
       must(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', 'img.qcow2', '64M'], dir);
-      qemuIo(['-c', 'write -P 0x11 0 8M', '-c', 'write -P 0x22 40M 8M', 'img.qcow2'], dir);
+      qemuIo(['-c', 'write -P 0x11 0 4M', '-c', 'write -P 0x22 40M 4M', 'img.qcow2'], dir);
       fs.copyFileSync(path.join(dir, 'img.qcow2'), path.join(dir, 'ref.qcow2'));
     },
     argv: ['amend', '-o', 'refcount_bits=64', 'img.qcow2'],
@@ -125,10 +125,10 @@ const OPERATIONS: Operation[] = [
     verify: (dir) => consistent(dir, 'img.qcow2') || sameGuestView(dir, 'ref.qcow2', 'img.qcow2'),
   },
   {
-    name: 'rebase (safe, 16 MiB differing)',
+    name: 'rebase (safe, 8 MiB differing)',
     prepare: (dir) => {
       must(['create', '-q', '-f', 'qcow2', 'old.qcow2', '64M'], dir);
-      qemuIo(['-c', 'write -P 0x44 0 16M', 'old.qcow2'], dir);
+      qemuIo(['-c', 'write -P 0x44 0 8M', 'old.qcow2'], dir);
       must(['create', '-q', '-f', 'qcow2', 'new.qcow2', '64M'], dir);
       must(['create', '-q', '-f', 'qcow2', '-b', 'old.qcow2', '-F', 'qcow2', 'img.qcow2'], dir);
       qemuIo(['-c', 'write -P 0x55 48M 1M', 'img.qcow2'], dir);
