@@ -5,6 +5,7 @@ import { command } from '../commander';
 import { cliEngine } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import { parseSize } from '../../model/size';
+import { resolveBackingName } from '../../model/backing-name';
 import { out } from '../io';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
@@ -44,6 +45,10 @@ export async function run(argv: string[]): Promise<void> {
   }
   const { path } = imageName(file);
   try {
+    // A data-file-raw image's data file changes size with it, as in qemu-img: the file the
+    // header names, which may not be where the user expects. Say which one it is.
+    const facts = await cliEngine().info(path, { forceShare: true }).catch(() => undefined);
+    if (facts?.dataFileRaw && facts.dataFile && !o.q) out(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
     await cliEngine().resize(path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
     report(openPrefix(e, file) + messageOf(e));
