@@ -243,6 +243,16 @@ describe.skipIf(SKIP)('hostile cases of qemu-iotests, against qemu-img', () => {
     expect(entry(o, 0)).toBe(entry(q, 0));
   });
 
+  it('absurd and wrapped sizes are refused at once in qemu-img\'s words, the image unchanged', async () => {
+    const [q, o] = pair((d) => must('qemu-img', ['create', '-q', '-f', 'qcow2', 't.qcow2', '1M'], d));
+    const before = md5(path.join(o, 't.qcow2'));
+    for (const cmd of [['resize', 't.qcow2', '64P'], ['amend', '-o', 'size=4E', 't.qcow2'], ['resize', 't.qcow2', '8E'], ['resize', 't.qcow2', '+8E'],
+      ['resize', 't.qcow2', '16E'], ['resize', 't.qcow2', '0'], ['resize', 't.qcow2', '--', '-64M'], ['resize', 't.qcow2', 'abc']]) {
+      expect(await ours(cmd, o), cmd.join(' ')).toEqual(theirs(cmd, q));
+    }
+    expect(md5(path.join(o, 't.qcow2'))).toBe(before);
+  });
+
   it('output into a closed pipe, and map of compressed clusters, end without a stack trace', () => {
     const [, o] = pair((d) => {
       must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', 't.qcow2', '8M'], d);
