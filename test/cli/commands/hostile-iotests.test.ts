@@ -253,6 +253,20 @@ describe.skipIf(SKIP)('hostile cases of qemu-iotests, against qemu-img', () => {
     expect(md5(path.join(o, 't.qcow2'))).toBe(before);
   });
 
+  it('a backing loop is reported once, not once per layer', async () => {
+    const [, o] = pair((d) => {
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', 'b.qcow2', '-F', 'qcow2', 'a.qcow2', '1M'], d);
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', 'a.qcow2', '-F', 'qcow2', 'b.qcow2', '1M'], d);
+    });
+    for (const cmd of [['map', 'a.qcow2'], ['convert', '-O', 'qcow2', 'a.qcow2', 'c.qcow2']]) {
+      const u = await ours(cmd, o);
+      expect(u.status).toBe(1);
+      expect(u.stderr).toBe("qemu-img: Could not open 'a.qcow2': Could not open backing file: the backing chain is deeper than 64 images; " +
+        'a backing file that names the image itself or one above it makes a loop (qcow2 info --backing-chain shows it)\n');
+    }
+    expect(fs.existsSync(path.join(o, 'c.qcow2'))).toBe(false);
+  });
+
   it('output into a closed pipe, and map of compressed clusters, end without a stack trace', () => {
     const [, o] = pair((d) => {
       must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', 't.qcow2', '8M'], d);
