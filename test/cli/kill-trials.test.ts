@@ -15,11 +15,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { CLI, runCli } from '../helpers/cli';
 import { requireQemu, qemuImgAvailable, runQemuImg, skipWithoutQemu } from '../helpers/qemu';
 
 const SKIP = skipWithoutQemu('cli/kill-trials');
-const REPO = path.join(__dirname, '../..');
-const CLI = path.join(REPO, 'dist/provider/cli/main.js');
 const TRIALS = Number(process.env.KILL_TRIALS ?? 34);
 /** Ours: `.TARGET.qcow2-tmp-PID-STAMP-ROLE` (provider/qcow2/io/publish.ts). */
 const TEMP = /^\..*\.qcow2-tmp-/;
@@ -181,18 +180,10 @@ function runChild(dir: string, argv: string[], afterMs?: number): Promise<{ comp
   });
 }
 
-/** The next run, in this process (no Node start-up to pay): resolves with the exit status and stderr. */
+/** The next run, in this process (no Node start-up to pay). */
 async function runHere(dir: string, argv: string[]): Promise<{ completed: boolean; stderr: string }> {
-  const { main } = require(CLI) as { main(argv: string[], io: { out(t: string): void; err(t: string): void }): Promise<number> };
-  const prev = process.cwd();
-  let stderr = '';
-  process.chdir(dir);
-  try {
-    const code = await main(argv, { out: () => undefined, err: (t) => { stderr += t; } });
-    return { completed: code === 0, stderr };
-  } finally {
-    process.chdir(prev);
-  }
+  const r = await runCli(argv, dir);
+  return { completed: r.status === 0, stderr: r.stderr };
 }
 
 function leftovers(dir: string): string[] {

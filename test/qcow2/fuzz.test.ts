@@ -11,13 +11,14 @@
 // FUZZ_CHECK_MODULE=PATH fuzzes another check.ts (a candidate fix in a scratch copy).
 // A failing case prints as JSON: replay it with `apply(parseCase(json))` from test/helpers/mutate.ts.
 
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import type { CallResult, WorkerHello, WorkerReply } from '../helpers/fuzz-worker';
+import { type Answer, ChildWorker } from '../helpers/child-worker';
+import type { WorkerHello, WorkerReply } from '../helpers/fuzz-worker';
 import { CASE, GuardedFile, MAX_READ, SEEDS, UnboundedReadError, apply, parseCase, show } from '../helpers/mutate';
 import { Image } from '../../provider/qcow2/meta/image';
 import { infoOf } from '../../provider/qcow2/ops/info';
@@ -35,80 +36,17 @@ const WORKER_HEAP_MB = 192;
 // The worker
 // ------------------------------------------------------------------------------------------------
 
-type Verdict = { results: CallResult[] } | { crash: string };
+type Verdict = Answer<WorkerReply>;
 
-class FuzzWorker {
-  private child?: ChildProcess;
-  private pending?: { id: number; resolve: (v: Verdict) => void; timer: NodeJS.Timeout };
-  private nextId = 0;
-  calls: string[] = [];
-  restarts = 0;
-
-  async start(): Promise<void> {
-    const repo = join(__dirname, '../..');
-    const child = fork(join(repo, 'test/helpers/fuzz-worker.ts'), [], {
-      execArgv: [`--max-old-space-size=${WORKER_HEAP_MB}`, '--require', require.resolve('ts-node/register/transpile-only', { paths: [repo] })],
-      env: { ...process.env, TS_NODE_PROJECT: join(repo, 'tsconfig.json') },
-      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
-    });
-    this.child = child;
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-2000); });
-    await new Promise<void>((resolve, reject) => {
-      child.once('message', (m: WorkerHello) => {
-        this.calls = m.calls;
-        resolve();
-      });
-      child.once('exit', (code) => reject(new Error(`fuzz child exited (${code}) before it was ready: ${stderr}`)));
-    });
-    child.on('message', (m: WorkerReply) => this.settle(m.id, { results: m.results }));
-    child.on('exit', (code, signal) => {
-      const oom = /heap out of memory/.test(stderr) ? ' (JavaScript heap out of memory)' : '';
-      this.settle(undefined, { crash: `child died: code ${code} signal ${signal}${oom}` });
-    });
-  }
-
-  private settle(id: number | undefined, v: Verdict): void {
-    const p = this.pending;
-    if (!p || (id !== undefined && id !== p.id)) return;
-    clearTimeout(p.timer);
-    this.pending = undefined;
-    p.resolve(v);
-  }
-
-  async run(caseText: string): Promise<Verdict> {
-    const id = ++this.nextId;
-    const verdict = await new Promise<Verdict>((resolve) => {
-      const timer = setTimeout(() => this.settle(id, { crash: `no answer within ${CASE_DEADLINE_MS} ms (hang)` }), CASE_DEADLINE_MS);
-      this.pending = { id, resolve, timer };
-      this.child!.send({ id, case: caseText });
-    });
-    if ('crash' in verdict) {
-      // The child is dead or stuck: replace it so the run goes on.
-      await this.stop();
-      this.restarts++;
-      await this.start();
-    }
-    return verdict;
-  }
-
-  async stop(): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    this.child = undefined;
-    child.removeAllListeners();
-    if (child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGKILL');
-      await gone;
-    }
-  }
-}
-
-const worker = new FuzzWorker();
-beforeAll(() => worker.start(), 60_000);
+const repo = join(__dirname, '../..');
+const worker = new ChildWorker<WorkerReply>(() => fork(join(repo, 'test/helpers/fuzz-worker.ts'), [], {
+  execArgv: [`--max-old-space-size=${WORKER_HEAP_MB}`, '--require', require.resolve('ts-node/register/transpile-only', { paths: [repo] })],
+  env: { ...process.env, TS_NODE_PROJECT: join(repo, 'tsconfig.json') },
+  stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+}), CASE_DEADLINE_MS);
+let workerCalls: string[] = [];
+beforeAll(async () => { workerCalls = ((await worker.start()) as WorkerHello).calls; }, 60_000);
 afterAll(() => worker.stop());
-
 // ------------------------------------------------------------------------------------------------
 // The property
 // ------------------------------------------------------------------------------------------------
@@ -137,9 +75,9 @@ describe('fuzz: mutated images', () => {
       expect(() => Image.open(new GuardedFile(s.bytes)), s.name).not.toThrow();
       expect(() => infoOf(new GuardedFile(s.bytes), 'x'), s.name).not.toThrow();
       expect(s.regions.length, s.name).toBeGreaterThan(3);
-      const v = await worker.run(show({ seed: SEEDS.indexOf(s), mutations: [] }));
+      const v = await worker.run({ case: show({ seed: SEEDS.indexOf(s), mutations: [] }) });
       expect(v, s.name).toHaveProperty('results');
-      for (const r of (v as { results: CallResult[] }).results) expect(r.outcome, `${s.name} ${r.call} ${r.detail}`).toBe('ok');
+      for (const r of (v as WorkerReply).results) expect(r.outcome, `${s.name} ${r.call} ${r.detail}`).toBe('ok');
     }
   });
 
@@ -158,7 +96,7 @@ describe('fuzz: mutated images', () => {
   });
 
   it('check_is_exercised_when_check_ts_exists', () => {
-    expect(worker.calls.includes('checkImage')).toBe(existsSync(join(__dirname, '../../provider/qcow2/ops/check.ts')));
+    expect(workerCalls.includes('checkImage')).toBe(existsSync(join(__dirname, '../../provider/qcow2/ops/check.ts')));
   });
 
   it(`open_info_and_check_succeed_or_throw_Qcow2Error_for_${RUNS}_mutations_seed_${SEED}`, async () => {
@@ -170,12 +108,12 @@ describe('fuzz: mutated images', () => {
       if (failures.length >= MAX_FAILURES) return true; // stop early: the run has already failed
       cases++;
       const text = show(c);
-      failures.push(...failuresOf(text, await worker.run(text), stats));
+      failures.push(...failuresOf(text, await worker.run({ case: text }), stats));
       return true;
     }), { seed: SEED, numRuns: RUNS });
     const seconds = ((Date.now() - t0) / 1000).toFixed(1);
     const top = [...stats.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => `  ${v}\t${k}`).join('\n');
-    console.log(`[fuzz] seed=${SEED} cases=${cases}/${RUNS} time=${seconds}s calls=${worker.calls.join(',')} ` +
+    console.log(`[fuzz] seed=${SEED} cases=${cases}/${RUNS} time=${seconds}s calls=${workerCalls.join(',')} ` +
       `failures=${failures.length} worker-restarts=${worker.restarts} ` +
       `call-ms=${[...callMs].map(([k, v]) => `${k}:${v.toFixed(0)}`).join(',')}\n${top}`);
     if (failures.length > 0) {

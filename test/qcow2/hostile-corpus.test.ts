@@ -9,7 +9,7 @@
 // (HOSTILE_CASES overrides); the deadline below only tells a hang from a slow case and bounds
 // nothing else. A failing case prints its name and the run's output.
 
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -17,6 +17,7 @@ import fc from 'fast-check';
 import * as ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { ChildWorker } from '../helpers/child-worker';
 import { ENV_CASES, type HostileCase, type HostileReply, type RunResult } from '../helpers/hostile-worker';
 import { CASE, apply, show } from '../helpers/mutate';
 
@@ -25,70 +26,6 @@ const MUTATED = Number(process.env.HOSTILE_CASES ?? 40);
 /** A case that has not answered by then is stuck: it waits on something that never comes. */
 const HANG_MS = 120_000;
 const RSS_LIMIT_MIB = 200;
-
-type Verdict = HostileReply | { hang: string };
-
-class Worker {
-  private child?: ChildProcess;
-  private waiting?: { id: number; resolve: (v: Verdict) => void; timer: NodeJS.Timeout };
-  private nextId = 0;
-  stderr = '';
-  restarts = 0;
-
-  constructor(private readonly script: string) {}
-
-  async start(): Promise<void> {
-    const child = fork(this.script, [], {
-      // The heap limit only stops a runaway early; RSS is what the property measures.
-      execArgv: ['--max-old-space-size=512'],
-      env: { ...process.env, HOSTILE_REPO: REPO, LC_ALL: 'C' },
-      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
-    });
-    this.child = child;
-    child.stderr!.on('data', (d: Buffer) => { this.stderr = (this.stderr + d.toString()).slice(-4000); });
-    await new Promise<void>((resolve, reject) => {
-      child.once('message', () => resolve());
-      child.once('exit', (code) => reject(new Error(`hostile worker exited (${code}) before it was ready: ${this.stderr}`)));
-    });
-    child.on('message', (m: HostileReply) => this.settle(m.id, m));
-    child.on('exit', (code, signal) => this.settle(undefined, { hang: `worker died: code ${code} signal ${signal}: ${this.stderr.slice(-800)}` }));
-  }
-
-  private settle(id: number | undefined, v: Verdict): void {
-    const w = this.waiting;
-    if (!w || (id !== undefined && id !== w.id)) return;
-    clearTimeout(w.timer);
-    this.waiting = undefined;
-    w.resolve(v);
-  }
-
-  async run(dir: string, c: HostileCase): Promise<Verdict> {
-    const id = ++this.nextId;
-    const v = await new Promise<Verdict>((resolve) => {
-      const timer = setTimeout(() => this.settle(id, { hang: `no answer within ${HANG_MS / 1000} s` }), HANG_MS);
-      this.waiting = { id, resolve, timer };
-      this.child!.send({ id, dir, case: c });
-    });
-    if ('hang' in v) {
-      await this.stop();
-      this.restarts++;
-      await this.start();
-    }
-    return v;
-  }
-
-  async stop(): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    this.child = undefined;
-    child.removeAllListeners();
-    if (child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGKILL');
-      await gone;
-    }
-  }
-}
 
 function corpus(): Array<{ label: string; c: HostileCase }> {
   const out: Array<{ label: string; c: HostileCase }> = [];
@@ -103,11 +40,16 @@ const REPO = path.join(__dirname, '../..');
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-hostile-corpus-'));
 /** The worker, transpiled to plain JavaScript, so that what runs is the engine and nothing else. */
 const script = path.join(scratch, 'hostile-worker.js');
-const worker = new Worker(script);
-beforeAll(() => {
+const worker = new ChildWorker<HostileReply>(() => fork(script, [], {
+  // The heap limit only stops a runaway early; RSS is what the property measures.
+  execArgv: ['--max-old-space-size=512'],
+  env: { ...process.env, HOSTILE_REPO: REPO, LC_ALL: 'C' },
+  stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+}), HANG_MS);
+beforeAll(async () => {
   const source = fs.readFileSync(path.join(REPO, 'test/helpers/hostile-worker.ts'), 'utf8');
   fs.writeFileSync(script, ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } }).outputText);
-  return worker.start();
+  await worker.start();
 }, 120_000);
 afterAll(async () => {
   await worker.stop();
@@ -125,16 +67,16 @@ describe('hostile corpus', () => {
   it(`every_command_and_the_provider_answer_${MUTATED}_mutated_images_and_${ENV_CASES.length}_hostile_environments_without_a_hang_a_stack_trace_or_200_MiB`, async () => {
     const cases = corpus();
     const failures: string[] = [];
-    let runs = 0, hangs = 0, stacks = 0, peakKiB = 0;
+    let runs = 0, hangs = 0, stacks = 0, peakKiB = 0; // hangs: a case unanswered, or a child that died
     const paths = new Set<string>();
     for (const [i, { label, c }] of cases.entries()) {
       const dir = path.join(scratch, `case-${i}`);
       fs.mkdirSync(dir);
-      const v = await worker.run(dir, c);
+      const v = await worker.run({ dir, case: c });
       fs.rmSync(dir, { recursive: true, force: true });
-      if ('hang' in v) {
+      if ('crash' in v) {
         hangs++;
-        failures.push(`${label}: ${v.hang}`);
+        failures.push(`${label}: ${v.crash}`);
         continue;
       }
       if (process.env.HOSTILE_DEBUG && v.maxRssKiB > peakKiB) console.log(`rss ${(v.maxRssKiB / 1024).toFixed(1)} after ${label.slice(0, 300)}`);

@@ -12,24 +12,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { md5, must, scratchBase, skipWithoutTools } from '../../engines/helpers';
+import { CLI, type CliRun, runCli } from '../../helpers/cli';
 
-const CLI = path.resolve(__dirname, '../../../dist/provider/cli/main.js');
 const SKIP = skipWithoutTools('cli/hostile-iotests');
 
-interface Run { status: number; stdout: string; stderr: string }
+type Run = CliRun;
 
 /** Our CLI in this process, with qemu-img's prefix on its messages so the words compare. */
 async function ours(args: string[], cwd: string): Promise<Run> {
-  const { main } = require(CLI) as { main(argv: string[], io: { out(t: string): void; err(t: string): void }): Promise<number> };
-  const prev = process.cwd();
-  let stdout = '', stderr = '';
-  process.chdir(cwd);
-  try {
-    const status = await main(args, { out: (t) => { stdout += t; }, err: (t) => { stderr += t; } });
-    return { status, stdout: stdout.replace(/^qcow2: /gm, 'qemu-img: '), stderr: stderr.replace(/^qcow2: /gm, 'qemu-img: ') };
-  } finally {
-    process.chdir(prev);
-  }
+  const r = await runCli(args, cwd);
+  return { ...r, stdout: r.stdout.replace(/^qcow2: /gm, 'qemu-img: '), stderr: r.stderr.replace(/^qcow2: /gm, 'qemu-img: ') };
 }
 
 function theirs(args: string[], cwd: string): Run {
