@@ -207,7 +207,11 @@ describe.skipIf(SKIP)('kill -9 trials', () => {
       const full = await runChild(probe, op.argv);
       expect(full.completed, full.stderr).toBe(true);
       expect(op.verify(probe, true)).toBe('');
-      const length = full.ms;
+      // Twice, the shorter counting: on a busy machine one run can take far longer than the rest.
+      fs.rmSync(probe, { recursive: true, force: true });
+      fs.mkdirSync(probe);
+      op.prepare(probe);
+      const length = Math.min(full.ms, (await runChild(probe, op.argv)).ms);
 
       const problems: string[] = [];
       let interrupted = 0, corruptions = 0, orphans = 0, temps = 0;

@@ -6,7 +6,8 @@ import { cliEngine } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report, warn } from '../report';
 import { parseSizeOption } from '../../model/size';
 import { resolveBackingName } from '../../model/backing-name';
-import { out } from '../io';
+import { isatty } from 'tty';
+import { err, out } from '../io';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
@@ -47,11 +48,12 @@ export async function run(argv: string[]): Promise<void> {
   }
   const { path } = imageName(file);
   try {
-    // A data-file-raw image's data file changes size with it, as in qemu-img: the file the
-    // header names, which may not be where the user expects. Say which one it is.
     const facts = await cliEngine().info(path, { forceShare: true }).catch(() => undefined);
     if (facts !== undefined && (typeof size === 'bigint' ? size : facts.virtualSize + size.relative) <= 0n) fail('New image size must be positive');
-    if (facts?.dataFileRaw && facts.dataFile && !o.q) out(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
+    // A data-file-raw image's data file changes size with it, as in qemu-img: the file the
+    // header names, which may not be where the user expects. Say which one it is, to a person
+    // at a terminal (scripts get qemu-img's output unchanged).
+    if (facts?.dataFileRaw && facts.dataFile && !o.q && isatty(2)) err(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
     await cliEngine().resize(path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
     if (e instanceof Exit) throw e;
