@@ -5,6 +5,7 @@
 
 import type { CheckResult } from '../qcow2/ops/check';
 import type { MapEntry } from '../qcow2/ops/map';
+import type { RemoveImageOptions } from '../qcow2/ops/remove';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import type { ImageFacts } from '../model/facts';
 import type { AmendRequest } from '../rules/types';
@@ -23,16 +24,15 @@ export interface ResizeOptions {
   allowShrink?: boolean;
 }
 
-export interface RemoveOptions {
-  /** Also remove the external data file named in the image (only files we created). */
-  dataFile?: boolean;
-  /**
-   * With dataFile: the data file as recorded when it was created. Only this path is removed, and
-   * only while it is the same file (its identity "dev:ino"; without one, while the header still
-   * names it). A name in the header is never followed to another file.
-   */
-  recordedDataFile?: { path: string; identity?: string };
+/** What one stat of a path says: its kind, size in bytes and identity on its host ("dev:ino"). */
+export interface FileStat {
+  kind: 'file' | 'directory' | 'symlink' | 'other';
+  size: number;
+  id: string;
 }
+
+/** `dataFile`: also remove the external data file named in the image (only files we created); `recordedDataFile`: only that one (qcow2/ops/remove.ts). */
+export type RemoveOptions = RemoveImageOptions;
 
 export interface ReadOptions {
   /** Read an image another process holds (qemu-img -U); without it a held image is LOCKED. */
@@ -94,4 +94,6 @@ export interface Engine {
   map(path: string, options?: ReadOptions): Promise<MapEntry[]>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
+  /** What is at `path` (following links) on the files this engine works on; undefined: nothing. */
+  stat(path: string): Promise<FileStat | undefined>;
 }

@@ -1,24 +1,25 @@
-// The `Image` dynamic resource. Pulumi serializes the provider object below into the state;
-// it captures only a module specifier and requires the implementation at run time, so every
-// call runs the installed code (see impl.ts) and the state stays small.
+// The `Image` dynamic resource. Pulumi serializes the provider object below into the state
+// (`__provider`) and runs that copy for read and delete, so it is a shim that captures nothing
+// but a module specifier: each call requires the implementation by package name, resolved from
+// the program's folder at run time. Every call then runs the installed code (an upgrade needs no
+// update of every image), and the state holds no path of this machine. In a clone,
+// scripts/link-self.js makes node_modules/pulumi-qcow2 point at the checkout, so the same
+// specifier resolves there.
 
-import * as path from 'path';
 import * as pulumi from '@pulumi/pulumi';
 import type { ImageOutputs } from './impl';
 
-/** How the provider finds its implementation: by package name when installed, else by path. */
-const IMPL: string = /[\\/]node_modules[\\/]pulumi-qcow2[\\/]/.test(__dirname)
-  ? 'pulumi-qcow2/dist/provider/resource/impl'
-  : path.join(__dirname, 'impl');
+/** The exported subpath (package.json `exports`) that maps to ./impl.js. */
+const IMPLEMENTATION = 'pulumi-qcow2/dynamic';
 
 /** The provider Pulumi runs: each method requires the implementation, nothing else is captured. */
 export const imageProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => require(IMPL).check(olds, news),
-  diff: (id, olds, news) => require(IMPL).diff(id, olds, news),
-  create: (inputs) => require(IMPL).create(inputs),
-  read: (id, props) => require(IMPL).read(id, props),
-  update: (id, olds, news) => require(IMPL).update(id, olds, news),
-  delete: (id, props) => require(IMPL).remove(id, props),
+  check: (olds, news) => require(IMPLEMENTATION).check(olds, news),
+  diff: (id, olds, news) => require(IMPLEMENTATION).diff(id, olds, news),
+  create: (inputs) => require(IMPLEMENTATION).create(inputs),
+  read: (id, props) => require(IMPLEMENTATION).read(id, props),
+  update: (id, olds, news) => require(IMPLEMENTATION).update(id, olds, news),
+  delete: (id, props) => require(IMPLEMENTATION).remove(id, props),
 };
 
 /** Inputs of an Image. See README for defaults and the plan table (what amends, replaces, refuses). */

@@ -3,7 +3,6 @@
 // through an Engine. The provider object Pulumi serializes is a thin shim that requires this
 // module at run time (image.ts), so the state never carries a copy of this code.
 
-import * as fs from 'fs';
 import * as path from 'path';
 import { getEngine } from '../engines';
 import type { Engine, EngineName } from '../engines/engine';
@@ -13,25 +12,27 @@ import { propertyOf } from '../model/names';
 import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
-import { validateCreate } from '../rules/create';
+import { validateCreate, withCreateWayForward } from '../rules/create';
 import { type References, resolvedReferences, validateDeclaredReferences, validateRecordedReferences } from '../rules/references';
 import { validateSizeValue } from '../rules/size';
-import type { DesiredSpec, WorldFacts } from '../rules/types';
+import type { Change, DesiredSpec, WorldFacts } from '../rules/types';
+import { findPackageFile, readPackageFile } from './package-files';
 import { UNKNOWN, validateInputs } from './schema';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
 
 export type { ImageOutputs };
 
-/** The version of this provider's code; a change makes diff report an update, refreshing state. */
+/**
+ * The version of the code that last wrote an image's state (an output, for the record). It never
+ * causes a change by itself: every call runs the installed code, so an upgrade plans nothing.
+ */
 export const PROVIDER_VERSION: string = (() => {
-  for (let dir = __dirname, i = 0; i < 5; i++, dir = path.dirname(dir)) {
-    const p = path.join(dir, 'package.json');
-    if (fs.existsSync(p)) {
-      const pkg = JSON.parse(fs.readFileSync(p, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'pulumi-qcow2' && pkg.version) return pkg.version;
-    }
-  }
-  return '0.0.0';
+  const ours = (p: string) => {
+    const pkg = JSON.parse(readPackageFile(p)) as { name?: string; version?: string };
+    return pkg.name === 'pulumi-qcow2' && pkg.version !== undefined;
+  };
+  const file = findPackageFile('package.json', ours);
+  return file === undefined ? '0.0.0' : (JSON.parse(readPackageFile(file)) as { version: string }).version;
 })();
 
 /** Inputs as Pulumi hands them to the provider (after check): the create options, and ours. */
@@ -64,9 +65,9 @@ function absolute(p: string): string {
  * A data file as created: "dev:ino:path". Delete removes that path only while it is still that
  * file, whatever the header names by then (a refresh records the header's name in dataFile).
  */
-function identityOf(file: string): string {
-  const st = fs.statSync(file, { bigint: true });
-  return `${st.dev}:${st.ino}:${file}`;
+async function identityOf(engine: Engine, file: string): Promise<string | undefined> {
+  const st = await engine.stat(file);
+  return st === undefined ? undefined : `${st.id}:${file}`;
 }
 
 function recordedDataFileOf(identity: string): { path: string; identity: string } | undefined {
@@ -171,10 +172,10 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
       const opts = createOptionsOf(i);
       if (i.adopt || i.source) delete opts.size;
       if (opts.size === undefined && !i.adopt && !i.source && opts.backingFile === undefined) {
-        failures.push({ property: 'size', reason: 'size is required unless the image is adopted, imported from source, or sized by its backingFile' });
+        failures.push({ property: 'size', reason: 'size is required unless the image is adopted, imported from source, or sized by its backingFile. Set size (bytes, or a size such as "20G"), or one of adopt, source or backingFile' });
       } else {
         const r = validateCreate({ ...opts, ...(i.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
-        if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: r.refusal.message });
+        if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: withCreateWayForward(r.refusal) });
       }
     }
   }
@@ -188,24 +189,56 @@ function hasUnknown(v: unknown): boolean {
   return false;
 }
 
-/** Facts only the disk knows, gathered here so rules stay pure. */
-function factsFor(old: ImageOutputs, d: DesiredSpec): WorldFacts {
+/** Anything at `file`, on the engine's files. */
+async function exists(engine: Engine, file: string): Promise<boolean> {
+  return (await engine.stat(file)) !== undefined;
+}
+
+/** Facts only the disk knows, gathered here (through the engine) so rules stay pure. */
+async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec): Promise<WorldFacts> {
   const facts: WorldFacts = {};
-  if (d.dataFile !== undefined && d.dataFile !== old.dataFile) {
-    try {
-      const st = fs.statSync(d.dataFile);
-      facts.desiredDataFile = { exists: true, size: BigInt(st.size) };
-    } catch {
-      facts.desiredDataFile = { exists: false };
-    }
+  if (d.dataFile !== undefined && d.dataFile !== (current.dataFile ?? '')) {
+    const st = await engine.stat(d.dataFile);
+    facts.desiredDataFile = st === undefined ? { exists: false } : { exists: true, size: BigInt(st.size) };
   }
   return facts;
+}
+
+/** The image as its header says now; path and preallocation from the state (the file does not record them). */
+function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
+  const { detail: _detail, dataFile, backingFile, backingFormat, ...facts } = info;
+  const f: ImageFacts = { ...facts, path: olds.path };
+  if (dataFile) f.dataFile = dataFile;
+  if (backingFile) f.backingFile = backingFile;
+  if (backingFormat) f.backingFormat = backingFormat;
+  if (olds.preallocation) f.preallocation = olds.preallocation as Preallocation;
+  return f;
+}
+
+/**
+ * What the inputs mean for the image as it is on disk now (one header read), with the state's
+ * record of it, so that changes made outside the program show in the plan and in refusals.
+ */
+async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: Change[]; desired: DesiredSpec; current: ImageFacts }> {
+  const desired = desiredOf(news);
+  const recorded = factsOfState(olds);
+  // The engine the program asks for; during a preview it may not be known yet: then the one that wrote the image.
+  const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine);
+  if (!(await exists(engine, olds.path))) {
+    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded };
+  }
+  const current = factsOnDisk(await engine.info(olds.path, { forceShare: true }), olds);
+  return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired)), recorded }), desired, current };
+}
+
+function throwIfRefused(changes: Change[]): void {
+  const refusal = refusalMessage(changes);
+  if (refusal) throw new Qcow2Error('REFUSED', refusal, { property: changes.find((c) => c.action === 'refuse')!.property });
 }
 
 export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
   const replaces: string[] = [];
   let changes = false;
-  if (olds.providerVersion !== PROVIDER_VERSION) changes = true;
   if (isUnknown(news.path)) changes = true;
   const engine = news.engine ?? 'native';
   if (isUnknown(engine) || engine !== olds.engine) changes = true;
@@ -214,10 +247,8 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
     if (now !== olds[k]) changes = true;
   }
 
-  const desired = desiredOf(news);
-  const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
-  const refusal = refusalMessage(result);
-  if (refusal) throw new Qcow2Error('REFUSED', refusal, { property: result.find((c) => c.action === 'refuse')!.property });
+  const { changes: result } = await plan(olds, news);
+  throwIfRefused(result);
   for (const c of result) {
     if (c.action === 'replace') replaces.push(c.property);
     if (c.action === 'amend') changes = true;
@@ -233,14 +264,14 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   const file = absolute(inputs.path);
   const opts = createOptionsOf(inputs);
   if (inputs.adopt) {
-    if (fs.existsSync(file)) return adoptImage(engine, file, inputs);
-    if (opts.dataFile === undefined || !fs.existsSync(opts.dataFile)) {
+    if (await exists(engine, file)) return adoptImage(engine, file, inputs);
+    if (opts.dataFile === undefined || !(await exists(engine, opts.dataFile))) {
       throw failure('adopt', `there is nothing to adopt: no image at ${file}${opts.dataFile ? ` and no data file at ${opts.dataFile}` : ''}. Remove adopt to create a new image`);
     }
     await engine.create(file, { ...opts, adoptDataFile: true });
     return { id: file, outs: outputsOf(inputs, await engine.info(file, { forceShare: true }), { createdDataFile: false, adopted: false }) };
   }
-  if (fs.existsSync(file)) {
+  if (await exists(engine, file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
   }
   if (inputs.source !== undefined) {
@@ -251,7 +282,8 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   }
   const info = await engine.info(file, { forceShare: true });
   const created = opts.dataFile !== undefined;
-  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(created ? { dataFileIdentity: identityOf(opts.dataFile!) } : {}) }) };
+  const dataFileIdentity = created ? await identityOf(engine, opts.dataFile!) : undefined;
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}) }) };
 }
 
 /** Take over an existing image: verify it matches the inputs, change nothing. */
@@ -276,16 +308,14 @@ async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Pr
 export async function update(_id: string, olds: ImageOutputs, news: ImageInputs): Promise<{ outs: ImageOutputs }> {
   const engine = engineOf(news.engine);
   const file = olds.path;
-  const desired = desiredOf(news);
-  const result = classifyChange(factsOfState(olds), desired, factsFor(olds, desired));
-  const refusal = refusalMessage(result);
-  if (refusal) throw new Qcow2Error('REFUSED', refusal);
+  const { changes: result, desired, current } = await plan(olds, news);
+  throwIfRefused(result);
   // The header must still name what was recorded: a name changed behind our back is never followed.
   const recorded = resolvedReferences(file, { ...(olds.dataFile ? { dataFile: olds.dataFile } : {}), ...(olds.backingFile ? { backingFile: olds.backingFile } : {}) });
-  const drift = validateRecordedReferences(file, referencesOf(file, await engine.info(file, { forceShare: true })), recorded);
+  const drift = validateRecordedReferences(file, referencesOf(file, current), recorded);
   if (drift) throw new Qcow2Error('REFUSED', `${drift.property}: ${drift.message}`, { property: drift.property });
   const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
-  if (rebase) await engine.rebase(file, desired.backingFile ?? olds.backingFile, desired.backingFormat ?? (olds.backingFormat || undefined));
+  if (rebase) await engine.rebase(file, desired.backingFile ?? current.backingFile!, desired.backingFormat ?? current.backingFormat);
   // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
   // only if allowShrink is set).
   const req = amendRequestOf(result);
@@ -296,8 +326,8 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
   const file = props?.path ?? id;
-  if (!fs.existsSync(file)) return { id: '' };
   const engine = engineOf(props?.engine);
+  if (!(await exists(engine, file))) return { id: '' };
   const info = await engine.info(file, { forceShare: true });
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native' };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
@@ -318,12 +348,13 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
 
 export async function remove(_id: string, props: ImageOutputs): Promise<void> {
   if (props.adopted && !props.deleteAdopted) return; // adopted images are the user's: kept
-  if (!fs.existsSync(props.path)) return;
+  const engine = engineOf(props.engine);
+  if (!(await exists(engine, props.path))) return;
   const policy = props.dataFileOnDelete ?? 'auto';
   const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);
   // Only the data file this resource recorded, and only while it is still that file: the name in
   // the header is not followed (it may have been pointed at another file).
   // (A state written before identities were recorded: the recorded name, while the header still names it.)
   const recorded = recordedDataFileOf(props.dataFileIdentity ?? '') ?? (props.dataFile ? { path: props.dataFile } : undefined);
-  await engineOf(props.engine).remove(props.path, { dataFile, ...(dataFile && recorded ? { recordedDataFile: recorded } : {}) });
+  await engine.remove(props.path, { dataFile, ...(dataFile && recorded ? { recordedDataFile: recorded } : {}) });
 }

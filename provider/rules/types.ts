@@ -1,6 +1,7 @@
 // The vocabulary of provider/rules: what an existing image is (as info reads it), what a
 // program or command asks for, and the decisions the rules return. Pure data, no I/O.
 
+import type { ImageFacts } from '../model/facts';
 import type { Compat, CreateOptions } from '../model/options';
 
 /** An existing image as the rules see it: the one image-facts model (provider/model/facts.ts). */
@@ -33,6 +34,14 @@ export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
 export interface WorldFacts {
   /** The desired data file, when it differs from the current one: does it exist, and its size. */
   desiredDataFile?: { exists: boolean; size?: bigint };
+  /**
+   * The image as it was last recorded (the resource's state after its last create, update or
+   * refresh), when the caller has it. Where the image on disk differs, it was changed outside
+   * the program since: decisions and refusals say so.
+   */
+  recorded?: ImageFacts;
+  /** The image file is not there any more (removed outside the program since it was recorded). */
+  imageMissing?: boolean;
 }
 
 export type Action = 'none' | 'amend' | 'replace' | 'refuse';

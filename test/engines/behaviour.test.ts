@@ -17,6 +17,7 @@ import * as path from 'path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, EngineName } from '../../provider/engines/engine';
 import { NativeEngine } from '../../provider/engines/native/engine';
+import { sharedPool } from '../../provider/engines/native/pool';
 import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
 import { imageInfo } from '../helpers/info';
 import type { CreateOptions } from '../../provider/model/options';
@@ -28,7 +29,7 @@ import {
 const SKIP = skipWithoutTools('engines/behaviour');
 
 const ENGINES: Array<[EngineName, () => Engine]> = [
-  ['native', () => new NativeEngine()],
+  ['native', () => new NativeEngine((target, call, progress) => sharedPool().run(target, call, progress))],
   ['qemu-img', () => new QemuImgEngine()],
 ];
 
@@ -359,6 +360,18 @@ const scenarios: Scenario[] = [
       const files = Object.keys(snapshotDir(dir)).sort();
       expect(files).toEqual(['base.qcow2', 'base.raw']);
       return { files };
+    },
+  },
+
+  // --- stat (what the resource asks before create, read and delete)
+  {
+    name: 'stat: an image, a folder, nothing', setup: (d) => { qimg(d, 'create', '-q', '-f', 'qcow2', 'img.qcow2', '1M'); fs.mkdirSync(path.join(d, 'sub')); },
+    run: async (e, dir) => {
+      const r = { image: await e.stat('img.qcow2'), folder: (await e.stat('sub'))?.kind, missing: await e.stat('none.qcow2'),
+        throughAFile: await e.stat('img.qcow2/x') };
+      expect(r.image).toEqual({ kind: 'file', size: fs.statSync(path.join(dir, 'img.qcow2')).size });
+      expect(r).toMatchObject({ folder: 'directory', missing: undefined, throughAFile: undefined });
+      return r;
     },
   },
 

@@ -2,7 +2,7 @@
 // image (read through its backing chain) into a new image, sparse-aware; never overwrites.
 
 import { imageName, requireCreatable } from '../args';
-import { collect, command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
@@ -14,23 +14,22 @@ export const description = 'import a raw or qcow2 image (read through its backin
 
 interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
 
+const spec: CommandSpec = {
+  name: 'convert', usage, description, args: ['[src]', '[dst]'],
+  options: [
+    ['-f <fmt>', 'source format: raw or qcow2 (probed when omitted)'],
+    ['-O <fmt>', 'output format (qcow2)'],
+    ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
+    ['-p', 'show a progress bar'],
+    ['-q', 'quiet'],
+    ['-c', 'compress the output (not supported: refused)'],
+  ],
+};
+
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { src?: string; dst?: string; o: Opts } | undefined;
-  command('convert')
-    .description(description)
-    .usage(usage.replace(/^convert /, ''))
-    .option('-f <fmt>', 'source format: raw or qcow2 (probed when omitted)')
-    .option('-O <fmt>', 'output format (qcow2)')
-    .option('-o <options>', 'create options of the new image (repeatable); its size comes from the source', collect, [] as string[])
-    .option('-p', 'show a progress bar')
-    .option('-q', 'quiet')
-    .option('-c', 'compress the output (not supported: refused)')
-    .argument('[src]')
-    .argument('[dst]')
-    .action((src: string | undefined, dst: string | undefined, o: Opts) => { parsed = { o, ...(src !== undefined ? { src } : {}), ...(dst !== undefined ? { dst } : {}) }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { src, dst, o } = parsed;
+  const { args: [src, dst], o } = parsed;
   let options: CreateOptions;
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];

@@ -55,9 +55,14 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'map':
       return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false });
     case 'remove': {
-      const { removeImageFiles } = require('../remove') as typeof import('../remove');
+      const { removeImageFiles } = require('../../qcow2/ops/remove') as typeof import('../../qcow2/ops/remove');
       removeImageFiles(call.path, call.options);
       return undefined;
+    }
+    case 'stat': {
+      const { localFs } = require('../../qcow2/io/hostfs') as typeof import('../../qcow2/io/hostfs');
+      const st = localFs.stat(call.path);
+      return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
     }
     default: {
       const never: never = call;

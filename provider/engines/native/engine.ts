@@ -9,7 +9,7 @@ import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
-import type { Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
 import type { OpCall, TargetDescriptor } from './protocol';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
@@ -22,25 +22,16 @@ export interface NativeEngineOptions {
   target?: TargetDescriptor;
 }
 
-// Each executor loads its machinery on first use: a command line running inline never loads the
-// pool (nor worker_threads), a provider never loads the dispatcher on its own thread.
-function executorOf(kind: NativeEngineOptions['executor']): Executor {
-  if (typeof kind === 'function') return kind;
-  if (kind === 'inline') {
-    return async (target, call, progress) => (await import('./dispatch')).runOp(target, call, progress);
-  }
-  return async (target, call, progress) => (await import('./pool')).sharedPool().run(target, call, progress);
-}
-
+/**
+ * The Engine over an executor. Which executor is the caller's choice, made where the engine is
+ * built (engines/index.ts: the worker pool by default; engines/inline.ts: the calling thread),
+ * so that this class reaches neither: a command line running inline never loads the pool (nor
+ * worker_threads), a provider never loads the dispatcher on its own thread.
+ */
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
-  private readonly exec: Executor;
-  private readonly target: TargetDescriptor;
 
-  constructor(options: NativeEngineOptions = {}) {
-    this.exec = executorOf(options.executor);
-    this.target = options.target ?? { kind: 'local' };
-  }
+  constructor(private readonly exec: Executor, private readonly target: TargetDescriptor = { kind: 'local' }) {}
 
   private run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
     return this.exec(this.target, call, progress) as Promise<T>;
@@ -90,5 +81,9 @@ export class NativeEngine implements Engine {
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
+  }
+
+  stat(path: string): Promise<FileStat | undefined> {
+    return this.run({ op: 'stat', path });
   }
 }

@@ -15,7 +15,7 @@ import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountA
 import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
-import { ImageLock, lockImage } from '../../qcow2/io/lock';
+import type { ImageLock } from '../../qcow2/io/lock';
 import {
   validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
 } from '../../rules/amend';
@@ -87,10 +87,10 @@ export interface AmendBehaviour {
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
   sweepStale(dirname(path));
-  const nf = NodeBlockFile.open(path, true);
+  const nf = localFs.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
-    lock = lockImage(nf.fd, path, 'write');
+    lock = localFs.lock(nf, path, 'write');
     const file = behaviour.wrapFile ? behaviour.wrapFile(nf) : nf;
     const img = Image.open(file, path);
     const w = validateWritable(imageStateOf(img));
@@ -102,13 +102,13 @@ function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img:
   }
 }
 
-function openDataFile(img: Image, path: string): NodeBlockFile | undefined {
+function openDataFile(img: Image, path: string): BlockFile | undefined {
   if (!img.hasDataFile) return undefined;
   const name = img.header.dataFile;
   if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: path });
-  const df = NodeBlockFile.open(name, true);
+  const df = localFs.open(name, 'write').file;
   try {
-    lockImage(df.fd, name, 'write');
+    localFs.lock(df, name, 'write');
   } catch (e) {
     df.close();
     throw e;

@@ -31,7 +31,8 @@ export type OpCall =
   | { op: 'info'; path: string; options: ReadOptions }
   | { op: 'check'; path: string; options: ReadOptions }
   | { op: 'map'; path: string; options: ReadOptions }
-  | { op: 'remove'; path: string; options: RemoveOptions };
+  | { op: 'remove'; path: string; options: RemoveOptions }
+  | { op: 'stat'; path: string };
 
 export type OpName = OpCall['op'];
 

@@ -64,11 +64,11 @@ import type { CheckResult } from '../../qcow2/ops/check';
 import { assertNewImageFiles } from '../../qcow2/ops/create';
 import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
-import { removeImageFiles } from '../remove';
+import { removeImageFiles } from '../../qcow2/ops/remove';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
-import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
-import { lockImage } from '../../qcow2/io/lock';
+import { ioError } from '../../qcow2/io/blockfile';
+import { localFs } from '../../qcow2/io/hostfs';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
@@ -77,7 +77,7 @@ import { validateAmend, validateConsistent, validateGrowOverBacking, validateReb
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
-import type { Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
 import { localConsistency, localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
@@ -168,9 +168,14 @@ export class QemuImgEngine implements Engine {
    * the lock again for the change itself.
    */
   private static probeWriteLock(file: string): void {
-    const f = NodeBlockFile.open(file, true);
+    QemuImgEngine.probeLock(file, 'write');
+  }
+
+  /** Take QEMU's lock in `mode` and let go: LOCKED when a VM, qemu-nbd or qemu-img conflicts. */
+  private static probeLock(file: string, mode: 'read' | 'write'): void {
+    const { file: f } = localFs.open(file, mode);
     try {
-      lockImage(f.fd, file, 'write').release();
+      localFs.lock(f, file, mode).release();
     } finally {
       f.close();
     }
@@ -503,14 +508,7 @@ export class QemuImgEngine implements Engine {
   async map(file: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     await this.binary();
     QemuImgEngine.mustExist(file);
-    if (!options.forceShare) {
-      const f = NodeBlockFile.open(file, false);
-      try {
-        lockImage(f.fd, file, 'read').release();
-      } finally {
-        f.close();
-      }
-    }
+    if (!options.forceShare) QemuImgEngine.probeLock(file, 'read');
     const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format ?? 'qcow2';
     const src = await this.chain(file, format);
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
@@ -525,7 +523,7 @@ export class QemuImgEngine implements Engine {
       // As the native engine: the data file must exist, but it is not opened.
       const name = state.dataFile;
       if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-      if (!fs.existsSync(name)) {
+      if (localFs.stat(name) === undefined) {
         throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
       }
     }
@@ -548,6 +546,11 @@ export class QemuImgEngine implements Engine {
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
     // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
     removeImageFiles(file, options);
+  }
+
+  async stat(file: string): Promise<FileStat | undefined> {
+    const st = localFs.stat(file);
+    return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
   }
 }
 

@@ -2,8 +2,7 @@
 // MemoryBlockFile and fault injection can wrap any implementation. Files are opened through
 // HostFs (io/hostfs.ts), which owns everything else a host does to files.
 
-import * as fs from 'fs';
-import * as os from 'os';
+import { closeSync, constants, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, statSync, writeSync, type Stats } from 'fs';
 import { Qcow2Error } from '../../model/errors';
 import { libc } from './libc';
 
@@ -38,17 +37,17 @@ export class NodeBlockFile implements BlockFile {
   static open(path: string, writable: boolean, name = path): NodeBlockFile {
     let fd: number;
     try {
-      const st = fs.statSync(path, { throwIfNoEntry: false });
+      const st = statSync(path, { throwIfNoEntry: false });
       if (st !== undefined && !st.isFile()) throw notRegular(name);
-      const { O_RDWR, O_RDONLY, O_NONBLOCK, O_NOCTTY } = fs.constants;
-      fd = fs.openSync(path, (writable ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_NOCTTY);
+      const { O_RDWR, O_RDONLY, O_NONBLOCK, O_NOCTTY } = constants;
+      fd = openSync(path, (writable ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_NOCTTY);
     } catch (e) {
       throw Qcow2Error.isInstance(e) ? e : ioError(e, name, 'open');
     }
     try {
-      if (!fs.fstatSync(fd).isFile()) throw notRegular(name);
+      if (!fstatSync(fd).isFile()) throw notRegular(name);
     } catch (e) {
-      fs.closeSync(fd);
+      closeSync(fd);
       throw Qcow2Error.isInstance(e) ? e : ioError(e, name, 'open');
     }
     return new NodeBlockFile(path, fd, writable, name);
@@ -57,7 +56,7 @@ export class NodeBlockFile implements BlockFile {
   /** Create a new file; fails with EXISTS rather than touch an existing one. Errors name `name`. */
   static createExclusive(path: string, name = path): NodeBlockFile {
     try {
-      return new NodeBlockFile(path, fs.openSync(path, 'wx+', 0o644), true, name);
+      return new NodeBlockFile(path, openSync(path, 'wx+', 0o644), true, name);
     } catch (e) {
       throw ioError(e, name, 'create');
     }
@@ -71,7 +70,7 @@ export class NodeBlockFile implements BlockFile {
     let done = 0;
     try {
       while (done < target.length) {
-        const n = fs.readSync(this.fd, target, done, target.length - done, offset + done);
+        const n = readSync(this.fd, target, done, target.length - done, offset + done);
         if (n === 0) break; // EOF: the rest reads as zeros
         done += n;
       }
@@ -85,7 +84,7 @@ export class NodeBlockFile implements BlockFile {
     let done = 0;
     try {
       while (done < data.length) {
-        done += fs.writeSync(this.fd, data, done, data.length - done, offset + done);
+        done += writeSync(this.fd, data, done, data.length - done, offset + done);
       }
     } catch (e) {
       throw ioError(e, this.name, 'write');
@@ -97,7 +96,7 @@ export class NodeBlockFile implements BlockFile {
 
   truncate(size: number): void {
     try {
-      fs.ftruncateSync(this.fd, size);
+      ftruncateSync(this.fd, size);
     } catch (e) {
       throw ioError(e, this.name, 'resize');
     }
@@ -105,15 +104,15 @@ export class NodeBlockFile implements BlockFile {
 
   flush(): void {
     try {
-      fs.fdatasyncSync(this.fd);
+      fdatasyncSync(this.fd);
     } catch (e) {
       throw ioError(e, this.name, 'flush');
     }
   }
 
-  private stat(): fs.Stats {
+  private stat(): Stats {
     try {
-      return fs.fstatSync(this.fd);
+      return fstatSync(this.fd);
     } catch (e) {
       throw ioError(e, this.name, 'stat');
     }
@@ -122,7 +121,7 @@ export class NodeBlockFile implements BlockFile {
   close(): void {
     if (!this.closed) {
       this.closed = true;
-      fs.closeSync(this.fd);
+      closeSync(this.fd);
     }
   }
 }
@@ -216,7 +215,8 @@ export function ioError(e: unknown, file: string, op: string): Qcow2Error {
 /** strerror() of a Node error's code ("Permission denied"), without Node's path-laden text. */
 function errnoText(e: unknown): string {
   const code = (e as NodeJS.ErrnoException)?.code;
-  const errno = code !== undefined ? (os.constants.errno as Record<string, number>)[code] : undefined;
+  // os and the libc binding (koffi) load only here, on a failure: a command that succeeds needs neither.
+  const errno = code !== undefined ? ((require('os') as typeof import('os')).constants.errno as Record<string, number>)[code] : undefined;
   if (errno !== undefined) {
     const text = libc()?.strerror(errno);
     return text ?? code!;

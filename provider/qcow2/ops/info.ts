@@ -19,6 +19,7 @@ const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
 /** The facts of an open image; `allocated` is the qcow2 file's allocated bytes. */
 export function factsOfImage(img: Image, allocated: number | bigint, fileName = ''): ImageFacts {
   const h = img.header;
+  // The bitmap directory's and the backing name's codecs load only for images that have them.
   const bitmaps = h.bitmaps
     ? decodeBitmapDirectory(img.read(h.bitmaps.bitmapDirectoryOffset, Number(h.bitmaps.bitmapDirectorySize)), h.bitmaps.nbBitmaps,
       Number(h.bitmaps.bitmapDirectoryOffset), img.geometry.clusterSize, h.size).map(({ name, granularity, flags }) => ({ name, granularity, flags: [...flags] }))
