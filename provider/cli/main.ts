@@ -25,6 +25,7 @@ const LOADERS = {
   rebase: () => require('./commands/rebase') as CommandModule,
   convert: () => require('./commands/convert') as CommandModule,
   map: () => require('./commands/map') as CommandModule,
+  bitmap: () => require('./commands/bitmap') as CommandModule,
 };
 type CommandName = keyof typeof LOADERS;
 const COMMANDS = Object.keys(LOADERS) as CommandName[];

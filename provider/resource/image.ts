@@ -63,12 +63,48 @@ export interface ImageArgs {
   dataFileOnDelete?: pulumi.Input<'auto' | 'keep' | 'delete'>;
   /** Let destroy delete an adopted image (default false). */
   deleteAdopted?: pulumi.Input<boolean>;
+  /**
+   * Persistent dirty bitmaps the image should have (changed-block tracking; compat 1.1). Added,
+   * removed, enabled and disabled in place; a granularity change, or an inconsistent bitmap, needs
+   * `allowReset` on that bitmap (its tracking is lost). Bitmaps not listed are left alone unless
+   * `manageAllBitmaps`.
+   */
+  bitmaps?: pulumi.Input<pulumi.Input<BitmapArgs>[]>;
+  /** Remove bitmaps the image has that `bitmaps` does not list (default false). */
+  manageAllBitmaps?: pulumi.Input<boolean>;
+  /**
+   * The QMP socket of the QEMU process holding the image (a running VM). While it holds it, a
+   * grow goes through block_resize and bitmap changes through block-dirty-bitmap-*; every other
+   * change is refused until the VM stops. Without it, every change to a held image is refused.
+   */
+  qmpSocket?: pulumi.Input<string>;
+}
+
+/** One persistent dirty bitmap of an Image. */
+export interface BitmapArgs {
+  name: pulumi.Input<string>;
+  /** Bytes per bit, a power of two from 512 (default: QEMU's for the cluster size, 64 KiB for default images). */
+  granularity?: pulumi.Input<number>;
+  /** Record writes (default true). */
+  enabled?: pulumi.Input<boolean>;
+  /** Let a granularity change or an inconsistent bitmap remove it and add it anew (its tracking is lost). */
+  allowReset?: pulumi.Input<boolean>;
+}
+
+/** A bitmap as the image (or the QEMU holding it) has it. */
+export interface BitmapOutput {
+  name: string;
+  granularity: number;
+  /** `auto`: recording writes; `in-use`: a process has it open (or had, and died). */
+  flags: string[];
+  /** `in-use` with no process holding the image: its writer died, its contents are unknown. */
+  inconsistent: boolean;
 }
 
 const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
   'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
-  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'dataFileIdentity', 'adopted', 'dataFileOnDelete', 'deleteAdopted',
+  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'dataFileIdentity', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
 ];
 
 /** A qcow2 disk image managed declaratively. */
@@ -101,8 +137,8 @@ export class Image extends pulumi.dynamic.Resource {
   declare readonly corrupt: pulumi.Output<boolean>;
   /** Number of internal snapshots (the rules refuse a compat 0.10 downgrade of an image with any). */
   declare readonly snapshots: pulumi.Output<number>;
-  /** Names of persistent dirty bitmaps. */
-  declare readonly bitmaps: pulumi.Output<string[]>;
+  /** Persistent dirty bitmaps: name, granularity, flags, whether inconsistent (from the QEMU holding the image, with qmpSocket). */
+  declare readonly bitmaps: pulumi.Output<BitmapOutput[]>;
   declare readonly providerVersion: pulumi.Output<string>;
   declare readonly engine: pulumi.Output<'native' | 'qemu-img'>;
 

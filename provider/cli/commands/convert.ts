@@ -9,10 +9,10 @@ import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../
 import type { CreateOptions } from '../../model/options';
 import { out } from '../io';
 
-export const usage = 'convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
+export const usage = 'convert [-p] [-q] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; bitmaps?: boolean; skipBrokenBitmaps?: boolean }
 
 const spec: CommandSpec = {
   name: 'convert', usage, description, args: ['[src]', '[dst]'],
@@ -23,6 +23,8 @@ const spec: CommandSpec = {
     ['-p', 'show a progress bar'],
     ['-q', 'quiet'],
     ['-c', 'compress the output (not supported: refused)'],
+    ['--bitmaps', "copy the source's persistent dirty bitmaps"],
+    ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
   ],
 };
 
@@ -53,9 +55,13 @@ export async function run(argv: string[]): Promise<void> {
   const from = imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst).path;
+  if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
   const bar = o.p && !o.q ? progressBar() : undefined;
   try {
-    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, bar ? { progress: bar.update } : {});
+    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, {
+      ...(bar ? { progress: bar.update } : {}),
+      ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+    });
   } catch (e) {
     bar?.stop();
     report(openPrefix(e, src) + messageOf(e));

@@ -77,7 +77,11 @@ import { validateAmend, validateConsistent, validateGrowOverBacking, validateReb
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
-import type { Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
+import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
 import { localConsistency, localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
@@ -341,9 +345,16 @@ export class QemuImgEngine implements Engine {
     });
     throwIfRefused(r, imagePath);
     const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
+    if (opts.bitmaps) {
+      const top = format === 'qcow2' ? await this.readInfo(source.path, false) : undefined;
+      throwIfRefused(validateCopyBitmaps({
+        sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+      }), source.path);
+    }
     assertNewImageFiles(imagePath, o);
     await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-      const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+      const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
+      const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
       await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
     });
     opts.progress?.(Number(src.size), Number(src.size));
@@ -541,6 +552,66 @@ export class QemuImgEngine implements Engine {
   /** Any compressed cluster in the active L1 (qemu-img check's compressed-clusters). */
   private async hasCompressedClusters(file: string): Promise<boolean> {
     return (await this.runCheck(file, true)).compressedClusters > 0;
+  }
+
+  /** The bitmaps of an image's facts as the rules see them (in-use = inconsistent: we probed no writer holds it). */
+  private static bitmapStates(state: ImageFacts): BitmapState[] {
+    return (state.detail?.bitmaps ?? []).map((b) => ({
+      name: b.name, granularity: b.granularity, enabled: b.flags.includes('auto'), inconsistent: b.flags.includes('in-use'),
+    }));
+  }
+
+  /** `qemu-img bitmap`, after the same validation as the native engine (so it refuses alike, before qemu-img runs). */
+  async bitmap(file: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    await this.binary();
+    const state = await this.stateForChange(file);
+    let source: { bitmaps: BitmapState[]; virtualSize: bigint } | undefined;
+    if (options.sourceFile !== undefined) {
+      QemuImgEngine.mustExist(options.sourceFile);
+      const raw = options.sourceFormat === 'raw' || (options.sourceFormat === undefined && peekHeader(path.resolve(options.sourceFile)) === undefined);
+      if (raw) {
+        source = { bitmaps: [], virtualSize: BigInt(fs.statSync(options.sourceFile).size) };
+      } else {
+        const s = await this.readInfo(options.sourceFile, false);
+        source = { bitmaps: QemuImgEngine.bitmapStates(s), virtualSize: s.virtualSize };
+      }
+    }
+    const r = validateBitmapActions({
+      compat: state.compat, virtualSize: state.virtualSize, clusterSize: state.clusterSize, bitmaps: QemuImgEngine.bitmapStates(state), node: file,
+    }, name, actions, source);
+    if (r) throw refused(r, file);
+    const args: string[] = [];
+    const granularities = new Set(actions.flatMap((a) => (a.op === 'add' && a.granularity !== undefined ? [a.granularity] : [])));
+    if (granularities.size > 1) {
+      throw new Qcow2Error('UNSUPPORTED', 'qemu-img bitmap takes one granularity per run: add bitmaps of different granularities in separate runs', { property: 'bitmaps', file });
+    }
+    for (const a of actions) args.push(...(a.op === 'merge' ? ['--merge', a.source] : [`--${a.op}`]));
+    if (granularities.size === 1) args.push('-g', String([...granularities][0]));
+    if (options.sourceFile !== undefined) {
+      args.push('-b', path.resolve(options.sourceFile));
+      if (options.sourceFormat !== undefined) args.push('-F', options.sourceFormat);
+    }
+    const abs = path.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const done = await this.run('write', ['bitmap', ...args, spec, name], { arg: spec, file });
+    // qemu-img's warnings (a stale bitmaps extension it dropped), without its prefix.
+    const warnings = done.stderr.split(/qemu-img: warning: /).slice(1).map((w) => w.trim());
+    return { warnings };
+  }
+
+  /** Dirty extents through QEMU: qemu-nbd exports the bitmap, qemu-img map reads it. */
+  async dumpBitmap(file: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    await this.binary();
+    QemuImgEngine.mustExist(file);
+    const state = await this.readInfo(file, options.forceShare ?? false);
+    const b = state.detail?.bitmaps.find((x) => x.name === name);
+    if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file, property: 'bitmaps' });
+    if (b.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file, property: 'bitmaps' });
+    const abs = path.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const bin = await this.binary();
+    const extents = await dirtyExtentsViaNbd(qemuNbdBeside(bin.path), spec, name, (args) => this.spawn('read', args), file);
+    return { name, granularity: b.granularity, enabled: b.flags.includes('auto'), extents };
   }
 
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
