@@ -104,7 +104,7 @@ export interface BitmapOutput {
 const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
   'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
-  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
+  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'dataFileIdentity', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
 ];
 
 /** A qcow2 disk image managed declaratively. */

@@ -14,6 +14,8 @@ import { parseSize } from '../model/size';
 import { planBitmaps } from '../rules/bitmaps';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { validateCreate, withCreateWayForward } from '../rules/create';
+import { type References, resolvedReferences, validateDeclaredReferences, validateRecordedReferences } from '../rules/references';
+import { validateSizeValue } from '../rules/size';
 import type { BitmapSpec, BitmapStep, Change, DesiredSpec, WorldFacts } from '../rules/types';
 import { describeHolder, imageHolders } from '../transport/qmp';
 import { applyLive, liveView, LivePlan, LiveView } from '../engines/live';
@@ -68,9 +70,32 @@ function absolute(p: string): string {
   return path.resolve(process.cwd(), p);
 }
 
+/**
+ * A data file as created: "dev:ino:path". Delete removes that path only while it is still that
+ * file, whatever the header names by then (a refresh records the header's name in dataFile).
+ */
+async function identityOf(engine: Engine, file: string): Promise<string | undefined> {
+  const st = await engine.stat(file);
+  return st === undefined ? undefined : `${st.id}:${file}`;
+}
+
+function recordedDataFileOf(identity: string): { path: string; identity: string } | undefined {
+  const m = /^(\d+:\d+):(.+)$/.exec(identity);
+  return m ? { path: m[2]!, identity: m[1]! } : undefined;
+}
+
+/** The references an image's header holds, resolved as QEMU opens them. */
+function referencesOf(file: string, facts: ImageFacts): References {
+  return resolvedReferences(file, { ...(facts.dataFile ? { dataFile: facts.dataFile } : {}), ...(facts.backingFile ? { backingFile: facts.backingFile } : {}) });
+}
+
 function sizeOf(v: number | string | undefined): bigint | undefined {
   if (v === undefined || isUnknown(v)) return undefined;
-  if (typeof v === 'number') return BigInt(v);
+  if (typeof v !== 'string') {
+    const bad = validateSizeValue(v);
+    if (bad) throw new Qcow2Error('REFUSED', bad.message, { property: 'size' });
+    return BigInt(v);
+  }
   try {
     return parseSize(v);
   } catch (e) {
@@ -128,13 +153,14 @@ function createOptionsOf(i: ImageInputs): CreateOptions {
   return o;
 }
 
-function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean }): ImageOutputs {
+function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string }): ImageOutputs {
   return {
     path: absolute(i.path),
     engine: i.engine ?? 'native',
     ...factOutputs(facts),
     preallocation: i.preallocation ?? (extra.adopted ? '' : i.dataFileRaw ? 'metadata' : 'off'),
     createdDataFile: extra.createdDataFile,
+    dataFileIdentity: extra.dataFileIdentity ?? '',
     adopted: extra.adopted,
     dataFileOnDelete: i.dataFileOnDelete ?? 'auto',
     deleteAdopted: i.deleteAdopted ?? false,
@@ -312,8 +338,10 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   } else {
     await engine.create(file, opts);
   }
-  const info = await addDeclaredBitmaps(engine, file, inputs, opts.dataFile !== undefined);
-  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: opts.dataFile !== undefined, adopted: false }) };
+  const created = opts.dataFile !== undefined;
+  const info = await addDeclaredBitmaps(engine, file, inputs, created);
+  const dataFileIdentity = created ? await identityOf(engine, opts.dataFile!) : undefined;
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}) }) };
 }
 
 /**
@@ -338,6 +366,11 @@ async function addDeclaredBitmaps(engine: Engine, file: string, inputs: ImageInp
 /** Take over an existing image: verify it matches the inputs, change nothing. */
 async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Promise<{ id: string; outs: ImageOutputs }> {
   const info = await engine.info(file, { forceShare: true });
+  const declared: References = {};
+  if (inputs.dataFile !== undefined) declared.dataFile = absolute(inputs.dataFile);
+  if (inputs.backingFile !== undefined) declared.backingFile = resolvedReferences(file, { backingFile: inputs.backingFile }).backingFile!;
+  const undeclared = validateDeclaredReferences(file, referencesOf(file, info), declared);
+  if (undeclared) throw failure(undeclared.property, undeclared.message);
   const outs = outputsOf(inputs, info, { createdDataFile: false, adopted: true });
   const desired = desiredOf(inputs);
   delete desired.allowReplace;
@@ -354,6 +387,10 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   const file = olds.path;
   const { changes: result, desired, current } = await plan(olds, news);
   throwIfRefused(result);
+  // The header must still name what was recorded: a name changed behind our back is never followed.
+  const recorded = resolvedReferences(file, { ...(olds.dataFile ? { dataFile: olds.dataFile } : {}), ...(olds.backingFile ? { backingFile: olds.backingFile } : {}) });
+  const drift = validateRecordedReferences(file, referencesOf(file, current), recorded);
+  if (drift) throw new Qcow2Error('REFUSED', `${drift.property}: ${drift.message}`, { property: drift.property });
   const live = result.filter((c) => c.action === 'live');
   let info: ImageFacts;
   if (live.length > 0) {
@@ -376,7 +413,7 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
     if (bitmaps) await applyBitmapSteps(engine, file, bitmaps.to);
     info = await engine.info(file, { forceShare: true });
   }
-  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted }) };
+  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '' }) };
 }
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
@@ -386,7 +423,7 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   const info = await currentFacts(engine, file, props?.qmpSocket);
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
-  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false });
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '' });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
   outs.deleteAdopted = props?.deleteAdopted ?? false;
   // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update
@@ -407,5 +444,9 @@ export async function remove(_id: string, props: ImageOutputs): Promise<void> {
   if (!(await exists(engine, props.path))) return;
   const policy = props.dataFileOnDelete ?? 'auto';
   const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);
-  await engine.remove(props.path, { dataFile });
+  // Only the data file this resource recorded, and only while it is still that file: the name in
+  // the header is not followed (it may have been pointed at another file).
+  // (A state written before identities were recorded: the recorded name, while the header still names it.)
+  const recorded = recordedDataFileOf(props.dataFileIdentity ?? '') ?? (props.dataFile ? { path: props.dataFile } : undefined);
+  await engine.remove(props.path, { dataFile, ...(dataFile && recorded ? { recordedDataFile: recorded } : {}) });
 }

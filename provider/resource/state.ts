@@ -35,6 +35,8 @@ export interface ImageOutputs extends FactOutputs {
   preallocation: string;
   /** This resource created the data file (so destroy may remove it). */
   createdDataFile: boolean;
+  /** The data file this resource created, as "dev:ino:path" (delete removes only that file); '' otherwise. */
+  dataFileIdentity: string;
   /** This resource adopted an existing image (destroy keeps it unless deleteAdopted). */
   adopted: boolean;
   dataFileOnDelete: 'auto' | 'keep' | 'delete';

@@ -91,3 +91,16 @@ export interface Refusal {
   property: string;
   message: string;
 }
+
+/**
+ * What the engine's consistency check (qemu-img check's verdict, read-only) found, for a change
+ * that would move metadata: corruptions block it, leaks alone do not.
+ */
+export interface ConsistencyFacts {
+  /** Corruptions (on an image with lazy refcounts left dirty: only those a refcount repair cannot fix). */
+  corruptions: number;
+  /** Refcounts that could not be read at all. */
+  checkErrors: number;
+  /** The first thing check said about them, in its words. */
+  first?: string;
+}

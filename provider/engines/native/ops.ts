@@ -11,13 +11,18 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { localFs } from '../../qcow2/io/hostfs';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import type { ImageLock } from '../../qcow2/io/lock';
-import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import {
+  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+} from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
+import { sweepStale } from '../../qcow2/io/publish';
+import { dirname } from 'path';
 
 /** Create refusals keep qemu-img's code for bad options. */
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
@@ -80,6 +85,7 @@ export interface AmendBehaviour {
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+  sweepStale(dirname(path));
   const nf = localFs.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
@@ -131,6 +137,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
     throwIfRefused(r, path);
   }
+  // A change that builds on the tables needs them sound: check's verdict first (rules decide).
+  if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
@@ -148,7 +156,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, req: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+  const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
   return withWritableImage(path, behaviour, (img, file) => {
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
@@ -163,7 +172,9 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
 }
 
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, size: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+  const size = typeof sizeAsked === 'object' && sizeAsked !== null
+    ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
@@ -269,11 +280,13 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
  * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
+  sweepStale(dirname(path));
   const img = Qcow2Image.open(path, {
     writable: true,
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
       throwIfRefused(r, path);
+      throwIfRefused(validateConsistent(consistencyOf(image, image.file)), path);
     },
   });
   let next: GuestSource | null = null;
