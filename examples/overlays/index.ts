@@ -1,5 +1,6 @@
 // A golden base image and one overlay per VM. Overlays read unchanged clusters from the base
-// and take its size unless they name their own; growing an overlay is an in-place amend.
+// and take its size unless they name their own; growing an overlay is an in-place amend. Each
+// overlay is wired to the golden Image (backingFile: golden), so Pulumi knows the dependency.
 //
 //   pulumi config set --path 'vms.web' 20G
 //   pulumi config set --path 'vms.db' 40G     # a later step: db grows in place
@@ -24,7 +25,10 @@ export const overlays = Object.entries(vms).map(([vm, size]) => {
   const img = new Image(`overlay-${vm}`, {
     path: path.join(dir, `${vm}.qcow2`),
     size,
-    backingFile: golden.path,
+    // The Image itself, not its path: the overlay follows the golden image's identity, so a plan
+    // that would replace the golden image under it is refused at preview (set allowReplace on
+    // the overlay to have it recreated instead), and growing the golden image is taken over.
+    backingFile: golden,
     backingFormat: 'qcow2',
   });
   return { vm, path: img.path, virtualSize: img.virtualSize };
