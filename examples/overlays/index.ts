@@ -4,6 +4,7 @@
 //
 //   pulumi config set --path 'vms.web' 20G
 //   pulumi config set --path 'vms.db' 40G     # a later step: db grows in place
+//   pulumi config set goldenClusterSize 4096  # a new golden image: refused while overlays use it
 
 import * as fs from 'fs';
 import * as path from 'path';
@@ -15,10 +16,14 @@ const dir = path.resolve(config.get('imageDir') ?? 'images');
 fs.mkdirSync(dir, { recursive: true });
 const vms = config.getObject<Record<string, string>>('vms') ?? { web: '20G', db: '20G' };
 
+// A cluster size of its own means a new golden image (allowReplace says so); the overlays built on
+// the old one refuse that plan at preview unless they have allowReplace themselves.
+const goldenClusterSize = config.getNumber('goldenClusterSize');
 const golden = new Image('golden', {
   path: path.join(dir, 'golden.qcow2'),
   size: config.get('goldenSize') ?? '20G',
   lazyRefcounts: true,
+  ...(goldenClusterSize !== undefined ? { clusterSize: goldenClusterSize, allowReplace: true } : {}),
 });
 
 export const overlays = Object.entries(vms).map(([vm, size]) => {
