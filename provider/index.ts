@@ -5,7 +5,7 @@
 
 // The resource
 export { Image } from './resource/image';
-export type { ImageArgs, BackingImage } from './resource/image';
+export type { BackingImage, BitmapArgs, BitmapOutput, ImageArgs } from './resource/image';
 export type { ImageOutputs } from './resource/state';
 export { imageInputSchema, imageInputSchemaPath } from './resource/schema';
 

@@ -2,7 +2,7 @@
 // through process.stdout, whose stream machinery costs a short command more than its work), or
 // the sinks a caller running main() in-process hands over.
 
-import * as fs from 'fs';
+import { writeSync } from 'fs';
 
 export interface Io {
   out(text: string): void;
@@ -13,7 +13,7 @@ function writeAll(fd: number, text: string): void {
   const buf = Buffer.from(text, 'utf8');
   for (let off = 0; off < buf.length;) {
     try {
-      off += fs.writeSync(fd, buf, off, buf.length - off);
+      off += writeSync(fd, buf, off, buf.length - off);
     } catch (e) {
       // A non-blocking pipe that is full: wait for the reader, then go on.
       if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;

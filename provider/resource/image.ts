@@ -73,6 +73,42 @@ export interface ImageArgs {
    * image was built on; it is recorded, nothing is written. Matches that one chain only.
    */
   acceptBacking?: pulumi.Input<string>;
+  /**
+   * Persistent dirty bitmaps the image should have (changed-block tracking; compat 1.1). Added,
+   * removed, enabled and disabled in place; a granularity change, or an inconsistent bitmap, needs
+   * `allowReset` on that bitmap (its tracking is lost). Bitmaps not listed are left alone unless
+   * `manageAllBitmaps`.
+   */
+  bitmaps?: pulumi.Input<pulumi.Input<BitmapArgs>[]>;
+  /** Remove bitmaps the image has that `bitmaps` does not list (default false). */
+  manageAllBitmaps?: pulumi.Input<boolean>;
+  /**
+   * The QMP socket of the QEMU process holding the image (a running VM). While it holds it, a
+   * grow goes through block_resize and bitmap changes through block-dirty-bitmap-*; every other
+   * change is refused until the VM stops. Without it, every change to a held image is refused.
+   */
+  qmpSocket?: pulumi.Input<string>;
+}
+
+/** One persistent dirty bitmap of an Image. */
+export interface BitmapArgs {
+  name: pulumi.Input<string>;
+  /** Bytes per bit, a power of two from 512 (default: QEMU's for the cluster size, 64 KiB for default images). */
+  granularity?: pulumi.Input<number>;
+  /** Record writes (default true). */
+  enabled?: pulumi.Input<boolean>;
+  /** Let a granularity change or an inconsistent bitmap remove it and add it anew (its tracking is lost). */
+  allowReset?: pulumi.Input<boolean>;
+}
+
+/** A bitmap as the image (or the QEMU holding it) has it. */
+export interface BitmapOutput {
+  name: string;
+  granularity: number;
+  /** `auto`: recording writes; `in-use`: a process has it open (or had, and died). */
+  flags: string[];
+  /** `in-use` with no process holding the image: its writer died, its contents are unknown. */
+  inconsistent: boolean;
 }
 
 /** A base image as an overlay is wired to it: an Image, or its outputs (say, from another stack). */
@@ -93,7 +129,7 @@ function isBackingImage(v: unknown): v is BackingImage {
 const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
   'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
-  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'adopted', 'dataFileOnDelete', 'deleteAdopted',
+  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
   'backingChain', 'backingDrift', 'identity', 'identityFrom',
 ];
 
@@ -127,8 +163,8 @@ export class Image extends pulumi.dynamic.Resource {
   declare readonly corrupt: pulumi.Output<boolean>;
   /** Number of internal snapshots (the rules refuse a compat 0.10 downgrade of an image with any). */
   declare readonly snapshots: pulumi.Output<number>;
-  /** Names of persistent dirty bitmaps. */
-  declare readonly bitmaps: pulumi.Output<string[]>;
+  /** Persistent dirty bitmaps: name, granularity, flags, whether inconsistent (from the QEMU holding the image, with qmpSocket). */
+  declare readonly bitmaps: pulumi.Output<BitmapOutput[]>;
   declare readonly providerVersion: pulumi.Output<string>;
   declare readonly engine: pulumi.Output<'native' | 'qemu-img'>;
   /** This image with its backing chain as one digest: what overlays built on it follow. */

@@ -3,7 +3,6 @@
 // through an Engine. The provider object Pulumi serializes is a thin shim that requires this
 // module at run time (image.ts), so the state never carries a copy of this code.
 
-import * as fs from 'fs';
 import * as path from 'path';
 import { getEngine } from '../engines';
 import { findDependents, readChain, readLayer } from '../engines/chain';
@@ -14,10 +13,14 @@ import { chainDigest, type BackingIdentity, type ChainLayer } from '../model/cha
 import { propertyOf } from '../model/names';
 import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
+import { planBitmaps } from '../rules/bitmaps';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
 import { classifyChain, deleteRefusal, keepsGuestView } from '../rules/chain';
 import { validateCreate, withCreateWayForward } from '../rules/create';
-import type { Change, DesiredSpec, WorldFacts } from '../rules/types';
+import type { BitmapSpec, BitmapStep, Change, DesiredSpec, WorldFacts } from '../rules/types';
+import { describeHolder, imageHolders } from '../transport/qmp';
+import { applyLive, liveView, LivePlan, LiveView } from '../engines/live';
+import { findPackageFile, readPackageFile } from './package-files';
 import { UNKNOWN, validateInputs } from './schema';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
 
@@ -28,14 +31,12 @@ export type { ImageOutputs };
  * causes a change by itself: every call runs the installed code, so an upgrade plans nothing.
  */
 export const PROVIDER_VERSION: string = (() => {
-  for (let dir = __dirname, i = 0; i < 5; i++, dir = path.dirname(dir)) {
-    const p = path.join(dir, 'package.json');
-    if (fs.existsSync(p)) {
-      const pkg = JSON.parse(fs.readFileSync(p, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'pulumi-qcow2' && pkg.version) return pkg.version;
-    }
-  }
-  return '0.0.0';
+  const ours = (p: string) => {
+    const pkg = JSON.parse(readPackageFile(p)) as { name?: string; version?: string };
+    return pkg.name === 'pulumi-qcow2' && pkg.version !== undefined;
+  };
+  const file = findPackageFile('package.json', ours);
+  return file === undefined ? '0.0.0' : (JSON.parse(readPackageFile(file)) as { version: string }).version;
 })();
 
 /** Inputs as Pulumi hands them to the provider (after check): the create options, and ours. */
@@ -57,6 +58,12 @@ export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile
   backingImageId?: string;
   /** The backing chain digest the user accepts as holding the data this image was built on. */
   acceptBacking?: string;
+  /** The persistent dirty bitmaps the image should have. */
+  bitmaps?: BitmapSpec[];
+  /** Remove bitmaps the image has and `bitmaps` does not list. */
+  manageAllBitmaps?: boolean;
+  /** The QMP socket of the QEMU process that holds the image (a running VM): grows and bitmap changes go through it. */
+  qmpSocket?: string;
 }
 
 const isUnknown = (v: unknown) => v === UNKNOWN;
@@ -113,6 +120,9 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   set('dataFileRaw', i.dataFileRaw);
   set('allowShrink', i.allowShrink);
   set('allowReplace', i.allowReplace);
+  if (i.bitmaps !== undefined && !hasUnknown(i.bitmaps)) d.bitmaps = i.bitmaps.map((b) => ({ ...b }));
+  set('manageAllBitmaps', i.manageAllBitmaps);
+  if (i.qmpSocket !== undefined && !isUnknown(i.qmpSocket)) d.qmpSocket = absolute(i.qmpSocket);
   return d;
 }
 
@@ -154,7 +164,7 @@ function identityOf(file: string, chain: readonly ChainLayer[]): string | undefi
 
 /** The chain as recorded and as on disk, for the rules; undefined for states written before chains were recorded. */
 function chainFacts(olds: ImageOutputs): WorldFacts['chain'] {
-  if (!Array.isArray(olds.backingChain) || !fs.existsSync(olds.path)) return undefined;
+  if (!Array.isArray(olds.backingChain)) return undefined;
   remember(olds.path, olds.backingChain);
   if (olds.backingChain.length === 0 && !olds.backingFile) return undefined;
   return { recorded: olds.backingChain, current: readChain(olds.path, '') };
@@ -180,8 +190,35 @@ function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: 
     adopted: extra.adopted,
     dataFileOnDelete: i.dataFileOnDelete ?? 'auto',
     deleteAdopted: i.deleteAdopted ?? false,
+    qmpSocket: i.qmpSocket !== undefined ? absolute(i.qmpSocket) : '',
     providerVersion: PROVIDER_VERSION,
   };
+}
+
+/** The facts with what the QEMU holding the image reports instead of the file (its size, its bitmaps). */
+function withLive(facts: ImageFacts, view: LiveView): ImageFacts {
+  return {
+    ...facts, virtualSize: view.virtualSize, bitmaps: view.bitmaps.map((b) => b.name),
+    detail: { snapshots: facts.detail?.snapshots ?? [], bitmaps: view.bitmaps, ...(facts.detail?.fullBackingFile !== undefined ? { fullBackingFile: facts.detail.fullBackingFile } : {}) },
+  };
+}
+
+/** The running process that holds `file` for writing, named; undefined when none does. */
+function writerOf(file: string): string | undefined {
+  const h = imageHolders(file).find((x) => x.uses.includes('write'));
+  return h && describeHolder(h);
+}
+
+/** The image's facts: from the file, and from the QEMU holding it when qmpSocket is given and a process holds it. */
+async function currentFacts(engine: Engine, file: string, qmpSocket: string | undefined): Promise<ImageFacts> {
+  const info = await engine.info(file, { forceShare: true });
+  if (qmpSocket === undefined || qmpSocket === '' || writerOf(file) === undefined) return info;
+  return withLive(info, await liveView(qmpSocket, file));
+}
+
+/** Carry out the bitmap steps offline, in order, through the engine. */
+async function applyBitmapSteps(engine: Engine, file: string, steps: readonly BitmapStep[]): Promise<void> {
+  for (const step of steps) await engine.bitmap(file, step.name, step.actions);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,6 +242,12 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
       } else {
         const r = validateCreate({ ...opts, ...(i.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
         if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: withCreateWayForward(r.refusal) });
+        else if (i.bitmaps !== undefined) {
+          // The bitmaps of a new image: every one added, judged as qemu-img bitmap would judge it.
+          const fresh = planBitmaps({ bitmaps: [], detail: { snapshots: [], bitmaps: [] }, clusterSize: opts.clusterSize ?? 65536, path: absolute(i.path) },
+            i.bitmaps, false, { compat: opts.compat ?? '1.1', virtualSize: opts.size ?? 0n });
+          if (fresh.action === 'refuse') failures.push({ property: 'bitmaps', reason: fresh.reason });
+        }
       }
     }
   }
@@ -218,24 +261,33 @@ function hasUnknown(v: unknown): boolean {
   return false;
 }
 
-/** Facts only the disk knows, gathered here so rules stay pure. */
-function factsFor(current: ImageFacts, d: DesiredSpec): WorldFacts {
+/** Anything at `file`, on the engine's files. */
+async function exists(engine: Engine, file: string): Promise<boolean> {
+  return (await engine.stat(file)) !== undefined;
+}
+
+/** Facts only the disk knows, gathered here (through the engine) so rules stay pure. */
+async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec): Promise<WorldFacts> {
   const facts: WorldFacts = {};
+  // A running process that holds the image for writing (a VM): only live changes through its QEMU.
+  const holder = current.path ? writerOf(current.path) : undefined;
+  if (holder !== undefined) facts.holder = holder;
   if (d.dataFile !== undefined && d.dataFile !== (current.dataFile ?? '')) {
-    try {
-      const st = fs.statSync(d.dataFile);
-      facts.desiredDataFile = { exists: true, size: BigInt(st.size) };
-    } catch {
-      facts.desiredDataFile = { exists: false };
-    }
+    const st = await engine.stat(d.dataFile);
+    facts.desiredDataFile = st === undefined ? { exists: false } : { exists: true, size: BigInt(st.size) };
   }
   return facts;
 }
 
-/** The image as its header says now; path and preallocation from the state (the file does not record them). */
+/**
+ * The image as its header says now (or, while a QEMU holds it, as that QEMU reports it); path and
+ * preallocation from the state (the file does not record them). Of the detail, the bitmaps are
+ * kept: the rules judge each one's granularity, recording and consistency.
+ */
 function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
-  const { detail: _detail, dataFile, backingFile, backingFormat, ...facts } = info;
+  const { detail, dataFile, backingFile, backingFormat, ...facts } = info;
   const f: ImageFacts = { ...facts, path: olds.path };
+  if (detail) f.detail = { snapshots: [], bitmaps: detail.bitmaps };
   if (dataFile) f.dataFile = dataFile;
   if (backingFile) f.backingFile = backingFile;
   if (backingFormat) f.backingFormat = backingFormat;
@@ -250,14 +302,16 @@ function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
 async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: Change[]; desired: DesiredSpec; current: ImageFacts }> {
   const desired = desiredOf(news);
   const recorded = factsOfState(olds);
-  if (!fs.existsSync(olds.path)) {
-    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded };
-  }
   // The engine the program asks for; during a preview it may not be known yet: then the one that wrote the image.
   const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine);
-  const current = factsOnDisk(await engine.info(olds.path, { forceShare: true }), olds);
+  if (!(await exists(engine, olds.path))) {
+    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded };
+  }
+  // The QEMU to ask is the one the program names now; during a preview it may not be known yet: then the recorded one.
+  const socket = isUnknown(news.qmpSocket) ? olds.qmpSocket : desired.qmpSocket;
+  const current = factsOnDisk(await currentFacts(engine, olds.path, socket), olds);
   const chain = chainFacts(olds);
-  return { changes: classifyChange(current, desired, { ...factsFor(current, desired), recorded, ...(chain ? { chain } : {}) }), desired, current };
+  return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired)), recorded, ...(chain ? { chain } : {}) }), desired, current };
 }
 
 function throwIfRefused(changes: Change[]): void {
@@ -275,12 +329,13 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
     const now = news[k] ?? (k === 'dataFileOnDelete' ? 'auto' : false);
     if (now !== olds[k]) changes = true;
   }
+  if (isUnknown(news.qmpSocket) || (news.qmpSocket !== undefined ? absolute(news.qmpSocket) : '') !== (olds.qmpSocket ?? '')) changes = true;
 
   const { changes: result } = await plan(olds, news);
   throwIfRefused(result);
   for (const c of result) {
     if (c.action === 'replace') replaces.push(c.property);
-    if (c.action === 'amend') changes = true;
+    if (c.action === 'amend' || c.action === 'live') changes = true;
   }
   // Values not known yet can only be judged at update time; report a change so it happens.
   for (const [k, v] of Object.entries(news)) if (!k.startsWith('__') && hasUnknown(v)) changes = true;
@@ -293,14 +348,16 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   const file = absolute(inputs.path);
   const opts = createOptionsOf(inputs);
   if (inputs.adopt) {
-    if (fs.existsSync(file)) return adoptImage(engine, file, inputs);
-    if (opts.dataFile === undefined || !fs.existsSync(opts.dataFile)) {
+    if (await exists(engine, file)) return adoptImage(engine, file, inputs);
+    if (opts.dataFile === undefined || !(await exists(engine, opts.dataFile))) {
       throw failure('adopt', `there is nothing to adopt: no image at ${file}${opts.dataFile ? ` and no data file at ${opts.dataFile}` : ''}. Remove adopt to create a new image`);
     }
     await engine.create(file, { ...opts, adoptDataFile: true });
-    return { id: file, outs: outputsOf(inputs, await engine.info(file, { forceShare: true }), { createdDataFile: false, adopted: false, chain: recordChain(file, '') }) };
+    // The raw data file is the user's: only the new image goes if its bitmaps cannot be added.
+    const info = await addDeclaredBitmaps(engine, file, inputs, false);
+    return { id: file, outs: outputsOf(inputs, info, { createdDataFile: false, adopted: false, chain: recordChain(file, '') }) };
   }
-  if (fs.existsSync(file)) {
+  if (await exists(engine, file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
   }
   if (inputs.source !== undefined) {
@@ -309,8 +366,27 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   } else {
     await engine.create(file, opts);
   }
-  const info = await engine.info(file, { forceShare: true });
+  const info = await addDeclaredBitmaps(engine, file, inputs, opts.dataFile !== undefined);
   return { id: file, outs: outputsOf(inputs, info, { createdDataFile: opts.dataFile !== undefined, adopted: false, chain: recordChain(file, '') }) };
+}
+
+/**
+ * Add the declared bitmaps to an image created just now, and read its facts. When they cannot
+ * be added the new image is removed again (with its data file only if that was made too), so
+ * no image short of its inputs is left behind.
+ */
+async function addDeclaredBitmaps(engine: Engine, file: string, inputs: ImageInputs, removeDataFile: boolean): Promise<ImageFacts> {
+  const info = await engine.info(file, { forceShare: true });
+  if (inputs.bitmaps === undefined || inputs.bitmaps.length === 0) return info;
+  const plan = planBitmaps({ ...info, path: file }, inputs.bitmaps, false, { compat: info.compat, virtualSize: info.virtualSize });
+  try {
+    if (plan.action === 'refuse') throw new Qcow2Error('REFUSED', `bitmaps: ${plan.reason}`, { property: 'bitmaps' });
+    if (plan.action === 'amend') await applyBitmapSteps(engine, file, plan.to as BitmapStep[]);
+  } catch (e) {
+    await engine.remove(file, { dataFile: removeDataFile });
+    throw e;
+  }
+  return engine.info(file, { forceShare: true });
 }
 
 /** Take over an existing image: verify it matches the inputs, change nothing. */
@@ -334,13 +410,28 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   throwIfRefused(result);
   // The identity before the change, vouched for overlays only if the plan keeps the guest view.
   const before = keepsGuestView(result) ? identityOf(file, Array.isArray(olds.backingChain) ? olds.backingChain : []) ?? '' : '';
-  const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
-  if (rebase) await engine.rebase(file, desired.backingFile ?? current.backingFile!, desired.backingFormat ?? current.backingFormat);
-  // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
-  // only if allowShrink is set).
-  const req = amendRequestOf(result);
-  if (req) await engine.amend(file, req);
-  const info = await engine.info(file, { forceShare: true });
+  const live = result.filter((c) => c.action === 'live');
+  let info: ImageFacts;
+  if (live.length > 0) {
+    // A running QEMU holds the image (rules refused everything else): that QEMU makes the change.
+    const plan: LivePlan = {};
+    for (const c of live) {
+      if (c.property === 'size') plan.size = c.to as bigint;
+      if (c.property === 'bitmaps') plan.bitmaps = c.to as BitmapStep[];
+    }
+    const view = await applyLive(desired.qmpSocket!, file, plan);
+    info = withLive(await engine.info(file, { forceShare: true }), view);
+  } else {
+    const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
+    if (rebase) await engine.rebase(file, desired.backingFile ?? current.backingFile!, desired.backingFormat ?? current.backingFormat);
+    // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
+    // only if allowShrink is set); then the bitmaps, judged on the image the amend leaves.
+    const req = amendRequestOf(result);
+    if (req) await engine.amend(file, req);
+    const bitmaps = result.find((c): c is Change & { to: BitmapStep[] } => c.property === 'bitmaps' && c.action === 'amend');
+    if (bitmaps) await applyBitmapSteps(engine, file, bitmaps.to);
+    info = await engine.info(file, { forceShare: true });
+  }
   const chain = recordChain(file, before);
   // Nothing changed on disk or in the chain: what was vouched before still stands.
   if (chain.identity === olds.identity && before !== '') chain.identityFrom = olds.identityFrom ?? '';
@@ -349,10 +440,10 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
   const file = props?.path ?? id;
-  if (!fs.existsSync(file)) return { id: '' };
   const engine = engineOf(props?.engine);
-  const info = await engine.info(file, { forceShare: true });
-  const base: ImageInputs = { path: file, engine: props?.engine ?? 'native' };
+  if (!(await exists(engine, file))) return { id: '' };
+  const info = await currentFacts(engine, file, props?.qmpSocket);
+  const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
   const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, chain: refreshedChain(file, props, info) });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
@@ -385,12 +476,13 @@ function refreshedChain(file: string, props: ImageOutputs | undefined, info: Ima
 
 export async function remove(_id: string, props: ImageOutputs): Promise<void> {
   if (props.adopted && !props.deleteAdopted) return; // adopted images are the user's: kept
-  if (!fs.existsSync(props.path)) return;
+  const engine = engineOf(props.engine);
+  if (!(await exists(engine, props.path))) return;
   // Never delete a file other images read from: those this provider knows of, and those beside it.
   const users = [...knownChains].filter(([f, chain]) => f !== props.path && chain.includes(props.path)).map(([f]) => f);
   const refusal = deleteRefusal(props.path, findDependents(props.path, users).dependents);
   if (refusal) throw new Qcow2Error('REFUSED', refusal.message, { property: refusal.property, file: props.path });
   const policy = props.dataFileOnDelete ?? 'auto';
   const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);
-  await engineOf(props.engine).remove(props.path, { dataFile });
+  await engine.remove(props.path, { dataFile });
 }

@@ -5,7 +5,7 @@
 
 import type { EngineName } from '../engines/engine';
 import type { ChainLayer } from '../model/chain';
-import type { ImageFacts } from '../model/facts';
+import type { BitmapFacts, ImageFacts } from '../model/facts';
 import type { Preallocation } from '../model/options';
 
 /**
@@ -13,7 +13,13 @@ import type { Preallocation } from '../model/options';
  * are, byte counts exact (a number below 2^53, a decimal string above), absent names as ''.
  */
 export type FactOutputs = Pick<ImageFacts, 'clusterSize' | 'compat' | 'refcountBits' | 'lazyRefcounts' | 'extendedL2' | 'compressionType' |
-  'dataFileRaw' | 'dirty' | 'corrupt' | 'snapshots' | 'bitmaps'> & {
+  'dataFileRaw' | 'dirty' | 'corrupt' | 'snapshots'> & {
+  /**
+   * The persistent dirty bitmaps: name, granularity, flags (`auto`: recording, `in-use`) and
+   * whether the bitmap is inconsistent (its writer stopped without storing it). A state written
+   * before these were kept holds names only.
+   */
+  bitmaps: Array<BitmapFacts | string>;
   virtualSize: number | string;
   /** Bytes allocated for the qcow2 file. */
   actualSize: number | string;
@@ -34,6 +40,8 @@ export interface ImageOutputs extends FactOutputs {
   adopted: boolean;
   dataFileOnDelete: 'auto' | 'keep' | 'delete';
   deleteAdopted: boolean;
+  /** The QMP socket of the QEMU holding the image ('' when none is given). */
+  qmpSocket: string;
   providerVersion: string;
   /**
    * The files below this image as this provider last recorded them (its create or update), top
@@ -78,7 +86,7 @@ export function factOutputs(f: ImageFacts): FactOutputs {
     dirty: f.dirty,
     corrupt: f.corrupt,
     snapshots: f.snapshots,
-    bitmaps: [...f.bitmaps],
+    bitmaps: f.detail?.bitmaps.map((b) => ({ ...b, flags: [...b.flags] })) ?? [...f.bitmaps],
   };
 }
 
@@ -101,8 +109,10 @@ export function factsOfState(o: FactOutputs & Partial<Pick<ImageOutputs, 'path' 
     dirty: o.dirty,
     corrupt: o.corrupt,
     snapshots: o.snapshots ?? 0,
-    bitmaps: [...(o.bitmaps ?? [])],
+    bitmaps: (o.bitmaps ?? []).map((b) => (typeof b === 'string' ? b : b.name)),
   };
+  const detail = (o.bitmaps ?? []).filter((b): b is BitmapFacts => typeof b !== 'string');
+  if (detail.length > 0 && detail.length === (o.bitmaps ?? []).length) f.detail = { snapshots: [], bitmaps: detail.map((b) => ({ ...b, flags: [...b.flags] })) };
   if (o.path) f.path = o.path;
   if (o.dataFile) f.dataFile = o.dataFile;
   if (o.backingFile) f.backingFile = o.backingFile;

@@ -4,6 +4,7 @@
 
 import { isCreateOnly } from '../model/names';
 import type { ImageFacts } from '../model/facts';
+import { inconsistentMessage } from './bitmaps';
 import { v2Refusal } from './compat';
 import type { AmendRequest, Refusal } from './types';
 
@@ -27,12 +28,10 @@ export function validateResize(state: ImageFacts, size: bigint, allowShrink: boo
         'it needs an explicit opt-in (qcow2 resize --shrink, resource input allowShrink: true)',
     };
   }
-  if (size !== state.virtualSize && state.bitmaps.length > 0) {
-    return {
-      property: 'size',
-      message: 'Resizing an image with persistent dirty bitmaps is not supported by the native engine: the bitmaps ' +
-        'would have to be resized too. Use the qemu-img engine, or remove the bitmaps first',
-    };
+  if (size !== state.virtualSize) {
+    // The bitmaps are resized with the image (as qemu-img 7.2 does); an inconsistent one cannot be.
+    const bad = state.detail?.bitmaps.find((b) => b.inconsistent);
+    if (bad) return { property: 'size', message: inconsistentMessage(bad.name) };
   }
   return undefined;
 }
@@ -93,6 +92,15 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
     }
     const ext = down('extended_l2');
     if (ext) return ext;
+    if (state.bitmaps.length > 0) {
+      // qemu-img 7.2 downgrades anyway: the v2 header cannot vouch for the bitmaps (no autoclear
+      // bits), so QEMU then treats them as inconsistent and their clusters as leaked.
+      return {
+        property: 'compat',
+        message: `Cannot downgrade an image with persistent dirty bitmaps (${state.bitmaps.join(', ')}): Cannot store dirty bitmaps in qcow2 v2 files. ` +
+          'Remove the bitmaps first (qcow2 bitmap --remove), or keep compat 1.1',
+      };
+    }
     if (state.corrupt) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x2 set' };
     const zstd = down('compression_type');
     if (zstd) return zstd;

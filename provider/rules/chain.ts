@@ -132,7 +132,7 @@ export function deleteRefusal(imagePath: string, dependents: readonly string[]):
 export function keepsGuestView(changes: readonly Change[]): boolean {
   return changes.every((c) => {
     if (c.action === 'none') return true;
-    if (c.action !== 'amend') return false;
+    if (c.action !== 'amend' && c.action !== 'live') return false;
     if (c.operation === 'rebase') return false;
     if (c.property === 'dataFile') return false;
     if (c.property === 'size') return typeof c.from === 'bigint' && typeof c.to === 'bigint' && c.to >= c.from;

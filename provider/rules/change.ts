@@ -7,6 +7,7 @@ import { roundToSector } from '../model/facts';
 import { CREATE_ONLY_PROPERTIES, propertyOf } from '../model/names';
 import { formatSize } from '../model/size';
 import { validateAmend, validateRebase, validateResize } from './amend';
+import { liveOrRefuse, planBitmaps } from './bitmaps';
 import { classifyChain } from './chain';
 import { firstV2Refusal } from './compat';
 import type { AmendRequest, Change, DesiredSpec, WorldFacts } from './types';
@@ -45,7 +46,11 @@ function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFac
   const out: Change[] = [];
   // The backing chain first: a base that is not the one the image was built on refuses every change.
   const chain = classifyChain(current, desired, facts.chain);
-  if (chain.some((c) => c.action === 'refuse' || c.action === 'replace')) return chain;
+  if (chain.some((c) => c.action === 'refuse' || c.action === 'replace')) {
+    // A replace under a running QEMU is refused like any other (the holder named).
+    if (facts.holder !== undefined) liveOrRefuse(chain, facts.holder, desired.qmpSocket);
+    return chain;
+  }
   out.push(...chain);
 
   // data-file-raw: can be cleared, never enabled on an existing image.
@@ -148,6 +153,13 @@ function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFac
   simple('lazyRefcounts', current.lazyRefcounts, desired.lazyRefcounts, 'the lazy-refcounts feature bit is changed in place');
   simple('refcountBits', current.refcountBits, desired.refcountBits, 'the refcount structures are rebuilt in place with the new width');
 
+  // Persistent bitmaps: judged on the image as the same plan's amend leaves it.
+  if (desired.bitmaps !== undefined) {
+    out.push(planBitmaps(current, desired.bitmaps, desired.manageAllBitmaps ?? false, {
+      compat: desired.compat ?? current.compat, virtualSize: desired.size ?? current.virtualSize,
+    }));
+  }
+
   // The path: a new image at the new place, then the old one deleted.
   if (desired.path !== undefined && current.path !== undefined) {
     if (desired.path === current.path) {
@@ -199,6 +211,8 @@ function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFac
       if (refusal) mergeRefusal(out, propertyOf(refusal.property) as keyof DesiredSpec, withWayForward(refusal.message));
     }
   }
+  // An image a running QEMU holds: live through QMP, or refused with the holder named.
+  if (facts.holder !== undefined) liveOrRefuse(out, facts.holder, desired.qmpSocket);
   return out;
 }
 
@@ -302,9 +316,9 @@ export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   return any ? req : undefined;
 }
 
-/** The overall verdict of a classification: refuse beats replace beats amend beats none. */
+/** The overall verdict of a classification: refuse beats replace beats amend beats live beats none. */
 export function overallAction(changes: Change[]): Change['action'] {
-  for (const a of ['refuse', 'replace', 'amend'] as const) if (changes.some((c) => c.action === a)) return a;
+  for (const a of ['refuse', 'replace', 'amend', 'live'] as const) if (changes.some((c) => c.action === a)) return a;
   return 'none';
 }
 

@@ -1,6 +1,7 @@
 // The vocabulary of provider/rules: what an existing image is (as info reads it), what a
 // program or command asks for, and the decisions the rules return. Pure data, no I/O.
 
+import type { BitmapAction } from '../model/bitmaps';
 import type { BackingIdentity, ChainLayer, ChainView } from '../model/chain';
 import type { ImageFacts } from '../model/facts';
 import type { Compat, CreateOptions } from '../model/options';
@@ -21,8 +22,25 @@ export interface AmendRequest {
   backingFormat?: string;
 }
 
+/** A persistent dirty bitmap a program declares (resource input `bitmaps`). */
+export interface BitmapSpec {
+  name: string;
+  /** Bytes per bit; default: QEMU's for the cluster size (64 KiB for default images). Unset on an existing bitmap: not managed. */
+  granularity?: number;
+  /** Recording writes (default true). */
+  enabled?: boolean;
+  /** Consent to throw this bitmap's tracking away (remove and add anew) for a granularity change or an inconsistent bitmap. */
+  allowReset?: boolean;
+}
+
 /** What a program or stack declares for an image (resource inputs, typed): the create options, plus opt-ins. */
 export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
+  /** The persistent bitmaps the image should have; bitmaps not listed are left alone unless manageAllBitmaps. */
+  bitmaps?: BitmapSpec[];
+  /** Remove bitmaps on disk that `bitmaps` does not list. */
+  manageAllBitmaps?: boolean;
+  /** The QMP socket of the QEMU process that holds the image: grows and bitmap changes then go through it. */
+  qmpSocket?: string;
   /** Where the image should be (absolute). Moving it means a new image. */
   path?: string;
   /** Shrinking destroys data beyond the new end: only with this set. */
@@ -44,6 +62,8 @@ export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
 export interface WorldFacts {
   /** The desired data file, when it differs from the current one: does it exist, and its size. */
   desiredDataFile?: { exists: boolean; size?: bigint };
+  /** The process that holds the image for writing (a running VM), named ("process 4242 (qemu-system-x86_64)"). */
+  holder?: string;
   /**
    * The image as it was last recorded (the resource's state after its last create, update or
    * refresh), when the caller has it. Where the image on disk differs, it was changed outside
@@ -56,10 +76,17 @@ export interface WorldFacts {
   chain?: { recorded: ChainLayer[]; current: ChainView };
 }
 
-export type Action = 'none' | 'amend' | 'replace' | 'refuse';
+/** `live`: carried out through QMP by the QEMU process that holds the image. */
+export type Action = 'none' | 'amend' | 'live' | 'replace' | 'refuse';
 
-/** How an in-place change is carried out by an engine ('record': nothing on disk, the state records the chain anew). */
-export type Operation = 'amend' | 'resize' | 'rebase' | 'record';
+/** How an in-place change is carried out: by an engine (amend, resize, rebase, bitmap), or live through QMP (resize, bitmap); 'record': nothing on disk, the state records the chain anew. */
+export type Operation = 'amend' | 'resize' | 'rebase' | 'bitmap' | 'record';
+
+/** One bitmap's actions, in order (`to` of the `bitmaps` change). */
+export interface BitmapStep {
+  name: string;
+  actions: BitmapAction[];
+}
 
 /** One decision: what happens to one property, and why, in words a person can act on. */
 export interface Change {

@@ -6,6 +6,7 @@
 // a destroy from a moved copy of the project; the state never names the project's folder. The
 // four projects are independent and run side by side; the steps of each run in order.
 
+import { spawnSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -216,7 +217,7 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     ex.remove();
   }), HANG_MS);
 
-  it('examples/raw-data-file: wraps a raw disk unchanged, clears data-file-raw, refuses to set it again; a hand-run resize seen by refresh; destroy from a moved copy keeps the raw disk', ({ expect }) => inSlot(async () => {
+  it('examples/raw-data-file: wraps a raw disk unchanged with a bitmap, clears data-file-raw, refuses to set it again; a guest write tracked by the bitmap; a hand-run resize seen by refresh; destroy from a moved copy keeps the raw disk', ({ expect }) => inSlot(async () => {
     const ex = new Example(expect, 'raw-data-file', (images) => ({ imageDir: images, rawDisk: path.join(images, 'disk.raw') }));
     const disk = path.join(ex.images, 'disk.raw');
     fs.writeFileSync(disk, crypto.randomBytes(1 << 20));
@@ -226,6 +227,7 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(ex.clean(await ex.project.preview()).ops).toEqual({ disk: 'create' });
     const up = ex.clean(await ex.project.up());
     expect(up.outputs).toMatchObject({ dataFile: disk, dataFileRaw: true, virtualSize: 16 << 20 });
+    expect(up.outputs.bitmaps).toEqual([{ name: 'backup', granularity: 65536, flags: ['auto'], inconsistent: false }]);
     expect(md5(disk)).toBe(sum);
 
     ex.set({ dataFileRaw: 'false' });
@@ -242,6 +244,17 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(refused.errors.join('\n')).toMatch(/data-file-raw cannot be set on existing images/);
     expect(md5(disk)).toBe(sum);
     ex.set({ dataFileRaw: 'false' });
+
+    if (drift) {
+      // A guest writes (qemu-io, as a VM would); the bitmap says where; cleared after the "backup".
+      const qcow2 = path.join(ex.images, 'disk.qcow2');
+      const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(repo, 'dist/provider/cli/main.js'), ...args], { encoding: 'utf8' });
+      expect(spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -q -P 7 1M 64k', qcow2], { encoding: 'utf8' }).status).toBe(0);
+      expect(cli('bitmap', '--dump', '--output=json', qcow2, 'backup').stdout).toBe('[{ "start": 1048576, "length": 65536, "dirty": true }]\n');
+      expect(cli('bitmap', '--clear', qcow2, 'backup').status).toBe(0);
+      expect(cli('bitmap', '--dump', '--output=json', qcow2, 'backup').stdout).toBe('[]\n');
+      sum = md5(disk); // the guest's write is in the raw disk
+    }
 
     if (drift) {
       ex.resize('disk.qcow2', '32M');

@@ -1,7 +1,7 @@
 // `qcow2 resize [-f qcow2] [--shrink] [-q] FILE [+|-]SIZE`: change the virtual size.
 
 import { imageName, requireQcow2 } from '../args';
-import { command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { cliEngine } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import { parseSize } from '../../model/size';
@@ -10,22 +10,23 @@ import { out } from '../io';
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
 
+interface Opts { f?: string; shrink?: boolean; q?: boolean; preallocation?: string }
+
+const spec: CommandSpec = {
+  name: 'resize', usage, description, args: ['<file>', '<size>'],
+  options: [
+    ['-f <fmt>', 'image format (qcow2)'],
+    ['--shrink', 'allow shrinking the image'],
+    ['--preallocation <mode>', 'preallocation of the new area: off (metadata, falloc and full are not supported natively)'],
+    ['-q', 'quiet'],
+  ],
+};
+
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { file: string; sizeText: string; o: { f?: string; shrink?: boolean; q?: boolean; preallocation?: string } } | undefined;
-  command('resize')
-    .description(description)
-    .usage(usage.replace(/^resize /, ''))
-    .option('-f <fmt>', 'image format (qcow2)')
-    .option('--shrink', 'allow shrinking the image')
-    .option('--preallocation <mode>', 'preallocation of the new area: off (metadata, falloc and full are not supported natively)')
-    .option('-q', 'quiet')
-    .argument('<file>')
-    .argument('<size>')
-    .allowUnknownOption(false)
-    .action((file: string, sizeText: string, o: { f?: string; shrink?: boolean; q?: boolean; preallocation?: string }) => { parsed = { file, sizeText, o }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { file, sizeText, o } = parsed;
+  const [file, sizeText] = parsed.args as [string, string]; // both required: commander refused otherwise
+  const { o } = parsed;
   requireQcow2(o.f);
   const prealloc = o.preallocation;
   if (prealloc !== undefined && prealloc !== 'off') {

@@ -32,7 +32,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'resolveCreate':
       return ops().resolveCreateOptions(call.path, call.options, call.behaviour);
     case 'import':
-      ops().importImage(call.path, call.options, call.source, progress ? { progress } : {});
+      ops().importImage(call.path, call.options, call.source, { ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}) });
       return undefined;
     case 'amend':
       ops().amendImage(call.path, call.request);
@@ -54,10 +54,19 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     }
     case 'map':
       return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false });
+    case 'bitmap':
+      return ops().bitmapImage(call.path, call.name, call.actions, call.options);
+    case 'dumpBitmap':
+      return ops().dumpBitmap(call.path, call.name, { forceShare: call.options.forceShare ?? false });
     case 'remove': {
-      const { removeImageFiles } = require('../remove') as typeof import('../remove');
+      const { removeImageFiles } = require('../../qcow2/ops/remove') as typeof import('../../qcow2/ops/remove');
       removeImageFiles(call.path, call.options);
       return undefined;
+    }
+    case 'stat': {
+      const { localFs } = require('../../qcow2/io/hostfs') as typeof import('../../qcow2/io/hostfs');
+      const st = localFs.stat(call.path);
+      return st === undefined ? undefined : { kind: st.kind, size: st.size };
     }
     default: {
       const never: never = call;

@@ -9,7 +9,9 @@ import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
-import type { Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
 import type { OpCall, TargetDescriptor } from './protocol';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
@@ -22,25 +24,16 @@ export interface NativeEngineOptions {
   target?: TargetDescriptor;
 }
 
-// Each executor loads its machinery on first use: a command line running inline never loads the
-// pool (nor worker_threads), a provider never loads the dispatcher on its own thread.
-function executorOf(kind: NativeEngineOptions['executor']): Executor {
-  if (typeof kind === 'function') return kind;
-  if (kind === 'inline') {
-    return async (target, call, progress) => (await import('./dispatch')).runOp(target, call, progress);
-  }
-  return async (target, call, progress) => (await import('./pool')).sharedPool().run(target, call, progress);
-}
-
+/**
+ * The Engine over an executor. Which executor is the caller's choice, made where the engine is
+ * built (engines/index.ts: the worker pool by default; engines/inline.ts: the calling thread),
+ * so that this class reaches neither: a command line running inline never loads the pool (nor
+ * worker_threads), a provider never loads the dispatcher on its own thread.
+ */
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
-  private readonly exec: Executor;
-  private readonly target: TargetDescriptor;
 
-  constructor(options: NativeEngineOptions = {}) {
-    this.exec = executorOf(options.executor);
-    this.target = options.target ?? { kind: 'local' };
-  }
+  constructor(private readonly exec: Executor, private readonly target: TargetDescriptor = { kind: 'local' }) {}
 
   private run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
     return this.exec(this.target, call, progress) as Promise<T>;
@@ -59,7 +52,9 @@ export class NativeEngine implements Engine {
   }
 
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
-    await this.run({ op: 'import', path, options, source }, opts.progress);
+    const call: OpCall = { op: 'import', path, options, source };
+    if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+    await this.run(call, opts.progress);
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {
@@ -88,7 +83,19 @@ export class NativeEngine implements Engine {
     return this.run({ op: 'map', path, options });
   }
 
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    return this.run({ op: 'bitmap', path, name, actions: [...actions], options });
+  }
+
+  dumpBitmap(path: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    return this.run({ op: 'dumpBitmap', path, name, options });
+  }
+
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
+  }
+
+  stat(path: string): Promise<FileStat | undefined> {
+    return this.run({ op: 'stat', path });
   }
 }

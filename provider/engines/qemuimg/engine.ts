@@ -64,11 +64,11 @@ import type { CheckResult } from '../../qcow2/ops/check';
 import { assertNewImageFiles } from '../../qcow2/ops/create';
 import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
-import { removeImageFiles } from '../remove';
+import { removeImageFiles } from '../../qcow2/ops/remove';
 import { refused, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
-import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
-import { lockImage } from '../../qcow2/io/lock';
+import { ioError } from '../../qcow2/io/blockfile';
+import { localFs } from '../../qcow2/io/hostfs';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
@@ -77,7 +77,11 @@ import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeR
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
-import type { Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
+import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
 import { localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
@@ -168,9 +172,14 @@ export class QemuImgEngine implements Engine {
    * the lock again for the change itself.
    */
   private static probeWriteLock(file: string): void {
-    const f = NodeBlockFile.open(file, true);
+    QemuImgEngine.probeLock(file, 'write');
+  }
+
+  /** Take QEMU's lock in `mode` and let go: LOCKED when a VM, qemu-nbd or qemu-img conflicts. */
+  private static probeLock(file: string, mode: 'read' | 'write'): void {
+    const { file: f } = localFs.open(file, mode);
     try {
-      lockImage(f.fd, file, 'write').release();
+      localFs.lock(f, file, mode).release();
     } finally {
       f.close();
     }
@@ -336,9 +345,16 @@ export class QemuImgEngine implements Engine {
     });
     throwIfRefused(r, imagePath);
     const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
+    if (opts.bitmaps) {
+      const top = format === 'qcow2' ? await this.readInfo(source.path, false) : undefined;
+      throwIfRefused(validateCopyBitmaps({
+        sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+      }), source.path);
+    }
     assertNewImageFiles(imagePath, o);
     await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-      const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+      const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
+      const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
       await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
     });
     opts.progress?.(Number(src.size), Number(src.size));
@@ -497,14 +513,7 @@ export class QemuImgEngine implements Engine {
   async map(file: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     await this.binary();
     QemuImgEngine.mustExist(file);
-    if (!options.forceShare) {
-      const f = NodeBlockFile.open(file, false);
-      try {
-        lockImage(f.fd, file, 'read').release();
-      } finally {
-        f.close();
-      }
-    }
+    if (!options.forceShare) QemuImgEngine.probeLock(file, 'read');
     const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format ?? 'qcow2';
     const src = await this.chain(file, format);
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
@@ -519,7 +528,7 @@ export class QemuImgEngine implements Engine {
       // As the native engine: the data file must exist, but it is not opened.
       const name = state.dataFile;
       if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-      if (!fs.existsSync(name)) {
+      if (localFs.stat(name) === undefined) {
         throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
       }
     }
@@ -539,9 +548,74 @@ export class QemuImgEngine implements Engine {
     return (await this.runCheck(file, true)).compressedClusters > 0;
   }
 
+  /** The bitmaps of an image's facts as the rules see them (in-use = inconsistent: we probed no writer holds it). */
+  private static bitmapStates(state: ImageFacts): BitmapState[] {
+    return (state.detail?.bitmaps ?? []).map((b) => ({
+      name: b.name, granularity: b.granularity, enabled: b.flags.includes('auto'), inconsistent: b.flags.includes('in-use'),
+    }));
+  }
+
+  /** `qemu-img bitmap`, after the same validation as the native engine (so it refuses alike, before qemu-img runs). */
+  async bitmap(file: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    await this.binary();
+    const state = await this.stateForChange(file);
+    let source: { bitmaps: BitmapState[]; virtualSize: bigint } | undefined;
+    if (options.sourceFile !== undefined) {
+      QemuImgEngine.mustExist(options.sourceFile);
+      const raw = options.sourceFormat === 'raw' || (options.sourceFormat === undefined && peekHeader(path.resolve(options.sourceFile)) === undefined);
+      if (raw) {
+        source = { bitmaps: [], virtualSize: BigInt(fs.statSync(options.sourceFile).size) };
+      } else {
+        const s = await this.readInfo(options.sourceFile, false);
+        source = { bitmaps: QemuImgEngine.bitmapStates(s), virtualSize: s.virtualSize };
+      }
+    }
+    const r = validateBitmapActions({
+      compat: state.compat, virtualSize: state.virtualSize, clusterSize: state.clusterSize, bitmaps: QemuImgEngine.bitmapStates(state), node: file,
+    }, name, actions, source);
+    if (r) throw refused(r, file);
+    const args: string[] = [];
+    const granularities = new Set(actions.flatMap((a) => (a.op === 'add' && a.granularity !== undefined ? [a.granularity] : [])));
+    if (granularities.size > 1) {
+      throw new Qcow2Error('UNSUPPORTED', 'qemu-img bitmap takes one granularity per run: add bitmaps of different granularities in separate runs', { property: 'bitmaps', file });
+    }
+    for (const a of actions) args.push(...(a.op === 'merge' ? ['--merge', a.source] : [`--${a.op}`]));
+    if (granularities.size === 1) args.push('-g', String([...granularities][0]));
+    if (options.sourceFile !== undefined) {
+      args.push('-b', path.resolve(options.sourceFile));
+      if (options.sourceFormat !== undefined) args.push('-F', options.sourceFormat);
+    }
+    const abs = path.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const done = await this.run('write', ['bitmap', ...args, spec, name], { arg: spec, file });
+    // qemu-img's warnings (a stale bitmaps extension it dropped), without its prefix.
+    const warnings = done.stderr.split(/qemu-img: warning: /).slice(1).map((w) => w.trim());
+    return { warnings };
+  }
+
+  /** Dirty extents through QEMU: qemu-nbd exports the bitmap, qemu-img map reads it. */
+  async dumpBitmap(file: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    await this.binary();
+    QemuImgEngine.mustExist(file);
+    const state = await this.readInfo(file, options.forceShare ?? false);
+    const b = state.detail?.bitmaps.find((x) => x.name === name);
+    if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file, property: 'bitmaps' });
+    if (b.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file, property: 'bitmaps' });
+    const abs = path.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const bin = await this.binary();
+    const extents = await dirtyExtentsViaNbd(qemuNbdBeside(bin.path), spec, name, (args) => this.spawn('read', args), file);
+    return { name, granularity: b.granularity, enabled: b.flags.includes('auto'), extents };
+  }
+
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
     // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
     removeImageFiles(file, options);
+  }
+
+  async stat(file: string): Promise<FileStat | undefined> {
+    const st = localFs.stat(file);
+    return st === undefined ? undefined : { kind: st.kind, size: st.size };
   }
 }
 

@@ -2,8 +2,7 @@
 // MemoryBlockFile and fault injection can wrap any implementation. Files are opened through
 // HostFs (io/hostfs.ts), which owns everything else a host does to files.
 
-import * as fs from 'fs';
-import * as os from 'os';
+import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'fs';
 import { Qcow2Error } from '../../model/errors';
 import { libc } from './libc';
 
@@ -31,7 +30,7 @@ export class NodeBlockFile implements BlockFile {
   /** Open an existing file; errors name `name` (the caller's name for it). */
   static open(path: string, writable: boolean, name = path): NodeBlockFile {
     try {
-      return new NodeBlockFile(path, fs.openSync(path, writable ? 'r+' : 'r'), writable);
+      return new NodeBlockFile(path, openSync(path, writable ? 'r+' : 'r'), writable);
     } catch (e) {
       throw ioError(e, name, 'open');
     }
@@ -40,7 +39,7 @@ export class NodeBlockFile implements BlockFile {
   /** Create a new file; fails with EXISTS rather than touch an existing one. */
   static createExclusive(path: string, name = path): NodeBlockFile {
     try {
-      return new NodeBlockFile(path, fs.openSync(path, 'wx+', 0o644), true);
+      return new NodeBlockFile(path, openSync(path, 'wx+', 0o644), true);
     } catch (e) {
       throw ioError(e, name, 'create');
     }
@@ -53,7 +52,7 @@ export class NodeBlockFile implements BlockFile {
   readInto(target: Uint8Array, offset: number): void {
     let done = 0;
     while (done < target.length) {
-      const n = fs.readSync(this.fd, target, done, target.length - done, offset + done);
+      const n = readSync(this.fd, target, done, target.length - done, offset + done);
       if (n === 0) break; // EOF: the rest reads as zeros
       done += n;
     }
@@ -63,19 +62,19 @@ export class NodeBlockFile implements BlockFile {
   write(offset: number, data: Uint8Array): void {
     let done = 0;
     while (done < data.length) {
-      done += fs.writeSync(this.fd, data, done, data.length - done, offset + done);
+      done += writeSync(this.fd, data, done, data.length - done, offset + done);
     }
   }
 
-  size(): number { return fs.fstatSync(this.fd).size; }
-  truncate(size: number): void { fs.ftruncateSync(this.fd, size); }
-  flush(): void { fs.fdatasyncSync(this.fd); }
-  allocatedSize(): number { return fs.fstatSync(this.fd).blocks * 512; }
+  size(): number { return fstatSync(this.fd).size; }
+  truncate(size: number): void { ftruncateSync(this.fd, size); }
+  flush(): void { fdatasyncSync(this.fd); }
+  allocatedSize(): number { return fstatSync(this.fd).blocks * 512; }
 
   close(): void {
     if (!this.closed) {
       this.closed = true;
-      fs.closeSync(this.fd);
+      closeSync(this.fd);
     }
   }
 }
@@ -158,7 +157,8 @@ export function ioError(e: unknown, file: string, op: string): Qcow2Error {
 /** strerror() of a Node error's code ("Permission denied"), without Node's path-laden text. */
 function errnoText(e: unknown): string {
   const code = (e as NodeJS.ErrnoException)?.code;
-  const errno = code !== undefined ? (os.constants.errno as Record<string, number>)[code] : undefined;
+  // os and the libc binding (koffi) load only here, on a failure: a command that succeeds needs neither.
+  const errno = code !== undefined ? ((require('os') as typeof import('os')).constants.errno as Record<string, number>)[code] : undefined;
   if (errno !== undefined) {
     const text = libc()?.strerror(errno);
     return text ?? code!;

@@ -5,12 +5,12 @@
 // remote host pays one round trip per call: open returns the size with the file, stat answers
 // "missing" without an exception, lock takes QEMU's whole protocol in one call.
 
-import * as fs from 'fs';
-import * as path from 'path';
+import { closeSync, fsyncSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, type BigIntStats } from 'fs';
+import { dirname } from 'path';
 import { Qcow2Error } from '../../model/errors';
 import { BlockFile, NodeBlockFile, ioError } from './blockfile';
-import { ImageLock, LockMode, lockImage, probeLock } from './lock';
-import { Extent, extentOfFd, punchHoleFd } from './sparse';
+import { lockImage, probeLock, type ImageLock, type LockMode } from './lock';
+import { extentOfFd, punchHoleFd, type Extent } from './sparse';
 
 /** 'read' and 'write' open an existing file; 'create' makes a new one, EXISTS if anything is there. */
 export type OpenMode = 'read' | 'write' | 'create';
@@ -61,7 +61,19 @@ export interface HostFs {
   punchHole(file: BlockFile, offset: number, length: number): void;
 }
 
-function statOf(st: fs.BigIntStats): HostStat {
+/** A stat call whose failures (other than "nothing there") name the path, never Node's text. */
+function guarded(p: string, call: () => BigIntStats | undefined): BigIntStats | undefined {
+  try {
+    return call();
+  } catch (e) {
+    // ENOTDIR: a path through a file, which is nothing there as well.
+    if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    throw ioError(e, p, 'stat');
+  }
+}
+
+function statOf(st: BigIntStats | undefined): HostStat | undefined {
+  if (st === undefined) return undefined;
   const kind = st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
   return { kind, size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` };
 }
@@ -77,30 +89,28 @@ export const localFs: HostFs = {
     return { file, size: mode === 'create' ? 0 : file.size() };
   },
   stat(p) {
-    const st = fs.statSync(p, { bigint: true, throwIfNoEntry: false });
-    return st === undefined ? undefined : statOf(st);
+    return statOf(guarded(p, () => statSync(p, { bigint: true, throwIfNoEntry: false })));
   },
   lstat(p) {
-    const st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
-    return st === undefined ? undefined : statOf(st);
+    return statOf(guarded(p, () => lstatSync(p, { bigint: true, throwIfNoEntry: false })));
   },
   link(existing, newPath, name = newPath) {
     try {
-      fs.linkSync(existing, newPath);
+      linkSync(existing, newPath);
     } catch (e) {
       throw ioError(e, name, 'create');
     }
   },
   rename(from, to) {
     try {
-      fs.renameSync(from, to);
+      renameSync(from, to);
     } catch (e) {
       throw ioError(e, to, 'create');
     }
   },
   unlink(p) {
     try {
-      fs.unlinkSync(p);
+      unlinkSync(p);
       return true;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
@@ -109,37 +119,37 @@ export const localFs: HostFs = {
   },
   readdir(p) {
     try {
-      return fs.readdirSync(p);
+      return readdirSync(p);
     } catch (e) {
       throw ioError(e, p, 'read folder');
     }
   },
   mkdir(p) {
     try {
-      fs.mkdirSync(p, 0o700);
+      mkdirSync(p, 0o700);
     } catch (e) {
       throw ioError(e, p, 'create');
     }
   },
   mkdtemp(prefix) {
     try {
-      return fs.mkdtempSync(prefix);
+      return mkdtempSync(prefix);
     } catch (e) {
-      throw ioError(e, path.dirname(prefix), 'create a temporary folder in');
+      throw ioError(e, dirname(prefix), 'create a temporary folder in');
     }
   },
   removeTree(p) {
-    fs.rmSync(p, { recursive: true, force: true });
+    rmSync(p, { recursive: true, force: true });
   },
   fsyncDir(p) {
     let fd: number | undefined;
     try {
-      fd = fs.openSync(p, 'r');
-      fs.fsyncSync(fd);
+      fd = openSync(p, 'r');
+      fsyncSync(fd);
     } catch {
       // Some file systems do not allow fsync on folders; the entries are written all the same.
     } finally {
-      if (fd !== undefined) fs.closeSync(fd);
+      if (fd !== undefined) closeSync(fd);
     }
   },
   lock(file, name, mode) {

@@ -11,7 +11,9 @@
 //   4. flush; then what only the new image allows: shrinking the data file and the image file.
 //
 // Header-only changes (compat up, lazy refcounts, data file name, data-file-raw off, rebase -u)
-// are step 3 alone, and their bytes equal qemu-img's. Changes that move metadata are equal to
+// are step 3 alone, and their bytes equal qemu-img's. Persistent bitmaps are kept as they are
+// (their clusters keep their refcounts through a rebuild), and resized with the image: stored
+// anew in free clusters, the old ones freed by the same commit. Changes that move metadata are equal to
 // qemu-img's in info, map and check, not in layout: qemu-img updates tables in place.
 
 import { BlockFile } from '../io/blockfile';
@@ -28,6 +30,8 @@ import {
 import { readRefcount } from '../spec/refcount';
 import { Image, safeOffset } from '../meta/image';
 import { CountRefcounts } from '../meta/refcount';
+import { BitmapClusterIo, freeBitmapClusters, loadBitmap, readBitmapDirectory, storeBitmapData } from '../meta/bitmaps';
+import { BME_FLAG_AUTO, encodeBitmapDirectory } from '../spec/bitmaps';
 import { Table, TableCache } from '../meta/tables';
 
 /** A validated amend, in header terms. Undefined fields are unchanged. */
@@ -287,6 +291,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         if (hasData) plan.dataFileShrink = Number(newSize);
       }
       h.size = newSize;
+      resizeBitmaps(img, h, newSize, a, writes);
     }
 
     /** Zero-alloc entries of a downgrade: COPIED follows the refcount once the frees are in. */
@@ -404,6 +409,39 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     plan = { ...plan, headerOnly: false };
   }
   return { ...plan, commit: headerCommitBytes(h, cs, file) };
+}
+
+/**
+ * A resize resizes the persistent bitmaps, as qemu-img 7.2 does (bits past the new end dropped,
+ * new ones clear): each is stored anew (data, then table, in directory order), then a new
+ * directory; the old clusters are freed in the plan. provider/rules refused inconsistent ones.
+ */
+function resizeBitmaps(img: Image, h: Header, newSize: bigint, a: CountRefcounts, writes: Write[]): void {
+  const old = img.header.bitmaps;
+  if (old === undefined) return;
+  const cs = img.geometry.clusterSize;
+  const read = (o: number, l: number) => img.read(o, l);
+  const io: BitmapClusterIo = {
+    clusterSize: cs,
+    alloc: (n) => a.alloc(n),
+    free: (first, n) => a.free(first, n),
+    write: (offset, data) => writes.push({ offset, data }),
+    read,
+  };
+  const entries = readBitmapDirectory(img.header, cs, read);
+  const stored = entries.map((e) => {
+    const b = loadBitmap(e, img.header.size, cs, read);
+    if (b.inconsistent) throw new Qcow2Error('REFUSED', `Bitmap '${e.name}' is inconsistent and cannot be used`, { property: 'size' });
+    b.truncate(newSize);
+    const t = storeBitmapData(b, io);
+    return { name: e.name, tableOffset: t.tableOffset, tableSize: t.tableSize, rawFlags: e.rawFlags & BME_FLAG_AUTO, granularityBits: e.granularityBits };
+  });
+  const dir = encodeBitmapDirectory(stored);
+  const d = a.alloc(Math.ceil(dir.length / cs));
+  writes.push({ offset: d * cs, data: dir });
+  h.bitmaps = { nbBitmaps: stored.length, bitmapDirectorySize: BigInt(dir.length), bitmapDirectoryOffset: BigInt(d) * BigInt(cs) };
+  for (const e of entries) freeBitmapClusters(e, io);
+  a.free(Number(old.bitmapDirectoryOffset / BigInt(cs)), Math.ceil(Number(old.bitmapDirectorySize) / cs));
 }
 
 /** The entry of guest cluster `gc` in new area: ZERO, or COPIED | guest offset (data-file-raw). */

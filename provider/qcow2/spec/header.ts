@@ -69,6 +69,12 @@ export interface Header extends HeaderFields {
   dataFile?: string;
   featureTable?: FeatureName[];
   bitmaps?: BitmapsExtension;
+  /**
+   * A bitmaps extension is present but autoclear bit 0 is clear: a writer without bitmap support
+   * changed the image, so every bitmap in it is stale (QEMU warns and drops the extension on its
+   * next read-write open; the clusters it pointed at are leaked).
+   */
+  staleBitmaps?: boolean;
   /** Unknown extensions in file order; re-emitted reversed, as QEMU does. */
   unknownExtensions: UnknownExtension[];
 }
@@ -254,7 +260,10 @@ function readExtensions(header: Header, buf: Uint8Array, start: number, end: num
       case C.QCOW2_EXT_MAGIC_BITMAPS: {
         if (length !== BITMAPS_EXT.size) throw invalidImage('bitmaps_ext: Invalid extension length', extStart);
         // Without the autoclear bit the extension is stale: QEMU ignores it (and drops it on write).
-        if ((header.autoclearFeatures & C.QCOW2_AUTOCLEAR_BITMAPS) === 0n) break;
+        if ((header.autoclearFeatures & C.QCOW2_AUTOCLEAR_BITMAPS) === 0n) {
+          header.staleBitmaps = true;
+          break;
+        }
         const ext = BITMAPS_EXT.decode(data);
         if (ext.reserved32 !== 0) throw invalidImage('bitmaps_ext: Reserved field is not zero', extStart);
         if (ext.nbBitmaps > C.QCOW2_MAX_BITMAPS) {

@@ -7,7 +7,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scratchBase, skipWithoutTools, startHolder, stopHolder, tool } from '../../engines/helpers';
 
-const CLI = path.resolve(__dirname, '../../../dist/provider/cli/main.js');
+const CLI = path.resolve(__dirname, '../../../dist/provider/cli/qcow2.js');
 const SKIP = skipWithoutTools('cli/read-commands');
 
 interface Run { status: number; stdout: string; stderr: string }

@@ -93,6 +93,7 @@ export function openQcow2(fileName: string, opts: OpenOptions = {}, depth = 0): 
     if (writable) opts.beforeWrite?.(image);
     return new Qcow2Image({
       file, image, fileName, dataFile, dataFileName: h.dataFile, backing, writable, host, locks, owned, ownsFile: true,
+      ...(opts.frees !== undefined ? { frees: opts.frees } : {}),
     });
   } catch (e) {
     for (const o of owned.reverse()) o.close();
