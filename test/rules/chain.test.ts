@@ -86,6 +86,19 @@ describe('backing chain rules', () => {
     expect(changes[0]!.action).toBe('refuse');
   });
 
+  it('under_a_running_qemu_recording_the_chain_is_allowed_and_recreating_the_overlay_is_refused', () => {
+    const holder = 'process 4242 (qemu-system-x86_64)';
+    const now = { ...base, ino: '77' };
+    const chain = { recorded: [base], current: { layers: [now] } };
+    // Recording writes nothing: the holder does not stop it.
+    expect(classifyChange(overlay, { acceptBacking: chainDigest([now]) }, { chain, holder })).toMatchObject([{ action: 'amend', operation: 'record' }]);
+    // A replace would delete the image the VM runs on: refused, naming the process.
+    const [c] = classifyChange(overlay, { allowReplace: true }, { chain, holder });
+    expect(c).toMatchObject({ property: 'backingFile', action: 'refuse' });
+    expect(c!.reason).toContain(holder);
+    expect(c!.reason).toMatch(/Stop the VM first/);
+  });
+
   it('only_changes_that_keep_the_guest_view_are_vouched', () => {
     const c = (over: Partial<Change>): Change => ({ property: 'size', action: 'amend', reason: '', ...over });
     expect(keepsGuestView([c({ from: 1n, to: 2n }), c({ property: 'lazyRefcounts', from: false, to: true }), c({ property: 'backingFile', operation: 'record' })])).toBe(true);
@@ -93,6 +106,8 @@ describe('backing chain rules', () => {
     expect(keepsGuestView([c({ property: 'backingFile', operation: 'rebase' })])).toBe(false);
     expect(keepsGuestView([c({ property: 'dataFile', from: '/a', to: '/b' })])).toBe(false);
     expect(keepsGuestView([c({ action: 'replace' })])).toBe(false);
+    // A live grow or bitmap change (through the QEMU holding the image) keeps it too.
+    expect(keepsGuestView([c({ action: 'live', operation: 'resize', from: 1n, to: 2n }), c({ property: 'bitmaps', action: 'live' })])).toBe(true);
   });
 
   it('deleting_an_image_others_use_is_refused_naming_them', () => {
