@@ -235,10 +235,13 @@ function writerOf(file: string): string | undefined {
   return h && describeHolder(h);
 }
 
-/** The image's facts: from the file, and from the QEMU holding it when qmpSocket is given and a process holds it. */
-async function currentFacts(engine: Engine, file: string, qmpSocket: string | undefined): Promise<ImageFacts> {
+/**
+ * The image's facts: from the file, and from the QEMU holding it when qmpSocket is given and a
+ * process holds it (`holder`: writerOf(file), looked up once by the caller).
+ */
+async function currentFacts(engine: Engine, file: string, qmpSocket: string | undefined, holder: string | undefined): Promise<ImageFacts> {
   const info = await engine.info(file, { forceShare: true });
-  if (qmpSocket === undefined || qmpSocket === '' || writerOf(file) === undefined) return info;
+  if (qmpSocket === undefined || qmpSocket === '' || holder === undefined) return info;
   return withLive(info, await liveView(qmpSocket, file));
 }
 
@@ -293,10 +296,9 @@ async function exists(engine: Engine, file: string): Promise<boolean> {
 }
 
 /** Facts only the disk knows, gathered here (through the engine) so rules stay pure. */
-async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec): Promise<WorldFacts> {
+async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec, holder: string | undefined): Promise<WorldFacts> {
   const facts: WorldFacts = {};
   // A running process that holds the image for writing (a VM): only live changes through its QEMU.
-  const holder = current.path ? writerOf(current.path) : undefined;
   if (holder !== undefined) facts.holder = holder;
   if (d.dataFile !== undefined && d.dataFile !== (current.dataFile ?? '')) {
     const st = await engine.stat(d.dataFile);
@@ -335,9 +337,10 @@ async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: C
   }
   // The QEMU to ask is the one the program names now; during a preview it may not be known yet: then the recorded one.
   const socket = isUnknown(news.qmpSocket) ? olds.qmpSocket : desired.qmpSocket;
-  const current = factsOnDisk(await currentFacts(engine, olds.path, socket), olds);
+  const holder = writerOf(olds.path);
+  const current = factsOnDisk(await currentFacts(engine, olds.path, socket, holder), olds);
   const chain = chainFacts(olds);
-  return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired)), recorded, ...(chain ? { chain } : {}) }), desired, current };
+  return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired, holder)), recorded, ...(chain ? { chain } : {}) }), desired, current };
 }
 
 function throwIfRefused(changes: Change[]): void {
@@ -479,7 +482,7 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   const file = props?.path ?? id;
   const engine = engineOf(props?.engine);
   if (!(await exists(engine, file))) return { id: '' };
-  const info = await currentFacts(engine, file, props?.qmpSocket);
+  const info = await currentFacts(engine, file, props?.qmpSocket, props?.qmpSocket ? writerOf(file) : undefined);
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
   const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info) });
