@@ -28,13 +28,14 @@ export interface ResizeOptions {
   allowShrink?: boolean;
 }
 
-/** What one stat of a path says: its kind and size in bytes. */
+/** What one stat of a path says: its kind, size in bytes and identity on its host ("dev:ino"). */
 export interface FileStat {
   kind: 'file' | 'directory' | 'symlink' | 'other';
   size: number;
+  id: string;
 }
 
-/** `dataFile`: also remove the external data file named in the image (only files we created). */
+/** `dataFile`: also remove the external data file named in the image (only files we created); `recordedDataFile`: only that one (qcow2/ops/remove.ts). */
 export type RemoveOptions = RemoveImageOptions;
 
 export interface ReadOptions {

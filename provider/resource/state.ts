@@ -4,6 +4,7 @@
 // bitmaps) are kept, so a preview decides what the update will.
 
 import type { EngineName } from '../engines/engine';
+import type { ChainLayer } from '../model/chain';
 import type { BitmapFacts, ImageFacts } from '../model/facts';
 import type { Preallocation } from '../model/options';
 
@@ -35,6 +36,8 @@ export interface ImageOutputs extends FactOutputs {
   preallocation: string;
   /** This resource created the data file (so destroy may remove it). */
   createdDataFile: boolean;
+  /** The data file this resource created, as "dev:ino:path" (delete removes only that file); '' otherwise. */
+  dataFileIdentity: string;
   /** This resource adopted an existing image (destroy keeps it unless deleteAdopted). */
   adopted: boolean;
   dataFileOnDelete: 'auto' | 'keep' | 'delete';
@@ -42,6 +45,18 @@ export interface ImageOutputs extends FactOutputs {
   /** The QMP socket of the QEMU holding the image ('' when none is given). */
   qmpSocket: string;
   providerVersion: string;
+  /**
+   * The files below this image as this provider last recorded them (its create or update), top
+   * down: device, inode, size, header fingerprint, when seen. [] without a backing file. A
+   * refresh never rewrites it: a base that changed stays a difference until it is dealt with.
+   */
+  backingChain: ChainLayer[];
+  /** What the last refresh found changed in the backing chain ('' when nothing). */
+  backingDrift: string;
+  /** This image with its recorded chain, as one digest (model/chain.ts); overlays built on it compare it. */
+  identity: string;
+  /** The identity this image had just before its last in-place change by this provider ('' when none). */
+  identityFrom: string;
 }
 
 /** A byte count as Pulumi state: exact as a number below 2^53, else a decimal string. */

@@ -232,6 +232,8 @@ export function planBitmaps(
 export function liveOrRefuse(changes: Change[], holder: string, qmpSocket: string | undefined): void {
   for (const [i, c] of changes.entries()) {
     if (c.action !== 'amend' && c.action !== 'replace') continue;
+    // Recording the backing chain anew writes nothing: a running QEMU does not stop it.
+    if (c.operation === 'record') continue;
     const liveable = (c.property === 'size' && c.operation === 'resize' && (c.to as bigint) > (c.from as bigint)) || c.property === 'bitmaps';
     if (liveable && qmpSocket !== undefined) {
       changes[i] = { ...c, action: 'live', reason: `${c.reason.replace(/ in place/, '')}, live through ${qmpSocket} (${holder} holds the image)` };

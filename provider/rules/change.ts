@@ -8,6 +8,7 @@ import { CREATE_ONLY_PROPERTIES, propertyOf } from '../model/names';
 import { formatSize } from '../model/size';
 import { validateAmend, validateRebase, validateResize } from './amend';
 import { liveOrRefuse, planBitmaps } from './bitmaps';
+import { classifyChain } from './chain';
 import { firstV2Refusal } from './compat';
 import type { AmendRequest, Change, DesiredSpec, WorldFacts } from './types';
 
@@ -43,6 +44,14 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
 function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFacts): Change[] {
   let desired = desiredSpec;
   const out: Change[] = [];
+  // The backing chain first: a base that is not the one the image was built on refuses every change.
+  const chain = classifyChain(current, desired, facts.chain);
+  if (chain.some((c) => c.action === 'refuse' || c.action === 'replace')) {
+    // A replace under a running QEMU is refused like any other (the holder named).
+    if (facts.holder !== undefined) liveOrRefuse(chain, facts.holder, desired.qmpSocket);
+    return chain;
+  }
+  out.push(...chain);
 
   // data-file-raw: can be cleared, never enabled on an existing image.
   if (desired.dataFileRaw !== undefined) {
@@ -292,7 +301,7 @@ export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   const req: AmendRequest = {};
   let any = false;
   for (const c of changes) {
-    if (c.action !== 'amend' || c.operation === 'rebase') continue;
+    if (c.action !== 'amend' || c.operation === 'rebase' || c.operation === 'record') continue;
     any = true;
     switch (c.property) {
       case 'compat': req.compat = c.to as AmendRequest['compat']; break;

@@ -2,6 +2,7 @@
 // program or command asks for, and the decisions the rules return. Pure data, no I/O.
 
 import type { BitmapAction } from '../model/bitmaps';
+import type { BackingIdentity, ChainLayer, ChainView } from '../model/chain';
 import type { ImageFacts } from '../model/facts';
 import type { Compat, CreateOptions } from '../model/options';
 
@@ -46,6 +47,15 @@ export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
   allowShrink?: boolean;
   /** Properties that can only change by replacing the image may do so (the old image is deleted). */
   allowReplace?: boolean;
+  /**
+   * The backing file is given as an Image: its identity (or 'unknown' while a preview plans a
+   * change of it). Only a change vouched for by that Image is taken over without asking.
+   */
+  backingIdentity?: BackingIdentity | 'unknown';
+  /** The Image the backing file comes from is being replaced: its path or resource id is not known yet. */
+  backingFileUnknown?: boolean;
+  /** The user asserts that the chain as it is now (this digest) holds the guest data the image was built on. */
+  acceptBacking?: string;
 }
 
 /** Facts the caller gathered by I/O for rules that depend on the world (rules never do I/O). */
@@ -62,13 +72,15 @@ export interface WorldFacts {
   recorded?: ImageFacts;
   /** The image file is not there any more (removed outside the program since it was recorded). */
   imageMissing?: boolean;
+  /** The backing chain as recorded in the state and as on disk now (images with a backing file). */
+  chain?: { recorded: ChainLayer[]; current: ChainView };
 }
 
 /** `live`: carried out through QMP by the QEMU process that holds the image. */
 export type Action = 'none' | 'amend' | 'live' | 'replace' | 'refuse';
 
-/** How an in-place change is carried out: by an engine (amend, resize, rebase, bitmap), or live through QMP (resize, bitmap). */
-export type Operation = 'amend' | 'resize' | 'rebase' | 'bitmap';
+/** How an in-place change is carried out: by an engine (amend, resize, rebase, bitmap), or live through QMP (resize, bitmap); 'record': nothing on disk, the state records the chain anew. */
+export type Operation = 'amend' | 'resize' | 'rebase' | 'bitmap' | 'record';
 
 /** One bitmap's actions, in order (`to` of the `bitmaps` change). */
 export interface BitmapStep {
@@ -118,4 +130,17 @@ export interface CommitFacts {
   baseFound: boolean;
   /** A file commit would write (the base, or the image when emptied) that is not a regular file. */
   notRegular?: string;
+}
+
+/**
+ * What the engine's consistency check (qemu-img check's verdict, read-only) found, for a change
+ * that would move metadata: corruptions block it, leaks alone do not.
+ */
+export interface ConsistencyFacts {
+  /** Corruptions (on an image with lazy refcounts left dirty: only those a refcount repair cannot fix). */
+  corruptions: number;
+  /** Refcounts that could not be read at all. */
+  checkErrors: number;
+  /** The first thing check said about them, in its words. */
+  first?: string;
 }

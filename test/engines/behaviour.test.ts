@@ -369,9 +369,11 @@ const scenarios: Scenario[] = [
     run: async (e, dir) => {
       const r = { image: await e.stat('img.qcow2'), folder: (await e.stat('sub'))?.kind, missing: await e.stat('none.qcow2'),
         throughAFile: await e.stat('img.qcow2/x') };
-      expect(r.image).toEqual({ kind: 'file', size: fs.statSync(path.join(dir, 'img.qcow2')).size });
+      const st = fs.statSync(path.join(dir, 'img.qcow2'), { bigint: true });
+      expect(r.image).toEqual({ kind: 'file', size: Number(st.size), id: `${st.dev}:${st.ino}` });
       expect(r).toMatchObject({ folder: 'directory', missing: undefined, throughAFile: undefined });
-      return r;
+      // The identity differs between the engines' scratch copies: compare the rest.
+      return { ...r, image: { kind: r.image?.kind, size: r.image?.size } };
     },
   },
 

@@ -149,14 +149,18 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     if (drift) {
       ex.resize('base.qcow2', '3G');
       const refresh = ex.clean(await ex.project.refresh());
-      expect(refresh.ops).toEqual({ base: 'update', vm1: 'same', vm2: 'same', data: 'same' });
+      // The overlays' base changed under them, outside the program: the refresh reports it.
+      expect(refresh.ops).toEqual({ base: 'update', vm1: 'update', vm2: 'update', data: 'same' });
       const refused = await ex.project.preview();
       expect(refused.ok).toBe(false);
       expect(refused.errors.join('\n')).toContain(
         "size: Shrinking the image from 3221225472 bytes (3 GiB) to 2147483648 bytes (2 GiB) deletes all data beyond the new end. " +
           "Set size to the image's current size (3221225472), or set allowShrink: true to shrink it");
       ex.set({ baseSize: '3G' });
-      expect(ex.clean(await ex.project.preview()).ops).toEqual({ base: 'same', vm1: 'same', vm2: 'same', data: 'same' });
+      // The base is accepted as it is; its overlays still refuse until the user restores, accepts or recreates them.
+      const overlays = await ex.project.preview();
+      expect(overlays.ok).toBe(false);
+      expect(overlays.errors.join('\n')).toMatch(/backingFile: The backing chain of this image changed outside the program: its backing file .*base\.qcow2 was rewritten in place.*acceptBacking: "sha256:/s);
     }
 
     const destroyed = await ex.destroyFromMovedCopy();
@@ -171,10 +175,32 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(ex.clean(await ex.project.preview()).ops).toEqual({ golden: 'create', 'overlay-web': 'create', 'overlay-db': 'create' });
     ex.clean(await ex.project.up());
     expect(fs.readdirSync(ex.images).sort()).toEqual(['db.qcow2', 'golden.qcow2', 'web.qcow2']);
+    // backingFile: golden wires each overlay to the golden image's identity and id; each records its chain.
+    const byName = (state: ReturnType<typeof ex.project.readState>, name: string) => state.resources.find((r) => r.urn.endsWith(`::${name}`))!;
+    const state = ex.project.readState();
+    const golden = byName(state, 'golden');
+    for (const vm of ['web', 'db']) {
+      const overlay = byName(state, `overlay-${vm}`);
+      expect(overlay.inputs).toMatchObject({ backingFile: path.join(ex.images, 'golden.qcow2'), backingIdentity: { identity: golden.outputs.identity, from: '' }, backingImageId: golden.id });
+      expect(overlay.dependencies).toContain(golden.urn);
+      expect((overlay.outputs.backingChain as Array<{ path: string }>).map((l) => l.path)).toEqual([path.join(ex.images, 'golden.qcow2')]);
+    }
     ex.set({ vms: { web: '1G', db: '2G' } });
     const grown = ex.clean(await ex.project.up());
     expect(grown.ops).toEqual({ golden: 'same', 'overlay-web': 'same', 'overlay-db': 'update' });
     expect((grown.outputs.overlays as Array<{ vm: string; virtualSize: number }>).find((o) => o.vm === 'db')!.virtualSize).toBe(2 * GiB);
+
+    // A new golden image (another cluster size, allowReplace on it): the overlays refuse at preview.
+    const sums = Object.fromEntries(['golden.qcow2', 'web.qcow2', 'db.qcow2'].map((f) => [f, md5(path.join(ex.images, f))]));
+    ex.set({ goldenClusterSize: 4096 });
+    const replaced = await ex.project.preview();
+    expect(replaced.ok).toBe(false);
+    expect(replaced.errors.join('\n')).toMatch(/The base of this image, .*golden\.qcow2, is being replaced/);
+    const refusedUp = await ex.project.up();
+    expect(refusedUp.ok).toBe(false);
+    for (const [f, sum] of Object.entries(sums)) expect(md5(path.join(ex.images, f)), f).toBe(sum);
+    delete ex.config.goldenClusterSize;
+    ex.set({});
 
     if (drift) {
       ex.resize('web.qcow2', '512M', true);

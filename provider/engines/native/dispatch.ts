@@ -78,7 +78,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'stat': {
       const { localFs } = require('../../qcow2/io/hostfs') as typeof import('../../qcow2/io/hostfs');
       const st = localFs.stat(call.path);
-      return st === undefined ? undefined : { kind: st.kind, size: st.size };
+      return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
     }
     default: {
       const never: never = call;

@@ -11,14 +11,18 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { localFs } from '../../qcow2/io/hostfs';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
-import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
 import type { ImageLock } from '../../qcow2/io/lock';
-import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import {
+  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+} from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
+import { sweepStale } from '../../qcow2/io/publish';
+import { dirname } from 'path';
 
 /** Create refusals keep qemu-img's code for bad options. */
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
@@ -81,6 +85,7 @@ export interface AmendBehaviour {
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 export function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+  sweepStale(dirname(path));
   const nf = localFs.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
@@ -132,6 +137,8 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
     throwIfRefused(r, path);
   }
+  // A change that builds on the tables needs them sound: check's verdict first (rules decide).
+  if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
@@ -149,9 +156,9 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, req: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
-  return withWritableImage(path, behaviour, (opened, file) => {
-    let img = opened;
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+  const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
+  return withWritableImage(path, behaviour, (img, file) => {
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
     const r = validateAmend(state, req, behaviour.allowShrink ?? true);
@@ -160,18 +167,14 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
       const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
       throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
     }
-    if (req.compat === '1.1' && img.header.version === 2 && img.readSnapshots().some((sn) => (sn.extraDataSize ?? 0) < 16)) {
-      // qcow2_upgrade: snapshot entries without a disk size get the extra data v3 requires
-      // (the table rewritten on its own, crash-safe), before the header becomes v3.
-      rewriteSnapshotTable(file, img);
-      img = Image.open(file, path);
-    }
     return runPlan(img, file, path, changesOf(state, req));
   });
 }
 
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, size: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+  const size = typeof sizeAsked === 'object' && sizeAsked !== null
+    ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
@@ -277,11 +280,13 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
  * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
+  sweepStale(dirname(path));
   const img = Qcow2Image.open(path, {
     writable: true,
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
       throwIfRefused(r, path);
+      throwIfRefused(validateConsistent(consistencyOf(image, image.file)), path);
     },
   });
   let next: GuestSource | null = null;

@@ -65,7 +65,7 @@ import { assertNewImageFiles } from '../../qcow2/ops/create';
 import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { removeImageFiles } from '../../qcow2/ops/remove';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
 import { ioError } from '../../qcow2/io/blockfile';
 import { localFs } from '../../qcow2/io/hostfs';
@@ -73,7 +73,7 @@ import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
-import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest, CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
@@ -85,7 +85,7 @@ import { validateSnapshot } from '../../rules/snapshot';
 import { validateCommit } from '../../rules/commit';
 import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
 import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
-import { localCreateFacts, sameFile } from '../local-facts';
+import { localConsistency, localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
 import { BackingSpec, ChainLayer, DataFileSpec, chainSpec, imageSpec, optList, peekHeader } from './spec';
@@ -450,7 +450,8 @@ export class QemuImgEngine implements Engine {
     }
   }
 
-  async amend(file: string, request: AmendRequest): Promise<void> {
+  async amend(file: string, asked: AmendRequest): Promise<void> {
+    const request = asked.size === undefined ? asked : { ...asked, size: sizeArg(asked.size) };
     await this.binary();
     const state = await this.stateForChange(file);
     if (request.compat === '0.10' && state.compat === '1.1' && state.compressionType === 'zstd') {
@@ -468,10 +469,14 @@ export class QemuImgEngine implements Engine {
     if (request.dataFile !== undefined && request.dataFile !== state.dataFile) pairs.push(opt('dataFile', request.dataFile));
     if (request.dataFileRaw !== undefined && request.dataFileRaw !== state.dataFileRaw) pairs.push(opt('dataFileRaw', onOff(request.dataFileRaw)));
     if (pairs.length === 0) return;
+    const moves = sizeChanges || state.dirty || (request.compat === '0.10' && state.compat === '1.1') ||
+      (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits);
+    if (moves) throwIfRefused(validateConsistent(localConsistency(file)), file);
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
-  async resize(file: string, newSize: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+  async resize(file: string, asked: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+    const newSize = typeof asked === 'object' && asked !== null ? { relative: sizeArg(asked.relative, 'size', true) } : sizeArg(asked);
     await this.binary();
     const allowShrink = options.allowShrink ?? false;
     const state = await this.stateForChange(file);
@@ -479,6 +484,7 @@ export class QemuImgEngine implements Engine {
     const r = validateResizeRequest(state, size, allowShrink);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
+    throwIfRefused(validateConsistent(localConsistency(file)), file);
     const shrink = size < state.virtualSize ? ['--shrink'] : [];
     await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
   }
@@ -723,7 +729,7 @@ export class QemuImgEngine implements Engine {
 
   async stat(file: string): Promise<FileStat | undefined> {
     const st = localFs.stat(file);
-    return st === undefined ? undefined : { kind: st.kind, size: st.size };
+    return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
   }
 }
 

@@ -31,6 +31,7 @@ import {
   entryOf, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { Image, safeOffset } from '../meta/image';
+import { planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { FreePolicy, TableRefcounts } from '../meta/refcount';
 import { Table, TableCache } from '../meta/tables';
 
@@ -176,7 +177,7 @@ export class Qcow2Metadata {
 
   /** Write the header now (the autoclear policy's writes, before any guest data). */
   writeHeaderNow(h: Header = this.header): void {
-    this.file.write(0, encodeHeader(h, this.cs));
+    writeHeaderCommit(this.file, planHeaderCommit(h, this.cs, this.file));
     this.file.flush();
     this.diskHeader = { ...h, unknownExtensions: [...h.unknownExtensions] };
     delete this.diskHeader.staleBitmaps;

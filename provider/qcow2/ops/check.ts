@@ -30,6 +30,11 @@ export interface CheckResult {
   allocatedClusters: number;
   fragmentedClusters: number;
   compressedClusters: number;
+  /**
+   * Why the check could not run at all (the snapshot table cannot be read, as QEMU checks it
+   * first): qemu-img reports it and "Check failed: <cause>", and prints no summary.
+   */
+  failed?: { message: string; cause: string };
 }
 
 const hex = (v: bigint | number) => v.toString(16);
@@ -62,6 +67,23 @@ export function countReferences(img: Image, file: BlockFile): { counts: Uint32Ar
   const c = new Checker(img, file);
   const result = c.run();
   return { counts: c.computed().dense, beyondFile: [...c.computed().sparse.keys()], structuralCorruptions: c.structural, result };
+}
+
+/**
+ * What a change that moves metadata must know (provider/rules validateConsistent): check's
+ * corruptions and unreadable refcounts, and the first error line. On an image with lazy
+ * refcounts left dirty, stale refcounts are what the change's repair fixes: only corruptions
+ * found before the refcount comparison (broken structure) count.
+ */
+export function consistencyOf(img: Image, file: BlockFile): { corruptions: number; checkErrors: number; first?: string } {
+  const c = new Checker(img, file);
+  const r = c.run();
+  const out: { corruptions: number; checkErrors: number; first?: string } = {
+    corruptions: img.dirty ? c.structural : r.corruptions, checkErrors: r.checkErrors,
+  };
+  const first = r.messages.find((m) => !m.startsWith('Leaked'));
+  if (first !== undefined && out.corruptions + out.checkErrors > 0) out.first = first.replace(/^ERROR:? /, '');
+  return out;
 }
 
 // The hot loops are small module-level functions that take everything as parameters. On a first
@@ -148,7 +170,7 @@ export interface CheckerOptions {
 export function checkWithFindings(img: Image, file: BlockFile, options: CheckerOptions = {}): { result: CheckResult; findings: CheckFindings; counts: Uint32Array } {
   const c = new Checker(img, file, options);
   const result = c.run();
-  // References past the end of the file (at most into the cluster after it: pastEnd) count too.
+  // References past the end of the file (at most into the cluster after it: beyondEnd) count too.
   const refs = c.computed();
   let counts = refs.dense;
   if (refs.sparse.size) {
@@ -176,7 +198,6 @@ class Checker {
   private copiedCorruptions = 0;
   private readonly table: Buffer;
   private readonly view: DataView;
-
   /** The image file's length (grown, for check -r all, by a refcount block placed past it). */
   private fileLen: number;
 
@@ -206,9 +227,18 @@ class Checker {
     r.totalClusters = img.geometry.clustersFor(h.size);
     this.reftable = img.readReftable();
 
+    // qcow2_check_read_snapshot_table comes first: a table QEMU cannot read stops the check.
+    let snaps: ReturnType<Image['readSnapshots']>;
+    try {
+      snaps = img.readSnapshots();
+    } catch (e) {
+      if (!Qcow2Error.isInstance(e) || e.code !== 'INVALID_IMAGE') throw e;
+      r.checkErrors++;
+      r.failed = { message: `ERROR failed to read the snapshot table: ${e.message}`, cause: 'File too large' };
+      return r;
+    }
     this.inc(0n, this.cs);
     this.checkL1(h.l1TableOffset, h.l1Size, true);
-    const snaps = img.readSnapshots();
     if (img.hasDataFile && snaps.length) {
       this.err(`ERROR ${snaps.length} snapshots in image with data file`);
       r.corruptions++;
@@ -242,10 +272,14 @@ class Checker {
     return r;
   }
 
-  /** qcow2_inc_refcounts_imrt over the bytes [offset, offset+size). */
+  /**
+   * qcow2_inc_refcounts_imrt over the bytes [offset, offset+size). A region reaching a whole
+   * cluster or more past the end of the file is a corruption and is not counted (QEMU 4.0+):
+   * a hostile entry far past the end must not grow the count, nor the image end offset.
+   */
   private inc(offset: bigint, size: number): void {
     if (size <= 0) return;
-    if (this.pastEnd(offset, size)) return;
+    if (this.beyondEnd(offset, size)) return;
     const first = offset >> this.bits;
     const last = (offset + BigInt(size) - 1n) >> this.bits;
     this.incClusters(Number(first), Number(last - first) + 1);
@@ -255,7 +289,7 @@ class Checker {
    * qcow2_inc_refcounts_imrt's bound: the last cluster may be partly past the end of the file,
    * never a whole cluster or more. Such a reference is an error and is not counted.
    */
-  private pastEnd(offset: bigint | number, size: number): boolean {
+  private beyondEnd(offset: bigint | number, size: number): boolean {
     const o = BigInt(offset);
     if (o + BigInt(size) - BigInt(this.fileLen) < BigInt(this.cs)) return false;
     this.err(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(o)} size 0x${hex(size)}`);
@@ -376,7 +410,7 @@ class Checker {
     for (let i = from; i < end; i++) {
       const hi = entryHi(v, i * step), lo = entryLo(v, i * step);
       const ci = hostClusterOf(hi, lo, bits);
-      if (ci * this.cs < this.fileLen || !this.pastEnd(BigInt(ci) << this.bits, this.cs)) this.incClusters(ci, 1);
+      if (ci * this.cs < this.fileLen || !this.beyondEnd(BigInt(ci) << this.bits, this.cs)) this.incClusters(ci, 1);
       if (copied) this.checkCopiedData(hi, lo, ci);
     }
   }
@@ -418,7 +452,7 @@ class Checker {
           this.r.corruptions++;
           break;
         }
-        if (!this.pastEnd(range.offset, range.size)) this.incClusters(range.firstCluster, range.clusters);
+        this.inc(range.offset, range.size);
         if (active) {
           this.r.allocatedClusters++;
           this.r.compressedClusters++;
@@ -456,7 +490,7 @@ class Checker {
           this.next[0] = offset + cs;
         }
         const ci = hostClusterOf(hi, lo, g.clusterBits);
-        if (!fmt.dataFile && !this.pastEnd(offset, cs)) this.incClusters(ci, offset % cs === 0 ? 1 : 2); // an unaligned cluster spans two
+        if (!fmt.dataFile) this.inc(BigInt(offset), cs); // an unaligned cluster spans two
         if (copied) {
           if (fmt.dataFile) {
             if ((hi & L2_HI_COPIED) === 0) this.copiedDataError(hi, lo, 1n);

@@ -24,6 +24,7 @@ import { TableCache } from '../meta/tables';
 import { ReferenceTable, writeOrdered } from '../meta/ordered';
 import { CheckResult, Mismatch, checkWithFindings } from './check';
 import { rewriteSnapshotTable } from './snapshot';
+import { SNAPSHOT_EXTRA_V3 } from '../spec/snapshot';
 
 export type RepairMode = 'leaks' | 'all';
 
@@ -235,7 +236,7 @@ function snapshotTablePass(img: Image, fixErrors: boolean, messages: string[]): 
   if (img.header.version < 3) return 0;
   let corruptions = 0;
   img.readSnapshots().forEach((s, i) => {
-    if ((s.extraDataSize ?? 0) < 16) {
+    if (s.extraDataSize < SNAPSHOT_EXTRA_V3) {
       corruptions++;
       messages.push(`${fixErrors ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
     }

@@ -48,7 +48,7 @@ export function findByIdOrName(list: readonly Snapshot[], idOrName: string): num
 
 /** bdrv_snapshot_find: by name only (what `qemu-img snapshot -d` looks up). */
 export function findByName(list: readonly Snapshot[], name: string): number {
-  return list.findIndex((s) => s.name === name);
+  return findSnapshot(list, { name });
 }
 
 
@@ -272,10 +272,11 @@ export function createSnapshot(file: BlockFile, img: Image, name: string, time: 
     return 'overflow';
   }
   if (w.updateRefcounts(w.l1, 1)) w.activeL1Dirty();
+  const id = String(idMax + 1n);
   const sn: Snapshot = {
-    l1TableOffset: BigInt(l1Offset), l1Size: w.l1.length, id: String(idMax + 1n), name,
+    l1TableOffset: BigInt(l1Offset), l1Size: w.l1.length, id, name,
     dateSec: time.sec, dateNsec: time.nsec, vmClockNsec: 0n, vmStateSize: 0n, diskSize: img.header.size, icount: 0n,
-    extraDataSize: 24,
+    extraDataSize: 24, unknownExtra: new Uint8Array(0), idBytes: Buffer.from(id, 'utf8'), nameBytes: Buffer.from(name, 'utf8'),
   };
   w.writeSnapshotTable([...w.list, sn]);
   w.commit();

@@ -31,10 +31,15 @@ export const QCOW_MAX_SNAPSHOTS = 65536;
 export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
 /** An unknown icount (QEMU: -1ULL). */
 export const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
+/** QEMU's QCOW_MAX_SNAPSHOTS_SIZE: the table (entries, extra data, names) is at most 64 MiB. */
+export const QCOW_MAX_SNAPSHOTS_SIZE = 1024 * QCOW_MAX_SNAPSHOTS;
+/** Extra data v3 requires: the 64-bit VM state size and the disk size. */
+export const SNAPSHOT_EXTRA_V3 = 16;
 
 export interface Snapshot {
   l1TableOffset: bigint;
   l1Size: number;
+  /** The ID and name for display and lookups (decoded as UTF-8; the bytes below are what is stored). */
   id: string;
   name: string;
   dateSec: number;
@@ -45,9 +50,12 @@ export interface Snapshot {
   /** -1 (all ones) means unknown. */
   icount?: bigint;
   /** extra_data_size as stored. */
-  extraDataSize?: number;
-  /** Extra data beyond the known fields, kept as it is on rewrite. */
-  unknownExtra?: Uint8Array;
+  extraDataSize: number;
+  /** Extra data past the fields this engine knows (kept verbatim when the table is rewritten). */
+  unknownExtra: Uint8Array;
+  /** The ID and name as stored (C strings: up to the first NUL). */
+  idBytes: Uint8Array;
+  nameBytes: Uint8Array;
 }
 
 /**
@@ -57,17 +65,26 @@ export interface Snapshot {
 export function readSnapshots(read: (offset: number, length: number) => Uint8Array, offset: number, count: number): Snapshot[] & { tableSize?: number } {
   if (count > QCOW_MAX_SNAPSHOTS) throw invalidImage('Snapshot table too large', 60);
   const out: Snapshot[] & { tableSize?: number } = [];
-  let p = offset, end = offset, padding = 0;
+  let p = offset, end = offset;
   for (let i = 0; i < count; i++) {
     const h = SNAPSHOT_HEADER.decode(read(p, SNAPSHOT_HEADER.size));
-    if (h.extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) throw invalidImage('Too much extra metadata in snapshot table entry', p);
+    if (h.extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
+      throw invalidImage(`Too much extra metadata in snapshot table entry ${i}\nYou can force-remove this extra metadata with qemu-img check -r all`, p);
+    }
     p += SNAPSHOT_HEADER.size;
     const extra = read(p, h.extraDataSize);
     p += h.extraDataSize;
     const idName = read(p, h.idStrSize + h.nameSize);
     p += h.idStrSize + h.nameSize;
-    padding = Math.ceil(p / 8) * 8 - p;
-    p += padding;
+    // qcow2_read_snapshots: the entries (unpadded, each started at 8) may not pass 64 MiB.
+    if (p - offset > QCOW_MAX_SNAPSHOTS_SIZE) {
+      throw invalidImage(`Snapshot table is too big\nYou can force-remove all ${count - i} overhanging snapshots with qemu-img check -r all`, 64);
+    }
+    end = p;
+    p = Math.ceil(p / 8) * 8;
+    const cstr = (b: Uint8Array) => { const nul = b.indexOf(0); return nul >= 0 ? b.subarray(0, nul) : b; };
+    const idBytes = cstr(idName.subarray(0, h.idStrSize)).slice();
+    const nameBytes = cstr(idName.subarray(h.idStrSize)).slice();
     const s: Snapshot = {
       l1TableOffset: h.l1TableOffset,
       l1Size: h.l1Size,
@@ -77,6 +94,10 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
       dateNsec: h.dateNsec,
       vmClockNsec: h.vmClockNsec,
       vmStateSize: BigInt(h.vmStateSize),
+      extraDataSize: h.extraDataSize,
+      unknownExtra: extra.subarray(Math.min(extra.length, SNAPSHOT_EXTRA.size)).slice(),
+      idBytes,
+      nameBytes,
     };
     const padded = new Uint8Array(SNAPSHOT_EXTRA.size);
     padded.set(extra.subarray(0, Math.min(extra.length, SNAPSHOT_EXTRA.size)));
@@ -84,10 +105,7 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
     if (h.extraDataSize >= 8) s.vmStateSize = x.vmStateSizeLarge;
     if (h.extraDataSize >= 16) s.diskSize = x.diskSize;
     if (h.extraDataSize >= 24) s.icount = x.icount;
-    s.extraDataSize = h.extraDataSize;
-    if (h.extraDataSize > SNAPSHOT_EXTRA.size) s.unknownExtra = Uint8Array.from(extra.subarray(SNAPSHOT_EXTRA.size));
     out.push(s);
-    end = p - padding;
   }
   // QEMU's snapshots_size: up to the end of the last entry's name (no padding after it).
   out.tableSize = end - offset;
@@ -96,7 +114,7 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
 
 /** Bytes of one entry as written: the header, at least the known extra data, id, name. */
 function entrySize(s: Snapshot): number {
-  return SNAPSHOT_HEADER.size + Math.max(SNAPSHOT_EXTRA.size, s.extraDataSize ?? 0) + Buffer.byteLength(s.id) + Buffer.byteLength(s.name);
+  return SNAPSHOT_HEADER.size + SNAPSHOT_EXTRA.size + s.unknownExtra.length + s.idBytes.length + s.nameBytes.length;
 }
 
 /** qcow2_write_snapshots' size: every entry from a multiple of 8, no padding after the last. */
@@ -107,19 +125,19 @@ export function snapshotTableSize(list: readonly Snapshot[]): number {
 }
 
 /**
- * Encode a snapshot table as QEMU writes it: extra data at least 24 bytes (vm_state_size_large,
- * disk_size, icount), unknown extra data after them, the 32-bit vm_state_size 0 when the size
- * does not fit. `virtualSize` stands in for a disk size the entry does not record.
+ * The table as QEMU's qcow2_write_snapshots writes it: every entry in the v3 form, with at
+ * least the 24 bytes of known extra data (VM state size, disk size `virtualSize` when the entry
+ * had none, icount -1 when unknown), unknown extra data kept after them; the 32-bit VM state
+ * size 0 when the size does not fit (an old reader sees a disk-only snapshot, not a truncated state).
  */
 export function encodeSnapshots(list: readonly Snapshot[], virtualSize: bigint): Uint8Array {
   const out = new Uint8Array(snapshotTableSize(list));
   let p = 0;
   for (const s of list) {
     p = Math.ceil(p / 8) * 8;
-    const id = Buffer.from(s.id, 'utf8');
-    const name = Buffer.from(s.name, 'utf8');
+    // The id and name as stored: an untrusted or non-UTF-8 name survives a rewrite byte for byte.
+    const id = s.idBytes, name = s.nameBytes, unknown = s.unknownExtra;
     if (id.length > 0xffff || name.length > 0xffff) throw invalidImage(`Snapshot name too long: '${s.name}'`, p);
-    const unknown = s.unknownExtra ?? new Uint8Array(0);
     const extraSize = SNAPSHOT_EXTRA.size + unknown.length;
     SNAPSHOT_HEADER.encode({
       l1TableOffset: s.l1TableOffset,
@@ -156,12 +174,15 @@ export type SnapshotSelector = { idOrName: string } | { id?: string; name?: stri
  * find_snapshot_by_id_and_name. The index, or -1.
  */
 export function findSnapshot(list: readonly Snapshot[], sel: SnapshotSelector): number {
+  // QEMU compares C strings: the user's words, as bytes, against the bytes stored.
+  const is = (stored: Uint8Array, asked: string) => Buffer.from(asked, 'utf8').equals(stored);
   if ('idOrName' in sel) {
-    const byId = list.findIndex((s) => s.id === sel.idOrName);
-    return byId >= 0 ? byId : list.findIndex((s) => s.name === sel.idOrName);
+    const byId = list.findIndex((s) => is(s.idBytes, sel.idOrName));
+    return byId >= 0 ? byId : list.findIndex((s) => is(s.nameBytes, sel.idOrName));
   }
-  if (sel.id === undefined && sel.name === undefined) return -1;
-  return list.findIndex((s) => (sel.id === undefined || s.id === sel.id) && (sel.name === undefined || s.name === sel.name));
+  const { id, name } = sel;
+  if (id === undefined && name === undefined) return -1;
+  return list.findIndex((s) => (id === undefined || is(s.idBytes, id)) && (name === undefined || is(s.nameBytes, name)));
 }
 
 /** qcow2_validate_table for a snapshot's L1 table (the messages qemu-img prints). */
