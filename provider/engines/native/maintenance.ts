@@ -64,7 +64,7 @@ function requireDataFile(img: Image): void {
  */
 export function repairImageFile(path: string, mode: RepairMode): RepairReport {
   return withLockedFile(path, (file) => {
-    const img = Image.open(file, path);
+    const img = Image.open(file, path, { check: true });
     requireDataFile(img);
     clearUnknownAutoclearOf(file, img);
     const r = repairImage(file, mode, { punch: punchIn(file) });

@@ -11,7 +11,8 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { localFs } from '../../qcow2/io/hostfs';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
+import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
 import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
@@ -158,7 +159,8 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
  */
 export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
   const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
-  return withWritableImage(path, behaviour, (img, file) => {
+  return withWritableImage(path, behaviour, (opened, file) => {
+    let img = opened;
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
     const r = validateAmend(state, req, behaviour.allowShrink ?? true);
@@ -167,7 +169,15 @@ export function amendImage(path: string, request: AmendRequest, behaviour: Amend
       const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
       throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
     }
-    return runPlan(img, file, path, changesOf(state, req));
+    const ch = changesOf(state, req);
+    if (upgradeRewritesSnapshots(img, ch)) {
+      // qcow2_upgrade: the snapshot table gets the extra data v3 requires first (its own
+      // crash-safe commit, the table where qcow2_write_snapshots puts it), then the header.
+      throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
+      rewriteSnapshotTable(file, img);
+      img = Image.open(file, path);
+    }
+    return runPlan(img, file, path, ch);
   });
 }
 

@@ -30,7 +30,7 @@ import {
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
-import { SNAPSHOT_EXTRA_V3, encodeSnapshots } from '../spec/snapshot';
+import { SNAPSHOT_EXTRA_V3 } from '../spec/snapshot';
 import { Image, safeOffset } from '../meta/image';
 import { CountRefcounts } from '../meta/refcount';
 import { BitmapClusterIo, freeBitmapClusters, loadBitmap, readBitmapDirectory, storeBitmapData } from '../meta/bitmaps';
@@ -124,14 +124,15 @@ export function amendMovesMetadata(img: Image, ch: AmendChanges): boolean {
   return (ch.size !== undefined && ch.size !== old.size) ||
     (ch.version === 2 && old.version === 3) ||
     (ch.refcountOrder !== undefined && ch.refcountOrder !== old.refcountOrder) ||
-    img.dirty || upgradeRewritesSnapshots(img, ch);
+    img.dirty;
 }
 
 /**
  * qcow2_upgrade: v3 needs every snapshot to carry at least 16 bytes of extra data (the 64-bit
- * VM state size and the disk size); when one does not, the whole table is written anew.
+ * VM state size and the disk size); when one does not, the whole table is written anew first,
+ * as qcow2_write_snapshots writes it (ops/snapshot.ts rewriteSnapshotTable), before the plan.
  */
-function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean {
+export function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean {
   return ch.version === 3 && img.header.version === 2 && img.header.nbSnapshots > 0 &&
     img.readSnapshots().some((s) => s.extraDataSize < SNAPSHOT_EXTRA_V3);
 }
@@ -396,17 +397,6 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         h.compressionType = C.QCOW2_COMPRESSION_TYPE_ZLIB;
         h.incompatibleFeatures &= ~C.QCOW2_INCOMPAT_COMPRESSION;
       }
-    }
-
-    if (upgradeRewritesSnapshots(img, ch)) {
-      // A new table in v3 form where the old image does not look; the old one is freed.
-      const snaps = img.readSnapshots();
-      const bytes = encodeSnapshots(snaps, old.size);
-      const c = a.alloc(Math.ceil(bytes.length / cs));
-      writes.push({ offset: c * cs, data: bytes });
-      const first = Number(old.snapshotsOffset >> cbits);
-      a.free(first, Math.ceil((Number(old.snapshotsOffset) + (snaps.tableSize ?? 0)) / cs) - first);
-      h.snapshotsOffset = BigInt(c * cs);
     }
 
     // New L2 tables, then a new L1 that points at them (the old L1 stays as it was).
