@@ -34,6 +34,10 @@ export interface ImageOutputs extends FactOutputs {
   dataFileOnDelete: 'auto' | 'keep' | 'delete';
   deleteAdopted: boolean;
   providerVersion: string;
+  /** The source imported at creation (a URL as given, a file as an absolute path; '' when none). */
+  source: string;
+  /** Its checksum, `sha256:<lower-case hex>` ('' when none was given). */
+  sourceChecksum: string;
 }
 
 /** A byte count as Pulumi state: exact as a number below 2^53, else a decimal string. */

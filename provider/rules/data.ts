@@ -33,6 +33,8 @@ export interface ImportRequest {
   sameFile: boolean;
   /** qemu-img convert -c. */
   compress?: boolean;
+  /** The largest virtual size the user allows for the source (`sourceMaxSize`). */
+  maxSize?: bigint;
 }
 
 export function validateImport(req: ImportRequest): Refusal | undefined {
@@ -47,6 +49,13 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
   }
   if (req.compress) {
     return { property: 'compress', message: 'Compressed output (-c) is not supported by the native engine; use qemu-img convert -c' };
+  }
+  if (req.maxSize !== undefined && req.sourceSize > req.maxSize) {
+    return {
+      property: 'sourceMaxSize',
+      message: `The source's virtual size is ${req.sourceSize} bytes, over the ${req.maxSize} bytes allowed (sourceMaxSize, ` +
+        'by default the image\'s size); nothing was created. Raise sourceMaxSize if the image is expected to be this large',
+    };
   }
   const o = req.options;
   if (o.backingFile !== undefined || o.backingFormat !== undefined) {
@@ -78,4 +87,47 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
 /** `rebase` without -u: the image is written (clusters copied) and its backing changed. */
 export function validateSafeRebase(state: ImageFacts, backingFile: string, backingFormat: string | undefined): Refusal | undefined {
   return validateRebase(state, backingFile, backingFormat) ?? validateWrite(state);
+}
+
+/** A file a source's qcow2 header names: its backing file or its external data file. */
+export interface SourceReference {
+  kind: 'backing file' | 'data file';
+  /** The name as the header stores it. */
+  name: string;
+  /** The local file it names, resolved as QEMU resolves it; absent when it names no local file (a relative name inside a downloaded image). */
+  resolved?: string;
+  /** The image whose header holds the name. */
+  from: string;
+}
+
+/**
+ * Which references a source may make. 'any': follow them as qemu-img does (the command line's
+ * convert of a local file). A list: only those local files (the resource's `sourceReferences`);
+ * an empty list refuses every reference.
+ */
+export type ReferencePolicy = 'any' | readonly string[];
+
+/**
+ * An imported image must not make this program read files its author did not name: a qcow2
+ * header naming another file as backing or data file would copy that file into the new image
+ * (CVE-2024-44082). `source` is the source as the user named it (a path or a redacted URL).
+ */
+export function validateSourceReference(ref: SourceReference, policy: ReferencePolicy, source: string): Refusal | undefined {
+  if (policy === 'any' && ref.resolved !== undefined) return undefined;
+  if (policy !== 'any' && ref.resolved !== undefined && policy.includes(ref.resolved)) return undefined;
+  const where = ref.from === source ? `The source ${source}` : `${ref.from} (in the backing chain of the source ${source})`;
+  const names = `${where} names '${ref.name}' as its ${ref.kind}`;
+  if (ref.resolved === undefined) {
+    return {
+      property: 'sourceReferences',
+      message: `${names}, a relative name inside a downloaded image, which names no file here. Flatten the image where it was made ` +
+        '(qemu-img convert -O qcow2 without -B) and publish the result',
+    };
+  }
+  return {
+    property: 'sourceReferences',
+    message: `${names} (${ref.resolved}). An imported image is untrusted: a name in its header must not make this program read ` +
+      `other files into the new image (CVE-2024-44082). If you trust the source and that file, add '${ref.resolved}' to ` +
+      'sourceReferences; otherwise flatten the source first (qemu-img convert -O qcow2)',
+  };
 }

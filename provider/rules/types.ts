@@ -28,6 +28,10 @@ export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
   allowShrink?: boolean;
   /** Properties that can only change by replacing the image may do so (the old image is deleted). */
   allowReplace?: boolean;
+  /** Where the image's guest data was imported from (a path or URL): only recorded after creation. */
+  source?: string;
+  /** The checksum of that source (`sha256:<hex>`): a new one means other guest data. */
+  sourceChecksum?: string;
 }
 
 /** Facts the caller gathered by I/O for rules that depend on the world (rules never do I/O). */
@@ -42,9 +46,12 @@ export interface WorldFacts {
   recorded?: ImageFacts;
   /** The image file is not there any more (removed outside the program since it was recorded). */
   imageMissing?: boolean;
+  /** The source and checksum the state recorded at creation ('' when none, or a state from before they were recorded). */
+  recordedSource?: { source: string; sourceChecksum: string };
 }
 
-export type Action = 'none' | 'amend' | 'replace' | 'refuse';
+/** `state`: nothing on disk changes; the state records the new value. */
+export type Action = 'none' | 'state' | 'amend' | 'replace' | 'refuse';
 
 /** How an in-place change is carried out by an engine. */
 export type Operation = 'amend' | 'resize' | 'rebase';

@@ -1,5 +1,9 @@
-// `qcow2 convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2
-// image (read through its backing chain) into a new image, sparse-aware; never overwrites.
+// `qcow2 convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [-f raw|qcow2] -O qcow2 [-o OPTIONS]
+// SRC DST`: import a raw or qcow2 image (read through its backing chain), or an http(s) URL
+// (downloaded through the cache and verified against --checksum), into a new image,
+// sparse-aware; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A local
+// source's backing and data file names are followed as qemu-img follows them; a downloaded
+// image may name none.
 
 import { imageName, requireCreatable } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
@@ -7,21 +11,29 @@ import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
+import type { ImportOptions } from '../../engines/engine';
 import { out } from '../io';
+import { qemuProgress } from '../render/progress';
+import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
-export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
+export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string }
+
+/** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
+const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 const spec: CommandSpec = {
   name: 'convert', usage, description, args: ['[src]', '[dst]'],
   options: [
-    ['-f <fmt>', 'source format: raw or qcow2 (probed when omitted)'],
+    ['-f <fmt>', 'source format: raw or qcow2 (detected by content when omitted)'],
     ['-O <fmt>', 'output format (qcow2)'],
     ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
-    ['-p', 'show a progress bar'],
+    ['-p', 'show progress, as qemu-img does: (x/100%) on standard output'],
     ['-q', 'quiet'],
+    ['-t <cache>', 'cache mode of the new image: unsafe (default, as qemu-img: no flush before it appears), writeback, none, directsync, writethrough (flushed)'],
+    ['--checksum <alg:hex>', 'sha256:<hex> or sha512:<hex> of the source: required for a URL, verified for a file'],
     ['-c', 'compress the output (not supported: refused)'],
   ],
 };
@@ -49,31 +61,36 @@ export async function run(argv: string[]): Promise<void> {
   if (src === undefined || dst === undefined) fail('Expecting image file name');
   if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
   if (o.c) fail('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
-  // Loaded only for -p: the bar library is not needed otherwise.
-  const from = imageName(src);
+  if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
+  const url = /^https?:\/\//i.test(src);
+  // A URL is fetched by the engine; a file name is read as qemu-img reads it (file:, json:, --image-opts).
+  const from: { path: string; format?: string } = url ? { path: src } : imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst).path;
-  const bar = o.p && !o.q ? progressBar() : undefined;
+  const progress = o.p && !o.q ? qemuProgress() : undefined;
+  const opts: ImportOptions = { durable: (o.t ?? 'unsafe') !== 'unsafe' };
+  if (progress) {
+    // A download (not a cache hit) is the first half of the figure, the conversion the second.
+    let downloadShare = 0;
+    if (url) {
+      opts.download = (received, total) => {
+        if (total === undefined || total === 0) return;
+        if (downloadShare === 0 && received < total) downloadShare = 50;
+        progress.update((received / total) * downloadShare);
+      };
+    }
+    opts.progress = (done, total) => progress.update(downloadShare + (total === 0 ? 1 : done / total) * (100 - downloadShare));
+  }
   try {
-    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, bar ? { progress: bar.update } : {});
+    await cliEngine().import(target, options, {
+      path: from.path,
+      ...(format !== undefined ? { format } : {}),
+      ...(o.checksum !== undefined ? { checksum: o.checksum } : {}),
+    }, opts);
   } catch (e) {
-    bar?.stop();
-    report(openPrefix(e, src) + messageOf(e));
+    if (progress) out('\n');
+    report(openPrefix(e, url ? redactUrl(src) : src) + messageOf(e));
     throw new Exit(1);
   }
-  bar?.stop();
-}
-
-function progressBar(): { update(done: number, total: number): void; stop(): void } {
-  const cliProgress = require('cli-progress') as typeof import('cli-progress');
-  const bar = new cliProgress.SingleBar({ format: '    [{bar}] {percentage}% | {value}/{total} MiB', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic);
-  const mib = (n: number) => Math.round(n / 1048576);
-  let started = false;
-  return {
-    update: (done, total) => {
-      if (!started) { bar.start(mib(total), 0); started = true; }
-      bar.update(mib(done));
-    },
-    stop: () => { if (started) bar.stop(); },
-  };
+  progress?.end();
 }

@@ -32,7 +32,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'resolveCreate':
       return ops().resolveCreateOptions(call.path, call.options, call.behaviour);
     case 'import':
-      ops().importImage(call.path, call.options, call.source, progress ? { progress } : {});
+      ops().importImage(call.path, call.options, call.source, { durable: call.durable, ...(progress ? { progress } : {}) });
       return undefined;
     case 'amend':
       ops().amendImage(call.path, call.request);

@@ -11,6 +11,7 @@ import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
 import type { Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
 import type { OpCall, TargetDescriptor } from './protocol';
+import type { LocalImportSource } from './ops';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
 export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
@@ -49,8 +50,17 @@ export class NativeEngine implements Engine {
     return this.run({ op: 'resolveCreate', path, options, behaviour });
   }
 
+  /** A URL is downloaded (through the cache) and a compressed source decompressed here, on the caller's thread; the conversion runs on the executor. */
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
-    await this.run({ op: 'import', path, options, source }, opts.progress);
+    const { prepareSource } = await import('../source');
+    const local = await prepareSource(source, opts);
+    try {
+      const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
+      if (source.maxSize !== undefined) src.maxSize = source.maxSize;
+      await this.run({ op: 'import', path, options, source: src, durable: opts.durable ?? true }, opts.progress);
+    } finally {
+      await local.release();
+    }
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {

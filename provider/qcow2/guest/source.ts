@@ -59,4 +59,11 @@ export interface OpenOptions {
    * its legality check (provider/rules) here; a throw closes everything again.
    */
   beforeWrite?: (img: Image) => void;
+  /**
+   * Called before a file an image's header names (backing file, data file) is opened, with the
+   * name as stored, the path it resolves to (undefined: it names no local file) and the image
+   * naming it. The engine puts its policy for untrusted sources (provider/rules) here; a throw
+   * stops the open. Default: every name is followed, as QEMU does.
+   */
+  onReference?: (kind: 'backing file' | 'data file', name: string, resolved: string | undefined, from: string) => void;
 }

@@ -88,7 +88,7 @@ function copyRange(src: GuestSource, dst: Qcow2Image, a: number, b: number): voi
  * Write a planned image at `imagePath` holding the guest view of `src`. Never overwrites: the
  * image and data file must not exist. On failure nothing new is left behind.
  */
-export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs): void {
+export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs, durable = true): void {
   const o = plan.options;
   if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
   if (o.dataFile !== undefined && host.lstat(o.dataFile) !== undefined) throw existsError(o.dataFile, 'data file');
@@ -107,7 +107,7 @@ export function writeImportedImage(imagePath: string, plan: CreatePlan, src: Gue
     const img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
     copyGuest(src, img, progress);
     img.close();
-    pub.publish();
+    pub.publish({ durable });
   } catch (e) {
     pub.abort();
     throw e;
