@@ -3,7 +3,7 @@
 
 import { Qcow2Error } from '../../model/errors';
 import type { ImageFacts } from '../../model/facts';
-import { planCreate, probeBacking, writeNewImage, writeNewRawImage } from '../../qcow2/ops/create';
+import { CreatePlan, planCreate, probeBacking, writeNewImage, writeNewRawImage } from '../../qcow2/ops/create';
 import { factsOfImage } from '../../qcow2/ops/info';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
@@ -190,7 +190,7 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
 export type { CreateBehaviour };
-import { writeImportedImage } from '../../qcow2/ops/convert';
+import { writeImportedImage, writeImportedImageAsync } from '../../qcow2/ops/convert';
 import { Qcow2Image } from '../../qcow2/guest/qcow2';
 import type { GuestSource, OpenOptions, ProgressFn } from '../../qcow2/guest/source';
 import * as path from 'path';
@@ -249,6 +249,26 @@ export function referenceGuard(source: LocalImportSource): OpenOptions['onRefere
  * never overwritten, and a failure leaves nothing behind.
  */
 export function importImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
+  const { src, plan } = openImport(dst, options, source);
+  try {
+    writeImportedImage(dst, plan, src, behaviour.progress, localFs, behaviour.durable ?? true);
+  } finally {
+    src.close();
+  }
+}
+
+/** importImage with reads, decoding and writes overlapped (what the Engine runs). */
+export async function importImageAsync(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): Promise<void> {
+  const { src, plan } = openImport(dst, options, source);
+  try {
+    await writeImportedImageAsync(dst, plan, src, behaviour.progress, localFs, behaviour.durable ?? true);
+  } finally {
+    src.close();
+  }
+}
+
+/** Open and validate an import's source and plan its image; nothing is created yet. */
+function openImport(dst: string, options: CreateOptions, source: LocalImportSource): { src: GuestSource; plan: CreatePlan } {
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
   const format = source.format ?? probeFormat(source.path);
@@ -264,9 +284,10 @@ export function importImage(dst: string, options: CreateOptions, source: LocalIm
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
     });
     throwIfRefused(r, dst);
-    writeImportedImage(dst, planCreate(resolved(dst, { ...options, size: BigInt(src.size) })), src, behaviour.progress, localFs, behaviour.durable ?? true);
-  } finally {
+    return { src, plan: planCreate(resolved(dst, { ...options, size: BigInt(src.size) })) };
+  } catch (e) {
     src.close();
+    throw e;
   }
 }
 

@@ -2,7 +2,7 @@
 // MemoryBlockFile and fault injection can wrap any implementation. Files are opened through
 // HostFs (io/hostfs.ts), which owns everything else a host does to files.
 
-import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'fs';
+import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, read, readSync, write, writeSync } from 'fs';
 import { Qcow2Error } from '../../model/errors';
 import { libc } from './libc';
 
@@ -20,17 +20,43 @@ export interface BlockFile {
   close(): void;
   /** Bytes actually allocated on the medium (st_blocks * 512 for real files). */
   allocatedSize(): number;
+  /**
+   * readInto without blocking the calling thread, where the file can (a local file: a pread on
+   * libuv's thread pool). Optional: bulk copies fall back to readInto.
+   */
+  readIntoAsync?(target: Uint8Array, offset: number): Promise<void>;
+  /** write without blocking the calling thread, where the file can. Optional: falls back to write. */
+  writeAsync?(offset: number, data: Uint8Array): Promise<void>;
+}
+
+/** readIntoAsync where the file has it, else readInto. */
+export function readIntoAsync(file: BlockFile, target: Uint8Array, offset: number): Promise<void> | void {
+  return file.readIntoAsync ? file.readIntoAsync(target, offset) : file.readInto(target, offset);
+}
+
+/** writeAsync where the file has it, else write. */
+export function writeAsync(file: BlockFile, offset: number, data: Uint8Array): Promise<void> | void {
+  return file.writeAsync ? file.writeAsync(offset, data) : file.write(offset, data);
+}
+
+function readP(fd: number, target: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => read(fd, target, at, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
+function writeP(fd: number, data: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => write(fd, data, at, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
 /** A BlockFile over a Node file descriptor. */
 export class NodeBlockFile implements BlockFile {
   private closed = false;
-  private constructor(readonly path: string, readonly fd: number, readonly writable: boolean) {}
+  /** `name`: what messages call the file (a temporary file's target, never the temporary name). */
+  private constructor(readonly path: string, readonly fd: number, readonly writable: boolean, private readonly name = path) {}
 
   /** Open an existing file; errors name `name` (the caller's name for it). */
   static open(path: string, writable: boolean, name = path): NodeBlockFile {
     try {
-      return new NodeBlockFile(path, openSync(path, writable ? 'r+' : 'r'), writable);
+      return new NodeBlockFile(path, openSync(path, writable ? 'r+' : 'r'), writable, name);
     } catch (e) {
       throw ioError(e, name, 'open');
     }
@@ -39,7 +65,7 @@ export class NodeBlockFile implements BlockFile {
   /** Create a new file; fails with EXISTS rather than touch an existing one. */
   static createExclusive(path: string, name = path): NodeBlockFile {
     try {
-      return new NodeBlockFile(path, openSync(path, 'wx+', 0o644), true);
+      return new NodeBlockFile(path, openSync(path, 'wx+', 0o644), true, name);
     } catch (e) {
       throw ioError(e, name, 'create');
     }
@@ -63,6 +89,28 @@ export class NodeBlockFile implements BlockFile {
     let done = 0;
     while (done < data.length) {
       done += writeSync(this.fd, data, done, data.length - done, offset + done);
+    }
+  }
+
+  async readIntoAsync(target: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < target.length) {
+        const n = await readP(this.fd, target, done, target.length - done, offset + done);
+        if (n === 0) break;
+        done += n;
+      }
+    } catch (e) {
+      throw ioError(e, this.name, 'read');
+    }
+    if (done < target.length) target.fill(0, done);
+  }
+
+  async writeAsync(offset: number, data: Uint8Array): Promise<void> {
+    try {
+      for (let done = 0; done < data.length;) done += await writeP(this.fd, data, done, data.length - done, offset + done);
+    } catch (e) {
+      throw ioError(e, this.name, 'write');
     }
   }
 
