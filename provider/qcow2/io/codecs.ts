@@ -101,27 +101,86 @@ export interface DecodeJob {
   at: number;
 }
 
-/** What a decode worker is sent: buffers in shared memory, and the jobs. */
+/** A job's fields, in order, as stored in shared memory (a Float64Array row per job). */
+const FIELDS = ['from', 'size', 'to', 'within', 'length', 'clusterSize', 'compressionType', 'at'] as const;
+/** The control words of a batch (Int32Array): the next job to claim, jobs done, failed. */
+const NEXT = 0, DONE = 1, FAILED = 2;
+
+/** What a decode worker is sent: a batch in shared memory. */
 export interface DecodeRequest {
   id: number;
+  ctrl: SharedArrayBuffer;
+  jobs: SharedArrayBuffer;
   stored: SharedArrayBuffer;
   storedOffset: number;
+  storedLength: number;
   out: SharedArrayBuffer;
   outOffset: number;
-  jobs: DecodeJob[];
+  outLength: number;
 }
 
-/** Run `jobs` on this thread (what a decode worker does with a request). */
-export function runDecodeJobs(stored: Buffer, out: Buffer, jobs: readonly DecodeJob[]): void {
-  let scratch: Buffer | undefined;
-  for (const j of jobs) {
-    const data = stored.subarray(j.from, j.from + j.size);
-    if (j.within === 0 && j.length === j.clusterSize) {
-      decodeCluster(data, out.subarray(j.to, j.to + j.clusterSize), j.compressionType, BigInt(j.at));
-    } else {
-      if (scratch === undefined || scratch.length !== j.clusterSize) scratch = Buffer.allocUnsafe(j.clusterSize);
-      decodeCluster(data, scratch, j.compressionType, BigInt(j.at));
-      out.set(scratch.subarray(j.within, j.within + j.length), j.to);
+/** A batch of jobs that any thread may claim from, one at a time. */
+export class DecodeBatch {
+  readonly ctrl: Int32Array;
+  readonly rows: Float64Array;
+  readonly total: number;
+  private scratch: Buffer | undefined;
+
+  constructor(readonly stored: Buffer, readonly out: Buffer, ctrl: SharedArrayBuffer, rows: SharedArrayBuffer) {
+    this.ctrl = new Int32Array(ctrl);
+    this.rows = new Float64Array(rows);
+    this.total = this.rows.length / FIELDS.length;
+  }
+
+  static of(stored: Buffer, out: Buffer, jobs: readonly DecodeJob[]): DecodeBatch {
+    const rows = new Float64Array(new SharedArrayBuffer(jobs.length * FIELDS.length * 8));
+    jobs.forEach((j, i) => FIELDS.forEach((f, k) => { rows[i * FIELDS.length + k] = j[f]; }));
+    return new DecodeBatch(stored, out, new SharedArrayBuffer(12), rows.buffer as SharedArrayBuffer);
+  }
+
+  /** Claim and decode jobs until none are left (or one failed); throws the first failure here. */
+  work(): void {
+    const r = this.rows, n = FIELDS.length;
+    for (;;) {
+      if (Atomics.load(this.ctrl, FAILED) !== 0) return;
+      const i = Atomics.add(this.ctrl, NEXT, 1);
+      if (i >= this.total) return;
+      const [from, size, to, within, length, cs, type, at] = [r[i * n]!, r[i * n + 1]!, r[i * n + 2]!, r[i * n + 3]!, r[i * n + 4]!, r[i * n + 5]!, r[i * n + 6]!, r[i * n + 7]!];
+      try {
+        const data = this.stored.subarray(from, from + size);
+        if (within === 0 && length === cs) {
+          decodeCluster(data, this.out.subarray(to, to + cs), type, BigInt(at));
+        } else {
+          if (this.scratch === undefined || this.scratch.length !== cs) this.scratch = Buffer.allocUnsafe(cs);
+          decodeCluster(data, this.scratch, type, BigInt(at));
+          this.out.set(this.scratch.subarray(within, within + length), to);
+        }
+      } catch (e) {
+        this.fail();
+        throw e;
+      } finally {
+        Atomics.add(this.ctrl, DONE, 1);
+        Atomics.notify(this.ctrl, DONE);
+      }
+    }
+  }
+
+  fail(): void {
+    Atomics.store(this.ctrl, FAILED, 1);
+    Atomics.notify(this.ctrl, DONE);
+  }
+
+  get failed(): boolean {
+    return Atomics.load(this.ctrl, FAILED) !== 0;
+  }
+
+  /** Resolves once every claimed job is done (or the batch failed): nothing writes into `out` after. */
+  async finished(): Promise<void> {
+    for (;;) {
+      const done = Atomics.load(this.ctrl, DONE);
+      if (done >= this.total || this.failed) return;
+      const w = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number): { async: boolean; value: Promise<string> } }).waitAsync(this.ctrl, DONE, done);
+      if (w.async) await w.value;
     }
   }
 }
@@ -131,88 +190,77 @@ export function sharedBuffer(size: number): Buffer {
   return Buffer.from(new SharedArrayBuffer(size));
 }
 
-interface Slot { worker: Worker; busy: number }
-
 /**
  * Decoding on `threads` threads: this one and threads - 1 workers, started on first use; idle
- * workers never keep the process alive.
+ * workers never keep the process alive. Each batch is claimed job by job by whichever thread
+ * is running, so a worker the system has not scheduled yet never holds the others up.
  */
 export class ClusterDecoder {
-  private readonly slots: Slot[] = [];
-  private readonly waiting = new Map<number, { resolve(): void; reject(e: Error): void; slot: Slot }>();
+  private readonly workers: Worker[] = [];
+  private readonly errors = new Map<number, (e: Error) => void>();
+  private readonly active = new Map<number, DecodeBatch>();
   private nextId = 1;
+  private busy = 0;
   private readonly size: number;
 
   constructor(readonly threads: number = Math.max(1, Number(process.env.QCOW2_DECODE_THREADS) || cores())) {
     this.size = threads - 1;
   }
 
-  /**
-   * Decode `jobs` from `stored` into `out` (views of SharedArrayBuffers), split between the
-   * workers and this thread. Resolves when every cluster is in `out`.
-   */
+  /** Decode `jobs` from `stored` into `out`; both must be views of SharedArrayBuffers for other threads to help. */
   async decode(stored: Buffer, out: Buffer, jobs: DecodeJob[]): Promise<void> {
     const shared = stored.buffer instanceof SharedArrayBuffer && out.buffer instanceof SharedArrayBuffer;
-    const parts = shared ? Math.max(1, Math.min(this.threads, Math.ceil(jobs.length / 8))) : 1;
-    const per = Math.ceil(jobs.length / parts);
-    const runs: Array<Promise<void>> = [];
-    for (let i = per; i < jobs.length; i += per) runs.push(this.send(stored, out, jobs.slice(i, i + per)));
+    const batch = DecodeBatch.of(stored, out, jobs);
+    if (!shared || this.size === 0 || jobs.length < 4) {
+      batch.work();
+      return;
+    }
+    const id = this.nextId++;
+    let failure: Error | undefined;
+    const failed = new Promise<void>((resolve) => this.errors.set(id, (e) => { failure ??= e; resolve(); }));
+    this.active.set(id, batch);
+    if (this.busy++ === 0) for (const w of this.workers) w.ref();
     try {
-      runDecodeJobs(stored, out, jobs.slice(0, per));
+      while (this.workers.length < this.size) this.spawn();
+      const req: DecodeRequest = {
+        id, ctrl: batch.ctrl.buffer as SharedArrayBuffer, jobs: batch.rows.buffer as SharedArrayBuffer,
+        stored: stored.buffer as SharedArrayBuffer, storedOffset: stored.byteOffset, storedLength: stored.length,
+        out: out.buffer as SharedArrayBuffer, outOffset: out.byteOffset, outLength: out.length,
+      };
+      for (const w of this.workers) w.postMessage(req);
+      try {
+        batch.work();
+      } finally {
+        await batch.finished();
+      }
+      if (batch.failed) {
+        await failed;
+        throw failure;
+      }
     } finally {
-      // Never return while a worker still writes into `out`.
-      const settled = await Promise.allSettled(runs);
-      const failed = settled.find((r) => r.status === 'rejected');
-      if (failed) throw (failed as PromiseRejectedResult).reason;
+      this.active.delete(id);
+      this.errors.delete(id);
+      if (--this.busy === 0) for (const w of this.workers) w.unref();
     }
   }
 
-  private send(stored: Buffer, out: Buffer, jobs: DecodeJob[]): Promise<void> {
-    const slot = this.pick();
-    const id = this.nextId++;
-    const req: DecodeRequest = {
-      id, stored: stored.buffer as SharedArrayBuffer, storedOffset: stored.byteOffset,
-      out: out.buffer as SharedArrayBuffer, outOffset: out.byteOffset, jobs,
-    };
-    return new Promise<void>((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject, slot });
-      if (slot.busy++ === 0) slot.worker.ref();
-      slot.worker.postMessage(req);
-    });
-  }
-
-  private pick(): Slot {
-    const idle = this.slots.find((s) => s.busy === 0);
-    if (idle !== undefined) return idle;
-    if (this.slots.length < this.size) return this.spawn();
-    return this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
-  }
-
-  private spawn(): Slot {
+  private spawn(): void {
     const worker = startWorker(__dirname, 'decode-worker');
-    const slot: Slot = { worker, busy: 0 };
     worker.on('message', (m: { id: number; error?: ErrorData }) => {
-      const w = this.waiting.get(m.id);
-      if (w === undefined) return;
-      this.waiting.delete(m.id);
-      if (--slot.busy === 0) slot.worker.unref();
-      if (m.error !== undefined) w.reject(errorFromData(m.error));
-      else w.resolve();
+      if (m.error !== undefined) this.errors.get(m.id)?.(errorFromData(m.error));
     });
     const fail = (why: string) => {
-      const i = this.slots.indexOf(slot);
-      if (i >= 0) this.slots.splice(i, 1);
-      for (const [id, w] of this.waiting) {
-        if (w.slot !== slot) continue;
-        this.waiting.delete(id);
-        w.reject(new Error(`a cluster decoding thread stopped (${why})`));
+      const i = this.workers.indexOf(worker);
+      if (i >= 0) this.workers.splice(i, 1);
+      for (const [id, b] of this.active) {
+        this.errors.get(id)?.(new Error(`a cluster decoding thread stopped (${why})`));
+        b.fail();
       }
     };
     worker.on('error', (e) => fail(e instanceof Error ? e.message : String(e)));
     worker.on('exit', (code) => fail(`exit code ${code}`));
-    worker.unref();
-    this.slots.push(slot);
-    return slot;
+    if (this.busy === 0) worker.unref();
+    this.workers.push(worker);
   }
 }
 
