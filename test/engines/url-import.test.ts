@@ -16,6 +16,8 @@ import { bytes, filesUnder, sha256, startServer, TestServer } from '../transport
 import { scratchBase, skipWithoutTools, tool } from './helpers';
 
 const SKIP = skipWithoutTools('engines/url-import');
+const compressors = ['gzip', 'xz', 'zstd'].filter((t) => spawnSync(t, ['--version']).status === 0);
+if (compressors.length < 3 && !SKIP) console.warn(`[engines/url-import] compressed sources: only ${compressors.join(', ')} installed, the others are skipped (apt-get install -y xz-utils zstd)`);
 const MiB = 1 << 20;
 
 let root: string;
@@ -50,12 +52,13 @@ beforeAll(async () => {
   fs.closeSync(fd);
   run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', 'orig.raw', 'zlib.qcow2']);
   run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'compression_type=zstd', 'orig.raw', 'zstd.qcow2']);
-  run('sh', ['-c', 'gzip -c orig.raw > orig.raw.gz && xz -c orig.raw > orig.raw.xz && zstd -q -c orig.raw > orig.raw.zst']);
+  for (const [t, ext] of [['gzip', 'gz'], ['xz', 'xz'], ['zstd', 'zst']]) if (compressors.includes(t!)) run('sh', ['-c', `${t} -c orig.raw > orig.raw.${ext}`]);
   // Hostile: headers naming files on this machine.
   run('qemu-img', ['create', '-f', 'qcow2', '-b', '/etc/passwd', '-F', 'raw', 'backing.qcow2', '8M']);
   run('qemu-img', ['create', '-f', 'qcow2', '-b', 'orig.raw', '-F', 'raw', 'relative.qcow2', '8M']);
   run('qemu-img', ['create', '-f', 'qcow2', '-o', 'data_file=victim.raw', 'datafile.qcow2', '8M']);
   for (const f of ['orig.raw', 'zlib.qcow2', 'zstd.qcow2', 'orig.raw.gz', 'orig.raw.xz', 'orig.raw.zst', 'backing.qcow2', 'relative.qcow2', 'datafile.qcow2']) {
+    if (!fs.existsSync(path.join(root, f))) continue;
     serve(f.replace(/^orig\.raw/, 'orig.img'), f);
   }
 }, 60_000);
@@ -97,6 +100,7 @@ describe.each([
   };
 
   it.skipIf(SKIP).each(['orig.img', 'zlib.qcow2', 'zstd.qcow2', 'orig.img.gz', 'orig.img.xz', 'orig.img.zst'])('imports %s, its format found by content', async (file) => {
+    if (!files.has(`/${file}`)) return void console.warn(`[engines/url-import] ${file}: SKIPPED, its compressor is not installed`);
     await engine.import(out(), {}, source(`/${file}`), opts());
     expect(sameAsOriginal(out())).toBe(0);
     expect(server.count(`/${file}`)).toBe(1);
@@ -173,6 +177,7 @@ describe.each([
     expect(e.message).toMatch(/size|larger|exceed/i);
     nothingLeft();
     // Compressed: the limit holds for what decompression produces too.
+    if (!files.has('/orig.img.xz')) return;
     const z = await failure(engine.import(out(), {}, source('/orig.img.xz', { maxSize: 4n * BigInt(MiB) }), opts()));
     expect(z.message).toMatch(/size|larger|exceed/i);
     nothingLeft();
