@@ -10,6 +10,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { Engine, ImportOptions, ImportSource } from '../../provider/engines/engine';
 import { NativeEngine } from '../../provider/engines/native/engine';
+import { sharedPool } from '../../provider/engines/native/pool';
 import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
 import { failure } from '../transport/support';
 import { bytes, filesUnder, sha256, startServer, TestServer } from '../transport/http/server';
@@ -69,7 +70,7 @@ afterAll(async () => {
 });
 
 describe.each([
-  ['native', () => new NativeEngine()],
+  ['native', () => new NativeEngine((target, call, progress) => sharedPool().run(target, call, progress))],
   ['qemu-img', () => new QemuImgEngine()],
 ] as Array<[string, () => Engine]>)('URL sources (%s engine)', (name, make) => {
   let engine: Engine;
