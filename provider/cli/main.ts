@@ -6,7 +6,7 @@
 // reaches the user through report.ts: a message, never a stack trace.
 
 import { Exit, PROG, messageOf, report } from './report';
-import { Io, err, out, withIo } from './io';
+import { BROKEN_PIPE_STATUS, BrokenPipe, Io, err, out, withIo } from './io';
 
 interface CommandModule {
   usage: string;
@@ -25,6 +25,7 @@ const LOADERS = {
   rebase: () => require('./commands/rebase') as CommandModule,
   convert: () => require('./commands/convert') as CommandModule,
   map: () => require('./commands/map') as CommandModule,
+  bitmap: () => require('./commands/bitmap') as CommandModule,
 };
 type CommandName = keyof typeof LOADERS;
 const COMMANDS = Object.keys(LOADERS) as CommandName[];
@@ -81,6 +82,7 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof Exit) return e.code;
+    if (e instanceof BrokenPipe) return BROKEN_PIPE_STATUS;
     // commander's own errors (unknown option, missing argument) are already printed.
     if (e !== null && typeof e === 'object' && (e as { code?: unknown }).code !== undefined && String((e as { code: unknown }).code).startsWith('commander.')) {
       return (e as { exitCode?: number }).exitCode === 0 ? 0 : 1;

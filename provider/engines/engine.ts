@@ -13,9 +13,11 @@ import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
 import type { CacheOptions } from '../transport/http/cache';
 import type { HttpOptions } from '../transport/http/client';
-import type { ReferencePolicy } from '../rules/data';
+import type { ReferencePolicy } from '../rules/references';
+import type { BitmapAction } from '../model/bitmaps';
+import type { DirtyExtent } from '../qcow2/meta/dirty-bitmap';
 
-export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions };
+export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, BitmapAction, DirtyExtent };
 
 export type EngineName = 'native' | 'qemu-img';
 
@@ -27,13 +29,14 @@ export interface ResizeOptions {
   allowShrink?: boolean;
 }
 
-/** What one stat of a path says: its kind and size in bytes. */
+/** What one stat of a path says: its kind, size in bytes and identity on its host ("dev:ino"). */
 export interface FileStat {
   kind: 'file' | 'directory' | 'symlink' | 'other';
   size: number;
+  id: string;
 }
 
-/** `dataFile`: also remove the external data file named in the image (only files we created). */
+/** `dataFile`: also remove the external data file named in the image (only files we created); `recordedDataFile`: only that one (qcow2/ops/remove.ts). */
 export type RemoveOptions = RemoveImageOptions;
 
 export interface ReadOptions {
@@ -90,6 +93,39 @@ export interface ImportOptions {
    * qemu-img skips that flush too: the image still appears only once complete.
    */
   durable?: boolean;
+  /** convert --bitmaps: copy the source's persistent bitmaps (name, granularity, recording, contents). */
+  bitmaps?: boolean;
+  /** --skip-broken-bitmaps: leave inconsistent bitmaps out instead of refusing. */
+  skipBrokenBitmaps?: boolean;
+}
+
+export interface BitmapOptions {
+  /** --merge reads its source bitmap from this image (-b; opened read-only, never changed). */
+  sourceFile?: string;
+  /** Its format (-F); probed when omitted. */
+  sourceFormat?: string;
+  /**
+   * Write on a refusal as qemu-img does (the CLI's byte-for-byte mode): qemu-img opens the image
+   * read-write before it judges the actions, so even a refused run rewrites every bitmap (same
+   * contents, new places). Default false: a refusal writes nothing. (The qemu-img engine always
+   * refuses before it runs qemu-img.)
+   */
+  rewriteOnRefusal?: boolean;
+}
+
+/** What a bitmap command reports besides success. */
+export interface BitmapResult {
+  /** qemu-img's warnings when it opened the image (a stale bitmaps extension was dropped). */
+  warnings: string[];
+}
+
+/** A bitmap's dirty extents: the guest ranges written while it recorded (clipped to the disk's end). */
+export interface BitmapDump {
+  name: string;
+  granularity: number;
+  /** Recording writes (the `auto` flag). */
+  enabled: boolean;
+  extents: DirtyExtent[];
 }
 
 /** One interface, two engines. Every method validates through provider/rules first. */
@@ -121,6 +157,14 @@ export interface Engine {
   check(path: string, options?: ReadOptions): Promise<CheckResult>;
   /** The allocation map through the backing chain, as qemu-img map computes it. */
   map(path: string, options?: ReadOptions): Promise<MapEntry[]>;
+  /**
+   * `qemu-img bitmap ACTIONS FILE NAME`: add, remove, clear, enable, disable, merge bitmap `name`,
+   * in order. Validated as a whole first (provider/rules/bitmaps.ts); a refusal is REFUSED with
+   * qemu-img's words and changes no bitmap.
+   */
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options?: BitmapOptions): Promise<BitmapResult>;
+  /** The dirty extents of bitmap `name` in an image nobody writes (an inconsistent one is refused). */
+  dumpBitmap(path: string, name: string, options?: ReadOptions): Promise<BitmapDump>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
   /** What is at `path` (following links) on the files this engine works on; undefined: nothing. */

@@ -6,6 +6,9 @@ import { HostStat, localFs } from '../qcow2/io/hostfs';
 import { probeBacking } from '../qcow2/ops/create';
 import type { CreateOptions } from '../model/options';
 import type { CreateFacts } from '../rules/create';
+import type { ConsistencyFacts } from '../rules/types';
+import { Image } from '../qcow2/meta/image';
+import { consistencyOf } from '../qcow2/ops/check';
 
 function statRegular(name: string): HostStat {
   const st = localFs.stat(name);
@@ -27,4 +30,14 @@ export function localCreateFacts(imagePath: string, options: CreateOptions): Cre
 export function sameFile(a: string, b: string): boolean {
   const sa = localFs.stat(a), sb = localFs.stat(b);
   return sa !== undefined && sb !== undefined && sa.id === sb.id;
+}
+
+/** Check's verdict on an image's tables (read-only, metadata only), for a change that builds on them. */
+export function localConsistency(imagePath: string): ConsistencyFacts {
+  const img = Image.openFile(imagePath);
+  try {
+    return consistencyOf(img, img.file);
+  } finally {
+    img.close();
+  }
 }

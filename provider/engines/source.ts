@@ -20,7 +20,7 @@ import { SourceCache } from '../transport/http/cache';
 import { parseChecksum, StreamingDigest, verifyChecksum } from '../transport/http/checksum';
 import { detectFileFormat, fetchSource } from '../transport/http/fetch';
 import { isHttpUrl, parseSourceUrl, redactUrl } from '../transport/http/url';
-import type { ReferencePolicy } from '../rules/data';
+import type { ReferencePolicy } from '../rules/references';
 import type { ImportOptions, ImportSource } from './engine';
 
 /** A source as a local file the engines can open. */

@@ -41,8 +41,13 @@ export interface ImageArgs {
   compressionType?: pulumi.Input<'zlib' | 'zstd'>;
   /** "off" (default), "metadata", "falloc" or "full". Create-only. */
   preallocation?: pulumi.Input<'off' | 'metadata' | 'falloc' | 'full'>;
-  /** Backing file (stored as an absolute path); needs backingFormat. */
-  backingFile?: pulumi.Input<string>;
+  /**
+   * Backing file (stored as an absolute path); needs backingFormat. Give the base's Image (or an
+   * object with its `path` and `identity` outputs) rather than its path: the image then follows
+   * the base's identity, a planned replacement of the base shows at preview and is refused unless
+   * this image has allowReplace, and an in-place change of the base is taken over.
+   */
+  backingFile?: pulumi.Input<string> | BackingImage;
   backingFormat?: pulumi.Input<'qcow2' | 'raw'>;
   /** External data file (stored as an absolute path). */
   dataFile?: pulumi.Input<string>;
@@ -74,13 +79,69 @@ export interface ImageArgs {
   dataFileOnDelete?: pulumi.Input<'auto' | 'keep' | 'delete'>;
   /** Let destroy delete an adopted image (default false). */
   deleteAdopted?: pulumi.Input<boolean>;
+  /**
+   * Accept the backing chain as it is now (the digest a refusal names) as holding the data this
+   * image was built on; it is recorded, nothing is written. Matches that one chain only.
+   */
+  acceptBacking?: pulumi.Input<string>;
+  /**
+   * Persistent dirty bitmaps the image should have (changed-block tracking; compat 1.1). Added,
+   * removed, enabled and disabled in place; a granularity change, or an inconsistent bitmap, needs
+   * `allowReset` on that bitmap (its tracking is lost). Bitmaps not listed are left alone unless
+   * `manageAllBitmaps`.
+   */
+  bitmaps?: pulumi.Input<pulumi.Input<BitmapArgs>[]>;
+  /** Remove bitmaps the image has that `bitmaps` does not list (default false). */
+  manageAllBitmaps?: pulumi.Input<boolean>;
+  /**
+   * The QMP socket of the QEMU process holding the image (a running VM). While it holds it, a
+   * grow goes through block_resize and bitmap changes through block-dirty-bitmap-*; every other
+   * change is refused until the VM stops. Without it, every change to a held image is refused.
+   */
+  qmpSocket?: pulumi.Input<string>;
+}
+
+/** One persistent dirty bitmap of an Image. */
+export interface BitmapArgs {
+  name: pulumi.Input<string>;
+  /** Bytes per bit, a power of two from 512 (default: QEMU's for the cluster size, 64 KiB for default images). */
+  granularity?: pulumi.Input<number>;
+  /** Record writes (default true). */
+  enabled?: pulumi.Input<boolean>;
+  /** Let a granularity change or an inconsistent bitmap remove it and add it anew (its tracking is lost). */
+  allowReset?: pulumi.Input<boolean>;
+}
+
+/** A bitmap as the image (or the QEMU holding it) has it. */
+export interface BitmapOutput {
+  name: string;
+  granularity: number;
+  /** `auto`: recording writes; `in-use`: a process has it open (or had, and died). */
+  flags: string[];
+  /** `in-use` with no process holding the image: its writer died, its contents are unknown. */
+  inconsistent: boolean;
+}
+
+/** A base image as an overlay is wired to it: an Image, or its outputs (say, from another stack). */
+export interface BackingImage {
+  path: pulumi.Input<string>;
+  /** The base's `identity` output. */
+  identity: pulumi.Input<string>;
+  /** The base's `identityFrom` output. */
+  identityFrom?: pulumi.Input<string>;
+  /** The base's resource id: not known in a preview that creates or replaces the base. */
+  id?: pulumi.Input<string>;
+}
+
+function isBackingImage(v: unknown): v is BackingImage {
+  return typeof v === 'object' && v !== null && !pulumi.Output.isInstance(v) && typeof (v as { then?: unknown }).then !== 'function' && 'path' in v && 'identity' in v;
 }
 
 const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
   'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
-  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'adopted', 'dataFileOnDelete', 'deleteAdopted',
-  'source', 'sourceChecksum',
+  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'dataFileIdentity', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
+  'backingChain', 'backingDrift', 'identity', 'identityFrom', 'source', 'sourceChecksum',
 ];
 
 /** A qcow2 disk image managed declaratively. */
@@ -113,17 +174,32 @@ export class Image extends pulumi.dynamic.Resource {
   declare readonly corrupt: pulumi.Output<boolean>;
   /** Number of internal snapshots (the rules refuse a compat 0.10 downgrade of an image with any). */
   declare readonly snapshots: pulumi.Output<number>;
-  /** Names of persistent dirty bitmaps. */
-  declare readonly bitmaps: pulumi.Output<string[]>;
+  /** Persistent dirty bitmaps: name, granularity, flags, whether inconsistent (from the QEMU holding the image, with qmpSocket). */
+  declare readonly bitmaps: pulumi.Output<BitmapOutput[]>;
   declare readonly providerVersion: pulumi.Output<string>;
   declare readonly engine: pulumi.Output<'native' | 'qemu-img'>;
   /** The source imported at creation ('' when none). */
   declare readonly source: pulumi.Output<string>;
   /** Its checksum ('' when none was given). */
   declare readonly sourceChecksum: pulumi.Output<string>;
+  /** This image with its backing chain as one digest: what overlays built on it follow. */
+  declare readonly identity: pulumi.Output<string>;
+  /** The identity before this provider's last in-place change that kept the guest view ('' when none). */
+  declare readonly identityFrom: pulumi.Output<string>;
+  /** The files below this image as last recorded: path, dev, ino, size, header fingerprint, when seen. */
+  declare readonly backingChain: pulumi.Output<Array<{ path: string; dev: string; ino: string; size: number | string; header: string; seen: string }>>;
+  /** What the last refresh found changed in the backing chain ('' when nothing). */
+  declare readonly backingDrift: pulumi.Output<string>;
 
   constructor(name: string, args: ImageArgs, opts?: pulumi.CustomResourceOptions) {
     const props: Record<string, unknown> = { ...args };
+    const backing = args.backingFile;
+    if (isBackingImage(backing)) {
+      // The path for the header, the identity for the rules; both depend on the base resource.
+      props.backingFile = backing.path;
+      props.backingIdentity = pulumi.all([backing.identity, backing.identityFrom ?? '']).apply(([identity, from]) => ({ identity, from }));
+      if (backing.id !== undefined) props.backingImageId = backing.id;
+    }
     for (const k of OUTPUT_NAMES) if (!(k in props)) props[k] = undefined;
     super(imageProvider, name, props, opts, 'qcow2', 'Image');
   }

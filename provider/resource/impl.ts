@@ -5,15 +5,23 @@
 
 import * as path from 'path';
 import { getEngine } from '../engines';
+import { findDependents, readChain, readLayer } from '../engines/chain';
 import type { Engine, EngineName } from '../engines/engine';
 import { Qcow2Error } from '../model/errors';
 import type { ImageFacts } from '../model/facts';
+import { chainDigest, type BackingIdentity, type ChainLayer } from '../model/chain';
 import { propertyOf } from '../model/names';
 import type { CreateOptions, Preallocation } from '../model/options';
 import { parseSize } from '../model/size';
+import { planBitmaps } from '../rules/bitmaps';
 import { amendRequestOf, classifyChange, refusalMessage } from '../rules/change';
+import { classifyChain, deleteRefusal, keepsGuestView } from '../rules/chain';
 import { validateCreate, withCreateWayForward } from '../rules/create';
-import type { Change, DesiredSpec, WorldFacts } from '../rules/types';
+import { type References, resolvedReferences, validateDeclaredReferences, validateRecordedReferences } from '../rules/references';
+import { validateSizeValue } from '../rules/size';
+import type { BitmapSpec, BitmapStep, Change, DesiredSpec, WorldFacts } from '../rules/types';
+import { describeHolder, imageHolders } from '../transport/qmp';
+import { applyLive, liveView, LivePlan, LiveView } from '../engines/live';
 import { findPackageFile, readPackageFile } from './package-files';
 import { UNKNOWN, validateInputs } from './schema';
 import { formatChecksum, parseChecksum } from '../transport/http/checksum';
@@ -56,6 +64,18 @@ export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile
   engine?: EngineName;
   dataFileOnDelete?: 'auto' | 'keep' | 'delete';
   deleteAdopted?: boolean;
+  /** Set by the Image class when backingFile is an Image (or its outputs): that image's identity. */
+  backingIdentity?: BackingIdentity;
+  /** ...and its resource id, which a preview does not know when it creates or replaces that image. */
+  backingImageId?: string;
+  /** The backing chain digest the user accepts as holding the data this image was built on. */
+  acceptBacking?: string;
+  /** The persistent dirty bitmaps the image should have. */
+  bitmaps?: BitmapSpec[];
+  /** Remove bitmaps the image has and `bitmaps` does not list. */
+  manageAllBitmaps?: boolean;
+  /** The QMP socket of the QEMU process that holds the image (a running VM): grows and bitmap changes go through it. */
+  qmpSocket?: string;
 }
 
 const isUnknown = (v: unknown) => v === UNKNOWN;
@@ -69,9 +89,32 @@ function absolute(p: string): string {
   return path.resolve(process.cwd(), p);
 }
 
+/**
+ * A data file as created: "dev:ino:path". Delete removes that path only while it is still that
+ * file, whatever the header names by then (a refresh records the header's name in dataFile).
+ */
+async function identityOf(engine: Engine, file: string): Promise<string | undefined> {
+  const st = await engine.stat(file);
+  return st === undefined ? undefined : `${st.id}:${file}`;
+}
+
+function recordedDataFileOf(identity: string): { path: string; identity: string } | undefined {
+  const m = /^(\d+:\d+):(.+)$/.exec(identity);
+  return m ? { path: m[2]!, identity: m[1]! } : undefined;
+}
+
+/** The references an image's header holds, resolved as QEMU opens them. */
+function referencesOf(file: string, facts: ImageFacts): References {
+  return resolvedReferences(file, { ...(facts.dataFile ? { dataFile: facts.dataFile } : {}), ...(facts.backingFile ? { backingFile: facts.backingFile } : {}) });
+}
+
 function sizeOf(v: number | string | undefined, property = 'size'): bigint | undefined {
   if (v === undefined || isUnknown(v)) return undefined;
-  if (typeof v === 'number') return BigInt(v);
+  if (typeof v !== 'string') {
+    const bad = validateSizeValue(v, property);
+    if (bad) throw new Qcow2Error('REFUSED', bad.message, { property });
+    return BigInt(v);
+  }
   try {
     return parseSize(v);
   } catch (e) {
@@ -115,6 +158,13 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   set('compressionType', i.compressionType);
   set('preallocation', i.preallocation);
   if (i.backingFile !== undefined && !isUnknown(i.backingFile)) d.backingFile = absolute(i.backingFile);
+  if (isUnknown(i.backingFile) || isUnknown(i.backingImageId)) d.backingFileUnknown = true;
+  if (i.backingIdentity !== undefined) {
+    // Not known yet (a preview that changes the base) unless its identity is there.
+    const b = i.backingIdentity;
+    d.backingIdentity = hasUnknown(b) || typeof b !== 'object' || typeof b.identity !== 'string' || b.identity === '' ? 'unknown' : { identity: b.identity, from: typeof b.from === 'string' ? b.from : '' };
+  }
+  set('acceptBacking', i.acceptBacking);
   set('backingFormat', i.backingFormat);
   if (i.dataFile !== undefined && !isUnknown(i.dataFile)) d.dataFile = absolute(i.dataFile);
   set('dataFileRaw', i.dataFileRaw);
@@ -122,6 +172,9 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   set('allowReplace', i.allowReplace);
   if (i.source !== undefined && !isUnknown(i.source)) d.source = sourceOf(i.source);
   if (i.sourceChecksum !== undefined && !isUnknown(i.sourceChecksum)) d.sourceChecksum = checksumOf(i.sourceChecksum);
+  if (i.bitmaps !== undefined && !hasUnknown(i.bitmaps)) d.bitmaps = i.bitmaps.map((b) => ({ ...b }));
+  set('manageAllBitmaps', i.manageAllBitmaps);
+  if (i.qmpSocket !== undefined && !isUnknown(i.qmpSocket)) d.qmpSocket = absolute(i.qmpSocket);
   return d;
 }
 
@@ -143,8 +196,44 @@ function createOptionsOf(i: ImageInputs): CreateOptions {
   return o;
 }
 
-function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; source?: { source: string; sourceChecksum: string } }): ImageOutputs {
+/** What the state records about the chain: the chain as on disk now, and this image's identity with it. */
+type ChainRecord = Pick<ImageOutputs, 'backingChain' | 'backingDrift' | 'identity' | 'identityFrom'>;
+
+/** Record the chain below `file` as it is now (create, update): `from` is the identity vouched as the one before. */
+function recordChain(file: string, from: string): ChainRecord {
+  const seen = new Date().toISOString();
+  const self = readLayer(file, seen);
+  const chain = readChain(file, seen).layers;
+  remember(file, chain);
+  return { backingChain: chain, backingDrift: '', identity: self ? chainDigest([self, ...chain]) : '', identityFrom: from };
+}
+
+/** The identity of `file` with a chain as recorded (undefined when the file is not there). */
+function chainIdentityOf(file: string, chain: readonly ChainLayer[]): string | undefined {
+  const self = readLayer(file, '');
+  return self && chainDigest([self, ...chain]);
+}
+
+/** The chain as recorded and as on disk, for the rules; undefined for states written before chains were recorded. */
+function chainFacts(olds: ImageOutputs): WorldFacts['chain'] {
+  if (!Array.isArray(olds.backingChain)) return undefined;
+  remember(olds.path, olds.backingChain);
+  if (olds.backingChain.length === 0 && !olds.backingFile) return undefined;
+  return { recorded: olds.backingChain, current: readChain(olds.path, '') };
+}
+
+/**
+ * Images this provider has seen in this run, with the files of their recorded chains: a delete
+ * asks whether any of them still uses the image (they need not be in the image's folder).
+ */
+const knownChains = new Map<string, string[]>();
+function remember(file: string, chain: readonly ChainLayer[]): void {
+  knownChains.set(file, chain.map((l) => l.path));
+}
+
+function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string; chain: ChainRecord; source?: { source: string; sourceChecksum: string } }): ImageOutputs {
   return {
+    ...extra.chain,
     path: absolute(i.path),
     engine: i.engine ?? 'native',
     ...factOutputs(facts),
@@ -152,11 +241,42 @@ function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: 
     sourceChecksum: extra.source?.sourceChecksum ?? '',
     preallocation: i.preallocation ?? (extra.adopted ? '' : i.dataFileRaw ? 'metadata' : 'off'),
     createdDataFile: extra.createdDataFile,
+    dataFileIdentity: extra.dataFileIdentity ?? '',
     adopted: extra.adopted,
     dataFileOnDelete: i.dataFileOnDelete ?? 'auto',
     deleteAdopted: i.deleteAdopted ?? false,
+    qmpSocket: i.qmpSocket !== undefined ? absolute(i.qmpSocket) : '',
     providerVersion: PROVIDER_VERSION,
   };
+}
+
+/** The facts with what the QEMU holding the image reports instead of the file (its size, its bitmaps). */
+function withLive(facts: ImageFacts, view: LiveView): ImageFacts {
+  return {
+    ...facts, virtualSize: view.virtualSize, bitmaps: view.bitmaps.map((b) => b.name),
+    detail: { snapshots: facts.detail?.snapshots ?? [], bitmaps: view.bitmaps, ...(facts.detail?.fullBackingFile !== undefined ? { fullBackingFile: facts.detail.fullBackingFile } : {}) },
+  };
+}
+
+/** The running process that holds `file` for writing, named; undefined when none does. */
+function writerOf(file: string): string | undefined {
+  const h = imageHolders(file).find((x) => x.uses.includes('write'));
+  return h && describeHolder(h);
+}
+
+/**
+ * The image's facts: from the file, and from the QEMU holding it when qmpSocket is given and a
+ * process holds it (`holder`: writerOf(file), looked up once by the caller).
+ */
+async function currentFacts(engine: Engine, file: string, qmpSocket: string | undefined, holder: string | undefined): Promise<ImageFacts> {
+  const info = await engine.info(file, { forceShare: true });
+  if (qmpSocket === undefined || qmpSocket === '' || holder === undefined) return info;
+  return withLive(info, await liveView(qmpSocket, file));
+}
+
+/** Carry out the bitmap steps offline, in order, through the engine. */
+async function applyBitmapSteps(engine: Engine, file: string, steps: readonly BitmapStep[]): Promise<void> {
+  for (const step of steps) await engine.bitmap(file, step.name, step.actions);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,7 +303,8 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
       if (i[k] !== undefined && i.source === undefined) failures.push({ property: k, reason: `${k} applies to an imported image only: set source too, or remove ${k}` });
     }
     // Create-time legality of the whole combination, once every value is known.
-    if (failures.length === 0 && !hasUnknown(news)) {
+    // (The base's identity plays no part in creating: unknown in every preview that creates or changes the base.)
+    if (failures.length === 0 && !hasUnknown({ ...news, backingIdentity: undefined, backingImageId: undefined })) {
       const opts = createOptionsOf(i);
       if (i.adopt || i.source) delete opts.size;
       if (opts.size === undefined && !i.adopt && !i.source && opts.backingFile === undefined) {
@@ -191,6 +312,12 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
       } else {
         const r = validateCreate({ ...opts, ...(i.adopt && opts.dataFile ? { adoptDataFile: true } : {}) });
         if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: withCreateWayForward(r.refusal) });
+        else if (i.bitmaps !== undefined) {
+          // The bitmaps of a new image: every one added, judged as qemu-img bitmap would judge it.
+          const fresh = planBitmaps({ bitmaps: [], detail: { snapshots: [], bitmaps: [] }, clusterSize: opts.clusterSize ?? 65536, path: absolute(i.path) },
+            i.bitmaps, false, { compat: opts.compat ?? '1.1', virtualSize: opts.size ?? 0n });
+          if (fresh.action === 'refuse') failures.push({ property: 'bitmaps', reason: fresh.reason });
+        }
       }
     }
   }
@@ -210,8 +337,10 @@ async function exists(engine: Engine, file: string): Promise<boolean> {
 }
 
 /** Facts only the disk knows, gathered here (through the engine) so rules stay pure. */
-async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec): Promise<WorldFacts> {
+async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec, holder: string | undefined): Promise<WorldFacts> {
   const facts: WorldFacts = {};
+  // A running process that holds the image for writing (a VM): only live changes through its QEMU.
+  if (holder !== undefined) facts.holder = holder;
   if (d.dataFile !== undefined && d.dataFile !== (current.dataFile ?? '')) {
     const st = await engine.stat(d.dataFile);
     facts.desiredDataFile = st === undefined ? { exists: false } : { exists: true, size: BigInt(st.size) };
@@ -219,10 +348,15 @@ async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec): Pr
   return facts;
 }
 
-/** The image as its header says now; path and preallocation from the state (the file does not record them). */
+/**
+ * The image as its header says now (or, while a QEMU holds it, as that QEMU reports it); path and
+ * preallocation from the state (the file does not record them). Of the detail, the bitmaps are
+ * kept: the rules judge each one's granularity, recording and consistency.
+ */
 function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
-  const { detail: _detail, dataFile, backingFile, backingFormat, ...facts } = info;
+  const { detail, dataFile, backingFile, backingFormat, ...facts } = info;
   const f: ImageFacts = { ...facts, path: olds.path };
+  if (detail) f.detail = { snapshots: [], bitmaps: detail.bitmaps };
   if (dataFile) f.dataFile = dataFile;
   if (backingFile) f.backingFile = backingFile;
   if (backingFormat) f.backingFormat = backingFormat;
@@ -242,8 +376,12 @@ async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: C
   if (!(await exists(engine, olds.path))) {
     return { changes: classifyChange(recorded, desired, { imageMissing: true, recordedSource: recordedSource(olds) }), desired, current: recorded };
   }
-  const current = factsOnDisk(await engine.info(olds.path, { forceShare: true }), olds);
-  const facts = { ...(await factsFor(engine, current, desired)), recorded, recordedSource: recordedSource(olds) };
+  // The QEMU to ask is the one the program names now; during a preview it may not be known yet: then the recorded one.
+  const socket = isUnknown(news.qmpSocket) ? olds.qmpSocket : desired.qmpSocket;
+  const holder = writerOf(olds.path);
+  const current = factsOnDisk(await currentFacts(engine, olds.path, socket, holder), olds);
+  const chain = chainFacts(olds);
+  const facts: WorldFacts = { ...(await factsFor(engine, current, desired, holder)), recorded, recordedSource: recordedSource(olds), ...(chain ? { chain } : {}) };
   return { changes: classifyChange(current, desired, facts), desired, current };
 }
 
@@ -262,12 +400,13 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
     const now = news[k] ?? (k === 'dataFileOnDelete' ? 'auto' : false);
     if (now !== olds[k]) changes = true;
   }
+  if (isUnknown(news.qmpSocket) || (news.qmpSocket !== undefined ? absolute(news.qmpSocket) : '') !== (olds.qmpSocket ?? '')) changes = true;
 
   const { changes: result } = await plan(olds, news);
   throwIfRefused(result);
   for (const c of result) {
     if (c.action === 'replace') replaces.push(c.property);
-    if (c.action === 'amend' || c.action === 'state') changes = true;
+    if (c.action === 'amend' || c.action === 'live') changes = true;
   }
   // Values not known yet can only be judged at update time; report a change so it happens.
   for (const [k, v] of Object.entries(news)) if (!k.startsWith('__') && hasUnknown(v)) changes = true;
@@ -285,7 +424,9 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
       throw failure('adopt', `there is nothing to adopt: no image at ${file}${opts.dataFile ? ` and no data file at ${opts.dataFile}` : ''}. Remove adopt to create a new image`);
     }
     await engine.create(file, { ...opts, adoptDataFile: true });
-    return { id: file, outs: outputsOf(inputs, await engine.info(file, { forceShare: true }), { createdDataFile: false, adopted: false }) };
+    // The raw data file is the user's: only the new image goes if its bitmaps cannot be added.
+    const info = await addDeclaredBitmaps(engine, file, inputs, false);
+    return { id: file, outs: outputsOf(inputs, info, { createdDataFile: false, adopted: false, chain: recordChain(file, '') }) };
   }
   if (await exists(engine, file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
@@ -306,14 +447,40 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   } else {
     await engine.create(file, opts);
   }
+  const created = opts.dataFile !== undefined;
+  const info = await addDeclaredBitmaps(engine, file, inputs, created);
+  const dataFileIdentity = created ? await identityOf(engine, opts.dataFile!) : undefined;
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}), chain: recordChain(file, ''), ...(source ? { source } : {}) }) };
+}
+
+/**
+ * Add the declared bitmaps to an image created just now, and read its facts. When they cannot
+ * be added the new image is removed again (with its data file only if that was made too), so
+ * no image short of its inputs is left behind.
+ */
+async function addDeclaredBitmaps(engine: Engine, file: string, inputs: ImageInputs, removeDataFile: boolean): Promise<ImageFacts> {
   const info = await engine.info(file, { forceShare: true });
-  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: opts.dataFile !== undefined, adopted: false, ...(source ? { source } : {}) }) };
+  if (inputs.bitmaps === undefined || inputs.bitmaps.length === 0) return info;
+  const plan = planBitmaps({ ...info, path: file }, inputs.bitmaps, false, { compat: info.compat, virtualSize: info.virtualSize });
+  try {
+    if (plan.action === 'refuse') throw new Qcow2Error('REFUSED', `bitmaps: ${plan.reason}`, { property: 'bitmaps' });
+    if (plan.action === 'amend') await applyBitmapSteps(engine, file, plan.to as BitmapStep[]);
+  } catch (e) {
+    await engine.remove(file, { dataFile: removeDataFile });
+    throw e;
+  }
+  return engine.info(file, { forceShare: true });
 }
 
 /** Take over an existing image: verify it matches the inputs, change nothing. */
 async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Promise<{ id: string; outs: ImageOutputs }> {
   const info = await engine.info(file, { forceShare: true });
-  const outs = outputsOf(inputs, info, { createdDataFile: false, adopted: true });
+  const declared: References = {};
+  if (inputs.dataFile !== undefined) declared.dataFile = absolute(inputs.dataFile);
+  if (inputs.backingFile !== undefined) declared.backingFile = resolvedReferences(file, { backingFile: inputs.backingFile }).backingFile!;
+  const undeclared = validateDeclaredReferences(file, referencesOf(file, info), declared);
+  if (undeclared) throw failure(undeclared.property, undeclared.message);
+  const outs = outputsOf(inputs, info, { createdDataFile: false, adopted: true, chain: recordChain(file, '') });
   const desired = desiredOf(inputs);
   delete desired.allowReplace;
   delete desired.allowShrink;
@@ -329,27 +496,51 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   const file = olds.path;
   const { changes: result, desired, current } = await plan(olds, news);
   throwIfRefused(result);
-  const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
-  if (rebase) await engine.rebase(file, desired.backingFile ?? current.backingFile!, desired.backingFormat ?? current.backingFormat);
-  // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
-  // only if allowShrink is set).
-  const req = amendRequestOf(result);
-  if (req) await engine.amend(file, req);
-  const info = await engine.info(file, { forceShare: true });
-  // The source is recorded anew only where the rules said so (state); otherwise the old record stays.
+  // The header must still name what was recorded: a name changed behind our back is never followed.
+  const recorded = resolvedReferences(file, { ...(olds.dataFile ? { dataFile: olds.dataFile } : {}), ...(olds.backingFile ? { backingFile: olds.backingFile } : {}) });
+  const drift = validateRecordedReferences(file, referencesOf(file, current), recorded);
+  if (drift) throw new Qcow2Error('REFUSED', `${drift.property}: ${drift.message}`, { property: drift.property });
+  // The identity before the change, vouched for overlays only if the plan keeps the guest view.
+  const before = keepsGuestView(result) ? chainIdentityOf(file, Array.isArray(olds.backingChain) ? olds.backingChain : []) ?? '' : '';
+  const live = result.filter((c) => c.action === 'live');
+  let info: ImageFacts;
+  if (live.length > 0) {
+    // A running QEMU holds the image (rules refused everything else): that QEMU makes the change.
+    const plan: LivePlan = {};
+    for (const c of live) {
+      if (c.property === 'size') plan.size = c.to as bigint;
+      if (c.property === 'bitmaps') plan.bitmaps = c.to as BitmapStep[];
+    }
+    const view = await applyLive(desired.qmpSocket!, file, plan);
+    info = withLive(await engine.info(file, { forceShare: true }), view);
+  } else {
+    const rebase = result.find((c) => c.action === 'amend' && c.operation === 'rebase');
+    if (rebase) await engine.rebase(file, desired.backingFile ?? current.backingFile!, desired.backingFormat ?? current.backingFormat);
+    // One amend for everything else, so the change lands all or nothing (rules allowed a shrink
+    // only if allowShrink is set); then the bitmaps, judged on the image the amend leaves.
+    const req = amendRequestOf(result);
+    if (req) await engine.amend(file, req);
+    const bitmaps = result.find((c): c is Change & { to: BitmapStep[] } => c.property === 'bitmaps' && c.action === 'amend');
+    if (bitmaps) await applyBitmapSteps(engine, file, bitmaps.to);
+    info = await engine.info(file, { forceShare: true });
+  }
+  // The source is recorded anew only where the rules said so (record); otherwise the old record stays.
   const source = recordedSource(olds);
-  for (const c of result) if (c.action === 'state' && (c.property === 'source' || c.property === 'sourceChecksum')) source[c.property] = c.to as string;
-  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, source }) };
+  for (const c of result) if (c.operation === 'record' && (c.property === 'source' || c.property === 'sourceChecksum')) source[c.property] = c.to as string;
+  const chain = recordChain(file, before);
+  // Nothing changed on disk or in the chain: what was vouched before still stands.
+  if (chain.identity === olds.identity && before !== '') chain.identityFrom = olds.identityFrom ?? '';
+  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '', chain, source }) };
 }
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
   const file = props?.path ?? id;
   const engine = engineOf(props?.engine);
   if (!(await exists(engine, file))) return { id: '' };
-  const info = await engine.info(file, { forceShare: true });
-  const base: ImageInputs = { path: file, engine: props?.engine ?? 'native' };
+  const info = await currentFacts(engine, file, props?.qmpSocket, props?.qmpSocket ? writerOf(file) : undefined);
+  const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
-  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, source: recordedSource(props ?? {}) });
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info), source: recordedSource(props ?? {}) });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
   outs.deleteAdopted = props?.deleteAdopted ?? false;
   // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update
@@ -364,11 +555,33 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   return { id: file, props: outs, inputs };
 }
 
+/**
+ * A refresh keeps the recorded chain (a base that changed stays a difference until the user deals
+ * with it) and says what changed; the identity is this file's now, vouching nothing new.
+ */
+function refreshedChain(file: string, props: ImageOutputs | undefined, info: ImageFacts): ChainRecord {
+  if (!props || !Array.isArray(props.backingChain)) return recordChain(file, '');
+  const recorded = props.backingChain;
+  remember(file, recorded);
+  const facts = factsOfState({ ...factOutputs(info), path: file });
+  const drift = info.backingFile || recorded.length ? classifyChain(facts, {}, { recorded, current: readChain(file, '') }).find((c) => c.action === 'refuse') : undefined;
+  const identity = chainIdentityOf(file, recorded) ?? '';
+  return { backingChain: recorded, backingDrift: drift?.reason ?? '', identity, identityFrom: identity === props.identity ? props.identityFrom ?? '' : '' };
+}
+
 export async function remove(_id: string, props: ImageOutputs): Promise<void> {
   if (props.adopted && !props.deleteAdopted) return; // adopted images are the user's: kept
   const engine = engineOf(props.engine);
   if (!(await exists(engine, props.path))) return;
+  // Never delete a file other images read from: those this provider knows of, and those beside it.
+  const users = [...knownChains].filter(([f, chain]) => f !== props.path && chain.includes(props.path)).map(([f]) => f);
+  const refusal = deleteRefusal(props.path, findDependents(props.path, users).dependents);
+  if (refusal) throw new Qcow2Error('REFUSED', refusal.message, { property: refusal.property, file: props.path });
   const policy = props.dataFileOnDelete ?? 'auto';
   const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);
-  await engine.remove(props.path, { dataFile });
+  // Only the data file this resource recorded, and only while it is still that file: the name in
+  // the header is not followed (it may have been pointed at another file).
+  // (A state written before identities were recorded: the recorded name, while the header still names it.)
+  const recorded = recordedDataFileOf(props.dataFileIdentity ?? '') ?? (props.dataFile ? { path: props.dataFile } : undefined);
+  await engine.remove(props.path, { dataFile, ...(dataFile && recorded ? { recordedDataFile: recorded } : {}) });
 }

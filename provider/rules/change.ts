@@ -7,6 +7,8 @@ import { roundToSector } from '../model/facts';
 import { CREATE_ONLY_PROPERTIES, propertyOf } from '../model/names';
 import { formatSize } from '../model/size';
 import { validateAmend, validateRebase, validateResize } from './amend';
+import { liveOrRefuse, planBitmaps } from './bitmaps';
+import { classifyChain } from './chain';
 import { firstV2Refusal } from './compat';
 import type { AmendRequest, Change, DesiredSpec, WorldFacts } from './types';
 
@@ -42,6 +44,14 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
 function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFacts): Change[] {
   let desired = desiredSpec;
   const out: Change[] = [];
+  // The backing chain first: a base that is not the one the image was built on refuses every change.
+  const chain = classifyChain(current, desired, facts.chain);
+  if (chain.some((c) => c.action === 'refuse' || c.action === 'replace')) {
+    // A replace under a running QEMU is refused like any other (the holder named).
+    if (facts.holder !== undefined) liveOrRefuse(chain, facts.holder, desired.qmpSocket);
+    return chain;
+  }
+  out.push(...chain);
 
   // data-file-raw: can be cleared, never enabled on an existing image.
   if (desired.dataFileRaw !== undefined) {
@@ -143,6 +153,13 @@ function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFac
   simple('lazyRefcounts', current.lazyRefcounts, desired.lazyRefcounts, 'the lazy-refcounts feature bit is changed in place');
   simple('refcountBits', current.refcountBits, desired.refcountBits, 'the refcount structures are rebuilt in place with the new width');
 
+  // Persistent bitmaps: judged on the image as the same plan's amend leaves it.
+  if (desired.bitmaps !== undefined) {
+    out.push(planBitmaps(current, desired.bitmaps, desired.manageAllBitmaps ?? false, {
+      compat: desired.compat ?? current.compat, virtualSize: desired.size ?? current.virtualSize,
+    }));
+  }
+
   // The path: a new image at the new place, then the old one deleted.
   if (desired.path !== undefined && current.path !== undefined) {
     if (desired.path === current.path) {
@@ -196,6 +213,8 @@ function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFac
       if (refusal) mergeRefusal(out, propertyOf(refusal.property) as keyof DesiredSpec, withWayForward(refusal.message));
     }
   }
+  // An image a running QEMU holds: live through QMP, or refused with the holder named.
+  if (facts.holder !== undefined) liveOrRefuse(out, facts.holder, desired.qmpSocket);
   return out;
 }
 
@@ -271,7 +290,7 @@ export function classifySource(recorded: { source: string; sourceChecksum: strin
   } else if (sum !== undefined) {
     out.push(sum === was.sourceChecksum
       ? { property: 'sourceChecksum', action: 'none', reason: 'unchanged', from: was.sourceChecksum, to: sum }
-      : { property: 'sourceChecksum', action: 'state', reason: 'recorded in the state; nothing on disk changes', from: was.sourceChecksum, to: sum });
+      : { property: 'sourceChecksum', action: 'amend', operation: 'record', reason: 'recorded in the state; nothing on disk changes', from: was.sourceChecksum, to: sum });
   }
   if (desired.source !== undefined) {
     if (desired.source === was.source) {
@@ -279,7 +298,7 @@ export function classifySource(recorded: { source: string; sourceChecksum: strin
     } else if (newSum) {
       out.push({ property: 'source', action: desired.allowReplace ? 'replace' : 'none', reason: 'changes with sourceChecksum', from: was.source, to: desired.source });
     } else {
-      out.push({ property: 'source', action: 'state', reason: 'the source is read only when the image is created; the new one is recorded in the state and nothing on disk changes', from: was.source, to: desired.source });
+      out.push({ property: 'source', action: 'amend', operation: 'record', reason: 'the source is read only when the image is created; the new one is recorded in the state and nothing on disk changes', from: was.source, to: desired.source });
     }
   }
   return out;
@@ -319,7 +338,7 @@ export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   const req: AmendRequest = {};
   let any = false;
   for (const c of changes) {
-    if (c.action !== 'amend' || c.operation === 'rebase') continue;
+    if (c.action !== 'amend' || c.operation === 'rebase' || c.operation === 'record') continue;
     any = true;
     switch (c.property) {
       case 'compat': req.compat = c.to as AmendRequest['compat']; break;
@@ -334,9 +353,9 @@ export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   return any ? req : undefined;
 }
 
-/** The overall verdict of a classification: refuse beats replace beats amend beats none. */
+/** The overall verdict of a classification: refuse beats replace beats amend beats live beats none. */
 export function overallAction(changes: Change[]): Change['action'] {
-  for (const a of ['refuse', 'replace', 'amend'] as const) if (changes.some((c) => c.action === a)) return a;
+  for (const a of ['refuse', 'replace', 'amend', 'live'] as const) if (changes.some((c) => c.action === a)) return a;
   return 'none';
 }
 

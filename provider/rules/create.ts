@@ -5,14 +5,13 @@
 import type { CreateOptions, Preallocation, Compat, CompressionType, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import { roundToSector } from '../model/facts';
 import { v2Refusal, type V2Option } from './compat';
+import { BDRV_MAX_LENGTH, MAX_L1_ENTRIES, validateSizeValue } from './size';
 export type { ResolvedCreateOptions };
 
 /** A refusal: the option it is about and qemu-img's message (or ours, where we are stricter). */
 export interface CreateRefusal { property: string; message: string }
 
-const MAX_L1_ENTRIES = 0x2000000 / 8;
-/** QEMU's BDRV_MAX_LENGTH: INT64_MAX aligned down to the largest request size (1 GiB). */
-const BDRV_MAX_LENGTH = 9223372035781033984n;
+const INT64_MAX = (1n << 63n) - 1n;
 
 /**
  * Validate create options and fill in defaults. Returns the resolved options, or the first
@@ -70,7 +69,13 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   if (o.adoptDataFile && o.dataFile === undefined) {
     return refuse('data_file', 'Adopting a data file needs data_file=NAME: name the existing raw file to wrap');
   }
-  const size = o.size === undefined ? 0n : roundToSector(o.size);
+  if (o.size !== undefined) {
+    const bad = validateSizeValue(o.size);
+    if (bad) return { ok: false as const, refusal: bad };
+  }
+  const size = o.size === undefined ? 0n : roundToSector(BigInt(o.size));
+  // qemu-img rounds up to a sector, then the block layer refuses what passed INT64_MAX.
+  if (size > INT64_MAX) return refuse('size', 'Could not resize image: Image size cannot be negative');
   if (size > BDRV_MAX_LENGTH) {
     return refuse('size', `Could not resize image: offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`);
   }

@@ -6,6 +6,7 @@
 // a destroy from a moved copy of the project; the state never names the project's folder. The
 // four projects are independent and run side by side; the steps of each run in order.
 
+import { spawnSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -148,14 +149,18 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     if (drift) {
       ex.resize('base.qcow2', '3G');
       const refresh = ex.clean(await ex.project.refresh());
-      expect(refresh.ops).toEqual({ base: 'update', vm1: 'same', vm2: 'same', data: 'same' });
+      // The overlays' base changed under them, outside the program: the refresh reports it.
+      expect(refresh.ops).toEqual({ base: 'update', vm1: 'update', vm2: 'update', data: 'same' });
       const refused = await ex.project.preview();
       expect(refused.ok).toBe(false);
       expect(refused.errors.join('\n')).toContain(
         "size: Shrinking the image from 3221225472 bytes (3 GiB) to 2147483648 bytes (2 GiB) deletes all data beyond the new end. " +
           "Set size to the image's current size (3221225472), or set allowShrink: true to shrink it");
       ex.set({ baseSize: '3G' });
-      expect(ex.clean(await ex.project.preview()).ops).toEqual({ base: 'same', vm1: 'same', vm2: 'same', data: 'same' });
+      // The base is accepted as it is; its overlays still refuse until the user restores, accepts or recreates them.
+      const overlays = await ex.project.preview();
+      expect(overlays.ok).toBe(false);
+      expect(overlays.errors.join('\n')).toMatch(/backingFile: The backing chain of this image changed outside the program: its backing file .*base\.qcow2 was rewritten in place.*acceptBacking: "sha256:/s);
     }
 
     const destroyed = await ex.destroyFromMovedCopy();
@@ -170,10 +175,32 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(ex.clean(await ex.project.preview()).ops).toEqual({ golden: 'create', 'overlay-web': 'create', 'overlay-db': 'create' });
     ex.clean(await ex.project.up());
     expect(fs.readdirSync(ex.images).sort()).toEqual(['db.qcow2', 'golden.qcow2', 'web.qcow2']);
+    // backingFile: golden wires each overlay to the golden image's identity and id; each records its chain.
+    const byName = (state: ReturnType<typeof ex.project.readState>, name: string) => state.resources.find((r) => r.urn.endsWith(`::${name}`))!;
+    const state = ex.project.readState();
+    const golden = byName(state, 'golden');
+    for (const vm of ['web', 'db']) {
+      const overlay = byName(state, `overlay-${vm}`);
+      expect(overlay.inputs).toMatchObject({ backingFile: path.join(ex.images, 'golden.qcow2'), backingIdentity: { identity: golden.outputs.identity, from: '' }, backingImageId: golden.id });
+      expect(overlay.dependencies).toContain(golden.urn);
+      expect((overlay.outputs.backingChain as Array<{ path: string }>).map((l) => l.path)).toEqual([path.join(ex.images, 'golden.qcow2')]);
+    }
     ex.set({ vms: { web: '1G', db: '2G' } });
     const grown = ex.clean(await ex.project.up());
     expect(grown.ops).toEqual({ golden: 'same', 'overlay-web': 'same', 'overlay-db': 'update' });
     expect((grown.outputs.overlays as Array<{ vm: string; virtualSize: number }>).find((o) => o.vm === 'db')!.virtualSize).toBe(2 * GiB);
+
+    // A new golden image (another cluster size, allowReplace on it): the overlays refuse at preview.
+    const sums = Object.fromEntries(['golden.qcow2', 'web.qcow2', 'db.qcow2'].map((f) => [f, md5(path.join(ex.images, f))]));
+    ex.set({ goldenClusterSize: 4096 });
+    const replaced = await ex.project.preview();
+    expect(replaced.ok).toBe(false);
+    expect(replaced.errors.join('\n')).toMatch(/The base of this image, .*golden\.qcow2, is being replaced/);
+    const refusedUp = await ex.project.up();
+    expect(refusedUp.ok).toBe(false);
+    for (const [f, sum] of Object.entries(sums)) expect(md5(path.join(ex.images, f)), f).toBe(sum);
+    delete ex.config.goldenClusterSize;
+    ex.set({});
 
     if (drift) {
       ex.resize('web.qcow2', '512M', true);
@@ -190,7 +217,7 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     ex.remove();
   }), HANG_MS);
 
-  it('examples/raw-data-file: wraps a raw disk unchanged, clears data-file-raw, refuses to set it again; a hand-run resize seen by refresh; destroy from a moved copy keeps the raw disk', ({ expect }) => inSlot(async () => {
+  it('examples/raw-data-file: wraps a raw disk unchanged with a bitmap, clears data-file-raw, refuses to set it again; a guest write tracked by the bitmap; a hand-run resize seen by refresh; destroy from a moved copy keeps the raw disk', ({ expect }) => inSlot(async () => {
     const ex = new Example(expect, 'raw-data-file', (images) => ({ imageDir: images, rawDisk: path.join(images, 'disk.raw') }));
     const disk = path.join(ex.images, 'disk.raw');
     fs.writeFileSync(disk, crypto.randomBytes(1 << 20));
@@ -200,6 +227,7 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(ex.clean(await ex.project.preview()).ops).toEqual({ disk: 'create' });
     const up = ex.clean(await ex.project.up());
     expect(up.outputs).toMatchObject({ dataFile: disk, dataFileRaw: true, virtualSize: 16 << 20 });
+    expect(up.outputs.bitmaps).toEqual([{ name: 'backup', granularity: 65536, flags: ['auto'], inconsistent: false }]);
     expect(md5(disk)).toBe(sum);
 
     ex.set({ dataFileRaw: 'false' });
@@ -216,6 +244,17 @@ describe.concurrent('examples, each in a fresh project with the packed package i
     expect(refused.errors.join('\n')).toMatch(/data-file-raw cannot be set on existing images/);
     expect(md5(disk)).toBe(sum);
     ex.set({ dataFileRaw: 'false' });
+
+    if (drift) {
+      // A guest writes (qemu-io, as a VM would); the bitmap says where; cleared after the "backup".
+      const qcow2 = path.join(ex.images, 'disk.qcow2');
+      const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(repo, 'dist/provider/cli/main.js'), ...args], { encoding: 'utf8' });
+      expect(spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -q -P 7 1M 64k', qcow2], { encoding: 'utf8' }).status).toBe(0);
+      expect(cli('bitmap', '--dump', '--output=json', qcow2, 'backup').stdout).toBe('[{ "start": 1048576, "length": 65536, "dirty": true }]\n');
+      expect(cli('bitmap', '--clear', qcow2, 'backup').status).toBe(0);
+      expect(cli('bitmap', '--dump', '--output=json', qcow2, 'backup').stdout).toBe('[]\n');
+      sum = md5(disk); // the guest's write is in the raw disk
+    }
 
     if (drift) {
       ex.resize('disk.qcow2', '32M');

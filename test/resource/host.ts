@@ -165,7 +165,11 @@ export class Stack {
       this.state = { id: r.id, inputs: c.inputs, outputs: r.outs };
       return { op: 'replace', outputs: r.outs };
     }
-    if (d.changes === 'none') return { op: 'same', outputs: this.state.outputs };
+    if (d.changes === 'none') {
+      // A same step still records the new inputs (as the engine does).
+      this.state = { ...this.state, inputs: c.inputs };
+      return { op: 'same', outputs: this.state.outputs };
+    }
     const outs = await this.host.update(this.urn, this.state.id, this.state.outputs, c.inputs);
     this.state = { id: this.state.id, inputs: c.inputs, outputs: outs };
     return { op: 'update', outputs: outs };

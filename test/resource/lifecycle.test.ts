@@ -180,6 +180,58 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
     await s0.destroy();
   });
 
+  it.skipIf(skip || !haveQemu)('a_header_pointed_at_a_decoy_is_never_followed_and_destroy_removes_only_what_was_created', async () => {
+    // The decoy attack: the image's header is pointed at another file of the user's by hand.
+    const decoy = path.join(dir, 'decoy.bin');
+    fs.writeFileSync(decoy, crypto.randomBytes(1 << 20));
+    const before = md5(decoy);
+    const s = stack('decoy');
+    const spec = { path: 'decoy.qcow2', size: '8M', dataFile: 'decoy-own.raw', engine };
+    await s.up(spec);
+    expect(qemu(['amend', '-o', `data_file=${decoy}`, 'decoy.qcow2'], dir).status).toBe(0);
+    const header = md5(path.join(dir, 'decoy.qcow2'));
+    // A grow would extend the decoy, a shrink truncate it: both refused, naming both files.
+    await expect(s.up({ ...spec, size: '16M' })).rejects.toThrow(/names data file '[^']*decoy\.bin', but this resource recorded '[^']*decoy-own\.raw'.*never followed/s);
+    await expect(s.up({ ...spec, size: '4M', allowShrink: true })).rejects.toThrow(/decoy\.bin/);
+    expect(md5(path.join(dir, 'decoy.qcow2'))).toBe(header);
+    // Refresh records what the header says; destroy still removes only the file it created,
+    // by its recorded path and identity.
+    await s.refresh();
+    expect(s.state!.outputs.dataFile).toBe(decoy);
+    await s.destroy();
+    expect(fs.existsSync(path.join(dir, 'decoy.qcow2'))).toBe(false);
+    expect(fs.existsSync(path.join(dir, 'decoy-own.raw'))).toBe(false);
+    expect(fs.statSync(decoy).size).toBe(1 << 20);
+    expect(md5(decoy)).toBe(before);
+  });
+
+  it.skipIf(skip || !haveQemu)('destroy_keeps_a_data_file_replaced_since_it_was_created', async () => {
+    const s = stack('swap');
+    await s.up({ path: 'swap.qcow2', size: '1M', dataFile: 'swap.raw', engine });
+    // Another file now stands at the recorded path (same name, another inode): it is not ours.
+    fs.writeFileSync(path.join(dir, 'swap.new'), 'not the data file this resource created');
+    fs.renameSync(path.join(dir, 'swap.new'), path.join(dir, 'swap.raw'));
+    await s.destroy();
+    expect(fs.readFileSync(path.join(dir, 'swap.raw'), 'utf8')).toBe('not the data file this resource created');
+  });
+
+  it.skipIf(skip || !haveQemu)('adopt_refuses_references_the_program_does_not_declare', async () => {
+    const decoy = path.join(dir, 'adopt-decoy.bin');
+    expect(qemu(['create', '-q', '-f', 'qcow2', '-o', `data_file=${decoy}`, 'evil.qcow2', '1M'], dir).status).toBe(0);
+    fs.writeFileSync(decoy, crypto.randomBytes(1 << 20));
+    const before = md5(decoy);
+    expect(qemu(['create', '-q', '-f', 'qcow2', '-b', decoy, '-F', 'raw', 'evil-overlay.qcow2', '1M'], dir).status).toBe(0);
+    await expect(stack('evil').up({ path: 'evil.qcow2', adopt: true, engine }))
+      .rejects.toThrow(/names data file '[^']*adopt-decoy\.bin', which the program does not declare.*set dataFile/s);
+    await expect(stack('evil-b').up({ path: 'evil-overlay.qcow2', adopt: true, engine }))
+      .rejects.toThrow(/names backing file '[^']*adopt-decoy\.bin', which the program does not declare.*set backingFile/s);
+    // Declared, the same image is adopted; destroy keeps it and its data file.
+    const a = stack('evil-ok');
+    await a.up({ path: 'evil.qcow2', dataFile: decoy, adopt: true, engine });
+    await a.destroy();
+    expect(md5(decoy)).toBe(before);
+  });
+
   it.skipIf(skip)('refresh_of_a_missing_image_drops_it_from_state', async () => {
     const s = stack('gone');
     await s.up({ path: 'gone.qcow2', size: '1M', engine });

@@ -65,6 +65,13 @@ describe('provider check and diff (in process)', () => {
     expect((await impl.check({}, { path: 'x.qcow2' })).failures).toEqual([{ property: 'size', reason: expect.stringMatching(/^size is required .*\. Set size/) }]);
   });
 
+  it('check_judges_an_overlay_whose_base_identity_is_not_known_yet', async () => {
+    // A preview that creates the base: its identity is unknown, the overlay's create is still judged.
+    const r = await impl.check({}, { path: 'x.qcow2', backingFile: 'b.qcow2', backingFormat: 'qcow2', backingIdentity: UNKNOWN, dataFile: 'x.raw', dataFileRaw: true });
+    expect(r.failures.map((f) => f.reason).join()).toMatch(/Backing file and data-file-raw cannot be used at the same time/);
+    expect((await impl.check({}, { path: 'x.qcow2', size: '1G', backingIdentity: { identity: 'sha256:0', from: '' }, acceptBacking: 'sha256:0123456789abcdef0123456789abcdef' })).failures).toEqual([]);
+  });
+
   it('check_passes_unknown_values', async () => {
     expect((await impl.check({}, { path: 'x.qcow2', size: UNKNOWN, dataFile: UNKNOWN, dataFileRaw: true })).failures).toEqual([]);
   });

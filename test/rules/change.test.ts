@@ -60,7 +60,7 @@ const CASES: ChangeCase[] = [
   { name: 'size grows a raw image in place, extending the data file', current: rawState(), desired: { size: two }, property: 'size', action: 'amend', operation: 'resize', reason: /data file extended/, request: { size: two } },
   { name: 'size shrink is refused without allowShrink', current: plainState(), desired: { size: half }, property: 'size', action: 'refuse', reason: [/^Shrinking the image from 1048576 bytes \(1 MiB\) to 524288 bytes \(512 KiB\) deletes all data beyond the new end/, /Set size to the image's current size \(1048576\), or set allowShrink: true/] },
   { name: 'size shrink is done in place with allowShrink', current: plainState(), desired: { size: half, allowShrink: true }, property: 'size', action: 'amend', operation: 'resize', reason: /deleted/, request: { size: half } },
-  { name: 'size growth with persistent bitmaps is refused', current: plainState({ bitmaps: ['b0'] }), desired: { size: two }, property: 'size', action: 'refuse', reason: /remove the bitmaps/ },
+  { name: 'size growth with persistent bitmaps is an amend (the bitmaps grow too)', current: plainState({ bitmaps: ['b0'] }), desired: { size: two }, property: 'size', action: 'amend', operation: 'resize', reason: /grows in place/ },
   { name: 'size as create rounds it (1000 -> 1024) is unchanged on the image create made', current: plainState({ virtualSize: 1024n }), desired: { size: 1000n }, property: 'size', action: 'none', request: 'none' },
   { name: 'size not a multiple of 512 grows to the rounded size, as create would', current: plainState({ virtualSize: 512n }), desired: { size: 1000n }, property: 'size', action: 'amend', operation: 'resize', request: { size: 1024n } },
   // ---- compat

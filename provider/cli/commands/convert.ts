@@ -16,10 +16,10 @@ import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC|URL DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean }
 
 /** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
 const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
@@ -35,6 +35,8 @@ const spec: CommandSpec = {
     ['-t <cache>', 'cache mode of the new image: unsafe (default, as qemu-img: no flush before it appears), writeback, none, directsync, writethrough (flushed)'],
     ['--checksum <alg:hex>', 'sha256:<hex> or sha512:<hex> of the source: required for a URL, verified for a file'],
     ['-c', 'compress the output (not supported: refused)'],
+    ['--bitmaps', "copy the source's persistent dirty bitmaps"],
+    ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
   ],
 };
 
@@ -68,7 +70,11 @@ export async function run(argv: string[]): Promise<void> {
   const format = o.f ?? from.format;
   const target = imageName(dst).path;
   const progress = o.p && !o.q ? qemuProgress() : undefined;
-  const opts: ImportOptions = { durable: (o.t ?? 'unsafe') !== 'unsafe' };
+  if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
+  const opts: ImportOptions = {
+    durable: (o.t ?? 'unsafe') !== 'unsafe',
+    ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+  };
   if (progress) {
     // A download (not a cache hit) is the first half of the figure, the conversion the second.
     let downloadShare = 0;

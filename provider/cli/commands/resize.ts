@@ -3,9 +3,11 @@
 import { imageName, requireQcow2 } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
 import { cliEngine } from '../engine';
-import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
-import { parseSize } from '../../model/size';
-import { out } from '../io';
+import { Exit, fail, messageOf, openPrefix, report, warn } from '../report';
+import { parseSizeOption } from '../../model/size';
+import { resolveBackingName } from '../../model/backing-name';
+import { isatty } from 'tty';
+import { err, out } from '../io';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
@@ -37,16 +39,25 @@ export async function run(argv: string[]): Promise<void> {
   let size: bigint | { relative: bigint };
   try {
     const sign = sizeText.startsWith('+') ? 1n : sizeText.startsWith('-') ? -1n : 0n;
-    const n = parseSize(sign ? sizeText.slice(1) : sizeText);
+    // qemu-img sets the size as a QemuOpts size (below 2^64), then reads it as an int64: 8E and
+    // more wrap negative and are refused as not positive.
+    const n = BigInt.asIntN(64, parseSizeOption('size', sign ? sizeText.slice(1) : sizeText));
     size = sign ? { relative: sign * n } : n;
   } catch (e) {
-    reportEach(messageOf(e));
+    report(messageOf(e)); // QemuOpts' hint lines are printed bare
     throw new Exit(1);
   }
   const { path } = imageName(file);
   try {
+    const facts = await cliEngine().info(path, { forceShare: true }).catch(() => undefined);
+    if (facts !== undefined && (typeof size === 'bigint' ? size : facts.virtualSize + size.relative) <= 0n) fail('New image size must be positive');
+    // A data-file-raw image's data file changes size with it, as in qemu-img: the file the
+    // header names, which may not be where the user expects. Say which one it is, to a person
+    // at a terminal (scripts get qemu-img's output unchanged).
+    if (facts?.dataFileRaw && facts.dataFile && !o.q && isatty(2)) err(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
     await cliEngine().resize(path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
+    if (e instanceof Exit) throw e;
     report(openPrefix(e, file) + messageOf(e));
     // qemu-img warns after refusing a shrink that lacks --shrink (and never on success).
     if (/^Use the --shrink option/.test(messageOf(e))) {

@@ -34,7 +34,9 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       return ops().resolveCreateOptions(call.path, call.options, call.behaviour);
     case 'import':
       // Asynchronous: reads, decoding (on libuv's thread pool) and writes overlap.
-      return ops().importImageAsync(call.path, call.options, call.source, { durable: call.durable, ...(progress ? { progress } : {}) }).then(() => undefined);
+      return ops().importImageAsync(call.path, call.options, call.source, {
+        durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
+      }).then(() => undefined);
     case 'amend':
       ops().amendImage(call.path, call.request);
       return undefined;
@@ -55,6 +57,10 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     }
     case 'map':
       return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false });
+    case 'bitmap':
+      return ops().bitmapImage(call.path, call.name, call.actions, call.options);
+    case 'dumpBitmap':
+      return ops().dumpBitmap(call.path, call.name, { forceShare: call.options.forceShare ?? false });
     case 'remove': {
       const { removeImageFiles } = require('../../qcow2/ops/remove') as typeof import('../../qcow2/ops/remove');
       removeImageFiles(call.path, call.options);
@@ -63,7 +69,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'stat': {
       const { localFs } = require('../../qcow2/io/hostfs') as typeof import('../../qcow2/io/hostfs');
       const st = localFs.stat(call.path);
-      return st === undefined ? undefined : { kind: st.kind, size: st.size };
+      return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
     }
     default: {
       const never: never = call;

@@ -9,7 +9,9 @@ import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
-import type { Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
 import type { OpCall, TargetDescriptor } from './protocol';
 import type { LocalImportSource } from './ops';
 
@@ -57,7 +59,9 @@ export class NativeEngine implements Engine {
     try {
       const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
       if (source.maxSize !== undefined) src.maxSize = source.maxSize;
-      await this.run({ op: 'import', path, options, source: src, durable: opts.durable ?? true }, opts.progress);
+      const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
+      if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      await this.run(call, opts.progress);
     } finally {
       await local.release();
     }
@@ -87,6 +91,14 @@ export class NativeEngine implements Engine {
 
   map(path: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     return this.run({ op: 'map', path, options });
+  }
+
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    return this.run({ op: 'bitmap', path, name, actions: [...actions], options });
+  }
+
+  dumpBitmap(path: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    return this.run({ op: 'dumpBitmap', path, name, options });
   }
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {

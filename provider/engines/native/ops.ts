@@ -11,13 +11,18 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { localFs } from '../../qcow2/io/hostfs';
 import { localCreateFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import type { ImageLock } from '../../qcow2/io/lock';
-import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import {
+  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+} from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
+import { sweepStale } from '../../qcow2/io/publish';
+import { dirname } from 'path';
 
 /** Create refusals keep qemu-img's code for bad options. */
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
@@ -55,7 +60,6 @@ export function createImage(imagePath: string, options: CreateOptions, behaviour
 /** What the rules need to know about an open image: its facts (model), compressed clusters when asked. */
 export function imageStateOf(img: Image, scanCompressed = false): ImageFacts {
   const state = factsOfImage(img, 0);
-  delete state.detail;
   if (scanCompressed) state.hasCompressedClusters = hasCompressedClusters(img);
   return state;
 }
@@ -81,6 +85,7 @@ export interface AmendBehaviour {
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+  sweepStale(dirname(path));
   const nf = localFs.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
@@ -132,6 +137,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
     throwIfRefused(r, path);
   }
+  // A change that builds on the tables needs them sound: check's verdict first (rules decide).
+  if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
   const df = needsData ? openDataFile(img, path) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
@@ -149,7 +156,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): A
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, req: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+  const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
   return withWritableImage(path, behaviour, (img, file) => {
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
@@ -164,7 +172,9 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
 }
 
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, size: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+  const size = typeof sizeAsked === 'object' && sizeAsked !== null
+    ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
@@ -190,7 +200,7 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
 export type { CreateBehaviour };
-import { writeImportedImage, writeImportedImageAsync } from '../../qcow2/ops/convert';
+import { WriteImportOptions, writeImportedImage, writeImportedImageAsync } from '../../qcow2/ops/convert';
 import { Qcow2Image } from '../../qcow2/guest/qcow2';
 import type { GuestSource, OpenOptions, ProgressFn } from '../../qcow2/guest/source';
 import * as path from 'path';
@@ -199,7 +209,8 @@ import { validateChain } from '../../qcow2/guest/sources/preflight';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { MapEntry, mapSource } from '../../qcow2/ops/map';
 import { rebaseSafe } from '../../qcow2/ops/rebase';
-import { validateImport, validateSafeRebase, validateSourceReference, validateWrite } from '../../rules/data';
+import { validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
+import { validateSourceReference } from '../../rules/references';
 
 /** Open an image to write guest data (QEMU's write locks on image and data file; rules first). */
 export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writable' | 'beforeWrite'> = {}): Qcow2Image {
@@ -218,6 +229,8 @@ export interface ImportBehaviour {
   progress?: ProgressFn;
   /** Make the image durable before it appears at its path (default true; see ImportOptions.durable). */
   durable?: boolean;
+  /** convert --bitmaps: copy the source's persistent bitmaps (inconsistent ones refused unless skipped). */
+  bitmaps?: { skipBroken: boolean };
 }
 
 /** An import source that is a local file (engines/source.ts made it one), as the worker gets it. */
@@ -249,9 +262,9 @@ export function referenceGuard(source: LocalImportSource): OpenOptions['onRefere
  * never overwritten, and a failure leaves nothing behind.
  */
 export function importImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
-  const { src, plan } = openImport(dst, options, source);
+  const { src, plan, bitmaps } = openImport(dst, options, source, behaviour);
   try {
-    writeImportedImage(dst, plan, src, behaviour.progress, localFs, behaviour.durable ?? true);
+    writeImportedImage(dst, plan, src, writeOptions(behaviour, bitmaps));
   } finally {
     src.close();
   }
@@ -259,16 +272,20 @@ export function importImage(dst: string, options: CreateOptions, source: LocalIm
 
 /** importImage with reads, decoding and writes overlapped (what the Engine runs). */
 export async function importImageAsync(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): Promise<void> {
-  const { src, plan } = openImport(dst, options, source);
+  const { src, plan, bitmaps } = openImport(dst, options, source, behaviour);
   try {
-    await writeImportedImageAsync(dst, plan, src, behaviour.progress, localFs, behaviour.durable ?? true);
+    await writeImportedImageAsync(dst, plan, src, writeOptions(behaviour, bitmaps));
   } finally {
     src.close();
   }
 }
 
-/** Open and validate an import's source and plan its image; nothing is created yet. */
-function openImport(dst: string, options: CreateOptions, source: LocalImportSource): { src: GuestSource; plan: CreatePlan } {
+function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined): WriteImportOptions {
+  return { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}) };
+}
+
+/** Open and validate an import's source (and, for --bitmaps, its bitmaps) and plan its image; nothing is created yet. */
+function openImport(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour): { src: GuestSource; plan: CreatePlan; bitmaps?: DirtyBitmap[] } {
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
   const format = source.format ?? probeFormat(source.path);
@@ -284,7 +301,16 @@ function openImport(dst: string, options: CreateOptions, source: LocalImportSour
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
     });
     throwIfRefused(r, dst);
-    return { src, plan: planCreate(resolved(dst, { ...options, size: BigInt(src.size) })) };
+    const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }));
+    let bitmaps: DirtyBitmap[] | undefined;
+    if (behaviour.bitmaps) {
+      const list = src instanceof Qcow2Image ? readImageBitmaps(src.image) : [];
+      throwIfRefused(validateCopyBitmaps({
+        sourceFormat: format, bitmaps: statesOf(list), targetCompat: plan.options.compat ?? '1.1', skipBroken: behaviour.bitmaps.skipBroken,
+      }), source.label ?? source.path);
+      bitmaps = list.filter((b) => !b.inconsistent);
+    }
+    return { src, plan, ...(bitmaps ? { bitmaps } : {}) };
   } catch (e) {
     src.close();
     throw e;
@@ -308,11 +334,13 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
  * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
+  sweepStale(dirname(path));
   const img = Qcow2Image.open(path, {
     writable: true,
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
       throwIfRefused(r, path);
+      throwIfRefused(validateConsistent(consistencyOf(image, image.file)), path);
     },
   });
   let next: GuestSource | null = null;
@@ -331,4 +359,127 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
     next?.close();
     img.close();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent bitmaps (qemu-img bitmap, and reading a bitmap's dirty extents)
+
+import type { BitmapAction } from '../../model/bitmaps';
+import { defaultBitmapGranularity } from '../../model/bitmaps';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
+import { applyBitmapOps, readBitmapFile, readImageBitmaps } from '../../qcow2/ops/bitmap';
+import type { DirtyBitmap, DirtyExtent } from '../../qcow2/meta/dirty-bitmap';
+import { RawSource } from '../../qcow2/guest/sources/raw';
+
+export interface BitmapCommandOptions {
+  /** -b: the image --merge reads its source bitmap from (opened read-only, never changed). */
+  sourceFile?: string;
+  /** -F: its format (probed when omitted; a raw file has no bitmaps). */
+  sourceFormat?: string;
+  /** Open and close the image read-write even when refusing, as qemu-img does (BitmapOptions.rewriteOnRefusal). */
+  rewriteOnRefusal?: boolean;
+}
+
+/** The rules' verdict on bitmap actions for an image as loaded (its bitmaps in memory). */
+function bitmapRefusal(img: Qcow2Image, list: readonly DirtyBitmap[], path: string, name: string, actions: readonly BitmapAction[],
+  source: { bitmaps: DirtyBitmap[]; size: bigint } | undefined) {
+  const h = img.header;
+  return validateBitmapActions(
+    { compat: h.version === 2 ? '0.10' : '1.1', virtualSize: h.size, clusterSize: img.cs, bitmaps: statesOf(list), node: path },
+    name, actions, source && { bitmaps: statesOf(source.bitmaps), virtualSize: source.size });
+}
+
+/** Bitmaps in memory as the rules see them. */
+function statesOf(list: readonly DirtyBitmap[]): BitmapState[] {
+  return list.map((b) => ({ name: b.name, granularity: b.granularity, enabled: b.enabled, inconsistent: b.inconsistent }));
+}
+
+/** The bitmaps and size of a --merge source file, opened as QEMU opens it (read-only, no backing). */
+function mergeSource(file: string, format: string | undefined): { bitmaps: DirtyBitmap[]; size: bigint } {
+  const fmt = format ?? probeFormat(file);
+  if (fmt === 'raw') {
+    const raw = RawSource.open(file, { lock: true });
+    try {
+      return { bitmaps: [], size: BigInt(raw.size) };
+    } finally {
+      raw.close();
+    }
+  }
+  if (fmt !== 'qcow2') throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${fmt}': this engine reads qcow2 and raw images only`, { file, property: 'source_format' });
+  const src = Qcow2Image.open(file, { backing: null });
+  try {
+    return { bitmaps: readImageBitmaps(src.image), size: src.image.header.size };
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * `qemu-img bitmap ACTIONS FILE NAME`: the image is opened read-write the QEMU way (every
+ * consistent bitmap flagged in-use on disk), the actions are validated as a whole by
+ * provider/rules, carried out, and every bitmap is stored at close, as qemu-img does; the bytes
+ * written equal qemu-img's. A refusal is found on a read-only look first and writes nothing;
+ * with `rewriteOnRefusal` the image is opened and closed as qemu-img does even then (no action
+ * carried out: qemu-img would have carried out those before the refused one), then REFUSED.
+ */
+export function bitmapImage(path: string, name: string, actions: readonly BitmapAction[], opts: BitmapCommandOptions = {}): { warnings: string[] } {
+  const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat) : undefined;
+  if (!opts.rewriteOnRefusal) {
+    const look = Qcow2Image.open(path, { backing: null });
+    try {
+      throwIfRefused(bitmapRefusal(look, look.bitmaps().list, path, name, actions, source), path);
+    } finally {
+      look.close();
+    }
+  }
+  const img = Qcow2Image.open(path, {
+    writable: true,
+    backing: null, // qemu-img bitmap opens no backing chain
+    frees: 'immediate', // QEMU's reuse of freed clusters, for its exact layout
+    beforeWrite: (image) => throwIfRefused(validateWrite(imageStateOf(image)), path),
+  });
+  let refusal;
+  const warnings: string[] = [];
+  try {
+    if (img.header.staleBitmaps) warnings.push(staleBitmapsWarning(img.header.version));
+    const bitmaps = img.bitmaps();
+    // Judged again under the write lock: another writer may have come and gone since the look.
+    refusal = bitmapRefusal(img, bitmaps.list, path, name, actions, source);
+    if (!refusal) applyBitmapOps(bitmaps, img.header.size, img.cs, name, actions, defaultBitmapGranularity(img.cs), source?.bitmaps);
+  } finally {
+    img.close();
+  }
+  throwIfRefused(refusal, path);
+  return { warnings };
+}
+
+/** QEMU's warning when it opens an image whose bitmaps extension another writer left stale. */
+export function staleBitmapsWarning(version: number): string {
+  return (version < 3
+    ? 'This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+    : 'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent') +
+    "\nSome clusters may be leaked, run 'qemu-img check -r' on the image file to fix.";
+}
+
+/** A bitmap's dirty extents (qcow2 bitmap --dump). */
+export interface BitmapExtents {
+  name: string;
+  granularity: number;
+  enabled: boolean;
+  extents: DirtyExtent[];
+}
+
+/**
+ * The dirty extents of bitmap `name` in a closed image (read-only; QEMU's locks probed unless
+ * `forceShare`). An inconsistent bitmap is refused as QEMU refuses it.
+ */
+export function dumpBitmap(path: string, name: string, opts: { forceShare?: boolean } = {}): BitmapExtents {
+  const b = readBitmapFile(path, name, {
+    forceShare: opts.forceShare ?? false,
+    check: (e) => {
+      if (e.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file: path, property: 'bitmaps' });
+    },
+  });
+  if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file: path, property: 'bitmaps' });
+  return { name: b.name, granularity: b.granularity, enabled: b.enabled, extents: b.extents() };
 }

@@ -12,7 +12,7 @@ import type { ErrorData } from '../../model/errors';
 import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
-import type { ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { BitmapAction, BitmapOptions, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
 import type { LocalImportSource } from './ops';
 
 /** Where an operation's files are. */
@@ -25,13 +25,15 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; durable: boolean }
+  | { op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; durable: boolean; bitmaps?: { skipBroken: boolean } }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }
   | { op: 'info'; path: string; options: ReadOptions }
   | { op: 'check'; path: string; options: ReadOptions }
   | { op: 'map'; path: string; options: ReadOptions }
+  | { op: 'bitmap'; path: string; name: string; actions: BitmapAction[]; options: BitmapOptions }
+  | { op: 'dumpBitmap'; path: string; name: string; options: ReadOptions }
   | { op: 'remove'; path: string; options: RemoveOptions }
   | { op: 'stat'; path: string };
 

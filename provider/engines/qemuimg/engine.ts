@@ -65,7 +65,7 @@ import { assertNewImageFiles } from '../../qcow2/ops/create';
 import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { removeImageFiles } from '../../qcow2/ops/remove';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
 import { ioError } from '../../qcow2/io/blockfile';
 import { localFs } from '../../qcow2/io/hostfs';
@@ -73,13 +73,18 @@ import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
-import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
-import { validateImport, validateSourceReference } from '../../rules/data';
+import { validateImport } from '../../rules/data';
+import { validateSourceReference } from '../../rules/references';
 import { LocalSource, prepareSource } from '../source';
 import type { AmendRequest } from '../../rules/types';
-import type { Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
-import { localCreateFacts, sameFile } from '../local-facts';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
+import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
+import { localConsistency, localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
 import { BackingSpec, DataFileSpec, chainSpec, imageSpec, optList, peekHeader } from './spec';
@@ -346,9 +351,16 @@ export class QemuImgEngine implements Engine {
       });
       throwIfRefused(r, imagePath);
       const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
+      if (opts.bitmaps) {
+        const top = local.format === 'qcow2' ? await this.readInfo(local.path, false) : undefined;
+        throwIfRefused(validateCopyBitmaps({
+          sourceFormat: local.format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+        }), local.label);
+      }
       assertNewImageFiles(imagePath, o);
       await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-        const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+        const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
+        const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
         await this.run('write', args, { arg: src.spec, file: local.label }, tmp);
       }, opts.durable ?? true);
       opts.progress?.(Number(src.size), Number(src.size));
@@ -454,7 +466,8 @@ export class QemuImgEngine implements Engine {
     }
   }
 
-  async amend(file: string, request: AmendRequest): Promise<void> {
+  async amend(file: string, asked: AmendRequest): Promise<void> {
+    const request = asked.size === undefined ? asked : { ...asked, size: sizeArg(asked.size) };
     await this.binary();
     const state = await this.stateForChange(file);
     if (request.compat === '0.10' && state.compat === '1.1' && state.compressionType === 'zstd') {
@@ -472,10 +485,14 @@ export class QemuImgEngine implements Engine {
     if (request.dataFile !== undefined && request.dataFile !== state.dataFile) pairs.push(opt('dataFile', request.dataFile));
     if (request.dataFileRaw !== undefined && request.dataFileRaw !== state.dataFileRaw) pairs.push(opt('dataFileRaw', onOff(request.dataFileRaw)));
     if (pairs.length === 0) return;
+    const moves = sizeChanges || state.dirty || (request.compat === '0.10' && state.compat === '1.1') ||
+      (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits);
+    if (moves) throwIfRefused(validateConsistent(localConsistency(file)), file);
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
-  async resize(file: string, newSize: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+  async resize(file: string, asked: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+    const newSize = typeof asked === 'object' && asked !== null ? { relative: sizeArg(asked.relative, 'size', true) } : sizeArg(asked);
     await this.binary();
     const allowShrink = options.allowShrink ?? false;
     const state = await this.stateForChange(file);
@@ -483,6 +500,7 @@ export class QemuImgEngine implements Engine {
     const r = validateResizeRequest(state, size, allowShrink);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
+    throwIfRefused(validateConsistent(localConsistency(file)), file);
     const shrink = size < state.virtualSize ? ['--shrink'] : [];
     await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
   }
@@ -555,6 +573,66 @@ export class QemuImgEngine implements Engine {
     return (await this.runCheck(file, true)).compressedClusters > 0;
   }
 
+  /** The bitmaps of an image's facts as the rules see them (in-use = inconsistent: we probed no writer holds it). */
+  private static bitmapStates(state: ImageFacts): BitmapState[] {
+    return (state.detail?.bitmaps ?? []).map((b) => ({
+      name: b.name, granularity: b.granularity, enabled: b.flags.includes('auto'), inconsistent: b.flags.includes('in-use'),
+    }));
+  }
+
+  /** `qemu-img bitmap`, after the same validation as the native engine (so it refuses alike, before qemu-img runs). */
+  async bitmap(file: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    await this.binary();
+    const state = await this.stateForChange(file);
+    let source: { bitmaps: BitmapState[]; virtualSize: bigint } | undefined;
+    if (options.sourceFile !== undefined) {
+      QemuImgEngine.mustExist(options.sourceFile);
+      const raw = options.sourceFormat === 'raw' || (options.sourceFormat === undefined && peekHeader(path.resolve(options.sourceFile)) === undefined);
+      if (raw) {
+        source = { bitmaps: [], virtualSize: BigInt(fs.statSync(options.sourceFile).size) };
+      } else {
+        const s = await this.readInfo(options.sourceFile, false);
+        source = { bitmaps: QemuImgEngine.bitmapStates(s), virtualSize: s.virtualSize };
+      }
+    }
+    const r = validateBitmapActions({
+      compat: state.compat, virtualSize: state.virtualSize, clusterSize: state.clusterSize, bitmaps: QemuImgEngine.bitmapStates(state), node: file,
+    }, name, actions, source);
+    if (r) throw refused(r, file);
+    const args: string[] = [];
+    const granularities = new Set(actions.flatMap((a) => (a.op === 'add' && a.granularity !== undefined ? [a.granularity] : [])));
+    if (granularities.size > 1) {
+      throw new Qcow2Error('UNSUPPORTED', 'qemu-img bitmap takes one granularity per run: add bitmaps of different granularities in separate runs', { property: 'bitmaps', file });
+    }
+    for (const a of actions) args.push(...(a.op === 'merge' ? ['--merge', a.source] : [`--${a.op}`]));
+    if (granularities.size === 1) args.push('-g', String([...granularities][0]));
+    if (options.sourceFile !== undefined) {
+      args.push('-b', path.resolve(options.sourceFile));
+      if (options.sourceFormat !== undefined) args.push('-F', options.sourceFormat);
+    }
+    const abs = path.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const done = await this.run('write', ['bitmap', ...args, spec, name], { arg: spec, file });
+    // qemu-img's warnings (a stale bitmaps extension it dropped), without its prefix.
+    const warnings = done.stderr.split(/qemu-img: warning: /).slice(1).map((w) => w.trim());
+    return { warnings };
+  }
+
+  /** Dirty extents through QEMU: qemu-nbd exports the bitmap, qemu-img map reads it. */
+  async dumpBitmap(file: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    await this.binary();
+    QemuImgEngine.mustExist(file);
+    const state = await this.readInfo(file, options.forceShare ?? false);
+    const b = state.detail?.bitmaps.find((x) => x.name === name);
+    if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file, property: 'bitmaps' });
+    if (b.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file, property: 'bitmaps' });
+    const abs = path.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const bin = await this.binary();
+    const extents = await dirtyExtentsViaNbd(qemuNbdBeside(bin.path), spec, name, (args) => this.spawn('read', args), file);
+    return { name, granularity: b.granularity, enabled: b.flags.includes('auto'), extents };
+  }
+
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
     // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
     removeImageFiles(file, options);
@@ -562,7 +640,7 @@ export class QemuImgEngine implements Engine {
 
   async stat(file: string): Promise<FileStat | undefined> {
     const st = localFs.stat(file);
-    return st === undefined ? undefined : { kind: st.kind, size: st.size };
+    return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
   }
 }
 

@@ -12,6 +12,8 @@ import { BlockFile, NodeBlockFile, ioError } from './blockfile';
 import { lockImage, probeLock, type ImageLock, type LockMode } from './lock';
 import { extentOfFd, punchHoleFd, type Extent } from './sparse';
 
+export { notRegular } from './blockfile';
+
 /** 'read' and 'write' open an existing file; 'create' makes a new one, EXISTS if anything is there. */
 export type OpenMode = 'read' | 'write' | 'create';
 
@@ -23,13 +25,19 @@ export interface HostStat {
   allocated: number;
   /** The file's identity on its host (device and inode): equal ids are the same file. */
   id: string;
+  /** The owner's user id, where the host tells it. */
+  uid?: number;
 }
 
 /** An open file and its size when opened. */
 export interface OpenedFile { file: BlockFile; size: number }
 
 export interface HostFs {
-  /** Open `path`; errors name `name` (default: the path), never a temporary name. */
+  /**
+   * Open `path`; errors name `name` (default: the path), never a temporary name. Only regular
+   * files: a folder, FIFO, socket or device is refused with qemu-img's words (notRegular), and
+   * nothing waits (a FIFO without a writer must not block the open).
+   */
   open(path: string, mode: OpenMode, name?: string): OpenedFile;
   /** stat(2), following links; undefined when nothing is there. */
   stat(path: string): HostStat | undefined;
@@ -59,6 +67,13 @@ export interface HostFs {
   extent(file: BlockFile, offset: number, length: number, fileSize?: number): Extent;
   /** Make a range read as zeros without changing the size: a hole where the host can. */
   punchHole(file: BlockFile, offset: number, length: number): void;
+  /**
+   * Whether the process `pid` that named a temporary file (io/publish.ts) is gone. Hosts that
+   * cannot tell leave it out, and their temporary files are never swept.
+   */
+  processGone?(pid: number): boolean;
+  /** The user id files made here belong to (sweeping removes only such files), where known. */
+  readonly uid?: number;
 }
 
 /** A stat call whose failures (other than "nothing there") name the path, never Node's text. */
@@ -75,7 +90,7 @@ function guarded(p: string, call: () => BigIntStats | undefined): BigIntStats | 
 function statOf(st: BigIntStats | undefined): HostStat | undefined {
   if (st === undefined) return undefined;
   const kind = st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
-  return { kind, size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` };
+  return { kind, size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}`, uid: Number(st.uid) };
 }
 
 function fdOf(file: BlockFile): number | undefined {
@@ -168,4 +183,14 @@ export const localFs: HostFs = {
   punchHole(file, offset, length) {
     punchHoleFd(fdOf(file), file, offset, length);
   },
+  processGone(pid) {
+    if (pid === process.pid) return false;
+    try {
+      process.kill(pid, 0);
+      return false;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'ESRCH';
+    }
+  },
+  uid: typeof process.geteuid === 'function' ? process.geteuid() : undefined,
 };

@@ -379,6 +379,28 @@ export function findLockHolders(fileName: string): LockHolder[] {
 }
 
 /**
+ * Whether some open file description holds QEMU's "I use write" byte (101) on the file open as
+ * `fd`: a VM, qemu-storage-daemon, qemu-nbd or qemu-io has the image open read-write (or this
+ * process does, if it locked it). From /proc/locks; false where that cannot be read.
+ */
+export function heldForWriting(fd: number): boolean {
+  if (process.platform !== 'linux') return false;
+  let text: string;
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return false;
+  }
+  const key = devIno(fd);
+  const write = LOCK_PERM_BASE + PERMISSIONS.indexOf('write');
+  return text.split('\n').some((line) => {
+    if (line.includes('->')) return false;
+    const l = parseLockLine(line, key);
+    return l !== undefined && (l.kind === 'OFDLCK' || l.kind === 'POSIX') && l.start <= write && l.end >= write;
+  });
+}
+
+/**
  * Refuse as lockImage(fd, fileName, mode) would, without taking a lock: the conflicting bytes are
  * read from /proc/locks (any lock of another open file description, POSIX or OFD, as the fcntl
  * probe sees them; waiters are not holders). For a look that needs no lock of its own, such as

@@ -7,11 +7,14 @@
 //      to clusters that are free in the old image, so the old image cannot see them;
 //      ZERO_ALLOC clusters expanded by a downgrade are zeroed in place: they read as zeros in
 //      the old image whatever they hold;
-//   3. flush; then the header is rewritten in one write of at most 4 KiB (one page): the commit;
+//   3. flush; then the header is rewritten in one write of at most 4 KiB (one page): the commit
+//      (meta/header-commit.ts);
 //   4. flush; then what only the new image allows: shrinking the data file and the image file.
 //
 // Header-only changes (compat up, lazy refcounts, data file name, data-file-raw off, rebase -u)
-// are step 3 alone, and their bytes equal qemu-img's. Changes that move metadata are equal to
+// are step 3 alone, and their bytes equal qemu-img's. Persistent bitmaps are kept as they are
+// (their clusters keep their refcounts through a rebuild), and resized with the image: stored
+// anew in free clusters, the old ones freed by the same commit. Changes that move metadata are equal to
 // qemu-img's in info, map and check, not in layout: qemu-img updates tables in place.
 
 import { BlockFile } from '../io/blockfile';
@@ -19,15 +22,19 @@ import * as C from '../spec/constants';
 import { countReferences } from './check';
 import { Qcow2Error } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
-import { Header, encodeHeader } from '../spec/header';
+import { Header } from '../spec/header';
+import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { encodeL1Entry } from '../spec/l1';
 import {
   L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
+import { SNAPSHOT_EXTRA_V3, encodeSnapshots } from '../spec/snapshot';
 import { Image, safeOffset } from '../meta/image';
 import { CountRefcounts } from '../meta/refcount';
+import { BitmapClusterIo, freeBitmapClusters, loadBitmap, readBitmapDirectory, storeBitmapData } from '../meta/bitmaps';
+import { BME_FLAG_AUTO, encodeBitmapDirectory } from '../spec/bitmaps';
 import { Table, TableCache } from '../meta/tables';
 
 /** A validated amend, in header terms. Undefined fields are unchanged. */
@@ -51,8 +58,8 @@ export interface AmendPlan {
   header: Header;
   /** New clusters (and in-place zeroing of ZERO_ALLOC clusters), written before the commit. */
   writes: Write[];
-  /** The header bytes written at offset 0: the commit. */
-  commit: Uint8Array;
+  /** The header write at offset 0 (one page; a long header's tail written before it): the commit. */
+  commit: HeaderCommit;
   /** Grow the data file to this size before the commit. */
   dataFileGrow?: number;
   /** Shrink the data file to this size after the commit. */
@@ -103,6 +110,28 @@ export function firstRefcountAbove(img: Image, file: BlockFile, max: bigint): { 
 const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 
 /**
+ * Whether an amend writes more than the header: a size change, a new refcount width, a
+ * downgrade, or the repair of refcounts lazy refcounts left dirty. Such changes build on the
+ * image's tables, so the engine checks them first (provider/rules validateConsistent).
+ */
+export function amendMovesMetadata(img: Image, ch: AmendChanges): boolean {
+  const old = img.header;
+  return (ch.size !== undefined && ch.size !== old.size) ||
+    (ch.version === 2 && old.version === 3) ||
+    (ch.refcountOrder !== undefined && ch.refcountOrder !== old.refcountOrder) ||
+    img.dirty || upgradeRewritesSnapshots(img, ch);
+}
+
+/**
+ * qcow2_upgrade: v3 needs every snapshot to carry at least 16 bytes of extra data (the 64-bit
+ * VM state size and the disk size); when one does not, the whole table is written anew.
+ */
+function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean {
+  return ch.version === 3 && img.header.version === 2 && img.header.nbSnapshots > 0 &&
+    img.readSnapshots().some((s) => s.extraDataSize < SNAPSHOT_EXTRA_V3);
+}
+
+/**
  * Plan an amend on an open image. `dataFileSize` is the current size of the external data file
  * and `backingLength` the backing file's virtual size (both needed when the size grows). Throws REFUSED for what only the data can decide (a refcount
  * that does not fit a narrower width); everything else was validated by provider/rules.
@@ -141,7 +170,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
   const sizeChanges = ch.size !== undefined && ch.size !== old.size;
   const downgrade = ch.version === 2 && old.version === 3;
   const repair = img.dirty;
-  const metadata = sizeChanges || downgrade || newOrder !== old.refcountOrder || repair;
+  const metadata = amendMovesMetadata(img, ch);
 
   const writes: Write[] = [];
   let plan: Omit<AmendPlan, 'commit'> = { header: h, writes, headerOnly: !metadata };
@@ -240,6 +269,8 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       };
       if (newSize > old.size) {
         const need = g.l1EntriesFor(newSize);
+        // provider/rules refused sizes past the L1 table's limit; this keeps memory bounded regardless.
+        if (need > C.QCOW_MAX_L1_SIZE / 8) throw new Qcow2Error('REFUSED', 'Failed to grow the L1 table: File too large', { property: 'size' });
         if (need > l1Size) {
           l1Size = need;
           while (l1.length < l1Size) l1.push(0n);
@@ -287,6 +318,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         if (hasData) plan.dataFileShrink = Number(newSize);
       }
       h.size = newSize;
+      resizeBitmaps(img, h, newSize, a, writes);
     }
 
     /** Zero-alloc entries of a downgrade: COPIED follows the refcount once the frees are in. */
@@ -324,6 +356,17 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         h.compressionType = C.QCOW2_COMPRESSION_TYPE_ZLIB;
         h.incompatibleFeatures &= ~C.QCOW2_INCOMPAT_COMPRESSION;
       }
+    }
+
+    if (upgradeRewritesSnapshots(img, ch)) {
+      // A new table in v3 form where the old image does not look; the old one is freed.
+      const snaps = img.readSnapshots();
+      const bytes = encodeSnapshots(snaps, old.size);
+      const c = a.alloc(Math.ceil(bytes.length / cs));
+      writes.push({ offset: c * cs, data: bytes });
+      const first = Number(old.snapshotsOffset >> cbits);
+      a.free(first, Math.ceil((Number(old.snapshotsOffset) + (snaps.tableSize ?? 0)) / cs) - first);
+      h.snapshotsOffset = BigInt(c * cs);
     }
 
     // New L2 tables, then a new L1 that points at them (the old L1 stays as it was).
@@ -367,7 +410,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     if (!a.touched && newOrder === old.refcountOrder && !repair) {
       // Nothing moved (a downgrade without zero clusters, a size change within the L1): the
       // header alone changes, exactly as qemu-img would write it.
-      return { ...plan, headerOnly: writes.length === 0, commit: headerCommitBytes(h, cs, file) };
+      return { ...plan, headerOnly: writes.length === 0, commit: planHeaderCommit(h, cs, file) };
     }
 
     // New refcount structures for the new state, placed after everything else; the old ones
@@ -403,27 +446,46 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     }
     plan = { ...plan, headerOnly: false };
   }
-  return { ...plan, commit: headerCommitBytes(h, cs, file) };
+  return { ...plan, commit: planHeaderCommit(h, cs, file) };
+}
+
+/**
+ * A resize resizes the persistent bitmaps, as qemu-img 7.2 does (bits past the new end dropped,
+ * new ones clear): each is stored anew (data, then table, in directory order), then a new
+ * directory; the old clusters are freed in the plan. provider/rules refused inconsistent ones.
+ */
+function resizeBitmaps(img: Image, h: Header, newSize: bigint, a: CountRefcounts, writes: Write[]): void {
+  const old = img.header.bitmaps;
+  if (old === undefined) return;
+  const cs = img.geometry.clusterSize;
+  const read = (o: number, l: number) => img.read(o, l);
+  const io: BitmapClusterIo = {
+    clusterSize: cs,
+    alloc: (n) => a.alloc(n),
+    free: (first, n) => a.free(first, n),
+    write: (offset, data) => writes.push({ offset, data }),
+    read,
+  };
+  const entries = readBitmapDirectory(img.header, cs, read);
+  const stored = entries.map((e) => {
+    const b = loadBitmap(e, img.header.size, cs, read);
+    if (b.inconsistent) throw new Qcow2Error('REFUSED', `Bitmap '${e.name}' is inconsistent and cannot be used`, { property: 'size' });
+    b.truncate(newSize);
+    const t = storeBitmapData(b, io);
+    return { name: e.name, tableOffset: t.tableOffset, tableSize: t.tableSize, rawFlags: e.rawFlags & BME_FLAG_AUTO, granularityBits: e.granularityBits };
+  });
+  const dir = encodeBitmapDirectory(stored);
+  const d = a.alloc(Math.ceil(dir.length / cs));
+  writes.push({ offset: d * cs, data: dir });
+  h.bitmaps = { nbBitmaps: stored.length, bitmapDirectorySize: BigInt(dir.length), bitmapDirectoryOffset: BigInt(d) * BigInt(cs) };
+  for (const e of entries) freeBitmapClusters(e, io);
+  a.free(Number(old.bitmapDirectoryOffset / BigInt(cs)), Math.ceil(Number(old.bitmapDirectorySize) / cs));
 }
 
 /** The entry of guest cluster `gc` in new area: ZERO, or COPIED | guest offset (data-file-raw). */
 function newAreaEntry(kind: 'zero' | 'identity', gc: number, g: Geometry): L2Halves {
   if (kind === 'identity') return normalEntry(gc * g.clusterSize);
   return g.extendedL2 ? { hi: 0, lo: 0, allocBits: 0, zeroBits: SUBCLUSTERS_ALL } : { hi: 0, lo: L2_LO_ZERO, allocBits: 0, zeroBits: 0 };
-}
-
-/**
- * The bytes of the header commit: QEMU rewrites all of cluster 0; one page is enough when the
- * rest of cluster 0 is zero (always so for images written by QEMU or us), and one page is
- * written whole even when a process is killed mid-write.
- */
-function headerCommitBytes(h: Header, cs: number, file: BlockFile): Uint8Array {
-  const full = encodeHeader(h, cs);
-  const page = Math.min(cs, 4096);
-  if (cs > page && full.subarray(page).every((b) => b === 0) && file.read(page, cs - page).every((b) => b === 0)) {
-    return full.subarray(0, page);
-  }
-  return full;
 }
 
 /** Apply a plan in the order stated at the top of this file. */
@@ -435,7 +497,7 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
   }
   writeAll(file, plan.writes);
   if (plan.writes.length) file.flush();
-  file.write(0, plan.commit);
+  writeHeaderCommit(file, plan.commit);
   file.flush();
   if (plan.dataFileShrink !== undefined && dataFile) {
     dataFile.truncate(plan.dataFileShrink);

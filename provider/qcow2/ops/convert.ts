@@ -23,6 +23,7 @@ import { CreatePlan, writePlan } from './create';
 import { Extent, guestExtents } from '../guest/extents';
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
+import { DirtyBitmap } from '../meta/dirty-bitmap';
 
 const WINDOW = 1 << 20;
 /** Windows being read and decoded at once. */
@@ -272,10 +273,35 @@ class Unflushed implements BlockFile {
 }
 
 /**
- * Create the files of an import (data file first: the image names it), run `copy` into the new
- * image, then publish them; on any failure remove everything made. Never overwrites.
+ * convert --bitmaps: the bitmaps (in their directory order) added to the new image after its
+ * data, as qemu-img adds them (so the copy does not mark them), stored when it closes: same
+ * names, granularities, recording flags and bits, the same directory order.
  */
-function importInto<T>(imagePath: string, plan: CreatePlan, host: HostFs, durable: boolean, copy: (img: Qcow2Image) => T, done: (r: T, finish: () => void, fail: (e: unknown) => never) => T): T {
+export function copyBitmaps(dst: Qcow2Image, bitmaps: readonly DirtyBitmap[]): void {
+  dst.commit();
+  const target = dst.bitmaps();
+  // QEMU's lists are newest first: adding the source's in reverse keeps its directory order.
+  for (const b of [...bitmaps].reverse()) {
+    const copy = new DirtyBitmap(b.name, b.granularityBits, BigInt(dst.size), dst.cs, b.enabled);
+    copy.merge(b);
+    target.add(copy);
+  }
+}
+
+/** How an import writes: `host` (default the local filesystem), `durable` (flush before publishing, default true; see Publication.publish), `bitmaps` (convert --bitmaps, added after the data). */
+export interface WriteImportOptions {
+  progress?: ProgressFn;
+  host?: HostFs;
+  durable?: boolean;
+  bitmaps?: readonly DirtyBitmap[];
+}
+
+/**
+ * Create the files of an import (data file first: the image names it), run `copy` into the new
+ * image, add the bitmaps, then publish them; on any failure remove everything made. Never overwrites.
+ */
+function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOptions, copy: (img: Qcow2Image) => T, done: (r: T, finish: () => void, fail: (e: unknown) => never) => T): T {
+  const host = opts.host ?? localFs;
   const o = plan.options;
   if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
   if (o.dataFile !== undefined && host.lstat(o.dataFile) !== undefined) throw existsError(o.dataFile, 'data file');
@@ -298,8 +324,9 @@ function importInto<T>(imagePath: string, plan: CreatePlan, host: HostFs, durabl
     img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
     const opened = img;
     return done(copy(opened), () => {
+      if (opts.bitmaps) copyBitmaps(opened, opts.bitmaps);
       opened.close();
-      pub.publish({ durable });
+      pub.publish({ durable: opts.durable ?? true });
     }, fail);
   } catch (e) {
     return fail(e);
@@ -309,14 +336,14 @@ function importInto<T>(imagePath: string, plan: CreatePlan, host: HostFs, durabl
 /**
  * Write a planned image at `imagePath` holding the guest view of `src`, on the calling thread.
  * Never overwrites: the image and data file must not exist. On failure nothing new is left
- * behind. `durable`: flush before publishing (see Publication.publish).
+ * behind.
  */
-export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs, durable = true): void {
-  importInto(imagePath, plan, host, durable, (img) => copyGuest(src, img, progress), (_r, finish) => finish());
+export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): void {
+  importInto(imagePath, plan, opts, (img) => copyGuest(src, img, opts.progress), (_r, finish) => finish());
 }
 
 /** writeImportedImage with the copy overlapped (copyGuestAsync). */
-export function writeImportedImageAsync(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs, durable = true): Promise<void> {
-  return importInto(imagePath, plan, host, durable, (img) => copyGuestAsync(src, img, progress),
+export function writeImportedImageAsync(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): Promise<void> {
+  return importInto(imagePath, plan, opts, (img) => copyGuestAsync(src, img, opts.progress),
     (p, finish, fail) => p.then(finish, fail));
 }
