@@ -1,9 +1,9 @@
-// `qcow2 convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [-f raw|qcow2] -O qcow2 [-o OPTIONS]
-// SRC DST`: import a raw or qcow2 image (read through its backing chain), or an http(s) URL
-// (downloaded through the cache and verified against --checksum), into a new image,
-// sparse-aware; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A local
-// source's backing and data file names are followed as qemu-img follows them; a downloaded
-// image may name none.
+// `qcow2 convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
+// -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
+// or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
+// image, sparse-aware; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A
+// local source's backing and data file names are followed as qemu-img follows them; a
+// downloaded image may name none.
 
 import { imageName, requireCreatable } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
@@ -11,15 +11,16 @@ import { cliEngine } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
-import type { ImportOptions } from '../../engines/engine';
+import type { ImportOptions, ImportSource, SnapshotSelector } from '../../engines/engine';
+import type { OptionPair } from '../optlist';
 import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC|URL DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string }
 
 /** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
 const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
@@ -37,6 +38,7 @@ const spec: CommandSpec = {
     ['-c', 'compress the output (not supported: refused)'],
     ['--bitmaps', "copy the source's persistent dirty bitmaps"],
     ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
+    ['-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state'],
   ],
 };
 
@@ -44,6 +46,7 @@ export async function run(argv: string[]): Promise<void> {
   const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
   const { args: [src, dst], o } = parsed;
+  const snapshot = o.l === undefined ? undefined : snapshotSelector(o.l);
   let options: CreateOptions;
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
@@ -69,34 +72,82 @@ export async function run(argv: string[]): Promise<void> {
   const from: { path: string; format?: string } = url ? { path: src } : imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst).path;
-  const progress = o.p && !o.q ? qemuProgress() : undefined;
   if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
   const opts: ImportOptions = {
     durable: (o.t ?? 'unsafe') !== 'unsafe',
     ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
   };
-  if (progress) {
+  // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
+  const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;
+  if (bar) {
     // A download (not a cache hit) is the first half of the figure, the conversion the second.
     let downloadShare = 0;
     if (url) {
       opts.download = (received, total) => {
         if (total === undefined || total === 0) return;
         if (downloadShare === 0 && received < total) downloadShare = 50;
-        progress.update((received / total) * downloadShare);
+        bar.update((received / total) * downloadShare, `downloaded ${mib(received)} of ${mib(total)} MiB`);
       };
     }
-    opts.progress = (done, total) => progress.update(downloadShare + (total === 0 ? 1 : done / total) * (100 - downloadShare));
+    opts.progress = (done, total) => bar.update(downloadShare + (total === 0 ? 1 : done / total) * (100 - downloadShare), `${mib(done)}/${mib(total)} MiB`);
   }
   try {
-    await cliEngine().import(target, options, {
+    const source: ImportSource = {
       path: from.path,
       ...(format !== undefined ? { format } : {}),
       ...(o.checksum !== undefined ? { checksum: o.checksum } : {}),
-    }, opts);
+      ...(snapshot ? { snapshot } : {}),
+    };
+    await cliEngine().import(target, options, source, opts);
   } catch (e) {
-    if (progress) out('\n');
-    report(openPrefix(e, url ? redactUrl(src) : src) + messageOf(e));
+    bar?.stop();
+    // qemu-img opens the source, then loads the snapshot: its failure is not an open error.
+    report((/^Failed to load snapshot: /.test(messageOf(e)) ? '' : openPrefix(e, url ? redactUrl(src) : src)) + messageOf(e));
     throw new Exit(1);
   }
-  progress?.end();
+  bar?.stop();
+}
+
+const mib = (n: number) => Math.round(n / 1048576);
+
+/** -l as qemu-img's img_convert reads it: `snapshot.id=...,snapshot.name=...` (QemuOpts), else an id or name. */
+function snapshotSelector(text: string): SnapshotSelector {
+  if (!text.startsWith('snapshot.')) return { idOrName: text };
+  const sel: { id?: string; name?: string } = {};
+  let pairs: OptionPair[];
+  try {
+    pairs = parseOptionList(text);
+  } catch (e) {
+    reportEach(messageOf(e));
+    fail(`Failed in parsing snapshot param '${text}'`);
+  }
+  for (const [key, value = 'on'] of pairs) {
+    if (key !== 'snapshot.id' && key !== 'snapshot.name') {
+      report(`Invalid parameter '${key}'`);
+      fail(`Failed in parsing snapshot param '${text}'`);
+    }
+    if (key === 'snapshot.id') sel.id = value; else sel.name = value;
+  }
+  return sel;
+}
+
+/** -p's figure: a percentage, with what it counts (shown on a terminal). */
+interface Meter { update(percent: number, detail: string): void; stop(): void }
+
+function qemuLines(): Meter {
+  const p = qemuProgress();
+  return { update: (percent) => p.update(percent), stop: () => p.end() };
+}
+
+function progressBar(): Meter {
+  const cliProgress = require('cli-progress') as typeof import('cli-progress');
+  const bar = new cliProgress.SingleBar({ format: '    [{bar}] {percentage}% | {detail}', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic);
+  let started = false;
+  return {
+    update: (percent, detail) => {
+      if (!started) { bar.start(100, 0, { detail }); started = true; }
+      bar.update(Math.round(percent * 100) / 100, { detail });
+    },
+    stop: () => { if (started) bar.stop(); },
+  };
 }

@@ -5,6 +5,7 @@ import { imageName, requireQcow2 } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
 import { cliEngine } from '../engine';
 import { fail, failOn } from '../report';
+import { repairDirtyFirst } from '../dirty';
 
 export const usage = 'rebase [-f qcow2] [-u] -b BACKING -F FMT [-q] FILE';
 export const description = 'change the backing file; without -u, clusters that differ between the old and the new chain are ' +
@@ -31,6 +32,7 @@ export async function run(argv: string[]): Promise<void> {
   requireQcow2(o.f);
   if (o.b === undefined) fail('Must specify backing file (-b) or use unsafe mode (-u)');
   try {
+    await repairDirtyFirst(imageName(file).path);
     await cliEngine().rebase(imageName(file).path, o.b, o.F, { safe: !o.u });
   } catch (e) {
     failOn(e, file);

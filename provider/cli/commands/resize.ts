@@ -8,6 +8,7 @@ import { parseSizeOption } from '../../model/size';
 import { resolveBackingName } from '../../model/backing-name';
 import { isatty } from 'tty';
 import { err, out } from '../io';
+import { repairDirtyFirst } from '../dirty';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
@@ -49,6 +50,7 @@ export async function run(argv: string[]): Promise<void> {
   }
   const { path } = imageName(file);
   try {
+    await repairDirtyFirst(path);
     const facts = await cliEngine().info(path, { forceShare: true }).catch(() => undefined);
     if (facts !== undefined && (typeof size === 'bigint' ? size : facts.virtualSize + size.relative) <= 0n) fail('New image size must be positive');
     // A data-file-raw image's data file changes size with it, as in qemu-img: the file the

@@ -9,6 +9,7 @@ import type { OpCall, TargetDescriptor } from './protocol';
 // Each operation loads what it needs when first run: `qcow2 info` must not pay for loading the
 // whole format engine (module loading is most of a short command's cost).
 const ops = () => require('./ops') as typeof import('./ops');
+const maintenance = () => require('./maintenance') as typeof import('./maintenance');
 
 /**
  * The file access a target gives. Local files are the only kind today: the format engine opens
@@ -66,6 +67,17 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       removeImageFiles(call.path, call.options);
       return undefined;
     }
+    case 'repair':
+      return maintenance().repairImageFile(call.path, call.mode);
+    case 'repairDirty':
+      return maintenance().repairDirtyImage(call.path);
+    case 'snapshot':
+      return maintenance().snapshotImage(call.path, call.request, { forceShare: call.options.forceShare ?? false });
+    case 'compare':
+      return maintenance().compareImageFiles(call.a, call.b, { strict: call.strict, forceShare: call.forceShare, ...(progress ? { progress } : {}) });
+    case 'commit':
+      maintenance().commitImage(call.path, call.request, progress ? { progress } : {});
+      return undefined;
     case 'stat': {
       const { localFs } = require('../../qcow2/io/hostfs') as typeof import('../../qcow2/io/hostfs');
       const st = localFs.stat(call.path);

@@ -10,8 +10,10 @@ import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Engine, FileStat, ImageRef, ImportOptions,
+  ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
 } from '../engine';
+import type { CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { OpCall, TargetDescriptor } from './protocol';
 import type { LocalImportSource } from './ops';
 
@@ -59,6 +61,7 @@ export class NativeEngine implements Engine {
     try {
       const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
       if (source.maxSize !== undefined) src.maxSize = source.maxSize;
+      if (source.snapshot !== undefined) src.snapshot = source.snapshot;
       const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
       if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
       await this.run(call, opts.progress);
@@ -103,6 +106,26 @@ export class NativeEngine implements Engine {
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
+  }
+
+  repair(path: string, mode: RepairMode): Promise<RepairReport> {
+    return this.run({ op: 'repair', path, mode });
+  }
+
+  repairDirty(path: string): Promise<string[]> {
+    return this.run({ op: 'repairDirty', path });
+  }
+
+  snapshot(path: string, request: SnapshotRequest, options: ReadOptions = {}): Promise<SnapshotFacts[] | undefined> {
+    return this.run({ op: 'snapshot', path, request, options });
+  }
+
+  compare(a: ImageRef, b: ImageRef, options: CompareOptions = {}): Promise<CompareResult> {
+    return this.run({ op: 'compare', path: a.path, a, b, strict: options.strict ?? false, forceShare: options.forceShare ?? false }, options.progress);
+  }
+
+  async commit(path: string, request: CommitRequest, options: CommitOptions = {}): Promise<void> {
+    await this.run({ op: 'commit', path, request }, options.progress);
   }
 
   stat(path: string): Promise<FileStat | undefined> {

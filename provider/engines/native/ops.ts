@@ -84,7 +84,7 @@ export interface AmendBehaviour {
 }
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
-function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+export function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
   sweepStale(dirname(path));
   const nf = localFs.open(path, 'write').file;
   let lock: ImageLock | undefined;
@@ -126,7 +126,7 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
@@ -290,7 +290,7 @@ function openImport(dst: string, options: CreateOptions, source: LocalImportSour
   throwIfRefused(early);
   const format = source.format ?? probeFormat(source.path);
   const onReference = referenceGuard(source);
-  const src: GuestSource = openSource(source.path, format, onReference ? { onReference } : {});
+  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
   try {
     validateChain(src);
     const r = validateImport({

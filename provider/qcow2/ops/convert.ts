@@ -33,6 +33,76 @@ const BUFFERS = DEPTH + 2;
 /** Compressed clusters this close together in the file are read with one pread. */
 const GAP = 64 << 10;
 
+/** qemu-img convert's request size (its I/O buffer, 2 MiB): how its progress advances. */
+const PROGRESS_STEP = 2 << 20;
+/** The stretches in which progress looks for known zeros (a data range is split at their edges). */
+const PROGRESS_CHUNK = 4 << 20;
+
+/** Sub-ranges of [offset, offset+length) the source knows to read as zeros without reading them. */
+export function knownZeroRanges(src: GuestSource, offset: number, length: number): Array<{ start: number; length: number; zero: boolean }> {
+  const out: Array<{ start: number; length: number; zero: boolean }> = [];
+  let p = offset;
+  const end = offset + length;
+  while (p < end) {
+    let layer: GuestSource | null = src;
+    let n = end - p;
+    let zero = false;
+    while (layer) {
+      if (p >= layer.size) { zero = true; break; }
+      const st = layer.blockStatus(p, n);
+      n = Math.min(n, st.length);
+      if (st.zero) { zero = true; break; }
+      if (st.data) break;
+      layer = layer.backing;
+      if (!layer) zero = true;
+    }
+    const last = out[out.length - 1];
+    if (last && last.zero === zero && last.start + last.length === p) last.length += n;
+    else out.push({ start: p, length: n, zero });
+    p += n;
+  }
+  return out;
+}
+
+/**
+ * Progress as qemu-img convert counts it: bytes of data (the ranges that are not known zeros,
+ * in steps of at most 2 MiB) out of all of them, so a caller can print qemu-img's percentages.
+ * The steps are planned from metadata before the copy; upTo(offset) reports those of the ranges
+ * that end by `offset`, however the copy is windowed.
+ */
+class CopyProgress {
+  private readonly ends: number[] = [];
+  private readonly dones: number[] = [];
+  private next = 0;
+  private readonly total: number;
+
+  constructor(src: GuestSource, size: number, cs: number, private readonly fn: ProgressFn) {
+    const chunk = Math.max(cs, Math.floor(PROGRESS_CHUNK / cs) * cs);
+    let done = 0;
+    for (let off = 0; off < size; off += chunk) {
+      for (const r of knownZeroRanges(src, off, Math.min(chunk, size - off))) {
+        if (r.zero) continue;
+        const end = r.start + r.length;
+        for (let p = r.start; p < end; p += PROGRESS_STEP) {
+          done += Math.min(PROGRESS_STEP, end - p);
+          this.ends.push(end);
+          this.dones.push(done);
+        }
+      }
+    }
+    this.total = done;
+  }
+
+  upTo(offset: number): void {
+    while (this.next < this.ends.length && this.ends[this.next]! <= offset) this.fn(this.dones[this.next++]!, this.total);
+  }
+
+  finish(): void {
+    this.upTo(Infinity);
+    this.fn(this.total, this.total);
+  }
+}
+
 interface Window { offset: number; length: number; extents: Extent[]; buf?: Buffer }
 
 /** One write of placed clusters. */
@@ -182,9 +252,13 @@ function placeWindow(w: Window, dst: Qcow2Image): Write[] {
   return writes;
 }
 
-/** Copy a guest view into an open, empty image, on the calling thread (the synchronous API). */
+/**
+ * Copy a guest view into an open, empty image, on the calling thread (the synchronous API):
+ * only non-zero clusters are written. `progress` counts as qemu-img convert does (CopyProgress).
+ */
 export function copyGuest(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
   const size = Math.min(src.size, dst.size);
+  const report = progress && new CopyProgress(src, size, dst.cs, progress);
   let buf: Buffer | undefined;
   for (let off = 0; off < size; off += WINDOW) {
     const w = planWindow(src, off, size);
@@ -194,9 +268,9 @@ export function copyGuest(src: GuestSource, dst: Qcow2Image, progress?: Progress
       for (const x of placeWindow(w, dst)) x.file.write(x.host, x.data);
     }
     dst.maybeCommit();
-    progress?.(off + w.length, size);
+    report?.upTo(off + w.length);
   }
-  if (size === 0) progress?.(0, 0);
+  report?.finish();
 }
 
 /**
@@ -206,6 +280,7 @@ export function copyGuest(src: GuestSource, dst: Qcow2Image, progress?: Progress
  */
 export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): Promise<void> {
   const size = Math.min(src.size, dst.size);
+  const report = progress && new CopyProgress(src, size, dst.cs, progress);
   const free: Buffer[] = [];
   const scratch: Buffer[] = [];
   let allocated = 0;
@@ -244,14 +319,14 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
         writing.push(done);
       }
       dst.maybeCommit();
-      progress?.(w.offset + w.length, size);
+      report?.upTo(w.offset + w.length);
     }
     await Promise.all(writing);
   } catch (e) {
     await Promise.allSettled([...inflight.map((f) => f.ready), ...writing]);
     throw e;
   }
-  if (size === 0) progress?.(0, 0);
+  report?.finish();
 }
 
 /** A file whose flush does nothing: a new image under a temporary name needs no barriers, publish flushes it once. */
