@@ -24,6 +24,9 @@ import { describeHolder, imageHolders } from '../transport/qmp';
 import { applyLive, liveView, LivePlan, LiveView } from '../engines/live';
 import { findPackageFile, readPackageFile } from './package-files';
 import { UNKNOWN, validateInputs } from './schema';
+import { formatChecksum, parseChecksum } from '../transport/http/checksum';
+import { isHttpUrl, redactUrl } from '../transport/http/url';
+import { importProgress } from './progress';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
 
 export type { ImageOutputs };
@@ -47,7 +50,14 @@ export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile
   /** Bytes, or qemu-img size text ("20G"). */
   size?: number | string;
   adopt?: boolean;
+  /** A file or an http(s) URL. */
   source?: string;
+  /** `sha256:<hex>` / `sha512:<hex>`: required for a URL. */
+  sourceChecksum?: string;
+  /** Bytes, or qemu-img size text; default `size`. */
+  sourceMaxSize?: number | string;
+  /** Files a qcow2 source may name (backing files, data files). */
+  sourceReferences?: string[];
   sourceFormat?: 'raw' | 'qcow2';
   allowShrink?: boolean;
   allowReplace?: boolean;
@@ -98,18 +108,33 @@ function referencesOf(file: string, facts: ImageFacts): References {
   return resolvedReferences(file, { ...(facts.dataFile ? { dataFile: facts.dataFile } : {}), ...(facts.backingFile ? { backingFile: facts.backingFile } : {}) });
 }
 
-function sizeOf(v: number | string | undefined): bigint | undefined {
+function sizeOf(v: number | string | undefined, property = 'size'): bigint | undefined {
   if (v === undefined || isUnknown(v)) return undefined;
   if (typeof v !== 'string') {
-    const bad = validateSizeValue(v);
-    if (bad) throw new Qcow2Error('REFUSED', bad.message, { property: 'size' });
+    const bad = validateSizeValue(v, property);
+    if (bad) throw new Qcow2Error('REFUSED', bad.message, { property });
     return BigInt(v);
   }
   try {
     return parseSize(v);
   } catch (e) {
-    throw failure('size', `${JSON.stringify(v)} is not a size: ${(e as Error).message.split('\n')[0]}. Use bytes or a number with k, M, G, T, P or E`);
+    throw failure(property, `${JSON.stringify(v)} is not a size: ${(e as Error).message.split('\n')[0]}. Use bytes or a number with k, M, G, T, P or E`);
   }
+}
+
+/** The source as the state records it: a URL as given, a file as an absolute path. */
+function sourceOf(v: string): string {
+  return isHttpUrl(v) ? v : absolute(v);
+}
+
+/** A checksum as the state records it (`sha256:<lower-case hex>`); throws a failure naming sourceChecksum. */
+function checksumOf(v: string): string {
+  return formatChecksum(parseChecksum(v));
+}
+
+/** What the state recorded about the source ('' for none, or for a state from before it was recorded). */
+function recordedSource(o: Partial<ImageOutputs>): { source: string; sourceChecksum: string } {
+  return { source: o.source ?? '', sourceChecksum: o.sourceChecksum ?? '' };
 }
 
 function engineOf(name: EngineName | undefined): Engine {
@@ -145,6 +170,8 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   set('dataFileRaw', i.dataFileRaw);
   set('allowShrink', i.allowShrink);
   set('allowReplace', i.allowReplace);
+  if (i.source !== undefined && !isUnknown(i.source)) d.source = sourceOf(i.source);
+  if (i.sourceChecksum !== undefined && !isUnknown(i.sourceChecksum)) d.sourceChecksum = checksumOf(i.sourceChecksum);
   if (i.bitmaps !== undefined && !hasUnknown(i.bitmaps)) d.bitmaps = i.bitmaps.map((b) => ({ ...b }));
   set('manageAllBitmaps', i.manageAllBitmaps);
   if (i.qmpSocket !== undefined && !isUnknown(i.qmpSocket)) d.qmpSocket = absolute(i.qmpSocket);
@@ -204,12 +231,14 @@ function remember(file: string, chain: readonly ChainLayer[]): void {
   knownChains.set(file, chain.map((l) => l.path));
 }
 
-function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string; chain: ChainRecord }): ImageOutputs {
+function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string; chain: ChainRecord; source?: { source: string; sourceChecksum: string } }): ImageOutputs {
   return {
     ...extra.chain,
     path: absolute(i.path),
     engine: i.engine ?? 'native',
     ...factOutputs(facts),
+    source: extra.source?.source ?? '',
+    sourceChecksum: extra.source?.sourceChecksum ?? '',
     preallocation: i.preallocation ?? (extra.adopted ? '' : i.dataFileRaw ? 'metadata' : 'off'),
     createdDataFile: extra.createdDataFile,
     dataFileIdentity: extra.dataFileIdentity ?? '',
@@ -256,10 +285,22 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
   const failures = validateInputs(news);
   if (failures.length === 0) {
     const i = news as unknown as ImageInputs;
-    try {
-      sizeOf(i.size);
-    } catch (e) {
-      failures.push({ property: 'size', reason: (e as Error).message });
+    for (const [property, check] of [
+      ['size', () => sizeOf(i.size)],
+      ['sourceMaxSize', () => sizeOf(i.sourceMaxSize, 'sourceMaxSize')],
+      ['sourceChecksum', () => i.sourceChecksum !== undefined && !isUnknown(i.sourceChecksum) && checksumOf(i.sourceChecksum)],
+    ] as const) {
+      try {
+        check();
+      } catch (e) {
+        failures.push({ property, reason: (e as Error).message });
+      }
+    }
+    if (typeof i.source === 'string' && !isUnknown(i.source) && isHttpUrl(i.source) && i.sourceChecksum === undefined) {
+      failures.push({ property: 'sourceChecksum', reason: `sourceChecksum is required for a URL source: give the 'sha256:<hex>' or 'sha512:<hex>' the publisher lists for ${redactUrl(i.source)}` });
+    }
+    for (const k of ['sourceChecksum', 'sourceMaxSize', 'sourceReferences', 'sourceFormat'] as const) {
+      if (i[k] !== undefined && i.source === undefined) failures.push({ property: k, reason: `${k} applies to an imported image only: set source too, or remove ${k}` });
     }
     // Create-time legality of the whole combination, once every value is known.
     // (The base's identity plays no part in creating: unknown in every preview that creates or changes the base.)
@@ -333,14 +374,15 @@ async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: C
   // The engine the program asks for; during a preview it may not be known yet: then the one that wrote the image.
   const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine);
   if (!(await exists(engine, olds.path))) {
-    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded };
+    return { changes: classifyChange(recorded, desired, { imageMissing: true, recordedSource: recordedSource(olds) }), desired, current: recorded };
   }
   // The QEMU to ask is the one the program names now; during a preview it may not be known yet: then the recorded one.
   const socket = isUnknown(news.qmpSocket) ? olds.qmpSocket : desired.qmpSocket;
   const holder = writerOf(olds.path);
   const current = factsOnDisk(await currentFacts(engine, olds.path, socket, holder), olds);
   const chain = chainFacts(olds);
-  return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired, holder)), recorded, ...(chain ? { chain } : {}) }), desired, current };
+  const facts: WorldFacts = { ...(await factsFor(engine, current, desired, holder)), recorded, recordedSource: recordedSource(olds), ...(chain ? { chain } : {}) };
+  return { changes: classifyChange(current, desired, facts), desired, current };
 }
 
 function throwIfRefused(changes: Change[]): void {
@@ -389,16 +431,26 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   if (await exists(engine, file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
   }
+  let source: { source: string; sourceChecksum: string } | undefined;
   if (inputs.source !== undefined) {
-    // Through the chosen engine: qemu-img convert for engine "qemu-img", the native import otherwise.
-    await engine.import(file, opts, { path: absolute(inputs.source), ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}) });
+    // Through the chosen engine: qemu-img convert for engine "qemu-img", the native import
+    // otherwise; a URL is downloaded through the cache first, on this machine.
+    source = { source: sourceOf(inputs.source), sourceChecksum: inputs.sourceChecksum !== undefined ? checksumOf(inputs.sourceChecksum) : '' };
+    const maxSize = sizeOf(inputs.sourceMaxSize, 'sourceMaxSize') ?? sizeOf(inputs.size);
+    await engine.import(file, opts, {
+      path: source.source,
+      ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}),
+      ...(source.sourceChecksum !== '' ? { checksum: source.sourceChecksum } : {}),
+      ...(maxSize !== undefined ? { maxSize } : {}),
+      references: (inputs.sourceReferences ?? []).map(absolute),
+    }, importProgress(source.source));
   } else {
     await engine.create(file, opts);
   }
   const created = opts.dataFile !== undefined;
   const info = await addDeclaredBitmaps(engine, file, inputs, created);
   const dataFileIdentity = created ? await identityOf(engine, opts.dataFile!) : undefined;
-  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}), chain: recordChain(file, '') }) };
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}), chain: recordChain(file, ''), ...(source ? { source } : {}) }) };
 }
 
 /**
@@ -472,10 +524,13 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
     if (bitmaps) await applyBitmapSteps(engine, file, bitmaps.to);
     info = await engine.info(file, { forceShare: true });
   }
+  // The source is recorded anew only where the rules said so (record); otherwise the old record stays.
+  const source = recordedSource(olds);
+  for (const c of result) if (c.operation === 'record' && (c.property === 'source' || c.property === 'sourceChecksum')) source[c.property] = c.to as string;
   const chain = recordChain(file, before);
   // Nothing changed on disk or in the chain: what was vouched before still stands.
   if (chain.identity === olds.identity && before !== '') chain.identityFrom = olds.identityFrom ?? '';
-  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '', chain }) };
+  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '', chain, source }) };
 }
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
@@ -485,7 +540,7 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   const info = await currentFacts(engine, file, props?.qmpSocket, props?.qmpSocket ? writerOf(file) : undefined);
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
-  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info) });
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info), source: recordedSource(props ?? {}) });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
   outs.deleteAdopted = props?.deleteAdopted ?? false;
   // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update

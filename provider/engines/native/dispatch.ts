@@ -21,6 +21,7 @@ function checkTarget(target: TargetDescriptor): void {
   }
 }
 
+/** Runs `call`; the result, or a promise of it for the operations that overlap their I/O (import). */
 export function runOp(target: TargetDescriptor, call: OpCall, progress?: ProgressFn): unknown {
   checkTarget(target);
   switch (call.op) {
@@ -33,8 +34,10 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'resolveCreate':
       return ops().resolveCreateOptions(call.path, call.options, call.behaviour);
     case 'import':
-      ops().importImage(call.path, call.options, call.source, { ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}) });
-      return undefined;
+      // Asynchronous: reads, decoding (on libuv's thread pool) and writes overlap.
+      return ops().importImageAsync(call.path, call.options, call.source, {
+        durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
+      }).then(() => undefined);
     case 'amend':
       ops().amendImage(call.path, call.request);
       return undefined;

@@ -15,6 +15,7 @@ import type {
 } from '../engine';
 import type { CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { OpCall, TargetDescriptor } from './protocol';
+import type { LocalImportSource } from './ops';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
 export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
@@ -53,10 +54,20 @@ export class NativeEngine implements Engine {
     return this.run({ op: 'resolveCreate', path, options, behaviour });
   }
 
+  /** A URL is downloaded (through the cache) and a compressed source decompressed here, on the caller's thread; the conversion runs on the executor. */
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
-    const call: OpCall = { op: 'import', path, options, source };
-    if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
-    await this.run(call, opts.progress);
+    const { prepareSource } = await import('../source');
+    const local = await prepareSource(source, opts);
+    try {
+      const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
+      if (source.maxSize !== undefined) src.maxSize = source.maxSize;
+      if (source.snapshot !== undefined) src.snapshot = source.snapshot;
+      const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
+      if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      await this.run(call, opts.progress);
+    } finally {
+      await local.release();
+    }
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {

@@ -12,7 +12,8 @@ import type { ErrorData } from '../../model/errors';
 import type { AmendRequest, CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
-import type { BitmapAction, BitmapOptions, ImageRef, ImportSource, ReadOptions, RemoveOptions, RepairMode, ResizeOptions } from '../engine';
+import type { BitmapAction, BitmapOptions, ImageRef, ReadOptions, RemoveOptions, RepairMode, ResizeOptions } from '../engine';
+import type { LocalImportSource } from './ops';
 
 /** Where an operation's files are. */
 export type TargetDescriptor = { kind: 'local' };
@@ -24,7 +25,7 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: ImportSource; bitmaps?: { skipBroken: boolean } }
+  | { op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; durable: boolean; bitmaps?: { skipBroken: boolean } }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }

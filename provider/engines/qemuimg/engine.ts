@@ -76,6 +76,8 @@ import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
+import { validateSourceReference } from '../../rules/references';
+import { LocalSource, prepareSource } from '../source';
 import type { AmendRequest, CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
 import type {
   BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Engine, FileStat, ImageRef, ImportOptions,
@@ -337,39 +339,53 @@ export class QemuImgEngine implements Engine {
   async import(imagePath: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
     await this.binary();
     throwIfRefused(source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined);
-    QemuImgEngine.mustExist(source.path);
-    const format = source.format ?? (peekHeader(source.path) !== undefined ? 'qcow2' : 'raw');
-    const src = await this.chain(source.path, format);
-    const r = validateImport({
-      sourceFormat: format,
-      options,
-      sourceSize: src.size,
-      sameFile: sameFile(imagePath, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
-    });
-    throwIfRefused(r, imagePath);
-    const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
-    if (opts.bitmaps) {
-      const top = format === 'qcow2' ? await this.readInfo(source.path, false) : undefined;
-      throwIfRefused(validateCopyBitmaps({
-        sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
-      }), source.path);
+    // A URL is downloaded (through the cache) and a compressed source decompressed here; qemu-img
+    // then converts a plain local file (its curl driver is never used: no checksum, no cache).
+    const local = await prepareSource(source, opts);
+    try {
+      QemuImgEngine.mustExist(local.path);
+      const src = await this.chain(local.path, local.format, local);
+      const r = validateImport({
+        sourceFormat: local.format,
+        options,
+        sourceSize: src.size,
+        sameFile: sameFile(imagePath, local.path) || (options.dataFile !== undefined && sameFile(options.dataFile, local.path)),
+        ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+      });
+      throwIfRefused(r, imagePath);
+      const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
+      if (opts.bitmaps) {
+        const top = local.format === 'qcow2' ? await this.readInfo(local.path, false) : undefined;
+        throwIfRefused(validateCopyBitmaps({
+          sourceFormat: local.format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+        }), local.label);
+      }
+      assertNewImageFiles(imagePath, o);
+      await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
+        const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
+        const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
+        await this.run('write', args, { arg: src.spec, file: local.label }, tmp);
+      }, opts.durable ?? true);
+      opts.progress?.(Number(src.size), Number(src.size));
+    } finally {
+      await local.release();
     }
-    assertNewImageFiles(imagePath, o);
-    await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-      const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
-      const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
-      await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
-    });
-    opts.progress?.(Number(src.size), Number(src.size));
   }
 
   /**
    * A guest view for qemu-img to read: the image and every backing layer as explicit file nodes
    * (names read with qemu-img info -U from each header, resolved as QEMU resolves them), so no
-   * name inside an image can make qemu-img open anything but a plain file.
+   * name inside an image can make qemu-img open anything but a plain file, and each name is
+   * judged by the source's reference policy (provider/rules) before it is followed.
    */
-  private async chain(file: string, format: string): Promise<{ spec: string; size: bigint; layers: ChainLayer[] }> {
+  private async chain(file: string, format: string, source?: LocalSource): Promise<{ spec: string; size: bigint; layers: ChainLayer[] }> {
     const layers: Array<{ path: string; format: 'raw' | 'qcow2'; dataFile?: string }> = [];
+    const judge = (kind: 'backing file' | 'data file', name: string, resolved: string | undefined, from: string) => {
+      if (source === undefined) return;
+      const local = resolved === undefined || hasProtocolPrefix(name) || (source.downloaded && !name.startsWith('/')) ? undefined : path.resolve(resolved);
+      const r = validateSourceReference({ kind, name, ...(local !== undefined ? { resolved: local } : {}), from: from === source.path ? source.label : from }, source.references, source.label);
+      throwIfRefused(r, source.label);
+    };
     let size = 0n;
     let at: string | undefined = path.resolve(file);
     let fmt: string | undefined = format;
@@ -389,17 +405,20 @@ export class QemuImgEngine implements Engine {
       const layer: { path: string; format: 'qcow2'; dataFile?: string } = { path: at, format: 'qcow2' };
       if (facts.hasDataFile) {
         if (facts.dataFile === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: at });
+        judge('data file', facts.dataFile, path.resolve(facts.dataFile), at);
         layer.dataFile = path.resolve(facts.dataFile);
       }
       layers.push(layer);
+      const from = at;
       at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.resolve(path.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
+      if (at !== undefined) judge('backing file', facts.backingFile!, at, from);
       fmt = facts.backingFormat ?? (at !== undefined && peekHeader(at) !== undefined ? 'qcow2' : 'raw');
     }
     return { spec: chainSpec(layers), size, layers };
   }
 
   /** Build a new image (and a new data file) in a private temp folder, then link them into place. */
-  private async publishViaTemp(imagePath: string, o: ResolvedCreateOptions, produce: (tmp: string, pairs: Array<[string, string]>) => Promise<void>): Promise<void> {
+  private async publishViaTemp(imagePath: string, o: ResolvedCreateOptions, produce: (tmp: string, pairs: Array<[string, string]>) => Promise<void>, durable = true): Promise<void> {
     const absImage = path.resolve(imagePath);
     const imageDir = path.dirname(absImage);
     const newData = o.dataFile !== undefined && !o.adoptDataFile;
@@ -443,7 +462,7 @@ export class QemuImgEngine implements Engine {
       // link(2) publishes the data file (a new one) and then the image, never replacing a file.
       if (newData) pub.stage(tmpData!, absData!, 'data file');
       pub.stage(tmpImage, absImage, 'image');
-      pub.publish();
+      pub.publish({ durable });
     } catch (e) {
       pub.abort();
       throw e;
