@@ -101,6 +101,11 @@ export interface ImportOptions {
   bitmaps?: boolean;
   /** --skip-broken-bitmaps: leave inconsistent bitmaps out instead of refusing. */
   skipBrokenBitmaps?: boolean;
+  /**
+   * convert -c: write compressed clusters (the image's compression_type, zlib or zstd), as
+   * qemu-img writes them; clusters that do not compress are written plain.
+   */
+  compressed?: boolean;
 }
 
 export interface BitmapOptions {

@@ -47,8 +47,9 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
   if (req.sameFile) {
     return { property: 'source', message: 'The source and the destination are the same file; import never overwrites its source' };
   }
-  if (req.compress) {
-    return { property: 'compress', message: 'Compressed output (-c) is not supported by the native engine; use qemu-img convert -c' };
+  if (req.compress && req.options.dataFile !== undefined) {
+    // qemu-img fails at the first compressed write (qcow2 has no compressed clusters in a data file).
+    return { property: 'compress', message: 'Compressed output (-c) cannot be written to an image with an external data file (data_file): convert without -c, or without data_file' };
   }
   if (req.maxSize !== undefined && req.sourceSize > req.maxSize) {
     return {

@@ -1,7 +1,7 @@
-// `qcow2 convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
+// `qcow2 convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
 // -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
 // or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
-// image, sparse-aware; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A
+// image, sparse-aware, compressed with -c; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A
 // local source's backing and data file names are followed as qemu-img follows them; a
 // downloaded image may name none.
 
@@ -17,7 +17,7 @@ import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const usage = 'convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC|URL DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
 interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string }
@@ -35,7 +35,7 @@ const spec: CommandSpec = {
     ['-q', 'quiet'],
     ['-t <cache>', 'cache mode of the new image: unsafe (default, as qemu-img: no flush before it appears), writeback, none, directsync, writethrough (flushed)'],
     ['--checksum <alg:hex>', 'sha256:<hex> or sha512:<hex> of the source: required for a URL, verified for a file'],
-    ['-c', 'compress the output (not supported: refused)'],
+    ['-c', 'compress the output: each cluster with the image\'s compression_type (zlib, or zstd with -o compression_type=zstd), as qemu-img does, on every core'],
     ['--bitmaps', "copy the source's persistent dirty bitmaps"],
     ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
     ['-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state'],
@@ -65,7 +65,6 @@ export async function run(argv: string[]): Promise<void> {
   }
   if (src === undefined || dst === undefined) fail('Expecting image file name');
   if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
-  if (o.c) fail('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
   if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
   const url = /^https?:\/\//i.test(src);
   // A URL is fetched by the engine; a file name is read as qemu-img reads it (file:, json:, --image-opts).
@@ -76,6 +75,7 @@ export async function run(argv: string[]): Promise<void> {
   const opts: ImportOptions = {
     durable: (o.t ?? 'unsafe') !== 'unsafe',
     ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+    ...(o.c ? { compressed: true } : {}),
   };
   // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
   const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;

@@ -64,6 +64,7 @@ export class NativeEngine implements Engine {
       if (source.snapshot !== undefined) src.snapshot = source.snapshot;
       const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
       if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      if (opts.compressed) call.compressed = true;
       await this.run(call, opts.progress);
     } finally {
       await local.release();

@@ -241,6 +241,8 @@ export interface ImportBehaviour {
   durable?: boolean;
   /** convert --bitmaps: copy the source's persistent bitmaps (inconsistent ones refused unless skipped). */
   bitmaps?: { skipBroken: boolean };
+  /** convert -c: compressed clusters (see ImportOptions.compressed). */
+  compressed?: boolean;
 }
 
 /** An import source that is a local file (engines/source.ts made it one), as the worker gets it. */
@@ -291,7 +293,10 @@ export async function importImageAsync(dst: string, options: CreateOptions, sour
 }
 
 function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined): WriteImportOptions {
-  return { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}) };
+  return {
+    host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}),
+    ...(behaviour.compressed ? { compressed: true } : {}),
+  };
 }
 
 /** Open and validate an import's source (and, for --bitmaps, its bitmaps) and plan its image; nothing is created yet. */
@@ -309,6 +314,7 @@ function openImport(dst: string, options: CreateOptions, source: LocalImportSour
       sourceSize: BigInt(src.size),
       sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+      ...(behaviour.compressed ? { compress: true } : {}),
     });
     throwIfRefused(r, dst);
     const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }));

@@ -351,6 +351,7 @@ export class QemuImgEngine implements Engine {
         sourceSize: src.size,
         sameFile: sameFile(imagePath, local.path) || (options.dataFile !== undefined && sameFile(options.dataFile, local.path)),
         ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+        ...(opts.compressed ? { compress: true } : {}),
       });
       throwIfRefused(r, imagePath);
       const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
@@ -363,7 +364,7 @@ export class QemuImgEngine implements Engine {
       assertNewImageFiles(imagePath, o);
       await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
         const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
-        const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
+        const args = ['convert', '-q', ...(opts.compressed ? ['-c'] : []), ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
         await this.run('write', args, { arg: src.spec, file: local.label }, tmp);
       }, opts.durable ?? true);
       opts.progress?.(Number(src.size), Number(src.size));

@@ -24,6 +24,8 @@ import { Extent, guestExtents } from '../guest/extents';
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
 import { DirtyBitmap } from '../meta/dirty-bitmap';
+import { clusterCompressor } from '../io/compressor';
+import { copyGuestCompressed } from './convert-compressed';
 
 const WINDOW = 1 << 20;
 /** Windows being read and decoded at once. */
@@ -369,6 +371,8 @@ export interface WriteImportOptions {
   host?: HostFs;
   durable?: boolean;
   bitmaps?: readonly DirtyBitmap[];
+  /** convert -c: compressed clusters of the plan's compression type (ops/convert-compressed.ts). */
+  compressed?: boolean;
 }
 
 /**
@@ -414,11 +418,23 @@ function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOpt
  * behind.
  */
 export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): void {
-  importInto(imagePath, plan, opts, (img) => copyGuest(src, img, opts.progress), (_r, finish) => finish());
+  importInto(imagePath, plan, opts, (img) => (opts.compressed ? copyCompressed(src, img, plan, opts.progress) : copyGuest(src, img, opts.progress)),
+    (_r, finish) => finish());
 }
 
-/** writeImportedImage with the copy overlapped (copyGuestAsync). */
+/** writeImportedImage with the copy overlapped (copyGuestAsync); a compressed copy runs on its thread pool. */
 export function writeImportedImageAsync(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): Promise<void> {
-  return importInto(imagePath, plan, opts, (img) => copyGuestAsync(src, img, opts.progress),
+  return importInto(imagePath, plan, opts,
+    (img) => (opts.compressed ? Promise.resolve().then(() => copyCompressed(src, img, plan, opts.progress)) : copyGuestAsync(src, img, opts.progress)),
     (p, finish, fail) => p.then(finish, fail));
+}
+
+/** convert -c's copy, its compressor started for the plan's compression type and closed after. */
+function copyCompressed(src: GuestSource, dst: Qcow2Image, plan: CreatePlan, progress?: ProgressFn): void {
+  const compressor = clusterCompressor(plan.options.compressionType, dst.cs);
+  try {
+    copyGuestCompressed(src, dst, compressor, progress);
+  } finally {
+    compressor.close();
+  }
 }
