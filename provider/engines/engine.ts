@@ -106,6 +106,12 @@ export interface ImportOptions {
    * qemu-img writes them; clusters that do not compress are written plain.
    */
   compressed?: boolean;
+  /**
+   * convert -B: the create options name a backing file (and its format) for the new image, which
+   * gets only what the source holds above its own backing file: its other areas read from the
+   * new backing file, which the caller vouches holds the same data (qemu-img does not compare).
+   */
+  overBacking?: boolean;
 }
 
 export interface BitmapOptions {

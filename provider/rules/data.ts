@@ -33,6 +33,11 @@ export interface ImportRequest {
   sameFile: boolean;
   /** qemu-img convert -c. */
   compress?: boolean;
+  /**
+   * qemu-img convert -B (or -o backing_file=): the new image is an overlay of the named backing
+   * file and gets only what the source holds above its own backing file.
+   */
+  overBacking?: boolean;
   /** The largest virtual size the user allows for the source (`sourceMaxSize`). */
   maxSize?: bigint;
 }
@@ -59,7 +64,10 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     };
   }
   const o = req.options;
-  if (o.backingFile !== undefined || o.backingFormat !== undefined) {
+  if (req.overBacking) {
+    if (o.backingFile === undefined) return { property: 'backing_file', message: 'convert -B needs the name of the backing file' };
+    if (o.backingFormat === undefined) return { property: 'backing_fmt', message: 'Use of backing file requires explicit backing format' };
+  } else if (o.backingFile !== undefined || o.backingFormat !== undefined) {
     return {
       property: 'backing_file',
       message: 'An imported image holds the whole guest view of its source, so it cannot also have a backing file. ' +

@@ -1,5 +1,5 @@
 // `qcow2 convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
-// -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
+// [-B BACKING -F FMT] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
 // or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
 // image, sparse-aware, compressed with -c; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A
 // local source's backing and data file names are followed as qemu-img follows them; a
@@ -17,10 +17,10 @@ import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const usage = 'convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] -O qcow2 [-o OPTIONS] SRC|URL DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string; B?: string; F?: string }
 
 /** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
 const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
@@ -39,6 +39,8 @@ const spec: CommandSpec = {
     ['--bitmaps', "copy the source's persistent dirty bitmaps"],
     ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
     ['-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state'],
+    ['-B <backing>', 'make the new image an overlay of BACKING (as -o backing_file=): only what the source holds above its own backing file is copied; BACKING must hold the rest'],
+    ['-F <fmt>', "format of -B's backing file (qcow2 or raw; required, as -o backing_fmt=)"],
   ],
 };
 
@@ -58,6 +60,8 @@ export async function run(argv: string[]): Promise<void> {
       return;
     }
     options = toCreateOptions(pairs, undefined, { onWarning: warn });
+    if (o.B !== undefined) options.backingFile = o.B;
+    if (o.F !== undefined) options.backingFormat = o.F;
   } catch (e) {
     if (e instanceof Exit) throw e;
     reportEach(messageOf(e));
@@ -76,6 +80,8 @@ export async function run(argv: string[]): Promise<void> {
     durable: (o.t ?? 'unsafe') !== 'unsafe',
     ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
     ...(o.c ? { compressed: true } : {}),
+    // qemu-img convert -B / -o backing_file=: the new image is an overlay.
+    ...(options.backingFile !== undefined ? { overBacking: true } : {}),
   };
   // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
   const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;

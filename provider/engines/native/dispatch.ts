@@ -37,7 +37,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       // Asynchronous: reads, decoding (on libuv's thread pool) and writes overlap.
       return ops().importImageAsync(call.path, call.options, call.source, {
         durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
-        ...(call.compressed ? { compressed: true } : {}),
+        ...(call.compressed ? { compressed: true } : {}), ...(call.overBacking ? { overBacking: true } : {}),
       }).then(() => undefined);
     case 'amend':
       ops().amendImage(call.path, call.request);

@@ -65,6 +65,7 @@ export class NativeEngine implements Engine {
       const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
       if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
       if (opts.compressed) call.compressed = true;
+      if (opts.overBacking) call.overBacking = true;
       await this.run(call, opts.progress);
     } finally {
       await local.release();

@@ -243,6 +243,8 @@ export interface ImportBehaviour {
   bitmaps?: { skipBroken: boolean };
   /** convert -c: compressed clusters (see ImportOptions.compressed). */
   compressed?: boolean;
+  /** convert -B: the new image is an overlay; only the source's top layer is copied (see ImportOptions.overBacking). */
+  overBacking?: boolean;
 }
 
 /** An import source that is a local file (engines/source.ts made it one), as the worker gets it. */
@@ -295,7 +297,7 @@ export async function importImageAsync(dst: string, options: CreateOptions, sour
 function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined): WriteImportOptions {
   return {
     host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}),
-    ...(behaviour.compressed ? { compressed: true } : {}),
+    ...(behaviour.compressed ? { compressed: true } : {}), ...(behaviour.overBacking ? { topLayerOnly: true } : {}),
   };
 }
 
@@ -314,7 +316,7 @@ function openImport(dst: string, options: CreateOptions, source: LocalImportSour
       sourceSize: BigInt(src.size),
       sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
-      ...(behaviour.compressed ? { compress: true } : {}),
+      ...(behaviour.compressed ? { compress: true } : {}), ...(behaviour.overBacking ? { overBacking: true } : {}),
     });
     throwIfRefused(r, dst);
     const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }));

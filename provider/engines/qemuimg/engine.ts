@@ -351,7 +351,7 @@ export class QemuImgEngine implements Engine {
         sourceSize: src.size,
         sameFile: sameFile(imagePath, local.path) || (options.dataFile !== undefined && sameFile(options.dataFile, local.path)),
         ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
-        ...(opts.compressed ? { compress: true } : {}),
+        ...(opts.compressed ? { compress: true } : {}), ...(opts.overBacking ? { overBacking: true } : {}),
       });
       throwIfRefused(r, imagePath);
       const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });

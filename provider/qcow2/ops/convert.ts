@@ -373,6 +373,8 @@ export interface WriteImportOptions {
   bitmaps?: readonly DirtyBitmap[];
   /** convert -c: compressed clusters of the plan's compression type (ops/convert-compressed.ts). */
   compressed?: boolean;
+  /** convert -B: the new image is an overlay; only what the source's top layer holds is copied (copyTopLayer). */
+  topLayerOnly?: boolean;
 }
 
 /**
@@ -418,23 +420,63 @@ function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOpt
  * behind.
  */
 export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): void {
-  importInto(imagePath, plan, opts, (img) => (opts.compressed ? copyCompressed(src, img, plan, opts.progress) : copyGuest(src, img, opts.progress)),
+  importInto(imagePath, plan, opts, (img) => (special(opts) ? copySpecial(src, img, plan, opts) : copyGuest(src, img, opts.progress)),
     (_r, finish) => finish());
 }
 
-/** writeImportedImage with the copy overlapped (copyGuestAsync); a compressed copy runs on its thread pool. */
+/** writeImportedImage with the copy overlapped (copyGuestAsync); -c and -B copies run on this thread (compression on its pool). */
 export function writeImportedImageAsync(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): Promise<void> {
   return importInto(imagePath, plan, opts,
-    (img) => (opts.compressed ? Promise.resolve().then(() => copyCompressed(src, img, plan, opts.progress)) : copyGuestAsync(src, img, opts.progress)),
+    (img) => (special(opts) ? Promise.resolve().then(() => copySpecial(src, img, plan, opts)) : copyGuestAsync(src, img, opts.progress)),
     (p, finish, fail) => p.then(finish, fail));
 }
 
-/** convert -c's copy, its compressor started for the plan's compression type and closed after. */
-function copyCompressed(src: GuestSource, dst: Qcow2Image, plan: CreatePlan, progress?: ProgressFn): void {
+const special = (opts: WriteImportOptions) => opts.compressed === true || opts.topLayerOnly === true;
+
+/** The -B copy, or convert -c's (its compressor started for the plan's compression type and closed after). */
+function copySpecial(src: GuestSource, dst: Qcow2Image, plan: CreatePlan, opts: WriteImportOptions): void {
+  if (opts.topLayerOnly) {
+    copyTopLayer(src, dst, opts.progress);
+    return;
+  }
   const compressor = clusterCompressor(plan.options.compressionType, dst.cs);
   try {
-    copyGuestCompressed(src, dst, compressor, progress);
+    copyGuestCompressed(src, dst, compressor, opts.progress);
   } finally {
     compressor.close();
   }
 }
+
+/**
+ * convert -B (qemu-img's target_has_backing): what the source's top layer holds, into a new
+ * overlay whose backing file stands for the rest. Areas the top layer does not hold stay
+ * unallocated; areas it holds as zeros, and zero clusters among its data, are written as zeros
+ * (the new backing file may hold data there); its data is copied.
+ */
+export function copyTopLayer(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
+  const size = Math.min(src.size, dst.size);
+  const cs = dst.cs;
+  const buf = Buffer.allocUnsafe(WINDOW);
+  progress?.(0, size);
+  for (let p = 0; p < size;) {
+    const st = src.blockStatus(p, Math.min(size - p, WINDOW));
+    const n = Math.min(st.length, size - p);
+    if (st.allocated && !st.data) {
+      dst.writeZeroes(p, n);
+    } else if (st.allocated) {
+      const view = buf.subarray(0, n);
+      src.readInto(view, p);
+      // Cluster by cluster (from the first cluster boundary): data written, zeros as zeros.
+      for (let q = 0; q < n;) {
+        const stop = Math.min(n, Math.floor((p + q) / cs) * cs + cs - p);
+        if (isZeroBuffer(view, q, stop)) dst.writeZeroes(p + q, stop - q);
+        else dst.write(p + q, view.subarray(q, stop));
+        q = stop;
+      }
+      dst.maybeCommit();
+    }
+    p += n;
+    progress?.(p, size);
+  }
+}
+
