@@ -46,8 +46,11 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
   if (req.sourceFormat !== 'raw' && req.sourceFormat !== 'qcow2') {
     return { property: 'source.format', message: `Unknown source format '${req.sourceFormat}': import reads raw and qcow2 images only` };
   }
-  if (req.targetFormat !== undefined && req.targetFormat !== 'qcow2') {
-    return { property: 'format', message: `Unknown output format '${req.targetFormat}': this tool writes qcow2 images only (-O qcow2)` };
+  if (req.targetFormat !== undefined && req.targetFormat !== 'qcow2' && req.targetFormat !== 'raw') {
+    return { property: 'format', message: `Unknown output format '${req.targetFormat}': this tool writes qcow2 and raw images (-O qcow2, -O raw)` };
+  }
+  if (req.targetFormat === 'raw' && (Object.keys(req.options).length > 0 || req.compress || req.overBacking)) {
+    return { property: 'format', message: 'A raw image has no create options, compression or backing file: convert -O raw without -o, -c and -B' };
   }
   if (req.sameFile) {
     return { property: 'source', message: 'The source and the destination are the same file; import never overwrites its source' };
@@ -91,6 +94,15 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     }
   }
   return undefined;
+}
+
+/** `convert -n`: the existing target must hold the whole source. */
+export function validateConvertInto(sourceSize: bigint, targetSize: bigint): Refusal | undefined {
+  if (targetSize >= sourceSize) return undefined;
+  return {
+    property: 'size',
+    message: `The target image is smaller (${targetSize} bytes) than the source (${sourceSize} bytes); convert -n writes the whole source. Resize the target first, or convert to a new image`,
+  };
 }
 
 /** `rebase` without -u: the image is written (clusters copied) and its backing changed. */

@@ -1,7 +1,8 @@
 // `qcow2 convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
-// [-B BACKING -F FMT] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
+// [-B BACKING -F FMT] [-n] -O qcow2|raw [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
 // or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
-// image, sparse-aware, compressed with -c; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A
+// image, sparse-aware, compressed with -c; never overwrites (-n writes into an existing image the
+// user names instead). gzip/xz/zstd-compressed sources are decompressed. A
 // local source's backing and data file names are followed as qemu-img follows them; a
 // downloaded image may name none.
 
@@ -17,10 +18,10 @@ import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const usage = 'convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] [-n] -O qcow2|raw [-o OPTIONS] SRC|URL DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string; B?: string; F?: string }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string; B?: string; F?: string; n?: boolean }
 
 /** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
 const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
@@ -29,7 +30,7 @@ const spec: CommandSpec = {
   name: 'convert', usage, description, args: ['[src]', '[dst]'],
   options: [
     ['-f <fmt>', 'source format: raw or qcow2 (detected by content when omitted)'],
-    ['-O <fmt>', 'output format (qcow2)'],
+    ['-O <fmt>', 'output format: qcow2, or raw (a sparse raw file)'],
     ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
     ['-p', 'show progress, as qemu-img does: (x/100%) on standard output'],
     ['-q', 'quiet'],
@@ -41,6 +42,7 @@ const spec: CommandSpec = {
     ['-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state'],
     ['-B <backing>', 'make the new image an overlay of BACKING (as -o backing_file=): only what the source holds above its own backing file is copied; BACKING must hold the rest'],
     ['-F <fmt>', "format of -B's backing file (qcow2 or raw; required, as -o backing_fmt=)"],
+    ['-n', 'write into DST, an existing qcow2 image at least as large as the source (its options and backing file kept), instead of creating it'],
   ],
 };
 
@@ -68,7 +70,7 @@ export async function run(argv: string[]): Promise<void> {
     throw new Exit(1);
   }
   if (src === undefined || dst === undefined) fail('Expecting image file name');
-  if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
+  if (o.O !== undefined && o.O !== 'qcow2' && o.O !== 'raw') fail(`Unknown output format '${o.O}': this tool writes qcow2 and raw images (-O qcow2, -O raw)`);
   if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
   const url = /^https?:\/\//i.test(src);
   // A URL is fetched by the engine; a file name is read as qemu-img reads it (file:, json:, --image-opts).
@@ -80,6 +82,7 @@ export async function run(argv: string[]): Promise<void> {
     durable: (o.t ?? 'unsafe') !== 'unsafe',
     ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
     ...(o.c ? { compressed: true } : {}),
+    ...(o.O === 'raw' ? { targetFormat: 'raw' as const } : {}),
     // qemu-img convert -B / -o backing_file=: the new image is an overlay.
     ...(options.backingFile !== undefined ? { overBacking: true } : {}),
   };
@@ -104,7 +107,12 @@ export async function run(argv: string[]): Promise<void> {
       ...(o.checksum !== undefined ? { checksum: o.checksum } : {}),
       ...(snapshot ? { snapshot } : {}),
     };
-    await cliEngine().import(target, options, source, opts);
+    if (o.n) {
+      if (o.c || options.backingFile !== undefined) fail('convert -n writes into an existing image as it is: -c, -B and backing_file= are not supported with it');
+      await cliEngine().convertInto(target, source, opts);
+    } else {
+      await cliEngine().import(target, options, source, opts);
+    }
   } catch (e) {
     bar?.stop();
     // qemu-img opens the source, then loads the snapshot: its failure is not an open error.

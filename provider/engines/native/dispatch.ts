@@ -34,11 +34,18 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'resolveCreate':
       return ops().resolveCreateOptions(call.path, call.options, call.behaviour);
     case 'import':
+      if (call.raw) {
+        ops().importRawImage(call.path, call.options, call.source, { durable: call.durable, ...(progress ? { progress } : {}) });
+        return undefined;
+      }
       // Asynchronous: reads, decoding (on libuv's thread pool) and writes overlap.
       return ops().importImageAsync(call.path, call.options, call.source, {
         durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
         ...(call.compressed ? { compressed: true } : {}), ...(call.overBacking ? { overBacking: true } : {}),
       }).then(() => undefined);
+    case 'convertInto':
+      ops().convertIntoImage(call.path, call.source, progress ? { progress } : {});
+      return undefined;
     case 'amend':
       ops().amendImage(call.path, call.request);
       return undefined;

@@ -66,7 +66,20 @@ export class NativeEngine implements Engine {
       if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
       if (opts.compressed) call.compressed = true;
       if (opts.overBacking) call.overBacking = true;
+      if (opts.targetFormat === 'raw') call.raw = true;
       await this.run(call, opts.progress);
+    } finally {
+      await local.release();
+    }
+  }
+
+  async convertInto(path: string, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    const { prepareSource } = await import('../source');
+    const local = await prepareSource(source, opts);
+    try {
+      const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
+      if (source.snapshot !== undefined) src.snapshot = source.snapshot;
+      await this.run({ op: 'convertInto', path, source: src }, opts.progress);
     } finally {
       await local.release();
     }

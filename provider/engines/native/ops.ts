@@ -210,7 +210,7 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
 export type { CreateBehaviour };
-import { WriteImportOptions, writeImportedImage, writeImportedImageAsync } from '../../qcow2/ops/convert';
+import { WriteImportOptions, copyGuestOver, writeImportedImage, writeImportedImageAsync, writeImportedRaw } from '../../qcow2/ops/convert';
 import { Qcow2Image } from '../../qcow2/guest/qcow2';
 import type { GuestSource, OpenOptions, ProgressFn } from '../../qcow2/guest/source';
 import * as path from 'path';
@@ -219,7 +219,7 @@ import { validateChain } from '../../qcow2/guest/sources/preflight';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { MapEntry, mapSource } from '../../qcow2/ops/map';
 import { rebaseSafe } from '../../qcow2/ops/rebase';
-import { validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
+import { validateConvertInto, validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
 import { validateSourceReference } from '../../rules/references';
 
 /** Open an image to write guest data (QEMU's write locks on image and data file; rules first). */
@@ -299,6 +299,48 @@ function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undef
     host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}),
     ...(behaviour.compressed ? { compressed: true } : {}), ...(behaviour.overBacking ? { topLayerOnly: true } : {}),
   };
+}
+
+/** `qemu-img convert -O raw`: a new raw file holding the guest view of `source` (zero areas left as holes). */
+export function importRawImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
+  const format = source.format ?? probeFormat(source.path);
+  const onReference = referenceGuard(source);
+  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+  try {
+    validateChain(src);
+    throwIfRefused(validateImport({
+      sourceFormat: format, targetFormat: 'raw', options, sourceSize: BigInt(src.size), sameFile: sameFile(dst, source.path),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+    }), dst);
+    writeImportedRaw(dst, src, { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}) });
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * `qemu-img convert -n`: the guest view of `source` written over the existing image `dst`
+ * (opened for writing as any guest write: QEMU's locks, the write rules), which must be at
+ * least as large. Data is copied; zero areas are written as zeros (the image may hold data there).
+ */
+export function convertIntoImage(dst: string, source: LocalImportSource, behaviour: { progress?: ProgressFn } = {}): void {
+  const format = source.format ?? probeFormat(source.path);
+  throwIfRefused(validateImport({ sourceFormat: format, options: {}, sourceSize: 0n, sameFile: false }));
+  const onReference = referenceGuard(source);
+  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+  try {
+    validateChain(src);
+    if (sameFile(dst, source.path)) throwIfRefused({ property: 'source', message: 'The source and the destination are the same file; convert -n never writes over its source' }, dst);
+    const img = openImageForWrite(dst);
+    try {
+      throwIfRefused(validateConvertInto(BigInt(src.size), BigInt(img.size)), dst);
+      copyGuestOver(src, img, behaviour.progress);
+    } finally {
+      img.close();
+    }
+  } finally {
+    src.close();
+  }
 }
 
 /** Open and validate an import's source (and, for --bitmaps, its bitmaps) and plan its image; nothing is created yet. */

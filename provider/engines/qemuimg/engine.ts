@@ -75,7 +75,7 @@ import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
-import { validateImport } from '../../rules/data';
+import { validateConvertInto, validateImport } from '../../rules/data';
 import { validateSourceReference } from '../../rules/references';
 import { LocalSource, prepareSource } from '../source';
 import type { AmendRequest, CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
@@ -345,6 +345,10 @@ export class QemuImgEngine implements Engine {
     try {
       QemuImgEngine.mustExist(local.path);
       const src = await this.chain(local.path, local.format, local);
+      if (opts.targetFormat === 'raw') {
+        await this.importRaw(imagePath, options, src, local, source, opts);
+        return;
+      }
       const r = validateImport({
         sourceFormat: local.format,
         options,
@@ -708,6 +712,45 @@ export class QemuImgEngine implements Engine {
     const spec = this.readSpec(path.resolve(file));
     await this.run('write', ['snapshot', '-q', flag, request.name, spec], { arg: spec, file });
     return undefined;
+  }
+
+  /** `qemu-img convert -O raw` into a temporary name beside the target, published when complete. */
+  private async importRaw(imagePath: string, options: CreateOptions, src: { spec: string; size: bigint }, local: { path: string; format: string; label: string },
+    source: ImportSource, opts: ImportOptions): Promise<void> {
+    throwIfRefused(validateImport({
+      sourceFormat: local.format, targetFormat: 'raw', options, sourceSize: src.size, sameFile: sameFile(imagePath, local.path),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+    }), imagePath);
+    assertNewImageFiles(imagePath, { adoptDataFile: false });
+    const pub = new Publication();
+    try {
+      const tmp = pub.folderBeside(path.resolve(imagePath));
+      await this.run('write', ['convert', '-q', '-O', 'raw', ...snapshotArgs(source.snapshot), src.spec, 'img.raw'], { arg: src.spec, file: local.label }, tmp);
+      pub.stage(path.join(tmp, 'img.raw'), path.resolve(imagePath), 'image');
+      pub.publish({ durable: opts.durable ?? true });
+    } catch (e) {
+      pub.abort();
+      throw e;
+    }
+    opts.progress?.(Number(src.size), Number(src.size));
+  }
+
+  /** `qemu-img convert -n`: the source's chain as explicit file nodes, over the existing image. */
+  async convertInto(file: string, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    await this.binary();
+    const local = await prepareSource(source, opts);
+    try {
+      QemuImgEngine.mustExist(local.path);
+      const src = await this.chain(local.path, local.format, local);
+      throwIfRefused(validateImport({ sourceFormat: local.format, options: {}, sourceSize: src.size, sameFile: sameFile(file, local.path) }), file);
+      const state = await this.stateForChange(file);
+      throwIfRefused(validateConvertInto(src.size, state.virtualSize), file);
+      const spec = this.readSpec(path.resolve(file));
+      await this.run('write', ['convert', '-q', '-n', ...snapshotArgs(source.snapshot), '-O', 'qcow2', src.spec, spec], { arg: spec, file });
+      opts.progress?.(Number(src.size), Number(src.size));
+    } finally {
+      await local.release();
+    }
   }
 
   /** `qemu-img compare` over both chains, every layer an explicit file node. */
