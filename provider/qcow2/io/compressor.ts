@@ -5,16 +5,18 @@
 // frame from ZSTD_compressStream2(ZSTD_e_end) with default parameters. A cluster whose
 // compressed form does not fit in cluster size - 1 bytes is written uncompressed (-ENOMEM).
 //
-// The work runs on a pool of threads sized to the machine's cores: the calling thread and
-// (cores - 1) worker threads take clusters from one shared batch (SharedArrayBuffer, an atomic
-// cursor) and the caller waits (Atomics.wait) until the batch is done. The caller stays
-// synchronous; the order of the results is the clusters' order whatever thread made them.
+// The work runs on a pool of threads sized to the machine's cores, as io/codecs.ts decodes: the
+// calling thread and (cores - 1) worker threads take clusters from one shared batch
+// (SharedArrayBuffer, an atomic cursor) and the caller waits (Atomics.wait) until the batch is
+// done. The caller stays synchronous (the compressed copy places clusters in guest order as each
+// batch completes); the order of the results is the clusters' order whatever thread made them.
+// The workers run this module's binding from its source text (no file to find beside a bundle).
 //
 // libz is loaded with RTLD_DEEPBIND: Node exports its own zlib's symbols, and without it libz's
 // internal calls would bind to those (a different deflate_state: a crash).
 
-import * as os from 'os';
 import { Qcow2Error } from '../../model/errors';
+import { cores } from './threads';
 
 export type CompressionKind = 'zlib' | 'zstd';
 
@@ -133,11 +135,6 @@ function workerLoop(koffiPath: string, kind: CompressionKind, cs: number, ctrlSa
   }
 }
 
-/** Threads to use: the machine's cores (the caller is one of them). */
-function defaultThreads(): number {
-  return Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
-}
-
 /** Clusters per shared batch (the caller's larger inputs go through in pieces). */
 const BATCH_BYTES = 4 << 20; // at most 8192 clusters (512-byte ones): the cursor's 16 index bits
 
@@ -224,6 +221,6 @@ class PooledCompressor implements ClusterCompressor {
 }
 
 /** A compressor for `kind` on `threads` threads (default: one per core). */
-export function clusterCompressor(kind: CompressionKind, cs: number, threads = defaultThreads()): ClusterCompressor {
+export function clusterCompressor(kind: CompressionKind, cs: number, threads = Math.max(1, cores())): ClusterCompressor {
   return new PooledCompressor(kind, cs, threads);
 }
