@@ -10,6 +10,7 @@ import type { ImageFacts } from '../model/facts';
 import type { AmendRequest } from '../rules/types';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
+import type { ConnectionArgs } from '../transport/ssh/connection';
 
 export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions };
 
@@ -51,6 +52,17 @@ export interface ImportSource {
   path: string;
   /** 'raw' or 'qcow2'; probed from the magic when omitted. */
   format?: string;
+  /**
+   * Where the file is, when not on the host the engine works on: 'local' (this machine: read
+   * here and sent to the remote host as it is imported; holes are not sent), or another SSH host.
+   */
+  host?: 'local' | ConnectionArgs;
+}
+
+/** What is at a path (following links). */
+export interface FileStat {
+  kind: 'file' | 'directory' | 'symlink' | 'other';
+  size: bigint;
 }
 
 export interface ImportOptions {
@@ -88,4 +100,6 @@ export interface Engine {
   map(path: string, options?: ReadOptions): Promise<MapEntry[]>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
+  /** What is at `path` on the engine's host; undefined when nothing is there. */
+  stat(path: string): Promise<FileStat | undefined>;
 }

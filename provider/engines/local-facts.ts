@@ -1,38 +1,34 @@
-// Facts the rules ask for, read from this machine's files: shared by both engines so that they
-// refuse with the same words (the qemu-img engine reads only headers here, never guest data).
+// Facts the rules ask for, read from the files on the engine's host (this machine, or a remote
+// host through its HostFs): shared by both engines so that they refuse with the same words (the
+// qemu-img engine reads only headers here, never guest data).
 
-import * as fs from 'fs';
 import { Qcow2Error } from '../model/errors';
-import { ioError } from '../qcow2/io/blockfile';
+import { HostFs, localFs } from '../qcow2/io/hostfs';
 import { probeBacking } from '../qcow2/ops/create';
 import type { CreateOptions } from '../model/options';
 import type { CreateFacts } from '../rules/create';
 
-function statRegular(name: string): fs.Stats {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(name);
-  } catch (e) {
-    throw ioError(e, name, 'open');
-  }
-  if (!st.isFile()) throw new Qcow2Error('INVALID_OPTION', `Data file '${name}' is not a regular file`, { property: 'data_file', file: name });
-  return st;
+function statRegular(name: string, host: HostFs): number {
+  const st = host.stat(name);
+  if (st === undefined) throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name });
+  if (st.kind !== 'file') throw new Qcow2Error('INVALID_OPTION', `Data file '${name}' is not a regular file`, { property: 'data_file', file: name });
+  return st.size;
 }
 
 /** What a create of `imagePath` with `options` needs to know about the files around it. */
-export function localCreateFacts(imagePath: string, options: CreateOptions): CreateFacts {
+export function createFacts(imagePath: string, options: CreateOptions, host: HostFs = localFs): CreateFacts {
   return {
-    backing: () => probeBacking(imagePath, options.backingFile!, options.backingFormat),
-    adoptedDataFileSize: () => BigInt(statRegular(options.dataFile!).size),
-    adoptedDataFileExists: () => options.dataFile !== undefined && fs.existsSync(options.dataFile),
+    backing: () => probeBacking(imagePath, options.backingFile!, options.backingFormat, host),
+    adoptedDataFileSize: () => BigInt(statRegular(options.dataFile!, host)),
+    adoptedDataFileExists: () => options.dataFile !== undefined && host.stat(options.dataFile) !== undefined,
   };
 }
 
 /** Two names for the same file (an import must never write its own source). */
-export function sameFile(a: string, b: string): boolean {
+export function sameFile(a: string, b: string, host: HostFs = localFs): boolean {
   try {
-    const sa = fs.statSync(a), sb = fs.statSync(b);
-    return sa.dev === sb.dev && sa.ino === sb.ino;
+    const sa = host.stat(a), sb = host.stat(b);
+    return sa !== undefined && sb !== undefined && sa.id === sb.id;
   } catch {
     return false;
   }

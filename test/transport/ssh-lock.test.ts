@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { lockBytes } from '../../provider/qcow2/io/lock';
-import { RemoteLocker, SshPool, lockRemoteImage, type RemoteImageLock, type SshConnection } from '../../provider/transport/ssh';
+import { HostHelper, SshPool, lockRemoteImage, type RemoteImageLock, type SshConnection } from '../../provider/transport/ssh';
 import { scratchBase, skipWithoutTools, startHolder, stopHolder, tool } from '../engines/helpers';
 import { skipWithoutSshd, type Sshd } from '../helpers/sshd';
 import { failure, useSshd } from './support';
@@ -119,7 +119,7 @@ describe.skipIf(skip)('QEMU image locks through SSH', () => {
     const a = await lock('write');
     const b = await lockRemoteImage(conn, second, 'write');
     locks.push(b);
-    expect(RemoteLocker.of(conn)).toBe(RemoteLocker.of(conn));
+    expect(HostHelper.of(conn)).toBe(HostHelper.of(conn));
     expect(tool('qemu-io', ['-c', 'read 0 512', '-f', 'qcow2', second], dir).stderr).toMatch(QEMU_WRITE_REFUSAL);
     await a.release();
     expect(qemuIo().status).toBe(0);

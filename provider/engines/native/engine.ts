@@ -9,17 +9,30 @@ import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
-import type { Engine, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { ConnectionArgs } from '../../transport/ssh/connection';
 import type { OpCall, TargetDescriptor } from './protocol';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
 export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
 
 export interface NativeEngineOptions {
-  /** 'worker' (default): a shared pool of worker threads. 'inline': on the calling thread (blocks it). */
+  /**
+   * 'worker' (default): a shared pool of worker threads. 'inline': on the calling thread (blocks
+   * it); a remote host's files are always worked on in a worker.
+   */
   executor?: 'worker' | 'inline' | Executor;
-  /** The file system the paths are on (default: local files). */
+  /** The file system the paths are on (default: local files; see `connection`). */
   target?: TargetDescriptor;
+  /** A remote host the paths are on, reached over SSH (its files through SFTP). */
+  connection?: ConnectionArgs;
+}
+
+/** The target of a remote host: its connection kept in this process under an id (no secret in the descriptor). */
+export async function sshTarget(connection: ConnectionArgs): Promise<TargetDescriptor> {
+  const { remoteFs } = await import('../../transport/ssh/remote-fs');
+  const fs = remoteFs(connection);
+  return { kind: 'ssh', id: fs.id, label: fs.label };
 }
 
 // Each executor loads its machinery on first use: a command line running inline never loads the
@@ -35,15 +48,28 @@ function executorOf(kind: NativeEngineOptions['executor']): Executor {
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
   private readonly exec: Executor;
-  private readonly target: TargetDescriptor;
+  /** Runs what involves a remote host when `exec` runs on the calling thread. */
+  private readonly remoteExec: Executor;
+  private target: TargetDescriptor | Promise<TargetDescriptor>;
 
   constructor(options: NativeEngineOptions = {}) {
+    const connection = options.connection;
+    // A connection is validated and registered on first use (ssh2 is loaded only then).
+    this.target = options.target ?? (connection !== undefined ? { kind: 'ssh', id: '', label: '' } : { kind: 'local' });
+    if (options.target === undefined && connection !== undefined) {
+      const p = sshTarget(connection);
+      p.catch(() => undefined); // reported by the first operation
+      this.target = p;
+    }
     this.exec = executorOf(options.executor);
-    this.target = options.target ?? { kind: 'local' };
+    // The bridge that serves a remote host's files needs this thread's event loop free.
+    this.remoteExec = options.executor === 'inline' ? executorOf('worker') : this.exec;
   }
 
-  private run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
-    return this.exec(this.target, call, progress) as Promise<T>;
+  private async run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
+    const target = await this.target;
+    const remote = target.kind !== 'local' || (call.op === 'import' && call.sourceTarget !== undefined && call.sourceTarget.kind !== 'local');
+    return (remote ? this.remoteExec : this.exec)(target, call, progress) as Promise<T>;
   }
 
   async create(path: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<void> {
@@ -59,7 +85,11 @@ export class NativeEngine implements Engine {
   }
 
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
-    await this.run({ op: 'import', path, options, source }, opts.progress);
+    const { host, ...file } = source;
+    const call: OpCall = { op: 'import', path, options, source: file };
+    if (host !== undefined) call.sourceTarget = host === 'local' ? { kind: 'local' } : await sshTarget(host);
+    // A local source read into a remote image still runs in a worker (the remote side needs the bridge).
+    await this.run(call, opts.progress);
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {
@@ -90,5 +120,9 @@ export class NativeEngine implements Engine {
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
+  }
+
+  stat(path: string): Promise<FileStat | undefined> {
+    return this.run({ op: 'stat', path });
   }
 }

@@ -8,13 +8,13 @@ import { factsOfImage } from '../../qcow2/ops/info';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
-import { localFs } from '../../qcow2/io/hostfs';
-import { localCreateFacts, sameFile } from '../local-facts';
+import { HostFs, localFs } from '../../qcow2/io/hostfs';
+import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
 import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
-import { ImageLock, lockImage } from '../../qcow2/io/lock';
+import type { ImageLock } from '../../qcow2/io/lock';
 import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, throwIfRefused } from '../refusal';
@@ -23,30 +23,30 @@ import { refused, throwIfRefused } from '../refusal';
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
 
 /** Validate create options (rules) and derive the size from the backing file or adopted data file. */
-function resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-  const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
+function resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}, host: HostFs = localFs): ResolvedCreateOptions {
+  const r = resolveCreate(options, createFacts(imagePath, options, host), behaviour);
   if (!r.ok) throw createRefused(r.refusal);
   return r.options;
 }
 
 /** `qemu-img create -f raw`: validated by the rules, published like a qcow2 image. */
-export function createRawImage(imagePath: string, options: RawCreateOptions): void {
+export function createRawImage(imagePath: string, options: RawCreateOptions, host: HostFs = localFs): void {
   const r = validateRawCreate(options);
   if (!r.ok) throw createRefused(r.refusal);
-  writeNewRawImage(imagePath, r.options.size, r.options.preallocation);
+  writeNewRawImage(imagePath, r.options.size, r.options.preallocation, host);
 }
 
 /** What createImage would make (rules, backing size), touching nothing. */
-export function resolveCreateOptions(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-  return resolved(imagePath, options, behaviour);
+export function resolveCreateOptions(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}, host: HostFs = localFs): ResolvedCreateOptions {
+  return resolved(imagePath, options, behaviour, host);
 }
 
 /**
  * Create a qcow2 image. All validation happens before any file is touched; an existing image
  * or data file is never overwritten (a data file can be adopted, unchanged, on request).
  */
-export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): void {
-  writeNewImage(imagePath, planCreate(resolved(imagePath, options, behaviour)));
+export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}, host: HostFs = localFs): void {
+  writeNewImage(imagePath, planCreate(resolved(imagePath, options, behaviour, host)), host);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -77,14 +77,17 @@ export interface AmendBehaviour {
   allowShrink?: boolean;
   /** Wrap the image file (tests inject faults here). */
   wrapFile?: (f: BlockFile) => BlockFile;
+  /** The host the files are on (default: this machine). */
+  host?: HostFs;
 }
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
-  const nf = NodeBlockFile.open(path, true);
+  const host = behaviour.host ?? localFs;
+  const nf = host.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
-    lock = lockImage(nf.fd, path, 'write');
+    lock = host.lock(nf, path, 'write');
     const file = behaviour.wrapFile ? behaviour.wrapFile(nf) : nf;
     const img = Image.open(file, path);
     const w = validateWritable(imageStateOf(img));
@@ -96,13 +99,13 @@ function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img:
   }
 }
 
-function openDataFile(img: Image, path: string): NodeBlockFile | undefined {
+function openDataFile(img: Image, path: string, host: HostFs): BlockFile | undefined {
   if (!img.hasDataFile) return undefined;
   const name = img.header.dataFile;
   if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: path });
-  const df = NodeBlockFile.open(name, true);
+  const df = host.open(name, 'write').file;
   try {
-    lockImage(df.fd, name, 'write');
+    host.lock(df, name, 'write'); // held until close
   } catch (e) {
     df.close();
     throw e;
@@ -121,18 +124,18 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
+function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs): AmendPlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
   const backingLength = grows && img.header.backingFile !== undefined
-    ? probeBacking(path, img.header.backingFile, img.header.backingFormat).size
+    ? probeBacking(path, img.header.backingFile, img.header.backingFormat, host).size
     : undefined;
   if (ch.size !== undefined) {
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
     throwIfRefused(r, path);
   }
-  const df = needsData ? openDataFile(img, path) : undefined;
+  const df = needsData ? openDataFile(img, path, host) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
     // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
@@ -159,7 +162,7 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
       const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
       throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
     }
-    return runPlan(img, file, path, changesOf(state, req));
+    return runPlan(img, file, path, changesOf(state, req), behaviour.host ?? localFs);
   });
 }
 
@@ -170,7 +173,7 @@ export function resizeImage(path: string, size: bigint | { relative: bigint }, b
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
     const r = validateResizeRequest(state, target, behaviour.allowShrink ?? false);
     throwIfRefused(r, path);
-    return runPlan(img, file, path, { size: target });
+    return runPlan(img, file, path, { size: target }, behaviour.host ?? localFs);
   });
 }
 
@@ -181,7 +184,7 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
     throwIfRefused(r, path);
     const backing: { file: string; format?: string } = { file: backingFile };
     if (backingFormat !== undefined) backing.format = backingFormat;
-    return runPlan(img, file, path, { backing });
+    return runPlan(img, file, path, { backing }, behaviour.host ?? localFs);
   });
 }
 
@@ -215,6 +218,10 @@ export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writabl
 export interface ImportBehaviour {
   /** Called as the copy advances: bytes of the guest view done, of total. */
   progress?: ProgressFn;
+  /** The host the image's files are on (default: this machine). */
+  host?: HostFs;
+  /** The host the source is on (default: the image's). */
+  sourceHost?: HostFs;
 }
 
 /**
@@ -222,29 +229,34 @@ export interface ImportBehaviour {
  * is opened and validated (header, backing chain, every mapping inside its file) before anything
  * is created; `dst` and a data file are never overwritten, and a failure leaves nothing behind.
  */
-export function importImage(dst: string, options: CreateOptions, source: ImportSource, behaviour: ImportBehaviour = {}): void {
+export function importImage(dst: string, options: CreateOptions, source: Omit<ImportSource, 'host'>, behaviour: ImportBehaviour = {}): void {
+  const host = behaviour.host ?? localFs;
+  const sourceHost = behaviour.sourceHost ?? host;
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
-  const format = source.format ?? probeFormat(source.path);
-  const src: GuestSource = openSource(source.path, format);
+  const format = source.format ?? probeFormat(source.path, sourceHost);
+  const src: GuestSource = openSource(source.path, format, { host: sourceHost });
   try {
     validateChain(src);
+    // Files on two hosts are never the same file.
+    const same = (a: string) => sourceHost === host && sameFile(a, source.path, host);
     const r = validateImport({
       sourceFormat: format,
       options,
       sourceSize: BigInt(src.size),
-      sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
+      sameFile: same(dst) || (options.dataFile !== undefined && same(options.dataFile)),
     });
     throwIfRefused(r, dst);
-    writeImportedImage(dst, planCreate(resolved(dst, { ...options, size: BigInt(src.size) })), src, behaviour.progress);
+    writeImportedImage(dst, planCreate(resolved(dst, { ...options, size: BigInt(src.size) }, {}, host)), src, behaviour.progress, host);
   } finally {
     src.close();
   }
 }
 
 /** `qemu-img map`: the extents of an image's guest view through its backing chain. */
-export function mapImage(path: string, opts: { format?: string; forceShare?: boolean } = {}): MapEntry[] {
-  const src = openSource(path, opts.format ?? probeFormat(path), { lock: !opts.forceShare });
+export function mapImage(path: string, opts: { format?: string; forceShare?: boolean; host?: HostFs } = {}): MapEntry[] {
+  const host = opts.host ?? localFs;
+  const src = openSource(path, opts.format ?? probeFormat(path, host), { lock: !opts.forceShare, host });
   try {
     return mapSource(src);
   } finally {
@@ -259,7 +271,9 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
  * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
+  const host = behaviour.host ?? localFs;
   const img = Qcow2Image.open(path, {
+    host,
     writable: true,
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
@@ -272,7 +286,7 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
     if (backingFile !== '') {
       const full = resolveBackingName(path, backingFile);
       try {
-        next = openSource(full, fmt);
+        next = openSource(full, fmt, { host });
       } catch (e) {
         throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO', `Could not open new backing file '${full}': ${(e as Error).message}`, { file: full, property: 'backing_file', cause: e });
       }

@@ -16,6 +16,8 @@ import { Qcow2Error } from '../../model/errors';
 import type { ProgressFn } from '../../qcow2/guest/source';
 import { errorFromData } from '../../model/errors';
 import type { OpCall, OpReply, OpRequest, TargetDescriptor } from './protocol';
+import { BridgeHandler, BridgeHost, createBridge } from '../../transport/bridge';
+import { REMOTE_FS_METHODS } from '../../transport/remote/protocol';
 
 interface Task {
   id: number;
@@ -28,6 +30,18 @@ interface Task {
 interface Slot {
   worker: Worker;
   task?: Task;
+  /** The main thread's end of the worker's bridge (remote targets' file access). */
+  bridge: BridgeHost;
+}
+
+/**
+ * The bridge handlers a worker's remote file access calls: the SSH side is loaded on the first
+ * call, so a process that only ever works on local files never loads it.
+ */
+function remoteHandlers(): Record<string, BridgeHandler> {
+  let served: Promise<Record<string, BridgeHandler>> | undefined;
+  const serve = () => (served ??= import('../../transport/ssh/remote-fs').then((m) => m.remoteFsHandlers()));
+  return Object.fromEntries(REMOTE_FS_METHODS.map((m) => [m, async (args: unknown[], input: Uint8Array | undefined) => (await serve())[m]!(args, input)]));
 }
 
 /** The pool size: QCOW2_WORKERS, else the machine's parallelism clamped to 2..4. */
@@ -84,6 +98,7 @@ export class WorkerPool {
     for (const t of this.queue.splice(0)) t.reject(err);
     await Promise.all(this.slots.splice(0).map((s) => {
       s.task?.reject(err);
+      s.bridge.close();
       return s.worker.terminate();
     }));
   }
@@ -109,10 +124,13 @@ export class WorkerPool {
     const entry = workerEntry();
     // Loaded here, not at the top: a program that runs the engine inline never starts a thread.
     const { Worker: WorkerClass } = require('worker_threads') as typeof import('worker_threads');
-    const worker = new WorkerClass(entry.file, { eval: entry.eval });
-    const slot: Slot = { worker };
+    const bridge = createBridge(remoteHandlers(), { initialBytes: 64 * 1024 });
+    bridge.host.unref();
+    const worker = new WorkerClass(entry.file, { eval: entry.eval, workerData: { bridge: bridge.endpoint }, transferList: bridge.transferList });
+    const slot: Slot = { worker, bridge: bridge.host };
     worker.on('message', (m: OpReply) => this.onReply(slot, m));
     const fail = (why: string) => {
+      slot.bridge.close();
       const i = this.slots.indexOf(slot);
       if (i >= 0) this.slots.splice(i, 1);
       const t = slot.task;

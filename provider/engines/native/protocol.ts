@@ -2,11 +2,12 @@
 // the format engine, and back. Plain structured-clone data (bigints included), so the same
 // requests run inline, in a worker thread, or later on another transport.
 //
-// Every request names its target: the file system the operation's paths live on. Only
-// `{ kind: 'local' }` exists today. A remote host will be another kind: the worker builds its
-// file access from the descriptor and performs synchronous reads and writes through a bridge
-// (a SharedArrayBuffer the worker blocks on with Atomics.wait while the main thread does the
-// asynchronous SSH/SFTP work and notifies), so the format engine itself stays synchronous.
+// Every request names its target: the file system the operation's paths live on. `local` is
+// this machine. `ssh` is a remote host: the worker builds its file access from the descriptor
+// (transport/remote/hostfs.ts) and performs synchronous reads and writes through a bridge (a
+// SharedArrayBuffer the worker blocks on with Atomics.wait while the main thread does the
+// asynchronous SSH/SFTP work and notifies), so the format engine itself stays synchronous. The
+// descriptor holds no secret: the main thread keeps the connection under its id.
 
 import type { ErrorData } from '../../model/errors';
 import type { AmendRequest } from '../../rules/types';
@@ -15,7 +16,10 @@ import type { CreateOptions, RawCreateOptions } from '../../model/options';
 import type { ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
 
 /** Where an operation's files are. */
-export type TargetDescriptor = { kind: 'local' };
+export type TargetDescriptor =
+  | { kind: 'local' }
+  /** A remote host: `id` names its connection in this process (transport/ssh/remote-fs.ts), `label` is "user@host:port". */
+  | { kind: 'ssh'; id: string; label: string };
 
 export const LOCAL: TargetDescriptor = { kind: 'local' };
 
@@ -24,14 +28,15 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: ImportSource }
+  | { op: 'import'; path: string; options: CreateOptions; source: Omit<ImportSource, 'host'>; sourceTarget?: TargetDescriptor }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }
   | { op: 'info'; path: string; options: ReadOptions }
   | { op: 'check'; path: string; options: ReadOptions }
   | { op: 'map'; path: string; options: ReadOptions }
-  | { op: 'remove'; path: string; options: RemoveOptions };
+  | { op: 'remove'; path: string; options: RemoveOptions }
+  | { op: 'stat'; path: string };
 
 export type OpName = OpCall['op'];
 

@@ -57,18 +57,11 @@
 // - Messages (qemuimg/errors.ts): qemu-img's reason without its "Could not open 'SPEC': "
 //   wrapper, lock messages naming the caller's path, codes as the native engine's.
 
-import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import type { CheckResult } from '../../qcow2/ops/check';
-import { assertNewImageFiles } from '../../qcow2/ops/create';
-import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
-import { removeImageFiles } from '../remove';
 import { refused, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
-import { NodeBlockFile, ioError } from '../../qcow2/io/blockfile';
-import { lockImage } from '../../qcow2/io/lock';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
@@ -77,11 +70,12 @@ import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeR
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
 import type { AmendRequest } from '../../rules/types';
-import type { Engine, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
-import { localCreateFacts, sameFile } from '../local-facts';
+import type { Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { ConnectionArgs } from '../../transport/ssh/connection';
 import { qemuImgError } from './errors';
-import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
-import { BackingSpec, DataFileSpec, chainSpec, imageSpec, optList, peekHeader } from './spec';
+import { QemuImgHost, localHost, notFound } from './host';
+import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult } from './run';
+import { BackingSpec, DataFileSpec, chainSpec, imageSpec, optList } from './spec';
 import { parseCheck, parseInfo, parseMap } from './state';
 
 export interface QemuImgEngineOptions {
@@ -89,6 +83,13 @@ export interface QemuImgEngineOptions {
   qemuImg?: string;
   /** Override the resource limits (see DEFAULT_LIMITS). */
   limits?: { read?: Partial<Limits>; write?: Partial<Limits> };
+  /**
+   * A remote host to work on, reached over SSH: qemu-img runs there (SSH exec, every argument
+   * quoted by transport/ssh/quote.ts) and its files are reached through SFTP. Default: this machine.
+   */
+  connection?: ConnectionArgs;
+  /** The host to work on, given directly (tests); `connection` makes one. */
+  host?: QemuImgHost;
 }
 
 type Kind = 'read' | 'write';
@@ -104,18 +105,25 @@ export class QemuImgEngine implements Engine {
   readonly name = 'qemu-img' as const;
   private readonly binName: string;
   readonly limits: Readonly<Record<Kind, Limits>>;
+  private readonly hostP: Promise<QemuImgHost>;
 
   constructor(options: QemuImgEngineOptions = {}) {
-    this.binName = options.qemuImg ?? process.env.QEMU_IMG ?? 'qemu-img';
+    // On a remote host, qemu-img is the one on its PATH unless named: $QEMU_IMG names a local binary.
+    this.binName = options.qemuImg ?? (options.connection === undefined ? process.env.QEMU_IMG : undefined) ?? 'qemu-img';
     this.limits = {
       read: { ...DEFAULT_LIMITS.read, ...options.limits?.read },
       write: { ...DEFAULT_LIMITS.write, ...options.limits?.write },
     };
+    const connection = options.connection;
+    this.hostP = options.host !== undefined ? Promise.resolve(options.host)
+      : connection !== undefined ? import('./ssh-host').then((m) => m.sshQemuImgHost(connection))
+      : Promise.resolve(localHost);
+    this.hostP.catch(() => undefined); // reported by the first operation
   }
 
-  /** The qemu-img binary and its version (probed once per binary, cached). */
-  binary(): Promise<QemuImgBinary> {
-    return probeQemuImg(this.binName);
+  /** The qemu-img binary and its version (probed once per binary and host, cached). */
+  async binary(): Promise<QemuImgBinary> {
+    return (await this.hostP).binary(this.binName);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -123,9 +131,11 @@ export class QemuImgEngine implements Engine {
 
   private async spawn(kind: Kind, args: string[], cwd?: string): Promise<RunResult> {
     const bin = await this.binary();
+    const host = await this.hostP;
     try {
-      return await runLimited(bin.path, args, this.limits[kind], cwd);
+      return await host.run(bin.path, args, this.limits[kind], cwd);
     } catch (e) {
+      if (Qcow2Error.isInstance(e)) throw e;
       throw new Qcow2Error('IO', `Could not run qemu-img ${args[0]}: ${(e as Error).message}`, { cause: e });
     }
   }
@@ -138,14 +148,14 @@ export class QemuImgEngine implements Engine {
   }
 
   /** SPEC for reading: no backing file, and a null data file node when the image has one. */
-  private readSpec(abs: string): string {
-    const peek = peekHeader(abs);
+  private async readSpec(abs: string): Promise<string> {
+    const peek = await (await this.hostP).peek(abs);
     return imageSpec(abs, peek?.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
   }
 
   private async readInfo(file: string, forceShare: boolean): Promise<ImageFacts> {
-    const abs = path.resolve(file);
-    const spec = this.readSpec(abs);
+    const abs = (await this.hostP).resolve(file);
+    const spec = await this.readSpec(abs);
     const r = await this.run('read', ['info', '--output=json', ...(forceShare ? ['-U'] : []), spec], { arg: spec, file });
     const facts = parseInfo(r.stdout, file);
     // qemu-img resolved the backing name against our absolute json: name; the caller's is `file`.
@@ -154,12 +164,14 @@ export class QemuImgEngine implements Engine {
   }
 
   /** Like the native engine: NOT_FOUND (same words) before qemu-img names an absolute path. */
-  private static mustExist(file: string): void {
-    try {
-      fs.statSync(file);
-    } catch (e) {
-      throw ioError(e, file, 'open');
-    }
+  /** The format a read names: qemu-img's probing for 'probe' (qcow2 magic, else raw). */
+  private async formatOf(file: string, format: ReadOptions['format']): Promise<'qcow2' | 'raw' | undefined> {
+    if (format !== 'probe') return format;
+    return (await (await this.hostP).peek(file)) !== undefined ? 'qcow2' : 'raw';
+  }
+
+  private async mustExist(file: string): Promise<void> {
+    if ((await (await this.hostP).stat(file)) === undefined) throw notFound(file);
   }
 
   /**
@@ -167,47 +179,39 @@ export class QemuImgEngine implements Engine {
    * probe QEMU's write lock (LOCKED when a VM or qemu-nbd holds it), then let go: qemu-img takes
    * the lock again for the change itself.
    */
-  private static probeWriteLock(file: string): void {
-    const f = NodeBlockFile.open(file, true);
-    try {
-      lockImage(f.fd, file, 'write').release();
-    } finally {
-      f.close();
-    }
+  private async probeWriteLock(file: string): Promise<void> {
+    await (await this.hostP).probeLock(file, 'write');
   }
 
   /** Lock probe, then the image as the rules see it (qemu-img info -U). */
   private async stateForChange(file: string): Promise<ImageFacts> {
-    QemuImgEngine.probeWriteLock(file);
+    await this.probeWriteLock(file);
     const state = await this.readInfo(file, true);
     throwIfRefused(validateWritable(state), file);
     return state;
   }
 
   /** The data file node for a change: opened only when the data itself is needed. */
-  private static dataSpecFor(file: string, state: ImageFacts, needed: boolean): DataFileSpec {
+  private async dataSpecFor(file: string, state: ImageFacts, needed: boolean): Promise<DataFileSpec> {
     if (!state.hasDataFile) return { kind: 'none' };
     if (!needed) return { kind: 'null' };
     const name = state.dataFile;
     if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-    QemuImgEngine.mustExist(name);
-    return { kind: 'file', path: path.resolve(name) };
+    await this.mustExist(name);
+    return { kind: 'file', path: (await this.hostP).resolve(name) };
   }
 
   /**
    * Run fn with the backing specification a change needs: when the image is backed, a private
    * stand-in raw file of `length` bytes (sparse; 0 unless a growth needs the backing's length).
    */
-  private static async withBacking<T>(state: ImageFacts, length: number, fn: (b: BackingSpec) => Promise<T>): Promise<T> {
+  private async withBacking<T>(file: string, state: ImageFacts, length: number, fn: (b: BackingSpec) => Promise<T>): Promise<T> {
     if (state.backingFile === undefined) return fn({ kind: 'none' });
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-qemuimg-'));
+    const standIn = await (await this.hostP).scratchFile(file, length);
     try {
-      const emptyFile = path.join(dir, 'backing-stand-in.raw');
-      fs.writeFileSync(emptyFile, '');
-      if (length > 0) fs.truncateSync(emptyFile, length);
-      return await fn({ kind: 'stand-in', emptyFile });
+      return await fn({ kind: 'stand-in', emptyFile: standIn.path });
     } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
+      await standIn.dispose();
     }
   }
 
@@ -222,12 +226,13 @@ export class QemuImgEngine implements Engine {
     const fmt = state.backingFormat;
     if (name === undefined || (fmt !== 'raw' && fmt !== 'qcow2')) return 0;
     if (hasProtocolPrefix(name)) return 0;
-    const full = resolveBackingName(path.resolve(file), name);
-    if (!fs.existsSync(full)) return 0;
+    const host = await this.hostP;
+    const full = resolveBackingName(host.resolve(file), name);
+    if ((await host.stat(full)) === undefined) return 0;
     const spec: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename: full } };
     if (fmt === 'qcow2') {
       spec.backing = null;
-      if (peekHeader(full)?.hasDataFile) spec['data-file'] = { driver: 'null-co' };
+      if ((await host.peek(full))?.hasDataFile) spec['data-file'] = { driver: 'null-co' };
     }
     const r = await this.spawn('read', ['info', '--output=json', '-U', `json:${JSON.stringify(spec)}`]);
     const m = r.status === 0 ? /^ {4}"virtual-size": (\d+),?$/m.exec(r.stdout) : null;
@@ -260,10 +265,10 @@ export class QemuImgEngine implements Engine {
   }
 
   private async change(file: string, state: ImageFacts, dataNeeded: boolean, args: (spec: string) => string[], newSize?: bigint): Promise<void> {
-    const abs = path.resolve(file);
-    const data = QemuImgEngine.dataSpecFor(file, state, dataNeeded);
+    const abs = (await this.hostP).resolve(file);
+    const data = await this.dataSpecFor(file, state, dataNeeded);
     const length = newSize === undefined ? 0 : await this.growthBackingLength(file, state, newSize);
-    await QemuImgEngine.withBacking(state, length, async (backing) => {
+    await this.withBacking(abs, state, length, async (backing) => {
       const spec = imageSpec(abs, data, backing);
       await this.run('write', args(spec), { arg: spec, file });
     });
@@ -276,8 +281,9 @@ export class QemuImgEngine implements Engine {
     await this.binary();
     // Rules (validateCreate, validateAdoption) and the size from a backing file or adopted file:
     // the same resolution, refusals and words as the native engine.
-    const o = QemuImgEngine.resolved(imagePath, options, behaviour);
-    assertNewImageFiles(imagePath, o);
+    const host = await this.hostP;
+    const o = await this.resolved(imagePath, options, behaviour);
+    await host.assertNewImageFiles(imagePath, o);
     await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
       const args = ['create', '-q', '-f', 'qcow2', '-o', optList(pairs)];
       // -u: the backing file is never opened by qemu-img (resolveCreate read its size).
@@ -292,27 +298,28 @@ export class QemuImgEngine implements Engine {
     await this.binary();
     const r = validateRawCreate(options);
     if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
-    assertNewImageFiles(imagePath, { adoptDataFile: false });
-    const absImage = path.resolve(imagePath);
-    const pub = new Publication();
+    const host = await this.hostP;
+    await host.assertNewImageFiles(imagePath, { adoptDataFile: false });
+    const absImage = host.resolve(imagePath);
+    const pub = host.publication();
     try {
-      const tmp = pub.folderBeside(absImage);
+      const tmp = await pub.folderBeside(absImage);
       const args = ['create', '-q', '-f', 'raw', '-o', `preallocation=${r.options.preallocation}`, 'img.raw', String(r.options.size)];
       await this.run('write', args, { arg: 'img.raw', file: imagePath }, tmp);
       pub.stage(path.join(tmp, 'img.raw'), absImage, 'image');
-      pub.publish();
+      await pub.publish();
     } catch (e) {
-      pub.abort();
+      await pub.abort();
       throw e;
     }
   }
 
-  async resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
-    return QemuImgEngine.resolved(imagePath, options, behaviour);
+  resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
+    return this.resolved(imagePath, options, behaviour);
   }
 
-  private static resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-    const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
+  private async resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
+    const r = resolveCreate(options, await (await this.hostP).createFacts(imagePath, options), behaviour);
     if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
     return r.options;
   }
@@ -324,24 +331,37 @@ export class QemuImgEngine implements Engine {
    */
   async import(imagePath: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
     await this.binary();
+    const host = await this.hostP;
     throwIfRefused(source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined);
-    QemuImgEngine.mustExist(source.path);
-    const format = source.format ?? (peekHeader(source.path) !== undefined ? 'qcow2' : 'raw');
-    const src = await this.chain(source.path, format);
-    const r = validateImport({
-      sourceFormat: format,
-      options,
-      sourceSize: src.size,
-      sameFile: sameFile(imagePath, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
-    });
-    throwIfRefused(r, imagePath);
-    const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
-    assertNewImageFiles(imagePath, o);
-    await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-      const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
-      await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
-    });
-    opts.progress?.(Number(src.size), Number(src.size));
+    if (source.host !== undefined && source.host !== 'local') {
+      throw new Qcow2Error('UNSUPPORTED', 'The qemu-img engine imports from a file on the image\'s host or on this machine; ' +
+        'to import from a third host, use the native engine', { property: 'source' });
+    }
+    // A file on this machine for an image on a remote host: copied there first (holes are not sent).
+    const local = source.host === 'local' && host.label !== '' ? await host.localFile(source.path, imagePath) : undefined;
+    try {
+      const at = local?.path ?? source.path;
+      await this.mustExist(at);
+      const format = source.format ?? ((await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
+      const src = await this.chain(at, format);
+      const same = async (a: string) => local === undefined && (await host.sameFile(a, source.path));
+      const r = validateImport({
+        sourceFormat: format,
+        options,
+        sourceSize: src.size,
+        sameFile: (await same(imagePath)) || (options.dataFile !== undefined && (await same(options.dataFile))),
+      });
+      throwIfRefused(r, imagePath);
+      const o = await this.resolved(imagePath, { ...options, size: src.size });
+      await host.assertNewImageFiles(imagePath, o);
+      await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
+        const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+        await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
+      });
+      opts.progress?.(Number(src.size), Number(src.size));
+    } finally {
+      await local?.dispose();
+    }
   }
 
   /**
@@ -352,16 +372,18 @@ export class QemuImgEngine implements Engine {
   private async chain(file: string, format: string): Promise<{ spec: string; size: bigint }> {
     const layers: Array<{ path: string; format: 'raw' | 'qcow2'; dataFile?: string }> = [];
     let size = 0n;
-    let at: string | undefined = path.resolve(file);
+    const host = await this.hostP;
+    let at: string | undefined = host.resolve(file);
     let fmt: string | undefined = format;
     while (at !== undefined) {
       if (layers.length >= 64) throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${file}' is deeper than 64 images (a loop?)`, { file });
       if (fmt !== 'raw' && fmt !== 'qcow2') {
         throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${String(fmt)}': this engine reads qcow2 and raw images only`, { file: at });
       }
-      QemuImgEngine.mustExist(at);
+      const st = await host.stat(at);
+      if (st === undefined) throw notFound(at);
       if (fmt === 'raw') {
-        if (layers.length === 0) size = BigInt(fs.statSync(at).size);
+        if (layers.length === 0) size = BigInt(st.size);
         layers.push({ path: at, format: 'raw' });
         break;
       }
@@ -370,24 +392,25 @@ export class QemuImgEngine implements Engine {
       const layer: { path: string; format: 'qcow2'; dataFile?: string } = { path: at, format: 'qcow2' };
       if (facts.hasDataFile) {
         if (facts.dataFile === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: at });
-        layer.dataFile = path.resolve(facts.dataFile);
+        layer.dataFile = host.resolve(facts.dataFile);
       }
       layers.push(layer);
-      at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.resolve(path.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
-      fmt = facts.backingFormat ?? (at !== undefined && peekHeader(at) !== undefined ? 'qcow2' : 'raw');
+      at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.posix.resolve(path.posix.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
+      fmt = facts.backingFormat ?? (at !== undefined && (await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
     }
     return { spec: chainSpec(layers), size };
   }
 
   /** Build a new image (and a new data file) in a private temp folder, then link them into place. */
   private async publishViaTemp(imagePath: string, o: ResolvedCreateOptions, produce: (tmp: string, pairs: Array<[string, string]>) => Promise<void>): Promise<void> {
-    const absImage = path.resolve(imagePath);
+    const host = await this.hostP;
+    const absImage = host.resolve(imagePath);
     const imageDir = path.dirname(absImage);
     const newData = o.dataFile !== undefined && !o.adoptDataFile;
-    const absData = o.dataFile !== undefined ? path.resolve(o.dataFile) : undefined;
-    const pub = new Publication();
+    const absData = o.dataFile !== undefined ? host.resolve(o.dataFile) : undefined;
+    const pub = host.publication();
     try {
-      const tmp = pub.folderBeside(absImage);
+      const tmp = await pub.folderBeside(absImage);
       const tmpImage = path.join(tmp, 'img.qcow2');
       // The throw-away data file: beside the temp image, or (a new data file in another folder)
       // in a temp folder there, so that link(2) can publish it.
@@ -395,7 +418,7 @@ export class QemuImgEngine implements Engine {
       let dataArg: string | undefined;
       if (absData !== undefined) {
         if (newData && path.dirname(absData) !== imageDir) {
-          tmpData = path.join(pub.folderBeside(absData), 'data.raw');
+          tmpData = path.join(await pub.folderBeside(absData), 'data.raw');
           dataArg = tmpData;
         } else {
           tmpData = path.join(tmp, 'data.raw');
@@ -424,9 +447,9 @@ export class QemuImgEngine implements Engine {
       // link(2) publishes the data file (a new one) and then the image, never replacing a file.
       if (newData) pub.stage(tmpData!, absData!, 'data file');
       pub.stage(tmpImage, absImage, 'image');
-      pub.publish();
+      await pub.publish();
     } catch (e) {
-      pub.abort();
+      await pub.abort();
       throw e;
     }
   }
@@ -475,18 +498,18 @@ export class QemuImgEngine implements Engine {
         'open backing files by the names stored in an image. Use the native engine for a rebase that copies data', { property: 'backing_file', file });
     }
     const fmt = backingFile !== '' && backingFormat !== undefined ? ['-F', backingFormat] : [];
-    const abs = path.resolve(file);
+    const abs = (await this.hostP).resolve(file);
     const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
     await this.run('write', ['rebase', '-q', '-u', '-b', backingFile, ...fmt, spec], { arg: spec, file });
   }
 
   async info(file: string, options: ReadOptions = {}): Promise<ImageFacts> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
-    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format;
+    await this.mustExist(file);
+    const format = await this.formatOf(file, options.format);
     if (format === 'raw') {
       // A raw file as an explicit file node: no name is ever parsed as a protocol.
-      const spec = `json:${JSON.stringify({ driver: 'raw', file: { driver: 'file', filename: path.resolve(file) } })}`;
+      const spec = `json:${JSON.stringify({ driver: 'raw', file: { driver: 'file', filename: (await this.hostP).resolve(file) } })}`;
       const r = await this.run('read', ['info', '--output=json', ...(options.forceShare ? ['-U'] : []), spec], { arg: spec, file });
       return parseInfo(r.stdout, file, 'raw');
     }
@@ -496,30 +519,22 @@ export class QemuImgEngine implements Engine {
   /** `qemu-img map --output=json` over the image's chain, every layer an explicit file node. */
   async map(file: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
-    if (!options.forceShare) {
-      const f = NodeBlockFile.open(file, false);
-      try {
-        lockImage(f.fd, file, 'read').release();
-      } finally {
-        f.close();
-      }
-    }
-    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format ?? 'qcow2';
-    const src = await this.chain(file, format);
+    await this.mustExist(file);
+    if (!options.forceShare) await (await this.hostP).probeLock(file, 'read');
+    const src = await this.chain(file, (await this.formatOf(file, options.format)) ?? 'qcow2');
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
     return parseMap(r.stdout, file);
   }
 
   async check(file: string, options: ReadOptions = {}): Promise<CheckResult> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
+    await this.mustExist(file);
     const state = await this.readInfo(file, true);
     if (state.hasDataFile) {
       // As the native engine: the data file must exist, but it is not opened.
       const name = state.dataFile;
       if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-      if (!fs.existsSync(name)) {
+      if ((await (await this.hostP).stat(name)) === undefined) {
         throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
       }
     }
@@ -527,7 +542,7 @@ export class QemuImgEngine implements Engine {
   }
 
   private async runCheck(file: string, forceShare: boolean): Promise<CheckResult> {
-    const spec = this.readSpec(path.resolve(file));
+    const spec = await this.readSpec((await this.hostP).resolve(file));
     const r = await this.spawn('read', ['check', '--output=json', ...(forceShare ? ['-U'] : []), spec]);
     const result = r.signal === null && !r.timedOut && r.status !== null && r.status <= 3 ? parseCheck(r.stdout, r.stderr) : undefined;
     if (result === undefined) throw qemuImgError(r, { command: 'check', arg: spec, file, limits: this.limits.read });
@@ -539,9 +554,14 @@ export class QemuImgEngine implements Engine {
     return (await this.runCheck(file, true)).compressedClusters > 0;
   }
 
+  async stat(file: string): Promise<FileStat | undefined> {
+    const st = await (await this.hostP).stat(file);
+    return st === undefined ? undefined : { kind: st.kind, size: BigInt(st.size) };
+  }
+
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
     // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
-    removeImageFiles(file, options);
+    await (await this.hostP).remove(file, options);
   }
 }
 
