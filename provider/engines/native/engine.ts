@@ -32,6 +32,7 @@ export interface NativeEngineOptions {
 export async function sshTarget(connection: ConnectionArgs): Promise<TargetDescriptor> {
   const { remoteFs } = await import('../../transport/ssh/remote-fs');
   const fs = remoteFs(connection);
+  fs.prepare(); // the connection comes up while a worker starts
   return { kind: 'ssh', id: fs.id, label: fs.label };
 }
 

@@ -320,6 +320,12 @@ export class HostHelper {
     });
   }
 
+  /** Start the helper now (it is started on first use otherwise); it lingers while unused. */
+  async ready(): Promise<void> {
+    await this.start();
+    this.idle();
+  }
+
   /** A request that is not about a lock: the helper lingers after it while no lock is held. */
   private async ask(op: string, args: string): Promise<string[]> {
     const id = String(++this.nextId);

@@ -117,6 +117,17 @@ export class RemoteFs {
     void p.then((c) => c.release(), () => undefined);
   }
 
+  /**
+   * Dial now, and start the SFTP session and the host helper, in the background: a first
+   * operation then finds them ready (each costs the host's login shell starting). Failures are
+   * left for that operation to report.
+   */
+  prepare(): void {
+    void this.use(async (c) => {
+      await Promise.all([c.sftp(), this.helped(c, (h) => h.ready())]);
+    }).catch(() => undefined);
+  }
+
   private helper(c: SshConnection): HostHelper | undefined {
     return this.helperMissing === undefined ? HostHelper.of(c) : undefined;
   }
@@ -152,9 +163,9 @@ export class RemoteFs {
    */
   async open(filePath: string, mode: RemoteOpenMode, name = filePath): Promise<{ answer: OpenAnswer; head?: Buffer }> {
     return this.use(async (c) => {
-      const sftp = await c.sftp();
       // The helper's stat runs beside the open: the allocated size costs no round trip of its own.
       const allocated = mode === 'read' ? this.helped(c, (h) => h.stat(filePath)).catch(() => undefined) : undefined;
+      const sftp = await c.sftp();
       let file: SftpFile;
       try {
         file = await sftp.open(filePath, mode === 'create' ? 'create-exclusive' : mode === 'write' ? 'read-write' : 'read', 0o644);
