@@ -3,7 +3,7 @@
 
 import { READ_ONLY_DRIVERS, imageName, requireQcow2 } from '../args';
 import { collect, command } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
 import { out } from '../io';
 import { fail, failOn, messageOf } from '../report';
@@ -50,7 +50,8 @@ export async function run(argv: string[]): Promise<void> {
     fail(messageOf(e));
   }
   try {
-    await cliEngine().amend(imageName(file).path, req);
+    const image = imageName(file);
+    await engineFor(image).amend(image.path, req);
   } catch (e) {
     failOn(e, file);
   }

@@ -2,7 +2,7 @@
 // consistency check, read-only; exit 0 clean, 1 could not check, 2 corruptions, 3 leaks only.
 
 import { parseReadArgs } from '../args';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { checkExitCode, checkHumanText, checkJson } from '../render/check';
 import { Exit, fail, messageOf, report } from '../report';
 import { out, err } from '../io';
@@ -11,15 +11,16 @@ export const usage = 'check [-f qcow2|raw] [-q] [-U] [--output=human|json] FILE'
 export const description = 'check refcount and L1/L2 consistency; exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
 
 export async function run(argv: string[]): Promise<void> {
-  const { file, path, display, output: fmt, forceShare, quiet, format } = parseReadArgs(argv, { quiet: true });
+  const { file, image, path, display, output: fmt, forceShare, quiet, format } = parseReadArgs(argv, { quiet: true });
+  const engine = engineFor(image);
   let r;
   try {
     // qemu-img opens the image first, then finds that raw has no check (exit 63).
-    if (format !== 'qcow2' && (await cliEngine().info(path, { forceShare, format: format ?? 'probe' })).format === 'raw') {
+    if (format !== 'qcow2' && (await engine.info(path, { forceShare, format: format ?? 'probe' })).format === 'raw') {
       report('This image format does not support checks');
       throw new Exit(63);
     }
-    r = await cliEngine().check(path, { forceShare });
+    r = await engine.check(path, { forceShare });
   } catch (e) {
     if (e instanceof Exit) throw e;
     fail(`Could not open '${file}': ${messageOf(e)}`);

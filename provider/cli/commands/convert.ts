@@ -3,7 +3,7 @@
 
 import { imageName, requireCreatable } from '../args';
 import { collect, command } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor, importSource } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
@@ -53,10 +53,10 @@ export async function run(argv: string[]): Promise<void> {
   // Loaded only for -p: the bar library is not needed otherwise.
   const from = imageName(src);
   const format = o.f ?? from.format;
-  const target = imageName(dst).path;
+  const target = imageName(dst);
   const bar = o.p && !o.q ? progressBar() : undefined;
   try {
-    await cliEngine().import(target, options, format !== undefined ? { path: from.path, format } : { path: from.path }, bar ? { progress: bar.update } : {});
+    await engineFor(target).import(target.path, options, importSource(from, target, format), bar ? { progress: bar.update } : {});
   } catch (e) {
     bar?.stop();
     report(openPrefix(e, src) + messageOf(e));

@@ -3,7 +3,7 @@
 
 import { imageName, requireQcow2 } from '../args';
 import { command } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { fail, failOn } from '../report';
 
 export const usage = 'rebase [-f qcow2] [-u] -b BACKING -F FMT [-q] FILE';
@@ -30,7 +30,8 @@ export async function run(argv: string[]): Promise<void> {
   requireQcow2(o.f);
   if (o.b === undefined) fail('Must specify backing file (-b) or use unsafe mode (-u)');
   try {
-    await cliEngine().rebase(imageName(file).path, o.b, o.F, { safe: !o.u });
+    const image = imageName(file);
+    await engineFor(image).rebase(image.path, o.b, o.F, { safe: !o.u });
   } catch (e) {
     failOn(e, file);
   }

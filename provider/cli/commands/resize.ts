@@ -2,7 +2,7 @@
 
 import { imageName, requireQcow2 } from '../args';
 import { command } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import { parseSize } from '../../model/size';
 import { out } from '../io';
@@ -42,9 +42,9 @@ export async function run(argv: string[]): Promise<void> {
     reportEach(messageOf(e));
     throw new Exit(1);
   }
-  const { path } = imageName(file);
+  const image = imageName(file);
   try {
-    await cliEngine().resize(path, size, { allowShrink: o.shrink ?? false });
+    await engineFor(image).resize(image.path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
     report(openPrefix(e, file) + messageOf(e));
     // qemu-img warns after refusing a shrink that lacks --shrink (and never on success).
