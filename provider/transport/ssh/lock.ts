@@ -24,6 +24,12 @@
 // and inode) and allocated blocks (stat), its data and hole extents (lseek SEEK_DATA/SEEK_HOLE,
 // as QEMU's file driver finds them), and fsync of a folder (after a new name is linked in).
 //
+// It also owns the temporary files and folders a new image is built in until they are published
+// or removed: when its standard input closes (the connection dropped, or this process was killed)
+// it removes the ones still owned, so a create cut off midway leaves nothing on the host. Only
+// names we created (an exclusive create or a new folder succeeded) are ever owned; a folder is
+// removed with the files directly in it.
+//
 // Wire protocol (one line each way per request; paths and names hex-encoded so any byte passes):
 //   -> O id PATHHEX              open read-only     <- O id ok | O id err ERRNO
 //   -> T id TAKE PROBE DROP      byte lists "100,101" or "-": take TAKE (read locks), probe PROBE
@@ -38,6 +44,8 @@
 //   -> E id PATHHEX OFF LEN MAX  up to MAX extents of [OFF, OFF+LEN) clipped to the file's size
 //                                <- E id ok OFF:LEN:d|h,... | E id ok - | E id err ERRNO
 //   -> D id PATHHEX              fsync a folder     <- D id ok | D id err ERRNO
+//   -> P id PATHHEX              own a temporary file or folder we created   <- P id ok
+//   -> F id PATHHEX              forget it (published or removed)            <- F id ok
 //   <- R 1 PID                   first line: ready; or "X REASONHEX" and exit when unsupported
 // HOLDERS is "-" or "pid:COMMHEX,..." (OFD locks show pid -1 in F_OFD_GETLK and /proc/locks).
 
@@ -51,7 +59,7 @@ use strict;
 use POSIX ();
 use IO::Handle ();
 $| = 1;
-my %fh;
+my (%fh, %own);
 sub hx { unpack('H*', $_[0]) }
 my $arch = (POSIX::uname())[4];
 if ($^O ne 'linux' || $arch !~ /^(x86_64|aarch64|riscv64|ppc64le|ppc64|s390x|loongarch64)$/ || length(pack('q', 0)) != 8) {
@@ -158,6 +166,26 @@ while (my $line = <STDIN>) {
     my $path = pack('H*', $a[0] // '');
     if (open(my $h, '<', $path)) { $h->sync; close($h); print "D $id ok\n"; }
     else { print "D $id err ", ($! + 0), "\n"; }
+  } elsif ($op eq 'P') {
+    $own{$a[0] // ''} = 1;
+    print "P $id ok\n";
+  } elsif ($op eq 'F') {
+    delete $own{$a[0] // ''};
+    print "F $id ok\n";
+  }
+}
+# Standard input closed: what we still own was never published.
+for my $x (keys %own) {
+  my $p = pack('H*', $x);
+  next if $p eq '';
+  if (-d $p && !-l $p) {
+    if (opendir(my $d, $p)) {
+      for my $n (readdir($d)) { unlink("$p/$n") unless $n eq '.' || $n eq '..'; }
+      closedir($d);
+    }
+    rmdir($p);
+  } else {
+    unlink($p);
   }
 }
 `;
@@ -232,6 +260,8 @@ export class HostHelper {
   private readonly waiting = new Map<string, (words: string[]) => void>();
   private nextId = 0;
   private readonly locks = new Set<LockState>();
+  /** Temporary paths the helper owns (removes if it ends before they are forgotten). */
+  private readonly owned = new Set<string>();
   private linger?: NodeJS.Timeout;
   private lost?: Qcow2Error;
 
@@ -300,6 +330,7 @@ export class HostHelper {
     this.buffered = '';
     for (const l of this.locks) l.held = false;
     this.locks.clear();
+    this.owned.clear(); // removed by the helper as it ended
     const pending = [...this.waiting.values()];
     this.waiting.clear();
     for (const w of pending) w(['lost']);
@@ -336,9 +367,24 @@ export class HostHelper {
     }
   }
 
-  /** Stop the helper after lingerMs once no lock is held. */
+  /**
+   * Hand a temporary file or folder we just created to the helper: if it ends (connection lost,
+   * process killed) before forget(path), it removes it. Never for a name we did not create.
+   */
+  async own(path: string): Promise<void> {
+    this.owned.add(path);
+    await this.ask('P', hex(path));
+  }
+
+  /** `path` was published or removed: the helper no longer removes it. */
+  async forget(path: string): Promise<void> {
+    if (!this.owned.delete(path)) return;
+    await this.ask('F', hex(path));
+  }
+
+  /** Stop the helper after lingerMs once no lock is held and no temporary is owned. */
   private idle(): void {
-    if (this.locks.size === 0 && this.proc !== undefined && this.linger === undefined) {
+    if (this.locks.size === 0 && this.owned.size === 0 && this.proc !== undefined && this.linger === undefined) {
       this.linger = setTimeout(() => void this.stop(), this.lingerMs);
       this.linger.unref();
     }
@@ -461,7 +507,7 @@ export class HostHelper {
     this.linger = undefined;
     const p = this.proc;
     if (p === undefined) return;
-    const idle = this.locks.size === 0 && this.waiting.size === 0;
+    const idle = this.locks.size === 0 && this.owned.size === 0 && this.waiting.size === 0;
     // An idle helper is forgotten at once: a request from now on starts a new one.
     if (idle) this.proc = undefined;
     const proc = await p.catch(() => undefined);

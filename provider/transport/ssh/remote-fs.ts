@@ -190,6 +190,8 @@ export class RemoteFs {
         void file.close().catch(() => undefined);
         throw named(e, sftp, filePath, name);
       }
+      // A new file is a temporary one until published: the helper removes it if we vanish first.
+      if (mode === 'create') await this.helped(c, (h) => h.own(filePath)).catch(() => undefined);
       const handle = this.nextHandle++;
       this.handles.set(handle, { file, path: filePath, writable: mode !== 'read', locks: new Set() });
       const st = await allocated;
@@ -313,7 +315,15 @@ export class RemoteFs {
 
   /** rename(2), replacing `to`: posix-rename@openssh.com (UNSUPPORTED without it). */
   async rename(from: string, to: string): Promise<void> {
-    await this.use(async (c) => (await c.sftp()).rename(from, to));
+    await this.use(async (c) => {
+      await (await c.sftp()).rename(from, to);
+      await this.disowned(c, from);
+    });
+  }
+
+  /** `p` is gone from its temporary name (published or removed): the helper must not remove it. */
+  private async disowned(c: SshConnection, p: string): Promise<void> {
+    await this.helped(c, (h) => h.forget(p)).catch(() => undefined);
   }
 
   /** unlink(2); false when nothing was there. */
@@ -321,9 +331,13 @@ export class RemoteFs {
     return this.use(async (c) => {
       try {
         await (await c.sftp()).unlink(filePath);
+        await this.disowned(c, filePath);
         return true;
       } catch (e) {
-        if (Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND') return false;
+        if (Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND') {
+          await this.disowned(c, filePath);
+          return false;
+        }
         throw e;
       }
     });
@@ -345,6 +359,7 @@ export class RemoteFs {
         const dir = `${prefix}${randomBytes(6).toString('base64url')}`;
         try {
           await sftp.mkdir(dir, 0o700);
+          await this.helped(c, (h) => h.own(dir)).catch(() => undefined);
           return dir;
         } catch (e) {
           // sftp-server reports EEXIST as a bare failure: try another name while one is there.
@@ -373,6 +388,7 @@ export class RemoteFs {
         await sftp.rmdir(p).catch(() => undefined);
       };
       await remove(filePath);
+      await this.disowned(c, filePath);
     });
   }
 
