@@ -3,6 +3,9 @@
 //
 // - Size: QCOW2_WORKERS, else the machine's parallelism clamped to 2..4. Operations are mostly
 //   synchronous file I/O; more threads than that only queue on the same disks.
+// - Operations on a remote host wait on the network, not on this machine: they run in a lane of
+//   their own, QCOW2_REMOTE_WORKERS (default 10, Pulumi's default parallelism) at once, beside
+//   the local ones, so ten Reads of remote images overlap their round trips.
 // - Workers start on demand and are reused. When a task takes the last idle worker, one more is
 //   started (up to the size), so a short read arriving during a long write finds a warm thread.
 // - Idle workers are unref'd: they never keep a process alive.
@@ -52,6 +55,18 @@ export function defaultPoolSize(): number {
   return Math.min(4, Math.max(2, cpus));
 }
 
+/** Concurrent operations on remote hosts: QCOW2_REMOTE_WORKERS, else 10. */
+export function defaultRemoteLane(): number {
+  const env = Number(process.env.QCOW2_REMOTE_WORKERS);
+  return Number.isInteger(env) && env >= 1 ? env : 10;
+}
+
+/** True when an operation's files are on another host (its worker mostly waits on the network). */
+function remote(t: Task): boolean {
+  const { target, call } = t.request;
+  return target.kind !== 'local' || (call.op === 'import' && call.sourceTarget !== undefined && call.sourceTarget.kind !== 'local');
+}
+
 /** How a worker is started: the compiled worker.js, or (running from TypeScript sources) worker.ts through ts-node. */
 function workerEntry(): { file: string; eval: boolean } {
   const js = path.join(__dirname, 'worker.js');
@@ -72,7 +87,7 @@ export class WorkerPool {
   private nextId = 1;
   private closed = false;
 
-  constructor(readonly size: number = defaultPoolSize()) {}
+  constructor(readonly size: number = defaultPoolSize(), readonly remoteLane: number = defaultRemoteLane()) {}
 
   /** Run one operation on a worker; progress callbacks arrive on this thread. */
   run(target: TargetDescriptor, call: OpCall, progress?: ProgressFn): Promise<unknown> {
@@ -105,13 +120,18 @@ export class WorkerPool {
 
   private pump(): void {
     if (this.closed) return;
-    while (this.queue.length > 0) {
-      let slot = this.slots.find((s) => s.task === undefined);
+    // In order, each task whose lane (local or remote) has room: a full lane holds back only its own.
+    for (let i = 0; i < this.queue.length;) {
+      const task = this.queue[i]!;
+      const lane = remote(task);
+      const busy = this.slots.filter((s) => s.task !== undefined && remote(s.task) === lane).length;
+      let slot = busy < (lane ? this.remoteLane : this.size) ? this.slots.find((s) => s.task === undefined) : undefined;
+      if (slot === undefined && busy < (lane ? this.remoteLane : this.size) && this.slots.length < this.size + this.remoteLane) slot = this.spawn();
       if (slot === undefined) {
-        if (this.slots.length >= this.size) return;
-        slot = this.spawn();
+        i++;
+        continue;
       }
-      const task = this.queue.shift()!;
+      this.queue.splice(i, 1);
       slot.task = task;
       slot.worker.ref();
       slot.worker.postMessage(task.request);
