@@ -18,6 +18,8 @@ export interface TcpProxy {
   readonly accepted: number;
   /** Bytes forwarded client -> server and server -> client. */
   readonly bytes: { up: number; down: number };
+  /** Round trips: client chunks that arrived after the server had sent something (over all connections). */
+  readonly turns: number;
   /** Cut every open connection now. */
   dropAll(): void;
   /** Cut each connection whose traffic reaches `n` bytes, counted from its start (one past it already is cut at its next chunk); undefined stops cutting. */
@@ -69,12 +71,14 @@ export async function startTcpProxy(target: { host: string; port: number }, opts
   const live = new Set<() => void>();
   const bytes = { up: 0, down: 0 };
   let accepted = 0;
+  let turns = 0;
 
   const server = net.createServer((client) => {
     accepted++;
     const upstream = net.connect(target.port, target.host);
     let passed = 0;
     let hooked = false;
+    let answered = true; // the client speaks first: its first chunk is a round trip
     for (const s of [client, upstream]) {
       sockets.add(s);
       s.on('close', () => sockets.delete(s));
@@ -104,10 +108,13 @@ export async function startTcpProxy(target: { host: string; port: number }, opts
     };
     client.on('data', (d: Buffer) => {
       bytes.up += d.length;
+      if (answered) turns++;
+      answered = false;
       if (count(d.length)) up.push(d);
     });
     upstream.on('data', (d: Buffer) => {
       bytes.down += d.length;
+      answered = true;
       if (count(d.length)) down.push(d);
     });
     const end = () => {
@@ -132,6 +139,9 @@ export async function startTcpProxy(target: { host: string; port: number }, opts
       return accepted;
     },
     bytes,
+    get turns() {
+      return turns;
+    },
     dropAll() {
       for (const cut of [...live]) cut();
     },
