@@ -40,7 +40,7 @@ describe('Image input schema', () => {
 
 describe('provider check and diff (in process)', () => {
   const outs = (over: Partial<impl.ImageOutputs> = {}): impl.ImageOutputs => ({
-    path: path.resolve('x.qcow2'), engine: 'native', virtualSize: 1 << 30, actualSize: 0, clusterSize: 65536, compat: '1.1',
+    path: path.resolve('x.qcow2'), host: '', engine: 'native', virtualSize: 1 << 30, actualSize: 0, clusterSize: 65536, compat: '1.1',
     refcountBits: 16, lazyRefcounts: false, extendedL2: false, compressionType: 'zlib', dataFile: '/d.raw', dataFileRaw: true,
     backingFile: '', backingFormat: '', dirty: false, corrupt: false, snapshots: 0, bitmaps: [], preallocation: 'metadata',
     createdDataFile: true, adopted: false, dataFileOnDelete: 'auto', deleteAdopted: false, providerVersion: impl.PROVIDER_VERSION, ...over,
