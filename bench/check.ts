@@ -16,7 +16,8 @@ const sizes = (process.argv[3] ?? '1T').split(',');
 
 /** The engine's check in a bare process, printing the same JSON as the command line. */
 const ENGINE_ONLY = `const c = require(${JSON.stringify(path.join(__dirname, '..', 'provider', 'qcow2', 'ops', 'check.js'))});
-const f = process.argv[1]; process.stdout.write(JSON.stringify(c.checkJson(c.checkImageFile(f), f)));`;
+const r = require(${JSON.stringify(path.join(__dirname, '..', 'provider', 'cli', 'render', 'check.js'))});
+const f = process.argv[1]; process.stdout.write(JSON.stringify(r.checkJson(c.checkImageFile(f), f)));`;
 
 /** The JSON report minus the file name, keys sorted (qemu-img's key order is not stable). */
 function report(s: Sample): string {

@@ -6,8 +6,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
-/** The compiled `qcow2` command line (benches run from dist/bench). */
-export const CLI = path.join(__dirname, '..', 'provider', 'cli', 'main.js');
+/** The `qcow2` executable as installed: the bundled command line (benches run from dist/bench). */
+export const CLI = path.join(__dirname, '..', 'provider', 'cli', 'qcow2.js');
 
 export interface Sample {
   wall: number;

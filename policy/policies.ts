@@ -16,8 +16,11 @@ import { SIZE_PATTERN, describeSize, parseSize } from './size';
 /** Type token of pulumi-qcow2's Image (its class's static __pulumiType). */
 export const IMAGE_TYPE = 'pulumi-nodejs:dynamic/qcow2:Image';
 
-/** Where images may live unless the pack's config says otherwise. */
-export const DEFAULT_ALLOWED_DIRECTORIES: readonly string[] = ['/var/lib/libvirt/images'];
+/**
+ * Where images may live unless the pack's config says otherwise: anywhere, as long as the path is
+ * absolute (so the default passes every example). Set allowedDirectories to confine them.
+ */
+export const DEFAULT_ALLOWED_DIRECTORIES: readonly string[] = ['/'];
 
 /** Largest virtual size that passes qcow2-max-size unless the pack's config says otherwise. */
 export const DEFAULT_MAX_SIZE = '2T';
@@ -73,17 +76,27 @@ function forImage(validate: ImageValidation): ResourceValidation {
   return fn;
 }
 
+/** A policy on Images: its name, level and description (and config schema), and its check. */
+function imagePolicy(
+  head: Pick<ResourceValidationPolicy, 'name' | 'enforcementLevel' | 'description' | 'configSchema'>, validate: ImageValidation,
+): ResourceValidationPolicy {
+  return { ...head, validateResource: forImage(validate) };
+}
+
 const isSet = (v: unknown): v is string => typeof v === 'string' && v !== '';
+/** Known and given: neither unknown yet nor left out. */
+const given = (v: unknown): boolean => v !== UNKNOWN && v !== undefined && v !== null;
 const show = (v: unknown) => JSON.stringify(v);
 
 // ---------------------------------------------------------------------------------------------
 // Mandatory
 
-export const noBackingOnRaw: ResourceValidationPolicy = {
-  name: 'qcow2-no-backing-on-raw',
-  description: 'A data-file-raw image (dataFileRaw: true) cannot have a backing file.',
-  enforcementLevel: 'mandatory',
-  validateResource: forImage((input, _args, report) => {
+export const noBackingOnRaw = imagePolicy(
+  {
+    name: 'qcow2-no-backing-on-raw', enforcementLevel: 'mandatory',
+    description: 'A data-file-raw image (dataFileRaw: true) cannot have a backing file.',
+  },
+  (input, _args, report) => {
     const raw = input('dataFileRaw');
     const backing = input('backingFile');
     if (raw !== true || backing === UNKNOWN || !isSet(backing)) return;
@@ -93,8 +106,8 @@ export const noBackingOnRaw: ResourceValidationPolicy = {
         'so qemu refuses the combination. Clear dataFileRaw first, in an update of its own (it can be cleared, ' +
         'never set again), or use a plain base: layer the overlay on a qcow2 image without data-file-raw.',
     );
-  }),
-};
+  },
+);
 
 interface AllowedPathsConfig {
   allowedDirectories?: string[];
@@ -109,31 +122,34 @@ function isInside(p: string, dir: string): boolean {
 
 const PATH_INPUTS = ['path', 'dataFile', 'backingFile'] as const;
 
-export const allowedPaths: ResourceValidationPolicy = {
-  name: 'qcow2-allowed-paths',
-  description: 'Image files (path, dataFile, backingFile) must be absolute paths under the allowed directories.',
-  enforcementLevel: 'mandatory',
-  configSchema: {
-    properties: {
-      allowedDirectories: {
-        type: 'array',
-        description: 'Absolute directories under which images, data files and backing files may be.',
-        items: { type: 'string', pattern: '^/' },
-        minItems: 1,
-        default: [...DEFAULT_ALLOWED_DIRECTORIES],
+export const allowedPaths = imagePolicy(
+  {
+    name: 'qcow2-allowed-paths',
+    enforcementLevel: 'mandatory',
+    description: 'Image files (path, dataFile, backingFile) must be absolute paths under the allowed directories.',
+    configSchema: {
+      properties: {
+        allowedDirectories: {
+          type: 'array',
+          description: 'Absolute directories under which images, data files and backing files may be.',
+          items: { type: 'string', pattern: '^/' },
+          minItems: 1,
+          default: [...DEFAULT_ALLOWED_DIRECTORIES],
+        },
       },
     },
   },
-  validateResource: forImage((input, args, report) => {
+  (input, args, report) => {
     const dirs = args.getConfig<AllowedPathsConfig>().allowedDirectories ?? [...DEFAULT_ALLOWED_DIRECTORIES];
     const where = dirs.map((d) => show(d)).join(', ');
+    const anywhere = dirs.some((d) => path.posix.normalize(d) === '/');
     for (const key of PATH_INPUTS) {
       const p = input(key);
       if (p === UNKNOWN || !isSet(p)) continue;
       if (!path.posix.isAbsolute(p)) {
         report(
           `${key} ${show(p)} is a relative path. The Image resolves it against the directory the Pulumi program ` +
-            `runs in, so the file would land wherever the program happens to run. Use an absolute path under ${where}.`,
+            `runs in, so the file would land wherever the program happens to run. Use an absolute path${anywhere ? '' : ` under ${where}`}.`,
         );
         continue;
       }
@@ -146,16 +162,14 @@ export const allowedPaths: ResourceValidationPolicy = {
         );
       }
     }
-  }),
-};
+  },
+);
 
-export const compat11: ResourceValidationPolicy = {
-  name: 'qcow2-compat-1.1',
-  description: 'New images must use qcow2 compat 1.1 (version 3).',
-  enforcementLevel: 'mandatory',
-  validateResource: forImage((input, _args, report) => {
+export const compat11 = imagePolicy(
+  { name: 'qcow2-compat-1.1', enforcementLevel: 'mandatory', description: 'New images must use qcow2 compat 1.1 (version 3).' },
+  (input, _args, report) => {
     const compat = input('compat');
-    if (compat === UNKNOWN || compat === undefined || compat === null || compat === '1.1') return;
+    if (!given(compat) || compat === '1.1') return;
     // An adopted image is not a new one: it is taken over as it is. Unknown: judged at update.
     const adopt = input('adopt');
     if (adopt === true || adopt === UNKNOWN) return;
@@ -164,17 +178,18 @@ export const compat11: ResourceValidationPolicy = {
         '(zero clusters, lazy refcounts, external data files, persistent dirty bitmaps, refcount widths other ' +
         'than 16, zstd compression). Remove compat (the default is 1.1) or set it to "1.1".',
     );
-  }),
-};
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // Advisory
 
-export const preferDataFileRaw: ResourceValidationPolicy = {
-  name: 'qcow2-prefer-data-file-raw',
-  description: 'Images with an external data file should use data-file-raw (dataFileRaw: true).',
-  enforcementLevel: 'advisory',
-  validateResource: forImage((input, _args, report) => {
+export const preferDataFileRaw = imagePolicy(
+  {
+    name: 'qcow2-prefer-data-file-raw', enforcementLevel: 'advisory',
+    description: 'Images with an external data file should use data-file-raw (dataFileRaw: true).',
+  },
+  (input, _args, report) => {
     const dataFile = input('dataFile');
     if (dataFile === UNKNOWN || !isSet(dataFile)) return;
     const raw = input('dataFileRaw');
@@ -188,29 +203,31 @@ export const preferDataFileRaw: ResourceValidationPolicy = {
         'not a faithful raw image on its own; with it, the data file stays a complete raw image that other tools ' +
         'can use. Set dataFileRaw: true when the image is created (it cannot be set on an existing image).',
     );
-  }),
-};
+  },
+);
 
 interface MaxSizeConfig {
   maxSize?: number | string;
 }
 
-export const maxSize: ResourceValidationPolicy = {
-  name: 'qcow2-max-size',
-  description: 'The virtual size of an image should not exceed the configured maximum.',
-  enforcementLevel: 'advisory',
-  configSchema: {
-    properties: {
-      maxSize: {
-        type: ['integer', 'string'],
-        description: 'Largest virtual size: bytes, or a number with a k, M, G, T, P or E suffix (powers of 1024), e.g. "2T".',
-        minimum: 0,
-        pattern: SIZE_PATTERN,
-        default: DEFAULT_MAX_SIZE,
+export const maxSize = imagePolicy(
+  {
+    name: 'qcow2-max-size',
+    enforcementLevel: 'advisory',
+    description: 'The virtual size of an image should not exceed the configured maximum.',
+    configSchema: {
+      properties: {
+        maxSize: {
+          type: ['integer', 'string'],
+          description: 'Largest virtual size: bytes, or a number with a k, M, G, T, P or E suffix (powers of 1024), e.g. "2T".',
+          minimum: 0,
+          pattern: SIZE_PATTERN,
+          default: DEFAULT_MAX_SIZE,
+        },
       },
     },
   },
-  validateResource: forImage((input, args, report) => {
+  (input, args, report) => {
     const configured = args.getConfig<MaxSizeConfig>().maxSize ?? DEFAULT_MAX_SIZE;
     const max = parseSize(configured);
     if (max === undefined) {
@@ -218,7 +235,7 @@ export const maxSize: ResourceValidationPolicy = {
       throw new Error(`qcow2-max-size: config maxSize ${show(configured)} is not a size (bytes, or e.g. "2T")`);
     }
     const size = input('size');
-    if (size === UNKNOWN || size === undefined || size === null) return;
+    if (!given(size)) return;
     const bytes = parseSize(size);
     if (bytes === undefined) return; // not a size: the Image's own check refuses it
     if (bytes <= max) return;
@@ -226,23 +243,21 @@ export const maxSize: ResourceValidationPolicy = {
       `size ${show(size)} (${describeSize(bytes)}, ${bytes} bytes) is above the maximum of ${show(configured)} ` +
         `(${describeSize(max)}). Use a smaller size, or raise this policy's maxSize config if the image is meant to be that large.`,
     );
-  }),
-};
+  },
+);
 
-export const refcount16: ResourceValidationPolicy = {
-  name: 'qcow2-refcount-16',
-  description: 'Images should keep the default refcount width of 16 bits.',
-  enforcementLevel: 'advisory',
-  validateResource: forImage((input, _args, report) => {
+export const refcount16 = imagePolicy(
+  { name: 'qcow2-refcount-16', enforcementLevel: 'advisory', description: 'Images should keep the default refcount width of 16 bits.' },
+  (input, _args, report) => {
     const bits = input('refcountBits');
-    if (bits === UNKNOWN || bits === undefined || bits === null || bits === 16) return;
+    if (!given(bits) || bits === 16) return;
     report(
       `refcountBits ${show(bits)} differs from the default 16. Narrower refcounts limit how often a cluster can be ` +
         'shared (1 bit allows no internal snapshots), wider ones make the refcount tables larger for nothing, and ' +
         'tools and qcow2 version 2 expect 16. Remove refcountBits or set it to 16.',
     );
-  }),
-};
+  },
+);
 
 /** All policies of the pack, mandatory first. */
 export const policies: ResourceValidationPolicy[] = [

@@ -5,7 +5,7 @@
 
 // The resource
 export { Image } from './resource/image';
-export type { ImageArgs } from './resource/image';
+export type { BackingImage, BitmapArgs, BitmapOutput, ImageArgs } from './resource/image';
 export type { ImageOutputs } from './resource/state';
 export { imageInputSchema, imageInputSchemaPath } from './resource/schema';
 
@@ -34,4 +34,6 @@ export { validateCreate, resolveCreate } from './rules/create';
 export type { CreateBehaviour, CreateFacts } from './rules/create';
 export { validateAmend } from './rules/amend';
 export { classifyChange, overallAction, refusalMessage } from './rules/change';
+export { classifyChain, deleteRefusal, keepsGuestView } from './rules/chain';
+export type { ChainLayer, ChainView, BackingIdentity } from './model/chain';
 export type { AmendRequest, DesiredSpec, Change, Refusal, WorldFacts } from './rules/types';

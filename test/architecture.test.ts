@@ -73,11 +73,18 @@ describe('architecture', () => {
     const reached = local(closure('engines/native/worker.ts'));
     const outside = reached.filter((f) => !/^(qcow2|rules|model)\//.test(f) &&
       !['engines/native/worker.ts', 'engines/native/dispatch.ts', 'engines/native/ops.ts', 'engines/native/protocol.ts',
-        'engines/local-facts.ts', 'engines/refusal.ts', 'engines/remove.ts',
+        'engines/local-facts.ts', 'engines/refusal.ts', 'engines/chain.ts',
         // A remote target's files: synchronous calls through the bridge (no SSH in the worker).
-        'transport/bridge.ts', 'transport/remote/hostfs.ts'].includes(f));
+        'transport/bridge.ts', 'transport/remote/hostfs.ts', 'transport/remote/protocol.ts'].includes(f));
     expect(outside).toEqual([]);
     expect(deps(closure('engines/native/worker.ts')).filter((d) => d.startsWith('@pulumi') || d === 'commander' || d === 'ssh2')).toEqual([]);
+  });
+
+  it('the_command_line_reaches_neither_the_worker_pool_nor_the_qemu_img_engine', () => {
+    // What the CLI can reach is what its bundle (dist/provider/cli/qcow2-bundle.js) holds: only what it runs.
+    const reached = local(closure('cli/main.ts'));
+    expect(reached.filter((f) => f === 'engines/native/pool.ts' || f === 'engines/native/worker.ts' || f.startsWith('engines/qemuimg/'))).toEqual([]);
+    expect(deps(closure('cli/main.ts')).filter((d) => d.startsWith('@pulumi') || d === 'ssh2' || d === 'undici' || d === 'ajv')).toEqual([]);
   });
 
   it('qcow2_info_loads_neither_commander_nor_cli_progress', () => {
@@ -92,6 +99,14 @@ describe('architecture', () => {
         .filter((t) => t.startsWith('engines/native/') || t.startsWith('engines/qemuimg/') ||
           (t.startsWith('qcow2/') && !/^qcow2\/ops\/(check|map)\.ts$/.test(t)));
       expect(below, `${rel(f)} (qcow2/ops/check and map only for their result types)`).toEqual([]);
+    }
+  });
+
+  it('the_resource_reaches_files_only_through_the_engine', () => {
+    // Existence and size of images and data files come from Engine.stat (on the engine's files,
+    // which a remote target will make another host's); only the package's own files are read here.
+    for (const f of files('resource').filter((x) => rel(x) !== 'resource/package-files.ts')) {
+      expect(specifiers(f).filter((s) => s === 'fs' || s === 'fs/promises' || s === 'node:fs'), rel(f)).toEqual([]);
     }
   });
 });

@@ -16,10 +16,11 @@ const base = new Image('base', {
   size: config.get('baseSize') ?? '20G',
 });
 
-// Overlays take their size from the base; each VM writes only its own changes.
+// Overlays take their size from the base; each VM writes only its own changes. backingFile is
+// the base Image itself: a change that would replace the base under them is refused at preview.
 const overlays = ['vm1', 'vm2'].map((vm) => new Image(vm, {
   path: path.join(dir, `${vm}.qcow2`),
-  backingFile: base.path,
+  backingFile: base,
   backingFormat: 'qcow2',
 }));
 

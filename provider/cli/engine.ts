@@ -1,39 +1,44 @@
 // The engine the command line drives: the native engine, run on the calling thread for local
 // files (a command has nothing else to do, and starting a worker thread would cost more than most
 // commands). An image on a remote host (an ssh:// name) is worked on there through SFTP, by the
-// same engine in a worker thread (the calling thread serves the connection).
+// same engine in a worker thread (the calling thread serves the connection): cli/remote.ts,
+// loaded only then.
 
-import { getEngine } from '../engines';
+import { join } from 'path';
 import type { Engine, ImportSource } from '../engines/engine';
-import type { ResolvedConnection } from '../transport/ssh/connection';
+import { inlineEngine } from '../engines/inline';
 import { atEnd } from './io';
-import type { ImageName, RemoteHost } from './names';
+import type { ImageName } from './names';
+import type * as RemoteSide from './remote';
 
 export function cliEngine(): Engine {
-  return getEngine('native', { native: { executor: 'inline' } });
+  return inlineEngine();
 }
 
-/** One connection per host named on the command line. */
-const connections = new Map<string, ResolvedConnection>();
+let remoteSide: typeof RemoteSide | undefined;
 
-function connectionTo(remote: RemoteHost): ResolvedConnection {
-  const key = JSON.stringify([remote.host, remote.port, remote.user]);
-  let rc = connections.get(key);
-  if (rc === undefined) {
-    if (connections.size === 0) {
-      // Idle pooled connections would keep the process alive: close them when the command ends.
-      atEnd(async () => (await import('../transport/ssh/pool')).sshPool().closeAll());
-    }
-    rc = (require('./remote') as typeof import('./remote')).connectionTo(remote);
-    connections.set(key, rc);
+/**
+ * cli/remote.ts, from the installed files rather than the executable's bundle (a computed name,
+ * which the bundler leaves alone): the worker threads that serve a remote host load the engine
+ * from those files, and the connections they use must be the ones this module closes.
+ */
+function remote(): typeof RemoteSide {
+  if (remoteSide === undefined) {
+    remoteSide = require(join(__dirname, 'remote')) as typeof RemoteSide;
+    // Idle pooled connections would keep the process alive: close them when the command ends.
+    const side = remoteSide;
+    atEnd(() => side.closeConnections());
   }
-  return rc;
+  return remoteSide;
 }
 
-/** The engine that works on the host an image name is on. */
-export function engineFor(name: ImageName): Engine {
-  if (name.remote === undefined) return cliEngine();
-  return getEngine('native', { native: { executor: 'inline', connection: connectionTo(name.remote) } });
+/**
+ * The engine that works on the host an image name is on; `others` are the other images the
+ * operation reads (a convert's source): an engine that reaches remote hosts when any is remote.
+ */
+export function engineFor(name: ImageName, ...others: ImageName[]): Engine {
+  if (name.remote !== undefined) return remote().engineOn(name.remote);
+  return others.some((o) => o.remote !== undefined) ? remote().localEngine() : cliEngine();
 }
 
 /** A convert's source as the engine of `dst` reads it: on its host, on this machine, or on another host. */
@@ -41,8 +46,8 @@ export function importSource(src: ImageName, dst: ImageName, format?: string): I
   const out: ImportSource = { path: src.path, ...(format !== undefined ? { format } : {}) };
   if (src.remote === undefined) {
     if (dst.remote !== undefined) out.host = 'local';
-  } else if (dst.remote === undefined || connectionTo(src.remote).poolKey !== connectionTo(dst.remote).poolKey) {
-    out.host = connectionTo(src.remote);
+  } else if (dst.remote === undefined || !remote().sameHost(src.remote, dst.remote)) {
+    out.host = remote().connectionTo(src.remote);
   }
   return out;
 }

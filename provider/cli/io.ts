@@ -2,21 +2,38 @@
 // through process.stdout, whose stream machinery costs a short command more than its work), or
 // the sinks a caller running main() in-process hands over.
 
-import * as fs from 'fs';
+import { writeSync } from 'fs';
 
 export interface Io {
   out(text: string): void;
   err(text: string): void;
 }
 
+/**
+ * The reader of standard output went away (`qcow2 map img | head -1`). qemu-img dies of SIGPIPE
+ * there, silently; Node ignores the signal, so the command ends here instead: main() exits with
+ * the status a shell shows for SIGPIPE (128 + 13), printing nothing.
+ */
+export class BrokenPipe extends Error {
+  constructor() { super('standard output was closed'); }
+}
+
+export const BROKEN_PIPE_STATUS = 141;
+
 function writeAll(fd: number, text: string): void {
   const buf = Buffer.from(text, 'utf8');
   for (let off = 0; off < buf.length;) {
     try {
-      off += fs.writeSync(fd, buf, off, buf.length - off);
+      off += writeSync(fd, buf, off, buf.length - off);
     } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      // Standard error closed too: there is nobody left to tell.
+      if (code === 'EPIPE') {
+        if (fd === 2) return;
+        throw new BrokenPipe();
+      }
       // A non-blocking pipe that is full: wait for the reader, then go on.
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      if (code !== 'EAGAIN') throw e;
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
     }
   }

@@ -6,7 +6,7 @@
 // reaches the user through report.ts: a message, never a stack trace.
 
 import { Exit, PROG, messageOf, report } from './report';
-import { Io, err, out, runEndings, withIo } from './io';
+import { BROKEN_PIPE_STATUS, BrokenPipe, Io, err, out, runEndings, withIo } from './io';
 
 interface CommandModule {
   usage: string;
@@ -14,15 +14,31 @@ interface CommandModule {
   run(argv: string[]): Promise<void>;
 }
 
-const COMMANDS = ['create', 'info', 'check', 'amend', 'resize', 'rebase', 'convert', 'map'] as const;
-type CommandName = typeof COMMANDS[number];
+// Each command's module, required when it runs (written out, not computed, so that a bundler
+// sees every one).
+const LOADERS = {
+  create: () => require('./commands/create') as CommandModule,
+  info: () => require('./commands/info') as CommandModule,
+  check: () => require('./commands/check') as CommandModule,
+  amend: () => require('./commands/amend') as CommandModule,
+  resize: () => require('./commands/resize') as CommandModule,
+  rebase: () => require('./commands/rebase') as CommandModule,
+  convert: () => require('./commands/convert') as CommandModule,
+  map: () => require('./commands/map') as CommandModule,
+  bitmap: () => require('./commands/bitmap') as CommandModule,
+};
+type CommandName = keyof typeof LOADERS;
+const COMMANDS = Object.keys(LOADERS) as CommandName[];
 
 function load(name: CommandName): CommandModule {
-  return require(`./commands/${name}`) as CommandModule;
+  return LOADERS[name]();
 }
 
+/** The package's version, read when asked for (dist/provider/cli -> the package's folder). */
 function version(): string {
-  return (require('../../../package.json') as { version: string }).version;
+  const { readFileSync } = require('fs') as typeof import('fs');
+  const { join } = require('path') as typeof import('path');
+  return (JSON.parse(readFileSync(join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 }
 
 function help(): string {
@@ -53,7 +69,7 @@ async function run(argv: string[]): Promise<number> {
       out(`${version()}\n`);
       return 0;
     }
-    if (!(COMMANDS as readonly string[]).includes(name)) {
+    if (!Object.hasOwn(LOADERS, name)) {
       report(`unknown command '${name}'`);
       return 1;
     }
@@ -72,6 +88,7 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     if (e instanceof Exit) return e.code;
+    if (e instanceof BrokenPipe) return BROKEN_PIPE_STATUS;
     // commander's own errors (unknown option, missing argument) are already printed.
     if (e !== null && typeof e === 'object' && (e as { code?: unknown }).code !== undefined && String((e as { code: unknown }).code).startsWith('commander.')) {
       return (e as { exitCode?: number }).exitCode === 0 ? 0 : 1;

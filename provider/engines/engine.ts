@@ -5,14 +5,18 @@
 
 import type { CheckResult } from '../qcow2/ops/check';
 import type { MapEntry } from '../qcow2/ops/map';
+import type { RemoveImageOptions } from '../qcow2/ops/remove';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import type { ImageFacts } from '../model/facts';
 import type { AmendRequest } from '../rules/types';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
 import type { ConnectionArgs } from '../transport/ssh/connection';
+import type { BitmapAction } from '../model/bitmaps';
+import type { DirtyExtent } from '../qcow2/meta/dirty-bitmap';
+import type { Dependents, ImageChain } from '../model/chain';
 
-export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions };
+export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, BitmapAction, DirtyExtent, Dependents, ImageChain };
 
 export type EngineName = 'native' | 'qemu-img';
 
@@ -24,10 +28,15 @@ export interface ResizeOptions {
   allowShrink?: boolean;
 }
 
-export interface RemoveOptions {
-  /** Also remove the external data file named in the image (only files we created). */
-  dataFile?: boolean;
+/** What one stat of a path says: its kind, size in bytes and identity on its host ("dev:ino"). */
+export interface FileStat {
+  kind: 'file' | 'directory' | 'symlink' | 'other';
+  size: number;
+  id: string;
 }
+
+/** `dataFile`: also remove the external data file named in the image (only files we created); `recordedDataFile`: only that one (qcow2/ops/remove.ts). */
+export type RemoveOptions = RemoveImageOptions;
 
 export interface ReadOptions {
   /** Read an image another process holds (qemu-img -U); without it a held image is LOCKED. */
@@ -59,14 +68,41 @@ export interface ImportSource {
   host?: 'local' | ConnectionArgs;
 }
 
-/** What is at a path (following links). */
-export interface FileStat {
-  kind: 'file' | 'directory' | 'symlink' | 'other';
-  size: bigint;
-}
-
 export interface ImportOptions {
   progress?: ProgressFn;
+  /** convert --bitmaps: copy the source's persistent bitmaps (name, granularity, recording, contents). */
+  bitmaps?: boolean;
+  /** --skip-broken-bitmaps: leave inconsistent bitmaps out instead of refusing. */
+  skipBrokenBitmaps?: boolean;
+}
+
+export interface BitmapOptions {
+  /** --merge reads its source bitmap from this image (-b; opened read-only, never changed). */
+  sourceFile?: string;
+  /** Its format (-F); probed when omitted. */
+  sourceFormat?: string;
+  /**
+   * Write on a refusal as qemu-img does (the CLI's byte-for-byte mode): qemu-img opens the image
+   * read-write before it judges the actions, so even a refused run rewrites every bitmap (same
+   * contents, new places). Default false: a refusal writes nothing. (The qemu-img engine always
+   * refuses before it runs qemu-img.)
+   */
+  rewriteOnRefusal?: boolean;
+}
+
+/** What a bitmap command reports besides success. */
+export interface BitmapResult {
+  /** qemu-img's warnings when it opened the image (a stale bitmaps extension was dropped). */
+  warnings: string[];
+}
+
+/** A bitmap's dirty extents: the guest ranges written while it recorded (clipped to the disk's end). */
+export interface BitmapDump {
+  name: string;
+  granularity: number;
+  /** Recording writes (the `auto` flag). */
+  enabled: boolean;
+  extents: DirtyExtent[];
 }
 
 /** One interface, two engines. Every method validates through provider/rules first. */
@@ -98,8 +134,23 @@ export interface Engine {
   check(path: string, options?: ReadOptions): Promise<CheckResult>;
   /** The allocation map through the backing chain, as qemu-img map computes it. */
   map(path: string, options?: ReadOptions): Promise<MapEntry[]>;
+  /**
+   * `qemu-img bitmap ACTIONS FILE NAME`: add, remove, clear, enable, disable, merge bitmap `name`,
+   * in order. Validated as a whole first (provider/rules/bitmaps.ts); a refusal is REFUSED with
+   * qemu-img's words and changes no bitmap.
+   */
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options?: BitmapOptions): Promise<BitmapResult>;
+  /** The dirty extents of bitmap `name` in an image nobody writes (an inconsistent one is refused). */
+  dumpBitmap(path: string, name: string, options?: ReadOptions): Promise<BitmapDump>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
-  /** What is at `path` on the engine's host; undefined when nothing is there. */
+  /** What is at `path` (following links) on the engine's host; undefined: nothing. */
   stat(path: string): Promise<FileStat | undefined>;
+  /**
+   * The identities of the image at `path` and of its backing chain, from header reads only
+   * (engines/chain.ts; nothing locked), each layer marked `seen`.
+   */
+  chain(path: string, seen: string): Promise<ImageChain>;
+  /** Images that name `path` as their backing file: `candidates`, then the files in its folder (engines/chain.ts). */
+  dependents(path: string, candidates: readonly string[]): Promise<Dependents>;
 }

@@ -3,7 +3,8 @@
 // in its worker threads, not in the caller.
 
 import type { Engine, EngineName } from './engine';
-import type { NativeEngineOptions } from './native/engine';
+import type { Executor, NativeEngineOptions, RemoteSupport } from './native/engine';
+import type { TargetDescriptor } from './native/protocol';
 import type { QemuImgEngineOptions } from './qemuimg/engine';
 import { Qcow2Error } from '../model/errors';
 import type { ConnectionArgs } from '../transport/ssh/connection';
@@ -19,10 +20,8 @@ export interface EngineOptions {
 
 export function getEngine(name: EngineName = 'native', options: EngineOptions = {}): Engine {
   switch (name) {
-    case 'native': {
-      const { NativeEngine } = require('./native/engine') as typeof import('./native/engine');
-      return new NativeEngine({ ...options.native, ...(options.connection !== undefined ? { connection: options.connection } : {}) });
-    }
+    case 'native':
+      return nativeEngine(options.native, options.connection);
     case 'qemu-img': {
       const { QemuImgEngine } = require('./qemuimg/engine') as typeof import('./qemuimg/engine');
       return new QemuImgEngine({ ...options.qemuImg, ...(options.connection !== undefined ? { connection: options.connection } : {}) });
@@ -30,6 +29,30 @@ export function getEngine(name: EngineName = 'native', options: EngineOptions = 
     default:
       throw new Qcow2Error('INVALID_OPTION', `Unknown engine '${String(name)}': use "native" or "qemu-img"`, { property: 'engine' });
   }
+}
+
+/** Operations in the shared pool of worker threads, started with the first operation. */
+const inWorkers: Executor = async (target, call, progress) =>
+  (require('./native/pool') as typeof import('./native/pool')).sharedPool().run(target, call, progress);
+
+/** The target of a remote host: its connection kept in this process under an id (no secret in the descriptor). */
+async function sshTarget(connection: ConnectionArgs): Promise<TargetDescriptor> {
+  const { remoteFs } = await import('../transport/ssh/remote-fs');
+  const fs = remoteFs(connection);
+  fs.prepare(); // the connection comes up while a worker starts
+  return { kind: 'ssh', id: fs.id, label: fs.label };
+}
+
+/** Remote hosts for the native engine: their operations in the pool (the calling thread serves the bridge). */
+const REMOTE: RemoteSupport = { exec: inWorkers, target: sshTarget };
+
+function nativeEngine(options: NativeEngineOptions = {}, connection?: ConnectionArgs): Engine {
+  // A connection is validated and registered on first use (ssh2 is loaded only then).
+  const target = options.target ?? (connection !== undefined ? sshTarget(connection) : undefined);
+  if (options.executor === 'inline') return (require('./inline') as typeof import('./inline')).inlineEngine(target, REMOTE);
+  const { NativeEngine } = require('./native/engine') as typeof import('./native/engine');
+  const exec = typeof options.executor === 'function' ? options.executor : inWorkers;
+  return new NativeEngine(exec, target, { ...REMOTE, exec });
 }
 
 export type { Engine, EngineName } from './engine';

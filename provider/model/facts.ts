@@ -26,6 +26,12 @@ export interface BitmapFacts {
   granularity: number;
   /** qemu-img's words: `in-use`, `auto`. */
   flags: string[];
+  /**
+   * `in-use` while no process holds the image for writing: the writer died (a VM crashed), the
+   * contents are unknown, and QEMU refuses to use it. Remove it (qcow2 bitmap --remove) and add
+   * it anew. An `in-use` bitmap of an image a running QEMU holds is consistent: that QEMU has it.
+   */
+  inconsistent: boolean;
 }
 
 /**

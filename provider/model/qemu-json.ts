@@ -75,7 +75,7 @@ export function factsFromInfoJson(j: ImageInfoJson, text?: string): ImageFacts {
         if (s.icount !== undefined) f.icount = BigInt(s.icount);
         return f;
       }),
-      bitmaps: (d.bitmaps ?? []).map((b) => ({ name: b.name, granularity: b.granularity, flags: [...b.flags] })),
+      bitmaps: (d.bitmaps ?? []).map((b) => ({ name: b.name, granularity: b.granularity, flags: [...b.flags], inconsistent: b.flags.includes('in-use') })),
     },
   };
   if (d['data-file'] !== undefined) facts.dataFile = d['data-file'];

@@ -130,25 +130,14 @@ function finish(text: string, end: number, kind: 'range'): StrtoszResult {
   return end < text.length ? { kind: 'invalid' } : { kind };
 }
 
+/** qemu_strtosz's suffixes (any case): powers of 1024. */
+const SUFFIX_MULTIPLIERS: Readonly<Record<string, bigint>> = {
+  B: 1n, K: 1n << 10n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n, P: 1n << 50n, E: 1n << 60n,
+};
+
 function suffixMultiplier(c: string | undefined): bigint | undefined {
-  switch (c?.toUpperCase()) {
-    case 'B':
-      return 1n;
-    case 'K':
-      return 1n << 10n;
-    case 'M':
-      return 1n << 20n;
-    case 'G':
-      return 1n << 30n;
-    case 'T':
-      return 1n << 40n;
-    case 'P':
-      return 1n << 50n;
-    case 'E':
-      return 1n << 60n;
-    default:
-      return undefined;
-  }
+  const u = c?.toUpperCase();
+  return u !== undefined && Object.hasOwn(SUFFIX_MULTIPLIERS, u) ? SUFFIX_MULTIPLIERS[u] : undefined;
 }
 
 const DBL_MIN = 2.2250738585072014e-308;

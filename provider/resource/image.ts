@@ -1,24 +1,25 @@
-// The `Image` dynamic resource. Pulumi serializes the provider object below into the state;
-// it captures only a module specifier and requires the implementation at run time, so every
-// call runs the installed code (see impl.ts) and the state stays small.
+// The `Image` dynamic resource. Pulumi serializes the provider object below into the state
+// (`__provider`) and runs that copy for read and delete, so it is a shim that captures nothing
+// but a module specifier: each call requires the implementation by package name, resolved from
+// the program's folder at run time. Every call then runs the installed code (an upgrade needs no
+// update of every image), and the state holds no path of this machine. In a clone,
+// scripts/link-self.js makes node_modules/pulumi-qcow2 point at the checkout, so the same
+// specifier resolves there.
 
-import * as path from 'path';
 import * as pulumi from '@pulumi/pulumi';
 import type { ImageOutputs } from './impl';
 
-/** How the provider finds its implementation: by package name when installed, else by path. */
-const IMPL: string = /[\\/]node_modules[\\/]pulumi-qcow2[\\/]/.test(__dirname)
-  ? 'pulumi-qcow2/dist/provider/resource/impl'
-  : path.join(__dirname, 'impl');
+/** The exported subpath (package.json `exports`) that maps to ./impl.js. */
+const IMPLEMENTATION = 'pulumi-qcow2/dynamic';
 
 /** The provider Pulumi runs: each method requires the implementation, nothing else is captured. */
 export const imageProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => require(IMPL).check(olds, news),
-  diff: (id, olds, news) => require(IMPL).diff(id, olds, news),
-  create: (inputs) => require(IMPL).create(inputs),
-  read: (id, props) => require(IMPL).read(id, props),
-  update: (id, olds, news) => require(IMPL).update(id, olds, news),
-  delete: (id, props) => require(IMPL).remove(id, props),
+  check: (olds, news) => require(IMPLEMENTATION).check(olds, news),
+  diff: (id, olds, news) => require(IMPLEMENTATION).diff(id, olds, news),
+  create: (inputs) => require(IMPLEMENTATION).create(inputs),
+  read: (id, props) => require(IMPLEMENTATION).read(id, props),
+  update: (id, olds, news) => require(IMPLEMENTATION).update(id, olds, news),
+  delete: (id, props) => require(IMPLEMENTATION).remove(id, props),
 };
 
 /** A jump host: the settings of a connection, without a further proxy. */
@@ -70,8 +71,13 @@ export interface ImageArgs {
   compressionType?: pulumi.Input<'zlib' | 'zstd'>;
   /** "off" (default), "metadata", "falloc" or "full". Create-only. */
   preallocation?: pulumi.Input<'off' | 'metadata' | 'falloc' | 'full'>;
-  /** Backing file (stored as an absolute path); needs backingFormat. */
-  backingFile?: pulumi.Input<string>;
+  /**
+   * Backing file (stored as an absolute path); needs backingFormat. Give the base's Image (or an
+   * object with its `path` and `identity` outputs) rather than its path: the image then follows
+   * the base's identity, a planned replacement of the base shows at preview and is refused unless
+   * this image has allowReplace, and an in-place change of the base is taken over.
+   */
+  backingFile?: pulumi.Input<string> | BackingImage;
   backingFormat?: pulumi.Input<'qcow2' | 'raw'>;
   /** External data file (stored as an absolute path). */
   dataFile?: pulumi.Input<string>;
@@ -98,12 +104,69 @@ export interface ImageArgs {
    * state as a secret. Another host is a replacement (allowReplace); other changes are state only.
    */
   connection?: pulumi.Input<ImageConnectionArgs>;
+  /**
+   * Accept the backing chain as it is now (the digest a refusal names) as holding the data this
+   * image was built on; it is recorded, nothing is written. Matches that one chain only.
+   */
+  acceptBacking?: pulumi.Input<string>;
+  /**
+   * Persistent dirty bitmaps the image should have (changed-block tracking; compat 1.1). Added,
+   * removed, enabled and disabled in place; a granularity change, or an inconsistent bitmap, needs
+   * `allowReset` on that bitmap (its tracking is lost). Bitmaps not listed are left alone unless
+   * `manageAllBitmaps`.
+   */
+  bitmaps?: pulumi.Input<pulumi.Input<BitmapArgs>[]>;
+  /** Remove bitmaps the image has that `bitmaps` does not list (default false). */
+  manageAllBitmaps?: pulumi.Input<boolean>;
+  /**
+   * The QMP socket of the QEMU process holding the image (a running VM). While it holds it, a
+   * grow goes through block_resize and bitmap changes through block-dirty-bitmap-*; every other
+   * change is refused until the VM stops. Without it, every change to a held image is refused.
+   */
+  qmpSocket?: pulumi.Input<string>;
+}
+
+/** One persistent dirty bitmap of an Image. */
+export interface BitmapArgs {
+  name: pulumi.Input<string>;
+  /** Bytes per bit, a power of two from 512 (default: QEMU's for the cluster size, 64 KiB for default images). */
+  granularity?: pulumi.Input<number>;
+  /** Record writes (default true). */
+  enabled?: pulumi.Input<boolean>;
+  /** Let a granularity change or an inconsistent bitmap remove it and add it anew (its tracking is lost). */
+  allowReset?: pulumi.Input<boolean>;
+}
+
+/** A bitmap as the image (or the QEMU holding it) has it. */
+export interface BitmapOutput {
+  name: string;
+  granularity: number;
+  /** `auto`: recording writes; `in-use`: a process has it open (or had, and died). */
+  flags: string[];
+  /** `in-use` with no process holding the image: its writer died, its contents are unknown. */
+  inconsistent: boolean;
+}
+
+/** A base image as an overlay is wired to it: an Image, or its outputs (say, from another stack). */
+export interface BackingImage {
+  path: pulumi.Input<string>;
+  /** The base's `identity` output. */
+  identity: pulumi.Input<string>;
+  /** The base's `identityFrom` output. */
+  identityFrom?: pulumi.Input<string>;
+  /** The base's resource id: not known in a preview that creates or replaces the base. */
+  id?: pulumi.Input<string>;
+}
+
+function isBackingImage(v: unknown): v is BackingImage {
+  return typeof v === 'object' && v !== null && !pulumi.Output.isInstance(v) && typeof (v as { then?: unknown }).then !== 'function' && 'path' in v && 'identity' in v;
 }
 
 const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
   'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
-  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'host',
+  'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'dataFileIdentity', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
+  'backingChain', 'backingDrift', 'identity', 'identityFrom', 'host',
 ];
 
 /** A qcow2 disk image managed declaratively. */
@@ -136,17 +199,32 @@ export class Image extends pulumi.dynamic.Resource {
   declare readonly corrupt: pulumi.Output<boolean>;
   /** Number of internal snapshots (the rules refuse a compat 0.10 downgrade of an image with any). */
   declare readonly snapshots: pulumi.Output<number>;
-  /** Names of persistent dirty bitmaps. */
-  declare readonly bitmaps: pulumi.Output<string[]>;
+  /** Persistent dirty bitmaps: name, granularity, flags, whether inconsistent (from the QEMU holding the image, with qmpSocket). */
+  declare readonly bitmaps: pulumi.Output<BitmapOutput[]>;
   declare readonly providerVersion: pulumi.Output<string>;
   declare readonly engine: pulumi.Output<'native' | 'qemu-img'>;
   /** The SSH host the image is on ('' for this machine). */
   declare readonly host: pulumi.Output<string>;
+  /** This image with its backing chain as one digest: what overlays built on it follow. */
+  declare readonly identity: pulumi.Output<string>;
+  /** The identity before this provider's last in-place change that kept the guest view ('' when none). */
+  declare readonly identityFrom: pulumi.Output<string>;
+  /** The files below this image as last recorded: path, dev, ino, size, header fingerprint, when seen. */
+  declare readonly backingChain: pulumi.Output<Array<{ path: string; dev: string; ino: string; size: number | string; header: string; seen: string }>>;
+  /** What the last refresh found changed in the backing chain ('' when nothing). */
+  declare readonly backingDrift: pulumi.Output<string>;
 
   constructor(name: string, args: ImageArgs, opts?: pulumi.CustomResourceOptions) {
     const props: Record<string, unknown> = { ...args };
     // The connection holds credentials: a secret among the inputs and the outputs of the state.
     if (args.connection !== undefined) props.connection = pulumi.secret(args.connection);
+    const backing = args.backingFile;
+    if (isBackingImage(backing)) {
+      // The path for the header, the identity for the rules; both depend on the base resource.
+      props.backingFile = backing.path;
+      props.backingIdentity = pulumi.all([backing.identity, backing.identityFrom ?? '']).apply(([identity, from]) => ({ identity, from }));
+      if (backing.id !== undefined) props.backingImageId = backing.id;
+    }
     for (const k of OUTPUT_NAMES) if (!(k in props)) props[k] = undefined;
     const secretOutputs = [...new Set([...(opts?.additionalSecretOutputs ?? []), 'connection'])];
     super(imageProvider, name, props, { ...opts, additionalSecretOutputs: secretOutputs }, 'qcow2', 'Image');

@@ -2,20 +2,17 @@
 // Pulumi does not know yet during preview arrive as the unknown sentinel and always pass.
 
 import Ajv, { ErrorObject } from 'ajv';
-import * as fs from 'fs';
-import * as path from 'path';
+import { findPackageFile, readPackageFile } from './package-files';
 
 /** Where the shipped schema file is: the package root, above provider/ (source) or dist/provider/ (built). */
 export const imageInputSchemaPath: string = (() => {
-  for (let dir = __dirname, i = 0; i < 5; i++, dir = path.dirname(dir)) {
-    const p = path.join(dir, 'schema', 'image.schema.json');
-    if (fs.existsSync(p)) return p;
-  }
-  throw new Error('schema/image.schema.json is missing from the pulumi-qcow2 package');
+  const p = findPackageFile('schema/image.schema.json');
+  if (p === undefined) throw new Error('schema/image.schema.json is missing from the pulumi-qcow2 package');
+  return p;
 })();
 
 /** The JSON Schema of the Image inputs, as shipped in the package. */
-export const imageInputSchema: Record<string, unknown> = JSON.parse(fs.readFileSync(imageInputSchemaPath, 'utf8'));
+export const imageInputSchema: Record<string, unknown> = JSON.parse(readPackageFile(imageInputSchemaPath));
 
 /** What Pulumi puts where a value is not known yet (preview), at any depth. */
 export const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';

@@ -4,7 +4,8 @@
 // bitmaps) are kept, so a preview decides what the update will.
 
 import type { EngineName } from '../engines/engine';
-import type { ImageFacts } from '../model/facts';
+import type { ChainLayer } from '../model/chain';
+import type { BitmapFacts, ImageFacts } from '../model/facts';
 import type { Preallocation } from '../model/options';
 import type { ConnectionArgs } from '../transport/ssh/connection';
 
@@ -13,7 +14,13 @@ import type { ConnectionArgs } from '../transport/ssh/connection';
  * are, byte counts exact (a number below 2^53, a decimal string above), absent names as ''.
  */
 export type FactOutputs = Pick<ImageFacts, 'clusterSize' | 'compat' | 'refcountBits' | 'lazyRefcounts' | 'extendedL2' | 'compressionType' |
-  'dataFileRaw' | 'dirty' | 'corrupt' | 'snapshots' | 'bitmaps'> & {
+  'dataFileRaw' | 'dirty' | 'corrupt' | 'snapshots'> & {
+  /**
+   * The persistent dirty bitmaps: name, granularity, flags (`auto`: recording, `in-use`) and
+   * whether the bitmap is inconsistent (its writer stopped without storing it). A state written
+   * before these were kept holds names only.
+   */
+  bitmaps: Array<BitmapFacts | string>;
   virtualSize: number | string;
   /** Bytes allocated for the qcow2 file. */
   actualSize: number | string;
@@ -34,11 +41,27 @@ export interface ImageOutputs extends FactOutputs {
   preallocation: string;
   /** This resource created the data file (so destroy may remove it). */
   createdDataFile: boolean;
+  /** The data file this resource created, as "dev:ino:path" (delete removes only that file); '' otherwise. */
+  dataFileIdentity: string;
   /** This resource adopted an existing image (destroy keeps it unless deleteAdopted). */
   adopted: boolean;
   dataFileOnDelete: 'auto' | 'keep' | 'delete';
   deleteAdopted: boolean;
+  /** The QMP socket of the QEMU holding the image ('' when none is given). */
+  qmpSocket: string;
   providerVersion: string;
+  /**
+   * The files below this image as this provider last recorded them (its create or update), top
+   * down: device, inode, size, header fingerprint, when seen. [] without a backing file. A
+   * refresh never rewrites it: a base that changed stays a difference until it is dealt with.
+   */
+  backingChain: ChainLayer[];
+  /** What the last refresh found changed in the backing chain ('' when nothing). */
+  backingDrift: string;
+  /** This image with its recorded chain, as one digest (model/chain.ts); overlays built on it compare it. */
+  identity: string;
+  /** The identity this image had just before its last in-place change by this provider ('' when none). */
+  identityFrom: string;
 }
 
 /** A byte count as Pulumi state: exact as a number below 2^53, else a decimal string. */
@@ -70,7 +93,7 @@ export function factOutputs(f: ImageFacts): FactOutputs {
     dirty: f.dirty,
     corrupt: f.corrupt,
     snapshots: f.snapshots,
-    bitmaps: [...f.bitmaps],
+    bitmaps: f.detail?.bitmaps.map((b) => ({ ...b, flags: [...b.flags] })) ?? [...f.bitmaps],
   };
 }
 
@@ -93,8 +116,10 @@ export function factsOfState(o: FactOutputs & Partial<Pick<ImageOutputs, 'path' 
     dirty: o.dirty,
     corrupt: o.corrupt,
     snapshots: o.snapshots ?? 0,
-    bitmaps: [...(o.bitmaps ?? [])],
+    bitmaps: (o.bitmaps ?? []).map((b) => (typeof b === 'string' ? b : b.name)),
   };
+  const detail = (o.bitmaps ?? []).filter((b): b is BitmapFacts => typeof b !== 'string');
+  if (detail.length > 0 && detail.length === (o.bitmaps ?? []).length) f.detail = { snapshots: [], bitmaps: detail.map((b) => ({ ...b, flags: [...b.flags] })) };
   if (o.path) f.path = o.path;
   if (o.dataFile) f.dataFile = o.dataFile;
   if (o.backingFile) f.backingFile = o.backingFile;

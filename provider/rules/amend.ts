@@ -4,8 +4,10 @@
 
 import { isCreateOnly } from '../model/names';
 import type { ImageFacts } from '../model/facts';
+import { inconsistentMessage } from './bitmaps';
 import { v2Refusal } from './compat';
-import type { AmendRequest, Refusal } from './types';
+import type { AmendRequest, ConsistencyFacts, Refusal } from './types';
+import { BDRV_MAX_LENGTH, validateSizeValue, validateVirtualSize } from './size';
 
 /** `Invalid parameter 'X'` for options that only create understands (model/names.ts). */
 export function createOnlyRefusal(option: string): Refusal | undefined {
@@ -17,9 +19,13 @@ function isPowerOfTwo(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
-/** Refusals that apply to any size change (shared by amend -o size and resize). */
+/** Refusals that apply to any size change (shared by amend -o size and resize), in qemu-img's order. */
 export function validateResize(state: ImageFacts, size: bigint, allowShrink: boolean): Refusal | undefined {
+  const bad = validateSizeValue(size);
+  if (bad) return bad;
+  if (size > BDRV_MAX_LENGTH) return validateVirtualSize(size, state.clusterSize, state.extendedL2);
   if (size % 512n !== 0n) return { property: 'size', message: 'The new size must be a multiple of 512' };
+  if (state.compat === '0.10' && state.snapshots > 0) return { property: 'size', message: "Can't resize a v2 image which has snapshots" };
   if (size < state.virtualSize && !allowShrink) {
     return {
       property: 'size',
@@ -27,14 +33,12 @@ export function validateResize(state: ImageFacts, size: bigint, allowShrink: boo
         'it needs an explicit opt-in (qcow2 resize --shrink, resource input allowShrink: true)',
     };
   }
-  if (size !== state.virtualSize && state.bitmaps.length > 0) {
-    return {
-      property: 'size',
-      message: 'Resizing an image with persistent dirty bitmaps is not supported by the native engine: the bitmaps ' +
-        'would have to be resized too. Use the qemu-img engine, or remove the bitmaps first',
-    };
+  if (size !== state.virtualSize) {
+    // The bitmaps are resized with the image (as qemu-img 7.2 does); an inconsistent one cannot be.
+    const bad = state.detail?.bitmaps.find((b) => b.inconsistent);
+    if (bad) return { property: 'size', message: inconsistentMessage(bad.name) };
   }
-  return undefined;
+  return size > state.virtualSize ? validateVirtualSize(size, state.clusterSize, state.extendedL2) : undefined;
 }
 
 /**
@@ -93,11 +97,37 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
     }
     const ext = down('extended_l2');
     if (ext) return ext;
+    if (state.bitmaps.length > 0) {
+      // qemu-img 7.2 downgrades anyway: the v2 header cannot vouch for the bitmaps (no autoclear
+      // bits), so QEMU then treats them as inconsistent and their clusters as leaked.
+      return {
+        property: 'compat',
+        message: `Cannot downgrade an image with persistent dirty bitmaps (${state.bitmaps.join(', ')}): Cannot store dirty bitmaps in qcow2 v2 files. ` +
+          'Remove the bitmaps first (qcow2 bitmap --remove), or keep compat 1.1',
+      };
+    }
     if (state.corrupt) return { property: 'compat', message: 'Cannot downgrade an image with incompatible features 0x2 set' };
     const zstd = down('compression_type');
     if (zstd) return zstd;
   }
   return undefined;
+}
+
+/**
+ * A change that moves metadata (a size change, a refcount width, a downgrade, a safe rebase)
+ * on an image check calls corrupt would build on broken tables and spread the damage (one
+ * overlapping L2 entry became thousands of refcount errors). Refused, the image unchanged;
+ * leaks alone do not block. Header-only changes do not ask.
+ */
+export function validateConsistent(f: ConsistencyFacts): Refusal | undefined {
+  const n = f.corruptions + f.checkErrors;
+  if (n === 0) return undefined;
+  return {
+    property: 'path',
+    message: `Image is corrupt: check finds ${n === 1 ? '1 error' : `${n} errors`}` +
+      `${f.first ? ` (${f.first})` : ''}; changing it now could spread the damage, so nothing was changed. ` +
+      'Run qemu-img check -r all first',
+  };
 }
 
 /** Any change at all: QEMU will not open a corrupt image read/write. */
@@ -108,6 +138,7 @@ export function validateWritable(state: ImageFacts): Refusal | undefined {
 
 /** `resize FILE SIZE` (qemu-img's words): positive, shrinking only with --shrink, then validateResize. */
 export function validateResizeRequest(state: ImageFacts, size: bigint, allowShrink: boolean): Refusal | undefined {
+  if (typeof size !== 'bigint') return validateSizeValue(size);
   if (size <= 0n) return { property: 'size', message: 'New image size must be positive' };
   if (size < state.virtualSize && !allowShrink) return { property: 'size', message: 'Use the --shrink option to perform a shrink operation.' };
   return validateResize(state, size, allowShrink);

@@ -5,7 +5,10 @@
 import type { ImageFacts } from '../model/facts';
 import { roundToSector } from '../model/facts';
 import { CREATE_ONLY_PROPERTIES, propertyOf } from '../model/names';
+import { formatSize } from '../model/size';
 import { validateAmend, validateRebase, validateResize } from './amend';
+import { liveOrRefuse, planBitmaps } from './bitmaps';
+import { classifyChain } from './chain';
 import { firstV2Refusal } from './compat';
 import type { AmendRequest, Change, DesiredSpec, WorldFacts } from './types';
 
@@ -26,8 +29,29 @@ function replaceOrRefuse(property: keyof DesiredSpec, from: unknown, to: unknown
  * (data-file-raw, backing file) first.
  */
 export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFacts = {}): Change[] {
+  if (facts.imageMissing) {
+    return [{
+      property: 'path', action: 'refuse', from: current.path,
+      reason: `The image ${current.path ?? ''} is not there any more: it was removed outside the program since it was last recorded. ` +
+        'Restore the file, or run a refresh (pulumi refresh) to drop the image from the state; the next update then creates it anew, empty',
+    }];
+  }
+  const out = classify(current, desiredSpec, facts);
+  if (facts.recorded) noteChangesOutsideTheProgram(out, current, facts.recorded);
+  return out;
+}
+
+function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFacts): Change[] {
   let desired = desiredSpec;
   const out: Change[] = [];
+  // The backing chain first: a base that is not the one the image was built on refuses every change.
+  const chain = classifyChain(current, desired, facts.chain);
+  if (chain.some((c) => c.action === 'refuse' || c.action === 'replace')) {
+    // A replace under a running QEMU is refused like any other (the holder named).
+    if (facts.holder !== undefined) liveOrRefuse(chain, facts.holder, desired.qmpSocket);
+    return chain;
+  }
+  out.push(...chain);
 
   // data-file-raw: can be cleared, never enabled on an existing image.
   if (desired.dataFileRaw !== undefined) {
@@ -36,13 +60,13 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
     } else if (!desired.dataFileRaw) {
       out.push({ property: 'dataFileRaw', action: 'amend', operation: 'amend', reason: 'data-file-raw is cleared in place (autoclear bit 1); the data file stays as it is', from: true, to: false });
     } else if (!current.hasDataFile && desired.dataFile === undefined) {
-      out.push({ property: 'dataFileRaw', action: 'refuse', reason: 'data-file-raw requires data-file: set dataFile to the raw file that holds the guest data', from: false, to: true });
+      out.push({ property: 'dataFileRaw', action: 'refuse', reason: 'data-file-raw requires data-file, and this image has none. Remove dataFileRaw (or set it to false), or create a new image with dataFile and dataFileRaw: true', from: false, to: true });
     } else {
       out.push({
         property: 'dataFileRaw', action: 'refuse', from: false, to: true,
         reason: 'data-file-raw cannot be set on existing images: until now writes did not keep the data file a valid raw ' +
-          'image, so the flag would promise what is not true. Create a new image with dataFileRaw: true, or wrap the raw ' +
-          'data file in a new image with adopt: true',
+          'image, so the flag would promise what is not true. Set dataFileRaw: false to keep this image as it is; or ' +
+          'create a new image with dataFileRaw: true, or wrap the raw data file in a new image with adopt: true',
       });
     }
   }
@@ -64,8 +88,8 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
     } else if ((file === undefined || file === '') && current.backingFile !== undefined) {
       out.push({
         property: 'backingFile', action: 'refuse', from: current.backingFile, to: undefined,
-        reason: 'Removing the backing file would drop every cluster the image still reads from it. Convert the image to a ' +
-          'standalone one (qemu-img convert) and manage the result instead',
+        reason: `Removing the backing file would drop every cluster the image still reads from it. Keep backingFile at ${current.backingFile}; ` +
+          'or convert the image to a standalone one (qemu-img convert) and manage the result instead',
       });
     } else {
       const r = validateRebase(current, file, fmt);
@@ -82,14 +106,14 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
     } else if (desired.dataFile === current.dataFile) {
       out.push({ property: 'dataFile', action: 'none', reason: 'unchanged', from: current.dataFile, to: desired.dataFile });
     } else if (desired.dataFile === '') {
-      out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: '', reason: 'Removing the data file name would leave an image that cannot be opened without naming its data file each time. Keep the name, or point it at the file\'s new location' });
+      out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: '', reason: `Removing the data file name would leave an image that cannot be opened without naming its data file each time. Keep dataFile at ${current.dataFile}, or set it to the file's new location` });
     } else {
       const f = facts.desiredDataFile;
       const need = current.virtualSize;
       if (f && !f.exists) {
-        out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: desired.dataFile, reason: `The new data file '${desired.dataFile}' does not exist. Changing dataFile only renames the reference; it never moves data. Move or copy the data file there first` });
+        out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: desired.dataFile, reason: `The new data file '${desired.dataFile}' does not exist. Changing dataFile only renames the reference; it never moves data. Move or copy the data file there first, or keep dataFile at ${current.dataFile}` });
       } else if (f && f.size !== undefined && f.size < need) {
-        out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: desired.dataFile, reason: `The new data file '${desired.dataFile}' is ${f.size} bytes, smaller than the image's ${need} bytes, so it cannot be the same disk. Point dataFile at a complete copy of the data file` });
+        out.push({ property: 'dataFile', action: 'refuse', from: current.dataFile, to: desired.dataFile, reason: `The new data file '${desired.dataFile}' is ${f.size} bytes, smaller than the image's ${need} bytes, so it cannot be the same disk. Point dataFile at a complete copy of the data file, or keep dataFile at ${current.dataFile}` });
       } else {
         out.push({ property: 'dataFile', action: 'amend', operation: 'amend', from: current.dataFile, to: desired.dataFile, reason: f ? 'the data file reference is renamed in place; the new file exists and is large enough' : 'the data file reference is renamed in place; the new file is checked before the change' });
       }
@@ -105,8 +129,14 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
       out.push({ property: 'size', action: 'none', reason: 'unchanged', from: current.virtualSize, to: desired.size });
     } else {
       const r = validateResize(current, size, desired.allowShrink ?? false);
-      if (r) {
-        out.push({ property: 'size', action: 'refuse', reason: withWayForward(r.message.replace('qcow2 resize --shrink, resource input allowShrink: true', 'set allowShrink: true')), from: current.virtualSize, to: desired.size });
+      if (r && size < current.virtualSize && !desired.allowShrink) {
+        out.push({
+          property: 'size', action: 'refuse', from: current.virtualSize, to: desired.size,
+          reason: `Shrinking the image from ${bytes(current.virtualSize)} to ${bytes(size)} deletes all data beyond the new end. ` +
+            `Set size to the image's current size (${current.virtualSize}), or set allowShrink: true to shrink it`,
+        });
+      } else if (r) {
+        out.push({ property: 'size', action: 'refuse', reason: `${withWayForward(r.message).replace(/\.$/, '')}; or keep size at the image's current size (${current.virtualSize})`, from: current.virtualSize, to: desired.size });
       } else {
         out.push({ property: 'size', action: 'amend', operation: 'resize', reason: size > current.virtualSize ? `the image grows in place from ${current.virtualSize} to ${desired.size} bytes${current.dataFileRaw ? ', its metadata preallocated and the data file extended' : ''}` : `the image shrinks in place from ${current.virtualSize} to ${desired.size} bytes; data beyond the new end is deleted (allowShrink is set)`, from: current.virtualSize, to: desired.size });
       }
@@ -122,6 +152,13 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
   simple('compat', current.compat, desired.compat, desired.compat === '0.10' ? 'downgraded in place to compat 0.10 (zero clusters expanded)' : 'upgraded in place to compat 1.1');
   simple('lazyRefcounts', current.lazyRefcounts, desired.lazyRefcounts, 'the lazy-refcounts feature bit is changed in place');
   simple('refcountBits', current.refcountBits, desired.refcountBits, 'the refcount structures are rebuilt in place with the new width');
+
+  // Persistent bitmaps: judged on the image as the same plan's amend leaves it.
+  if (desired.bitmaps !== undefined) {
+    out.push(planBitmaps(current, desired.bitmaps, desired.manageAllBitmaps ?? false, {
+      compat: desired.compat ?? current.compat, virtualSize: desired.size ?? current.virtualSize,
+    }));
+  }
 
   // The path: a new image at the new place, then the old one deleted.
   if (desired.path !== undefined && current.path !== undefined) {
@@ -189,7 +226,60 @@ export function classifyChange(current: ImageFacts, desiredSpec: DesiredSpec, fa
       if (refusal) mergeRefusal(out, propertyOf(refusal.property) as keyof DesiredSpec, withWayForward(refusal.message));
     }
   }
+  // An image a running QEMU holds: live through QMP, or refused with the holder named.
+  if (facts.holder !== undefined) liveOrRefuse(out, facts.holder, desired.qmpSocket);
   return out;
+}
+
+const bytes = (n: bigint) => `${n} bytes (${formatSize(n)})`;
+
+/** An image property in a person's words, for messages about changes made outside the program. */
+const DRIFT: Partial<Record<keyof DesiredSpec, { what: string; of: (s: ImageFacts) => unknown; show: (v: unknown) => string }>> = {
+  size: { what: 'The image was resized', of: (s) => s.virtualSize, show: (v) => bytes(v as bigint) },
+  dataFileRaw: { what: 'data-file-raw was changed', of: (s) => s.dataFileRaw, show: (v) => (v ? 'on' : 'off') },
+  dataFile: { what: "The image's data file name was changed", of: (s) => s.dataFile ?? '', show: (v) => (v === '' ? 'none' : `'${String(v)}'`) },
+  backingFile: { what: "The image's backing file was changed", of: (s) => s.backingFile ?? '', show: (v) => (v === '' ? 'none' : `'${String(v)}'`) },
+  compat: { what: 'The image\'s compat level was changed', of: (s) => s.compat, show: String },
+  lazyRefcounts: { what: 'lazy_refcounts was changed', of: (s) => s.lazyRefcounts, show: (v) => (v ? 'on' : 'off') },
+  refcountBits: { what: 'The refcount width was changed', of: (s) => s.refcountBits, show: (v) => `${String(v)} bits` },
+};
+
+/** What the program's input must say to accept the image as it is now. */
+function inputFor(property: keyof DesiredSpec, s: ImageFacts): string {
+  switch (property) {
+    case 'size': return `size to ${s.virtualSize}`;
+    case 'dataFileRaw': return `dataFileRaw: ${s.dataFileRaw}`;
+    case 'dataFile': return s.dataFile ? `dataFile to ${s.dataFile}` : 'no dataFile';
+    case 'backingFile': return s.backingFile ? `backingFile to ${s.backingFile}` : 'no backingFile';
+    case 'compat': return `compat: "${s.compat}"`;
+    case 'lazyRefcounts': return `lazyRefcounts: ${s.lazyRefcounts}`;
+    default: return `refcountBits: ${s.refcountBits}`;
+  }
+}
+
+/**
+ * Where the image on disk differs from what was last recorded, someone changed it outside the
+ * program: each decision about such a property says so, and a refusal offers to accept it.
+ */
+function noteChangesOutsideTheProgram(out: Change[], current: ImageFacts, recorded: ImageFacts): void {
+  for (const c of out) {
+    const d = DRIFT[c.property];
+    if (!d || c.action === 'none') continue;
+    const now = d.of(current);
+    const then = d.of(recorded);
+    if (now === then) continue;
+    const note = `${d.what} outside the program: it is ${d.show(now)} now, ${d.show(then)} when last recorded`;
+    if (c.action !== 'refuse') {
+      c.reason = `${note}; ${c.reason}`;
+      continue;
+    }
+    const accept = `Set ${inputFor(c.property, current)} in the program to accept the image as it is now`;
+    // Refusals that already offer the image's current value as a way forward need no second offer.
+    const value = c.property === 'size' ? String(current.virtualSize) : c.property === 'dataFile' ? current.dataFile
+      : c.property === 'backingFile' ? current.backingFile : inputFor(c.property, current);
+    const named = value !== undefined && value !== '' && c.reason.includes(value);
+    c.reason = `${note}. ${c.reason}${named ? '' : `. ${accept}`}`;
+  }
 }
 
 function mergeRefusal(out: Change[], property: keyof DesiredSpec, reason: string): void {
@@ -211,8 +301,8 @@ export function withWayForward(message: string): string {
     [/^Cannot downgrade an image with incompatible features/, 'Keep compat 1.1, or create a new image without the feature'],
     [/^Cannot downgrade an image with zstd compression type/, 'Keep compat 1.1, or convert the data into a new zlib image (qemu-img convert -o compression_type=zlib)'],
     [/^Internal snapshots prevent downgrade/, 'Delete the internal snapshots first (qemu-img snapshot -d), or keep compat 1.1'],
-    [/^Refcount width must be a power of two/, 'Use 1, 2, 4, 8, 16, 32 or 64'],
-    [/^The new size must be a multiple of 512/, 'Use a size that is a multiple of 512 bytes'],
+    [/^Refcount width must be a power of two/, 'Set refcountBits to 1, 2, 4, 8, 16, 32 or 64'],
+    [/^The new size must be a multiple of 512/, 'Set size to a multiple of 512 bytes'],
     [/^Refcount widths other than 16 bits require/, 'Set compat: 1.1 in the same change, or keep refcountBits: 16'],
     [/^Lazy refcounts only supported with compatibility level 1\.1/, 'Set compat: 1.1 in the same change, or keep lazyRefcounts: false'],
     [/^data-file can only be set for images that use an external data file/, 'Create a new image with dataFile instead'],
@@ -226,7 +316,7 @@ export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   const req: AmendRequest = {};
   let any = false;
   for (const c of changes) {
-    if (c.action !== 'amend' || c.operation === 'rebase') continue;
+    if (c.action !== 'amend' || c.operation === 'rebase' || c.operation === 'record') continue;
     any = true;
     switch (c.property) {
       case 'compat': req.compat = c.to as AmendRequest['compat']; break;
@@ -241,9 +331,9 @@ export function amendRequestOf(changes: Change[]): AmendRequest | undefined {
   return any ? req : undefined;
 }
 
-/** The overall verdict of a classification: refuse beats replace beats amend beats none. */
+/** The overall verdict of a classification: refuse beats replace beats amend beats live beats none. */
 export function overallAction(changes: Change[]): Change['action'] {
-  for (const a of ['refuse', 'replace', 'amend'] as const) if (changes.some((c) => c.action === a)) return a;
+  for (const a of ['refuse', 'replace', 'amend', 'live'] as const) if (changes.some((c) => c.action === a)) return a;
   return 'none';
 }
 

@@ -5,14 +5,13 @@
 import type { CreateOptions, Preallocation, Compat, CompressionType, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
 import { roundToSector } from '../model/facts';
 import { v2Refusal, type V2Option } from './compat';
+import { BDRV_MAX_LENGTH, MAX_L1_ENTRIES, validateSizeValue } from './size';
 export type { ResolvedCreateOptions };
 
 /** A refusal: the option it is about and qemu-img's message (or ours, where we are stricter). */
 export interface CreateRefusal { property: string; message: string }
 
-const MAX_L1_ENTRIES = 0x2000000 / 8;
-/** QEMU's BDRV_MAX_LENGTH: INT64_MAX aligned down to the largest request size (1 GiB). */
-const BDRV_MAX_LENGTH = 9223372035781033984n;
+const INT64_MAX = (1n << 63n) - 1n;
 
 /**
  * Validate create options and fill in defaults. Returns the resolved options, or the first
@@ -70,7 +69,13 @@ export function validateCreate(o: CreateOptions): { ok: true; options: ResolvedC
   if (o.adoptDataFile && o.dataFile === undefined) {
     return refuse('data_file', 'Adopting a data file needs data_file=NAME: name the existing raw file to wrap');
   }
-  const size = o.size === undefined ? 0n : roundToSector(o.size);
+  if (o.size !== undefined) {
+    const bad = validateSizeValue(o.size);
+    if (bad) return { ok: false as const, refusal: bad };
+  }
+  const size = o.size === undefined ? 0n : roundToSector(BigInt(o.size));
+  // qemu-img rounds up to a sector, then the block layer refuses what passed INT64_MAX.
+  if (size > INT64_MAX) return refuse('size', 'Could not resize image: Image size cannot be negative');
   if (size > BDRV_MAX_LENGTH) {
     return refuse('size', `Could not resize image: offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`);
   }
@@ -180,4 +185,42 @@ export function resolveCreate(options: CreateOptions, facts: CreateFacts, behavi
     if (r) return { ok: false, refusal: r };
   }
   return { ok: true, options: resolved };
+}
+
+/**
+ * A create refusal as the Image resource reports it: qemu-img's words (as validateCreate and
+ * validateAdoption give them, and the command line prints them), then what to change in the
+ * program, in input names.
+ */
+export function withCreateWayForward(r: CreateRefusal): string {
+  const ways: Array<[RegExp, string]> = [
+    [/^Extended L2 entries are only supported with compatibility level/, 'Set compat: "1.1", or remove extendedL2'],
+    [/^Cluster size must be a power of two/, 'Set clusterSize to a power of two from 512 to 2097152 (the default is 65536)'],
+    [/^Extended L2 entries are only supported with cluster sizes/, 'Set clusterSize to 16384 or more, or remove extendedL2'],
+    [/^Backing file and preallocation can only be used/, 'Remove preallocation (an overlay allocates as it is written), or set extendedL2: true'],
+    [/^Backing format cannot be used without backing file/, 'Set backingFile too, or remove backingFormat'],
+    [/^Lazy refcounts only supported with compatibility level/, 'Set compat: "1.1", or remove lazyRefcounts'],
+    [/^Refcount width must be a power of two/, 'Set refcountBits to 1, 2, 4, 8, 16, 32 or 64 (the default is 16)'],
+    [/^Different refcount widths than 16 bits require/, 'Set compat: "1.1", or remove refcountBits (16 bits is the default)'],
+    [/^data-file-raw requires data-file/, 'Set dataFile to the raw file that holds the guest data, or remove dataFileRaw'],
+    [/^Backing file and data-file-raw cannot be used at the same time/,
+      'A data-file-raw image keeps its data file a complete raw disk, which a backing file would contradict. ' +
+      'Remove backingFile (the data file is the whole disk), or remove dataFileRaw to make an overlay'],
+    [/^External data files are only supported with compatibility level/, 'Set compat: "1.1", or remove dataFile'],
+    [/^Non-zlib compression type is only supported with compatibility level/, 'Set compat: "1.1", or remove compressionType'],
+    [/^extended_l2=on cannot be combined with data_file_raw=on/, 'Remove extendedL2 (or set it to false)'],
+    [/^Adopting a data file needs data_file=NAME/, 'Set dataFile to the existing raw file to wrap, or remove adopt'],
+    [/^Could not resize image: offset\(\d+\) exceeds maximum/, 'Set a smaller size'],
+    [/^The image size is too large for file format 'qcow2'/, 'Set a smaller size, or a larger clusterSize'],
+    [/^Data file '.*' is \d+ bytes, not a multiple of 512/, 'Extend the file to a multiple of 512 bytes first, or remove adopt to create a new data file elsewhere'],
+    [/^Data file '.*' is \d+ bytes, smaller than the requested size/, 'Remove size (the file\'s own size is used)'],
+    [/^Backing file specified without backing format/, 'Set backingFormat ("qcow2" or "raw")'],
+    [/^Image creation needs a size parameter/, 'Set size'],
+  ];
+  const way = ways.find(([re]) => re.test(r.message))?.[1];
+  if (!way || r.message.includes(way)) return r.message;
+  // qemu-img's wording for the command line ends with its own hint in option names; the resource's
+  // way forward replaces it.
+  const message = r.message.replace(/\. Create the image with extended_l2=off$/, '').replace(/\. Omit the size to use the file's own size$/, '');
+  return `${message.replace(/\.$/, '')}. ${way}`;
 }

@@ -17,6 +17,7 @@ import * as path from 'path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine, EngineName } from '../../provider/engines/engine';
 import { NativeEngine } from '../../provider/engines/native/engine';
+import { sharedPool } from '../../provider/engines/native/pool';
 import { QemuImgEngine } from '../../provider/engines/qemuimg/engine';
 import { imageInfo } from '../helpers/info';
 import type { CreateOptions } from '../../provider/model/options';
@@ -28,7 +29,7 @@ import {
 const SKIP = skipWithoutTools('engines/behaviour');
 
 const ENGINES: Array<[EngineName, () => Engine]> = [
-  ['native', () => new NativeEngine()],
+  ['native', () => new NativeEngine((target, call, progress) => sharedPool().run(target, call, progress))],
   ['qemu-img', () => new QemuImgEngine()],
 ];
 
@@ -362,6 +363,20 @@ const scenarios: Scenario[] = [
     },
   },
 
+  // --- stat (what the resource asks before create, read and delete)
+  {
+    name: 'stat: an image, a folder, nothing', setup: (d) => { qimg(d, 'create', '-q', '-f', 'qcow2', 'img.qcow2', '1M'); fs.mkdirSync(path.join(d, 'sub')); },
+    run: async (e, dir) => {
+      const r = { image: await e.stat('img.qcow2'), folder: (await e.stat('sub'))?.kind, missing: await e.stat('none.qcow2'),
+        throughAFile: await e.stat('img.qcow2/x') };
+      const st = fs.statSync(path.join(dir, 'img.qcow2'), { bigint: true });
+      expect(r.image).toEqual({ kind: 'file', size: Number(st.size), id: `${st.dev}:${st.ino}` });
+      expect(r).toMatchObject({ folder: 'directory', missing: undefined, throughAFile: undefined });
+      // The identity differs between the engines' scratch copies: compare the rest.
+      return { ...r, image: { kind: r.image?.kind, size: r.image?.size } };
+    },
+  },
+
   // --- locks: a real QEMU holder
   {
     name: 'lock conflicts with a running qemu-nbd', setup: (d) => imageWithData(d),
@@ -442,6 +457,72 @@ const scenarios: Scenario[] = [
     },
     images: [],
   },
+  // --- persistent bitmaps (qemu-img bitmap; the native engine writes qemu-img's bytes)
+  {
+    name: 'bitmap add, then guest writes, then dump',
+    setup: (d) => imageWithData(d, '', '8M'),
+    run: async (e) => {
+      await e.bitmap('img.qcow2', 'b', [{ op: 'add', granularity: 4096 }]);
+      await e.bitmap('img.qcow2', 'off', [{ op: 'add' }, { op: 'disable' }]);
+      return null;
+    },
+    after: (dir) => {
+      qio(dir, 'img.qcow2', 'write -P 1 8k 4k', 'write -P 2 3M 64k');
+      return { extents: true };
+    },
+  },
+  {
+    name: 'bitmap dump lists the dirty extents',
+    setup: (d) => { imageWithData(d, '', '8M'); qimg(d, 'bitmap', '--add', '-g', '4k', 'img.qcow2', 'b'); qio(d, 'img.qcow2', 'write -P 1 8k 4k', 'write -P 2 3M 64k'); },
+    run: async (e) => e.dumpBitmap('img.qcow2', 'b'),
+  },
+  {
+    name: 'bitmap merge from another image, clear, remove',
+    setup: (d) => {
+      imageWithData(d, '', '8M');
+      imageWithData(d, '', '8M', 'src.qcow2');
+      qimg(d, 'bitmap', '--add', '-g', '4k', 'src.qcow2', 's');
+      qio(d, 'src.qcow2', 'write -P 1 1M 4k');
+      qimg(d, 'bitmap', '--add', 'img.qcow2', 't');
+      qimg(d, 'bitmap', '--add', 'img.qcow2', 'gone');
+    },
+    run: async (e) => {
+      await e.bitmap('img.qcow2', 't', [{ op: 'merge', source: 's', external: true }], { sourceFile: 'src.qcow2', sourceFormat: 'qcow2' });
+      const merged = await e.dumpBitmap('img.qcow2', 't');
+      await e.bitmap('img.qcow2', 'gone', [{ op: 'clear' }, { op: 'remove' }]);
+      return merged;
+    },
+    images: ['img.qcow2', 'src.qcow2'],
+  },
+  {
+    name: 'bitmap add of an existing name is refused with qemu-img\'s words',
+    setup: (d) => { imageWithData(d, '', '8M'); qimg(d, 'bitmap', '--add', 'img.qcow2', 'b'); },
+    run: (e) => e.bitmap('img.qcow2', 'b', [{ op: 'add' }]),
+    fails: { code: 'REFUSED', message: 'Operation add on bitmap b failed: Bitmap already exists: b' },
+  },
+  {
+    name: 'bitmap add on a compat 0.10 image is refused',
+    setup: (d) => imageWithData(d, 'compat=0.10', '8M'),
+    run: (e) => e.bitmap('img.qcow2', 'b', [{ op: 'add' }]),
+    fails: { code: 'REFUSED', message: "Operation add on bitmap b failed: Can't make bitmap 'b' persistent in 'img.qcow2': Cannot store dirty bitmaps in qcow2 v2 files" },
+  },
+  {
+    name: 'bitmap clear of an inconsistent bitmap is refused; remove then add recovers it',
+    setup: (d) => { imageWithData(d, '', '8M'); qimg(d, 'bitmap', '--add', 'img.qcow2', 'b'); tool('qemu-io', ['-f', 'qcow2', '-c', 'sigraise 9', './img.qcow2'], d); },
+    run: async (e) => {
+      const refused = await outcome(() => e.bitmap('img.qcow2', 'b', [{ op: 'clear' }]));
+      const facts = (await e.info('img.qcow2')).detail!.bitmaps;
+      await e.bitmap('img.qcow2', 'b', [{ op: 'remove' }, { op: 'add' }]);
+      return { refused, facts };
+    },
+  },
+  { bytesDiffer: AT_END, name: 'resize grow with bitmaps resizes them', setup: (d) => { imageWithData(d, '', '8M'); qimg(d, 'bitmap', '--add', '-g', '4k', 'img.qcow2', 'b'); qio(d, 'img.qcow2', 'write -P 1 8128k 64k'); }, run: (e) => e.resize('img.qcow2', 12n * M) },
+  {
+    name: 'convert --bitmaps copies them',
+    setup: (d) => { imageWithData(d, '', '8M', 'src.qcow2'); qimg(d, 'bitmap', '--add', '-g', '4k', 'src.qcow2', 'b'); qio(d, 'src.qcow2', 'write -P 1 1M 64k'); },
+    run: (e) => e.import('img.qcow2', {}, { path: 'src.qcow2', format: 'qcow2' }, { bitmaps: true }),
+  },
+
 ];
 
 function withoutActual(i: object): Json {

@@ -16,6 +16,12 @@ import type { Struct, FieldSpec } from '../../provider/qcow2/spec/struct';
 import { encodeExtensions, listExtensions, makeImage, patched, setU32 } from './images';
 
 export const MAX_READ = 64 << 20;
+/**
+ * Reads one call may make. The format's own limits bound honest work: a header may claim up to
+ * 65536 snapshots and 65535 bitmaps, each read in a few pieces (a forged nb_snapshots of 0xffff
+ * costs about 130,000 reads). More than this means a loop that no limit of the format stops.
+ */
+export const MAX_READS = 1_000_000;
 
 // ------------------------------------------------------------------------------------------------
 // The guarded file
@@ -23,11 +29,16 @@ export const MAX_READ = 64 << 20;
 
 export class UnboundedReadError extends Error {}
 
-/** A MemoryBlockFile that refuses any single read over 64 MiB with a distinctive error. */
+/**
+ * A MemoryBlockFile that refuses any single read over 64 MiB, and more than MAX_READS reads,
+ * with a distinctive error: the fuzz test's bounds on work, counted rather than timed.
+ */
 export class GuardedFile extends MemoryBlockFile {
   largestRead = 0;
+  reads = 0;
   override readInto(target: Uint8Array, offset: number): void {
     if (target.length > MAX_READ) throw new UnboundedReadError(`read of ${target.length} bytes at offset ${offset}`);
+    if (++this.reads > MAX_READS) throw new UnboundedReadError(`more than ${MAX_READS} reads (the last at offset ${offset})`);
     this.largestRead = Math.max(this.largestRead, target.length);
     super.readInto(target, offset);
   }

@@ -12,7 +12,7 @@ const base: ImageFacts = {
   dirty: false, corrupt: false, snapshots: 1, bitmaps: ['b0'],
   detail: {
     snapshots: [{ id: '1', name: 's1', vmStateSize: 0n, dateSec: 1700000000, dateNsec: 5, vmClockNsec: 3_000_000_007n }],
-    bitmaps: [{ name: 'b0', granularity: 65536, flags: ['auto'] }],
+    bitmaps: [{ name: 'b0', granularity: 65536, flags: ['auto'], inconsistent: false }],
   },
 };
 delete base.backingFile;

@@ -37,7 +37,7 @@ type Props = Record<string, unknown>;
 
 /** Inputs of `new Image(...)` as the analyzer receives them: the args plus the serialized provider. */
 function image(args: Props): Props {
-  return { __provider: 'exports.handler = __f0;\nfunction __f0() { return require("pulumi-qcow2/dist/provider/resource/impl"); }', ...args };
+  return { __provider: 'exports.handler = __f0;\nfunction __f0() { return require("pulumi-qcow2/dynamic"); }', ...args };
 }
 
 function argsFor(props: Props, config: object = {}, type = IMAGE_TYPE): ResourceValidationArgs {
@@ -162,11 +162,14 @@ describe('qcow2-no-backing-on-raw (mandatory)', () => {
 });
 
 describe('qcow2-allowed-paths (mandatory)', () => {
-  it('passes absolute paths under the default directory', async () => {
-    expect(DEFAULT_ALLOWED_DIRECTORIES).toEqual([IMAGES]);
+  const confined = { allowedDirectories: [IMAGES] };
+
+  it('passes any absolute path by default (so every example passes), and paths under the configured directories', async () => {
+    expect(DEFAULT_ALLOWED_DIRECTORIES).toEqual(['/']);
+    expect(await violations(allowedPaths, image({ path: '/home/me/vms/vm1.qcow2', dataFile: '/tmp/vm1.raw', backingFile: '/srv/base.qcow2' }))).toEqual([]);
     expect(await violations(allowedPaths, image({
       path: `${IMAGES}/vm1.qcow2`, dataFile: `${IMAGES}/raw/vm1.raw`, backingFile: `${IMAGES}/base.qcow2`, backingFormat: 'qcow2',
-    }))).toEqual([]);
+    }), confined)).toEqual([]);
   });
 
   it('refuses relative paths, one message per input', async () => {
@@ -174,10 +177,11 @@ describe('qcow2-allowed-paths (mandatory)', () => {
     expect(ms).toHaveLength(3);
     expect(ms[0]).toBe(
       'path "vm1.qcow2" is a relative path. The Image resolves it against the directory the Pulumi program runs in, ' +
-        `so the file would land wherever the program happens to run. Use an absolute path under "${IMAGES}".`,
+        'so the file would land wherever the program happens to run. Use an absolute path.',
     );
     expect(ms[1]).toMatch(/^dataFile "\.\/vm1\.raw" is a relative path\./);
     expect(ms[2]).toMatch(/^backingFile "\.\.\/base\.qcow2" is a relative path\./);
+    expect((await violations(allowedPaths, image({ path: 'vm1.qcow2' }), confined))[0]).toMatch(new RegExp(`Use an absolute path under "${IMAGES}"\\.$`));
   });
 
   it('refuses absolute paths outside the allowed directories, and escapes through ".."', async () => {
@@ -185,14 +189,15 @@ describe('qcow2-allowed-paths (mandatory)', () => {
       path: '/tmp/vm1.qcow2',
       dataFile: `${IMAGES}/../../../../etc/shadow`,
       backingFile: '/var/lib/libvirt/images-old/base.qcow2', // a sibling sharing the prefix
-    }));
+    }), confined);
     expect(ms).toEqual([
       `path "/tmp/vm1.qcow2" is outside the allowed directories "${IMAGES}". Put the file under one of them, or add its directory to this policy's allowedDirectories config.`,
       `dataFile "${IMAGES}/../../../../etc/shadow" (it resolves to "/etc/shadow") is outside the allowed directories "${IMAGES}". Put the file under one of them, or add its directory to this policy's allowedDirectories config.`,
       `backingFile "/var/lib/libvirt/images-old/base.qcow2" is outside the allowed directories "${IMAGES}". Put the file under one of them, or add its directory to this policy's allowedDirectories config.`,
     ]);
-    // The directory itself is not a file under it.
-    expect(await violations(allowedPaths, image({ path: `${IMAGES}/` }))).toHaveLength(1);
+    // The directory itself is not a file under it, nor is "/" by default.
+    expect(await violations(allowedPaths, image({ path: `${IMAGES}/` }), confined)).toHaveLength(1);
+    expect(await violations(allowedPaths, image({ path: '/' }))).toHaveLength(1);
   });
 
   it('uses the configured allowedDirectories (trailing slashes and "/" handled)', async () => {
@@ -209,7 +214,7 @@ describe('qcow2-allowed-paths (mandatory)', () => {
   });
 
   it('checks the known paths and skips the unknown ones', async () => {
-    const ms = await violations(allowedPaths, image({ path: UNKNOWN, dataFile: '/tmp/x.raw', backingFile: UNKNOWN }));
+    const ms = await violations(allowedPaths, image({ path: UNKNOWN, dataFile: '/tmp/x.raw', backingFile: UNKNOWN }), confined);
     expect(ms).toHaveLength(1);
     expect(ms[0]).toMatch(/^dataFile "\/tmp\/x\.raw" is outside/);
     expect(await violations(allowedPaths, image({ path: UNKNOWN, dataFile: UNKNOWN }))).toEqual([]);

@@ -1,16 +1,21 @@
-// The whole qcow2 policy pack as the Pulumi CLI runs it: `node run-policy-pack <engine-addr>
-// <packDir>` with the pack directory as cwd. run-policy-pack registers ts-node (type-checking
-// policy/index.ts with policy/tsconfig.json), requires the directory (no "main": index.ts), and
-// the PolicyPack serves pulumirpc.Analyzer on 127.0.0.1 and prints its port on stdout. The
-// engine address is never used. Then the engine's calls: GetAnalyzerInfo, Configure, Analyze.
+// The whole qcow2 policy pack as a user sets it up and the Pulumi CLI runs it: copied out of the
+// installed package (node_modules/pulumi-qcow2/policy, from the packed tarball) with its own
+// `npm install`, then `node run-policy-pack <engine-addr> <packDir>` with the pack directory as
+// cwd. run-policy-pack registers ts-node (type-checking index.ts with the pack's tsconfig.json),
+// requires the directory (no "main": index.ts), and the PolicyPack serves pulumirpc.Analyzer on
+// 127.0.0.1 and prints its port on stdout. The engine address is never used. Then the engine's
+// calls: GetAnalyzerInfo, Configure, Analyze.
 
-import { ChildProcess, spawn } from 'child_process';
+import type { ChildProcess } from 'child_process';
 import { createRequire } from 'module';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { HANG_MS, policyInstall } from '../harness/install';
+import { startPlugin } from '../helpers/plugin';
+
 const root = path.resolve(__dirname, '..', '..');
-const packDir = path.join(root, 'policy');
+let packDir: string;
 const req = createRequire(path.join(root, 'package.json'));
 // Resolve the protobuf runtime from @pulumi/pulumi, so the message classes are the ones it checks against.
 const pulumiReq = createRequire(req.resolve('@pulumi/pulumi/package.json'));
@@ -23,7 +28,7 @@ const emptyPb = pulumiReq('google-protobuf/google/protobuf/empty_pb');
 const IMAGE_TYPE = 'pulumi-nodejs:dynamic/qcow2:Image';
 const UNKNOWN = '04da6b54-80e4-46f7-96ec-b56ff0331ba9';
 const IMAGES = '/var/lib/libvirt/images';
-const PROVIDER = '__f0 = function () { return require("pulumi-qcow2/dist/provider/resource/impl"); };';
+const PROVIDER = '__f0 = function () { return require("pulumi-qcow2/dynamic"); };';
 const Level = analyzerPb.EnforcementLevel as Record<'ADVISORY' | 'MANDATORY' | 'DISABLED' | 'REMEDIATE', number>;
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const levelName = (n: number) => Object.entries(Level).find(([, v]) => v === n)![0].toLowerCase();
@@ -39,7 +44,7 @@ interface Diagnostic {
 
 let child: ChildProcess | undefined;
 let client: any;
-let stderr = '';
+let stderr: () => string = () => '';
 
 function call<T = any>(method: string, request: unknown): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -77,28 +82,14 @@ async function analyze(props: Record<string, unknown>, type = IMAGE_TYPE, name =
 }
 
 beforeAll(async () => {
-  const entry = req.resolve('@pulumi/pulumi/cmd/run-policy-pack');
-  child = spawn(process.execPath, [entry, '127.0.0.1:1', packDir], { cwd: packDir, stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stderr!.on('data', (d) => { stderr += d; });
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`run-policy-pack did not print its port in 20 s: ${stderr}`)), 20_000);
-    child!.stdout!.on('data', (d) => {
-      out += d;
-      const line = out.split('\n')[0]!.trim();
-      if (out.includes('\n')) {
-        clearTimeout(timer);
-        if (/^\d+$/.test(line)) resolve(Number(line));
-        else reject(new Error(`run-policy-pack printed ${JSON.stringify(out)} (stderr: ${stderr})`));
-      }
-    });
-    child!.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`run-policy-pack exited with ${code}: ${stderr}`));
-    });
-  });
+  packDir = await policyInstall();
+  const entry = require.resolve('@pulumi/pulumi/cmd/run-policy-pack', { paths: [packDir] });
+  const plugin = await startPlugin('run-policy-pack', [entry, '127.0.0.1:1', packDir], packDir);
+  child = plugin.child;
+  stderr = plugin.stderr;
+  const port = plugin.port;
   client = new analyzerGrpc.AnalyzerClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-}, 30_000);
+}, HANG_MS);
 
 afterAll(() => {
   client?.close();
@@ -126,7 +117,7 @@ describe('the qcow2 policy pack served by run-policy-pack', () => {
     ]);
     const schema = Object.fromEntries(policies.filter((p: any) => p.config).map((p: any) => [p.name, p.config]));
     expect(Object.keys(schema)).toEqual(['qcow2-allowed-paths', 'qcow2-max-size']);
-    expect(schema['qcow2-allowed-paths'].allowedDirectories).toMatchObject({ type: 'array', items: { type: 'string' }, default: [IMAGES] });
+    expect(schema['qcow2-allowed-paths'].allowedDirectories).toMatchObject({ type: 'array', items: { type: 'string' }, default: ['/'] });
     expect(schema['qcow2-max-size'].maxSize).toMatchObject({ type: ['integer', 'string'], default: '2T' });
   });
 
@@ -170,12 +161,12 @@ describe('the qcow2 policy pack served by run-policy-pack', () => {
   });
 
   it('reports every violated policy of a bad image', async () => {
-    const { diagnostics } = await analyze({ path: 'vm.qcow2', size: '3T', compat: '0.10', dataFile: '/tmp/vm.raw', refcountBits: 8 });
+    const { diagnostics } = await analyze({ path: 'vm.qcow2', size: '3T', compat: '0.10', dataFile: 'vm.raw', refcountBits: 8 });
     const expected: Array<[string, string, string]> = [
       ['qcow2-allowed-paths', 'mandatory', 'path "vm.qcow2" is a relative path.'],
-      ['qcow2-allowed-paths', 'mandatory', 'dataFile "/tmp/vm.raw" is outside the allowed directories'],
+      ['qcow2-allowed-paths', 'mandatory', 'dataFile "vm.raw" is a relative path.'],
       ['qcow2-compat-1.1', 'mandatory', 'compat "0.10" would create a qcow2 version 2 image'],
-      ['qcow2-prefer-data-file-raw', 'advisory', 'dataFile "/tmp/vm.raw" is used without dataFileRaw: true.'],
+      ['qcow2-prefer-data-file-raw', 'advisory', 'dataFile "vm.raw" is used without dataFileRaw: true.'],
       ['qcow2-max-size', 'advisory', 'size "3T" (3 TiB, 3298534883328 bytes) is above the maximum of "2T" (2 TiB).'],
       ['qcow2-refcount-16', 'advisory', 'refcountBits 8 differs from the default 16.'],
     ];
@@ -226,6 +217,6 @@ describe('the qcow2 policy pack served by run-policy-pack', () => {
   });
 
   it('kept stderr free of errors', () => {
-    expect(stderr).not.toMatch(/error/i);
+    expect(stderr()).not.toMatch(/error/i);
   });
 });

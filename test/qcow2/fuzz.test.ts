@@ -1,33 +1,50 @@
 // Fuzzing open / info / check with mutated valid images: random bytes in cluster 0 and in the
 // table areas, truncations, bit flips and chosen or random values in header fields (offsets taken
 // from the field tables; see test/helpers/mutate.ts). Property: every call either succeeds or
-// throws a Qcow2Error, finishes within 2 s, and never asks the file for more than 64 MiB in one
-// read (the images are tiny, so a bigger read means a hostile field drove an unbounded allocation).
+// throws a Qcow2Error, never asks the file for more than 64 MiB in one read nor makes more than
+// MAX_READS reads (the images are tiny, so more means a hostile field drove unbounded work), and
+// uses under 2 s of CPU. The bounds are counted or CPU time, never elapsed time, so a loaded
+// machine cannot fail the test.
 //
-// The calls run in a child process with a heap limit and a deadline, so a case that hangs or
-// exhausts memory is reported as a failure of this test rather than killing the test process.
+// The calls run in a child process with a heap limit and a CPU limit per case, so a case that
+// hangs or exhausts memory is reported as a failure of this test rather than killing the test
+// process.
 // 10,000 cases under CI=true (2,000 locally) from a fixed seed; FUZZ_SEED / FUZZ_RUNS override,
 // FUZZ_MAX_FAILURES (default 5) stops early, FUZZ_FAILURES_FILE=FILE writes every failure as JSON,
 // FUZZ_CHECK_MODULE=PATH fuzzes another check.ts (a candidate fix in a scratch copy).
 // A failing case prints as JSON: replay it with `apply(parseCase(json))` from test/helpers/mutate.ts.
 
 import { fork, type ChildProcess } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { CallResult, WorkerHello, WorkerReply } from '../helpers/fuzz-worker';
-import { CASE, GuardedFile, MAX_READ, SEEDS, UnboundedReadError, apply, parseCase, show } from '../helpers/mutate';
+import { CASE, GuardedFile, MAX_READ, MAX_READS, SEEDS, UnboundedReadError, apply, parseCase, show } from '../helpers/mutate';
 import { Image } from '../../provider/qcow2/meta/image';
 import { infoOf } from '../../provider/qcow2/ops/info';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x0c0ffee);
 const RUNS = Number(process.env.FUZZ_RUNS ?? (process.env.CI ? 10_000 : 2_000));
 const MAX_FAILURES = Number(process.env.FUZZ_MAX_FAILURES ?? 5);
-const CALL_BUDGET_MS = 2_000;
-/** A case (all calls) that has not answered by then is a hang. */
-const CASE_DEADLINE_MS = 8_000;
+/** CPU time one call may use on a seed-sized image (typical: well under 10 ms). */
+const CALL_CPU_BUDGET_MS = 2_000;
+/** A case (all calls) whose child has used this much CPU without answering is a hang. */
+const CASE_CPU_LIMIT_MS = 8_000;
+/** How often the hang watch reads the child's CPU time. */
+const HANG_POLL_MS = 250;
+
+/** CPU time (user + system) a process has used, in ms, from /proc (Linux); undefined elsewhere. */
+function cpuMsOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // clock ticks: USER_HZ is 100 on Linux
+  } catch {
+    return undefined;
+  }
+}
 /** Child heap: far above what tiny images need, low enough to fail fast on unbounded growth. */
 const WORKER_HEAP_MB = 192;
 
@@ -39,7 +56,7 @@ type Verdict = { results: CallResult[] } | { crash: string };
 
 class FuzzWorker {
   private child?: ChildProcess;
-  private pending?: { id: number; resolve: (v: Verdict) => void; timer: NodeJS.Timeout };
+  private pending?: { id: number; resolve: (v: Verdict) => void; timer?: NodeJS.Timeout };
   private nextId = 0;
   calls: string[] = [];
   restarts = 0;
@@ -71,17 +88,24 @@ class FuzzWorker {
   private settle(id: number | undefined, v: Verdict): void {
     const p = this.pending;
     if (!p || (id !== undefined && id !== p.id)) return;
-    clearTimeout(p.timer);
+    if (p.timer) clearInterval(p.timer);
     this.pending = undefined;
     p.resolve(v);
   }
 
   async run(caseText: string): Promise<Verdict> {
     const id = ++this.nextId;
+    const child = this.child!;
     const verdict = await new Promise<Verdict>((resolve) => {
-      const timer = setTimeout(() => this.settle(id, { crash: `no answer within ${CASE_DEADLINE_MS} ms (hang)` }), CASE_DEADLINE_MS);
-      this.pending = { id, resolve, timer };
-      this.child!.send({ id, case: caseText });
+      // A hang is CPU spent without an answer (the calls are synchronous and in memory). Where
+      // /proc is missing the watch is off and the test's own timeout catches a hang.
+      const start = cpuMsOf(child.pid!);
+      const timer = start === undefined ? undefined : setInterval(() => {
+        const used = (cpuMsOf(child.pid!) ?? start) - start;
+        if (used > CASE_CPU_LIMIT_MS) this.settle(id, { crash: `no answer after ${used.toFixed(0)} ms of CPU (hang)` });
+      }, HANG_POLL_MS);
+      this.pending = { id, resolve, ...(timer ? { timer } : {}) };
+      child.send({ id, case: caseText });
     });
     if ('crash' in verdict) {
       // The child is dead or stuck: replace it so the run goes on.
@@ -114,19 +138,21 @@ afterAll(() => worker.stop());
 // ------------------------------------------------------------------------------------------------
 
 interface Failure { call: string; what: string; case: string }
-/** Total time spent in each call, for the summary line. */
+/** Total CPU time spent in each call, and the most reads one call made, for the summary line. */
 const callMs = new Map<string, number>();
+let mostReads = 0;
 
 function failuresOf(caseText: string, v: Verdict, stats: Map<string, number>): Failure[] {
   if ('crash' in v) return [{ call: 'worker', what: v.crash, case: caseText }];
   const out: Failure[] = [];
   for (const r of v.results) {
-    callMs.set(r.call, (callMs.get(r.call) ?? 0) + r.ms);
+    callMs.set(r.call, (callMs.get(r.call) ?? 0) + r.cpuMs);
+    mostReads = Math.max(mostReads, r.reads);
     const key = `${r.call}: ${r.outcome === 'qcow2' ? r.detail.replace(/\d+/g, 'N').slice(0, 70) : r.outcome}`;
     stats.set(key, (stats.get(key) ?? 0) + 1);
     if (r.outcome === 'unbounded') out.push({ call: r.call, what: `unbounded read: ${r.detail}`, case: caseText });
     if (r.outcome === 'threw') out.push({ call: r.call, what: `threw ${r.detail}`, case: caseText });
-    if (r.ms > CALL_BUDGET_MS) out.push({ call: r.call, what: `took ${r.ms.toFixed(0)} ms (budget ${CALL_BUDGET_MS})`, case: caseText });
+    if (r.cpuMs > CALL_CPU_BUDGET_MS) out.push({ call: r.call, what: `used ${r.cpuMs.toFixed(0)} ms of CPU (budget ${CALL_CPU_BUDGET_MS})`, case: caseText });
   }
   return out;
 }
@@ -147,6 +173,13 @@ describe('fuzz: mutated images', () => {
     const f = new GuardedFile(new Uint8Array(16));
     expect(f.read(0, 1024).length).toBe(1024);
     expect(() => f.read(0, MAX_READ + 1)).toThrow(UnboundedReadError);
+  });
+
+  it('guarded_file_refuses_more_than_MAX_READS_reads_in_one_call', () => {
+    const f = new GuardedFile(new Uint8Array(16));
+    for (let i = 1; i < MAX_READS; i++) f.read(0, 1);
+    expect(f.read(0, 1).length).toBe(1);
+    expect(() => f.read(8, 1)).toThrow(/more than 1000000 reads \(the last at offset 8\)/);
   });
 
   it('printed_cases_replay_to_the_same_bytes', () => {
@@ -177,7 +210,7 @@ describe('fuzz: mutated images', () => {
     const top = [...stats.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => `  ${v}\t${k}`).join('\n');
     console.log(`[fuzz] seed=${SEED} cases=${cases}/${RUNS} time=${seconds}s calls=${worker.calls.join(',')} ` +
       `failures=${failures.length} worker-restarts=${worker.restarts} ` +
-      `call-ms=${[...callMs].map(([k, v]) => `${k}:${v.toFixed(0)}`).join(',')}\n${top}`);
+      `call-cpu-ms=${[...callMs].map(([k, v]) => `${k}:${v.toFixed(0)}`).join(',')} most-reads=${mostReads}/${MAX_READS}\n${top}`);
     if (failures.length > 0) {
       if (process.env.FUZZ_FAILURES_FILE) writeFileSync(process.env.FUZZ_FAILURES_FILE, failures.map((f) => JSON.stringify(f)).join('\n') + '\n');
       const kinds = new Map<string, number>();

@@ -2,9 +2,10 @@
 // @pulumi/pulumi, serialize the provider from compiled CommonJS (as a Pulumi program does) and
 // make the engine's gRPC calls in its order. No Pulumi CLI and no mocks.
 
-import { ChildProcess, spawn } from 'child_process';
+import type { ChildProcess } from 'child_process';
 import { createRequire } from 'module';
 import * as path from 'path';
+import { startPlugin } from '../helpers/plugin';
 
 import * as fs from 'fs';
 
@@ -42,24 +43,25 @@ export class ProviderHost {
     this.client = new providerGrpc.ResourceProviderClient(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
   }
 
-  /** Start the host with `cwd` as the program directory (relative paths resolve there). */
-  static async start(cwd: string): Promise<ProviderHost> {
-    const entry = req.resolve('@pulumi/pulumi/cmd/dynamic-provider/index.js');
-    const child = spawn(process.execPath, [...(process.env.QCOW2_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean), entry, '127.0.0.1:1'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (d) => { stderr += d; });
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (d) => {
-        out += d;
-        const line = out.split('\n')[0]!;
-        if (out.includes('\n') && /^\d+$/.test(line.trim())) resolve(Number(line.trim()));
-      });
-      child.on('exit', (code) => reject(new Error(`provider host exited with ${code}: ${stderr}`)));
-      setTimeout(() => reject(new Error(`provider host did not print its port: ${stderr}`)), 20000);
-    });
+  /**
+   * Start the host with `cwd` as the program directory (relative paths resolve there), as the
+   * engine starts `pulumi-resource-pulumi-nodejs`. By default the host is this checkout's
+   * @pulumi/pulumi and, since a scratch folder has no node_modules, NODE_PATH points at the
+   * checkout's, where scripts/link-self.js links this package for the serialized provider's
+   * `require('pulumi-qcow2/dynamic')`. With `installed`, the host and everything it requires
+   * resolve from `cwd` only, as in a user's project.
+   */
+  static async start(cwd: string, opts: { installed?: boolean; config?: Props; engineAddress?: string } = {}): Promise<ProviderHost> {
+    const entry = opts.installed
+      ? require.resolve('@pulumi/pulumi/cmd/dynamic-provider', { paths: [cwd] })
+      : req.resolve('@pulumi/pulumi/cmd/dynamic-provider/index.js');
+    const env = opts.installed ? { ...process.env } : { ...process.env, NODE_PATH: path.join(root, 'node_modules') };
+    if (opts.installed) delete env.NODE_PATH;
+    const nodeArgs = (process.env.QCOW2_HOST_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const { child, port } = await startPlugin('provider host', [...nodeArgs, entry, opts.engineAddress ?? '127.0.0.1:1'], cwd, env);
     const host = new ProviderHost(child, port);
-    await host.call('configure', new providerPb.ConfigureRequest().setArgs(structPb.Struct.fromJavaScript({})).setAcceptsecrets(true));
+    await host.call('configure', new providerPb.ConfigureRequest().setArgs(structPb.Struct.fromJavaScript(opts.config ?? {}))
+      .setAcceptsecrets(true).setAcceptresources(true));
     return host;
   }
 
@@ -90,9 +92,11 @@ export class ProviderHost {
     };
   }
 
-  async diff(urn: string, id: string, olds: Props, news: Props): Promise<{ changes: 'some' | 'none' | 'unknown'; replaces: string[]; deleteBeforeReplace: boolean }> {
-    const r = await this.call('diff', new providerPb.DiffRequest().setUrn(urn).setId(id)
-      .setOlds(structPb.Struct.fromJavaScript(olds)).setNews(structPb.Struct.fromJavaScript(news)));
+  async diff(urn: string, id: string, olds: Props, news: Props, oldInputs?: Props): Promise<{ changes: 'some' | 'none' | 'unknown'; replaces: string[]; deleteBeforeReplace: boolean }> {
+    const request = new providerPb.DiffRequest().setUrn(urn).setId(id)
+      .setOlds(structPb.Struct.fromJavaScript(olds)).setNews(structPb.Struct.fromJavaScript(news));
+    if (oldInputs) request.setOldInputs(structPb.Struct.fromJavaScript(oldInputs));
+    const r = await this.call('diff', request);
     const C = providerPb.DiffResponse.DiffChanges;
     const c = r.getChanges();
     return { changes: c === C.DIFF_SOME ? 'some' : c === C.DIFF_NONE ? 'none' : 'unknown', replaces: r.getReplacesList(), deleteBeforeReplace: r.getDeletebeforereplace() };
@@ -103,20 +107,26 @@ export class ProviderHost {
     return { id: r.getId(), outs: r.getProperties().toJavaScript() };
   }
 
-  async update(urn: string, id: string, olds: Props, news: Props): Promise<Props> {
-    const r = await this.call('update', new providerPb.UpdateRequest().setUrn(urn).setId(id)
-      .setOlds(structPb.Struct.fromJavaScript(olds)).setNews(structPb.Struct.fromJavaScript(news)));
+  async update(urn: string, id: string, olds: Props, news: Props, oldInputs?: Props): Promise<Props> {
+    const request = new providerPb.UpdateRequest().setUrn(urn).setId(id)
+      .setOlds(structPb.Struct.fromJavaScript(olds)).setNews(structPb.Struct.fromJavaScript(news));
+    if (oldInputs) request.setOldInputs(structPb.Struct.fromJavaScript(oldInputs));
+    const r = await this.call('update', request);
     return r.getProperties().toJavaScript();
   }
 
-  async read(urn: string, id: string, props: Props): Promise<{ id: string; props: Props; inputs?: Props }> {
-    const r = await this.call('read', new providerPb.ReadRequest().setUrn(urn).setId(id).setProperties(structPb.Struct.fromJavaScript(props)));
-    const inputs = r.getInputs();
-    return { id: r.getId(), props: r.getProperties()?.toJavaScript() ?? {}, ...(inputs ? { inputs: inputs.toJavaScript() } : {}) };
+  async read(urn: string, id: string, props: Props, inputs?: Props): Promise<{ id: string; props: Props; inputs?: Props }> {
+    const request = new providerPb.ReadRequest().setUrn(urn).setId(id).setProperties(structPb.Struct.fromJavaScript(props));
+    if (inputs) request.setInputs(structPb.Struct.fromJavaScript(inputs));
+    const r = await this.call('read', request);
+    const newInputs = r.getInputs();
+    return { id: r.getId(), props: r.getProperties()?.toJavaScript() ?? {}, ...(newInputs ? { inputs: newInputs.toJavaScript() } : {}) };
   }
 
-  async delete(urn: string, id: string, props: Props): Promise<void> {
-    await this.call('delete', new providerPb.DeleteRequest().setUrn(urn).setId(id).setProperties(structPb.Struct.fromJavaScript(props)));
+  async delete(urn: string, id: string, props: Props, oldInputs?: Props): Promise<void> {
+    const request = new providerPb.DeleteRequest().setUrn(urn).setId(id).setProperties(structPb.Struct.fromJavaScript(props));
+    if (oldInputs) request.setOldInputs(structPb.Struct.fromJavaScript(oldInputs));
+    await this.call('delete', request);
   }
 }
 
@@ -155,7 +165,11 @@ export class Stack {
       this.state = { id: r.id, inputs: c.inputs, outputs: r.outs };
       return { op: 'replace', outputs: r.outs };
     }
-    if (d.changes === 'none') return { op: 'same', outputs: this.state.outputs };
+    if (d.changes === 'none') {
+      // A same step still records the new inputs (as the engine does).
+      this.state = { ...this.state, inputs: c.inputs };
+      return { op: 'same', outputs: this.state.outputs };
+    }
     const outs = await this.host.update(this.urn, this.state.id, this.state.outputs, c.inputs);
     this.state = { id: this.state.id, inputs: c.inputs, outputs: outs };
     return { op: 'update', outputs: outs };

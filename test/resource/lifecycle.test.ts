@@ -8,6 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImgAvailable, requireQemu } from '../helpers/qemu';
+import * as impl from '../../provider/resource/impl';
 import { HostError, ProviderHost, Stack, UNKNOWN, serializedProvider } from './host';
 
 const md5 = (f: string) => crypto.createHash('md5').update(fs.readFileSync(f)).digest('hex');
@@ -92,7 +93,7 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
     const before = md5(path.join(dir, 'seed.qcow2'));
     // Enabling data-file-raw on an existing image.
     await expect(s.preview({ path: 'seed.qcow2', size: '64M', dataFile: 'seed.raw', dataFileRaw: true, engine }))
-      .rejects.toThrow(/data-file-raw cannot be set on existing images.*Create a new image/s);
+      .rejects.toThrow(/data-file-raw cannot be set on existing images.*Set dataFileRaw: false to keep this image.*create a new image/s);
     expect(md5(path.join(dir, 'seed.qcow2'))).toBe(before);
     await s.destroy();
 
@@ -179,6 +180,58 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
     await s0.destroy();
   });
 
+  it.skipIf(skip || !haveQemu)('a_header_pointed_at_a_decoy_is_never_followed_and_destroy_removes_only_what_was_created', async () => {
+    // The decoy attack: the image's header is pointed at another file of the user's by hand.
+    const decoy = path.join(dir, 'decoy.bin');
+    fs.writeFileSync(decoy, crypto.randomBytes(1 << 20));
+    const before = md5(decoy);
+    const s = stack('decoy');
+    const spec = { path: 'decoy.qcow2', size: '8M', dataFile: 'decoy-own.raw', engine };
+    await s.up(spec);
+    expect(qemu(['amend', '-o', `data_file=${decoy}`, 'decoy.qcow2'], dir).status).toBe(0);
+    const header = md5(path.join(dir, 'decoy.qcow2'));
+    // A grow would extend the decoy, a shrink truncate it: both refused, naming both files.
+    await expect(s.up({ ...spec, size: '16M' })).rejects.toThrow(/names data file '[^']*decoy\.bin', but this resource recorded '[^']*decoy-own\.raw'.*never followed/s);
+    await expect(s.up({ ...spec, size: '4M', allowShrink: true })).rejects.toThrow(/decoy\.bin/);
+    expect(md5(path.join(dir, 'decoy.qcow2'))).toBe(header);
+    // Refresh records what the header says; destroy still removes only the file it created,
+    // by its recorded path and identity.
+    await s.refresh();
+    expect(s.state!.outputs.dataFile).toBe(decoy);
+    await s.destroy();
+    expect(fs.existsSync(path.join(dir, 'decoy.qcow2'))).toBe(false);
+    expect(fs.existsSync(path.join(dir, 'decoy-own.raw'))).toBe(false);
+    expect(fs.statSync(decoy).size).toBe(1 << 20);
+    expect(md5(decoy)).toBe(before);
+  });
+
+  it.skipIf(skip || !haveQemu)('destroy_keeps_a_data_file_replaced_since_it_was_created', async () => {
+    const s = stack('swap');
+    await s.up({ path: 'swap.qcow2', size: '1M', dataFile: 'swap.raw', engine });
+    // Another file now stands at the recorded path (same name, another inode): it is not ours.
+    fs.writeFileSync(path.join(dir, 'swap.new'), 'not the data file this resource created');
+    fs.renameSync(path.join(dir, 'swap.new'), path.join(dir, 'swap.raw'));
+    await s.destroy();
+    expect(fs.readFileSync(path.join(dir, 'swap.raw'), 'utf8')).toBe('not the data file this resource created');
+  });
+
+  it.skipIf(skip || !haveQemu)('adopt_refuses_references_the_program_does_not_declare', async () => {
+    const decoy = path.join(dir, 'adopt-decoy.bin');
+    expect(qemu(['create', '-q', '-f', 'qcow2', '-o', `data_file=${decoy}`, 'evil.qcow2', '1M'], dir).status).toBe(0);
+    fs.writeFileSync(decoy, crypto.randomBytes(1 << 20));
+    const before = md5(decoy);
+    expect(qemu(['create', '-q', '-f', 'qcow2', '-b', decoy, '-F', 'raw', 'evil-overlay.qcow2', '1M'], dir).status).toBe(0);
+    await expect(stack('evil').up({ path: 'evil.qcow2', adopt: true, engine }))
+      .rejects.toThrow(/names data file '[^']*adopt-decoy\.bin', which the program does not declare.*set dataFile/s);
+    await expect(stack('evil-b').up({ path: 'evil-overlay.qcow2', adopt: true, engine }))
+      .rejects.toThrow(/names backing file '[^']*adopt-decoy\.bin', which the program does not declare.*set backingFile/s);
+    // Declared, the same image is adopted; destroy keeps it and its data file.
+    const a = stack('evil-ok');
+    await a.up({ path: 'evil.qcow2', dataFile: decoy, adopt: true, engine });
+    await a.destroy();
+    expect(md5(decoy)).toBe(before);
+  });
+
   it.skipIf(skip)('refresh_of_a_missing_image_drops_it_from_state', async () => {
     const s = stack('gone');
     await s.up({ path: 'gone.qcow2', size: '1M', engine });
@@ -187,13 +240,51 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
     expect(s.state).toBeUndefined();
   });
 
-  it.skipIf(skip)('a_new_provider_version_reports_an_update', async () => {
+  it.skipIf(skip)('an_upgrade_of_the_package_plans_no_update', async () => {
     const s = stack('ver');
     await s.up({ path: 'ver.qcow2', size: '1M', engine });
+    // State written by an older version: every call runs the installed code, so nothing to do.
     s.state!.outputs = { ...s.state!.outputs, providerVersion: '0.0.0-old' };
-    expect((await s.preview({ path: 'ver.qcow2', size: '1M', engine })).op).toBe('update');
-    const u = await s.up({ path: 'ver.qcow2', size: '1M', engine });
-    expect(u.outputs.providerVersion).not.toBe('0.0.0-old');
+    expect((await s.preview({ path: 'ver.qcow2', size: '1M', engine })).op).toBe('same');
+    expect((await s.up({ path: 'ver.qcow2', size: '1M', engine })).op).toBe('same');
+    // The next real change records the version that made it.
+    const u = await s.up({ path: 'ver.qcow2', size: '2M', engine });
+    expect(u).toMatchObject({ op: 'update', outputs: { providerVersion: impl.PROVIDER_VERSION } });
+    await s.destroy();
+  });
+
+  it.skipIf(skip)('a_preview_sees_changes_made_by_hand_since_the_last_refresh_and_says_so', async () => {
+    const s = stack('drift');
+    const img = path.join(dir, 'drift.qcow2');
+    const rawFile = path.join(dir, 'drift.raw');
+    const inputs = { path: 'drift.qcow2', size: '64M', dataFile: rawFile, dataFileRaw: true, engine };
+    await s.up(inputs);
+
+    // Resized by hand (no refresh): keeping 64M would shrink it, refused with the program's way forward.
+    expect(qemu(['resize', '-f', 'qcow2', img, '128M'], dir).status).toBe(0);
+    await expect(s.preview(inputs)).rejects.toThrow(new RegExp(
+      '^size: The image was resized outside the program: it is 134217728 bytes \\(128 MiB\\) now, 67108864 bytes \\(64 MiB\\) when last recorded\\. ' +
+      'Shrinking .*Set size to the image\'s current size \\(134217728\\), or set allowShrink: true'));
+    expect((await s.preview({ ...inputs, size: '128M' })).op).toBe('same');
+
+    // data-file-raw cleared by hand: asking for it again is refused, saying what happened.
+    expect(qemu(['amend', '-f', 'qcow2', '-o', 'data_file_raw=off', img], dir).status).toBe(0);
+    await expect(s.preview({ ...inputs, size: '128M' })).rejects.toThrow(/data-file-raw was changed outside the program: it is off now, on when last recorded\. .*Set dataFileRaw: false/);
+
+    // The data file renamed by hand: the old name is gone; the refusal offers the new one.
+    const moved = path.join(dir, 'drift-moved.raw');
+    expect(qemu(['amend', '-f', 'qcow2', '-o', `data_file=${moved}`, img], dir).status).toBe(0);
+    fs.renameSync(rawFile, moved);
+    await expect(s.preview({ ...inputs, size: '128M', dataFileRaw: false }))
+      .rejects.toThrow(new RegExp(`data file name was changed outside the program: it is '${moved}' now, '${rawFile}' when last recorded.*keep dataFile at ${moved}`));
+    expect((await s.preview({ ...inputs, size: '128M', dataFileRaw: false, dataFile: moved })).op).toBe('same');
+
+    // Removed by hand.
+    fs.renameSync(img, path.join(dir, 'drift-away.qcow2'));
+    await expect(s.preview(inputs)).rejects.toThrow(/path: The image .*drift\.qcow2 is not there any more.*run a refresh/);
+    fs.renameSync(path.join(dir, 'drift-away.qcow2'), img);
+    await s.refresh();
+    expect(s.state!.outputs).toMatchObject({ virtualSize: 128 << 20, dataFileRaw: false, dataFile: moved });
     await s.destroy();
   });
 

@@ -105,7 +105,7 @@ describe.skipIf(skip).each(engines)('Image on a remote host through the dynamic-
     await s.up({ path: at('seed.qcow2'), size: '64M', dataFile: at('seed.raw'), engine, connection });
     const before = md5(at('seed.qcow2'));
     await expect(s.preview({ path: at('seed.qcow2'), size: '64M', dataFile: at('seed.raw'), dataFileRaw: true, engine, connection }))
-      .rejects.toThrow(/data-file-raw cannot be set on existing images.*Create a new image/s);
+      .rejects.toThrow(/data-file-raw cannot be set on existing images.*Set dataFileRaw: false to keep this image.*create a new image/s);
     await expect(s.preview({ path: at('seed.qcow2'), size: '32M', dataFile: at('seed.raw'), engine, connection })).rejects.toThrow(/allowShrink/);
     await expect(s.preview({ path: at('seed.qcow2'), size: '64M', dataFile: at('seed.raw'), clusterSize: 4096, engine, connection })).rejects.toThrow(/allowReplace/);
     expect(md5(at('seed.qcow2'))).toBe(before);

@@ -109,7 +109,9 @@ const AMEND_CASES: AmendCase[] = [
   { name: 'shrinking is allowed by default (qemu-img amend shrinks without asking)', state: plainState(), req: { size: 512n * KiB }, expect: undefined },
   { name: 'shrinking with allowShrink=false is refused', state: plainState(), req: { size: 512n * KiB }, allowShrink: false, expect: refuse('size', /Shrinking from 1048576 to 524288 bytes.*allowShrink: true/s) },
   { name: 'growing with allowShrink=false is allowed', state: plainState(), req: { size: 2n * MiB }, allowShrink: false, expect: undefined },
-  { name: 'resizing with persistent bitmaps is refused', state: plainState({ bitmaps: ['b0'] }), req: { size: 2n * MiB }, expect: refuse('size', /persistent dirty bitmaps.*remove the bitmaps/s) },
+  { name: 'resizing with persistent bitmaps is allowed (they are resized with the image)', state: plainState({ bitmaps: ['b0'] }), req: { size: 2n * MiB }, expect: undefined },
+  { name: 'resizing with an inconsistent bitmap is refused as qemu-img refuses it', state: plainState({ bitmaps: ['b0'], detail: { snapshots: [], bitmaps: [{ name: 'b0', granularity: 65536, flags: ['in-use', 'auto'], inconsistent: true }] } }), req: { size: 2n * MiB }, expect: refuse('size', /^Bitmap 'b0' is inconsistent and cannot be used\nTry block-dirty-bitmap-remove/) },
+  { name: 'downgrading an image with persistent bitmaps is refused (qemu-img 7.2 leaves them inconsistent)', state: plainState({ bitmaps: ['b0'] }), req: { compat: '0.10' }, expect: refuse('compat', /persistent dirty bitmaps \(b0\): Cannot store dirty bitmaps in qcow2 v2 files.*Remove the bitmaps first/s) },
   { name: 'the same size with persistent bitmaps is allowed', state: plainState({ bitmaps: ['b0'] }), req: { size: MiB }, expect: undefined },
   { name: 'growing a raw image is allowed', state: rawState(), req: { size: 2n * MiB }, expect: undefined },
   { name: 'growing a v2 image is allowed', state: v2State(), req: { size: 2n * MiB }, expect: undefined },
@@ -164,8 +166,8 @@ describe('validateResize', () => {
     ['shrink to 0 with allowShrink', MiB, 0n, true, [], undefined],
     ['not a multiple of 512', MiB, MiB + 1n, true, [], /^The new size must be a multiple of 512$/],
     ['not a multiple of 512 (shrinking) reports the alignment first', MiB, 1000n, false, [], /^The new size must be a multiple of 512$/],
-    ['grow with bitmaps', MiB, 2n * MiB, false, ['b0'], /persistent dirty bitmaps/],
-    ['shrink with bitmaps and allowShrink', MiB, 512n * KiB, true, ['b0'], /persistent dirty bitmaps/],
+    ['grow with bitmaps', MiB, 2n * MiB, false, ['b0'], undefined],
+    ['shrink with bitmaps and allowShrink', MiB, 512n * KiB, true, ['b0'], undefined],
     ['shrink with bitmaps without allowShrink reports the shrink first', MiB, 512n * KiB, false, ['b0'], /^Shrinking/],
   ] as Array<[string, bigint, bigint, boolean, string[], RegExp | undefined]>)('%s', (_n, from, to, allowShrink, bitmaps, want) => {
     const r = validateResize(plainState({ virtualSize: from, bitmaps }), to, allowShrink);
@@ -323,6 +325,7 @@ const DIFF_CASES: Array<[FixtureName, AmendRequest]> = [
   ['snap', { size: 2n * MiB }],
   ['snapResized', { compat: '0.10' }],
   ['bitmap', { size: 2n * MiB }],
+  ['bitmap', { compat: '0.10' }],
   ['bitmap', { lazyRefcounts: true }],
   ['overlay', { backingFile: 'base.qcow2', backingFormat: 'qcow2' }],
   ['overlay', { backingFile: 'base.qcow2', backingFormat: 'raw' }],
@@ -345,9 +348,9 @@ const STRICTER: Record<string, string> = {
   'snap compat=0.10':
     'qemu-img refuses a downgrade only when a snapshot has VM state or a disk size other than the current one; ' +
     'ImageFacts carries only the snapshot count, so validateAmend refuses any internal snapshot',
-  'bitmap size=2097152':
-    'qemu-img resizes persistent dirty bitmaps with the image; the native engine cannot, so validateResize refuses ' +
-    '(and points to the qemu-img engine or removing the bitmaps)',
+  'bitmap compat=0.10':
+    'qemu-img 7.2 downgrades an image with persistent bitmaps and leaves them inconsistent and their clusters leaked; ' +
+    'validateAmend refuses with the reason QEMU gives for adding one to a v2 image',
 };
 
 /** Where our message is ours, not qemu-img's: it must start with qemu-img's text. */

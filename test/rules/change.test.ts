@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { amendRequestOf, classifyChange, overallAction, refusalMessage } from '../../provider/rules/change';
 import { validateCreate } from '../../provider/rules/create';
 import type { Action, AmendRequest, Change, DesiredSpec, ImageFacts, Operation, WorldFacts } from '../../provider/rules/types';
-import { MiB, WAY_FORWARD, dataFileState, overlayState, plainState, rawState, show, v2State } from './support';
+import { INPUT_NAME, MiB, WAY_FORWARD, dataFileState, overlayState, plainState, rawState, show, v2State } from './support';
 
 interface ChangeCase {
   name: string;
@@ -58,9 +58,9 @@ const CASES: ChangeCase[] = [
   { name: 'size unchanged is nothing to do', current: plainState(), desired: { size: MiB }, property: 'size', action: 'none', request: 'none' },
   { name: 'size grows in place (resize)', current: plainState(), desired: { size: two }, property: 'size', action: 'amend', operation: 'resize', request: { size: two } },
   { name: 'size grows a raw image in place, extending the data file', current: rawState(), desired: { size: two }, property: 'size', action: 'amend', operation: 'resize', reason: /data file extended/, request: { size: two } },
-  { name: 'size shrink is refused without allowShrink', current: plainState(), desired: { size: half }, property: 'size', action: 'refuse', reason: /set allowShrink: true/ },
+  { name: 'size shrink is refused without allowShrink', current: plainState(), desired: { size: half }, property: 'size', action: 'refuse', reason: [/^Shrinking the image from 1048576 bytes \(1 MiB\) to 524288 bytes \(512 KiB\) deletes all data beyond the new end/, /Set size to the image's current size \(1048576\), or set allowShrink: true/] },
   { name: 'size shrink is done in place with allowShrink', current: plainState(), desired: { size: half, allowShrink: true }, property: 'size', action: 'amend', operation: 'resize', reason: /deleted/, request: { size: half } },
-  { name: 'size growth with persistent bitmaps is refused', current: plainState({ bitmaps: ['b0'] }), desired: { size: two }, property: 'size', action: 'refuse', reason: /remove the bitmaps/ },
+  { name: 'size growth with persistent bitmaps is an amend (the bitmaps grow too)', current: plainState({ bitmaps: ['b0'] }), desired: { size: two }, property: 'size', action: 'amend', operation: 'resize', reason: /grows in place/ },
   { name: 'size as create rounds it (1000 -> 1024) is unchanged on the image create made', current: plainState({ virtualSize: 1024n }), desired: { size: 1000n }, property: 'size', action: 'none', request: 'none' },
   { name: 'size not a multiple of 512 grows to the rounded size, as create would', current: plainState({ virtualSize: 512n }), desired: { size: 1000n }, property: 'size', action: 'amend', operation: 'resize', request: { size: 1024n } },
   // ---- compat
@@ -110,7 +110,7 @@ const CASES: ChangeCase[] = [
   {
     name: 'dataFileRaw enabled on an existing image is refused, with both ways forward',
     current: dataFileState(), desired: { dataFileRaw: true }, property: 'dataFileRaw', action: 'refuse',
-    reason: [/^data-file-raw cannot be set on existing images/, /Create a new image with dataFileRaw: true/, /wrap the raw data file in a new image with adopt: true/],
+    reason: [/^data-file-raw cannot be set on existing images/, /Set dataFileRaw: false to keep this image/, /create a new image with dataFileRaw: true/, /wrap the raw data file in a new image with adopt: true/],
   },
   { name: 'dataFileRaw enabled without any data file is refused: it needs one', current: plainState(), desired: { dataFileRaw: true }, property: 'dataFileRaw', action: 'refuse', reason: /^data-file-raw requires data-file/ },
   { name: 'dataFileRaw enabled with a data file added in the same plan is refused', current: plainState(), desired: { dataFileRaw: true, dataFile: 'img.raw', allowReplace: true }, property: 'dataFileRaw', action: 'refuse', overall: 'refuse' },
@@ -120,7 +120,7 @@ const CASES: ChangeCase[] = [
   { name: 'backingFile changed on an overlay is a rebase', current: overlayState(), desired: { backingFile: 'other.qcow2' }, property: 'backingFile', action: 'amend', operation: 'rebase' },
   { name: 'backingFormat changed on an overlay is a rebase', current: overlayState(), desired: { backingFormat: 'raw' }, property: 'backingFile', action: 'amend', operation: 'rebase' },
   { name: 'backingFile added to a non-raw data file image is a rebase', current: dataFileState(), desired: { backingFile: 'base.qcow2', backingFormat: 'qcow2' }, property: 'backingFile', action: 'amend', operation: 'rebase' },
-  { name: 'backingFile removed is refused', current: overlayState(), desired: { backingFile: '' }, property: 'backingFile', action: 'refuse', reason: /Convert the image/ },
+  { name: 'backingFile removed is refused', current: overlayState(), desired: { backingFile: '' }, property: 'backingFile', action: 'refuse', reason: [/Keep backingFile at base\.qcow2/, /convert the image/] },
   {
     name: 'backingFile added to a raw image is refused',
     current: rawState(), desired: { backingFile: 'base.qcow2', backingFormat: 'qcow2' }, property: 'backingFile', action: 'refuse',
@@ -230,6 +230,58 @@ describe('every refusal produced by the tables names the way forward', () => {
   it.each(ALL_REFUSALS)('%s', (_n, change) => {
     expect(change.reason.trim(), 'reason is empty').not.toBe('');
     expect(change.reason, 'no way forward (an imperative such as Create/Set/Clear/Move/use)').toMatch(WAY_FORWARD);
+    // One way forward is always a change to the program itself: it names an Image input.
+    expect(change.reason, 'no way forward in the program (an Image input named)').toMatch(INPUT_NAME);
+  });
+});
+
+// ------------------------------------------------------------------------------------------------
+// The image changed outside the program since it was recorded: the plan and refusals say so
+// ------------------------------------------------------------------------------------------------
+
+describe('changes made outside the program since the image was recorded', () => {
+  const recorded = rawState({ virtualSize: MiB, dataFile: '/vm/d.raw' });
+
+  it('a hand-grown image: keeping the recorded size is a shrink, refused with both the program and allowShrink as ways forward', () => {
+    const [c] = classifyChange(rawState({ virtualSize: two, dataFile: '/vm/d.raw' }), { size: MiB }, { recorded });
+    expect(c).toMatchObject({ property: 'size', action: 'refuse' });
+    expect(c!.reason).toBe(
+      'The image was resized outside the program: it is 2097152 bytes (2 MiB) now, 1048576 bytes (1 MiB) when last recorded. ' +
+        'Shrinking the image from 2097152 bytes (2 MiB) to 1048576 bytes (1 MiB) deletes all data beyond the new end. ' +
+        "Set size to the image's current size (2097152), or set allowShrink: true to shrink it",
+    );
+  });
+
+  it('a hand-shrunk image grows back in place, and the plan says why', () => {
+    const [c] = classifyChange(rawState({ virtualSize: half, dataFile: '/vm/d.raw' }), { size: MiB }, { recorded });
+    expect(c).toMatchObject({ property: 'size', action: 'amend', operation: 'resize', from: half, to: MiB });
+    expect(c!.reason).toMatch(/^The image was resized outside the program: it is 524288 bytes \(512 KiB\) now, 1048576 bytes \(1 MiB\) when last recorded; the image grows in place/);
+  });
+
+  it('data-file-raw cleared by hand cannot be set again: the refusal says it was cleared and offers dataFileRaw: false', () => {
+    const [c] = classifyChange(rawState({ virtualSize: MiB, dataFile: '/vm/d.raw', dataFileRaw: false }), { dataFileRaw: true }, { recorded });
+    expect(c).toMatchObject({ property: 'dataFileRaw', action: 'refuse' });
+    expect(c!.reason).toMatch(/^data-file-raw was changed outside the program: it is off now, on when last recorded\. data-file-raw cannot be set on existing images/);
+    expect(c!.reason).toMatch(/Set dataFileRaw: false to keep this image as it is/);
+  });
+
+  it('a data file renamed by hand: going back to a name that is gone is refused, offering the new name', () => {
+    const [c] = classifyChange(rawState({ virtualSize: MiB, dataFile: '/vm/e.raw' }), { dataFile: '/vm/d.raw' }, { recorded, desiredDataFile: { exists: false } });
+    expect(c).toMatchObject({ property: 'dataFile', action: 'refuse' });
+    expect(c!.reason).toMatch(/^The image's data file name was changed outside the program: it is '\/vm\/e\.raw' now, '\/vm\/d\.raw' when last recorded\. The new data file '\/vm\/d\.raw' does not exist/);
+    expect(c!.reason).toMatch(/keep dataFile at \/vm\/e\.raw/);
+  });
+
+  it('a program that already matches the changed image plans nothing', () => {
+    expect(overallAction(classifyChange(rawState({ virtualSize: two, dataFile: '/vm/d.raw' }), { size: two }, { recorded }))).toBe('none');
+  });
+
+  it('an image removed outside the program is refused, saying how to recreate it', () => {
+    const changes = classifyChange({ ...recorded, path: '/vm/d.qcow2' }, { size: MiB }, { recorded, imageMissing: true });
+    expect(changes).toHaveLength(1);
+    expect(changes[0]).toMatchObject({ property: 'path', action: 'refuse' });
+    expect(changes[0]!.reason).toMatch(/^The image \/vm\/d\.qcow2 is not there any more: it was removed outside the program/);
+    expect(changes[0]!.reason).toMatch(/Restore the file, or run a refresh \(pulumi refresh\)/);
   });
 });
 

@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { CreateOptions } from '../../provider/model/options';
-import { validateAdoption, validateCreate } from '../../provider/rules/create';
+import { validateAdoption, validateCreate, withCreateWayForward } from '../../provider/rules/create';
 import { runQemuImg } from '../helpers/qemu';
-import { GiB, KiB, MiB, describeWithQemu, makeTempRoot, qemuCreateArgs, qemuMessage, removeTree, show } from './support';
+import { GiB, INPUT_NAME, KiB, MiB, WAY_FORWARD, describeWithQemu, makeTempRoot, qemuCreateArgs, qemuMessage, removeTree, show } from './support';
 
 const IMG = 'img.qcow2';
 const BDRV_MAX_LENGTH = 9223372035781033984n;
@@ -121,6 +121,29 @@ describe('validateCreate refuses', () => {
     expect(r!.property).toBe(c.property);
     if (typeof c.message === 'string') expect(r!.message).toBe(c.message);
     else expect(r!.message).toMatch(c.message);
+  });
+});
+
+describe('the Image resource adds a way forward in the program to each create refusal', () => {
+  const refusals = [...SINGLE_FAULTS, ...TWO_FAULTS].map((c) => [c.name, refusalOf(c.options)!] as const);
+  it.each(refusals)('%s', (_n, r) => {
+    const text = withCreateWayForward(r);
+    expect(text.startsWith(r.message.replace(/\. (Create the image with extended_l2=off|Omit the size to use the file's own size)$/, '').replace(/\.$/, '')), 'keeps the reason').toBe(true);
+    expect(text, 'a way forward').toMatch(WAY_FORWARD);
+    expect(text, 'in the program: an Image input named').toMatch(INPUT_NAME);
+  });
+
+  it('a backing file together with data-file-raw on a new image: remove one of them', () => {
+    const r = refusalOf({ size: MiB, ...DATA, dataFileRaw: true, backingFile: 'base.qcow2', backingFormat: 'qcow2' })!;
+    expect(withCreateWayForward(r)).toBe(
+      'Backing file and data-file-raw cannot be used at the same time. A data-file-raw image keeps its data file a complete raw disk, ' +
+        'which a backing file would contradict. Remove backingFile (the data file is the whole disk), or remove dataFileRaw to make an overlay',
+    );
+  });
+
+  it('adoption refusals too', () => {
+    expect(withCreateWayForward(validateAdoption('/d/img.raw', 4n * KiB, MiB)!)).toMatch(/never resized\. Remove size \(the file's own size is used\)$/);
+    expect(withCreateWayForward(validateAdoption('/d/img.raw', 1000n, 512n)!)).toMatch(/Extend the file to a multiple of 512 bytes first, or remove adopt/);
   });
 });
 

@@ -51,6 +51,10 @@ export const overlayState = (over: Partial<ImageFacts> = {}): ImageFacts =>
  * sentence or clause ("Create a new image ...", "..., or keep ...", "(use compat=1.1 ...)").
  * A verb inside a description ("features 0x10 set") does not count.
  */
+/** An Image input, as a program sets it: a way forward that changes the program names one. */
+export const INPUT_NAME =
+  /\b(path|size|clusterSize|compat|lazyRefcounts|refcountBits|extendedL2|compressionType|preallocation|backingFile|backingFormat|dataFile|dataFileRaw|adopt|source|allowShrink|allowReplace|engine)\b/;
+
 export const WAY_FORWARD =
   /(^|[.:;,(]\s*|\bor\s+|\bthen\s+)(create|set|clear|move|copy|point|keep|convert|use|remove|omit|round|upgrade|rename|wrap|choose|give|pass|run|delete|add|enable|disable|resize)\b/i;
 

@@ -2,7 +2,7 @@
 // validates the whole request before anything is written).
 
 import { READ_ONLY_DRIVERS, imageName, requireQcow2 } from '../args';
-import { collect, command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { engineFor } from '../engine';
 import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
 import { out } from '../io';
@@ -12,20 +12,20 @@ import type { AmendRequest } from '../../rules/types';
 export const usage = 'amend [-f qcow2] -o OPTIONS [-q] FILE';
 export const description = 'change options of an existing image, all or nothing (validated before anything is written)';
 
+const spec: CommandSpec = {
+  name: 'amend', usage, description, args: ['[file]'],
+  options: [
+    ['-f <fmt>', 'image format (qcow2)'],
+    ['-o <options>', 'options to change: compat, lazy_refcounts, refcount_bits, size, data_file, data_file_raw (repeatable)', 'repeatable'],
+    ['-q', 'quiet'],
+    ['-p', 'progress (accepted for compatibility; amend is a single commit)'],
+  ],
+};
+
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { file?: string; o: { f?: string; o: string[] } } | undefined;
-  command('amend')
-    .description(description)
-    .usage(usage.replace(/^amend /, ''))
-    .option('-f <fmt>', 'image format (qcow2)')
-    .option('-o <options>', 'options to change: compat, lazy_refcounts, refcount_bits, size, data_file, data_file_raw (repeatable)', collect, [] as string[])
-    .option('-q', 'quiet')
-    .option('-p', 'progress (accepted for compatibility; amend is a single commit)')
-    .argument('[file]')
-    .action((file: string | undefined, o: { f?: string; o: string[] }) => { parsed = { o, ...(file !== undefined ? { file } : {}) }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<{ f?: string; o: string[] }>(spec, argv);
   if (parsed === undefined) return;
-  const { file, o } = parsed;
+  const { args: [file], o } = parsed;
   if (!o.o.length) fail('Must specify options (-o)');
   let pairs;
   try {

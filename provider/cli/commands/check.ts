@@ -15,8 +15,11 @@ export async function run(argv: string[]): Promise<void> {
   const engine = engineFor(image);
   let r;
   try {
-    // qemu-img opens the image first, then finds that raw has no check (exit 63).
-    if (format !== 'qcow2' && (await engine.info(path, { forceShare, format: format ?? 'probe' })).format === 'raw') {
+    // qemu-img opens the image first, then finds that raw has no check (exit 63). A qcow2 image
+    // info cannot read (a snapshot table too big) is still checked: check opens it as QEMU's
+    // BDRV_O_CHECK does, and reports what it finds.
+    const probed = format === 'qcow2' ? 'qcow2' : await engine.info(path, { forceShare, format: format ?? 'probe' }).then((i) => i.format, () => undefined);
+    if (probed === 'raw') {
       report('This image format does not support checks');
       throw new Exit(63);
     }
@@ -24,6 +27,11 @@ export async function run(argv: string[]): Promise<void> {
   } catch (e) {
     if (e instanceof Exit) throw e;
     fail(`Could not open '${file}': ${messageOf(e)}`);
+  }
+  if (r.failed) {
+    report(r.failed.message);
+    report(`Check failed: ${r.failed.cause}`);
+    throw new Exit(1);
   }
   for (const m of r.messages) err(m + '\n');
   const code = checkExitCode(r);

@@ -2,35 +2,36 @@
 // image (read through its backing chain) into a new image, sparse-aware; never overwrites.
 
 import { imageName, requireCreatable } from '../args';
-import { collect, command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { engineFor, importSource } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
 import { out } from '../io';
 
-export const usage = 'convert [-p] [-q] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
+export const usage = 'convert [-p] [-q] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] -O qcow2 [-o OPTIONS] SRC DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; bitmaps?: boolean; skipBrokenBitmaps?: boolean }
+
+const spec: CommandSpec = {
+  name: 'convert', usage, description, args: ['[src]', '[dst]'],
+  options: [
+    ['-f <fmt>', 'source format: raw or qcow2 (probed when omitted)'],
+    ['-O <fmt>', 'output format (qcow2)'],
+    ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
+    ['-p', 'show a progress bar'],
+    ['-q', 'quiet'],
+    ['-c', 'compress the output (not supported: refused)'],
+    ['--bitmaps', "copy the source's persistent dirty bitmaps"],
+    ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
+  ],
+};
 
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { src?: string; dst?: string; o: Opts } | undefined;
-  command('convert')
-    .description(description)
-    .usage(usage.replace(/^convert /, ''))
-    .option('-f <fmt>', 'source format: raw or qcow2 (probed when omitted)')
-    .option('-O <fmt>', 'output format (qcow2)')
-    .option('-o <options>', 'create options of the new image (repeatable); its size comes from the source', collect, [] as string[])
-    .option('-p', 'show a progress bar')
-    .option('-q', 'quiet')
-    .option('-c', 'compress the output (not supported: refused)')
-    .argument('[src]')
-    .argument('[dst]')
-    .action((src: string | undefined, dst: string | undefined, o: Opts) => { parsed = { o, ...(src !== undefined ? { src } : {}), ...(dst !== undefined ? { dst } : {}) }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { src, dst, o } = parsed;
+  const { args: [src, dst], o } = parsed;
   let options: CreateOptions;
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
@@ -54,9 +55,13 @@ export async function run(argv: string[]): Promise<void> {
   const from = imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst);
+  if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
   const bar = o.p && !o.q ? progressBar() : undefined;
   try {
-    await engineFor(target).import(target.path, options, importSource(from, target, format), bar ? { progress: bar.update } : {});
+    await engineFor(target, from).import(target.path, options, importSource(from, target, format), {
+      ...(bar ? { progress: bar.update } : {}),
+      ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+    });
   } catch (e) {
     bar?.stop();
     report(openPrefix(e, src) + messageOf(e));

@@ -2,7 +2,7 @@
 // qemu-img create's syntax, output and refusals; never overwrites an image or a data file.
 
 import { imageName, requireCreatable } from '../args';
-import { collect, command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { engineFor } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions, toRawCreateOptions, type OptionPair } from '../optlist';
 import { formattingLine } from '../render/formatting';
@@ -17,24 +17,23 @@ export const description = 'create a new qcow2 image (never overwrites an existi
 
 interface Opts { f?: string; o: string[]; b?: string; F?: string; u?: boolean; q?: boolean; adoptDataFile?: boolean }
 
+const spec: CommandSpec = {
+  name: 'create', usage, description, args: ['[file]', '[size]'],
+  options: [
+    ['-f <fmt>', 'image format (qcow2 or raw)'],
+    ['-o <options>', 'comma-separated create options; `-o help` lists them (repeatable)', 'repeatable'],
+    ['-b <backing_file>', 'backing file'],
+    ['-F <backing_fmt>', 'backing file format'],
+    ['-u', 'do not open the backing file (a size must be given)'],
+    ['-q', 'quiet: do not print the Formatting line'],
+    ['--adopt-data-file', 'wrap the existing data file named by data_file= unchanged instead of refusing'],
+  ],
+};
+
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { file?: string; size?: string; o: Opts } | undefined;
-  command('create')
-    .description(description)
-    .usage(usage.replace(/^create /, ''))
-    .option('-f <fmt>', 'image format (qcow2 or raw)')
-    .option('-o <options>', 'comma-separated create options; `-o help` lists them (repeatable)', collect, [] as string[])
-    .option('-b <backing_file>', 'backing file')
-    .option('-F <backing_fmt>', 'backing file format')
-    .option('-u', 'do not open the backing file (a size must be given)')
-    .option('-q', 'quiet: do not print the Formatting line')
-    .option('--adopt-data-file', 'wrap the existing data file named by data_file= unchanged instead of refusing')
-    .argument('[file]')
-    .argument('[size]')
-    .action((file: string | undefined, size: string | undefined, o: Opts) => { parsed = { o, ...(file !== undefined ? { file } : {}), ...(size !== undefined ? { size } : {}) }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { file, size, o } = parsed;
+  const { args: [file, size], o } = parsed;
   const fmt = createFormat(o.f);
   let text: string;
   try {

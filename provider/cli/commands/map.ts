@@ -4,7 +4,7 @@
 import { parseReadArgs } from '../args';
 import { engineFor } from '../engine';
 import { mapHumanText, mapJsonText } from '../render/map';
-import { fail, failOn, messageOf } from '../report';
+import { fail, failOn } from '../report';
 import { out } from '../io';
 
 export const usage = 'map [-f qcow2|raw] [--output=human|json] [-U] FILE';
@@ -18,11 +18,11 @@ export async function run(argv: string[]): Promise<void> {
   } catch (e) {
     failOn(e, file);
   }
-  let text: string;
-  try {
-    text = fmt === 'json' ? mapJsonText(entries) : mapHumanText(entries);
-  } catch (e) {
-    fail(messageOf(e)); // qemu-img's refusal to print compressed clusters: no file prefix
+  if (fmt === 'json') {
+    out(mapJsonText(entries));
+    return;
   }
+  const { text, refusal } = mapHumanText(entries);
   out(text);
+  if (refusal !== undefined) fail(refusal); // qemu-img's refusal to print compressed clusters: no file prefix
 }

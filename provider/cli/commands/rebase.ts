@@ -2,7 +2,7 @@
 // the clusters that differ between the old and the new chain are copied first.
 
 import { imageName, requireQcow2 } from '../args';
-import { command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { engineFor } from '../engine';
 import { fail, failOn } from '../report';
 
@@ -12,21 +12,22 @@ export const description = 'change the backing file; without -u, clusters that d
 
 interface Opts { f?: string; u?: boolean; b?: string; F?: string }
 
+const spec: CommandSpec = {
+  name: 'rebase', usage, description, args: ['<file>'],
+  options: [
+    ['-f <fmt>', 'image format (qcow2)'],
+    ['-u', 'unsafe: only rewrite the backing file reference (the guest view may change)'],
+    ['-b <backing_file>', "new backing file ('' for none)"],
+    ['-F <backing_fmt>', 'backing file format'],
+    ['-q', 'quiet'],
+  ],
+};
+
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { file: string; o: Opts } | undefined;
-  command('rebase')
-    .description(description)
-    .usage(usage.replace(/^rebase /, ''))
-    .option('-f <fmt>', 'image format (qcow2)')
-    .option('-u', 'unsafe: only rewrite the backing file reference (the guest view may change)')
-    .option('-b <backing_file>', "new backing file ('' for none)")
-    .option('-F <backing_fmt>', 'backing file format')
-    .option('-q', 'quiet')
-    .argument('<file>')
-    .action((file: string, o: Opts) => { parsed = { file, o }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { file, o } = parsed;
+  const [file] = parsed.args as [string]; // required: commander refused otherwise
+  const { o } = parsed;
   requireQcow2(o.f);
   if (o.b === undefined) fail('Must specify backing file (-b) or use unsafe mode (-u)');
   try {

@@ -1,31 +1,34 @@
 // `qcow2 resize [-f qcow2] [--shrink] [-q] FILE [+|-]SIZE`: change the virtual size.
 
 import { imageName, requireQcow2 } from '../args';
-import { command } from '../commander';
+import { CommandSpec, parseCommand } from '../commander';
 import { engineFor } from '../engine';
-import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
-import { parseSize } from '../../model/size';
-import { out } from '../io';
+import { Exit, fail, messageOf, openPrefix, report, warn } from '../report';
+import { parseSizeOption } from '../../model/size';
+import { resolveBackingName } from '../../model/backing-name';
+import { isatty } from 'tty';
+import { err, out } from '../io';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
 
+interface Opts { f?: string; shrink?: boolean; q?: boolean; preallocation?: string }
+
+const spec: CommandSpec = {
+  name: 'resize', usage, description, args: ['<file>', '<size>'],
+  options: [
+    ['-f <fmt>', 'image format (qcow2)'],
+    ['--shrink', 'allow shrinking the image'],
+    ['--preallocation <mode>', 'preallocation of the new area: off (metadata, falloc and full are not supported natively)'],
+    ['-q', 'quiet'],
+  ],
+};
+
 export async function run(argv: string[]): Promise<void> {
-  let parsed: { file: string; sizeText: string; o: { f?: string; shrink?: boolean; q?: boolean; preallocation?: string } } | undefined;
-  command('resize')
-    .description(description)
-    .usage(usage.replace(/^resize /, ''))
-    .option('-f <fmt>', 'image format (qcow2)')
-    .option('--shrink', 'allow shrinking the image')
-    .option('--preallocation <mode>', 'preallocation of the new area: off (metadata, falloc and full are not supported natively)')
-    .option('-q', 'quiet')
-    .argument('<file>')
-    .argument('<size>')
-    .allowUnknownOption(false)
-    .action((file: string, sizeText: string, o: { f?: string; shrink?: boolean; q?: boolean; preallocation?: string }) => { parsed = { file, sizeText, o }; })
-    .parse(argv, { from: 'user' });
+  const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { file, sizeText, o } = parsed;
+  const [file, sizeText] = parsed.args as [string, string]; // both required: commander refused otherwise
+  const { o } = parsed;
   requireQcow2(o.f);
   const prealloc = o.preallocation;
   if (prealloc !== undefined && prealloc !== 'off') {
@@ -36,16 +39,27 @@ export async function run(argv: string[]): Promise<void> {
   let size: bigint | { relative: bigint };
   try {
     const sign = sizeText.startsWith('+') ? 1n : sizeText.startsWith('-') ? -1n : 0n;
-    const n = parseSize(sign ? sizeText.slice(1) : sizeText);
+    // qemu-img sets the size as a QemuOpts size (below 2^64), then reads it as an int64: 8E and
+    // more wrap negative and are refused as not positive.
+    const n = BigInt.asIntN(64, parseSizeOption('size', sign ? sizeText.slice(1) : sizeText));
     size = sign ? { relative: sign * n } : n;
   } catch (e) {
-    reportEach(messageOf(e));
+    report(messageOf(e)); // QemuOpts' hint lines are printed bare
     throw new Exit(1);
   }
   const image = imageName(file);
   try {
-    await engineFor(image).resize(image.path, size, { allowShrink: o.shrink ?? false });
+    const engine = engineFor(image);
+    const path = image.path;
+    const facts = await engine.info(path, { forceShare: true }).catch(() => undefined);
+    if (facts !== undefined && (typeof size === 'bigint' ? size : facts.virtualSize + size.relative) <= 0n) fail('New image size must be positive');
+    // A data-file-raw image's data file changes size with it, as in qemu-img: the file the
+    // header names, which may not be where the user expects. Say which one it is, to a person
+    // at a terminal (scripts get qemu-img's output unchanged).
+    if (facts?.dataFileRaw && facts.dataFile && !o.q && isatty(2)) err(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
+    await engine.resize(path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
+    if (e instanceof Exit) throw e;
     report(openPrefix(e, file) + messageOf(e));
     // qemu-img warns after refusing a shrink that lacks --shrink (and never on success).
     if (/^Use the --shrink option/.test(messageOf(e))) {

@@ -37,6 +37,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
         host,
         ...(call.sourceTarget !== undefined ? { sourceHost: hostOf(call.sourceTarget) } : {}),
         ...(progress ? { progress } : {}),
+        ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
       });
       return undefined;
     case 'amend':
@@ -59,15 +60,23 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     }
     case 'map':
       return ops().mapImage(call.path, { ...(call.options.format !== 'probe' ? { format: call.options.format ?? 'qcow2' } : {}), forceShare: call.options.forceShare ?? false, host });
+    case 'bitmap':
+      return ops().bitmapImage(call.path, call.name, call.actions, { ...call.options, host });
+    case 'dumpBitmap':
+      return ops().dumpBitmap(call.path, call.name, { forceShare: call.options.forceShare ?? false, host });
     case 'remove': {
-      const { removeImageFiles } = require('../remove') as typeof import('../remove');
+      const { removeImageFiles } = require('../../qcow2/ops/remove') as typeof import('../../qcow2/ops/remove');
       removeImageFiles(call.path, call.options, host);
       return undefined;
     }
     case 'stat': {
       const st = host.stat(call.path);
-      return st === undefined ? undefined : { kind: st.kind, size: BigInt(st.size) };
+      return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
     }
+    case 'chain':
+      return (require('../chain') as typeof import('../chain')).readImageChain(call.path, call.seen, host);
+    case 'dependents':
+      return (require('../chain') as typeof import('../chain')).findDependents(call.path, call.candidates, host);
     default: {
       const never: never = call;
       throw new Qcow2Error('UNSUPPORTED', `Unknown operation '${(never as { op: string }).op}'`);

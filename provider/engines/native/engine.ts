@@ -9,9 +9,12 @@ import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
-import type { Engine, FileStat, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Dependents, Engine, FileStat, ImageChain, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
 import type { ConnectionArgs } from '../../transport/ssh/connection';
 import type { OpCall, TargetDescriptor } from './protocol';
+import { Qcow2Error } from '../../model/errors';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
 export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
@@ -22,55 +25,52 @@ export interface NativeEngineOptions {
    * it); a remote host's files are always worked on in a worker.
    */
   executor?: 'worker' | 'inline' | Executor;
-  /** The file system the paths are on (default: local files; see `connection`). */
+  /** The file system the paths are on (default: local files, or the host of `getEngine`'s `connection`). */
   target?: TargetDescriptor;
-  /** A remote host the paths are on, reached over SSH (its files through SFTP). */
-  connection?: ConnectionArgs;
 }
 
-/** The target of a remote host: its connection kept in this process under an id (no secret in the descriptor). */
-export async function sshTarget(connection: ConnectionArgs): Promise<TargetDescriptor> {
-  const { remoteFs } = await import('../../transport/ssh/remote-fs');
-  const fs = remoteFs(connection);
-  fs.prepare(); // the connection comes up while a worker starts
-  return { kind: 'ssh', id: fs.id, label: fs.label };
+/**
+ * What an engine needs for remote hosts, given where it is built (engines/index.ts) so that this
+ * class reaches neither SSH nor the pool: an executor off the calling thread, and the target of
+ * a connection.
+ */
+export interface RemoteSupport {
+  /** Runs operations involving a remote host; never the calling thread, whose event loop serves the remote files. */
+  exec: Executor;
+  /** The target of a remote host (its connection kept in this process under an id). */
+  target(connection: ConnectionArgs): Promise<TargetDescriptor>;
 }
 
-// Each executor loads its machinery on first use: a command line running inline never loads the
-// pool (nor worker_threads), a provider never loads the dispatcher on its own thread.
-function executorOf(kind: NativeEngineOptions['executor']): Executor {
-  if (typeof kind === 'function') return kind;
-  if (kind === 'inline') {
-    return async (target, call, progress) => (await import('./dispatch')).runOp(target, call, progress);
-  }
-  return async (target, call, progress) => (await import('./pool')).sharedPool().run(target, call, progress);
-}
-
+/**
+ * The Engine over an executor. Which executor is the caller's choice, made where the engine is
+ * built (engines/index.ts: the worker pool by default; engines/inline.ts: the calling thread),
+ * so that this class reaches neither: a command line running inline never loads the pool (nor
+ * worker_threads), a provider never loads the dispatcher on its own thread.
+ */
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
-  private readonly exec: Executor;
-  /** Runs what involves a remote host when `exec` runs on the calling thread. */
-  private readonly remoteExec: Executor;
-  private target: TargetDescriptor | Promise<TargetDescriptor>;
+  private readonly target: TargetDescriptor | Promise<TargetDescriptor>;
 
-  constructor(options: NativeEngineOptions = {}) {
-    const connection = options.connection;
-    // A connection is validated and registered on first use (ssh2 is loaded only then).
-    this.target = options.target ?? (connection !== undefined ? { kind: 'ssh', id: '', label: '' } : { kind: 'local' });
-    if (options.target === undefined && connection !== undefined) {
-      const p = sshTarget(connection);
-      p.catch(() => undefined); // reported by the first operation
-      this.target = p;
-    }
-    this.exec = executorOf(options.executor);
-    // The bridge that serves a remote host's files needs this thread's event loop free.
-    this.remoteExec = options.executor === 'inline' ? executorOf('worker') : this.exec;
+  /**
+   * @param exec runs local operations
+   * @param target the host the paths are on: local files, or a remote host's target
+   * @param remote how remote hosts are reached; without it, only local files (a `target` of a
+   *   remote host then runs on `exec`, which must not be the calling thread)
+   */
+  constructor(
+    private readonly exec: Executor,
+    target: TargetDescriptor | Promise<TargetDescriptor> = { kind: 'local' },
+    private readonly remote?: RemoteSupport,
+  ) {
+    // A remote target is reported by the first operation that needs it.
+    if (target instanceof Promise) target.catch(() => undefined);
+    this.target = target;
   }
 
   private async run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
     const target = await this.target;
     const remote = target.kind !== 'local' || (call.op === 'import' && call.sourceTarget !== undefined && call.sourceTarget.kind !== 'local');
-    return (remote ? this.remoteExec : this.exec)(target, call, progress) as Promise<T>;
+    return (remote ? this.remote?.exec ?? this.exec : this.exec)(target, call, progress) as Promise<T>;
   }
 
   async create(path: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<void> {
@@ -88,7 +88,12 @@ export class NativeEngine implements Engine {
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
     const { host, ...file } = source;
     const call: OpCall = { op: 'import', path, options, source: file };
-    if (host !== undefined) call.sourceTarget = host === 'local' ? { kind: 'local' } : await sshTarget(host);
+    if (host === 'local') call.sourceTarget = { kind: 'local' };
+    else if (host !== undefined) {
+      if (this.remote === undefined) throw new Qcow2Error('UNSUPPORTED', 'This engine works on local files only: a source on a remote host needs the engine of getEngine()', { property: 'source' });
+      call.sourceTarget = await this.remote.target(host);
+    }
+    if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
     // A local source read into a remote image still runs in a worker (the remote side needs the bridge).
     await this.run(call, opts.progress);
   }
@@ -119,11 +124,27 @@ export class NativeEngine implements Engine {
     return this.run({ op: 'map', path, options });
   }
 
+  bitmap(path: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    return this.run({ op: 'bitmap', path, name, actions: [...actions], options });
+  }
+
+  dumpBitmap(path: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    return this.run({ op: 'dumpBitmap', path, name, options });
+  }
+
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
   }
 
   stat(path: string): Promise<FileStat | undefined> {
     return this.run({ op: 'stat', path });
+  }
+
+  chain(path: string, seen: string): Promise<ImageChain> {
+    return this.run({ op: 'chain', path, seen });
+  }
+
+  dependents(path: string, candidates: readonly string[]): Promise<Dependents> {
+    return this.run({ op: 'dependents', path, candidates: [...candidates] });
   }
 }

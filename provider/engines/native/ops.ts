@@ -11,13 +11,18 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import type { ImageLock } from '../../qcow2/io/lock';
-import { validateAmend, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import {
+  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+} from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
+import { sweepStale } from '../../qcow2/io/publish';
+import { dirname } from 'path';
 
 /** Create refusals keep qemu-img's code for bad options. */
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
@@ -55,7 +60,6 @@ export function createImage(imagePath: string, options: CreateOptions, behaviour
 /** What the rules need to know about an open image: its facts (model), compressed clusters when asked. */
 export function imageStateOf(img: Image, scanCompressed = false): ImageFacts {
   const state = factsOfImage(img, 0);
-  delete state.detail;
   if (scanCompressed) state.hasCompressedClusters = hasCompressedClusters(img);
   return state;
 }
@@ -84,6 +88,7 @@ export interface AmendBehaviour {
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
   const host = behaviour.host ?? localFs;
+  sweepStale(dirname(path), host);
   const nf = host.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
@@ -135,6 +140,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, ho
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
     throwIfRefused(r, path);
   }
+  // A change that builds on the tables needs them sound: check's verdict first (rules decide).
+  if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
   const df = needsData ? openDataFile(img, path, host) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
@@ -152,7 +159,8 @@ function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, ho
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, req: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+  const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
   return withWritableImage(path, behaviour, (img, file) => {
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
@@ -167,7 +175,9 @@ export function amendImage(path: string, req: AmendRequest, behaviour: AmendBeha
 }
 
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, size: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+  const size = typeof sizeAsked === 'object' && sizeAsked !== null
+    ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
@@ -222,6 +232,8 @@ export interface ImportBehaviour {
   host?: HostFs;
   /** The host the source is on (default: the image's). */
   sourceHost?: HostFs;
+  /** convert --bitmaps: copy the source's persistent bitmaps (inconsistent ones refused unless skipped). */
+  bitmaps?: { skipBroken: boolean };
 }
 
 /**
@@ -247,7 +259,16 @@ export function importImage(dst: string, options: CreateOptions, source: Omit<Im
       sameFile: same(dst) || (options.dataFile !== undefined && same(options.dataFile)),
     });
     throwIfRefused(r, dst);
-    writeImportedImage(dst, planCreate(resolved(dst, { ...options, size: BigInt(src.size) }, {}, host)), src, behaviour.progress, host);
+    const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }, {}, host));
+    let bitmaps: DirtyBitmap[] | undefined;
+    if (behaviour.bitmaps) {
+      const list = src instanceof Qcow2Image ? readImageBitmaps(src.image) : [];
+      throwIfRefused(validateCopyBitmaps({
+        sourceFormat: format, bitmaps: statesOf(list), targetCompat: plan.options.compat ?? '1.1', skipBroken: behaviour.bitmaps.skipBroken,
+      }), source.path);
+      bitmaps = list.filter((b) => !b.inconsistent);
+    }
+    writeImportedImage(dst, plan, src, behaviour.progress, host, bitmaps);
   } finally {
     src.close();
   }
@@ -272,12 +293,14 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
   const host = behaviour.host ?? localFs;
+  sweepStale(dirname(path), host);
   const img = Qcow2Image.open(path, {
     host,
     writable: true,
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
       throwIfRefused(r, path);
+      throwIfRefused(validateConsistent(consistencyOf(image, image.file)), path);
     },
   });
   let next: GuestSource | null = null;
@@ -296,4 +319,132 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
     next?.close();
     img.close();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent bitmaps (qemu-img bitmap, and reading a bitmap's dirty extents)
+
+import type { BitmapAction } from '../../model/bitmaps';
+import { defaultBitmapGranularity } from '../../model/bitmaps';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
+import { applyBitmapOps, readBitmapFile, readImageBitmaps } from '../../qcow2/ops/bitmap';
+import type { DirtyBitmap, DirtyExtent } from '../../qcow2/meta/dirty-bitmap';
+import { RawSource } from '../../qcow2/guest/sources/raw';
+
+export interface BitmapCommandOptions {
+  /** -b: the image --merge reads its source bitmap from (opened read-only, never changed). */
+  sourceFile?: string;
+  /** -F: its format (probed when omitted; a raw file has no bitmaps). */
+  sourceFormat?: string;
+  /** Open and close the image read-write even when refusing, as qemu-img does (BitmapOptions.rewriteOnRefusal). */
+  rewriteOnRefusal?: boolean;
+  /** The host the files are on (default: this machine). */
+  host?: HostFs;
+}
+
+/** The rules' verdict on bitmap actions for an image as loaded (its bitmaps in memory). */
+function bitmapRefusal(img: Qcow2Image, list: readonly DirtyBitmap[], path: string, name: string, actions: readonly BitmapAction[],
+  source: { bitmaps: DirtyBitmap[]; size: bigint } | undefined) {
+  const h = img.header;
+  return validateBitmapActions(
+    { compat: h.version === 2 ? '0.10' : '1.1', virtualSize: h.size, clusterSize: img.cs, bitmaps: statesOf(list), node: path },
+    name, actions, source && { bitmaps: statesOf(source.bitmaps), virtualSize: source.size });
+}
+
+/** Bitmaps in memory as the rules see them. */
+function statesOf(list: readonly DirtyBitmap[]): BitmapState[] {
+  return list.map((b) => ({ name: b.name, granularity: b.granularity, enabled: b.enabled, inconsistent: b.inconsistent }));
+}
+
+/** The bitmaps and size of a --merge source file, opened as QEMU opens it (read-only, no backing). */
+function mergeSource(file: string, format: string | undefined, host: HostFs): { bitmaps: DirtyBitmap[]; size: bigint } {
+  const fmt = format ?? probeFormat(file, host);
+  if (fmt === 'raw') {
+    const raw = RawSource.open(file, { lock: true, host });
+    try {
+      return { bitmaps: [], size: BigInt(raw.size) };
+    } finally {
+      raw.close();
+    }
+  }
+  if (fmt !== 'qcow2') throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${fmt}': this engine reads qcow2 and raw images only`, { file, property: 'source_format' });
+  const src = Qcow2Image.open(file, { backing: null, host });
+  try {
+    return { bitmaps: readImageBitmaps(src.image), size: src.image.header.size };
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * `qemu-img bitmap ACTIONS FILE NAME`: the image is opened read-write the QEMU way (every
+ * consistent bitmap flagged in-use on disk), the actions are validated as a whole by
+ * provider/rules, carried out, and every bitmap is stored at close, as qemu-img does; the bytes
+ * written equal qemu-img's. A refusal is found on a read-only look first and writes nothing;
+ * with `rewriteOnRefusal` the image is opened and closed as qemu-img does even then (no action
+ * carried out: qemu-img would have carried out those before the refused one), then REFUSED.
+ */
+export function bitmapImage(path: string, name: string, actions: readonly BitmapAction[], opts: BitmapCommandOptions = {}): { warnings: string[] } {
+  const host = opts.host ?? localFs;
+  const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat, host) : undefined;
+  if (!opts.rewriteOnRefusal) {
+    const look = Qcow2Image.open(path, { backing: null, host });
+    try {
+      throwIfRefused(bitmapRefusal(look, look.bitmaps().list, path, name, actions, source), path);
+    } finally {
+      look.close();
+    }
+  }
+  const img = Qcow2Image.open(path, {
+    host,
+    writable: true,
+    backing: null, // qemu-img bitmap opens no backing chain
+    frees: 'immediate', // QEMU's reuse of freed clusters, for its exact layout
+    beforeWrite: (image) => throwIfRefused(validateWrite(imageStateOf(image)), path),
+  });
+  let refusal;
+  const warnings: string[] = [];
+  try {
+    if (img.header.staleBitmaps) warnings.push(staleBitmapsWarning(img.header.version));
+    const bitmaps = img.bitmaps();
+    // Judged again under the write lock: another writer may have come and gone since the look.
+    refusal = bitmapRefusal(img, bitmaps.list, path, name, actions, source);
+    if (!refusal) applyBitmapOps(bitmaps, img.header.size, img.cs, name, actions, defaultBitmapGranularity(img.cs), source?.bitmaps);
+  } finally {
+    img.close();
+  }
+  throwIfRefused(refusal, path);
+  return { warnings };
+}
+
+/** QEMU's warning when it opens an image whose bitmaps extension another writer left stale. */
+export function staleBitmapsWarning(version: number): string {
+  return (version < 3
+    ? 'This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+    : 'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent') +
+    "\nSome clusters may be leaked, run 'qemu-img check -r' on the image file to fix.";
+}
+
+/** A bitmap's dirty extents (qcow2 bitmap --dump). */
+export interface BitmapExtents {
+  name: string;
+  granularity: number;
+  enabled: boolean;
+  extents: DirtyExtent[];
+}
+
+/**
+ * The dirty extents of bitmap `name` in a closed image (read-only; QEMU's locks probed unless
+ * `forceShare`). An inconsistent bitmap is refused as QEMU refuses it.
+ */
+export function dumpBitmap(path: string, name: string, opts: { forceShare?: boolean; host?: HostFs } = {}): BitmapExtents {
+  const b = readBitmapFile(path, name, {
+    forceShare: opts.forceShare ?? false,
+    ...(opts.host !== undefined ? { host: opts.host } : {}),
+    check: (e) => {
+      if (e.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file: path, property: 'bitmaps' });
+    },
+  });
+  if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file: path, property: 'bitmaps' });
+  return { name: b.name, granularity: b.granularity, enabled: b.enabled, extents: b.extents() };
 }

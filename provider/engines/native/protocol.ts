@@ -13,7 +13,7 @@ import type { ErrorData } from '../../model/errors';
 import type { AmendRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
-import type { ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { BitmapAction, BitmapOptions, ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
 
 /** Where an operation's files are. */
 export type TargetDescriptor =
@@ -28,15 +28,19 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: Omit<ImportSource, 'host'>; sourceTarget?: TargetDescriptor }
+  | { op: 'import'; path: string; options: CreateOptions; source: Omit<ImportSource, 'host'>; sourceTarget?: TargetDescriptor; bitmaps?: { skipBroken: boolean } }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }
   | { op: 'info'; path: string; options: ReadOptions }
   | { op: 'check'; path: string; options: ReadOptions }
   | { op: 'map'; path: string; options: ReadOptions }
+  | { op: 'bitmap'; path: string; name: string; actions: BitmapAction[]; options: BitmapOptions }
+  | { op: 'dumpBitmap'; path: string; name: string; options: ReadOptions }
   | { op: 'remove'; path: string; options: RemoveOptions }
-  | { op: 'stat'; path: string };
+  | { op: 'stat'; path: string }
+  | { op: 'chain'; path: string; seen: string }
+  | { op: 'dependents'; path: string; candidates: string[] };
 
 export type OpName = OpCall['op'];
 

@@ -60,18 +60,22 @@
 import * as path from 'path';
 import type { CheckResult } from '../../qcow2/ops/check';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
-import { refused, throwIfRefused } from '../refusal';
+import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
-import { validateAmend, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
-import type { AmendRequest } from '../../rules/types';
-import type { Engine, FileStat, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { AmendRequest, ConsistencyFacts } from '../../rules/types';
+import type {
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Dependents, Engine, FileStat, ImageChain, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+} from '../engine';
 import type { ConnectionArgs } from '../../transport/ssh/connection';
+import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
+import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
 import { qemuImgError } from './errors';
 import { QemuImgHost, localHost, notFound } from './host';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult } from './run';
@@ -343,7 +347,7 @@ export class QemuImgEngine implements Engine {
       const at = local?.path ?? source.path;
       await this.mustExist(at);
       const format = source.format ?? ((await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
-      const src = await this.chain(at, format);
+      const src = await this.guestChain(at, format);
       const same = async (a: string) => local === undefined && (await host.sameFile(a, source.path));
       const r = validateImport({
         sourceFormat: format,
@@ -353,9 +357,16 @@ export class QemuImgEngine implements Engine {
       });
       throwIfRefused(r, imagePath);
       const o = await this.resolved(imagePath, { ...options, size: src.size });
+      if (opts.bitmaps) {
+        const top = format === 'qcow2' ? await this.readInfo(at, false) : undefined;
+        throwIfRefused(validateCopyBitmaps({
+          sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+        }), source.path);
+      }
       await host.assertNewImageFiles(imagePath, o);
       await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-        const args = ['convert', '-q', '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+        const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
+        const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
         await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
       });
       opts.progress?.(Number(src.size), Number(src.size));
@@ -369,7 +380,7 @@ export class QemuImgEngine implements Engine {
    * (names read with qemu-img info -U from each header, resolved as QEMU resolves them), so no
    * name inside an image can make qemu-img open anything but a plain file.
    */
-  private async chain(file: string, format: string): Promise<{ spec: string; size: bigint }> {
+  private async guestChain(file: string, format: string): Promise<{ spec: string; size: bigint }> {
     const layers: Array<{ path: string; format: 'raw' | 'qcow2'; dataFile?: string }> = [];
     let size = 0n;
     const host = await this.hostP;
@@ -454,7 +465,8 @@ export class QemuImgEngine implements Engine {
     }
   }
 
-  async amend(file: string, request: AmendRequest): Promise<void> {
+  async amend(file: string, asked: AmendRequest): Promise<void> {
+    const request = asked.size === undefined ? asked : { ...asked, size: sizeArg(asked.size) };
     await this.binary();
     const state = await this.stateForChange(file);
     if (request.compat === '0.10' && state.compat === '1.1' && state.compressionType === 'zstd') {
@@ -472,10 +484,14 @@ export class QemuImgEngine implements Engine {
     if (request.dataFile !== undefined && request.dataFile !== state.dataFile) pairs.push(opt('dataFile', request.dataFile));
     if (request.dataFileRaw !== undefined && request.dataFileRaw !== state.dataFileRaw) pairs.push(opt('dataFileRaw', onOff(request.dataFileRaw)));
     if (pairs.length === 0) return;
+    const moves = sizeChanges || state.dirty || (request.compat === '0.10' && state.compat === '1.1') ||
+      (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits);
+    if (moves) throwIfRefused(validateConsistent(await this.consistency(file, state.dirty)), file);
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
-  async resize(file: string, newSize: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+  async resize(file: string, asked: bigint | { relative: bigint }, options: ResizeOptions = {}): Promise<void> {
+    const newSize = typeof asked === 'object' && asked !== null ? { relative: sizeArg(asked.relative, 'size', true) } : sizeArg(asked);
     await this.binary();
     const allowShrink = options.allowShrink ?? false;
     const state = await this.stateForChange(file);
@@ -483,6 +499,7 @@ export class QemuImgEngine implements Engine {
     const r = validateResizeRequest(state, size, allowShrink);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
+    throwIfRefused(validateConsistent(await this.consistency(file, state.dirty)), file);
     const shrink = size < state.virtualSize ? ['--shrink'] : [];
     await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
   }
@@ -521,7 +538,7 @@ export class QemuImgEngine implements Engine {
     await this.binary();
     await this.mustExist(file);
     if (!options.forceShare) await (await this.hostP).probeLock(file, 'read');
-    const src = await this.chain(file, (await this.formatOf(file, options.format)) ?? 'qcow2');
+    const src = await this.guestChain(file, (await this.formatOf(file, options.format)) ?? 'qcow2');
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
     return parseMap(r.stdout, file);
   }
@@ -549,19 +566,109 @@ export class QemuImgEngine implements Engine {
     return result;
   }
 
+  /**
+   * Check's verdict on the image's tables, for a change that builds on them: the native checker
+   * where the host reads files here; on a remote host qemu-img check there, where an image left
+   * dirty (lazy refcounts) counts only what a refcount repair cannot fix, as the native verdict.
+   */
+  private async consistency(file: string, dirty: boolean): Promise<ConsistencyFacts> {
+    const host = await this.hostP;
+    if (host.consistency !== undefined) return host.consistency(file);
+    const r = await this.runCheck(file, true);
+    const errors = r.messages.filter((m) => m.startsWith('ERROR'));
+    const counted = dirty ? errors.filter((m) => !/refcount=-?\d+ reference=\d+/.test(m)) : errors;
+    const out: ConsistencyFacts = { corruptions: dirty ? counted.length : r.corruptions, checkErrors: r.checkErrors };
+    if (counted[0] !== undefined && out.corruptions + out.checkErrors > 0) out.first = counted[0].replace(/^ERROR:? /, '');
+    return out;
+  }
+
   /** Any compressed cluster in the active L1 (qemu-img check's compressed-clusters). */
   private async hasCompressedClusters(file: string): Promise<boolean> {
     return (await this.runCheck(file, true)).compressedClusters > 0;
   }
 
-  async stat(file: string): Promise<FileStat | undefined> {
-    const st = await (await this.hostP).stat(file);
-    return st === undefined ? undefined : { kind: st.kind, size: BigInt(st.size) };
+  /** The bitmaps of an image's facts as the rules see them (in-use = inconsistent: we probed no writer holds it). */
+  private static bitmapStates(state: ImageFacts): BitmapState[] {
+    return (state.detail?.bitmaps ?? []).map((b) => ({
+      name: b.name, granularity: b.granularity, enabled: b.flags.includes('auto'), inconsistent: b.flags.includes('in-use'),
+    }));
+  }
+
+  /** `qemu-img bitmap`, after the same validation as the native engine (so it refuses alike, before qemu-img runs). */
+  async bitmap(file: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
+    await this.binary();
+    const host = await this.hostP;
+    const state = await this.stateForChange(file);
+    let source: { bitmaps: BitmapState[]; virtualSize: bigint } | undefined;
+    if (options.sourceFile !== undefined) {
+      await this.mustExist(options.sourceFile);
+      if ((await this.formatOf(options.sourceFile, options.sourceFormat === 'raw' || options.sourceFormat === 'qcow2' ? options.sourceFormat : 'probe')) === 'raw') {
+        source = { bitmaps: [], virtualSize: BigInt((await host.stat(options.sourceFile))?.size ?? 0) };
+      } else {
+        const s = await this.readInfo(options.sourceFile, false);
+        source = { bitmaps: QemuImgEngine.bitmapStates(s), virtualSize: s.virtualSize };
+      }
+    }
+    const r = validateBitmapActions({
+      compat: state.compat, virtualSize: state.virtualSize, clusterSize: state.clusterSize, bitmaps: QemuImgEngine.bitmapStates(state), node: file,
+    }, name, actions, source);
+    if (r) throw refused(r, file);
+    const args: string[] = [];
+    const granularities = new Set(actions.flatMap((a) => (a.op === 'add' && a.granularity !== undefined ? [a.granularity] : [])));
+    if (granularities.size > 1) {
+      throw new Qcow2Error('UNSUPPORTED', 'qemu-img bitmap takes one granularity per run: add bitmaps of different granularities in separate runs', { property: 'bitmaps', file });
+    }
+    for (const a of actions) args.push(...(a.op === 'merge' ? ['--merge', a.source] : [`--${a.op}`]));
+    if (granularities.size === 1) args.push('-g', String([...granularities][0]));
+    if (options.sourceFile !== undefined) {
+      args.push('-b', host.resolve(options.sourceFile));
+      if (options.sourceFormat !== undefined) args.push('-F', options.sourceFormat);
+    }
+    const abs = host.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const done = await this.run('write', ['bitmap', ...args, spec, name], { arg: spec, file });
+    // qemu-img's warnings (a stale bitmaps extension it dropped), without its prefix.
+    const warnings = done.stderr.split(/qemu-img: warning: /).slice(1).map((w) => w.trim());
+    return { warnings };
+  }
+
+  /** Dirty extents through QEMU: qemu-nbd exports the bitmap, qemu-img map reads it. */
+  async dumpBitmap(file: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
+    await this.binary();
+    const host = await this.hostP;
+    if (host.label !== '') {
+      throw new Qcow2Error('UNSUPPORTED', `Reading a bitmap's dirty extents with the qemu-img engine needs qemu-nbd on this machine; '${file}' is on ${host.label}. ` +
+        'Use the native engine, which reads them over SFTP', { file, property: 'bitmaps' });
+    }
+    await this.mustExist(file);
+    const state = await this.readInfo(file, options.forceShare ?? false);
+    const b = state.detail?.bitmaps.find((x) => x.name === name);
+    if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file, property: 'bitmaps' });
+    if (b.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file, property: 'bitmaps' });
+    const abs = host.resolve(file);
+    const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
+    const bin = await this.binary();
+    const extents = await dirtyExtentsViaNbd(qemuNbdBeside(bin.path), spec, name, (args) => this.spawn('read', args), file);
+    return { name, granularity: b.granularity, enabled: b.flags.includes('auto'), extents };
   }
 
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
     // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
     await (await this.hostP).remove(file, options);
+  }
+
+  async stat(file: string): Promise<FileStat | undefined> {
+    const st = await (await this.hostP).stat(file);
+    return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
+  }
+
+  /** Header reads by this package's code, as for the native engine (qemu-img is not run). */
+  async chain(file: string, seen: string): Promise<ImageChain> {
+    return (await this.hostP).chain(file, seen);
+  }
+
+  async dependents(file: string, candidates: readonly string[]): Promise<Dependents> {
+    return (await this.hostP).dependents(file, candidates);
   }
 }
 

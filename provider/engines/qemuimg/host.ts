@@ -2,7 +2,7 @@
 // remote host reached over SSH (ssh-host.ts). The engine asks the host for everything it does
 // besides deciding: running qemu-img, looking at files, QEMU's lock probe, temporary folders,
 // publishing new files, deleting an image. Each local method is the shared synchronous code the
-// native engine runs too (qcow2/io, engines/local-facts, engines/remove).
+// native engine runs too (qcow2/io, engines/local-facts, qcow2/ops/remove).
 
 import * as fs from 'fs';
 import * as os from 'os';
@@ -15,8 +15,11 @@ import type { LockMode } from '../../qcow2/io/lock';
 import { Publication, type PublishedKind } from '../../qcow2/io/publish';
 import { assertNewImageFiles } from '../../qcow2/ops/create';
 import type { RemoveOptions } from '../engine';
-import { createFacts, sameFile } from '../local-facts';
-import { removeImageFiles } from '../remove';
+import type { ConsistencyFacts } from '../../rules/types';
+import { consistencyFacts, createFacts, sameFile } from '../local-facts';
+import { findDependents, readImageChain } from '../chain';
+import type { Dependents, ImageChain } from '../../model/chain';
+import { removeImageFiles } from '../../qcow2/ops/remove';
 import { Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
 import { HeaderPeek, peekHeader } from './spec';
 
@@ -61,8 +64,14 @@ export interface QemuImgHost {
   /** Two names for one file. */
   sameFile(a: string, b: string): Promise<boolean>;
   publication(): HostPublication;
-  /** Delete an image under QEMU's write lock (engines/remove.ts). */
+  /** Delete an image under QEMU's write lock (qcow2/ops/remove.ts). */
   remove(file: string, options: RemoveOptions): Promise<void>;
+  /** The identities of an image and its chain (engines/chain.ts on the host's files). */
+  chain(file: string, seen: string): Promise<ImageChain>;
+  /** Images naming `file` as backing (engines/chain.ts on the host's files). */
+  dependents(file: string, candidates: readonly string[]): Promise<Dependents>;
+  /** The native checker's verdict on an image's tables, where it reads the files here (else the engine asks qemu-img check). */
+  consistency?(file: string): Promise<ConsistencyFacts>;
 }
 
 /** The qemu-img engine's NOT_FOUND, in the native engine's words (blockfile.ts ioError). */
@@ -111,4 +120,7 @@ export const localHost: QemuImgHost = {
     };
   },
   remove: async (file, options) => removeImageFiles(file, options),
+  consistency: async (file) => consistencyFacts(file),
+  chain: async (file, seen) => readImageChain(file, seen),
+  dependents: async (file, candidates) => findDependents(file, candidates),
 };

@@ -25,6 +25,9 @@ import * as C from '../../qcow2/spec/constants';
 import type { ConnectionArgs } from '../../transport/ssh/connection';
 import { RemoteFs, remoteFs } from '../../transport/ssh/remote-fs';
 import type { CreateFacts } from '../../rules/create';
+import type { RemoveOptions } from '../engine';
+import type { Dependents, ImageChain } from '../../model/chain';
+import { ChainFiles, findDependentsAsync, readImageChainAsync } from '../chain';
 import { HostPublication, QemuImgHost, notFound } from './host';
 import { DEFAULT_LIMITS, MIN_VERSION, QemuImgBinary, RunResult, compareVersions } from './run';
 import { peekOf } from './spec';
@@ -237,18 +240,51 @@ class SshHost implements QemuImgHost {
     return x !== undefined && y !== undefined && x.id === y.id;
   }
 
+  /** engines/chain.ts on the host's files, driven from this thread over SFTP and the host helper. */
+  chain(file: string, seen: string): Promise<ImageChain> {
+    return readImageChainAsync(file, seen, this.chainFiles());
+  }
+
+  dependents(file: string, candidates: readonly string[]): Promise<Dependents> {
+    return findDependentsAsync(file, candidates, this.chainFiles());
+  }
+
+  private chainFiles(): ChainFiles {
+    const fs = this.fs;
+    return {
+      async head(p) {
+        // Only regular files: sftp-server would block opening a FIFO.
+        const st = await fs.stat(p);
+        if (st?.kind !== 'file') return undefined;
+        const { answer, head } = await fs.open(p, 'read');
+        void fs.close(answer.handle);
+        // The open brings the first cluster, where QEMU requires the backing name to be.
+        return { head: head ?? Buffer.alloc(0), size: answer.size, id: answer.id ?? st.id };
+      },
+      id: async (p) => (await fs.stat(p))?.id,
+      list: (dir) => fs.readdir(dir),
+    };
+  }
+
   publication(): HostPublication {
     return new SshPublication(this.fs);
   }
 
-  async remove(file: string, options: { dataFile?: boolean }): Promise<void> {
+  /** qcow2/ops/remove.ts over SFTP and the host helper: the same lock, the same rule for the data file. */
+  async remove(file: string, options: RemoveOptions): Promise<void> {
     let dataFile: string | undefined;
     const { answer, head } = await this.fs.open(file, 'write');
     try {
       await this.fs.lock(answer.handle, 'write'); // held until close
       if (options.dataFile && head !== undefined) {
         const h = decodeHeader(head);
-        if ((h.incompatibleFeatures & C.QCOW2_INCOMPAT_DATA_FILE) !== 0n) dataFile = h.dataFile;
+        const named = (h.incompatibleFeatures & C.QCOW2_INCOMPAT_DATA_FILE) !== 0n && h.dataFile ? resolveBackingName(file, h.dataFile) : undefined;
+        const recorded = options.recordedDataFile;
+        if (recorded === undefined) dataFile = named;
+        else if (recorded.identity !== undefined) {
+          const st = await this.fs.stat(recorded.path, false).catch(() => undefined);
+          if (st !== undefined && st.kind === 'file' && st.id === recorded.identity) dataFile = recorded.path;
+        } else if (named === recorded.path) dataFile = recorded.path;
       }
       await this.fs.unlink(file);
     } finally {

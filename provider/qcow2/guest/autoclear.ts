@@ -4,8 +4,8 @@
 //
 // Bit 1 (data-file-raw) is kept: every write here keeps the data file a valid raw image (host
 // offset = guest offset, zeros written on write-zeroes, holes punched on discard). Bit 0
-// (bitmaps) is cleared before the first guest write: this engine does NOT update persistent
-// bitmaps, so QEMU then treats them as inconsistent and `check -r` reclaims their clusters.
+// (bitmaps) is kept too: the data path maintains persistent bitmaps as QEMU does (guest/bitmaps.ts:
+// flagged in-use before the first write, every write recorded, stored at close).
 
 import * as C from '../spec/constants';
 import { Qcow2Metadata } from './metadata';
@@ -17,12 +17,4 @@ export function clearUnknownAutoclear(meta: Qcow2Metadata): void {
     meta.header.autoclearFeatures = known;
     meta.writeHeaderNow();
   }
-}
-
-/** Before the first guest write: the bitmaps bit goes, with the extension it vouches for. */
-export function clearBitmapsBeforeWrite(meta: Qcow2Metadata): void {
-  if ((meta.header.autoclearFeatures & C.QCOW2_AUTOCLEAR_BITMAPS) === 0n) return;
-  meta.header.autoclearFeatures &= ~C.QCOW2_AUTOCLEAR_BITMAPS;
-  delete meta.header.bitmaps;
-  meta.writeHeaderNow();
 }

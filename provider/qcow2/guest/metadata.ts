@@ -31,7 +31,8 @@ import {
   entryOf, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { Image, safeOffset } from '../meta/image';
-import { TableRefcounts } from '../meta/refcount';
+import { planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
+import { FreePolicy, TableRefcounts } from '../meta/refcount';
 import { Table, TableCache } from '../meta/tables';
 
 const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
@@ -51,7 +52,12 @@ export class Qcow2Metadata {
   readonly refcounts: TableRefcounts;
   private dataWritten = false;
 
-  constructor(readonly file: BlockFile, image: Image, readonly dataFile: BlockFile | null, readonly host: HostFs) {
+  /**
+   * `frees`: 'deferred' (the data path: a freed cluster is reused only after the commit that
+   * dropped it) or 'immediate' (QEMU's own policy, which the bitmap operations replay byte for
+   * byte: they order their own header writes).
+   */
+  constructor(readonly file: BlockFile, image: Image, readonly dataFile: BlockFile | null, readonly host: HostFs, frees: FreePolicy = 'deferred') {
     const h = image.header;
     this.g = image.geometry;
     this.cs = this.g.clusterSize;
@@ -60,7 +66,7 @@ export class Qcow2Metadata {
     this.diskHeader = { ...this.header };
     this.l1 = BigUint64Array.from(image.readL1());
     this.l2 = new TableCache(file, this.cs);
-    this.refcounts = new TableRefcounts(this.g, 'deferred', new TableCache(file, this.cs), BigUint64Array.from(image.readReftable()),
+    this.refcounts = new TableRefcounts(this.g, frees, new TableCache(file, this.cs), BigUint64Array.from(image.readReftable()),
       safeOffset(h.refcountTableOffset));
   }
 
@@ -171,11 +177,30 @@ export class Qcow2Metadata {
 
   /** Write the header now (the autoclear policy's writes, before any guest data). */
   writeHeaderNow(h: Header = this.header): void {
-    this.file.write(0, encodeHeader(h, this.cs));
+    writeHeaderCommit(this.file, planHeaderCommit(h, this.cs, this.file));
     this.file.flush();
     this.diskHeader = { ...h, unknownExtensions: [...h.unknownExtensions] };
+    delete this.diskHeader.staleBitmaps;
+    delete this.header.staleBitmaps;
     if (h === this.header) this.headerDirty = false;
   }
+
+  /**
+   * Change some header fields and write the header now, with only those changes (QEMU's
+   * update_header_sync for the bitmaps extension and autoclear bit 0): changes made through
+   * changeHeader still wait for the commit.
+   */
+  writeHeaderFields(change: (h: Header) => void): void {
+    change(this.header);
+    const next: Header = { ...this.diskHeader, unknownExtensions: [...this.diskHeader.unknownExtensions] };
+    change(next);
+    const dirty = this.headerDirty;
+    this.writeHeaderNow(next);
+    this.headerDirty = dirty;
+  }
+
+  /** The header as it is on disk. */
+  get writtenHeader(): Header { return this.diskHeader; }
 
   /** Bytes of metadata waiting to be written. */
   get dirtyBytes(): number {

@@ -14,9 +14,11 @@ import { L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, normalEntry, parseCompressedEntr
 import * as C from '../spec/constants';
 import { writeZeros } from '../io/sparse';
 import { Image, safeOffset } from '../meta/image';
-import { clearBitmapsBeforeWrite, clearUnknownAutoclear } from './autoclear';
+import { clearUnknownAutoclear } from './autoclear';
+import { ImageBitmaps } from './bitmaps';
 import { Mapping, lookup } from './mapping';
 import { Qcow2Metadata } from './metadata';
+import type { FreePolicy } from '../meta/refcount';
 import { BlockStatus, GuestSource, OpenOptions } from './source';
 import { openQcow2 } from './sources/open';
 
@@ -39,6 +41,7 @@ export interface Qcow2Parts {
   locks: ImageLock[];
   owned: Array<{ close(): void }>;
   ownsFile: boolean;
+  frees?: FreePolicy;
 }
 
 /**
@@ -64,6 +67,7 @@ export class Qcow2Image implements GuestSource {
   private compressedCache: { entry: bigint; data: Buffer } | undefined;
   private metaPrealloc: boolean | undefined;
   private closed = false;
+  private bitmapState: ImageBitmaps | undefined;
 
   constructor(private readonly parts: Qcow2Parts) {
     const h = parts.image.header;
@@ -84,7 +88,7 @@ export class Qcow2Image implements GuestSource {
     this.host = parts.host;
     this.g = parts.image.geometry;
     this.cs = this.g.clusterSize;
-    this.meta = new Qcow2Metadata(parts.file, parts.image, parts.dataFile, parts.host);
+    this.meta = new Qcow2Metadata(parts.file, parts.image, parts.dataFile, parts.host, parts.frees);
     if (this.writable) clearUnknownAutoclear(this.meta);
   }
 
@@ -225,11 +229,31 @@ export class Qcow2Image implements GuestSource {
     }
   }
 
-  private beginGuestWrite(): void {
+  /**
+   * The image's persistent bitmaps (guest/bitmaps.ts), loaded on first use. On a writable image
+   * this is QEMU's read-write open: consistent bitmaps are flagged `in-use` on disk until close()
+   * stores them, and a stale bitmaps extension (autoclear bit 0 cleared by another writer) is
+   * dropped from the header.
+   */
+  bitmaps(): ImageBitmaps {
+    if (this.bitmapState === undefined) {
+      if (this.writable && this.meta.header.staleBitmaps) this.meta.writeHeaderFields(() => undefined);
+      this.bitmapState = ImageBitmaps.open(this.meta, this.fileName, this.writable);
+    }
+    return this.bitmapState;
+  }
+
+  /**
+   * Before the first guest write: the bitmaps are opened (flagged in-use on disk), so that every
+   * write is recorded in the recording ones and a crash leaves them known inconsistent.
+   */
+  private beginGuestWrite(offset: number, length: number): void {
     if (!this.writable) throw new Qcow2Error('REFUSED', `'${this.fileName}' is open read-only`, { file: this.fileName });
-    if (this.guestWriteStarted) return;
-    this.guestWriteStarted = true;
-    clearBitmapsBeforeWrite(this.meta);
+    if (!this.guestWriteStarted) {
+      this.guestWriteStarted = true;
+      if (this.meta.header.bitmaps !== undefined) this.bitmaps();
+    }
+    this.bitmapState?.markDirty(offset, length);
   }
 
   private writeHost(host: number, data: Uint8Array): void {
@@ -251,7 +275,7 @@ export class Qcow2Image implements GuestSource {
   write(offset: number, data: Uint8Array): void {
     this.checkRange(offset, data.length, 'Write');
     if (data.length === 0) return;
-    this.beginGuestWrite();
+    this.beginGuestWrite(offset, data.length);
     const end = offset + data.length;
     let p = offset;
     while (p < end) {
@@ -338,7 +362,7 @@ export class Qcow2Image implements GuestSource {
   writeZeroes(offset: number, length: number, opts: ZeroOptions = {}): void {
     this.checkRange(offset, length, 'Write zeroes');
     if (length === 0) return;
-    this.beginGuestWrite();
+    this.beginGuestWrite(offset, length);
     const cs = this.cs;
     const end = offset + length;
     if (!this.v3 || this.extendedL2) {
@@ -401,7 +425,7 @@ export class Qcow2Image implements GuestSource {
     this.checkRange(offset, length, 'Discard');
     if (length === 0) return;
     if (!this.v3 && this.backing) return;
-    this.beginGuestWrite();
+    this.beginGuestWrite(offset, length);
     const cs = this.cs;
     const end = offset + length;
     const first = Math.ceil(offset / cs);
@@ -459,7 +483,14 @@ export class Qcow2Image implements GuestSource {
     if (this.closed) return;
     this.closed = true;
     try {
-      if (this.writable) this.commit();
+      if (this.writable) {
+        this.commit();
+        if (this.bitmapState !== undefined) {
+          // QEMU's close: the bitmaps are stored after everything else, then their frees land.
+          this.bitmapState.store();
+          this.commit();
+        }
+      }
     } finally {
       for (const o of [...this.parts.owned].reverse()) o.close();
       for (const l of this.parts.locks) l.release();

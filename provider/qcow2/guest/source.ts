@@ -3,6 +3,7 @@
 
 import type { BlockFile } from '../io/blockfile';
 import type { HostFs } from '../io/hostfs';
+import type { FreePolicy } from '../meta/refcount';
 import type { Image } from '../meta/image';
 
 /** What one layer says about a guest range (QEMU's BDRV_BLOCK_* for that layer alone). */
@@ -59,4 +60,9 @@ export interface OpenOptions {
    * its legality check (provider/rules) here; a throw closes everything again.
    */
   beforeWrite?: (img: Image) => void;
+  /**
+   * When freed clusters may be reused (meta/refcount.ts): 'deferred' (default) after the commit
+   * that dropped them; 'immediate' is QEMU's own, for the bitmap command's byte-exact writes.
+   */
+  frees?: FreePolicy;
 }

@@ -2,8 +2,7 @@
 // MemoryBlockFile and fault injection can wrap any implementation. Files are opened through
 // HostFs (io/hostfs.ts), which owns everything else a host does to files.
 
-import * as fs from 'fs';
-import * as os from 'os';
+import { closeSync, constants, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, statSync, writeSync, type Stats } from 'fs';
 import { Qcow2Error } from '../../model/errors';
 import { libc } from './libc';
 
@@ -26,21 +25,38 @@ export interface BlockFile {
 /** A BlockFile over a Node file descriptor. */
 export class NodeBlockFile implements BlockFile {
   private closed = false;
-  private constructor(readonly path: string, readonly fd: number, readonly writable: boolean) {}
+  /** `name` is what errors call the file: the user's name, never a temporary one. */
+  private constructor(readonly path: string, readonly fd: number, readonly writable: boolean, readonly name: string) {}
 
-  /** Open an existing file; errors name `name` (the caller's name for it). */
+  /**
+   * Open an existing regular file; errors name `name` (the caller's name for it). Anything else
+   * (a folder, FIFO, socket or device) is refused before and after the open, and the open itself
+   * never waits: O_NONBLOCK makes opening a FIFO return at once (then fstat refuses it), and
+   * O_NOCTTY keeps a terminal from becoming ours.
+   */
   static open(path: string, writable: boolean, name = path): NodeBlockFile {
+    let fd: number;
     try {
-      return new NodeBlockFile(path, fs.openSync(path, writable ? 'r+' : 'r'), writable);
+      const st = statSync(path, { throwIfNoEntry: false });
+      if (st !== undefined && !st.isFile()) throw notRegular(name);
+      const { O_RDWR, O_RDONLY, O_NONBLOCK, O_NOCTTY } = constants;
+      fd = openSync(path, (writable ? O_RDWR : O_RDONLY) | O_NONBLOCK | O_NOCTTY);
     } catch (e) {
-      throw ioError(e, name, 'open');
+      throw Qcow2Error.isInstance(e) ? e : ioError(e, name, 'open');
     }
+    try {
+      if (!fstatSync(fd).isFile()) throw notRegular(name);
+    } catch (e) {
+      closeSync(fd);
+      throw Qcow2Error.isInstance(e) ? e : ioError(e, name, 'open');
+    }
+    return new NodeBlockFile(path, fd, writable, name);
   }
 
-  /** Create a new file; fails with EXISTS rather than touch an existing one. */
+  /** Create a new file; fails with EXISTS rather than touch an existing one. Errors name `name`. */
   static createExclusive(path: string, name = path): NodeBlockFile {
     try {
-      return new NodeBlockFile(path, fs.openSync(path, 'wx+', 0o644), true);
+      return new NodeBlockFile(path, openSync(path, 'wx+', 0o644), true, name);
     } catch (e) {
       throw ioError(e, name, 'create');
     }
@@ -52,30 +68,60 @@ export class NodeBlockFile implements BlockFile {
 
   readInto(target: Uint8Array, offset: number): void {
     let done = 0;
-    while (done < target.length) {
-      const n = fs.readSync(this.fd, target, done, target.length - done, offset + done);
-      if (n === 0) break; // EOF: the rest reads as zeros
-      done += n;
+    try {
+      while (done < target.length) {
+        const n = readSync(this.fd, target, done, target.length - done, offset + done);
+        if (n === 0) break; // EOF: the rest reads as zeros
+        done += n;
+      }
+    } catch (e) {
+      throw ioError(e, this.name, 'read');
     }
     if (done < target.length) target.fill(0, done);
   }
 
   write(offset: number, data: Uint8Array): void {
     let done = 0;
-    while (done < data.length) {
-      done += fs.writeSync(this.fd, data, done, data.length - done, offset + done);
+    try {
+      while (done < data.length) {
+        done += writeSync(this.fd, data, done, data.length - done, offset + done);
+      }
+    } catch (e) {
+      throw ioError(e, this.name, 'write');
     }
   }
 
-  size(): number { return fs.fstatSync(this.fd).size; }
-  truncate(size: number): void { fs.ftruncateSync(this.fd, size); }
-  flush(): void { fs.fdatasyncSync(this.fd); }
-  allocatedSize(): number { return fs.fstatSync(this.fd).blocks * 512; }
+  size(): number { return this.stat().size; }
+  allocatedSize(): number { return this.stat().blocks * 512; }
+
+  truncate(size: number): void {
+    try {
+      ftruncateSync(this.fd, size);
+    } catch (e) {
+      throw ioError(e, this.name, 'resize');
+    }
+  }
+
+  flush(): void {
+    try {
+      fdatasyncSync(this.fd);
+    } catch (e) {
+      throw ioError(e, this.name, 'flush');
+    }
+  }
+
+  private stat(): Stats {
+    try {
+      return fstatSync(this.fd);
+    } catch (e) {
+      throw ioError(e, this.name, 'stat');
+    }
+  }
 
   close(): void {
     if (!this.closed) {
       this.closed = true;
-      fs.closeSync(this.fd);
+      closeSync(this.fd);
     }
   }
 }
@@ -140,11 +186,21 @@ export function readNew(from: { readInto(target: Uint8Array, offset: number): vo
   return out;
 }
 
+/** qemu-img's words for a path that is not a regular file (a folder, FIFO, socket or device). */
+export function notRegular(name: string): Qcow2Error {
+  return new Qcow2Error('UNSUPPORTED', `'file' driver requires '${name}' to be a regular file`, { file: name });
+}
+
+/** What each operation is called in a message ("Could not write to 'x': ..."). */
+const OP_WORDS: Record<string, string> = { write: 'write to', read: 'read from', resize: 'resize', flush: 'flush', stat: 'stat' };
+
 /**
  * A file operation's failure as a Qcow2Error naming `file` (the caller's name, never a
- * temporary one) with the C library's words for the cause, as QEMU prints them.
+ * temporary one) with the C library's words for the cause, as QEMU prints them; never Node's
+ * own text ("EISDIR: illegal operation on a directory, read"), which names the path it used.
  */
 export function ioError(e: unknown, file: string, op: string): Qcow2Error {
+  if (Qcow2Error.isInstance(e)) return e;
   const code = (e as NodeJS.ErrnoException)?.code;
   if (code === 'EEXIST') {
     return new Qcow2Error('EXISTS', `${file}: file exists; refusing to overwrite it`, { file, cause: e });
@@ -152,13 +208,15 @@ export function ioError(e: unknown, file: string, op: string): Qcow2Error {
   if (code === 'ENOENT') {
     return new Qcow2Error('NOT_FOUND', `Could not ${op === 'create' ? 'create' : 'open'} '${file}': No such file or directory`, { file, cause: e });
   }
-  return new Qcow2Error('IO', `Could not ${op} '${file}': ${errnoText(e)}`, { file, cause: e });
+  if (code === 'EISDIR' && (op === 'open' || op === 'read')) return notRegular(file);
+  return new Qcow2Error('IO', `Could not ${OP_WORDS[op] ?? op} '${file}': ${errnoText(e)}`, { file, cause: e });
 }
 
 /** strerror() of a Node error's code ("Permission denied"), without Node's path-laden text. */
 function errnoText(e: unknown): string {
   const code = (e as NodeJS.ErrnoException)?.code;
-  const errno = code !== undefined ? (os.constants.errno as Record<string, number>)[code] : undefined;
+  // os and the libc binding (koffi) load only here, on a failure: a command that succeeds needs neither.
+  const errno = code !== undefined ? ((require('os') as typeof import('os')).constants.errno as Record<string, number>)[code] : undefined;
   if (errno !== undefined) {
     const text = libc()?.strerror(errno);
     return text ?? code!;

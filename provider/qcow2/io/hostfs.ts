@@ -5,12 +5,14 @@
 // remote host pays one round trip per call: open returns the size with the file, stat answers
 // "missing" without an exception, lock takes QEMU's whole protocol in one call.
 
-import * as fs from 'fs';
-import * as path from 'path';
+import { closeSync, fstatSync, fsyncSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, type BigIntStats } from 'fs';
+import { dirname } from 'path';
 import { Qcow2Error } from '../../model/errors';
 import { BlockFile, NodeBlockFile, ioError } from './blockfile';
-import { ImageLock, LockMode, lockImage, probeLock } from './lock';
-import { Extent, extentOfFd, punchHoleFd } from './sparse';
+import { lockImage, probeLock, type ImageLock, type LockMode } from './lock';
+import { extentOfFd, punchHoleFd, type Extent } from './sparse';
+
+export { notRegular } from './blockfile';
 
 /** 'read' and 'write' open an existing file; 'create' makes a new one, EXISTS if anything is there. */
 export type OpenMode = 'read' | 'write' | 'create';
@@ -23,13 +25,19 @@ export interface HostStat {
   allocated: number;
   /** The file's identity on its host (device and inode): equal ids are the same file. */
   id: string;
+  /** The owner's user id, where the host tells it. */
+  uid?: number;
 }
 
 /** An open file and its size when opened. */
 export interface OpenedFile { file: BlockFile; size: number }
 
 export interface HostFs {
-  /** Open `path`; errors name `name` (default: the path), never a temporary name. */
+  /**
+   * Open `path`; errors name `name` (default: the path), never a temporary name. Only regular
+   * files: a folder, FIFO, socket or device is refused with qemu-img's words (notRegular), and
+   * nothing waits (a FIFO without a writer must not block the open).
+   */
   open(path: string, mode: OpenMode, name?: string): OpenedFile;
   /** stat(2), following links; undefined when nothing is there. */
   stat(path: string): HostStat | undefined;
@@ -55,15 +63,36 @@ export interface HostFs {
   lock(file: BlockFile, name: string, mode: LockMode): ImageLock;
   /** Refuse (LOCKED) when another process holds a lock conflicting with `mode`, without taking one. */
   probeLock(file: BlockFile, name: string, mode: LockMode): void;
+  /** The identity ("dev:ino") of an open file: fstat(2), or what the host said when it was opened. */
+  identity(file: BlockFile, name: string): string;
   /** The extent at `offset` (SEEK_DATA / SEEK_HOLE): data, or a hole reading as zeros. */
   extent(file: BlockFile, offset: number, length: number, fileSize?: number): Extent;
   /** Make a range read as zeros without changing the size: a hole where the host can. */
   punchHole(file: BlockFile, offset: number, length: number): void;
+  /**
+   * Whether the process `pid` that named a temporary file (io/publish.ts) is gone. Hosts that
+   * cannot tell leave it out, and their temporary files are never swept.
+   */
+  processGone?(pid: number): boolean;
+  /** The user id files made here belong to (sweeping removes only such files), where known. */
+  readonly uid?: number;
 }
 
-function statOf(st: fs.BigIntStats): HostStat {
+/** A stat call whose failures (other than "nothing there") name the path, never Node's text. */
+function guarded(p: string, call: () => BigIntStats | undefined): BigIntStats | undefined {
+  try {
+    return call();
+  } catch (e) {
+    // ENOTDIR: a path through a file, which is nothing there as well.
+    if ((e as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    throw ioError(e, p, 'stat');
+  }
+}
+
+function statOf(st: BigIntStats | undefined): HostStat | undefined {
+  if (st === undefined) return undefined;
   const kind = st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
-  return { kind, size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` };
+  return { kind, size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}`, uid: Number(st.uid) };
 }
 
 function fdOf(file: BlockFile): number | undefined {
@@ -77,30 +106,28 @@ export const localFs: HostFs = {
     return { file, size: mode === 'create' ? 0 : file.size() };
   },
   stat(p) {
-    const st = fs.statSync(p, { bigint: true, throwIfNoEntry: false });
-    return st === undefined ? undefined : statOf(st);
+    return statOf(guarded(p, () => statSync(p, { bigint: true, throwIfNoEntry: false })));
   },
   lstat(p) {
-    const st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
-    return st === undefined ? undefined : statOf(st);
+    return statOf(guarded(p, () => lstatSync(p, { bigint: true, throwIfNoEntry: false })));
   },
   link(existing, newPath, name = newPath) {
     try {
-      fs.linkSync(existing, newPath);
+      linkSync(existing, newPath);
     } catch (e) {
       throw ioError(e, name, 'create');
     }
   },
   rename(from, to) {
     try {
-      fs.renameSync(from, to);
+      renameSync(from, to);
     } catch (e) {
       throw ioError(e, to, 'create');
     }
   },
   unlink(p) {
     try {
-      fs.unlinkSync(p);
+      unlinkSync(p);
       return true;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
@@ -109,37 +136,37 @@ export const localFs: HostFs = {
   },
   readdir(p) {
     try {
-      return fs.readdirSync(p);
+      return readdirSync(p);
     } catch (e) {
       throw ioError(e, p, 'read folder');
     }
   },
   mkdir(p) {
     try {
-      fs.mkdirSync(p, 0o700);
+      mkdirSync(p, 0o700);
     } catch (e) {
       throw ioError(e, p, 'create');
     }
   },
   mkdtemp(prefix) {
     try {
-      return fs.mkdtempSync(prefix);
+      return mkdtempSync(prefix);
     } catch (e) {
-      throw ioError(e, path.dirname(prefix), 'create a temporary folder in');
+      throw ioError(e, dirname(prefix), 'create a temporary folder in');
     }
   },
   removeTree(p) {
-    fs.rmSync(p, { recursive: true, force: true });
+    rmSync(p, { recursive: true, force: true });
   },
   fsyncDir(p) {
     let fd: number | undefined;
     try {
-      fd = fs.openSync(p, 'r');
-      fs.fsyncSync(fd);
+      fd = openSync(p, 'r');
+      fsyncSync(fd);
     } catch {
       // Some file systems do not allow fsync on folders; the entries are written all the same.
     } finally {
-      if (fd !== undefined) fs.closeSync(fd);
+      if (fd !== undefined) closeSync(fd);
     }
   },
   lock(file, name, mode) {
@@ -152,10 +179,30 @@ export const localFs: HostFs = {
     if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locks need a local file: '${name}' is not one`, { file: name });
     probeLock(fd, name, mode);
   },
+  identity(file, name) {
+    const fd = fdOf(file);
+    if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `A file's identity needs a local file: '${name}' is not one`, { file: name });
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      return `${st.dev}:${st.ino}`;
+    } catch (e) {
+      throw ioError(e, name, 'stat');
+    }
+  },
   extent(file, offset, length, fileSize = file.size()) {
     return extentOfFd(fdOf(file), offset, length, fileSize);
   },
   punchHole(file, offset, length) {
     punchHoleFd(fdOf(file), file, offset, length);
   },
+  processGone(pid) {
+    if (pid === process.pid) return false;
+    try {
+      process.kill(pid, 0);
+      return false;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code === 'ESRCH';
+    }
+  },
+  uid: typeof process.geteuid === 'function' ? process.geteuid() : undefined,
 };

@@ -16,8 +16,7 @@
 // unseen). The locks belong to the open file description: take them on the fd the image is
 // written through; closing that fd releases them.
 
-import * as fs from 'fs';
-import * as os from 'os';
+import { fstatSync, readFileSync, readdirSync, statSync } from 'fs';
 import { Qcow2Error } from '../../model/errors';
 import { F_OFD_GETLK, F_OFD_SETLK, F_RDLCK, F_UNLCK, F_WRLCK, Libc, SEEK_SET, libc, libcUnavailable } from './libc';
 
@@ -84,9 +83,10 @@ export interface ImageLock {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fcntl (io/libc.ts)
+// fcntl (io/libc.ts). The binding (koffi) loads with the first lock taken: a probe through
+// /proc/locks (`qcow2 info`) needs none.
 
-const { EAGAIN, EACCES } = os.constants.errno;
+const errnos = () => (require('os') as typeof import('os')).constants.errno;
 
 function binding(): Libc {
   const b = libc();
@@ -94,7 +94,8 @@ function binding(): Libc {
   return b;
 }
 
-const le = os.endianness() === 'LE';
+/** struct flock's fields are in host byte order. */
+const le = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 function flockBuffer(b: Libc, type: number, start: number): Buffer {
   const buf = Buffer.alloc(b.flock.size); // padding and l_pid = 0, as OFD locks require
@@ -112,9 +113,9 @@ function readType(b: Libc, buf: Buffer): number {
 }
 
 /** Set (F_RDLCK) or clear (F_UNLCK) our read lock on one byte; returns 0 or -errno. */
-function setByte(fd: number, byte: number, type: typeof F_RDLCK | typeof F_UNLCK): number {
+function setByte(fd: number, byte: number, type: 'lock' | 'unlock'): number {
   const b = binding();
-  const r = b.fcntl(fd, F_OFD_SETLK, flockBuffer(b, type, byte));
+  const r = b.fcntl(fd, F_OFD_SETLK, flockBuffer(b, type === 'lock' ? F_RDLCK : F_UNLCK, byte));
   return r < 0 ? r : 0;
 }
 
@@ -124,7 +125,7 @@ function testByte(fd: number, byte: number): number {
   const buf = flockBuffer(b, F_WRLCK, byte);
   const r = b.fcntl(fd, F_OFD_GETLK, buf);
   if (r < 0) return r;
-  return readType(b, buf) === F_UNLCK ? 0 : -EAGAIN;
+  return readType(b, buf) === F_UNLCK ? 0 : -errnos().EAGAIN;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,11 +156,15 @@ export function lockBytes(mode: LockMode | LockSpec): number[] {
   return heldBytes(bitsOf(spec.perm), bitsOf(spec.shared));
 }
 
+/** Another holder conflicts: LOCKED, in QEMU's words. */
+function lockedError(what: string, fileName: string, hint: boolean): Qcow2Error {
+  const msg = hint ? `${what}\nIs another process using the image [${fileName}]?` : what;
+  return new Qcow2Error('LOCKED', msg, { file: fileName });
+}
+
 function lockError(errno: number, what: string, fileName: string, hint: boolean): Qcow2Error {
-  if (errno === EAGAIN || errno === EACCES) {
-    const msg = hint ? `${what}\nIs another process using the image [${fileName}]?` : what;
-    return new Qcow2Error('LOCKED', msg, { file: fileName });
-  }
+  const { EAGAIN, EACCES } = errnos();
+  if (errno === EAGAIN || errno === EACCES) return lockedError(what, fileName, hint);
   return new Qcow2Error('IO', `${what}: ${binding().strerror(errno)}`, { file: fileName });
 }
 
@@ -180,7 +185,7 @@ function checkBytes(fd: number, perm: number, shared: number, fileName: string):
 
 /** Clear bytes, ignoring errors (QEMU ignores unlock failures too). */
 function unlockBytes(fd: number, bytes: Iterable<number>): void {
-  for (const byte of bytes) setByte(fd, byte, F_UNLCK);
+  for (const byte of bytes) setByte(fd, byte, 'unlock');
 }
 
 /**
@@ -196,7 +201,7 @@ function transition(fd: number, fileName: string, held: readonly number[], spec:
   let failure: Qcow2Error | undefined;
   for (const byte of want) {
     if (heldSet.has(byte)) continue;
-    const r = setByte(fd, byte, F_RDLCK);
+    const r = setByte(fd, byte, 'lock');
     if (r < 0) {
       // raw_apply_lock_bytes: someone holds a write lock here (not QEMU, which never does).
       failure = lockError(-r, `Failed to lock byte ${byte}`, fileName, false);
@@ -217,7 +222,7 @@ function transition(fd: number, fileName: string, held: readonly number[], spec:
 /** dev:ino of what fd refers to, or undefined when it is not open. */
 function fileId(fd: number): string | undefined {
   try {
-    const st = fs.fstatSync(fd, { bigint: true });
+    const st = fstatSync(fd, { bigint: true });
     return `${st.dev}:${st.ino}`;
   } catch {
     return undefined;
@@ -297,7 +302,7 @@ function parseLockLine(line: string, devIno: string): LockLine | undefined {
 }
 
 function devIno(file: string | number): string {
-  const st = typeof file === 'number' ? fs.fstatSync(file, { bigint: true }) : fs.statSync(file, { bigint: true });
+  const st = typeof file === 'number' ? fstatSync(file, { bigint: true }) : statSync(file, { bigint: true });
   const dev = st.dev;
   const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
   const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
@@ -333,21 +338,21 @@ export function findLockHolders(fileName: string): LockHolder[] {
   const holders: LockHolder[] = [];
   let pids: string[] = [];
   try {
-    pids = fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+    pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
   } catch {
     /* no /proc */
   }
   for (const pid of pids) {
     let fds: string[];
     try {
-      fds = fs.readdirSync(`/proc/${pid}/fdinfo`);
+      fds = readdirSync(`/proc/${pid}/fdinfo`);
     } catch {
       continue;
     }
     for (const fd of fds) {
       let text: string;
       try {
-        text = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+        text = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
       } catch {
         continue;
       }
@@ -361,8 +366,7 @@ export function findLockHolders(fileName: string): LockHolder[] {
   if (holders.length > 0) return holders;
   // Nothing attributable (e.g. holders owned by another user): report /proc/locks' bytes as one.
   try {
-    const all = fs
-      .readFileSync('/proc/locks', 'utf8')
+    const all = readFileSync('/proc/locks', 'utf8')
       .split('\n')
       .map((l) => parseLockLine(l, key))
       .filter((l): l is LockLine => l !== undefined && l.kind === 'OFDLCK');
@@ -372,6 +376,28 @@ export function findLockHolders(fileName: string): LockHolder[] {
     /* no /proc/locks */
   }
   return holders;
+}
+
+/**
+ * Whether some open file description holds QEMU's "I use write" byte (101) on the file open as
+ * `fd`: a VM, qemu-storage-daemon, qemu-nbd or qemu-io has the image open read-write (or this
+ * process does, if it locked it). From /proc/locks; false where that cannot be read.
+ */
+export function heldForWriting(fd: number): boolean {
+  if (process.platform !== 'linux') return false;
+  let text: string;
+  try {
+    text = readFileSync('/proc/locks', 'utf8');
+  } catch {
+    return false;
+  }
+  const key = devIno(fd);
+  const write = LOCK_PERM_BASE + PERMISSIONS.indexOf('write');
+  return text.split('\n').some((line) => {
+    if (line.includes('->')) return false;
+    const l = parseLockLine(line, key);
+    return l !== undefined && (l.kind === 'OFDLCK' || l.kind === 'POSIX') && l.start <= write && l.end >= write;
+  });
 }
 
 /**
@@ -385,7 +411,7 @@ export function probeLock(fd: number, fileName: string, mode: LockMode): void {
   let text: string | undefined;
   if (process.platform === 'linux') {
     try {
-      text = fs.readFileSync('/proc/locks', 'utf8');
+      text = readFileSync('/proc/locks', 'utf8');
     } catch {
       /* no /proc */
     }
@@ -405,9 +431,9 @@ export function probeLock(fd: number, fileName: string, mode: LockMode): void {
   const spec = LOCK_MODES[mode];
   const perm = bitsOf(spec.perm), shared = bitsOf(spec.shared);
   for (let i = 0; i < PERMISSIONS.length; i++) {
-    if (perm & (1 << i) && held.has(LOCK_SHARED_BASE + i)) throw lockError(EAGAIN, `Failed to get "${PERM_NAMES[PERMISSIONS[i]!]}" lock`, fileName, true);
+    if (perm & (1 << i) && held.has(LOCK_SHARED_BASE + i)) throw lockedError(`Failed to get "${PERM_NAMES[PERMISSIONS[i]!]}" lock`, fileName, true);
   }
   for (let i = 0; i < PERMISSIONS.length; i++) {
-    if (!(shared & (1 << i)) && held.has(LOCK_PERM_BASE + i)) throw lockError(EAGAIN, `Failed to get shared "${PERM_NAMES[PERMISSIONS[i]!]}" lock`, fileName, true);
+    if (!(shared & (1 << i)) && held.has(LOCK_PERM_BASE + i)) throw lockedError(`Failed to get shared "${PERM_NAMES[PERMISSIONS[i]!]}" lock`, fileName, true);
   }
 }

@@ -7,11 +7,14 @@
 //      to clusters that are free in the old image, so the old image cannot see them;
 //      ZERO_ALLOC clusters expanded by a downgrade are zeroed in place: they read as zeros in
 //      the old image whatever they hold;
-//   3. flush; then the header is rewritten in one write of at most 4 KiB (one page): the commit;
+//   3. flush; then the header is rewritten in one write of at most 4 KiB (one page): the commit
+//      (meta/header-commit.ts);
 //   4. flush; then what only the new image allows: shrinking the data file and the image file.
 //
 // Header-only changes (compat up, lazy refcounts, data file name, data-file-raw off, rebase -u)
-// are step 3 alone, and their bytes equal qemu-img's. Changes that move metadata are equal to
+// are step 3 alone, and their bytes equal qemu-img's. Persistent bitmaps are kept as they are
+// (their clusters keep their refcounts through a rebuild), and resized with the image: stored
+// anew in free clusters, the old ones freed by the same commit. Changes that move metadata are equal to
 // qemu-img's in info, map and check, not in layout: qemu-img updates tables in place.
 
 import { BlockFile } from '../io/blockfile';
@@ -19,15 +22,19 @@ import * as C from '../spec/constants';
 import { countReferences } from './check';
 import { Qcow2Error } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
-import { Header, encodeHeader } from '../spec/header';
+import { Header } from '../spec/header';
+import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { encodeL1Entry } from '../spec/l1';
 import {
   L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
+import { SNAPSHOT_EXTRA_V3, encodeSnapshots } from '../spec/snapshot';
 import { Image, safeOffset } from '../meta/image';
 import { CountRefcounts } from '../meta/refcount';
+import { BitmapClusterIo, freeBitmapClusters, loadBitmap, readBitmapDirectory, storeBitmapData } from '../meta/bitmaps';
+import { BME_FLAG_AUTO, encodeBitmapDirectory } from '../spec/bitmaps';
 import { Table, TableCache } from '../meta/tables';
 
 /** A validated amend, in header terms. Undefined fields are unchanged. */
@@ -51,8 +58,8 @@ export interface AmendPlan {
   header: Header;
   /** New clusters (and in-place zeroing of ZERO_ALLOC clusters), written before the commit. */
   writes: Write[];
-  /** The header bytes written at offset 0: the commit. */
-  commit: Uint8Array;
+  /** The header write at offset 0 (one page; a long header's tail written before it): the commit. */
+  commit: HeaderCommit;
   /** Grow the data file to this size before the commit. */
   dataFileGrow?: number;
   /** Shrink the data file to this size after the commit. */
@@ -103,6 +110,28 @@ export function firstRefcountAbove(img: Image, file: BlockFile, max: bigint): { 
 const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 
 /**
+ * Whether an amend writes more than the header: a size change, a new refcount width, a
+ * downgrade, or the repair of refcounts lazy refcounts left dirty. Such changes build on the
+ * image's tables, so the engine checks them first (provider/rules validateConsistent).
+ */
+export function amendMovesMetadata(img: Image, ch: AmendChanges): boolean {
+  const old = img.header;
+  return (ch.size !== undefined && ch.size !== old.size) ||
+    (ch.version === 2 && old.version === 3) ||
+    (ch.refcountOrder !== undefined && ch.refcountOrder !== old.refcountOrder) ||
+    img.dirty || upgradeRewritesSnapshots(img, ch);
+}
+
+/**
+ * qcow2_upgrade: v3 needs every snapshot to carry at least 16 bytes of extra data (the 64-bit
+ * VM state size and the disk size); when one does not, the whole table is written anew.
+ */
+function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean {
+  return ch.version === 3 && img.header.version === 2 && img.header.nbSnapshots > 0 &&
+    img.readSnapshots().some((s) => s.extraDataSize < SNAPSHOT_EXTRA_V3);
+}
+
+/**
  * Plan an amend on an open image. `dataFileSize` is the current size of the external data file
  * and `backingLength` the backing file's virtual size (both needed when the size grows). Throws REFUSED for what only the data can decide (a refcount
  * that does not fit a narrower width); everything else was validated by provider/rules.
@@ -141,7 +170,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
   const sizeChanges = ch.size !== undefined && ch.size !== old.size;
   const downgrade = ch.version === 2 && old.version === 3;
   const repair = img.dirty;
-  const metadata = sizeChanges || downgrade || newOrder !== old.refcountOrder || repair;
+  const metadata = amendMovesMetadata(img, ch);
 
   const writes: Write[] = [];
   let plan: Omit<AmendPlan, 'commit'> = { header: h, writes, headerOnly: !metadata };
@@ -173,6 +202,12 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
 
     /** Data clusters a shrink frees: candidates for discarding once the plan is complete. */
     const freedByShrink: number[] = [];
+    /** Metadata clusters the plan frees (old L2 tables, L1, refcount structures): discarded too on a shrink. */
+    const freedMeta: number[] = [];
+    const freeMeta = (first: number, n = 1) => {
+      a.free(first, n);
+      for (let c = first; c < first + n; c++) freedMeta.push(c);
+    };
     let shrinking = false;
     const dropDataRef = (e: L2Halves) => {
       if (hasData) return;
@@ -199,7 +234,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       t = tables.clone(l2 === 0n ? null : safeOffset(l2));
       // A data cluster's refcount counts the L1 tables that reach it, not the L2 copies: a copy
       // of a table shared with a snapshot changes only the tables' own refcounts.
-      if (l2 !== 0n) a.free(Number(l2 >> cbits));
+      if (l2 !== 0n) freeMeta(Number(l2 >> cbits));
       copies.set(i, t);
       return t;
     };
@@ -234,6 +269,8 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       };
       if (newSize > old.size) {
         const need = g.l1EntriesFor(newSize);
+        // provider/rules refused sizes past the L1 table's limit; this keeps memory bounded regardless.
+        if (need > C.QCOW_MAX_L1_SIZE / 8) throw new Qcow2Error('REFUSED', 'Failed to grow the L1 table: File too large', { property: 'size' });
         if (need > l1Size) {
           l1Size = need;
           while (l1.length < l1Size) l1.push(0n);
@@ -266,7 +303,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
             // The whole table leaves the active L1, and with it the active L1's references.
             const t = tables.get(safeOffset(l2));
             for (let k = 0; k < g.l2Entries; k++) dropDataRef(entryAt(t, k));
-            a.free(Number(l2 >> cbits));
+            freeMeta(Number(l2 >> cbits));
             l1[i] = 0n;
             continue;
           }
@@ -281,6 +318,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         if (hasData) plan.dataFileShrink = Number(newSize);
       }
       h.size = newSize;
+      resizeBitmaps(img, h, newSize, a, writes);
     }
 
     /** Zero-alloc entries of a downgrade: COPIED follows the refcount once the frees are in. */
@@ -320,6 +358,17 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       }
     }
 
+    if (upgradeRewritesSnapshots(img, ch)) {
+      // A new table in v3 form where the old image does not look; the old one is freed.
+      const snaps = img.readSnapshots();
+      const bytes = encodeSnapshots(snaps, old.size);
+      const c = a.alloc(Math.ceil(bytes.length / cs));
+      writes.push({ offset: c * cs, data: bytes });
+      const first = Number(old.snapshotsOffset >> cbits);
+      a.free(first, Math.ceil((Number(old.snapshotsOffset) + (snaps.tableSize ?? 0)) / cs) - first);
+      h.snapshotsOffset = BigInt(c * cs);
+    }
+
     // New L2 tables, then a new L1 that points at them (the old L1 stays as it was).
     const l1Changed = copies.size > 0 || generated.size > 0 || l1Size !== old.l1Size || l1.some((e, i) => e !== l1Old[i]);
     for (const i of [...new Set([...copies.keys(), ...generated.keys()])].sort((x, y) => x - y)) {
@@ -336,7 +385,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     let newL1: number | undefined;
     if (l1Changed && l1Size > 0) {
       const oldL1 = Number(old.l1TableOffset >> cbits);
-      if (old.l1Size > 0) a.free(oldL1, Math.ceil((old.l1Size * 8) / cs));
+      if (old.l1Size > 0) freeMeta(oldL1, Math.ceil((old.l1Size * 8) / cs));
       newL1 = a.alloc(Math.ceil((l1Size * 8) / cs));
     }
     // Every allocation is made: what the plan freed counts from here on.
@@ -361,15 +410,15 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     if (!a.touched && newOrder === old.refcountOrder && !repair) {
       // Nothing moved (a downgrade without zero clusters, a size change within the L1): the
       // header alone changes, exactly as qemu-img would write it.
-      return { ...plan, headerOnly: writes.length === 0, commit: headerCommitBytes(h, cs, file) };
+      return { ...plan, headerOnly: writes.length === 0, commit: planHeaderCommit(h, cs, file) };
     }
 
     // New refcount structures for the new state, placed after everything else; the old ones
     // are no longer referenced.
-    a.free(Number(old.refcountTableOffset >> cbits), old.refcountTableClusters);
+    freeMeta(Number(old.refcountTableOffset >> cbits), old.refcountTableClusters);
     img.readReftable().forEach((e) => {
       const off = e & C.REFT_OFFSET_MASK;
-      if (off !== 0n && off < BigInt(fileSize)) a.free(Number(off >> cbits));
+      if (off !== 0n && off < BigInt(fileSize)) freeMeta(Number(off >> cbits));
     });
     a.applyFrees();
     // provider/rules refused widths the stored refcounts do not fit (validateRefcountWidth);
@@ -384,9 +433,10 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     if (sizeChanges && ch.size! < old.size) {
       const end = a.end() * cs;
       if (end < fileSize) plan.fileShrink = end;
-      // What stays free inside the new end is punched; what lies past it goes with the truncate.
+      // What stays free inside the new end is punched, as QEMU discards what a shrink frees;
+      // what lies past it goes with the truncate.
       const discards: Array<{ offset: number; length: number }> = [];
-      for (const c of [...new Set(freedByShrink)].sort((x, y) => x - y)) {
+      for (const c of [...new Set([...freedByShrink, ...freedMeta])].sort((x, y) => x - y)) {
         if (c >= a.end() || a.get(c) !== 0) continue;
         const last = discards[discards.length - 1];
         if (last && last.offset + last.length === c * cs) last.length += cs;
@@ -396,27 +446,46 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     }
     plan = { ...plan, headerOnly: false };
   }
-  return { ...plan, commit: headerCommitBytes(h, cs, file) };
+  return { ...plan, commit: planHeaderCommit(h, cs, file) };
+}
+
+/**
+ * A resize resizes the persistent bitmaps, as qemu-img 7.2 does (bits past the new end dropped,
+ * new ones clear): each is stored anew (data, then table, in directory order), then a new
+ * directory; the old clusters are freed in the plan. provider/rules refused inconsistent ones.
+ */
+function resizeBitmaps(img: Image, h: Header, newSize: bigint, a: CountRefcounts, writes: Write[]): void {
+  const old = img.header.bitmaps;
+  if (old === undefined) return;
+  const cs = img.geometry.clusterSize;
+  const read = (o: number, l: number) => img.read(o, l);
+  const io: BitmapClusterIo = {
+    clusterSize: cs,
+    alloc: (n) => a.alloc(n),
+    free: (first, n) => a.free(first, n),
+    write: (offset, data) => writes.push({ offset, data }),
+    read,
+  };
+  const entries = readBitmapDirectory(img.header, cs, read);
+  const stored = entries.map((e) => {
+    const b = loadBitmap(e, img.header.size, cs, read);
+    if (b.inconsistent) throw new Qcow2Error('REFUSED', `Bitmap '${e.name}' is inconsistent and cannot be used`, { property: 'size' });
+    b.truncate(newSize);
+    const t = storeBitmapData(b, io);
+    return { name: e.name, tableOffset: t.tableOffset, tableSize: t.tableSize, rawFlags: e.rawFlags & BME_FLAG_AUTO, granularityBits: e.granularityBits };
+  });
+  const dir = encodeBitmapDirectory(stored);
+  const d = a.alloc(Math.ceil(dir.length / cs));
+  writes.push({ offset: d * cs, data: dir });
+  h.bitmaps = { nbBitmaps: stored.length, bitmapDirectorySize: BigInt(dir.length), bitmapDirectoryOffset: BigInt(d) * BigInt(cs) };
+  for (const e of entries) freeBitmapClusters(e, io);
+  a.free(Number(old.bitmapDirectoryOffset / BigInt(cs)), Math.ceil(Number(old.bitmapDirectorySize) / cs));
 }
 
 /** The entry of guest cluster `gc` in new area: ZERO, or COPIED | guest offset (data-file-raw). */
 function newAreaEntry(kind: 'zero' | 'identity', gc: number, g: Geometry): L2Halves {
   if (kind === 'identity') return normalEntry(gc * g.clusterSize);
   return g.extendedL2 ? { hi: 0, lo: 0, allocBits: 0, zeroBits: SUBCLUSTERS_ALL } : { hi: 0, lo: L2_LO_ZERO, allocBits: 0, zeroBits: 0 };
-}
-
-/**
- * The bytes of the header commit: QEMU rewrites all of cluster 0; one page is enough when the
- * rest of cluster 0 is zero (always so for images written by QEMU or us), and one page is
- * written whole even when a process is killed mid-write.
- */
-function headerCommitBytes(h: Header, cs: number, file: BlockFile): Uint8Array {
-  const full = encodeHeader(h, cs);
-  const page = Math.min(cs, 4096);
-  if (cs > page && full.subarray(page).every((b) => b === 0) && file.read(page, cs - page).every((b) => b === 0)) {
-    return full.subarray(0, page);
-  }
-  return full;
 }
 
 /** Apply a plan in the order stated at the top of this file. */
@@ -428,7 +497,7 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
   }
   writeAll(file, plan.writes);
   if (plan.writes.length) file.flush();
-  file.write(0, plan.commit);
+  writeHeaderCommit(file, plan.commit);
   file.flush();
   if (plan.dataFileShrink !== undefined && dataFile) {
     dataFile.truncate(plan.dataFileShrink);

@@ -30,6 +30,11 @@ export interface CheckResult {
   allocatedClusters: number;
   fragmentedClusters: number;
   compressedClusters: number;
+  /**
+   * Why the check could not run at all (the snapshot table cannot be read, as QEMU checks it
+   * first): qemu-img reports it and "Check failed: <cause>", and prints no summary.
+   */
+  failed?: { message: string; cause: string };
 }
 
 const hex = (v: bigint | number) => v.toString(16);
@@ -64,14 +69,31 @@ export function countReferences(img: Image, file: BlockFile): { counts: Uint32Ar
   return { counts: c.computed().dense, beyondFile: [...c.computed().sparse.keys()], structuralCorruptions: c.structural, result };
 }
 
+/**
+ * What a change that moves metadata must know (provider/rules validateConsistent): check's
+ * corruptions and unreadable refcounts, and the first error line. On an image with lazy
+ * refcounts left dirty, stale refcounts are what the change's repair fixes: only corruptions
+ * found before the refcount comparison (broken structure) count.
+ */
+export function consistencyOf(img: Image, file: BlockFile): { corruptions: number; checkErrors: number; first?: string } {
+  const c = new Checker(img, file);
+  const r = c.run();
+  const out: { corruptions: number; checkErrors: number; first?: string } = {
+    corruptions: img.dirty ? c.structural : r.corruptions, checkErrors: r.checkErrors,
+  };
+  const first = r.messages.find((m) => !m.startsWith('Leaked'));
+  if (first !== undefined && out.corruptions + out.checkErrors > 0) out.first = first.replace(/^ERROR:? /, '');
+  return out;
+}
+
 // The hot loops are small module-level functions that take everything as parameters. On a first
 // call V8 runs a function before it has a feedback vector, and compiles the loop while it runs
 // (on-stack replacement): operations before the loop then have no feedback and deoptimize the
 // compiled code on the next call, which may not be recompiled for a while. A loop whose code
 // all runs inside it stays compiled (measured: a 16M-entry check otherwise varies 0.3-1.5 s).
 
-/** What commonRun found besides the run's end: fragmentation, and the run's last host cluster. */
-interface RunFacts { breaks: number; lastCluster: number }
+/** What commonRun found besides the run's end: fragmentation. */
+interface RunFacts { breaks: number }
 
 /**
  * From entry `from` of a standard table, the end of the run of common entries: normal, COPIED,
@@ -79,19 +101,31 @@ interface RunFacts { breaks: number; lastCluster: number }
  * only with a data file). Counts in out.breaks the entries not at the host cluster expected
  * (the previous one's next; `expected` for the first: -1 when any will do). `out` is kept
  * current inside the loop: a store after it would lack feedback (see above).
+ *
+ * An entry equal to the one the previous entry predicts (same flags, the next host cluster) is
+ * common and contiguous by construction, so it costs two compares and an add: that is every
+ * entry of a data-file-raw image but the first of each table. Any other entry is decoded.
  */
 function commonRun(v: DataView, from: number, n: number, step: number, loClear: number, dataFile: boolean, clusterBits: number, expected: number, out: RunFacts): number {
-  let i = from, breaks = 0;
+  const cs = 1 << clusterBits;
+  // The halves the next entry has if it continues the run; nextHi 0: no prediction yet (a
+  // prediction has COPIED set, so it is never 0).
+  let i = from, breaks = 0, nextHi = 0, nextLo = 0;
   for (; i < n; i++) {
     const hi = entryHi(v, i * step);
     const lo = entryLo(v, i * step);
+    if (hi === nextHi && lo === nextLo && nextHi !== 0) {
+      nextLo = (nextLo + cs) | 0;
+      if (nextLo === 0) nextHi = (nextHi + 1) | 0; // the offset carries into the high half
+      continue;
+    }
     const offsetBits = (hi & L2_HI_OFFSET) | lo;
     if (hi >>> 24 !== COPIED_BYTE || (lo & loClear) !== 0 || (offsetBits === 0 && !dataFile)) break;
-    const ci = hostClusterOf(hi, lo, clusterBits);
-    if (expected !== -1 && ci !== expected) breaks++;
-    expected = ci + 1;
+    // A common entry the prediction missed: after a previous one, a break in contiguity.
+    if (nextHi !== 0 || (expected !== -1 && hostClusterOf(hi, lo, clusterBits) !== expected)) breaks++;
+    nextLo = (lo + cs) | 0;
+    nextHi = nextLo === 0 ? (hi + 1) | 0 : hi;
     out.breaks = breaks;
-    out.lastCluster = ci;
   }
   return i;
 }
@@ -119,17 +153,24 @@ class Checker {
   private copiedCorruptions = 0;
   private readonly table: Buffer;
   private readonly view: DataView;
+  private readonly fileLen: number;
 
   constructor(private readonly img: Image, private readonly file: BlockFile) {
     this.cs = img.geometry.clusterSize;
     this.bits = BigInt(img.geometry.clusterBits);
-    this.refs = new RefCounter(Math.ceil(file.size() / this.cs));
+    this.fileLen = file.size();
+    this.refs = new RefCounter(Math.ceil(this.fileLen / this.cs));
     this.max = img.geometry.refcountOrder === 6 ? Infinity : Number(refcountMax(img.geometry.refcountOrder));
     this.table = Buffer.allocUnsafe(this.cs);
     this.view = tableView(this.table);
   }
 
   private err(line: string): void { this.r.messages.push(line); }
+
+  private beyondEnd(offset: bigint | number, size: number): void {
+    this.err(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(offset)} size 0x${hex(size)}`);
+    this.r.corruptions++;
+  }
 
   computed(): RefCounter { return this.refs; }
 
@@ -143,9 +184,18 @@ class Checker {
     r.totalClusters = img.geometry.clustersFor(h.size);
     this.reftable = img.readReftable();
 
+    // qcow2_check_read_snapshot_table comes first: a table QEMU cannot read stops the check.
+    let snaps: ReturnType<Image['readSnapshots']>;
+    try {
+      snaps = img.readSnapshots();
+    } catch (e) {
+      if (!Qcow2Error.isInstance(e) || e.code !== 'INVALID_IMAGE') throw e;
+      r.checkErrors++;
+      r.failed = { message: `ERROR failed to read the snapshot table: ${e.message}`, cause: 'File too large' };
+      return r;
+    }
     this.inc(0n, this.cs);
     this.checkL1(h.l1TableOffset, h.l1Size, true);
-    const snaps = img.readSnapshots();
     if (img.hasDataFile && snaps.length) {
       this.err(`ERROR ${snaps.length} snapshots in image with data file`);
       r.corruptions++;
@@ -176,9 +226,17 @@ class Checker {
     return r;
   }
 
-  /** qcow2_inc_refcounts_imrt over the bytes [offset, offset+size). */
+  /**
+   * qcow2_inc_refcounts_imrt over the bytes [offset, offset+size). A region reaching a whole
+   * cluster or more past the end of the file is a corruption and is not counted (QEMU 4.0+):
+   * a hostile entry far past the end must not grow the count, nor the image end offset.
+   */
   private inc(offset: bigint, size: number): void {
     if (size <= 0) return;
+    if (offset + BigInt(size) - BigInt(this.fileLen) >= BigInt(this.cs)) {
+      this.beyondEnd(offset, size);
+      return;
+    }
     const first = offset >> this.bits;
     const last = (offset + BigInt(size) - 1n) >> this.bits;
     this.incClusters(Number(first), Number(last - first) + 1);
@@ -255,7 +313,7 @@ class Checker {
    * the scan that reads it.
    */
   private readonly next = new Float64Array(1);
-  private readonly runFacts: RunFacts = { breaks: 0, lastCluster: 0 };
+  private readonly runFacts: RunFacts = { breaks: 0 };
 
   /**
    * The common entries from index `from` (normal, COPIED, aligned, no reserved bits: every
@@ -277,7 +335,7 @@ class Checker {
     const end = commonRun(v, from, n, step, (cs - 1) | L2_LO_ZERO, dataFile, bits, expected, facts);
     if (end === from) return from;
     if (active) {
-      this.next[0] = (facts.lastCluster + 1) * cs;
+      this.next[0] = (hostClusterOf(entryHi(v, (end - 1) * step), entryLo(v, (end - 1) * step), bits) + 1) * cs;
       this.r.allocatedClusters += end - from;
       this.r.fragmentedClusters += facts.breaks;
     }
@@ -290,10 +348,13 @@ class Checker {
     const v = this.view;
     const step = C.L2E_SIZE_NORMAL;
     const bits = this.img.geometry.clusterBits;
+    const fileClusters = Math.ceil(this.fileLen / this.cs);
     for (let i = from; i < end; i++) {
       const hi = entryHi(v, i * step), lo = entryLo(v, i * step);
       const ci = hostClusterOf(hi, lo, bits);
-      this.incClusters(ci, 1);
+      // An aligned cluster reaches a cluster past the end exactly when it starts at or past it.
+      if (ci >= fileClusters && ci * this.cs >= this.fileLen) this.beyondEnd(ci * this.cs, this.cs);
+      else this.incClusters(ci, 1);
       if (copied) this.checkCopiedData(hi, lo, ci);
     }
   }
@@ -335,7 +396,7 @@ class Checker {
           this.r.corruptions++;
           break;
         }
-        this.incClusters(range.firstCluster, range.clusters);
+        this.inc(range.offset, range.size);
         if (active) {
           this.r.allocatedClusters++;
           this.r.compressedClusters++;
@@ -363,7 +424,7 @@ class Checker {
           this.next[0] = offset + cs;
         }
         const ci = hostClusterOf(hi, lo, g.clusterBits);
-        if (!fmt.dataFile) this.incClusters(ci, offset % cs === 0 ? 1 : 2); // an unaligned cluster spans two
+        if (!fmt.dataFile) this.inc(BigInt(offset), cs); // an unaligned cluster spans two
         if (copied) {
           if (fmt.dataFile) {
             if ((hi & L2_HI_COPIED) === 0) this.copiedDataError(hi, lo, 1n);

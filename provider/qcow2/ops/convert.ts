@@ -12,6 +12,7 @@ import { isZeroBuffer, writeZeros } from '../io/sparse';
 import { CreatePlan, writePlan } from './create';
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
+import { DirtyBitmap } from '../meta/dirty-bitmap';
 
 const CHUNK = 4 << 20;
 
@@ -85,10 +86,27 @@ function copyRange(src: GuestSource, dst: Qcow2Image, a: number, b: number): voi
 }
 
 /**
+ * convert --bitmaps: the bitmaps (in their directory order) added to the new image after its
+ * data, as qemu-img adds them (so the copy does not mark them), stored when it closes: same
+ * names, granularities, recording flags and bits, the same directory order.
+ */
+export function copyBitmaps(dst: Qcow2Image, bitmaps: readonly DirtyBitmap[]): void {
+  dst.commit();
+  const target = dst.bitmaps();
+  // QEMU's lists are newest first: adding the source's in reverse keeps its directory order.
+  for (const b of [...bitmaps].reverse()) {
+    const copy = new DirtyBitmap(b.name, b.granularityBits, BigInt(dst.size), dst.cs, b.enabled);
+    copy.merge(b);
+    target.add(copy);
+  }
+}
+
+/**
  * Write a planned image at `imagePath` holding the guest view of `src`. Never overwrites: the
  * image and data file must not exist. On failure nothing new is left behind.
  */
-export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs): void {
+export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs,
+  bitmaps?: readonly DirtyBitmap[]): void {
   const o = plan.options;
   if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
   if (o.dataFile !== undefined && host.lstat(o.dataFile) !== undefined) throw existsError(o.dataFile, 'data file');
@@ -106,6 +124,7 @@ export function writeImportedImage(imagePath: string, plan: CreatePlan, src: Gue
     writePlan(plan, f);
     const img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
     copyGuest(src, img, progress);
+    if (bitmaps) copyBitmaps(img, bitmaps);
     img.close();
     pub.publish();
   } catch (e) {

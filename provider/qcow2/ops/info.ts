@@ -3,7 +3,8 @@
 // data file, so its cost does not grow with the image. The qemu-img text forms are the CLI's
 // (provider/cli/render).
 
-import { BlockFile } from '../io/blockfile';
+import { BlockFile, NodeBlockFile } from '../io/blockfile';
+import { heldForWriting } from '../io/lock';
 import { HostFs, localFs } from '../io/hostfs';
 import { resolveBackingName } from '../spec/backing';
 import { decodeBitmapDirectory } from '../spec/bitmaps';
@@ -16,12 +17,18 @@ export type InfoFormat = 'qcow2' | 'raw' | 'probe';
 
 const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
 
-/** The facts of an open image; `allocated` is the qcow2 file's allocated bytes. */
-export function factsOfImage(img: Image, allocated: number | bigint, fileName = ''): ImageFacts {
+/**
+ * The facts of an open image; `allocated` is the qcow2 file's allocated bytes. `writerHolds`:
+ * whether a process has the image open for writing (then an `in-use` bitmap is that process's,
+ * not a sign of a crash); the caller that holds the write lock itself knows nobody else does.
+ */
+export function factsOfImage(img: Image, allocated: number | bigint, fileName = '', writerHolds = false): ImageFacts {
   const h = img.header;
+  // The bitmap directory's and the backing name's codecs load only for images that have them.
   const bitmaps = h.bitmaps
     ? decodeBitmapDirectory(img.read(h.bitmaps.bitmapDirectoryOffset, Number(h.bitmaps.bitmapDirectorySize)), h.bitmaps.nbBitmaps,
-      Number(h.bitmaps.bitmapDirectoryOffset), img.geometry.clusterSize, h.size).map(({ name, granularity, flags }) => ({ name, granularity, flags: [...flags] }))
+      Number(h.bitmaps.bitmapDirectoryOffset), img.geometry.clusterSize, h.size)
+      .map(({ name, granularity, flags }) => ({ name, granularity, flags: [...flags], inconsistent: flags.includes('in-use') && !writerHolds }))
     : [];
   const snapshots = img.readSnapshots().map((s) => {
     const f: SnapshotFacts = { id: s.id, name: s.name, vmStateSize: s.vmStateSize, dateSec: s.dateSec, dateNsec: s.dateNsec, vmClockNsec: s.vmClockNsec };
@@ -66,7 +73,9 @@ export function readImageFacts(fileName: string, options: { lock?: boolean; host
     if (options.lock) host.probeLock(file, fileName, 'read');
     const format = options.format === 'probe' ? (size >= 4 && file.read(0, 4).readUInt32BE(0) === C.QCOW_MAGIC ? 'qcow2' : 'raw') : options.format;
     if (format === 'raw') return rawImageFacts(BigInt(size), BigInt(file.allocatedSize()));
-    return infoOf(file, fileName);
+    const img = Image.open(file, fileName);
+    const inUse = img.header.bitmaps !== undefined && file instanceof NodeBlockFile && heldForWriting(file.fd);
+    return factsOfImage(img, file.allocatedSize(), fileName, inUse);
   } finally {
     file.close();
   }

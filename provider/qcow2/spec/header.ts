@@ -69,6 +69,12 @@ export interface Header extends HeaderFields {
   dataFile?: string;
   featureTable?: FeatureName[];
   bitmaps?: BitmapsExtension;
+  /**
+   * A bitmaps extension is present but autoclear bit 0 is clear: a writer without bitmap support
+   * changed the image, so every bitmap in it is stale (QEMU warns and drops the extension on its
+   * next read-write open; the clusters it pointed at are leaked).
+   */
+  staleBitmaps?: boolean;
   /** Unknown extensions in file order; re-emitted reversed, as QEMU does. */
   unknownExtensions: UnknownExtension[];
 }
@@ -239,8 +245,12 @@ function readExtensions(header: Header, buf: Uint8Array, start: number, end: num
         break;
       case C.QCOW2_EXT_MAGIC_FEATURE_TABLE: {
         const table: FeatureName[] = [];
-        for (let p = 0; p + FEATURE_ENTRY_SIZE <= length; p += FEATURE_ENTRY_SIZE) {
-          table.push({ type: data[p]!, bit: data[p + 1]!, name: decodeName(data.subarray(p + 2, p + FEATURE_ENTRY_SIZE)) });
+        // QEMU reads the extension into a zeroed buffer: a last entry shorter than 48 bytes is
+        // padded with zeros, not dropped (iotest 036 adds a table of one 14-byte entry).
+        for (let p = 0; p < length; p += FEATURE_ENTRY_SIZE) {
+          const entry = new Uint8Array(FEATURE_ENTRY_SIZE);
+          entry.set(data.subarray(p, Math.min(length, p + FEATURE_ENTRY_SIZE)));
+          table.push({ type: entry[0]!, bit: entry[1]!, name: decodeName(entry.subarray(2)) });
         }
         header.featureTable = table;
         break;
@@ -254,7 +264,10 @@ function readExtensions(header: Header, buf: Uint8Array, start: number, end: num
       case C.QCOW2_EXT_MAGIC_BITMAPS: {
         if (length !== BITMAPS_EXT.size) throw invalidImage('bitmaps_ext: Invalid extension length', extStart);
         // Without the autoclear bit the extension is stale: QEMU ignores it (and drops it on write).
-        if ((header.autoclearFeatures & C.QCOW2_AUTOCLEAR_BITMAPS) === 0n) break;
+        if ((header.autoclearFeatures & C.QCOW2_AUTOCLEAR_BITMAPS) === 0n) {
+          header.staleBitmaps = true;
+          break;
+        }
         const ext = BITMAPS_EXT.decode(data);
         if (ext.reserved32 !== 0) throw invalidImage('bitmaps_ext: Reserved field is not zero', extStart);
         if (ext.nbBitmaps > C.QCOW2_MAX_BITMAPS) {
@@ -378,4 +391,31 @@ function featureTableBytes(): Uint8Array {
     featureTableCache = t;
   }
   return featureTableCache;
+}
+
+/**
+ * Where the header ends in the bytes of cluster 0 (as written, or as found in a file): after
+ * the extension list's end marker and after the backing file name, whichever is later. Bytes
+ * past it are not part of the header. Bounded by `bytes.length`; never throws.
+ */
+export function headerAreaEnd(bytes: Uint8Array): number {
+  if (bytes.length < HEADER_V2.size) return bytes.length;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const version = dv.getUint32(HEADER_V2.offsets.version!);
+  let p = version >= 3 && bytes.length >= C.QCOW2_V3_MIN_HEADER_LENGTH
+    ? dv.getUint32(HEADER_V2.size + HEADER_V3_TAIL.offsets.headerLength!) : C.QCOW2_V2_HEADER_LENGTH;
+  let end = Math.min(p, bytes.length);
+  while (p + EXTENSION.size <= bytes.length) {
+    const magic = dv.getUint32(p);
+    const length = dv.getUint32(p + 4);
+    p += EXTENSION.size;
+    if (magic === C.QCOW2_EXT_MAGIC_END) { end = p; break; }
+    p += (length + 7) & ~7;
+    end = Math.min(p, bytes.length);
+  }
+  const backingOffset = dv.getBigUint64(HEADER_V2.offsets.backingFileOffset!);
+  if (backingOffset !== 0n && backingOffset < BigInt(bytes.length)) {
+    end = Math.max(end, Math.min(bytes.length, Number(backingOffset) + dv.getUint32(HEADER_V2.offsets.backingFileSize!)));
+  }
+  return end;
 }

@@ -48,15 +48,29 @@ class Parser {
     return this.fail(c === undefined ? 'unexpected end' : `unexpected '${c}'`);
   }
 
-  private object(): QmpObject {
-    const out: QmpObject = {};
+  /**
+   * An object's members or an array's elements, from its opening bracket to `close`: `item`
+   * reads one (after the bracket or a comma).
+   */
+  private sequence(close: '}' | ']', item: () => void): void {
     this.i++;
     this.ws();
-    if (this.s[this.i] === '}') {
+    if (this.s[this.i] === close) {
       this.i++;
-      return out;
+      return;
     }
     for (;;) {
+      item();
+      this.ws();
+      const c = this.s[this.i++];
+      if (c === close) return;
+      if (c !== ',') this.fail(`expected ',' or '${close}'`);
+    }
+  }
+
+  private object(): QmpObject {
+    const out: QmpObject = {};
+    this.sequence('}', () => {
       this.ws();
       if (this.s[this.i] !== '"') this.fail('expected a member name');
       const k = this.string();
@@ -65,28 +79,14 @@ class Parser {
       this.i++;
       // defineProperty: a member named __proto__ is data, not the prototype.
       Object.defineProperty(out, k, { value: this.value(), enumerable: true, writable: true, configurable: true });
-      this.ws();
-      const c = this.s[this.i++];
-      if (c === '}') return out;
-      if (c !== ',') this.fail("expected ',' or '}'");
-    }
+    });
+    return out;
   }
 
   private array(): QmpValue[] {
     const out: QmpValue[] = [];
-    this.i++;
-    this.ws();
-    if (this.s[this.i] === ']') {
-      this.i++;
-      return out;
-    }
-    for (;;) {
-      out.push(this.value());
-      this.ws();
-      const c = this.s[this.i++];
-      if (c === ']') return out;
-      if (c !== ',') this.fail("expected ',' or ']'");
-    }
+    this.sequence(']', () => out.push(this.value()));
+    return out;
   }
 
   private string(): string {

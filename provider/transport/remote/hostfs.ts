@@ -34,7 +34,7 @@ export class BridgedHostFs implements HostFs {
   open(path: string, mode: OpenMode, name = path): OpenedFile {
     const r = this.call('open', [path, mode, name]);
     const a = r.value as OpenAnswer;
-    const file = new BridgedBlockFile(this, a.handle, path, a.size, mode !== 'read', r.data, a.allocated);
+    const file = new BridgedBlockFile(this, a.handle, path, a.size, mode !== 'read', r.data, a.allocated, a.id);
     return { file, size: a.size };
   }
 
@@ -88,6 +88,11 @@ export class BridgedHostFs implements HostFs {
     this.call('probeLock', [bridged(file, name).handle, mode]);
   }
 
+  identity(file: BlockFile, name: string): string {
+    const f = bridged(file, name);
+    return f.id ?? (this.call('identity', [f.handle]).value as string);
+  }
+
   extent(file: BlockFile, offset: number, length: number, fileSize = file.size()): Extent {
     if (offset >= fileSize) return { offset, length, data: false }; // past EOF reads as zeros
     return bridged(file, '').extent(offset, Math.min(length, fileSize - offset), fileSize);
@@ -118,6 +123,8 @@ export class BridgedBlockFile implements BlockFile {
     readonly writable: boolean,
     head: Uint8Array | undefined,
     private readonly allocatedAtOpen: number | undefined,
+    /** The file's identity ("dev:ino"), when the host told it at the open (read-only opens). */
+    readonly id?: string,
   ) {
     if (head !== undefined && head.length > 0) this.head = Buffer.from(head.buffer, head.byteOffset, head.length);
   }

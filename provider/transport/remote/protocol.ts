@@ -8,7 +8,7 @@
 export const REMOTE_FS_METHODS = [
   'open', 'read', 'write', 'truncate', 'sync', 'close', 'allocated', 'extents',
   'stat', 'link', 'rename', 'unlink', 'readdir', 'mkdir', 'mkdtemp', 'removeTree', 'fsyncDir',
-  'lock', 'lockChange', 'unlock', 'probeLock',
+  'lock', 'lockChange', 'unlock', 'probeLock', 'identity',
 ] as const;
 
 export type RemoteFsMethod = typeof REMOTE_FS_METHODS[number];
@@ -19,6 +19,8 @@ export interface OpenAnswer {
   size: number;
   /** Bytes allocated on the medium, when known at open (read-only opens). */
   allocated?: number;
+  /** The file's identity ("dev:ino"), when known at open (read-only opens, through the host helper). */
+  id?: string;
 }
 
 /** What `lock` and `lockChange` answer. */

@@ -197,6 +197,7 @@ export class RemoteFs {
       const st = await allocated;
       const answer: OpenAnswer = { handle, size };
       if (mode === 'read') answer.allocated = st !== undefined ? st.allocated : approximateAllocation(size);
+      if (st !== undefined) answer.id = st.id;
       return { answer, ...(head !== undefined ? { head } : {}) };
     });
   }
@@ -267,6 +268,14 @@ export class RemoteFs {
       const size = (await h.file.stat()).size;
       return offset < size ? [{ offset, length: Math.min(length, size - offset), data: true }] : [];
     });
+  }
+
+  /** The identity ("dev:ino") of an open file's path; without the helper, stat's stand-in (see stat). */
+  async identity(handle: number): Promise<string> {
+    const h = this.handle(handle);
+    const st = await this.stat(h.path);
+    if (st === undefined) throw new Qcow2Error('NOT_FOUND', `Could not open '${h.path}': No such file or directory`, { file: `${this.label}:${h.path}` });
+    return st.id;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -507,6 +516,7 @@ const SERVED: Record<RemoteFsMethod, Served> = {
   lockChange: async (fs, [id, mode]) => ({ value: await fs.lockChange(id as number, mode as LockMode) }),
   unlock: async (fs, [id]) => fs.unlock(id as number),
   probeLock: async (fs, [h, mode]) => fs.probeLock(h as number, mode as LockMode),
+  identity: async (fs, [h]) => ({ value: await fs.identity(h as number) }),
 };
 
 /** The bridge handlers that serve worker threads' calls (transport/remote/protocol.ts). */

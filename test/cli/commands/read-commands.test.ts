@@ -6,24 +6,12 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scratchBase, skipWithoutTools, startHolder, stopHolder, tool } from '../../engines/helpers';
+import { type CliRun, runCli } from '../../helpers/cli';
 
-const CLI = path.resolve(__dirname, '../../../dist/provider/cli/main.js');
 const SKIP = skipWithoutTools('cli/read-commands');
 
-interface Run { status: number; stdout: string; stderr: string }
-
-async function ours(args: string[], cwd: string): Promise<Run> {
-  const { main } = require(CLI) as { main(argv: string[], io: { out(t: string): void; err(t: string): void }): Promise<number> };
-  const prev = process.cwd();
-  let stdout = '', stderr = '';
-  process.chdir(cwd);
-  try {
-    const status = await main(args, { out: (t) => { stdout += t; }, err: (t) => { stderr += t; } });
-    return { status, stdout, stderr };
-  } finally {
-    process.chdir(prev);
-  }
-}
+type Run = CliRun;
+const ours = runCli;
 
 function theirs(args: string[], cwd: string): Run {
   const r = tool('qemu-img', args, cwd);

@@ -19,7 +19,7 @@ describe('native engine worker pool', () => {
   beforeAll(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-pool-'));
     pool = new WorkerPool(2);
-    engine = new NativeEngine({ executor: (target, call, progress) => pool.run(target, call, progress) });
+    engine = new NativeEngine((target, call, progress) => pool.run(target, call, progress));
   });
   afterAll(async () => {
     await pool.close();

@@ -1,11 +1,14 @@
 // The local HostFs (io/hostfs.ts): what qcow2/ asks of a host besides bytes, answered by this
 // machine. Missing files are answers, not exceptions; errors name the caller's name for a file.
 
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Qcow2Error } from '../../../provider/model/errors';
+import { ioError } from '../../../provider/qcow2/io/blockfile';
 import { localFs } from '../../../provider/qcow2/io/hostfs';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-hostfs-'));
@@ -64,5 +67,64 @@ describe('local host', () => {
     } finally {
       file.close();
     }
+  });
+});
+
+describe('files that are not regular files', () => {
+  // A FIFO without a writer would block open(2) forever; a device or socket is no image.
+  const fifo = path.join(root, 'fifo');
+  const sock = path.join(root, 'sock');
+  const others: Array<[string, () => string]> = [
+    ['a FIFO', () => { if (!fs.existsSync(fifo)) spawnSync('mkfifo', [fifo]); return fifo; }],
+    ['a folder', () => root],
+    ['a character device', () => '/dev/null'],
+    ['a socket', () => sock],
+  ];
+  let server: net.Server | undefined;
+  afterAll(() => server?.close());
+
+  for (const [what, where] of others) {
+    for (const mode of ['read', 'write'] as const) {
+      it(`open_for_${mode}_refuses_${what.replace(/ /g, '_')}_at_once_with_qemu_img_words`, async () => {
+        if (what === 'a socket' && server === undefined) {
+          server = net.createServer();
+          await new Promise<void>((r) => server!.listen(sock, r));
+        }
+        const p = where();
+        let err: unknown;
+        try { localFs.open(p, mode, 'the image'); } catch (e) { err = e; }
+        expect(Qcow2Error.isInstance(err) && err.code).toBe('UNSUPPORTED');
+        expect((err as Error).message).toBe("'file' driver requires 'the image' to be a regular file");
+      });
+    }
+  }
+
+  it('a_symlink_to_a_fifo_is_refused_too', () => {
+    const link = path.join(root, 'to-fifo');
+    if (!fs.existsSync(fifo)) spawnSync('mkfifo', [fifo]);
+    fs.symlinkSync(fifo, link);
+    expect(() => localFs.open(link, 'read')).toThrow(/requires '.*to-fifo' to be a regular file/);
+  });
+});
+
+describe('errors name the caller\'s file in the C library\'s words', () => {
+  const fake = (code: string) => Object.assign(new Error(`${code}: node text, write '/tmp/.x.qcow2-tmp-1-a-i'`), { code });
+
+  it('enospc_names_the_users_file_never_node_text_or_a_temporary_name', () => {
+    const e = ioError(fake('ENOSPC'), '/images/vm.qcow2', 'write');
+    expect(e.message).toBe("Could not write to '/images/vm.qcow2': No space left on device");
+    expect(e.code).toBe('IO');
+  });
+
+  it('eisdir_on_open_is_qemu_imgs_regular_file_message', () => {
+    expect(ioError(fake('EISDIR'), 'dir', 'open').message).toBe("'file' driver requires 'dir' to be a regular file");
+  });
+
+  it('write_errors_of_an_open_file_name_the_name_it_was_opened_under', () => {
+    const p = path.join(root, 'ro.bin');
+    fs.writeFileSync(p, 'x');
+    const { file } = localFs.open(p, 'read', 'the image');
+    expect(() => file.write(0, Buffer.from('y'))).toThrow("Could not write to 'the image': Bad file descriptor");
+    file.close();
   });
 });

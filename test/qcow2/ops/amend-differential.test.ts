@@ -2,7 +2,7 @@
 //
 // Per scenario: <root>/<n>/A and <root>/<n>/B are set up by the same qemu-img / qemu-io script
 // (same relative names, same bytes: checked). qemu-img runs the operation in A; our CLI
-// (dist/provider/cli/main.js, its main() in-process with cwd = B) runs the same argv in B. Then:
+// (dist/provider/cli/qcow2.js, its main() in-process with cwd = B) runs the same argv in B. Then:
 //   - same exit status (0 vs non-0);
 //   - refusals: the same message (ours says `qcow2: ` where qemu-img says `qemu-img: `); where ours
 //     deliberately extends qemu's message with a way forward, the first line's prefix; and our

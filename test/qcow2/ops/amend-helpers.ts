@@ -1,5 +1,5 @@
 // Shared helpers for the amend suites: shell and qemu runs in a folder, the built CLI run
-// in-process (same code path as `node dist/provider/cli/main.js`, without Node's start-up),
+// in-process (same code path as `node dist/provider/cli/qcow2.js`, without Node's start-up),
 // chunked file hashing/equality, and normalised `qemu-img info` / `map` results.
 
 import { spawnSync } from 'node:child_process';
@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { qemuImgAvailable, qemuImgPath, requireQemu } from '../../helpers/qemu';
 
 /** The built CLI (QCOW2_CLI overrides, e.g. a build in a temp outDir). */
-export const CLI = process.env.QCOW2_CLI ?? resolve(__dirname, '../../../dist/provider/cli/main.js');
+export const CLI = process.env.QCOW2_CLI ?? resolve(__dirname, '../../../dist/provider/cli/qcow2.js');
 export const HAVE_CLI = existsSync(CLI);
 
 export const qemuIoPath = process.env.QEMU_IO ?? 'qemu-io';
@@ -108,7 +108,7 @@ interface CliModule { main(argv: string[], io?: { out(t: string): void; err(t: s
 let cliModule: CliModule | undefined;
 
 /**
- * Our CLI, in-process: `main(argv)` of the built dist/provider/cli/main.js with cwd = `cwd` and
+ * Our CLI, in-process: `main(argv)` of the built dist/provider/cli/qcow2.js with cwd = `cwd` and
  * stdout/stderr captured. Same parsing, engine and messages as the spawned binary.
  */
 export async function runOurs(args: string[], cwd: string): Promise<Run> {

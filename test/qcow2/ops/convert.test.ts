@@ -11,7 +11,7 @@ import { importImage, mapImage } from '../../../provider/engines/native/ops';
 import { mapJsonText } from '../../../provider/cli/render/map';
 import { prng, qemuImg, qemuIo, qemuMap, runQemuImg, skipWithoutQemuTools, tempDir } from '../guest/harness';
 
-const CLI = path.join(__dirname, '..', '..', '..', 'dist', 'provider', 'cli', 'main.js');
+const CLI = path.join(__dirname, '..', '..', '..', 'dist', 'provider', 'cli', 'qcow2.js');
 
 interface Source { name: string; file: string; format: 'raw' | 'qcow2' }
 

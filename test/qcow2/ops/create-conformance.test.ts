@@ -39,7 +39,7 @@ import { inDir } from '../../helpers/common';
 const HAVE_QEMU = qemuImgAvailable();
 const SKIP_REASON = `${qemuImgPath} not found ($QEMU_IMG or PATH; apt-get install qemu-utils; CI=true or REQUIRE_QEMU=1 turns this into a failure)`;
 // QCOW2_CLI overrides the CLI entry point (e.g. a build in a temp outDir).
-const CLI = process.env.QCOW2_CLI ?? resolve(__dirname, '../../../dist/provider/cli/main.js');
+const CLI = process.env.QCOW2_CLI ?? resolve(__dirname, '../../../dist/provider/cli/qcow2.js');
 const HAVE_CLI = existsSync(CLI);
 const CLI_SKIP_REASON = `${CLI} not built (npm run build)`;
 
@@ -282,7 +282,7 @@ suite(title('create conformance vs qemu-img 7.2'), () => {
 
   // A handful of CLI runs (process start is slow): same argv as qemu-img, same bytes.
   const cliSuite = HAVE_CLI ? describe : describe.skip;
-  cliSuite(HAVE_CLI ? 'CLI (dist/provider/cli/main.js)' : `CLI [SKIPPED: ${CLI_SKIP_REASON}]`, () => {
+  cliSuite(HAVE_CLI ? 'CLI (dist/provider/cli/qcow2.js)' : `CLI [SKIPPED: ${CLI_SKIP_REASON}]`, () => {
     const CLI_CASES: Array<{ name: string; args: string[]; needsDataFile?: boolean }> = [
       { name: 'defaults 1G', args: ['create', '-f', 'qcow2', '-q', IMAGE_NAME, '1G'] },
       {

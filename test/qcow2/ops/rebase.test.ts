@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { rebaseImage } from '../../../provider/engines/native/ops';
 import { prng, qemuImg, qemuIo, runQemuImg, skipWithoutQemuTools, tempDir } from '../guest/harness';
 
-const CLI = path.join(__dirname, '..', '..', '..', 'dist', 'provider', 'cli', 'main.js');
+const CLI = path.join(__dirname, '..', '..', '..', 'dist', 'provider', 'cli', 'qcow2.js');
 
 function randomWrites(rand: () => number, n: number, size: number): string[] {
   const out: string[] = [];

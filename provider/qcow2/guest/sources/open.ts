@@ -15,6 +15,8 @@ import { GuestSource, OpenOptions } from '../source';
 import { RawSource } from './raw';
 
 const MAX_CHAIN = 64;
+/** The too-deep refusal, passed up the chain as it is. */
+const CHAIN_ERRORS = new WeakSet<object>();
 
 /** Raw or qcow2 by the magic in a file's first bytes, as QEMU's probe tells these two apart. */
 export function formatOfHead(head: Uint8Array, size: number): 'raw' | 'qcow2' {
@@ -49,7 +51,10 @@ export function openSource(fileName: string, format: string | undefined, opts: O
 function openBacking(imagePath: string, h: Header, opts: OpenOptions, depth: number): GuestSource | null {
   if (h.backingFile === undefined || h.backingFile === '') return null;
   if (depth + 1 >= MAX_CHAIN) {
-    throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${imagePath}' is deeper than ${MAX_CHAIN} images (a loop?)`, { file: imagePath });
+    const e = new Qcow2Error('INVALID_IMAGE', `Could not open backing file: the backing chain is deeper than ${MAX_CHAIN} images; ` +
+      `a backing file that names the image itself or one above it makes a loop (qcow2 info --backing-chain shows it)`, { file: imagePath, property: 'backing_file' });
+    CHAIN_ERRORS.add(e);
+    throw e;
   }
   const full = resolveBackingName(imagePath, h.backingFile);
   try {
@@ -57,6 +62,8 @@ function openBacking(imagePath: string, h: Header, opts: OpenOptions, depth: num
     if (opts.host) sub.host = opts.host;
     return openSource(full, h.backingFormat ?? opts.backingFormat, sub, depth + 1);
   } catch (e) {
+    // Said once, not once per layer of the loop.
+    if (CHAIN_ERRORS.has(e as object)) throw e;
     const msg = Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND' ? `Could not open '${full}': No such file or directory` : (e as Error).message;
     throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO', `Could not open backing file: ${msg}`, { file: full, property: 'backing_file', cause: e });
   }
@@ -98,6 +105,7 @@ export function openQcow2(fileName: string, opts: OpenOptions = {}, depth = 0): 
     if (writable) opts.beforeWrite?.(image);
     return new Qcow2Image({
       file, image, fileName, dataFile, dataFileName: h.dataFile, backing, writable, host, locks, owned, ownsFile: true,
+      ...(opts.frees !== undefined ? { frees: opts.frees } : {}),
     });
   } catch (e) {
     for (const o of owned.reverse()) o.close();

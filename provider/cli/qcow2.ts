@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+// The `qcow2` executable (package.json "bin"). It runs the command line bundled into one file,
+// qcow2-bundle.js (scripts/bundle-cli.js), with V8's code cache for that file, qcow2-bundle.cache,
+// made when the package was built: V8 then neither parses the bundle nor compiles the functions a
+// read command runs, which is most of what `qcow2 info` costs beyond Node's own start-up
+// (bench/cli-startup.ts). A cache V8 rejects (another Node version, or none there) only costs
+// that time back: the bundle is compiled from its source as usual.
+
+import { readFileSync } from 'fs';
+import { createRequire } from 'module';
+import { join } from 'path';
+import { Script } from 'vm';
+import type { Io } from './io';
+
+export const BUNDLE = join(__dirname, 'qcow2-bundle.js');
+export const CODE_CACHE = join(__dirname, 'qcow2-bundle.cache');
+
+interface CommandLine {
+  main(argv: string[], io?: Io): Promise<number>;
+}
+
+/** The bundle compiled (with `cachedData` when given) and run as a CommonJS module would be. */
+export function load(cachedData?: Buffer): { cli: CommandLine; script: Script } {
+  // Node's module wrapper, its head in place of the bundle's hashbang line so that positions in
+  // the bundle still match its source map.
+  const source = readFileSync(BUNDLE, 'utf8').replace(/^#!.*/, '(function (exports, require, module, __filename, __dirname) {');
+  const script = new Script(`${source}\n})`, { filename: BUNDLE, ...(cachedData ? { cachedData } : {}) });
+  const module = { exports: {} as CommandLine };
+  (script.runInThisContext() as (...a: unknown[]) => void)(module.exports, createRequire(BUNDLE), module, BUNDLE, __dirname);
+  return { cli: module.exports, script };
+}
+
+function codeCache(): Buffer | undefined {
+  try {
+    return readFileSync(CODE_CACHE);
+  } catch {
+    return undefined; // not built: compile from source
+  }
+}
+
+let cli: CommandLine | undefined;
+
+/** main.ts's main(), from the bundle: one command line, output to `io` (default fds 1 and 2); resolves with the exit status. */
+export function main(argv: string[], io?: Io): Promise<number> {
+  cli ??= load(codeCache()).cli;
+  return cli.main(argv, io);
+}
+
+if (require.main === module) {
+  void main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
+}

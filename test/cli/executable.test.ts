@@ -1,0 +1,87 @@
+// The `qcow2` executable as installed (package.json "bin"): a launcher that runs one bundled file,
+// built by scripts/bundle-cli.js from the compiled command line, with V8's code cache made at
+// build time. A short command loads no other module of this package, and no dependency (module
+// loading and compiling are most of a short command's cost: bench/cli-startup.ts measures it).
+
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const ROOT = path.resolve(__dirname, '../..');
+const PKG = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string; bin: Record<string, string> };
+const BIN = path.join(ROOT, PKG.bin.qcow2!);
+
+/** Run the executable with a preload that writes, at exit, the modules require() loaded to fd 3. */
+function run(args: string[], cwd: string): { status: number | null; stdout: string; stderr: string; modules: string[] } {
+  const preload = path.join(cwd, 'modules.js');
+  fs.writeFileSync(preload, "process.on('exit', () => require('fs').writeSync(3, JSON.stringify(Object.keys(require.cache))));\n");
+  const r = spawnSync(process.execPath, ['-r', preload, BIN, ...args], { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, modules: (JSON.parse(String(r.output[3])) as string[]).filter((m) => m !== preload) };
+}
+
+describe('the qcow2 executable', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-bin-'));
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('is_the_bundle_built_from_the_command_line', () => {
+    expect(path.relative(ROOT, BIN)).toBe(path.join('dist', 'provider', 'cli', 'qcow2.js'));
+    const text = fs.readFileSync(BIN, 'utf8');
+    expect(text.startsWith('#!/usr/bin/env node\n')).toBe(true);
+    expect(fs.statSync(BIN).mode & 0o111).not.toBe(0);
+  });
+
+  it('info_loads_one_module_of_this_package_and_no_dependency', () => {
+    expect(run(['create', '-q', 'img.qcow2', '1G'], dir).status).toBe(0);
+    const r = run(['info', 'img.qcow2'], dir);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('virtual size: 1 GiB (1073741824 bytes)');
+    expect(r.modules).toEqual([BIN]);
+  });
+
+  it('a_command_that_changes_an_image_loads_its_dependencies_from_node_modules_only', () => {
+    const r = run(['resize', 'img.qcow2', '2G'], dir);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.modules.filter((m) => !m.includes(`${path.sep}node_modules${path.sep}`))).toEqual([BIN]);
+  });
+
+  it('prints_the_package_version', () => {
+    const r = run(['--version'], dir);
+    expect(r.stdout).toBe(`${PKG.version}\n`);
+  });
+});
+
+describe('the code cache built with the executable', () => {
+  // The launcher's own module, as installed: load() compiles the bundle with or without a cache.
+  const launcher = require(BIN) as typeof import('../../provider/cli/qcow2');
+
+  it('is_accepted_by_the_node_that_built_it', () => {
+    const { script } = launcher.load(fs.readFileSync(launcher.CODE_CACHE));
+    expect(script.cachedDataRejected).toBe(false);
+  });
+
+  it('when_rejected_or_missing_the_command_line_still_runs', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-cache-'));
+    try {
+      // A copy of the launcher and the bundle beside a cache V8 cannot use, then beside none.
+      for (const f of ['qcow2.js', 'qcow2-bundle.js']) fs.copyFileSync(path.join(path.dirname(BIN), f), path.join(dir, f));
+      fs.writeFileSync(path.join(dir, 'qcow2-bundle.cache'), Buffer.alloc(1024, 7));
+      const copy = require(path.join(dir, 'qcow2.js')) as typeof launcher;
+      expect(copy.load(fs.readFileSync(copy.CODE_CACHE)).script.cachedDataRejected).toBe(true);
+      // (info needs no dependency, so the copy runs outside the package's node_modules.)
+      expect(spawnSync(process.execPath, [BIN, 'create', '-q', 'x.qcow2', '1M'], { cwd: dir }).status).toBe(0);
+      for (const withCache of [true, false]) {
+        if (!withCache) fs.rmSync(path.join(dir, 'qcow2-bundle.cache'));
+        const i = spawnSync(process.execPath, [path.join(dir, 'qcow2.js'), 'info', 'x.qcow2'], { cwd: dir, encoding: 'utf8' });
+        expect(i.status, i.stderr).toBe(0);
+        expect(i.stdout).toContain('virtual size: 1 MiB (1048576 bytes)');
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
