@@ -86,13 +86,16 @@ export interface ReadArgs {
   output: 'human' | 'json';
   forceShare: boolean;
   quiet: boolean;
+  /** check's -r/--repair, as given (the command validates it). */
+  repair?: string;
 }
 
-export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean } = {}): ReadArgs {
+export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean; repair?: boolean } = {}): ReadArgs {
   const a = parseArgs(argv, {
     flags: { '-U': 'forceShare', '--force-share': 'forceShare', '--image-opts': 'imageOpts', ...(opts.quiet ? { '-q': 'quiet' } : {}) },
-    values: { '-f': 'format', '--output': 'output' },
+    values: { '-f': 'format', '--output': 'output', ...(opts.repair ? { '-r': 'repair', '--repair': 'repair' } : {}) },
   });
+  const repair = a.values.get('repair');
   let format = a.values.get('format');
   requireQcow2OrRaw(format);
   const output = outputFormat(a.values.get('output'));
@@ -104,6 +107,7 @@ export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean }
   return {
     file, image: name, path: name.path, display: name.display, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet'),
     ...(format !== undefined ? { format: format as 'qcow2' | 'raw' } : {}),
+    ...(repair !== undefined ? { repair } : {}),
   };
 }
 
@@ -116,4 +120,58 @@ export function imageName(name: string, imageOpts = false, create = false): Imag
     if (create) fail((e as Error).message, name);
     fail(`Could not open '${name}': ${(e as Error).message}`);
   }
+}
+
+/** One option as getopt returned it: its name (`l`, `force-share`) and its value, if it takes one. */
+export type Opt = [name: string, value: string | undefined];
+
+/**
+ * getopt_long as qemu-img calls it: `short` is its optstring without the leading ':' (a letter
+ * followed by ':' takes a value, attached or the next argument; letters combine, `-qU`),
+ * `long` names the long options and whether they take a value (`--name=value` or the next
+ * argument). Options and file names may come in any order (GNU permutation); `--` ends the
+ * options. Errors are qemu-img's.
+ */
+export function getopt(argv: readonly string[], short: string, long: Record<string, boolean> = {}): { opts: Opt[]; positional: string[] } {
+  const opts: Opt[] = [];
+  const positional: string[] = [];
+  const takesValue = (c: string) => short[short.indexOf(c) + 1] === ':';
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      const name = a.slice(2, eq < 0 ? undefined : eq);
+      if (!Object.hasOwn(long, name)) fail(`unrecognized option '${a}'`);
+      if (!long[name]) {
+        if (eq >= 0) fail(`option '--${name}' doesn't allow an argument`);
+        opts.push([name, undefined]);
+        continue;
+      }
+      const v = eq >= 0 ? a.slice(eq + 1) : argv[++i];
+      if (v === undefined) fail(`missing argument for option '${a}'`);
+      opts.push([name, v]);
+      continue;
+    }
+    if (!a.startsWith('-') || a === '-') {
+      positional.push(a);
+      continue;
+    }
+    for (let j = 1; j < a.length; j++) {
+      const c = a[j]!;
+      if (c === ':' || !short.includes(c)) fail(`unrecognized option '${a}'`);
+      if (!takesValue(c)) {
+        opts.push([c, undefined]);
+        continue;
+      }
+      const v = j + 1 < a.length ? a.slice(j + 1) : argv[++i];
+      if (v === undefined) fail(`missing argument for option '${a}'`);
+      opts.push([c, v]);
+      break;
+    }
+  }
+  return { opts, positional };
 }

@@ -5,6 +5,7 @@
 // loaded only then.
 
 import { join } from 'path';
+import { Qcow2Error } from '../model/errors';
 import type { Engine, ImportSource } from '../engines/engine';
 import { inlineEngine } from '../engines/inline';
 import { atEnd } from './io';
@@ -39,6 +40,17 @@ function remote(): typeof RemoteSide {
 export function engineFor(name: ImageName, ...others: ImageName[]): Engine {
   if (name.remote !== undefined) return remote().engineOn(name.remote);
   return others.some((o) => o.remote !== undefined) ? remote().localEngine() : cliEngine();
+}
+
+/**
+ * A file argument of a command that works on this machine's files only (its names are used as
+ * given): an ssh:// name is refused with the way forward rather than read as a local name.
+ */
+export function localFile(file: string, command: string): ImageName {
+  if (/^ssh:\/\//i.test(file)) {
+    throw new Qcow2Error('UNSUPPORTED', `${command} works on images on this machine only: '${file}' names a remote host. Run qcow2 ${command} there (ssh HOST qcow2 ${command} ...)`, { file });
+  }
+  return { path: file, display: file };
 }
 
 /** A convert's source as the engine of `dst` reads it: on its host, on this machine, or on another host. */

@@ -25,6 +25,9 @@ const LOADERS = {
   rebase: () => require('./commands/rebase') as CommandModule,
   convert: () => require('./commands/convert') as CommandModule,
   map: () => require('./commands/map') as CommandModule,
+  snapshot: () => require('./commands/snapshot') as CommandModule,
+  compare: () => require('./commands/compare') as CommandModule,
+  commit: () => require('./commands/commit') as CommandModule,
   bitmap: () => require('./commands/bitmap') as CommandModule,
 };
 type CommandName = keyof typeof LOADERS;
@@ -75,7 +78,7 @@ async function run(argv: string[]): Promise<number> {
     }
     const cmd = load(name as CommandName);
     if (rest.includes('-h') || rest.includes('--help')) {
-      if (name === 'info' || name === 'check' || name === 'map') {
+      if (['info', 'check', 'map', 'snapshot', 'compare', 'commit'].includes(name)) {
         out(`Usage: ${PROG} ${cmd.usage}\n\n${cmd.description}\n`);
         return 0;
       }

@@ -5,10 +5,12 @@
 
 import type { CheckResult } from '../qcow2/ops/check';
 import type { MapEntry } from '../qcow2/ops/map';
+import type { CompareResult } from '../qcow2/ops/compare';
 import type { RemoveImageOptions } from '../qcow2/ops/remove';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../model/options';
-import type { ImageFacts } from '../model/facts';
-import type { AmendRequest } from '../rules/types';
+import type { ImageFacts, SnapshotFacts } from '../model/facts';
+import type { AmendRequest, CommitRequest, SnapshotRequest } from '../rules/types';
+import type { SnapshotSelector } from '../qcow2/spec/snapshot';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
 import type { ConnectionArgs } from '../transport/ssh/connection';
@@ -16,7 +18,7 @@ import type { BitmapAction } from '../model/bitmaps';
 import type { DirtyExtent } from '../qcow2/meta/dirty-bitmap';
 import type { Dependents, ImageChain } from '../model/chain';
 
-export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, BitmapAction, DirtyExtent, Dependents, ImageChain };
+export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, CompareResult, SnapshotFacts, SnapshotRequest, SnapshotSelector, CommitRequest, BitmapAction, DirtyExtent, Dependents, ImageChain };
 
 export type EngineName = 'native' | 'qemu-img';
 
@@ -66,9 +68,12 @@ export interface ImportSource {
    * here and sent to the remote host as it is imported; holes are not sent), or another SSH host.
    */
   host?: 'local' | ConnectionArgs;
+  /** convert -l: read this internal snapshot instead of the current state. */
+  snapshot?: SnapshotSelector;
 }
 
 export interface ImportOptions {
+  /** (done, total): bytes of data to copy, as qemu-img convert counts them (known zeros and holes left out). */
   progress?: ProgressFn;
   /** convert --bitmaps: copy the source's persistent bitmaps (name, granularity, recording, contents). */
   bitmaps?: boolean;
@@ -103,6 +108,38 @@ export interface BitmapDump {
   /** Recording writes (the `auto` flag). */
   enabled: boolean;
   extents: DirtyExtent[];
+}
+
+/** An image by name, and its format (probed from the magic when omitted). */
+export interface ImageRef {
+  path: string;
+  format?: string;
+}
+
+export interface CompareOptions extends ReadOptions {
+  /** qemu-img compare -s: the sizes and the allocation must match too. */
+  strict?: boolean;
+  progress?: ProgressFn;
+}
+
+export interface CommitOptions {
+  progress?: ProgressFn;
+}
+
+/** `check -r`: which inconsistencies to repair. */
+export type RepairMode = 'leaks' | 'all';
+
+/** What `check -r` did, and the image's state afterwards. */
+export interface RepairReport {
+  /** What the repair printed (qemu-img's stderr lines while repairing), in order. */
+  messages: string[];
+  leaksFixed: number;
+  corruptionsFixed: number;
+  /** A second check when something was fixed (`rechecked`), else the repair pass's own counters. */
+  result: CheckResult;
+  rechecked: boolean;
+  /** The repair stopped (qemu-img: "Check failed"): -r leaks where the refcount structure must be rebuilt. */
+  failed: boolean;
 }
 
 /** One interface, two engines. Every method validates through provider/rules first. */
@@ -144,6 +181,22 @@ export interface Engine {
   dumpBitmap(path: string, name: string, options?: ReadOptions): Promise<BitmapDump>;
   /** Delete an image (and, when asked, its data file); never a backing file. */
   remove(path: string, options?: RemoveOptions): Promise<void>;
+  /** `check -r leaks|all`: repair as QEMU does, then check again; crash-safe step by step. */
+  repair(path: string, mode: RepairMode): Promise<RepairReport>;
+  /**
+   * What QEMU does when it opens a dirty image (lazy refcounts left stale) read/write: repair
+   * it. Returns the lines QEMU prints then; none for a clean image.
+   */
+  repairDirty(path: string): Promise<string[]>;
+  /** Internal snapshots: list (the table), create, delete (by name), apply (by id or name). */
+  snapshot(path: string, request: SnapshotRequest, options?: ReadOptions): Promise<SnapshotFacts[] | undefined>;
+  /** `qemu-img compare`: 0 identical, 1 different, with qemu-img's lines; read-only. */
+  compare(a: ImageRef, b: ImageRef, options?: CompareOptions): Promise<CompareResult>;
+  /**
+   * `qemu-img commit`: the image's data into a file of its backing chain (its backing file, or
+   * `request.base`), then the image emptied unless `request.keep`.
+   */
+  commit(path: string, request: CommitRequest, options?: CommitOptions): Promise<void>;
   /** What is at `path` (following links) on the engine's host; undefined: nothing. */
   stat(path: string): Promise<FileStat | undefined>;
   /**

@@ -106,6 +106,34 @@ export interface Refusal {
   message: string;
 }
 
+/** `qemu-img snapshot`: one action on an image's internal snapshots. */
+export type SnapshotRequest =
+  | { action: 'list' }
+  | { action: 'create'; name: string; /** When it is taken (default: now). */ time?: { sec: number; nsec: number } }
+  /** Delete the first snapshot with this name (qemu-img snapshot -d looks up names only). */
+  | { action: 'delete'; name: string }
+  /** Revert the image to the snapshot with this id, else this name. */
+  | { action: 'apply'; name: string };
+
+/** `qemu-img commit`: copy an image's data into a file of its backing chain. */
+export interface CommitRequest {
+  /** The backing file to commit into, as named in the chain (-b); default: the image's backing file. */
+  base?: string;
+  /** Keep the image as it is (-d, implied by -b); by default it is emptied after the commit. */
+  keep?: boolean;
+}
+
+/** What the engine found in the chain, for the commit rules. */
+export interface CommitFacts {
+  /** The image's name, as given. */
+  file: string;
+  hasBacking: boolean;
+  /** The base was found (always true without -b when there is a backing file). */
+  baseFound: boolean;
+  /** A file commit would write (the base, or the image when emptied) that is not a regular file. */
+  notRegular?: string;
+}
+
 /**
  * What the engine's consistency check (qemu-img check's verdict, read-only) found, for a change
  * that would move metadata: corruptions block it, leaks alone do not.

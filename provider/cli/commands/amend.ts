@@ -8,6 +8,7 @@ import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toA
 import { out } from '../io';
 import { fail, failOn, messageOf } from '../report';
 import type { AmendRequest } from '../../rules/types';
+import { repairDirtyFirst } from '../dirty';
 
 export const usage = 'amend [-f qcow2] -o OPTIONS [-q] FILE';
 export const description = 'change options of an existing image, all or nothing (validated before anything is written)';
@@ -43,6 +44,8 @@ export async function run(argv: string[]): Promise<void> {
   }
   if (file === undefined) fail('Expecting one image file name');
   requireQcow2(o.f);
+  // qemu-img opens the image (repairing a dirty one) before it checks the options.
+  await repairDirtyFirst(imageName(file)).catch((e: unknown) => failOn(e, file));
   let req: AmendRequest;
   try {
     req = toAmendRequest(pairs);

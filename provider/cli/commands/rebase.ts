@@ -5,6 +5,7 @@ import { imageName, requireQcow2 } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
 import { engineFor } from '../engine';
 import { fail, failOn } from '../report';
+import { repairDirtyFirst } from '../dirty';
 
 export const usage = 'rebase [-f qcow2] [-u] -b BACKING -F FMT [-q] FILE';
 export const description = 'change the backing file; without -u, clusters that differ between the old and the new chain are ' +
@@ -32,6 +33,7 @@ export async function run(argv: string[]): Promise<void> {
   if (o.b === undefined) fail('Must specify backing file (-b) or use unsafe mode (-u)');
   try {
     const image = imageName(file);
+    await repairDirtyFirst(image);
     await engineFor(image).rebase(image.path, o.b, o.F, { safe: !o.u });
   } catch (e) {
     failOn(e, file);

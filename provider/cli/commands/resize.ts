@@ -8,6 +8,7 @@ import { parseSizeOption } from '../../model/size';
 import { resolveBackingName } from '../../model/backing-name';
 import { isatty } from 'tty';
 import { err, out } from '../io';
+import { repairDirtyFirst } from '../dirty';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
@@ -49,6 +50,7 @@ export async function run(argv: string[]): Promise<void> {
   }
   const image = imageName(file);
   try {
+    await repairDirtyFirst(image);
     const engine = engineFor(image);
     const path = image.path;
     const facts = await engine.info(path, { forceShare: true }).catch(() => undefined);

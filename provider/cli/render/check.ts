@@ -11,6 +11,8 @@ export interface CheckJson {
   'compressed-clusters'?: number;
   leaks?: number;
   corruptions?: number;
+  'leaks-fixed'?: number;
+  'corruptions-fixed'?: number;
   filename: string;
   format: 'qcow2';
 }
@@ -18,16 +20,19 @@ export interface CheckJson {
 /**
  * qemu-img prints the check's QDict in hash-bucket order (qdict.c: tdb_hash(key) % 512), not in
  * the QAPI field order: image-end-offset 30, compressed-clusters 67, total-clusters 169,
- * corruptions 181, check-errors 204, leaks 246, allocated-clusters 304, filename 313, format 337,
- * fragmented-clusters 484.
+ * corruptions 181, corruptions-fixed 203, check-errors 204, leaks 246, leaks-fixed 290,
+ * allocated-clusters 304, filename 313, format 337, fragmented-clusters 484.
  */
 const QDICT_ORDER: ReadonlyArray<keyof CheckJson> = [
-  'image-end-offset', 'compressed-clusters', 'total-clusters', 'corruptions', 'check-errors', 'leaks',
-  'allocated-clusters', 'filename', 'format', 'fragmented-clusters',
+  'image-end-offset', 'compressed-clusters', 'total-clusters', 'corruptions', 'corruptions-fixed', 'check-errors', 'leaks',
+  'leaks-fixed', 'allocated-clusters', 'filename', 'format', 'fragmented-clusters',
 ];
 
-/** `qemu-img check --output=json`: zero counters other than check-errors are omitted. */
-export function checkJson(r: CheckResult, filename: string): CheckJson {
+/**
+ * `qemu-img check --output=json`: zero counters other than check-errors are omitted; after a
+ * repair, what it fixed (`fixed`) too.
+ */
+export function checkJson(r: CheckResult, filename: string, fixed?: { leaks: number; corruptions: number }): CheckJson {
   const j: CheckJson = { 'total-clusters': r.totalClusters, 'check-errors': r.checkErrors, filename, format: 'qcow2' };
   if (r.imageEndOffset) j['image-end-offset'] = r.imageEndOffset;
   if (r.allocatedClusters) j['allocated-clusters'] = r.allocatedClusters;
@@ -35,6 +40,8 @@ export function checkJson(r: CheckResult, filename: string): CheckJson {
   if (r.compressedClusters) j['compressed-clusters'] = r.compressedClusters;
   if (r.leaks) j.leaks = r.leaks;
   if (r.corruptions) j.corruptions = r.corruptions;
+  if (fixed?.leaks) j['leaks-fixed'] = fixed.leaks;
+  if (fixed?.corruptions) j['corruptions-fixed'] = fixed.corruptions;
   const ordered: Record<string, unknown> = {};
   for (const k of QDICT_ORDER) if (j[k] !== undefined) ordered[k] = j[k];
   return ordered as unknown as CheckJson;
@@ -57,6 +64,12 @@ export function checkHumanText(r: CheckResult): string {
   }
   if (r.imageEndOffset) out += `Image end offset: ${r.imageEndOffset}\n`;
   return out;
+}
+
+/** What qemu-img check -r prints (stdout, human) when it repaired something, before the second check. */
+export function repairedText(leaksFixed: number, corruptionsFixed: number): string {
+  return 'The following inconsistencies were found and repaired:\n\n' +
+    `    ${leaksFixed} leaked clusters\n    ${corruptionsFixed} corruptions\n\nDouble checking the fixed image now...\n`;
 }
 
 /** Exit status of qemu-img check: 0 clean, 1 could not check, 2 corruptions, 3 leaks only. */

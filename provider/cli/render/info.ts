@@ -3,6 +3,7 @@
 import type { ImageFacts } from '../../model/facts';
 import { infoJsonOf } from '../../model/qemu-json';
 import { formatSize } from '../../model/size';
+import { snapshotListText } from './snapshots';
 
 /** JSON text as qemu-img prints it (4-space indent); the virtual size printed exactly. */
 export function infoJsonText(f: ImageFacts, filename: string): string {
@@ -34,18 +35,8 @@ export function infoHumanText(f: ImageFacts, filename: string): string {
     lines.push(l);
     if (info['backing-filename-format'] !== undefined) lines.push(`backing file format: ${info['backing-filename-format']}`);
   }
-  if (info.snapshots) {
-    lines.push('Snapshot list:');
-    lines.push(snapshotRow('ID', 'TAG', 'VM SIZE', 'DATE', 'VM CLOCK', 'ICOUNT'));
-    for (const s of info.snapshots) {
-      const date = new Date(s['date-sec'] * 1000);
-      const pad = (n: number, w = 2) => String(n).padStart(w, '0');
-      const dateStr = `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
-      const secs = s['vm-clock-sec'];
-      const clock = `${pad(Math.floor(secs / 3600))}:${pad(Math.floor(secs / 60) % 60)}:${pad(secs % 60)}.${pad(Math.floor(s['vm-clock-nsec'] / 1e6), 3)}`;
-      lines.push(snapshotRow(s.id, s.name, formatSize(s['vm-state-size']), dateStr, clock, s.icount === undefined ? '' : String(s.icount)));
-    }
-  }
+  const snapshots = f.detail?.snapshots ?? [];
+  if (snapshots.length) lines.push(snapshotListText(snapshots).slice(0, -1));
   lines.push('Format specific information:');
   const d = info['format-specific']!.data;
   const ind = '    ';
@@ -68,9 +59,4 @@ export function infoHumanText(f: ImageFacts, filename: string): string {
   if (d.corrupt !== undefined) lines.push(`${ind}corrupt: ${d.corrupt}`);
   if (d['extended-l2'] !== undefined) lines.push(`${ind}extended l2: ${d['extended-l2']}`);
   return lines.join('\n') + '\n';
-}
-
-/** QEMU's snapshot list columns. */
-function snapshotRow(id: string, tag: string, vmSize: string, date: string, clock: string, icount: string): string {
-  return `${id.padEnd(10)}${tag.padEnd(18)}${vmSize.padStart(7)} ${date.padStart(19)} ${clock.padStart(12)} ${icount.padStart(10)}`;
 }

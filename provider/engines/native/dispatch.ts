@@ -10,6 +10,7 @@ import type { OpCall, TargetDescriptor } from './protocol';
 // Each operation loads what it needs when first run: `qcow2 info` must not pay for loading the
 // whole format engine (module loading is most of a short command's cost).
 const ops = () => require('./ops') as typeof import('./ops');
+const maintenance = () => require('./maintenance') as typeof import('./maintenance');
 
 /** The file access of a target: this machine's files, or a remote host's through the bridge. */
 export type HostResolver = (target: TargetDescriptor) => HostFs;
@@ -69,6 +70,19 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       removeImageFiles(call.path, call.options, host);
       return undefined;
     }
+    case 'repair':
+      return maintenance().repairImageFile(call.path, call.mode, host);
+    case 'repairDirty':
+      return maintenance().repairDirtyImage(call.path, host);
+    case 'snapshot':
+      return maintenance().snapshotImage(call.path, call.request, { forceShare: call.options.forceShare ?? false, host });
+    case 'compare':
+      return maintenance().compareImageFiles(call.a, call.b, { strict: call.strict, forceShare: call.forceShare, host, ...(progress ? { progress } : {}) });
+    case 'commit':
+      // Commit finds its base by real path, which a remote host's files do not give.
+      if (target.kind !== 'local') throw new Qcow2Error('UNSUPPORTED', `commit works on local images only: '${call.path}' is on ${target.label}`, { file: call.path });
+      maintenance().commitImage(call.path, call.request, progress ? { progress } : {});
+      return undefined;
     case 'stat': {
       const st = host.stat(call.path);
       return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };

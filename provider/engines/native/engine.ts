@@ -10,8 +10,10 @@ import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Dependents, Engine, FileStat, ImageChain, ImportOptions, ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Dependents, Engine, FileStat, ImageChain, ImageRef, ImportOptions,
+  ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
 } from '../engine';
+import type { CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { ConnectionArgs } from '../../transport/ssh/connection';
 import type { OpCall, TargetDescriptor } from './protocol';
 import { Qcow2Error } from '../../model/errors';
@@ -134,6 +136,26 @@ export class NativeEngine implements Engine {
 
   async remove(path: string, options: RemoveOptions = {}): Promise<void> {
     await this.run({ op: 'remove', path, options });
+  }
+
+  repair(path: string, mode: RepairMode): Promise<RepairReport> {
+    return this.run({ op: 'repair', path, mode });
+  }
+
+  repairDirty(path: string): Promise<string[]> {
+    return this.run({ op: 'repairDirty', path });
+  }
+
+  snapshot(path: string, request: SnapshotRequest, options: ReadOptions = {}): Promise<SnapshotFacts[] | undefined> {
+    return this.run({ op: 'snapshot', path, request, options });
+  }
+
+  compare(a: ImageRef, b: ImageRef, options: CompareOptions = {}): Promise<CompareResult> {
+    return this.run({ op: 'compare', path: a.path, a, b, strict: options.strict ?? false, forceShare: options.forceShare ?? false }, options.progress);
+  }
+
+  async commit(path: string, request: CommitRequest, options: CommitOptions = {}): Promise<void> {
+    await this.run({ op: 'commit', path, request }, options.progress);
   }
 
   stat(path: string): Promise<FileStat | undefined> {

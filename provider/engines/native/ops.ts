@@ -86,7 +86,7 @@ export interface AmendBehaviour {
 }
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
-function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+export function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
   const host = behaviour.host ?? localFs;
   sweepStale(dirname(path), host);
   const nf = host.open(path, 'write').file;
@@ -129,7 +129,7 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs): AmendPlan {
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs): AmendPlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
@@ -247,7 +247,7 @@ export function importImage(dst: string, options: CreateOptions, source: Omit<Im
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
   const format = source.format ?? probeFormat(source.path, sourceHost);
-  const src: GuestSource = openSource(source.path, format, { host: sourceHost });
+  const src: GuestSource = openSource(source.path, format, { host: sourceHost, ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
   try {
     validateChain(src);
     // Files on two hosts are never the same file.

@@ -10,10 +10,10 @@
 // descriptor holds no secret: the main thread keeps the connection under its id.
 
 import type { ErrorData } from '../../model/errors';
-import type { AmendRequest } from '../../rules/types';
+import type { AmendRequest, CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
-import type { BitmapAction, BitmapOptions, ImportSource, ReadOptions, RemoveOptions, ResizeOptions } from '../engine';
+import type { BitmapAction, BitmapOptions, ImageRef, ImportSource, ReadOptions, RemoveOptions, RepairMode, ResizeOptions } from '../engine';
 
 /** Where an operation's files are. */
 export type TargetDescriptor =
@@ -35,9 +35,15 @@ export type OpCall =
   | { op: 'info'; path: string; options: ReadOptions }
   | { op: 'check'; path: string; options: ReadOptions }
   | { op: 'map'; path: string; options: ReadOptions }
+  | { op: 'remove'; path: string; options: RemoveOptions }
+  | { op: 'repair'; path: string; mode: RepairMode }
+  | { op: 'repairDirty'; path: string }
+  | { op: 'snapshot'; path: string; request: SnapshotRequest; options: ReadOptions }
+  /** `path` is the first image's (for messages about the request). */
+  | { op: 'compare'; path: string; a: ImageRef; b: ImageRef; strict: boolean; forceShare: boolean }
+  | { op: 'commit'; path: string; request: CommitRequest }
   | { op: 'bitmap'; path: string; name: string; actions: BitmapAction[]; options: BitmapOptions }
   | { op: 'dumpBitmap'; path: string; name: string; options: ReadOptions }
-  | { op: 'remove'; path: string; options: RemoveOptions }
   | { op: 'stat'; path: string }
   | { op: 'chain'; path: string; seen: string }
   | { op: 'dependents'; path: string; candidates: string[] };

@@ -17,7 +17,7 @@ const PROGRESS_INTERVAL_MS = 50;
  * Operations that write in bulk run at a lower CPU priority (Linux nice values are per thread),
  * so that the host's event loop and the short reads of other workers are served first.
  */
-const BULK = new Set(['create', 'import', 'amend', 'resize', 'rebase']);
+const BULK = new Set(['create', 'import', 'amend', 'resize', 'rebase', 'commit', 'repair']);
 const BULK_NICE = 10;
 
 /** Lower this thread's priority; true when it was lowered. */

@@ -57,6 +57,7 @@
 // - Messages (qemuimg/errors.ts): qemu-img's reason without its "Could not open 'SPEC': "
 //   wrapper, lock messages naming the caller's path, codes as the native engine's.
 
+import * as fs from 'fs';
 import * as path from 'path';
 import type { CheckResult } from '../../qcow2/ops/check';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
@@ -69,17 +70,20 @@ import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
-import type { AmendRequest, ConsistencyFacts } from '../../rules/types';
+import type { AmendRequest, CommitFacts, CommitRequest, ConsistencyFacts, SnapshotRequest } from '../../rules/types';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, Dependents, Engine, FileStat, ImageChain, ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, ResizeOptions,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Dependents, Engine, FileStat, ImageChain, ImageRef,
+  ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
 } from '../engine';
 import type { ConnectionArgs } from '../../transport/ssh/connection';
+import { validateSnapshot } from '../../rules/snapshot';
+import { validateCommit } from '../../rules/commit';
 import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
 import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
 import { qemuImgError } from './errors';
 import { QemuImgHost, localHost, notFound } from './host';
 import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult } from './run';
-import { BackingSpec, DataFileSpec, chainSpec, imageSpec, optList } from './spec';
+import { BackingSpec, ChainLayer, DataFileSpec, chainSpec, imageSpec, optList } from './spec';
 import { parseCheck, parseInfo, parseMap } from './state';
 
 export interface QemuImgEngineOptions {
@@ -366,7 +370,7 @@ export class QemuImgEngine implements Engine {
       await host.assertNewImageFiles(imagePath, o);
       await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
         const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
-        const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), src.spec, 'img.qcow2'];
+        const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
         await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
       });
       opts.progress?.(Number(src.size), Number(src.size));
@@ -380,7 +384,7 @@ export class QemuImgEngine implements Engine {
    * (names read with qemu-img info -U from each header, resolved as QEMU resolves them), so no
    * name inside an image can make qemu-img open anything but a plain file.
    */
-  private async guestChain(file: string, format: string): Promise<{ spec: string; size: bigint }> {
+  private async guestChain(file: string, format: string): Promise<{ spec: string; size: bigint; layers: ChainLayer[] }> {
     const layers: Array<{ path: string; format: 'raw' | 'qcow2'; dataFile?: string }> = [];
     let size = 0n;
     const host = await this.hostP;
@@ -409,7 +413,7 @@ export class QemuImgEngine implements Engine {
       at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.posix.resolve(path.posix.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
       fmt = facts.backingFormat ?? (at !== undefined && (await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
     }
-    return { spec: chainSpec(layers), size };
+    return { spec: chainSpec(layers), size, layers };
   }
 
   /** Build a new image (and a new data file) in a private temp folder, then link them into place. */
@@ -657,6 +661,116 @@ export class QemuImgEngine implements Engine {
     await (await this.hostP).remove(file, options);
   }
 
+  /** As check: the data file must exist, but is never opened. */
+  private async requireDataFile(file: string, state: ImageFacts): Promise<void> {
+    if (!state.hasDataFile) return;
+    const name = state.dataFile;
+    if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
+    if ((await (await this.hostP).stat(name)) === undefined) {
+      throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
+    }
+  }
+
+  /**
+   * `qemu-img check -r MODE --output=json SPEC`. Its stderr holds the repair's lines and those
+   * of the second check together: they all come back as `messages`.
+   */
+  async repair(file: string, mode: RepairMode): Promise<RepairReport> {
+    await this.binary();
+    await this.mustExist(file);
+    await this.probeWriteLock(file);
+    const state = await this.readInfo(file, true);
+    await this.requireDataFile(file, state);
+    const spec = await this.readSpec((await this.hostP).resolve(file));
+    const r = await this.spawn('write', ['check', '-r', mode, '--output=json', spec]);
+    const messages = r.stderr.replace(/\r/g, '').split('\n').filter((l) => l !== '' && !l.startsWith('qemu-img: '));
+    const result = r.signal === null && !r.timedOut && r.status !== null && r.status <= 3 ? parseCheck(r.stdout, '') : undefined;
+    if (result === undefined) {
+      if (r.status === 1 && /Check failed/.test(r.stderr)) {
+        const none: CheckResult = { messages: [], corruptions: 0, leaks: 0, checkErrors: 1, imageEndOffset: 0, totalClusters: 0, allocatedClusters: 0, fragmentedClusters: 0, compressedClusters: 0 };
+        return { messages, leaksFixed: 0, corruptionsFixed: 0, result: none, rechecked: false, failed: true };
+      }
+      throw qemuImgError(r, { command: 'check', arg: spec, file, limits: this.limits.write });
+    }
+    const j = JSON.parse(r.stdout) as { 'leaks-fixed'?: number; 'corruptions-fixed'?: number };
+    const leaksFixed = j['leaks-fixed'] ?? 0, corruptionsFixed = j['corruptions-fixed'] ?? 0;
+    return { messages, leaksFixed, corruptionsFixed, result, rechecked: leaksFixed + corruptionsFixed > 0, failed: false };
+  }
+
+  async repairDirty(file: string): Promise<string[]> {
+    await this.binary();
+    const state = await this.stateForChange(file);
+    if (!state.dirty) return [];
+    const r = await this.repair(file, 'all');
+    if (r.failed || r.result.checkErrors) throw new Qcow2Error('INVALID_IMAGE', 'Could not repair dirty image: Input/output error', { file });
+    return r.messages;
+  }
+
+  /**
+   * `qemu-img snapshot -l/-c/-d/-a` on the image alone (no backing file, data file never
+   * opened). A snapshot qemu-img creates takes the wall clock: `request.time` is not used.
+   */
+  async snapshot(file: string, request: SnapshotRequest, options: ReadOptions = {}): Promise<SnapshotFacts[] | undefined> {
+    await this.binary();
+    await this.mustExist(file);
+    if (request.action === 'list') {
+      const facts = await this.readInfo(file, options.forceShare ?? false);
+      return facts.hasDataFile ? [] : facts.detail?.snapshots ?? [];
+    }
+    const state = await this.stateForChange(file);
+    const list = state.detail?.snapshots ?? [];
+    const found = request.action === 'apply'
+      ? list.some((s) => s.id === request.name) || list.some((s) => s.name === request.name)
+      : list.some((s) => s.name === request.name);
+    throwIfRefused(validateSnapshot(state, request, found), file);
+    const flag = request.action === 'create' ? '-c' : request.action === 'delete' ? '-d' : '-a';
+    const spec = await this.readSpec((await this.hostP).resolve(file));
+    await this.run('write', ['snapshot', '-q', flag, request.name, spec], { arg: spec, file });
+    return undefined;
+  }
+
+  /** `qemu-img compare` over both chains, every layer an explicit file node. */
+  async compare(a: ImageRef, b: ImageRef, options: CompareOptions = {}): Promise<CompareResult> {
+    await this.binary();
+    const ca = await this.guestChain(a.path, a.format ?? (await this.formatOf(a.path, 'probe'))!);
+    const cb = await this.guestChain(b.path, b.format ?? (await this.formatOf(b.path, 'probe'))!);
+    const args = ['compare', ...(options.strict ? ['-s'] : []), ...(options.forceShare ? ['-U'] : []), ca.spec, cb.spec];
+    const r = await this.spawn('read', args);
+    if (r.status !== 0 && r.status !== 1) throw qemuImgError(r, { command: 'compare', arg: ca.spec, file: a.path, limits: this.limits.read });
+    options.progress?.(1, 1);
+    return { status: r.status, lines: r.stdout.split('\n').filter((l) => l !== '') };
+  }
+
+  /** `qemu-img commit [-d] [-b BASE]` over the chain as explicit file nodes. */
+  async commit(file: string, request: CommitRequest, options: CommitOptions = {}): Promise<void> {
+    await this.binary();
+    const host = await this.hostP;
+    if (host.label !== '') {
+      // Commit finds its base by real path, which a remote host's files do not give here.
+      throw new Qcow2Error('UNSUPPORTED', `commit works on local images only: '${file}' is on ${host.label}`, { file });
+    }
+    await this.stateForChange(file);
+    const c = await this.guestChain(file, 'qcow2');
+    const real = (p: string) => { try { return fs.realpathSync(p); } catch { return undefined; } };
+    let base = c.layers.length > 1 ? 1 : -1;
+    if (request.base !== undefined && c.layers.length > 1) {
+      base = -1;
+      for (let i = 0; i + 1 < c.layers.length; i++) {
+        const want = real(resolveBackingName(c.layers[i]!.path, request.base));
+        if (want !== undefined && want === real(c.layers[i + 1]!.path)) { base = i + 1; break; }
+      }
+    }
+    const regular = (p: string) => { try { return fs.statSync(p).isFile(); } catch { return false; } };
+    const facts: CommitFacts = { file, hasBacking: c.layers.length > 1, baseFound: base > 0 };
+    if (base > 0 && !regular(c.layers[base]!.path)) facts.notRegular = c.layers[base]!.path;
+    throwIfRefused(validateCommit(request, facts), file);
+    const args = ['commit', '-q', ...(request.keep || request.base !== undefined ? ['-d'] : [])];
+    if (base > 1) args.push('-b', c.layers[base]!.path);
+    args.push(c.spec);
+    await this.run('write', args, { arg: c.spec, file });
+    options.progress?.(1, 1);
+  }
+
   async stat(file: string): Promise<FileStat | undefined> {
     const st = await (await this.hostP).stat(file);
     return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
@@ -672,3 +786,12 @@ export class QemuImgEngine implements Engine {
   }
 }
 
+
+/** convert -l as qemu-img takes it: an id or name, or snapshot.id/snapshot.name (commas doubled). */
+function snapshotArgs(sel: ImportSource['snapshot']): string[] {
+  if (sel === undefined) return [];
+  if ('idOrName' in sel) return ['-l', sel.idOrName];
+  const esc = (v: string) => v.replace(/,/g, ',,');
+  const parts = [...(sel.id !== undefined ? [`snapshot.id=${esc(sel.id)}`] : []), ...(sel.name !== undefined ? [`snapshot.name=${esc(sel.name)}`] : [])];
+  return ['-l', parts.join(',')];
+}

@@ -8,7 +8,23 @@
 // flagged in-use before the first write, every write recorded, stored at close).
 
 import * as C from '../spec/constants';
+import { encodeHeader } from '../spec/header';
+import type { BlockFile } from '../io/blockfile';
+import type { Image } from '../meta/image';
 import { Qcow2Metadata } from './metadata';
+
+/**
+ * The same for the maintenance operations that write an image file directly (check -r,
+ * snapshots, commit): true when the header was rewritten (the caller then reopens the image).
+ */
+export function clearUnknownAutoclearOf(file: BlockFile, img: Image): boolean {
+  const h = img.header;
+  const known = h.autoclearFeatures & C.QCOW2_AUTOCLEAR_MASK;
+  if (known === h.autoclearFeatures) return false;
+  file.write(0, encodeHeader({ ...h, autoclearFeatures: known }, img.geometry.clusterSize));
+  file.flush();
+  return true;
+}
 
 /** QEMU's qcow2_do_open for a read-write open: unknown autoclear bits are cleared at once. */
 export function clearUnknownAutoclear(meta: Qcow2Metadata): void {

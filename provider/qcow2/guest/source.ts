@@ -5,6 +5,7 @@ import type { BlockFile } from '../io/blockfile';
 import type { HostFs } from '../io/hostfs';
 import type { FreePolicy } from '../meta/refcount';
 import type { Image } from '../meta/image';
+import type { SnapshotSelector } from '../spec/snapshot';
 
 /** What one layer says about a guest range (QEMU's BDRV_BLOCK_* for that layer alone). */
 export interface BlockStatus {
@@ -60,6 +61,8 @@ export interface OpenOptions {
    * its legality check (provider/rules) here; a throw closes everything again.
    */
   beforeWrite?: (img: Image) => void;
+  /** Read this internal snapshot instead of the current state (read-only opens; qcow2 only). */
+  snapshot?: SnapshotSelector;
   /**
    * When freed clusters may be reused (meta/refcount.ts): 'deferred' (default) after the commit
    * that dropped them; 'immediate' is QEMU's own, for the bitmap command's byte-exact writes.

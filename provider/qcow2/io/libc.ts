@@ -57,7 +57,9 @@ export function libc(): Libc | undefined {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const koffi = require('koffi') as typeof import('koffi');
     const lib = koffi.load(null);
-    const flock = koffi.struct('qcow2_flock', {
+    // Anonymous: a named koffi type is process-wide, and two copies of this module in one
+    // process (a bundled and an installed copy, or sources beside their build) would collide.
+    const flock = koffi.struct({
       l_type: 'int16_t', l_whence: 'int16_t', l_start: 'int64_t', l_len: 'int64_t', l_pid: 'int32_t',
     });
     const layout: FlockLayout = {

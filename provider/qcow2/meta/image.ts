@@ -21,6 +21,14 @@ export class Image {
     readonly fileName: string,
   ) {}
 
+  /**
+   * The image as QEMU's qcow2_snapshot_load_tmp shows it, for reading only: the snapshot's L1
+   * table in place of the active one; the virtual size stays the image's.
+   */
+  atSnapshot(sn: Snapshot): Image {
+    return new Image(this.file, { ...this.header, l1TableOffset: sn.l1TableOffset, l1Size: sn.l1Size }, this.geometry, this.fileName);
+  }
+
   /** Open and validate. Reads at most cluster 0 (<= 2 MiB), whatever the image size. */
   static open(file: BlockFile, fileName = ''): Image {
     const fileSize = file.size();

@@ -43,6 +43,8 @@ export abstract class Refcounts {
   private pending: number[] = [];
   /** Some refcount changed (or a change is pending) since this was made. */
   touched = false;
+  /** When set, collects the clusters a decrement brought to 0 (QEMU discards those it frees so). */
+  zeroed: number[] | undefined;
 
   constructor(readonly g: Geometry, readonly frees: FreePolicy) {
     this.cs = g.clusterSize;
@@ -84,6 +86,7 @@ export abstract class Refcounts {
         throw invalidImage(`Refcount of cluster ${ci} would become ${v}: out of range for ${this.g.refcountBits}-bit refcounts`);
       }
       if (v === 0 && ci < this.freeClusterIndex) this.freeClusterIndex = ci;
+      if (v === 0 && delta < 0) this.zeroed?.push(ci);
       this.put(ci, v);
       this.touched = true;
     }
@@ -106,6 +109,17 @@ export abstract class Refcounts {
       while (i < n && this.get(first + i) === 0) i++;
       if (this.update(first, i, 1) !== EAGAIN) return i;
     }
+  }
+
+  /** qcow2_update_cluster_refcount(+1) on `n` clusters from `first` (a block is placed where none covers them). */
+  increment(first: number, n = 1): void {
+    while (this.update(first, n, 1) === EAGAIN) { /* a refcount block was placed: again */ }
+  }
+
+  /** Change one cluster's refcount by `delta` now, whatever the policy (check -r's repairs). */
+  add(ci: number, delta: number): void {
+    if (delta === 0) return;
+    while (this.update(ci, 1, delta) === EAGAIN) { /* a refcount block was placed: again */ }
   }
 
   /** qcow2_free_clusters: drop one reference to each of `n` clusters, now or per the policy. */

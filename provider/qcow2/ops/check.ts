@@ -136,6 +136,51 @@ const COPIED_BYTE = L2_HI_COPIED >>> 24;
 /** A refcount block as check reads it: the block, none (refcount 0), or unreadable (unaligned). */
 type StoredBlock = Uint8Array | undefined | null;
 
+/** A cluster whose stored refcount differs from the references counted. */
+export interface Mismatch { cluster: number; stored: bigint; computed: number }
+
+/**
+ * What a pass found beyond its result, for check -r (ops/repair.ts): where its messages end by
+ * phase, the mismatches, whether the refcount structure must be rebuilt, and the repairs QEMU
+ * makes while it counts (with fixErrors).
+ */
+export interface CheckFindings {
+  /** messages[0, calcEnd) come from counting, [calcEnd, compareEnd) from the comparison, the rest from OFLAG_COPIED. */
+  calcEnd: number;
+  compareEnd: number;
+  /** Corruptions counting found (before the comparison). */
+  calcCorruptions: number;
+  /** Of those, repaired while counting (preallocated clusters zeroed, refblocks past the end). */
+  calcFixed: number;
+  mismatches: Mismatch[];
+  /** QEMU's `rebuild`: a refcount of 0 where there are references, or a broken refcount block. */
+  rebuild: boolean;
+  /** Preallocated clusters with an unaligned offset: L2 entries to make ZERO (fix_l2_entry_by_zero). */
+  zeroEntries: Array<{ l2Offset: number; index: number }>;
+  /** The file must grow to this size (a refcount block past its end, check -r all). */
+  growTo?: number;
+}
+
+export interface CheckerOptions {
+  /** check -r all (BDRV_FIX_ERRORS): the repairs made while counting, with QEMU's "Repairing" words. */
+  fixErrors?: boolean;
+}
+
+/** Run the check and return what check -r needs besides the result. */
+export function checkWithFindings(img: Image, file: BlockFile, options: CheckerOptions = {}): { result: CheckResult; findings: CheckFindings; counts: Uint32Array } {
+  const c = new Checker(img, file, options);
+  const result = c.run();
+  // References past the end of the file (at most into the cluster after it: beyondEnd) count too.
+  const refs = c.computed();
+  let counts = refs.dense;
+  if (refs.sparse.size) {
+    counts = new Uint32Array(refs.size());
+    counts.set(refs.dense);
+    for (const [ci, v] of refs.sparse) counts[ci] = v;
+  }
+  return { result, findings: c.findings, counts };
+}
+
 class Checker {
   private readonly r: CheckResult = {
     messages: [], corruptions: 0, leaks: 0, checkErrors: 0, imageEndOffset: 0,
@@ -153,9 +198,12 @@ class Checker {
   private copiedCorruptions = 0;
   private readonly table: Buffer;
   private readonly view: DataView;
-  private readonly fileLen: number;
+  /** The image file's length (grown, for check -r all, by a refcount block placed past it). */
+  private fileLen: number;
 
-  constructor(private readonly img: Image, private readonly file: BlockFile) {
+  readonly findings: CheckFindings = { calcEnd: 0, compareEnd: 0, calcCorruptions: 0, calcFixed: 0, mismatches: [], rebuild: false, zeroEntries: [] };
+
+  constructor(private readonly img: Image, private readonly file: BlockFile, private readonly options: CheckerOptions = {}) {
     this.cs = img.geometry.clusterSize;
     this.bits = BigInt(img.geometry.clusterBits);
     this.fileLen = file.size();
@@ -166,11 +214,6 @@ class Checker {
   }
 
   private err(line: string): void { this.r.messages.push(line); }
-
-  private beyondEnd(offset: bigint | number, size: number): void {
-    this.err(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(offset)} size 0x${hex(size)}`);
-    this.r.corruptions++;
-  }
 
   computed(): RefCounter { return this.refs; }
 
@@ -218,7 +261,10 @@ class Checker {
     this.checkBitmaps();
     this.checkRefblocks();
     this.structural = this.r.corruptions;
+    this.findings.calcEnd = r.messages.length;
+    this.findings.calcCorruptions = r.corruptions;
     const highest = this.compare();
+    this.findings.compareEnd = r.messages.length;
     // check_oflag_copied runs after the comparison in QEMU: its messages come last.
     r.messages.push(...this.copiedMessages);
     r.corruptions += this.copiedCorruptions;
@@ -233,13 +279,22 @@ class Checker {
    */
   private inc(offset: bigint, size: number): void {
     if (size <= 0) return;
-    if (offset + BigInt(size) - BigInt(this.fileLen) >= BigInt(this.cs)) {
-      this.beyondEnd(offset, size);
-      return;
-    }
+    if (this.beyondEnd(offset, size)) return;
     const first = offset >> this.bits;
     const last = (offset + BigInt(size) - 1n) >> this.bits;
     this.incClusters(Number(first), Number(last - first) + 1);
+  }
+
+  /**
+   * qcow2_inc_refcounts_imrt's bound: the last cluster may be partly past the end of the file,
+   * never a whole cluster or more. Such a reference is an error and is not counted.
+   */
+  private beyondEnd(offset: bigint | number, size: number): boolean {
+    const o = BigInt(offset);
+    if (o + BigInt(size) - BigInt(this.fileLen) < BigInt(this.cs)) return false;
+    this.err(`ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${hex(o)} size 0x${hex(size)}`);
+    this.r.corruptions++;
+    return true;
   }
 
   /** qcow2_inc_refcounts_imrt over `n` clusters from `first`. */
@@ -293,9 +348,13 @@ class Checker {
     }
   }
 
+  /** The L2 table being checked (where a repair would write). */
+  private l2Offset = 0;
+
   /** check_refcounts_l2, and (`copied`) check_oflag_copied's data-cluster half, in one pass. */
   private checkL2(l2Offset: bigint, active: boolean, copied: boolean): void {
     const g = this.img.geometry;
+    this.l2Offset = safeOffset(l2Offset);
     this.file.readInto(this.table, safeOffset(l2Offset));
     this.next[0] = 0;
     for (let i = 0; i < g.l2Entries; i++) {
@@ -348,13 +407,10 @@ class Checker {
     const v = this.view;
     const step = C.L2E_SIZE_NORMAL;
     const bits = this.img.geometry.clusterBits;
-    const fileClusters = Math.ceil(this.fileLen / this.cs);
     for (let i = from; i < end; i++) {
       const hi = entryHi(v, i * step), lo = entryLo(v, i * step);
       const ci = hostClusterOf(hi, lo, bits);
-      // An aligned cluster reaches a cluster past the end exactly when it starts at or past it.
-      if (ci >= fileClusters && ci * this.cs >= this.fileLen) this.beyondEnd(ci * this.cs, this.cs);
-      else this.incClusters(ci, 1);
+      if (ci * this.cs < this.fileLen || !this.beyondEnd(BigInt(ci) << this.bits, this.cs)) this.incClusters(ci, 1);
       if (copied) this.checkCopiedData(hi, lo, ci);
     }
   }
@@ -414,9 +470,19 @@ class Checker {
         if (offset % cs !== 0) {
           this.r.corruptions++;
           const containsData = ext ? allocBits !== 0 : (lo & L2_LO_ZERO) === 0;
-          this.err(containsData
-            ? `ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`
-            : `ERROR offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+          if (containsData) {
+            this.err(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+          } else {
+            const fix = this.options.fixErrors === true;
+            this.err(`${fix ? 'Repairing' : 'ERROR'} offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+            if (fix) {
+              // fix_l2_entry_by_zero: the entry becomes ZERO, and its cluster is no longer counted.
+              this.findings.zeroEntries.push({ l2Offset: this.l2Offset, index: i });
+              this.r.corruptions--;
+              this.findings.calcFixed++;
+              break;
+            }
+          }
         }
         if (active) {
           this.r.allocatedClusters++;
@@ -491,17 +557,28 @@ class Checker {
       if (entry & C.REFT_RESERVED_MASK) {
         this.err(`ERROR refcount table entry ${i} has reserved bits set`);
         this.r.corruptions++;
+        this.findings.rebuild = true;
         return;
       }
       if (offset % BigInt(this.cs) !== 0n) {
         this.err(`ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`);
         this.r.corruptions++;
+        this.findings.rebuild = true;
         return;
       }
       const cluster = offset >> this.bits;
       if (cluster >= BigInt(nb)) {
         this.r.corruptions++;
-        this.err(`ERROR refcount block ${i} is outside image`);
+        const fix = this.options.fixErrors === true;
+        this.err(`${fix ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
+        if (fix) {
+          // The file grows to hold the block (QEMU truncates it up), which then counts as used.
+          this.findings.growTo = Math.max(this.findings.growTo ?? 0, safeOffset(offset) + this.cs);
+          this.fileLen = Math.max(this.fileLen, this.findings.growTo);
+          this.r.corruptions--;
+          this.findings.calcFixed++;
+          this.inc(offset, this.cs);
+        }
         return;
       }
       if (offset !== 0n) {
@@ -510,6 +587,7 @@ class Checker {
         if (v !== 1) {
           this.err(`ERROR refcount block ${i} refcount=${v}`);
           this.r.corruptions++;
+          this.findings.rebuild = true;
         }
       }
     });
@@ -571,6 +649,8 @@ class Checker {
       if (stored > 0 || computed > 0) highest = ci;
       if (stored !== computed) {
         const exact = this.stored(ci)!;
+        this.findings.mismatches.push({ cluster: ci, stored: exact, computed });
+        if (exact === 0n) this.findings.rebuild = true;
         this.err(`${exact < BigInt(computed) ? 'ERROR' : 'Leaked'} cluster ${ci} refcount=${exact} reference=${computed}`);
         if (exact < BigInt(computed)) this.r.corruptions++;
         else this.r.leaks++;

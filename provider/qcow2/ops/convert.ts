@@ -42,11 +42,24 @@ export function knownZeroRanges(src: GuestSource, offset: number, length: number
   return out;
 }
 
-/** Copy a guest view into an open, empty image: only non-zero clusters are written. */
+/** qemu-img convert's request size (its I/O buffer, 2 MiB): how its progress advances. */
+const PROGRESS_STEP = 2 << 20;
+
+/**
+ * Copy a guest view into an open, empty image: only non-zero clusters are written. `progress`
+ * counts data bytes as qemu-img convert counts them (the ranges that are not known zeros, in
+ * steps of at most 2 MiB, out of all of them), so a caller can print qemu-img's percentages.
+ */
 export function copyGuest(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
   const size = Math.min(src.size, dst.size);
   const cs = dst.cs;
   const chunk = Math.max(cs, Math.floor(CHUNK / cs) * cs);
+  let total = 0, done = 0;
+  if (progress) {
+    for (let off = 0; off < size; off += chunk) {
+      for (const r of knownZeroRanges(src, off, Math.min(chunk, size - off))) if (!r.zero) total += r.length;
+    }
+  }
   for (let off = 0; off < size; off += chunk) {
     const len = Math.min(chunk, size - off);
     for (const r of knownZeroRanges(src, off, len)) {
@@ -55,11 +68,16 @@ export function copyGuest(src: GuestSource, dst: Qcow2Image, progress?: Progress
       const a = Math.floor(r.start / cs) * cs;
       const b = Math.min(size, Math.ceil((r.start + r.length) / cs) * cs);
       copyRange(src, dst, a, b);
+      if (progress) {
+        for (let p = r.start; p < r.start + r.length; p += PROGRESS_STEP) {
+          done += Math.min(PROGRESS_STEP, r.start + r.length - p);
+          progress(done, total);
+        }
+      }
     }
     dst.maybeCommit();
-    progress?.(off + len, size);
   }
-  if (size === 0) progress?.(0, 0);
+  progress?.(total, total);
 }
 
 let chunkBuf: Buffer | undefined;

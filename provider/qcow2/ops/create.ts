@@ -419,6 +419,10 @@ export function writeNewRawImage(imagePath: string, size: bigint, preallocation:
     // falloc and full both write zeros, as create does for qcow2 (the blocks end up allocated).
     if (preallocation !== 'off') writeZeros(f, 0, Number(size), true);
     f.truncate(Number(size));
+    // QEMU's file driver, growing an empty file without preallocation, writes zeros over its
+    // first block "to optimize future alignment probing" (allocate_first_block): 4 KiB, or one
+    // sector when the file is smaller. That block then counts as data (map, measure).
+    if (preallocation === 'off' && size > 0n) f.write(0, new Uint8Array(size < 4096n ? 512 : 4096));
     pub.publish();
   } catch (e) {
     pub.abort();

@@ -10,12 +10,11 @@ import { resolveBackingName } from '../spec/backing';
 import { decodeBitmapDirectory } from '../spec/bitmaps';
 import { Image } from '../meta/image';
 import * as C from '../spec/constants';
+import { ICOUNT_UNKNOWN } from '../spec/snapshot';
 import { rawImageFacts, type ImageFacts, type SnapshotFacts } from '../../model/facts';
 
 /** The format to read an image as: qcow2 (the default), raw, or probed from the leading bytes as qemu-img does. */
 export type InfoFormat = 'qcow2' | 'raw' | 'probe';
-
-const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
 
 /**
  * The facts of an open image; `allocated` is the qcow2 file's allocated bytes. `writerHolds`:

@@ -1,7 +1,10 @@
-// The internal snapshot table: a run of variable-length entries at snapshots_offset.
-// Read for `info` (listing) and `check` (snapshot L1 tables hold references too).
+// The internal snapshot table: a run of variable-length entries at snapshots_offset, each
+// starting at a multiple of 8. Read for `info` (listing) and `check` (snapshot L1 tables hold
+// references too); written whole by the snapshot operations, as QEMU's qcow2_write_snapshots
+// writes it: at least the three known extra data fields, unknown extra data kept.
 
 import { invalidImage } from '../../model/errors';
+import * as C from './constants';
 import { defineStruct } from './struct';
 
 export const SNAPSHOT_HEADER = defineStruct([
@@ -26,6 +29,8 @@ export const SNAPSHOT_EXTRA = defineStruct([
 export const QCOW_MAX_SNAPSHOTS = 65536;
 /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA */
 export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
+/** An unknown icount (QEMU: -1ULL). */
+export const ICOUNT_UNKNOWN = 0xffffffffffffffffn;
 /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE: the table (entries, extra data, names) is at most 64 MiB. */
 export const QCOW_MAX_SNAPSHOTS_SIZE = 1024 * QCOW_MAX_SNAPSHOTS;
 /** Extra data v3 requires: the 64-bit VM state size and the disk size. */
@@ -34,6 +39,7 @@ export const SNAPSHOT_EXTRA_V3 = 16;
 export interface Snapshot {
   l1TableOffset: bigint;
   l1Size: number;
+  /** The ID and name for display and lookups (decoded as UTF-8; the bytes below are what is stored). */
   id: string;
   name: string;
   dateSec: number;
@@ -59,7 +65,7 @@ export interface Snapshot {
 export function readSnapshots(read: (offset: number, length: number) => Uint8Array, offset: number, count: number): Snapshot[] & { tableSize?: number } {
   if (count > QCOW_MAX_SNAPSHOTS) throw invalidImage('Snapshot table too large', 60);
   const out: Snapshot[] & { tableSize?: number } = [];
-  let p = offset;
+  let p = offset, end = offset;
   for (let i = 0; i < count; i++) {
     const h = SNAPSHOT_HEADER.decode(read(p, SNAPSHOT_HEADER.size));
     if (h.extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
@@ -74,6 +80,7 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
     if (p - offset > QCOW_MAX_SNAPSHOTS_SIZE) {
       throw invalidImage(`Snapshot table is too big\nYou can force-remove all ${count - i} overhanging snapshots with qemu-img check -r all`, 64);
     }
+    end = p;
     p = Math.ceil(p / 8) * 8;
     const cstr = (b: Uint8Array) => { const nul = b.indexOf(0); return nul >= 0 ? b.subarray(0, nul) : b; };
     const idBytes = cstr(idName.subarray(0, h.idStrSize)).slice();
@@ -100,41 +107,91 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
     if (h.extraDataSize >= 24) s.icount = x.icount;
     out.push(s);
   }
-  out.tableSize = p - offset;
+  // QEMU's snapshots_size: up to the end of the last entry's name (no padding after it).
+  out.tableSize = end - offset;
   return out;
+}
+
+/** Bytes of one entry as written: the header, at least the known extra data, id, name. */
+function entrySize(s: Snapshot): number {
+  return SNAPSHOT_HEADER.size + SNAPSHOT_EXTRA.size + s.unknownExtra.length + s.idBytes.length + s.nameBytes.length;
+}
+
+/** qcow2_write_snapshots' size: every entry from a multiple of 8, no padding after the last. */
+export function snapshotTableSize(list: readonly Snapshot[]): number {
+  let size = 0;
+  for (const s of list) size = Math.ceil(size / 8) * 8 + entrySize(s);
+  return size;
 }
 
 /**
  * The table as QEMU's qcow2_write_snapshots writes it: every entry in the v3 form, with at
- * least the 24 bytes of known extra data (VM state size, disk size `diskSize` when the entry
- * had none, icount -1 when unknown), unknown extra data kept after them.
+ * least the 24 bytes of known extra data (VM state size, disk size `virtualSize` when the entry
+ * had none, icount -1 when unknown), unknown extra data kept after them; the 32-bit VM state
+ * size 0 when the size does not fit (an old reader sees a disk-only snapshot, not a truncated state).
  */
-export function encodeSnapshots(snaps: readonly Snapshot[], diskSize: bigint): Uint8Array {
-  let size = 0;
-  for (const s of snaps) {
-    size = Math.ceil(size / 8) * 8;
-    size += SNAPSHOT_HEADER.size + SNAPSHOT_EXTRA.size + s.unknownExtra.length + s.idBytes.length + s.nameBytes.length;
-  }
-  const out = new Uint8Array(size);
+export function encodeSnapshots(list: readonly Snapshot[], virtualSize: bigint): Uint8Array {
+  const out = new Uint8Array(snapshotTableSize(list));
   let p = 0;
-  for (const s of snaps) {
+  for (const s of list) {
     p = Math.ceil(p / 8) * 8;
-    const extraSize = SNAPSHOT_EXTRA.size + s.unknownExtra.length;
+    // The id and name as stored: an untrusted or non-UTF-8 name survives a rewrite byte for byte.
+    const id = s.idBytes, name = s.nameBytes, unknown = s.unknownExtra;
+    if (id.length > 0xffff || name.length > 0xffff) throw invalidImage(`Snapshot name too long: '${s.name}'`, p);
+    const extraSize = SNAPSHOT_EXTRA.size + unknown.length;
     SNAPSHOT_HEADER.encode({
-      l1TableOffset: s.l1TableOffset, l1Size: s.l1Size, idStrSize: s.idBytes.length, nameSize: s.nameBytes.length,
-      dateSec: s.dateSec, dateNsec: s.dateNsec, vmClockNsec: s.vmClockNsec,
-      // Past 32 bits an old reader should see a disk-only snapshot, not a truncated state.
-      vmStateSize: s.vmStateSize <= 0xffffffffn ? Number(s.vmStateSize) : 0, extraDataSize: extraSize,
+      l1TableOffset: s.l1TableOffset,
+      l1Size: s.l1Size,
+      idStrSize: id.length,
+      nameSize: name.length,
+      dateSec: s.dateSec,
+      dateNsec: s.dateNsec,
+      vmClockNsec: s.vmClockNsec,
+      vmStateSize: s.vmStateSize <= 0xffffffffn ? Number(s.vmStateSize) : 0,
+      extraDataSize: extraSize,
     }, out, p);
     p += SNAPSHOT_HEADER.size;
-    SNAPSHOT_EXTRA.encode({ vmStateSizeLarge: s.vmStateSize, diskSize: s.diskSize ?? diskSize, icount: s.icount ?? (1n << 64n) - 1n }, out, p);
+    SNAPSHOT_EXTRA.encode({ vmStateSizeLarge: s.vmStateSize, diskSize: s.diskSize ?? virtualSize, icount: s.icount ?? ICOUNT_UNKNOWN }, out, p);
     p += SNAPSHOT_EXTRA.size;
-    out.set(s.unknownExtra, p);
-    p += s.unknownExtra.length;
-    out.set(s.idBytes, p);
-    p += s.idBytes.length;
-    out.set(s.nameBytes, p);
-    p += s.nameBytes.length;
+    out.set(unknown, p);
+    p += unknown.length;
+    out.set(id, p);
+    p += id.length;
+    out.set(name, p);
+    p += name.length;
   }
   return out;
+}
+
+/**
+ * An internal snapshot to read (`convert -l`): by id or else name (`-l NAME`), or by id and/or
+ * name, each given one having to match (`-l snapshot.id=ID,snapshot.name=NAME`).
+ */
+export type SnapshotSelector = { idOrName: string } | { id?: string; name?: string };
+
+/**
+ * QEMU's lookups: find_snapshot_by_id_or_name (the id first, then the name) and
+ * find_snapshot_by_id_and_name. The index, or -1.
+ */
+export function findSnapshot(list: readonly Snapshot[], sel: SnapshotSelector): number {
+  // QEMU compares C strings: the user's words, as bytes, against the bytes stored.
+  const is = (stored: Uint8Array, asked: string) => Buffer.from(asked, 'utf8').equals(stored);
+  if ('idOrName' in sel) {
+    const byId = list.findIndex((s) => is(s.idBytes, sel.idOrName));
+    return byId >= 0 ? byId : list.findIndex((s) => is(s.nameBytes, sel.idOrName));
+  }
+  const { id, name } = sel;
+  if (id === undefined && name === undefined) return -1;
+  return list.findIndex((s) => (id === undefined || is(s.idBytes, id)) && (name === undefined || is(s.nameBytes, name)));
+}
+
+/** qcow2_validate_table for a snapshot's L1 table (the messages qemu-img prints). */
+export function validateSnapshotL1(sn: Snapshot, fileSize: number, clusterSize: number): string | undefined {
+  if (BigInt(sn.l1Size) > BigInt(C.QCOW_MAX_L1_SIZE / 8)) return 'Snapshot L1 table too large';
+  const size = BigInt(sn.l1Size) * 8n;
+  if (sn.l1TableOffset > BigInt(Number.MAX_SAFE_INTEGER) - size || sn.l1TableOffset + size > BigInt(fileSize) ||
+    sn.l1TableOffset % BigInt(clusterSize) !== 0n) {
+    return 'Snapshot L1 table offset invalid';
+  }
+  return undefined;
 }

@@ -105,6 +105,18 @@ describe.skipIf(SKIP)('text and exit status as qemu-img 7.2', () => {
     expect(o.status).toBe(q.status);
   });
 
+  it('create -f raw: the first block written as the file driver of QEMU writes it (map, file size)', async () => {
+    for (const size of ['1000', '3000', '1G']) {
+      const a = fixtures(), b = fixtures();
+      dirs.push(a, b);
+      expect(theirs(['create', '-q', '-f', 'raw', 'new.raw', size], a).status).toBe(0);
+      expect((await ours(['create', '-q', '-f', 'raw', 'new.raw', size], b)).status).toBe(0);
+      expect(fs.statSync(path.join(b, 'new.raw')).size, size).toBe(fs.statSync(path.join(a, 'new.raw')).size);
+      const map = (d: string) => theirs(['map', '--output=json', '-f', 'raw', 'new.raw'], d).text;
+      expect(map(b), size).toBe(map(a));
+    }
+  });
+
   it('info --output=json of an overlay: qemu-img key order (actual size aside)', async () => {
     const a = fixtures();
     dirs.push(a);

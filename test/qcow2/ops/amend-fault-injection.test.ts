@@ -22,55 +22,9 @@ import { amendImage, rebaseUnsafe, resizeImage, type AmendBehaviour } from '../.
 import type { BlockFile } from '../../../provider/qcow2/io/blockfile';
 import type { AmendRequest } from '../../../provider/rules/types';
 
-import { checkOf, cliArgv, compareImages, infoOf, md5, missingTools, openSpec, shOk, skipReason, type Info } from './amend-helpers';
+import { cliArgv, infoOf, md5, missingTools, shOk, skipReason } from './amend-helpers';
+import { FaultyFile, InjectedFault, VARIANTS, checkOf, classify, copyDir, line, record, tally, type Reference, type Tally } from './faults';
 import { inDir, prng } from '../../helpers/common';
-
-const PAGE = 4096;
-
-class InjectedFault extends Error {
-  constructor(readonly k: number) { super(`injected fault at mutation ${k}`); }
-}
-
-type Variant = 'none' | 'first-page' | 'half-pages';
-const VARIANTS: Variant[] = ['none', 'first-page', 'half-pages'];
-
-/** Bytes of a write of `len` at `off` that reach the file when it is torn, per variant. */
-function tornLength(v: Variant, off: number, len: number): number {
-  if (v === 'none') return 0;
-  const firstBoundary = (Math.floor(off / PAGE) + 1) * PAGE;
-  if (v === 'first-page') return firstBoundary < off + len ? firstBoundary - off : 0;
-  // half-pages: the first half of the write, cut down to a page boundary.
-  const cut = Math.floor((off + Math.floor(len / 2)) / PAGE) * PAGE;
-  return cut > off ? cut - off : 0;
-}
-
-/** Counts mutations; throws at mutation `failAt` (1-based), tearing that write per `variant`. */
-class FaultyFile implements BlockFile {
-  mutations = 0;
-  constructor(private readonly f: BlockFile, private readonly failAt: number, private readonly variant: Variant) {}
-  private next(): boolean {
-    this.mutations++;
-    return this.mutations === this.failAt;
-  }
-  read(offset: number, length: number): Buffer { return this.f.read(offset, length); }
-  readInto(target: Uint8Array, offset: number): void { this.f.readInto(target, offset); }
-  write(offset: number, data: Uint8Array): void {
-    if (this.next()) {
-      const n = tornLength(this.variant, offset, data.length);
-      if (n > 0) this.f.write(offset, data.subarray(0, n));
-      throw new InjectedFault(this.failAt);
-    }
-    this.f.write(offset, data);
-  }
-  truncate(size: number): void {
-    if (this.next()) throw new InjectedFault(this.failAt);
-    this.f.truncate(size);
-  }
-  size(): number { return this.f.size(); }
-  flush(): void { this.f.flush(); }
-  close(): void { this.f.close(); }
-  allocatedSize(): number { return this.f.allocatedSize(); }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Operations
@@ -131,50 +85,7 @@ const OPERATIONS: Operation[] = [
 
 const SKIP = skipReason('amend/fault-injection');
 let root = '';
-
-
-/** Replace `dst`'s contents with a copy of every file of `src`. */
-function copyDir(src: string, dst: string): void {
-  rmSync(dst, { recursive: true, force: true });
-  mkdirSync(dst, { recursive: true });
-  for (const f of readdirSync(src)) copyFileSync(join(src, f), join(dst, f));
-}
-
-interface Reference { dir: string; info: Info }
-type Outcome = 'old' | 'new' | 'corrupt';
-
-/** Classify the image in `dir` against the old and the new reference. */
-function classify(dir: string, old: Reference, neu: Reference): { outcome: Outcome; why: string } {
-  const check = checkOf(dir);
-  if (check.status !== 0 && check.status !== 3) {
-    return { outcome: 'corrupt', why: `qemu-img check exit ${check.status}\n${check.stdout}${check.stderr}`.slice(0, 2000) };
-  }
-  let info: Info;
-  try {
-    info = infoOf(dir);
-  } catch (e) {
-    return { outcome: 'corrupt', why: (e as Error).message };
-  }
-  const norm = JSON.stringify(info.norm);
-  const ref = norm === JSON.stringify(old.info.norm) ? old : norm === JSON.stringify(neu.info.norm) ? neu : undefined;
-  if (!ref) return { outcome: 'corrupt', why: `info equals neither old nor new:\n${norm}\nold ${JSON.stringify(old.info.norm)}\nnew ${JSON.stringify(neu.info.norm)}` };
-  const cmp = compareImages(openSpec(dir, info.dataFile), openSpec(ref.dir, ref.info.dataFile));
-  if (cmp.status !== 0 || !cmp.stdout.includes('Images are identical.')) {
-    return { outcome: 'corrupt', why: `compare with the ${ref === old ? 'old' : 'new'} reference: exit ${cmp.status} ${cmp.stdout}${cmp.stderr}` };
-  }
-  return { outcome: ref === old ? 'old' : 'new', why: '' };
-}
-
-interface Tally { trials: number; old: number; new: number; corrupt: number; failures: string[] }
 const summary: Array<[string, Tally]> = [];
-const tally = (): Tally => ({ trials: 0, old: 0, new: 0, corrupt: 0, failures: [] });
-function record(t: Tally, r: { outcome: Outcome; why: string }, label: string): void {
-  t.trials++;
-  t[r.outcome]++;
-  if (r.outcome === 'corrupt' && t.failures.length < 5) t.failures.push(`${label}: ${r.why}`);
-}
-const line = (name: string, t: Tally) =>
-  `${name}: ${t.trials} trials, ${t.old} old, ${t.new} new, ${t.corrupt} corruptions`;
 
 
 describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})` : ''}`, () => {

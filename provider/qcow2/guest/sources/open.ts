@@ -9,6 +9,7 @@ import * as C from '../../spec/constants';
 import { Qcow2Error } from '../../../model/errors';
 import { resolveBackingName } from '../../spec/backing';
 import { Header } from '../../spec/header';
+import { SnapshotSelector, findSnapshot, validateSnapshotL1 } from '../../spec/snapshot';
 import { Image } from '../../meta/image';
 import { Qcow2Image } from '../qcow2';
 import { GuestSource, OpenOptions } from '../source';
@@ -42,7 +43,10 @@ export function probeFileFormat(fileName: string, host: HostFs = localFs): 'raw'
 export function openSource(fileName: string, format: string | undefined, opts: OpenOptions = {}, depth = 0): GuestSource {
   const host = opts.host ?? localFs;
   const fmt = format ?? probeFileFormat(fileName, host);
-  if (fmt === 'raw') return RawSource.open(fileName, { lock: opts.lock ?? true, host });
+  if (fmt === 'raw') {
+    if (opts.snapshot) throw new Qcow2Error('UNSUPPORTED', "Failed to load snapshot: Block format 'raw' used by device '' does not support internal snapshots", { file: fileName });
+    return RawSource.open(fileName, { lock: opts.lock ?? true, host });
+  }
   if (fmt === 'qcow2') return openQcow2(fileName, { ...opts, writable: false }, depth);
   throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${fmt}': this engine reads qcow2 and raw images only`, { file: fileName });
 }
@@ -69,6 +73,21 @@ function openBacking(imagePath: string, h: Header, opts: OpenOptions, depth: num
   }
 }
 
+/**
+ * qcow2_snapshot_load_tmp: the image with the snapshot's L1 table (validated as QEMU validates
+ * it), read-only. QEMU's words when there is no such snapshot.
+ */
+function snapshotView(image: Image, sel: SnapshotSelector, writable: boolean): Image {
+  if (writable) throw new Error('internal: a snapshot is opened read-only');
+  const list = image.readSnapshots();
+  const i = findSnapshot(list, sel);
+  if (i < 0) throw new Qcow2Error('NOT_FOUND', "Failed to load snapshot: Can't find snapshot", { file: image.fileName });
+  const sn = list[i]!;
+  const bad = validateSnapshotL1(sn, image.file.size(), image.geometry.clusterSize);
+  if (bad) throw new Qcow2Error('INVALID_IMAGE', `Failed to load snapshot: ${bad}`, { file: image.fileName });
+  return image.atSnapshot(sn);
+}
+
 /** Open a qcow2 image file with its data file and backing chain. */
 export function openQcow2(fileName: string, opts: OpenOptions = {}, depth = 0): Qcow2Image {
   const writable = opts.writable ?? false;
@@ -81,7 +100,8 @@ export function openQcow2(fileName: string, opts: OpenOptions = {}, depth = 0): 
   try {
     if (lock) locks.push(host.lock(opened, fileName, mode));
     const file = opts.wrapFile ? opts.wrapFile(opened) : opened;
-    const image = Image.open(file, fileName);
+    let image = Image.open(file, fileName);
+    if (opts.snapshot) image = snapshotView(image, opts.snapshot, writable);
     const h = image.header;
     let dataFile: BlockFile | null = null;
     if (image.hasDataFile) {

@@ -1,0 +1,320 @@
+// The native engine's maintenance operations: check -r (repair), the repair QEMU makes when it
+// opens a dirty image, internal snapshots, compare and commit. Glue as ops.ts is: the files
+// opened and locked as QEMU opens them, provider/rules asked, provider/qcow2 doing the work.
+
+import * as fs from 'fs';
+import { Qcow2Error } from '../../model/errors';
+import type { SnapshotFacts } from '../../model/facts';
+import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
+import { HostFs, localFs } from '../../qcow2/io/hostfs';
+import { ImageLock, lockImage } from '../../qcow2/io/lock';
+import { Image } from '../../qcow2/meta/image';
+import { resolveBackingName, hasProtocolPrefix } from '../../qcow2/spec/backing';
+import { checkImage } from '../../qcow2/ops/check';
+import { RepairMode, repairFailed, repairImage } from '../../qcow2/ops/repair';
+import { applySnapshot, createSnapshot, deleteSnapshot, findByIdOrName, findByName } from '../../qcow2/ops/snapshot';
+import { readImageFacts } from '../../qcow2/ops/info';
+import { CompareResult, compareSources } from '../../qcow2/ops/compare';
+import { CommitTarget, commitInto, emptyImage, layersAbove } from '../../qcow2/ops/commit';
+import { Qcow2Image } from '../../qcow2/guest/qcow2';
+import { RawSource } from '../../qcow2/guest/sources/raw';
+import { openSource, probeFileFormat } from '../../qcow2/guest/sources/open';
+import type { GuestSource, ProgressFn } from '../../qcow2/guest/source';
+import { validateResize, validateWritable } from '../../rules/amend';
+import { validateWrite } from '../../rules/data';
+import { validateSnapshot, validateSnapshotRefcounts } from '../../rules/snapshot';
+import { validateCommit } from '../../rules/commit';
+import type { CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
+import type { RepairReport } from '../engine';
+import { throwIfRefused } from '../refusal';
+import { clearUnknownAutoclearOf } from '../../qcow2/guest/autoclear';
+import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage } from './ops';
+
+const punchIn = (file: BlockFile, host: HostFs = localFs) => (offset: number, length: number) => host.punchHole(file, offset, length);
+
+/** The image file open for writing under QEMU's write lock; `fn` runs with it, then both go. */
+function withLockedFile<T>(path: string, host: HostFs, fn: (file: BlockFile) => T): T {
+  const file = host.open(path, 'write').file;
+  let lock: ImageLock | undefined;
+  try {
+    lock = host.lock(file, path, 'write');
+    return fn(file);
+  } finally {
+    lock?.release();
+    file.close();
+  }
+}
+
+/** An image with an external data file is checked only when the data file is there (qemu-img opens it). */
+function requireDataFile(img: Image, host: HostFs): void {
+  if (!img.hasDataFile) return;
+  const name = img.header.dataFile;
+  if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image");
+  if (host.stat(name) === undefined) {
+    throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// check -r
+
+/**
+ * `qemu-img check -r leaks|all FILE`. The image is opened as check opens it (a corrupt image
+ * too: repairing it is the point), under QEMU's write lock.
+ */
+export function repairImageFile(path: string, mode: RepairMode, host: HostFs = localFs): RepairReport {
+  return withLockedFile(path, host, (file) => {
+    const img = Image.open(file, path);
+    requireDataFile(img, host);
+    clearUnknownAutoclearOf(file, img);
+    const r = repairImage(file, mode, { punch: punchIn(file, host) });
+    const fixed = r.leaksFixed + r.corruptionsFixed > 0;
+    const result = fixed && !r.failed ? checkImage(file) : r.result;
+    return { messages: r.messages, leaksFixed: r.leaksFixed, corruptionsFixed: r.corruptionsFixed, result, rechecked: fixed && !r.failed, failed: r.failed };
+  });
+}
+
+/**
+ * What QEMU does when it opens a dirty image (lazy refcounts left stale) read/write: check -r
+ * all. Returns the lines it prints; none for a clean image. A corrupt image is refused, as
+ * QEMU refuses to open it read/write.
+ */
+export function repairDirtyImage(path: string, host: HostFs = localFs): string[] {
+  return withLockedFile(path, host, (file) => {
+    const img = Image.open(file, path);
+    throwIfRefused(validateWritable(imageStateOf(img)), path);
+    if (!img.dirty) return [];
+    const r = repairImage(file, 'all', { punch: punchIn(file, host) });
+    if (r.failed || r.result.checkErrors) throw repairFailed(path);
+    return r.messages;
+  });
+}
+
+/** Open for a change and, when the image is dirty, repair it first as QEMU's open does. */
+function withRepairedImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+  return withWritableImage(path, behaviour, (opened, file) => {
+    const img = clearUnknownAutoclearOf(file, opened) ? Image.open(file, path) : opened;
+    if (!img.dirty) return fn(img, file);
+    const r = repairImage(file, 'all', { punch: punchIn(file, behaviour.host) });
+    if (r.failed || r.result.checkErrors) throw repairFailed(path);
+    return fn(Image.open(file, path), file);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// snapshot
+
+/**
+ * `qemu-img snapshot -l/-c/-d/-a`. A listing reads the header's table (with -U, ignoring
+ * holders); the changes take QEMU's write lock, ask provider/rules, and write in the
+ * crash-safe order of qcow2/meta/ordered.ts. Applying a snapshot of another size resizes the
+ * image first, as QEMU does (one commit), then reverts it (another).
+ */
+export function snapshotImage(path: string, req: SnapshotRequest, behaviour: AmendBehaviour & { forceShare?: boolean } = {}): SnapshotFacts[] | undefined {
+  if (req.action === 'list') {
+    const facts = readImageFacts(path, { lock: !behaviour.forceShare, ...(behaviour.host ? { host: behaviour.host } : {}) });
+    return facts.hasDataFile ? [] : facts.detail?.snapshots ?? [];
+  }
+  return withRepairedImage(path, behaviour, (opened, file) => {
+    let img = opened;
+    const state = imageStateOf(img);
+    const list = img.readSnapshots();
+    const index = req.action === 'apply' ? findByIdOrName(list, req.name) : req.action === 'delete' ? findByName(list, req.name) : -1;
+    throwIfRefused(validateSnapshot(state, req, index >= 0), path);
+    // QEMU discards the clusters a snapshot operation frees (holes in the image file).
+    const opts = { punch: punchIn(file, behaviour.host) };
+    if (req.action === 'create') {
+      if (createSnapshot(file, img, req.name, req.time, opts) === 'overflow') throwIfRefused(validateSnapshotRefcounts(req.name, true), path);
+    } else if (req.action === 'delete') {
+      deleteSnapshot(file, img, index, opts);
+    } else {
+      const size = list[index]!.diskSize ?? img.header.size;
+      if (size !== img.header.size) {
+        throwIfRefused(validateResize(state, size, true), path);
+        runPlan(img, file, path, { size }, behaviour.host);
+        img = Image.open(file, path);
+      }
+      applySnapshot(file, img, index, opts);
+    }
+    return undefined;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// compare
+
+export interface CompareInput { path: string; format?: string }
+
+/** `qemu-img compare [-f F] [-F F] [-s] [-U] A B`: read-only, each through its backing chain. */
+export function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn; host?: HostFs } = {}): CompareResult {
+  const host = opts.host ?? localFs;
+  const open = (i: CompareInput) => openSource(i.path, i.format ?? probeFileFormat(i.path, host), { lock: !opts.forceShare, host });
+  const sa = open(a);
+  try {
+    const sb = open(b);
+    try {
+      const o: { strict?: boolean; progress?: ProgressFn } = {};
+      if (opts.strict) o.strict = true;
+      if (opts.progress) o.progress = opts.progress;
+      return compareSources(sa, sb, o);
+    } finally {
+      sb.close();
+    }
+  } finally {
+    sa.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// commit
+
+interface ChainLink { name: string; format: 'qcow2' | 'raw'; backing?: string; backingFormat?: string }
+
+/** The chain below an image by name (headers only), as QEMU resolves the names. */
+function chainOf(path: string, img: Image): ChainLink[] {
+  const out: ChainLink[] = [];
+  let link: ChainLink = { name: path, format: 'qcow2' };
+  if (img.header.backingFile) link.backing = img.header.backingFile;
+  if (img.header.backingFormat) link.backingFormat = img.header.backingFormat;
+  out.push(link);
+  while (link.backing !== undefined && link.backing !== '') {
+    if (out.length >= 64) throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${path}' is deeper than 64 images (a loop?)`, { file: path });
+    const name = resolveBackingName(link.name, link.backing);
+    const format = (link.backingFormat ?? probeFileFormat(name)) as string;
+    if (format !== 'qcow2' && format !== 'raw') {
+      throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${format}': this engine reads qcow2 and raw images only`, { file: name });
+    }
+    const next: ChainLink = { name, format };
+    if (format === 'qcow2') {
+      const sub = Image.openFile(name);
+      try {
+        if (sub.header.backingFile) next.backing = sub.header.backingFile;
+        if (sub.header.backingFormat) next.backingFormat = sub.header.backingFormat;
+      } finally {
+        sub.close();
+      }
+    }
+    out.push(next);
+    link = next;
+  }
+  return out;
+}
+
+const realpath = (p: string): string | undefined => {
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    return undefined;
+  }
+};
+
+/** bdrv_find_backing_image: the index in `chain` of the image `base` names, or -1. */
+function findBase(chain: readonly ChainLink[], base: string): number {
+  for (let i = 0; i + 1 < chain.length; i++) {
+    const link = chain[i]!;
+    const stored = link.backing!;
+    if (hasProtocolPrefix(base) || hasProtocolPrefix(stored)) {
+      if (base === stored || base === resolveBackingName(link.name, stored)) return i + 1;
+      continue;
+    }
+    const want = realpath(resolveBackingName(link.name, base));
+    const have = realpath(resolveBackingName(link.name, stored));
+    if (want !== undefined && want === have) return i + 1;
+  }
+  return -1;
+}
+
+const isRegular = (p: string) => localFs.stat(p)?.kind === 'file';
+
+/** The base as commit writes it. */
+function targetOf(base: GuestSource, file: BlockFile | undefined): CommitTarget {
+  if (base instanceof Qcow2Image) {
+    return {
+      clusterSize: base.cs,
+      write: (o, d) => base.write(o, d),
+      writeZeroes: (o, n) => base.writeZeroes(o, n, { unmap: true }),
+      discard: (o, n) => base.discard(o, n),
+      checkpoint: () => base.maybeCommit(),
+    };
+  }
+  const f = file!;
+  return {
+    clusterSize: 0,
+    write: (o, d) => f.write(o, d),
+    writeZeroes: (o, n) => localFs.punchHole(f, o, n),
+    discard: (o, n) => localFs.punchHole(f, o, n),
+    checkpoint: () => undefined,
+  };
+}
+
+/**
+ * `qemu-img commit [-b BASE] [-d] FILE`: the data of FILE (and of the images between it and
+ * BASE) is written into BASE, a file of FILE's backing chain, named there; then FILE is emptied
+ * unless `keep` (-d; -b implies it). Writes only into the base and, when emptying, FILE; both
+ * must be regular files. The base grows to FILE's size when it is smaller (as QEMU's job does).
+ */
+export function commitImage(path: string, req: CommitRequest, behaviour: { progress?: ProgressFn } = {}): void {
+  withRepairedImage(path, {}, (img, file) => {
+    const chain = chainOf(path, img);
+    const baseIndex = chain.length < 2 ? -1 : req.base === undefined ? 1 : findBase(chain, req.base);
+    const facts: CommitFacts = { file: path, hasBacking: chain.length > 1, baseFound: baseIndex > 0 };
+    if (baseIndex > 0 && !isRegular(chain[baseIndex]!.name)) facts.notRegular = chain[baseIndex]!.name;
+    else if (!req.keep && !isRegular(path)) facts.notRegular = path;
+    throwIfRefused(validateCommit(req, facts), path);
+    const base = chain[baseIndex]!;
+    const topSize = Number(img.header.size);
+
+    // The base grows to the top's size first (mirror_run truncates it so).
+    if (base.format === 'qcow2') {
+      const b = Image.openFile(base.name);
+      const smaller = b.header.size < img.header.size;
+      b.close();
+      if (smaller) resizeImage(base.name, img.header.size);
+    }
+
+    const opened: Array<{ close(): void }> = [];
+    try {
+      let baseSrc: GuestSource;
+      let baseFile: NodeBlockFile | undefined;
+      if (base.format === 'qcow2') {
+        baseSrc = Qcow2Image.open(base.name, {
+          writable: true,
+          beforeWrite: (image) => throwIfRefused(validateWrite(imageStateOf(image)), base.name),
+        });
+        opened.push(baseSrc);
+      } else {
+        baseFile = NodeBlockFile.open(base.name, true);
+        opened.push(baseFile);
+        const lock = lockImage(baseFile.fd, base.name, 'write');
+        opened.push({ close: () => lock.release() });
+        if (baseFile.size() < topSize) baseFile.truncate(topSize);
+        baseSrc = RawSource.over(baseFile, base.name);
+      }
+      // The images between, read-locked, each over the one below; the top over them.
+      let below = baseSrc;
+      for (let i = baseIndex - 1; i >= 1; i--) {
+        const layer = Qcow2Image.open(chain[i]!.name, { backing: below });
+        opened.push(layer);
+        below = layer;
+      }
+      const top = Qcow2Image.open(path, { lock: false, backing: below });
+      opened.push(top);
+      commitInto(top, layersAbove(top, baseSrc), targetOf(baseSrc, baseFile), behaviour.progress);
+    } finally {
+      for (const o of opened.reverse()) o.close();
+    }
+
+    if (!req.keep) {
+      const after = Image.open(file, path);
+      let dataFile: NodeBlockFile | undefined;
+      try {
+        if (after.hasDataFile && after.header.dataFile !== undefined) dataFile = NodeBlockFile.open(after.header.dataFile, true);
+        const opts: Parameters<typeof emptyImage>[2] = { punch: punchIn(file) };
+        if (dataFile) opts.punchDataFile = punchIn(dataFile);
+        emptyImage(file, after, opts);
+      } finally {
+        dataFile?.close();
+      }
+    }
+  });
+}
