@@ -14,6 +14,8 @@ import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
 import { md5, must, scratchBase, skipWithoutTools } from '../engines/helpers';
 
 const CLI = path.resolve(__dirname, '../../dist/provider/cli/main.js');
+/** The installed executable: the bundle, which loads the remote side from the installed files. */
+const EXECUTABLE = path.resolve(__dirname, '../../dist/provider/cli/qcow2.js');
 const skip = skipWithoutSshd('cli-remote') || skipWithoutTools('cli-remote');
 
 interface Run { status: number | null; stdout: string; stderr: string }
@@ -40,8 +42,8 @@ describe.skipIf(skip)('qcow2 on ssh:// image arguments', () => {
     for (const d of [home, dir]) if (d) fs.rmSync(d, { recursive: true, force: true });
   });
 
-  const qcow2 = (args: string[], env: Record<string, string> = {}): Run => {
-    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, HOME: home, SSH_AUTH_SOCK: '', ...env }, timeout: 120_000 });
+  const qcow2 = (args: string[], env: Record<string, string> = {}, entry = CLI): Run => {
+    const r = spawnSync(process.execPath, [entry, ...args], { encoding: 'utf8', env: { ...process.env, HOME: home, SSH_AUTH_SOCK: '', ...env }, timeout: 120_000 });
     return { status: r.status, stdout: r.stdout, stderr: r.stderr };
   };
   const at = (name: string) => path.join(dir, name);
@@ -145,6 +147,31 @@ describe.skipIf(skip)('qcow2 on ssh:// image arguments', () => {
     const r = qcow2(['convert', '-O', 'qcow2', '-o', `data_file=${opt('flat.raw')},data_file_raw=on`, url(at('chain.qcow2')), url(at('flat.qcow2'))]);
     expect(r.status, r.stderr).toBe(0);
     expect(must('qemu-img', ['compare', at('chain.qcow2'), at('flat.qcow2')], dir).stdout).toMatch(/identical/);
+  });
+
+  it('the bundled executable reaches remote hosts as the command line does; check -r repairs there; commands taking names as given refuse ssh://', () => {
+    clean();
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', at('e.qcow2'), '16M'], dir);
+    must('qemu-io', ['-c', 'write -P 1 0 256k', at('e.qcow2')], dir);
+    const local = qcow2(['info', '--output=json', at('e.qcow2')], {}, EXECUTABLE);
+    const remote = qcow2(['info', '--output=json', url(at('e.qcow2'))], {}, EXECUTABLE);
+    expect(local.status, local.stderr).toBe(0);
+    expect(said(remote)).toEqual(said(local));
+    // check -r on the host: a refcount raised by hand (a leak), repaired there as locally.
+    const fd = fs.openSync(at('e.qcow2'), 'r+');
+    fs.writeSync(fd, Buffer.from([2]), 0, 1, 0x20000 + 2 * 6 + 1);
+    fs.closeSync(fd);
+    const rep = qcow2(['check', '-r', 'leaks', url(at('e.qcow2'))], {}, EXECUTABLE);
+    expect(rep.status, rep.stderr).toBe(0);
+    expect(rep.stdout).toMatch(/The following inconsistencies were found and repaired:\s+1 leaked clusters/);
+    expect(must('qemu-img', ['check', at('e.qcow2')], dir).stdout).toMatch(/No errors were found/);
+    // Commands that take names as given refuse an ssh:// name rather than open a local path.
+    for (const argv of [['snapshot', '-l'], ['commit'], ['bitmap', '--add']]) {
+      const r = qcow2([...argv, url(at('e.qcow2')), ...(argv[0] === 'bitmap' ? ['b0'] : [])]);
+      expect(r.status, argv.join(' ')).not.toBe(0);
+      expect(r.stderr).toMatch(new RegExp(`${argv[0]} works on images on this machine only: .* names a remote host`));
+    }
+    expect(must('qemu-img', ['snapshot', '-l', at('e.qcow2')], dir).stdout).toBe('');
   });
 
   it('refuses an unknown host key, nothing listening and a bad URL with the way forward', () => {

@@ -129,6 +129,31 @@ describe.skipIf(skip).each(engines)('Image on a remote host through the dynamic-
     expect(fs.existsSync(at('base2.qcow2'))).toBe(false);
   });
 
+  it('records_the_backing_chain_on_the_host_refuses_a_base_rewritten_there_and_keeps_a_base_in_use', async () => {
+    const base = stack('cbase');
+    const vm = stack('cvm');
+    await base.up({ path: at('cbase.qcow2'), size: '64M', engine, connection });
+    expect(spawnSync('qemu-io', ['-c', 'write -P 0x33 0 1M', at('cbase.qcow2')], { cwd: dir }).status).toBe(0);
+    const inputs = { path: at('cvm.qcow2'), backingFile: at('cbase.qcow2'), backingFormat: 'qcow2', engine, connection };
+    const o = await vm.up(inputs);
+    // The identities are the host's files' (device and inode as the host reports them).
+    const st = fs.statSync(at('cbase.qcow2'), { bigint: true });
+    expect(o.outputs.backingChain).toMatchObject([{ path: at('cbase.qcow2'), dev: st.dev.toString(), ino: st.ino.toString(), size: Number(st.size) }]);
+    expect(o.outputs.identity).toMatch(/^sha256:[0-9a-f]{32}$/);
+    expect((await vm.preview(inputs)).op).toBe('same');
+    // The base, deleted while the overlay uses it: refused, nothing deleted.
+    await expect(base.destroy()).rejects.toThrow(/cbase\.qcow2 is the backing file of .*cvm\.qcow2.*Nothing was deleted/s);
+    expect(fs.existsSync(at('cbase.qcow2'))).toBe(true);
+    // By hand on the host, at the same path: a new base written over the old one.
+    expect(qemu(['create', '-q', '-f', 'qcow2', at('cbase.qcow2'), '64M'], dir).status).toBe(0);
+    await vm.refresh();
+    expect(vm.state!.outputs.backingDrift).toMatch(/cbase\.qcow2 was rewritten in place/);
+    await expect(vm.preview(inputs)).rejects.toThrow(/backing chain of this image changed outside the program/);
+    await vm.destroy();
+    await base.destroy();
+    expect(fs.existsSync(at('cbase.qcow2'))).toBe(false);
+  });
+
   it('adopts_an_existing_raw_disk_without_changing_a_byte_and_keeps_it', async () => {
     const disk = at('disk.raw');
     fs.writeFileSync(disk, crypto.randomBytes(1 << 20));
