@@ -6,7 +6,7 @@
 import * as path from 'path';
 import { fileURLToPath } from 'url';
 import { getEngine } from '../engines';
-import type { Engine, EngineName, ImportSource } from '../engines/engine';
+import type { Engine, EngineName, ImageChain, ImportSource } from '../engines/engine';
 import { Qcow2Error } from '../model/errors';
 import type { ImageFacts } from '../model/facts';
 import { chainDigest, type BackingIdentity, type ChainLayer } from '../model/chain';
@@ -204,7 +204,11 @@ type ChainRecord = Pick<ImageOutputs, 'backingChain' | 'backingDrift' | 'identit
 
 /** Record the chain below `file` as it is now (create, update): `from` is the identity vouched as the one before. */
 async function recordChain(engine: Engine, file: string, from: string): Promise<ChainRecord> {
-  const { self, view } = await engine.chain(file, new Date().toISOString());
+  return chainRecord(file, await engine.chain(file, new Date().toISOString()), from);
+}
+
+/** The record of a chain as read now. */
+function chainRecord(file: string, { self, view }: ImageChain, from: string): ChainRecord {
   remember(file, view.layers);
   return { backingChain: view.layers, backingDrift: '', identity: self ? chainDigest([self, ...view.layers]) : '', identityFrom: from };
 }
@@ -220,11 +224,12 @@ async function chainIdentityOf(engine: Engine, file: string, chain: readonly Cha
 }
 
 /** The chain as recorded and as on disk, for the rules; undefined for states written before chains were recorded. */
-async function chainFacts(engine: Engine, olds: ImageOutputs): Promise<WorldFacts['chain']> {
+function chainFacts(engine: Engine, olds: ImageOutputs): Promise<WorldFacts['chain']> | undefined {
   if (!Array.isArray(olds.backingChain)) return undefined;
   remember(olds.path, olds.backingChain);
   if (olds.backingChain.length === 0 && !olds.backingFile) return undefined;
-  return { recorded: olds.backingChain, current: (await engine.chain(olds.path, '')).view };
+  const recorded = olds.backingChain;
+  return engine.chain(olds.path, '').then((c) => ({ recorded, current: c.view }));
 }
 
 /**
@@ -418,7 +423,10 @@ async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: C
   const recorded = recordedFacts(olds);
   // The engine the program asks for; during a preview it may not be known yet: then the one that wrote the image.
   const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine, connectionFor(olds, news));
-  // One header read: a missing image is NOT_FOUND (on a remote host every look is a round trip).
+  // One header read: a missing image is NOT_FOUND (on a remote host every look is a round trip);
+  // the chain's identities, when there is a chain, are read at the same time.
+  const chainRead = chainFacts(engine, olds);
+  chainRead?.catch(() => undefined);
   const info = await engine.info(olds.path, { forceShare: true }).catch((e: unknown) => {
     if (Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND') return undefined;
     throw e;
@@ -430,7 +438,7 @@ async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: C
   const socket = isUnknown(news.qmpSocket) ? olds.qmpSocket : desired.qmpSocket;
   const holder = isRemote(olds) ? undefined : writerOf(olds.path);
   const current = factsOnDisk(await withHolder(info, olds.path, socket, holder), olds);
-  const chain = await chainFacts(engine, olds);
+  const chain = await chainRead;
   return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired, holder)), recorded, ...(chain ? { chain } : {}) }), desired, current, engine };
 }
 
@@ -575,9 +583,13 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
   const file = props?.path ?? id;
   const engine = engineOf(props?.engine, props?.connection);
+  // The header and the chain's identities are read at once (on a remote host, in the same round
+  // trip); no look before: gone is NOT_FOUND.
+  const recording = !props || !Array.isArray(props.backingChain);
+  const chainRead = engine.chain(file, recording ? new Date().toISOString() : '');
+  chainRead.catch(() => undefined);
   let file0: ImageFacts;
   try {
-    // No look before: on a remote host every look is a round trip. Gone is NOT_FOUND.
     file0 = await engine.info(file, { forceShare: true });
   } catch (e) {
     if (Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND') return { id: '' };
@@ -587,7 +599,7 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.connection) base.connection = props.connection;
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
-  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: await refreshedChain(engine, file, props, info) });
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info, await chainRead) });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
   outs.deleteAdopted = props?.deleteAdopted ?? false;
   // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update
@@ -607,15 +619,13 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
  * A refresh keeps the recorded chain (a base that changed stays a difference until the user deals
  * with it) and says what changed; the identity is this file's now, vouching nothing new.
  */
-async function refreshedChain(engine: Engine, file: string, props: ImageOutputs | undefined, info: ImageFacts): Promise<ChainRecord> {
-  if (!props || !Array.isArray(props.backingChain)) return recordChain(engine, file, '');
+function refreshedChain(file: string, props: ImageOutputs | undefined, info: ImageFacts, read: ImageChain): ChainRecord {
+  if (!props || !Array.isArray(props.backingChain)) return chainRecord(file, read, '');
   const recorded = props.backingChain;
   remember(file, recorded);
-  // One read of the image's header and of the chain below it: its identity and what changed.
-  const { self, view } = await engine.chain(file, '');
   const facts = factsOfState({ ...factOutputs(info), path: file });
-  const drift = info.backingFile || recorded.length ? classifyChain(facts, {}, { recorded, current: view }).find((c) => c.action === 'refuse') : undefined;
-  const identity = identityWith(self, recorded) ?? '';
+  const drift = info.backingFile || recorded.length ? classifyChain(facts, {}, { recorded, current: read.view }).find((c) => c.action === 'refuse') : undefined;
+  const identity = identityWith(read.self, recorded) ?? '';
   return { backingChain: recorded, backingDrift: drift?.reason ?? '', identity, identityFrom: identity === props.identity ? props.identityFrom ?? '' : '' };
 }
 

@@ -126,6 +126,23 @@ describe.skipIf(skip)('QEMU image locks through SSH', () => {
     expect(tool('qemu-io', ['-c', 'read 0 512', '-f', 'qcow2', second], dir).stderr).toMatch(QEMU_WRITE_REFUSAL);
   });
 
+  it('head: a file\'s size, identity and first cluster in one request; a FIFO or a folder is refused without waiting', async () => {
+    const h = HostHelper.of(conn);
+    const r = await h.head(image, 64 * 1024);
+    expect('notRegular' in r).toBe(false);
+    const st = fs.statSync(image, { bigint: true });
+    if (!('notRegular' in r)) {
+      expect(r).toMatchObject({ kind: 'file', size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` });
+      // The first cluster, its trailing zeros restored.
+      expect(r.head.equals(fs.readFileSync(image).subarray(0, 64 * 1024))).toBe(true);
+    }
+    const fifo = path.join(dir, 'fifo');
+    expect(tool('mkfifo', [fifo], dir).status).toBe(0);
+    expect(await h.head(fifo, 512)).toEqual({ notRegular: true });
+    expect(await h.head(dir, 512)).toEqual({ notRegular: true });
+    expect((await failure(h.head(path.join(dir, 'missing'), 512))).code).toBe('NOT_FOUND');
+  });
+
   describe('when the connection drops', () => {
     let proxy: TcpProxy;
     let dropPool: SshPool;

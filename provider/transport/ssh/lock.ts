@@ -43,6 +43,10 @@
 //                                (KIND f file, d folder, l link, o other; BLOCKS in 512-byte units)
 //   -> E id PATHHEX OFF LEN MAX  up to MAX extents of [OFF, OFF+LEN) clipped to the file's size
 //                                <- E id ok OFF:LEN:d|h,... | E id ok - | E id err ERRNO
+//   -> H id PATHHEX MAX          a regular file's stat and first bytes, opened without waiting:
+//                                MAX bytes, or its first cluster when it is a qcow2 image (at most
+//                                2 MiB); trailing zeros left out (LEN says how many bytes were read)
+//                                <- H id ok SIZE BLOCKS DEV INO LEN HEX|- | H id notreg | H id err ERRNO
 //   -> D id PATHHEX              fsync a folder     <- D id ok | D id err ERRNO
 //   -> P id PATHHEX              own a temporary file or folder we created   <- P id ok
 //   -> F id PATHHEX              forget it (published or removed)            <- F id ok
@@ -162,6 +166,26 @@ while (my $line = <STDIN>) {
     }
     close($h);
     print "E $id ok ", (@out ? join(',', @out) : '-'), "\n";
+  } elsif ($op eq 'H') {
+    my $path = pack('H*', $a[0] // '');
+    my $max = ($a[1] // 65536) + 0;
+    my $h;
+    unless (sysopen($h, $path, POSIX::O_RDONLY() | POSIX::O_NONBLOCK() | POSIX::O_NOCTTY())) { print "H $id err ", ($! + 0), "\n"; next; }
+    my @st = stat($h);
+    if (!@st || ($st[2] & 0170000) != 0100000) { close($h); print "H $id notreg\n"; next; }
+    my $size = $st[7];
+    my $want = $size < $max ? $size : $max;
+    my $buf = '';
+    my $fill = sub { while (length($buf) < $_[0]) { my $n = sysread($h, $buf, $_[0] - length($buf), length($buf)); last unless $n; } };
+    $fill->($want);
+    if (length($buf) >= 24 && substr($buf, 0, 4) eq "QFI\xfb") {
+      my $bits = unpack('N', substr($buf, 20, 4));
+      if ($bits >= 9 && $bits <= 21) { my $c = 1 << $bits; $c = $size if $c > $size; $fill->($c) if $c > length($buf); }
+    }
+    close($h);
+    my $len = length($buf);
+    $buf =~ s/\0+\z//;
+    print "H $id ok $size $st[12] $st[0] $st[1] $len ", (length($buf) ? unpack('H*', $buf) : '-'), "\n";
   } elsif ($op eq 'D') {
     my $path = pack('H*', $a[0] // '');
     if (open(my $h, '<', $path)) { $h->sync; close($h); print "D $id ok\n"; }
@@ -415,6 +439,20 @@ export class HostHelper {
       const [o, l, d] = e.split(':');
       return { offset: Number(o), length: Number(l), data: d === 'd' };
     });
+  }
+
+  /**
+   * A regular file's stat and first bytes in one request: `max` bytes, or its first cluster when
+   * it is a qcow2 image (at most 2 MiB). Opened without waiting (a FIFO never blocks it);
+   * anything but a regular file is `notRegular`.
+   */
+  async head(path: string, max: number): Promise<(HelperStat & { head: Buffer }) | { notRegular: true }> {
+    const r = await this.ask('H', `${hex(path)} ${max}`);
+    if (r[0] === 'notreg') return { notRegular: true };
+    if (r[0] !== 'ok') throw this.errnoError(Number(r[1]), 'open', path);
+    const head = Buffer.alloc(Number(r[5]));
+    if (r[6] !== undefined && r[6] !== '-') head.write(r[6], 'hex');
+    return { kind: 'file', size: Number(r[1]), allocated: Number(r[2]) * 512, id: `${r[3]}:${r[4]}`, head };
   }
 
   /** fsync(2) a folder on the host, making the names linked into it durable. */

@@ -19,6 +19,7 @@
 import { randomBytes } from 'crypto';
 import * as path from 'path';
 import { Qcow2Error } from '../../model/errors';
+import { notRegular } from '../../qcow2/io/blockfile';
 import type { LockMode } from '../../qcow2/io/lock';
 import type { BridgeHandler, BridgeReply } from '../bridge';
 import { OPEN_HEAD_BYTES, REMOTE_FS_METHODS, type LockAnswer, type OpenAnswer, type RemoteFsMethod } from '../remote/protocol';
@@ -33,7 +34,9 @@ export type RemoteOpenMode = 'read' | 'write' | 'create';
 export type RemoteFileStat = HelperStat;
 
 interface Handle {
-  file: SftpFile;
+  handle: number;
+  /** The SFTP handle; a read-only file opened through the helper gets one on its first read past the head. */
+  file?: SftpFile | Promise<SftpFile>;
   path: string;
   writable: boolean;
   locks: Set<number>;
@@ -49,10 +52,10 @@ export function approximateAllocation(size: number): number {
 }
 
 /** The error `e` (about `path`) re-worded to name `name`: never a temporary name in a message. */
-function named(e: unknown, sftp: Sftp, filePath: string, name: string): unknown {
+function named(e: unknown, where: Pick<Sftp, 'where'>, filePath: string, name: string): unknown {
   if (!Qcow2Error.isInstance(e) || filePath === name) return e;
-  const from = sftp.where(filePath);
-  const to = sftp.where(name);
+  const from = where.where(filePath);
+  const to = where.where(name);
   return new Qcow2Error(e.code, e.message.split(from).join(to), { file: to, cause: e, ...(e.property !== undefined ? { property: e.property } : {}) });
 }
 
@@ -163,6 +166,23 @@ export class RemoteFs {
    */
   async open(filePath: string, mode: RemoteOpenMode, name = filePath): Promise<{ answer: OpenAnswer; head?: Buffer }> {
     return this.use(async (c) => {
+      if (mode === 'read') {
+        // One request to the helper: the file's size, identity, allocation and first cluster. The
+        // SFTP handle is opened only if something past the head is read.
+        const where = { where: (p: string) => `${this.label}:${p}` };
+        let viaHelper;
+        try {
+          viaHelper = await this.helped(c, (h) => h.head(filePath, OPEN_HEAD_BYTES));
+        } catch (e) {
+          throw named(e, where, filePath, name);
+        }
+        if (viaHelper !== undefined) {
+          if ('notRegular' in viaHelper) throw notRegular(where.where(name));
+          const handle = this.nextHandle++;
+          this.handles.set(handle, { handle, path: filePath, writable: false, locks: new Set() });
+          return { answer: { handle, size: viaHelper.size, allocated: viaHelper.allocated, id: viaHelper.id }, head: viaHelper.head };
+        }
+      }
       // The helper's stat runs beside the open: the allocated size costs no round trip of its own.
       const allocated = mode === 'read' ? this.helped(c, (h) => h.stat(filePath)).catch(() => undefined) : undefined;
       const sftp = await c.sftp();
@@ -193,7 +213,7 @@ export class RemoteFs {
       // A new file is a temporary one until published: the helper removes it if we vanish first.
       if (mode === 'create') await this.helped(c, (h) => h.own(filePath)).catch(() => undefined);
       const handle = this.nextHandle++;
-      this.handles.set(handle, { file, path: filePath, writable: mode !== 'read', locks: new Set() });
+      this.handles.set(handle, { handle, file, path: filePath, writable: mode !== 'read', locks: new Set() });
       const st = await allocated;
       const answer: OpenAnswer = { handle, size };
       if (mode === 'read') answer.allocated = st !== undefined ? st.allocated : approximateAllocation(size);
@@ -202,10 +222,25 @@ export class RemoteFs {
     });
   }
 
+  /** The SFTP handle of an open file (opened now for a read-only file the helper opened). */
+  private async sftpFile(h: Handle): Promise<SftpFile> {
+    if (h.file === undefined) {
+      const p = this.use(async (c) => (await c.sftp()).open(h.path, 'read', 0o644));
+      h.file = p;
+      p.then((f) => {
+        if (this.handles.get(h.handle) === h) h.file = f;
+        else void f.close().catch(() => undefined); // closed meanwhile
+      }, () => {
+        if (h.file === p) h.file = undefined;
+      });
+    }
+    return h.file;
+  }
+
   /** `length` bytes at `offset`; past the end, zeros. */
   async read(handle: number, offset: number, length: number): Promise<Buffer> {
     const h = this.handle(handle);
-    return this.use(() => h.file.read(offset, length));
+    return this.use(async () => (await this.sftpFile(h)).read(offset, length));
   }
 
   /** Refuse to change a file whose write lock was lost (the helper or the connection ended). */
@@ -221,20 +256,20 @@ export class RemoteFs {
   async write(handle: number, offset: number, data: Uint8Array): Promise<void> {
     const h = this.handle(handle);
     this.checkLocks(h);
-    await this.use(() => h.file.write(offset, data));
+    await this.use(async () => (await this.sftpFile(h)).write(offset, data));
   }
 
   async truncate(handle: number, size: number): Promise<void> {
     const h = this.handle(handle);
     this.checkLocks(h);
-    await this.use(() => h.file.truncate(size));
+    await this.use(async () => (await this.sftpFile(h)).truncate(size));
   }
 
   /** fsync(2) through fsync@openssh.com; UNSUPPORTED when the server lacks it (nothing is promised durable then). */
   async sync(handle: number): Promise<void> {
     const h = this.handle(handle);
     this.checkLocks(h);
-    await this.use(() => h.file.fsync());
+    await this.use(async () => (await this.sftpFile(h)).fsync());
   }
 
   /** Release the file's locks (waited for) and close it (not waited for). */
@@ -245,7 +280,7 @@ export class RemoteFs {
       for (const id of [...h.locks]) await this.unlock(id);
     } finally {
       this.handles.delete(handle);
-      void h.file.close().catch(() => undefined);
+      if (h.file !== undefined) void Promise.resolve(h.file).then((f) => f.close()).catch(() => undefined);
       this.maybeRelease();
     }
   }
@@ -255,7 +290,7 @@ export class RemoteFs {
     const h = this.handle(handle);
     return this.use(async (c) => {
       const st = await this.helped(c, (x) => x.stat(h.path));
-      return st !== undefined ? st.allocated : approximateAllocation((await h.file.stat()).size);
+      return st !== undefined ? st.allocated : approximateAllocation((await (await this.sftpFile(h)).stat()).size);
     });
   }
 
@@ -265,7 +300,7 @@ export class RemoteFs {
     return this.use(async (c) => {
       const e = await this.helped(c, (x) => x.extents(h.path, offset, length, max));
       if (e !== undefined) return e;
-      const size = (await h.file.stat()).size;
+      const size = (await (await this.sftpFile(h)).stat()).size;
       return offset < size ? [{ offset, length: Math.min(length, size - offset), data: true }] : [];
     });
   }
