@@ -14,6 +14,9 @@ import type { SnapshotSelector } from '../qcow2/spec/snapshot';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
 import type { ConnectionArgs } from '../transport/ssh/connection';
+import type { CacheOptions } from '../transport/http/cache';
+import type { HttpOptions } from '../transport/http/client';
+import type { ReferencePolicy } from '../rules/references';
 import type { BitmapAction } from '../model/bitmaps';
 import type { DirtyExtent } from '../qcow2/meta/dirty-bitmap';
 import type { Dependents, ImageChain } from '../model/chain';
@@ -59,15 +62,30 @@ export interface RebaseOptions {
 
 /** Where an imported image's guest data comes from. */
 export interface ImportSource {
-  /** A raw or qcow2 file; a qcow2 file is read through its backing chain. */
+  /**
+   * A raw or qcow2 file (a qcow2 file is read through its backing chain), or an http(s) URL,
+   * downloaded through the cache keyed by `checksum`. Either may be gzip-, xz- or
+   * zstd-compressed raw or qcow2: the format is detected by content.
+   */
   path: string;
-  /** 'raw' or 'qcow2'; probed from the magic when omitted. */
+  /** 'raw' or 'qcow2': taken as it is, nothing detected. Default: detected by content. */
   format?: string;
   /**
    * Where the file is, when not on the host the engine works on: 'local' (this machine: read
    * here and sent to the remote host as it is imported; holes are not sent), or another SSH host.
+   * A URL is always downloaded here.
    */
   host?: 'local' | ConnectionArgs;
+  /** `sha256:<hex>` or `sha512:<hex>` of the source's bytes: required for URLs, verified for files when given. */
+  checksum?: string;
+  /** The most bytes the source may have: downloaded, decompressed, and as virtual size. More is refused before it fills the disk. */
+  maxSize?: bigint;
+  /**
+   * The files a qcow2 source's headers may name (backing files at any depth, data files), as
+   * absolute paths; any other name is refused (provider/rules). 'any' follows every name, as
+   * qemu-img does. Default: 'any' for a local file, none for a URL.
+   */
+  references?: ReferencePolicy;
   /** convert -l: read this internal snapshot instead of the current state. */
   snapshot?: SnapshotSelector;
 }
@@ -75,6 +93,18 @@ export interface ImportSource {
 export interface ImportOptions {
   /** (done, total): bytes of data to copy, as qemu-img convert counts them (known zeros and holes left out). */
   progress?: ProgressFn;
+  /** Bytes of a URL source received, of its size when the server declared it (also for a cache hit, at once). */
+  download?: (received: number, total: number | undefined) => void;
+  /** The download cache (folder, size limit). Default: $PULUMI_QCOW2_CACHE_DIR, $PULUMI_QCOW2_CACHE_MAX_SIZE. */
+  cache?: CacheOptions;
+  /** How URL sources are reached (proxies, CAs, timeouts). */
+  http?: HttpOptions;
+  /**
+   * Make the new image durable (fdatasync) before it appears at its path. Default true. The
+   * command line's convert turns it off with qemu-img's default cache mode (-t unsafe), as
+   * qemu-img skips that flush too: the image still appears only once complete.
+   */
+  durable?: boolean;
   /** convert --bitmaps: copy the source's persistent bitmaps (name, granularity, recording, contents). */
   bitmaps?: boolean;
   /** --skip-broken-bitmaps: leave inconsistent bitmaps out instead of refusing. */

@@ -85,8 +85,19 @@ export interface ImageArgs {
   dataFileRaw?: pulumi.Input<boolean>;
   /** Take over an existing image (verified, unchanged) or wrap an existing raw data file unchanged. */
   adopt?: pulumi.Input<boolean>;
-  /** Import guest data from this raw or qcow2 file at creation. */
+  /**
+   * Import guest data at creation from a raw or qcow2 file, or an http(s) URL (needs
+   * sourceChecksum); gzip/xz/zstd-compressed content is decompressed. Later changes are
+   * recorded only.
+   */
   source?: pulumi.Input<string>;
+  /** `sha256:<hex>` or `sha512:<hex>` of the source: required for a URL, verified for a file. A new one plans nothing unless allowReplace. */
+  sourceChecksum?: pulumi.Input<string>;
+  /** The most bytes the source may have (downloaded, decompressed, virtual size); default size. */
+  sourceMaxSize?: pulumi.Input<number | string>;
+  /** Files a qcow2 source may name as backing or data file; any other name is refused. */
+  sourceReferences?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Format of the source (default: detected by content). */
   sourceFormat?: pulumi.Input<'raw' | 'qcow2'>;
   /** Let a smaller size shrink the image (deletes data beyond the new end). */
   allowShrink?: pulumi.Input<boolean>;
@@ -166,7 +177,7 @@ const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
   'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
   'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'dataFileIdentity', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
-  'backingChain', 'backingDrift', 'identity', 'identityFrom', 'host',
+  'backingChain', 'backingDrift', 'identity', 'identityFrom', 'source', 'sourceChecksum', 'host',
 ];
 
 /** A qcow2 disk image managed declaratively. */
@@ -205,6 +216,10 @@ export class Image extends pulumi.dynamic.Resource {
   declare readonly engine: pulumi.Output<'native' | 'qemu-img'>;
   /** The SSH host the image is on ('' for this machine). */
   declare readonly host: pulumi.Output<string>;
+  /** The source imported at creation ('' when none). */
+  declare readonly source: pulumi.Output<string>;
+  /** Its checksum ('' when none was given). */
+  declare readonly sourceChecksum: pulumi.Output<string>;
   /** This image with its backing chain as one digest: what overlays built on it follow. */
   declare readonly identity: pulumi.Output<string>;
   /** The identity before this provider's last in-place change that kept the guest view ('' when none). */

@@ -25,6 +25,9 @@ import { describeHolder, imageHolders } from '../transport/qmp';
 import { applyLive, liveView, LivePlan, LiveView } from '../engines/live';
 import { findPackageFile, readPackageFile } from './package-files';
 import { UNKNOWN, validateInputs } from './schema';
+import { formatChecksum, parseChecksum } from '../transport/http/checksum';
+import { isHttpUrl, redactUrl } from '../transport/http/url';
+import { importProgress } from './progress';
 import { ImageOutputs, factOutputs, factsOfState } from './state';
 
 export type { ImageOutputs };
@@ -48,7 +51,14 @@ export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile
   /** Bytes, or qemu-img size text ("20G"). */
   size?: number | string;
   adopt?: boolean;
+  /** A file or an http(s) URL. */
   source?: string;
+  /** `sha256:<hex>` / `sha512:<hex>`: required for a URL. */
+  sourceChecksum?: string;
+  /** Bytes, or qemu-img size text; default `size`. */
+  sourceMaxSize?: number | string;
+  /** Files a qcow2 source may name (backing files, data files). */
+  sourceReferences?: string[];
   sourceFormat?: 'raw' | 'qcow2';
   allowShrink?: boolean;
   allowReplace?: boolean;
@@ -88,13 +98,20 @@ const isRemote = (i: { connection?: unknown }) => i.connection !== undefined && 
 /** `file:` names a file on this machine (uploaded to a remote host as it is imported). */
 const LOCAL_SOURCE = /^file:/;
 
-/** Where the source is: a path on the image's host, or (file:) a file on this machine. */
-function sourceOf(i: ImageInputs): ImportSource {
-  const s = i.source!;
-  const format = i.sourceFormat ? { format: i.sourceFormat } : {};
-  if (!LOCAL_SOURCE.test(s)) return { path: absolute(s, isRemote(i)), ...format };
-  const file = s.startsWith('file://') ? fileURLToPath(s) : absolute(s.slice('file:'.length));
-  return { path: file, ...format, ...(isRemote(i) ? { host: 'local' as const } : {}) };
+/**
+ * The source as the state records it: a URL as given; a file as an absolute path on the image's
+ * host, or, for an image on a remote host, `file:` and the absolute path of a file on this machine.
+ */
+function sourceOf(v: string, remote = false): string {
+  if (isHttpUrl(v)) return v;
+  if (!remote) return absolute(v);
+  if (!LOCAL_SOURCE.test(v)) return absolute(v, true);
+  return `file:${v.startsWith('file://') ? fileURLToPath(v) : absolute(v.slice('file:'.length))}`;
+}
+
+/** Where a recorded source is read: on the image's host, or (file:, remote images) on this machine. */
+function sourceLocation(recorded: string, remote: boolean): Pick<ImportSource, 'path' | 'host'> {
+  return remote && LOCAL_SOURCE.test(recorded) ? { path: recorded.slice('file:'.length), host: 'local' } : { path: recorded };
 }
 
 /** The host name an image is on: connection.host, '' for this machine. */
@@ -121,17 +138,17 @@ function referencesOf(file: string, facts: ImageFacts): References {
   return resolvedReferences(file, { ...(facts.dataFile ? { dataFile: facts.dataFile } : {}), ...(facts.backingFile ? { backingFile: facts.backingFile } : {}) });
 }
 
-function sizeOf(v: number | string | undefined): bigint | undefined {
+function sizeOf(v: number | string | undefined, property = 'size'): bigint | undefined {
   if (v === undefined || isUnknown(v)) return undefined;
   if (typeof v !== 'string') {
-    const bad = validateSizeValue(v);
-    if (bad) throw new Qcow2Error('REFUSED', bad.message, { property: 'size' });
+    const bad = validateSizeValue(v, property);
+    if (bad) throw new Qcow2Error('REFUSED', bad.message, { property });
     return BigInt(v);
   }
   try {
     return parseSize(v);
   } catch (e) {
-    throw failure('size', `${JSON.stringify(v)} is not a size: ${(e as Error).message.split('\n')[0]}. Use bytes or a number with k, M, G, T, P or E`);
+    throw failure(property, `${JSON.stringify(v)} is not a size: ${(e as Error).message.split('\n')[0]}. Use bytes or a number with k, M, G, T, P or E`);
   }
 }
 
@@ -142,6 +159,16 @@ function engineOf(name: EngineName | undefined, connection?: ConnectionArgs): En
 /** Whether anything is at `file` on the engine's host. */
 async function exists(engine: Engine, file: string): Promise<boolean> {
   return (await engine.stat(file)) !== undefined;
+}
+
+/** A checksum as the state records it (`sha256:<lower-case hex>`); throws a failure naming sourceChecksum. */
+function checksumOf(v: string): string {
+  return formatChecksum(parseChecksum(v));
+}
+
+/** What the state recorded about the source ('' for none, or for a state from before it was recorded). */
+function recordedSource(o: Partial<ImageOutputs>): { source: string; sourceChecksum: string } {
+  return { source: o.source ?? '', sourceChecksum: o.sourceChecksum ?? '' };
 }
 
 /** Inputs as rules' desired spec; values unknown during preview are left out (not judged). */
@@ -175,6 +202,8 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   set('dataFileRaw', i.dataFileRaw);
   set('allowShrink', i.allowShrink);
   set('allowReplace', i.allowReplace);
+  if (i.source !== undefined && !isUnknown(i.source)) d.source = sourceOf(i.source, remote);
+  if (i.sourceChecksum !== undefined && !isUnknown(i.sourceChecksum)) d.sourceChecksum = checksumOf(i.sourceChecksum);
   if (i.bitmaps !== undefined && !hasUnknown(i.bitmaps)) d.bitmaps = i.bitmaps.map((b) => ({ ...b }));
   set('manageAllBitmaps', i.manageAllBitmaps);
   if (i.qmpSocket !== undefined && !isUnknown(i.qmpSocket)) d.qmpSocket = absolute(i.qmpSocket);
@@ -241,7 +270,7 @@ function remember(file: string, chain: readonly ChainLayer[]): void {
   knownChains.set(file, chain.map((l) => l.path));
 }
 
-function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string; chain: ChainRecord }): ImageOutputs {
+function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string; chain: ChainRecord; source?: { source: string; sourceChecksum: string } }): ImageOutputs {
   return {
     ...extra.chain,
     path: absolute(i.path, isRemote(i)),
@@ -251,6 +280,8 @@ function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: 
     ...(isRemote(i) ? { connection: i.connection! } : {}),
     engine: i.engine ?? 'native',
     ...factOutputs(facts),
+    source: extra.source?.source ?? '',
+    sourceChecksum: extra.source?.sourceChecksum ?? '',
     preallocation: i.preallocation ?? (extra.adopted ? '' : i.dataFileRaw ? 'metadata' : 'off'),
     createdDataFile: extra.createdDataFile,
     dataFileIdentity: extra.dataFileIdentity ?? '',
@@ -296,10 +327,22 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
   const failures = validateInputs(news);
   if (failures.length === 0) {
     const i = news as unknown as ImageInputs;
-    try {
-      sizeOf(i.size);
-    } catch (e) {
-      failures.push({ property: 'size', reason: (e as Error).message });
+    for (const [property, check] of [
+      ['size', () => sizeOf(i.size)],
+      ['sourceMaxSize', () => sizeOf(i.sourceMaxSize, 'sourceMaxSize')],
+      ['sourceChecksum', () => i.sourceChecksum !== undefined && !isUnknown(i.sourceChecksum) && checksumOf(i.sourceChecksum)],
+    ] as const) {
+      try {
+        check();
+      } catch (e) {
+        failures.push({ property, reason: (e as Error).message });
+      }
+    }
+    if (typeof i.source === 'string' && !isUnknown(i.source) && isHttpUrl(i.source) && i.sourceChecksum === undefined) {
+      failures.push({ property: 'sourceChecksum', reason: `sourceChecksum is required for a URL source: give the 'sha256:<hex>' or 'sha512:<hex>' the publisher lists for ${redactUrl(i.source)}` });
+    }
+    for (const k of ['sourceChecksum', 'sourceMaxSize', 'sourceReferences', 'sourceFormat'] as const) {
+      if (i[k] !== undefined && i.source === undefined) failures.push({ property: k, reason: `${k} applies to an imported image only: set source too, or remove ${k}` });
     }
     await checkPlacement(i, failures);
     // Create-time legality of the whole combination, once every value is known.
@@ -348,7 +391,7 @@ async function checkPlacement(i: ImageInputs, failures: Array<{ property: string
   }
   for (const k of ['path', 'dataFile', 'backingFile', 'source'] as const) {
     const v = i[k];
-    if (typeof v !== 'string' || isUnknown(v) || path.posix.isAbsolute(v) || (k === 'source' && LOCAL_SOURCE.test(v))) continue;
+    if (typeof v !== 'string' || isUnknown(v) || path.posix.isAbsolute(v) || (k === 'source' && (LOCAL_SOURCE.test(v) || isHttpUrl(v)))) continue;
     failures.push({
       property: k,
       reason: `${k} '${v}' must be an absolute path on ${host}: with a connection, paths name files there${k === 'source' ? ' (a file on this machine is given as a file: URL, e.g. file:./disk.raw)' : ''}`,
@@ -432,14 +475,15 @@ async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: C
     throw e;
   });
   if (info === undefined) {
-    return { changes: classifyChange(recorded, desired, { imageMissing: true }), desired, current: recorded, engine };
+    return { changes: classifyChange(recorded, desired, { imageMissing: true, recordedSource: recordedSource(olds) }), desired, current: recorded, engine };
   }
   // The QEMU to ask is the one the program names now; during a preview it may not be known yet: then the recorded one.
   const socket = isUnknown(news.qmpSocket) ? olds.qmpSocket : desired.qmpSocket;
   const holder = isRemote(olds) ? undefined : writerOf(olds.path);
   const current = factsOnDisk(await withHolder(info, olds.path, socket, holder), olds);
   const chain = await chainRead;
-  return { changes: classifyChange(current, desired, { ...(await factsFor(engine, current, desired, holder)), recorded, ...(chain ? { chain } : {}) }), desired, current, engine };
+  const facts: WorldFacts = { ...(await factsFor(engine, current, desired, holder)), recorded, recordedSource: recordedSource(olds), ...(chain ? { chain } : {}) };
+  return { changes: classifyChange(current, desired, facts), desired, current, engine };
 }
 
 function throwIfRefused(changes: Change[]): void {
@@ -492,16 +536,28 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   if (await exists(engine, file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
   }
+  let source: { source: string; sourceChecksum: string } | undefined;
   if (inputs.source !== undefined) {
-    // Through the chosen engine: qemu-img convert for engine "qemu-img", the native import otherwise.
-    await engine.import(file, opts, sourceOf(inputs));
+    // Through the chosen engine: qemu-img convert for engine "qemu-img", the native import
+    // otherwise; a URL is downloaded through the cache first, on this machine, and only the
+    // converted image travels to a remote host.
+    const remote = isRemote(inputs);
+    source = { source: sourceOf(inputs.source, remote), sourceChecksum: inputs.sourceChecksum !== undefined ? checksumOf(inputs.sourceChecksum) : '' };
+    const maxSize = sizeOf(inputs.sourceMaxSize, 'sourceMaxSize') ?? sizeOf(inputs.size);
+    await engine.import(file, opts, {
+      ...sourceLocation(source.source, remote),
+      ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}),
+      ...(source.sourceChecksum !== '' ? { checksum: source.sourceChecksum } : {}),
+      ...(maxSize !== undefined ? { maxSize } : {}),
+      references: (inputs.sourceReferences ?? []).map((r) => absolute(r, remote)),
+    }, importProgress(source.source));
   } else {
     await engine.create(file, opts);
   }
   const created = opts.dataFile !== undefined;
   const info = await addDeclaredBitmaps(engine, file, inputs, created);
   const dataFileIdentity = created ? await identityOf(engine, opts.dataFile!) : undefined;
-  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}), chain: await recordChain(engine, file, '') }) };
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}), chain: await recordChain(engine, file, ''), ...(source ? { source } : {}) }) };
 }
 
 /**
@@ -574,10 +630,13 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
     if (bitmaps) await applyBitmapSteps(engine, file, bitmaps.to);
     info = await engine.info(file, { forceShare: true });
   }
+  // The source is recorded anew only where the rules said so (record); otherwise the old record stays.
+  const source = recordedSource(olds);
+  for (const c of result) if (c.operation === 'record' && (c.property === 'source' || c.property === 'sourceChecksum')) source[c.property] = c.to as string;
   const chain = await recordChain(engine, file, before);
   // Nothing changed on disk or in the chain: what was vouched before still stands.
   if (chain.identity === olds.identity && before !== '') chain.identityFrom = olds.identityFrom ?? '';
-  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '', chain }) };
+  return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '', chain, source }) };
 }
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
@@ -599,7 +658,7 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
   if (props?.connection) base.connection = props.connection;
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
-  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info, await chainRead) });
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info, await chainRead), source: recordedSource(props ?? {}) });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
   outs.deleteAdopted = props?.deleteAdopted ?? false;
   // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update

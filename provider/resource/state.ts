@@ -50,6 +50,10 @@ export interface ImageOutputs extends FactOutputs {
   /** The QMP socket of the QEMU holding the image ('' when none is given). */
   qmpSocket: string;
   providerVersion: string;
+  /** The source imported at creation (a URL as given, a file as an absolute path; '' when none). */
+  source: string;
+  /** Its checksum, `sha256:<lower-case hex>` ('' when none was given). */
+  sourceChecksum: string;
   /**
    * The files below this image as this provider last recorded them (its create or update), top
    * down: device, inode, size, header fingerprint, when seen. [] without a backing file. A

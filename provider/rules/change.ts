@@ -186,6 +186,7 @@ function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFac
         : { property: 'host', action: 'refuse', reason: `${what}. Set allowReplace: true to accept that, or keep connection.host`, from: current.host, to: desired.host });
     }
   }
+  out.push(...classifySource(facts.recordedSource, desired));
 
   // Create-only properties (qemu-img: "only supported for image creation"; model/names.ts).
   for (const property of CREATE_ONLY_PROPERTIES) {
@@ -280,6 +281,41 @@ function noteChangesOutsideTheProgram(out: Change[], current: ImageFacts, record
     const named = value !== undefined && value !== '' && c.reason.includes(value);
     c.reason = `${note}. ${c.reason}${named ? '' : `. ${accept}`}`;
   }
+}
+
+/**
+ * `source` and `sourceChecksum` after creation. The image holds what was imported; a new URL for
+ * the same bytes (a mirror moved) is recorded in the state and nothing else. A new checksum
+ * means other guest data: that plans nothing, unless allowReplace lets the image be deleted and
+ * imported anew, so a disk is never re-imaged silently. Nothing recorded (an image created
+ * without a source, or before these were recorded): the new values are recorded. Checksums are
+ * compared as the caller normalized them (`sha256:<lower-case hex>`).
+ */
+export function classifySource(recorded: { source: string; sourceChecksum: string } | undefined, desired: DesiredSpec): Change[] {
+  const out: Change[] = [];
+  const was = recorded ?? { source: '', sourceChecksum: '' };
+  const sum = desired.sourceChecksum;
+  const newSum = sum !== undefined && was.sourceChecksum !== '' && sum !== was.sourceChecksum;
+  if (newSum) {
+    const what = `the image was imported from data with checksum ${was.sourceChecksum}; ${sum} is other data, and importing it means deleting the image and its data`;
+    out.push(desired.allowReplace
+      ? { property: 'sourceChecksum', action: 'replace', reason: `${what}; allowReplace is set, so the image is imported anew`, from: was.sourceChecksum, to: sum }
+      : { property: 'sourceChecksum', action: 'none', reason: `${what}, so nothing is planned and the image keeps its data. Set allowReplace: true to re-import it`, from: was.sourceChecksum, to: sum });
+  } else if (sum !== undefined) {
+    out.push(sum === was.sourceChecksum
+      ? { property: 'sourceChecksum', action: 'none', reason: 'unchanged', from: was.sourceChecksum, to: sum }
+      : { property: 'sourceChecksum', action: 'amend', operation: 'record', reason: 'recorded in the state; nothing on disk changes', from: was.sourceChecksum, to: sum });
+  }
+  if (desired.source !== undefined) {
+    if (desired.source === was.source) {
+      out.push({ property: 'source', action: 'none', reason: 'unchanged', from: was.source, to: desired.source });
+    } else if (newSum) {
+      out.push({ property: 'source', action: desired.allowReplace ? 'replace' : 'none', reason: 'changes with sourceChecksum', from: was.source, to: desired.source });
+    } else {
+      out.push({ property: 'source', action: 'amend', operation: 'record', reason: 'the source is read only when the image is created; the new one is recorded in the state and nothing on disk changes', from: was.source, to: desired.source });
+    }
+  }
+  return out;
 }
 
 function mergeRefusal(out: Change[], property: keyof DesiredSpec, reason: string): void {

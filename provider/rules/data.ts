@@ -33,6 +33,8 @@ export interface ImportRequest {
   sameFile: boolean;
   /** qemu-img convert -c. */
   compress?: boolean;
+  /** The largest virtual size the user allows for the source (`sourceMaxSize`). */
+  maxSize?: bigint;
 }
 
 export function validateImport(req: ImportRequest): Refusal | undefined {
@@ -47,6 +49,13 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
   }
   if (req.compress) {
     return { property: 'compress', message: 'Compressed output (-c) is not supported by the native engine; use qemu-img convert -c' };
+  }
+  if (req.maxSize !== undefined && req.sourceSize > req.maxSize) {
+    return {
+      property: 'sourceMaxSize',
+      message: `The source's virtual size is ${req.sourceSize} bytes, over the ${req.maxSize} bytes allowed (sourceMaxSize, ` +
+        'by default the image\'s size); nothing was created. Raise sourceMaxSize if the image is expected to be this large',
+    };
   }
   const o = req.options;
   if (o.backingFile !== undefined || o.backingFormat !== undefined) {

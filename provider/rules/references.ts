@@ -1,8 +1,9 @@
 // Names stored inside an image are untrusted. The provider acts only on the files it recorded,
 // or that the program declares: a header naming another data file or backing file is drift (a
 // hand-run `amend -o data_file=...`, or a hostile image), refused before anything is written,
-// and an adopted image's references must be declared. Pure: the resource layer reads the
-// header and knows what was recorded.
+// and an adopted image's references must be declared; an imported source may make only the
+// references the program lists (sourceReferences). Pure: the resource layer reads the header
+// and knows what was recorded; the engines call validateSourceReference as they open a source.
 
 import { resolveBackingName } from '../model/backing-name';
 import type { Refusal } from './types';
@@ -65,4 +66,47 @@ export function validateDeclaredReferences(image: string, found: References, dec
     };
   }
   return undefined;
+}
+
+/** A file a source's qcow2 header names: its backing file or its external data file. */
+export interface SourceReference {
+  kind: 'backing file' | 'data file';
+  /** The name as the header stores it. */
+  name: string;
+  /** The local file it names, resolved as QEMU resolves it; absent when it names no local file (a relative name inside a downloaded image). */
+  resolved?: string;
+  /** The image whose header holds the name. */
+  from: string;
+}
+
+/**
+ * Which references a source may make. 'any': follow them as qemu-img does (the command line's
+ * convert of a local file). A list: only those local files (the resource's `sourceReferences`);
+ * an empty list refuses every reference.
+ */
+export type ReferencePolicy = 'any' | readonly string[];
+
+/**
+ * An imported image must not make this program read files its author did not name: a qcow2
+ * header naming another file as backing or data file would copy that file into the new image
+ * (CVE-2024-44082). `source` is the source as the user named it (a path or a redacted URL).
+ */
+export function validateSourceReference(ref: SourceReference, policy: ReferencePolicy, source: string): Refusal | undefined {
+  if (policy === 'any' && ref.resolved !== undefined) return undefined;
+  if (policy !== 'any' && ref.resolved !== undefined && policy.includes(ref.resolved)) return undefined;
+  const where = ref.from === source ? `The source ${source}` : `${ref.from} (in the backing chain of the source ${source})`;
+  const names = `${where} names '${ref.name}' as its ${ref.kind}`;
+  if (ref.resolved === undefined) {
+    return {
+      property: 'sourceReferences',
+      message: `${names}, a relative name inside a downloaded image, which names no file here. Flatten the image where it was made ` +
+        '(qemu-img convert -O qcow2 without -B) and publish the result',
+    };
+  }
+  return {
+    property: 'sourceReferences',
+    message: `${names} (${ref.resolved}). An imported image is untrusted: a name in its header must not make this program read ` +
+      `other files into the new image (CVE-2024-44082). If you trust the source and that file, add '${ref.resolved}' to ` +
+      'sourceReferences; otherwise flatten the source first (qemu-img convert -O qcow2)',
+  };
 }

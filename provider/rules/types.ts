@@ -49,6 +49,10 @@ export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
   allowShrink?: boolean;
   /** Properties that can only change by replacing the image may do so (the old image is deleted). */
   allowReplace?: boolean;
+  /** Where the image's guest data was imported from (a path or URL): only recorded after creation. */
+  source?: string;
+  /** The checksum of that source (`sha256:<hex>`): a new one means other guest data. */
+  sourceChecksum?: string;
   /**
    * The backing file is given as an Image: its identity (or 'unknown' while a preview plans a
    * change of it). Only a change vouched for by that Image is taken over without asking.
@@ -74,6 +78,8 @@ export interface WorldFacts {
   recorded?: ImageFacts;
   /** The image file is not there any more (removed outside the program since it was recorded). */
   imageMissing?: boolean;
+  /** The source and checksum the state recorded at creation ('' when none, or a state from before they were recorded). */
+  recordedSource?: { source: string; sourceChecksum: string };
   /** The backing chain as recorded in the state and as on disk now (images with a backing file). */
   chain?: { recorded: ChainLayer[]; current: ChainView };
 }
@@ -81,7 +87,7 @@ export interface WorldFacts {
 /** `live`: carried out through QMP by the QEMU process that holds the image. */
 export type Action = 'none' | 'amend' | 'live' | 'replace' | 'refuse';
 
-/** How an in-place change is carried out: by an engine (amend, resize, rebase, bitmap), or live through QMP (resize, bitmap); 'record': nothing on disk, the state records the chain anew. */
+/** How an in-place change is carried out: by an engine (amend, resize, rebase, bitmap), or live through QMP (resize, bitmap); 'record': nothing on disk, the state records the new value (the chain anew, a source's new URL or checksum). */
 export type Operation = 'amend' | 'resize' | 'rebase' | 'bitmap' | 'record';
 
 /** One bitmap's actions, in order (`to` of the `bitmaps` change). */

@@ -1,30 +1,41 @@
-// `qcow2 convert [-p] [-q] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2
-// image (read through its backing chain) into a new image, sparse-aware; never overwrites.
+// `qcow2 convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
+// -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
+// or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
+// image, sparse-aware; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A
+// local source's backing and data file names are followed as qemu-img follows them; a
+// downloaded image may name none.
 
 import { imageName, requireCreatable } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
 import { engineFor, importSource } from '../engine';
+import type { ImageName } from '../names';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
-import type { ImportSource, SnapshotSelector } from '../../engines/engine';
+import type { ImportOptions, ImportSource, SnapshotSelector } from '../../engines/engine';
 import type { OptionPair } from '../optlist';
 import { out } from '../io';
 import { qemuProgress } from '../render/progress';
+import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-p] [-q] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC DST';
-export const description = 'import a raw or qcow2 image (read through its backing chain) into a new qcow2 image; never overwrites';
+export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string }
+
+/** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
+const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 const spec: CommandSpec = {
   name: 'convert', usage, description, args: ['[src]', '[dst]'],
   options: [
-    ['-f <fmt>', 'source format: raw or qcow2 (probed when omitted)'],
+    ['-f <fmt>', 'source format: raw or qcow2 (detected by content when omitted)'],
     ['-O <fmt>', 'output format (qcow2)'],
     ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
-    ['-p', 'show a progress bar'],
+    ['-p', 'show progress, as qemu-img does: (x/100%) on standard output'],
     ['-q', 'quiet'],
+    ['-t <cache>', 'cache mode of the new image: unsafe (default, as qemu-img: no flush before it appears), writeback, none, directsync, writethrough (flushed)'],
+    ['--checksum <alg:hex>', 'sha256:<hex> or sha512:<hex> of the source: required for a URL, verified for a file'],
     ['-c', 'compress the output (not supported: refused)'],
     ['--bitmaps', "copy the source's persistent dirty bitmaps"],
     ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
@@ -56,27 +67,48 @@ export async function run(argv: string[]): Promise<void> {
   if (src === undefined || dst === undefined) fail('Expecting image file name');
   if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
   if (o.c) fail('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
-  // Loaded only for -p: the bar library is not needed otherwise.
-  const from = imageName(src);
+  if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
+  const url = /^https?:\/\//i.test(src);
+  // A URL is fetched by the engine; a file name is read as qemu-img reads it (file:, json:, --image-opts).
+  const from: ImageName = url ? { path: src, display: src } : imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst);
   if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
+  const opts: ImportOptions = {
+    durable: (o.t ?? 'unsafe') !== 'unsafe',
+    ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+  };
   // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
   const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;
+  if (bar) {
+    // A download (not a cache hit) is the first half of the figure, the conversion the second.
+    let downloadShare = 0;
+    if (url) {
+      opts.download = (received, total) => {
+        if (total === undefined || total === 0) return;
+        if (downloadShare === 0 && received < total) downloadShare = 50;
+        bar.update((received / total) * downloadShare, `downloaded ${mib(received)} of ${mib(total)} MiB`);
+      };
+    }
+    opts.progress = (done, total) => bar.update(downloadShare + (total === 0 ? 1 : done / total) * (100 - downloadShare), `${mib(done)}/${mib(total)} MiB`);
+  }
   try {
-    const source: ImportSource = { ...importSource(from, target, format), ...(snapshot ? { snapshot } : {}) };
-    await engineFor(target, from).import(target.path, options, source, {
-      ...(bar ? { progress: bar.update } : {}),
-      ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
-    });
+    const source: ImportSource = {
+      ...importSource(from, target, format),
+      ...(o.checksum !== undefined ? { checksum: o.checksum } : {}),
+      ...(snapshot ? { snapshot } : {}),
+    };
+    await engineFor(target, from).import(target.path, options, source, opts);
   } catch (e) {
     bar?.stop();
     // qemu-img opens the source, then loads the snapshot: its failure is not an open error.
-    report((/^Failed to load snapshot: /.test(messageOf(e)) ? '' : openPrefix(e, src)) + messageOf(e));
+    report((/^Failed to load snapshot: /.test(messageOf(e)) ? '' : openPrefix(e, url ? redactUrl(src) : src)) + messageOf(e));
     throw new Exit(1);
   }
   bar?.stop();
 }
+
+const mib = (n: number) => Math.round(n / 1048576);
 
 /** -l as qemu-img's img_convert reads it: `snapshot.id=...,snapshot.name=...` (QemuOpts), else an id or name. */
 function snapshotSelector(text: string): SnapshotSelector {
@@ -99,23 +131,22 @@ function snapshotSelector(text: string): SnapshotSelector {
   return sel;
 }
 
-function qemuLines(): { update(done: number, total: number): void; stop(): void } {
+/** -p's figure: a percentage, with what it counts (shown on a terminal). */
+interface Meter { update(percent: number, detail: string): void; stop(): void }
+
+function qemuLines(): Meter {
   const p = qemuProgress();
-  return {
-    update: (done, total) => p.update(total ? (done * 100) / total : 100),
-    stop: () => p.end(),
-  };
+  return { update: (percent) => p.update(percent), stop: () => p.end() };
 }
 
-function progressBar(): { update(done: number, total: number): void; stop(): void } {
+function progressBar(): Meter {
   const cliProgress = require('cli-progress') as typeof import('cli-progress');
-  const bar = new cliProgress.SingleBar({ format: '    [{bar}] {percentage}% | {value}/{total} MiB', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic);
-  const mib = (n: number) => Math.round(n / 1048576);
+  const bar = new cliProgress.SingleBar({ format: '    [{bar}] {percentage}% | {detail}', hideCursor: true, clearOnComplete: false }, cliProgress.Presets.shades_classic);
   let started = false;
   return {
-    update: (done, total) => {
-      if (!started) { bar.start(mib(total), 0); started = true; }
-      bar.update(mib(done));
+    update: (percent, detail) => {
+      if (!started) { bar.start(100, 0, { detail }); started = true; }
+      bar.update(Math.round(percent * 100) / 100, { detail });
     },
     stop: () => { if (started) bar.stop(); },
   };

@@ -22,6 +22,7 @@ export const localOnly: HostResolver = (target) => {
   throw new Qcow2Error('UNSUPPORTED', `Unknown target kind '${String((target as { kind: unknown }).kind)}': this engine works on local files and on SSH hosts`);
 };
 
+/** Runs `call`; the result, or a promise of it for the operations that overlap their I/O (a local import). */
 export function runOp(target: TargetDescriptor, call: OpCall, progress?: ProgressFn, hostOf: HostResolver = localOnly): unknown {
   const host = hostOf(target);
   switch (call.op) {
@@ -34,9 +35,17 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'resolveCreate':
       return ops().resolveCreateOptions(call.path, call.options, call.behaviour, host);
     case 'import':
+      if (host === localFs && (call.sourceTarget === undefined || call.sourceTarget.kind === 'local')) {
+        // Asynchronous: reads, decoding (on libuv's thread pool) and writes overlap.
+        return ops().importImageAsync(call.path, call.options, call.source, {
+          durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
+        }).then(() => undefined);
+      }
+      // A remote host on either side: synchronous, its files through the bridge.
       ops().importImage(call.path, call.options, call.source, {
         host,
         ...(call.sourceTarget !== undefined ? { sourceHost: hostOf(call.sourceTarget) } : {}),
+        durable: call.durable,
         ...(progress ? { progress } : {}),
         ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
       });

@@ -17,6 +17,7 @@ import type { CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { ConnectionArgs } from '../../transport/ssh/connection';
 import type { OpCall, TargetDescriptor } from './protocol';
 import { Qcow2Error } from '../../model/errors';
+import type { LocalImportSource } from './ops';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
 export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
@@ -87,17 +88,46 @@ export class NativeEngine implements Engine {
     return this.run({ op: 'resolveCreate', path, options, behaviour });
   }
 
+  /** A URL is downloaded (through the cache) and a compressed source decompressed here, on the caller's thread; the conversion runs on the executor. */
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
     const { host, ...file } = source;
-    const call: OpCall = { op: 'import', path, options, source: file };
-    if (host === 'local') call.sourceTarget = { kind: 'local' };
-    else if (host !== undefined) {
-      if (this.remote === undefined) throw new Qcow2Error('UNSUPPORTED', 'This engine works on local files only: a source on a remote host needs the engine of getEngine()', { property: 'source' });
-      call.sourceTarget = await this.remote.target(host);
+    const target = await this.target;
+    const url = /^https?:\/\//i.test(source.path);
+    if ((host === undefined && target.kind !== 'local' && !url) || (host !== undefined && host !== 'local')) {
+      // A file on the image's remote host, or on another host: read there as it is.
+      if (file.checksum !== undefined) {
+        throw new Qcow2Error('UNSUPPORTED', `sourceChecksum is verified for URLs and files on this machine; '${source.path}' is read on its host as it is. ` +
+          'Give it as a file of this machine (file:) or a URL, or remove sourceChecksum', { property: 'sourceChecksum', file: source.path });
+      }
+      const src: LocalImportSource = { path: file.path };
+      if (file.format !== undefined) src.format = file.format;
+      if (file.references !== undefined) src.references = file.references;
+      if (file.maxSize !== undefined) src.maxSize = file.maxSize;
+      if (file.snapshot !== undefined) src.snapshot = file.snapshot;
+      const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
+      if (host !== undefined) {
+        if (this.remote === undefined) throw new Qcow2Error('UNSUPPORTED', 'This engine works on local files only: a source on a remote host needs the engine of getEngine()', { property: 'source' });
+        call.sourceTarget = await this.remote.target(host);
+      }
+      if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      await this.run(call, opts.progress);
+      return;
     }
-    if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
-    // A local source read into a remote image still runs in a worker (the remote side needs the bridge).
-    await this.run(call, opts.progress);
+    // A URL or a file of this machine: made a local raw or qcow2 file here (downloaded, verified,
+    // decompressed), then converted here and written to the image's host as it is converted.
+    const { prepareSource } = await import('../source');
+    const local = await prepareSource(file, opts);
+    try {
+      const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
+      if (source.maxSize !== undefined) src.maxSize = source.maxSize;
+      if (source.snapshot !== undefined) src.snapshot = source.snapshot;
+      const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
+      if (target.kind !== 'local') call.sourceTarget = { kind: 'local' };
+      if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      await this.run(call, opts.progress);
+    } finally {
+      await local.release();
+    }
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {

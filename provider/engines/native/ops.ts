@@ -3,7 +3,7 @@
 
 import { Qcow2Error } from '../../model/errors';
 import type { ImageFacts } from '../../model/facts';
-import { planCreate, probeBacking, writeNewImage, writeNewRawImage } from '../../qcow2/ops/create';
+import { CreatePlan, planCreate, probeBacking, writeNewImage, writeNewRawImage } from '../../qcow2/ops/create';
 import { factsOfImage } from '../../qcow2/ops/info';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
@@ -203,15 +203,17 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
 export type { CreateBehaviour };
-import { writeImportedImage } from '../../qcow2/ops/convert';
+import { WriteImportOptions, writeImportedImage, writeImportedImageAsync } from '../../qcow2/ops/convert';
 import { Qcow2Image } from '../../qcow2/guest/qcow2';
 import type { GuestSource, OpenOptions, ProgressFn } from '../../qcow2/guest/source';
+import * as path from 'path';
 import { openSource, probeFileFormat as probeFormat } from '../../qcow2/guest/sources/open';
 import { validateChain } from '../../qcow2/guest/sources/preflight';
-import { resolveBackingName } from '../../qcow2/spec/backing';
+import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { MapEntry, mapSource } from '../../qcow2/ops/map';
 import { rebaseSafe } from '../../qcow2/ops/rebase';
 import { validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
+import { validateSourceReference } from '../../rules/references';
 
 /** Open an image to write guest data (QEMU's write locks on image and data file; rules first). */
 export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writable' | 'beforeWrite'> = {}): Qcow2Image {
@@ -232,22 +234,72 @@ export interface ImportBehaviour {
   host?: HostFs;
   /** The host the source is on (default: the image's). */
   sourceHost?: HostFs;
+  /** Make the image durable before it appears at its path (default true; see ImportOptions.durable). */
+  durable?: boolean;
   /** convert --bitmaps: copy the source's persistent bitmaps (inconsistent ones refused unless skipped). */
   bitmaps?: { skipBroken: boolean };
 }
 
+/** An import source that is a local file (engines/source.ts made it one), as the worker gets it. */
+export interface LocalImportSource extends ImportSource {
+  /** The source as messages name it (the path, or a redacted URL). Default: the path. */
+  label?: string;
+  /** The file is a download: relative names in its headers name nothing here. */
+  downloaded?: boolean;
+}
+
+/**
+ * The hook that applies the rules' reference policy while a source's chain is opened: every
+ * backing or data file a header names is judged before it is opened.
+ */
+export function referenceGuard(source: LocalImportSource): OpenOptions['onReference'] {
+  const policy = source.references ?? (source.downloaded ? [] : 'any');
+  const label = source.label ?? source.path;
+  return (kind, name, resolved, from) => {
+    const local = resolved === undefined || hasProtocolPrefix(name) || (source.downloaded && !name.startsWith('/')) ? undefined : path.resolve(resolved);
+    const r = validateSourceReference({ kind, name, ...(local !== undefined ? { resolved: local } : {}), from: from === source.path ? label : from }, policy, label);
+    throwIfRefused(r, label);
+  };
+}
+
 /**
  * Create `dst` holding the guest view of `source` (qemu-img convert -O qcow2 -o ...). The source
- * is opened and validated (header, backing chain, every mapping inside its file) before anything
- * is created; `dst` and a data file are never overwritten, and a failure leaves nothing behind.
+ * is opened and validated (header, backing chain and data file names against the reference
+ * policy, every mapping inside its file) before anything is created; `dst` and a data file are
+ * never overwritten, and a failure leaves nothing behind.
  */
-export function importImage(dst: string, options: CreateOptions, source: Omit<ImportSource, 'host'>, behaviour: ImportBehaviour = {}): void {
+export function importImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
+  const { src, plan, bitmaps } = openImport(dst, options, source, behaviour);
+  try {
+    writeImportedImage(dst, plan, src, writeOptions(behaviour, bitmaps));
+  } finally {
+    src.close();
+  }
+}
+
+/** importImage with reads, decoding and writes overlapped (what the Engine runs on local files). */
+export async function importImageAsync(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): Promise<void> {
+  const { src, plan, bitmaps } = openImport(dst, options, source, behaviour);
+  try {
+    await writeImportedImageAsync(dst, plan, src, writeOptions(behaviour, bitmaps));
+  } finally {
+    src.close();
+  }
+}
+
+function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined): WriteImportOptions {
+  return { host: behaviour.host ?? localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}) };
+}
+
+/** Open and validate an import's source (and, for --bitmaps, its bitmaps) and plan its image; nothing is created yet. */
+function openImport(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour): { src: GuestSource; plan: CreatePlan; bitmaps?: DirtyBitmap[] } {
   const host = behaviour.host ?? localFs;
   const sourceHost = behaviour.sourceHost ?? host;
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
   const format = source.format ?? probeFormat(source.path, sourceHost);
-  const src: GuestSource = openSource(source.path, format, { host: sourceHost, ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+  const onReference = referenceGuard(source);
+  const src: GuestSource = openSource(source.path, format, { host: sourceHost, ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
   try {
     validateChain(src);
     // Files on two hosts are never the same file.
@@ -257,6 +309,7 @@ export function importImage(dst: string, options: CreateOptions, source: Omit<Im
       options,
       sourceSize: BigInt(src.size),
       sameFile: same(dst) || (options.dataFile !== undefined && same(options.dataFile)),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
     });
     throwIfRefused(r, dst);
     const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }, {}, host));
@@ -265,12 +318,13 @@ export function importImage(dst: string, options: CreateOptions, source: Omit<Im
       const list = src instanceof Qcow2Image ? readImageBitmaps(src.image) : [];
       throwIfRefused(validateCopyBitmaps({
         sourceFormat: format, bitmaps: statesOf(list), targetCompat: plan.options.compat ?? '1.1', skipBroken: behaviour.bitmaps.skipBroken,
-      }), source.path);
+      }), source.label ?? source.path);
       bitmaps = list.filter((b) => !b.inconsistent);
     }
-    writeImportedImage(dst, plan, src, behaviour.progress, host, bitmaps);
-  } finally {
+    return { src, plan, ...(bitmaps ? { bitmaps } : {}) };
+  } catch (e) {
     src.close();
+    throw e;
   }
 }
 

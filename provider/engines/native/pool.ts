@@ -11,13 +11,11 @@
 // - Idle workers are unref'd: they never keep a process alive.
 // - A worker that dies fails its task with an IO error and is replaced on the next demand.
 
-import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
 import type { Worker } from 'worker_threads';
 import { Qcow2Error } from '../../model/errors';
 import type { ProgressFn } from '../../qcow2/guest/source';
 import { errorFromData } from '../../model/errors';
+import { cores, startWorker } from '../../qcow2/io/threads';
 import type { OpCall, OpReply, OpRequest, TargetDescriptor } from './protocol';
 import { BridgeHandler, BridgeHost, createBridge } from '../../transport/bridge';
 import { REMOTE_FS_METHODS } from '../../transport/remote/protocol';
@@ -51,8 +49,7 @@ function remoteHandlers(): Record<string, BridgeHandler> {
 export function defaultPoolSize(): number {
   const env = Number(process.env.QCOW2_WORKERS);
   if (Number.isInteger(env) && env >= 1) return env;
-  const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
-  return Math.min(4, Math.max(2, cpus));
+  return Math.min(4, Math.max(2, cores()));
 }
 
 /** Concurrent operations on remote hosts: QCOW2_REMOTE_WORKERS, else 10. */
@@ -65,20 +62,6 @@ export function defaultRemoteLane(): number {
 function remote(t: Task): boolean {
   const { target, call } = t.request;
   return target.kind !== 'local' || (call.op === 'import' && call.sourceTarget !== undefined && call.sourceTarget.kind !== 'local');
-}
-
-/** How a worker is started: the compiled worker.js, or (running from TypeScript sources) worker.ts through ts-node. */
-function workerEntry(): { file: string; eval: boolean } {
-  const js = path.join(__dirname, 'worker.js');
-  if (fs.existsSync(js)) return { file: js, eval: false };
-  const ts = path.join(__dirname, 'worker.ts');
-  // The repository's tsconfig, whatever the working directory is.
-  const project = path.resolve(__dirname, '../../../tsconfig.json');
-  const tsNode = require.resolve('ts-node');
-  return {
-    file: `require(${JSON.stringify(tsNode)}).register({ transpileOnly: true, project: ${JSON.stringify(project)} }); require(${JSON.stringify(ts)});`,
-    eval: true,
-  };
 }
 
 export class WorkerPool {
@@ -141,12 +124,9 @@ export class WorkerPool {
   }
 
   private spawn(): Slot {
-    const entry = workerEntry();
-    // Loaded here, not at the top: a program that runs the engine inline never starts a thread.
-    const { Worker: WorkerClass } = require('worker_threads') as typeof import('worker_threads');
     const bridge = createBridge(remoteHandlers(), { initialBytes: 64 * 1024 });
     bridge.host.unref();
-    const worker = new WorkerClass(entry.file, { eval: entry.eval, workerData: { bridge: bridge.endpoint }, transferList: bridge.transferList });
+    const worker = startWorker(__dirname, 'worker', { workerData: { bridge: bridge.endpoint }, transferList: bridge.transferList });
     const slot: Slot = { worker, bridge: bridge.host };
     worker.on('message', (m: OpReply) => this.onReply(slot, m));
     const fail = (why: string) => {

@@ -13,7 +13,8 @@ import type { ErrorData } from '../../model/errors';
 import type { AmendRequest, CommitRequest, SnapshotRequest } from '../../rules/types';
 import type { CreateBehaviour } from '../../rules/create';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
-import type { BitmapAction, BitmapOptions, ImageRef, ImportSource, ReadOptions, RemoveOptions, RepairMode, ResizeOptions } from '../engine';
+import type { BitmapAction, BitmapOptions, ImageRef, ReadOptions, RemoveOptions, RepairMode, ResizeOptions } from '../engine';
+import type { LocalImportSource } from './ops';
 
 /** Where an operation's files are. */
 export type TargetDescriptor =
@@ -28,7 +29,7 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: Omit<ImportSource, 'host'>; sourceTarget?: TargetDescriptor; bitmaps?: { skipBroken: boolean } }
+  | { op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; sourceTarget?: TargetDescriptor; durable: boolean; bitmaps?: { skipBroken: boolean } }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }

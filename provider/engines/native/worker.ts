@@ -82,11 +82,22 @@ port.on('message', (req: OpRequest) => {
     }
     : undefined;
   const niced = BULK.has(req.call.op) && lower();
+  // A thread that cannot get its priority back retires; the pool starts a fresh one when needed.
+  const finish = () => {
+    if (niced && !restore()) process.exit(0);
+  };
   try {
-    post({ id: req.id, kind: 'result', value: runOp(req.target, req.call, progress, hostOf) });
+    const value = runOp(req.target, req.call, progress, hostOf);
+    if (value instanceof Promise) {
+      value.then(
+        (v) => post({ id: req.id, kind: 'result', value: v }),
+        (e) => post({ id: req.id, kind: 'error', error: errorToData(e) }),
+      ).finally(finish);
+      return;
+    }
+    post({ id: req.id, kind: 'result', value });
   } catch (e) {
     post({ id: req.id, kind: 'error', error: errorToData(e) });
   }
-  // A thread that cannot get its priority back retires; the pool starts a fresh one when needed.
-  if (niced && !restore()) process.exit(0);
+  finish();
 });

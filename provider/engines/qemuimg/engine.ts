@@ -70,6 +70,8 @@ import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
+import { ReferencePolicy, validateSourceReference } from '../../rules/references';
+import { prepareSource } from '../source';
 import type { AmendRequest, CommitFacts, CommitRequest, ConsistencyFacts, SnapshotRequest } from '../../rules/types';
 import type {
   BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Dependents, Engine, FileStat, ImageChain, ImageRef,
@@ -101,6 +103,9 @@ export interface QemuImgEngineOptions {
 }
 
 type Kind = 'read' | 'write';
+
+/** An import's source as the reference policy judges the names in its chain. */
+interface ChainSource { path: string; label: string; references: ReferencePolicy; downloaded: boolean }
 
 
 
@@ -345,19 +350,35 @@ export class QemuImgEngine implements Engine {
       throw new Qcow2Error('UNSUPPORTED', 'The qemu-img engine imports from a file on the image\'s host or on this machine; ' +
         'to import from a third host, use the native engine', { property: 'source' });
     }
-    // A file on this machine for an image on a remote host: copied there first (holes are not sent).
-    const local = source.host === 'local' && host.label !== '' ? await host.localFile(source.path, imagePath) : undefined;
+    const { host: where, ...file } = source;
+    const url = /^https?:\/\//i.test(file.path);
+    // A file on the image's remote host is read there as it is; a URL, or a file of this machine,
+    // is made a plain local file here first (downloaded through the cache, verified,
+    // decompressed: qemu-img's curl driver is never used), then copied to a remote host.
+    const onHost = host.label !== '' && where === undefined && !url;
+    if (onHost && file.checksum !== undefined) {
+      throw new Qcow2Error('UNSUPPORTED', `sourceChecksum is verified for URLs and files on this machine; '${file.path}' is read on ${host.label} as it is. ` +
+        'Give it as a file of this machine (file:) or a URL, or remove sourceChecksum', { property: 'sourceChecksum', file: file.path });
+    }
+    const prepared = onHost ? undefined : await prepareSource(file, opts);
+    let copy: { path: string; dispose(): Promise<void> } | undefined;
     try {
-      const at = local?.path ?? source.path;
+      // A file of this machine for an image on a remote host: copied there (holes are not sent).
+      if (prepared !== undefined && host.label !== '') copy = await host.localFile(prepared.path, imagePath);
+      const at = copy?.path ?? prepared?.path ?? file.path;
+      const label = prepared?.label ?? file.path;
       await this.mustExist(at);
-      const format = source.format ?? ((await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
-      const src = await this.guestChain(at, format);
-      const same = async (a: string) => local === undefined && (await host.sameFile(a, source.path));
+      const format = prepared?.format ?? file.format ?? ((await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
+      const src = await this.guestChain(at, format, {
+        path: host.resolve(at), label, references: prepared?.references ?? file.references ?? 'any', downloaded: prepared?.downloaded ?? false,
+      });
+      const same = async (a: string) => copy === undefined && (await host.sameFile(a, at));
       const r = validateImport({
         sourceFormat: format,
         options,
         sourceSize: src.size,
         sameFile: (await same(imagePath)) || (options.dataFile !== undefined && (await same(options.dataFile))),
+        ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
       });
       throwIfRefused(r, imagePath);
       const o = await this.resolved(imagePath, { ...options, size: src.size });
@@ -365,27 +386,35 @@ export class QemuImgEngine implements Engine {
         const top = format === 'qcow2' ? await this.readInfo(at, false) : undefined;
         throwIfRefused(validateCopyBitmaps({
           sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
-        }), source.path);
+        }), label);
       }
       await host.assertNewImageFiles(imagePath, o);
       await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
         const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
         const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
-        await this.run('write', args, { arg: src.spec, file: source.path }, tmp);
-      });
+        await this.run('write', args, { arg: src.spec, file: label }, tmp);
+      }, opts.durable ?? true);
       opts.progress?.(Number(src.size), Number(src.size));
     } finally {
-      await local?.dispose();
+      await copy?.dispose();
+      await prepared?.release();
     }
   }
 
   /**
    * A guest view for qemu-img to read: the image and every backing layer as explicit file nodes
    * (names read with qemu-img info -U from each header, resolved as QEMU resolves them), so no
-   * name inside an image can make qemu-img open anything but a plain file.
+   * name inside an image can make qemu-img open anything but a plain file, and each name is
+   * judged by the source's reference policy (provider/rules) before it is followed.
    */
-  private async guestChain(file: string, format: string): Promise<{ spec: string; size: bigint; layers: ChainLayer[] }> {
+  private async guestChain(file: string, format: string, source?: ChainSource): Promise<{ spec: string; size: bigint; layers: ChainLayer[] }> {
     const layers: Array<{ path: string; format: 'raw' | 'qcow2'; dataFile?: string }> = [];
+    const judge = (kind: 'backing file' | 'data file', name: string, resolved: string | undefined, from: string) => {
+      if (source === undefined) return;
+      const local = resolved === undefined || hasProtocolPrefix(name) || (source.downloaded && !name.startsWith('/')) ? undefined : path.resolve(resolved);
+      const r = validateSourceReference({ kind, name, ...(local !== undefined ? { resolved: local } : {}), from: from === source.path ? source.label : from }, source.references, source.label);
+      throwIfRefused(r, source.label);
+    };
     let size = 0n;
     const host = await this.hostP;
     let at: string | undefined = host.resolve(file);
@@ -407,17 +436,20 @@ export class QemuImgEngine implements Engine {
       const layer: { path: string; format: 'qcow2'; dataFile?: string } = { path: at, format: 'qcow2' };
       if (facts.hasDataFile) {
         if (facts.dataFile === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: at });
+        judge('data file', facts.dataFile, host.resolve(facts.dataFile), at);
         layer.dataFile = host.resolve(facts.dataFile);
       }
       layers.push(layer);
+      const from = at;
       at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.posix.resolve(path.posix.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
+      if (at !== undefined) judge('backing file', facts.backingFile!, at, from);
       fmt = facts.backingFormat ?? (at !== undefined && (await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
     }
     return { spec: chainSpec(layers), size, layers };
   }
 
   /** Build a new image (and a new data file) in a private temp folder, then link them into place. */
-  private async publishViaTemp(imagePath: string, o: ResolvedCreateOptions, produce: (tmp: string, pairs: Array<[string, string]>) => Promise<void>): Promise<void> {
+  private async publishViaTemp(imagePath: string, o: ResolvedCreateOptions, produce: (tmp: string, pairs: Array<[string, string]>) => Promise<void>, durable = true): Promise<void> {
     const host = await this.hostP;
     const absImage = host.resolve(imagePath);
     const imageDir = path.dirname(absImage);
@@ -462,7 +494,7 @@ export class QemuImgEngine implements Engine {
       // link(2) publishes the data file (a new one) and then the image, never replacing a file.
       if (newData) pub.stage(tmpData!, absData!, 'data file');
       pub.stage(tmpImage, absImage, 'image');
-      await pub.publish();
+      await pub.publish({ durable });
     } catch (e) {
       await pub.abort();
       throw e;

@@ -29,8 +29,8 @@ export interface HostPublication {
   folderBeside(target: string): Promise<string>;
   /** Publish `temp` (in such a folder) as `target`. */
   stage(temp: string, target: string, kind: PublishedKind): void;
-  /** Make the staged files durable and link each into place, never replacing a file (EXISTS). */
-  publish(): Promise<void>;
+  /** Make the staged files durable (unless `durable: false`) and link each into place, never replacing a file (EXISTS). */
+  publish(opts?: { durable?: boolean }): Promise<void>;
   /** Undo: temporary files and folders go, and targets this publication linked. Never throws. */
   abort(): Promise<void>;
 }
@@ -115,7 +115,7 @@ export const localHost: QemuImgHost = {
     return {
       folderBeside: async (target) => pub.folderBeside(target),
       stage: (temp, target, kind) => pub.stage(temp, target, kind),
-      publish: async () => pub.publish(),
+      publish: async (opts) => pub.publish(opts),
       abort: async () => pub.abort(),
     };
   },

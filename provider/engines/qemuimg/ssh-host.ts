@@ -312,8 +312,9 @@ class SshPublication implements HostPublication {
     this.staged.push({ temp, target, kind });
   }
 
-  async publish(): Promise<void> {
-    for (const s of this.staged) {
+  async publish(opts: { durable?: boolean } = {}): Promise<void> {
+    const durable = opts.durable ?? true;
+    for (const s of durable ? this.staged : []) {
       const { answer } = await this.fs.open(s.temp, 'read', s.target);
       try {
         await this.fs.sync(answer.handle);
@@ -331,7 +332,7 @@ class SshPublication implements HostPublication {
       this.linked.push({ target: s.target, id });
     }
     for (const s of this.staged) await this.fs.unlink(s.temp);
-    for (const dir of new Set(this.staged.map((s) => path.posix.dirname(s.target)))) await this.fs.fsyncDir(dir);
+    if (durable) for (const dir of new Set(this.staged.map((s) => path.posix.dirname(s.target)))) await this.fs.fsyncDir(dir);
     this.staged.length = 0;
     await this.cleanup();
   }

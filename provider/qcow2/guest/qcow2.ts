@@ -202,7 +202,7 @@ export class Qcow2Image implements GuestSource {
   }
 
   /** qcow2_detect_metadata_preallocation: more refcounted clusters than the file has allocated. */
-  private metadataPreallocation(): boolean {
+  metadataPreallocation(): boolean {
     if (this.metaPrealloc !== undefined) return this.metaPrealloc;
     const realClusters = Math.floor(this.file.allocatedSize() / this.cs);
     const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
@@ -351,6 +351,40 @@ export class Qcow2Image implements GuestSource {
     this.writeHost(host, buf.subarray(0, Math.ceil(len / 512) * 512));
     this.setEntry(gc, this.ownedEntry(host));
     return stop;
+  }
+
+  /**
+   * Host space for whole clusters gc..gc+n-1 of an import into a new image: unallocated ones
+   * get one contiguous host run (their L2 entries set), which is returned, and the caller writes
+   * the clusters' bytes there (at most up to the image's end, rounded up to 512); commit()
+   * writes the metadata after. With a data file the run is the guest range itself (clusters
+   * preallocated there at their guest offsets, as data-file-raw has them, are used as they
+   * are). Undefined when the clusters are something else (preallocated in the image file):
+   * then write() places them.
+   */
+  placeNewClusters(gc: number, n: number): number | undefined {
+    const cs = this.cs;
+    const length = Math.min(n * cs, this.size - gc * cs);
+    this.checkRange(gc * cs, length, 'Write');
+    let fresh = 0;
+    for (let c = gc; c < gc + n; c++) {
+      const e = this.meta.entry(c);
+      const t = this.meta.typeOf(e);
+      if (t === 'unallocated' && (!this.extendedL2 || e.allocBits === 0)) fresh++;
+      else if (!(this.hasDataFile && t === 'normal' && this.meta.owns(e) && this.meta.hostOf(e) === c * cs && (!this.extendedL2 || e.allocBits === SUBCLUSTERS_ALL))) return undefined;
+    }
+    this.beginGuestWrite(gc * cs, length);
+    let host: number;
+    if (this.hasDataFile) {
+      host = gc * cs;
+    } else {
+      // The L2 tables first, so that the data run stays contiguous after them (as in writeNew).
+      for (let c = gc; c < gc + n; c += this.g.l2Entries - (c % this.g.l2Entries)) this.meta.l2ForWrite(Math.floor(c / this.g.l2Entries));
+      host = this.meta.allocClusters(n) * cs;
+    }
+    if (fresh > 0) for (let i = 0; i < n; i++) if (this.meta.typeOf(this.meta.entry(gc + i)) === 'unallocated') this.setEntry(gc + i, this.ownedEntry(host + i * cs));
+    this.meta.noteDataWritten();
+    return host;
   }
 
   /**

@@ -64,6 +64,13 @@ export interface OpenOptions {
   /** Read this internal snapshot instead of the current state (read-only opens; qcow2 only). */
   snapshot?: SnapshotSelector;
   /**
+   * Called before a file an image's header names (backing file, data file) is opened, with the
+   * name as stored, the path it resolves to (undefined: it names no local file) and the image
+   * naming it. The engine puts its policy for untrusted sources (provider/rules) here; a throw
+   * stops the open. Default: every name is followed, as QEMU does.
+   */
+  onReference?: (kind: 'backing file' | 'data file', name: string, resolved: string | undefined, from: string) => void;
+  /**
    * When freed clusters may be reused (meta/refcount.ts): 'deferred' (default) after the commit
    * that dropped them; 'immediate' is QEMU's own, for the bitmap command's byte-exact writes.
    */

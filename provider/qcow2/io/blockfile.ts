@@ -2,7 +2,7 @@
 // MemoryBlockFile and fault injection can wrap any implementation. Files are opened through
 // HostFs (io/hostfs.ts), which owns everything else a host does to files.
 
-import { closeSync, constants, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, statSync, writeSync, type Stats } from 'fs';
+import { closeSync, constants, fdatasyncSync, fstatSync, ftruncateSync, openSync, read, readSync, statSync, write, writeSync, type Stats } from 'fs';
 import { Qcow2Error } from '../../model/errors';
 import { libc } from './libc';
 
@@ -20,6 +20,31 @@ export interface BlockFile {
   close(): void;
   /** Bytes actually allocated on the medium (st_blocks * 512 for real files). */
   allocatedSize(): number;
+  /**
+   * readInto without blocking the calling thread, where the file can (a local file: a pread on
+   * libuv's thread pool). Optional: bulk copies fall back to readInto.
+   */
+  readIntoAsync?(target: Uint8Array, offset: number): Promise<void>;
+  /** write without blocking the calling thread, where the file can. Optional: falls back to write. */
+  writeAsync?(offset: number, data: Uint8Array): Promise<void>;
+}
+
+/** readIntoAsync where the file has it, else readInto. */
+export function readIntoAsync(file: BlockFile, target: Uint8Array, offset: number): Promise<void> | void {
+  return file.readIntoAsync ? file.readIntoAsync(target, offset) : file.readInto(target, offset);
+}
+
+/** writeAsync where the file has it, else write. */
+export function writeAsync(file: BlockFile, offset: number, data: Uint8Array): Promise<void> | void {
+  return file.writeAsync ? file.writeAsync(offset, data) : file.write(offset, data);
+}
+
+function readP(fd: number, target: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => read(fd, target, at, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
+}
+
+function writeP(fd: number, data: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => write(fd, data, at, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
 /** A BlockFile over a Node file descriptor. */
@@ -86,6 +111,28 @@ export class NodeBlockFile implements BlockFile {
       while (done < data.length) {
         done += writeSync(this.fd, data, done, data.length - done, offset + done);
       }
+    } catch (e) {
+      throw ioError(e, this.name, 'write');
+    }
+  }
+
+  async readIntoAsync(target: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < target.length) {
+        const n = await readP(this.fd, target, done, target.length - done, offset + done);
+        if (n === 0) break;
+        done += n;
+      }
+    } catch (e) {
+      throw ioError(e, this.name, 'read');
+    }
+    if (done < target.length) target.fill(0, done);
+  }
+
+  async writeAsync(offset: number, data: Uint8Array): Promise<void> {
+    try {
+      for (let done = 0; done < data.length;) done += await writeP(this.fd, data, done, data.length - done, offset + done);
     } catch (e) {
       throw ioError(e, this.name, 'write');
     }

@@ -79,14 +79,22 @@ export class Publication {
 
   /**
    * Make every staged file durable, link each into place in the order staged, then drop the
-   * temporary names (the image's last) and make the folders durable. Throws EXISTS (named as
-   * the target) when a target appeared meanwhile; call abort() after any failure.
+   * temporary names (the image's last) and make the folders durable. With `durable: false`
+   * (qemu-img convert's default cache mode, unsafe) the flushes are skipped: the files still
+   * appear only complete, but a power failure soon after may lose what the page cache held.
+   * Throws EXISTS (named as the target) when a target appeared meanwhile; call abort() after any
+   * failure.
    */
-  publish(): void {
+  publish(opts: { durable?: boolean } = {}): void {
+    const durable = opts.durable ?? true;
     for (const s of this.staged) {
-      const file = s.file ?? this.host.open(s.temp, 'read', s.target).file;
-      file.flush();
-      file.close();
+      if (durable) {
+        const file = s.file ?? this.host.open(s.temp, 'read', s.target).file;
+        file.flush();
+        file.close();
+      } else {
+        s.file?.close();
+      }
       s.file = undefined;
     }
     for (const s of this.staged) {
@@ -97,10 +105,11 @@ export class Publication {
       }
       this.linked.push({ target: s.target, id: this.host.stat(s.temp)?.id });
     }
-    for (const dir of new Set(this.staged.map((s) => path.dirname(s.target)))) this.host.fsyncDir(dir);
+    const dirs = new Set(this.staged.map((s) => path.dirname(s.target)));
+    if (durable) for (const dir of dirs) this.host.fsyncDir(dir);
     const completing = this.staged.filter((s) => s.kind === 'image');
     for (const s of [...this.staged.filter((s) => s.kind !== 'image'), ...completing]) this.host.unlink(s.temp);
-    for (const dir of new Set(this.staged.map((s) => path.dirname(s.target)))) this.host.fsyncDir(dir);
+    if (durable) for (const dir of dirs) this.host.fsyncDir(dir);
     this.staged.length = 0;
     this.linked.length = 0;
     this.cleanup();

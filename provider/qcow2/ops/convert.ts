@@ -1,20 +1,42 @@
 // Import (qemu-img convert -O qcow2): stream a guest view (raw file, or qcow2 through its chain)
-// into a new image. Sparse-aware: ranges the source reports as holes or zero clusters are not
-// read, read clusters that are all zeros are not allocated; with an external data file the data
-// goes to the data file at guest offsets. The image is built under temporary names and
-// published (io/publish.ts) last, so an existing image or data file is never touched and a
-// failure leaves nothing behind. Memory is bounded: one chunk buffer plus the metadata caches.
+// into a new image. Sparse-aware: ranges the source knows to be zeros (holes, zero clusters)
+// are not read, and read clusters that are all zeros are not allocated; with an external data
+// file the data goes to the data file at guest offsets. The image is built under temporary
+// names and published (io/publish.ts) last, so an existing image or data file is never touched
+// and a failure leaves nothing behind.
+//
+// The copy goes window by window (1 MiB of guest view): each window is planned from metadata
+// alone (guest/extents.ts), then its I/O done. copyGuestAsync keeps several windows in flight:
+// host-contiguous runs are one pread each into a reused window buffer, neighbouring compressed
+// clusters one pread between them, clusters decoded on libuv's thread pool (io/codecs.ts), and
+// writes issued as soon as a window is placed, while later windows are read. Placement (which
+// host clusters) is done in guest order on the calling thread, so the layout does not depend
+// on timing. Memory is bounded by the windows: 6 buffers of 1 MiB, 4 for stored compressed
+// clusters, plus the metadata.
 
-import { BlockFile } from '../io/blockfile';
+import { BlockFile, readIntoAsync, writeAsync } from '../io/blockfile';
+import { clusterDecoder, decodeCluster, DecodeJob, sharedBuffer } from '../io/codecs';
 import { HostFs, localFs } from '../io/hostfs';
 import { Publication, existsError } from '../io/publish';
 import { isZeroBuffer, writeZeros } from '../io/sparse';
 import { CreatePlan, writePlan } from './create';
+import { Extent, guestExtents } from '../guest/extents';
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
 import { DirtyBitmap } from '../meta/dirty-bitmap';
 
-const CHUNK = 4 << 20;
+const WINDOW = 1 << 20;
+/** Windows being read and decoded at once. */
+const DEPTH = 4;
+/** Window buffers at most: those in flight, and those whose writes have not finished. */
+const BUFFERS = DEPTH + 2;
+/** Compressed clusters this close together in the file are read with one pread. */
+const GAP = 64 << 10;
+
+/** qemu-img convert's request size (its I/O buffer, 2 MiB): how its progress advances. */
+const PROGRESS_STEP = 2 << 20;
+/** The stretches in which progress looks for known zeros (a data range is split at their edges). */
+const PROGRESS_CHUNK = 4 << 20;
 
 /** Sub-ranges of [offset, offset+length) the source knows to read as zeros without reading them. */
 export function knownZeroRanges(src: GuestSource, offset: number, length: number): Array<{ start: number; length: number; zero: boolean }> {
@@ -42,65 +64,287 @@ export function knownZeroRanges(src: GuestSource, offset: number, length: number
   return out;
 }
 
-/** qemu-img convert's request size (its I/O buffer, 2 MiB): how its progress advances. */
-const PROGRESS_STEP = 2 << 20;
-
 /**
- * Copy a guest view into an open, empty image: only non-zero clusters are written. `progress`
- * counts data bytes as qemu-img convert counts them (the ranges that are not known zeros, in
- * steps of at most 2 MiB, out of all of them), so a caller can print qemu-img's percentages.
+ * Progress as qemu-img convert counts it: bytes of data (the ranges that are not known zeros,
+ * in steps of at most 2 MiB) out of all of them, so a caller can print qemu-img's percentages.
+ * The steps are planned from metadata before the copy; upTo(offset) reports those of the ranges
+ * that end by `offset`, however the copy is windowed.
  */
-export function copyGuest(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
-  const size = Math.min(src.size, dst.size);
-  const cs = dst.cs;
-  const chunk = Math.max(cs, Math.floor(CHUNK / cs) * cs);
-  let total = 0, done = 0;
-  if (progress) {
+class CopyProgress {
+  private readonly ends: number[] = [];
+  private readonly dones: number[] = [];
+  private next = 0;
+  private readonly total: number;
+
+  constructor(src: GuestSource, size: number, cs: number, private readonly fn: ProgressFn) {
+    const chunk = Math.max(cs, Math.floor(PROGRESS_CHUNK / cs) * cs);
+    let done = 0;
     for (let off = 0; off < size; off += chunk) {
-      for (const r of knownZeroRanges(src, off, Math.min(chunk, size - off))) if (!r.zero) total += r.length;
-    }
-  }
-  for (let off = 0; off < size; off += chunk) {
-    const len = Math.min(chunk, size - off);
-    for (const r of knownZeroRanges(src, off, len)) {
-      if (r.zero) continue;
-      // Whole destination clusters around the data range.
-      const a = Math.floor(r.start / cs) * cs;
-      const b = Math.min(size, Math.ceil((r.start + r.length) / cs) * cs);
-      copyRange(src, dst, a, b);
-      if (progress) {
-        for (let p = r.start; p < r.start + r.length; p += PROGRESS_STEP) {
-          done += Math.min(PROGRESS_STEP, r.start + r.length - p);
-          progress(done, total);
+      for (const r of knownZeroRanges(src, off, Math.min(chunk, size - off))) {
+        if (r.zero) continue;
+        const end = r.start + r.length;
+        for (let p = r.start; p < end; p += PROGRESS_STEP) {
+          done += Math.min(PROGRESS_STEP, end - p);
+          this.ends.push(end);
+          this.dones.push(done);
         }
       }
     }
-    dst.maybeCommit();
+    this.total = done;
   }
-  progress?.(total, total);
+
+  upTo(offset: number): void {
+    while (this.next < this.ends.length && this.ends[this.next]! <= offset) this.fn(this.dones[this.next++]!, this.total);
+  }
+
+  finish(): void {
+    this.upTo(Infinity);
+    this.fn(this.total, this.total);
+  }
 }
 
-let chunkBuf: Buffer | undefined;
+interface Window { offset: number; length: number; extents: Extent[]; buf?: Buffer }
 
-function copyRange(src: GuestSource, dst: Qcow2Image, a: number, b: number): void {
-  const cs = dst.cs;
-  chunkBuf ??= Buffer.allocUnsafe(CHUNK);
-  for (let p = a; p < b; p += CHUNK) {
-    const n = Math.min(CHUNK, b - p);
-    const buf = chunkBuf.subarray(0, n);
-    src.readInto(buf, p);
-    // Coalesce runs of non-zero clusters into one write.
-    let runStart = -1;
-    for (let q = 0; q <= n; q += cs) {
-      const nonZero = q < n && !isZeroBuffer(buf, q, Math.min(n, q + cs));
-      if (nonZero && runStart < 0) runStart = q;
-      if (!nonZero && runStart >= 0) {
-        const stop = Math.min(q, n);
-        dst.write(p + runStart, buf.subarray(runStart, stop));
-        runStart = -1;
-      }
+/** One write of placed clusters. */
+interface Write { file: BlockFile; host: number; data: Buffer }
+
+function planWindow(src: GuestSource, offset: number, size: number): Window {
+  const length = Math.min(WINDOW, size - offset);
+  return { offset, length, extents: guestExtents(src, offset, length) };
+}
+
+function needsBuffer(w: Window): boolean {
+  return w.extents.some((e) => e.kind !== 'zero');
+}
+
+/** Compressed extents in runs that one pread covers: stored close together, in one file. */
+function compressedGroups(extents: Extent[]): Array<Array<Extract<Extent, { kind: 'compressed' }>>> {
+  const groups: Array<Array<Extract<Extent, { kind: 'compressed' }>>> = [];
+  let cur: Array<Extract<Extent, { kind: 'compressed' }>> = [];
+  let lo = 0, hi = 0;
+  for (const e of extents) {
+    if (e.kind !== 'compressed') continue;
+    if (cur.length > 0 && e.file === cur[0]!.file && e.host >= lo && e.host <= hi + GAP && Math.max(hi, e.host + e.size) - lo <= WINDOW * 2) {
+      cur.push(e);
+      hi = Math.max(hi, e.host + e.size);
+      continue;
+    }
+    if (cur.length > 0) groups.push(cur);
+    cur = [e];
+    lo = e.host;
+    hi = e.host + e.size;
+  }
+  if (cur.length > 0) groups.push(cur);
+  return groups;
+}
+
+/** Where a compressed cluster's decoded bytes go: straight into the window when it is whole there. */
+function decodeTarget(w: Window, e: Extract<Extent, { kind: 'compressed' }>): { out: Buffer; whole: boolean } {
+  const whole = e.within === 0 && e.length === e.clusterSize;
+  return whole ? { out: w.buf!.subarray(e.offset - w.offset, e.offset - w.offset + e.clusterSize), whole } : { out: Buffer.allocUnsafe(e.clusterSize), whole };
+}
+
+function place(w: Window, e: Extract<Extent, { kind: 'compressed' }>, t: { out: Buffer; whole: boolean }): void {
+  if (!t.whole) w.buf!.set(t.out.subarray(e.within, e.within + e.length), e.offset - w.offset);
+}
+
+/** Fill the window's buffer (synchronously): reads, decoded clusters; zero extents are left to placeWindow. */
+function fillSync(w: Window): void {
+  for (const e of w.extents) {
+    const at = w.buf!.subarray(e.offset - w.offset, e.offset - w.offset + e.length);
+    if (e.kind === 'data') e.file.readInto(at, e.host);
+    else if (e.kind === 'read') e.source.readInto(at, e.offset);
+  }
+  for (const g of compressedGroups(w.extents)) {
+    const lo = g[0]!.host;
+    const stored = Buffer.allocUnsafe(Math.max(...g.map((e) => e.host + e.size)) - lo);
+    g[0]!.file.readInto(stored, lo);
+    for (const e of g) {
+      const t = decodeTarget(w, e);
+      decodeCluster(stored.subarray(e.host - lo, e.host - lo + e.size), t.out, e.compressionType, BigInt(e.host));
+      place(w, e, t);
     }
   }
+}
+
+/**
+ * The same, off this thread: every pread in flight at once (libuv's thread pool), then the
+ * window's compressed clusters decoded by the decoder threads, from `scratch` into the window's
+ * buffer (both in shared memory).
+ */
+async function fillAsync(w: Window, scratch: Buffer): Promise<void> {
+  const reads: Array<Promise<void> | void> = [];
+  for (const e of w.extents) {
+    const at = w.buf!.subarray(e.offset - w.offset, e.offset - w.offset + e.length);
+    if (e.kind === 'data') reads.push(readIntoAsync(e.file, at, e.host));
+    else if (e.kind === 'read') e.source.readInto(at, e.offset);
+  }
+  const groups = compressedGroups(w.extents);
+  // Stored compressed bytes are read on this thread: a window's worth is small, and the decode
+  // that follows can start without waiting for another thread to be scheduled.
+  if (groups.length === 0) {
+    await Promise.all(reads);
+    return;
+  }
+  const spans = groups.map((g) => ({ g, lo: g[0]!.host, len: Math.max(...g.map((e) => e.host + e.size)) - g[0]!.host }));
+  const need = spans.reduce((n, x) => n + x.len, 0);
+  const stored = need <= scratch.length ? scratch : sharedBuffer(need);
+  const jobs: DecodeJob[] = [];
+  let used = 0;
+  for (const { g, lo, len } of spans) {
+    g[0]!.file.readInto(stored.subarray(used, used + len), lo);
+    for (const e of g) {
+      jobs.push({
+        from: used + e.host - lo, size: e.size, to: e.offset - w.offset, within: e.within, length: e.length,
+        clusterSize: e.clusterSize, compressionType: e.compressionType, at: e.host,
+      });
+    }
+    used += len;
+  }
+  await Promise.all(reads);
+  await clusterDecoder().decode(stored, w.buf!, jobs);
+}
+
+/**
+ * Place a filled window's clusters that are not all zeros (runs of them, each one contiguous
+ * host allocation, in guest order) and return the writes that put their bytes there.
+ */
+function placeWindow(w: Window, dst: Qcow2Image): Write[] {
+  const cs = dst.cs;
+  const first = Math.floor(w.offset / cs);
+  const count = Math.ceil((w.offset + w.length) / cs) - first;
+  const candidate = new Uint8Array(count);
+  for (const e of w.extents) {
+    if (e.kind === 'zero') continue;
+    for (let c = Math.floor(e.offset / cs); c * cs < e.offset + e.length; c++) candidate[c - first] = 1;
+  }
+  // Zeros read nowhere: fill them in where they share a cluster with data.
+  const buf = w.buf;
+  if (buf === undefined) return [];
+  for (const e of w.extents) {
+    if (e.kind !== 'zero') continue;
+    const end = e.offset + e.length;
+    for (const c of new Set([Math.floor(e.offset / cs), Math.floor((end - 1) / cs)])) {
+      if (!candidate[c - first]) continue;
+      const a = Math.max(e.offset, c * cs), b = Math.min(end, (c + 1) * cs);
+      buf.fill(0, a - w.offset, b - w.offset);
+    }
+  }
+  // The image's tail: written up to a 512-byte boundary (as QEMU writes it), zeros past the end.
+  const tail = Math.min(buf.length, Math.ceil(w.length / 512) * 512);
+  buf.fill(0, w.length, tail);
+  const writes: Write[] = [];
+  const target = dst.dataFile ?? dst.file;
+  let run = -1;
+  for (let i = 0; i <= count; i++) {
+    const s = i * cs + first * cs - w.offset;
+    const data = i < count && candidate[i] === 1 && !isZeroBuffer(buf, s, Math.min(w.length, s + cs));
+    if (data && run < 0) run = i;
+    if (!data && run >= 0) {
+      const host = dst.placeNewClusters(first + run, i - run);
+      const from = (first + run) * cs - w.offset;
+      const data = buf.subarray(from, Math.min(tail, (first + i) * cs - w.offset));
+      if (host !== undefined) writes.push({ file: target, host, data });
+      else dst.write(w.offset + from, data.subarray(0, Math.min(data.length, dst.size - w.offset - from)));
+      run = -1;
+    }
+  }
+  return writes;
+}
+
+/**
+ * Copy a guest view into an open, empty image, on the calling thread (the synchronous API):
+ * only non-zero clusters are written. `progress` counts as qemu-img convert does (CopyProgress).
+ */
+export function copyGuest(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
+  const size = Math.min(src.size, dst.size);
+  const report = progress && new CopyProgress(src, size, dst.cs, progress);
+  let buf: Buffer | undefined;
+  for (let off = 0; off < size; off += WINDOW) {
+    const w = planWindow(src, off, size);
+    if (needsBuffer(w)) {
+      w.buf = buf ??= Buffer.allocUnsafe(WINDOW);
+      fillSync(w);
+      for (const x of placeWindow(w, dst)) x.file.write(x.host, x.data);
+    }
+    dst.maybeCommit();
+    report?.upTo(off + w.length);
+  }
+  report?.finish();
+}
+
+/**
+ * Copy a guest view into an open, empty image with reads, decoding and writes overlapped (see
+ * the top of this file). Resolves once every write has finished; on a failure, waits for what
+ * is in flight to settle, then rejects, so nothing writes after it returns.
+ */
+export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): Promise<void> {
+  const size = Math.min(src.size, dst.size);
+  const report = progress && new CopyProgress(src, size, dst.cs, progress);
+  const free: Buffer[] = [];
+  const scratch: Buffer[] = [];
+  let allocated = 0;
+  const writing: Array<Promise<void>> = [];
+  const inflight: Array<{ w: Window; ready: Promise<void> }> = [];
+  const acquire = async (): Promise<Buffer> => {
+    while (free.length === 0 && allocated >= BUFFERS && writing.length > 0) await writing.shift();
+    if (free.length > 0) return free.pop()!;
+    allocated++;
+    return sharedBuffer(WINDOW);
+  };
+  let next = 0;
+  try {
+    while (inflight.length > 0 || next < size) {
+      while (inflight.length < DEPTH && next < size) {
+        const w = planWindow(src, next, size);
+        next += w.length;
+        if (!needsBuffer(w)) {
+          inflight.push({ w, ready: Promise.resolve() });
+          continue;
+        }
+        w.buf = await acquire();
+        // Stored compressed bytes: a window's worth at most (sector padding aside), per window in flight.
+        const stored = w.extents.some((e) => e.kind === 'compressed') ? scratch.pop() ?? sharedBuffer(WINDOW + (WINDOW >> 3)) : undefined;
+        const ready = (stored !== undefined ? fillAsync(w, stored).finally(() => scratch.push(stored)) : fillAsync(w, Buffer.alloc(0)));
+        ready.catch(() => undefined); // observed below, in order
+        inflight.push({ w, ready });
+      }
+      const { w, ready } = inflight.shift()!;
+      await ready;
+      const writes = placeWindow(w, dst);
+      const buf = w.buf;
+      if (buf !== undefined) {
+        const done = Promise.all(writes.map((x) => writeAsync(x.file, x.host, x.data))).then(() => { free.push(buf); });
+        done.catch(() => undefined);
+        writing.push(done);
+      }
+      dst.maybeCommit();
+      report?.upTo(w.offset + w.length);
+    }
+    await Promise.all(writing);
+  } catch (e) {
+    await Promise.allSettled([...inflight.map((f) => f.ready), ...writing]);
+    throw e;
+  }
+  report?.finish();
+}
+
+/** A file whose flush does nothing: a new image under a temporary name needs no barriers, publish flushes it once. */
+class Unflushed implements BlockFile {
+  readonly readIntoAsync?: BlockFile['readIntoAsync'];
+  readonly writeAsync?: BlockFile['writeAsync'];
+  constructor(private readonly f: BlockFile) {
+    if (f.readIntoAsync) this.readIntoAsync = f.readIntoAsync.bind(f);
+    if (f.writeAsync) this.writeAsync = f.writeAsync.bind(f);
+  }
+  read(offset: number, length: number): Buffer { return this.f.read(offset, length); }
+  readInto(target: Uint8Array, offset: number): void { this.f.readInto(target, offset); }
+  write(offset: number, data: Uint8Array): void { this.f.write(offset, data); }
+  size(): number { return this.f.size(); }
+  truncate(size: number): void { this.f.truncate(size); }
+  flush(): void {}
+  close(): void {}
+  allocatedSize(): number { return this.f.allocatedSize(); }
 }
 
 /**
@@ -119,34 +363,62 @@ export function copyBitmaps(dst: Qcow2Image, bitmaps: readonly DirtyBitmap[]): v
   }
 }
 
+/** How an import writes: `host` (default the local filesystem), `durable` (flush before publishing, default true; see Publication.publish), `bitmaps` (convert --bitmaps, added after the data). */
+export interface WriteImportOptions {
+  progress?: ProgressFn;
+  host?: HostFs;
+  durable?: boolean;
+  bitmaps?: readonly DirtyBitmap[];
+}
+
 /**
- * Write a planned image at `imagePath` holding the guest view of `src`. Never overwrites: the
- * image and data file must not exist. On failure nothing new is left behind.
+ * Create the files of an import (data file first: the image names it), run `copy` into the new
+ * image, add the bitmaps, then publish them; on any failure remove everything made. Never overwrites.
  */
-export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, progress?: ProgressFn, host: HostFs = localFs,
-  bitmaps?: readonly DirtyBitmap[]): void {
+function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOptions, copy: (img: Qcow2Image) => T, done: (r: T, finish: () => void, fail: (e: unknown) => never) => T): T {
+  const host = opts.host ?? localFs;
   const o = plan.options;
   if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
   if (o.dataFile !== undefined && host.lstat(o.dataFile) !== undefined) throw existsError(o.dataFile, 'data file');
   const pub = new Publication(host);
+  const fail = (e: unknown): never => {
+    pub.abort();
+    throw e;
+  };
+  let img: Qcow2Image | undefined;
   try {
-    // The data file first: the image names it, so it is published first too.
     let df: BlockFile | null = null;
     if (o.dataFile !== undefined) {
-      df = pub.create(o.dataFile, 'data file');
+      df = new Unflushed(pub.create(o.dataFile, 'data file'));
       const dsize = plan.dataFileSize ?? 0;
       if (plan.dataFilePrealloc) writeZeros(df, 0, dsize, true);
       df.truncate(dsize);
     }
-    const f = pub.create(imagePath, 'image');
+    const f = new Unflushed(pub.create(imagePath, 'image'));
     writePlan(plan, f);
-    const img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
-    copyGuest(src, img, progress);
-    if (bitmaps) copyBitmaps(img, bitmaps);
-    img.close();
-    pub.publish();
+    img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
+    const opened = img;
+    return done(copy(opened), () => {
+      if (opts.bitmaps) copyBitmaps(opened, opts.bitmaps);
+      opened.close();
+      pub.publish({ durable: opts.durable ?? true });
+    }, fail);
   } catch (e) {
-    pub.abort();
-    throw e;
+    return fail(e);
   }
+}
+
+/**
+ * Write a planned image at `imagePath` holding the guest view of `src`, on the calling thread.
+ * Never overwrites: the image and data file must not exist. On failure nothing new is left
+ * behind.
+ */
+export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): void {
+  importInto(imagePath, plan, opts, (img) => copyGuest(src, img, opts.progress), (_r, finish) => finish());
+}
+
+/** writeImportedImage with the copy overlapped (copyGuestAsync). */
+export function writeImportedImageAsync(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): Promise<void> {
+  return importInto(imagePath, plan, opts, (img) => copyGuestAsync(src, img, opts.progress),
+    (p, finish, fail) => p.then(finish, fail));
 }

@@ -2,6 +2,7 @@
 // file locked as QEMU locks it: write on image and data file, read on backing files), or a raw
 // file; the format probed from the magic where none is given.
 
+import * as path from 'path';
 import { BlockFile } from '../../io/blockfile';
 import { HostFs, localFs } from '../../io/hostfs';
 import { ImageLock } from '../../io/lock';
@@ -61,9 +62,11 @@ function openBacking(imagePath: string, h: Header, opts: OpenOptions, depth: num
     throw e;
   }
   const full = resolveBackingName(imagePath, h.backingFile);
+  opts.onReference?.('backing file', h.backingFile, full, imagePath);
   try {
     const sub: OpenOptions = { lock: opts.lock ?? true };
     if (opts.host) sub.host = opts.host;
+    if (opts.onReference) sub.onReference = opts.onReference;
     return openSource(full, h.backingFormat ?? opts.backingFormat, sub, depth + 1);
   } catch (e) {
     // Said once, not once per layer of the loop.
@@ -110,6 +113,7 @@ export function openQcow2(fileName: string, opts: OpenOptions = {}, depth = 0): 
       } else {
         if (h.dataFile === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: fileName });
         // A relative name is relative to the working directory (QCOW2-NOTES §4), as QEMU opens it.
+        opts.onReference?.('data file', h.dataFile, path.resolve(h.dataFile), fileName);
         dataFile = host.open(h.dataFile, mode).file;
         owned.push(dataFile);
         if (lock) locks.push(host.lock(dataFile, h.dataFile, mode));

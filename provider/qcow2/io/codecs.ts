@@ -1,0 +1,273 @@
+// Compressed clusters decoded in bulk, on every core: a window's clusters are split between the
+// calling thread and a pool of worker threads (one per further core); stored and decoded bytes
+// stay in shared memory and go straight into the window's buffer. (One thread fewer than
+// cores: each worker is a V8 isolate of about 10 MiB, and the calling thread has little else
+// to do while a window decodes.) Each decode is a plain synchronous call: into libdeflate (zlib clusters) or
+// libzstd (zstd clusters) through koffi when those libraries are installed (Debian: libdeflate0,
+// libzstd1), else Node's zlib or fzstd. libdeflate decodes a whole deflate stream about twice as
+// fast as zlib; it is the fast path only: a cluster it does not decode to exactly one cluster is
+// decoded again by spec/compress.ts, whose semantics are QEMU's (qcow2-threads.c), so a result
+// never depends on which library is installed.
+
+import type { Worker } from 'worker_threads';
+import { errorFromData, ErrorData } from '../../model/errors';
+import { QCOW2_COMPRESSION_TYPE_ZSTD } from '../spec/constants';
+import { decompressCluster, zstdFrameLength } from '../spec/compress';
+import { cores, startWorker } from './threads';
+
+interface Native {
+  deflate?: { decompress(d: unknown, src: Uint8Array, n: number, out: Uint8Array, cap: number, actual: null): number; decompressor: unknown };
+  zstd?: { decompress(out: Uint8Array, cap: number, src: Uint8Array, n: number): number | bigint; isError(r: number | bigint): number };
+}
+
+let native: Native | undefined;
+
+function load(): Native {
+  if (native !== undefined) return native;
+  native = {};
+  if (process.env.QCOW2_NATIVE_CODECS === '0') return native;
+  let koffi: typeof import('koffi');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    koffi = require('koffi') as typeof import('koffi');
+  } catch {
+    return native;
+  }
+  try {
+    const lib = koffi.load('libdeflate.so.0');
+    const alloc = lib.func('void *libdeflate_alloc_decompressor()');
+    const decompress = lib.func('int libdeflate_deflate_decompress(void *d, const uint8_t *in, size_t in_nbytes, uint8_t *out, size_t out_nbytes_avail, void *actual_out)');
+    native.deflate = { decompress: decompress as unknown as NonNullable<Native['deflate']>['decompress'], decompressor: alloc() };
+  } catch {
+    // not installed: Node's zlib
+  }
+  try {
+    const lib = koffi.load('libzstd.so.1');
+    const decompress = lib.func('size_t ZSTD_decompress(uint8_t *dst, size_t dst_cap, const uint8_t *src, size_t src_size)');
+    const isError = lib.func('unsigned int ZSTD_isError(size_t code)');
+    native.zstd = { decompress: decompress as (out: Uint8Array, cap: number, src: Uint8Array, n: number) => number, isError: (r) => isError(r) as number };
+  } catch {
+    // not installed: fzstd
+  }
+  return native;
+}
+
+/** Which decoders this thread uses (for benchmarks and diagnostics). */
+export function codecsInUse(): { zlib: 'libdeflate' | 'zlib'; zstd: 'libzstd' | 'fzstd' } {
+  const n = load();
+  return { zlib: n.deflate ? 'libdeflate' : 'zlib', zstd: n.zstd ? 'libzstd' : 'fzstd' };
+}
+
+/**
+ * Decode one compressed cluster (`data`, as stored: the stream and its sector padding) into
+ * `out` (exactly one cluster), on this thread. Errors are spec/compress.ts's.
+ */
+export function decodeCluster(data: Uint8Array, out: Buffer, compressionType: number, at: bigint): void {
+  const n = load();
+  const cs = out.length;
+  if (compressionType === QCOW2_COMPRESSION_TYPE_ZSTD) {
+    if (n.zstd) {
+      let frame: number | undefined;
+      try {
+        frame = zstdFrameLength(data);
+      } catch {
+        // spec/compress.ts reports it
+      }
+      if (frame !== undefined) {
+        const r = n.zstd.decompress(out, cs, data, frame);
+        if (!n.zstd.isError(r) && Number(r) === cs) return;
+      }
+    }
+  } else if (n.deflate) {
+    // actual_out NULL: success only for a stream that ends having produced exactly cs bytes.
+    if (n.deflate.decompress(n.deflate.decompressor, data, data.length, out, cs, null) === 0) return;
+  }
+  decompressCluster(data, cs, compressionType, at).copy(out);
+}
+
+/**
+ * One cluster to decode: its stored bytes at [from, from + size) of the stored buffer; the
+ * decoded bytes [within, within + length) go to `to` in the output buffer.
+ */
+export interface DecodeJob {
+  from: number;
+  size: number;
+  to: number;
+  within: number;
+  length: number;
+  clusterSize: number;
+  compressionType: number;
+  /** Host offset of the stored bytes (for messages). */
+  at: number;
+}
+
+/** A job's fields, in order, as stored in shared memory (a Float64Array row per job). */
+const FIELDS = ['from', 'size', 'to', 'within', 'length', 'clusterSize', 'compressionType', 'at'] as const;
+/** The control words of a batch (Int32Array): the next job to claim, jobs done, failed. */
+const NEXT = 0, DONE = 1, FAILED = 2;
+
+/** What a decode worker is sent: a batch in shared memory. */
+export interface DecodeRequest {
+  id: number;
+  ctrl: SharedArrayBuffer;
+  jobs: SharedArrayBuffer;
+  stored: SharedArrayBuffer;
+  storedOffset: number;
+  storedLength: number;
+  out: SharedArrayBuffer;
+  outOffset: number;
+  outLength: number;
+}
+
+/** A batch of jobs that any thread may claim from, one at a time. */
+export class DecodeBatch {
+  readonly ctrl: Int32Array;
+  readonly rows: Float64Array;
+  readonly total: number;
+  private scratch: Buffer | undefined;
+
+  constructor(readonly stored: Buffer, readonly out: Buffer, ctrl: SharedArrayBuffer, rows: SharedArrayBuffer) {
+    this.ctrl = new Int32Array(ctrl);
+    this.rows = new Float64Array(rows);
+    this.total = this.rows.length / FIELDS.length;
+  }
+
+  static of(stored: Buffer, out: Buffer, jobs: readonly DecodeJob[]): DecodeBatch {
+    const rows = new Float64Array(new SharedArrayBuffer(jobs.length * FIELDS.length * 8));
+    jobs.forEach((j, i) => FIELDS.forEach((f, k) => { rows[i * FIELDS.length + k] = j[f]; }));
+    return new DecodeBatch(stored, out, new SharedArrayBuffer(12), rows.buffer as SharedArrayBuffer);
+  }
+
+  /** Claim and decode jobs until none are left (or one failed); throws the first failure here. */
+  work(): void {
+    const r = this.rows, n = FIELDS.length;
+    for (;;) {
+      if (Atomics.load(this.ctrl, FAILED) !== 0) return;
+      const i = Atomics.add(this.ctrl, NEXT, 1);
+      if (i >= this.total) return;
+      const [from, size, to, within, length, cs, type, at] = [r[i * n]!, r[i * n + 1]!, r[i * n + 2]!, r[i * n + 3]!, r[i * n + 4]!, r[i * n + 5]!, r[i * n + 6]!, r[i * n + 7]!];
+      try {
+        const data = this.stored.subarray(from, from + size);
+        if (within === 0 && length === cs) {
+          decodeCluster(data, this.out.subarray(to, to + cs), type, BigInt(at));
+        } else {
+          if (this.scratch === undefined || this.scratch.length !== cs) this.scratch = Buffer.allocUnsafe(cs);
+          decodeCluster(data, this.scratch, type, BigInt(at));
+          this.out.set(this.scratch.subarray(within, within + length), to);
+        }
+      } catch (e) {
+        this.fail();
+        throw e;
+      } finally {
+        Atomics.add(this.ctrl, DONE, 1);
+        Atomics.notify(this.ctrl, DONE);
+      }
+    }
+  }
+
+  fail(): void {
+    Atomics.store(this.ctrl, FAILED, 1);
+    Atomics.notify(this.ctrl, DONE);
+  }
+
+  get failed(): boolean {
+    return Atomics.load(this.ctrl, FAILED) !== 0;
+  }
+
+  /** Resolves once every claimed job is done (or the batch failed): nothing writes into `out` after. */
+  async finished(): Promise<void> {
+    for (;;) {
+      const done = Atomics.load(this.ctrl, DONE);
+      if (done >= this.total || this.failed) return;
+      const w = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number): { async: boolean; value: Promise<string> } }).waitAsync(this.ctrl, DONE, done);
+      if (w.async) await w.value;
+    }
+  }
+}
+
+/** A buffer whose memory worker threads can share: `Buffer` over a SharedArrayBuffer. */
+export function sharedBuffer(size: number): Buffer {
+  return Buffer.from(new SharedArrayBuffer(size));
+}
+
+/**
+ * Decoding on `threads` threads: this one and threads - 1 workers, started on first use; idle
+ * workers never keep the process alive. Each batch is claimed job by job by whichever thread
+ * is running, so a worker the system has not scheduled yet never holds the others up.
+ */
+export class ClusterDecoder {
+  private readonly workers: Worker[] = [];
+  private readonly errors = new Map<number, (e: Error) => void>();
+  private readonly active = new Map<number, DecodeBatch>();
+  private nextId = 1;
+  private busy = 0;
+  private readonly size: number;
+
+  constructor(readonly threads: number = Math.max(1, Number(process.env.QCOW2_DECODE_THREADS) || cores())) {
+    this.size = threads - 1;
+  }
+
+  /** Decode `jobs` from `stored` into `out`; both must be views of SharedArrayBuffers for other threads to help. */
+  async decode(stored: Buffer, out: Buffer, jobs: DecodeJob[]): Promise<void> {
+    const shared = stored.buffer instanceof SharedArrayBuffer && out.buffer instanceof SharedArrayBuffer;
+    const batch = DecodeBatch.of(stored, out, jobs);
+    if (!shared || this.size === 0 || jobs.length < 4) {
+      batch.work();
+      return;
+    }
+    const id = this.nextId++;
+    let failure: Error | undefined;
+    const failed = new Promise<void>((resolve) => this.errors.set(id, (e) => { failure ??= e; resolve(); }));
+    this.active.set(id, batch);
+    if (this.busy++ === 0) for (const w of this.workers) w.ref();
+    try {
+      while (this.workers.length < this.size) this.spawn();
+      const req: DecodeRequest = {
+        id, ctrl: batch.ctrl.buffer as SharedArrayBuffer, jobs: batch.rows.buffer as SharedArrayBuffer,
+        stored: stored.buffer as SharedArrayBuffer, storedOffset: stored.byteOffset, storedLength: stored.length,
+        out: out.buffer as SharedArrayBuffer, outOffset: out.byteOffset, outLength: out.length,
+      };
+      for (const w of this.workers) w.postMessage(req);
+      try {
+        batch.work();
+      } finally {
+        await batch.finished();
+      }
+      if (batch.failed) {
+        await failed;
+        throw failure;
+      }
+    } finally {
+      this.active.delete(id);
+      this.errors.delete(id);
+      if (--this.busy === 0) for (const w of this.workers) w.unref();
+    }
+  }
+
+  private spawn(): void {
+    const worker = startWorker(__dirname, 'decode-worker');
+    worker.on('message', (m: { id: number; error?: ErrorData }) => {
+      if (m.error !== undefined) this.errors.get(m.id)?.(errorFromData(m.error));
+    });
+    const fail = (why: string) => {
+      const i = this.workers.indexOf(worker);
+      if (i >= 0) this.workers.splice(i, 1);
+      for (const [id, b] of this.active) {
+        this.errors.get(id)?.(new Error(`a cluster decoding thread stopped (${why})`));
+        b.fail();
+      }
+    };
+    worker.on('error', (e) => fail(e instanceof Error ? e.message : String(e)));
+    worker.on('exit', (code) => fail(`exit code ${code}`));
+    if (this.busy === 0) worker.unref();
+    this.workers.push(worker);
+  }
+}
+
+let shared: ClusterDecoder | undefined;
+
+/** This thread's decoder pool. */
+export function clusterDecoder(): ClusterDecoder {
+  shared ??= new ClusterDecoder();
+  return shared;
+}
