@@ -33,6 +33,8 @@ export interface ImportRequest {
   sameFile: boolean;
   /** qemu-img convert -c. */
   compress?: boolean;
+  /** qemu-img convert --bitmaps. */
+  bitmaps?: boolean;
   /**
    * qemu-img convert -B (or -o backing_file=): the new image is an overlay of the named backing
    * file and gets only what the source holds above its own backing file.
@@ -48,6 +50,9 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
   }
   if (req.targetFormat !== undefined && req.targetFormat !== 'qcow2' && req.targetFormat !== 'raw') {
     return { property: 'format', message: `Unknown output format '${req.targetFormat}': this tool writes qcow2 and raw images (-O qcow2, -O raw)` };
+  }
+  if (req.targetFormat === 'raw' && req.bitmaps) {
+    return { property: 'bitmaps', message: "Format driver 'raw' does not support bitmaps" };
   }
   if (req.targetFormat === 'raw' && (Object.keys(req.options).length > 0 || req.compress || req.overBacking)) {
     return { property: 'format', message: 'A raw image has no create options, compression or backing file: convert -O raw without -o, -c and -B' };

@@ -317,7 +317,7 @@ export function importRawImage(dst: string, options: CreateOptions, source: Loca
     validateChain(src);
     throwIfRefused(validateImport({
       sourceFormat: format, targetFormat: 'raw', options, sourceSize: BigInt(src.size), sameFile: sameFile(dst, source.path),
-      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(behaviour.bitmaps ? { bitmaps: true } : {}),
     }), dst);
     writeImportedRaw(dst, src, { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}) });
   } finally {

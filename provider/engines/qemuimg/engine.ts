@@ -773,7 +773,7 @@ export class QemuImgEngine implements Engine {
     const host = await this.hostP;
     throwIfRefused(validateImport({
       sourceFormat: local.format, targetFormat: 'raw', options, sourceSize: src.size, sameFile: await host.sameFile(imagePath, local.path),
-      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(opts.bitmaps ? { bitmaps: true } : {}),
     }), imagePath);
     await host.assertNewImageFiles(imagePath, { adoptDataFile: false });
     const abs = host.resolve(imagePath);

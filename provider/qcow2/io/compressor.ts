@@ -26,6 +26,8 @@ export interface ClusterCompressor {
    * result is the compressed bytes, or undefined when they would not fit in cs - 1 bytes.
    */
   compress(input: Uint8Array, cs: number): Array<Uint8Array | undefined>;
+  /** Clusters the worker threads compressed so far (the rest: the calling thread). */
+  readonly byWorkers: number;
   close(): void;
 }
 
@@ -91,7 +93,7 @@ function makeBinding(koffi: typeof import('koffi'), kind: CompressionKind, cs: n
 }
 
 /** Batch layout in shared memory: control words, then per-cluster result lengths. */
-const GEN = 0, NEXT = 1, DONE = 2, COUNT = 3, STOP = 4, CTRL_WORDS = 8;
+const GEN = 0, NEXT = 1, DONE = 2, COUNT = 3, STOP = 4, EXITED = 5, BY_WORKERS = 6, CTRL_WORDS = 8;
 
 /**
  * Claim the next cluster of batch `gen` (of `n`), or -1. The cursor holds the batch's
@@ -108,12 +110,23 @@ function claim(ctrl: Int32Array, gen: number, n: number): number {
 
 /** A worker thread's loop over batches (its source text is what the thread runs). */
 function workerLoop(koffiPath: string, kind: CompressionKind, cs: number, ctrlSab: SharedArrayBuffer, inSab: SharedArrayBuffer, outSab: SharedArrayBuffer, lensSab: SharedArrayBuffer, bindingSource: string, claimSource: string) {
-  // eslint-disable-next-line @typescript-eslint/no-implied-eval
-  const make = new Function(`return (${bindingSource});`)();
-  // eslint-disable-next-line @typescript-eslint/no-implied-eval
-  const claimNext = new Function(`return (${claimSource});`)() as (c: Int32Array, g: number, n: number) => number;
-  const b = make(require(koffiPath), kind, cs);
+  // The control words again: this function runs from its source text, without the module's names.
+  // eslint-disable-next-line @typescript-eslint/no-shadow
+  const GEN = 0, DONE = 2, COUNT = 3, STOP = 4, EXITED = 5, BY_WORKERS = 6;
   const ctrl = new Int32Array(ctrlSab), lens = new Int32Array(lensSab);
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-implied-eval
+    const make = new Function(`return (${bindingSource});`)();
+    // eslint-disable-next-line @typescript-eslint/no-implied-eval
+    const claimNext = new Function(`return (${claimSource});`)() as (c: Int32Array, g: number, n: number) => number;
+    loop(make(require(koffiPath), kind, cs), claimNext);
+  } finally {
+    // The pool waits for this before it lets the process go on: a thread torn down while it is
+    // inside the native binding brings the process down.
+    Atomics.add(ctrl, EXITED, 1);
+    Atomics.notify(ctrl, EXITED);
+  }
+  function loop(b: ReturnType<typeof makeBinding>, claimNext: (c: Int32Array, g: number, n: number) => number): void {
   const inp = new Uint8Array(inSab), out = new Uint8Array(outSab);
   let gen = 0;
   for (;;) {
@@ -129,9 +142,11 @@ function workerLoop(koffiPath: string, kind: CompressionKind, cs: number, ctrlSa
         if (len >= 0) out.set(b.output.subarray(0, len), i * cs);
       } finally {
         lens[i] = len;
+        Atomics.add(ctrl, BY_WORKERS, 1);
         if (Atomics.add(ctrl, DONE, 1) + 1 === n) Atomics.notify(ctrl, DONE);
       }
     }
+  }
   }
 }
 
@@ -147,7 +162,7 @@ class PooledCompressor implements ClusterCompressor {
   private readonly lens: Int32Array;
   private readonly perBatch: number;
 
-  constructor(readonly kind: CompressionKind, readonly cs: number, threads: number) {
+  constructor(readonly kind: CompressionKind, readonly cs: number, threads: number, private readonly callerTakesWork = true) {
     let koffi: typeof import('koffi');
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -180,6 +195,11 @@ class PooledCompressor implements ClusterCompressor {
     }
   }
 
+  /** Clusters the worker threads compressed so far (the rest: the calling thread). */
+  get byWorkers(): number {
+    return Atomics.load(this.ctrl, BY_WORKERS);
+  }
+
   compress(input: Uint8Array, cs: number): Array<Uint8Array | undefined> {
     if (cs !== this.cs || input.length % cs !== 0) throw new Qcow2Error('IO', `compress: ${input.length} bytes are not whole ${this.cs}-byte clusters`);
     const results: Array<Uint8Array | undefined> = [];
@@ -195,7 +215,7 @@ class PooledCompressor implements ClusterCompressor {
       Atomics.store(ctrl, GEN, gen);
       if (this.workers.length) Atomics.notify(ctrl, GEN);
       // This thread takes clusters too, then waits for the ones the workers took.
-      for (let i = claim(ctrl, gen, n); i >= 0; i = claim(ctrl, gen, n)) {
+      for (let i = this.callerTakesWork || !this.workers.length ? claim(ctrl, gen, n) : -1; i >= 0; i = claim(ctrl, gen, n)) {
         this.binding.input.set(this.inp.subarray(i * cs, (i + 1) * cs));
         const len = this.binding.run();
         if (len >= 0) this.out.set(this.binding.output.subarray(0, len), i * cs);
@@ -212,15 +232,24 @@ class PooledCompressor implements ClusterCompressor {
     return results;
   }
 
+  /**
+   * Stop the workers and wait (at most 10 s) until each has left the native binding and ended
+   * on its own: one terminated while it loads or runs the binding aborts the process.
+   */
   close(): void {
+    const n = this.workers.splice(0).length;
     Atomics.store(this.ctrl, STOP, 1);
     Atomics.store(this.ctrl, GEN, (Atomics.load(this.ctrl, GEN) + 1) & 0x7fff);
     Atomics.notify(this.ctrl, GEN);
-    for (const w of this.workers.splice(0)) void w.terminate();
+    const until = Date.now() + 10_000;
+    for (let e = Atomics.load(this.ctrl, EXITED); e < n && Date.now() < until; e = Atomics.load(this.ctrl, EXITED)) Atomics.wait(this.ctrl, EXITED, e, 100);
   }
 }
 
-/** A compressor for `kind` on `threads` threads (default: one per core). */
-export function clusterCompressor(kind: CompressionKind, cs: number, threads = Math.max(1, cores())): ClusterCompressor {
-  return new PooledCompressor(kind, cs, threads);
+/**
+ * A compressor for `kind` on `threads` threads (default: one per core). `callerTakesWork`
+ * false leaves every cluster to the worker threads (tests prove with it that they compress).
+ */
+export function clusterCompressor(kind: CompressionKind, cs: number, threads = Math.max(1, cores()), callerTakesWork = true): ClusterCompressor {
+  return new PooledCompressor(kind, cs, threads, callerTakesWork);
 }

@@ -87,5 +87,8 @@ describe.skipIf(SKIP)('convert options against qemu-img', () => {
     expect(opts.status).toBe(1);
     expect(opts.stderr).toMatch(/raw image has no create options/);
     expect(tool('ls', ['o2.raw'], root).status).not.toBe(0);
+    const bitmaps = qcow2(['convert', '--bitmaps', '-O', 'raw', 'top.qcow2', 'o3.raw']);
+    expect(bitmaps.status).toBe(1);
+    expect(bitmaps.stderr).toMatch(/Format driver 'raw' does not support bitmaps/);
   });
 });

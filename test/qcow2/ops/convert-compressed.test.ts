@@ -17,16 +17,17 @@ import { copyGuestCompressed } from '../../../provider/qcow2/ops/convert-compres
 import { prng, qemuImg, qemuIo, skipWithoutQemuTools, tempDir } from '../guest/harness';
 
 /** The engine's convert -c of `src` into a new `dst`. */
-function oursCompressed(src: string, format: 'raw' | 'qcow2', dst: string, kind: CompressionKind, clusterSize: number, threads?: number): void {
+function oursCompressed(src: string, format: 'raw' | 'qcow2', dst: string, kind: CompressionKind, clusterSize: number, threads?: number, callerTakesWork = true): number {
   const s = openSource(src, format, {});
   try {
     const plan = planCreate(resolveCreateOptions(dst, { size: BigInt(Math.ceil(s.size / 512) * 512), compressionType: kind, clusterSize }));
     const f = NodeBlockFile.createExclusive(dst);
     writePlan(plan, f);
     const img = Qcow2Image.over(f, { writable: true, fileName: dst });
-    const c = clusterCompressor(kind, img.cs, threads);
+    const c = clusterCompressor(kind, img.cs, threads, callerTakesWork);
     try {
       copyGuestCompressed(s, img, c);
+      return c.byWorkers;
     } finally {
       c.close();
       img.close();
@@ -88,10 +89,11 @@ describe.skipIf(skipWithoutQemuTools('convert -c'))('convert -c against qemu-img
     });
   }
 
-  it('the_thread_count_changes_no_byte', () => {
+  it('the_thread_count_changes_no_byte_and_the_workers_compress', () => {
     const one = at('t1.qcow2'), three = at('t3.qcow2');
-    oursCompressed(at('mixed.raw'), 'raw', one, 'zlib', 4096, 1);
-    oursCompressed(at('mixed.raw'), 'raw', three, 'zlib', 4096, 3);
+    expect(oursCompressed(at('mixed.raw'), 'raw', one, 'zlib', 4096, 1)).toBe(0);
+    // Every cluster left to the two worker threads: they compressed them all, the same bytes.
+    expect(oursCompressed(at('mixed.raw'), 'raw', three, 'zlib', 4096, 3, false)).toBeGreaterThan(100);
     expect(firstDifference(one, three)).toBeUndefined();
     const check = qemuImg(['check', one]);
     expect(check).toMatch(/No errors were found/);
