@@ -89,7 +89,7 @@ export class WorkerPool {
   }
 
   private spawn(): Slot {
-    const worker = startWorker(__dirname, 'worker');
+    const worker = startWorker(__dirname, 'worker', 'engines/native');
     const slot: Slot = { worker };
     worker.on('message', (m: OpReply) => this.onReply(slot, m));
     const fail = (why: string) => {
