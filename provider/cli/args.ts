@@ -77,7 +77,8 @@ export function requireCreatable(fmt: string | undefined): void {
 export interface ReadArgs {
   /** The name as given (for messages). */
   file: string;
-  /** The local file it names, and how qemu-img prints it. */
+  /** The file it names (on image.remote when that is set), and how qemu-img prints it. */
+  image: ImageName;
   path: string;
   display: string;
   /** -f: qcow2 or raw; undefined means probe. */
@@ -104,13 +105,13 @@ export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean; 
   const name = imageName(file, a.flags.has('imageOpts'));
   format ??= name.format;
   return {
-    file, path: name.path, display: name.display, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet'),
+    file, image: name, path: name.path, display: name.display, output, forceShare: a.flags.has('forceShare'), quiet: a.flags.has('quiet'),
     ...(format !== undefined ? { format: format as 'qcow2' | 'raw' } : {}),
     ...(repair !== undefined ? { repair } : {}),
   };
 }
 
-/** An image name from the command line (plain, file:, json:, or --image-opts) as a local file; refusals as qemu-img's error lines. */
+/** An image name from the command line (plain, file:, json:, --image-opts, or ssh://); refusals as qemu-img's error lines. */
 export function imageName(name: string, imageOpts = false, create = false): ImageName {
   try {
     return parseImageName(name, imageOpts);

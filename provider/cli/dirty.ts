@@ -3,17 +3,18 @@
 // The commands that change images run this first.
 
 import { Qcow2Error } from '../model/errors';
-import { cliEngine } from './engine';
+import { engineFor } from './engine';
 import { err } from './io';
+import type { ImageName } from './names';
 
 /**
  * Repair FILE if it is dirty, printing QEMU's lines. Anything else that fails here (a missing
  * or corrupt image) is left for the command itself to report in its own words.
  */
-export async function repairDirtyFirst(file: string): Promise<void> {
+export async function repairDirtyFirst(image: ImageName): Promise<void> {
   let lines: string[];
   try {
-    lines = await cliEngine().repairDirty(file);
+    lines = await engineFor(image).repairDirty(image.path);
   } catch (e) {
     if (Qcow2Error.isInstance(e) && /Could not repair dirty image/.test(e.message)) throw e;
     return;

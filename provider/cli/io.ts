@@ -63,3 +63,15 @@ export async function withIo<T>(io: Io, fn: () => Promise<T>): Promise<T> {
     current = prev;
   }
 }
+
+const endings: Array<() => Promise<unknown>> = [];
+
+/** Run `fn` when the command has ended (main awaits it before the process exits). */
+export function atEnd(fn: () => Promise<unknown>): void {
+  endings.push(fn);
+}
+
+/** Run what atEnd collected (errors there are not the command's). */
+export async function runEndings(): Promise<void> {
+  for (const fn of endings.splice(0)) await fn().catch(() => undefined);
+}

@@ -6,7 +6,7 @@
 // reaches the user through report.ts: a message, never a stack trace.
 
 import { Exit, PROG, messageOf, report } from './report';
-import { BROKEN_PIPE_STATUS, BrokenPipe, Io, err, out, withIo } from './io';
+import { BROKEN_PIPE_STATUS, BrokenPipe, Io, err, out, runEndings, withIo } from './io';
 
 interface CommandModule {
   usage: string;
@@ -51,6 +51,8 @@ function help(): string {
     const m = load(name);
     lines.push(`  ${m.usage}`, `      ${m.description}`);
   }
+  lines.push('', 'An image FILE may be ssh://[user@]host[:port]/absolute/path: a file on a remote host, reached over SSH',
+    '(the agent or ~/.ssh/id_*; the host key must be in ~/.ssh/known_hosts).');
   return lines.join('\n') + '\n';
 }
 
@@ -81,7 +83,11 @@ async function run(argv: string[]): Promise<number> {
         return 0;
       }
     }
-    await cmd.run(rest);
+    try {
+      await cmd.run(rest);
+    } finally {
+      await runEndings();
+    }
     return 0;
   } catch (e) {
     if (e instanceof Exit) return e.code;

@@ -1,17 +1,27 @@
 // Image names as qemu-img takes them on its command line: a plain file name, `file:NAME`, a
 // `json:{...}` block-node description, or (with --image-opts) a QemuOpts list such as
 // `driver=qcow2,file.driver=file,file.filename=NAME`. Each becomes a local file and, where the
-// name says, its format. Only what describes a plain local file is accepted: any other protocol
-// (nbd, ssh, http, ...) or driver (blkdebug, quorum, ...) is refused by name, never opened, and
-// so is anything the parser does not know. No I/O here.
+// name says, its format. A URL in qemu-img's ssh driver syntax, ssh://[user@]host[:port]/path,
+// names a file on a remote host (cli/remote.ts logs in). Any other protocol (nbd, http, ...) or
+// driver (blkdebug, quorum, ...) is refused by name, never opened, and so is anything the parser
+// does not know. No I/O here.
 
 import { Qcow2Error } from '../model/errors';
 import { parseOptionList } from '../model/qemu-opts';
 
-/** A local image file, as a command names it. */
+/** The host of an ssh:// name, as the URL gives it (the user defaults to the local one). */
+export interface RemoteHost {
+  host: string;
+  port?: number;
+  user?: string;
+}
+
+/** An image file, as a command names it. */
 export interface ImageName {
-  /** The file to open. */
+  /** The file to open (on `remote` when it is set). */
   path: string;
+  /** The host the file is on; undefined for this machine. */
+  remote?: RemoteHost;
   /** The format the name states (`driver`), when it states one. */
   format?: 'qcow2' | 'raw';
   /** The name qemu-img prints for the image (its bs->filename). */
@@ -38,7 +48,10 @@ function displayOf(file: string): string {
   return protocolOf(file) !== undefined ? `./${file}` : file;
 }
 
+const SSH_AS_URL = 'an image on a remote host is named by a URL only: write ssh://[user@]host[:port]/absolute/path';
+
 function unsupportedDriver(driver: string): Qcow2Error {
+  if (driver === 'ssh') return refuse(`Driver 'ssh' is not supported here: ${SSH_AS_URL}`);
   return OTHER_DRIVERS.has(driver)
     ? refuse(`Driver '${driver}' is not supported: this tool opens local qcow2 and raw files only`)
     : refuse(`Unknown driver '${driver}'`);
@@ -87,6 +100,7 @@ export function parseImageName(name: string, imageOpts = false): ImageName {
     }
     return fromOptions(opts, '--image-opts');
   }
+  if (name.startsWith('ssh://')) return fromSshUrl(name);
   if (name.startsWith('json:')) return fromOptions(flatten(parseQemuJson(name.slice(5))), 'the json: file name');
   if (name.startsWith('file:')) {
     const path = name.slice(5);
@@ -94,11 +108,45 @@ export function parseImageName(name: string, imageOpts = false): ImageName {
   }
   const protocol = protocolOf(name);
   if (protocol !== undefined) {
+    if (protocol === 'ssh') throw refuse(`Protocol 'ssh' is not supported in this form: ${SSH_AS_URL}`);
     throw OTHER_DRIVERS.has(protocol)
       ? refuse(`Protocol '${protocol}' is not supported: this tool opens local files only (prefix file: for a file whose name contains ':')`)
       : refuse(`Unknown protocol '${protocol}'`);
   }
   return { path: name, display: name };
+}
+
+function badUrl(name: string, why: string): Qcow2Error {
+  return refuse(`'${name}' is not an image on a remote host (${why}): write ssh://[user@]host[:port]/absolute/path`);
+}
+
+/** ssh://[user@]host[:port]/absolute/path, percent-escapes decoded (`%20` is a space). */
+function fromSshUrl(name: string): ImageName {
+  let u: URL;
+  try {
+    u = new URL(name);
+  } catch {
+    throw badUrl(name, 'not a URL');
+  }
+  if (u.search !== '' || u.hash !== '') {
+    throw badUrl(name, "options after '?' are not supported: host keys are always checked against ~/.ssh/known_hosts, and a '?' or '#' in a file name is written %3F or %23");
+  }
+  if (u.password !== '') throw badUrl(name, 'a password in the URL is not accepted: use the SSH agent or a key in ~/.ssh');
+  const host = u.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (host === '') throw badUrl(name, 'no host');
+  let path: string;
+  let user: string | undefined;
+  try {
+    path = decodeURIComponent(u.pathname);
+    if (u.username !== '') user = decodeURIComponent(u.username);
+  } catch {
+    throw badUrl(name, 'a bad %-escape');
+  }
+  if (!path.startsWith('/') || path === '/') throw badUrl(name, 'the path must be absolute and name a file');
+  const remote: RemoteHost = { host };
+  if (u.port !== '') remote.port = Number(u.port);
+  if (user !== undefined) remote.user = user;
+  return { path, remote, display: name };
 }
 
 type Json = string | number | boolean | null | Json[] | { [k: string]: Json };

@@ -13,13 +13,15 @@ import type { AmendRequest, CommitRequest, SnapshotRequest } from '../rules/type
 import type { SnapshotSelector } from '../qcow2/spec/snapshot';
 import type { CreateBehaviour } from '../rules/create';
 import type { ProgressFn } from '../qcow2/guest/source';
+import type { ConnectionArgs } from '../transport/ssh/connection';
 import type { CacheOptions } from '../transport/http/cache';
 import type { HttpOptions } from '../transport/http/client';
 import type { ReferencePolicy } from '../rules/references';
 import type { BitmapAction } from '../model/bitmaps';
 import type { DirtyExtent } from '../qcow2/meta/dirty-bitmap';
+import type { Dependents, ImageChain } from '../model/chain';
 
-export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, CompareResult, SnapshotFacts, SnapshotRequest, SnapshotSelector, CommitRequest, BitmapAction, DirtyExtent };
+export type { CheckResult, MapEntry, ImageFacts, CreateBehaviour, ResolvedCreateOptions, CompareResult, SnapshotFacts, SnapshotRequest, SnapshotSelector, CommitRequest, BitmapAction, DirtyExtent, Dependents, ImageChain };
 
 export type EngineName = 'native' | 'qemu-img';
 
@@ -68,6 +70,12 @@ export interface ImportSource {
   path: string;
   /** 'raw' or 'qcow2': taken as it is, nothing detected. Default: detected by content. */
   format?: string;
+  /**
+   * Where the file is, when not on the host the engine works on: 'local' (this machine: read
+   * here and sent to the remote host as it is imported; holes are not sent), or another SSH host.
+   * A URL is always downloaded here.
+   */
+  host?: 'local' | ConnectionArgs;
   /** `sha256:<hex>` or `sha512:<hex>` of the source's bytes: required for URLs, verified for files when given. */
   checksum?: string;
   /** The most bytes the source may have: downloaded, decompressed, and as virtual size. More is refused before it fills the disk. */
@@ -219,6 +227,13 @@ export interface Engine {
    * `request.base`), then the image emptied unless `request.keep`.
    */
   commit(path: string, request: CommitRequest, options?: CommitOptions): Promise<void>;
-  /** What is at `path` (following links) on the files this engine works on; undefined: nothing. */
+  /** What is at `path` (following links) on the engine's host; undefined: nothing. */
   stat(path: string): Promise<FileStat | undefined>;
+  /**
+   * The identities of the image at `path` and of its backing chain, from header reads only
+   * (engines/chain.ts; nothing locked), each layer marked `seen`.
+   */
+  chain(path: string, seen: string): Promise<ImageChain>;
+  /** Images that name `path` as their backing file: `candidates`, then the files in its folder (engines/chain.ts). */
+  dependents(path: string, candidates: readonly string[]): Promise<Dependents>;
 }

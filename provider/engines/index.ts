@@ -3,24 +3,28 @@
 // in its worker threads, not in the caller.
 
 import type { Engine, EngineName } from './engine';
-import type { Executor, NativeEngineOptions } from './native/engine';
+import type { Executor, NativeEngineOptions, RemoteSupport } from './native/engine';
+import type { TargetDescriptor } from './native/protocol';
 import type { QemuImgEngineOptions } from './qemuimg/engine';
 import { Qcow2Error } from '../model/errors';
+import type { ConnectionArgs } from '../transport/ssh/connection';
 
 export interface EngineOptions {
   /** Native engine: where operations run ('worker' threads by default, or 'inline'). */
   native?: NativeEngineOptions;
   /** qemu-img engine: the binary and its resource limits. */
   qemuImg?: QemuImgEngineOptions;
+  /** A remote host the images are on, reached over SSH (paths are paths there). */
+  connection?: ConnectionArgs;
 }
 
 export function getEngine(name: EngineName = 'native', options: EngineOptions = {}): Engine {
   switch (name) {
     case 'native':
-      return nativeEngine(options.native);
+      return nativeEngine(options.native, options.connection);
     case 'qemu-img': {
       const { QemuImgEngine } = require('./qemuimg/engine') as typeof import('./qemuimg/engine');
-      return new QemuImgEngine(options.qemuImg);
+      return new QemuImgEngine({ ...options.qemuImg, ...(options.connection !== undefined ? { connection: options.connection } : {}) });
     }
     default:
       throw new Qcow2Error('INVALID_OPTION', `Unknown engine '${String(name)}': use "native" or "qemu-img"`, { property: 'engine' });
@@ -31,10 +35,24 @@ export function getEngine(name: EngineName = 'native', options: EngineOptions = 
 const inWorkers: Executor = async (target, call, progress) =>
   (require('./native/pool') as typeof import('./native/pool')).sharedPool().run(target, call, progress);
 
-function nativeEngine(options: NativeEngineOptions = {}): Engine {
-  if (options.executor === 'inline') return (require('./inline') as typeof import('./inline')).inlineEngine(options.target);
+/** The target of a remote host: its connection kept in this process under an id (no secret in the descriptor). */
+async function sshTarget(connection: ConnectionArgs): Promise<TargetDescriptor> {
+  const { remoteFs } = await import('../transport/ssh/remote-fs');
+  const fs = remoteFs(connection);
+  fs.prepare(); // the connection comes up while a worker starts
+  return { kind: 'ssh', id: fs.id, label: fs.label };
+}
+
+/** Remote hosts for the native engine: their operations in the pool (the calling thread serves the bridge). */
+const REMOTE: RemoteSupport = { exec: inWorkers, target: sshTarget };
+
+function nativeEngine(options: NativeEngineOptions = {}, connection?: ConnectionArgs): Engine {
+  // A connection is validated and registered on first use (ssh2 is loaded only then).
+  const target = options.target ?? (connection !== undefined ? sshTarget(connection) : undefined);
+  if (options.executor === 'inline') return (require('./inline') as typeof import('./inline')).inlineEngine(target, REMOTE);
   const { NativeEngine } = require('./native/engine') as typeof import('./native/engine');
-  return new NativeEngine(typeof options.executor === 'function' ? options.executor : inWorkers, options.target);
+  const exec = typeof options.executor === 'function' ? options.executor : inWorkers;
+  return new NativeEngine(exec, target, { ...REMOTE, exec });
 }
 
 export type { Engine, EngineName } from './engine';

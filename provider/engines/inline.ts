@@ -4,9 +4,10 @@
 // it runs.
 
 import type { Engine } from './engine';
-import { NativeEngine } from './native/engine';
+import { NativeEngine, type RemoteSupport } from './native/engine';
 import type { TargetDescriptor } from './native/protocol';
 
-export function inlineEngine(target?: TargetDescriptor): Engine {
-  return new NativeEngine(async (t, call, progress) => (await import('./native/dispatch')).runOp(t, call, progress), target);
+/** @param remote how remote hosts are reached (engines/index.ts gives the pool and SSH); without it, local files only */
+export function inlineEngine(target?: TargetDescriptor | Promise<TargetDescriptor>, remote?: RemoteSupport): Engine {
+  return new NativeEngine(async (t, call, progress) => (await import('./native/dispatch')).runOp(t, call, progress), target, remote);
 }

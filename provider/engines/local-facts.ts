@@ -1,8 +1,9 @@
-// Facts the rules ask for, read from this machine's files: shared by both engines so that they
-// refuse with the same words (the qemu-img engine reads only headers here, never guest data).
+// Facts the rules ask for, read from the files on the engine's host (this machine, or a remote
+// host through its HostFs): shared by both engines so that they refuse with the same words (the
+// qemu-img engine reads only headers here, never guest data).
 
 import { Qcow2Error } from '../model/errors';
-import { HostStat, localFs } from '../qcow2/io/hostfs';
+import { HostFs, HostStat, localFs } from '../qcow2/io/hostfs';
 import { probeBacking } from '../qcow2/ops/create';
 import type { CreateOptions } from '../model/options';
 import type { CreateFacts } from '../rules/create';
@@ -10,31 +11,31 @@ import type { ConsistencyFacts } from '../rules/types';
 import { Image } from '../qcow2/meta/image';
 import { consistencyOf } from '../qcow2/ops/check';
 
-function statRegular(name: string): HostStat {
-  const st = localFs.stat(name);
+function statRegular(name: string, host: HostFs): HostStat {
+  const st = host.stat(name);
   if (st === undefined) throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name });
   if (st.kind !== 'file') throw new Qcow2Error('INVALID_OPTION', `Data file '${name}' is not a regular file`, { property: 'data_file', file: name });
   return st;
 }
 
 /** What a create of `imagePath` with `options` needs to know about the files around it. */
-export function localCreateFacts(imagePath: string, options: CreateOptions): CreateFacts {
+export function createFacts(imagePath: string, options: CreateOptions, host: HostFs = localFs): CreateFacts {
   return {
-    backing: () => probeBacking(imagePath, options.backingFile!, options.backingFormat),
-    adoptedDataFileSize: () => BigInt(statRegular(options.dataFile!).size),
-    adoptedDataFileExists: () => options.dataFile !== undefined && localFs.stat(options.dataFile) !== undefined,
+    backing: () => probeBacking(imagePath, options.backingFile!, options.backingFormat, host),
+    adoptedDataFileSize: () => BigInt(statRegular(options.dataFile!, host).size),
+    adoptedDataFileExists: () => options.dataFile !== undefined && host.stat(options.dataFile) !== undefined,
   };
 }
 
 /** Two names for the same file (an import must never write its own source). */
-export function sameFile(a: string, b: string): boolean {
-  const sa = localFs.stat(a), sb = localFs.stat(b);
+export function sameFile(a: string, b: string, host: HostFs = localFs): boolean {
+  const sa = host.stat(a), sb = host.stat(b);
   return sa !== undefined && sb !== undefined && sa.id === sb.id;
 }
 
 /** Check's verdict on an image's tables (read-only, metadata only), for a change that builds on them. */
-export function localConsistency(imagePath: string): ConsistencyFacts {
-  const img = Image.openFile(imagePath);
+export function consistencyFacts(imagePath: string, host: HostFs = localFs): ConsistencyFacts {
+  const img = Image.openFile(imagePath, false, host);
   try {
     return consistencyOf(img, img.file);
   } finally {

@@ -32,6 +32,18 @@ export interface ChainView {
   missing?: string;
 }
 
+/** An image's own layer (undefined: nothing there) and the chain below it, from one read of its header. */
+export interface ImageChain {
+  self?: ChainLayer;
+  view: ChainView;
+}
+
+/** Images that name a file as their backing file, and whether the folder scan stopped early. */
+export interface Dependents {
+  dependents: string[];
+  truncated: boolean;
+}
+
 /** What makes a layer the same file with the same header: everything but when it was seen. */
 export function layerKey(l: Pick<ChainLayer, 'path' | 'dev' | 'ino' | 'size' | 'header'>): string {
   return `${l.path}\0${l.dev}:${l.ino}\0${String(l.size)}\0${l.header}`;

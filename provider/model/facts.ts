@@ -75,6 +75,8 @@ export interface ImageFacts {
   hasCompressedClusters?: boolean;
   /** Where the image is (absolute), when the caller knows. */
   path?: string;
+  /** The SSH host the image is on ('' for this machine), when the caller knows. */
+  host?: string;
   /** The preallocation the image was created with, when known: the file does not record it. */
   preallocation?: Preallocation;
   /** The listings behind `snapshots` and `bitmaps`, when read from the image. */

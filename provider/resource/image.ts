@@ -22,9 +22,39 @@ export const imageProvider: pulumi.dynamic.ResourceProvider = {
   delete: (id, props) => require(IMPLEMENTATION).remove(id, props),
 };
 
+/** A jump host: the settings of a connection, without a further proxy. */
+export interface ImageProxyConnectionArgs {
+  /** The host name or address. */
+  host: pulumi.Input<string>;
+  /** The SSH port. Default 22. */
+  port?: pulumi.Input<number>;
+  /** The user to log in as. Default "root". */
+  user?: pulumi.Input<string>;
+  /** The contents (not the path) of a private key, OpenSSH or PEM. */
+  privateKey?: pulumi.Input<string>;
+  /** The passphrase of an encrypted privateKey. */
+  privateKeyPassword?: pulumi.Input<string>;
+  /** A password (password and keyboard-interactive authentication). */
+  password?: pulumi.Input<string>;
+  /** The SSH agent's socket. Default $SSH_AUTH_SOCK. */
+  agentSocketPath?: pulumi.Input<string>;
+  /** The host's public key line ("ssh-ed25519 AAAA..."); else it must be in ~/.ssh/known_hosts. Unknown or changed keys are refused. */
+  hostKey?: pulumi.Input<string>;
+  /** Failed dials allowed before giving up; -1 without limit. Default 10. */
+  dialErrorLimit?: pulumi.Input<number>;
+  /** Seconds for each dial (TCP, handshake, authentication); 0 without limit. Default 15. */
+  perDialTimeout?: pulumi.Input<number>;
+}
+
+/** How to reach the remote host an image is on: @pulumi/command's remote.ConnectionArgs. */
+export interface ImageConnectionArgs extends ImageProxyConnectionArgs {
+  /** A jump host to reach `host` through (as ssh -J). */
+  proxy?: pulumi.Input<ImageProxyConnectionArgs>;
+}
+
 /** Inputs of an Image. See README for defaults and the plan table (what amends, replaces, refuses). */
 export interface ImageArgs {
-  /** Path of the qcow2 file; relative to the program's directory. */
+  /** Path of the qcow2 file; relative to the program's directory (with `connection`: absolute, on that host). */
   path: pulumi.Input<string>;
   /** Virtual size in bytes, or a string with qemu-img's suffixes ("20G"). */
   size?: pulumi.Input<number | string>;
@@ -79,6 +109,12 @@ export interface ImageArgs {
   dataFileOnDelete?: pulumi.Input<'auto' | 'keep' | 'delete'>;
   /** Let destroy delete an adopted image (default false). */
   deleteAdopted?: pulumi.Input<boolean>;
+  /**
+   * The remote host the image is on, reached over SSH: path, dataFile, backingFile and source are
+   * then absolute paths on that host (a `file:` source is a file here, uploaded). Kept in the
+   * state as a secret. Another host is a replacement (allowReplace); other changes are state only.
+   */
+  connection?: pulumi.Input<ImageConnectionArgs>;
   /**
    * Accept the backing chain as it is now (the digest a refusal names) as holding the data this
    * image was built on; it is recorded, nothing is written. Matches that one chain only.
@@ -141,7 +177,7 @@ const OUTPUT_NAMES: Array<keyof ImageOutputs> = [
   'virtualSize', 'actualSize', 'clusterSize', 'compat', 'refcountBits', 'lazyRefcounts', 'extendedL2',
   'compressionType', 'dataFile', 'dataFileRaw', 'backingFile', 'backingFormat', 'dirty', 'corrupt', 'snapshots', 'bitmaps',
   'providerVersion', 'engine', 'preallocation', 'createdDataFile', 'dataFileIdentity', 'adopted', 'dataFileOnDelete', 'deleteAdopted', 'qmpSocket',
-  'backingChain', 'backingDrift', 'identity', 'identityFrom', 'source', 'sourceChecksum',
+  'backingChain', 'backingDrift', 'identity', 'identityFrom', 'source', 'sourceChecksum', 'host',
 ];
 
 /** A qcow2 disk image managed declaratively. */
@@ -178,6 +214,8 @@ export class Image extends pulumi.dynamic.Resource {
   declare readonly bitmaps: pulumi.Output<BitmapOutput[]>;
   declare readonly providerVersion: pulumi.Output<string>;
   declare readonly engine: pulumi.Output<'native' | 'qemu-img'>;
+  /** The SSH host the image is on ('' for this machine). */
+  declare readonly host: pulumi.Output<string>;
   /** The source imported at creation ('' when none). */
   declare readonly source: pulumi.Output<string>;
   /** Its checksum ('' when none was given). */
@@ -193,6 +231,8 @@ export class Image extends pulumi.dynamic.Resource {
 
   constructor(name: string, args: ImageArgs, opts?: pulumi.CustomResourceOptions) {
     const props: Record<string, unknown> = { ...args };
+    // The connection holds credentials: a secret among the inputs and the outputs of the state.
+    if (args.connection !== undefined) props.connection = pulumi.secret(args.connection);
     const backing = args.backingFile;
     if (isBackingImage(backing)) {
       // The path for the header, the identity for the rules; both depend on the base resource.
@@ -201,6 +241,7 @@ export class Image extends pulumi.dynamic.Resource {
       if (backing.id !== undefined) props.backingImageId = backing.id;
     }
     for (const k of OUTPUT_NAMES) if (!(k in props)) props[k] = undefined;
-    super(imageProvider, name, props, opts, 'qcow2', 'Image');
+    const secretOutputs = [...new Set([...(opts?.additionalSecretOutputs ?? []), 'connection'])];
+    super(imageProvider, name, props, { ...opts, additionalSecretOutputs: secretOutputs }, 'qcow2', 'Image');
   }
 }

@@ -4,9 +4,9 @@
 // module at run time (image.ts), so the state never carries a copy of this code.
 
 import * as path from 'path';
+import { fileURLToPath } from 'url';
 import { getEngine } from '../engines';
-import { findDependents, readChain, readLayer } from '../engines/chain';
-import type { Engine, EngineName } from '../engines/engine';
+import type { Engine, EngineName, ImageChain, ImportSource } from '../engines/engine';
 import { Qcow2Error } from '../model/errors';
 import type { ImageFacts } from '../model/facts';
 import { chainDigest, type BackingIdentity, type ChainLayer } from '../model/chain';
@@ -20,6 +20,7 @@ import { validateCreate, withCreateWayForward } from '../rules/create';
 import { type References, resolvedReferences, validateDeclaredReferences, validateRecordedReferences } from '../rules/references';
 import { validateSizeValue } from '../rules/size';
 import type { BitmapSpec, BitmapStep, Change, DesiredSpec, WorldFacts } from '../rules/types';
+import type { ConnectionArgs } from '../transport/ssh/connection';
 import { describeHolder, imageHolders } from '../transport/qmp';
 import { applyLive, liveView, LivePlan, LiveView } from '../engines/live';
 import { findPackageFile, readPackageFile } from './package-files';
@@ -64,6 +65,8 @@ export interface ImageInputs extends Omit<CreateOptions, 'size' | 'adoptDataFile
   engine?: EngineName;
   dataFileOnDelete?: 'auto' | 'keep' | 'delete';
   deleteAdopted?: boolean;
+  /** The remote host the image is on (its paths are paths there); absent: this machine. */
+  connection?: ConnectionArgs;
   /** Set by the Image class when backingFile is an Image (or its outputs): that image's identity. */
   backingIdentity?: BackingIdentity;
   /** ...and its resource id, which a preview does not know when it creates or replaces that image. */
@@ -85,8 +88,35 @@ function failure(property: string, message: string): Error {
   return new Qcow2Error('REFUSED', `${property}: ${message}`, { property });
 }
 
-function absolute(p: string): string {
-  return path.resolve(process.cwd(), p);
+/** Paths on a remote host are absolute (check refuses others); local ones resolve against the program's folder. */
+function absolute(p: string, remote = false): string {
+  return remote ? path.posix.normalize(p) : path.resolve(process.cwd(), p);
+}
+
+const isRemote = (i: { connection?: unknown }) => i.connection !== undefined && i.connection !== null;
+
+/** `file:` names a file on this machine (uploaded to a remote host as it is imported). */
+const LOCAL_SOURCE = /^file:/;
+
+/**
+ * The source as the state records it: a URL as given; a file as an absolute path on the image's
+ * host, or, for an image on a remote host, `file:` and the absolute path of a file on this machine.
+ */
+function sourceOf(v: string, remote = false): string {
+  if (isHttpUrl(v)) return v;
+  if (!remote) return absolute(v);
+  if (!LOCAL_SOURCE.test(v)) return absolute(v, true);
+  return `file:${v.startsWith('file://') ? fileURLToPath(v) : absolute(v.slice('file:'.length))}`;
+}
+
+/** Where a recorded source is read: on the image's host, or (file:, remote images) on this machine. */
+function sourceLocation(recorded: string, remote: boolean): Pick<ImportSource, 'path' | 'host'> {
+  return remote && LOCAL_SOURCE.test(recorded) ? { path: recorded.slice('file:'.length), host: 'local' } : { path: recorded };
+}
+
+/** The host name an image is on: connection.host, '' for this machine. */
+function hostOf(i: { connection?: ConnectionArgs }): string {
+  return isRemote(i) && typeof i.connection!.host === 'string' ? i.connection!.host : '';
 }
 
 /**
@@ -122,9 +152,13 @@ function sizeOf(v: number | string | undefined, property = 'size'): bigint | und
   }
 }
 
-/** The source as the state records it: a URL as given, a file as an absolute path. */
-function sourceOf(v: string): string {
-  return isHttpUrl(v) ? v : absolute(v);
+function engineOf(name: EngineName | undefined, connection?: ConnectionArgs): Engine {
+  return getEngine(name ?? 'native', connection !== undefined && connection !== null ? { connection } : {});
+}
+
+/** Whether anything is at `file` on the engine's host. */
+async function exists(engine: Engine, file: string): Promise<boolean> {
+  return (await engine.stat(file)) !== undefined;
 }
 
 /** A checksum as the state records it (`sha256:<lower-case hex>`); throws a failure naming sourceChecksum. */
@@ -137,17 +171,15 @@ function recordedSource(o: Partial<ImageOutputs>): { source: string; sourceCheck
   return { source: o.source ?? '', sourceChecksum: o.sourceChecksum ?? '' };
 }
 
-function engineOf(name: EngineName | undefined): Engine {
-  return getEngine(name ?? 'native');
-}
-
 /** Inputs as rules' desired spec; values unknown during preview are left out (not judged). */
 function desiredOf(i: ImageInputs): DesiredSpec {
   const d: DesiredSpec = {};
   const set = <K extends keyof DesiredSpec>(k: K, v: DesiredSpec[K] | string | undefined) => {
     if (v !== undefined && !isUnknown(v)) d[k] = v as DesiredSpec[K];
   };
-  if (i.path !== undefined && !isUnknown(i.path)) d.path = absolute(i.path);
+  const remote = isRemote(i);
+  if (i.path !== undefined && !isUnknown(i.path)) d.path = absolute(i.path, remote);
+  if (!isUnknown(i.connection) && !(remote && isUnknown(i.connection!.host))) d.host = hostOf(i);
   const size = sizeOf(i.size);
   if (size !== undefined) d.size = size;
   set('compat', i.compat);
@@ -157,7 +189,7 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   set('extendedL2', i.extendedL2);
   set('compressionType', i.compressionType);
   set('preallocation', i.preallocation);
-  if (i.backingFile !== undefined && !isUnknown(i.backingFile)) d.backingFile = absolute(i.backingFile);
+  if (i.backingFile !== undefined && !isUnknown(i.backingFile)) d.backingFile = absolute(i.backingFile, remote);
   if (isUnknown(i.backingFile) || isUnknown(i.backingImageId)) d.backingFileUnknown = true;
   if (i.backingIdentity !== undefined) {
     // Not known yet (a preview that changes the base) unless its identity is there.
@@ -166,11 +198,11 @@ function desiredOf(i: ImageInputs): DesiredSpec {
   }
   set('acceptBacking', i.acceptBacking);
   set('backingFormat', i.backingFormat);
-  if (i.dataFile !== undefined && !isUnknown(i.dataFile)) d.dataFile = absolute(i.dataFile);
+  if (i.dataFile !== undefined && !isUnknown(i.dataFile)) d.dataFile = absolute(i.dataFile, remote);
   set('dataFileRaw', i.dataFileRaw);
   set('allowShrink', i.allowShrink);
   set('allowReplace', i.allowReplace);
-  if (i.source !== undefined && !isUnknown(i.source)) d.source = sourceOf(i.source);
+  if (i.source !== undefined && !isUnknown(i.source)) d.source = sourceOf(i.source, remote);
   if (i.sourceChecksum !== undefined && !isUnknown(i.sourceChecksum)) d.sourceChecksum = checksumOf(i.sourceChecksum);
   if (i.bitmaps !== undefined && !hasUnknown(i.bitmaps)) d.bitmaps = i.bitmaps.map((b) => ({ ...b }));
   set('manageAllBitmaps', i.manageAllBitmaps);
@@ -189,9 +221,9 @@ function createOptionsOf(i: ImageInputs): CreateOptions {
   if (i.extendedL2 !== undefined) o.extendedL2 = i.extendedL2;
   if (i.compressionType !== undefined) o.compressionType = i.compressionType;
   if (i.preallocation !== undefined) o.preallocation = i.preallocation;
-  if (i.backingFile !== undefined) o.backingFile = absolute(i.backingFile);
+  if (i.backingFile !== undefined) o.backingFile = absolute(i.backingFile, isRemote(i));
   if (i.backingFormat !== undefined) o.backingFormat = i.backingFormat;
-  if (i.dataFile !== undefined) o.dataFile = absolute(i.dataFile);
+  if (i.dataFile !== undefined) o.dataFile = absolute(i.dataFile, isRemote(i));
   if (i.dataFileRaw !== undefined) o.dataFileRaw = i.dataFileRaw;
   return o;
 }
@@ -200,26 +232,33 @@ function createOptionsOf(i: ImageInputs): CreateOptions {
 type ChainRecord = Pick<ImageOutputs, 'backingChain' | 'backingDrift' | 'identity' | 'identityFrom'>;
 
 /** Record the chain below `file` as it is now (create, update): `from` is the identity vouched as the one before. */
-function recordChain(file: string, from: string): ChainRecord {
-  const seen = new Date().toISOString();
-  const self = readLayer(file, seen);
-  const chain = readChain(file, seen).layers;
-  remember(file, chain);
-  return { backingChain: chain, backingDrift: '', identity: self ? chainDigest([self, ...chain]) : '', identityFrom: from };
+async function recordChain(engine: Engine, file: string, from: string): Promise<ChainRecord> {
+  return chainRecord(file, await engine.chain(file, new Date().toISOString()), from);
 }
 
-/** The identity of `file` with a chain as recorded (undefined when the file is not there). */
-function chainIdentityOf(file: string, chain: readonly ChainLayer[]): string | undefined {
-  const self = readLayer(file, '');
+/** The record of a chain as read now. */
+function chainRecord(file: string, { self, view }: ImageChain, from: string): ChainRecord {
+  remember(file, view.layers);
+  return { backingChain: view.layers, backingDrift: '', identity: self ? chainDigest([self, ...view.layers]) : '', identityFrom: from };
+}
+
+/** The identity of an image's own layer with a chain as recorded (undefined when the image is not there). */
+function identityWith(self: ChainLayer | undefined, chain: readonly ChainLayer[]): string | undefined {
   return self && chainDigest([self, ...chain]);
 }
 
+/** The identity of `file` with a chain as recorded (undefined when the file is not there). */
+async function chainIdentityOf(engine: Engine, file: string, chain: readonly ChainLayer[]): Promise<string | undefined> {
+  return identityWith((await engine.chain(file, '')).self, chain);
+}
+
 /** The chain as recorded and as on disk, for the rules; undefined for states written before chains were recorded. */
-function chainFacts(olds: ImageOutputs): WorldFacts['chain'] {
+function chainFacts(engine: Engine, olds: ImageOutputs): Promise<WorldFacts['chain']> | undefined {
   if (!Array.isArray(olds.backingChain)) return undefined;
   remember(olds.path, olds.backingChain);
   if (olds.backingChain.length === 0 && !olds.backingFile) return undefined;
-  return { recorded: olds.backingChain, current: readChain(olds.path, '') };
+  const recorded = olds.backingChain;
+  return engine.chain(olds.path, '').then((c) => ({ recorded, current: c.view }));
 }
 
 /**
@@ -234,7 +273,11 @@ function remember(file: string, chain: readonly ChainLayer[]): void {
 function outputsOf(i: ImageInputs, facts: ImageFacts, extra: { createdDataFile: boolean; adopted: boolean; dataFileIdentity?: string; chain: ChainRecord; source?: { source: string; sourceChecksum: string } }): ImageOutputs {
   return {
     ...extra.chain,
-    path: absolute(i.path),
+    path: absolute(i.path, isRemote(i)),
+    host: hostOf(i),
+    // Kept for refresh and destroy, which run with the state alone; a secret in the state
+    // (the resource registers it with additionalSecretOutputs).
+    ...(isRemote(i) ? { connection: i.connection! } : {}),
     engine: i.engine ?? 'native',
     ...factOutputs(facts),
     source: extra.source?.source ?? '',
@@ -265,11 +308,10 @@ function writerOf(file: string): string | undefined {
 }
 
 /**
- * The image's facts: from the file, and from the QEMU holding it when qmpSocket is given and a
- * process holds it (`holder`: writerOf(file), looked up once by the caller).
+ * The image's facts as read from the file, or, when qmpSocket is given and a process holds the
+ * image (`holder`: writerOf(file), looked up once by the caller), as the QEMU holding it reports them.
  */
-async function currentFacts(engine: Engine, file: string, qmpSocket: string | undefined, holder: string | undefined): Promise<ImageFacts> {
-  const info = await engine.info(file, { forceShare: true });
+async function withHolder(info: ImageFacts, file: string, qmpSocket: string | undefined, holder: string | undefined): Promise<ImageFacts> {
   if (qmpSocket === undefined || qmpSocket === '' || holder === undefined) return info;
   return withLive(info, await liveView(qmpSocket, file));
 }
@@ -302,6 +344,7 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
     for (const k of ['sourceChecksum', 'sourceMaxSize', 'sourceReferences', 'sourceFormat'] as const) {
       if (i[k] !== undefined && i.source === undefined) failures.push({ property: k, reason: `${k} applies to an imported image only: set source too, or remove ${k}` });
     }
+    await checkPlacement(i, failures);
     // Create-time legality of the whole combination, once every value is known.
     // (The base's identity plays no part in creating: unknown in every preview that creates or changes the base.)
     if (failures.length === 0 && !hasUnknown({ ...news, backingIdentity: undefined, backingImageId: undefined })) {
@@ -314,7 +357,7 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
         if (!r.ok) failures.push({ property: propertyOf(r.refusal.property), reason: withCreateWayForward(r.refusal) });
         else if (i.bitmaps !== undefined) {
           // The bitmaps of a new image: every one added, judged as qemu-img bitmap would judge it.
-          const fresh = planBitmaps({ bitmaps: [], detail: { snapshots: [], bitmaps: [] }, clusterSize: opts.clusterSize ?? 65536, path: absolute(i.path) },
+          const fresh = planBitmaps({ bitmaps: [], detail: { snapshots: [], bitmaps: [] }, clusterSize: opts.clusterSize ?? 65536, path: absolute(i.path, isRemote(i)) },
             i.bitmaps, false, { compat: opts.compat ?? '1.1', virtualSize: opts.size ?? 0n });
           if (fresh.action === 'refuse') failures.push({ property: 'bitmaps', reason: fresh.reason });
         }
@@ -324,6 +367,38 @@ export async function check(_olds: Record<string, unknown>, news: Record<string,
   return { inputs: news, failures };
 }
 
+/**
+ * Where the files are: with a connection, its settings must be valid (checked without
+ * connecting) and every path absolute on that host; a `file:` source names a file here.
+ */
+async function checkPlacement(i: ImageInputs, failures: Array<{ property: string; reason: string }>): Promise<void> {
+  if (!isRemote(i) || isUnknown(i.connection)) return;
+  if (!hasUnknown(i.connection)) {
+    const { resolveConnection } = await import('../transport/ssh/connection');
+    try {
+      resolveConnection(i.connection!);
+    } catch (e) {
+      failures.push({ property: (Qcow2Error.isInstance(e) && e.property) || 'connection', reason: (e as Error).message });
+    }
+  }
+  const host = hostOf(i) || 'the host';
+  if (typeof i.qmpSocket === 'string' && !isUnknown(i.qmpSocket)) {
+    failures.push({
+      property: 'qmpSocket',
+      reason: `qmpSocket names a QEMU on this machine, and the image is on ${host}: live changes through a remote QEMU are not supported. ` +
+        'Remove qmpSocket (a change to an image a QEMU there holds is refused by its lock), or stop the VM for the change',
+    });
+  }
+  for (const k of ['path', 'dataFile', 'backingFile', 'source'] as const) {
+    const v = i[k];
+    if (typeof v !== 'string' || isUnknown(v) || path.posix.isAbsolute(v) || (k === 'source' && (LOCAL_SOURCE.test(v) || isHttpUrl(v)))) continue;
+    failures.push({
+      property: k,
+      reason: `${k} '${v}' must be an absolute path on ${host}: with a connection, paths name files there${k === 'source' ? ' (a file on this machine is given as a file: URL, e.g. file:./disk.raw)' : ''}`,
+    });
+  }
+}
+
 function hasUnknown(v: unknown): boolean {
   if (isUnknown(v)) return true;
   if (Array.isArray(v)) return v.some(hasUnknown);
@@ -331,12 +406,7 @@ function hasUnknown(v: unknown): boolean {
   return false;
 }
 
-/** Anything at `file`, on the engine's files. */
-async function exists(engine: Engine, file: string): Promise<boolean> {
-  return (await engine.stat(file)) !== undefined;
-}
-
-/** Facts only the disk knows, gathered here (through the engine) so rules stay pure. */
+/** Facts only the disk knows, gathered here (through the engine, on the image's host) so rules stay pure. */
 async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec, holder: string | undefined): Promise<WorldFacts> {
   const facts: WorldFacts = {};
   // A running process that holds the image for writing (a VM): only live changes through its QEMU.
@@ -348,14 +418,37 @@ async function factsFor(engine: Engine, current: ImageFacts, d: DesiredSpec, hol
   return facts;
 }
 
+/** The image as the state records it, on the host it is on ('' for this machine). */
+function recordedFacts(olds: ImageOutputs): ImageFacts {
+  return { ...factsOfState(olds), host: olds.host ?? '' };
+}
+
+/** The connection without its host: what a change of credentials (state only) compares. */
+function credentials(c: ConnectionArgs | undefined): string {
+  if (c === undefined || c === null) return '';
+  const { host: _host, ...rest } = c;
+  return JSON.stringify(rest, Object.keys(rest).sort());
+}
+
 /**
- * The image as its header says now (or, while a QEMU holds it, as that QEMU reports it); path and
- * preallocation from the state (the file does not record them). Of the detail, the bitmaps are
- * kept: the rules judge each one's granularity, recording and consistency.
+ * How to reach the image a state records: the program's connection when it names the same host
+ * (its credentials may be new), else the recorded one (a new host is a replacement: the old image
+ * is still where the state says).
+ */
+function connectionFor(olds: ImageOutputs, news: ImageInputs): ConnectionArgs | undefined {
+  const c = news.connection;
+  if (c === undefined || c === null || hasUnknown(c)) return olds.connection;
+  return hostOf(news).toLowerCase() === (olds.host ?? '').toLowerCase() ? c : olds.connection;
+}
+
+/**
+ * The image as its header says now (or, while a QEMU holds it, as that QEMU reports it); path,
+ * host and preallocation from the state (the file does not record them). Of the detail, the
+ * bitmaps are kept: the rules judge each one's granularity, recording and consistency.
  */
 function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
   const { detail, dataFile, backingFile, backingFormat, ...facts } = info;
-  const f: ImageFacts = { ...facts, path: olds.path };
+  const f: ImageFacts = { ...facts, path: olds.path, host: olds.host ?? '' };
   if (detail) f.detail = { snapshots: [], bitmaps: detail.bitmaps };
   if (dataFile) f.dataFile = dataFile;
   if (backingFile) f.backingFile = backingFile;
@@ -368,21 +461,29 @@ function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
  * What the inputs mean for the image as it is on disk now (one header read), with the state's
  * record of it, so that changes made outside the program show in the plan and in refusals.
  */
-async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: Change[]; desired: DesiredSpec; current: ImageFacts }> {
+async function plan(olds: ImageOutputs, news: ImageInputs): Promise<{ changes: Change[]; desired: DesiredSpec; current: ImageFacts; engine: Engine }> {
   const desired = desiredOf(news);
-  const recorded = factsOfState(olds);
+  const recorded = recordedFacts(olds);
   // The engine the program asks for; during a preview it may not be known yet: then the one that wrote the image.
-  const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine);
-  if (!(await exists(engine, olds.path))) {
-    return { changes: classifyChange(recorded, desired, { imageMissing: true, recordedSource: recordedSource(olds) }), desired, current: recorded };
+  const engine = engineOf(isUnknown(news.engine) ? olds.engine : news.engine, connectionFor(olds, news));
+  // One header read: a missing image is NOT_FOUND (on a remote host every look is a round trip);
+  // the chain's identities, when there is a chain, are read at the same time.
+  const chainRead = chainFacts(engine, olds);
+  chainRead?.catch(() => undefined);
+  const info = await engine.info(olds.path, { forceShare: true }).catch((e: unknown) => {
+    if (Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND') return undefined;
+    throw e;
+  });
+  if (info === undefined) {
+    return { changes: classifyChange(recorded, desired, { imageMissing: true, recordedSource: recordedSource(olds) }), desired, current: recorded, engine };
   }
   // The QEMU to ask is the one the program names now; during a preview it may not be known yet: then the recorded one.
   const socket = isUnknown(news.qmpSocket) ? olds.qmpSocket : desired.qmpSocket;
-  const holder = writerOf(olds.path);
-  const current = factsOnDisk(await currentFacts(engine, olds.path, socket, holder), olds);
-  const chain = chainFacts(olds);
+  const holder = isRemote(olds) ? undefined : writerOf(olds.path);
+  const current = factsOnDisk(await withHolder(info, olds.path, socket, holder), olds);
+  const chain = await chainRead;
   const facts: WorldFacts = { ...(await factsFor(engine, current, desired, holder)), recorded, recordedSource: recordedSource(olds), ...(chain ? { chain } : {}) };
-  return { changes: classifyChange(current, desired, facts), desired, current };
+  return { changes: classifyChange(current, desired, facts), desired, current, engine };
 }
 
 function throwIfRefused(changes: Change[]): void {
@@ -402,21 +503,25 @@ export async function diff(_id: string, olds: ImageOutputs, news: ImageInputs): 
   }
   if (isUnknown(news.qmpSocket) || (news.qmpSocket !== undefined ? absolute(news.qmpSocket) : '') !== (olds.qmpSocket ?? '')) changes = true;
 
+  // New credentials for the same host change the state only.
+  if (!isUnknown(news.connection) && credentials(news.connection) !== credentials(olds.connection)) changes = true;
+
   const { changes: result } = await plan(olds, news);
   throwIfRefused(result);
   for (const c of result) {
-    if (c.action === 'replace') replaces.push(c.property);
+    if (c.action === 'replace') replaces.push(c.property === 'host' ? 'connection' : c.property);
     if (c.action === 'amend' || c.action === 'live') changes = true;
   }
   // Values not known yet can only be judged at update time; report a change so it happens.
   for (const [k, v] of Object.entries(news)) if (!k.startsWith('__') && hasUnknown(v)) changes = true;
-  const samePath = !replaces.includes('path');
-  return { changes: changes || replaces.length > 0, replaces, deleteBeforeReplace: replaces.length > 0 && samePath };
+  // The new image takes the old one's place only on the same path of the same host: delete first then.
+  const samePlace = !replaces.includes('path') && !replaces.includes('connection');
+  return { changes: changes || replaces.length > 0, replaces, deleteBeforeReplace: replaces.length > 0 && samePlace };
 }
 
 export async function create(inputs: ImageInputs): Promise<{ id: string; outs: ImageOutputs }> {
-  const engine = engineOf(inputs.engine);
-  const file = absolute(inputs.path);
+  const engine = engineOf(inputs.engine, inputs.connection);
+  const file = absolute(inputs.path, isRemote(inputs));
   const opts = createOptionsOf(inputs);
   if (inputs.adopt) {
     if (await exists(engine, file)) return adoptImage(engine, file, inputs);
@@ -426,7 +531,7 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
     await engine.create(file, { ...opts, adoptDataFile: true });
     // The raw data file is the user's: only the new image goes if its bitmaps cannot be added.
     const info = await addDeclaredBitmaps(engine, file, inputs, false);
-    return { id: file, outs: outputsOf(inputs, info, { createdDataFile: false, adopted: false, chain: recordChain(file, '') }) };
+    return { id: file, outs: outputsOf(inputs, info, { createdDataFile: false, adopted: false, chain: await recordChain(engine, file, '') }) };
   }
   if (await exists(engine, file)) {
     throw failure('path', `an image already exists at ${file}; it is never overwritten. Set adopt: true to take it over as it is, or choose another path`);
@@ -434,15 +539,17 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   let source: { source: string; sourceChecksum: string } | undefined;
   if (inputs.source !== undefined) {
     // Through the chosen engine: qemu-img convert for engine "qemu-img", the native import
-    // otherwise; a URL is downloaded through the cache first, on this machine.
-    source = { source: sourceOf(inputs.source), sourceChecksum: inputs.sourceChecksum !== undefined ? checksumOf(inputs.sourceChecksum) : '' };
+    // otherwise; a URL is downloaded through the cache first, on this machine, and only the
+    // converted image travels to a remote host.
+    const remote = isRemote(inputs);
+    source = { source: sourceOf(inputs.source, remote), sourceChecksum: inputs.sourceChecksum !== undefined ? checksumOf(inputs.sourceChecksum) : '' };
     const maxSize = sizeOf(inputs.sourceMaxSize, 'sourceMaxSize') ?? sizeOf(inputs.size);
     await engine.import(file, opts, {
-      path: source.source,
+      ...sourceLocation(source.source, remote),
       ...(inputs.sourceFormat ? { format: inputs.sourceFormat } : {}),
       ...(source.sourceChecksum !== '' ? { checksum: source.sourceChecksum } : {}),
       ...(maxSize !== undefined ? { maxSize } : {}),
-      references: (inputs.sourceReferences ?? []).map(absolute),
+      references: (inputs.sourceReferences ?? []).map((r) => absolute(r, remote)),
     }, importProgress(source.source));
   } else {
     await engine.create(file, opts);
@@ -450,7 +557,7 @@ export async function create(inputs: ImageInputs): Promise<{ id: string; outs: I
   const created = opts.dataFile !== undefined;
   const info = await addDeclaredBitmaps(engine, file, inputs, created);
   const dataFileIdentity = created ? await identityOf(engine, opts.dataFile!) : undefined;
-  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}), chain: recordChain(file, ''), ...(source ? { source } : {}) }) };
+  return { id: file, outs: outputsOf(inputs, info, { createdDataFile: created, adopted: false, ...(dataFileIdentity ? { dataFileIdentity } : {}), chain: await recordChain(engine, file, ''), ...(source ? { source } : {}) }) };
 }
 
 /**
@@ -476,15 +583,15 @@ async function addDeclaredBitmaps(engine: Engine, file: string, inputs: ImageInp
 async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Promise<{ id: string; outs: ImageOutputs }> {
   const info = await engine.info(file, { forceShare: true });
   const declared: References = {};
-  if (inputs.dataFile !== undefined) declared.dataFile = absolute(inputs.dataFile);
+  if (inputs.dataFile !== undefined) declared.dataFile = absolute(inputs.dataFile, isRemote(inputs));
   if (inputs.backingFile !== undefined) declared.backingFile = resolvedReferences(file, { backingFile: inputs.backingFile }).backingFile!;
   const undeclared = validateDeclaredReferences(file, referencesOf(file, info), declared);
   if (undeclared) throw failure(undeclared.property, undeclared.message);
-  const outs = outputsOf(inputs, info, { createdDataFile: false, adopted: true, chain: recordChain(file, '') });
+  const outs = outputsOf(inputs, info, { createdDataFile: false, adopted: true, chain: await recordChain(engine, file, '') });
   const desired = desiredOf(inputs);
   delete desired.allowReplace;
   delete desired.allowShrink;
-  const mismatches = classifyChange(factsOfState(outs), desired).filter((c) => c.action !== 'none');
+  const mismatches = classifyChange(recordedFacts(outs), desired).filter((c) => c.action !== 'none');
   if (mismatches.length) {
     throw failure('adopt', `the existing image at ${file} does not match the inputs (${mismatches.map((c) => `${c.property}: image has ${String(c.from)}, inputs say ${String(c.to)}`).join('; ')}). Adopting never changes an image: make the inputs match it, then change them in a later update`);
   }
@@ -492,16 +599,15 @@ async function adoptImage(engine: Engine, file: string, inputs: ImageInputs): Pr
 }
 
 export async function update(_id: string, olds: ImageOutputs, news: ImageInputs): Promise<{ outs: ImageOutputs }> {
-  const engine = engineOf(news.engine);
   const file = olds.path;
-  const { changes: result, desired, current } = await plan(olds, news);
+  const { changes: result, desired, current, engine } = await plan(olds, news);
   throwIfRefused(result);
   // The header must still name what was recorded: a name changed behind our back is never followed.
   const recorded = resolvedReferences(file, { ...(olds.dataFile ? { dataFile: olds.dataFile } : {}), ...(olds.backingFile ? { backingFile: olds.backingFile } : {}) });
   const drift = validateRecordedReferences(file, referencesOf(file, current), recorded);
   if (drift) throw new Qcow2Error('REFUSED', `${drift.property}: ${drift.message}`, { property: drift.property });
   // The identity before the change, vouched for overlays only if the plan keeps the guest view.
-  const before = keepsGuestView(result) ? chainIdentityOf(file, Array.isArray(olds.backingChain) ? olds.backingChain : []) ?? '' : '';
+  const before = keepsGuestView(result) ? (await chainIdentityOf(engine, file, Array.isArray(olds.backingChain) ? olds.backingChain : [])) ?? '' : '';
   const live = result.filter((c) => c.action === 'live');
   let info: ImageFacts;
   if (live.length > 0) {
@@ -527,7 +633,7 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   // The source is recorded anew only where the rules said so (record); otherwise the old record stays.
   const source = recordedSource(olds);
   for (const c of result) if (c.operation === 'record' && (c.property === 'source' || c.property === 'sourceChecksum')) source[c.property] = c.to as string;
-  const chain = recordChain(file, before);
+  const chain = await recordChain(engine, file, before);
   // Nothing changed on disk or in the chain: what was vouched before still stands.
   if (chain.identity === olds.identity && before !== '') chain.identityFrom = olds.identityFrom ?? '';
   return { outs: outputsOf({ ...news, preallocation: news.preallocation ?? (olds.preallocation as Preallocation | undefined) }, info, { createdDataFile: olds.createdDataFile, adopted: olds.adopted, dataFileIdentity: olds.dataFileIdentity ?? '', chain, source }) };
@@ -535,16 +641,29 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
 
 export async function read(id: string, props: ImageOutputs): Promise<{ id: string; props?: ImageOutputs; inputs?: Record<string, unknown> }> {
   const file = props?.path ?? id;
-  const engine = engineOf(props?.engine);
-  if (!(await exists(engine, file))) return { id: '' };
-  const info = await currentFacts(engine, file, props?.qmpSocket, props?.qmpSocket ? writerOf(file) : undefined);
+  const engine = engineOf(props?.engine, props?.connection);
+  // The header and the chain's identities are read at once (on a remote host, in the same round
+  // trip); no look before: gone is NOT_FOUND.
+  const recording = !props || !Array.isArray(props.backingChain);
+  const chainRead = engine.chain(file, recording ? new Date().toISOString() : '');
+  chainRead.catch(() => undefined);
+  let file0: ImageFacts;
+  try {
+    file0 = await engine.info(file, { forceShare: true });
+  } catch (e) {
+    if (Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND') return { id: '' };
+    throw e;
+  }
+  const info = await withHolder(file0, file, props?.qmpSocket, props?.qmpSocket && !isRemote(props) ? writerOf(file) : undefined);
   const base: ImageInputs = { path: file, engine: props?.engine ?? 'native', ...(props?.qmpSocket ? { qmpSocket: props.qmpSocket } : {}) };
+  if (props?.connection) base.connection = props.connection;
   if (props?.preallocation) base.preallocation = props.preallocation as Preallocation;
-  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info), source: recordedSource(props ?? {}) });
+  const outs = outputsOf(base, info, { createdDataFile: props?.createdDataFile ?? false, adopted: props?.adopted ?? false, dataFileIdentity: props?.dataFileIdentity ?? '', chain: refreshedChain(file, props, info, await chainRead), source: recordedSource(props ?? {}) });
   outs.dataFileOnDelete = props?.dataFileOnDelete ?? 'auto';
   outs.deleteAdopted = props?.deleteAdopted ?? false;
   // Drift (a hand-run qemu-img amend or resize) shows in the inputs too, so the next update
-  // puts the image back where the program says it should be.
+  // puts the image back where the program says it should be. (Never the connection: Pulumi keeps
+  // inputs a provider returns as they are, and the connection is a secret.)
   const inputs: Record<string, unknown> = {
     path: file, size: outs.virtualSize, compat: outs.compat, lazyRefcounts: outs.lazyRefcounts, refcountBits: outs.refcountBits,
     dataFileRaw: outs.dataFileRaw, engine: outs.engine,
@@ -559,23 +678,23 @@ export async function read(id: string, props: ImageOutputs): Promise<{ id: strin
  * A refresh keeps the recorded chain (a base that changed stays a difference until the user deals
  * with it) and says what changed; the identity is this file's now, vouching nothing new.
  */
-function refreshedChain(file: string, props: ImageOutputs | undefined, info: ImageFacts): ChainRecord {
-  if (!props || !Array.isArray(props.backingChain)) return recordChain(file, '');
+function refreshedChain(file: string, props: ImageOutputs | undefined, info: ImageFacts, read: ImageChain): ChainRecord {
+  if (!props || !Array.isArray(props.backingChain)) return chainRecord(file, read, '');
   const recorded = props.backingChain;
   remember(file, recorded);
   const facts = factsOfState({ ...factOutputs(info), path: file });
-  const drift = info.backingFile || recorded.length ? classifyChain(facts, {}, { recorded, current: readChain(file, '') }).find((c) => c.action === 'refuse') : undefined;
-  const identity = chainIdentityOf(file, recorded) ?? '';
+  const drift = info.backingFile || recorded.length ? classifyChain(facts, {}, { recorded, current: read.view }).find((c) => c.action === 'refuse') : undefined;
+  const identity = identityWith(read.self, recorded) ?? '';
   return { backingChain: recorded, backingDrift: drift?.reason ?? '', identity, identityFrom: identity === props.identity ? props.identityFrom ?? '' : '' };
 }
 
 export async function remove(_id: string, props: ImageOutputs): Promise<void> {
   if (props.adopted && !props.deleteAdopted) return; // adopted images are the user's: kept
-  const engine = engineOf(props.engine);
+  const engine = engineOf(props.engine, props.connection);
   if (!(await exists(engine, props.path))) return;
   // Never delete a file other images read from: those this provider knows of, and those beside it.
   const users = [...knownChains].filter(([f, chain]) => f !== props.path && chain.includes(props.path)).map(([f]) => f);
-  const refusal = deleteRefusal(props.path, findDependents(props.path, users).dependents);
+  const refusal = deleteRefusal(props.path, (await engine.dependents(props.path, users)).dependents);
   if (refusal) throw new Qcow2Error('REFUSED', refusal.message, { property: refusal.property, file: props.path });
   const policy = props.dataFileOnDelete ?? 'auto';
   const dataFile = policy === 'delete' || (policy === 'auto' && props.createdDataFile);

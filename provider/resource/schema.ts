@@ -40,6 +40,12 @@ function describe(e: ErrorObject, schema: Record<string, unknown>): InputFailure
     return { property: name, reason: `'${name}' is not an Image input; allowed inputs: ${Object.keys(props).join(', ')}` };
   }
   if (e.keyword === 'required') return { property: name, reason: `'${name}' is required: ${p?.description ?? ''}`.trim() };
+  const nested = e.instancePath.replace(/^\//, '').split('/');
+  if (nested.length > 1) {
+    // A setting inside an object input (connection.port): named by its path.
+    const where = nested.join('.');
+    return { property: where, reason: `${where} ${e.message ?? 'is invalid'}` };
+  }
   const allowed = p?.enum ? `one of ${p.enum.map((x) => JSON.stringify(x)).join(', ')}` : p?.description ?? e.message ?? 'invalid';
   return { property: name, reason: `${name} ${e.message ?? 'is invalid'}: allowed is ${allowed}` };
 }

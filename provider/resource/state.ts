@@ -7,6 +7,7 @@ import type { EngineName } from '../engines/engine';
 import type { ChainLayer } from '../model/chain';
 import type { BitmapFacts, ImageFacts } from '../model/facts';
 import type { Preallocation } from '../model/options';
+import type { ConnectionArgs } from '../transport/ssh/connection';
 
 /**
  * The outputs that are facts of the image: the facts' own types where JSON holds them as they
@@ -31,6 +32,10 @@ export type FactOutputs = Pick<ImageFacts, 'clusterSize' | 'compat' | 'refcountB
 /** Outputs: the image as last read, plus what delete and diff need. Never undefined. */
 export interface ImageOutputs extends FactOutputs {
   path: string;
+  /** The SSH host the image is on (connection.host), '' for this machine. */
+  host: string;
+  /** How to reach that host, kept for refresh and destroy (which run with the state alone); a secret. */
+  connection?: ConnectionArgs;
   engine: EngineName;
   /** Preallocation asked at creation ('' when unknown: adopted images). */
   preallocation: string;

@@ -172,6 +172,20 @@ function classify(current: ImageFacts, desiredSpec: DesiredSpec, facts: WorldFac
     }
   }
 
+  // The host: an image on another machine is a new image, as one at another path is. Only the
+  // host name decides: a new port, user or credential reaches the same machine.
+  if (desired.host !== undefined && current.host !== undefined) {
+    const from = current.host.toLowerCase(), to = desired.host.toLowerCase();
+    const where = (h: string) => (h === '' ? 'this machine' : h);
+    if (from === to) {
+      out.push({ property: 'host', action: 'none', reason: 'unchanged', from: current.host, to: desired.host });
+    } else {
+      const what = `moving the image from ${where(current.host)} to ${where(desired.host)} (connection.host) means creating a new image there and deleting the old one with its data`;
+      out.push(desired.allowReplace
+        ? { property: 'host', action: 'replace', reason: `${what}; allowReplace is set`, from: current.host, to: desired.host }
+        : { property: 'host', action: 'refuse', reason: `${what}. Set allowReplace: true to accept that, or keep connection.host`, from: current.host, to: desired.host });
+    }
+  }
   out.push(...classifySource(facts.recordedSource, desired));
 
   // Create-only properties (qemu-img: "only supported for image creation"; model/names.ts).

@@ -43,6 +43,8 @@ export interface DesiredSpec extends Omit<CreateOptions, 'adoptDataFile'> {
   qmpSocket?: string;
   /** Where the image should be (absolute). Moving it means a new image. */
   path?: string;
+  /** The SSH host it should be on ('' for this machine). Another host means a new image. */
+  host?: string;
   /** Shrinking destroys data beyond the new end: only with this set. */
   allowShrink?: boolean;
   /** Properties that can only change by replacing the image may do so (the old image is deleted). */

@@ -1,5 +1,6 @@
 // Image names on the command line: plain, file:, json:{...} (QEMU's JSON dialect) and
-// --image-opts, each to a local file; everything that is not a local file is refused by name.
+// --image-opts, each to a local file; ssh:// URLs to a file on a remote host; everything else is
+// refused by name.
 
 import { describe, expect, it } from 'vitest';
 import { parseImageName, parseQemuJson } from '../../provider/cli/names';
@@ -17,17 +18,29 @@ describe('parseImageName', () => {
     expect(parseImageName(name)).toEqual(want);
   });
 
+  it.each([
+    ['ssh://h.example/srv/i.qcow2', { host: 'h.example' }, '/srv/i.qcow2'],
+    ['ssh://alice@10.0.0.2:2222/srv/a%20b%2Cc%27%24(x).qcow2', { host: '10.0.0.2', port: 2222, user: 'alice' }, "/srv/a b,c'$(x).qcow2"],
+    ['ssh://[::1]:22/x', { host: '::1', port: 22 }, '/x'],
+  ])('%s names a file on a remote host', (name, remote, path) => {
+    expect(parseImageName(name)).toEqual({ path, remote, display: name });
+  });
+
   it('reads --image-opts as QemuOpts (,, is a comma)', () => {
     expect(parseImageName('driver=qcow2,file.driver=file,file.filename=a,,b.qcow2', true)).toEqual({ path: 'a,b.qcow2', format: 'qcow2', display: 'a,b.qcow2' });
   });
 
   it.each([
     ['nbd://localhost/x', "Protocol 'nbd' is not supported"],
-    ['ssh://host/x', "Protocol 'ssh' is not supported"],
+    ['ssh:host/x', "write ssh://[user@]host[:port]/absolute/path"],
+    ['ssh://host/', 'the path must be absolute and name a file'],
+    ['ssh://host/x?host_key_check=no', "options after '?' are not supported"],
+    ['ssh://u:secret@host/x', 'a password in the URL is not accepted'],
+    ['ssh://host/a%zz', 'a bad %-escape'],
     ['http://host/x', "Protocol 'http' is not supported"],
     ['img:x.qcow2', "Unknown protocol 'img'"],
     ['json:{"driver":"nbd","server":{"type":"inet","host":"h","port":"1"}}', "Driver 'nbd' is not supported"],
-    ['json:{"driver":"qcow2","file":{"driver":"ssh","path":"/x"}}', "Driver 'ssh' is not supported"],
+    ['json:{"driver":"qcow2","file":{"driver":"ssh","path":"/x"}}', "Driver 'ssh' is not supported here: an image on a remote host is named by a URL only"],
     ['json:{"driver":"qcow2","file":{"driver":"blkdebug","image":{"driver":"file","filename":"x"}}}', "Driver 'blkdebug' is not supported"],
     ['json:{"driver":"vmdk2","file":"x"}', "Unknown driver 'vmdk2'"],
     ['json:{"driver":"qcow2","file":"node0"}', "Option 'file' in the json: file name is not supported"],

@@ -1,6 +1,7 @@
 // A loopback TCP proxy between a client and a server on this machine: it delays each direction
-// by a fixed time (a WAN's round trip, for benchmarks) and can cut connections mid-stream (a
-// dropped link, for failure tests). It listens on 127.0.0.1 only and forwards to one target.
+// by a fixed time (a WAN's round trip, for benchmarks), can cut connections mid-stream (a
+// dropped link, for failure tests), call back when a connection's traffic reaches a byte count
+// (to kill a client at a chosen point) and pause (to look at the server's side mid-operation). It listens on 127.0.0.1 only and forwards to one target.
 
 import * as net from 'net';
 
@@ -17,10 +18,17 @@ export interface TcpProxy {
   readonly accepted: number;
   /** Bytes forwarded client -> server and server -> client. */
   readonly bytes: { up: number; down: number };
+  /** Round trips: client chunks that arrived after the server had sent something (over all connections). */
+  readonly turns: number;
   /** Cut every open connection now. */
   dropAll(): void;
   /** Cut each connection whose traffic reaches `n` bytes, counted from its start (one past it already is cut at its next chunk); undefined stops cutting. */
   setDropAfterBytes(n: number | undefined): void;
+  /** Call `fn` (once per connection) when a connection's traffic reaches `n` bytes, before that chunk is forwarded; undefined stops. */
+  onBytes(n: number | undefined, fn?: () => void): void;
+  /** Stop forwarding (both directions, every connection, new ones too) until resume(). */
+  pause(): void;
+  resume(): void;
   close(): Promise<void>;
 }
 
@@ -57,14 +65,25 @@ class DelayLine {
 export async function startTcpProxy(target: { host: string; port: number }, opts: TcpProxyOptions = {}): Promise<TcpProxy> {
   const delay = opts.delayMs ?? 0;
   let dropAfter = opts.dropAfterBytes;
+  let hook: { n: number; fn: () => void } | undefined;
+  let paused = false;
+  const sockets = new Set<net.Socket>();
   const live = new Set<() => void>();
   const bytes = { up: 0, down: 0 };
   let accepted = 0;
+  let turns = 0;
 
   const server = net.createServer((client) => {
     accepted++;
     const upstream = net.connect(target.port, target.host);
     let passed = 0;
+    let hooked = false;
+    let answered = true; // the client speaks first: its first chunk is a round trip
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      if (paused) s.pause();
+    }
     const up = new DelayLine(delay, (b) => upstream.write(b));
     const down = new DelayLine(delay, (b) => client.write(b));
     const cut = () => {
@@ -77,6 +96,10 @@ export async function startTcpProxy(target: { host: string; port: number }, opts
     live.add(cut);
     const count = (n: number) => {
       passed += n;
+      if (hook !== undefined && !hooked && passed >= hook.n) {
+        hooked = true;
+        hook.fn();
+      }
       if (dropAfter !== undefined && passed >= dropAfter) {
         cut();
         return false;
@@ -85,10 +108,13 @@ export async function startTcpProxy(target: { host: string; port: number }, opts
     };
     client.on('data', (d: Buffer) => {
       bytes.up += d.length;
+      if (answered) turns++;
+      answered = false;
       if (count(d.length)) up.push(d);
     });
     upstream.on('data', (d: Buffer) => {
       bytes.down += d.length;
+      answered = true;
       if (count(d.length)) down.push(d);
     });
     const end = () => {
@@ -113,11 +139,25 @@ export async function startTcpProxy(target: { host: string; port: number }, opts
       return accepted;
     },
     bytes,
+    get turns() {
+      return turns;
+    },
     dropAll() {
       for (const cut of [...live]) cut();
     },
     setDropAfterBytes(n) {
       dropAfter = n;
+    },
+    onBytes(n, fn) {
+      hook = n === undefined || fn === undefined ? undefined : { n, fn };
+    },
+    pause() {
+      paused = true;
+      for (const s of sockets) s.pause();
+    },
+    resume() {
+      paused = false;
+      for (const s of sockets) s.resume();
     },
     close() {
       for (const cut of [...live]) cut();

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { lockBytes } from '../../provider/qcow2/io/lock';
-import { RemoteLocker, SshPool, lockRemoteImage, type RemoteImageLock, type SshConnection } from '../../provider/transport/ssh';
+import { HostHelper, SshPool, lockRemoteImage, type RemoteImageLock, type SshConnection } from '../../provider/transport/ssh';
 import { scratchBase, skipWithoutTools, startHolder, stopHolder, tool } from '../engines/helpers';
 import { skipWithoutSshd, type Sshd } from '../helpers/sshd';
 import { failure, useSshd } from './support';
@@ -119,11 +119,28 @@ describe.skipIf(skip)('QEMU image locks through SSH', () => {
     const a = await lock('write');
     const b = await lockRemoteImage(conn, second, 'write');
     locks.push(b);
-    expect(RemoteLocker.of(conn)).toBe(RemoteLocker.of(conn));
+    expect(HostHelper.of(conn)).toBe(HostHelper.of(conn));
     expect(tool('qemu-io', ['-c', 'read 0 512', '-f', 'qcow2', second], dir).stderr).toMatch(QEMU_WRITE_REFUSAL);
     await a.release();
     expect(qemuIo().status).toBe(0);
     expect(tool('qemu-io', ['-c', 'read 0 512', '-f', 'qcow2', second], dir).stderr).toMatch(QEMU_WRITE_REFUSAL);
+  });
+
+  it('head: a file\'s size, identity and first cluster in one request; a FIFO or a folder is refused without waiting', async () => {
+    const h = HostHelper.of(conn);
+    const r = await h.head(image, 64 * 1024);
+    expect('notRegular' in r).toBe(false);
+    const st = fs.statSync(image, { bigint: true });
+    if (!('notRegular' in r)) {
+      expect(r).toMatchObject({ kind: 'file', size: Number(st.size), allocated: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` });
+      // The first cluster, its trailing zeros restored.
+      expect(r.head.equals(fs.readFileSync(image).subarray(0, 64 * 1024))).toBe(true);
+    }
+    const fifo = path.join(dir, 'fifo');
+    expect(tool('mkfifo', [fifo], dir).status).toBe(0);
+    expect(await h.head(fifo, 512)).toEqual({ notRegular: true });
+    expect(await h.head(dir, 512)).toEqual({ notRegular: true });
+    expect((await failure(h.head(path.join(dir, 'missing'), 512))).code).toBe('NOT_FOUND');
   });
 
   describe('when the connection drops', () => {

@@ -3,7 +3,7 @@
 
 import { READ_ONLY_DRIVERS, imageName, requireQcow2 } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
 import { out } from '../io';
 import { fail, failOn, messageOf } from '../report';
@@ -45,7 +45,7 @@ export async function run(argv: string[]): Promise<void> {
   if (file === undefined) fail('Expecting one image file name');
   requireQcow2(o.f);
   // qemu-img opens the image (repairing a dirty one) before it checks the options.
-  await repairDirtyFirst(imageName(file).path).catch((e: unknown) => failOn(e, file));
+  await repairDirtyFirst(imageName(file)).catch((e: unknown) => failOn(e, file));
   let req: AmendRequest;
   try {
     req = toAmendRequest(pairs);
@@ -53,7 +53,8 @@ export async function run(argv: string[]): Promise<void> {
     fail(messageOf(e));
   }
   try {
-    await cliEngine().amend(imageName(file).path, req);
+    const image = imageName(file);
+    await engineFor(image).amend(image.path, req);
   } catch (e) {
     failOn(e, file);
   }

@@ -5,7 +5,7 @@
 // Options are parsed as getopt_long parses qemu-img's (actions in command-line order, options
 // and operands in any order), so every usage error has qemu-img's words.
 
-import { cliEngine } from '../engine';
+import { cliEngine, localFile } from '../engine';
 import { err, out } from '../io';
 import { Exit, PROG, failOn, messageOf, report, reportEach, warn } from '../report';
 import { granularityArgument } from '../../rules/bitmaps';
@@ -106,6 +106,7 @@ export async function run(argv: string[]): Promise<void> {
     const [file, name] = p.operands as [string, string];
     let d: BitmapDump;
     try {
+      localFile(file, 'bitmap');
       d = await cliEngine().dumpBitmap(file, name, { forceShare: p.flags.has('force-share') });
     } catch (e) {
       failOn(e, file);
@@ -141,6 +142,7 @@ export async function run(argv: string[]): Promise<void> {
     return a;
   });
   try {
+    localFile(file, 'bitmap');
     const r = await cliEngine().bitmap(file, name, actions, {
       ...(srcFile !== undefined ? { sourceFile: srcFile } : {}),
       ...(srcFmt !== undefined ? { sourceFormat: srcFmt } : {}),

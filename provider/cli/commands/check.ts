@@ -3,7 +3,7 @@
 // Exit 0 clean, 1 could not check, 2 corruptions, 3 leaks only.
 
 import { parseReadArgs } from '../args';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { checkExitCode, checkHumanText, checkJson, repairedText } from '../render/check';
 import { Exit, fail, messageOf, report } from '../report';
 import { out, err } from '../io';
@@ -13,22 +13,23 @@ export const usage = 'check [-f qcow2|raw] [-q] [-U] [-r leaks|all] [--output=hu
 export const description = 'check refcount and L1/L2 consistency (-r: repair leaks, or all); exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
 
 export async function run(argv: string[]): Promise<void> {
-  const { file, path, display, output: fmt, forceShare, quiet, format, repair } = parseReadArgs(argv, { quiet: true, repair: true });
+  const { file, image, path, display, output: fmt, forceShare, quiet, format, repair } = parseReadArgs(argv, { quiet: true, repair: true });
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') fail(`Unknown option value for -r (expecting 'leaks' or 'all'): ${repair}`);
   if (repair && forceShare) fail(`Could not open '${file}': force-share=on can only be used with read-only images`);
+  const engine = engineFor(image);
   let r: CheckResult;
   let fixed: { leaks: number; corruptions: number } | undefined;
   try {
     // qemu-img opens the image first, then finds that raw has no check (exit 63). A qcow2 image
     // info cannot read (a snapshot table too big) is still checked: check opens it as QEMU's
     // BDRV_O_CHECK does, and reports what it finds.
-    const probed = format === 'qcow2' ? 'qcow2' : await cliEngine().info(path, { forceShare, format: format ?? 'probe' }).then((i) => i.format, () => undefined);
+    const probed = format === 'qcow2' ? 'qcow2' : await engine.info(path, { forceShare, format: format ?? 'probe' }).then((i) => i.format, () => undefined);
     if (probed === 'raw') {
       report('This image format does not support checks');
       throw new Exit(63);
     }
     if (repair) {
-      const rep = await cliEngine().repair(path, repair);
+      const rep = await engine.repair(path, repair);
       for (const m of rep.messages) err(m + '\n');
       if (rep.failed) {
         report('Check failed: Input/output error');
@@ -41,7 +42,7 @@ export async function run(argv: string[]): Promise<void> {
       r = rep.result;
       if (!rep.rechecked) r = { ...r, messages: [] };
     } else {
-      r = await cliEngine().check(path, { forceShare });
+      r = await engine.check(path, { forceShare });
     }
   } catch (e) {
     if (e instanceof Exit) throw e;

@@ -3,7 +3,7 @@
 // qemu-img commit does. It writes into a file the image's own chain names: the base.
 
 import { getopt, requireQcow2 } from '../args';
-import { cliEngine } from '../engine';
+import { cliEngine, localFile } from '../engine';
 import { fail, failOn } from '../report';
 import { out } from '../io';
 import { qemuProgress } from '../render/progress';
@@ -36,7 +36,7 @@ export async function run(argv: string[]): Promise<void> {
   requireQcow2(format);
   const bar = progress && !quiet ? qemuProgress() : undefined;
   try {
-    await repairDirtyFirst(file);
+    await repairDirtyFirst(localFile(file, 'commit'));
     await cliEngine().commit(file, request, bar ? { progress: (d, t) => bar.update(t ? (d * 100) / t : 100) } : {});
   } catch (e) {
     bar?.end();

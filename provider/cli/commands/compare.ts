@@ -4,7 +4,7 @@
 // opened.
 
 import { getopt } from '../args';
-import { cliEngine } from '../engine';
+import { cliEngine, localFile } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report } from '../report';
 import { out } from '../io';
 import { qemuProgress } from '../render/progress';
@@ -39,6 +39,8 @@ export async function run(argv: string[]): Promise<void> {
   const bar = progress && !quiet ? qemuProgress() : undefined;
   let r;
   try {
+    localFile(f1, 'compare');
+    localFile(f2, 'compare');
     r = await cliEngine().compare(a, b, { strict, forceShare, ...(bar ? { progress: (d: number, t: number) => bar.update(t ? (d * 100) / t : 100) } : {}) });
   } catch (e) {
     bar?.end();

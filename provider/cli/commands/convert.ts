@@ -7,7 +7,8 @@
 
 import { imageName, requireCreatable } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor, importSource } from '../engine';
+import type { ImageName } from '../names';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toCreateOptions } from '../optlist';
 import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../report';
 import type { CreateOptions } from '../../model/options';
@@ -69,9 +70,9 @@ export async function run(argv: string[]): Promise<void> {
   if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
   const url = /^https?:\/\//i.test(src);
   // A URL is fetched by the engine; a file name is read as qemu-img reads it (file:, json:, --image-opts).
-  const from: { path: string; format?: string } = url ? { path: src } : imageName(src);
+  const from: ImageName = url ? { path: src, display: src } : imageName(src);
   const format = o.f ?? from.format;
-  const target = imageName(dst).path;
+  const target = imageName(dst);
   if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
   const opts: ImportOptions = {
     durable: (o.t ?? 'unsafe') !== 'unsafe',
@@ -93,12 +94,11 @@ export async function run(argv: string[]): Promise<void> {
   }
   try {
     const source: ImportSource = {
-      path: from.path,
-      ...(format !== undefined ? { format } : {}),
+      ...importSource(from, target, format),
       ...(o.checksum !== undefined ? { checksum: o.checksum } : {}),
       ...(snapshot ? { snapshot } : {}),
     };
-    await cliEngine().import(target, options, source, opts);
+    await engineFor(target, from).import(target.path, options, source, opts);
   } catch (e) {
     bar?.stop();
     // qemu-img opens the source, then loads the snapshot: its failure is not an open error.

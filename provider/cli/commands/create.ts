@@ -3,7 +3,7 @@
 
 import { imageName, requireCreatable } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { createOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, raisedAfterFormatting, toCreateOptions, toRawCreateOptions, type OptionPair } from '../optlist';
 import { formattingLine } from '../render/formatting';
 import { Exit, fail, messageOf, report, reportEach, warn } from '../report';
@@ -69,8 +69,9 @@ export async function run(argv: string[]): Promise<void> {
   if (options.size === undefined && (options.backingFile === undefined || o.u) && !options.adoptDataFile) {
     fail('Image creation needs a size parameter', file); // qemu-img says so before Formatting
   }
-  const engine = cliEngine();
-  const target = imageName(file, false, true).path;
+  const image = imageName(file, false, true);
+  const engine = engineFor(image);
+  const target = image.path;
   const behaviour = { unsafeBacking: o.u ?? false };
   // qemu-img opens the backing file (and takes an overlay's size from it) before it prints the
   // Formatting line: a missing backing file fails with no Formatting line.
@@ -130,10 +131,10 @@ async function createRaw(file: string, pairs: OptionPair[], size: string | undef
     throw new Exit(1);
   }
   if (options.size === undefined) fail('Image creation needs a size parameter', file);
-  const target = imageName(file, false, true).path;
+  const image = imageName(file, false, true);
   if (!o.q) out(formattingLine(file, pairs, options.size, 'raw') + '\n');
   try {
-    await cliEngine().createRaw(target, options);
+    await engineFor(image).createRaw(image.path, options);
   } catch (e) {
     fail(messageOf(e), file);
   }

@@ -4,7 +4,7 @@
 
 import { resolveBackingName } from '../../model/backing-name';
 import { imageName, parseArgs, outputFormat, requireQcow2OrRaw } from '../args';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { infoChainJsonText, infoHumanText, infoJsonText } from '../render/info';
 import { fail, messageOf } from '../report';
 import { out } from '../io';
@@ -26,11 +26,9 @@ export async function run(argv: string[]): Promise<void> {
   if (a.positional.length > 1) fail(`Unexpected argument '${a.positional[1]}'`);
   const chain: Array<{ facts: ImageFacts; filename: string }> = [];
   const seen = new Set<string>();
-  const engine = cliEngine();
-  const top = imageName(file, a.flags.has('imageOpts'));
-  fmt ??= top.format;
-  let path = top.path;
-  let display = top.display;
+  let image = imageName(file, a.flags.has('imageOpts'));
+  fmt ??= image.format;
+  let { path, display } = image;
   // qemu-img's collect_image_info_list: each backing file by its full name, in the format the
   // image records (else the format of the one before), a name seen twice is a loop.
   while (file !== undefined) {
@@ -38,7 +36,7 @@ export async function run(argv: string[]): Promise<void> {
     seen.add(display);
     let facts: ImageFacts;
     try {
-      facts = await engine.info(path, { forceShare: a.flags.has('forceShare'), format: fmt === 'raw' || fmt === 'qcow2' ? fmt : 'probe' });
+      facts = await engineFor(image).info(path, { forceShare: a.flags.has('forceShare'), format: fmt === 'raw' || fmt === 'qcow2' ? fmt : 'probe' });
     } catch (e) {
       fail(`Could not open '${file}': ${messageOf(e)}`);
     }
@@ -47,9 +45,10 @@ export async function run(argv: string[]): Promise<void> {
     chain.push({ facts, filename: display });
     if (!a.flags.has('chain') || facts.backingFile === undefined || facts.backingFile === '') break;
     file = facts.detail?.fullBackingFile ?? facts.backingFile;
+    // A backing file of an image on a remote host is on that host.
     const next = imageName(file);
-    path = next.path;
-    display = next.display;
+    image = next.remote === undefined && image.remote !== undefined ? { ...next, remote: image.remote } : next;
+    ({ path, display } = image);
     if (facts.backingFormat !== undefined) {
       fmt = facts.backingFormat;
       requireQcow2OrRaw(fmt);

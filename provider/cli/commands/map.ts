@@ -2,7 +2,7 @@
 // chain, as qemu-img map prints it.
 
 import { parseReadArgs } from '../args';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { mapHumanText, mapJsonText } from '../render/map';
 import { fail, failOn } from '../report';
 import { out } from '../io';
@@ -11,10 +11,10 @@ export const usage = 'map [-f qcow2|raw] [--output=human|json] [-U] FILE';
 export const description = 'show the allocation map of an image through its backing chain (qemu-img map)';
 
 export async function run(argv: string[]): Promise<void> {
-  const { file, path, output: fmt, forceShare, format } = parseReadArgs(argv);
+  const { file, image, path, output: fmt, forceShare, format } = parseReadArgs(argv);
   let entries;
   try {
-    entries = await cliEngine().map(path, { forceShare, format: format ?? 'probe' });
+    entries = await engineFor(image).map(path, { forceShare, format: format ?? 'probe' });
   } catch (e) {
     failOn(e, file);
   }

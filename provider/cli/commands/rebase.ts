@@ -3,7 +3,7 @@
 
 import { imageName, requireQcow2 } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { fail, failOn } from '../report';
 import { repairDirtyFirst } from '../dirty';
 
@@ -32,8 +32,9 @@ export async function run(argv: string[]): Promise<void> {
   requireQcow2(o.f);
   if (o.b === undefined) fail('Must specify backing file (-b) or use unsafe mode (-u)');
   try {
-    await repairDirtyFirst(imageName(file).path);
-    await cliEngine().rebase(imageName(file).path, o.b, o.F, { safe: !o.u });
+    const image = imageName(file);
+    await repairDirtyFirst(image);
+    await engineFor(image).rebase(image.path, o.b, o.F, { safe: !o.u });
   } catch (e) {
     failOn(e, file);
   }

@@ -2,7 +2,7 @@
 
 import { imageName, requireQcow2 } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
-import { cliEngine } from '../engine';
+import { engineFor } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report, warn } from '../report';
 import { parseSizeOption } from '../../model/size';
 import { resolveBackingName } from '../../model/backing-name';
@@ -48,16 +48,18 @@ export async function run(argv: string[]): Promise<void> {
     report(messageOf(e)); // QemuOpts' hint lines are printed bare
     throw new Exit(1);
   }
-  const { path } = imageName(file);
+  const image = imageName(file);
   try {
-    await repairDirtyFirst(path);
-    const facts = await cliEngine().info(path, { forceShare: true }).catch(() => undefined);
+    await repairDirtyFirst(image);
+    const engine = engineFor(image);
+    const path = image.path;
+    const facts = await engine.info(path, { forceShare: true }).catch(() => undefined);
     if (facts !== undefined && (typeof size === 'bigint' ? size : facts.virtualSize + size.relative) <= 0n) fail('New image size must be positive');
     // A data-file-raw image's data file changes size with it, as in qemu-img: the file the
     // header names, which may not be where the user expects. Say which one it is, to a person
     // at a terminal (scripts get qemu-img's output unchanged).
     if (facts?.dataFileRaw && facts.dataFile && !o.q && isatty(2)) err(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
-    await cliEngine().resize(path, size, { allowShrink: o.shrink ?? false });
+    await engine.resize(path, size, { allowShrink: o.shrink ?? false });
   } catch (e) {
     if (e instanceof Exit) throw e;
     report(openPrefix(e, file) + messageOf(e));

@@ -3,7 +3,7 @@
 // first, with QEMU's lines, as its read/write open does).
 
 import { getopt } from '../args';
-import { cliEngine } from '../engine';
+import { cliEngine, localFile } from '../engine';
 import { snapshotListText } from '../render/snapshots';
 import { fail, failOn } from '../report';
 import { out } from '../io';
@@ -31,13 +31,14 @@ export async function run(argv: string[]): Promise<void> {
   const file = positional[0]!;
   const engine = cliEngine();
   try {
+    localFile(file, 'snapshot');
     if (request?.action === 'list') {
       const list = (await engine.snapshot(file, request, { forceShare })) ?? [];
       if (list.length) out(snapshotListText(list));
       return;
     }
     // qemu-img opens the image read/write for everything else (repairing a dirty one).
-    await repairDirtyFirst(file);
+    await repairDirtyFirst(localFile(file, 'snapshot'));
     if (request) await engine.snapshot(file, request);
   } catch (e) {
     failOn(e, file);

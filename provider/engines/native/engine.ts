@@ -10,21 +10,38 @@ import type { CreateBehaviour } from '../../rules/create';
 import type { CheckResult } from '../../qcow2/ops/check';
 import type { MapEntry } from '../../qcow2/ops/map';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Engine, FileStat, ImageRef, ImportOptions,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Dependents, Engine, FileStat, ImageChain, ImageRef, ImportOptions,
   ImportSource, ProgressFn, ReadOptions, RebaseOptions, RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
 } from '../engine';
 import type { CommitRequest, SnapshotRequest } from '../../rules/types';
+import type { ConnectionArgs } from '../../transport/ssh/connection';
 import type { OpCall, TargetDescriptor } from './protocol';
+import { Qcow2Error } from '../../model/errors';
 import type { LocalImportSource } from './ops';
 
 /** Runs a request somewhere and resolves with its result (errors as Qcow2Error). */
 export type Executor = (target: TargetDescriptor, call: OpCall, progress?: ProgressFn) => Promise<unknown>;
 
 export interface NativeEngineOptions {
-  /** 'worker' (default): a shared pool of worker threads. 'inline': on the calling thread (blocks it). */
+  /**
+   * 'worker' (default): a shared pool of worker threads. 'inline': on the calling thread (blocks
+   * it); a remote host's files are always worked on in a worker.
+   */
   executor?: 'worker' | 'inline' | Executor;
-  /** The file system the paths are on (default: local files). */
+  /** The file system the paths are on (default: local files, or the host of `getEngine`'s `connection`). */
   target?: TargetDescriptor;
+}
+
+/**
+ * What an engine needs for remote hosts, given where it is built (engines/index.ts) so that this
+ * class reaches neither SSH nor the pool: an executor off the calling thread, and the target of
+ * a connection.
+ */
+export interface RemoteSupport {
+  /** Runs operations involving a remote host; never the calling thread, whose event loop serves the remote files. */
+  exec: Executor;
+  /** The target of a remote host (its connection kept in this process under an id). */
+  target(connection: ConnectionArgs): Promise<TargetDescriptor>;
 }
 
 /**
@@ -35,11 +52,28 @@ export interface NativeEngineOptions {
  */
 export class NativeEngine implements Engine {
   readonly name = 'native' as const;
+  private readonly target: TargetDescriptor | Promise<TargetDescriptor>;
 
-  constructor(private readonly exec: Executor, private readonly target: TargetDescriptor = { kind: 'local' }) {}
+  /**
+   * @param exec runs local operations
+   * @param target the host the paths are on: local files, or a remote host's target
+   * @param remote how remote hosts are reached; without it, only local files (a `target` of a
+   *   remote host then runs on `exec`, which must not be the calling thread)
+   */
+  constructor(
+    private readonly exec: Executor,
+    target: TargetDescriptor | Promise<TargetDescriptor> = { kind: 'local' },
+    private readonly remote?: RemoteSupport,
+  ) {
+    // A remote target is reported by the first operation that needs it.
+    if (target instanceof Promise) target.catch(() => undefined);
+    this.target = target;
+  }
 
-  private run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
-    return this.exec(this.target, call, progress) as Promise<T>;
+  private async run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
+    const target = await this.target;
+    const remote = target.kind !== 'local' || (call.op === 'import' && call.sourceTarget !== undefined && call.sourceTarget.kind !== 'local');
+    return (remote ? this.remote?.exec ?? this.exec : this.exec)(target, call, progress) as Promise<T>;
   }
 
   async create(path: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<void> {
@@ -56,13 +90,39 @@ export class NativeEngine implements Engine {
 
   /** A URL is downloaded (through the cache) and a compressed source decompressed here, on the caller's thread; the conversion runs on the executor. */
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    const { host, ...file } = source;
+    const target = await this.target;
+    const url = /^https?:\/\//i.test(source.path);
+    if ((host === undefined && target.kind !== 'local' && !url) || (host !== undefined && host !== 'local')) {
+      // A file on the image's remote host, or on another host: read there as it is.
+      if (file.checksum !== undefined) {
+        throw new Qcow2Error('UNSUPPORTED', `sourceChecksum is verified for URLs and files on this machine; '${source.path}' is read on its host as it is. ` +
+          'Give it as a file of this machine (file:) or a URL, or remove sourceChecksum', { property: 'sourceChecksum', file: source.path });
+      }
+      const src: LocalImportSource = { path: file.path };
+      if (file.format !== undefined) src.format = file.format;
+      if (file.references !== undefined) src.references = file.references;
+      if (file.maxSize !== undefined) src.maxSize = file.maxSize;
+      if (file.snapshot !== undefined) src.snapshot = file.snapshot;
+      const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
+      if (host !== undefined) {
+        if (this.remote === undefined) throw new Qcow2Error('UNSUPPORTED', 'This engine works on local files only: a source on a remote host needs the engine of getEngine()', { property: 'source' });
+        call.sourceTarget = await this.remote.target(host);
+      }
+      if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      await this.run(call, opts.progress);
+      return;
+    }
+    // A URL or a file of this machine: made a local raw or qcow2 file here (downloaded, verified,
+    // decompressed), then converted here and written to the image's host as it is converted.
     const { prepareSource } = await import('../source');
-    const local = await prepareSource(source, opts);
+    const local = await prepareSource(file, opts);
     try {
       const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
       if (source.maxSize !== undefined) src.maxSize = source.maxSize;
       if (source.snapshot !== undefined) src.snapshot = source.snapshot;
       const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
+      if (target.kind !== 'local') call.sourceTarget = { kind: 'local' };
       if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
       await this.run(call, opts.progress);
     } finally {
@@ -130,5 +190,13 @@ export class NativeEngine implements Engine {
 
   stat(path: string): Promise<FileStat | undefined> {
     return this.run({ op: 'stat', path });
+  }
+
+  chain(path: string, seen: string): Promise<ImageChain> {
+    return this.run({ op: 'chain', path, seen });
+  }
+
+  dependents(path: string, candidates: readonly string[]): Promise<Dependents> {
+    return this.run({ op: 'dependents', path, candidates: [...candidates] });
   }
 }

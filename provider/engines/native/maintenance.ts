@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import { Qcow2Error } from '../../model/errors';
 import type { SnapshotFacts } from '../../model/facts';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
-import { localFs } from '../../qcow2/io/hostfs';
+import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { ImageLock, lockImage } from '../../qcow2/io/lock';
 import { Image } from '../../qcow2/meta/image';
 import { resolveBackingName, hasProtocolPrefix } from '../../qcow2/spec/backing';
@@ -30,14 +30,14 @@ import { throwIfRefused } from '../refusal';
 import { clearUnknownAutoclearOf } from '../../qcow2/guest/autoclear';
 import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage } from './ops';
 
-const punchIn = (file: BlockFile) => (offset: number, length: number) => localFs.punchHole(file, offset, length);
+const punchIn = (file: BlockFile, host: HostFs = localFs) => (offset: number, length: number) => host.punchHole(file, offset, length);
 
 /** The image file open for writing under QEMU's write lock; `fn` runs with it, then both go. */
-function withLockedFile<T>(path: string, fn: (file: NodeBlockFile) => T): T {
-  const file = NodeBlockFile.open(path, true);
+function withLockedFile<T>(path: string, host: HostFs, fn: (file: BlockFile) => T): T {
+  const file = host.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
-    lock = lockImage(file.fd, path, 'write');
+    lock = host.lock(file, path, 'write');
     return fn(file);
   } finally {
     lock?.release();
@@ -46,11 +46,11 @@ function withLockedFile<T>(path: string, fn: (file: NodeBlockFile) => T): T {
 }
 
 /** An image with an external data file is checked only when the data file is there (qemu-img opens it). */
-function requireDataFile(img: Image): void {
+function requireDataFile(img: Image, host: HostFs): void {
   if (!img.hasDataFile) return;
   const name = img.header.dataFile;
   if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image");
-  if (localFs.stat(name) === undefined) {
+  if (host.stat(name) === undefined) {
     throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
   }
 }
@@ -62,12 +62,12 @@ function requireDataFile(img: Image): void {
  * `qemu-img check -r leaks|all FILE`. The image is opened as check opens it (a corrupt image
  * too: repairing it is the point), under QEMU's write lock.
  */
-export function repairImageFile(path: string, mode: RepairMode): RepairReport {
-  return withLockedFile(path, (file) => {
+export function repairImageFile(path: string, mode: RepairMode, host: HostFs = localFs): RepairReport {
+  return withLockedFile(path, host, (file) => {
     const img = Image.open(file, path);
-    requireDataFile(img);
+    requireDataFile(img, host);
     clearUnknownAutoclearOf(file, img);
-    const r = repairImage(file, mode, { punch: punchIn(file) });
+    const r = repairImage(file, mode, { punch: punchIn(file, host) });
     const fixed = r.leaksFixed + r.corruptionsFixed > 0;
     const result = fixed && !r.failed ? checkImage(file) : r.result;
     return { messages: r.messages, leaksFixed: r.leaksFixed, corruptionsFixed: r.corruptionsFixed, result, rechecked: fixed && !r.failed, failed: r.failed };
@@ -79,12 +79,12 @@ export function repairImageFile(path: string, mode: RepairMode): RepairReport {
  * all. Returns the lines it prints; none for a clean image. A corrupt image is refused, as
  * QEMU refuses to open it read/write.
  */
-export function repairDirtyImage(path: string): string[] {
-  return withLockedFile(path, (file) => {
+export function repairDirtyImage(path: string, host: HostFs = localFs): string[] {
+  return withLockedFile(path, host, (file) => {
     const img = Image.open(file, path);
     throwIfRefused(validateWritable(imageStateOf(img)), path);
     if (!img.dirty) return [];
-    const r = repairImage(file, 'all', { punch: punchIn(file) });
+    const r = repairImage(file, 'all', { punch: punchIn(file, host) });
     if (r.failed || r.result.checkErrors) throw repairFailed(path);
     return r.messages;
   });
@@ -95,7 +95,7 @@ function withRepairedImage<T>(path: string, behaviour: AmendBehaviour, fn: (img:
   return withWritableImage(path, behaviour, (opened, file) => {
     const img = clearUnknownAutoclearOf(file, opened) ? Image.open(file, path) : opened;
     if (!img.dirty) return fn(img, file);
-    const r = repairImage(file, 'all', { punch: punchIn(file) });
+    const r = repairImage(file, 'all', { punch: punchIn(file, behaviour.host) });
     if (r.failed || r.result.checkErrors) throw repairFailed(path);
     return fn(Image.open(file, path), file);
   });
@@ -112,7 +112,7 @@ function withRepairedImage<T>(path: string, behaviour: AmendBehaviour, fn: (img:
  */
 export function snapshotImage(path: string, req: SnapshotRequest, behaviour: AmendBehaviour & { forceShare?: boolean } = {}): SnapshotFacts[] | undefined {
   if (req.action === 'list') {
-    const facts = readImageFacts(path, { lock: !behaviour.forceShare });
+    const facts = readImageFacts(path, { lock: !behaviour.forceShare, ...(behaviour.host ? { host: behaviour.host } : {}) });
     return facts.hasDataFile ? [] : facts.detail?.snapshots ?? [];
   }
   return withRepairedImage(path, behaviour, (opened, file) => {
@@ -122,7 +122,7 @@ export function snapshotImage(path: string, req: SnapshotRequest, behaviour: Ame
     const index = req.action === 'apply' ? findByIdOrName(list, req.name) : req.action === 'delete' ? findByName(list, req.name) : -1;
     throwIfRefused(validateSnapshot(state, req, index >= 0), path);
     // QEMU discards the clusters a snapshot operation frees (holes in the image file).
-    const opts = { punch: punchIn(file) };
+    const opts = { punch: punchIn(file, behaviour.host) };
     if (req.action === 'create') {
       if (createSnapshot(file, img, req.name, req.time, opts) === 'overflow') throwIfRefused(validateSnapshotRefcounts(req.name, true), path);
     } else if (req.action === 'delete') {
@@ -131,7 +131,7 @@ export function snapshotImage(path: string, req: SnapshotRequest, behaviour: Ame
       const size = list[index]!.diskSize ?? img.header.size;
       if (size !== img.header.size) {
         throwIfRefused(validateResize(state, size, true), path);
-        runPlan(img, file, path, { size });
+        runPlan(img, file, path, { size }, behaviour.host);
         img = Image.open(file, path);
       }
       applySnapshot(file, img, index, opts);
@@ -146,8 +146,9 @@ export function snapshotImage(path: string, req: SnapshotRequest, behaviour: Ame
 export interface CompareInput { path: string; format?: string }
 
 /** `qemu-img compare [-f F] [-F F] [-s] [-U] A B`: read-only, each through its backing chain. */
-export function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn } = {}): CompareResult {
-  const open = (i: CompareInput) => openSource(i.path, i.format ?? probeFileFormat(i.path), { lock: !opts.forceShare });
+export function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn; host?: HostFs } = {}): CompareResult {
+  const host = opts.host ?? localFs;
+  const open = (i: CompareInput) => openSource(i.path, i.format ?? probeFileFormat(i.path, host), { lock: !opts.forceShare, host });
   const sa = open(a);
   try {
     const sb = open(b);

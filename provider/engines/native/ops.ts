@@ -8,8 +8,8 @@ import { factsOfImage } from '../../qcow2/ops/info';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
-import { localFs } from '../../qcow2/io/hostfs';
-import { localCreateFacts, sameFile } from '../local-facts';
+import { HostFs, localFs } from '../../qcow2/io/hostfs';
+import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
 import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
 import { consistencyOf } from '../../qcow2/ops/check';
@@ -28,30 +28,30 @@ import { dirname } from 'path';
 const createRefused = (r: Refusal) => refused(r, undefined, 'INVALID_OPTION');
 
 /** Validate create options (rules) and derive the size from the backing file or adopted data file. */
-function resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-  const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
+function resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}, host: HostFs = localFs): ResolvedCreateOptions {
+  const r = resolveCreate(options, createFacts(imagePath, options, host), behaviour);
   if (!r.ok) throw createRefused(r.refusal);
   return r.options;
 }
 
 /** `qemu-img create -f raw`: validated by the rules, published like a qcow2 image. */
-export function createRawImage(imagePath: string, options: RawCreateOptions): void {
+export function createRawImage(imagePath: string, options: RawCreateOptions, host: HostFs = localFs): void {
   const r = validateRawCreate(options);
   if (!r.ok) throw createRefused(r.refusal);
-  writeNewRawImage(imagePath, r.options.size, r.options.preallocation);
+  writeNewRawImage(imagePath, r.options.size, r.options.preallocation, host);
 }
 
 /** What createImage would make (rules, backing size), touching nothing. */
-export function resolveCreateOptions(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-  return resolved(imagePath, options, behaviour);
+export function resolveCreateOptions(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}, host: HostFs = localFs): ResolvedCreateOptions {
+  return resolved(imagePath, options, behaviour, host);
 }
 
 /**
  * Create a qcow2 image. All validation happens before any file is touched; an existing image
  * or data file is never overwritten (a data file can be adopted, unchanged, on request).
  */
-export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): void {
-  writeNewImage(imagePath, planCreate(resolved(imagePath, options, behaviour)));
+export function createImage(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}, host: HostFs = localFs): void {
+  writeNewImage(imagePath, planCreate(resolved(imagePath, options, behaviour, host)), host);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -81,15 +81,18 @@ export interface AmendBehaviour {
   allowShrink?: boolean;
   /** Wrap the image file (tests inject faults here). */
   wrapFile?: (f: BlockFile) => BlockFile;
+  /** The host the files are on (default: this machine). */
+  host?: HostFs;
 }
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 export function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
-  sweepStale(dirname(path));
-  const nf = localFs.open(path, 'write').file;
+  const host = behaviour.host ?? localFs;
+  sweepStale(dirname(path), host);
+  const nf = host.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
-    lock = localFs.lock(nf, path, 'write');
+    lock = host.lock(nf, path, 'write');
     const file = behaviour.wrapFile ? behaviour.wrapFile(nf) : nf;
     const img = Image.open(file, path);
     const w = validateWritable(imageStateOf(img));
@@ -101,13 +104,13 @@ export function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn
   }
 }
 
-function openDataFile(img: Image, path: string): BlockFile | undefined {
+function openDataFile(img: Image, path: string, host: HostFs): BlockFile | undefined {
   if (!img.hasDataFile) return undefined;
   const name = img.header.dataFile;
   if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: path });
-  const df = localFs.open(name, 'write').file;
+  const df = host.open(name, 'write').file;
   try {
-    localFs.lock(df, name, 'write');
+    host.lock(df, name, 'write'); // held until close
   } catch (e) {
     df.close();
     throw e;
@@ -126,12 +129,12 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges): AmendPlan {
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs): AmendPlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
   const backingLength = grows && img.header.backingFile !== undefined
-    ? probeBacking(path, img.header.backingFile, img.header.backingFormat).size
+    ? probeBacking(path, img.header.backingFile, img.header.backingFormat, host).size
     : undefined;
   if (ch.size !== undefined) {
     const r = validateGrowOverBacking(imageStateOf(img), ch.size, backingLength);
@@ -139,7 +142,7 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
   }
   // A change that builds on the tables needs them sound: check's verdict first (rules decide).
   if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
-  const df = needsData ? openDataFile(img, path) : undefined;
+  const df = needsData ? openDataFile(img, path, host) : undefined;
   try {
     const plan = planAmend(img, file, ch, df?.size(), backingLength);
     // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
@@ -167,7 +170,7 @@ export function amendImage(path: string, request: AmendRequest, behaviour: Amend
       const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
       throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
     }
-    return runPlan(img, file, path, changesOf(state, req));
+    return runPlan(img, file, path, changesOf(state, req), behaviour.host ?? localFs);
   });
 }
 
@@ -180,7 +183,7 @@ export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
     const r = validateResizeRequest(state, target, behaviour.allowShrink ?? false);
     throwIfRefused(r, path);
-    return runPlan(img, file, path, { size: target });
+    return runPlan(img, file, path, { size: target }, behaviour.host ?? localFs);
   });
 }
 
@@ -191,7 +194,7 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
     throwIfRefused(r, path);
     const backing: { file: string; format?: string } = { file: backingFile };
     if (backingFormat !== undefined) backing.format = backingFormat;
-    return runPlan(img, file, path, { backing });
+    return runPlan(img, file, path, { backing }, behaviour.host ?? localFs);
   });
 }
 
@@ -227,6 +230,10 @@ export function openImageForWrite(path: string, opts: Omit<OpenOptions, 'writabl
 export interface ImportBehaviour {
   /** Called as the copy advances: bytes of the guest view done, of total. */
   progress?: ProgressFn;
+  /** The host the image's files are on (default: this machine). */
+  host?: HostFs;
+  /** The host the source is on (default: the image's). */
+  sourceHost?: HostFs;
   /** Make the image durable before it appears at its path (default true; see ImportOptions.durable). */
   durable?: boolean;
   /** convert --bitmaps: copy the source's persistent bitmaps (inconsistent ones refused unless skipped). */
@@ -270,7 +277,7 @@ export function importImage(dst: string, options: CreateOptions, source: LocalIm
   }
 }
 
-/** importImage with reads, decoding and writes overlapped (what the Engine runs). */
+/** importImage with reads, decoding and writes overlapped (what the Engine runs on local files). */
 export async function importImageAsync(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): Promise<void> {
   const { src, plan, bitmaps } = openImport(dst, options, source, behaviour);
   try {
@@ -281,27 +288,31 @@ export async function importImageAsync(dst: string, options: CreateOptions, sour
 }
 
 function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined): WriteImportOptions {
-  return { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}) };
+  return { host: behaviour.host ?? localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}) };
 }
 
 /** Open and validate an import's source (and, for --bitmaps, its bitmaps) and plan its image; nothing is created yet. */
 function openImport(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour): { src: GuestSource; plan: CreatePlan; bitmaps?: DirtyBitmap[] } {
+  const host = behaviour.host ?? localFs;
+  const sourceHost = behaviour.sourceHost ?? host;
   const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
-  const format = source.format ?? probeFormat(source.path);
+  const format = source.format ?? probeFormat(source.path, sourceHost);
   const onReference = referenceGuard(source);
-  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+  const src: GuestSource = openSource(source.path, format, { host: sourceHost, ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
   try {
     validateChain(src);
+    // Files on two hosts are never the same file.
+    const same = (a: string) => sourceHost === host && sameFile(a, source.path, host);
     const r = validateImport({
       sourceFormat: format,
       options,
       sourceSize: BigInt(src.size),
-      sameFile: sameFile(dst, source.path) || (options.dataFile !== undefined && sameFile(options.dataFile, source.path)),
+      sameFile: same(dst) || (options.dataFile !== undefined && same(options.dataFile)),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
     });
     throwIfRefused(r, dst);
-    const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }));
+    const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }, {}, host));
     let bitmaps: DirtyBitmap[] | undefined;
     if (behaviour.bitmaps) {
       const list = src instanceof Qcow2Image ? readImageBitmaps(src.image) : [];
@@ -318,8 +329,9 @@ function openImport(dst: string, options: CreateOptions, source: LocalImportSour
 }
 
 /** `qemu-img map`: the extents of an image's guest view through its backing chain. */
-export function mapImage(path: string, opts: { format?: string; forceShare?: boolean } = {}): MapEntry[] {
-  const src = openSource(path, opts.format ?? probeFormat(path), { lock: !opts.forceShare });
+export function mapImage(path: string, opts: { format?: string; forceShare?: boolean; host?: HostFs } = {}): MapEntry[] {
+  const host = opts.host ?? localFs;
+  const src = openSource(path, opts.format ?? probeFormat(path, host), { lock: !opts.forceShare, host });
   try {
     return mapSource(src);
   } finally {
@@ -334,8 +346,10 @@ export function mapImage(path: string, opts: { format?: string; forceShare?: boo
  * without a format (provider/rules). NEW '' removes the backing file (its data is copied in).
  */
 export function rebaseImage(path: string, backingFile: string, backingFormat: string | undefined, behaviour: ImportBehaviour = {}): { copiedBytes: number } {
-  sweepStale(dirname(path));
+  const host = behaviour.host ?? localFs;
+  sweepStale(dirname(path), host);
   const img = Qcow2Image.open(path, {
+    host,
     writable: true,
     beforeWrite: (image) => {
       const r = validateSafeRebase(imageStateOf(image), backingFile, backingFormat);
@@ -349,7 +363,7 @@ export function rebaseImage(path: string, backingFile: string, backingFormat: st
     if (backingFile !== '') {
       const full = resolveBackingName(path, backingFile);
       try {
-        next = openSource(full, fmt);
+        next = openSource(full, fmt, { host });
       } catch (e) {
         throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO', `Could not open new backing file '${full}': ${(e as Error).message}`, { file: full, property: 'backing_file', cause: e });
       }
@@ -378,6 +392,8 @@ export interface BitmapCommandOptions {
   sourceFormat?: string;
   /** Open and close the image read-write even when refusing, as qemu-img does (BitmapOptions.rewriteOnRefusal). */
   rewriteOnRefusal?: boolean;
+  /** The host the files are on (default: this machine). */
+  host?: HostFs;
 }
 
 /** The rules' verdict on bitmap actions for an image as loaded (its bitmaps in memory). */
@@ -395,10 +411,10 @@ function statesOf(list: readonly DirtyBitmap[]): BitmapState[] {
 }
 
 /** The bitmaps and size of a --merge source file, opened as QEMU opens it (read-only, no backing). */
-function mergeSource(file: string, format: string | undefined): { bitmaps: DirtyBitmap[]; size: bigint } {
-  const fmt = format ?? probeFormat(file);
+function mergeSource(file: string, format: string | undefined, host: HostFs): { bitmaps: DirtyBitmap[]; size: bigint } {
+  const fmt = format ?? probeFormat(file, host);
   if (fmt === 'raw') {
-    const raw = RawSource.open(file, { lock: true });
+    const raw = RawSource.open(file, { lock: true, host });
     try {
       return { bitmaps: [], size: BigInt(raw.size) };
     } finally {
@@ -406,7 +422,7 @@ function mergeSource(file: string, format: string | undefined): { bitmaps: Dirty
     }
   }
   if (fmt !== 'qcow2') throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${fmt}': this engine reads qcow2 and raw images only`, { file, property: 'source_format' });
-  const src = Qcow2Image.open(file, { backing: null });
+  const src = Qcow2Image.open(file, { backing: null, host });
   try {
     return { bitmaps: readImageBitmaps(src.image), size: src.image.header.size };
   } finally {
@@ -423,9 +439,10 @@ function mergeSource(file: string, format: string | undefined): { bitmaps: Dirty
  * carried out: qemu-img would have carried out those before the refused one), then REFUSED.
  */
 export function bitmapImage(path: string, name: string, actions: readonly BitmapAction[], opts: BitmapCommandOptions = {}): { warnings: string[] } {
-  const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat) : undefined;
+  const host = opts.host ?? localFs;
+  const source = opts.sourceFile !== undefined ? mergeSource(opts.sourceFile, opts.sourceFormat, host) : undefined;
   if (!opts.rewriteOnRefusal) {
-    const look = Qcow2Image.open(path, { backing: null });
+    const look = Qcow2Image.open(path, { backing: null, host });
     try {
       throwIfRefused(bitmapRefusal(look, look.bitmaps().list, path, name, actions, source), path);
     } finally {
@@ -433,6 +450,7 @@ export function bitmapImage(path: string, name: string, actions: readonly Bitmap
     }
   }
   const img = Qcow2Image.open(path, {
+    host,
     writable: true,
     backing: null, // qemu-img bitmap opens no backing chain
     frees: 'immediate', // QEMU's reuse of freed clusters, for its exact layout
@@ -473,9 +491,10 @@ export interface BitmapExtents {
  * The dirty extents of bitmap `name` in a closed image (read-only; QEMU's locks probed unless
  * `forceShare`). An inconsistent bitmap is refused as QEMU refuses it.
  */
-export function dumpBitmap(path: string, name: string, opts: { forceShare?: boolean } = {}): BitmapExtents {
+export function dumpBitmap(path: string, name: string, opts: { forceShare?: boolean; host?: HostFs } = {}): BitmapExtents {
   const b = readBitmapFile(path, name, {
     forceShare: opts.forceShare ?? false,
+    ...(opts.host !== undefined ? { host: opts.host } : {}),
     check: (e) => {
       if (e.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file: path, property: 'bitmaps' });
     },

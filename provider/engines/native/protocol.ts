@@ -2,11 +2,12 @@
 // the format engine, and back. Plain structured-clone data (bigints included), so the same
 // requests run inline, in a worker thread, or later on another transport.
 //
-// Every request names its target: the file system the operation's paths live on. Only
-// `{ kind: 'local' }` exists today. A remote host will be another kind: the worker builds its
-// file access from the descriptor and performs synchronous reads and writes through a bridge
-// (a SharedArrayBuffer the worker blocks on with Atomics.wait while the main thread does the
-// asynchronous SSH/SFTP work and notifies), so the format engine itself stays synchronous.
+// Every request names its target: the file system the operation's paths live on. `local` is
+// this machine. `ssh` is a remote host: the worker builds its file access from the descriptor
+// (transport/remote/hostfs.ts) and performs synchronous reads and writes through a bridge (a
+// SharedArrayBuffer the worker blocks on with Atomics.wait while the main thread does the
+// asynchronous SSH/SFTP work and notifies), so the format engine itself stays synchronous. The
+// descriptor holds no secret: the main thread keeps the connection under its id.
 
 import type { ErrorData } from '../../model/errors';
 import type { AmendRequest, CommitRequest, SnapshotRequest } from '../../rules/types';
@@ -16,7 +17,10 @@ import type { BitmapAction, BitmapOptions, ImageRef, ReadOptions, RemoveOptions,
 import type { LocalImportSource } from './ops';
 
 /** Where an operation's files are. */
-export type TargetDescriptor = { kind: 'local' };
+export type TargetDescriptor =
+  | { kind: 'local' }
+  /** A remote host: `id` names its connection in this process (transport/ssh/remote-fs.ts), `label` is "user@host:port". */
+  | { kind: 'ssh'; id: string; label: string };
 
 export const LOCAL: TargetDescriptor = { kind: 'local' };
 
@@ -25,7 +29,7 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; durable: boolean; bitmaps?: { skipBroken: boolean } }
+  | { op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; sourceTarget?: TargetDescriptor; durable: boolean; bitmaps?: { skipBroken: boolean } }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }
@@ -41,7 +45,9 @@ export type OpCall =
   | { op: 'commit'; path: string; request: CommitRequest }
   | { op: 'bitmap'; path: string; name: string; actions: BitmapAction[]; options: BitmapOptions }
   | { op: 'dumpBitmap'; path: string; name: string; options: ReadOptions }
-  | { op: 'stat'; path: string };
+  | { op: 'stat'; path: string }
+  | { op: 'chain'; path: string; seen: string }
+  | { op: 'dependents'; path: string; candidates: string[] };
 
 export type OpName = OpCall['op'];
 

@@ -3,9 +3,11 @@
 // the rules and the model only.
 
 import * as os from 'os';
-import { parentPort } from 'worker_threads';
-import { runOp } from './dispatch';
+import { parentPort, workerData } from 'worker_threads';
+import { HostResolver, localOnly, runOp } from './dispatch';
 import { errorToData } from '../../model/errors';
+import type { HostFs } from '../../qcow2/io/hostfs';
+import type { BridgeEndpoint } from '../../transport/bridge';
 import type { OpReply, OpRequest } from './protocol';
 
 /** Progress is posted at most this often (a 1 TiB import reports every 4 MiB). */
@@ -41,6 +43,25 @@ function restore(): boolean {
 const port = parentPort;
 if (port === null) throw new Error('provider/engines/native/worker runs as a worker thread');
 
+/** The bridge to the main thread (pool.ts hands every worker one), for remote targets. */
+const endpoint = (workerData as { bridge?: BridgeEndpoint } | undefined)?.bridge;
+const remote = new Map<string, HostFs>();
+
+/** Local files directly; a remote host's through the bridge (loaded on first use). */
+const hostOf: HostResolver = (target) => {
+  if (target.kind !== 'ssh' || endpoint === undefined) return localOnly(target);
+  let host = remote.get(target.id);
+  if (host === undefined) {
+    const { BridgeClient } = require('../../transport/bridge') as typeof import('../../transport/bridge');
+    const { BridgedHostFs } = require('../../transport/remote/hostfs') as typeof import('../../transport/remote/hostfs');
+    bridge ??= new BridgeClient(endpoint);
+    host = new BridgedHostFs(bridge, target.id);
+    remote.set(target.id, host);
+  }
+  return host;
+};
+let bridge: import('../../transport/bridge').BridgeClient | undefined;
+
 // Load the format engine now, while the thread is idle: the first operation sent here (often a
 // short read arriving during a long write elsewhere) then does not pay for compiling it.
 setImmediate(() => {
@@ -66,7 +87,7 @@ port.on('message', (req: OpRequest) => {
     if (niced && !restore()) process.exit(0);
   };
   try {
-    const value = runOp(req.target, req.call, progress);
+    const value = runOp(req.target, req.call, progress, hostOf);
     if (value instanceof Promise) {
       value.then(
         (v) => post({ id: req.id, kind: 'result', value: v }),

@@ -58,17 +58,11 @@
 //   wrapper, lock messages naming the caller's path, codes as the native engine's.
 
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import type { CheckResult } from '../../qcow2/ops/check';
-import { assertNewImageFiles } from '../../qcow2/ops/create';
-import { Publication } from '../../qcow2/io/publish';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
-import { removeImageFiles } from '../../qcow2/ops/remove';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
-import { ioError } from '../../qcow2/io/blockfile';
-import { localFs } from '../../qcow2/io/hostfs';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
@@ -76,21 +70,22 @@ import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateImport } from '../../rules/data';
-import { validateSourceReference } from '../../rules/references';
-import { LocalSource, prepareSource } from '../source';
-import type { AmendRequest, CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
+import { ReferencePolicy, validateSourceReference } from '../../rules/references';
+import { prepareSource } from '../source';
+import type { AmendRequest, CommitFacts, CommitRequest, ConsistencyFacts, SnapshotRequest } from '../../rules/types';
 import type {
-  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Engine, FileStat, ImageRef, ImportOptions,
-  ImportSource, ReadOptions, RebaseOptions, RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
+  BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Dependents, Engine, FileStat, ImageChain, ImageRef,
+  ImportOptions, ImportSource, ReadOptions, RebaseOptions, RemoveOptions, RepairMode, RepairReport, ResizeOptions, SnapshotFacts,
 } from '../engine';
+import type { ConnectionArgs } from '../../transport/ssh/connection';
 import { validateSnapshot } from '../../rules/snapshot';
 import { validateCommit } from '../../rules/commit';
 import { BitmapState, inconsistentMessage, validateBitmapActions, validateCopyBitmaps } from '../../rules/bitmaps';
 import { dirtyExtentsViaNbd, qemuNbdBeside } from './dirty';
-import { localConsistency, localCreateFacts, sameFile } from '../local-facts';
 import { qemuImgError } from './errors';
-import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult, probeQemuImg, runLimited } from './run';
-import { BackingSpec, ChainLayer, DataFileSpec, chainSpec, imageSpec, optList, peekHeader } from './spec';
+import { QemuImgHost, localHost, notFound } from './host';
+import { DEFAULT_LIMITS, Limits, QemuImgBinary, RunResult } from './run';
+import { BackingSpec, ChainLayer, DataFileSpec, chainSpec, imageSpec, optList } from './spec';
 import { parseCheck, parseInfo, parseMap } from './state';
 
 export interface QemuImgEngineOptions {
@@ -98,9 +93,19 @@ export interface QemuImgEngineOptions {
   qemuImg?: string;
   /** Override the resource limits (see DEFAULT_LIMITS). */
   limits?: { read?: Partial<Limits>; write?: Partial<Limits> };
+  /**
+   * A remote host to work on, reached over SSH: qemu-img runs there (SSH exec, every argument
+   * quoted by transport/ssh/quote.ts) and its files are reached through SFTP. Default: this machine.
+   */
+  connection?: ConnectionArgs;
+  /** The host to work on, given directly (tests); `connection` makes one. */
+  host?: QemuImgHost;
 }
 
 type Kind = 'read' | 'write';
+
+/** An import's source as the reference policy judges the names in its chain. */
+interface ChainSource { path: string; label: string; references: ReferencePolicy; downloaded: boolean }
 
 
 
@@ -113,18 +118,25 @@ export class QemuImgEngine implements Engine {
   readonly name = 'qemu-img' as const;
   private readonly binName: string;
   readonly limits: Readonly<Record<Kind, Limits>>;
+  private readonly hostP: Promise<QemuImgHost>;
 
   constructor(options: QemuImgEngineOptions = {}) {
-    this.binName = options.qemuImg ?? process.env.QEMU_IMG ?? 'qemu-img';
+    // On a remote host, qemu-img is the one on its PATH unless named: $QEMU_IMG names a local binary.
+    this.binName = options.qemuImg ?? (options.connection === undefined ? process.env.QEMU_IMG : undefined) ?? 'qemu-img';
     this.limits = {
       read: { ...DEFAULT_LIMITS.read, ...options.limits?.read },
       write: { ...DEFAULT_LIMITS.write, ...options.limits?.write },
     };
+    const connection = options.connection;
+    this.hostP = options.host !== undefined ? Promise.resolve(options.host)
+      : connection !== undefined ? import('./ssh-host').then((m) => m.sshQemuImgHost(connection))
+      : Promise.resolve(localHost);
+    this.hostP.catch(() => undefined); // reported by the first operation
   }
 
-  /** The qemu-img binary and its version (probed once per binary, cached). */
-  binary(): Promise<QemuImgBinary> {
-    return probeQemuImg(this.binName);
+  /** The qemu-img binary and its version (probed once per binary and host, cached). */
+  async binary(): Promise<QemuImgBinary> {
+    return (await this.hostP).binary(this.binName);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -132,9 +144,11 @@ export class QemuImgEngine implements Engine {
 
   private async spawn(kind: Kind, args: string[], cwd?: string): Promise<RunResult> {
     const bin = await this.binary();
+    const host = await this.hostP;
     try {
-      return await runLimited(bin.path, args, this.limits[kind], cwd);
+      return await host.run(bin.path, args, this.limits[kind], cwd);
     } catch (e) {
+      if (Qcow2Error.isInstance(e)) throw e;
       throw new Qcow2Error('IO', `Could not run qemu-img ${args[0]}: ${(e as Error).message}`, { cause: e });
     }
   }
@@ -147,14 +161,14 @@ export class QemuImgEngine implements Engine {
   }
 
   /** SPEC for reading: no backing file, and a null data file node when the image has one. */
-  private readSpec(abs: string): string {
-    const peek = peekHeader(abs);
+  private async readSpec(abs: string): Promise<string> {
+    const peek = await (await this.hostP).peek(abs);
     return imageSpec(abs, peek?.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
   }
 
   private async readInfo(file: string, forceShare: boolean): Promise<ImageFacts> {
-    const abs = path.resolve(file);
-    const spec = this.readSpec(abs);
+    const abs = (await this.hostP).resolve(file);
+    const spec = await this.readSpec(abs);
     const r = await this.run('read', ['info', '--output=json', ...(forceShare ? ['-U'] : []), spec], { arg: spec, file });
     const facts = parseInfo(r.stdout, file);
     // qemu-img resolved the backing name against our absolute json: name; the caller's is `file`.
@@ -163,12 +177,14 @@ export class QemuImgEngine implements Engine {
   }
 
   /** Like the native engine: NOT_FOUND (same words) before qemu-img names an absolute path. */
-  private static mustExist(file: string): void {
-    try {
-      fs.statSync(file);
-    } catch (e) {
-      throw ioError(e, file, 'open');
-    }
+  /** The format a read names: qemu-img's probing for 'probe' (qcow2 magic, else raw). */
+  private async formatOf(file: string, format: ReadOptions['format']): Promise<'qcow2' | 'raw' | undefined> {
+    if (format !== 'probe') return format;
+    return (await (await this.hostP).peek(file)) !== undefined ? 'qcow2' : 'raw';
+  }
+
+  private async mustExist(file: string): Promise<void> {
+    if ((await (await this.hostP).stat(file)) === undefined) throw notFound(file);
   }
 
   /**
@@ -176,52 +192,39 @@ export class QemuImgEngine implements Engine {
    * probe QEMU's write lock (LOCKED when a VM or qemu-nbd holds it), then let go: qemu-img takes
    * the lock again for the change itself.
    */
-  private static probeWriteLock(file: string): void {
-    QemuImgEngine.probeLock(file, 'write');
-  }
-
-  /** Take QEMU's lock in `mode` and let go: LOCKED when a VM, qemu-nbd or qemu-img conflicts. */
-  private static probeLock(file: string, mode: 'read' | 'write'): void {
-    const { file: f } = localFs.open(file, mode);
-    try {
-      localFs.lock(f, file, mode).release();
-    } finally {
-      f.close();
-    }
+  private async probeWriteLock(file: string): Promise<void> {
+    await (await this.hostP).probeLock(file, 'write');
   }
 
   /** Lock probe, then the image as the rules see it (qemu-img info -U). */
   private async stateForChange(file: string): Promise<ImageFacts> {
-    QemuImgEngine.probeWriteLock(file);
+    await this.probeWriteLock(file);
     const state = await this.readInfo(file, true);
     throwIfRefused(validateWritable(state), file);
     return state;
   }
 
   /** The data file node for a change: opened only when the data itself is needed. */
-  private static dataSpecFor(file: string, state: ImageFacts, needed: boolean): DataFileSpec {
+  private async dataSpecFor(file: string, state: ImageFacts, needed: boolean): Promise<DataFileSpec> {
     if (!state.hasDataFile) return { kind: 'none' };
     if (!needed) return { kind: 'null' };
     const name = state.dataFile;
     if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-    QemuImgEngine.mustExist(name);
-    return { kind: 'file', path: path.resolve(name) };
+    await this.mustExist(name);
+    return { kind: 'file', path: (await this.hostP).resolve(name) };
   }
 
   /**
    * Run fn with the backing specification a change needs: when the image is backed, a private
    * stand-in raw file of `length` bytes (sparse; 0 unless a growth needs the backing's length).
    */
-  private static async withBacking<T>(state: ImageFacts, length: number, fn: (b: BackingSpec) => Promise<T>): Promise<T> {
+  private async withBacking<T>(file: string, state: ImageFacts, length: number, fn: (b: BackingSpec) => Promise<T>): Promise<T> {
     if (state.backingFile === undefined) return fn({ kind: 'none' });
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-qemuimg-'));
+    const standIn = await (await this.hostP).scratchFile(file, length);
     try {
-      const emptyFile = path.join(dir, 'backing-stand-in.raw');
-      fs.writeFileSync(emptyFile, '');
-      if (length > 0) fs.truncateSync(emptyFile, length);
-      return await fn({ kind: 'stand-in', emptyFile });
+      return await fn({ kind: 'stand-in', emptyFile: standIn.path });
     } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
+      await standIn.dispose();
     }
   }
 
@@ -236,12 +239,13 @@ export class QemuImgEngine implements Engine {
     const fmt = state.backingFormat;
     if (name === undefined || (fmt !== 'raw' && fmt !== 'qcow2')) return 0;
     if (hasProtocolPrefix(name)) return 0;
-    const full = resolveBackingName(path.resolve(file), name);
-    if (!fs.existsSync(full)) return 0;
+    const host = await this.hostP;
+    const full = resolveBackingName(host.resolve(file), name);
+    if ((await host.stat(full)) === undefined) return 0;
     const spec: Record<string, unknown> = { driver: fmt, file: { driver: 'file', filename: full } };
     if (fmt === 'qcow2') {
       spec.backing = null;
-      if (peekHeader(full)?.hasDataFile) spec['data-file'] = { driver: 'null-co' };
+      if ((await host.peek(full))?.hasDataFile) spec['data-file'] = { driver: 'null-co' };
     }
     const r = await this.spawn('read', ['info', '--output=json', '-U', `json:${JSON.stringify(spec)}`]);
     const m = r.status === 0 ? /^ {4}"virtual-size": (\d+),?$/m.exec(r.stdout) : null;
@@ -274,10 +278,10 @@ export class QemuImgEngine implements Engine {
   }
 
   private async change(file: string, state: ImageFacts, dataNeeded: boolean, args: (spec: string) => string[], newSize?: bigint): Promise<void> {
-    const abs = path.resolve(file);
-    const data = QemuImgEngine.dataSpecFor(file, state, dataNeeded);
+    const abs = (await this.hostP).resolve(file);
+    const data = await this.dataSpecFor(file, state, dataNeeded);
     const length = newSize === undefined ? 0 : await this.growthBackingLength(file, state, newSize);
-    await QemuImgEngine.withBacking(state, length, async (backing) => {
+    await this.withBacking(abs, state, length, async (backing) => {
       const spec = imageSpec(abs, data, backing);
       await this.run('write', args(spec), { arg: spec, file });
     });
@@ -290,8 +294,9 @@ export class QemuImgEngine implements Engine {
     await this.binary();
     // Rules (validateCreate, validateAdoption) and the size from a backing file or adopted file:
     // the same resolution, refusals and words as the native engine.
-    const o = QemuImgEngine.resolved(imagePath, options, behaviour);
-    assertNewImageFiles(imagePath, o);
+    const host = await this.hostP;
+    const o = await this.resolved(imagePath, options, behaviour);
+    await host.assertNewImageFiles(imagePath, o);
     await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
       const args = ['create', '-q', '-f', 'qcow2', '-o', optList(pairs)];
       // -u: the backing file is never opened by qemu-img (resolveCreate read its size).
@@ -306,27 +311,28 @@ export class QemuImgEngine implements Engine {
     await this.binary();
     const r = validateRawCreate(options);
     if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
-    assertNewImageFiles(imagePath, { adoptDataFile: false });
-    const absImage = path.resolve(imagePath);
-    const pub = new Publication();
+    const host = await this.hostP;
+    await host.assertNewImageFiles(imagePath, { adoptDataFile: false });
+    const absImage = host.resolve(imagePath);
+    const pub = host.publication();
     try {
-      const tmp = pub.folderBeside(absImage);
+      const tmp = await pub.folderBeside(absImage);
       const args = ['create', '-q', '-f', 'raw', '-o', `preallocation=${r.options.preallocation}`, 'img.raw', String(r.options.size)];
       await this.run('write', args, { arg: 'img.raw', file: imagePath }, tmp);
       pub.stage(path.join(tmp, 'img.raw'), absImage, 'image');
-      pub.publish();
+      await pub.publish();
     } catch (e) {
-      pub.abort();
+      await pub.abort();
       throw e;
     }
   }
 
-  async resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
-    return QemuImgEngine.resolved(imagePath, options, behaviour);
+  resolveCreate(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
+    return this.resolved(imagePath, options, behaviour);
   }
 
-  private static resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): ResolvedCreateOptions {
-    const r = resolveCreate(options, localCreateFacts(imagePath, options), behaviour);
+  private async resolved(imagePath: string, options: CreateOptions, behaviour: CreateBehaviour = {}): Promise<ResolvedCreateOptions> {
+    const r = resolveCreate(options, await (await this.hostP).createFacts(imagePath, options), behaviour);
     if (!r.ok) throw refused(r.refusal, undefined, 'INVALID_OPTION');
     return r.options;
   }
@@ -338,37 +344,60 @@ export class QemuImgEngine implements Engine {
    */
   async import(imagePath: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
     await this.binary();
+    const host = await this.hostP;
     throwIfRefused(source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined);
-    // A URL is downloaded (through the cache) and a compressed source decompressed here; qemu-img
-    // then converts a plain local file (its curl driver is never used: no checksum, no cache).
-    const local = await prepareSource(source, opts);
+    if (source.host !== undefined && source.host !== 'local') {
+      throw new Qcow2Error('UNSUPPORTED', 'The qemu-img engine imports from a file on the image\'s host or on this machine; ' +
+        'to import from a third host, use the native engine', { property: 'source' });
+    }
+    const { host: where, ...file } = source;
+    const url = /^https?:\/\//i.test(file.path);
+    // A file on the image's remote host is read there as it is; a URL, or a file of this machine,
+    // is made a plain local file here first (downloaded through the cache, verified,
+    // decompressed: qemu-img's curl driver is never used), then copied to a remote host.
+    const onHost = host.label !== '' && where === undefined && !url;
+    if (onHost && file.checksum !== undefined) {
+      throw new Qcow2Error('UNSUPPORTED', `sourceChecksum is verified for URLs and files on this machine; '${file.path}' is read on ${host.label} as it is. ` +
+        'Give it as a file of this machine (file:) or a URL, or remove sourceChecksum', { property: 'sourceChecksum', file: file.path });
+    }
+    const prepared = onHost ? undefined : await prepareSource(file, opts);
+    let copy: { path: string; dispose(): Promise<void> } | undefined;
     try {
-      QemuImgEngine.mustExist(local.path);
-      const src = await this.chain(local.path, local.format, local);
+      // A file of this machine for an image on a remote host: copied there (holes are not sent).
+      if (prepared !== undefined && host.label !== '') copy = await host.localFile(prepared.path, imagePath);
+      const at = copy?.path ?? prepared?.path ?? file.path;
+      const label = prepared?.label ?? file.path;
+      await this.mustExist(at);
+      const format = prepared?.format ?? file.format ?? ((await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
+      const src = await this.guestChain(at, format, {
+        path: host.resolve(at), label, references: prepared?.references ?? file.references ?? 'any', downloaded: prepared?.downloaded ?? false,
+      });
+      const same = async (a: string) => copy === undefined && (await host.sameFile(a, at));
       const r = validateImport({
-        sourceFormat: local.format,
+        sourceFormat: format,
         options,
         sourceSize: src.size,
-        sameFile: sameFile(imagePath, local.path) || (options.dataFile !== undefined && sameFile(options.dataFile, local.path)),
+        sameFile: (await same(imagePath)) || (options.dataFile !== undefined && (await same(options.dataFile))),
         ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
       });
       throwIfRefused(r, imagePath);
-      const o = QemuImgEngine.resolved(imagePath, { ...options, size: src.size });
+      const o = await this.resolved(imagePath, { ...options, size: src.size });
       if (opts.bitmaps) {
-        const top = local.format === 'qcow2' ? await this.readInfo(local.path, false) : undefined;
+        const top = format === 'qcow2' ? await this.readInfo(at, false) : undefined;
         throwIfRefused(validateCopyBitmaps({
-          sourceFormat: local.format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
-        }), local.label);
+          sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+        }), label);
       }
-      assertNewImageFiles(imagePath, o);
+      await host.assertNewImageFiles(imagePath, o);
       await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
         const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
         const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
-        await this.run('write', args, { arg: src.spec, file: local.label }, tmp);
+        await this.run('write', args, { arg: src.spec, file: label }, tmp);
       }, opts.durable ?? true);
       opts.progress?.(Number(src.size), Number(src.size));
     } finally {
-      await local.release();
+      await copy?.dispose();
+      await prepared?.release();
     }
   }
 
@@ -378,7 +407,7 @@ export class QemuImgEngine implements Engine {
    * name inside an image can make qemu-img open anything but a plain file, and each name is
    * judged by the source's reference policy (provider/rules) before it is followed.
    */
-  private async chain(file: string, format: string, source?: LocalSource): Promise<{ spec: string; size: bigint; layers: ChainLayer[] }> {
+  private async guestChain(file: string, format: string, source?: ChainSource): Promise<{ spec: string; size: bigint; layers: ChainLayer[] }> {
     const layers: Array<{ path: string; format: 'raw' | 'qcow2'; dataFile?: string }> = [];
     const judge = (kind: 'backing file' | 'data file', name: string, resolved: string | undefined, from: string) => {
       if (source === undefined) return;
@@ -387,16 +416,18 @@ export class QemuImgEngine implements Engine {
       throwIfRefused(r, source.label);
     };
     let size = 0n;
-    let at: string | undefined = path.resolve(file);
+    const host = await this.hostP;
+    let at: string | undefined = host.resolve(file);
     let fmt: string | undefined = format;
     while (at !== undefined) {
       if (layers.length >= 64) throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${file}' is deeper than 64 images (a loop?)`, { file });
       if (fmt !== 'raw' && fmt !== 'qcow2') {
         throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${String(fmt)}': this engine reads qcow2 and raw images only`, { file: at });
       }
-      QemuImgEngine.mustExist(at);
+      const st = await host.stat(at);
+      if (st === undefined) throw notFound(at);
       if (fmt === 'raw') {
-        if (layers.length === 0) size = BigInt(fs.statSync(at).size);
+        if (layers.length === 0) size = BigInt(st.size);
         layers.push({ path: at, format: 'raw' });
         break;
       }
@@ -405,27 +436,28 @@ export class QemuImgEngine implements Engine {
       const layer: { path: string; format: 'qcow2'; dataFile?: string } = { path: at, format: 'qcow2' };
       if (facts.hasDataFile) {
         if (facts.dataFile === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file: at });
-        judge('data file', facts.dataFile, path.resolve(facts.dataFile), at);
-        layer.dataFile = path.resolve(facts.dataFile);
+        judge('data file', facts.dataFile, host.resolve(facts.dataFile), at);
+        layer.dataFile = host.resolve(facts.dataFile);
       }
       layers.push(layer);
       const from = at;
-      at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.resolve(path.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
+      at = facts.backingFile === undefined || facts.backingFile === '' ? undefined : path.posix.resolve(path.posix.dirname(at), facts.detail?.fullBackingFile ?? facts.backingFile);
       if (at !== undefined) judge('backing file', facts.backingFile!, at, from);
-      fmt = facts.backingFormat ?? (at !== undefined && peekHeader(at) !== undefined ? 'qcow2' : 'raw');
+      fmt = facts.backingFormat ?? (at !== undefined && (await host.peek(at)) !== undefined ? 'qcow2' : 'raw');
     }
     return { spec: chainSpec(layers), size, layers };
   }
 
   /** Build a new image (and a new data file) in a private temp folder, then link them into place. */
   private async publishViaTemp(imagePath: string, o: ResolvedCreateOptions, produce: (tmp: string, pairs: Array<[string, string]>) => Promise<void>, durable = true): Promise<void> {
-    const absImage = path.resolve(imagePath);
+    const host = await this.hostP;
+    const absImage = host.resolve(imagePath);
     const imageDir = path.dirname(absImage);
     const newData = o.dataFile !== undefined && !o.adoptDataFile;
-    const absData = o.dataFile !== undefined ? path.resolve(o.dataFile) : undefined;
-    const pub = new Publication();
+    const absData = o.dataFile !== undefined ? host.resolve(o.dataFile) : undefined;
+    const pub = host.publication();
     try {
-      const tmp = pub.folderBeside(absImage);
+      const tmp = await pub.folderBeside(absImage);
       const tmpImage = path.join(tmp, 'img.qcow2');
       // The throw-away data file: beside the temp image, or (a new data file in another folder)
       // in a temp folder there, so that link(2) can publish it.
@@ -433,7 +465,7 @@ export class QemuImgEngine implements Engine {
       let dataArg: string | undefined;
       if (absData !== undefined) {
         if (newData && path.dirname(absData) !== imageDir) {
-          tmpData = path.join(pub.folderBeside(absData), 'data.raw');
+          tmpData = path.join(await pub.folderBeside(absData), 'data.raw');
           dataArg = tmpData;
         } else {
           tmpData = path.join(tmp, 'data.raw');
@@ -462,9 +494,9 @@ export class QemuImgEngine implements Engine {
       // link(2) publishes the data file (a new one) and then the image, never replacing a file.
       if (newData) pub.stage(tmpData!, absData!, 'data file');
       pub.stage(tmpImage, absImage, 'image');
-      pub.publish({ durable });
+      await pub.publish({ durable });
     } catch (e) {
-      pub.abort();
+      await pub.abort();
       throw e;
     }
   }
@@ -490,7 +522,7 @@ export class QemuImgEngine implements Engine {
     if (pairs.length === 0) return;
     const moves = sizeChanges || state.dirty || (request.compat === '0.10' && state.compat === '1.1') ||
       (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits);
-    if (moves) throwIfRefused(validateConsistent(localConsistency(file)), file);
+    if (moves) throwIfRefused(validateConsistent(await this.consistency(file, state.dirty)), file);
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
@@ -503,7 +535,7 @@ export class QemuImgEngine implements Engine {
     const r = validateResizeRequest(state, size, allowShrink);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
-    throwIfRefused(validateConsistent(localConsistency(file)), file);
+    throwIfRefused(validateConsistent(await this.consistency(file, state.dirty)), file);
     const shrink = size < state.virtualSize ? ['--shrink'] : [];
     await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
   }
@@ -519,18 +551,18 @@ export class QemuImgEngine implements Engine {
         'open backing files by the names stored in an image. Use the native engine for a rebase that copies data', { property: 'backing_file', file });
     }
     const fmt = backingFile !== '' && backingFormat !== undefined ? ['-F', backingFormat] : [];
-    const abs = path.resolve(file);
+    const abs = (await this.hostP).resolve(file);
     const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
     await this.run('write', ['rebase', '-q', '-u', '-b', backingFile, ...fmt, spec], { arg: spec, file });
   }
 
   async info(file: string, options: ReadOptions = {}): Promise<ImageFacts> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
-    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format;
+    await this.mustExist(file);
+    const format = await this.formatOf(file, options.format);
     if (format === 'raw') {
       // A raw file as an explicit file node: no name is ever parsed as a protocol.
-      const spec = `json:${JSON.stringify({ driver: 'raw', file: { driver: 'file', filename: path.resolve(file) } })}`;
+      const spec = `json:${JSON.stringify({ driver: 'raw', file: { driver: 'file', filename: (await this.hostP).resolve(file) } })}`;
       const r = await this.run('read', ['info', '--output=json', ...(options.forceShare ? ['-U'] : []), spec], { arg: spec, file });
       return parseInfo(r.stdout, file, 'raw');
     }
@@ -540,23 +572,22 @@ export class QemuImgEngine implements Engine {
   /** `qemu-img map --output=json` over the image's chain, every layer an explicit file node. */
   async map(file: string, options: ReadOptions = {}): Promise<MapEntry[]> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
-    if (!options.forceShare) QemuImgEngine.probeLock(file, 'read');
-    const format = options.format === 'probe' ? (peekHeader(path.resolve(file)) !== undefined ? 'qcow2' : 'raw') : options.format ?? 'qcow2';
-    const src = await this.chain(file, format);
+    await this.mustExist(file);
+    if (!options.forceShare) await (await this.hostP).probeLock(file, 'read');
+    const src = await this.guestChain(file, (await this.formatOf(file, options.format)) ?? 'qcow2');
     const r = await this.run('read', ['map', '--output=json', '-U', src.spec], { arg: src.spec, file });
     return parseMap(r.stdout, file);
   }
 
   async check(file: string, options: ReadOptions = {}): Promise<CheckResult> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
+    await this.mustExist(file);
     const state = await this.readInfo(file, true);
     if (state.hasDataFile) {
       // As the native engine: the data file must exist, but it is not opened.
       const name = state.dataFile;
       if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-      if (localFs.stat(name) === undefined) {
+      if ((await (await this.hostP).stat(name)) === undefined) {
         throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
       }
     }
@@ -564,11 +595,27 @@ export class QemuImgEngine implements Engine {
   }
 
   private async runCheck(file: string, forceShare: boolean): Promise<CheckResult> {
-    const spec = this.readSpec(path.resolve(file));
+    const spec = await this.readSpec((await this.hostP).resolve(file));
     const r = await this.spawn('read', ['check', '--output=json', ...(forceShare ? ['-U'] : []), spec]);
     const result = r.signal === null && !r.timedOut && r.status !== null && r.status <= 3 ? parseCheck(r.stdout, r.stderr) : undefined;
     if (result === undefined) throw qemuImgError(r, { command: 'check', arg: spec, file, limits: this.limits.read });
     return result;
+  }
+
+  /**
+   * Check's verdict on the image's tables, for a change that builds on them: the native checker
+   * where the host reads files here; on a remote host qemu-img check there, where an image left
+   * dirty (lazy refcounts) counts only what a refcount repair cannot fix, as the native verdict.
+   */
+  private async consistency(file: string, dirty: boolean): Promise<ConsistencyFacts> {
+    const host = await this.hostP;
+    if (host.consistency !== undefined) return host.consistency(file);
+    const r = await this.runCheck(file, true);
+    const errors = r.messages.filter((m) => m.startsWith('ERROR'));
+    const counted = dirty ? errors.filter((m) => !/refcount=-?\d+ reference=\d+/.test(m)) : errors;
+    const out: ConsistencyFacts = { corruptions: dirty ? counted.length : r.corruptions, checkErrors: r.checkErrors };
+    if (counted[0] !== undefined && out.corruptions + out.checkErrors > 0) out.first = counted[0].replace(/^ERROR:? /, '');
+    return out;
   }
 
   /** Any compressed cluster in the active L1 (qemu-img check's compressed-clusters). */
@@ -586,13 +633,13 @@ export class QemuImgEngine implements Engine {
   /** `qemu-img bitmap`, after the same validation as the native engine (so it refuses alike, before qemu-img runs). */
   async bitmap(file: string, name: string, actions: readonly BitmapAction[], options: BitmapOptions = {}): Promise<BitmapResult> {
     await this.binary();
+    const host = await this.hostP;
     const state = await this.stateForChange(file);
     let source: { bitmaps: BitmapState[]; virtualSize: bigint } | undefined;
     if (options.sourceFile !== undefined) {
-      QemuImgEngine.mustExist(options.sourceFile);
-      const raw = options.sourceFormat === 'raw' || (options.sourceFormat === undefined && peekHeader(path.resolve(options.sourceFile)) === undefined);
-      if (raw) {
-        source = { bitmaps: [], virtualSize: BigInt(fs.statSync(options.sourceFile).size) };
+      await this.mustExist(options.sourceFile);
+      if ((await this.formatOf(options.sourceFile, options.sourceFormat === 'raw' || options.sourceFormat === 'qcow2' ? options.sourceFormat : 'probe')) === 'raw') {
+        source = { bitmaps: [], virtualSize: BigInt((await host.stat(options.sourceFile))?.size ?? 0) };
       } else {
         const s = await this.readInfo(options.sourceFile, false);
         source = { bitmaps: QemuImgEngine.bitmapStates(s), virtualSize: s.virtualSize };
@@ -610,10 +657,10 @@ export class QemuImgEngine implements Engine {
     for (const a of actions) args.push(...(a.op === 'merge' ? ['--merge', a.source] : [`--${a.op}`]));
     if (granularities.size === 1) args.push('-g', String([...granularities][0]));
     if (options.sourceFile !== undefined) {
-      args.push('-b', path.resolve(options.sourceFile));
+      args.push('-b', host.resolve(options.sourceFile));
       if (options.sourceFormat !== undefined) args.push('-F', options.sourceFormat);
     }
-    const abs = path.resolve(file);
+    const abs = host.resolve(file);
     const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
     const done = await this.run('write', ['bitmap', ...args, spec, name], { arg: spec, file });
     // qemu-img's warnings (a stale bitmaps extension it dropped), without its prefix.
@@ -624,12 +671,17 @@ export class QemuImgEngine implements Engine {
   /** Dirty extents through QEMU: qemu-nbd exports the bitmap, qemu-img map reads it. */
   async dumpBitmap(file: string, name: string, options: ReadOptions = {}): Promise<BitmapDump> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
+    const host = await this.hostP;
+    if (host.label !== '') {
+      throw new Qcow2Error('UNSUPPORTED', `Reading a bitmap's dirty extents with the qemu-img engine needs qemu-nbd on this machine; '${file}' is on ${host.label}. ` +
+        'Use the native engine, which reads them over SFTP', { file, property: 'bitmaps' });
+    }
+    await this.mustExist(file);
     const state = await this.readInfo(file, options.forceShare ?? false);
     const b = state.detail?.bitmaps.find((x) => x.name === name);
     if (b === undefined) throw new Qcow2Error('NOT_FOUND', `Dirty bitmap '${name}' not found`, { file, property: 'bitmaps' });
     if (b.flags.includes('in-use')) throw new Qcow2Error('REFUSED', inconsistentMessage(name), { file, property: 'bitmaps' });
-    const abs = path.resolve(file);
+    const abs = host.resolve(file);
     const spec = imageSpec(abs, state.hasDataFile ? { kind: 'null' } : { kind: 'none' }, { kind: 'none' });
     const bin = await this.binary();
     const extents = await dirtyExtentsViaNbd(qemuNbdBeside(bin.path), spec, name, (args) => this.spawn('read', args), file);
@@ -638,15 +690,15 @@ export class QemuImgEngine implements Engine {
 
   async remove(file: string, options: RemoveOptions = {}): Promise<void> {
     // Deleting needs no qemu-img: the same lock discipline and file rules as the native engine.
-    removeImageFiles(file, options);
+    await (await this.hostP).remove(file, options);
   }
 
   /** As check: the data file must exist, but is never opened. */
-  private static requireDataFile(file: string, state: ImageFacts): void {
+  private async requireDataFile(file: string, state: ImageFacts): Promise<void> {
     if (!state.hasDataFile) return;
     const name = state.dataFile;
     if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image", { file });
-    if (!fs.existsSync(name)) {
+    if ((await (await this.hostP).stat(name)) === undefined) {
       throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
     }
   }
@@ -657,11 +709,11 @@ export class QemuImgEngine implements Engine {
    */
   async repair(file: string, mode: RepairMode): Promise<RepairReport> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
-    QemuImgEngine.probeWriteLock(file);
+    await this.mustExist(file);
+    await this.probeWriteLock(file);
     const state = await this.readInfo(file, true);
-    QemuImgEngine.requireDataFile(file, state);
-    const spec = this.readSpec(path.resolve(file));
+    await this.requireDataFile(file, state);
+    const spec = await this.readSpec((await this.hostP).resolve(file));
     const r = await this.spawn('write', ['check', '-r', mode, '--output=json', spec]);
     const messages = r.stderr.replace(/\r/g, '').split('\n').filter((l) => l !== '' && !l.startsWith('qemu-img: '));
     const result = r.signal === null && !r.timedOut && r.status !== null && r.status <= 3 ? parseCheck(r.stdout, '') : undefined;
@@ -692,7 +744,7 @@ export class QemuImgEngine implements Engine {
    */
   async snapshot(file: string, request: SnapshotRequest, options: ReadOptions = {}): Promise<SnapshotFacts[] | undefined> {
     await this.binary();
-    QemuImgEngine.mustExist(file);
+    await this.mustExist(file);
     if (request.action === 'list') {
       const facts = await this.readInfo(file, options.forceShare ?? false);
       return facts.hasDataFile ? [] : facts.detail?.snapshots ?? [];
@@ -704,7 +756,7 @@ export class QemuImgEngine implements Engine {
       : list.some((s) => s.name === request.name);
     throwIfRefused(validateSnapshot(state, request, found), file);
     const flag = request.action === 'create' ? '-c' : request.action === 'delete' ? '-d' : '-a';
-    const spec = this.readSpec(path.resolve(file));
+    const spec = await this.readSpec((await this.hostP).resolve(file));
     await this.run('write', ['snapshot', '-q', flag, request.name, spec], { arg: spec, file });
     return undefined;
   }
@@ -712,8 +764,8 @@ export class QemuImgEngine implements Engine {
   /** `qemu-img compare` over both chains, every layer an explicit file node. */
   async compare(a: ImageRef, b: ImageRef, options: CompareOptions = {}): Promise<CompareResult> {
     await this.binary();
-    const ca = await this.chain(a.path, a.format ?? (peekHeader(a.path) !== undefined ? 'qcow2' : 'raw'));
-    const cb = await this.chain(b.path, b.format ?? (peekHeader(b.path) !== undefined ? 'qcow2' : 'raw'));
+    const ca = await this.guestChain(a.path, a.format ?? (await this.formatOf(a.path, 'probe'))!);
+    const cb = await this.guestChain(b.path, b.format ?? (await this.formatOf(b.path, 'probe'))!);
     const args = ['compare', ...(options.strict ? ['-s'] : []), ...(options.forceShare ? ['-U'] : []), ca.spec, cb.spec];
     const r = await this.spawn('read', args);
     if (r.status !== 0 && r.status !== 1) throw qemuImgError(r, { command: 'compare', arg: ca.spec, file: a.path, limits: this.limits.read });
@@ -724,8 +776,13 @@ export class QemuImgEngine implements Engine {
   /** `qemu-img commit [-d] [-b BASE]` over the chain as explicit file nodes. */
   async commit(file: string, request: CommitRequest, options: CommitOptions = {}): Promise<void> {
     await this.binary();
+    const host = await this.hostP;
+    if (host.label !== '') {
+      // Commit finds its base by real path, which a remote host's files do not give here.
+      throw new Qcow2Error('UNSUPPORTED', `commit works on local images only: '${file}' is on ${host.label}`, { file });
+    }
     await this.stateForChange(file);
-    const c = await this.chain(file, 'qcow2');
+    const c = await this.guestChain(file, 'qcow2');
     const real = (p: string) => { try { return fs.realpathSync(p); } catch { return undefined; } };
     let base = c.layers.length > 1 ? 1 : -1;
     if (request.base !== undefined && c.layers.length > 1) {
@@ -747,8 +804,17 @@ export class QemuImgEngine implements Engine {
   }
 
   async stat(file: string): Promise<FileStat | undefined> {
-    const st = localFs.stat(file);
+    const st = await (await this.hostP).stat(file);
     return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };
+  }
+
+  /** Header reads by this package's code, as for the native engine (qemu-img is not run). */
+  async chain(file: string, seen: string): Promise<ImageChain> {
+    return (await this.hostP).chain(file, seen);
+  }
+
+  async dependents(file: string, candidates: readonly string[]): Promise<Dependents> {
+    return (await this.hostP).dependents(file, candidates);
   }
 }
 

@@ -82,6 +82,15 @@ export interface HeaderPeek {
   hasDataFile: boolean;
 }
 
+/** The fixed header fields that decide the json specification, from a file's first bytes; undefined when not qcow2-looking. */
+export function peekOf(b: Uint8Array): HeaderPeek | undefined {
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  if (buf.length < 72 || buf.readUInt32BE(0) !== 0x514649fb) return undefined;
+  const version = buf.readUInt32BE(4);
+  const incompat = version >= 3 && buf.length >= 80 ? buf.readBigUInt64BE(72) : 0n;
+  return { version, hasDataFile: (incompat & 4n) !== 0n };
+}
+
 /**
  * Read the fixed header fields that decide the json specification (magic, version,
  * incompatible features). undefined when the file is not qcow2-looking:
@@ -99,10 +108,7 @@ export function peekHeader(file: string): HeaderPeek | undefined {
   try {
     const b = Buffer.alloc(80);
     const n = fs.readSync(fd, b, 0, 80, 0);
-    if (n < 72 || b.readUInt32BE(0) !== 0x514649fb) return undefined;
-    const version = b.readUInt32BE(4);
-    const incompat = version >= 3 && n >= 80 ? b.readBigUInt64BE(72) : 0n;
-    return { version, hasDataFile: (incompat & 4n) !== 0n };
+    return peekOf(b.subarray(0, n));
   } finally {
     fs.closeSync(fd);
   }

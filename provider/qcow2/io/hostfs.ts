@@ -5,7 +5,7 @@
 // remote host pays one round trip per call: open returns the size with the file, stat answers
 // "missing" without an exception, lock takes QEMU's whole protocol in one call.
 
-import { closeSync, fsyncSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, type BigIntStats } from 'fs';
+import { closeSync, fstatSync, fsyncSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, type BigIntStats } from 'fs';
 import { dirname } from 'path';
 import { Qcow2Error } from '../../model/errors';
 import { BlockFile, NodeBlockFile, ioError } from './blockfile';
@@ -63,6 +63,8 @@ export interface HostFs {
   lock(file: BlockFile, name: string, mode: LockMode): ImageLock;
   /** Refuse (LOCKED) when another process holds a lock conflicting with `mode`, without taking one. */
   probeLock(file: BlockFile, name: string, mode: LockMode): void;
+  /** The identity ("dev:ino") of an open file: fstat(2), or what the host said when it was opened. */
+  identity(file: BlockFile, name: string): string;
   /** The extent at `offset` (SEEK_DATA / SEEK_HOLE): data, or a hole reading as zeros. */
   extent(file: BlockFile, offset: number, length: number, fileSize?: number): Extent;
   /** Make a range read as zeros without changing the size: a hole where the host can. */
@@ -176,6 +178,16 @@ export const localFs: HostFs = {
     const fd = fdOf(file);
     if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `QEMU image locks need a local file: '${name}' is not one`, { file: name });
     probeLock(fd, name, mode);
+  },
+  identity(file, name) {
+    const fd = fdOf(file);
+    if (fd === undefined) throw new Qcow2Error('UNSUPPORTED', `A file's identity needs a local file: '${name}' is not one`, { file: name });
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      return `${st.dev}:${st.ino}`;
+    } catch (e) {
+      throw ioError(e, name, 'stat');
+    }
   },
   extent(file, offset, length, fileSize = file.size()) {
     return extentOfFd(fdOf(file), offset, length, fileSize);

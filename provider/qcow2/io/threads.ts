@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import type { Worker } from 'worker_threads';
+import type { Worker, WorkerOptions } from 'worker_threads';
 
 /**
  * The compiled module of worker `base` (no extension), whose place in the package is `home`
@@ -25,19 +25,22 @@ export function workerModule(dir: string, base: string, home: string): string | 
   return undefined;
 }
 
-/** Start the worker whose module is `base` (no extension) in folder `dir`, at `home` under provider/ (see workerModule). */
-export function startWorker(dir: string, base: string, home: string): Worker {
+/**
+ * Start the worker whose module is `base` (no extension) in folder `dir`, at `home` under
+ * provider/ (see workerModule); `options` as Worker's (workerData, transferList).
+ */
+export function startWorker(dir: string, base: string, home: string, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
   // Loaded here, not at the top: a program that runs inline never loads worker_threads.
   const { Worker: WorkerClass } = require('worker_threads') as typeof import('worker_threads');
   const js = workerModule(dir, base, home);
-  if (js !== undefined) return new WorkerClass(js);
+  if (js !== undefined) return new WorkerClass(js, options);
   const ts = path.join(dir, `${base}.ts`);
   // The repository's tsconfig, whatever the working directory is.
   let root = dir;
   while (!fs.existsSync(path.join(root, 'tsconfig.json')) && path.dirname(root) !== root) root = path.dirname(root);
   const tsNode = require.resolve('ts-node');
   const code = `require(${JSON.stringify(tsNode)}).register({ transpileOnly: true, project: ${JSON.stringify(path.join(root, 'tsconfig.json'))} }); require(${JSON.stringify(ts)});`;
-  return new WorkerClass(code, { eval: true });
+  return new WorkerClass(code, { ...options, eval: true });
 }
 
 /** The machine's parallelism (cores the process may use). */

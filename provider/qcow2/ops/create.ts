@@ -23,7 +23,7 @@ import { putNormalEntry } from '../spec/l2';
 import type { ResolvedCreateOptions } from '../../model/options';
 import { TableRefcounts } from '../meta/refcount';
 import { TableCache } from '../meta/tables';
-import { probeFormat } from '../guest/sources/open';
+import { formatOfHead } from '../guest/sources/open';
 
 /** What a metadata cluster last held; freed clusters keep their old bytes, as in QEMU's file. */
 export type Role =
@@ -308,6 +308,26 @@ export interface BackingProbe {
   detectedFormat: 'qcow2' | 'raw';
 }
 
+/** The refusal for a backing file that cannot be opened, naming the path qemu-img would. */
+export function backingOpenError(full: string, e: unknown): Qcow2Error {
+  const detail = Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND' ? 'No such file or directory' : String((e as Error).message);
+  return new Qcow2Error('NOT_FOUND', `Could not open '${full}': ${detail}\nCould not open backing image.`, { property: 'backing_file', file: full });
+}
+
+/**
+ * What a backing file is, from its first bytes (`head`: its first cluster, or the whole file when
+ * smaller) and its length: the size under `format`, or under the format its magic says.
+ */
+export function backingProbeOf(full: string, head: Buffer, size: number, format: string | undefined): BackingProbe {
+  const detectedFormat = formatOfHead(head, size);
+  const fmt = format ?? detectedFormat;
+  let virtual: bigint;
+  if (fmt === 'raw') virtual = BigInt(size);
+  else if (fmt === 'qcow2') virtual = decodeHeader(head).size;
+  else throw new Qcow2Error('UNSUPPORTED', `Backing format '${fmt}' is not supported: use qcow2 or raw`, { property: 'backing_fmt' });
+  return { path: full, size: virtual, detectedFormat };
+}
+
 /** Open a backing file read-only and learn its size; NOT_FOUND names the path qemu-img would. */
 export function probeBacking(imagePath: string, backing: string, format: string | undefined, host: HostFs = localFs): BackingProbe {
   const full = resolveBackingName(imagePath, backing);
@@ -315,21 +335,34 @@ export function probeBacking(imagePath: string, backing: string, format: string 
   try {
     opened = host.open(full, 'read');
   } catch (e) {
-    const detail = Qcow2Error.isInstance(e) && e.code === 'NOT_FOUND' ? 'No such file or directory' : String((e as Error).message);
-    throw new Qcow2Error('NOT_FOUND', `Could not open '${full}': ${detail}\nCould not open backing image.`, { property: 'backing_file', file: full });
+    throw backingOpenError(full, e);
   }
   const f = opened.file;
   try {
-    const detectedFormat = probeFormat(f, opened.size);
-    const fmt = format ?? detectedFormat;
-    let size: bigint;
-    if (fmt === 'raw') size = BigInt(opened.size);
-    else if (fmt === 'qcow2') size = decodeHeader(f.read(0, Math.min(opened.size, 2 << 20))).size;
-    else throw new Qcow2Error('UNSUPPORTED', `Backing format '${fmt}' is not supported: use qcow2 or raw`, { property: 'backing_fmt' });
-    return { path: full, size, detectedFormat };
+    return backingProbeOf(full, f.read(0, Math.min(opened.size, 2 << 20)), opened.size, format);
   } finally {
     f.close();
   }
+}
+
+/**
+ * Why a new image may not be created, given what is at its path and its data file's (EXISTS for
+ * an existing image, or an existing data file not adopted; NOT_FOUND for a data file to adopt
+ * that is not there), or undefined.
+ */
+export function newImageFilesRefusal(imagePath: string, o: Pick<ResolvedCreateOptions, 'dataFile' | 'adoptDataFile'>, imageThere: boolean, dataFileThere: boolean): Qcow2Error | undefined {
+  if (imageThere) return existsError(imagePath, 'image');
+  if (o.dataFile === undefined) return undefined;
+  if (dataFileThere && !o.adoptDataFile) {
+    return new Qcow2Error('EXISTS',
+      `Data file '${o.dataFile}' already exists; qemu-img would truncate it, we refuse. ` +
+      'To wrap the existing raw file unchanged, adopt it (CLI: --adopt-data-file; resource: adopt: true)',
+      { file: o.dataFile, property: 'data_file' });
+  }
+  if (!dataFileThere && o.adoptDataFile) {
+    return new Qcow2Error('NOT_FOUND', `Data file '${o.dataFile}' to adopt does not exist`, { file: o.dataFile, property: 'data_file' });
+  }
+  return undefined;
 }
 
 /**
@@ -338,19 +371,9 @@ export function probeBacking(imagePath: string, backing: string, format: string 
  * refuse with the same words before touching anything.
  */
 export function assertNewImageFiles(imagePath: string, o: Pick<ResolvedCreateOptions, 'dataFile' | 'adoptDataFile'>, host: HostFs = localFs): void {
-  if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
-  if (o.dataFile !== undefined) {
-    const exists = host.stat(o.dataFile) !== undefined;
-    if (exists && !o.adoptDataFile) {
-      throw new Qcow2Error('EXISTS',
-        `Data file '${o.dataFile}' already exists; qemu-img would truncate it, we refuse. ` +
-        'To wrap the existing raw file unchanged, adopt it (CLI: --adopt-data-file; resource: adopt: true)',
-        { file: o.dataFile, property: 'data_file' });
-    }
-    if (!exists && o.adoptDataFile) {
-      throw new Qcow2Error('NOT_FOUND', `Data file '${o.dataFile}' to adopt does not exist`, { file: o.dataFile, property: 'data_file' });
-    }
-  }
+  const imageThere = host.lstat(imagePath) !== undefined;
+  const refusal = newImageFilesRefusal(imagePath, o, imageThere, !imageThere && o.dataFile !== undefined && host.stat(o.dataFile) !== undefined);
+  if (refusal !== undefined) throw refusal;
 }
 
 /**

@@ -63,6 +63,8 @@ export interface ResolvedConnection {
   readonly keyFingerprint?: string;
   /** Identifies the connection in the pool: host, port, user, proxy and a digest of the credentials. */
   readonly poolKey: string;
+  /** More private keys, tried after the agent (the command line's ~/.ssh/id_*): never enumerable. */
+  readonly identities?: ReadonlyArray<{ name: string; key: ParsedKey }>;
 }
 
 export const DEFAULT_PORT = 22;
@@ -176,6 +178,33 @@ export function resolveConnection(args: ConnectionArgs, env: NodeJS.ProcessEnv =
     throw invalid('connection.proxy.proxy', 'one jump host is supported');
   }
   return resolveOne(args, 'connection', env, proxy);
+}
+
+/**
+ * `rc` with more private keys to try after the agent, as OpenSSH tries ~/.ssh/id_*: `files`
+ * that exist and hold an unencrypted private key (others are skipped: nobody is asked for a
+ * passphrase). Their contents stay non-enumerable; the pool key covers them.
+ */
+export function withIdentityFiles(rc: ResolvedConnection, files: readonly string[]): ResolvedConnection {
+  const identities: Array<{ name: string; key: ParsedKey }> = [];
+  for (const name of files) {
+    let text: string;
+    try {
+      text = fs.readFileSync(name, 'utf8');
+    } catch {
+      continue;
+    }
+    const parsed = utils.parseKey(text);
+    const k = Array.isArray(parsed) ? parsed[0] : parsed;
+    if (k === undefined || k instanceof Error || !k.isPrivateKey()) continue;
+    identities.push({ name, key: k });
+  }
+  const out = { ...rc, poolKey: digest([rc.poolKey, ...identities.map((i) => i.key.getPublicSSH().toString('base64'))]) };
+  for (const k of ['privateKey', 'privateKeyPassword', 'password'] as const) {
+    if (rc[k] !== undefined) Object.defineProperty(out, k, { value: rc[k], enumerable: false });
+  }
+  Object.defineProperty(out, 'identities', { value: identities, enumerable: false });
+  return out as ResolvedConnection;
 }
 
 /** True when `p` names a socket we can use (the agent is skipped, not an error, when it is gone). */

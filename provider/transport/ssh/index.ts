@@ -7,7 +7,7 @@ export { fingerprint, hostKeyPolicy, knownHostsName, parseHostKey } from './host
 export type { ExecOptions, ExecResult, PoolOptions, PoolStats, RemoteProcess } from './pool';
 export { SshConnection, SshPool, sshPool } from './pool';
 export { shellCommand, shellQuote } from './quote';
-export type { OpenMode, ReadRange, RemoteStat, SftpExtensions, SftpLimits, StatVfs, WriteRange } from './sftp';
+export type { OpenMode, ReadRange, RemoteStat, SftpExtensions, SftpLimits, SftpStats, StatVfs, WriteRange } from './sftp';
 export { Sftp, SftpFile } from './sftp';
-export type { RemoteImageLock, RemoteLockHolder } from './lock';
-export { lockRemoteImage, RemoteLocker } from './lock';
+export type { HelperExtent, HelperStat, RemoteImageLock, RemoteLockHolder } from './lock';
+export { HostHelper, lockRemoteImage } from './lock';

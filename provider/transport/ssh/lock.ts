@@ -1,4 +1,5 @@
-// QEMU's image locks on a remote host, taken by a short helper run over SSH exec.
+// QEMU's image locks on a remote host, and the few file facts SFTP cannot give, from one short
+// helper per connection run over SSH exec.
 //
 // QEMU 7.2 locks images with OFD byte-range locks (QCOW2-NOTES.md §7, provider/qcow2/io/lock.ts):
 // one-byte shared read locks at 100+i ("I use permission i") and 200+i ("I do not share
@@ -19,6 +20,16 @@
 // own words, naming the holding processes the helper can see in /proc/<pid>/fdinfo (all of them
 // when it runs as root; its user's otherwise).
 //
+// The same helper answers what SFTP (protocol 3) has no request for: a file's identity (device
+// and inode) and allocated blocks (stat), its data and hole extents (lseek SEEK_DATA/SEEK_HOLE,
+// as QEMU's file driver finds them), and fsync of a folder (after a new name is linked in).
+//
+// It also owns the temporary files and folders a new image is built in until they are published
+// or removed: when its standard input closes (the connection dropped, or this process was killed)
+// it removes the ones still owned, so a create cut off midway leaves nothing on the host. Only
+// names we created (an exclusive create or a new folder succeeded) are ever owned; a folder is
+// removed with the files directly in it.
+//
 // Wire protocol (one line each way per request; paths and names hex-encoded so any byte passes):
 //   -> O id PATHHEX              open read-only     <- O id ok | O id err ERRNO
 //   -> T id TAKE PROBE DROP      byte lists "100,101" or "-": take TAKE (read locks), probe PROBE
@@ -27,6 +38,18 @@
 //                                (busy: a write lock on a byte we tried to take; on any failure the
 //                                bytes taken by this request are dropped again)
 //   -> C id                      close (releases)   <- C id ok
+//   -> S id PATHHEX FOLLOW       stat (1) or lstat (0)
+//                                <- S id ok KIND SIZE BLOCKS DEV INO | S id none | S id err ERRNO
+//                                (KIND f file, d folder, l link, o other; BLOCKS in 512-byte units)
+//   -> E id PATHHEX OFF LEN MAX  up to MAX extents of [OFF, OFF+LEN) clipped to the file's size
+//                                <- E id ok OFF:LEN:d|h,... | E id ok - | E id err ERRNO
+//   -> H id PATHHEX MAX          a regular file's stat and first bytes, opened without waiting:
+//                                MAX bytes, or its first cluster when it is a qcow2 image (at most
+//                                2 MiB); trailing zeros left out (LEN says how many bytes were read)
+//                                <- H id ok SIZE BLOCKS DEV INO LEN HEX|- | H id notreg | H id err ERRNO
+//   -> D id PATHHEX              fsync a folder     <- D id ok | D id err ERRNO
+//   -> P id PATHHEX              own a temporary file or folder we created   <- P id ok
+//   -> F id PATHHEX              forget it (published or removed)            <- F id ok
 //   <- R 1 PID                   first line: ready; or "X REASONHEX" and exit when unsupported
 // HOLDERS is "-" or "pid:COMMHEX,..." (OFD locks show pid -1 in F_OFD_GETLK and /proc/locks).
 
@@ -34,12 +57,13 @@ import { Qcow2Error } from '../../model/errors';
 import { LOCK_MODES, LOCK_PERM_BASE, LOCK_SHARED_BASE, LockMode, lockBytes, PERMISSIONS, type Permission } from '../../qcow2/io/lock';
 import type { RemoteProcess, SshConnection } from './pool';
 
-/** The helper, run as `perl -e SCRIPT`. Needs only perl-base (strict, POSIX). */
-export const LOCK_HELPER = String.raw`
+/** The helper, run as `perl -e SCRIPT`. Needs only perl-base (strict, POSIX, IO::Handle). */
+export const HOST_HELPER = String.raw`
 use strict;
 use POSIX ();
+use IO::Handle ();
 $| = 1;
-my %fh;
+my (%fh, %own);
 sub hx { unpack('H*', $_[0]) }
 my $arch = (POSIX::uname())[4];
 if ($^O ne 'linux' || $arch !~ /^(x86_64|aarch64|riscv64|ppc64le|ppc64|s390x|loongarch64)$/ || length(pack('q', 0)) != 8) {
@@ -104,6 +128,88 @@ while (my $line = <STDIN>) {
   } elsif ($op eq 'C') {
     close(delete $fh{$id}) if $fh{$id};
     print "C $id ok\n";
+  } elsif ($op eq 'S') {
+    my $path = pack('H*', $a[0] // '');
+    my @st = ($a[1] // '1') eq '0' ? lstat($path) : stat($path);
+    unless (@st) { print "S $id ", (($! == 2 || $! == 20) ? 'none' : 'err ' . ($! + 0)), "\n"; next; }
+    my $m = $st[2] & 0170000;
+    my $k = $m == 0100000 ? 'f' : $m == 0040000 ? 'd' : $m == 0120000 ? 'l' : 'o';
+    print "S $id ok $k $st[7] $st[12] $st[0] $st[1]\n";
+  } elsif ($op eq 'E') {
+    my $path = pack('H*', $a[0] // '');
+    my ($off, $len, $max) = (($a[1] // 0) + 0, ($a[2] // 0) + 0, ($a[3] // 1) + 0);
+    my $h;
+    unless (open($h, '<', $path)) { print "E $id err ", ($! + 0), "\n"; next; }
+    my $size = -s $h;
+    my $end = $off + $len;
+    $end = $size if $end > $size;
+    my @out;
+    while ($off < $end && @out < $max) {
+      my $d = sysseek($h, $off, 3);
+      if (!defined $d) {
+        push @out, "$off:" . ($end - $off) . ($! == 6 ? ':h' : ':d');
+        last;
+      }
+      $d += 0;
+      if ($d > $off) {
+        my $n = ($d < $end ? $d : $end) - $off;
+        push @out, "$off:$n:h";
+        $off += $n;
+        next;
+      }
+      my $hole = sysseek($h, $off, 4);
+      my $stop = defined $hole ? $hole + 0 : $end;
+      $stop = $end if $stop > $end;
+      $stop = $end if $stop <= $off;
+      push @out, "$off:" . ($stop - $off) . ':d';
+      $off = $stop;
+    }
+    close($h);
+    print "E $id ok ", (@out ? join(',', @out) : '-'), "\n";
+  } elsif ($op eq 'H') {
+    my $path = pack('H*', $a[0] // '');
+    my $max = ($a[1] // 65536) + 0;
+    my $h;
+    unless (sysopen($h, $path, POSIX::O_RDONLY() | POSIX::O_NONBLOCK() | POSIX::O_NOCTTY())) { print "H $id err ", ($! + 0), "\n"; next; }
+    my @st = stat($h);
+    if (!@st || ($st[2] & 0170000) != 0100000) { close($h); print "H $id notreg\n"; next; }
+    my $size = $st[7];
+    my $want = $size < $max ? $size : $max;
+    my $buf = '';
+    my $fill = sub { while (length($buf) < $_[0]) { my $n = sysread($h, $buf, $_[0] - length($buf), length($buf)); last unless $n; } };
+    $fill->($want);
+    if (length($buf) >= 24 && substr($buf, 0, 4) eq "QFI\xfb") {
+      my $bits = unpack('N', substr($buf, 20, 4));
+      if ($bits >= 9 && $bits <= 21) { my $c = 1 << $bits; $c = $size if $c > $size; $fill->($c) if $c > length($buf); }
+    }
+    close($h);
+    my $len = length($buf);
+    $buf =~ s/\0+\z//;
+    print "H $id ok $size $st[12] $st[0] $st[1] $len ", (length($buf) ? unpack('H*', $buf) : '-'), "\n";
+  } elsif ($op eq 'D') {
+    my $path = pack('H*', $a[0] // '');
+    if (open(my $h, '<', $path)) { $h->sync; close($h); print "D $id ok\n"; }
+    else { print "D $id err ", ($! + 0), "\n"; }
+  } elsif ($op eq 'P') {
+    $own{$a[0] // ''} = 1;
+    print "P $id ok\n";
+  } elsif ($op eq 'F') {
+    delete $own{$a[0] // ''};
+    print "F $id ok\n";
+  }
+}
+# Standard input closed: what we still own was never published.
+for my $x (keys %own) {
+  my $p = pack('H*', $x);
+  next if $p eq '';
+  if (-d $p && !-l $p) {
+    if (opendir(my $d, $p)) {
+      for my $n (readdir($d)) { unlink("$p/$n") unless $n eq '.' || $n eq '..'; }
+      closedir($d);
+    }
+    rmdir($p);
+  } else {
+    unlink($p);
   }
 }
 `;
@@ -153,28 +259,48 @@ const ERRNO: Record<number, string> = { 2: 'No such file or directory', 13: 'Per
 const hex = (s: string): string => Buffer.from(s, 'utf8').toString('hex');
 const unhex = (s: string): string => Buffer.from(s, 'hex').toString('utf8');
 
-/** The lock helper of one connection: started on first use, stopped when no lock is held for a while. */
-export class RemoteLocker {
+/** What the helper's stat says about a path. */
+export interface HelperStat {
+  kind: 'file' | 'directory' | 'symlink' | 'other';
+  size: number;
+  /** Bytes allocated on the medium (st_blocks * 512). */
+  allocated: number;
+  /** Device and inode: equal ids are the same file. */
+  id: string;
+}
+
+/** An extent of a file on the host: data, or a hole reading as zeros. */
+export interface HelperExtent { offset: number; length: number; data: boolean }
+
+const KINDS: Record<string, HelperStat['kind']> = { f: 'file', d: 'directory', l: 'symlink', o: 'other' };
+
+/**
+ * The helper of one connection: started on first use, stopped once no lock is held and nothing
+ * was asked of it for a while (it holds one of the connection's channels).
+ */
+export class HostHelper {
   private proc?: Promise<RemoteProcess>;
   private buffered = '';
   private readonly waiting = new Map<string, (words: string[]) => void>();
   private nextId = 0;
   private readonly locks = new Set<LockState>();
+  /** Temporary paths the helper owns (removes if it ends before they are forgotten). */
+  private readonly owned = new Set<string>();
   private linger?: NodeJS.Timeout;
   private lost?: Qcow2Error;
 
-  constructor(private readonly conn: SshConnection, private readonly lingerMs = 2000) {}
+  constructor(private readonly conn: SshConnection, private readonly lingerMs = 5000) {}
 
-  /** The locker of `conn`'s connection (one helper per connection). */
-  static of(conn: SshConnection): RemoteLocker {
-    return conn.perConnection('qemu-lock-helper', () => new RemoteLocker(conn));
+  /** The helper of `conn`'s connection (one helper per connection). */
+  static of(conn: SshConnection): HostHelper {
+    return conn.perConnection('qemu-host-helper', () => new HostHelper(conn));
   }
 
   private start(): Promise<RemoteProcess> {
     if (this.proc !== undefined) return this.proc;
     this.lost = undefined;
     const p = (async () => {
-      const proc = await this.conn.spawn(['perl', '-e', LOCK_HELPER]);
+      const proc = await this.conn.spawn(['perl', '-e', HOST_HELPER]);
       const ch = proc.channel;
       let stderr = '';
       ch.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-2000)));
@@ -191,7 +317,7 @@ export class RemoteLocker {
         });
       });
       ch.on('data', (d: Buffer) => this.onData(d));
-      void proc.exited.then(() => this.onExit());
+      void proc.exited.then(() => this.onExit(p));
       await ready;
       return proc;
     })();
@@ -217,7 +343,9 @@ export class RemoteLocker {
     }
   }
 
-  private onExit(): void {
+  private onExit(p: Promise<RemoteProcess>): void {
+    // A helper stopped while idle (no lock, nothing asked) when a newer one already runs.
+    if (this.proc !== p && this.proc !== undefined) return;
     this.lost = new Qcow2Error(
       'CONNECTION',
       `The image lock helper on ${this.conn.label} ended (the connection was closed or lost): its locks are released`,
@@ -226,12 +354,17 @@ export class RemoteLocker {
     this.buffered = '';
     for (const l of this.locks) l.held = false;
     this.locks.clear();
+    this.owned.clear(); // removed by the helper as it ended
     const pending = [...this.waiting.values()];
     this.waiting.clear();
     for (const w of pending) w(['lost']);
   }
 
   private async request(line: string, key: string): Promise<string[]> {
+    if (this.linger !== undefined) {
+      clearTimeout(this.linger);
+      this.linger = undefined;
+    }
     const proc = await this.start();
     return new Promise<string[]>((resolve, reject) => {
       this.waiting.set(key, (words) => (words[0] === 'lost' ? reject(this.lost) : resolve(words)));
@@ -240,6 +373,92 @@ export class RemoteLocker {
         reject(this.lost ?? new Qcow2Error('CONNECTION', `The image lock helper on ${this.conn.label} is gone`));
       }
     });
+  }
+
+  /** Start the helper now (it is started on first use otherwise); it lingers while unused. */
+  async ready(): Promise<void> {
+    await this.start();
+    this.idle();
+  }
+
+  /** A request that is not about a lock: the helper lingers after it while no lock is held. */
+  private async ask(op: string, args: string): Promise<string[]> {
+    const id = String(++this.nextId);
+    try {
+      return await this.request(`${op} ${id} ${args}`, `${op} ${id}`);
+    } finally {
+      this.idle();
+    }
+  }
+
+  /**
+   * Hand a temporary file or folder we just created to the helper: if it ends (connection lost,
+   * process killed) before forget(path), it removes it. Never for a name we did not create.
+   */
+  async own(path: string): Promise<void> {
+    this.owned.add(path);
+    await this.ask('P', hex(path));
+  }
+
+  /** `path` was published or removed: the helper no longer removes it. */
+  async forget(path: string): Promise<void> {
+    if (!this.owned.delete(path)) return;
+    await this.ask('F', hex(path));
+  }
+
+  /** Stop the helper after lingerMs once no lock is held and no temporary is owned. */
+  private idle(): void {
+    if (this.locks.size === 0 && this.owned.size === 0 && this.proc !== undefined && this.linger === undefined) {
+      this.linger = setTimeout(() => void this.stop(), this.lingerMs);
+      this.linger.unref();
+    }
+  }
+
+  private errnoError(errno: number, what: string, path: string): Qcow2Error {
+    const where = `${this.conn.label}:${path}`;
+    return new Qcow2Error(errno === 2 ? 'NOT_FOUND' : 'IO', `Could not ${what} '${where}': ${ERRNO[errno] ?? `error ${errno}`}`, { file: where });
+  }
+
+  /** stat(2) (or lstat(2) with follow false) on the host; undefined when nothing is there. */
+  async stat(path: string, follow = true): Promise<HelperStat | undefined> {
+    const r = await this.ask('S', `${hex(path)} ${follow ? 1 : 0}`);
+    if (r[0] === 'none') return undefined;
+    if (r[0] !== 'ok') throw this.errnoError(Number(r[1]), 'stat', path);
+    return { kind: KINDS[r[1]!] ?? 'other', size: Number(r[2]), allocated: Number(r[3]) * 512, id: `${r[4]}:${r[5]}` };
+  }
+
+  /**
+   * The data and hole extents of [offset, offset+length) of a file, clipped to its size, as
+   * lseek(SEEK_DATA/SEEK_HOLE) finds them on the host: at most `max`, in order from `offset`.
+   */
+  async extents(path: string, offset: number, length: number, max = 256): Promise<HelperExtent[]> {
+    const r = await this.ask('E', `${hex(path)} ${offset} ${length} ${max}`);
+    if (r[0] !== 'ok') throw this.errnoError(Number(r[1]), 'open', path);
+    if (r[1] === undefined || r[1] === '-') return [];
+    return r[1].split(',').map((e) => {
+      const [o, l, d] = e.split(':');
+      return { offset: Number(o), length: Number(l), data: d === 'd' };
+    });
+  }
+
+  /**
+   * A regular file's stat and first bytes in one request: `max` bytes, or its first cluster when
+   * it is a qcow2 image (at most 2 MiB). Opened without waiting (a FIFO never blocks it);
+   * anything but a regular file is `notRegular`.
+   */
+  async head(path: string, max: number): Promise<(HelperStat & { head: Buffer }) | { notRegular: true }> {
+    const r = await this.ask('H', `${hex(path)} ${max}`);
+    if (r[0] === 'notreg') return { notRegular: true };
+    if (r[0] !== 'ok') throw this.errnoError(Number(r[1]), 'open', path);
+    const head = Buffer.alloc(Number(r[5]));
+    if (r[6] !== undefined && r[6] !== '-') head.write(r[6], 'hex');
+    return { kind: 'file', size: Number(r[1]), allocated: Number(r[2]) * 512, id: `${r[3]}:${r[4]}`, head };
+  }
+
+  /** fsync(2) a folder on the host, making the names linked into it durable. */
+  async fsyncDir(path: string): Promise<void> {
+    const r = await this.ask('D', hex(path));
+    if (r[0] !== 'ok') throw this.errnoError(Number(r[1]), 'sync folder', path);
   }
 
   private holdersOf(field: string | undefined): RemoteLockHolder[] {
@@ -316,10 +535,7 @@ export class RemoteLocker {
     try {
       if (wasTracked && this.proc !== undefined) await this.request(`C ${state.id}`, `C ${state.id}`);
     } finally {
-      if (this.locks.size === 0 && this.proc !== undefined && this.linger === undefined) {
-        this.linger = setTimeout(() => void this.stop(), this.lingerMs);
-        this.linger.unref();
-      }
+      this.idle();
     }
   }
 
@@ -329,6 +545,9 @@ export class RemoteLocker {
     this.linger = undefined;
     const p = this.proc;
     if (p === undefined) return;
+    const idle = this.locks.size === 0 && this.owned.size === 0 && this.waiting.size === 0;
+    // An idle helper is forgotten at once: a request from now on starts a new one.
+    if (idle) this.proc = undefined;
     const proc = await p.catch(() => undefined);
     if (proc === undefined) return;
     proc.channel.end();
@@ -340,7 +559,7 @@ class LockState implements RemoteImageLock {
   mode: LockMode = 'read';
   bytes: number[] = [];
   held = false;
-  constructor(private readonly locker: RemoteLocker, readonly id: string, readonly path: string) {}
+  constructor(private readonly locker: HostHelper, readonly id: string, readonly path: string) {}
   change(mode: LockMode): Promise<void> {
     return this.locker.change(this, mode);
   }
@@ -350,7 +569,7 @@ class LockState implements RemoteImageLock {
   }
 }
 
-/** Lock `path` on the host of `conn` (see RemoteLocker.lock). */
+/** Lock `path` on the host of `conn` (see HostHelper.lock). */
 export function lockRemoteImage(conn: SshConnection, path: string, mode: LockMode): Promise<RemoteImageLock> {
-  return RemoteLocker.of(conn).lock(path, mode);
+  return HostHelper.of(conn).lock(path, mode);
 }

@@ -561,6 +561,10 @@ export class SshPool {
       auth.push({ type: 'agent', username: rc.user, agent: rc.agentSocketPath });
       tried.push('the keys of the SSH agent');
     }
+    for (const id of rc.identities ?? []) {
+      auth.push({ type: 'publickey', username: rc.user, key: id.key });
+      tried.push(`the key ${id.name}`);
+    }
     if (rc.password !== undefined) {
       const password = rc.password;
       auth.push({ type: 'password', username: rc.user, password });
@@ -575,7 +579,9 @@ export class SshPool {
       throw {
         error: new Qcow2Error(
           'AUTH',
-          `No credentials to log in to ${rc.label}: set ${rc.property}.privateKey, ${rc.property}.password, or run an SSH agent (SSH_AUTH_SOCK or ${rc.property}.agentSocketPath)`,
+          rc.identities !== undefined
+            ? `No credentials to log in to ${rc.label}: no SSH agent (SSH_AUTH_SOCK) and no unencrypted key in ~/.ssh (id_ed25519, id_ecdsa, id_rsa)`
+            : `No credentials to log in to ${rc.label}: set ${rc.property}.privateKey, ${rc.property}.password, or run an SSH agent (SSH_AUTH_SOCK or ${rc.property}.agentSocketPath)`,
           { property: `${rc.property}.privateKey` },
         ),
         retry: false,

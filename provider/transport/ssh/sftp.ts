@@ -103,11 +103,24 @@ async function windowed(tasks: (() => Promise<void>)[], limit: number): Promise<
   if (failure !== undefined) throw failure;
 }
 
+/** Counters of one session, for tests and benchmarks. */
+export interface SftpStats {
+  /** Requests sent. */
+  requests: number;
+  /**
+   * Times a request was sent while none was outstanding: the waits a lone caller pays, one per
+   * round trip (requests sent together, or while others are in flight, share it).
+   */
+  roundTrips: number;
+}
+
 /** An SFTP session on one connection. */
 export class Sftp {
   readonly extensions: SftpExtensions;
   readonly limits: SftpLimits;
+  readonly stats: SftpStats = { requests: 0, roundTrips: 0 };
   private ended = false;
+  private inflight = 0;
 
   /** @internal */
   constructor(
@@ -141,6 +154,19 @@ export class Sftp {
     return `${this.label}:${path}`;
   }
 
+  /** @internal Count a request going out; call the returned function when its answer is in. */
+  sent(): () => void {
+    this.stats.requests++;
+    if (this.inflight++ === 0) this.stats.roundTrips++;
+    let done = false;
+    return () => {
+      if (!done) {
+        done = true;
+        this.inflight--;
+      }
+    };
+  }
+
   /** @internal Translate an ssh2 failure into our error. */
   fail(e: unknown, op: string, path: string): Qcow2Error {
     if (Qcow2Error.isInstance(e)) return e;
@@ -169,9 +195,15 @@ export class Sftp {
     return new Promise<T>((resolve, reject) => {
       const gone = this.gone(op, path);
       if (gone !== undefined) return reject(gone);
+      const answered = this.sent();
       try {
-        run((err, v) => (err ? reject(this.fail(err, op, path)) : resolve(v as T)));
+        run((err, v) => {
+          answered();
+          if (err) reject(this.fail(err, op, path));
+          else resolve(v as T);
+        });
       } catch (e) {
+        answered();
         reject(this.fail(e, op, path));
       }
     });
@@ -319,9 +351,15 @@ export class SftpFile {
       if (this.closed) return reject(new Qcow2Error('IO', `${this.session.where(this.path)} was closed`));
       const gone = this.session.gone(op, this.path);
       if (gone !== undefined) return reject(gone);
+      const answered = this.session.sent();
       try {
-        run((err, v) => (err ? reject(this.session.fail(err, op, this.path)) : resolve(v as T)));
+        run((err, v) => {
+          answered();
+          if (err) reject(this.session.fail(err, op, this.path));
+          else resolve(v as T);
+        });
       } catch (e) {
+        answered();
         reject(this.session.fail(e, op, this.path));
       }
     });

@@ -20,9 +20,14 @@ const MAX_CHAIN = 64;
 /** The too-deep refusal, passed up the chain as it is. */
 const CHAIN_ERRORS = new WeakSet<object>();
 
+/** Raw or qcow2 by the magic in a file's first bytes, as QEMU's probe tells these two apart. */
+export function formatOfHead(head: Uint8Array, size: number): 'raw' | 'qcow2' {
+  return size >= 4 && head.length >= 4 && Buffer.from(head.buffer, head.byteOffset, 4).readUInt32BE(0) === C.QCOW_MAGIC ? 'qcow2' : 'raw';
+}
+
 /** Raw or qcow2 by the magic, as QEMU's probe tells these two apart. */
 export function probeFormat(file: BlockFile, size = file.size()): 'raw' | 'qcow2' {
-  return size >= 4 && file.read(0, 4).readUInt32BE(0) === C.QCOW_MAGIC ? 'qcow2' : 'raw';
+  return formatOfHead(size >= 4 ? file.read(0, 4) : new Uint8Array(0), size);
 }
 
 /** probeFormat of a file by name. */
