@@ -9,6 +9,8 @@
 // CLI attributes them to no resource. Anything that goes wrong (no engine, a test host with a
 // made-up address) silently turns the messages off: progress never fails an import.
 
+import { createRequire } from 'node:module';
+
 import type { ImportOptions } from '../engines/engine';
 import { redactUrl } from '../transport/http/url';
 
@@ -33,8 +35,11 @@ function engineLog(): Send | null {
   const addr = engineAddress();
   if (addr === undefined) return (sender = null);
   try {
+    // @grpc/grpc-js is @pulumi/pulumi's dependency, not ours: resolve it from there, so it is the copy the
+    // generated engine client below loads, wherever npm placed it.
+    const fromPulumi = createRequire(require.resolve('@pulumi/pulumi/package.json'));
+    const grpc = fromPulumi('@grpc/grpc-js') as { credentials: { createInsecure(): unknown } };
     /* eslint-disable @typescript-eslint/no-require-imports */
-    const grpc = require('@grpc/grpc-js') as { credentials: { createInsecure(): unknown } };
     const rpc = require('@pulumi/pulumi/proto/engine_grpc_pb') as { EngineClient: new (a: string, c: unknown) => { log(r: unknown, cb: (e: unknown) => void): void } };
     const pb = require('@pulumi/pulumi/proto/engine_pb') as { LogRequest: new () => Record<string, (v: unknown) => unknown>; LogSeverity: { INFO: number } };
     /* eslint-enable @typescript-eslint/no-require-imports */
