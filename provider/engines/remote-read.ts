@@ -1,4 +1,5 @@
-// Header reads of a remote host's images on the calling thread. An image's facts (info with -U)
+// Header reads of a remote host's images on the calling thread (and the dependents scan of a
+// folder there, one helper request). An image's facts (info with -U)
 // and its chain's identities need only the first cluster of each file, which one request to the
 // host helper brings (transport/ssh/remote-fs.ts); parsing it takes microseconds. Running that in
 // a worker would cost two thread hand-offs and a bridge call per read, more than the read itself,
@@ -11,7 +12,7 @@ import type { BlockFile } from '../qcow2/io/blockfile';
 import type { HostFs, OpenedFile } from '../qcow2/io/hostfs';
 import { readImageFacts } from '../qcow2/ops/info';
 import type { RemoteFs } from '../transport/ssh/remote-fs';
-import { ChainFiles, readImageChainAsync } from './chain';
+import { ChainFiles, findDependentsAsync, readImageChainAsync } from './chain';
 import type { OpCall, TargetDescriptor } from './native/protocol';
 
 /** What remoteHeaderRead answers when the operation must run in a worker. */
@@ -99,7 +100,7 @@ export function chainFilesOf(fs: RemoteFs): ChainFiles {
       return { head: head ?? Buffer.alloc(0), size: answer.size, id };
     },
     id: async (p) => (await fs.stat(p))?.id,
-    list: (dir) => fs.readdir(dir),
+    scan: (dir, limit) => fs.scan(dir, limit),
   };
 }
 
@@ -109,10 +110,12 @@ export function chainFilesOf(fs: RemoteFs): ChainFiles {
  */
 export async function remoteHeaderRead(target: TargetDescriptor, call: OpCall): Promise<unknown> {
   if (target.kind !== 'ssh') return IN_WORKER;
-  if (call.op !== 'chain' && !(call.op === 'info' && call.options.forceShare)) return IN_WORKER;
+  if (call.op !== 'chain' && call.op !== 'dependents' && !(call.op === 'info' && call.options.forceShare)) return IN_WORKER;
   const { remoteFsById } = await import('../transport/ssh/remote-fs');
   const fs = remoteFsById(target.id);
   if (call.op === 'chain') return readImageChainAsync(call.path, call.seen, chainFilesOf(fs));
+  // The folder scan is one helper request instead of a look at every file.
+  if (call.op === 'dependents') return findDependentsAsync(call.path, call.candidates, chainFilesOf(fs));
   if (call.op !== 'info') return IN_WORKER;
   const { answer, head } = await fs.open(call.path, 'read');
   void fs.close(answer.handle);

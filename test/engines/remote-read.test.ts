@@ -12,7 +12,7 @@ import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
 // The built engines (their worker threads load the build) and the connection pool they share.
 const dist = (m: string) => path.resolve(__dirname, '../../dist/provider', m);
 const { getEngine } = require(dist('engines/index.js')) as typeof import('../../provider/engines');
-const { readImageChain } = require(dist('engines/chain.js')) as typeof import('../../provider/engines/chain');
+const { findDependents, readImageChain } = require(dist('engines/chain.js')) as typeof import('../../provider/engines/chain');
 const { sshPool } = require(dist('transport/ssh/index.js')) as typeof import('../../provider/transport/ssh');
 const skip = skipWithoutSshd('remote-read') || skipWithoutTools('remote-read');
 
@@ -53,5 +53,17 @@ describe.skipIf(skip)('header reads of remote images', () => {
     expect(chain.view.layers.map((l) => l.path)).toEqual([at('base.qcow2')]);
     expect(await remote.chain(at('missing.qcow2'), '')).toEqual({ view: { layers: [] } });
     await expect(remote.info(at('missing.qcow2'), { forceShare: true })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+  });
+
+  it('the images using a base are found on the host as locally, the folder read in one request', async () => {
+    const remote = getEngine('native', { connection: { ...sshd.connection(), hostKey: sshd.hostKeyLine } });
+    fs.mkdirSync(at('sub'), { recursive: true });
+    run('qemu-img', ['create', '-f', 'qcow2', '-b', '../base.qcow2', '-F', 'qcow2', at('sub/rel.qcow2')]);
+    fs.writeFileSync(at('fifo-like.txt'), 'not an image');
+    for (const [base, candidates] of [['base.qcow2', [at('sub/rel.qcow2')]], ['top.qcow2', []], ['r.raw', []]] as const) {
+      const got = await remote.dependents(at(base), candidates);
+      expect(got, base).toEqual(findDependents(at(base), candidates));
+    }
+    expect((await remote.dependents(at('base.qcow2'), [at('sub/rel.qcow2')])).dependents).toEqual([at('sub/rel.qcow2'), at('top.qcow2')]);
   });
 });
