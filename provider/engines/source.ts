@@ -6,7 +6,8 @@
 //
 // Downloads and decompression run here, on the caller's thread and event loop, never in the
 // native engine's workers: with a remote destination they stay on this machine, and only the
-// converted image travels.
+// converted image travels. The HTTP client and the cache are loaded only when a source needs
+// them: a plain local file (the common import) does not pay for them.
 
 import * as crypto from 'crypto';
 import * as fs from 'fs';
@@ -14,11 +15,9 @@ import * as path from 'path';
 import { pipeline } from 'stream/promises';
 import { Writable } from 'stream';
 import { Qcow2Error } from '../model/errors';
-import { Compression, ContentFormat, describeFormat } from '../transport/content/detect';
 import { decompress } from '../transport/content/decompress';
-import { SourceCache } from '../transport/http/cache';
+import { Compression, ContentFormat, describeFormat, detectFileFormat } from '../transport/content/detect';
 import { parseChecksum, StreamingDigest, verifyChecksum } from '../transport/http/checksum';
-import { detectFileFormat, fetchSource } from '../transport/http/fetch';
 import { isHttpUrl, parseSourceUrl, redactUrl } from '../transport/http/url';
 import type { ReferencePolicy } from '../rules/references';
 import type { ImportOptions, ImportSource } from './engine';
@@ -100,10 +99,6 @@ function refuseFormat(f: ContentFormat, label: string, within?: ContentFormat): 
   throw new Qcow2Error('UNSUPPORTED', `${label} is compressed twice (${describeFormat(f)}${inside}); decompress it once first`, { file: label, property: 'source' });
 }
 
-async function headOf(file: string): Promise<ContentFormat> {
-  return detectFileFormat(file);
-}
-
 /**
  * Make `source` a local raw or qcow2 file: download a URL (through the cache), verify a
  * checksum, detect the format, decompress a compressed container. Nothing is created at the
@@ -114,7 +109,8 @@ export async function prepareSource(source: ImportSource, options: ImportOptions
   const url = isHttpUrl(source.path);
   const label = url ? redactUrl(source.path) : source.path;
   const checksum = source.checksum !== undefined ? parseChecksum(source.checksum) : undefined;
-  const cache = new SourceCache(options.cache);
+  // The cache: where downloads are kept, and where a decompressed source is written.
+  const openCache = async (): Promise<import('../transport/http/cache').SourceCache> => new (await import('../transport/http/cache')).SourceCache(options.cache);
   const releases: Array<() => Promise<void>> = [];
   const release = async () => {
     for (const r of releases.splice(0).reverse()) await r().catch(() => undefined);
@@ -128,10 +124,11 @@ export async function prepareSource(source: ImportSource, options: ImportOptions
           property: 'sourceChecksum',
         });
       }
+      const { fetchSource } = await import('../transport/http/fetch');
       const got = await fetchSource(parseSourceUrl(source.path), {
         ...options.http,
         checksum,
-        cache,
+        cache: await openCache(),
         ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
         ...(options.download ? { onProgress: (p: { received: number; total?: number }) => options.download!(p.received, p.total) } : {}),
       });
@@ -158,13 +155,13 @@ export async function prepareSource(source: ImportSource, options: ImportOptions
     if (source.format !== undefined) {
       return { path: file, format: source.format, label, references, downloaded: url, release };
     }
-    detected ??= await headOf(file);
+    detected ??= await detectFileFormat(file);
     let format = detected;
     if (detected.format === 'gzip' || detected.format === 'xz' || detected.format === 'zstd') {
-      const inner = await decompressToFile(file, detected.format, path.join(cache.dir, 'tmp'), label, source.maxSize);
+      const inner = await decompressToFile(file, detected.format, path.join((await openCache()).dir, 'tmp'), label, source.maxSize);
       releases.push(async () => fs.rmSync(inner, { force: true }));
       file = inner;
-      format = await headOf(inner);
+      format = await detectFileFormat(inner);
       if (format.format !== 'raw' && format.format !== 'qcow2') refuseFormat(format, label, detected);
     } else if (detected.format !== 'raw' && detected.format !== 'qcow2') {
       refuseFormat(detected, label);

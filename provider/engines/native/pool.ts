@@ -126,7 +126,7 @@ export class WorkerPool {
   private spawn(): Slot {
     const bridge = createBridge(remoteHandlers(), { initialBytes: 64 * 1024 });
     bridge.host.unref();
-    const worker = startWorker(__dirname, 'worker', { workerData: { bridge: bridge.endpoint }, transferList: bridge.transferList });
+    const worker = startWorker(__dirname, 'worker', 'engines/native', { workerData: { bridge: bridge.endpoint }, transferList: bridge.transferList });
     const slot: Slot = { worker, bridge: bridge.host };
     worker.on('message', (m: OpReply) => this.onReply(slot, m));
     const fail = (why: string) => {

@@ -245,7 +245,7 @@ export class ClusterDecoder {
   }
 
   private spawn(): void {
-    const worker = startWorker(__dirname, 'decode-worker');
+    const worker = startWorker(__dirname, 'decode-worker', 'qcow2/io');
     worker.on('message', (m: { id: number; error?: ErrorData }) => {
       if (m.error !== undefined) this.errors.get(m.id)?.(errorFromData(m.error));
     });

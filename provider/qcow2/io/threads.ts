@@ -7,12 +7,33 @@ import * as os from 'os';
 import * as path from 'path';
 import type { Worker, WorkerOptions } from 'worker_threads';
 
-/** Start the worker whose module is `base` (no extension) in folder `dir`; `options` as Worker's (workerData, transferList). */
-export function startWorker(dir: string, base: string, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
+/**
+ * The compiled module of worker `base` (no extension), whose place in the package is `home`
+ * (its folder under provider/, e.g. 'qcow2/io'): beside the caller (`dir`), or, when the caller
+ * is the command line's bundle (dist/provider/cli/qcow2-bundle.js, where every module's
+ * __dirname is the bundle's folder), at `home` in the compiled tree. Undefined when there is
+ * none (running from the TypeScript sources).
+ */
+export function workerModule(dir: string, base: string, home: string): string | undefined {
+  const beside = path.join(dir, `${base}.js`);
+  if (fs.existsSync(beside)) return beside;
+  for (let d = dir; path.dirname(d) !== d; d = path.dirname(d)) {
+    if (path.basename(d) !== 'provider') continue;
+    const js = path.join(d, home, `${base}.js`);
+    return fs.existsSync(js) ? js : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * Start the worker whose module is `base` (no extension) in folder `dir`, at `home` under
+ * provider/ (see workerModule); `options` as Worker's (workerData, transferList).
+ */
+export function startWorker(dir: string, base: string, home: string, options: Omit<WorkerOptions, 'eval'> = {}): Worker {
   // Loaded here, not at the top: a program that runs inline never loads worker_threads.
   const { Worker: WorkerClass } = require('worker_threads') as typeof import('worker_threads');
-  const js = path.join(dir, `${base}.js`);
-  if (fs.existsSync(js)) return new WorkerClass(js, options);
+  const js = workerModule(dir, base, home);
+  if (js !== undefined) return new WorkerClass(js, options);
   const ts = path.join(dir, `${base}.ts`);
   // The repository's tsconfig, whatever the working directory is.
   let root = dir;

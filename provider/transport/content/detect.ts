@@ -2,6 +2,8 @@
 // qcow2): a qcow2 image and its version, a compressed container (gzip, xz, zstd), another disk
 // format we do not read, or raw.
 
+import * as fs from 'fs';
+
 /** How many leading bytes detectFormat looks at (a tar header's magic ends at byte 262). */
 export const DETECT_BYTES = 512;
 
@@ -83,5 +85,17 @@ export function describeFormat(f: ContentFormat): string {
       return `${f.format}-compressed`;
     case 'unsupported':
       return f.name;
+  }
+}
+
+/** Read the leading bytes of a file and detect its format. */
+export async function detectFileFormat(file: string): Promise<ContentFormat> {
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    const buf = Buffer.alloc(DETECT_BYTES);
+    const { bytesRead } = await fh.read(buf, 0, DETECT_BYTES, 0);
+    return detectFormat(buf.subarray(0, bytesRead));
+  } finally {
+    await fh.close();
   }
 }

@@ -1,12 +1,13 @@
 // fetchSource: a URL and its checksum in, a verified local file out (through the cache), with
 // its format detected by content. What import and convert call for an http(s) source.
 
-import * as fs from 'fs';
-import { ContentFormat, DETECT_BYTES, detectFormat } from '../content/detect';
+import { ContentFormat, detectFileFormat } from '../content/detect';
 import { toChecksum } from './checksum';
 import { CachedSource, CacheOptions, SourceCache } from './cache';
 import { DownloadOptions } from './download';
 import { parseSourceUrl } from './url';
+
+export { detectFileFormat };
 
 export interface FetchSourceOptions extends DownloadOptions {
   /** The cache to use: its folder and size limit. Default: the default cache (see CacheOptions). */
@@ -17,18 +18,6 @@ export interface FetchSourceOptions extends DownloadOptions {
 export interface FetchedSource extends CachedSource {
   /** What the file is, by its leading bytes. */
   readonly format: ContentFormat;
-}
-
-/** Read the leading bytes of a file and detect its format. */
-export async function detectFileFormat(file: string): Promise<ContentFormat> {
-  const fh = await fs.promises.open(file, 'r');
-  try {
-    const buf = Buffer.alloc(DETECT_BYTES);
-    const { bytesRead } = await fh.read(buf, 0, DETECT_BYTES, 0);
-    return detectFormat(buf.subarray(0, bytesRead));
-  } finally {
-    await fh.close();
-  }
 }
 
 /**
