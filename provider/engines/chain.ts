@@ -27,10 +27,20 @@ export interface Peek {
   backing?: string;
 }
 
+/** A regular file of a folder as a dependents scan sees it: its identity and the backing name its header stores. */
+export interface ScannedFile {
+  name: string;
+  id: string;
+  backing?: string;
+}
+
 /** What a walk asks its driver for. */
-type Ask = { peek: string } | { id: string } | { list: string };
-/** peek: the file's Peek (undefined: not there, not a regular file); id: its identity "dev:ino" (undefined: nothing there); list: a folder's names. */
-type Answer = Peek | string | string[] | undefined;
+type Ask = { peek: string } | { id: string } | { scan: string };
+/**
+ * peek: the file's Peek (undefined: not there, not a regular file); id: its identity "dev:ino"
+ * (undefined: nothing there); scan: the folder's regular files, at most SCAN_LIMIT entries read.
+ */
+type Answer = Peek | string | { files: ScannedFile[]; truncated: boolean } | undefined;
 type Walk<T> = Generator<Ask, T, Answer>;
 
 /**
@@ -41,7 +51,8 @@ type Walk<T> = Generator<Ask, T, Answer>;
 export interface ChainFiles {
   head(file: string): Promise<{ head: Buffer; size: number; id: string } | undefined>;
   id(file: string): Promise<string | undefined>;
-  list(dir: string): Promise<string[]>;
+  /** The regular files of a folder with their identities and backing names, at most `limit` entries read. */
+  scan(dir: string, limit: number): Promise<{ files: ScannedFile[]; truncated: boolean }>;
 }
 
 const bytes = (n: number) => (n <= Number.MAX_SAFE_INTEGER ? n : String(n));
@@ -100,19 +111,20 @@ function* dependents(imagePath: string, candidates: Iterable<string>): Walk<Depe
   const target = (yield { id: imagePath }) as string | undefined;
   if (target === undefined) return { dependents: [], truncated: false };
   const found = new Set<string>();
-  function* consider(file: string): Walk<void> {
-    if (found.has(file) || (yield { id: file }) === target) return;
-    const p = (yield { peek: file }) as Peek | undefined;
-    if (p?.backing === undefined || p.backing === '' || hasProtocolPrefix(p.backing)) return;
-    if ((yield { id: resolve(resolveBackingName(file, p.backing)) }) === target) found.add(file);
+  function* judge(file: string, id: string | undefined, backing: string | undefined): Walk<void> {
+    if (id === undefined || id === target || found.has(file)) return;
+    if (backing === undefined || backing === '' || hasProtocolPrefix(backing)) return;
+    if ((yield { id: resolve(resolveBackingName(file, backing)) }) === target) found.add(file);
   }
-  for (const c of candidates) yield* consider(resolve(c));
+  for (const c of candidates) {
+    const file = resolve(c);
+    const p = (yield { peek: file }) as Peek | undefined;
+    yield* judge(file, p && `${p.layer.dev}:${p.layer.ino}`, p?.backing);
+  }
   const dir = path.posix.dirname(resolve(imagePath));
-  let names = (yield { list: dir }) as string[];
-  const truncated = names.length > SCAN_LIMIT;
-  if (truncated) names = names.slice(0, SCAN_LIMIT);
-  // Anything but a regular file is passed over by peek (opened without waiting, then refused).
-  for (const n of names) yield* consider(path.posix.join(dir, n));
+  // Anything but a regular file is passed over (opened without waiting, then refused).
+  const { files, truncated } = (yield { scan: dir }) as { files: ScannedFile[]; truncated: boolean };
+  for (const f of files) yield* judge(path.posix.join(dir, f.name), f.id, f.backing);
   return { dependents: [...found].sort(), truncated };
 }
 
@@ -151,11 +163,18 @@ function runSync<T>(walk: Walk<T>, host: HostFs): T {
         answer = undefined;
       }
     } else {
+      let names: string[] = [];
       try {
-        answer = host.readdir(ask.list);
+        names = host.readdir(ask.scan);
       } catch {
-        answer = []; // an unreadable folder: only the candidates were checked
+        // An unreadable folder: only the candidates were checked.
       }
+      const files: ScannedFile[] = [];
+      for (const name of names.slice(0, SCAN_LIMIT)) {
+        const p = peek(path.posix.join(ask.scan, name), host);
+        if (p) files.push({ name, id: `${p.layer.dev}:${p.layer.ino}`, ...(p.backing !== undefined ? { backing: p.backing } : {}) });
+      }
+      answer = { files, truncated: names.length > SCAN_LIMIT };
     }
     step = walk.next(answer);
   }
@@ -171,7 +190,7 @@ async function runAsync<T>(walk: Walk<T>, files: ChainFiles): Promise<T> {
       const h = await files.head(ask.peek).catch(() => undefined);
       answer = h && peekOf(ask.peek, h.head, h.size, h.id, () => undefined);
     } else if ('id' in ask) answer = await files.id(ask.id).catch(() => undefined);
-    else answer = await files.list(ask.list).catch(() => [] as string[]);
+    else answer = await files.scan(ask.scan, SCAN_LIMIT).catch(() => ({ files: [], truncated: false }));
     step = walk.next(answer);
   }
   return step.value;

@@ -43,8 +43,20 @@ async function sshTarget(connection: ConnectionArgs): Promise<TargetDescriptor> 
   return { kind: 'ssh', id: fs.id, label: fs.label };
 }
 
+const IN_WORKER = Symbol('in a worker');
+
 /** Remote hosts for the native engine: their operations in the pool (the calling thread serves the bridge). */
-const REMOTE: RemoteSupport = { exec: inWorkers, target: sshTarget };
+const REMOTE: RemoteSupport = {
+  exec: inWorkers,
+  target: sshTarget,
+  // Header reads (info -U, chain identities) are answered on this thread from one fetched cluster.
+  headerRead: async (target, call) => {
+    const m = require('./remote-read') as typeof import('./remote-read');
+    const r = await m.remoteHeaderRead(target, call);
+    return r === m.IN_WORKER ? IN_WORKER : r;
+  },
+  inWorker: IN_WORKER,
+};
 
 function nativeEngine(options: NativeEngineOptions = {}, connection?: ConnectionArgs): Engine {
   // A connection is validated and registered on first use (ssh2 is loaded only then).

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scratchBase, skipWithoutTools, tool } from '../engines/helpers';
 import { bytes, makeTestCa, opensslMissing, sha256, startServer, TestServer } from '../transport/http/server';
 import { ProviderHost, Stack, serializedProvider } from './host';
+import { skipWithoutSshd, startSshd, type Sshd } from '../helpers/sshd';
 
 const noOpenssl = opensslMissing();
 if (noOpenssl) console.warn(`[resource/url-source] SKIPPED: ${noOpenssl}`);
@@ -103,5 +104,27 @@ describe.each(['native', 'qemu-img'])('URL sources through the dynamic-provider 
     await expect(stack('bad').up({ path: `${engine}-bad.qcow2`, source: server.url('/cloud.img'), sourceChecksum: wrong, engine })).rejects.toThrow(new RegExp(`${wrong}[^]*${sha256(body)}|${sha256(body)}[^]*${wrong}`));
     await expect(stack('hostile').up({ path: `${engine}-hostile.qcow2`, source: server.url('/hostile.img'), sourceChecksum: sha256(other), engine })).rejects.toThrow(/\/etc\/hostname[^]*sourceReferences/);
     expect(fs.readdirSync(path.join(root, 'program')).filter((f) => f.startsWith(`${engine}-`))).toEqual([]);
+  });
+
+  it.skipIf(SKIP || skipWithoutSshd('resource/url-source remote'))('a URL for an image on a remote host is fetched and converted here; the host gets the image only', async () => {
+    let sshd: Sshd | undefined;
+    const far = fs.mkdtempSync(path.join(scratchBase(), 'qcow2-url-remote-'));
+    try {
+      sshd = await startSshd();
+      const connection = { ...sshd.connection(), hostKey: sshd.hostKeyLine };
+      const s = stack('remote');
+      const inputs = { path: path.join(far, 'vm.qcow2'), source: server.url('/cloud.img'), sourceChecksum: sha256(body), engine, connection };
+      const r = await s.up(inputs);
+      expect(r.outputs).toMatchObject({ virtualSize: 8 << 20, source: server.url('/cloud.img'), sourceChecksum: sha256(body), host: '127.0.0.1' });
+      expect(tool('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', path.join(root, 'orig.raw'), path.join(far, 'vm.qcow2')], root).status).toBe(0);
+      // Nothing but the image on the host: the download and its decompression stayed here.
+      expect(fs.readdirSync(far)).toEqual(['vm.qcow2']);
+      expect((await s.preview(inputs)).op).toBe('same');
+      await s.destroy();
+      expect(fs.readdirSync(far)).toEqual([]);
+    } finally {
+      await sshd?.stop();
+      fs.rmSync(far, { recursive: true, force: true });
+    }
   });
 });

@@ -42,6 +42,13 @@ export interface RemoteSupport {
   exec: Executor;
   /** The target of a remote host (its connection kept in this process under an id). */
   target(connection: ConnectionArgs): Promise<TargetDescriptor>;
+  /**
+   * Answer a header read of a remote target on the calling thread (engines/remote-read.ts), or
+   * resolve with `inWorker` when the operation must run in a worker.
+   */
+  headerRead?(target: TargetDescriptor, call: OpCall): Promise<unknown>;
+  /** What headerRead resolves with to send the operation to a worker. */
+  inWorker?: symbol;
 }
 
 /**
@@ -73,6 +80,10 @@ export class NativeEngine implements Engine {
   private async run<T>(call: OpCall, progress?: ProgressFn): Promise<T> {
     const target = await this.target;
     const remote = target.kind !== 'local' || (call.op === 'import' && call.sourceTarget !== undefined && call.sourceTarget.kind !== 'local');
+    if (target.kind !== 'local' && this.remote?.headerRead !== undefined) {
+      const r = await this.remote.headerRead(target, call);
+      if (r !== this.remote.inWorker) return r as T;
+    }
     return (remote ? this.remote?.exec ?? this.exec : this.exec)(target, call, progress) as Promise<T>;
   }
 

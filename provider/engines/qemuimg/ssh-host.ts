@@ -28,6 +28,7 @@ import type { CreateFacts } from '../../rules/create';
 import type { RemoveOptions } from '../engine';
 import type { Dependents, ImageChain } from '../../model/chain';
 import { ChainFiles, findDependentsAsync, readImageChainAsync } from '../chain';
+import { chainFilesOf } from '../remote-read';
 import { HostPublication, QemuImgHost, notFound } from './host';
 import { DEFAULT_LIMITS, MIN_VERSION, QemuImgBinary, RunResult, compareVersions } from './run';
 import { peekOf } from './spec';
@@ -250,20 +251,7 @@ class SshHost implements QemuImgHost {
   }
 
   private chainFiles(): ChainFiles {
-    const fs = this.fs;
-    return {
-      async head(p) {
-        // Only regular files: sftp-server would block opening a FIFO.
-        const st = await fs.stat(p);
-        if (st?.kind !== 'file') return undefined;
-        const { answer, head } = await fs.open(p, 'read');
-        void fs.close(answer.handle);
-        // The open brings the first cluster, where QEMU requires the backing name to be.
-        return { head: head ?? Buffer.alloc(0), size: answer.size, id: answer.id ?? st.id };
-      },
-      id: async (p) => (await fs.stat(p))?.id,
-      list: (dir) => fs.readdir(dir),
-    };
+    return chainFilesOf(this.fs);
   }
 
   publication(): HostPublication {

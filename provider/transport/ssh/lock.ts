@@ -47,6 +47,9 @@
 //                                MAX bytes, or its first cluster when it is a qcow2 image (at most
 //                                2 MiB); trailing zeros left out (LEN says how many bytes were read)
 //                                <- H id ok SIZE BLOCKS DEV INO LEN HEX|- | H id notreg | H id err ERRNO
+//   -> W id DIRHEX MAX           the regular files of a folder (at most MAX entries read), each with
+//                                its identity and, for a qcow2 file, the backing name its header stores
+//                                <- W id ok MORE NAMEHEX:DEV:INO:BACKINGHEX|-,... | W id ok MORE - | W id err ERRNO
 //   -> D id PATHHEX              fsync a folder     <- D id ok | D id err ERRNO
 //   -> P id PATHHEX              own a temporary file or folder we created   <- P id ok
 //   -> F id PATHHEX              forget it (published or removed)            <- F id ok
@@ -186,6 +189,39 @@ while (my $line = <STDIN>) {
     my $len = length($buf);
     $buf =~ s/\0+\z//;
     print "H $id ok $size $st[12] $st[0] $st[1] $len ", (length($buf) ? unpack('H*', $buf) : '-'), "\n";
+  } elsif ($op eq 'W') {
+    my $dir = pack('H*', $a[0] // '');
+    my $max = ($a[1] // 4096) + 0;
+    my $d;
+    unless (opendir($d, $dir)) { print "W $id err ", ($! + 0), "\n"; next; }
+    my (@out, $more);
+    my $n = 0;
+    while (defined(my $e = readdir($d))) {
+      next if $e eq '.' || $e eq '..';
+      if (++$n > $max) { $more = 1; last; }
+      my $h;
+      next unless sysopen($h, "$dir/$e", POSIX::O_RDONLY() | POSIX::O_NONBLOCK() | POSIX::O_NOCTTY());
+      my @st = stat($h);
+      if (!@st || ($st[2] & 0170000) != 0100000) { close($h); next; }
+      my $buf = '';
+      sysread($h, $buf, 4096);
+      my $b = '-';
+      if (length($buf) >= 20 && substr($buf, 0, 4) eq "QFI\xfb") {
+        my ($hi, $lo) = unpack('NN', substr($buf, 8, 8));
+        my $off = $hi * 4294967296 + $lo;
+        my $len = unpack('N', substr($buf, 16, 4));
+        if ($off > 0 && $len > 0 && $len <= 1023 && $off <= 2097152) {
+          my $name = '';
+          if ($off + $len <= length($buf)) { $name = substr($buf, $off, $len); }
+          elsif (sysseek($h, $off, 0)) { sysread($h, $name, $len); }
+          $b = hx($name) if length($name) == $len;
+        }
+      }
+      close($h);
+      push @out, hx($e) . ":$st[0]:$st[1]:$b";
+    }
+    closedir($d);
+    print "W $id ok ", ($more ? 1 : 0), ' ', (@out ? join(',', @out) : '-'), "\n";
   } elsif ($op eq 'D') {
     my $path = pack('H*', $a[0] // '');
     if (open(my $h, '<', $path)) { $h->sync; close($h); print "D $id ok\n"; }
@@ -453,6 +489,20 @@ export class HostHelper {
     const head = Buffer.alloc(Number(r[5]));
     if (r[6] !== undefined && r[6] !== '-') head.write(r[6], 'hex');
     return { kind: 'file', size: Number(r[1]), allocated: Number(r[2]) * 512, id: `${r[3]}:${r[4]}`, head };
+  }
+
+  /**
+   * The regular files of folder `dir` (at most `max` entries read), each with its identity and,
+   * for a qcow2 file, the backing name its header stores: one request for a whole folder.
+   */
+  async scan(dir: string, max: number): Promise<{ files: Array<{ name: string; id: string; backing?: string }>; truncated: boolean }> {
+    const r = await this.ask('W', `${hex(dir)} ${max}`);
+    if (r[0] !== 'ok') throw this.errnoError(Number(r[1]), 'read folder', dir);
+    const files = r[2] === undefined || r[2] === '-' ? [] : r[2].split(',').map((e) => {
+      const [name, dev, ino, backing] = e.split(':');
+      return { name: unhex(name ?? ''), id: `${dev}:${ino}`, ...(backing !== undefined && backing !== '-' ? { backing: unhex(backing) } : {}) };
+    });
+    return { files, truncated: r[1] === '1' };
   }
 
   /** fsync(2) a folder on the host, making the names linked into it durable. */

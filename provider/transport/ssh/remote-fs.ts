@@ -387,6 +387,35 @@ export class RemoteFs {
     });
   }
 
+  /**
+   * The regular files of a folder with their identities and stored backing names (engines/chain.ts's
+   * dependents scan), at most `max` entries read: one helper request; without the helper, a
+   * listing and a look at each file.
+   */
+  async scan(dir: string, max: number): Promise<{ files: Array<{ name: string; id: string; backing?: string }>; truncated: boolean }> {
+    return this.use(async (c) => {
+      const viaHelper = await this.helped(c, (h) => h.scan(dir, max));
+      if (viaHelper !== undefined) return viaHelper;
+      const names = await this.readdir(dir);
+      const files: Array<{ name: string; id: string; backing?: string }> = [];
+      for (const name of names.slice(0, max)) {
+        const p = path.posix.join(dir, name);
+        if ((await this.stat(p).catch(() => undefined))?.kind !== 'file') continue;
+        const { answer, head } = await this.open(p, 'read').catch(() => ({ answer: undefined, head: undefined }));
+        if (answer === undefined) continue;
+        void this.close(answer.handle);
+        const h = head ?? Buffer.alloc(0);
+        let backing: string | undefined;
+        if (h.length >= 20 && h.readUInt32BE(0) === QCOW_MAGIC) {
+          const off = Number(h.readBigUInt64BE(8)), len = h.readUInt32BE(16);
+          if (off > 0 && len > 0 && len <= 1023 && off + len <= h.length) backing = h.subarray(off, off + len).toString('utf8');
+        }
+        files.push({ name, id: answer.id ?? (await this.stat(p))?.id ?? '', ...(backing !== undefined ? { backing } : {}) });
+      }
+      return { files, truncated: names.length > max };
+    });
+  }
+
   async readdir(filePath: string): Promise<string[]> {
     return this.use(async (c) => (await c.sftp()).readdir(filePath));
   }
