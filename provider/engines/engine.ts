@@ -109,6 +109,22 @@ export interface ImportOptions {
   bitmaps?: boolean;
   /** --skip-broken-bitmaps: leave inconsistent bitmaps out instead of refusing. */
   skipBrokenBitmaps?: boolean;
+  /**
+   * convert -c: write compressed clusters (the image's compression_type, zlib or zstd), as
+   * qemu-img writes them; clusters that do not compress are written plain.
+   */
+  compressed?: boolean;
+  /**
+   * convert -B: the create options name a backing file (and its format) for the new image, which
+   * gets only what the source holds above its own backing file: its other areas read from the
+   * new backing file, which the caller vouches holds the same data (qemu-img does not compare).
+   */
+  overBacking?: boolean;
+  /**
+   * convert -O raw: the new image is a raw file (sparse: zero areas are holes) of the source's
+   * size rounded up to a sector; no create options apply. Default 'qcow2'.
+   */
+  targetFormat?: 'qcow2' | 'raw';
 }
 
 export interface BitmapOptions {
@@ -189,6 +205,12 @@ export interface Engine {
    * the source's. Never overwrites, and a failure leaves nothing behind.
    */
   import(path: string, options: CreateOptions, source: ImportSource, opts?: ImportOptions): Promise<void>;
+  /**
+   * qemu-img convert -n: write the guest view of `source` over an existing qcow2 image at least
+   * as large (data copied, zero areas written as zeros); the image is otherwise kept (its options,
+   * its backing file). Only `progress` of `opts` applies.
+   */
+  convertInto(path: string, source: ImportSource, opts?: ImportOptions): Promise<void>;
   /** Change options all or nothing (compat, lazy refcounts, refcount width, size, data file name, data-file-raw off). */
   amend(path: string, request: AmendRequest): Promise<void>;
   /** Change the virtual size: an absolute size, or relative to the current one. */

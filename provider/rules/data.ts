@@ -33,6 +33,13 @@ export interface ImportRequest {
   sameFile: boolean;
   /** qemu-img convert -c. */
   compress?: boolean;
+  /** qemu-img convert --bitmaps. */
+  bitmaps?: boolean;
+  /**
+   * qemu-img convert -B (or -o backing_file=): the new image is an overlay of the named backing
+   * file and gets only what the source holds above its own backing file.
+   */
+  overBacking?: boolean;
   /** The largest virtual size the user allows for the source (`sourceMaxSize`). */
   maxSize?: bigint;
 }
@@ -41,14 +48,21 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
   if (req.sourceFormat !== 'raw' && req.sourceFormat !== 'qcow2') {
     return { property: 'source.format', message: `Unknown source format '${req.sourceFormat}': import reads raw and qcow2 images only` };
   }
-  if (req.targetFormat !== undefined && req.targetFormat !== 'qcow2') {
-    return { property: 'format', message: `Unknown output format '${req.targetFormat}': this tool writes qcow2 images only (-O qcow2)` };
+  if (req.targetFormat !== undefined && req.targetFormat !== 'qcow2' && req.targetFormat !== 'raw') {
+    return { property: 'format', message: `Unknown output format '${req.targetFormat}': this tool writes qcow2 and raw images (-O qcow2, -O raw)` };
+  }
+  if (req.targetFormat === 'raw' && req.bitmaps) {
+    return { property: 'bitmaps', message: "Format driver 'raw' does not support bitmaps" };
+  }
+  if (req.targetFormat === 'raw' && (Object.keys(req.options).length > 0 || req.compress || req.overBacking)) {
+    return { property: 'format', message: 'A raw image has no create options, compression or backing file: convert -O raw without -o, -c and -B' };
   }
   if (req.sameFile) {
     return { property: 'source', message: 'The source and the destination are the same file; import never overwrites its source' };
   }
-  if (req.compress) {
-    return { property: 'compress', message: 'Compressed output (-c) is not supported by the native engine; use qemu-img convert -c' };
+  if (req.compress && req.options.dataFile !== undefined) {
+    // qemu-img fails at the first compressed write (qcow2 has no compressed clusters in a data file).
+    return { property: 'compress', message: 'Compressed output (-c) cannot be written to an image with an external data file (data_file): convert without -c, or without data_file' };
   }
   if (req.maxSize !== undefined && req.sourceSize > req.maxSize) {
     return {
@@ -58,7 +72,10 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     };
   }
   const o = req.options;
-  if (o.backingFile !== undefined || o.backingFormat !== undefined) {
+  if (req.overBacking) {
+    if (o.backingFile === undefined) return { property: 'backing_file', message: 'convert -B needs the name of the backing file' };
+    if (o.backingFormat === undefined) return { property: 'backing_fmt', message: 'Use of backing file requires explicit backing format' };
+  } else if (o.backingFile !== undefined || o.backingFormat !== undefined) {
     return {
       property: 'backing_file',
       message: 'An imported image holds the whole guest view of its source, so it cannot also have a backing file. ' +
@@ -82,6 +99,15 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     }
   }
   return undefined;
+}
+
+/** `convert -n`: the existing target must hold the whole source. */
+export function validateConvertInto(sourceSize: bigint, targetSize: bigint): Refusal | undefined {
+  if (targetSize >= sourceSize) return undefined;
+  return {
+    property: 'size',
+    message: `The target image is smaller (${targetSize} bytes) than the source (${sourceSize} bytes); convert -n writes the whole source. Resize the target first, or convert to a new image`,
+  };
 }
 
 /** `rebase` without -u: the image is written (clusters copied) and its backing changed. */

@@ -32,7 +32,9 @@ export async function run(argv: string[]): Promise<void> {
       const rep = await engine.repair(path, repair);
       for (const m of rep.messages) err(m + '\n');
       if (rep.failed) {
-        report('Check failed: Input/output error');
+        // A snapshot table it cannot read stops it as it stops a check; else QEMU's -EIO.
+        if (rep.result.failed) report(rep.result.failed.message);
+        report(`Check failed: ${rep.result.failed?.cause ?? 'Input/output error'}`);
         throw new Exit(1);
       }
       if (rep.leaksFixed || rep.corruptionsFixed) {

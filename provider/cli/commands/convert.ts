@@ -1,7 +1,8 @@
-// `qcow2 convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
-// -O qcow2 [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
+// `qcow2 convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
+// [-B BACKING -F FMT] [-n] -O qcow2|raw [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
 // or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
-// image, sparse-aware; never overwrites. gzip/xz/zstd-compressed sources are decompressed. A
+// image, sparse-aware, compressed with -c; never overwrites (-n writes into an existing image the
+// user names instead). gzip/xz/zstd-compressed sources are decompressed. A
 // local source's backing and data file names are followed as qemu-img follows them; a
 // downloaded image may name none.
 
@@ -18,10 +19,10 @@ import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 
-export const usage = 'convert [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] -O qcow2 [-o OPTIONS] SRC|URL DST';
+export const usage = 'convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] [-n] -O qcow2|raw [-o OPTIONS] SRC|URL DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string }
+interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string; B?: string; F?: string; n?: boolean }
 
 /** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
 const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
@@ -30,16 +31,19 @@ const spec: CommandSpec = {
   name: 'convert', usage, description, args: ['[src]', '[dst]'],
   options: [
     ['-f <fmt>', 'source format: raw or qcow2 (detected by content when omitted)'],
-    ['-O <fmt>', 'output format (qcow2)'],
+    ['-O <fmt>', 'output format: qcow2, or raw (a sparse raw file)'],
     ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
     ['-p', 'show progress, as qemu-img does: (x/100%) on standard output'],
     ['-q', 'quiet'],
     ['-t <cache>', 'cache mode of the new image: unsafe (default, as qemu-img: no flush before it appears), writeback, none, directsync, writethrough (flushed)'],
     ['--checksum <alg:hex>', 'sha256:<hex> or sha512:<hex> of the source: required for a URL, verified for a file'],
-    ['-c', 'compress the output (not supported: refused)'],
+    ['-c', 'compress the output: each cluster with the image\'s compression_type (zlib, or zstd with -o compression_type=zstd), as qemu-img does, on every core'],
     ['--bitmaps', "copy the source's persistent dirty bitmaps"],
     ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
     ['-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state'],
+    ['-B <backing>', 'make the new image an overlay of BACKING (as -o backing_file=): only what the source holds above its own backing file is copied; BACKING must hold the rest'],
+    ['-F <fmt>', "format of -B's backing file (qcow2 or raw; required, as -o backing_fmt=)"],
+    ['-n', 'write into DST, an existing qcow2 image at least as large as the source (its options and backing file kept), instead of creating it'],
   ],
 };
 
@@ -59,14 +63,15 @@ export async function run(argv: string[]): Promise<void> {
       return;
     }
     options = toCreateOptions(pairs, undefined, { onWarning: warn });
+    if (o.B !== undefined) options.backingFile = o.B;
+    if (o.F !== undefined) options.backingFormat = o.F;
   } catch (e) {
     if (e instanceof Exit) throw e;
     reportEach(messageOf(e));
     throw new Exit(1);
   }
   if (src === undefined || dst === undefined) fail('Expecting image file name');
-  if (o.O !== undefined && o.O !== 'qcow2') fail(`Unknown output format '${o.O}': this tool writes qcow2 images only (-O qcow2)`);
-  if (o.c) fail('Compressed output (-c) is not supported by the native engine; use qemu-img convert -c');
+  if (o.O !== undefined && o.O !== 'qcow2' && o.O !== 'raw') fail(`Unknown output format '${o.O}': this tool writes qcow2 and raw images (-O qcow2, -O raw)`);
   if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
   const url = /^https?:\/\//i.test(src);
   // A URL is fetched by the engine; a file name is read as qemu-img reads it (file:, json:, --image-opts).
@@ -77,6 +82,10 @@ export async function run(argv: string[]): Promise<void> {
   const opts: ImportOptions = {
     durable: (o.t ?? 'unsafe') !== 'unsafe',
     ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
+    ...(o.c ? { compressed: true } : {}),
+    ...(o.O === 'raw' ? { targetFormat: 'raw' as const } : {}),
+    // qemu-img convert -B / -o backing_file=: the new image is an overlay.
+    ...(options.backingFile !== undefined ? { overBacking: true } : {}),
   };
   // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
   const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;
@@ -98,7 +107,12 @@ export async function run(argv: string[]): Promise<void> {
       ...(o.checksum !== undefined ? { checksum: o.checksum } : {}),
       ...(snapshot ? { snapshot } : {}),
     };
-    await engineFor(target, from).import(target.path, options, source, opts);
+    if (o.n) {
+      if (o.c || options.backingFile !== undefined) fail('convert -n writes into an existing image as it is: -c, -B and backing_file= are not supported with it');
+      await engineFor(target, from).convertInto(target.path, source, opts);
+    } else {
+      await engineFor(target, from).import(target.path, options, source, opts);
+    }
   } catch (e) {
     bar?.stop();
     // qemu-img opens the source, then loads the snapshot: its failure is not an open error.

@@ -35,10 +35,16 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'resolveCreate':
       return ops().resolveCreateOptions(call.path, call.options, call.behaviour, host);
     case 'import':
+      if (call.raw) {
+        if (host !== localFs) throw new Qcow2Error('UNSUPPORTED', 'convert -O raw writes a file of this machine: convert on the host the image is on');
+        ops().importRawImage(call.path, call.options, call.source, { durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}) });
+        return undefined;
+      }
+      const special = { ...(call.compressed ? { compressed: true } : {}), ...(call.overBacking ? { overBacking: true } : {}) };
       if (host === localFs && (call.sourceTarget === undefined || call.sourceTarget.kind === 'local')) {
         // Asynchronous: reads, decoding (on libuv's thread pool) and writes overlap.
         return ops().importImageAsync(call.path, call.options, call.source, {
-          durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
+          durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}), ...special,
         }).then(() => undefined);
       }
       // A remote host on either side: synchronous, its files through the bridge.
@@ -48,7 +54,12 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
         durable: call.durable,
         ...(progress ? { progress } : {}),
         ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
+        ...special,
       });
+      return undefined;
+    case 'convertInto':
+      if (host !== localFs) throw new Qcow2Error('UNSUPPORTED', 'convert -n writes into an image of this machine: convert on the host the image is on');
+      ops().convertIntoImage(call.path, call.source, progress ? { progress } : {});
       return undefined;
     case 'amend':
       ops().amendImage(call.path, call.request, { host });

@@ -121,6 +121,9 @@ export class NativeEngine implements Engine {
         call.sourceTarget = await this.remote.target(host);
       }
       if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      if (opts.compressed) call.compressed = true;
+      if (opts.overBacking) call.overBacking = true;
+      if (opts.targetFormat === 'raw') call.raw = true;
       await this.run(call, opts.progress);
       return;
     }
@@ -135,7 +138,26 @@ export class NativeEngine implements Engine {
       const call: OpCall = { op: 'import', path, options, source: src, durable: opts.durable ?? true };
       if (target.kind !== 'local') call.sourceTarget = { kind: 'local' };
       if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+      if (opts.compressed) call.compressed = true;
+      if (opts.overBacking) call.overBacking = true;
+      if (opts.targetFormat === 'raw') call.raw = true;
       await this.run(call, opts.progress);
+    } finally {
+      await local.release();
+    }
+  }
+
+  async convertInto(path: string, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    const { host, ...file } = source;
+    if ((host !== undefined && host !== 'local') || (await this.target).kind !== 'local') {
+      throw new Qcow2Error('UNSUPPORTED', `convert -n works on images and sources of this machine: '${path}'`, { file: path });
+    }
+    const { prepareSource } = await import('../source');
+    const local = await prepareSource(file, opts);
+    try {
+      const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
+      if (source.snapshot !== undefined) src.snapshot = source.snapshot;
+      await this.run({ op: 'convertInto', path, source: src }, opts.progress);
     } finally {
       await local.release();
     }

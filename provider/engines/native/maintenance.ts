@@ -64,7 +64,7 @@ function requireDataFile(img: Image, host: HostFs): void {
  */
 export function repairImageFile(path: string, mode: RepairMode, host: HostFs = localFs): RepairReport {
   return withLockedFile(path, host, (file) => {
-    const img = Image.open(file, path);
+    const img = Image.open(file, path, { check: true });
     requireDataFile(img, host);
     clearUnknownAutoclearOf(file, img);
     const r = repairImage(file, mode, { punch: punchIn(file, host) });

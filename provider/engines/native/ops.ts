@@ -11,7 +11,8 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
+import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
 import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
@@ -161,7 +162,8 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
  */
 export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
   const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
-  return withWritableImage(path, behaviour, (img, file) => {
+  return withWritableImage(path, behaviour, (opened, file) => {
+    let img = opened;
     const downgradeZstd = req.compat === '0.10' && img.header.version === 3 && img.header.compressionType === C.QCOW2_COMPRESSION_TYPE_ZSTD;
     const state = imageStateOf(img, downgradeZstd);
     const r = validateAmend(state, req, behaviour.allowShrink ?? true);
@@ -170,7 +172,15 @@ export function amendImage(path: string, request: AmendRequest, behaviour: Amend
       const over = firstRefcountAbove(img, file, (1n << BigInt(req.refcountBits)) - 1n);
       throwIfRefused(validateRefcountWidth(req.refcountBits, over), path);
     }
-    return runPlan(img, file, path, changesOf(state, req), behaviour.host ?? localFs);
+    const ch = changesOf(state, req);
+    if (upgradeRewritesSnapshots(img, ch)) {
+      // qcow2_upgrade: the snapshot table gets the extra data v3 requires first (its own
+      // crash-safe commit, the table where qcow2_write_snapshots puts it), then the header.
+      throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
+      rewriteSnapshotTable(file, img);
+      img = Image.open(file, path);
+    }
+    return runPlan(img, file, path, ch, behaviour.host ?? localFs);
   });
 }
 
@@ -203,7 +213,7 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
 export type { CreateBehaviour };
-import { WriteImportOptions, writeImportedImage, writeImportedImageAsync } from '../../qcow2/ops/convert';
+import { WriteImportOptions, copyGuestOver, writeImportedImage, writeImportedImageAsync, writeImportedRaw } from '../../qcow2/ops/convert';
 import { Qcow2Image } from '../../qcow2/guest/qcow2';
 import type { GuestSource, OpenOptions, ProgressFn } from '../../qcow2/guest/source';
 import * as path from 'path';
@@ -212,7 +222,7 @@ import { validateChain } from '../../qcow2/guest/sources/preflight';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { MapEntry, mapSource } from '../../qcow2/ops/map';
 import { rebaseSafe } from '../../qcow2/ops/rebase';
-import { validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
+import { validateConvertInto, validateImport, validateSafeRebase, validateWrite } from '../../rules/data';
 import { validateSourceReference } from '../../rules/references';
 
 /** Open an image to write guest data (QEMU's write locks on image and data file; rules first). */
@@ -238,6 +248,10 @@ export interface ImportBehaviour {
   durable?: boolean;
   /** convert --bitmaps: copy the source's persistent bitmaps (inconsistent ones refused unless skipped). */
   bitmaps?: { skipBroken: boolean };
+  /** convert -c: compressed clusters (see ImportOptions.compressed). */
+  compressed?: boolean;
+  /** convert -B: the new image is an overlay; only the source's top layer is copied (see ImportOptions.overBacking). */
+  overBacking?: boolean;
 }
 
 /** An import source that is a local file (engines/source.ts made it one), as the worker gets it. */
@@ -288,7 +302,52 @@ export async function importImageAsync(dst: string, options: CreateOptions, sour
 }
 
 function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined): WriteImportOptions {
-  return { host: behaviour.host ?? localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}) };
+  return {
+    host: behaviour.host ?? localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}),
+    ...(behaviour.compressed ? { compressed: true } : {}), ...(behaviour.overBacking ? { topLayerOnly: true } : {}),
+  };
+}
+
+/** `qemu-img convert -O raw`: a new raw file holding the guest view of `source` (zero areas left as holes). */
+export function importRawImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
+  const format = source.format ?? probeFormat(source.path);
+  const onReference = referenceGuard(source);
+  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+  try {
+    validateChain(src);
+    throwIfRefused(validateImport({
+      sourceFormat: format, targetFormat: 'raw', options, sourceSize: BigInt(src.size), sameFile: sameFile(dst, source.path),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(behaviour.bitmaps ? { bitmaps: true } : {}),
+    }), dst);
+    writeImportedRaw(dst, src, { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}) });
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * `qemu-img convert -n`: the guest view of `source` written over the existing image `dst`
+ * (opened for writing as any guest write: QEMU's locks, the write rules), which must be at
+ * least as large. Data is copied; zero areas are written as zeros (the image may hold data there).
+ */
+export function convertIntoImage(dst: string, source: LocalImportSource, behaviour: { progress?: ProgressFn } = {}): void {
+  const format = source.format ?? probeFormat(source.path);
+  throwIfRefused(validateImport({ sourceFormat: format, options: {}, sourceSize: 0n, sameFile: false }));
+  const onReference = referenceGuard(source);
+  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+  try {
+    validateChain(src);
+    if (sameFile(dst, source.path)) throwIfRefused({ property: 'source', message: 'The source and the destination are the same file; convert -n never writes over its source' }, dst);
+    const img = openImageForWrite(dst);
+    try {
+      throwIfRefused(validateConvertInto(BigInt(src.size), BigInt(img.size)), dst);
+      copyGuestOver(src, img, behaviour.progress);
+    } finally {
+      img.close();
+    }
+  } finally {
+    src.close();
+  }
 }
 
 /** Open and validate an import's source (and, for --bitmaps, its bitmaps) and plan its image; nothing is created yet. */
@@ -310,6 +369,7 @@ function openImport(dst: string, options: CreateOptions, source: LocalImportSour
       sourceSize: BigInt(src.size),
       sameFile: same(dst) || (options.dataFile !== undefined && same(options.dataFile)),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+      ...(behaviour.compressed ? { compress: true } : {}), ...(behaviour.overBacking ? { overBacking: true } : {}),
     });
     throwIfRefused(r, dst);
     const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }, {}, host));

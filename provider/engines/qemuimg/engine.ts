@@ -69,7 +69,7 @@ import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
 import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
-import { validateImport } from '../../rules/data';
+import { validateConvertInto, validateImport } from '../../rules/data';
 import { ReferencePolicy, validateSourceReference } from '../../rules/references';
 import { prepareSource } from '../source';
 import type { AmendRequest, CommitFacts, CommitRequest, ConsistencyFacts, SnapshotRequest } from '../../rules/types';
@@ -373,12 +373,18 @@ export class QemuImgEngine implements Engine {
         path: host.resolve(at), label, references: prepared?.references ?? file.references ?? 'any', downloaded: prepared?.downloaded ?? false,
       });
       const same = async (a: string) => copy === undefined && (await host.sameFile(a, at));
+      if (opts.targetFormat === 'raw') {
+        if (host.label !== '') throw new Qcow2Error('UNSUPPORTED', 'convert -O raw with the qemu-img engine writes a file of this machine', { property: 'format' });
+        await this.importRaw(imagePath, options, src, { path: at, format, label }, source, opts);
+        return;
+      }
       const r = validateImport({
         sourceFormat: format,
         options,
         sourceSize: src.size,
         sameFile: (await same(imagePath)) || (options.dataFile !== undefined && (await same(options.dataFile))),
         ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
+        ...(opts.compressed ? { compress: true } : {}), ...(opts.overBacking ? { overBacking: true } : {}),
       });
       throwIfRefused(r, imagePath);
       const o = await this.resolved(imagePath, { ...options, size: src.size });
@@ -391,7 +397,7 @@ export class QemuImgEngine implements Engine {
       await host.assertNewImageFiles(imagePath, o);
       await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
         const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
-        const args = ['convert', '-q', ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
+        const args = ['convert', '-q', ...(opts.compressed ? ['-c'] : []), ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
         await this.run('write', args, { arg: src.spec, file: label }, tmp);
       }, opts.durable ?? true);
       opts.progress?.(Number(src.size), Number(src.size));
@@ -759,6 +765,50 @@ export class QemuImgEngine implements Engine {
     const spec = await this.readSpec((await this.hostP).resolve(file));
     await this.run('write', ['snapshot', '-q', flag, request.name, spec], { arg: spec, file });
     return undefined;
+  }
+
+  /** `qemu-img convert -O raw` into a temporary name beside the target, published when complete (local images). */
+  private async importRaw(imagePath: string, options: CreateOptions, src: { spec: string; size: bigint }, local: { path: string; format: string; label: string },
+    source: ImportSource, opts: ImportOptions): Promise<void> {
+    const host = await this.hostP;
+    throwIfRefused(validateImport({
+      sourceFormat: local.format, targetFormat: 'raw', options, sourceSize: src.size, sameFile: await host.sameFile(imagePath, local.path),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(opts.bitmaps ? { bitmaps: true } : {}),
+    }), imagePath);
+    await host.assertNewImageFiles(imagePath, { adoptDataFile: false });
+    const abs = host.resolve(imagePath);
+    const pub = host.publication();
+    try {
+      const tmp = await pub.folderBeside(abs);
+      await this.run('write', ['convert', '-q', '-O', 'raw', ...snapshotArgs(source.snapshot), src.spec, 'img.raw'], { arg: src.spec, file: local.label }, tmp);
+      pub.stage(path.join(tmp, 'img.raw'), abs, 'image');
+      await pub.publish({ durable: opts.durable ?? true });
+    } catch (e) {
+      await pub.abort();
+      throw e;
+    }
+    opts.progress?.(Number(src.size), Number(src.size));
+  }
+
+  /** `qemu-img convert -n`: the source's chain as explicit file nodes, over the existing image (local images). */
+  async convertInto(file: string, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    await this.binary();
+    const host = await this.hostP;
+    if (host.label !== '') throw new Qcow2Error('UNSUPPORTED', `convert -n works on local images only: '${file}' is on ${host.label}`, { file });
+    const { host: _where, ...plain } = source;
+    const local = await prepareSource(plain, opts);
+    try {
+      await this.mustExist(local.path);
+      const src = await this.guestChain(local.path, local.format, { path: host.resolve(local.path), label: local.label, references: local.references, downloaded: local.downloaded });
+      throwIfRefused(validateImport({ sourceFormat: local.format, options: {}, sourceSize: src.size, sameFile: await host.sameFile(file, local.path) }), file);
+      const state = await this.stateForChange(file);
+      throwIfRefused(validateConvertInto(src.size, state.virtualSize), file);
+      const spec = await this.readSpec(host.resolve(file));
+      await this.run('write', ['convert', '-q', '-n', ...snapshotArgs(source.snapshot), '-O', 'qcow2', src.spec, spec], { arg: spec, file });
+      opts.progress?.(Number(src.size), Number(src.size));
+    } finally {
+      await local.release();
+    }
   }
 
   /** `qemu-img compare` over both chains, every layer an explicit file node. */

@@ -124,6 +124,11 @@ export class Qcow2Metadata {
     return this.refcounts.alloc(n);
   }
 
+  /** qcow2_alloc_bytes: host bytes for a compressed cluster (meta/refcount.ts). */
+  allocBytes(size: number): number {
+    return this.refcounts.allocBytes(size);
+  }
+
   /** The L2 table of `l1i` ready to change: allocated, or copied when shared (no COPIED). */
   l2ForWrite(l1i: number): Table {
     const e = this.l1[l1i]!;

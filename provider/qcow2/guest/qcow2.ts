@@ -10,7 +10,7 @@ import { decompressCluster } from '../spec/compress';
 import { Qcow2Error, invalidImage } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
 import { Header } from '../spec/header';
-import { L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, normalEntry, parseCompressedEntry } from '../spec/l2';
+import { L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, compressedEntry, normalEntry, parseCompressedEntry } from '../spec/l2';
 import * as C from '../spec/constants';
 import { writeZeros } from '../io/sparse';
 import { Image, safeOffset } from '../meta/image';
@@ -331,6 +331,28 @@ export class Qcow2Image implements GuestSource {
       if (!this.hasDataFile) this.meta.release(olds[i]!, false);
     }
     return runEnd;
+  }
+
+  /**
+   * One whole guest cluster, already compressed (io/compressor.ts), as
+   * qcow2_alloc_compressed_cluster_offset stores it: the L2 table first, then the bytes packed
+   * after the previous compressed cluster's. Only into a cluster with nothing allocated (QEMU:
+   * compression cannot overwrite), never with a data file.
+   */
+  writeCompressed(gc: number, compressed: Uint8Array): void {
+    const s = gc * this.cs;
+    this.checkRange(s, Math.min(this.cs, this.size - s), 'Write');
+    if (this.hasDataFile) throw new Qcow2Error('UNSUPPORTED', `'${this.fileName}' has an external data file, which cannot hold compressed clusters`, { file: this.fileName });
+    if (compressed.length === 0 || compressed.length >= this.cs) throw new Qcow2Error('IO', `A compressed cluster of ${compressed.length} bytes does not fit a ${this.cs}-byte cluster`);
+    this.beginGuestWrite(s, this.cs);
+    this.meta.l2ForWrite(Math.floor(gc / this.g.l2Entries));
+    const t = this.meta.typeOf(this.meta.entry(gc));
+    if (t === 'normal' || t === 'compressed' || t === 'zero-alloc') {
+      throw new Qcow2Error('IO', `Guest cluster ${gc} of '${this.fileName}' is already allocated: a compressed cluster cannot overwrite it`, { file: this.fileName });
+    }
+    const host = this.meta.allocBytes(compressed.length);
+    this.writeHost(host, compressed);
+    this.setEntry(gc, compressedEntry(host, compressed.length, this.g.clusterBits));
   }
 
   /** A cluster we own (COPIED): data goes in place; zero or unallocated subclusters are filled first. */

@@ -10,7 +10,7 @@ import { Qcow2Error, invalidImage } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
 import { Header, HEADER_V2, decodeHeader } from '../spec/header';
 import { readEntries } from '../spec/l1';
-import { Snapshot, readSnapshots } from '../spec/snapshot';
+import { Snapshot, SnapshotTableRepair, readSnapshots } from '../spec/snapshot';
 
 /** An open image. Read-only unless opened writable; the engine's writers build on it. */
 export class Image {
@@ -29,8 +29,12 @@ export class Image {
     return new Image(this.file, { ...this.header, l1TableOffset: sn.l1TableOffset, l1Size: sn.l1Size }, this.geometry, this.fileName);
   }
 
-  /** Open and validate. Reads at most cluster 0 (<= 2 MiB), whatever the image size. */
-  static open(file: BlockFile, fileName = ''): Image {
+  /**
+   * Open and validate. Reads at most cluster 0 (<= 2 MiB), whatever the image size. `check`:
+   * open as QEMU's check does (BDRV_O_CHECK), leaving the snapshot table's place and size to the
+   * check itself.
+   */
+  static open(file: BlockFile, fileName = '', opts: { check?: boolean } = {}): Image {
     const fileSize = file.size();
     // Cluster bits sit in the first 72 bytes; then read exactly cluster 0 (or the whole file).
     const first = file.read(0, Math.min(fileSize, C.QCOW2_V2_HEADER_LENGTH));
@@ -40,7 +44,7 @@ export class Image {
       if (bits >= C.MIN_CLUSTER_BITS && bits <= C.MAX_CLUSTER_BITS) clusterSize = 2 ** bits;
     }
     const cluster0 = file.read(0, Math.min(fileSize, clusterSize));
-    const header = decodeHeader(cluster0);
+    const header = decodeHeader(cluster0, { snapshotTable: !opts.check });
     if (header.cryptMethod !== C.QCOW_CRYPT_NONE) {
       throw new Qcow2Error('UNSUPPORTED', `Encrypted images are not supported (crypt_method ${header.cryptMethod}); use qemu-img`,
         { offset: HEADER_V2.offsets.cryptMethod! });
@@ -93,9 +97,10 @@ export class Image {
   }
 
   /** Internal snapshots (bounded: at most 65536 entries of bounded size). */
-  readSnapshots(): Snapshot[] & { tableSize?: number } {
-    if (this.header.nbSnapshots === 0) return [];
-    return readSnapshots((o, l) => this.file.read(o, l), safeOffset(this.header.snapshotsOffset), this.header.nbSnapshots);
+  readSnapshots(opts: { count?: number; repair?: SnapshotTableRepair } = {}): Snapshot[] & { tableSize?: number } {
+    const count = opts.count ?? this.header.nbSnapshots;
+    if (count === 0) return [];
+    return readSnapshots((o, l) => this.file.read(o, l), safeOffset(this.header.snapshotsOffset), count, opts.repair);
   }
 }
 

@@ -101,6 +101,38 @@ export abstract class Refcounts {
     }
   }
 
+  /** QEMU's free_byte_offset: where the next compressed cluster's bytes may go (0: none open). */
+  freeByteOffset = 0;
+
+  /**
+   * qcow2_alloc_bytes: `size` bytes (at most a cluster) for a compressed cluster, packed after
+   * the previous ones; a host cluster gets one reference per compressed cluster that touches it.
+   * A new cluster is taken when the bytes do not fit, continuing the open one when it is the
+   * next cluster of the file. The byte offset.
+   */
+  allocBytes(size: number): number {
+    const cs = this.cs;
+    let offset = this.freeByteOffset;
+    if (offset && this.get(Math.floor(offset / cs)) === this.max) offset = 0;
+    let freeInCluster = cs - (offset % cs);
+    for (;;) {
+      if (!offset || freeInCluster < size) {
+        const fresh = this.findFree(1) * cs; // alloc_clusters_noref
+        if (!offset || Math.ceil(offset / cs) * cs !== fresh) {
+          offset = fresh;
+          freeInCluster = cs;
+        } else {
+          freeInCluster += cs;
+        }
+      }
+      const first = Math.floor(offset / cs);
+      if (this.update(first, Math.floor((offset + size - 1) / cs) - first + 1, 1) !== EAGAIN) break;
+      offset = 0; // a refcount block was placed: again, from a fresh cluster
+    }
+    this.freeByteOffset = (offset + size) % cs === 0 ? 0 : offset + size;
+    return offset;
+  }
+
   /** qcow2_alloc_clusters_at: how many of the `n` clusters from `first` were free and are now taken. */
   allocAt(first: number, n: number): number {
     if (n === 0) return 0;

@@ -26,11 +26,11 @@ import { Header } from '../spec/header';
 import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { encodeL1Entry } from '../spec/l1';
 import {
-  L2Halves, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
+  L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
-import { SNAPSHOT_EXTRA_V3, encodeSnapshots } from '../spec/snapshot';
+import { SNAPSHOT_EXTRA_V3 } from '../spec/snapshot';
 import { Image, safeOffset } from '../meta/image';
 import { CountRefcounts } from '../meta/refcount';
 import { BitmapClusterIo, freeBitmapClusters, loadBitmap, readBitmapDirectory, storeBitmapData } from '../meta/bitmaps';
@@ -62,6 +62,11 @@ export interface AmendPlan {
   commit: HeaderCommit;
   /** Grow the data file to this size before the commit. */
   dataFileGrow?: number;
+  /**
+   * Zeros written before the commit into a cluster the image owns, past the old end (invisible
+   * to the old image): the rest of the old end's cluster when growing over a longer backing file.
+   */
+  tailZeros?: { offset: number; length: number; inDataFile: boolean };
   /** Shrink the data file to this size after the commit. */
   dataFileShrink?: number;
   /** Shrink the image file to this size after the commit. */
@@ -119,14 +124,15 @@ export function amendMovesMetadata(img: Image, ch: AmendChanges): boolean {
   return (ch.size !== undefined && ch.size !== old.size) ||
     (ch.version === 2 && old.version === 3) ||
     (ch.refcountOrder !== undefined && ch.refcountOrder !== old.refcountOrder) ||
-    img.dirty || upgradeRewritesSnapshots(img, ch);
+    img.dirty;
 }
 
 /**
  * qcow2_upgrade: v3 needs every snapshot to carry at least 16 bytes of extra data (the 64-bit
- * VM state size and the disk size); when one does not, the whole table is written anew.
+ * VM state size and the disk size); when one does not, the whole table is written anew first,
+ * as qcow2_write_snapshots writes it (ops/snapshot.ts rewriteSnapshotTable), before the plan.
  */
-function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean {
+export function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean {
   return ch.version === 3 && img.header.version === 2 && img.header.nbSnapshots > 0 &&
     img.readSnapshots().some((s) => s.extraDataSize < SNAPSHOT_EXTRA_V3);
 }
@@ -246,6 +252,43 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     /** New L2 tables the grow path generates whole; written by generators, never held in memory. */
     const generated = new Map<number, { kind: 'zero' | 'identity'; from: number; to: number }>();
 
+    /**
+     * qcow2_co_truncate with BDRV_REQ_ZERO_WRITE, for an old end inside a cluster: the rest of
+     * its subcluster is written as zeros (in place: the cluster must be this image's own), the
+     * subclusters after it up to the new end become zero subclusters (extended L2).
+     */
+    const zeroOldEndCluster = (newSize: bigint): Pick<AmendPlan, 'tailZeros'> => {
+      const gc = Number(old.size / BigInt(cs));
+      const inCluster = Number(old.size % BigInt(cs));
+      const scs = ext ? cs / 32 : cs;
+      const zeroStart = Math.ceil(inCluster / scs) * scs;
+      const newEnd = Number(newSize - BigInt(gc) * BigInt(cs) < BigInt(cs) ? newSize - BigInt(gc) * BigInt(cs) : BigInt(cs));
+      const i = Math.floor(gc / g.l2Entries), k = gc % g.l2Entries;
+      let tailZeros: AmendPlan['tailZeros'];
+      const headEnd = Math.min(zeroStart, newEnd);
+      if (headEnd > inCluster) {
+        const t = current(i);
+        const e = t ? entryAt(t, k) : NO_ENTRY;
+        const sc = Math.floor(inCluster / scs);
+        const own = clusterTypeOf(e.hi, e.lo, fmt) === 'normal' && (e.hi & L2_HI_COPIED) !== 0 && (!ext || (e.allocBits >>> sc) & 1);
+        if (!own) {
+          throw new Qcow2Error('REFUSED', "Cannot grow this image over a longer backing file with the native engine: its old end is inside a cluster the image does not own (unallocated, shared with a snapshot, compressed or zero), whose rest qemu-img fills by copy-on-write. Use the qemu-img engine, or resize to a multiple of the cluster size first", { property: 'size' });
+        }
+        tailZeros = { offset: hostOffsetOf(e.hi, e.lo) + inCluster, length: headEnd - inCluster, inDataFile: hasData };
+      }
+      if (ext && newEnd > zeroStart) {
+        const t = tableFor(i);
+        const e = entryAt(t, k);
+        if (clusterTypeOf(e.hi, e.lo, fmt) === 'compressed') {
+          throw new Qcow2Error('REFUSED', 'Cannot grow this image over a longer backing file: its old end is inside a compressed cluster, which cannot hold zero subclusters (qemu-img refuses too)', { property: 'size' });
+        }
+        let mask = 0;
+        for (let sc = zeroStart / scs; sc < Math.ceil(newEnd / scs); sc++) mask |= 1 << sc;
+        setEntry(t, k, { ...e, allocBits: (e.allocBits & ~mask) >>> 0, zeroBits: (e.zeroBits | mask) >>> 0 });
+      }
+      return tailZeros ? { tailZeros } : {};
+    };
+
     let l1Size = old.l1Size;
     if (sizeChanges) {
       const newSize = ch.size!;
@@ -279,9 +322,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
           // As QEMU (bdrv_co_truncate): where the backing file is longer than the old end, the new
           // area must read as zeros, not as the backing file's data, so it gets ZERO entries.
           // (compat 0.10 has no zero clusters: provider/rules refused that before planning.)
-          if (old.size % BigInt(cs) !== 0n) {
-            throw new Qcow2Error('REFUSED', 'Cannot grow an image whose old end is inside a cluster over a longer backing file with the native engine: the rest of that cluster must be written as zeros. Use the qemu-img engine', { property: 'size' });
-          }
+          if (old.size % BigInt(cs) !== 0n) plan = { ...plan, ...zeroOldEndCluster(newSize) };
           fillNewArea('zero');
         } else if (raw) {
           // data-file-raw keeps every guest cluster mapped 1:1, so growth preallocates metadata.
@@ -356,17 +397,6 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         h.compressionType = C.QCOW2_COMPRESSION_TYPE_ZLIB;
         h.incompatibleFeatures &= ~C.QCOW2_INCOMPAT_COMPRESSION;
       }
-    }
-
-    if (upgradeRewritesSnapshots(img, ch)) {
-      // A new table in v3 form where the old image does not look; the old one is freed.
-      const snaps = img.readSnapshots();
-      const bytes = encodeSnapshots(snaps, old.size);
-      const c = a.alloc(Math.ceil(bytes.length / cs));
-      writes.push({ offset: c * cs, data: bytes });
-      const first = Number(old.snapshotsOffset >> cbits);
-      a.free(first, Math.ceil((Number(old.snapshotsOffset) + (snaps.tableSize ?? 0)) / cs) - first);
-      h.snapshotsOffset = BigInt(c * cs);
     }
 
     // New L2 tables, then a new L1 that points at them (the old L1 stays as it was).
@@ -495,8 +525,15 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
     dataFile.truncate(plan.dataFileGrow);
     dataFile.flush();
   }
+  if (plan.tailZeros) {
+    const z = plan.tailZeros;
+    const target = z.inDataFile ? dataFile : file;
+    if (!target) throw new Qcow2Error('NOT_FOUND', 'The external data file must be open to zero the old end');
+    target.write(z.offset, new Uint8Array(z.length));
+    if (z.inDataFile) target.flush();
+  }
   writeAll(file, plan.writes);
-  if (plan.writes.length) file.flush();
+  if (plan.writes.length || plan.tailZeros) file.flush();
   writeHeaderCommit(file, plan.commit);
   file.flush();
   if (plan.dataFileShrink !== undefined && dataFile) {

@@ -18,6 +18,8 @@ import {
 } from '../spec/l2';
 import { getRefcount, readRefcount, refcountMax } from '../spec/refcount';
 import { decodeBitmapDirectory } from '../spec/bitmaps';
+import { QCOW_MAX_SNAPSHOTS, SNAPSHOT_EXTRA_V3, Snapshot, SnapshotTableRepair } from '../spec/snapshot';
+import { validateTable } from '../spec/header';
 
 export interface CheckResult {
   /** Errors and leaks, one line each, as qemu-img prints them on stderr. */
@@ -55,7 +57,7 @@ class RefCounter {
 }
 
 export function checkImage(file: BlockFile): CheckResult {
-  const img = Image.open(file);
+  const img = Image.open(file, '', { check: true });
   return new Checker(img, file).run();
 }
 
@@ -164,6 +166,69 @@ export interface CheckFindings {
 export interface CheckerOptions {
   /** check -r all (BDRV_FIX_ERRORS): the repairs made while counting, with QEMU's "Repairing" words. */
   fixErrors?: boolean;
+  /**
+   * The snapshot table as the repair read it (checkSnapshotTable with fixing): its entries are
+   * what is counted, and its findings are the repair's to report. Without it the check reads the
+   * table itself and reports what it finds.
+   */
+  snapshotTable?: SnapshotTableCheck;
+}
+
+/** What qcow2_check_read_snapshot_table found (the header's count rewrite is the repair's). */
+export interface SnapshotTableCheck {
+  /** The entries the refcount check counts (tableSize: the bytes the table takes). */
+  snaps: Snapshot[] & { tableSize?: number };
+  /** QEMU's lines, in order. */
+  messages: string[];
+  /** Corruptions: entries whose extra data was cut or that are incomplete (v3). */
+  corruptions: number;
+  /** Entries dropped (fixing only): the header's count must become snaps.length. */
+  reduced: number;
+  /** The table could not be read: the check stops with this. */
+  failed?: { message: string; cause: string };
+}
+
+/**
+ * qcow2_check_read_snapshot_table: the count and place of the table, then its entries; with
+ * `fix` (check -r all) what is broken beyond reading is discarded instead (more than 65536
+ * entries, extra data past 1 KiB, a table past 64 MiB), and v3 entries without a disk size
+ * are reported to be completed.
+ */
+export function checkSnapshotTable(img: Image, fix: boolean): SnapshotTableCheck {
+  const h = img.header;
+  const repair: SnapshotTableRepair = { messages: [], extraDropped: 0, reduced: 0 };
+  let count = h.nbSnapshots;
+  if (count > QCOW_MAX_SNAPSHOTS && fix) {
+    repair.messages.push(`Discarding ${count - QCOW_MAX_SNAPSHOTS} overhanging snapshots`);
+    repair.reduced += count - QCOW_MAX_SNAPSHOTS;
+    count = QCOW_MAX_SNAPSHOTS;
+  }
+  const none = Object.assign([] as Snapshot[], { tableSize: 0 });
+  try {
+    validateTable(img.geometry.clusterSize, h.snapshotsOffset, BigInt(count), 40, 40 * QCOW_MAX_SNAPSHOTS, 'snapshot table', 60, 64);
+  } catch (e) {
+    if (!Qcow2Error.isInstance(e) || e.code !== 'INVALID_IMAGE') throw e;
+    const hint = count > QCOW_MAX_SNAPSHOTS ? `\nYou can force-remove all ${count - QCOW_MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all` : '';
+    const cause = /too large/.test(e.message) ? 'File too large' : 'Invalid argument';
+    return { snaps: none, messages: repair.messages, corruptions: 0, reduced: 0, failed: { message: `ERROR ${e.message}${hint}`, cause } };
+  }
+  let snaps: Snapshot[] & { tableSize?: number };
+  try {
+    snaps = img.readSnapshots({ count, repair: fix ? repair : undefined });
+  } catch (e) {
+    if (!Qcow2Error.isInstance(e) || e.code !== 'INVALID_IMAGE') throw e;
+    return { snaps: none, messages: repair.messages, corruptions: 0, reduced: 0, failed: { message: `ERROR failed to read the snapshot table: ${e.message}`, cause: 'File too large' } };
+  }
+  let corruptions = repair.extraDropped;
+  if (h.version >= 3) {
+    snaps.forEach((sn, i) => {
+      if (sn.extraDataSize < SNAPSHOT_EXTRA_V3) {
+        corruptions++;
+        repair.messages.push(`${fix ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
+      }
+    });
+  }
+  return { snaps, messages: repair.messages, corruptions, reduced: repair.reduced };
 }
 
 /** Run the check and return what check -r needs besides the result. */
@@ -228,15 +293,18 @@ class Checker {
     this.reftable = img.readReftable();
 
     // qcow2_check_read_snapshot_table comes first: a table QEMU cannot read stops the check.
-    let snaps: ReturnType<Image['readSnapshots']>;
-    try {
-      snaps = img.readSnapshots();
-    } catch (e) {
-      if (!Qcow2Error.isInstance(e) || e.code !== 'INVALID_IMAGE') throw e;
-      r.checkErrors++;
-      r.failed = { message: `ERROR failed to read the snapshot table: ${e.message}`, cause: 'File too large' };
-      return r;
+    let table = this.options.snapshotTable;
+    if (table === undefined) {
+      table = checkSnapshotTable(img, false);
+      for (const m of table.messages) this.err(m);
+      r.corruptions += table.corruptions;
+      if (table.failed) {
+        r.checkErrors++;
+        r.failed = table.failed;
+        return r;
+      }
     }
+    const snaps = table.snaps;
     this.inc(0n, this.cs);
     this.checkL1(h.l1TableOffset, h.l1Size, true);
     if (img.hasDataFile && snaps.length) {
@@ -690,7 +758,7 @@ export function checkImageFile(path: string, options: { forceShare?: boolean; ho
   const { file } = host.open(path, 'read');
   try {
     if (!options.forceShare) host.lock(file, path, 'read');
-    const img = Image.open(file, path);
+    const img = Image.open(file, path, { check: true });
     if (img.hasDataFile) {
       const name = img.header.dataFile;
       if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image");

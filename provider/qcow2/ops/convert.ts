@@ -24,6 +24,8 @@ import { Extent, guestExtents } from '../guest/extents';
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
 import { DirtyBitmap } from '../meta/dirty-bitmap';
+import { clusterCompressor } from '../io/compressor';
+import { copyGuestCompressed } from './convert-compressed';
 
 const WINDOW = 1 << 20;
 /**
@@ -372,6 +374,10 @@ export interface WriteImportOptions {
   host?: HostFs;
   durable?: boolean;
   bitmaps?: readonly DirtyBitmap[];
+  /** convert -c: compressed clusters of the plan's compression type (ops/convert-compressed.ts). */
+  compressed?: boolean;
+  /** convert -B: the new image is an overlay; only what the source's top layer holds is copied (copyTopLayer). */
+  topLayerOnly?: boolean;
 }
 
 /**
@@ -417,11 +423,132 @@ function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOpt
  * behind.
  */
 export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): void {
-  importInto(imagePath, plan, opts, (img) => copyGuest(src, img, opts.progress), (_r, finish) => finish());
+  importInto(imagePath, plan, opts, (img) => (special(opts) ? copySpecial(src, img, plan, opts) : copyGuest(src, img, opts.progress)),
+    (_r, finish) => finish());
 }
 
-/** writeImportedImage with the copy overlapped (copyGuestAsync). */
+/** writeImportedImage with the copy overlapped (copyGuestAsync); -c and -B copies run on this thread (compression on its pool). */
 export function writeImportedImageAsync(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): Promise<void> {
-  return importInto(imagePath, plan, opts, (img) => copyGuestAsync(src, img, opts.progress),
+  return importInto(imagePath, plan, opts,
+    (img) => (special(opts) ? Promise.resolve().then(() => copySpecial(src, img, plan, opts)) : copyGuestAsync(src, img, opts.progress)),
     (p, finish, fail) => p.then(finish, fail));
 }
+
+const special = (opts: WriteImportOptions) => opts.compressed === true || opts.topLayerOnly === true;
+
+/** The -B copy, or convert -c's (its compressor started for the plan's compression type and closed after). */
+function copySpecial(src: GuestSource, dst: Qcow2Image, plan: CreatePlan, opts: WriteImportOptions): void {
+  if (opts.topLayerOnly) {
+    copyTopLayer(src, dst, opts.progress);
+    return;
+  }
+  const compressor = clusterCompressor(plan.options.compressionType, dst.cs);
+  try {
+    copyGuestCompressed(src, dst, compressor, opts.progress);
+  } finally {
+    compressor.close();
+  }
+}
+
+/**
+ * convert -O raw: a new raw file of the source's size (rounded up to a sector, as qemu-img
+ * sizes it) holding its guest view; zero areas and all-zero 4 KiB blocks (qemu-img's default
+ * -S) are left as holes, except the first block, which the file driver writes when it creates
+ * the file (create.ts writeNewRawImage). Never overwrites; a failure leaves nothing behind.
+ */
+export function writeImportedRaw(imagePath: string, src: GuestSource, opts: WriteImportOptions = {}): void {
+  const host = opts.host ?? localFs;
+  if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
+  const size = Math.ceil(src.size / 512) * 512;
+  const pub = new Publication(host);
+  try {
+    const f = new Unflushed(pub.create(imagePath, 'image'));
+    f.truncate(size);
+    if (size > 0) f.write(0, new Uint8Array(size < 4096 ? 512 : 4096));
+    const buf = Buffer.allocUnsafe(WINDOW);
+    const SPARSE = 4096;
+    opts.progress?.(0, size);
+    for (let p = 0; p < src.size; p += WINDOW) {
+      const len = Math.min(WINDOW, src.size - p);
+      for (const r of knownZeroRanges(src, p, len)) {
+        if (r.zero) continue;
+        const view = buf.subarray(0, r.length);
+        src.readInto(view, r.start);
+        for (let q = 0; q < r.length;) {
+          const stop = Math.min(r.length, Math.floor((r.start + q) / SPARSE) * SPARSE + SPARSE - r.start);
+          if (!isZeroBuffer(view, q, stop)) f.write(r.start + q, view.subarray(q, stop));
+          q = stop;
+        }
+      }
+      opts.progress?.(p + len, size);
+    }
+    pub.publish({ durable: opts.durable ?? true });
+  } catch (e) {
+    pub.abort();
+    throw e;
+  }
+}
+
+/**
+ * convert -n: the whole guest view of `src` over an existing image: data copied (zero clusters
+ * among it written as zeros), zero areas written as zeros and unmapped where they can be, as
+ * qemu-img writes into a target it did not create (no zero-init).
+ */
+export function copyGuestOver(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
+  const size = Math.min(src.size, dst.size);
+  const cs = dst.cs;
+  const buf = Buffer.allocUnsafe(WINDOW);
+  progress?.(0, size);
+  for (let p = 0; p < size; p += WINDOW) {
+    const len = Math.min(WINDOW, size - p);
+    for (const r of knownZeroRanges(src, p, len)) {
+      if (r.zero) {
+        dst.writeZeroes(r.start, r.length, { unmap: true });
+        continue;
+      }
+      const view = buf.subarray(0, r.length);
+      src.readInto(view, r.start);
+      writeDataOrZeros(dst, r.start, view, cs);
+    }
+    dst.maybeCommit();
+    progress?.(p + len, size);
+  }
+}
+
+/** `view` at guest offset `at`, cluster by cluster: data written, all-zero clusters written as zeros. */
+function writeDataOrZeros(dst: Qcow2Image, at: number, view: Buffer, cs: number): void {
+  for (let q = 0; q < view.length;) {
+    const stop = Math.min(view.length, Math.floor((at + q) / cs) * cs + cs - at);
+    if (isZeroBuffer(view, q, stop)) dst.writeZeroes(at + q, stop - q);
+    else dst.write(at + q, view.subarray(q, stop));
+    q = stop;
+  }
+}
+
+/**
+ * convert -B (qemu-img's target_has_backing): what the source's top layer holds, into a new
+ * overlay whose backing file stands for the rest. Areas the top layer does not hold stay
+ * unallocated; areas it holds as zeros, and zero clusters among its data, are written as zeros
+ * (the new backing file may hold data there); its data is copied.
+ */
+export function copyTopLayer(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
+  const size = Math.min(src.size, dst.size);
+  const cs = dst.cs;
+  const buf = Buffer.allocUnsafe(WINDOW);
+  progress?.(0, size);
+  for (let p = 0; p < size;) {
+    const st = src.blockStatus(p, Math.min(size - p, WINDOW));
+    const n = Math.min(st.length, size - p);
+    if (st.allocated && !st.data) {
+      dst.writeZeroes(p, n);
+    } else if (st.allocated) {
+      const view = buf.subarray(0, n);
+      src.readInto(view, p);
+      writeDataOrZeros(dst, p, view, cs);
+      dst.maybeCommit();
+    }
+    p += n;
+    progress?.(p, size);
+  }
+}
+

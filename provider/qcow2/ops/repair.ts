@@ -22,9 +22,8 @@ import { Image, safeOffset } from '../meta/image';
 import { TableRefcounts } from '../meta/refcount';
 import { TableCache } from '../meta/tables';
 import { ReferenceTable, writeOrdered } from '../meta/ordered';
-import { CheckResult, Mismatch, checkWithFindings } from './check';
+import { CheckResult, Mismatch, checkSnapshotTable, checkWithFindings } from './check';
 import { rewriteSnapshotTable } from './snapshot';
-import { SNAPSHOT_EXTRA_V3 } from '../spec/snapshot';
 
 export type RepairMode = 'leaks' | 'all';
 
@@ -231,19 +230,6 @@ function oflagCopiedPass(file: BlockFile, img: Image, repair: boolean, messages:
   return out;
 }
 
-/** qcow2_check_read_snapshot_table: v3 entries need 16 bytes of extra data (disk size included). */
-function snapshotTablePass(img: Image, fixErrors: boolean, messages: string[]): number {
-  if (img.header.version < 3) return 0;
-  let corruptions = 0;
-  img.readSnapshots().forEach((s, i) => {
-    if (s.extraDataSize < SNAPSHOT_EXTRA_V3) {
-      corruptions++;
-      messages.push(`${fixErrors ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
-    }
-  });
-  return corruptions;
-}
-
 /**
  * Repair `file` as `qemu-img check -r MODE` does (qcow2_co_check_locked). The caller holds
  * QEMU's write lock; the file is changed step by step, each step crash-safe (see the top).
@@ -251,11 +237,31 @@ function snapshotTablePass(img: Image, fixErrors: boolean, messages: string[]): 
 export function repairImage(file: BlockFile, mode: RepairMode, opts: RepairOptions = {}): RepairResult {
   const fix = { leaks: true, errors: mode === 'all' };
   const messages: string[] = [];
-  let img = Image.open(file);
-  const snapCorruptions = snapshotTablePass(img, fix.errors, messages);
+  let img = Image.open(file, '', { check: true });
+  // qcow2_check_read_snapshot_table: what cannot be read stops the repair; with -r all what is
+  // broken beyond reading is discarded (entries dropped: the header's count first, as QEMU).
+  const table = checkSnapshotTable(img, fix.errors);
+  messages.push(...table.messages);
+  if (table.failed) {
+    const result: CheckResult = {
+      messages, corruptions: 0, leaks: 0, checkErrors: 1, imageEndOffset: 0, totalClusters: 0, allocatedClusters: 0,
+      fragmentedClusters: 0, compressedClusters: 0, failed: table.failed,
+    };
+    return { messages, result, leaksFixed: 0, corruptionsFixed: 0, failed: true };
+  }
+  let reducedFixed = 0;
+  if (table.reduced) {
+    const count = Buffer.alloc(4);
+    count.writeUInt32BE(table.snaps.length);
+    file.write(HEADER_V2.offsets.nbSnapshots!, count);
+    file.flush();
+    reducedFixed = table.reduced;
+    img = Image.open(file, '', { check: true });
+  }
+  const snapCorruptions = table.corruptions;
 
   // qcow2_check_refcounts: count (repairing what counting repairs), compare without fixing.
-  const first = checkWithFindings(img, file, { fixErrors: fix.errors });
+  const first = checkWithFindings(img, file, { fixErrors: fix.errors, snapshotTable: table });
   const f = first.findings;
   messages.push(...first.result.messages.slice(0, f.compareEnd));
   if (f.growTo !== undefined && file.size() < f.growTo) {
@@ -266,7 +272,7 @@ export function repairImage(file: BlockFile, mode: RepairMode, opts: RepairOptio
 
   let result: CheckResult = { ...first.result, messages };
   let leaksFixed = 0;
-  let corruptionsFixed = f.calcFixed;
+  let corruptionsFixed = f.calcFixed + reducedFixed;
   const res = { corruptions: first.result.corruptions - first.result.messages.slice(f.compareEnd).length, leaks: first.result.leaks, checkErrors: first.result.checkErrors };
   // (the OFLAG_COPIED findings of the read-only pass are redone below, against the repaired refcounts)
   let failed = false;
@@ -275,7 +281,7 @@ export function repairImage(file: BlockFile, mode: RepairMode, opts: RepairOptio
     const old = { ...res };
     rebuildRefcounts(file, img, first.counts);
     img = Image.open(file);
-    const again = checkWithFindings(img, file);
+    const again = checkWithFindings(img, file, { snapshotTable: table });
     messages.push(...again.result.messages.slice(0, again.findings.calcEnd));
     res.corruptions = again.findings.calcCorruptions;
     res.leaks = 0;
@@ -314,7 +320,7 @@ export function repairImage(file: BlockFile, mode: RepairMode, opts: RepairOptio
   // qcow2_check_fix_snapshot_table, then the snapshot counters join the result.
   let snapRemaining = snapCorruptions;
   if (!failed && snapCorruptions && fix.errors) {
-    rewriteSnapshotTable(file, Image.open(file), opts);
+    rewriteSnapshotTable(file, Image.open(file), opts, table.snaps);
     corruptionsFixed += snapCorruptions;
     snapRemaining = 0;
   }

@@ -69,8 +69,11 @@ class SnapshotChange {
   private readonly tables: ReferenceTable[] = [];
   private readonly headerFields: Array<{ offset: number; data: Uint8Array }> = [];
   private activeL1Changed = false;
+  /** Bytes the table on disk takes (freed when it is rewritten). */
+  private readonly oldTableSize: number;
 
-  constructor(readonly file: BlockFile, readonly img: Image, private readonly opts: SnapshotOptions) {
+  /** `table`: the entries as already read (check -r all's repairing read), instead of reading them. */
+  constructor(readonly file: BlockFile, readonly img: Image, private readonly opts: SnapshotOptions, table?: Snapshot[] & { tableSize?: number }) {
     const g = img.geometry;
     this.cs = g.clusterSize;
     this.step = g.l2EntrySize;
@@ -82,7 +85,9 @@ class SnapshotChange {
     this.l2 = new TableCache(file, this.cs);
     this.l1 = BigUint64Array.from(img.readL1());
     this.l1Offset = safeOffset(img.header.l1TableOffset);
-    this.list = [...img.readSnapshots()];
+    const list = table ?? img.readSnapshots();
+    this.list = [...list];
+    this.oldTableSize = list.tableSize ?? 0;
   }
 
   /** Allocate clusters for `bytes` (qcow2_alloc_clusters); the byte offset. */
@@ -216,8 +221,7 @@ class SnapshotChange {
     dv.setUint32(0, list.length);
     dv.setBigUint64(4, BigInt(offset));
     this.headerFields.push({ offset: HEADER_V2.offsets.nbSnapshots!, data: f });
-    const old = this.img.readSnapshots();
-    if (this.img.header.nbSnapshots > 0) this.freeBytes(safeOffset(this.img.header.snapshotsOffset), old.tableSize ?? 0);
+    if (this.img.header.nbSnapshots > 0) this.freeBytes(safeOffset(this.img.header.snapshotsOffset), this.oldTableSize);
   }
 
   addFresh(offset: number, data: Uint8Array): void {
@@ -324,9 +328,12 @@ export function applySnapshot(file: BlockFile, img: Image, index: number, opts: 
   w.commit();
 }
 
-/** qcow2_write_snapshots of the table as it is (check -r all completing incomplete entries). */
-export function rewriteSnapshotTable(file: BlockFile, img: Image, opts: SnapshotOptions = {}): void {
-  const w = new SnapshotChange(file, img, opts);
+/**
+ * qcow2_write_snapshots of the table as it is (check -r all completing incomplete entries, or
+ * writing `table`, the entries its repairing read kept).
+ */
+export function rewriteSnapshotTable(file: BlockFile, img: Image, opts: SnapshotOptions = {}, table?: Snapshot[] & { tableSize?: number }): void {
+  const w = new SnapshotChange(file, img, opts, table);
   w.writeSnapshotTable(w.list);
   w.commit();
 }

@@ -90,7 +90,7 @@ function decodeName(bytes: Uint8Array): string {
  * extensions and backing name: pass cluster 0, or the whole file if it is shorter).
  * `fileSize` bounds reads. Throws Qcow2Error INVALID_IMAGE / UNSUPPORTED with QEMU's wording.
  */
-export function decodeHeader(buf: Uint8Array, options: { tables?: boolean } = {}): Header {
+export function decodeHeader(buf: Uint8Array, options: { tables?: boolean; snapshotTable?: boolean } = {}): Header {
   if (buf.length < HEADER_V2.size) {
     if (buf.length >= 4 && new DataView(buf.buffer, buf.byteOffset).getUint32(0) === C.QCOW_MAGIC) {
       throw invalidImage('Could not read qcow2 header: Input/output error (file is truncated)', buf.length);
@@ -172,7 +172,7 @@ export function decodeHeader(buf: Uint8Array, options: { tables?: boolean } = {}
   if ((tail.incompatibleFeatures & C.QCOW2_INCOMPAT_EXTL2) !== 0n && clusterSize / 32 < 1 << C.MIN_CLUSTER_BITS) {
     throw invalidImage(`Unsupported subcluster size: ${clusterSize / 32}`, v3off('incompatibleFeatures'));
   }
-  if (options.tables !== false) validateHeaderTables(header, clusterSize);
+  if (options.tables !== false) validateHeaderTables(header, clusterSize, options.snapshotTable !== false);
 
   readExtensions(header, buf, tail.headerLength, extEnd, clusterSize);
 
@@ -192,8 +192,8 @@ export function decodeHeader(buf: Uint8Array, options: { tables?: boolean } = {}
 const INT64_MAX = (1n << 63n) - 1n;
 const INT_MAX = 0x7fffffffn;
 
-/** qcow2_validate_table: size limit (named at the size field), INT64 overflow and alignment (at the offset field). */
-function validateTable(cs: number, offset: bigint, entries: bigint, entryLen: number, maxBytes: number, name: string, sizeField: number, offsetField: number): void {
+/** qcow2_validate_table: size limit (named at the size field), INT64 overflow and alignment (at the offset field); throws INVALID_IMAGE. */
+export function validateTable(cs: number, offset: bigint, entries: bigint, entryLen: number, maxBytes: number, name: string, sizeField: number, offsetField: number): void {
   if (entries > BigInt(Math.floor(maxBytes / entryLen))) throw invalidImage(`${name} too large`, sizeField);
   if (INT64_MAX - entries * BigInt(entryLen) < offset || offset % BigInt(cs) !== 0n) {
     throw invalidImage(`${name} offset invalid`, offsetField);
@@ -201,14 +201,14 @@ function validateTable(cs: number, offset: bigint, entries: bigint, entryLen: nu
 }
 
 /** Where the tables are, checked as QEMU checks them at open (it never trusts them further). */
-function validateHeaderTables(h: Header, cs: number): void {
+function validateHeaderTables(h: Header, cs: number, snapshotTable: boolean): void {
   const f = (name: string) => HEADER_V2.offsets[name]!;
   if (h.refcountTableClusters === 0) {
     throw invalidImage('Image does not contain a reference count table', f('refcountTableClusters'));
   }
   validateTable(cs, h.refcountTableOffset, BigInt(h.refcountTableClusters) * BigInt(cs / 8), 8,
     C.QCOW_MAX_REFTABLE_SIZE, 'Reference count table', f('refcountTableClusters'), f('refcountTableOffset'));
-  validateTable(cs, h.snapshotsOffset, BigInt(h.nbSnapshots), 40, 65536 * 40, 'Snapshot table', f('nbSnapshots'), f('snapshotsOffset'));
+  if (snapshotTable) validateTable(cs, h.snapshotsOffset, BigInt(h.nbSnapshots), 40, 65536 * 40, 'Snapshot table', f('nbSnapshots'), f('snapshotsOffset'));
   if (h.l1Size > C.QCOW_MAX_L1_SIZE / C.L1E_SIZE) throw invalidImage('Active L1 table too large', f('l1Size'));
   validateTable(cs, h.l1TableOffset, BigInt(h.l1Size), 8, C.QCOW_MAX_L1_SIZE, 'Active L1 table', f('l1Size'), f('l1TableOffset'));
   const extl2 = (h.incompatibleFeatures & C.QCOW2_INCOMPAT_EXTL2) !== 0n;

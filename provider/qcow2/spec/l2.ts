@@ -213,3 +213,15 @@ export function parseCompressedEntry(entry: bigint, clusterBits: number): Compre
   const firstCluster = offset >> bits;
   return { offset, size, firstCluster: Number(firstCluster), clusters: Number(((offset + BigInt(size) - 1n) >> bits) - firstCluster) + 1 };
 }
+
+/**
+ * The entry of a compressed cluster whose `size` bytes start at host byte `offset`, as
+ * qcow2_alloc_compressed_cluster_offset writes it: COMPRESSED, never COPIED, the count of
+ * 512-byte sectors after the first one the bytes touch. Extended L2: no subcluster bits.
+ */
+export function compressedEntry(offset: number, size: number, clusterBits: number): L2Halves {
+  const csizeShift = BigInt(62 - (clusterBits - 8));
+  const extra = BigInt(Math.floor((offset + size - 1) / 512) - Math.floor(offset / 512));
+  const e = BigInt(offset) | (extra << csizeShift) | C.QCOW_OFLAG_COMPRESSED;
+  return { hi: Number(e >> 32n), lo: Number(e & 0xffffffffn), allocBits: 0, zeroBits: 0 };
+}

@@ -59,42 +59,69 @@ export interface Snapshot {
 }
 
 /**
- * Decode `count` entries from `read(offset, length)`; every length is bounded by the spec's
- * limits so a hostile table cannot make us allocate without bound.
+ * What check -r all's reading of a damaged table discards (qcow2_do_read_snapshots with repair):
+ * extra data past 1 KiB is cut to 1 KiB, and the entries from the one that takes the table past
+ * 64 MiB on are dropped. The lines QEMU prints for them, in order.
  */
-export function readSnapshots(read: (offset: number, length: number) => Uint8Array, offset: number, count: number): Snapshot[] & { tableSize?: number } {
+export interface SnapshotTableRepair {
+  messages: string[];
+  /** Entries whose extra data was cut. */
+  extraDropped: number;
+  /** Entries dropped from the end of the table. */
+  reduced: number;
+}
+
+/**
+ * Decode `count` entries from `read(offset, length)`; every length is bounded by the spec's
+ * limits so a hostile table cannot make us allocate without bound. With `repair`, what QEMU's
+ * check -r all discards is discarded and counted there instead of refused.
+ */
+export function readSnapshots(read: (offset: number, length: number) => Uint8Array, offset: number, count: number,
+  repair?: SnapshotTableRepair): Snapshot[] & { tableSize?: number } {
   if (count > QCOW_MAX_SNAPSHOTS) throw invalidImage('Snapshot table too large', 60);
   const out: Snapshot[] & { tableSize?: number } = [];
-  let p = offset, end = offset;
+  let p = offset, end = offset, tableLength = 0;
   for (let i = 0; i < count; i++) {
+    const before = p;
+    p = Math.ceil(p / 8) * 8;
+    tableLength = Math.ceil(tableLength / 8) * 8;
     const h = SNAPSHOT_HEADER.decode(read(p, SNAPSHOT_HEADER.size));
+    let kept = h.extraDataSize;
     if (h.extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
-      throw invalidImage(`Too much extra metadata in snapshot table entry ${i}\nYou can force-remove this extra metadata with qemu-img check -r all`, p);
+      if (!repair) throw invalidImage(`Too much extra metadata in snapshot table entry ${i}\nYou can force-remove this extra metadata with qemu-img check -r all`, p);
+      repair.messages.push(`Discarding too much extra metadata in snapshot table entry ${i} (${h.extraDataSize} > ${QCOW_MAX_SNAPSHOT_EXTRA_DATA})`);
+      repair.extraDropped++;
+      kept = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
     }
     p += SNAPSHOT_HEADER.size;
-    const extra = read(p, h.extraDataSize);
+    const extra = read(p, kept);
     p += h.extraDataSize;
     const idName = read(p, h.idStrSize + h.nameSize);
     p += h.idStrSize + h.nameSize;
-    // qcow2_read_snapshots: the entries (unpadded, each started at 8) may not pass 64 MiB.
-    if (p - offset > QCOW_MAX_SNAPSHOTS_SIZE) {
-      throw invalidImage(`Snapshot table is too big\nYou can force-remove all ${count - i} overhanging snapshots with qemu-img check -r all`, 64);
+    // qcow2_read_snapshots: the entries (each started at 8, extra data as kept) may not pass 64 MiB.
+    tableLength += SNAPSHOT_HEADER.size + kept + h.idStrSize + h.nameSize;
+    if (tableLength > QCOW_MAX_SNAPSHOTS_SIZE || p - offset > 0x7fffffff) {
+      if (!repair) throw invalidImage(`Snapshot table is too big\nYou can force-remove all ${count - i} overhanging snapshots with qemu-img check -r all`, 64);
+      repair.messages.push(`Discarding ${count - i} overhanging snapshots (snapshot table is too big)`);
+      repair.reduced += count - i;
+      end = before;
+      break;
     }
     end = p;
-    p = Math.ceil(p / 8) * 8;
     const cstr = (b: Uint8Array) => { const nul = b.indexOf(0); return nul >= 0 ? b.subarray(0, nul) : b; };
     const idBytes = cstr(idName.subarray(0, h.idStrSize)).slice();
     const nameBytes = cstr(idName.subarray(h.idStrSize)).slice();
     const s: Snapshot = {
       l1TableOffset: h.l1TableOffset,
       l1Size: h.l1Size,
-      id: Buffer.from(idName.subarray(0, h.idStrSize)).toString('utf8'),
-      name: Buffer.from(idName.subarray(h.idStrSize)).toString('utf8'),
+      // QEMU reads them as C strings: a NUL ends them.
+      id: Buffer.from(idBytes).toString('utf8'),
+      name: Buffer.from(nameBytes).toString('utf8'),
       dateSec: h.dateSec,
       dateNsec: h.dateNsec,
       vmClockNsec: h.vmClockNsec,
       vmStateSize: BigInt(h.vmStateSize),
-      extraDataSize: h.extraDataSize,
+      extraDataSize: kept,
       unknownExtra: extra.subarray(Math.min(extra.length, SNAPSHOT_EXTRA.size)).slice(),
       idBytes,
       nameBytes,
@@ -102,9 +129,9 @@ export function readSnapshots(read: (offset: number, length: number) => Uint8Arr
     const padded = new Uint8Array(SNAPSHOT_EXTRA.size);
     padded.set(extra.subarray(0, Math.min(extra.length, SNAPSHOT_EXTRA.size)));
     const x = SNAPSHOT_EXTRA.decode(padded);
-    if (h.extraDataSize >= 8) s.vmStateSize = x.vmStateSizeLarge;
-    if (h.extraDataSize >= 16) s.diskSize = x.diskSize;
-    if (h.extraDataSize >= 24) s.icount = x.icount;
+    if (kept >= 8) s.vmStateSize = x.vmStateSizeLarge;
+    if (kept >= 16) s.diskSize = x.diskSize;
+    if (kept >= 24) s.icount = x.icount;
     out.push(s);
   }
   // QEMU's snapshots_size: up to the end of the last entry's name (no padding after it).
