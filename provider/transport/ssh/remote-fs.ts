@@ -437,8 +437,12 @@ export class RemoteFs {
         } catch (e) {
           // sftp-server reports EEXIST as a bare failure: try another name while one is there.
           if (attempt < 8 && Qcow2Error.isInstance(e) && e.code === 'IO' && (await sftp.statIfExists(dir)) !== undefined) continue;
+          // The reason only: the SFTP error names the temporary folder, which the user never chose.
+          const message = (e as Error).message;
+          const quoted = message.startsWith('Could not ') ? message.lastIndexOf("': ") : -1;
+          const reason = quoted < 0 ? message : message.slice(quoted + 3);
           throw new Qcow2Error(Qcow2Error.isInstance(e) ? e.code : 'IO',
-            `Could not create a temporary folder in '${sftp.where(path.posix.dirname(prefix))}': ${(e as Error).message.replace(/^Could not [^:]*: /, '')}`,
+            `Could not create a temporary folder in '${sftp.where(path.posix.dirname(prefix))}': ${reason}`,
             { file: sftp.where(path.posix.dirname(prefix)), cause: e });
         }
       }
