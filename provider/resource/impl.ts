@@ -570,7 +570,7 @@ async function addDeclaredBitmaps(engine: Engine, file: string, inputs: ImageInp
   if (inputs.bitmaps === undefined || inputs.bitmaps.length === 0) return info;
   const plan = planBitmaps({ ...info, path: file }, inputs.bitmaps, false, { compat: info.compat, virtualSize: info.virtualSize });
   try {
-    if (plan.action === 'refuse') throw new Qcow2Error('REFUSED', `bitmaps: ${plan.reason}`, { property: 'bitmaps' });
+    if (plan.action === 'refuse') throw failure('bitmaps', plan.reason);
     if (plan.action === 'amend') await applyBitmapSteps(engine, file, plan.to as BitmapStep[]);
   } catch (e) {
     await engine.remove(file, { dataFile: removeDataFile });
@@ -605,7 +605,7 @@ export async function update(_id: string, olds: ImageOutputs, news: ImageInputs)
   // The header must still name what was recorded: a name changed behind our back is never followed.
   const recorded = resolvedReferences(file, { ...(olds.dataFile ? { dataFile: olds.dataFile } : {}), ...(olds.backingFile ? { backingFile: olds.backingFile } : {}) });
   const drift = validateRecordedReferences(file, referencesOf(file, current), recorded);
-  if (drift) throw new Qcow2Error('REFUSED', `${drift.property}: ${drift.message}`, { property: drift.property });
+  if (drift) throw failure(drift.property, drift.message);
   // The identity before the change, vouched for overlays only if the plan keeps the guest view.
   const before = keepsGuestView(result) ? (await chainIdentityOf(engine, file, Array.isArray(olds.backingChain) ? olds.backingChain : [])) ?? '' : '';
   const live = result.filter((c) => c.action === 'live');
