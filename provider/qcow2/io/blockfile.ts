@@ -27,6 +27,11 @@ export interface BlockFile {
   readIntoAsync?(target: Uint8Array, offset: number): Promise<void>;
   /** write without blocking the calling thread, where the file can. Optional: falls back to write. */
   writeAsync?(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * The descriptor of a local file (what SEEK_DATA, locks and copy_file_range work on); absent
+   * for any other file (remote, in memory, a wrapper that must see every read and write).
+   */
+  readonly fd?: number;
 }
 
 /** readIntoAsync where the file has it, else readInto. */
