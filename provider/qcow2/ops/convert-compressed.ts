@@ -66,8 +66,10 @@ export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compresso
   let buf = Buffer.alloc(0);
   for (const r of requests) {
     const whole = Math.ceil(r.n / cs) * cs;
-    if (buf.length < whole) buf = Buffer.alloc(whole);
-    const view = buf.subarray(0, whole);
+    // Read straight into the compressor's batch where it fits (no copy on the way to the threads).
+    const shared = compressor.input(whole);
+    if (shared === undefined && buf.length < whole) buf = Buffer.alloc(whole);
+    const view = shared !== undefined ? Buffer.from(shared.buffer, shared.byteOffset, whole) : buf.subarray(0, whole);
     src.readInto(view.subarray(0, r.n), r.pos);
     view.fill(0, r.n); // the last cluster past the image end: zeros, as QEMU pads it
     // The clusters with data, moved together to be compressed in one batch.
