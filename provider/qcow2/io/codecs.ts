@@ -185,6 +185,11 @@ export class CodecPool {
   private nextId = 1;
   private busy = 0;
 
+  /** Worker threads started so far. */
+  get started(): number {
+    return this.workers.length;
+  }
+
   /**
    * Send `req` (built for its id) to `threads` workers (started if need be) and return the id;
    * `onError` hears a worker's failure or its end. Every send is paired with a done(id).

@@ -8,12 +8,13 @@
 // uncompressed (QEMU's -ENOMEM).
 //
 // The work runs on the codec pool (io/codecs.ts, the threads that also decode): the calling
-// thread and up to (cores - 1) pool workers take clusters from one shared batch
+// thread and up to (cores - 1) pool workers take clusters from a shared batch
 // (SharedArrayBuffer, an atomic cursor) and the caller waits (Atomics.wait) until the batch is
 // done. The caller stays synchronous (the compressed copy places clusters in guest order as each
 // batch completes); the order of the results is the clusters' order whatever thread made them.
-// The caller may fill the batch's input in place (input()), and the results are views of the
-// batch's output: no cluster is copied on its way to or from the libraries.
+// A compressor has two batch slots: the caller fills one's input in place while the other
+// compresses, and the results are views of the slot's output, so no cluster is copied on its
+// way to or from the libraries (zlib aside: its stream reads and writes native buffers).
 
 import { Qcow2Error } from '../../model/errors';
 import { codecLibError, koffiModule, zlibLib, zstdLib } from './codec-lib';
@@ -24,16 +25,16 @@ export type CompressionKind = 'zlib' | 'zstd';
 
 export interface ClusterCompressor {
   /**
-   * Compress the `input.length / cs` clusters of `input` (its length a multiple of `cs`). Each
-   * result is the compressed bytes, or undefined when they would not fit in cs - 1 bytes. The
-   * results are valid until the next call.
+   * Compress the `input.length / cs` clusters of `input` (its length a multiple of `cs`), all
+   * at once. Each result is the compressed bytes, or undefined when they would not fit in
+   * cs - 1 bytes.
    */
   compress(input: Uint8Array, cs: number): Array<Uint8Array | undefined>;
   /**
-   * A buffer of at least `bytes` to fill with clusters and hand to compress() (no copy then),
-   * or undefined when `bytes` is more than one batch holds.
+   * The next of the two batch slots, to fill (its input), start and later finish: a caller can
+   * read and write while the other slot compresses. Throws when it has not been finished.
    */
-  input(bytes: number): Uint8Array | undefined;
+  slot(): CompressSlot;
   /** Clusters the worker threads compressed so far (the rest: the calling thread). */
   readonly byWorkers: number;
   close(): void;
@@ -148,84 +149,122 @@ export function compressInWorker(req: CompressRequest): void {
 /** Clusters per shared batch (the caller's larger inputs go through in pieces). */
 const BATCH_BYTES = 4 << 20; // at most 8192 clusters (512-byte ones): the cursor's 16 index bits
 
-class PooledCompressor implements ClusterCompressor {
-  private readonly ctrl: Int32Array;
-  private readonly inp: Uint8Array;
+/**
+ * One batch's shared memory: control words, the clusters in, the compressed clusters out (each
+ * at its cluster's place), their lengths. A compressor has two, so that one compresses while the
+ * caller reads the next into the other and writes the results of the one before.
+ */
+export class CompressSlot {
+  readonly ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
+  readonly input: Uint8Array;
   private readonly out: Uint8Array;
   private readonly lens: Int32Array;
-  private readonly perBatch: number;
+  private count = 0;
+  private gen = 0;
+  private id: number | undefined;
+  private failure: Error | undefined;
+  /** Started and not yet finished. */
+  busy = false;
 
-  constructor(readonly kind: CompressionKind, readonly cs: number, private readonly threads: number, private readonly callerTakesWork = true) {
+  constructor(private readonly c: PooledCompressor, readonly capacity: number) {
+    this.input = new Uint8Array(new SharedArrayBuffer(capacity * c.cs));
+    this.out = new Uint8Array(new SharedArrayBuffer(capacity * c.cs));
+    this.lens = new Int32Array(new SharedArrayBuffer(capacity * 4));
+  }
+
+  /** Start compressing the first `n` clusters of `input`: the pool's workers begin at once. */
+  start(n: number): void {
+    if (this.busy) throw new Error('compress slot started twice');
+    const { ctrl } = this;
+    this.busy = true;
+    this.count = n;
+    this.failure = undefined;
+    // Every claim of this slot's previous batch is done (DONE reached its count): a new one starts.
+    this.gen = (Atomics.load(ctrl, GEN) + 1) & 0x7fff;
+    Atomics.store(ctrl, DONE, 0);
+    Atomics.store(ctrl, COUNT, n);
+    Atomics.store(ctrl, NEXT, this.gen << 16);
+    Atomics.store(ctrl, GEN, this.gen);
+    const helpers = Math.min(this.c.threads - 1, n - (this.c.callerTakesWork ? 1 : 0));
+    if (helpers > 0) {
+      this.id = codecPool().send(helpers, (i) => ({
+        op: 'compress', id: i, kind: this.c.kind, cs: this.c.cs, gen: this.gen,
+        ctrl: ctrl.buffer as SharedArrayBuffer, inp: this.input.buffer as SharedArrayBuffer, out: this.out.buffer as SharedArrayBuffer, lens: this.lens.buffer as SharedArrayBuffer,
+      }), { fail: () => undefined }, (e) => { this.failure ??= e; });
+    }
+  }
+
+  /**
+   * Take the clusters no worker has taken, wait for the rest, and return the results in order:
+   * views of this slot's memory, valid until it starts again.
+   */
+  finish(): Array<Uint8Array | undefined> {
+    const { ctrl, count: n, c } = this;
+    const cs = c.cs;
+    try {
+      if (c.callerTakesWork || this.id === undefined) work(c.kind, cs, this.gen, ctrl, this.input, this.out, this.lens, false);
+      // The workers' claims: a worker that has stopped leaves its cluster undone, and the wait says so.
+      for (let d = Atomics.load(ctrl, DONE); d < n; d = Atomics.load(ctrl, DONE)) {
+        if (Atomics.wait(ctrl, DONE, d, 10_000) === 'timed-out' && Atomics.load(ctrl, DONE) === d) {
+          throw new Qcow2Error('IO', `${c.kind} compression stopped: a codec thread did not finish its cluster${this.failure ? ` (${this.failure.message})` : ''}`);
+        }
+      }
+    } finally {
+      if (this.id !== undefined) codecPool().done(this.id);
+      this.id = undefined;
+      this.busy = false;
+    }
+    const results: Array<Uint8Array | undefined> = [];
+    for (let i = 0; i < n; i++) {
+      const len = this.lens[i]!;
+      if (len === -2) throw new Qcow2Error('IO', `${c.kind} compression failed (cluster ${i} of the batch)`);
+      results.push(len < 0 ? undefined : this.out.subarray(i * cs, i * cs + len));
+    }
+    return results;
+  }
+}
+
+class PooledCompressor implements ClusterCompressor {
+  private readonly slots: CompressSlot[];
+  private turn = 0;
+
+  constructor(readonly kind: CompressionKind, readonly cs: number, readonly threads: number, readonly callerTakesWork = true) {
     try {
       binding(kind, cs);
     } catch (e) {
       const lib = kind === 'zlib' ? 'libz.so.1 (zlib1g)' : 'libzstd.so.1 (libzstd1)';
       throw new Qcow2Error('UNSUPPORTED', `Compressed output (${kind}) needs ${lib} and the koffi module: ${(e as Error).message.split('\n')[0]}. Install the library, or write the image uncompressed`);
     }
-    this.perBatch = Math.max(1, Math.floor(BATCH_BYTES / cs));
-    this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
-    this.inp = new Uint8Array(new SharedArrayBuffer(this.perBatch * cs));
-    this.out = new Uint8Array(new SharedArrayBuffer(this.perBatch * cs));
-    this.lens = new Int32Array(new SharedArrayBuffer(this.perBatch * 4));
+    const perBatch = Math.max(1, Math.floor(BATCH_BYTES / cs));
+    this.slots = [new CompressSlot(this, perBatch), new CompressSlot(this, perBatch)];
   }
 
   get byWorkers(): number {
-    return Atomics.load(this.ctrl, BY_WORKERS);
+    return this.slots.reduce((n, s) => n + Atomics.load(s.ctrl, BY_WORKERS), 0);
   }
 
-  input(bytes: number): Uint8Array | undefined {
-    return bytes <= this.inp.length ? this.inp : undefined;
+  slot(): CompressSlot {
+    const s = this.slots[this.turn]!;
+    if (s.busy) throw new Error('both compress slots are busy: finish one first');
+    this.turn ^= 1;
+    return s;
   }
 
   compress(input: Uint8Array, cs: number): Array<Uint8Array | undefined> {
     if (cs !== this.cs || input.length % cs !== 0) throw new Qcow2Error('IO', `compress: ${input.length} bytes are not whole ${this.cs}-byte clusters`);
-    const inPlace = input.buffer === this.inp.buffer && input.byteOffset === 0 && input.length <= this.inp.length;
     const results: Array<Uint8Array | undefined> = [];
-    for (let p = 0; p < input.length; p += this.perBatch * cs) {
-      const n = Math.min(this.perBatch, (input.length - p) / cs);
-      if (!inPlace) this.inp.set(input.subarray(p, p + n * cs));
-      this.run(n);
-      for (let i = 0; i < n; i++) {
-        const len = this.lens[i]!;
-        if (len === -2) throw new Qcow2Error('IO', `${this.kind} compression failed (cluster ${p / cs + i} of the batch)`);
-        // Views while the input is one batch; copies when a later batch reuses the output.
-        const r = this.out.subarray(i * cs, i * cs + Math.max(0, len));
-        results.push(len < 0 ? undefined : inPlace ? r : r.slice());
-      }
+    for (let p = 0; p < input.length;) {
+      const s = this.slot();
+      const n = Math.min(s.capacity, (input.length - p) / cs);
+      s.input.set(input.subarray(p, p + n * cs));
+      s.start(n);
+      for (const r of s.finish()) results.push(r?.slice());
+      p += n * cs;
     }
     return results;
   }
 
-  /** One batch of `n` clusters in `inp`: this thread and the pool's workers, until every cluster is done. */
-  private run(n: number): void {
-    const { ctrl } = this;
-    // Every claim of the previous batch is done (DONE reached its count): a new one starts.
-    const gen = (Atomics.load(ctrl, GEN) + 1) & 0x7fff;
-    Atomics.store(ctrl, DONE, 0);
-    Atomics.store(ctrl, COUNT, n);
-    Atomics.store(ctrl, NEXT, gen << 16);
-    Atomics.store(ctrl, GEN, gen);
-    const helpers = Math.min(this.threads - 1, n - 1);
-    const pool = helpers > 0 ? codecPool() : undefined;
-    let failure: Error | undefined;
-    const id = pool?.send(helpers, (i) => ({
-      op: 'compress', id: i, kind: this.kind, cs: this.cs, gen,
-      ctrl: ctrl.buffer as SharedArrayBuffer, inp: this.inp.buffer as SharedArrayBuffer, out: this.out.buffer as SharedArrayBuffer, lens: this.lens.buffer as SharedArrayBuffer,
-    }), { fail: () => undefined }, (e) => { failure ??= e; });
-    try {
-      if (this.callerTakesWork || pool === undefined) work(this.kind, this.cs, gen, ctrl, this.inp, this.out, this.lens, false);
-      // The workers' claims: a worker that has stopped leaves its cluster undone, and the wait says so.
-      for (let d = Atomics.load(ctrl, DONE); d < n; d = Atomics.load(ctrl, DONE)) {
-        if (Atomics.wait(ctrl, DONE, d, 10_000) === 'timed-out' && Atomics.load(ctrl, DONE) === d) {
-          throw new Qcow2Error('IO', `${this.kind} compression stopped: a codec thread did not finish its cluster${failure ? ` (${failure.message})` : ''}`);
-        }
-      }
-    } finally {
-      if (id !== undefined) pool!.done(id);
-    }
-  }
-
-  /** Nothing to stop: the pool's workers outlive a compressor, and none is inside a library once compress() returns. */
+  /** Nothing to stop: the pool's workers outlive a compressor, and none is inside a library once a batch is finished. */
   close(): void {}
 }
 
