@@ -22,7 +22,7 @@
 // cluster's first 4 KiB, where data nearly always shows, and of the whole cluster only when
 // those are zeros.
 
-import { BlockFile, readIntoAsync, writeAsync } from '../io/blockfile';
+import { BlockFile, WriteCombiner, readIntoAsync, writeAsync } from '../io/blockfile';
 import { clusterDecoder, decodeCluster, DecodeJob, sharedBuffer } from '../io/codecs';
 import { HostFs, localFs } from '../io/hostfs';
 import { Publication, existsError } from '../io/publish';
@@ -520,13 +520,15 @@ function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOpt
       if (plan.dataFilePrealloc) writeZeros(df, 0, dsize, true);
       df.truncate(dsize);
     }
-    const f = new Unflushed(pub.create(imagePath, 'image'));
+    // Compressed clusters are small writes, one after another: gathered into 1 MiB writes.
+    const f = opts.compressed ? new WriteCombiner(new Unflushed(pub.create(imagePath, 'image'))) : new Unflushed(pub.create(imagePath, 'image'));
     writePlan(plan, f);
     img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
     const opened = img;
     return done(copy(opened), () => {
       if (opts.bitmaps) copyBitmaps(opened, opts.bitmaps);
       opened.close();
+      f.flush(); // (a WriteCombiner's last writes; the publication makes them durable)
       pub.publish({ durable: opts.durable ?? true });
     }, fail);
   } catch (e) {
