@@ -65,7 +65,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       ops().amendImage(call.path, call.request, { host });
       return undefined;
     case 'resize':
-      ops().resizeImage(call.path, call.size, { allowShrink: call.options.allowShrink ?? false, host });
+      ops().resizeImage(call.path, call.size, { allowShrink: call.options.allowShrink ?? false, host, ...(call.options.preallocation ? { preallocation: call.options.preallocation } : {}) });
       return undefined;
     case 'rebase':
       if (call.safe) ops().rebaseImage(call.path, call.backingFile, call.backingFormat, { host, ...(progress ? { progress } : {}) });
