@@ -336,6 +336,7 @@ export function importRawImage(dst: string, options: CreateOptions, source: Loca
     throwIfRefused(validateImport({
       sourceFormat: format, targetFormat: 'raw', options, sourceSize: BigInt(src.size), sameFile: sameFile(dst, source.path),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(behaviour.bitmaps ? { bitmaps: true } : {}),
+      ...(behaviour.compressed ? { compress: true } : {}), ...(behaviour.overBacking ? { overBacking: true } : {}),
     }), dst);
     writeImportedRaw(dst, src, { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}) });
   } finally {

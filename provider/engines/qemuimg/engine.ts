@@ -780,6 +780,7 @@ export class QemuImgEngine implements Engine {
     throwIfRefused(validateImport({
       sourceFormat: local.format, targetFormat: 'raw', options, sourceSize: src.size, sameFile: await host.sameFile(imagePath, local.path),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(opts.bitmaps ? { bitmaps: true } : {}),
+      ...(opts.compressed ? { compress: true } : {}), ...(opts.overBacking ? { overBacking: true } : {}),
     }), imagePath);
     await host.assertNewImageFiles(imagePath, { adoptDataFile: false });
     const abs = host.resolve(imagePath);
