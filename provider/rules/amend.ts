@@ -83,7 +83,9 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
     if (r) return r;
   }
   if (req.size !== undefined && req.size !== state.virtualSize) {
-    const r = validateResize(state, req.size, allowShrink);
+    // qcow2_amend_options upgrades first, then resizes (then downgrades): a v2 image with
+    // snapshots can be resized in the amend that makes it v3.
+    const r = validateResize(newVersion > oldVersion ? { ...state, compat: '1.1' } : state, req.size, allowShrink);
     if (r) return r;
   }
   if (newVersion < oldVersion) {

@@ -544,6 +544,14 @@ export class QemuImgEngine implements Engine {
     const r = validateResizeRequest(state, size, allowShrink, prealloc);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
+    if (prealloc !== 'off' && state.backingFile !== undefined && state.virtualSize % BigInt(state.clusterSize) !== 0n) {
+      // preallocate_co copies the head of the old end's cluster from the backing file when the
+      // image lacks it: the stand-in backing file would put zeros there.
+      throw new Qcow2Error('REFUSED',
+        `Preallocating the growth of this image from ${state.virtualSize} bytes: its current end is inside a cluster of ${state.clusterSize} bytes, ` +
+        'whose start QEMU copies from the backing file, which the qemu-img engine never opens. Use the native engine, or run qemu-img resize on the image directly',
+        { property: 'preallocation', file });
+    }
     throwIfRefused(validateConsistent(await this.consistency(file, state.dirty)), file);
     const shrink = size < state.virtualSize ? ['--shrink'] : [];
     const pre = prealloc !== 'off' ? [`--preallocation=${prealloc}`] : [];

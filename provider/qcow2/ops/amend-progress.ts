@@ -14,9 +14,8 @@
 // The result is the list of percentages qemu-img's amend_status_cb passes to
 // qemu_progress_print (float arithmetic, as in C).
 
-import * as C from '../spec/constants';
 import { Image } from '../meta/image';
-import { readRefcount } from '../spec/refcount';
+import { storedRefcounts } from './amend';
 
 /** What the amend changes, in header terms (only what reports progress). */
 export interface AmendProgressChange {
@@ -78,7 +77,8 @@ function refcountWalks(img: Image, newOrder: number, report: Report): void {
   const oldBlock = g.refblockEntries;
   const newBlock = (cs * 8) >> newOrder;
   const covered = n * oldBlock;
-  const counts = storedCounts(img);
+  // The stored refcounts inside the file, as a plain array: the simulation allocates past its end.
+  const counts = Array.from(storedRefcounts(img, Math.ceil(img.file.size() / cs)));
   let freeIndex = 0;
   const isFree = (c: number, k: number) => {
     for (let i = c; i < c + k; i++) if ((counts[i] ?? 0) !== 0) return false;
@@ -132,20 +132,4 @@ function refcountWalks(img: Image, newOrder: number, report: Report): void {
     reftable[chunk] = alloc(1) + 1;
     return true;
   }
-}
-
-/** The stored refcount of every cluster the refcount table reaches inside the file. */
-function storedCounts(img: Image): number[] {
-  const g = img.geometry;
-  const fileClusters = Math.ceil(img.file.size() / g.clusterSize);
-  const counts = new Array<number>(fileClusters).fill(0);
-  img.readReftable().forEach((e, ti) => {
-    const off = e & C.REFT_OFFSET_MASK;
-    const base = ti * g.refblockEntries;
-    if (off === 0n || base >= fileClusters) return;
-    const block = img.readCluster(off);
-    const k = Math.min(g.refblockEntries, fileClusters - base);
-    for (let i = 0; i < k; i++) counts[base + i] = Number(readRefcount(block, g.refcountOrder, i));
-  });
-  return counts;
 }

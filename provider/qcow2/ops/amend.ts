@@ -92,7 +92,7 @@ export interface AmendPlan {
 }
 
 /** Stored refcounts of every cluster the refcount table covers inside the file. */
-function storedRefcounts(img: Image, fileClusters: number): Uint32Array {
+export function storedRefcounts(img: Image, fileClusters: number): Uint32Array {
   const g = img.geometry;
   const counts = new Uint32Array(fileClusters);
   img.readReftable().forEach((e, ti) => {

@@ -168,6 +168,27 @@ describe.skipIf(SKIP)('resize --preallocation and amend -p as qemu-img', () => {
     });
   }
 
+  it('amend -o compat=1.1,size= of a v2 image with a snapshot upgrades, then resizes (061)', async () => {
+    const [a, b] = pair((d) => {
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', 'img.qcow2', '32M'], d);
+      must('qemu-io', ['-c', 'write -P 7 0 1M', 'img.qcow2'], d);
+      must('qemu-img', ['snapshot', '-c', 'foo', 'img.qcow2'], d);
+    });
+    const refused = ['resize', 'img.qcow2', '64M'];
+    expect(await ours(refused, b)).toEqual(theirs(refused, a));
+    const args = ['amend', '-o', 'compat=1.1,size=128M', 'img.qcow2'];
+    expect(await ours(args, b)).toEqual(theirs(args, a));
+    const facts = (d: string) => {
+      const i = JSON.parse(must('qemu-img', ['info', '--output=json', 'img.qcow2'], d).stdout) as Record<string, unknown>;
+      const snaps = (i.snapshots as Array<Record<string, unknown>>).map(({ 'date-sec': _s, 'date-nsec': _n, 'vm-clock-sec': _v, 'vm-clock-nsec': _c, ...x }) => x);
+      return { size: i['virtual-size'], compat: (i['format-specific'] as { data: { compat: string } }).data.compat, snaps };
+    };
+    expect(facts(b)).toEqual(facts(a));
+    expect(facts(b)).toMatchObject({ size: 128 << 20, compat: '1.1' });
+    expect(mapOf(b)).toEqual(mapOf(a));
+    expect(tool('qemu-img', ['check', 'img.qcow2'], b).status).toBe(0);
+  });
+
   it('amend -p -q prints nothing', async () => {
     const [a, b] = pair((d) => must('qemu-img', ['create', '-q', '-f', 'qcow2', 'img.qcow2', '1M'], d));
     expect(await ours(['amend', '-p', '-q', '-o', 'refcount_bits=8', 'img.qcow2'], b)).toEqual(theirs(['amend', '-p', '-q', '-o', 'refcount_bits=8', 'img.qcow2'], a));
