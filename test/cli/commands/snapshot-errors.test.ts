@@ -5,22 +5,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { must, scratchBase, skipWithoutTools, tool } from '../../engines/helpers';
+import { runCli } from '../../helpers/cli';
 
-const CLI = path.resolve(__dirname, '../../../dist/provider/cli/main.js');
 const SKIP = skipWithoutTools('cli/snapshot-errors');
 
-async function ours(args: string[], cwd: string): Promise<{ status: number; out: string; err: string }> {
-  const { main } = require(CLI) as { main(argv: string[], io: { out(t: string): void; err(t: string): void }): Promise<number> };
-  const prev = process.cwd();
-  process.chdir(cwd);
-  let out = '', err = '';
-  try {
-    const status = await main(args, { out: (t) => { out += t; }, err: (t) => { err += t; } });
-    return { status, out, err };
-  } finally {
-    process.chdir(prev);
-  }
-}
+const ours = runCli;
 
 describe.skipIf(SKIP)('snapshot errors on a broken snapshot table, as qemu-img', () => {
   const dirs: string[] = [];
@@ -50,8 +39,8 @@ describe.skipIf(SKIP)('snapshot errors on a broken snapshot table, as qemu-img',
         const ref = tool('qemu-img', ['snapshot', action, 'test', 'b.qcow2'], d);
         const got = await ours(['snapshot', action, 'test', 'a.qcow2'], d);
         expect(got.status).toBe(ref.status);
-        expect(got.err).toBe(ref.stderr.replace(/^qemu-img: /gm, 'qcow2: '));
-        expect(got.err.split('\n').filter(Boolean).every((l) => l.startsWith('qcow2: '))).toBe(true);
+        expect(got.stderr).toBe(ref.stderr.replace(/^qemu-img: /gm, 'qcow2: '));
+        expect(got.stderr.split('\n').filter(Boolean).every((l) => l.startsWith('qcow2: '))).toBe(true);
         expect(fs.readFileSync(file)).toEqual(before);
       });
     }
