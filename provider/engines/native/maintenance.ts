@@ -145,8 +145,12 @@ export function snapshotImage(path: string, req: SnapshotRequest, behaviour: Ame
 
 export interface CompareInput { path: string; format?: string }
 
-/** `qemu-img compare [-f F] [-F F] [-s] [-U] A B`: read-only, each through its backing chain. */
-export function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn; host?: HostFs } = {}): CompareResult {
+/**
+ * `qemu-img compare [-f F] [-F F] [-s] [-U] A B`: read-only, each through its backing chain.
+ * Asynchronous: the reads run ahead of the comparison (ops/compare.ts); the images stay open
+ * until it settles.
+ */
+export async function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn; host?: HostFs } = {}): Promise<CompareResult> {
   const host = opts.host ?? localFs;
   const open = (i: CompareInput) => openSource(i.path, i.format ?? probeFileFormat(i.path, host), { lock: !opts.forceShare, host });
   const sa = open(a);
@@ -156,7 +160,7 @@ export function compareImageFiles(a: CompareInput, b: CompareInput, opts: { stri
       const o: { strict?: boolean; progress?: ProgressFn } = {};
       if (opts.strict) o.strict = true;
       if (opts.progress) o.progress = opts.progress;
-      return compareSources(sa, sb, o);
+      return await compareSources(sa, sb, o);
     } finally {
       sb.close();
     }
