@@ -32,12 +32,17 @@ import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage }
 
 const punchIn = (file: BlockFile, host: HostFs = localFs) => (offset: number, length: number) => host.punchHole(file, offset, length);
 
-/** The image file open for writing under QEMU's write lock; `fn` runs with it, then both go. */
+/**
+ * The image file open for writing under QEMU's write lock; `fn` runs with it, then both go. The
+ * file's dirty pages (an image just copied or written) start going to the medium at once: the
+ * first flush of a repair would wait for them all, and this way they go while it counts.
+ */
 function withLockedFile<T>(path: string, host: HostFs, fn: (file: BlockFile) => T): T {
   const file = host.open(path, 'write').file;
   let lock: ImageLock | undefined;
   try {
     lock = host.lock(file, path, 'write');
+    host.startWriteback?.(file);
     return fn(file);
   } finally {
     lock?.release();

@@ -1,5 +1,5 @@
 // The one binding to libc: the calls Node has no API for (fcntl for QEMU's OFD locks, lseek
-// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE), through koffi, loaded on first use so that a
+// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE, sync_file_range), through koffi, loaded on first use so that a
 // machine without the native module can still use the engine's other paths. Symbols come from
 // the process itself (dlopen(NULL)), which has libc whether it is glibc or musl.
 //
@@ -16,6 +16,8 @@ export const F_UNLCK = 2;
 export const SEEK_SET = 0;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
+/** sync_file_range(2): start writeback of the range's dirty pages, without waiting for it. */
+export const SYNC_FILE_RANGE_WRITE = 2;
 /** fallocate(2) modes. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -34,6 +36,8 @@ export interface Libc {
   lseek(fd: number, offset: number, whence: number): number;
   /** fallocate(2); returns 0, or -errno. */
   fallocate(fd: number, mode: number, offset: number, length: number): number;
+  /** sync_file_range(2) (length 0: to the end of the file); returns 0, or -errno. */
+  syncFileRange(fd: number, offset: number, length: number, flags: number): number;
   strerror(errno: number): string;
 }
 
@@ -77,6 +81,7 @@ export function libc(): Libc | undefined {
     const fcntl = lib.func('int fcntl(int fd, int cmd, ...)');
     const lseek = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
     const fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+    const syncFileRange = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
     const strerror = lib.func('const char *strerror(int errnum)');
     const orErrno = (r: number) => (r === -1 ? -koffi.errno() : r);
     loaded = {
@@ -84,6 +89,7 @@ export function libc(): Libc | undefined {
       flock: layout,
       lseek: (fd, offset, whence) => orErrno(Number(lseek(fd, offset, whence) as number | bigint)),
       fallocate: (fd, mode, offset, length) => orErrno(fallocate(fd, mode, offset, length) as number),
+      syncFileRange: (fd, offset, length, flags) => orErrno(syncFileRange(fd, offset, length, flags) as number),
       strerror: (errno) => strerror(errno) as string,
     };
   } catch (e) {
