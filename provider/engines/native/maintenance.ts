@@ -28,7 +28,7 @@ import type { CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/ty
 import type { RepairReport } from '../engine';
 import { throwIfRefused } from '../refusal';
 import { clearUnknownAutoclearOf } from '../../qcow2/guest/autoclear';
-import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage } from './ops';
+import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage, withWritableImageAsync } from './ops';
 
 const punchIn = (file: BlockFile, host: HostFs = localFs) => (offset: number, length: number) => host.punchHole(file, offset, length);
 
@@ -97,13 +97,21 @@ export function repairDirtyImage(path: string, host: HostFs = localFs): string[]
 
 /** Open for a change and, when the image is dirty, repair it first as QEMU's open does. */
 function withRepairedImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
-  return withWritableImage(path, behaviour, (opened, file) => {
-    const img = clearUnknownAutoclearOf(file, opened) ? Image.open(file, path) : opened;
-    if (!img.dirty) return fn(img, file);
-    const r = repairImage(file, 'all', { punch: punchIn(file, behaviour.host) });
-    if (r.failed || r.result.checkErrors) throw repairFailed(path);
-    return fn(Image.open(file, path), file);
-  });
+  return withWritableImage(path, behaviour, (opened, file) => fn(repairedOnOpen(path, behaviour, opened, file), file));
+}
+
+/** withRepairedImage for a change that overlaps its I/O. */
+function withRepairedImageAsync<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => Promise<T>): Promise<T> {
+  return withWritableImageAsync(path, behaviour, (opened, file) => fn(repairedOnOpen(path, behaviour, opened, file), file));
+}
+
+/** The image as QEMU's read/write open leaves it: unknown autoclear bits cleared, a dirty image repaired. */
+function repairedOnOpen(path: string, behaviour: AmendBehaviour, opened: Image, file: BlockFile): Image {
+  const img = clearUnknownAutoclearOf(file, opened) ? Image.open(file, path) : opened;
+  if (!img.dirty) return img;
+  const r = repairImage(file, 'all', { punch: punchIn(file, behaviour.host) });
+  if (r.failed || r.result.checkErrors) throw repairFailed(path);
+  return Image.open(file, path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,21 +243,49 @@ function findBase(chain: readonly ChainLink[], base: string): number {
 
 const isRegular = (p: string) => localFs.stat(p)?.kind === 'file';
 
-/** The base as commit writes it. */
+/** Bytes written between two starts of writeback of the base (see targetOf). */
+const WRITEBACK_STEP = 16 << 20;
+
+/**
+ * The base as commit writes it. Its dirty pages go to the medium while the copy goes on
+ * (writeback started when it is opened, then every WRITEBACK_STEP bytes written): the flush
+ * before its metadata is written then waits only for the last of them.
+ */
 function targetOf(base: GuestSource, file: BlockFile | undefined): CommitTarget {
+  const data = base instanceof Qcow2Image ? base.dataFile ?? base.file : file!;
+  localFs.startWriteback?.(data);
+  let unflushed = 0;
+  const wrote = (n: number) => {
+    unflushed += n;
+    if (unflushed < WRITEBACK_STEP) return;
+    unflushed = 0;
+    localFs.startWriteback?.(data);
+  };
   if (base instanceof Qcow2Image) {
+    const cs = base.cs;
     return {
-      clusterSize: base.cs,
-      write: (o, d) => base.write(o, d),
+      clusterSize: cs,
+      write: (o, d) => { base.write(o, d); wrote(d.length); },
+      place: (o, n) => {
+        // Whole clusters only (the last one may end with the image).
+        if (o % cs !== 0 || (n % cs !== 0 && o + n !== base.size)) return undefined;
+        const host = base.placeNewClusters(o / cs, Math.ceil(n / cs));
+        if (host === undefined) return undefined;
+        wrote(n);
+        return { file: data, host };
+      },
       writeZeroes: (o, n) => base.writeZeroes(o, n, { unmap: true }),
       discard: (o, n) => base.discard(o, n),
+      checkpointDue: () => base.commitDue(),
       checkpoint: () => base.maybeCommit(),
     };
   }
   const f = file!;
   return {
     clusterSize: 0,
-    write: (o, d) => f.write(o, d),
+    write: (o, d) => { f.write(o, d); wrote(d.length); },
+    place: (o, n) => { wrote(n); return { file: f, host: o }; },
+    checkpointDue: () => false,
     writeZeroes: (o, n) => localFs.punchHole(f, o, n),
     discard: (o, n) => localFs.punchHole(f, o, n),
     checkpoint: () => undefined,
@@ -262,8 +298,8 @@ function targetOf(base: GuestSource, file: BlockFile | undefined): CommitTarget 
  * unless `keep` (-d; -b implies it). Writes only into the base and, when emptying, FILE; both
  * must be regular files. The base grows to FILE's size when it is smaller (as QEMU's job does).
  */
-export function commitImage(path: string, req: CommitRequest, behaviour: { progress?: ProgressFn } = {}): void {
-  withRepairedImage(path, {}, (img, file) => {
+export function commitImage(path: string, req: CommitRequest, behaviour: { progress?: ProgressFn } = {}): Promise<void> {
+  return withRepairedImageAsync(path, {}, async (img, file) => {
     const chain = chainOf(path, img);
     const baseIndex = chain.length < 2 ? -1 : req.base === undefined ? 1 : findBase(chain, req.base);
     const facts: CommitFacts = { file: path, hasBacking: chain.length > 1, baseFound: baseIndex > 0 };
@@ -308,7 +344,7 @@ export function commitImage(path: string, req: CommitRequest, behaviour: { progr
       }
       const top = Qcow2Image.open(path, { lock: false, backing: below });
       opened.push(top);
-      commitInto(top, layersAbove(top, baseSrc), targetOf(baseSrc, baseFile), behaviour.progress);
+      await commitInto(top, layersAbove(top, baseSrc), targetOf(baseSrc, baseFile), behaviour.progress);
     } finally {
       for (const o of opened.reverse()) o.close();
     }
