@@ -32,7 +32,9 @@ const skip = skipWithoutSshd('remote-safety') || skipWithoutTools('remote-safety
 /** Trials per kind (kill, drop) and operation (create, amend): 4 x 13 = 52. */
 const TRIALS = 13;
 
-interface Run { status: number | null; signal: NodeJS.Signals | null; stderr: string }
+interface Run { status: number | null; signal: NodeJS.Signals | null; stderr: string; hung?: string }
+/** Tells a hung command line from a slow one (see qcow2() below). */
+const HANG_MS = 300_000;
 
 describe.skipIf(skip)('data safety on a remote host', () => {
   let sshd: Sshd;
@@ -74,20 +76,33 @@ describe.skipIf(skip)('data safety on a remote host', () => {
     return v;
   };
 
-  /** The command line in a process of its own (asynchronous: the proxy runs on this event loop). */
+  /**
+   * The command line in a process of its own (asynchronous: the proxy runs on this event loop).
+   * One that has not ended after HANG_MS is stopped and reported as hung: its own limits (10 dials
+   * of at most 15 s, keepalives) end it well before, so only a hang gets there.
+   */
   const qcow2 = (args: string[], onStart: (kill: () => void) => void = () => undefined): Promise<Run> =>
     new Promise((resolve) => {
       const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, HOME: home, SSH_AUTH_SOCK: '' }, stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
+      let hung: string | undefined;
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       onStart(() => child.kill('SIGKILL'));
-      child.on('close', (status, signal) => resolve({ status, signal, stderr }));
+      const guard = setTimeout(() => {
+        hung = `qcow2 ${args.join(' ')} had not ended after ${HANG_MS / 1000} s`;
+        child.kill('SIGKILL');
+      }, HANG_MS);
+      child.on('close', (status, signal) => {
+        clearTimeout(guard);
+        resolve({ status, signal, stderr, ...(hung !== undefined ? { hung } : {}) });
+      });
     });
 
   /** Bytes through the proxy (both directions) of one run of `args`. */
   const traffic = async (args: string[]): Promise<number> => {
     const before = proxy.bytes.up + proxy.bytes.down;
     const r = await qcow2(args);
+    expect(r.hung, r.hung).toBeUndefined();
     expect(r.status, r.stderr).toBe(0);
     return proxy.bytes.up + proxy.bytes.down - before;
   };
@@ -135,10 +150,14 @@ describe.skipIf(skip)('data safety on a remote host', () => {
         proxy.pause();
         paused();
       });
-      await e.info(img, { forceShare: true });
-      const amend = e.amend(img, { refcountBits: 8 });
-      await stopped;
+      let amend: Promise<void> | undefined;
+      // The pause point and the pause are undone however this ends: a proxy left paused, or armed
+      // to pause, would stall every later connection of the file.
       try {
+        await e.info(img, { forceShare: true });
+        amend = e.amend(img, { refcountBits: 8 });
+        const first = await Promise.race([stopped.then(() => 'paused' as const), amend.then(() => 'finished' as const)]);
+        if (first === 'finished') throw new Error(`the amend finished before its traffic reached the pause point (calibrated: ${t2 - t1} bytes)`);
         const q = tool('qemu-img', ['info', img], dir);
         expect(q.status).not.toBe(0);
         expect(q.stderr).toMatch(/Failed to get shared "write" lock/);
@@ -264,6 +283,7 @@ describe.skipIf(skip)('data safety on a remote host', () => {
             proxy.onBytes(undefined);
           }
         }
+        expect(r.hung, r.hung).toBeUndefined();
         expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
         if (r.status === 0) outcomes.completed++;
         else outcomes.stopped++;

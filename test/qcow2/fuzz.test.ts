@@ -14,12 +14,13 @@
 // FUZZ_CHECK_MODULE=PATH fuzzes another check.ts (a candidate fix in a scratch copy).
 // A failing case prints as JSON: replay it with `apply(parseCase(json))` from test/helpers/mutate.ts.
 
-import { fork, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { fork } from 'node:child_process';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { ChildWorker, type Answer } from '../helpers/child-worker';
 import type { CallResult, WorkerHello, WorkerReply } from '../helpers/fuzz-worker';
 import { CASE, GuardedFile, MAX_READ, MAX_READS, SEEDS, UnboundedReadError, apply, parseCase, show } from '../helpers/mutate';
 import { Image } from '../../provider/qcow2/meta/image';
@@ -35,16 +36,6 @@ const CASE_CPU_LIMIT_MS = 8_000;
 /** How often the hang watch reads the child's CPU time. */
 const HANG_POLL_MS = 250;
 
-/** CPU time (user + system) a process has used, in ms, from /proc (Linux); undefined elsewhere. */
-function cpuMsOf(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // clock ticks: USER_HZ is 100 on Linux
-  } catch {
-    return undefined;
-  }
-}
 /** Child heap: far above what tiny images need, low enough to fail fast on unbounded growth. */
 const WORKER_HEAP_MB = 192;
 
@@ -52,85 +43,20 @@ const WORKER_HEAP_MB = 192;
 // The worker
 // ------------------------------------------------------------------------------------------------
 
-type Verdict = { results: CallResult[] } | { crash: string };
+type Verdict = Answer<WorkerReply>;
 
-class FuzzWorker {
-  private child?: ChildProcess;
-  private pending?: { id: number; resolve: (v: Verdict) => void; timer?: NodeJS.Timeout };
-  private nextId = 0;
-  calls: string[] = [];
-  restarts = 0;
-
-  async start(): Promise<void> {
-    const repo = join(__dirname, '../..');
-    const child = fork(join(repo, 'test/helpers/fuzz-worker.ts'), [], {
-      execArgv: [`--max-old-space-size=${WORKER_HEAP_MB}`, '--require', require.resolve('ts-node/register/transpile-only', { paths: [repo] })],
-      env: { ...process.env, TS_NODE_PROJECT: join(repo, 'tsconfig.json') },
-      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
-    });
-    this.child = child;
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-2000); });
-    await new Promise<void>((resolve, reject) => {
-      child.once('message', (m: WorkerHello) => {
-        this.calls = m.calls;
-        resolve();
-      });
-      child.once('exit', (code) => reject(new Error(`fuzz child exited (${code}) before it was ready: ${stderr}`)));
-    });
-    child.on('message', (m: WorkerReply) => this.settle(m.id, { results: m.results }));
-    child.on('exit', (code, signal) => {
-      const oom = /heap out of memory/.test(stderr) ? ' (JavaScript heap out of memory)' : '';
-      this.settle(undefined, { crash: `child died: code ${code} signal ${signal}${oom}` });
-    });
-  }
-
-  private settle(id: number | undefined, v: Verdict): void {
-    const p = this.pending;
-    if (!p || (id !== undefined && id !== p.id)) return;
-    if (p.timer) clearInterval(p.timer);
-    this.pending = undefined;
-    p.resolve(v);
-  }
-
-  async run(caseText: string): Promise<Verdict> {
-    const id = ++this.nextId;
-    const child = this.child!;
-    const verdict = await new Promise<Verdict>((resolve) => {
-      // A hang is CPU spent without an answer (the calls are synchronous and in memory). Where
-      // /proc is missing the watch is off and the test's own timeout catches a hang.
-      const start = cpuMsOf(child.pid!);
-      const timer = start === undefined ? undefined : setInterval(() => {
-        const used = (cpuMsOf(child.pid!) ?? start) - start;
-        if (used > CASE_CPU_LIMIT_MS) this.settle(id, { crash: `no answer after ${used.toFixed(0)} ms of CPU (hang)` });
-      }, HANG_POLL_MS);
-      this.pending = { id, resolve, ...(timer ? { timer } : {}) };
-      child.send({ id, case: caseText });
-    });
-    if ('crash' in verdict) {
-      // The child is dead or stuck: replace it so the run goes on.
-      await this.stop();
-      this.restarts++;
-      await this.start();
-    }
-    return verdict;
-  }
-
-  async stop(): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    this.child = undefined;
-    child.removeAllListeners();
-    if (child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGKILL');
-      await gone;
-    }
-  }
-}
-
-const worker = new FuzzWorker();
-beforeAll(() => worker.start(), 60_000);
+const repo = join(__dirname, '../..');
+/** The child replays cases; a case whose child uses CASE_CPU_LIMIT_MS of CPU without answering is a hang. */
+const worker = new ChildWorker<WorkerReply>(() => fork(join(repo, 'test/helpers/fuzz-worker.ts'), [], {
+  execArgv: [`--max-old-space-size=${WORKER_HEAP_MB}`, '--require', require.resolve('ts-node/register/transpile-only', { paths: [repo] })],
+  env: { ...process.env, TS_NODE_PROJECT: join(repo, 'tsconfig.json') },
+  stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+}), { cpuMs: CASE_CPU_LIMIT_MS, pollMs: HANG_POLL_MS });
+/** The calls the child makes (its ready message). */
+let calls: string[] = [];
+beforeAll(async () => {
+  calls = ((await worker.start()) as WorkerHello).calls;
+}, 60_000);
 afterAll(() => worker.stop());
 
 // ------------------------------------------------------------------------------------------------
@@ -163,7 +89,7 @@ describe('fuzz: mutated images', () => {
       expect(() => Image.open(new GuardedFile(s.bytes)), s.name).not.toThrow();
       expect(() => infoOf(new GuardedFile(s.bytes), 'x'), s.name).not.toThrow();
       expect(s.regions.length, s.name).toBeGreaterThan(3);
-      const v = await worker.run(show({ seed: SEEDS.indexOf(s), mutations: [] }));
+      const v = await worker.run({ case: show({ seed: SEEDS.indexOf(s), mutations: [] }) });
       expect(v, s.name).toHaveProperty('results');
       for (const r of (v as { results: CallResult[] }).results) expect(r.outcome, `${s.name} ${r.call} ${r.detail}`).toBe('ok');
     }
@@ -191,7 +117,7 @@ describe('fuzz: mutated images', () => {
   });
 
   it('check_is_exercised_when_check_ts_exists', () => {
-    expect(worker.calls.includes('checkImage')).toBe(existsSync(join(__dirname, '../../provider/qcow2/ops/check.ts')));
+    expect(calls.includes('checkImage')).toBe(existsSync(join(__dirname, '../../provider/qcow2/ops/check.ts')));
   });
 
   it(`open_info_and_check_succeed_or_throw_Qcow2Error_for_${RUNS}_mutations_seed_${SEED}`, async () => {
@@ -203,12 +129,12 @@ describe('fuzz: mutated images', () => {
       if (failures.length >= MAX_FAILURES) return true; // stop early: the run has already failed
       cases++;
       const text = show(c);
-      failures.push(...failuresOf(text, await worker.run(text), stats));
+      failures.push(...failuresOf(text, await worker.run({ case: text }), stats));
       return true;
     }), { seed: SEED, numRuns: RUNS });
     const seconds = ((Date.now() - t0) / 1000).toFixed(1);
     const top = [...stats.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15).map(([k, v]) => `  ${v}\t${k}`).join('\n');
-    console.log(`[fuzz] seed=${SEED} cases=${cases}/${RUNS} time=${seconds}s calls=${worker.calls.join(',')} ` +
+    console.log(`[fuzz] seed=${SEED} cases=${cases}/${RUNS} time=${seconds}s calls=${calls.join(',')} ` +
       `failures=${failures.length} worker-restarts=${worker.restarts} ` +
       `call-cpu-ms=${[...callMs].map(([k, v]) => `${k}:${v.toFixed(0)}`).join(',')} most-reads=${mostReads}/${MAX_READS}\n${top}`);
     if (failures.length > 0) {

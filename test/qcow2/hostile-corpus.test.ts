@@ -45,7 +45,7 @@ const worker = new ChildWorker<HostileReply>(() => fork(script, [], {
   execArgv: ['--max-old-space-size=512'],
   env: { ...process.env, HOSTILE_REPO: REPO, LC_ALL: 'C' },
   stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
-}), HANG_MS);
+}), { wallMs: HANG_MS });
 beforeAll(async () => {
   const source = fs.readFileSync(path.join(REPO, 'test/helpers/hostile-worker.ts'), 'utf8');
   fs.writeFileSync(script, ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } }).outputText);

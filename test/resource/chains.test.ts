@@ -14,11 +14,10 @@
 
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImgAvailable, requireQemu } from '../helpers/qemu';
-import { HostError, ProviderHost, Stack, UNKNOWN, serializedProvider, type Props } from './host';
+import { HostError, HostInScratch, ProviderHost, Stack, UNKNOWN, type Props } from './host';
 
 const haveQemu = qemuImgAvailable() && spawnSync('qemu-io', ['--version']).status === 0;
 if (!haveQemu && !requireQemu) console.warn('chains: qemu-img or qemu-io not installed; backing-chain tests are skipped');
@@ -32,16 +31,12 @@ describe('backing chains through the dynamic-provider host', () => {
   let provider: string;
   let copies = 0;
 
+  const scratch = new HostInScratch('qcow2-chains-');
   beforeAll(async () => {
     if (skip) return;
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-chains-'));
-    host = await ProviderHost.start(dir);
-    provider = await serializedProvider();
+    ({ dir, host, provider } = await scratch.start());
   }, 60_000);
-  afterAll(() => {
-    host?.stop();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => scratch.stop());
 
   const at = (f: string) => path.join(dir, f);
   const run = (cmd: string, args: string[]) => {

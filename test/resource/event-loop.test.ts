@@ -7,11 +7,10 @@
 // latency is only meaningful while no other test file competes for the same cores.
 
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requireQemu, qemuImgAvailable } from '../helpers/qemu';
-import { ProviderHost, Stack, serializedProvider } from './host';
+import { HostInScratch, ProviderHost, Stack } from './host';
 
 const skip = !qemuImgAvailable() && !requireQemu;
 const URN = (name: string) => `urn:pulumi:test::qcow2::pulumi-nodejs:dynamic/qcow2:Image::${name}`;
@@ -21,17 +20,13 @@ describe('the provider host answers while a native operation runs', () => {
   let host: ProviderHost;
   let provider: string;
 
+  const scratch = new HostInScratch('qcow2-loop-');
   beforeAll(async () => {
     if (skip) return;
     // On disk (not /dev/shm): the create writes 2 GiB.
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-loop-'));
-    host = await ProviderHost.start(dir);
-    provider = await serializedProvider();
+    ({ dir, host, provider } = await scratch.start());
   }, 60_000);
-  afterAll(() => {
-    host?.stop();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => scratch.stop());
 
   it.skipIf(skip)('a_read_answers_within_100_ms_during_a_full_preallocation_create', async () => {
     const small = new Stack(host, provider, URN('small'));

@@ -4,6 +4,7 @@
 
 import type { ChildProcess } from 'child_process';
 import { createRequire } from 'module';
+import * as os from 'os';
 import * as path from 'path';
 import { startPlugin } from '../helpers/plugin';
 
@@ -127,6 +128,29 @@ export class ProviderHost {
     const request = new providerPb.DeleteRequest().setUrn(urn).setId(id).setProperties(structPb.Struct.fromJavaScript(props));
     if (oldInputs) request.setOldInputs(structPb.Struct.fromJavaScript(oldInputs));
     await this.call('delete', request);
+  }
+}
+
+/**
+ * A host, the serialized provider and a scratch program folder for one describe block: `start`
+ * in its beforeAll, `stop` in its afterAll (the folder and what the tests wrote in it go).
+ */
+export class HostInScratch {
+  dir = '';
+  host?: ProviderHost;
+  provider = '';
+  constructor(private readonly prefix: string, private readonly base: () => string = os.tmpdir) {}
+
+  async start(): Promise<{ dir: string; host: ProviderHost; provider: string }> {
+    this.dir = fs.mkdtempSync(path.join(this.base(), this.prefix));
+    const host = (this.host = await ProviderHost.start(this.dir));
+    this.provider = await serializedProvider();
+    return { dir: this.dir, host, provider: this.provider };
+  }
+
+  stop(): void {
+    this.host?.stop();
+    if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
 

@@ -9,7 +9,7 @@ import * as path from 'path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuImgAvailable, requireQemu } from '../helpers/qemu';
 import * as impl from '../../provider/resource/impl';
-import { HostError, ProviderHost, Stack, UNKNOWN, serializedProvider } from './host';
+import { HostError, HostInScratch, ProviderHost, Stack, UNKNOWN, serializedProvider } from './host';
 
 const md5 = (f: string) => crypto.createHash('md5').update(fs.readFileSync(f)).digest('hex');
 const qemu = (args: string[], cwd: string) => spawnSync('qemu-img', args, { cwd, encoding: 'utf8' });
@@ -24,19 +24,15 @@ describe.each(engines)('Image lifecycle through the dynamic-provider host (%s en
   let host: ProviderHost;
   let provider: string;
 
+  const scratch = new HostInScratch(`qcow2-life-${engine}-`);
   beforeAll(async () => {
     if (skip) return;
     if (engine === 'qemu-img' && !fs.existsSync(path.resolve(__dirname, '../../dist/provider/engines/qemuimg/engine.js'))) {
       throw new Error('the qemu-img engine is not built');
     }
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), `qcow2-life-${engine}-`));
-    host = await ProviderHost.start(dir);
-    provider = await serializedProvider();
+    ({ dir, host, provider } = await scratch.start());
   }, 60_000);
-  afterAll(() => {
-    host?.stop();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => scratch.stop());
 
   const stack = (name: string) => new Stack(host, provider, `urn:pulumi:test::qcow2::pulumi-nodejs:dynamic/qcow2:Image::${name}`);
   const raw = (name: string, extra: Record<string, unknown> = {}) => ({ path: `${name}.qcow2`, size: '1G', dataFile: `${name}.raw`, dataFileRaw: true, engine, ...extra });
