@@ -91,7 +91,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       return undefined;
     }
     case 'repair':
-      return maintenance().repairImageFile(call.path, call.mode, host);
+      return (require('./repair') as typeof import('./repair')).repairImageFile(call.path, call.mode, host);
     case 'repairDirty':
       return maintenance().repairDirtyImage(call.path, host);
     case 'snapshot':

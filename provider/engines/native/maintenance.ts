@@ -1,5 +1,5 @@
-// The native engine's maintenance operations: check -r (repair), the repair QEMU makes when it
-// opens a dirty image, internal snapshots, compare and commit. Glue as ops.ts is: the files
+// The native engine's maintenance operations: the repair QEMU makes when it opens a dirty image,
+// internal snapshots, compare and commit (check -r: repair.ts). Glue as ops.ts is: the files
 // opened and locked as QEMU opens them, provider/rules asked, provider/qcow2 doing the work.
 
 import * as fs from 'fs';
@@ -7,77 +7,32 @@ import { Qcow2Error } from '../../model/errors';
 import type { SnapshotFacts } from '../../model/facts';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
-import { ImageLock, lockImage } from '../../qcow2/io/lock';
+import { lockImage } from '../../qcow2/io/lock';
 import { Image } from '../../qcow2/meta/image';
 import { resolveBackingName, hasProtocolPrefix } from '../../qcow2/spec/backing';
-import { checkImage } from '../../qcow2/ops/check';
-import { RepairMode, repairFailed, repairImage } from '../../qcow2/ops/repair';
-import { applySnapshot, createSnapshot, deleteSnapshot, findByIdOrName, findByName } from '../../qcow2/ops/snapshot';
-import { readImageFacts } from '../../qcow2/ops/info';
-import { CompareResult, compareSources } from '../../qcow2/ops/compare';
-import { CommitTarget, commitInto, emptyImage, layersAbove } from '../../qcow2/ops/commit';
-import { Qcow2Image } from '../../qcow2/guest/qcow2';
-import { RawSource } from '../../qcow2/guest/sources/raw';
-import { openSource, probeFileFormat } from '../../qcow2/guest/sources/open';
+import type { CompareResult } from '../../qcow2/ops/compare';
+import type { CommitTarget, EmptyOptions } from '../../qcow2/ops/commit';
 import type { GuestSource, ProgressFn } from '../../qcow2/guest/source';
 import { validateResize, validateWritable } from '../../rules/amend';
 import { validateWrite } from '../../rules/data';
 import { validateSnapshot, validateSnapshotRefcounts } from '../../rules/snapshot';
 import { validateCommit } from '../../rules/commit';
 import type { CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
-import type { RepairReport } from '../engine';
 import { throwIfRefused } from '../refusal';
 import { clearUnknownAutoclearOf } from '../../qcow2/guest/autoclear';
 import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage, withWritableImageAsync } from './ops';
+import { repairFailed, repairImage } from '../../qcow2/ops/repair';
+import { punchIn, withLockedFile } from './repair';
+import { applySnapshot, createSnapshot, deleteSnapshot, findByIdOrName, findByName } from '../../qcow2/ops/snapshot';
+import { readImageFacts } from '../../qcow2/ops/info';
 
-const punchIn = (file: BlockFile, host: HostFs = localFs) => (offset: number, length: number) => host.punchHole(file, offset, length);
-
-/**
- * The image file open for writing under QEMU's write lock; `fn` runs with it, then both go. The
- * file's dirty pages (an image just copied or written) start going to the medium at once: the
- * first flush of a repair would wait for them all, and this way they go while it counts.
- */
-function withLockedFile<T>(path: string, host: HostFs, fn: (file: BlockFile) => T): T {
-  const file = host.open(path, 'write').file;
-  let lock: ImageLock | undefined;
-  try {
-    lock = host.lock(file, path, 'write');
-    host.startWriteback?.(file);
-    return fn(file);
-  } finally {
-    lock?.release();
-    file.close();
-  }
-}
-
-/** An image with an external data file is checked only when the data file is there (qemu-img opens it). */
-function requireDataFile(img: Image, host: HostFs): void {
-  if (!img.hasDataFile) return;
-  const name = img.header.dataFile;
-  if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image");
-  if (host.stat(name) === undefined) {
-    throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// check -r
-
-/**
- * `qemu-img check -r leaks|all FILE`. The image is opened as check opens it (a corrupt image
- * too: repairing it is the point), under QEMU's write lock.
- */
-export function repairImageFile(path: string, mode: RepairMode, host: HostFs = localFs): RepairReport {
-  return withLockedFile(path, host, (file) => {
-    const img = Image.open(file, path, { check: true });
-    requireDataFile(img, host);
-    clearUnknownAutoclearOf(file, img);
-    const r = repairImage(file, mode, { punch: punchIn(file, host) });
-    const fixed = r.leaksFixed + r.corruptionsFixed > 0;
-    const result = fixed && !r.failed ? checkImage(file) : r.result;
-    return { messages: r.messages, leaksFixed: r.leaksFixed, corruptionsFixed: r.corruptionsFixed, result, rechecked: fixed && !r.failed, failed: r.failed };
-  });
-}
+// compare and commit, and the guest view they read through, load when first run: `check -r`
+// and snapshots do without them (module loading is much of a short command's cost).
+const compare = () => require('../../qcow2/ops/compare') as typeof import('../../qcow2/ops/compare');
+const commit = () => require('../../qcow2/ops/commit') as typeof import('../../qcow2/ops/commit');
+const guest = () => require('../../qcow2/guest/qcow2') as typeof import('../../qcow2/guest/qcow2');
+const raw = () => require('../../qcow2/guest/sources/raw') as typeof import('../../qcow2/guest/sources/raw');
+const sources = () => require('../../qcow2/guest/sources/open') as typeof import('../../qcow2/guest/sources/open');
 
 /**
  * What QEMU does when it opens a dirty image (lazy refcounts left stale) read/write: check -r
@@ -165,7 +120,7 @@ export interface CompareInput { path: string; format?: string }
  */
 export async function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn; host?: HostFs } = {}): Promise<CompareResult> {
   const host = opts.host ?? localFs;
-  const open = (i: CompareInput) => openSource(i.path, i.format ?? probeFileFormat(i.path, host), { lock: !opts.forceShare, host });
+  const open = (i: CompareInput) => sources().openSource(i.path, i.format ?? sources().probeFileFormat(i.path, host), { lock: !opts.forceShare, host });
   const sa = open(a);
   try {
     const sb = open(b);
@@ -173,7 +128,7 @@ export async function compareImageFiles(a: CompareInput, b: CompareInput, opts: 
       const o: { strict?: boolean; progress?: ProgressFn } = {};
       if (opts.strict) o.strict = true;
       if (opts.progress) o.progress = opts.progress;
-      return await compareSources(sa, sb, o);
+      return await compare().compareSources(sa, sb, o);
     } finally {
       sb.close();
     }
@@ -197,7 +152,7 @@ function chainOf(path: string, img: Image): ChainLink[] {
   while (link.backing !== undefined && link.backing !== '') {
     if (out.length >= 64) throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${path}' is deeper than 64 images (a loop?)`, { file: path });
     const name = resolveBackingName(link.name, link.backing);
-    const format = (link.backingFormat ?? probeFileFormat(name)) as string;
+    const format = (link.backingFormat ?? sources().probeFileFormat(name)) as string;
     if (format !== 'qcow2' && format !== 'raw') {
       throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${format}': this engine reads qcow2 and raw images only`, { file: name });
     }
@@ -252,7 +207,7 @@ const WRITEBACK_STEP = 16 << 20;
  * before its metadata is written then waits only for the last of them.
  */
 function targetOf(base: GuestSource, file: BlockFile | undefined): CommitTarget {
-  const data = base instanceof Qcow2Image ? base.dataFile ?? base.file : file!;
+  const data = base instanceof guest().Qcow2Image ? base.dataFile ?? base.file : file!;
   localFs.startWriteback?.(data);
   let unflushed = 0;
   const wrote = (n: number) => {
@@ -261,7 +216,7 @@ function targetOf(base: GuestSource, file: BlockFile | undefined): CommitTarget 
     unflushed = 0;
     localFs.startWriteback?.(data);
   };
-  if (base instanceof Qcow2Image) {
+  if (base instanceof guest().Qcow2Image) {
     const cs = base.cs;
     return {
       clusterSize: cs,
@@ -322,7 +277,7 @@ export function commitImage(path: string, req: CommitRequest, behaviour: { progr
       let baseSrc: GuestSource;
       let baseFile: NodeBlockFile | undefined;
       if (base.format === 'qcow2') {
-        baseSrc = Qcow2Image.open(base.name, {
+        baseSrc = guest().Qcow2Image.open(base.name, {
           writable: true,
           beforeWrite: (image) => throwIfRefused(validateWrite(imageStateOf(image)), base.name),
         });
@@ -333,18 +288,18 @@ export function commitImage(path: string, req: CommitRequest, behaviour: { progr
         const lock = lockImage(baseFile.fd, base.name, 'write');
         opened.push({ close: () => lock.release() });
         if (baseFile.size() < topSize) baseFile.truncate(topSize);
-        baseSrc = RawSource.over(baseFile, base.name);
+        baseSrc = raw().RawSource.over(baseFile, base.name);
       }
       // The images between, read-locked, each over the one below; the top over them.
       let below = baseSrc;
       for (let i = baseIndex - 1; i >= 1; i--) {
-        const layer = Qcow2Image.open(chain[i]!.name, { backing: below });
+        const layer = guest().Qcow2Image.open(chain[i]!.name, { backing: below });
         opened.push(layer);
         below = layer;
       }
-      const top = Qcow2Image.open(path, { lock: false, backing: below });
+      const top = guest().Qcow2Image.open(path, { lock: false, backing: below });
       opened.push(top);
-      await commitInto(top, layersAbove(top, baseSrc), targetOf(baseSrc, baseFile), behaviour.progress);
+      await commit().commitInto(top, commit().layersAbove(top, baseSrc), targetOf(baseSrc, baseFile), behaviour.progress);
     } finally {
       for (const o of opened.reverse()) o.close();
     }
@@ -354,9 +309,9 @@ export function commitImage(path: string, req: CommitRequest, behaviour: { progr
       let dataFile: NodeBlockFile | undefined;
       try {
         if (after.hasDataFile && after.header.dataFile !== undefined) dataFile = NodeBlockFile.open(after.header.dataFile, true);
-        const opts: Parameters<typeof emptyImage>[2] = { punch: punchIn(file) };
+        const opts: EmptyOptions = { punch: punchIn(file) };
         if (dataFile) opts.punchDataFile = punchIn(dataFile);
-        emptyImage(file, after, opts);
+        commit().emptyImage(file, after, opts);
       } finally {
         dataFile?.close();
       }

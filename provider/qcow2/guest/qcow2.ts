@@ -6,6 +6,7 @@
 import { BlockFile, readNew } from '../io/blockfile';
 import { HostFs, localFs } from '../io/hostfs';
 import { ImageLock } from '../io/lock';
+import { decompressCluster } from '../spec/compress';
 import { Qcow2Error, invalidImage } from '../../model/errors';
 import { Geometry } from '../spec/geometry';
 import { Header } from '../spec/header';
@@ -20,9 +21,6 @@ import { Qcow2Metadata } from './metadata';
 import type { FreePolicy } from '../meta/refcount';
 import { BlockStatus, GuestSource, OpenOptions } from './source';
 import { openQcow2 } from './sources/open';
-
-/** The codecs (spec/compress.ts loads zlib): loaded with the first compressed cluster read. */
-const compress = () => require('../spec/compress') as typeof import('../spec/compress');
 
 /** Options of writeZeroes. */
 export interface ZeroOptions {
@@ -156,7 +154,7 @@ export class Qcow2Image implements GuestSource {
     if (this.compressedCache?.entry === entry) return this.compressedCache.data;
     if (this.hasDataFile) throw invalidImage(`Compressed cluster entry 0x${entry.toString(16)} in an image with an external data file`);
     const r = parseCompressedEntry(entry, this.g.clusterBits);
-    const data = compress().decompressCluster(this.file.read(safeOffset(r.offset), r.size), this.cs, this.meta.header.compressionType, r.offset);
+    const data = decompressCluster(this.file.read(safeOffset(r.offset), r.size), this.cs, this.meta.header.compressionType, r.offset);
     this.compressedCache = { entry, data };
     return data;
   }
