@@ -70,8 +70,7 @@ export async function commitInto(top: GuestSource, above: readonly GuestSource[]
       p += st.length;
     }
   }
-  let total = 0;
-  for (let c = 0; c < chunks; c++) if (dirty[c]) total += Math.min(G, size - c * G);
+  const total = dirtyBytes(dirty, G, size);
   let done = 0;
   progress?.(0, total);
   const free: Buffer[] = [];
@@ -91,10 +90,11 @@ export async function commitInto(top: GuestSource, above: readonly GuestSource[]
   };
   const tcs = target.clusterSize || 512;
   try {
-    for (let c = 0; c < chunks;) {
-      if (!dirty[c]) { c++; continue; }
-      let e = c;
-      while (e < chunks && dirty[e]) e++;
+    // Runs of dirty chunks found natively (indexOf): a JS loop over every chunk would make this
+    // long function hot, and V8 would compile all of it (on-stack replacement) to scan a bitmap.
+    for (let c = dirty.indexOf(1); c >= 0; c = dirty.indexOf(1, c)) {
+      let e = dirty.indexOf(0, c);
+      if (e < 0) e = chunks;
       const end = Math.min(size, e * G);
       for (let p = c * G; p < end;) {
         const st = statusAbove(top, p, end - p);
@@ -141,6 +141,13 @@ export async function commitInto(top: GuestSource, above: readonly GuestSource[]
   }
   await settle();
   return total;
+}
+
+/** Bytes of the dirty chunks (of G bytes; the last one ends with the image). */
+function dirtyBytes(dirty: Uint8Array, G: number, size: number): number {
+  let n = 0;
+  for (let c = dirty.indexOf(1); c >= 0; c = dirty.indexOf(1, c + 1)) n += Math.min(G, size - c * G);
+  return n;
 }
 
 /** Layers of a chain from `top` down to (not including) `base`. */
