@@ -6,7 +6,9 @@
 // of median wall and CPU time. Exits 1 when a result differs from qemu-img's: the repaired file
 // byte for byte, the committed base by content (and clean), compare's exit code and output.
 //
-//   npm run build && node dist/bench/maintenance.js [runs] [data MiB]
+//   npm run build && node dist/bench/maintenance.js [runs] [data MiB] [operations]
+//
+// operations: a comma-separated subset of check,compare,commit,convert (default: all).
 //
 // check -r leaks: a snapshot whose table entry is then dropped from the header (nb_snapshots 0):
 //   every data cluster and L2 table has refcount 2 and one reference, the snapshot's L1 none.
@@ -25,6 +27,9 @@ const QEMU_IMG = process.env.QEMU_IMG ?? 'qemu-img';
 const QEMU_IO = process.env.QEMU_IO ?? 'qemu-io';
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 5);
 const dataMiB = Number(process.argv[3] ?? 512);
+const OPERATIONS = ['check', 'compare', 'commit', 'convert'];
+const operations = new Set((process.argv[4] ?? OPERATIONS.join(',')).split(','));
+for (const op of operations) if (!OPERATIONS.includes(op)) throw new Error(`unknown operation '${op}': choose from ${OPERATIONS.join(',')}`);
 
 function sh(cmd: string, cwd: string): void {
   const r = spawnSync('bash', ['-c', cmd], { cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
@@ -89,20 +94,20 @@ function main(): number {
     sh(`cp --sparse=always base.qcow2 leaky.qcow2 && ${QEMU_IMG} snapshot -c s leaky.qcow2 && printf '\\0\\0\\0\\0' | dd of=leaky.qcow2 bs=1 seek=60 conv=notrunc status=none`, dir);
     sh(`${QEMU_IMG} convert -O qcow2 base.qcow2 copy.qcow2`, dir);
     sh(`${QEMU_IMG} create -q -f qcow2 -F qcow2 -b base.qcow2 top.qcow2 && ${QEMU_IO} ${writes(Math.max(1, dataMiB >> 1), 0xa5, 1)} top.qcow2 >/dev/null`, dir);
-    sh(`head -c ${dataMiB * 3 / 4}M /dev/urandom | base64 -w 0 > text.raw`, dir);
+    if (operations.has('convert')) sh(`head -c ${dataMiB * 3 / 4}M /dev/urandom | base64 -w 0 > text.raw`, dir);
 
-    rows.push(pairRuns('check -r leaks', dir, (tag) => {
+    if (operations.has('check')) rows.push(pairRuns('check -r leaks', dir, (tag) => {
       cp(path.join(dir, 'leaky.qcow2'), path.join(dir, `${tag}.qcow2`));
       return { args: ['check', '-r', 'leaks', `${tag}.qcow2`], result: `${tag}.qcow2` };
     }, (s) => s === 0));
-    rows.push(pairRuns('compare', dir, () => ({ args: ['compare', 'base.qcow2', 'copy.qcow2'] }), (s) => s === 0));
-    rows.push(pairRuns('commit', dir, (tag) => {
+    if (operations.has('compare')) rows.push(pairRuns('compare', dir, () => ({ args: ['compare', 'base.qcow2', 'copy.qcow2'] }), (s) => s === 0));
+    if (operations.has('commit')) rows.push(pairRuns('commit', dir, (tag) => {
       cp(path.join(dir, 'base.qcow2'), path.join(dir, `${tag}-base.qcow2`));
       sh(`cp --sparse=always top.qcow2 ${tag}-top.qcow2 && ${QEMU_IMG} rebase -u -F qcow2 -b ${tag}-base.qcow2 ${tag}-top.qcow2`, dir);
       return { args: ['commit', '-q', '-d', `${tag}-top.qcow2`], result: `${tag}-base.qcow2` };
     }, (s) => s === 0, false));
     for (const f of fs.readdirSync(dir)) if (/-top\.qcow2$/.test(f)) fs.rmSync(path.join(dir, f));
-    for (const kind of ['zlib', 'zstd']) {
+    for (const kind of operations.has('convert') ? ['zlib', 'zstd'] : []) {
       rows.push(pairRuns(`convert -c (${kind})`, dir, (tag) => ({
         args: ['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', `compression_type=${kind}`, 'text.raw', `${tag}.qcow2`], result: `${tag}.qcow2`,
       }), (s) => s === 0));

@@ -12,6 +12,11 @@ import type { CheckResult } from '../../qcow2/ops/check';
 export const usage = 'check [-f qcow2|raw] [-q] [-U] [-r leaks|all] [--output=human|json] FILE';
 export const description = 'check refcount and L1/L2 consistency (-r: repair leaks, or all); exit 0 clean, 1 could not check, 2 corrupt, 3 leaks';
 
+/** Lines on standard error in one write (a repair may print two for each leaked cluster). */
+function errLines(lines: readonly string[]): void {
+  if (lines.length) err(lines.join('\n') + '\n');
+}
+
 export async function run(argv: string[]): Promise<void> {
   const { file, image, path, display, output: fmt, forceShare, quiet, format, repair } = parseReadArgs(argv, { quiet: true, repair: true });
   if (repair !== undefined && repair !== 'leaks' && repair !== 'all') fail(`Unknown option value for -r (expecting 'leaks' or 'all'): ${repair}`);
@@ -30,7 +35,7 @@ export async function run(argv: string[]): Promise<void> {
     }
     if (repair) {
       const rep = await engine.repair(path, repair);
-      for (const m of rep.messages) err(m + '\n');
+      errLines(rep.messages);
       if (rep.failed) {
         // A snapshot table it cannot read stops it as it stops a check; else QEMU's -EIO.
         if (rep.result.failed) report(rep.result.failed.message);
@@ -55,7 +60,7 @@ export async function run(argv: string[]): Promise<void> {
     report(`Check failed: ${r.failed.cause}`);
     throw new Exit(1);
   }
-  for (const m of r.messages) err(m + '\n');
+  errLines(r.messages);
   const code = checkExitCode(r);
   if (!quiet) out(fmt === 'json' ? JSON.stringify(checkJson(r, display, fixed), null, 4) + '\n' : checkHumanText(r));
   if (code === 1) report('Check failed');

@@ -94,7 +94,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       return undefined;
     }
     case 'repair':
-      return maintenance().repairImageFile(call.path, call.mode, host);
+      return (require('./repair') as typeof import('./repair')).repairImageFile(call.path, call.mode, host);
     case 'repairDirty':
       return maintenance().repairDirtyImage(call.path, host);
     case 'snapshot':
@@ -104,8 +104,8 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'commit':
       // Commit finds its base by real path, which a remote host's files do not give.
       if (target.kind !== 'local') throw new Qcow2Error('UNSUPPORTED', `commit works on local images only: '${call.path}' is on ${target.label}`, { file: call.path });
-      maintenance().commitImage(call.path, call.request, progress ? { progress } : {});
-      return undefined;
+      // Asynchronous: the writes into the base overlap the reads and the placing.
+      return maintenance().commitImage(call.path, call.request, progress ? { progress } : {});
     case 'stat': {
       const st = host.stat(call.path);
       return st === undefined ? undefined : { kind: st.kind, size: st.size, id: st.id };

@@ -1,5 +1,5 @@
-// The native engine's maintenance operations: check -r (repair), the repair QEMU makes when it
-// opens a dirty image, internal snapshots, compare and commit. Glue as ops.ts is: the files
+// The native engine's maintenance operations: the repair QEMU makes when it opens a dirty image,
+// internal snapshots, compare and commit (check -r: repair.ts). Glue as ops.ts is: the files
 // opened and locked as QEMU opens them, provider/rules asked, provider/qcow2 doing the work.
 
 import * as fs from 'fs';
@@ -7,72 +7,32 @@ import { Qcow2Error } from '../../model/errors';
 import type { SnapshotFacts } from '../../model/facts';
 import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
-import { ImageLock, lockImage } from '../../qcow2/io/lock';
+import { lockImage } from '../../qcow2/io/lock';
 import { Image } from '../../qcow2/meta/image';
 import { resolveBackingName, hasProtocolPrefix } from '../../qcow2/spec/backing';
-import { checkImage } from '../../qcow2/ops/check';
-import { RepairMode, repairFailed, repairImage } from '../../qcow2/ops/repair';
-import { applySnapshot, createSnapshot, deleteSnapshot, findByIdOrName, findByName } from '../../qcow2/ops/snapshot';
-import { readImageFacts } from '../../qcow2/ops/info';
-import { CompareResult, compareSources } from '../../qcow2/ops/compare';
-import { CommitTarget, commitInto, emptyImage, layersAbove } from '../../qcow2/ops/commit';
-import { Qcow2Image } from '../../qcow2/guest/qcow2';
-import { RawSource } from '../../qcow2/guest/sources/raw';
-import { openSource, probeFileFormat } from '../../qcow2/guest/sources/open';
+import type { CompareResult } from '../../qcow2/ops/compare';
+import type { CommitTarget, EmptyOptions } from '../../qcow2/ops/commit';
 import type { GuestSource, ProgressFn } from '../../qcow2/guest/source';
 import { validateResize, validateWritable } from '../../rules/amend';
 import { validateWrite } from '../../rules/data';
 import { validateSnapshot, validateSnapshotRefcounts } from '../../rules/snapshot';
 import { validateCommit } from '../../rules/commit';
 import type { CommitFacts, CommitRequest, SnapshotRequest } from '../../rules/types';
-import type { RepairReport } from '../engine';
 import { throwIfRefused } from '../refusal';
 import { clearUnknownAutoclearOf } from '../../qcow2/guest/autoclear';
-import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage } from './ops';
+import { AmendBehaviour, imageStateOf, resizeImage, runPlan, withWritableImage, withWritableImageAsync } from './ops';
+import { repairFailed, repairImage } from '../../qcow2/ops/repair';
+import { punchIn, withLockedFile } from './repair';
+import { applySnapshot, createSnapshot, deleteSnapshot, findByIdOrName, findByName } from '../../qcow2/ops/snapshot';
+import { readImageFacts } from '../../qcow2/ops/info';
 
-const punchIn = (file: BlockFile, host: HostFs = localFs) => (offset: number, length: number) => host.punchHole(file, offset, length);
-
-/** The image file open for writing under QEMU's write lock; `fn` runs with it, then both go. */
-function withLockedFile<T>(path: string, host: HostFs, fn: (file: BlockFile) => T): T {
-  const file = host.open(path, 'write').file;
-  let lock: ImageLock | undefined;
-  try {
-    lock = host.lock(file, path, 'write');
-    return fn(file);
-  } finally {
-    lock?.release();
-    file.close();
-  }
-}
-
-/** An image with an external data file is checked only when the data file is there (qemu-img opens it). */
-function requireDataFile(img: Image, host: HostFs): void {
-  if (!img.hasDataFile) return;
-  const name = img.header.dataFile;
-  if (name === undefined) throw new Qcow2Error('INVALID_IMAGE', "'data-file' is required for this image");
-  if (host.stat(name) === undefined) {
-    throw new Qcow2Error('NOT_FOUND', `Could not open '${name}': No such file or directory`, { file: name, property: 'data_file' });
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// check -r
-
-/**
- * `qemu-img check -r leaks|all FILE`. The image is opened as check opens it (a corrupt image
- * too: repairing it is the point), under QEMU's write lock.
- */
-export function repairImageFile(path: string, mode: RepairMode, host: HostFs = localFs): RepairReport {
-  return withLockedFile(path, host, (file) => {
-    const img = Image.open(file, path, { check: true });
-    requireDataFile(img, host);
-    clearUnknownAutoclearOf(file, img);
-    const r = repairImage(file, mode, { punch: punchIn(file, host) });
-    const fixed = r.leaksFixed + r.corruptionsFixed > 0;
-    const result = fixed && !r.failed ? checkImage(file) : r.result;
-    return { messages: r.messages, leaksFixed: r.leaksFixed, corruptionsFixed: r.corruptionsFixed, result, rechecked: fixed && !r.failed, failed: r.failed };
-  });
-}
+// compare and commit, and the guest view they read through, load when first run: `check -r`
+// and snapshots do without them (module loading is much of a short command's cost).
+const compare = () => require('../../qcow2/ops/compare') as typeof import('../../qcow2/ops/compare');
+const commit = () => require('../../qcow2/ops/commit') as typeof import('../../qcow2/ops/commit');
+const guest = () => require('../../qcow2/guest/qcow2') as typeof import('../../qcow2/guest/qcow2');
+const raw = () => require('../../qcow2/guest/sources/raw') as typeof import('../../qcow2/guest/sources/raw');
+const sources = () => require('../../qcow2/guest/sources/open') as typeof import('../../qcow2/guest/sources/open');
 
 /**
  * What QEMU does when it opens a dirty image (lazy refcounts left stale) read/write: check -r
@@ -92,13 +52,21 @@ export function repairDirtyImage(path: string, host: HostFs = localFs): string[]
 
 /** Open for a change and, when the image is dirty, repair it first as QEMU's open does. */
 function withRepairedImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
-  return withWritableImage(path, behaviour, (opened, file) => {
-    const img = clearUnknownAutoclearOf(file, opened) ? Image.open(file, path) : opened;
-    if (!img.dirty) return fn(img, file);
-    const r = repairImage(file, 'all', { punch: punchIn(file, behaviour.host) });
-    if (r.failed || r.result.checkErrors) throw repairFailed(path);
-    return fn(Image.open(file, path), file);
-  });
+  return withWritableImage(path, behaviour, (opened, file) => fn(repairedOnOpen(path, behaviour, opened, file), file));
+}
+
+/** withRepairedImage for a change that overlaps its I/O. */
+function withRepairedImageAsync<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => Promise<T>): Promise<T> {
+  return withWritableImageAsync(path, behaviour, (opened, file) => fn(repairedOnOpen(path, behaviour, opened, file), file));
+}
+
+/** The image as QEMU's read/write open leaves it: unknown autoclear bits cleared, a dirty image repaired. */
+function repairedOnOpen(path: string, behaviour: AmendBehaviour, opened: Image, file: BlockFile): Image {
+  const img = clearUnknownAutoclearOf(file, opened) ? Image.open(file, path) : opened;
+  if (!img.dirty) return img;
+  const r = repairImage(file, 'all', { punch: punchIn(file, behaviour.host) });
+  if (r.failed || r.result.checkErrors) throw repairFailed(path);
+  return Image.open(file, path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -145,10 +113,14 @@ export function snapshotImage(path: string, req: SnapshotRequest, behaviour: Ame
 
 export interface CompareInput { path: string; format?: string }
 
-/** `qemu-img compare [-f F] [-F F] [-s] [-U] A B`: read-only, each through its backing chain. */
-export function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn; host?: HostFs } = {}): CompareResult {
+/**
+ * `qemu-img compare [-f F] [-F F] [-s] [-U] A B`: read-only, each through its backing chain.
+ * Asynchronous: the reads run ahead of the comparison (ops/compare.ts); the images stay open
+ * until it settles.
+ */
+export async function compareImageFiles(a: CompareInput, b: CompareInput, opts: { strict?: boolean; forceShare?: boolean; progress?: ProgressFn; host?: HostFs } = {}): Promise<CompareResult> {
   const host = opts.host ?? localFs;
-  const open = (i: CompareInput) => openSource(i.path, i.format ?? probeFileFormat(i.path, host), { lock: !opts.forceShare, host });
+  const open = (i: CompareInput) => sources().openSource(i.path, i.format ?? sources().probeFileFormat(i.path, host), { lock: !opts.forceShare, host });
   const sa = open(a);
   try {
     const sb = open(b);
@@ -156,7 +128,7 @@ export function compareImageFiles(a: CompareInput, b: CompareInput, opts: { stri
       const o: { strict?: boolean; progress?: ProgressFn } = {};
       if (opts.strict) o.strict = true;
       if (opts.progress) o.progress = opts.progress;
-      return compareSources(sa, sb, o);
+      return await compare().compareSources(sa, sb, o);
     } finally {
       sb.close();
     }
@@ -180,7 +152,7 @@ function chainOf(path: string, img: Image): ChainLink[] {
   while (link.backing !== undefined && link.backing !== '') {
     if (out.length >= 64) throw new Qcow2Error('INVALID_IMAGE', `Backing chain of '${path}' is deeper than 64 images (a loop?)`, { file: path });
     const name = resolveBackingName(link.name, link.backing);
-    const format = (link.backingFormat ?? probeFileFormat(name)) as string;
+    const format = (link.backingFormat ?? sources().probeFileFormat(name)) as string;
     if (format !== 'qcow2' && format !== 'raw') {
       throw new Qcow2Error('UNSUPPORTED', `Unknown driver '${format}': this engine reads qcow2 and raw images only`, { file: name });
     }
@@ -226,21 +198,49 @@ function findBase(chain: readonly ChainLink[], base: string): number {
 
 const isRegular = (p: string) => localFs.stat(p)?.kind === 'file';
 
-/** The base as commit writes it. */
+/** Bytes written between two starts of writeback of the base (see targetOf). */
+const WRITEBACK_STEP = 16 << 20;
+
+/**
+ * The base as commit writes it. Its dirty pages go to the medium while the copy goes on
+ * (writeback started when it is opened, then every WRITEBACK_STEP bytes written): the flush
+ * before its metadata is written then waits only for the last of them.
+ */
 function targetOf(base: GuestSource, file: BlockFile | undefined): CommitTarget {
-  if (base instanceof Qcow2Image) {
+  const data = base instanceof guest().Qcow2Image ? base.dataFile ?? base.file : file!;
+  localFs.startWriteback?.(data);
+  let unflushed = 0;
+  const wrote = (n: number) => {
+    unflushed += n;
+    if (unflushed < WRITEBACK_STEP) return;
+    unflushed = 0;
+    localFs.startWriteback?.(data);
+  };
+  if (base instanceof guest().Qcow2Image) {
+    const cs = base.cs;
     return {
-      clusterSize: base.cs,
-      write: (o, d) => base.write(o, d),
+      clusterSize: cs,
+      write: (o, d) => { base.write(o, d); wrote(d.length); },
+      place: (o, n) => {
+        // Whole clusters only (the last one may end with the image).
+        if (o % cs !== 0 || (n % cs !== 0 && o + n !== base.size)) return undefined;
+        const host = base.placeNewClusters(o / cs, Math.ceil(n / cs));
+        if (host === undefined) return undefined;
+        wrote(n);
+        return { file: data, host };
+      },
       writeZeroes: (o, n) => base.writeZeroes(o, n, { unmap: true }),
       discard: (o, n) => base.discard(o, n),
+      checkpointDue: () => base.commitDue(),
       checkpoint: () => base.maybeCommit(),
     };
   }
   const f = file!;
   return {
     clusterSize: 0,
-    write: (o, d) => f.write(o, d),
+    write: (o, d) => { f.write(o, d); wrote(d.length); },
+    place: (o, n) => { wrote(n); return { file: f, host: o }; },
+    checkpointDue: () => false,
     writeZeroes: (o, n) => localFs.punchHole(f, o, n),
     discard: (o, n) => localFs.punchHole(f, o, n),
     checkpoint: () => undefined,
@@ -253,8 +253,8 @@ function targetOf(base: GuestSource, file: BlockFile | undefined): CommitTarget 
  * unless `keep` (-d; -b implies it). Writes only into the base and, when emptying, FILE; both
  * must be regular files. The base grows to FILE's size when it is smaller (as QEMU's job does).
  */
-export function commitImage(path: string, req: CommitRequest, behaviour: { progress?: ProgressFn } = {}): void {
-  withRepairedImage(path, {}, (img, file) => {
+export function commitImage(path: string, req: CommitRequest, behaviour: { progress?: ProgressFn } = {}): Promise<void> {
+  return withRepairedImageAsync(path, {}, async (img, file) => {
     const chain = chainOf(path, img);
     const baseIndex = chain.length < 2 ? -1 : req.base === undefined ? 1 : findBase(chain, req.base);
     const facts: CommitFacts = { file: path, hasBacking: chain.length > 1, baseFound: baseIndex > 0 };
@@ -277,7 +277,7 @@ export function commitImage(path: string, req: CommitRequest, behaviour: { progr
       let baseSrc: GuestSource;
       let baseFile: NodeBlockFile | undefined;
       if (base.format === 'qcow2') {
-        baseSrc = Qcow2Image.open(base.name, {
+        baseSrc = guest().Qcow2Image.open(base.name, {
           writable: true,
           beforeWrite: (image) => throwIfRefused(validateWrite(imageStateOf(image)), base.name),
         });
@@ -288,18 +288,18 @@ export function commitImage(path: string, req: CommitRequest, behaviour: { progr
         const lock = lockImage(baseFile.fd, base.name, 'write');
         opened.push({ close: () => lock.release() });
         if (baseFile.size() < topSize) baseFile.truncate(topSize);
-        baseSrc = RawSource.over(baseFile, base.name);
+        baseSrc = raw().RawSource.over(baseFile, base.name);
       }
       // The images between, read-locked, each over the one below; the top over them.
       let below = baseSrc;
       for (let i = baseIndex - 1; i >= 1; i--) {
-        const layer = Qcow2Image.open(chain[i]!.name, { backing: below });
+        const layer = guest().Qcow2Image.open(chain[i]!.name, { backing: below });
         opened.push(layer);
         below = layer;
       }
-      const top = Qcow2Image.open(path, { lock: false, backing: below });
+      const top = guest().Qcow2Image.open(path, { lock: false, backing: below });
       opened.push(top);
-      commitInto(top, layersAbove(top, baseSrc), targetOf(baseSrc, baseFile), behaviour.progress);
+      await commit().commitInto(top, commit().layersAbove(top, baseSrc), targetOf(baseSrc, baseFile), behaviour.progress);
     } finally {
       for (const o of opened.reverse()) o.close();
     }
@@ -309,9 +309,9 @@ export function commitImage(path: string, req: CommitRequest, behaviour: { progr
       let dataFile: NodeBlockFile | undefined;
       try {
         if (after.hasDataFile && after.header.dataFile !== undefined) dataFile = NodeBlockFile.open(after.header.dataFile, true);
-        const opts: Parameters<typeof emptyImage>[2] = { punch: punchIn(file) };
+        const opts: EmptyOptions = { punch: punchIn(file) };
         if (dataFile) opts.punchDataFile = punchIn(dataFile);
-        emptyImage(file, after, opts);
+        commit().emptyImage(file, after, opts);
       } finally {
         dataFile?.close();
       }

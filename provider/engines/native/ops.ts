@@ -90,20 +90,44 @@ export interface AmendBehaviour {
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
 export function withWritableImage<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => T): T {
+  const w = openWritable(path, behaviour);
+  try {
+    return fn(w.img, w.file);
+  } finally {
+    w.close();
+  }
+}
+
+/** withWritableImage for a change that overlaps its I/O: the image stays open and locked until `fn` settles. */
+export async function withWritableImageAsync<T>(path: string, behaviour: AmendBehaviour, fn: (img: Image, file: BlockFile) => Promise<T>): Promise<T> {
+  const w = openWritable(path, behaviour);
+  try {
+    return await fn(w.img, w.file);
+  } finally {
+    w.close();
+  }
+}
+
+/** The image open for writing under QEMU's write lock, asked whether it may be written; close() lets both go. */
+function openWritable(path: string, behaviour: AmendBehaviour): { img: Image; file: BlockFile; close(): void } {
   const host = behaviour.host ?? localFs;
   sweepStale(dirname(path), host);
   const nf = host.open(path, 'write').file;
   let lock: ImageLock | undefined;
+  const close = () => {
+    lock?.release();
+    nf.close();
+  };
   try {
     lock = host.lock(nf, path, 'write');
     const file = behaviour.wrapFile ? behaviour.wrapFile(nf) : nf;
     const img = Image.open(file, path);
     const w = validateWritable(imageStateOf(img));
     throwIfRefused(w, path);
-    return fn(img, file);
-  } finally {
-    lock?.release();
-    nf.close();
+    return { img, file, close };
+  } catch (e) {
+    close();
+    throw e;
   }
 }
 

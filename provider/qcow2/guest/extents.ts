@@ -4,7 +4,7 @@
 // and compressed clusters (where they are stored). A bulk reader (import) plans a window with
 // this, then does the I/O as it likes: in parallel, batched, on other threads.
 
-import type { BlockFile } from '../io/blockfile';
+import { type BlockFile, readIntoAsync } from '../io/blockfile';
 import { parseCompressedEntry } from '../spec/l2';
 import { safeOffset } from '../meta/image';
 import { Qcow2Image } from './qcow2';
@@ -76,4 +76,25 @@ export function guestExtents(src: GuestSource, offset: number, length: number, o
   }
   if (end > inside) push(out, { kind: 'zero', offset: Math.max(offset, inside), length: end - Math.max(offset, inside) });
   return out;
+}
+
+/**
+ * Guest bytes of `src` into `target` from `offset`: every run of data in a file read at once
+ * off this thread where the file can (readIntoAsync), zeros filled, anything else (compressed
+ * clusters, other sources) read here through the source.
+ */
+export async function readGuestAsync(src: GuestSource, target: Uint8Array, offset: number): Promise<void> {
+  const reads: Array<Promise<void>> = [];
+  for (const e of guestExtents(src, offset, target.length)) {
+    const at = target.subarray(e.offset - offset, e.offset - offset + e.length);
+    if (e.kind === 'zero') {
+      at.fill(0);
+    } else if (e.kind === 'data') {
+      const r = readIntoAsync(e.file, at, e.host);
+      if (r) reads.push(r);
+    } else {
+      src.readInto(at, e.offset);
+    }
+  }
+  await Promise.all(reads);
 }

@@ -530,9 +530,14 @@ export class Qcow2Image implements GuestSource {
     this.metaPrealloc = undefined;
   }
 
+  /** Whether maybeCommit(limit) would commit now. */
+  commitDue(limit = 32 << 20): boolean {
+    return this.dirtyBytes > limit;
+  }
+
   /** Commit when the caches hold more than `limit` bytes (bounded memory for long writes). */
   maybeCommit(limit = 32 << 20): void {
-    if (this.dirtyBytes > limit) this.commit();
+    if (this.commitDue(limit)) this.commit();
   }
 
   close(): void {

@@ -11,6 +11,7 @@ import { Qcow2Error } from '../../model/errors';
 import { BlockFile, NodeBlockFile, ioError } from './blockfile';
 import { lockImage, probeLock, type ImageLock, type LockMode } from './lock';
 import { extentOfFd, punchHoleFd, type Extent } from './sparse';
+import { SYNC_FILE_RANGE_WRITE, libc } from './libc';
 
 export { notRegular } from './blockfile';
 
@@ -69,6 +70,13 @@ export interface HostFs {
   extent(file: BlockFile, offset: number, length: number, fileSize?: number): Extent;
   /** Make a range read as zeros without changing the size: a hole where the host can. */
   punchHole(file: BlockFile, offset: number, length: number): void;
+  /**
+   * Start writing the file's dirty pages back to the medium without waiting for them
+   * (sync_file_range WRITE): the flush that must come later then waits for less, and the
+   * writeback overlaps the work before it. Advisory: hosts that cannot leave it out, and a
+   * failure is ignored (the flush still does it all).
+   */
+  startWriteback?(file: BlockFile): void;
   /**
    * Whether the process `pid` that named a temporary file (io/publish.ts) is gone. Hosts that
    * cannot tell leave it out, and their temporary files are never swept.
@@ -194,6 +202,10 @@ export const localFs: HostFs = {
   },
   punchHole(file, offset, length) {
     punchHoleFd(fdOf(file), file, offset, length);
+  },
+  startWriteback(file) {
+    const fd = fdOf(file);
+    if (fd !== undefined) libc()?.syncFileRange(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
   },
   processGone(pid) {
     if (pid === process.pid) return false;

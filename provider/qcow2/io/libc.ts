@@ -1,6 +1,6 @@
 // The one binding to libc: the calls Node has no API for (fcntl for QEMU's OFD locks, lseek
-// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE, copy_file_range for copies that never enter this
-// process's memory), through koffi, loaded on first use so that a
+// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE, sync_file_range, copy_file_range for copies that
+// never enter this process's memory), through koffi, loaded on first use so that a
 // machine without the native module can still use the engine's other paths. Symbols come from
 // the process itself (dlopen(NULL)), which has libc whether it is glibc or musl.
 //
@@ -17,6 +17,8 @@ export const F_UNLCK = 2;
 export const SEEK_SET = 0;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
+/** sync_file_range(2): start writeback of the range's dirty pages, without waiting for it. */
+export const SYNC_FILE_RANGE_WRITE = 2;
 /** fallocate(2) modes. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -47,6 +49,8 @@ export interface Libc {
    * to learn why, which copies nothing when the cause remains.
    */
   copyFileRangeAsync(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): Promise<number>;
+  /** sync_file_range(2) (length 0: to the end of the file); returns 0, or -errno. */
+  syncFileRange(fd: number, offset: number, length: number, flags: number): number;
   strerror(errno: number): string;
 }
 
@@ -90,6 +94,7 @@ export function libc(): Libc | undefined {
     const fcntl = lib.func('int fcntl(int fd, int cmd, ...)');
     const lseek = lib.func('int64_t lseek(int fd, int64_t offset, int whence)');
     const fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
+    const syncFileRange = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
     const strerror = lib.func('const char *strerror(int errnum)');
     const cfr = lib.func('int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)');
     const orErrno = (r: number) => (r === -1 ? -koffi.errno() : r);
@@ -102,6 +107,7 @@ export function libc(): Libc | undefined {
       copyFileRangeAsync: (fdIn, offIn, fdOut, offOut, length) => new Promise((resolve) => {
         cfr.async(fdIn, [offIn], fdOut, [offOut], length, 0, (err: unknown, r: number | bigint) => resolve(err ? -1 : Number(r)));
       }),
+      syncFileRange: (fd, offset, length, flags) => orErrno(syncFileRange(fd, offset, length, flags) as number),
       strerror: (errno) => strerror(errno) as string,
     };
   } catch (e) {

@@ -181,10 +181,12 @@ export function writeOrdered(file: BlockFile, change: OrderedChange): void {
   for (const t of tables) {
     const old = file.read(t.offset, t.data.length);
     const first = Buffer.from(t.data);
+    const ov = new DataView(old.buffer, old.byteOffset, old.byteLength);
+    const fv = new DataView(first.buffer, first.byteOffset, first.byteLength);
     let held = false;
     for (let i = 0; i < first.length; i += t.step) {
       if ((first[i]! & COPIED_BYTE) === 0) continue;
-      if (old.subarray(i, i + 8).equals(first.subarray(i, i + 8))) continue;
+      if (ov.getInt32(i) === fv.getInt32(i) && ov.getInt32(i + 4) === fv.getInt32(i + 4)) continue;
       first[i] = first[i]! & ~COPIED_BYTE;
       held = true;
     }

@@ -101,37 +101,49 @@ export function consistencyOf(img: Image, file: BlockFile): ConsistencyFacts {
 interface RunFacts { breaks: number }
 
 /**
- * From entry `from` of a standard table, the end of the run of common entries: normal, COPIED,
- * aligned, no reserved bits (`loClear`: the low-half bits that must be clear; offset 0 counts
- * only with a data file). Counts in out.breaks the entries not at the host cluster expected
- * (the previous one's next; `expected` for the first: -1 when any will do). `out` is kept
- * current inside the loop: a store after it would lack feedback (see above).
+ * From entry `from` of a standard table, the end of the run of common entries: normal, aligned,
+ * no reserved bits, COPIED set (or either, `copiedEither`: a run's COPIED flags are then checked
+ * one by one against the refcounts) (`loClear`: the low-half bits that must be clear; offset 0
+ * counts only with a data file). Counts in out.breaks the entries not at the host cluster
+ * expected (the previous one's next; `expected` for the first: -1 when any will do, -2 when
+ * none). `out` is kept current inside the loop: a store after it would lack feedback (see above).
  *
  * An entry equal to the one the previous entry predicts (same flags, the next host cluster) is
  * common and contiguous by construction, so it costs two compares and an add: that is every
  * entry of a data-file-raw image but the first of each table. Any other entry is decoded.
  */
-function commonRun(v: DataView, from: number, n: number, step: number, loClear: number, dataFile: boolean, clusterBits: number, expected: number, out: RunFacts): number {
+function commonRun(v: DataView, from: number, n: number, step: number, loClear: number, copiedEither: boolean, dataFile: boolean, clusterBits: number, expected: number, out: RunFacts): number {
   const cs = 1 << clusterBits;
-  // The halves the next entry has if it continues the run; nextHi 0: no prediction yet (a
-  // prediction has COPIED set, so it is never 0).
-  let i = from, breaks = 0, nextHi = 0, nextLo = 0;
+  const flagMask = copiedEither ? COPIED_BYTE : 0;
+  // The halves the next entry has if it continues the run (`predicted`: there is a previous
+  // one), and the host cluster contiguity wants next.
+  let i = from, breaks = 0, nextHi = 0, nextLo = 0, predicted = false, want = expected;
   for (; i < n; i++) {
     const hi = entryHi(v, i * step);
     const lo = entryLo(v, i * step);
-    if (hi === nextHi && lo === nextLo && nextHi !== 0) {
+    if (predicted && hi === nextHi && lo === nextLo) {
       nextLo = (nextLo + cs) | 0;
       if (nextLo === 0) nextHi = (nextHi + 1) | 0; // the offset carries into the high half
+      want++;
       continue;
     }
     const offsetBits = (hi & L2_HI_OFFSET) | lo;
-    if (hi >>> 24 !== COPIED_BYTE || (lo & loClear) !== 0 || (offsetBits === 0 && !dataFile)) break;
-    // A common entry the prediction missed: after a previous one, a break in contiguity.
-    if (nextHi !== 0 || (expected !== -1 && hostClusterOf(hi, lo, clusterBits) !== expected)) breaks++;
+    if (((hi >>> 24) | flagMask) !== COPIED_BYTE || (lo & loClear) !== 0 || (offsetBits === 0 && !dataFile)) break;
+    const ci = hostClusterOf(hi, lo, clusterBits);
+    if (want !== -1 && ci !== want) breaks++;
+    want = ci + 1;
     nextLo = (lo + cs) | 0;
     nextHi = nextLo === 0 ? (hi + 1) | 0 : hi;
+    predicted = true;
     out.breaks = breaks;
   }
+  return i;
+}
+
+/** From entry `from`, the first entry that is not all zeros (unallocated, nothing to count). */
+function unallocatedRun(v: DataView, from: number, n: number, step: number): number {
+  let i = from;
+  while (i < n && entryHi(v, i * step) === 0 && entryLo(v, i * step) === 0) i++;
   return i;
 }
 
@@ -260,7 +272,7 @@ class Checker {
   /** Largest refcount the width holds (64-bit ones never overflow a count held in 32 bits). */
   private readonly max: number;
   private reftable: bigint[] = [];
-  private readonly refblockCache = new Map<number, Uint8Array>();
+  private readonly refblockCache = new Map<number, Uint8Array | undefined>();
   /** OFLAG_COPIED findings of the pass over the active tables, reported after the comparison. */
   private readonly copiedMessages: string[] = [];
   private copiedCorruptions = 0;
@@ -428,11 +440,15 @@ class Checker {
     this.l2Offset = safeOffset(l2Offset);
     this.file.readInto(this.table, safeOffset(l2Offset));
     this.next[0] = 0;
-    for (let i = 0; i < g.l2Entries; i++) {
-      if (!g.extendedL2) {
-        i = this.scanCommon(i, g.l2Entries, active, copied);
-        if (i >= g.l2Entries) break;
+    const n = g.l2Entries;
+    for (let i = 0; i < n; i++) {
+      // Standard tables: runs of unallocated and of common entries go fast; others one by one.
+      while (!g.extendedL2 && i < n) {
+        const j = this.scanCommon(unallocatedRun(this.view, i, n, C.L2E_SIZE_NORMAL), n, active, copied);
+        if (j === i) break;
+        i = j;
       }
+      if (i >= n) break;
       this.checkEntry(i, active, copied);
     }
   }
@@ -462,7 +478,7 @@ class Checker {
     // Low-half bits a common entry has clear: ZERO, reserved, and the offset's bits below the
     // cluster size (alignment).
     const facts = this.runFacts;
-    const end = commonRun(v, from, n, step, (cs - 1) | L2_LO_ZERO, dataFile, bits, expected, facts);
+    const end = commonRun(v, from, n, step, (cs - 1) | L2_LO_ZERO, !dataFile, dataFile, bits, expected, facts);
     if (end === from) return from;
     if (active) {
       this.next[0] = (hostClusterOf(entryHi(v, (end - 1) * step), entryLo(v, (end - 1) * step), bits) + 1) * cs;
@@ -668,9 +684,15 @@ class Checker {
   private storedBlock(ci: number, signal: boolean): StoredBlock {
     const g = this.img.geometry;
     const ti = Math.floor(ci / g.refblockEntries);
+    // Blocks read, and refcount-table entries with none: an unaligned block is not kept (each
+    // lookup decides whether to signal it).
+    if (this.refblockCache.has(ti)) return this.refblockCache.get(ti);
     if (ti >= this.reftable.length) return undefined;
     const off = this.reftable[ti]! & C.REFT_OFFSET_MASK;
-    if (off === 0n) return undefined;
+    if (off === 0n) {
+      this.refblockCache.set(ti, undefined);
+      return undefined;
+    }
     if (off % BigInt(this.cs) !== 0n) {
       // qcow2_signal_corruption on a read-only image: said once, then suppressed.
       if (signal && !this.signalled) {
@@ -743,9 +765,10 @@ class Checker {
       if (off === 0n || off % BigInt(this.cs) !== 0n || off >= BigInt(fileSize)) return;
       const base = ti * g.refblockEntries;
       if (base + g.refblockEntries <= this.refs.clusters || base >= limit) return;
-      for (let k = 0; k < g.refblockEntries; k++) {
-        const ci = base + k;
-        if (ci >= this.refs.clusters && ci < limit && (this.stored(ci) ?? 0n) !== 0n) out.push(ci);
+      const block = this.storedBlock(base, true);
+      if (!block) return;
+      for (let ci = Math.max(base, this.refs.clusters); ci < Math.min(limit, base + g.refblockEntries); ci++) {
+        if (readRefcount(block, g.refcountOrder, ci - base) !== 0) out.push(ci);
       }
     });
     return out;

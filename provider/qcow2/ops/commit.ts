@@ -5,7 +5,7 @@
 // guest write path (guest/qcow2.ts), whose own commit order keeps it consistent; the emptying
 // is written in meta/ordered.ts's order.
 
-import { BlockFile } from '../io/blockfile';
+import { BlockFile, writeAsync } from '../io/blockfile';
 import * as C from '../spec/constants';
 import { encodeHeader } from '../spec/header';
 import { encodeRefblock } from '../spec/refcount';
@@ -23,12 +23,23 @@ export interface CommitTarget {
   /** Cluster size (raw: none, 0), for the mirror's granularity and alignment. */
   readonly clusterSize: number;
   write(offset: number, data: Uint8Array): void;
+  /**
+   * Where the bytes of [offset, offset + length) go when the caller may write them itself, off
+   * this thread (the metadata that maps them changed as write would change it: new clusters of
+   * a qcow2 base, a raw file's own range); undefined when write must place them.
+   */
+  place(offset: number, length: number): { file: BlockFile; host: number } | undefined;
   /** Write zeroes, unmapping where the format can (BDRV_REQ_MAY_UNMAP). */
   writeZeroes(offset: number, length: number): void;
   discard(offset: number, length: number): void;
+  /** Whether checkpoint would write metadata now: the data placed before must be written first. */
+  checkpointDue(): boolean;
   /** Bound the memory a long copy holds (commit metadata now and then). */
   checkpoint(): void;
 }
+
+/** Copies in flight: buffers of MAX_IO + G each, as the mirror keeps several requests going. */
+const IN_FLIGHT = 8;
 
 /** mirror's max_io_bytes with the default buffer (16 MiB over 16 requests in flight). */
 const MAX_IO = 1 << 20;
@@ -41,8 +52,12 @@ function granularityOf(target: CommitTarget): number {
 /**
  * Copy into `target` every range of `top` allocated in `above` (the layers from the top down
  * to the one just above the base), as the commit job's mirror does. Returns the bytes copied.
+ * Ranges are read here; their writes, where the target places them (CommitTarget.place), run
+ * off this thread, several at once, while the next ranges are read and placed. Metadata is
+ * written (checkpoint, and the caller's close) only once the data placed before it is written;
+ * on a failure the writes in flight settle before it is thrown.
  */
-export function commitInto(top: GuestSource, above: readonly GuestSource[], target: CommitTarget, progress?: ProgressFn): number {
+export async function commitInto(top: GuestSource, above: readonly GuestSource[], target: CommitTarget, progress?: ProgressFn): Promise<number> {
   const size = top.size;
   const G = granularityOf(target);
   const chunks = Math.ceil(size / G);
@@ -55,46 +70,84 @@ export function commitInto(top: GuestSource, above: readonly GuestSource[], targ
       p += st.length;
     }
   }
-  let total = 0;
-  for (let c = 0; c < chunks; c++) if (dirty[c]) total += Math.min(G, size - c * G);
+  const total = dirtyBytes(dirty, G, size);
   let done = 0;
   progress?.(0, total);
-  const buf = Buffer.allocUnsafe(MAX_IO + G);
+  const free: Buffer[] = [];
+  let buffers = 0;
+  const writing = new Set<Promise<void>>();
+  let failure: { e: unknown } | undefined;
+  const settle = async () => {
+    while (writing.size) await Promise.allSettled([...writing]);
+    if (failure) throw failure.e;
+  };
+  const acquire = async (): Promise<Buffer> => {
+    while (free.length === 0 && buffers >= IN_FLIGHT) await Promise.race(writing);
+    if (failure) throw failure.e;
+    if (free.length) return free.pop()!;
+    buffers++;
+    return Buffer.allocUnsafe(MAX_IO + G);
+  };
   const tcs = target.clusterSize || 512;
-  for (let c = 0; c < chunks;) {
-    if (!dirty[c]) { c++; continue; }
-    let e = c;
-    while (e < chunks && dirty[e]) e++;
-    const end = Math.min(size, e * G);
-    for (let p = c * G; p < end;) {
-      const st = statusAbove(top, p, end - p);
-      let io = st.length;
-      if (st.flags & DATA) io = Math.min(io, MAX_IO);
-      io -= io % G;
-      let method: 'copy' | 'zero' | 'discard' = 'copy';
-      if (io < G) {
-        io = G;
-      } else if (!(st.flags & DATA) && p % tcs === 0 && io % tcs === 0) {
-        method = st.flags & ZERO ? 'zero' : 'discard';
+  try {
+    // Runs of dirty chunks found natively (indexOf): a JS loop over every chunk would make this
+    // long function hot, and V8 would compile all of it (on-stack replacement) to scan a bitmap.
+    for (let c = dirty.indexOf(1); c >= 0; c = dirty.indexOf(1, c)) {
+      let e = dirty.indexOf(0, c);
+      if (e < 0) e = chunks;
+      const end = Math.min(size, e * G);
+      for (let p = c * G; p < end;) {
+        const st = statusAbove(top, p, end - p);
+        let io = st.length;
+        if (st.flags & DATA) io = Math.min(io, MAX_IO);
+        io -= io % G;
+        let method: 'copy' | 'zero' | 'discard' = 'copy';
+        if (io < G) {
+          io = G;
+        } else if (!(st.flags & DATA) && p % tcs === 0 && io % tcs === 0) {
+          method = st.flags & ZERO ? 'zero' : 'discard';
+        }
+        io = Math.min(io, size - p);
+        if (method === 'copy') {
+          const buf = await acquire();
+          const view = buf.subarray(0, io);
+          top.readInto(view, p);
+          const at = target.place(p, io);
+          if (at === undefined) {
+            target.write(p, view);
+            free.push(buf);
+          } else {
+            const w: Promise<void> = Promise.resolve(writeAsync(at.file, at.host, view))
+              .catch((err: unknown) => { failure ??= { e: err }; })
+              .finally(() => { writing.delete(w); free.push(buf); });
+            writing.add(w);
+          }
+        } else if (method === 'zero') {
+          target.writeZeroes(p, io);
+        } else {
+          target.discard(p, io);
+        }
+        p += io;
+        done += io;
+        if (target.checkpointDue()) await settle();
+        target.checkpoint();
+        progress?.(Math.min(done, total), total);
       }
-      io = Math.min(io, size - p);
-      if (method === 'copy') {
-        const view = buf.subarray(0, io);
-        top.readInto(view, p);
-        target.write(p, view);
-      } else if (method === 'zero') {
-        target.writeZeroes(p, io);
-      } else {
-        target.discard(p, io);
-      }
-      p += io;
-      done += io;
-      target.checkpoint();
-      progress?.(Math.min(done, total), total);
+      c = e;
     }
-    c = e;
+  } finally {
+    // Nothing writes after this returns, or throws.
+    await Promise.allSettled([...writing]);
   }
+  await settle();
   return total;
+}
+
+/** Bytes of the dirty chunks (of G bytes; the last one ends with the image). */
+function dirtyBytes(dirty: Uint8Array, G: number, size: number): number {
+  let n = 0;
+  for (let c = dirty.indexOf(1); c >= 0; c = dirty.indexOf(1, c + 1)) n += Math.min(G, size - c * G);
+  return n;
 }
 
 /** Layers of a chain from `top` down to (not including) `base`. */

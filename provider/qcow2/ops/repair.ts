@@ -17,7 +17,7 @@ import * as C from '../spec/constants';
 import { Qcow2Error } from '../../model/errors';
 import { HEADER_V2, encodeHeader } from '../spec/header';
 import { encodeRefblock } from '../spec/refcount';
-import { clusterTypeOf, entryOf, hostClusterOf } from '../spec/l2';
+import { L2_HI_COPIED, clusterTypeOf, entryOf, hostClusterOf } from '../spec/l2';
 import { Image, safeOffset } from '../meta/image';
 import { TableRefcounts } from '../meta/refcount';
 import { TableCache } from '../meta/tables';
@@ -198,19 +198,21 @@ function oflagCopiedPass(file: BlockFile, img: Image, repair: boolean, messages:
       }
     }
     const t = img.read(l2, g.clusterSize);
+    const v = new DataView(t.buffer, t.byteOffset, t.byteLength);
     let dirty = 0;
     for (let j = 0; j < g.l2Entries; j++) {
-      const hi = t.readUInt32BE(j * step), lo = t.readUInt32BE(j * step + 4);
+      const hi = v.getUint32(j * step), lo = v.getUint32(j * step + 4);
+      if (hi === 0 && lo === 0) continue; // unallocated
       const type = clusterTypeOf(hi, lo, fmt);
       if (type !== 'normal' && type !== 'zero-alloc') continue;
-      const entry = entryOf(hi, lo);
       const rcData = img.hasDataFile ? 1 : refcountOf(hostClusterOf(hi, lo, g.clusterBits));
       if (rcData === undefined) continue;
-      if ((rcData === 1) !== ((entry & C.QCOW_OFLAG_COPIED) !== 0n)) {
+      const copied = (hi & L2_HI_COPIED) !== 0;
+      if ((rcData === 1) !== copied) {
         out.corruptions++;
-        messages.push(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex(entry)} refcount=${rcData}`);
+        messages.push(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex(entryOf(hi, lo))} refcount=${rcData}`);
         if (repair) {
-          t.writeBigUInt64BE(rcData === 1 ? entry | C.QCOW_OFLAG_COPIED : entry & ~C.QCOW_OFLAG_COPIED, j * step);
+          v.setUint32(j * step, copied ? hi & ~L2_HI_COPIED : hi | L2_HI_COPIED);
           dirty++;
         }
       }

@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Qcow2Error } from '../../../provider/model/errors';
 import { ioError } from '../../../provider/qcow2/io/blockfile';
 import { localFs } from '../../../provider/qcow2/io/hostfs';
+import { SYNC_FILE_RANGE_WRITE, libc, libcUnavailable } from '../../../provider/qcow2/io/libc';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-hostfs-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -64,6 +65,26 @@ describe('local host', () => {
       localFs.punchHole(file, 1 << 20, 1 << 20);
       expect(file.read(1 << 20, 4096).every((b) => b === 0)).toBe(true);
       expect(file.size()).toBe(4 << 20);
+    } finally {
+      file.close();
+    }
+  });
+});
+
+describe('writeback', () => {
+  it('sync_file_range_reaches_the_kernel_and_start_writeback_leaves_the_bytes_as_written', () => {
+    const b = libc();
+    if (b === undefined) throw new Error(`libc binding unavailable: ${libcUnavailable()}`);
+    const p = path.join(root, 'writeback.raw');
+    fs.writeFileSync(p, '');
+    const { file } = localFs.open(p, 'write');
+    try {
+      file.write(0, Buffer.alloc(1 << 20, 7));
+      expect(b.syncFileRange((file as unknown as { fd: number }).fd, 0, 0, SYNC_FILE_RANGE_WRITE)).toBe(0);
+      expect(b.syncFileRange(-1, 0, 0, SYNC_FILE_RANGE_WRITE)).toBe(-os.constants.errno.EBADF);
+      localFs.startWriteback!(file);
+      expect(file.read(0, 1 << 20).every((x) => x === 7)).toBe(true);
+      expect(file.size()).toBe(1 << 20);
     } finally {
       file.close();
     }

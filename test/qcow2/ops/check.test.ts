@@ -68,12 +68,29 @@ const fixtures: Fixture[] = [
   { name: 'clean: extended L2 with subcluster writes', make: "qemu-img create -q -f qcow2 -o extended_l2=on img.qcow2 64M && qemu-io -f qcow2 -c 'write -P 8 4k 4k' -c 'write -z 128k 8k' img.qcow2 >/dev/null", exit: 0 },
   { name: 'clean: overlay with zero clusters', make: "qemu-img create -q -f qcow2 base.qcow2 64M && qemu-io -f qcow2 -c 'write -P 9 0 1M' base.qcow2 >/dev/null && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 img.qcow2 && qemu-io -f qcow2 -c 'write -z 0 64k' -c 'write -P 10 64k 64k' img.qcow2 >/dev/null", exit: 0 },
 
+  {
+    // Runs of contiguous clusters mixing COPIED ones (rewritten after the snapshot) with shared
+    // ones, across L2 tables (4 KiB clusters: a table covers 2 MiB), fragmented.
+    name: 'clean: snapshot, then rewrites interleaved (runs mixing COPIED and shared clusters)',
+    make: "qemu-img create -q -f qcow2 -o cluster_size=4096 img.qcow2 16M && qemu-io -f qcow2 -c 'write -P 1 1900k 400k' -c 'write -P 2 8M 64k' -c 'write -P 3 0 16k' img.qcow2 >/dev/null && " +
+      "qemu-img snapshot -c s img.qcow2 && qemu-io -f qcow2 -c 'write -P 4 1908k 4k' -c 'write -P 5 2100k 8k' -c 'write -P 6 4k 4k' img.qcow2 >/dev/null",
+    exit: 0,
+  },
+
   // --- leaks
   { name: 'leak: the L1 cluster counted twice', make: 'qemu-img create -q -f qcow2 img.qcow2 1G', edit: (f) => patch(f, [[RB + 2 * 3, be16(2)]]), exit: 3 },
   {
     name: 'leak: a counted cluster nothing references',
     make: 'qemu-img create -q -f qcow2 img.qcow2 1G && truncate -s 327680 img.qcow2',
     edit: (f) => patch(f, [[RB + 2 * 4, be16(1)]]), exit: 3,
+  },
+  {
+    // bench/maintenance's image, small: a snapshot the header forgot (nb_snapshots 0), so every
+    // data cluster and L2 table is leaked and no COPIED flag is set; runs across L2 tables.
+    name: 'leak: a snapshot the header forgot (no COPIED flags, runs across L2 tables)',
+    make: "qemu-img create -q -f qcow2 -o cluster_size=4096 img.qcow2 16M && qemu-io -f qcow2 -c 'write -P 1 1900k 400k' -c 'write -P 2 8M 64k' -c 'write -P 3 0 16k' img.qcow2 >/dev/null && " +
+      "qemu-img snapshot -c s img.qcow2 && printf '\\0\\0\\0\\0' | dd of=img.qcow2 bs=1 seek=60 conv=notrunc status=none",
+    exit: 3,
   },
   // A leak, and (refcount 3 is not 1) a COPIED flag that no longer matches: 2 wins.
   { name: 'leak: data cluster counted 3 times', make: `qemu-img create -q -f qcow2 img.qcow2 1G && ${DATA}`, edit: (f) => patch(f, [[RB + 2 * 5, be16(3)]]), exit: 2 },

@@ -50,6 +50,17 @@ const CASES: Case[] = [
     mode: 'all',
   },
   {
+    // bench/maintenance's case, small: a snapshot the header forgot. Every data cluster and L2
+    // table leaks (refcount 2, one reference) and every COPIED flag is repaired; runs of
+    // clusters across L2 tables (4 KiB clusters), fragmented.
+    name: 'a snapshot the header forgot (leaks and COPIED flags, runs across L2 tables)',
+    setup: and(
+      `$QEMU_IMG create -q -f qcow2 -o cluster_size=4096 ${IMG} 16M`, io('write -P 1 1900k 400k', 'write -P 2 8M 64k', 'write -P 3 0 16k'),
+      `$QEMU_IMG snapshot -c s ${IMG}`, poke(60, '\\0\\0\\0\\0'),
+    ),
+    mode: 'leaks',
+  },
+  {
     name: 'a dirty lazy-refcounts image',
     // qemu-io killed after a write leaves the dirty bit set and refcounts stale.
     setup: and(`$QEMU_IMG create -q -f qcow2 -o lazy_refcounts=on ${IMG} 16M`, `($QEMU_IO -c 'write -P 1 0 128k' -c 'sigraise 9' ${IMG} >/dev/null 2>&1 || true)`),
