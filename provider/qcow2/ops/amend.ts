@@ -27,7 +27,7 @@ import { Header } from '../spec/header';
 import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { encodeL1Entry } from '../spec/l1';
 import {
-  L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
+  L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, subclusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
@@ -310,11 +310,13 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     };
 
     /**
-     * Preallocation, the old end inside a cluster: a cluster this image owns keeps its place and
-     * its rest is zeroed (returned: written before the commit, past the old end, so invisible to
-     * the old image); an unallocated or zero cluster gets a new data cluster holding what the old
-     * image read there (the backing file's bytes, or zeros) followed by zeros, as qemu-img's
-     * copy-on-write leaves it. Anything else is refused.
+     * Preallocation, the old end inside a cluster, as qemu-img leaves it: metadata mode keeps a
+     * cluster the image owns alone (its rest zeroed: returned, written before the commit past
+     * the old end, so invisible to the old image; a zero cluster with a host cluster is zeroed
+     * whole behind its ZERO flag); falloc and full, and any cluster not owned alone (unallocated,
+     * zero, shared with a snapshot), get a new data cluster holding what the old image read
+     * there (its own bytes, zeros, or the backing file's) followed by zeros: qemu-img's
+     * copy-on-write. A compressed cluster is refused.
      */
     const preallocateOldEnd = (mode: ResizePreallocation, longerBacking: boolean): AmendPlan['tailZeros'] => {
       const inCluster = Number(old.size % BigInt(cs));
@@ -324,34 +326,65 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       const t0 = current(i);
       const e = t0 ? entryAt(t0, k) : NO_ENTRY;
       const type = clusterTypeOf(e.hi, e.lo, fmt);
+      if (type === 'compressed') throw refusePreallocOldEnd();
       const scs = ext ? cs / 32 : cs;
       const sc = Math.floor(inCluster / scs);
-      if (type === 'normal' && (e.hi & L2_HI_COPIED) !== 0) {
-        // Over a longer backing file the old end's subcluster must be this image's own (its head
-        // cannot be copied in place without a copy-on-write of the cluster).
-        if (ext && longerBacking && inCluster % scs !== 0 && !((e.allocBits >>> sc) & 1)) throw refusePreallocOldEnd();
-        return { offset: hostOffsetOf(e.hi, e.lo) + inCluster, length: cs - inCluster, inDataFile: false };
+      const own = (e.hi & L2_HI_COPIED) !== 0;
+      const host = type === 'normal' || type === 'zero-alloc' ? hostOffsetOf(e.hi, e.lo) : 0;
+      if (mode === 'metadata' && own && type === 'normal') {
+        if (ext && longerBacking && inCluster % scs !== 0 && !((e.allocBits >>> sc) & 1)) {
+          // The old end's subcluster is not allocated (the old image reads the backing file or
+          // zeros there, never these host bytes): its head is copied in place, as qemu-img's
+          // copy-on-write does, and it becomes allocated (zeroOldEndCluster zeroes its rest).
+          const from = sc * scs;
+          const zero = (e.zeroBits >>> sc) & 1;
+          const bytes = !zero && old.backingFile !== undefined && readBacking ? readBacking(gc * cs + from, inCluster - from) : new Uint8Array(inCluster - from);
+          writes.push({ offset: host + from, data: bytes });
+          setEntry(tableFor(i), k, { ...e, allocBits: (e.allocBits | (1 << sc)) >>> 0, zeroBits: (e.zeroBits & ~(1 << sc)) >>> 0 });
+        }
+        return { offset: host + inCluster, length: cs - inCluster, inDataFile: false };
       }
-      if (type !== 'unallocated' && type !== 'zero-plain') throw refusePreallocOldEnd();
+      if (mode === 'metadata' && own && type === 'zero-alloc' && !ext) {
+        setEntry(tableFor(i), k, normalEntry(host));
+        return { offset: host, length: cs, inDataFile: false };
+      }
+      // The old image's view of [0, inCluster): per subcluster, its own bytes, zeros, or the
+      // backing file's (zeros without one).
+      const head = new Uint8Array(inCluster);
+      const backing = old.backingFile !== undefined && readBacking ? readBacking(gc * cs, inCluster) : undefined;
+      for (let j = 0; j * scs < inCluster; j++) {
+        const from = j * scs, to = Math.min((j + 1) * scs, inCluster);
+        const st = subclusterTypeOf(type, e.allocBits, e.zeroBits, j, fmt, e.hi, e.lo);
+        if (st === 'normal') head.set(file.read(host + from, to - from), from);
+        else if ((st === 'unallocated-plain' || st === 'unallocated-alloc') && backing) head.set(backing.subarray(from, to), from);
+      }
+      dropDataRef(e);
       const c = a.alloc(1);
-      // The copied head is written; the rest is zeros: written unless metadata mode leaves a
-      // hole past the old file's end (a free cluster inside the file may hold stale bytes).
+      // The head is written; the rest is zeros: written unless metadata mode leaves a hole past
+      // the old file's end (a free cluster inside the file may hold stale bytes).
       const whole = mode !== 'metadata' || c < fileClusters;
       const data = new Uint8Array(whole ? cs : inCluster);
-      if (type === 'unallocated' && old.backingFile !== undefined && readBacking) data.set(readBacking(gc * cs, inCluster));
+      data.set(head);
       writes.push({ offset: c * cs, data });
       let allocBits = 0, zeroBits = 0;
       if (ext) {
-        if ((mode === 'falloc' || mode === 'full') && longerBacking) allocBits = SUBCLUSTERS_ALL;
-        else {
+        if ((mode === 'falloc' || mode === 'full') && longerBacking) {
+          allocBits = SUBCLUSTERS_ALL; // qemu-img allocates every subcluster it wrote
+        } else {
+          // The entry's bits stay (the copied head holds what its allocated subclusters held);
+          // over a longer backing file qemu-img writes the rest of the old end's subcluster and
+          // zeroes the subclusters after it up to the new end.
+          allocBits = e.allocBits;
           zeroBits = e.zeroBits;
-          // qemu-img writes the rest of the old end's subcluster as zeros: it becomes allocated.
-          if (longerBacking && inCluster % scs !== 0) allocBits = 1 << sc;
+          if (longerBacking) {
+            if (inCluster % scs !== 0) allocBits |= 1 << sc;
+            const newEnd = Math.min(cs, Number(ch.size! - BigInt(gc) * BigInt(cs)));
+            for (let j = Math.ceil(inCluster / scs); j < Math.ceil(newEnd / scs); j++) zeroBits |= 1 << j;
+          }
+          zeroBits = (zeroBits & ~allocBits) >>> 0;
         }
-        zeroBits = (zeroBits & ~allocBits) >>> 0;
       }
-      const t = tableFor(i);
-      setEntry(t, k, { ...normalEntry(c * cs, true, allocBits >>> 0), zeroBits });
+      setEntry(tableFor(i), k, { ...normalEntry(c * cs, true, allocBits >>> 0), zeroBits });
       return undefined;
     };
 
@@ -420,7 +453,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
           const tail = preallocateOldEnd(prealloc, longerBacking);
           if (tail) plan = { ...plan, tailZeros: tail };
           preallocateNewArea(prealloc, longerBacking);
-          if (longerBacking && old.size % BigInt(cs) !== 0n && (prealloc === 'metadata' || tail)) {
+          if (longerBacking && old.size % BigInt(cs) !== 0n && tail) {
             // metadata: qemu-img then zeroes the new area (the head of the old end's subcluster
             // written, the subclusters after it zero); a kept cluster likewise. A new cluster of
             // falloc/full is already allocated whole and zero.
@@ -642,7 +675,7 @@ function newPreallocEntry(mode: ResizePreallocation, longerBacking: boolean, ext
 }
 
 function refusePreallocOldEnd(): Qcow2Error {
-  return new Qcow2Error('REFUSED', 'Cannot preallocate with the native engine: the old end of the image is inside a cluster it does not own alone (compressed, shared with a snapshot, zero with a host cluster, or a partly allocated subcluster over a longer backing file), whose rest qemu-img fills by copy-on-write. Use the qemu-img engine, or resize to a multiple of the cluster size first', { property: 'preallocation' });
+  return new Qcow2Error('REFUSED', 'Cannot preallocate with the native engine: the old end of the image is inside a compressed cluster, whose rest qemu-img fills by copy-on-write. Resize to a multiple of the cluster size first (without preallocation), then preallocate from there; or use the qemu-img engine', { property: 'preallocation' });
 }
 
 function newAreaEntry(kind: 'zero' | 'identity', gc: number, g: Geometry): L2Halves {

@@ -80,6 +80,41 @@ describe.skipIf(SKIP)('resize --preallocation and amend -p as qemu-img', () => {
       to: '1013k',
     },
     {
+      name: 'old end inside a data cluster the image owns (falloc and full give it a new cluster, as qemu-img)',
+      setup: (d) => {
+        must('qemu-img', ['create', '-q', '-f', 'qcow2', 'img.qcow2', '1000k'], d);
+        must('qemu-io', ['-c', 'write -P 1 0 1000k', 'img.qcow2'], d);
+      },
+      to: '5M',
+    },
+    {
+      name: 'old end inside a zero cluster with a host cluster',
+      setup: (d) => {
+        must('qemu-img', ['create', '-q', '-f', 'qcow2', 'img.qcow2', '1000k'], d);
+        must('qemu-io', ['-c', 'write -P 1 0 1000k', '-c', 'write -z 960k 40k', 'img.qcow2'], d);
+      },
+      to: '5M',
+    },
+    {
+      name: 'old end inside a cluster shared with a snapshot',
+      setup: (d) => {
+        must('qemu-img', ['create', '-q', '-f', 'qcow2', 'img.qcow2', '1000k'], d);
+        must('qemu-io', ['-c', 'write -P 1 0 1000k', 'img.qcow2'], d);
+        must('qemu-img', ['snapshot', '-c', 's', 'img.qcow2'], d);
+      },
+      to: '5M',
+    },
+    {
+      name: 'extended L2, old end inside an owned cluster whose last subcluster is the backing file\'s',
+      setup: (d) => {
+        must('qemu-img', ['create', '-q', '-f', 'raw', 'base.raw', '2M'], d);
+        must('qemu-io', ['-f', 'raw', '-c', 'write -q -P 9 0 2M', 'base.raw'], d);
+        must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', '-b', 'base.raw', '-F', 'raw', 'img.qcow2', '503k'], d);
+        must('qemu-io', ['-c', 'write -P 1 400k 50k', 'img.qcow2'], d);
+      },
+      to: '1013k',
+    },
+    {
       name: 'over a longer backing file, old end inside an unallocated cluster (125)',
       setup: (d) => {
         must('qemu-img', ['create', '-q', '-f', 'raw', 'base.raw', '128k'], d);

@@ -72,6 +72,17 @@ const OPERATIONS: Operation[] = [
     run: (p, b) => resizeImage(p, 1013n * 1024n, { ...b, preallocation: 'metadata' }),
   },
   {
+    name: 'resize --preallocation=metadata, extended L2, old end in an owned cluster whose last subcluster is the backing file\'s (copied in place)',
+    setup: and(`$QEMU_IMG create -q -f raw base.raw 2M`, `$QEMU_IO -f raw -c 'write -P 0x99 0 2M' base.raw >/dev/null`,
+      `$QEMU_IMG create -q -f qcow2 -o extended_l2=on -b base.raw -F raw ${IMG} 503k`, io('write -P 0x11 448k 50k')),
+    run: (p, b) => resizeImage(p, 1013n * 1024n, { ...b, preallocation: 'metadata' }),
+  },
+  {
+    name: 'resize --preallocation=falloc, old end in a cluster shared with a snapshot (4 KiB clusters)',
+    setup: and(mk('cluster_size=4096', '1000k'), io('write -P 0x5b 0 1000k'), `$QEMU_IMG snapshot -c s ${IMG}`),
+    run: (p, b) => resizeImage(p, 2000n * 1024n, { ...b, preallocation: 'falloc' }),
+  },
+  {
     name: 'compat downgrade with zero clusters (4 KiB clusters)',
     setup: and(mk('cluster_size=4096', '32M'), io('write -P 0x66 0 2M', 'write -z 0 64k', 'write -z -u 512k 32k', 'write -z 4M 64k', 'write -z -u 8M 16k')),
     run: amendOp({ compat: '0.10' }),
