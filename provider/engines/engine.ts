@@ -31,6 +31,8 @@ export type { ProgressFn };
 export interface ResizeOptions {
   /** Shrinking deletes data beyond the new end: only with this set. */
   allowShrink?: boolean;
+  /** How the new area is allocated when growing (qemu-img resize --preallocation; default off). */
+  preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
 }
 
 /** What one stat of a path says: its kind, size in bytes and identity on its host ("dev:ino"). */

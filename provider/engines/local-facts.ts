@@ -10,6 +10,7 @@ import type { CreateFacts } from '../rules/create';
 import type { ConsistencyFacts } from '../rules/types';
 import { Image } from '../qcow2/meta/image';
 import { consistencyOf } from '../qcow2/ops/check';
+import { AmendProgressChange, amendProgressFigures } from '../qcow2/ops/amend-progress';
 
 function statRegular(name: string, host: HostFs): HostStat {
   const st = host.stat(name);
@@ -38,6 +39,16 @@ export function consistencyFacts(imagePath: string, host: HostFs = localFs): Con
   const img = Image.openFile(imagePath, false, host);
   try {
     return consistencyOf(img, img.file);
+  } finally {
+    img.close();
+  }
+}
+
+/** The figures qemu-img amend -p prints for a change of version or refcount width (read-only). */
+export function amendProgress(imagePath: string, change: AmendProgressChange, host: HostFs = localFs): number[] {
+  const img = Image.openFile(imagePath, false, host);
+  try {
+    return amendProgressFigures(img, change);
   } finally {
     img.close();
   }

@@ -83,7 +83,9 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
     if (r) return r;
   }
   if (req.size !== undefined && req.size !== state.virtualSize) {
-    const r = validateResize(state, req.size, allowShrink);
+    // qcow2_amend_options upgrades first, then resizes (then downgrades): a v2 image with
+    // snapshots can be resized in the amend that makes it v3.
+    const r = validateResize(newVersion > oldVersion ? { ...state, compat: '1.1' } : state, req.size, allowShrink);
     if (r) return r;
   }
   if (newVersion < oldVersion) {
@@ -119,9 +121,12 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
  * overlapping L2 entry became thousands of refcount errors). Refused, the image unchanged;
  * leaks alone do not block. Header-only changes do not ask.
  */
-export function validateConsistent(f: ConsistencyFacts): Refusal | undefined {
+export function validateConsistent(f: ConsistencyFacts, change: { widensRefcountsOnly?: boolean } = {}): Refusal | undefined {
   const n = f.corruptions + f.checkErrors;
   if (n === 0) return undefined;
+  // Refcounts that overflowed their width: check tells the user to amend to a wider width, and
+  // a change that only widens copies every refcount as stored, which check -r all then repairs.
+  if (change.widensRefcountsOnly && f.checkErrors === 0 && f.corruptions === (f.overflows ?? 0)) return undefined;
   return {
     property: 'path',
     message: `Image is corrupt: check finds ${n === 1 ? '1 error' : `${n} errors`}` +
@@ -137,9 +142,11 @@ export function validateWritable(state: ImageFacts): Refusal | undefined {
 }
 
 /** `resize FILE SIZE` (qemu-img's words): positive, shrinking only with --shrink, then validateResize. */
-export function validateResizeRequest(state: ImageFacts, size: bigint, allowShrink: boolean): Refusal | undefined {
+export function validateResizeRequest(state: ImageFacts, size: bigint, allowShrink: boolean, preallocation: string = 'off'): Refusal | undefined {
   if (typeof size !== 'bigint') return validateSizeValue(size);
   if (size <= 0n) return { property: 'size', message: 'New image size must be positive' };
+  // qemu-img's order: preallocation is for growing only, before the --shrink check.
+  if (size <= state.virtualSize && preallocation !== 'off') return { property: 'preallocation', message: 'Preallocation can only be used for growing images' };
   if (size < state.virtualSize && !allowShrink) return { property: 'size', message: 'Use the --shrink option to perform a shrink operation.' };
   return validateResize(state, size, allowShrink);
 }

@@ -54,8 +54,15 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
   if (req.targetFormat === 'raw' && req.bitmaps) {
     return { property: 'bitmaps', message: "Format driver 'raw' does not support bitmaps" };
   }
-  if (req.targetFormat === 'raw' && (Object.keys(req.options).length > 0 || req.compress || req.overBacking)) {
+  // qemu-img's words, in its order (the backing file at creation, compression when writing).
+  if (req.targetFormat === 'raw' && req.overBacking) {
+    return { property: 'backing_file', message: "Backing file not supported for file format 'raw'" };
+  }
+  if (req.targetFormat === 'raw' && Object.keys(req.options).length > 0) {
     return { property: 'format', message: 'A raw image has no create options, compression or backing file: convert -O raw without -o, -c and -B' };
+  }
+  if (req.targetFormat === 'raw' && req.compress) {
+    return { property: 'compress', message: 'Compression not supported for this file format' };
   }
   if (req.sameFile) {
     return { property: 'source', message: 'The source and the destination are the same file; import never overwrites its source' };

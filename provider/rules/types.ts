@@ -151,4 +151,9 @@ export interface ConsistencyFacts {
   checkErrors: number;
   /** The first thing check said about them, in its words. */
   first?: string;
+  /**
+   * How many of the corruptions are refcounts at their width's maximum (check's "overflow
+   * cluster"), for which QEMU's own advice is a wider refcount width. Absent: none.
+   */
+  overflows?: number;
 }

@@ -90,6 +90,8 @@ const AMEND_CASES: AmendCase[] = [
   { name: 'compat=0.10 with zlib and compressed clusters is allowed', state: plainState({ hasCompressedClusters: true }), req: { compat: '0.10' }, expect: undefined },
   { name: 'compat=0.10 on a corrupt image is refused', state: plainState({ corrupt: true }), req: { compat: '0.10' }, expect: refuse('compat', M.downCorrupt) },
   { name: 'compat=0.10 on a v2 image is a no-op', state: v2State({ snapshots: 3 }), req: { compat: '0.10' }, expect: undefined },
+  { name: 'resizing a v2 image with snapshots is refused', state: v2State({ snapshots: 1 }), req: { size: 2n * MiB }, expect: refuse('size', "Can't resize a v2 image which has snapshots") },
+  { name: 'compat=1.1 with a size: qemu-img upgrades first, so a v2 image with snapshots is resized', state: v2State({ snapshots: 1 }), req: { compat: '1.1', size: 2n * MiB }, expect: undefined },
   { name: 'compat=1.1 on a v3 image with a data file is a no-op', state: dataFileState(), req: { compat: '1.1' }, expect: undefined },
   { name: 'compat=1.1 on v2 is allowed', state: v2State(), req: { compat: '1.1' }, expect: undefined },
   // backing

@@ -6,11 +6,13 @@ import { CommandSpec, parseCommand } from '../commander';
 import { engineFor } from '../engine';
 import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toAmendRequest } from '../optlist';
 import { out } from '../io';
+import { qemuProgress } from '../render/progress';
+import { amendProgress } from '../../engines/local-facts';
 import { fail, failOn, messageOf } from '../report';
 import type { AmendRequest } from '../../rules/types';
 import { repairDirtyFirst } from '../dirty';
 
-export const usage = 'amend [-f qcow2] -o OPTIONS [-q] FILE';
+export const usage = 'amend [-f qcow2] -o OPTIONS [-p] [-q] FILE';
 export const description = 'change options of an existing image, all or nothing (validated before anything is written)';
 
 const spec: CommandSpec = {
@@ -19,12 +21,12 @@ const spec: CommandSpec = {
     ['-f <fmt>', 'image format (qcow2)'],
     ['-o <options>', 'options to change: compat, lazy_refcounts, refcount_bits, size, data_file, data_file_raw (repeatable)', 'repeatable'],
     ['-q', 'quiet'],
-    ['-p', 'progress (accepted for compatibility; amend is a single commit)'],
+    ['-p', "progress: qemu-img's figures for its steps, on standard output (the change itself is one commit)"],
   ],
 };
 
 export async function run(argv: string[]): Promise<void> {
-  const parsed = parseCommand<{ f?: string; o: string[] }>(spec, argv);
+  const parsed = parseCommand<{ f?: string; o: string[]; p?: boolean; q?: boolean }>(spec, argv);
   if (parsed === undefined) return;
   const { args: [file], o } = parsed;
   if (!o.o.length) fail('Must specify options (-o)');
@@ -52,10 +54,26 @@ export async function run(argv: string[]): Promise<void> {
   } catch (e) {
     fail(messageOf(e));
   }
+  const image = imageName(file);
+  // qemu-img's -p: 0 before the change, QEMU's own step figures, 100, then the error if any.
+  const progress = o.p && !o.q ? qemuProgress(true) : undefined;
+  let figures: number[] = [];
+  if (progress && image.remote === undefined) {
+    try {
+      figures = amendProgress(image.path, {
+        ...(req.compat !== undefined ? { version: req.compat === '0.10' ? 2 as const : 3 as const } : {}),
+        ...(req.refcountBits !== undefined ? { refcountOrder: Math.log2(req.refcountBits) } : {}),
+      });
+    } catch {
+      // An image these figures cannot be read from is the amend's to refuse, in its words.
+    }
+  }
   try {
-    const image = imageName(file);
     await engineFor(image).amend(image.path, req);
+    for (const f of figures) progress?.update(f);
   } catch (e) {
+    progress?.end();
     failOn(e, file);
   }
+  progress?.end();
 }

@@ -1,5 +1,5 @@
 // `qcow2 convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
-// [-B BACKING -F FMT] [-n] -O qcow2|raw [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
+// [-B BACKING -F FMT] [-n] [-O raw|qcow2] [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
 // or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
 // image, sparse-aware, compressed with -c; never overwrites (-n writes into an existing image the
 // user names instead). gzip/xz/zstd-compressed sources are decompressed. A
@@ -18,11 +18,15 @@ import type { OptionPair } from '../optlist';
 import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
+import { parseSize } from '../../model/size';
 
-export const usage = 'convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] [-n] -O qcow2|raw [-o OPTIONS] SRC|URL DST';
-export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new qcow2 image; never overwrites';
+export const usage = 'convert [-c] [-p] [-q] [-C] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] [-n] [-O raw|qcow2] [-o OPTIONS] SRC|URL DST';
+export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new raw (default) or qcow2 image; never overwrites';
 
-interface Opts { f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean; l?: string; B?: string; F?: string; n?: boolean }
+interface Opts {
+  f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean;
+  l?: string; B?: string; F?: string; n?: boolean; C?: boolean; S?: string; salvage?: boolean;
+}
 
 /** qemu-img's cache modes; every one but unsafe flushes the new image before it appears. */
 const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
@@ -31,7 +35,7 @@ const spec: CommandSpec = {
   name: 'convert', usage, description, args: ['[src]', '[dst]'],
   options: [
     ['-f <fmt>', 'source format: raw or qcow2 (detected by content when omitted)'],
-    ['-O <fmt>', 'output format: qcow2, or raw (a sparse raw file)'],
+    ['-O <fmt>', 'output format: raw (the default, as in qemu-img: a sparse raw file) or qcow2'],
     ['-o <options>', 'create options of the new image (repeatable); its size comes from the source', 'repeatable'],
     ['-p', 'show progress, as qemu-img does: (x/100%) on standard output'],
     ['-q', 'quiet'],
@@ -44,6 +48,9 @@ const spec: CommandSpec = {
     ['-B <backing>', 'make the new image an overlay of BACKING (as -o backing_file=): only what the source holds above its own backing file is copied; BACKING must hold the rest'],
     ['-F <fmt>', "format of -B's backing file (qcow2 or raw; required, as -o backing_fmt=)"],
     ['-n', 'write into DST, an existing qcow2 image at least as large as the source (its options and backing file kept), instead of creating it'],
+    ['-C', "copy offloading: accepted (the copy is the same; qemu-img's conflicts with -c, -S and --salvage are refused in its words)"],
+    ['-S <size>', 'minimum sparse size: not supported (refused), except for qemu-img\'s conflict with -C'],
+    ['--salvage', 'continue past read errors: not supported (refused), except for qemu-img\'s conflict with -C'],
   ],
 };
 
@@ -51,7 +58,24 @@ export async function run(argv: string[]): Promise<void> {
   const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
   const { args: [src, dst], o } = parsed;
+  if (o.S !== undefined) {
+    let sparse: bigint;
+    try {
+      sparse = parseSize(o.S, { name: 'buffer size for sparse output' });
+    } catch (e) {
+      reportEach(messageOf(e));
+      throw new Exit(1);
+    }
+    if (sparse % 512n !== 0n || sparse > 16n << 20n) {
+      fail('Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).');
+    }
+  }
   const snapshot = o.l === undefined ? undefined : snapshotSelector(o.l);
+  // qemu-img's order: these conflicts before anything else is looked at.
+  if (o.skipBrokenBitmaps && !o.bitmaps) fail('Use of --skip-broken-bitmaps requires --bitmaps');
+  if (o.c && o.C) fail('Cannot enable copy offloading when -c is used');
+  if (o.S !== undefined && o.C) fail('Cannot enable copy offloading when -S is used');
+  if (o.C && o.salvage) fail('Cannot use copy offloading in salvaging mode');
   let options: CreateOptions;
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
@@ -71,6 +95,8 @@ export async function run(argv: string[]): Promise<void> {
     throw new Exit(1);
   }
   if (src === undefined || dst === undefined) fail('Expecting image file name');
+  if (o.S !== undefined) fail('convert -S (the minimum size of a zero run left sparse) is not supported: convert without -S (zero areas are left sparse)');
+  if (o.salvage) fail('convert --salvage is not supported: this tool stops at the first read error; convert without --salvage');
   if (o.O !== undefined && o.O !== 'qcow2' && o.O !== 'raw') fail(`Unknown output format '${o.O}': this tool writes qcow2 and raw images (-O qcow2, -O raw)`);
   if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
   const url = /^https?:\/\//i.test(src);
@@ -78,12 +104,13 @@ export async function run(argv: string[]): Promise<void> {
   const from: ImageName = url ? { path: src, display: src } : imageName(src);
   const format = o.f ?? from.format;
   const target = imageName(dst);
-  if (o.skipBrokenBitmaps && !o.bitmaps) fail('--skip-broken-bitmaps can only be used with --bitmaps');
   const opts: ImportOptions = {
     durable: (o.t ?? 'unsafe') !== 'unsafe',
     ...(o.bitmaps ? { bitmaps: true, skipBrokenBitmaps: o.skipBrokenBitmaps ?? false } : {}),
     ...(o.c ? { compressed: true } : {}),
-    ...(o.O === 'raw' ? { targetFormat: 'raw' as const } : {}),
+    // qemu-img's default output format is raw (a new file: nothing of the user's is overwritten);
+    // with -n the existing image is written as the qcow2 image it is.
+    ...((o.O ?? (o.n ? 'qcow2' : 'raw')) === 'raw' ? { targetFormat: 'raw' as const } : {}),
     // qemu-img convert -B / -o backing_file=: the new image is an overlay.
     ...(options.backingFile !== undefined ? { overBacking: true } : {}),
   };
@@ -115,6 +142,13 @@ export async function run(argv: string[]): Promise<void> {
     }
   } catch (e) {
     bar?.stop();
+    // A missing backing file of -B / -o backing_file=: qemu-img creates the new image without
+    // looking at it, then fails to open it (we create nothing).
+    const backing = /^Could not open '([^]*)': ([^]*)\nCould not open backing image\.$/.exec(messageOf(e));
+    if (backing) {
+      report(`Could not open '${dst}': Could not open backing file: Could not open '${backing[1]}': ${backing[2]}`);
+      throw new Exit(1);
+    }
     // qemu-img opens the source, then loads the snapshot: its failure is not an open error.
     report((/^Failed to load snapshot: /.test(messageOf(e)) ? '' : openPrefix(e, url ? redactUrl(src) : src)) + messageOf(e));
     throw new Exit(1);

@@ -1,4 +1,9 @@
-// `qcow2 resize [-f qcow2] [--shrink] [-q] FILE [+|-]SIZE`: change the virtual size.
+// `qcow2 resize [-f qcow2] [--shrink] [--preallocation=MODE] [-q] FILE [+|-]SIZE`: change the virtual size.
+
+const PREALLOCATION = ['off', 'metadata', 'falloc', 'full'] as const;
+function isResizePreallocation(s: string): s is typeof PREALLOCATION[number] {
+  return (PREALLOCATION as readonly string[]).includes(s);
+}
 
 import { imageName, requireQcow2 } from '../args';
 import { CommandSpec, parseCommand } from '../commander';
@@ -10,7 +15,7 @@ import { isatty } from 'tty';
 import { err, out } from '../io';
 import { repairDirtyFirst } from '../dirty';
 
-export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off] [-q] FILE [+|-]SIZE';
+export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off|metadata|falloc|full] [-q] FILE [+|-]SIZE';
 export const description = 'change the virtual size; shrinking needs --shrink and deletes data beyond the new end';
 
 interface Opts { f?: string; shrink?: boolean; q?: boolean; preallocation?: string }
@@ -20,7 +25,7 @@ const spec: CommandSpec = {
   options: [
     ['-f <fmt>', 'image format (qcow2)'],
     ['--shrink', 'allow shrinking the image'],
-    ['--preallocation <mode>', 'preallocation of the new area: off (metadata, falloc and full are not supported natively)'],
+    ['--preallocation <mode>', 'preallocation of the new area when growing: off, metadata (tables and data clusters), falloc or full (data clusters written as zeros)'],
     ['-q', 'quiet'],
   ],
 };
@@ -31,12 +36,9 @@ export async function run(argv: string[]): Promise<void> {
   const [file, sizeText] = parsed.args as [string, string]; // both required: commander refused otherwise
   const { o } = parsed;
   requireQcow2(o.f);
-  const prealloc = o.preallocation;
-  if (prealloc !== undefined && prealloc !== 'off') {
-    // qemu-img's own check first: only these words are preallocation modes.
-    if (!['metadata', 'falloc', 'full'].includes(prealloc)) fail(`Invalid preallocation mode '${prealloc}'`);
-    fail(`Preallocation mode '${prealloc}' for resize is not supported by the native engine: resize with --preallocation=off (new clusters are allocated on first write)`, file);
-  }
+  const prealloc = o.preallocation ?? 'off';
+  // qemu-img's own check first: only these words are preallocation modes.
+  if (!isResizePreallocation(prealloc)) fail(`Invalid preallocation mode '${prealloc}'`);
   let size: bigint | { relative: bigint };
   try {
     const sign = sizeText.startsWith('+') ? 1n : sizeText.startsWith('-') ? -1n : 0n;
@@ -59,7 +61,7 @@ export async function run(argv: string[]): Promise<void> {
     // header names, which may not be where the user expects. Say which one it is, to a person
     // at a terminal (scripts get qemu-img's output unchanged).
     if (facts?.dataFileRaw && facts.dataFile && !o.q && isatty(2)) err(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
-    await engine.resize(path, size, { allowShrink: o.shrink ?? false });
+    await engine.resize(path, size, { allowShrink: o.shrink ?? false, preallocation: prealloc });
   } catch (e) {
     if (e instanceof Exit) throw e;
     report(openPrefix(e, file) + messageOf(e));

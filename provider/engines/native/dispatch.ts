@@ -37,7 +37,10 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
     case 'import':
       if (call.raw) {
         if (host !== localFs) throw new Qcow2Error('UNSUPPORTED', 'convert -O raw writes a file of this machine: convert on the host the image is on');
-        ops().importRawImage(call.path, call.options, call.source, { durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}) });
+        ops().importRawImage(call.path, call.options, call.source, {
+          durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
+          ...(call.compressed ? { compressed: true } : {}), ...(call.overBacking ? { overBacking: true } : {}),
+        });
         return undefined;
       }
       const special = { ...(call.compressed ? { compressed: true } : {}), ...(call.overBacking ? { overBacking: true } : {}) };
@@ -65,7 +68,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       ops().amendImage(call.path, call.request, { host });
       return undefined;
     case 'resize':
-      ops().resizeImage(call.path, call.size, { allowShrink: call.options.allowShrink ?? false, host });
+      ops().resizeImage(call.path, call.size, { allowShrink: call.options.allowShrink ?? false, host, ...(call.options.preallocation ? { preallocation: call.options.preallocation } : {}) });
       return undefined;
     case 'rebase':
       if (call.safe) ops().rebaseImage(call.path, call.backingFile, call.backingFormat, { host, ...(progress ? { progress } : {}) });

@@ -11,7 +11,7 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
-import { AmendChanges, AmendPlan, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, BackingReader, ResizePreallocation, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
 import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
 import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
@@ -84,6 +84,8 @@ export interface AmendBehaviour {
   wrapFile?: (f: BlockFile) => BlockFile;
   /** The host the files are on (default: this machine). */
   host?: HostFs;
+  /** resize --preallocation (default off). */
+  preallocation?: ResizePreallocation;
 }
 
 /** Open an image for a change: write lock first (QEMU's), then validation, nothing written. */
@@ -166,10 +168,18 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
     throwIfRefused(r, path);
   }
   // A change that builds on the tables needs them sound: check's verdict first (rules decide).
-  if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
+  if (amendMovesMetadata(img, ch)) throwIfRefused(validateConsistent(consistencyOf(img, file), { widensRefcountsOnly: widensRefcountsOnly(img, ch) }), path);
   const df = needsData ? openDataFile(img, path, host) : undefined;
+  // Preallocating an old end inside an unallocated cluster copies the backing file's bytes there.
+  const backingName = img.header.backingFile;
+  const readBacking: BackingReader | undefined = grows && backingName !== undefined && ch.preallocation !== undefined && ch.preallocation !== 'off'
+    ? (offset, length) => {
+      const src = openSource(resolveBackingName(path, backingName), img.header.backingFormat, { host });
+      try { return src.read(offset, length); } finally { src.close(); }
+    }
+    : undefined;
   try {
-    const plan = planAmend(img, file, ch, df?.size(), backingLength);
+    const plan = planAmend(img, file, ch, df?.size(), backingLength, readBacking);
     // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
     // file that can have holes punched, never by writing zeros through a wrapper.
     const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
@@ -178,6 +188,12 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
   } finally {
     df?.close();
   }
+}
+
+/** The change widens the refcount width and moves nothing else (see validateConsistent). */
+function widensRefcountsOnly(img: Image, ch: AmendChanges): boolean {
+  return ch.refcountOrder !== undefined && ch.refcountOrder > img.header.refcountOrder && !img.dirty &&
+    (ch.size === undefined || ch.size === img.header.size) && ch.version !== 2;
 }
 
 /**
@@ -215,9 +231,11 @@ export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint
   return withWritableImage(path, behaviour, (img, file) => {
     const state = imageStateOf(img);
     const target = typeof size === 'bigint' ? size : state.virtualSize + size.relative;
-    const r = validateResizeRequest(state, target, behaviour.allowShrink ?? false);
+    const r = validateResizeRequest(state, target, behaviour.allowShrink ?? false, behaviour.preallocation);
     throwIfRefused(r, path);
-    return runPlan(img, file, path, { size: target }, behaviour.host ?? localFs);
+    const ch: AmendChanges = { size: target };
+    if (behaviour.preallocation !== undefined) ch.preallocation = behaviour.preallocation;
+    return runPlan(img, file, path, ch, behaviour.host ?? localFs);
   });
 }
 
@@ -342,6 +360,7 @@ export function importRawImage(dst: string, options: CreateOptions, source: Loca
     throwIfRefused(validateImport({
       sourceFormat: format, targetFormat: 'raw', options, sourceSize: BigInt(src.size), sameFile: sameFile(dst, source.path),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(behaviour.bitmaps ? { bitmaps: true } : {}),
+      ...(behaviour.compressed ? { compress: true } : {}), ...(behaviour.overBacking ? { overBacking: true } : {}),
     }), dst);
     writeImportedRaw(dst, src, { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}) });
   } finally {

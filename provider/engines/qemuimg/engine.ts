@@ -10,7 +10,7 @@
 //            [qemu-img amend -q -o data_file=NAME SPEC(tmp image; data-file null-co; backing null)]
 //            then link(2) the data file (new ones only) and the image into place.
 //   amend    qemu-img amend -q -o OPTS SPEC
-//   resize   qemu-img resize -q [--shrink] SPEC BYTES
+//   resize   qemu-img resize -q [--shrink] [--preallocation=MODE] SPEC BYTES
 //   rebase   qemu-img rebase -q -u -b BACKING [-F FMT] SPEC
 //   info     qemu-img info --output=json [-U] SPEC
 //   check    qemu-img check --output=json SPEC
@@ -528,7 +528,9 @@ export class QemuImgEngine implements Engine {
     if (pairs.length === 0) return;
     const moves = sizeChanges || state.dirty || (request.compat === '0.10' && state.compat === '1.1') ||
       (request.refcountBits !== undefined && request.refcountBits !== state.refcountBits);
-    if (moves) throwIfRefused(validateConsistent(await this.consistency(file, state.dirty)), file);
+    const widensRefcountsOnly = request.refcountBits !== undefined && request.refcountBits > state.refcountBits && !state.dirty &&
+      !sizeChanges && !(request.compat === '0.10' && state.compat === '1.1');
+    if (moves) throwIfRefused(validateConsistent(await this.consistency(file, state.dirty), { widensRefcountsOnly }), file);
     await this.change(file, state, sizeChanges, (spec) => ['amend', '-q', '-o', optList(pairs), spec], request.size);
   }
 
@@ -538,12 +540,22 @@ export class QemuImgEngine implements Engine {
     const allowShrink = options.allowShrink ?? false;
     const state = await this.stateForChange(file);
     const size = typeof newSize === 'bigint' ? newSize : state.virtualSize + newSize.relative;
-    const r = validateResizeRequest(state, size, allowShrink);
+    const prealloc = options.preallocation ?? 'off';
+    const r = validateResizeRequest(state, size, allowShrink, prealloc);
     if (r) throw refused(r, file);
     if (size === state.virtualSize) return;
+    if (prealloc !== 'off' && state.backingFile !== undefined && state.virtualSize % BigInt(state.clusterSize) !== 0n) {
+      // preallocate_co copies the head of the old end's cluster from the backing file when the
+      // image lacks it: the stand-in backing file would put zeros there.
+      throw new Qcow2Error('REFUSED',
+        `Preallocating the growth of this image from ${state.virtualSize} bytes: its current end is inside a cluster of ${state.clusterSize} bytes, ` +
+        'whose start QEMU copies from the backing file, which the qemu-img engine never opens. Use the native engine, or run qemu-img resize on the image directly',
+        { property: 'preallocation', file });
+    }
     throwIfRefused(validateConsistent(await this.consistency(file, state.dirty)), file);
     const shrink = size < state.virtualSize ? ['--shrink'] : [];
-    await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, spec, String(size)], size);
+    const pre = prealloc !== 'off' ? [`--preallocation=${prealloc}`] : [];
+    await this.change(file, state, true, (spec) => ['resize', '-q', ...shrink, ...pre, spec, String(size)], size);
   }
 
   async rebase(file: string, backingFile: string, backingFormat?: string, options: RebaseOptions = {}): Promise<void> {
@@ -620,6 +632,8 @@ export class QemuImgEngine implements Engine {
     const errors = r.messages.filter((m) => m.startsWith('ERROR'));
     const counted = dirty ? errors.filter((m) => !/refcount=-?\d+ reference=\d+/.test(m)) : errors;
     const out: ConsistencyFacts = { corruptions: dirty ? counted.length : r.corruptions, checkErrors: r.checkErrors };
+    const overflows = counted.filter((m) => m.startsWith('ERROR: overflow cluster')).length;
+    if (overflows > 0) out.overflows = overflows;
     if (counted[0] !== undefined && out.corruptions + out.checkErrors > 0) out.first = counted[0].replace(/^ERROR:? /, '');
     return out;
   }
@@ -774,6 +788,7 @@ export class QemuImgEngine implements Engine {
     throwIfRefused(validateImport({
       sourceFormat: local.format, targetFormat: 'raw', options, sourceSize: src.size, sameFile: await host.sameFile(imagePath, local.path),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(opts.bitmaps ? { bitmaps: true } : {}),
+      ...(opts.compressed ? { compress: true } : {}), ...(opts.overBacking ? { overBacking: true } : {}),
     }), imagePath);
     await host.assertNewImageFiles(imagePath, { adoptDataFile: false });
     const abs = host.resolve(imagePath);

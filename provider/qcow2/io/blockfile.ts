@@ -27,6 +27,11 @@ export interface BlockFile {
   readIntoAsync?(target: Uint8Array, offset: number): Promise<void>;
   /** write without blocking the calling thread, where the file can. Optional: falls back to write. */
   writeAsync?(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * The descriptor of a local file (what SEEK_DATA, locks and copy_file_range work on); absent
+   * for any other file (remote, in memory, a wrapper that must see every read and write).
+   */
+  readonly fd?: number;
 }
 
 /** readIntoAsync where the file has it, else readInto. */
@@ -170,6 +175,83 @@ export class NodeBlockFile implements BlockFile {
       this.closed = true;
       closeSync(this.fd);
     }
+  }
+}
+
+/**
+ * A BlockFile that gathers writes continuing the previous one (up to `limit` bytes) and writes
+ * them as one; anything else (a read, a write elsewhere, size, truncate, flush, close) writes
+ * them first, so every caller sees its writes. For a writer of many small sequential writes:
+ * compressed clusters packed one after another. A gathered write's failure surfaces at the
+ * operation that writes it, naming the file as any write does. No descriptor: nothing may
+ * write around it.
+ */
+export class WriteCombiner implements BlockFile {
+  private readonly buf: Buffer;
+  private at = 0;
+  private len = 0;
+
+  constructor(private readonly f: BlockFile, limit = 1 << 20) {
+    this.buf = Buffer.allocUnsafe(limit);
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    if (this.len > 0 && offset === this.at + this.len && this.len + data.length <= this.buf.length) {
+      this.buf.set(data, this.len);
+      this.len += data.length;
+      return;
+    }
+    this.drain();
+    if (data.length * 2 > this.buf.length) {
+      this.f.write(offset, data);
+      return;
+    }
+    this.buf.set(data, 0);
+    this.at = offset;
+    this.len = data.length;
+  }
+
+  /** Write what is gathered. */
+  drain(): void {
+    if (this.len === 0) return;
+    const n = this.len;
+    this.len = 0;
+    this.f.write(this.at, this.buf.subarray(0, n));
+  }
+
+  read(offset: number, length: number): Buffer {
+    this.drain();
+    return this.f.read(offset, length);
+  }
+
+  readInto(target: Uint8Array, offset: number): void {
+    this.drain();
+    this.f.readInto(target, offset);
+  }
+
+  size(): number {
+    this.drain();
+    return this.f.size();
+  }
+
+  truncate(size: number): void {
+    this.drain();
+    this.f.truncate(size);
+  }
+
+  flush(): void {
+    this.drain();
+    this.f.flush();
+  }
+
+  close(): void {
+    this.drain();
+    this.f.close();
+  }
+
+  allocatedSize(): number {
+    this.drain();
+    return this.f.allocatedSize();
   }
 }
 

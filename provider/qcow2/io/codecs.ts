@@ -14,42 +14,16 @@ import { errorFromData, ErrorData } from '../../model/errors';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from '../spec/constants';
 import { decompressCluster, zstdFrameLength } from '../spec/compress';
 import { cores, startWorker } from './threads';
+import { deflateLib, zstdLib, type DeflateLib, type ZstdLib } from './codec-lib';
 
-interface Native {
-  deflate?: { decompress(d: unknown, src: Uint8Array, n: number, out: Uint8Array, cap: number, actual: null): number; decompressor: unknown };
-  zstd?: { decompress(out: Uint8Array, cap: number, src: Uint8Array, n: number): number | bigint; isError(r: number | bigint): number };
-}
+let native: { deflate?: DeflateLib; zstd?: ZstdLib } | undefined;
 
-let native: Native | undefined;
-
-function load(): Native {
+/** The native decoders of this thread (none with QCOW2_NATIVE_CODECS=0: spec/compress.ts decodes). */
+function load(): { deflate?: DeflateLib; zstd?: ZstdLib } {
   if (native !== undefined) return native;
-  native = {};
-  if (process.env.QCOW2_NATIVE_CODECS === '0') return native;
-  let koffi: typeof import('koffi');
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    koffi = require('koffi') as typeof import('koffi');
-  } catch {
-    return native;
-  }
-  try {
-    const lib = koffi.load('libdeflate.so.0');
-    const alloc = lib.func('void *libdeflate_alloc_decompressor()');
-    const decompress = lib.func('int libdeflate_deflate_decompress(void *d, const uint8_t *in, size_t in_nbytes, uint8_t *out, size_t out_nbytes_avail, void *actual_out)');
-    native.deflate = { decompress: decompress as unknown as NonNullable<Native['deflate']>['decompress'], decompressor: alloc() };
-  } catch {
-    // not installed: Node's zlib
-  }
-  try {
-    const lib = koffi.load('libzstd.so.1');
-    const decompress = lib.func('size_t ZSTD_decompress(uint8_t *dst, size_t dst_cap, const uint8_t *src, size_t src_size)');
-    const isError = lib.func('unsigned int ZSTD_isError(size_t code)');
-    native.zstd = { decompress: decompress as (out: Uint8Array, cap: number, src: Uint8Array, n: number) => number, isError: (r) => isError(r) as number };
-  } catch {
-    // not installed: fzstd
-  }
-  return native;
+  if (process.env.QCOW2_NATIVE_CODECS === '0') return (native = {});
+  const deflate = deflateLib(), zstd = zstdLib();
+  return (native = { ...(deflate ? { deflate } : {}), ...(zstd ? { zstd } : {}) });
 }
 
 /** Which decoders this thread uses (for benchmarks and diagnostics). */
@@ -191,16 +165,82 @@ export function sharedBuffer(size: number): Buffer {
 }
 
 /**
- * Decoding on `threads` threads: this one and threads - 1 workers, started on first use; idle
- * workers never keep the process alive. Each batch is claimed job by job by whichever thread
- * is running, so a worker the system has not scheduled yet never holds the others up.
+ * What a codec worker (codec-worker.ts) is sent: a batch to claim clusters of, decode or
+ * compress (io/compressor.ts), identified by `id` for the failures it reports.
  */
-export class ClusterDecoder {
+export type CodecRequest = ({ op: 'decode' } & DecodeRequest) | ({ op: 'compress' } & import('./compressor').CompressRequest);
+
+/**
+ * The process's codec threads: worker threads (codec-worker.ts) that decode (ClusterDecoder) and
+ * compress (io/compressor.ts) the batches they are sent, each claimed cluster by cluster by
+ * whichever thread is running, the calling thread included. Started on first use, as many as a
+ * batch asks for; idle workers never keep the process alive. A worker enters native code only
+ * for a cluster it claimed, and every caller waits until its batch's claims are done, so no
+ * worker is inside a library when the process ends.
+ */
+export class CodecPool {
   private readonly workers: Worker[] = [];
   private readonly errors = new Map<number, (e: Error) => void>();
-  private readonly active = new Map<number, DecodeBatch>();
+  private readonly active = new Map<number, { fail(): void }>();
   private nextId = 1;
   private busy = 0;
+
+  /** Worker threads started so far. */
+  get started(): number {
+    return this.workers.length;
+  }
+
+  /**
+   * Send `req` (built for its id) to `threads` workers (started if need be) and return the id;
+   * `onError` hears a worker's failure or its end. Every send is paired with a done(id).
+   */
+  send(threads: number, build: (id: number) => CodecRequest, batch: { fail(): void }, onError: (e: Error) => void): number {
+    const id = this.nextId++;
+    this.errors.set(id, onError);
+    this.active.set(id, batch);
+    if (this.busy++ === 0) for (const w of this.workers) w.ref();
+    while (this.workers.length < threads) this.spawn();
+    const req = build(id);
+    for (const w of this.workers.slice(0, threads)) w.postMessage(req);
+    return id;
+  }
+
+  done(id: number): void {
+    this.active.delete(id);
+    this.errors.delete(id);
+    if (--this.busy === 0) for (const w of this.workers) w.unref();
+  }
+
+  private spawn(): void {
+    const worker = startWorker(__dirname, 'codec-worker', 'qcow2/io');
+    worker.on('message', (m: { id: number; error?: ErrorData }) => {
+      if (m.error !== undefined) this.errors.get(m.id)?.(errorFromData(m.error));
+    });
+    const fail = (why: string) => {
+      const i = this.workers.indexOf(worker);
+      if (i >= 0) this.workers.splice(i, 1);
+      for (const [id, b] of this.active) {
+        this.errors.get(id)?.(new Error(`a codec thread stopped (${why})`));
+        b.fail();
+      }
+    };
+    worker.on('error', (e) => fail(e instanceof Error ? e.message : String(e)));
+    worker.on('exit', (code) => fail(`exit code ${code}`));
+    if (this.busy === 0) worker.unref();
+    this.workers.push(worker);
+  }
+}
+
+let pool: CodecPool | undefined;
+
+/** The process's codec threads. */
+export function codecPool(): CodecPool {
+  pool ??= new CodecPool();
+  return pool;
+}
+
+/** Decoding on `threads` threads: this one and threads - 1 of the codec pool's. */
+export class ClusterDecoder {
   private readonly size: number;
 
   constructor(readonly threads: number = Math.max(1, Number(process.env.QCOW2_DECODE_THREADS) || cores())) {
@@ -215,19 +255,16 @@ export class ClusterDecoder {
       batch.work();
       return;
     }
-    const id = this.nextId++;
     let failure: Error | undefined;
-    const failed = new Promise<void>((resolve) => this.errors.set(id, (e) => { failure ??= e; resolve(); }));
-    this.active.set(id, batch);
-    if (this.busy++ === 0) for (const w of this.workers) w.ref();
+    let heard: () => void = () => undefined;
+    const failed = new Promise<void>((resolve) => { heard = resolve; });
+    const p = codecPool();
+    const id = p.send(this.size, (i) => ({
+      op: 'decode', id: i, ctrl: batch.ctrl.buffer as SharedArrayBuffer, jobs: batch.rows.buffer as SharedArrayBuffer,
+      stored: stored.buffer as SharedArrayBuffer, storedOffset: stored.byteOffset, storedLength: stored.length,
+      out: out.buffer as SharedArrayBuffer, outOffset: out.byteOffset, outLength: out.length,
+    }), batch, (e) => { failure ??= e; heard(); });
     try {
-      while (this.workers.length < this.size) this.spawn();
-      const req: DecodeRequest = {
-        id, ctrl: batch.ctrl.buffer as SharedArrayBuffer, jobs: batch.rows.buffer as SharedArrayBuffer,
-        stored: stored.buffer as SharedArrayBuffer, storedOffset: stored.byteOffset, storedLength: stored.length,
-        out: out.buffer as SharedArrayBuffer, outOffset: out.byteOffset, outLength: out.length,
-      };
-      for (const w of this.workers) w.postMessage(req);
       try {
         batch.work();
       } finally {
@@ -238,35 +275,14 @@ export class ClusterDecoder {
         throw failure;
       }
     } finally {
-      this.active.delete(id);
-      this.errors.delete(id);
-      if (--this.busy === 0) for (const w of this.workers) w.unref();
+      p.done(id);
     }
-  }
-
-  private spawn(): void {
-    const worker = startWorker(__dirname, 'decode-worker', 'qcow2/io');
-    worker.on('message', (m: { id: number; error?: ErrorData }) => {
-      if (m.error !== undefined) this.errors.get(m.id)?.(errorFromData(m.error));
-    });
-    const fail = (why: string) => {
-      const i = this.workers.indexOf(worker);
-      if (i >= 0) this.workers.splice(i, 1);
-      for (const [id, b] of this.active) {
-        this.errors.get(id)?.(new Error(`a cluster decoding thread stopped (${why})`));
-        b.fail();
-      }
-    };
-    worker.on('error', (e) => fail(e instanceof Error ? e.message : String(e)));
-    worker.on('exit', (code) => fail(`exit code ${code}`));
-    if (this.busy === 0) worker.unref();
-    this.workers.push(worker);
   }
 }
 
 let shared: ClusterDecoder | undefined;
 
-/** This thread's decoder pool. */
+/** This thread's decoder (on the codec pool). */
 export function clusterDecoder(): ClusterDecoder {
   shared ??= new ClusterDecoder();
   return shared;

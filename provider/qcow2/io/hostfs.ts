@@ -104,7 +104,7 @@ function statOf(st: BigIntStats | undefined): HostStat | undefined {
 }
 
 function fdOf(file: BlockFile): number | undefined {
-  return file instanceof NodeBlockFile ? file.fd : undefined;
+  return file.fd;
 }
 
 /** The local machine: Node's fs, and libc for locks and holes. */

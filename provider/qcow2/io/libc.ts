@@ -1,5 +1,6 @@
 // The one binding to libc: the calls Node has no API for (fcntl for QEMU's OFD locks, lseek
-// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE, sync_file_range), through koffi, loaded on first use so that a
+// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE, copy_file_range for copies that never enter this
+// process's memory, sync_file_range to start writeback), through koffi, loaded on first use so that a
 // machine without the native module can still use the engine's other paths. Symbols come from
 // the process itself (dlopen(NULL)), which has libc whether it is glibc or musl.
 //
@@ -38,6 +39,18 @@ export interface Libc {
   fallocate(fd: number, mode: number, offset: number, length: number): number;
   /** sync_file_range(2) (length 0: to the end of the file); returns 0, or -errno. */
   syncFileRange(fd: number, offset: number, length: number, flags: number): number;
+  /**
+   * copy_file_range(2) of `length` bytes from `fdIn` at `offIn` to `fdOut` at `offOut` (explicit
+   * offsets: the files' own positions are not used or moved); returns the bytes copied (0 at the
+   * end of the input), or -errno.
+   */
+  copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): number;
+  /**
+   * The same on a thread of koffi's pool, leaving this one free. A failure resolves to -1 (the
+   * errno of another thread is not this one's): the caller repeats the call with copyFileRange
+   * to learn why, which copies nothing when the cause remains.
+   */
+  copyFileRangeAsync(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): Promise<number>;
   strerror(errno: number): string;
 }
 
@@ -83,6 +96,7 @@ export function libc(): Libc | undefined {
     const fallocate = lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)');
     const syncFileRange = lib.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)');
     const strerror = lib.func('const char *strerror(int errnum)');
+    const cfr = lib.func('int64_t copy_file_range(int fd_in, _Inout_ int64_t *off_in, int fd_out, _Inout_ int64_t *off_out, size_t len, unsigned int flags)');
     const orErrno = (r: number) => (r === -1 ? -koffi.errno() : r);
     loaded = {
       fcntl: (fd, cmd, buf) => orErrno(fcntl(fd, cmd, 'void *', buf) as number),
@@ -90,6 +104,10 @@ export function libc(): Libc | undefined {
       lseek: (fd, offset, whence) => orErrno(Number(lseek(fd, offset, whence) as number | bigint)),
       fallocate: (fd, mode, offset, length) => orErrno(fallocate(fd, mode, offset, length) as number),
       syncFileRange: (fd, offset, length, flags) => orErrno(syncFileRange(fd, offset, length, flags) as number),
+      copyFileRange: (fdIn, offIn, fdOut, offOut, length) => orErrno(Number(cfr(fdIn, [offIn], fdOut, [offOut], length, 0) as number | bigint)),
+      copyFileRangeAsync: (fdIn, offIn, fdOut, offOut, length) => new Promise((resolve) => {
+        cfr.async(fdIn, [offIn], fdOut, [offOut], length, 0, (err: unknown, r: number | bigint) => resolve(err ? -1 : Number(r)));
+      }),
       strerror: (errno) => strerror(errno) as string,
     };
   } catch (e) {

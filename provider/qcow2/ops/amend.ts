@@ -18,6 +18,7 @@
 // qemu-img's in info, map and check, not in layout: qemu-img updates tables in place.
 
 import { BlockFile } from '../io/blockfile';
+import { writeZeros } from '../io/sparse';
 import * as C from '../spec/constants';
 import { countReferences } from './check';
 import { Qcow2Error } from '../../model/errors';
@@ -48,7 +49,15 @@ export interface AmendChanges {
   dataFileRaw?: boolean;
   /** rebase -u: the new backing file ('' for none) and format. */
   backing?: { file: string; format?: string };
+  /** resize --preallocation: how the new area is allocated when the size grows (default off). */
+  preallocation?: ResizePreallocation;
 }
+
+/** qemu-img resize --preallocation modes (qcow2_co_truncate accepts these four). */
+export type ResizePreallocation = 'off' | 'metadata' | 'falloc' | 'full';
+
+/** Guest bytes of the backing chain (zeros past its end): the head of a cluster copied on write. */
+export type BackingReader = (offset: number, length: number) => Uint8Array;
 
 /** A write: bytes, or a generator filling `length` bytes at apply time (L2 tables are streamed, not held). */
 type Write = { offset: number; data: Uint8Array } | { offset: number; length: number; fill: (out: DataView, at: number) => void };
@@ -62,6 +71,8 @@ export interface AmendPlan {
   commit: HeaderCommit;
   /** Grow the data file to this size before the commit. */
   dataFileGrow?: number;
+  /** resize --preallocation=falloc|full on an external data file: the grown part is written with zeros. */
+  dataFileGrowZeros?: boolean;
   /**
    * Zeros written before the commit into a cluster the image owns, past the old end (invisible
    * to the old image): the rest of the old end's cluster when growing over a longer backing file.
@@ -81,7 +92,7 @@ export interface AmendPlan {
 }
 
 /** Stored refcounts of every cluster the refcount table covers inside the file. */
-function storedRefcounts(img: Image, fileClusters: number): Uint32Array {
+export function storedRefcounts(img: Image, fileClusters: number): Uint32Array {
   const g = img.geometry;
   const counts = new Uint32Array(fileClusters);
   img.readReftable().forEach((e, ti) => {
@@ -142,7 +153,7 @@ export function upgradeRewritesSnapshots(img: Image, ch: AmendChanges): boolean 
  * and `backingLength` the backing file's virtual size (both needed when the size grows). Throws REFUSED for what only the data can decide (a refcount
  * that does not fit a narrower width); everything else was validated by provider/rules.
  */
-export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFileSize?: number, backingLength?: bigint): AmendPlan {
+export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFileSize?: number, backingLength?: bigint, readBacking?: BackingReader): AmendPlan {
   const old = img.header;
   const g = img.geometry;
   const cs = g.clusterSize;
@@ -250,7 +261,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     // data-file-raw as it will be: qemu-img clears the bit before it resizes.
     const raw = img.dataFileRaw && ch.dataFileRaw !== false;
     /** New L2 tables the grow path generates whole; written by generators, never held in memory. */
-    const generated = new Map<number, { kind: 'zero' | 'identity'; from: number; to: number }>();
+    const generated = new Map<number, Generated>();
 
     /**
      * qcow2_co_truncate with BDRV_REQ_ZERO_WRITE, for an old end inside a cluster: the rest of
@@ -289,6 +300,90 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       return tailZeros ? { tailZeros } : {};
     };
 
+    /** The old end's cluster with an external data file: already mapped, or refused (no copy-on-write there). */
+    const preallocateDataFileOldEnd = (): void => {
+      if (old.size % BigInt(cs) === 0n) return;
+      const gc = Number(old.size / BigInt(cs));
+      const t = current(Math.floor(gc / g.l2Entries));
+      const e = t ? entryAt(t, gc % g.l2Entries) : NO_ENTRY;
+      if (clusterTypeOf(e.hi, e.lo, fmt) !== 'normal') throw refusePreallocOldEnd();
+    };
+
+    /**
+     * Preallocation, the old end inside a cluster: a cluster this image owns keeps its place and
+     * its rest is zeroed (returned: written before the commit, past the old end, so invisible to
+     * the old image); an unallocated or zero cluster gets a new data cluster holding what the old
+     * image read there (the backing file's bytes, or zeros) followed by zeros, as qemu-img's
+     * copy-on-write leaves it. Anything else is refused.
+     */
+    const preallocateOldEnd = (mode: ResizePreallocation, longerBacking: boolean): AmendPlan['tailZeros'] => {
+      const inCluster = Number(old.size % BigInt(cs));
+      if (inCluster === 0) return undefined;
+      const gc = Number(old.size / BigInt(cs));
+      const i = Math.floor(gc / g.l2Entries), k = gc % g.l2Entries;
+      const t0 = current(i);
+      const e = t0 ? entryAt(t0, k) : NO_ENTRY;
+      const type = clusterTypeOf(e.hi, e.lo, fmt);
+      const scs = ext ? cs / 32 : cs;
+      const sc = Math.floor(inCluster / scs);
+      if (type === 'normal' && (e.hi & L2_HI_COPIED) !== 0) {
+        // Over a longer backing file the old end's subcluster must be this image's own (its head
+        // cannot be copied in place without a copy-on-write of the cluster).
+        if (ext && longerBacking && inCluster % scs !== 0 && !((e.allocBits >>> sc) & 1)) throw refusePreallocOldEnd();
+        return { offset: hostOffsetOf(e.hi, e.lo) + inCluster, length: cs - inCluster, inDataFile: false };
+      }
+      if (type !== 'unallocated' && type !== 'zero-plain') throw refusePreallocOldEnd();
+      const c = a.alloc(1);
+      // The copied head is written; the rest is zeros: written unless metadata mode leaves a
+      // hole past the old file's end (a free cluster inside the file may hold stale bytes).
+      const whole = mode !== 'metadata' || c < fileClusters;
+      const data = new Uint8Array(whole ? cs : inCluster);
+      if (type === 'unallocated' && old.backingFile !== undefined && readBacking) data.set(readBacking(gc * cs, inCluster));
+      writes.push({ offset: c * cs, data });
+      let allocBits = 0, zeroBits = 0;
+      if (ext) {
+        if ((mode === 'falloc' || mode === 'full') && longerBacking) allocBits = SUBCLUSTERS_ALL;
+        else {
+          zeroBits = e.zeroBits;
+          // qemu-img writes the rest of the old end's subcluster as zeros: it becomes allocated.
+          if (longerBacking && inCluster % scs !== 0) allocBits = 1 << sc;
+        }
+        zeroBits = (zeroBits & ~allocBits) >>> 0;
+      }
+      const t = tableFor(i);
+      setEntry(t, k, { ...normalEntry(c * cs, true, allocBits >>> 0), zeroBits });
+      return undefined;
+    };
+
+    /**
+     * Preallocation of the guest clusters after the old end's: data clusters, contiguous per L2
+     * table. Inside the old file they were free and may hold stale bytes, so they are written
+     * with zeros (before the commit); past it they are zeros (metadata: a hole, which the new
+     * refcount structures after them keep inside the file) or written as zeros (falloc, full).
+     * Entries as qemu-img leaves them: over a longer backing file metadata mode zeroes the area
+     * with ZERO flags (bits with extended L2) and falloc/full allocate every subcluster.
+     */
+    const preallocateNewArea = (mode: ResizePreallocation, longerBacking: boolean): void => {
+      const newClusters = g.clustersFor(ch.size!);
+      const oldClusters = g.clustersFor(old.size);
+      const entry = newPreallocEntry(mode, longerBacking, ext);
+      for (let i = Math.floor(oldClusters / g.l2Entries); i * g.l2Entries < newClusters; i++) {
+        const from = Math.max(oldClusters, i * g.l2Entries), to = Math.min(newClusters, (i + 1) * g.l2Entries);
+        if (from >= to) continue;
+        const isNew = (l1[i]! & C.L1E_OFFSET_MASK) === 0n && !copies.has(i);
+        const t = isNew ? undefined : tableFor(i);
+        if (t) for (let gc = from; gc < to; gc++) dropDataRef(entryAt(t, gc % g.l2Entries));
+        const first = a.alloc(to - from);
+        if (t) for (let gc = from; gc < to; gc++) setEntry(t, gc % g.l2Entries, entry((first + gc - from) * cs));
+        else generated.set(i, { kind: 'mapped', from, to, host: (first - from) * cs, entry });
+        const zeroTo = mode === 'metadata' ? Math.min(first + to - from, fileClusters) : first + to - from;
+        for (let c = first; c < zeroTo; c += BATCH / cs) {
+          const n = Math.min(BATCH / cs, zeroTo - c);
+          writes.push({ offset: c * cs, length: n * cs, fill: () => undefined }); // the batch is zeroed
+        }
+      }
+    };
+
     let l1Size = old.l1Size;
     if (sizeChanges) {
       const newSize = ch.size!;
@@ -318,19 +413,39 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
           l1Size = need;
           while (l1.length < l1Size) l1.push(0n);
         }
-        if (backingLength !== undefined && backingLength > old.size) {
+        const longerBacking = backingLength !== undefined && backingLength > old.size;
+        const prealloc = ch.preallocation !== undefined && ch.preallocation !== 'off' ? ch.preallocation : undefined;
+        if (prealloc !== undefined && !hasData) {
+          // qcow2_co_truncate with preallocation: every new guest cluster gets a data cluster.
+          const tail = preallocateOldEnd(prealloc, longerBacking);
+          if (tail) plan = { ...plan, tailZeros: tail };
+          preallocateNewArea(prealloc, longerBacking);
+          if (longerBacking && old.size % BigInt(cs) !== 0n && (prealloc === 'metadata' || tail)) {
+            // metadata: qemu-img then zeroes the new area (the head of the old end's subcluster
+            // written, the subclusters after it zero); a kept cluster likewise. A new cluster of
+            // falloc/full is already allocated whole and zero.
+            const z = zeroOldEndCluster(newSize);
+            if (!tail && z.tailZeros) plan = { ...plan, ...z };
+          }
+        } else if (longerBacking) {
           // As QEMU (bdrv_co_truncate): where the backing file is longer than the old end, the new
           // area must read as zeros, not as the backing file's data, so it gets ZERO entries.
           // (compat 0.10 has no zero clusters: provider/rules refused that before planning.)
+          if (prealloc !== undefined) preallocateDataFileOldEnd();
           if (old.size % BigInt(cs) !== 0n) plan = { ...plan, ...zeroOldEndCluster(newSize) };
-          fillNewArea('zero');
-        } else if (raw) {
-          // data-file-raw keeps every guest cluster mapped 1:1, so growth preallocates metadata.
+          fillNewArea(prealloc !== undefined ? 'identity' : 'zero');
+        } else if (raw || prealloc !== undefined) {
+          // data-file-raw keeps every guest cluster mapped 1:1, so growth preallocates metadata;
+          // preallocation with an external data file maps the new area 1:1 too (preallocate_co).
+          if (prealloc !== undefined && !raw) preallocateDataFileOldEnd();
           fillNewArea('identity');
         }
         if (hasData) {
-          const target = Number(raw ? g.roundUp(newSize) : newSize);
-          if ((dataFileSize ?? 0) < target) plan.dataFileGrow = target;
+          const target = Number(raw || prealloc !== undefined ? g.roundUp(newSize) : newSize);
+          if ((dataFileSize ?? 0) < target) {
+            plan.dataFileGrow = target;
+            if (prealloc === 'falloc' || prealloc === 'full') plan.dataFileGrowZeros = true;
+          }
         }
       } else {
         shrinking = true;
@@ -513,6 +628,23 @@ function resizeBitmaps(img: Image, h: Header, newSize: bigint, a: CountRefcounts
 }
 
 /** The entry of guest cluster `gc` in new area: ZERO, or COPIED | guest offset (data-file-raw). */
+/** A new L2 table written by a generator: ZERO entries, 1:1 entries, or entries mapped to host + gc * cluster size. */
+type Generated = { kind: 'zero' | 'identity'; from: number; to: number }
+  | { kind: 'mapped'; from: number; to: number; host: number; entry: (hostOffset: number) => L2Halves };
+
+/** The entry of a preallocated new cluster (see preallocateNewArea in planAmend). */
+function newPreallocEntry(mode: ResizePreallocation, longerBacking: boolean, ext: boolean): (host: number) => L2Halves {
+  if (!longerBacking) return (host) => normalEntry(host);
+  if (mode === 'metadata') {
+    return ext ? (host) => ({ ...normalEntry(host), zeroBits: SUBCLUSTERS_ALL }) : (host) => ({ ...normalEntry(host), lo: (normalEntry(host).lo | L2_LO_ZERO) >>> 0 });
+  }
+  return ext ? (host) => normalEntry(host, true, SUBCLUSTERS_ALL) : (host) => normalEntry(host);
+}
+
+function refusePreallocOldEnd(): Qcow2Error {
+  return new Qcow2Error('REFUSED', 'Cannot preallocate with the native engine: the old end of the image is inside a cluster it does not own alone (compressed, shared with a snapshot, zero with a host cluster, or a partly allocated subcluster over a longer backing file), whose rest qemu-img fills by copy-on-write. Use the qemu-img engine, or resize to a multiple of the cluster size first', { property: 'preallocation' });
+}
+
 function newAreaEntry(kind: 'zero' | 'identity', gc: number, g: Geometry): L2Halves {
   if (kind === 'identity') return normalEntry(gc * g.clusterSize);
   return g.extendedL2 ? { hi: 0, lo: 0, allocBits: 0, zeroBits: SUBCLUSTERS_ALL } : { hi: 0, lo: L2_LO_ZERO, allocBits: 0, zeroBits: 0 };
@@ -522,7 +654,9 @@ function newAreaEntry(kind: 'zero' | 'identity', gc: number, g: Geometry): L2Hal
 export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFile, punchHole?: (offset: number, length: number) => void): void {
   if (plan.dataFileGrow !== undefined) {
     if (!dataFile) throw new Qcow2Error('NOT_FOUND', 'The external data file must be open to grow it');
-    dataFile.truncate(plan.dataFileGrow);
+    const from = dataFile.size();
+    if (plan.dataFileGrowZeros) writeZeros(dataFile, from, plan.dataFileGrow - from, true);
+    else dataFile.truncate(plan.dataFileGrow);
     dataFile.flush();
   }
   if (plan.tailZeros) {
@@ -552,10 +686,14 @@ export function applyAmend(file: BlockFile, plan: AmendPlan, dataFile?: BlockFil
 }
 
 /** Entries of a generated L2 table, written as u32 halves (no BigInt per entry). */
-function fillGenerated(dv: DataView, at: number, g: Geometry, l1Index: number, gen: { kind: 'zero' | 'identity'; from: number; to: number }): void {
+function fillGenerated(dv: DataView, at: number, g: Geometry, l1Index: number, gen: Generated): void {
   const step = g.l2EntrySize;
   for (let gc = gen.from; gc < gen.to; gc++) {
     const p = at + (gc - l1Index * g.l2Entries) * step;
+    if (gen.kind === 'mapped') {
+      writeL2Entry(dv, p / step, g.extendedL2, gen.entry(gen.host + gc * g.clusterSize));
+      continue;
+    }
     // The identity fill (a 1 TiB data-file-raw growth: 16M entries) makes no object per entry.
     if (gen.kind === 'identity') putNormalEntry(dv, p, gc * g.clusterSize);
     else writeL2Entry(dv, p / step, g.extendedL2, newAreaEntry('zero', gc, g));

@@ -11,6 +11,7 @@ import { BlockFile } from '../io/blockfile';
 import { HostFs, localFs } from '../io/hostfs';
 import * as C from '../spec/constants';
 import { Qcow2Error } from '../../model/errors';
+import type { ConsistencyFacts } from '../../rules/types';
 import { Image, safeOffset } from '../meta/image';
 import {
   L2_HI_COPIED, L2_HI_OFFSET, L2_LO_ZERO, clusterTypeOf, entryAllocBits, entryHi, entryLo, entryOf, entryZeroBits, hasReservedBits,
@@ -77,12 +78,14 @@ export function countReferences(img: Image, file: BlockFile): { counts: Uint32Ar
  * refcounts left dirty, stale refcounts are what the change's repair fixes: only corruptions
  * found before the refcount comparison (broken structure) count.
  */
-export function consistencyOf(img: Image, file: BlockFile): { corruptions: number; checkErrors: number; first?: string } {
+export function consistencyOf(img: Image, file: BlockFile): ConsistencyFacts {
   const c = new Checker(img, file);
   const r = c.run();
-  const out: { corruptions: number; checkErrors: number; first?: string } = {
+  const out: ConsistencyFacts = {
     corruptions: img.dirty ? c.structural : r.corruptions, checkErrors: r.checkErrors,
   };
+  const overflows = r.messages.filter((m) => m.startsWith('ERROR: overflow cluster')).length;
+  if (overflows > 0) out.overflows = overflows;
   const first = r.messages.find((m) => !m.startsWith('Leaked'));
   if (first !== undefined && out.corruptions + out.checkErrors > 0) out.first = first.replace(/^ERROR:? /, '');
   return out;

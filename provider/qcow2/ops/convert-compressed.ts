@@ -15,7 +15,7 @@
 // - at the end the file is extended to a multiple of 512 bytes (qemu-img's "signal EOF to
 //   align" write).
 
-import type { ClusterCompressor } from '../io/compressor';
+import type { ClusterCompressor, CompressSlot } from '../io/compressor';
 import { isZeroBuffer } from '../io/sparse';
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
@@ -52,9 +52,17 @@ export function compressedRequests(src: GuestSource, size: number, cs: number): 
   return out;
 }
 
+/** Requests read into one slot of the compressor: its data clusters' guest offsets, and the progress each request completes. */
+interface Batch { slot: CompressSlot; at: number[]; marks: number[] }
+
 /**
  * Copy the guest view of `src` into a new, empty image as compressed clusters. `progress` counts
  * the bytes of the data requests, as qemu-img's progress counts them.
+ *
+ * Requests are read into the compressor's two slots in turn, as many as a slot holds: while one
+ * slot's clusters are compressed by the codec threads, this thread reads the next requests into
+ * the other, then places the first slot's results (joining in the compression of what is left of
+ * it first), so the reads and writes overlap the compression.
  */
 export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compressor: ClusterCompressor, progress?: ProgressFn): void {
   const size = Math.min(src.size, dst.size);
@@ -63,30 +71,58 @@ export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compresso
   const total = requests.reduce((t, r) => t + r.n, 0);
   let done = 0;
   progress?.(0, total);
-  let buf = Buffer.alloc(0);
-  for (const r of requests) {
-    const whole = Math.ceil(r.n / cs) * cs;
-    if (buf.length < whole) buf = Buffer.alloc(whole);
-    const view = buf.subarray(0, whole);
-    src.readInto(view.subarray(0, r.n), r.pos);
-    view.fill(0, r.n); // the last cluster past the image end: zeros, as QEMU pads it
-    // The clusters with data, moved together to be compressed in one batch.
-    const at: number[] = [];
-    for (let q = 0; q < whole; q += cs) {
-      if (isZeroBuffer(view, q, q + cs)) continue;
-      if (q !== at.length * cs) view.copy(view, at.length * cs, q, q + cs);
-      at.push(r.pos + q);
+  const place = (b: Batch): void => {
+    const input = Buffer.from(b.slot.input.buffer, b.slot.input.byteOffset, b.slot.input.length);
+    b.slot.finish().forEach((c, i) => {
+      if (c) dst.writeCompressed(b.at[i]! / cs, c);
+      else dst.write(b.at[i]!, input.subarray(i * cs, i * cs + Math.min(cs, size - b.at[i]!)));
+    });
+    dst.maybeCommit();
+    for (const m of b.marks) progress?.(m, total);
+  };
+  let started: Batch | undefined;
+  let cur: Batch | undefined;
+  const flush = (): void => {
+    if (cur === undefined) return;
+    cur.slot.start(cur.at.length);
+    if (started !== undefined) place(started);
+    started = cur;
+    cur = undefined;
+  };
+  try {
+    for (const r of requests) {
+      const whole = Math.ceil(r.n / cs) * cs;
+      if (cur !== undefined && (cur.at.length * cs + whole) > cur.slot.capacity * cs) flush();
+      cur ??= { slot: compressor.slot(), at: [], marks: [] };
+      // A request (at most max(2 MiB, one cluster)) always fits an empty slot (at least 4 MiB, or one cluster).
+      const base = cur.at.length * cs;
+      const view = Buffer.from(cur.slot.input.buffer, cur.slot.input.byteOffset + base, whole);
+      src.readInto(view.subarray(0, r.n), r.pos);
+      view.fill(0, r.n); // the last cluster past the image end: zeros, as QEMU pads it
+      // The clusters with data, moved together to be compressed in one batch.
+      let kept = 0;
+      for (let q = 0; q < whole; q += cs) {
+        if (isZeroBuffer(view, q, q + cs)) continue;
+        if (q !== kept * cs) view.copy(view, kept * cs, q, q + cs);
+        cur.at.push(r.pos + q);
+        kept++;
+      }
+      done += r.n;
+      cur.marks.push(done);
     }
-    if (at.length) {
-      const packed = compressor.compress(view.subarray(0, at.length * cs), cs);
-      packed.forEach((c, i) => {
-        if (c) dst.writeCompressed(at[i]! / cs, c);
-        else dst.write(at[i]!, view.subarray(i * cs, i * cs + Math.min(cs, size - at[i]!)));
-      });
-      dst.maybeCommit();
+    flush();
+    if (started !== undefined) place(started);
+    started = undefined;
+  } finally {
+    // A failure midway: the started slots' claims end before anything else happens.
+    for (const b of [started, cur]) {
+      if (b === undefined || !b.slot.busy) continue;
+      try {
+        b.slot.finish();
+      } catch {
+        // the first failure is the one reported
+      }
     }
-    done += r.n;
-    progress?.(done, total);
   }
   // qemu-img's last compressed write (of no bytes) aligns the end of the file to a sector.
   const len = dst.file.size();

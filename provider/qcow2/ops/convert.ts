@@ -13,8 +13,16 @@
 // next windows are read. Placement (which host clusters) is done in guest order on the calling
 // thread, so the layout does not depend on timing. Memory is bounded by the windows: 4 buffers
 // of 1 MiB, 2 for stored compressed clusters, plus the metadata.
+//
+// A window whose data all lies in local files, each cluster all data or all zeros (a raw file's
+// extents, a chain's uncompressed clusters), is copied file to file instead (placeDirect): its
+// bytes go from the source's host offsets to the new clusters' by copy_file_range
+// (io/copy-range.ts), never through a buffer here. Which clusters are all zeros (and so not
+// allocated, as qemu-img leaves them) is still decided from their bytes: a read of each
+// cluster's first 4 KiB, where data nearly always shows, and of the whole cluster only when
+// those are zeros.
 
-import { BlockFile, readIntoAsync, writeAsync } from '../io/blockfile';
+import { BlockFile, WriteCombiner, readIntoAsync, writeAsync } from '../io/blockfile';
 import { clusterDecoder, decodeCluster, DecodeJob, sharedBuffer } from '../io/codecs';
 import { HostFs, localFs } from '../io/hostfs';
 import { Publication, existsError } from '../io/publish';
@@ -26,6 +34,7 @@ import { GuestSource, ProgressFn } from '../guest/source';
 import { DirtyBitmap } from '../meta/dirty-bitmap';
 import { clusterCompressor } from '../io/compressor';
 import { copyGuestCompressed } from './convert-compressed';
+import { RangeCopier } from '../io/copy-range';
 
 const WINDOW = 1 << 20;
 /**
@@ -37,6 +46,11 @@ const DEPTH = 2;
 const BUFFERS = DEPTH + 2;
 /** Compressed clusters this close together in the file are read with one pread. */
 const GAP = 64 << 10;
+
+/** File-to-file copies in flight at once (each up to a window's data; 1, 2 and 4 measured alike: the kernel serialises writers of one file). */
+const COPIES = 2;
+/** Bytes of a cluster read first to tell data from zeros (a page). */
+const PROBE = 4096;
 
 /** qemu-img convert's request size (its I/O buffer, 2 MiB): how its progress advances. */
 const PROGRESS_STEP = 2 << 20;
@@ -108,10 +122,95 @@ class CopyProgress {
   }
 }
 
-interface Window { offset: number; length: number; extents: Extent[]; buf?: Buffer }
+interface Window { offset: number; length: number; extents: Extent[]; buf?: Buffer; direct?: boolean }
 
 /** One write of placed clusters. */
 interface Write { file: BlockFile; host: number; data: Buffer }
+
+/** One file-to-file copy of placed clusters: `length` bytes of `src` at `from` to `host` in the image's file. */
+interface Copy { src: BlockFile; from: number; host: number; length: number }
+
+/**
+ * Whether a window can be copied file to file: whole clusters, every extent zeros or data in a
+ * local file, the zeros at cluster boundaries (so each cluster is all data or all zeros), and
+ * the kernel's copy possible between each source file and the image's.
+ */
+function directWindow(w: Window, cs: number, target: BlockFile, copier: RangeCopier): boolean {
+  if (w.offset % cs !== 0 || w.length % cs !== 0) return false;
+  let data = false;
+  for (const e of w.extents) {
+    if (e.kind === 'zero') {
+      if (e.offset % cs !== 0 || e.length % cs !== 0) return false;
+    } else if (e.kind !== 'data' || !copier.direct(e.file, target)) {
+      return false;
+    } else {
+      data = true;
+    }
+  }
+  return data;
+}
+
+/** True when the `cs` bytes of guest cluster `c` (all data, in `extents`) are all zeros; `probe` and `whole` are scratch. */
+function zeroCluster(extents: Extent[], c: number, cs: number, probe: Buffer, whole: Buffer): boolean {
+  const first = probe.subarray(0, Math.min(cs, PROBE));
+  readGuest(extents, c * cs, first);
+  if (!isZeroBuffer(first)) return false;
+  if (first.length === cs) return true;
+  readGuest(extents, c * cs, whole);
+  return isZeroBuffer(whole);
+}
+
+/** Fill `into` with the guest bytes at `offset` from data extents (synchronous preads). */
+function readGuest(extents: Extent[], offset: number, into: Buffer): void {
+  const end = offset + into.length;
+  for (const e of extents) {
+    if (e.kind !== 'data' || e.offset + e.length <= offset || e.offset >= end) continue;
+    const a = Math.max(offset, e.offset), b = Math.min(end, e.offset + e.length);
+    e.file.readInto(into.subarray(a - offset, b - offset), e.host + a - e.offset);
+  }
+}
+
+/**
+ * Place a direct window's clusters that are not all zeros (runs, each one contiguous host
+ * allocation, in guest order) and return the copies that put their bytes there, one per piece
+ * of a source extent. A run the image cannot place in one allocation is written through a
+ * buffer here (dst.write).
+ */
+function placeDirect(w: Window, dst: Qcow2Image, probe: Buffer, whole: Buffer): Copy[] {
+  const cs = dst.cs;
+  const first = w.offset / cs;
+  const count = w.length / cs;
+  const data = new Uint8Array(count);
+  for (const e of w.extents) {
+    if (e.kind !== 'data') continue;
+    for (let c = Math.floor(e.offset / cs); c * cs < e.offset + e.length; c++) data[c - first] = 1;
+  }
+  for (let i = 0; i < count; i++) if (data[i] === 1 && zeroCluster(w.extents, first + i, cs, probe, whole)) data[i] = 0;
+  const copies: Copy[] = [];
+  let run = -1;
+  for (let i = 0; i <= count; i++) {
+    if (i < count && data[i] === 1) {
+      if (run < 0) run = i;
+      continue;
+    }
+    if (run < 0) continue;
+    const start = (first + run) * cs, end = (first + i) * cs;
+    const host = dst.placeNewClusters(first + run, i - run);
+    if (host === undefined) {
+      const buf = Buffer.allocUnsafe(end - start);
+      readGuest(w.extents, start, buf);
+      dst.write(start, buf);
+    } else {
+      for (const e of w.extents) {
+        if (e.kind !== 'data' || e.offset + e.length <= start || e.offset >= end) continue;
+        const a = Math.max(start, e.offset), b = Math.min(end, e.offset + e.length);
+        copies.push({ src: e.file, from: e.host + a - e.offset, host: host + a - start, length: b - a });
+      }
+    }
+    run = -1;
+  }
+  return copies;
+}
 
 function planWindow(src: GuestSource, offset: number, size: number): Window {
   const length = Math.min(WINDOW, size - offset);
@@ -291,6 +390,10 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
   let allocated = 0;
   const writing: Array<Promise<void>> = [];
   const inflight: Array<{ w: Window; ready: Promise<void> }> = [];
+  const target = dst.dataFile ?? dst.file;
+  const copier = new RangeCopier();
+  const probe = Buffer.allocUnsafe(PROBE);
+  let whole: Buffer | undefined;
   const acquire = async (): Promise<Buffer> => {
     while (free.length === 0 && allocated >= BUFFERS && writing.length > 0) await writing.shift();
     if (free.length > 0) return free.pop()!;
@@ -303,7 +406,8 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
       while (inflight.length < DEPTH && next < size) {
         const w = planWindow(src, next, size);
         next += w.length;
-        if (!needsBuffer(w)) {
+        w.direct = directWindow(w, dst.cs, target, copier);
+        if (!needsBuffer(w) || w.direct) {
           inflight.push({ w, ready: Promise.resolve() });
           continue;
         }
@@ -316,6 +420,17 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
       }
       const { w, ready } = inflight.shift()!;
       await ready;
+      if (w.direct) {
+        for (const c of placeDirect(w, dst, probe, whole ??= Buffer.allocUnsafe(dst.cs))) {
+          while (writing.length >= COPIES) await writing.shift();
+          const done = copier.copy(c.src, c.from, target, c.host, c.length);
+          done.catch(() => undefined);
+          writing.push(done);
+        }
+        dst.maybeCommit();
+        report?.upTo(w.offset + w.length);
+        continue;
+      }
       const writes = placeWindow(w, dst);
       const buf = w.buf;
       if (buf !== undefined) {
@@ -338,9 +453,11 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
 class Unflushed implements BlockFile {
   readonly readIntoAsync?: BlockFile['readIntoAsync'];
   readonly writeAsync?: BlockFile['writeAsync'];
+  readonly fd?: number;
   constructor(private readonly f: BlockFile) {
     if (f.readIntoAsync) this.readIntoAsync = f.readIntoAsync.bind(f);
     if (f.writeAsync) this.writeAsync = f.writeAsync.bind(f);
+    this.fd = f.fd;
   }
   read(offset: number, length: number): Buffer { return this.f.read(offset, length); }
   readInto(target: Uint8Array, offset: number): void { this.f.readInto(target, offset); }
@@ -403,13 +520,15 @@ function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOpt
       if (plan.dataFilePrealloc) writeZeros(df, 0, dsize, true);
       df.truncate(dsize);
     }
-    const f = new Unflushed(pub.create(imagePath, 'image'));
+    // Compressed clusters are small writes, one after another: gathered into 1 MiB writes.
+    const f = opts.compressed ? new WriteCombiner(new Unflushed(pub.create(imagePath, 'image'))) : new Unflushed(pub.create(imagePath, 'image'));
     writePlan(plan, f);
     img = Qcow2Image.over(f, { writable: true, dataFile: df, fileName: imagePath, host });
     const opened = img;
     return done(copy(opened), () => {
       if (opts.bitmaps) copyBitmaps(opened, opts.bitmaps);
       opened.close();
+      f.flush(); // (a WriteCombiner's last writes; the publication makes them durable)
       pub.publish({ durable: opts.durable ?? true });
     }, fail);
   } catch (e) {

@@ -91,4 +91,52 @@ describe.skipIf(SKIP)('convert options against qemu-img', () => {
     expect(bitmaps.status).toBe(1);
     expect(bitmaps.stderr).toMatch(/Format driver 'raw' does not support bitmaps/);
   });
+
+  /** qemu-img's run of the same arguments, its prefix as ours prints it. */
+  const qemu = (args: string[]) => {
+    const r = tool('qemu-img', args, root);
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr.replace(/^qemu-img: /gm, 'qcow2: ') };
+  };
+
+  it('without_O_writes_raw_as_qemu_img', () => {
+    must('qemu-img', ['convert', 'top.qcow2', 'd-q.img'], root);
+    const r = qcow2(['convert', 'top.qcow2', 'd-o.img']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(must('qemu-img', ['info', '--output=json', 'd-o.img'], root).stdout).format).toBe('raw');
+    expect(fs.readFileSync(path.join(root, 'd-o.img')).equals(fs.readFileSync(path.join(root, 'd-q.img')))).toBe(true);
+    expect(shape('d-o.img')).toEqual(shape('d-q.img'));
+  });
+
+  it('C_and_its_conflicts_in_qemu_img_words', () => {
+    for (const args of [
+      ['convert', '-C', '-S', '4k', '-O', 'qcow2', 'top.qcow2', 'x.qcow2'],
+      ['convert', '-C', '-S', '8k', '-O', 'qcow2', 'top.qcow2', 'x.qcow2'],
+      ['convert', '-C', '-c', '-O', 'qcow2', 'top.qcow2', 'x.qcow2'],
+      ['convert', '-C', '--salvage', '-O', 'qcow2', 'top.qcow2', 'x.qcow2'],
+      ['convert', '-S', '1000', 'top.qcow2', 'x.qcow2'],
+      ['convert', '--skip-broken-bitmaps', 'top.qcow2', 'x.qcow2'],
+      ['convert', '-c', '-O', 'raw', 'top.qcow2', 'x.qcow2'],
+      ['convert', '-c', 'top.qcow2', 'x.qcow2'],
+      ['convert', '-B', 'base.qcow2', '-F', 'qcow2', 'top.qcow2', 'x.qcow2'],
+    ]) {
+      expect(qcow2(args), args.join(' ')).toEqual(qemu(args));
+      fs.rmSync(path.join(root, 'x.qcow2'), { force: true }); // qemu-img may leave it (compression is checked after creating)
+    }
+    // -C alone: the same copy.
+    must('qemu-img', ['convert', '-C', '-O', 'qcow2', 'top.qcow2', 'cc-q.qcow2'], root);
+    const r = qcow2(['convert', '-C', '-O', 'qcow2', 'top.qcow2', 'cc-o.qcow2']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(shape('cc-o.qcow2')).toEqual(shape('cc-q.qcow2'));
+    expect(must('qemu-img', ['compare', 'cc-o.qcow2', 'cc-q.qcow2'], root).stdout).toMatch(/identical/);
+  });
+
+  it('a_missing_backing_file_named_by_o_is_reported_as_qemu_img_reports_it_and_nothing_is_created', () => {
+    fs.mkdirSync(path.join(root, 'sub'), { recursive: true });
+    const args = ['convert', '-O', 'qcow2', '-o', 'backing_file=nope.qcow2,backing_fmt=qcow2', 'top.qcow2', 'sub/mb.qcow2'];
+    const ref = qemu(args);
+    fs.rmSync(path.join(root, 'sub', 'mb.qcow2'), { force: true }); // qemu-img created it before failing to open it
+    expect(qcow2(args)).toEqual(ref);
+    expect(ref.stderr).toMatch(/Could not open backing file: Could not open 'sub\/nope.qcow2'/);
+    expect(fs.existsSync(path.join(root, 'sub', 'mb.qcow2'))).toBe(false);
+  });
 });

@@ -25,21 +25,21 @@ function tree(files: string[]): string {
 
 describe('workerModule', () => {
   it('finds the compiled module beside its caller', () => {
-    const root = tree(['dist/provider/qcow2/io/decode-worker.js']);
+    const root = tree(['dist/provider/qcow2/io/codec-worker.js']);
     const io = path.join(root, 'dist/provider/qcow2/io');
-    expect(workerModule(io, 'decode-worker', 'qcow2/io')).toBe(path.join(io, 'decode-worker.js'));
+    expect(workerModule(io, 'codec-worker', 'qcow2/io')).toBe(path.join(io, 'codec-worker.js'));
   });
 
   it('finds it at its place in the compiled tree when the caller is the bundle in dist/provider/cli', () => {
-    const root = tree(['dist/provider/cli/qcow2-bundle.js', 'dist/provider/qcow2/io/decode-worker.js', 'dist/provider/engines/native/worker.js']);
+    const root = tree(['dist/provider/cli/qcow2-bundle.js', 'dist/provider/qcow2/io/codec-worker.js', 'dist/provider/engines/native/worker.js']);
     const cli = path.join(root, 'dist/provider/cli');
-    expect(workerModule(cli, 'decode-worker', 'qcow2/io')).toBe(path.join(root, 'dist/provider/qcow2/io/decode-worker.js'));
+    expect(workerModule(cli, 'codec-worker', 'qcow2/io')).toBe(path.join(root, 'dist/provider/qcow2/io/codec-worker.js'));
     expect(workerModule(cli, 'worker', 'engines/native')).toBe(path.join(root, 'dist/provider/engines/native/worker.js'));
   });
 
   it('finds none among the TypeScript sources (they run through ts-node)', () => {
-    const root = tree(['provider/qcow2/io/decode-worker.ts', 'provider/cli/main.ts']);
-    expect(workerModule(path.join(root, 'provider/qcow2/io'), 'decode-worker', 'qcow2/io')).toBeUndefined();
-    expect(workerModule(path.join(root, 'provider/cli'), 'decode-worker', 'qcow2/io')).toBeUndefined();
+    const root = tree(['provider/qcow2/io/codec-worker.ts', 'provider/cli/main.ts']);
+    expect(workerModule(path.join(root, 'provider/qcow2/io'), 'codec-worker', 'qcow2/io')).toBeUndefined();
+    expect(workerModule(path.join(root, 'provider/cli'), 'codec-worker', 'qcow2/io')).toBeUndefined();
   });
 });
