@@ -1,7 +1,7 @@
 // What every bench shares: whole-process measurement under GNU time (wall, CPU, peak RSS), and
 // the median.
 
-import { spawnSync } from 'child_process';
+import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -108,4 +108,31 @@ export function perRawImage(bench: string, sizes: string[], runs: number, qemuIm
     fs.rmSync(root, { recursive: true, force: true });
   }
   return mismatches ? 1 : 0;
+}
+
+/** A static file server with Range support in a child process (the bench blocks in spawnSync). */
+const SERVER = `
+const http = require('http'), fs = require('fs');
+const file = process.argv[1], size = fs.statSync(file).size;
+http.createServer((req, res) => {
+  const m = /^bytes=(\\d+)-(\\d*)$/.exec(req.headers.range || '');
+  if (req.method === 'HEAD') { res.writeHead(200, { 'content-length': size, 'accept-ranges': 'bytes' }).end(); return; }
+  if (m) {
+    const a = Number(m[1]), b = m[2] ? Math.min(Number(m[2]), size - 1) : size - 1;
+    res.writeHead(206, { 'content-length': b - a + 1, 'content-range': 'bytes ' + a + '-' + b + '/' + size, 'accept-ranges': 'bytes' });
+    fs.createReadStream(file, { start: a, end: b, highWaterMark: 1 << 20 }).pipe(res);
+  } else {
+    res.writeHead(200, { 'content-length': size, 'accept-ranges': 'bytes' });
+    fs.createReadStream(file, { highWaterMark: 1 << 20 }).pipe(res);
+  }
+}).listen(0, '127.0.0.1', function () { console.log(this.address().port); });
+`;
+
+export async function startHttpServer(file: string): Promise<{ url: string; stop(): void }> {
+  const child = spawn(process.execPath, ['-e', SERVER, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout!.once('data', (d) => resolve(Number(String(d).trim())));
+    child.once('exit', (c) => reject(new Error(`the bench's HTTP server exited (${c})`)));
+  });
+  return { url: `http://127.0.0.1:${port}/${path.basename(file)}`, stop: () => child.kill() };
 }

@@ -19,12 +19,12 @@
 //
 //   npm run build && node dist/bench/convert.js [runs]     (default 5)
 
-import { spawn, spawnSync } from 'child_process';
+import { spawnSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, Sample, haveGnuTime, measure, median } from './common';
+import { CLI, Sample, haveGnuTime, measure, median, startHttpServer } from './common';
 
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 5);
 const GiB = 2 ** 30;
@@ -110,33 +110,6 @@ function makeCloudImage(dir: string): { raw: string; image: string; files: numbe
   return { raw, image: path.join(dir, 'cloud.qcow2'), files };
 }
 
-/** A static file server with Range support in a child process (the bench blocks in spawnSync). */
-const SERVER = `
-const http = require('http'), fs = require('fs');
-const file = process.argv[1], size = fs.statSync(file).size;
-http.createServer((req, res) => {
-  const m = /^bytes=(\\d+)-(\\d*)$/.exec(req.headers.range || '');
-  if (req.method === 'HEAD') { res.writeHead(200, { 'content-length': size, 'accept-ranges': 'bytes' }).end(); return; }
-  if (m) {
-    const a = Number(m[1]), b = m[2] ? Math.min(Number(m[2]), size - 1) : size - 1;
-    res.writeHead(206, { 'content-length': b - a + 1, 'content-range': 'bytes ' + a + '-' + b + '/' + size, 'accept-ranges': 'bytes' });
-    fs.createReadStream(file, { start: a, end: b, highWaterMark: 1 << 20 }).pipe(res);
-  } else {
-    res.writeHead(200, { 'content-length': size, 'accept-ranges': 'bytes' });
-    fs.createReadStream(file, { highWaterMark: 1 << 20 }).pipe(res);
-  }
-}).listen(0, '127.0.0.1', function () { console.log(this.address().port); });
-`;
-
-async function startServer(file: string): Promise<{ url: string; stop(): void }> {
-  const child = spawn(process.execPath, ['-e', SERVER, file], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout!.once('data', (d) => resolve(Number(String(d).trim())));
-    child.once('exit', (c) => reject(new Error(`the bench's HTTP server exited (${c})`)));
-  });
-  return { url: `http://127.0.0.1:${port}/${path.basename(file)}`, stop: () => child.kill() };
-}
-
 function qemuHasCurl(): boolean {
   const r = spawnSync('qemu-img', ['info', '--output=json', 'http://127.0.0.1:1/x'], { encoding: 'utf8' });
   return !/Unknown protocol|Unknown driver/i.test(r.stderr);
@@ -198,7 +171,7 @@ async function main(): Promise<number> {
     // The chain's guest view, for comparison.
     const cloud = makeCloudImage(root);
     const sum = `sha256:${crypto.createHash('sha256').update(fs.readFileSync(cloud.image)).digest('hex')}`;
-    server = await startServer(cloud.image);
+    server = await startHttpServer(cloud.image);
     const curl = qemuHasCurl();
     const ourCli = (args: string[], env: string[] = []) => ['env', ...env, process.execPath, CLI, 'convert', ...args];
     const cases: Case[] = [

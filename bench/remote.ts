@@ -11,13 +11,22 @@
 //    native engine here, the host's files over SFTP) against `ssh host qemu-img create ...`, the
 //    median of RUNS interleaved runs each, with and without the delay; the local process's peak
 //    RSS. Whole processes under GNU time.
+// 3. A URL source imported into an image on the host (`qcow2 convert --checksum ... URL
+//    ssh://...`: downloaded, verified and converted here, the image streamed to the host) against
+//    the same done on the host (`ssh host 'curl ... && qemu-img convert ...'`), median of RUNS
+//    interleaved runs, on the direct connection; and the bytes that crossed the SSH link for one
+//    of ours, counted at a proxy, against the source's size and the image's allocated data. The
+//    source: a 2 GiB qcow2 holding 256 MiB of random data in 4 MiB extents, served over HTTP
+//    from 127.0.0.1.
 //
-//   npm run build && node dist/bench/remote.js [count] [delay-ms] [provider,create]
+//   npm run build && node dist/bench/remote.js [count] [delay-ms] [provider,create,url]
 
+import { spawn, spawnSync } from 'child_process';
+import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, haveGnuTime, measure, med, peakMiB, type Sample } from './common';
+import { CLI, haveGnuTime, measure, med, peakMiB, startHttpServer, type Sample } from './common';
 import { startSshd, type Sshd } from '../test/helpers/sshd';
 import { startTcpProxy, type TcpProxy } from '../test/helpers/tcp-proxy';
 import { ProviderHost, Stack, serializedProvider } from '../test/resource/host';
@@ -27,7 +36,7 @@ const DELAY = Number(process.argv[3] ?? 10);
 const PARALLEL = 10;
 const SAMPLE = 20;
 const RUNS = 5;
-const PARTS = (process.argv[4] ?? 'provider,create').split(',');
+const PARTS = (process.argv[4] ?? 'provider,create,url').split(',');
 
 async function pool<T>(items: T[], fn: (t: T) => Promise<unknown>, parallel = PARALLEL): Promise<void> {
   let next = 0;
@@ -78,6 +87,12 @@ async function provider(sshd: Sshd, proxy: TcpProxy, dir: string): Promise<void>
   }
 }
 
+/** OpenSSH's client to the test sshd, with the bench's key and known_hosts. */
+function sshTo(sshd: Sshd, port: number, home: string): string[] {
+  return ['ssh', '-q', '-p', String(port), '-i', sshd.clientKey.privateKeyPath, '-o', `UserKnownHostsFile=${path.join(home, '.ssh', 'known_hosts')}`,
+    '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', `${sshd.user}@127.0.0.1`];
+}
+
 function create(sshd: Sshd, port: number, dir: string, home: string, label: string): void {
   let n = 0;
   const next = () => path.join(dir, `big${++n}`);
@@ -85,8 +100,7 @@ function create(sshd: Sshd, port: number, dir: string, home: string, label: stri
   const native: Sample[] = [];
   const qemu: Sample[] = [];
   const env = ['env', `HOME=${home}`, 'SSH_AUTH_SOCK='];
-  const ssh = ['ssh', '-q', '-p', String(port), '-i', sshd.clientKey.privateKeyPath, '-o', `UserKnownHostsFile=${path.join(home, '.ssh', 'known_hosts')}`,
-    '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', `${sshd.user}@127.0.0.1`];
+  const ssh = sshTo(sshd, port, home);
   for (let i = 0; i < RUNS; i++) {
     const a = next(), b = next();
     const ours = () => native.push(measure([...env, process.execPath, CLI, 'create', '-q', '-f', 'qcow2', '-o', `data_file=${a}.raw,data_file_raw=on`, url(`${a}.qcow2`), '1T'], dir));
@@ -96,6 +110,78 @@ function create(sshd: Sshd, port: number, dir: string, home: string, label: stri
   }
   const w = med(native, 'wall'), q = med(qemu, 'wall');
   console.log(`| ${label} | ${w.toFixed(2)} | ${q.toFixed(2)} | ${(w / q).toFixed(2)} | ${peakMiB(native)} |`);
+}
+
+function sh(cmd: string, args: string[], cwd: string): string {
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`);
+  return r.stdout;
+}
+
+async function urlSource(sshd: Sshd, dir: string, home: string): Promise<void> {
+  const MiB = 2 ** 20;
+  // The source: 64 extents of 4 MiB random data, one every 32 MiB, in a 2 GiB qcow2.
+  const raw = path.join(home, 'src.raw');
+  const fd = fs.openSync(raw, 'w');
+  const chunk = Buffer.alloc(4 * MiB);
+  for (let i = 0; i < 64; i++) fs.writeSync(fd, crypto.randomFillSync(chunk), 0, chunk.length, i * 32 * MiB);
+  fs.ftruncateSync(fd, 2 * 1024 * MiB);
+  fs.closeSync(fd);
+  const src = path.join(home, 'src.qcow2');
+  sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, src], home);
+  fs.rmSync(raw);
+  const sum = `sha256:${crypto.createHash('sha256').update(fs.readFileSync(src)).digest('hex')}`;
+  const server = await startHttpServer(src);
+  // A proxy without delay, to count the SSH link's bytes of one run (measure() below blocks this
+  // event loop, so the timed runs use the direct connection).
+  const counter = await startTcpProxy({ host: '127.0.0.1', port: sshd.port });
+  fs.appendFileSync(path.join(home, '.ssh', 'known_hosts'), `[127.0.0.1]:${counter.port} ${sshd.hostKeyLine}\n`);
+  try {
+    const env = (tag: string) => ['env', `HOME=${home}`, 'SSH_AUTH_SOCK=', `PULUMI_QCOW2_CACHE_DIR=${path.join(home, `cache-${tag}`)}`];
+    const ours = (port: number, out: string, tag: string) =>
+      [...env(tag), process.execPath, CLI, 'convert', '--checksum', sum, '-O', 'qcow2', server.url, `ssh://127.0.0.1:${port}${out}`];
+    const ssh = sshTo(sshd, sshd.port, home);
+    // The same flow by hand: download and convert here, then scp to the host (-C off, as ours).
+    const scp = ['scp', '-q', '-P', String(sshd.port), '-i', sshd.clientKey.privateKeyPath, '-o', `UserKnownHostsFile=${path.join(home, '.ssh', 'known_hosts')}`,
+      '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes'];
+    const byHand = (out: string, tag: string) => {
+      const dl = path.join(home, `${tag}.download`), img = path.join(home, `${tag}.qcow2`);
+      return ['sh', '-c', `curl -sf -o '${dl}' '${server.url}' && qemu-img convert -f qcow2 -O qcow2 '${dl}' '${img}' && ${scp.join(' ')} '${img}' '${sshd.user}@127.0.0.1:${out}'; s=$?; rm -f '${dl}' '${img}'; exit $s`];
+    };
+    // Or all of it on the host, where the host can reach the URL.
+    const onHost = (out: string) => [...ssh, `curl -sf -o '${out}.download' '${server.url}' && qemu-img convert -f qcow2 -O qcow2 '${out}.download' '${out}'; s=$?; rm -f '${out}.download'; exit $s`];
+    const a: Sample[] = [];
+    const b: Sample[] = [];
+    const c: Sample[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const x = path.join(dir, `url-ours-${i}.qcow2`), y = path.join(dir, `url-hand-${i}.qcow2`), z = path.join(dir, `url-host-${i}.qcow2`);
+      const runs = [() => a.push(measure(ours(sshd.port, x, String(i)), dir)), () => b.push(measure(byHand(y, String(i)), dir)), () => c.push(measure(onHost(z), dir))];
+      for (let k = 0; k < runs.length; k++) runs[(i + k) % runs.length]!();
+      for (const f of [x, y, z]) {
+        if (spawnSync('qemu-img', ['compare', '-q', src, f]).status !== 0) throw new Error(`${path.basename(f)} differs from the source`);
+      }
+      sh('qemu-img', ['check', '-q', x], dir);
+      for (const f of [x, y, z]) fs.rmSync(f);
+      fs.rmSync(path.join(home, `cache-${i}`), { recursive: true, force: true });
+    }
+    // One more of ours through the counting proxy, asynchronously (the proxy runs on this loop).
+    const out = path.join(dir, 'url-counted.qcow2');
+    const before = counter.bytes.up + counter.bytes.down;
+    const [cmd, ...args] = ours(counter.port, out, 'counted');
+    const status = await new Promise<number | null>((resolve) => spawn(cmd!, args, { stdio: 'ignore' }).on('close', resolve));
+    if (status !== 0) throw new Error('the counted import failed');
+    const link = counter.bytes.up + counter.bytes.down - before;
+    const info = JSON.parse(sh('qemu-img', ['info', '--output=json', out], dir)) as { 'actual-size': number };
+    const w = med(a, 'wall'), h = med(b, 'wall'), q = med(c, 'wall');
+    console.log(`| URL source (2 GiB qcow2, 256 MiB of data) into an image on the host | qcow2 convert URL ssh://… s | by hand: curl, qemu-img convert, scp s | ratio | on the host: ssh host 'curl && qemu-img convert' s | ratio | qcow2 peak RSS MiB | source MiB | image on the host MiB | bytes over SSH MiB |`);
+    console.log(`|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|`);
+    console.log(`| downloaded, verified and converted here, streamed to the host | ${w.toFixed(2)} | ${h.toFixed(2)} | ${(w / h).toFixed(2)} | ${q.toFixed(2)} | ${(w / q).toFixed(2)} | ${peakMiB(a)} | ` +
+      `${(fs.statSync(src).size / MiB).toFixed(1)} | ${(info['actual-size'] / MiB).toFixed(1)} | ${(link / MiB).toFixed(1)} |`);
+    fs.rmSync(out);
+  } finally {
+    await counter.close();
+    server.stop();
+  }
 }
 
 async function main(): Promise<void> {
@@ -114,6 +200,8 @@ async function main(): Promise<void> {
     console.log(`|---|---:|---:|---:|---:|`);
     // measure() blocks this event loop (spawnSync), which the proxy runs on: the direct connection.
     if (PARTS.includes('create')) create(sshd, sshd.port, dir, home, 'loopback, no delay');
+    console.log('');
+    if (PARTS.includes('url')) await urlSource(sshd, dir, home);
     console.log(`\nsshd on 127.0.0.1 (the "remote" files are this machine's, reached only over SSH); the gRPC client and sshd share the machine's cores.`);
   } finally {
     await proxy.close();

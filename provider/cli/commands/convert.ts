@@ -48,7 +48,7 @@ const spec: CommandSpec = {
     ['-B <backing>', 'make the new image an overlay of BACKING (as -o backing_file=): only what the source holds above its own backing file is copied; BACKING must hold the rest'],
     ['-F <fmt>', "format of -B's backing file (qcow2 or raw; required, as -o backing_fmt=)"],
     ['-n', 'write into DST, an existing qcow2 image at least as large as the source (its options and backing file kept), instead of creating it'],
-    ['-C', "copy offloading: accepted (the copy is the same; qemu-img's conflicts with -c, -S and --salvage are refused in its words)"],
+    ['-C', "copy offloading: accepted (data in local files is always copied with copy_file_range where the kernel allows; qemu-img's conflicts with -c, -S and --salvage are refused in its words)"],
     ['-S <size>', 'minimum sparse size: not supported (refused), except for qemu-img\'s conflict with -C'],
     ['--salvage', 'continue past read errors: not supported (refused), except for qemu-img\'s conflict with -C'],
   ],

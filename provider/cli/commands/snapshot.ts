@@ -5,7 +5,8 @@
 import { getopt } from '../args';
 import { cliEngine, localFile } from '../engine';
 import { snapshotListText } from '../render/snapshots';
-import { fail, failOn } from '../report';
+import { Exit, fail, failOn, reportEach } from '../report';
+import { Qcow2Error } from '../../model/errors';
 import { out } from '../io';
 import { repairDirtyFirst } from '../dirty';
 import type { SnapshotRequest } from '../../rules/types';
@@ -41,6 +42,11 @@ export async function run(argv: string[]): Promise<void> {
     await repairDirtyFirst(localFile(file, 'snapshot'));
     if (request) await engine.snapshot(file, request);
   } catch (e) {
+    // qemu-img reports a failed snapshot operation as separate error lines, each prefixed.
+    if (Qcow2Error.isInstance(e) && e.code === 'REFUSED' && e.property === 'snapshot') {
+      reportEach(e.message);
+      throw new Exit(1);
+    }
     failOn(e, file);
   }
 }

@@ -1,6 +1,6 @@
 // The one binding to libc: the calls Node has no API for (fcntl for QEMU's OFD locks, lseek
-// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE, copy_file_range for copies that never enter this
-// process's memory, sync_file_range to start writeback), through koffi, loaded on first use so that a
+// SEEK_DATA/SEEK_HOLE, fallocate PUNCH_HOLE, sync_file_range, copy_file_range for copies that
+// never enter this process's memory), through koffi, loaded on first use so that a
 // machine without the native module can still use the engine's other paths. Symbols come from
 // the process itself (dlopen(NULL)), which has libc whether it is glibc or musl.
 //
@@ -37,8 +37,6 @@ export interface Libc {
   lseek(fd: number, offset: number, whence: number): number;
   /** fallocate(2); returns 0, or -errno. */
   fallocate(fd: number, mode: number, offset: number, length: number): number;
-  /** sync_file_range(2) (length 0: to the end of the file); returns 0, or -errno. */
-  syncFileRange(fd: number, offset: number, length: number, flags: number): number;
   /**
    * copy_file_range(2) of `length` bytes from `fdIn` at `offIn` to `fdOut` at `offOut` (explicit
    * offsets: the files' own positions are not used or moved); returns the bytes copied (0 at the
@@ -51,6 +49,8 @@ export interface Libc {
    * to learn why, which copies nothing when the cause remains.
    */
   copyFileRangeAsync(fdIn: number, offIn: number, fdOut: number, offOut: number, length: number): Promise<number>;
+  /** sync_file_range(2) (length 0: to the end of the file); returns 0, or -errno. */
+  syncFileRange(fd: number, offset: number, length: number, flags: number): number;
   strerror(errno: number): string;
 }
 
@@ -103,11 +103,11 @@ export function libc(): Libc | undefined {
       flock: layout,
       lseek: (fd, offset, whence) => orErrno(Number(lseek(fd, offset, whence) as number | bigint)),
       fallocate: (fd, mode, offset, length) => orErrno(fallocate(fd, mode, offset, length) as number),
-      syncFileRange: (fd, offset, length, flags) => orErrno(syncFileRange(fd, offset, length, flags) as number),
       copyFileRange: (fdIn, offIn, fdOut, offOut, length) => orErrno(Number(cfr(fdIn, [offIn], fdOut, [offOut], length, 0) as number | bigint)),
       copyFileRangeAsync: (fdIn, offIn, fdOut, offOut, length) => new Promise((resolve) => {
         cfr.async(fdIn, [offIn], fdOut, [offOut], length, 0, (err: unknown, r: number | bigint) => resolve(err ? -1 : Number(r)));
       }),
+      syncFileRange: (fd, offset, length, flags) => orErrno(syncFileRange(fd, offset, length, flags) as number),
       strerror: (errno) => strerror(errno) as string,
     };
   } catch (e) {

@@ -10,7 +10,7 @@
 
 import { BlockFile } from '../io/blockfile';
 import * as C from '../spec/constants';
-import { invalidImage } from '../../model/errors';
+import { Qcow2Error, invalidImage } from '../../model/errors';
 import { HEADER_V2 } from '../spec/header';
 import { L2_HI_COPIED, clusterTypeOf, hostClusterOf, hostOffsetOf, parseCompressedEntry, entryOf } from '../spec/l2';
 import { Snapshot, encodeSnapshots, findSnapshot, snapshotTableSize, validateSnapshotL1 } from '../spec/snapshot';
@@ -292,7 +292,8 @@ export function deleteSnapshot(file: BlockFile, img: Image, index: number, opts:
   const w = new SnapshotChange(file, img, opts);
   const sn = w.list[index]!;
   const bad = validateSnapshotL1(sn, file.size(), w.cs);
-  if (bad) throw invalidImage(bad, sn.l1TableOffset);
+  // qcow2_snapshot_delete's words: the snapshot's table is broken, nothing is changed.
+  if (bad) throw new Qcow2Error('REFUSED', `Could not delete snapshot '${sn.name}': ${bad}`, { property: 'snapshot', offset: sn.l1TableOffset });
   w.writeSnapshotTable(w.list.filter((_, i) => i !== index));
   // Its references go, then its L1 table; the active tables' COPIED flags follow the new counts.
   w.updateRefcounts(readL1Of(img, sn), -1);
@@ -309,7 +310,12 @@ export function applySnapshot(file: BlockFile, img: Image, index: number, opts: 
   const w = new SnapshotChange(file, img, opts);
   const sn = w.list[index]!;
   const bad = validateSnapshotL1(sn, file.size(), w.cs);
-  if (bad) throw invalidImage(bad, sn.l1TableOffset);
+  if (bad) {
+    // qcow2_snapshot_goto reports the table's fault, then qemu-img the failure with its errno
+    // (qcow2_validate_table: EFBIG for a table too large, EINVAL otherwise); nothing is changed.
+    const errno = bad === 'Snapshot L1 table too large' ? 'File too large' : 'Invalid argument';
+    throw new Qcow2Error('REFUSED', `${bad}\nCould not apply snapshot '${sn.name}': Failed to load snapshot: ${errno}`, { property: 'snapshot', offset: sn.l1TableOffset });
+  }
   if (sn.l1Size > w.l1.length) {
     throw invalidImage(`The L1 table of snapshot '${sn.name}' (${sn.l1Size} entries) is larger than the image's (${w.l1.length}); ` +
       'resize the image to the snapshot\'s size first', sn.l1TableOffset);

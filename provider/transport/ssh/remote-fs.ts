@@ -11,6 +11,14 @@
 // allocated size in parallel with the open, so reading an image's facts costs 2 SFTP round trips.
 // A close is not waited for.
 //
+// Writes are sent behind (write-behind): write() answers once its bytes are copied and sent, up to
+// WRITE_BEHIND_BYTES in flight per host, so the engine prepares the next bytes while these travel.
+// Every other call on the same file (read, truncate, sync, close, allocation, extents, locks) first
+// waits for the file's writes and fails with the first of them that failed; a close still closes
+// and releases the locks, after the writes, then reports the failure. Calls by name (stat, link,
+// rename, unlink, folders, exec) wait for the writes of every open file first, so a publication
+// never overtakes the bytes it publishes, and a lock is never released with writes still on the way.
+//
 // Without the helper (no perl on the host): locks fail (changes are refused, UNSUPPORTED), a
 // file's identity is its size, mode and times (only used to undo a failed publication), its
 // allocation is its length rounded up to 4 KiB, it is all data (no holes found), and folders are
@@ -35,6 +43,10 @@ export type RemoteFileStat = HelperStat;
 
 interface Handle {
   handle: number;
+  /** Writes sent and not yet answered. */
+  inFlight: Set<Promise<void>>;
+  /** The first of them that failed, until a call on this file reports it. */
+  failed?: unknown;
   /** The SFTP handle; a read-only file opened through the helper gets one on its first read past the head. */
   file?: SftpFile | Promise<SftpFile>;
   path: string;
@@ -43,6 +55,8 @@ interface Handle {
 }
 
 const QCOW_MAGIC = 0x514649fb;
+/** Bytes of writes in flight per host before write() waits for the oldest (see the header). */
+const WRITE_BEHIND_BYTES = 4 << 20;
 /** Reads of a first cluster beyond this are not brought along with an open (qcow2's largest is 2 MiB). */
 const MAX_HEAD = 2 << 20;
 
@@ -73,6 +87,8 @@ export class RemoteFs {
   private readonly locks = new Map<number, { lock: RemoteImageLock; handle: number }>();
   private nextHandle = 1;
   private helperMissing?: Qcow2Error;
+  /** Bytes of all files' writes in flight. */
+  private writeBehind = 0;
 
   /** @internal use remoteFs() */
   constructor(readonly pool: SshPool, readonly rc: ResolvedConnection, id: string) {
@@ -179,7 +195,7 @@ export class RemoteFs {
         if (viaHelper !== undefined) {
           if ('notRegular' in viaHelper) throw notRegular(where.where(name));
           const handle = this.nextHandle++;
-          this.handles.set(handle, { handle, path: filePath, writable: false, locks: new Set() });
+          this.handles.set(handle, { handle, path: filePath, writable: false, locks: new Set(), inFlight: new Set() });
           return { answer: { handle, size: viaHelper.size, allocated: viaHelper.allocated, id: viaHelper.id }, head: viaHelper.head };
         }
       }
@@ -213,7 +229,7 @@ export class RemoteFs {
       // A new file is a temporary one until published: the helper removes it if we vanish first.
       if (mode === 'create') await this.helped(c, (h) => h.own(filePath)).catch(() => undefined);
       const handle = this.nextHandle++;
-      this.handles.set(handle, { handle, file, path: filePath, writable: mode !== 'read', locks: new Set() });
+      this.handles.set(handle, { handle, file, path: filePath, writable: mode !== 'read', locks: new Set(), inFlight: new Set() });
       const st = await allocated;
       const answer: OpenAnswer = { handle, size };
       if (mode === 'read') answer.allocated = st !== undefined ? st.allocated : approximateAllocation(size);
@@ -240,6 +256,7 @@ export class RemoteFs {
   /** `length` bytes at `offset`; past the end, zeros. */
   async read(handle: number, offset: number, length: number): Promise<Buffer> {
     const h = this.handle(handle);
+    await this.settle(h);
     return this.use(async () => (await this.sftpFile(h)).read(offset, length));
   }
 
@@ -253,14 +270,54 @@ export class RemoteFs {
     }
   }
 
+  /** Send a write and answer (write-behind, see the header); its failure is reported by the file's next call. */
   async write(handle: number, offset: number, data: Uint8Array): Promise<void> {
     const h = this.handle(handle);
     this.checkLocks(h);
-    await this.use(async () => (await this.sftpFile(h)).write(offset, data));
+    this.reportFailure(h);
+    const bytes = Buffer.from(data); // the caller's buffer is reused once this answers
+    this.writeBehind += bytes.length;
+    const sent: Promise<void> = this.use(async () => (await this.sftpFile(h)).write(offset, bytes))
+      .catch((e: unknown) => {
+        if (!('failed' in h)) h.failed = e;
+      })
+      .finally(() => {
+        h.inFlight.delete(sent);
+        this.writeBehind -= bytes.length;
+      });
+    h.inFlight.add(sent);
+    while (this.writeBehind > WRITE_BEHIND_BYTES && h.inFlight.size > 0) await Promise.race(h.inFlight);
+    this.reportFailure(h);
+  }
+
+  /** Throw (once) the first failed write of `h`. */
+  private reportFailure(h: Handle): void {
+    if (!('failed' in h)) return;
+    const e = h.failed;
+    delete h.failed;
+    throw e;
+  }
+
+  /** Wait for `h`'s writes; then throw the first that failed, if `report`. */
+  private async settle(h: Handle, report = true): Promise<void> {
+    while (h.inFlight.size > 0) await Promise.all([...h.inFlight]);
+    if (report) this.reportFailure(h);
+  }
+
+  /** Wait for every open file's writes (their failures stay with their files). */
+  private async settleAll(): Promise<void> {
+    for (const h of [...this.handles.values()]) await this.settle(h, false);
+  }
+
+  /** use(), once every write sent is answered: for the calls by name. */
+  private async useSettled<T>(fn: (c: SshConnection) => Promise<T>): Promise<T> {
+    await this.settleAll();
+    return this.use(fn);
   }
 
   async truncate(handle: number, size: number): Promise<void> {
     const h = this.handle(handle);
+    await this.settle(h);
     this.checkLocks(h);
     await this.use(async () => (await this.sftpFile(h)).truncate(size));
   }
@@ -268,6 +325,7 @@ export class RemoteFs {
   /** fsync(2) through fsync@openssh.com; UNSUPPORTED when the server lacks it (nothing is promised durable then). */
   async sync(handle: number): Promise<void> {
     const h = this.handle(handle);
+    await this.settle(h);
     this.checkLocks(h);
     await this.use(async () => (await this.sftpFile(h)).fsync());
   }
@@ -276,6 +334,7 @@ export class RemoteFs {
   async close(handle: number): Promise<void> {
     const h = this.handles.get(handle);
     if (h === undefined) return;
+    await this.settle(h, false);
     try {
       for (const id of [...h.locks]) await this.unlock(id);
     } finally {
@@ -283,11 +342,13 @@ export class RemoteFs {
       if (h.file !== undefined) void Promise.resolve(h.file).then((f) => f.close()).catch(() => undefined);
       this.maybeRelease();
     }
+    this.reportFailure(h);
   }
 
   /** Bytes allocated for the file on the host (its length rounded up to 4 KiB without the helper). */
   async allocated(handle: number): Promise<number> {
     const h = this.handle(handle);
+    await this.settle(h);
     return this.use(async (c) => {
       const st = await this.helped(c, (x) => x.stat(h.path));
       return st !== undefined ? st.allocated : approximateAllocation((await (await this.sftpFile(h)).stat()).size);
@@ -297,6 +358,7 @@ export class RemoteFs {
   /** Extents of [offset, offset+length) clipped to the file's size (all data without the helper). */
   async extents(handle: number, offset: number, length: number, max = 256): Promise<HelperExtent[]> {
     const h = this.handle(handle);
+    await this.settle(h);
     return this.use(async (c) => {
       const e = await this.helped(c, (x) => x.extents(h.path, offset, length, max));
       if (e !== undefined) return e;
@@ -318,7 +380,7 @@ export class RemoteFs {
 
   /** stat(2) (lstat(2) with follow false); undefined when nothing is there. */
   async stat(filePath: string, follow = true): Promise<RemoteFileStat | undefined> {
-    return this.use(async (c) => {
+    return this.useSettled(async (c) => {
       const viaHelper = await this.helped(c, (h) => h.stat(filePath, follow).then((s) => ({ s })));
       if (viaHelper !== undefined) return viaHelper.s;
       const sftp = await c.sftp();
@@ -346,7 +408,7 @@ export class RemoteFs {
    * as link(2) + unlink(2) (the temporary name is then gone already).
    */
   async link(existing: string, newPath: string, name = newPath): Promise<void> {
-    await this.use(async (c) => {
+    await this.useSettled(async (c) => {
       const sftp = await c.sftp();
       try {
         if (sftp.extensions.hardlink) await sftp.link(existing, newPath);
@@ -359,7 +421,7 @@ export class RemoteFs {
 
   /** rename(2), replacing `to`: posix-rename@openssh.com (UNSUPPORTED without it). */
   async rename(from: string, to: string): Promise<void> {
-    await this.use(async (c) => {
+    await this.useSettled(async (c) => {
       await (await c.sftp()).rename(from, to);
       await this.disowned(c, from);
     });
@@ -372,7 +434,7 @@ export class RemoteFs {
 
   /** unlink(2); false when nothing was there. */
   async unlink(filePath: string): Promise<boolean> {
-    return this.use(async (c) => {
+    return this.useSettled(async (c) => {
       try {
         await (await c.sftp()).unlink(filePath);
         await this.disowned(c, filePath);
@@ -393,7 +455,7 @@ export class RemoteFs {
    * listing and a look at each file.
    */
   async scan(dir: string, max: number): Promise<{ files: Array<{ name: string; id: string; backing?: string }>; truncated: boolean }> {
-    return this.use(async (c) => {
+    return this.useSettled(async (c) => {
       const viaHelper = await this.helped(c, (h) => h.scan(dir, max));
       if (viaHelper !== undefined) return viaHelper;
       const names = await this.readdir(dir);
@@ -417,16 +479,16 @@ export class RemoteFs {
   }
 
   async readdir(filePath: string): Promise<string[]> {
-    return this.use(async (c) => (await c.sftp()).readdir(filePath));
+    return this.useSettled(async (c) => (await c.sftp()).readdir(filePath));
   }
 
   async mkdir(filePath: string): Promise<void> {
-    await this.use(async (c) => (await c.sftp()).mkdir(filePath, 0o700));
+    await this.useSettled(async (c) => (await c.sftp()).mkdir(filePath, 0o700));
   }
 
   /** A new folder `prefix` + a unique suffix (mode 0700), as mkdtemp(3). */
   async mkdtemp(prefix: string): Promise<string> {
-    return this.use(async (c) => {
+    return this.useSettled(async (c) => {
       const sftp = await c.sftp();
       for (let attempt = 0; ; attempt++) {
         const dir = `${prefix}${randomBytes(6).toString('base64url')}`;
@@ -451,7 +513,7 @@ export class RemoteFs {
 
   /** Remove a folder and everything in it; nothing there is not an error. */
   async removeTree(filePath: string): Promise<void> {
-    await this.use(async (c) => {
+    await this.useSettled(async (c) => {
       const sftp = await c.sftp();
       const remove = async (p: string): Promise<void> => {
         const st = await sftp.lstat(p).catch(() => undefined);
@@ -471,7 +533,7 @@ export class RemoteFs {
 
   /** fsync(2) a folder through the helper; skipped where the host has none (SFTP cannot). */
   async fsyncDir(filePath: string): Promise<void> {
-    await this.use(async (c) => {
+    await this.useSettled(async (c) => {
       try {
         await this.helped(c, (h) => h.fsyncDir(filePath));
       } catch {
@@ -482,7 +544,7 @@ export class RemoteFs {
 
   /** Run `argv` on the host, each argument quoted by quote.ts (SshConnection.exec). */
   async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    return this.use((c) => c.exec(argv, opts));
+    return this.useSettled((c) => c.exec(argv, opts));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -490,6 +552,7 @@ export class RemoteFs {
 
   async lock(handle: number, mode: LockMode): Promise<LockAnswer> {
     const h = this.handle(handle);
+    await this.settle(h);
     return this.use(async (c) => {
       const helper = this.helper(c);
       if (helper === undefined) throw this.helperMissing!;
@@ -510,6 +573,8 @@ export class RemoteFs {
   async lockChange(id: number, mode: LockMode): Promise<LockAnswer> {
     const l = this.locks.get(id);
     if (l === undefined) throw new Qcow2Error('INVALID_OPTION', `image lock ${id} on ${this.label} was released`);
+    const h = this.handles.get(l.handle);
+    if (h !== undefined) await this.settle(h);
     await this.use(() => l.lock.change(mode));
     return { id, bytes: [...l.lock.bytes] };
   }
@@ -517,6 +582,9 @@ export class RemoteFs {
   async unlock(id: number): Promise<void> {
     const l = this.locks.get(id);
     if (l === undefined) return;
+    const h = this.handles.get(l.handle);
+    if (h !== undefined) await this.settle(h, false);
+    if (!this.locks.has(id)) return;
     this.locks.delete(id);
     this.handles.get(l.handle)?.locks.delete(id);
     try {

@@ -7,29 +7,16 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { must, scratchBase, skipWithoutTools, tool } from '../../engines/helpers';
+import { CliRun, runCli } from '../../helpers/cli';
 
-const CLI = path.resolve(__dirname, '../../../dist/provider/cli/main.js');
 const SKIP = skipWithoutTools('cli/resize-amend-parity');
 
-interface Run { status: number; out: string; err: string }
-
-async function ours(args: string[], cwd: string): Promise<Run> {
-  const { main } = require(CLI) as { main(argv: string[], io: { out(t: string): void; err(t: string): void }): Promise<number> };
-  const prev = process.cwd();
-  process.chdir(cwd);
-  let out = '', err = '';
-  try {
-    const status = await main(args, { out: (t) => { out += t; }, err: (t) => { err += t; } });
-    return { status, out, err };
-  } finally {
-    process.chdir(prev);
-  }
-}
+const ours = runCli;
 
 /** qemu-img's run with its prefix as ours prints it. */
-function theirs(args: string[], cwd: string): Run {
+function theirs(args: string[], cwd: string): CliRun {
   const r = tool('qemu-img', args, cwd);
-  return { status: r.status ?? -1, out: r.stdout, err: r.stderr.replace(/^qemu-img: /gm, 'qcow2: ') };
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr.replace(/^qemu-img: /gm, 'qcow2: ') };
 }
 
 /**
@@ -112,7 +99,7 @@ describe.skipIf(SKIP)('resize --preallocation and amend -p as qemu-img', () => {
         const ref = theirs(['resize', `--preallocation=${mode}`, 'img.qcow2', c.to], a);
         const got = await ours(['resize', `--preallocation=${mode}`, 'img.qcow2', c.to], b);
         expect(got).toEqual(ref);
-        expect(got.out).toBe('Image resized.\n');
+        expect(got.stdout).toBe('Image resized.\n');
         expect(mapOf(b, 'img.qcow2', !c.smallClusters)).toEqual(mapOf(a, 'img.qcow2', !c.smallClusters));
         expect(must('qemu-img', ['compare', '-q', path.join(a, 'img.qcow2'), path.join(b, 'img.qcow2')], b).status).toBe(0);
         expect(tool('qemu-img', ['check', 'img.qcow2'], b).status).toBe(0);
@@ -164,7 +151,7 @@ describe.skipIf(SKIP)('resize --preallocation and amend -p as qemu-img', () => {
       const ref = theirs(['amend', '-p', '-o', change, 'img.qcow2'], a);
       const got = await ours(['amend', '-p', '-o', change, 'img.qcow2'], b);
       expect(got).toEqual(ref);
-      expect(got.out.split('\r').length).toBeGreaterThan(2);
+      expect(got.stdout.split('\r').length).toBeGreaterThan(2);
     });
   }
 
@@ -206,7 +193,7 @@ describe.skipIf(SKIP)('resize --preallocation and amend -p as qemu-img', () => {
     expect(await ours(['check', 'img.qcow2'], b)).toEqual(theirs(['check', 'img.qcow2'], a));
     // (qemu-img's own amend here walks a reftable of 1-bit refcounts for half a minute: its
     // result is compared through check, on a copy of ours.)
-    expect(await ours(['amend', '-o', 'refcount_bits=2', 'img.qcow2'], b)).toEqual({ status: 0, out: '', err: '' });
+    expect(await ours(['amend', '-o', 'refcount_bits=2', 'img.qcow2'], b)).toEqual({ status: 0, stdout: '', stderr: '' });
     expect(must('qemu-img', ['info', 'img.qcow2'], b).stdout).toMatch(/refcount bits: 2\n/);
     fs.copyFileSync(path.join(b, 'img.qcow2'), path.join(a, 'img.qcow2'));
     expect(await ours(['check', '-r', 'all', 'img.qcow2'], b)).toEqual(theirs(['check', '-r', 'all', 'img.qcow2'], a));
@@ -221,6 +208,6 @@ describe.skipIf(SKIP)('resize --preallocation and amend -p as qemu-img', () => {
     });
     const refused = await ours(['resize', 'img.qcow2', '128M'], c);
     expect(refused.status).toBe(1);
-    expect(refused.err).toMatch(/overflow cluster offset=0x50000.*nothing was changed/);
+    expect(refused.stderr).toMatch(/overflow cluster offset=0x50000.*nothing was changed/);
   });
 });

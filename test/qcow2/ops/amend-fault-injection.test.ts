@@ -61,6 +61,17 @@ const OPERATIONS: Operation[] = [
     run: (p, b) => resizeImage(p, 10485760n + 512n, { ...b, allowShrink: true }),
   },
   {
+    name: 'resize --preallocation=full 1000k -> 3000k, old end inside a cluster (4 KiB clusters)',
+    setup: and(mk('cluster_size=4096', '1000k'), io('write -P 0x5a 0 500k')),
+    run: (p, b) => resizeImage(p, 3000n * 1024n, { ...b, preallocation: 'full' }),
+  },
+  {
+    name: 'resize --preallocation=metadata over a longer backing file from inside a subcluster (extended L2)',
+    setup: and(`$QEMU_IMG create -q -f raw base.raw 1M`, `$QEMU_IO -f raw -c 'write -P 0xff 0 1M' base.raw >/dev/null`,
+      `$QEMU_IMG create -q -f qcow2 -o extended_l2=on,cluster_size=16k -b base.raw -F raw ${IMG} 503k`),
+    run: (p, b) => resizeImage(p, 1013n * 1024n, { ...b, preallocation: 'metadata' }),
+  },
+  {
     name: 'compat downgrade with zero clusters (4 KiB clusters)',
     setup: and(mk('cluster_size=4096', '32M'), io('write -P 0x66 0 2M', 'write -z 0 64k', 'write -z -u 512k 32k', 'write -z 4M 64k', 'write -z -u 8M 16k')),
     run: amendOp({ compat: '0.10' }),
