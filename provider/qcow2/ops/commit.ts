@@ -2,8 +2,9 @@
 // allocated above the base, at the mirror's granularity, is copied into the base (data read
 // through the whole chain; ranges that read as zeros become zero writes), then the top image
 // is emptied (qcow2_make_empty) unless asked to keep it. The base is written through the
-// guest write path (guest/qcow2.ts), whose own commit order keeps it consistent; the emptying
-// is written in meta/ordered.ts's order.
+// guest write path (guest/qcow2.ts), whose own commit order keeps it consistent: its new
+// clusters placed there (placeNewClusters) and their bytes written here, off the calling
+// thread, before any metadata that maps them; the emptying is written in meta/ordered.ts's order.
 
 import { BlockFile, writeAsync } from '../io/blockfile';
 import * as C from '../spec/constants';

@@ -1,6 +1,7 @@
 // `compare`: qemu-img compare's walk over two guest views (img_compare): block status through
 // each backing chain (bdrv_block_status_above), chunks of at most 2 MiB read only where a side
-// holds data, sector-granular comparison, and qemu-img's verdicts and words. Read-only.
+// holds data (a few chunks ahead, on libuv's thread pool), sector-granular comparison (an equal
+// chunk in one comparison), and qemu-img's verdicts and words. Read-only.
 
 import { GuestSource } from '../guest/source';
 import { readGuestAsync } from '../guest/extents';
