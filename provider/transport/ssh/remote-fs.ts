@@ -11,8 +11,10 @@
 // allocated size in parallel with the open, so reading an image's facts costs 2 SFTP round trips.
 // A close is not waited for.
 //
-// Writes are sent behind (write-behind): write() answers once its bytes are copied and sent, up to
-// WRITE_BEHIND_BYTES in flight per host, so the engine prepares the next bytes while these travel.
+// Writes of up to 1 MiB are sent behind (write-behind): write() answers once its bytes are copied
+// (into reused buffers) and sent, up to WRITE_BEHIND_BYTES in flight per host, so the engine
+// prepares the next bytes while these travel; a larger write is sent from the caller's buffer and
+// waited for, as it pays for its own round trip.
 // Every other call on the same file (read, truncate, sync, close, allocation, extents, locks) first
 // waits for the file's writes and fails with the first of them that failed; a close still closes
 // and releases the locks, after the writes, then reports the failure. Calls by name (stat, link,
@@ -57,6 +59,8 @@ interface Handle {
 const QCOW_MAGIC = 0x514649fb;
 /** Bytes of writes in flight per host before write() waits for the oldest (see the header). */
 const WRITE_BEHIND_BYTES = 4 << 20;
+/** Size of the buffers writes are sent behind from (reused); a larger write is sent from its own and waited for. */
+const SPARE_BYTES = 1 << 20;
 /** Reads of a first cluster beyond this are not brought along with an open (qcow2's largest is 2 MiB). */
 const MAX_HEAD = 2 << 20;
 
@@ -89,6 +93,8 @@ export class RemoteFs {
   private helperMissing?: Qcow2Error;
   /** Bytes of all files' writes in flight. */
   private writeBehind = 0;
+  /** Buffers of finished writes, for the next ones' copies. */
+  private readonly spare: Buffer[] = [];
 
   /** @internal use remoteFs() */
   constructor(readonly pool: SshPool, readonly rc: ResolvedConnection, id: string) {
@@ -275,7 +281,18 @@ export class RemoteFs {
     const h = this.handle(handle);
     this.checkLocks(h);
     this.reportFailure(h);
-    const bytes = Buffer.from(data); // the caller's buffer is reused once this answers
+    if (data.length > SPARE_BYTES) {
+      // A write this large pays for its own round trip: sent from the caller's buffer, waited for
+      // (no copy, and no more of it queued in the SSH channel than before).
+      await this.settle(h);
+      await this.use(async () => (await this.sftpFile(h)).write(offset, data));
+      return;
+    }
+    // The caller's buffer is reused once this answers: the bytes travel in a copy, in a buffer
+    // of an earlier write when one is free (no new memory per write for the collector to find).
+    const buf = this.spare.pop() ?? Buffer.allocUnsafeSlow(SPARE_BYTES);
+    buf.set(data);
+    const bytes = buf.subarray(0, data.length);
     this.writeBehind += bytes.length;
     const sent: Promise<void> = this.use(async () => (await this.sftpFile(h)).write(offset, bytes))
       .catch((e: unknown) => {
@@ -284,6 +301,8 @@ export class RemoteFs {
       .finally(() => {
         h.inFlight.delete(sent);
         this.writeBehind -= bytes.length;
+        // SFTP has copied the bytes into its packets by now: the buffer is free.
+        if ((this.spare.length + 1) * SPARE_BYTES <= WRITE_BEHIND_BYTES + SPARE_BYTES) this.spare.push(buf);
       });
     h.inFlight.add(sent);
     while (this.writeBehind > WRITE_BEHIND_BYTES && h.inFlight.size > 0) await Promise.race(h.inFlight);
