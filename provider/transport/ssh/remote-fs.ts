@@ -49,6 +49,8 @@ interface Handle {
   inFlight: Set<Promise<void>>;
   /** The first of them that failed, until a call on this file reports it. */
   failed?: unknown;
+  /** Failures reported so far: a write sent before a report that fails after it is the same failure, not reported again. */
+  reports: number;
   /** The SFTP handle; a read-only file opened through the helper gets one on its first read past the head. */
   file?: SftpFile | Promise<SftpFile>;
   path: string;
@@ -201,7 +203,7 @@ export class RemoteFs {
         if (viaHelper !== undefined) {
           if ('notRegular' in viaHelper) throw notRegular(where.where(name));
           const handle = this.nextHandle++;
-          this.handles.set(handle, { handle, path: filePath, writable: false, locks: new Set(), inFlight: new Set() });
+          this.handles.set(handle, { handle, path: filePath, writable: false, locks: new Set(), inFlight: new Set(), reports: 0 });
           return { answer: { handle, size: viaHelper.size, allocated: viaHelper.allocated, id: viaHelper.id }, head: viaHelper.head };
         }
       }
@@ -235,7 +237,7 @@ export class RemoteFs {
       // A new file is a temporary one until published: the helper removes it if we vanish first.
       if (mode === 'create') await this.helped(c, (h) => h.own(filePath)).catch(() => undefined);
       const handle = this.nextHandle++;
-      this.handles.set(handle, { handle, file, path: filePath, writable: mode !== 'read', locks: new Set(), inFlight: new Set() });
+      this.handles.set(handle, { handle, file, path: filePath, writable: mode !== 'read', locks: new Set(), inFlight: new Set(), reports: 0 });
       const st = await allocated;
       const answer: OpenAnswer = { handle, size };
       if (mode === 'read') answer.allocated = st !== undefined ? st.allocated : approximateAllocation(size);
@@ -294,9 +296,10 @@ export class RemoteFs {
     buf.set(data);
     const bytes = buf.subarray(0, data.length);
     this.writeBehind += bytes.length;
+    const reports = h.reports;
     const sent: Promise<void> = this.use(async () => (await this.sftpFile(h)).write(offset, bytes))
       .catch((e: unknown) => {
-        if (!('failed' in h)) h.failed = e;
+        if (!('failed' in h) && h.reports === reports) h.failed = e;
       })
       .finally(() => {
         h.inFlight.delete(sent);
@@ -314,6 +317,7 @@ export class RemoteFs {
     if (!('failed' in h)) return;
     const e = h.failed;
     delete h.failed;
+    h.reports++;
     throw e;
   }
 
