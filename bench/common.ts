@@ -136,3 +136,10 @@ export async function startHttpServer(file: string): Promise<{ url: string; stop
   });
   return { url: `http://127.0.0.1:${port}/${path.basename(file)}`, stop: () => child.kill() };
 }
+
+/** Run a command to its end; its standard output, or an error with its standard error. */
+export function sh(cmd: string, args: string[], cwd: string): string {
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`);
+  return r.stdout;
+}

@@ -24,7 +24,7 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, Sample, haveGnuTime, measure, median, startHttpServer } from './common';
+import { CLI, Sample, haveGnuTime, measure, median, sh, startHttpServer } from './common';
 
 const runs = Number(process.argv[2] ?? process.env.BENCH_RUNS ?? 5);
 const GiB = 2 ** 30;
@@ -32,12 +32,6 @@ const MiB = 2 ** 20;
 const RSS_LIMIT_MIB = 100;
 /** Seconds qemu-img's curl driver gets. */
 const CURL_CAP_S = 180;
-
-function sh(cmd: string, args: string[], cwd: string): string {
-  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`);
-  return r.stdout;
-}
 
 /** 4 GiB sparse: 64 extents of 16 MiB random data, one every 64 MiB; the rest holes. */
 function makeSparseRaw(file: string): void {

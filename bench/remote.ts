@@ -26,7 +26,7 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI, haveGnuTime, measure, med, peakMiB, startHttpServer, type Sample } from './common';
+import { CLI, haveGnuTime, measure, med, peakMiB, sh, startHttpServer, type Sample } from './common';
 import { startSshd, type Sshd } from '../test/helpers/sshd';
 import { startTcpProxy, type TcpProxy } from '../test/helpers/tcp-proxy';
 import { ProviderHost, Stack, serializedProvider } from '../test/resource/host';
@@ -87,10 +87,15 @@ async function provider(sshd: Sshd, proxy: TcpProxy, dir: string): Promise<void>
   }
 }
 
-/** OpenSSH's client to the test sshd, with the bench's key and known_hosts. */
+/** OpenSSH's options for the test sshd: the bench's key and known_hosts, no prompts. */
+function sshOptions(sshd: Sshd, home: string): string[] {
+  return ['-q', '-i', sshd.clientKey.privateKeyPath, '-o', `UserKnownHostsFile=${path.join(home, '.ssh', 'known_hosts')}`,
+    '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes'];
+}
+
+/** OpenSSH's client to the test sshd. */
 function sshTo(sshd: Sshd, port: number, home: string): string[] {
-  return ['ssh', '-q', '-p', String(port), '-i', sshd.clientKey.privateKeyPath, '-o', `UserKnownHostsFile=${path.join(home, '.ssh', 'known_hosts')}`,
-    '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', `${sshd.user}@127.0.0.1`];
+  return ['ssh', ...sshOptions(sshd, home), '-p', String(port), `${sshd.user}@127.0.0.1`];
 }
 
 function create(sshd: Sshd, port: number, dir: string, home: string, label: string): void {
@@ -110,12 +115,6 @@ function create(sshd: Sshd, port: number, dir: string, home: string, label: stri
   }
   const w = med(native, 'wall'), q = med(qemu, 'wall');
   console.log(`| ${label} | ${w.toFixed(2)} | ${q.toFixed(2)} | ${(w / q).toFixed(2)} | ${peakMiB(native)} |`);
-}
-
-function sh(cmd: string, args: string[], cwd: string): string {
-  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.error?.message}`);
-  return r.stdout;
 }
 
 async function urlSource(sshd: Sshd, dir: string, home: string): Promise<void> {
@@ -142,8 +141,7 @@ async function urlSource(sshd: Sshd, dir: string, home: string): Promise<void> {
       [...env(tag), process.execPath, CLI, 'convert', '--checksum', sum, '-O', 'qcow2', server.url, `ssh://127.0.0.1:${port}${out}`];
     const ssh = sshTo(sshd, sshd.port, home);
     // The same flow by hand: download and convert here, then scp to the host (-C off, as ours).
-    const scp = ['scp', '-q', '-P', String(sshd.port), '-i', sshd.clientKey.privateKeyPath, '-o', `UserKnownHostsFile=${path.join(home, '.ssh', 'known_hosts')}`,
-      '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes'];
+    const scp = ['scp', ...sshOptions(sshd, home), '-P', String(sshd.port)];
     const byHand = (out: string, tag: string) => {
       const dl = path.join(home, `${tag}.download`), img = path.join(home, `${tag}.qcow2`);
       return ['sh', '-c', `curl -sf -o '${dl}' '${server.url}' && qemu-img convert -f qcow2 -O qcow2 '${dl}' '${img}' && ${scp.join(' ')} '${img}' '${sshd.user}@127.0.0.1:${out}'; s=$?; rm -f '${dl}' '${img}'; exit $s`];
