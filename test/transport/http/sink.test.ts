@@ -1,4 +1,4 @@
-// FileSink (transport/http/sink.ts): chunks of any size gathered into 1 MiB writes, written
+// FileSink (transport/http/sink.ts): chunks of any size gathered into 256 KiB writes, written
 // while the next fills; the file ends as the bytes taken, in order, whatever the chunk sizes; a
 // restart forgets the bytes gathered and written; close writes what is gathered, so a partial
 // download kept for resuming holds every byte its offset counts; a reopened partial file is
@@ -28,7 +28,7 @@ function chunks(data: Buffer): Buffer[] {
 const sha256 = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
 
 describe('FileSink', () => {
-  it('writes_the_bytes_taken_in_order_across_its_1_MiB_writes', async () => {
+  it('writes_the_bytes_taken_in_order_across_its_writes', async () => {
     const data = crypto.randomBytes(3 * (1 << 20) + 12345);
     const file = path.join(dir, 'whole');
     const sink = await FileSink.open(file, 'sha256', 'wx');
