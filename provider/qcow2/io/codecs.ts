@@ -1,9 +1,8 @@
 // Compressed clusters decoded in bulk, on every core, by native code on koffi's threads: each
 // cluster of a window is one asynchronous call into libdeflate (zlib clusters) or libzstd (zstd
 // clusters) through koffi when those libraries are installed (Debian: libdeflate0, libzstd1),
-// decoding from the window's stored bytes straight into its buffer, several queued at once (koffi
-// runs them on libuv's thread pool); the calling thread only hands them out (about 10 µs a
-// cluster). No isolate is started
+// decoding from the window's stored bytes straight into its buffer, as many at once as there are
+// cores; the calling thread only hands them out (about 10 µs a cluster). No isolate is started
 // for them: a worker thread costs about 12 MiB of RSS and a start-up. libdeflate decodes a whole
 // deflate stream about twice as fast as zlib; it is the fast path only: a cluster it does not
 // decode to exactly one cluster is decoded again by spec/compress.ts, whose semantics are QEMU's
@@ -290,7 +289,7 @@ export class ClusterDecoder {
   }
 
   /**
-   * Every job a native call on koffi's threads, NATIVE_QUEUE at once; a cluster the library does not
+   * Every job a native call on koffi's threads, `threads` at once; a cluster the library does not
    * decode to exactly one cluster is decoded again here (decodeCluster). Settles only once no
    * call is in flight, so nothing writes into `out` after it; rejects with the first failure.
    */
@@ -300,7 +299,7 @@ export class ClusterDecoder {
       let next = 0, running = 0;
       let failure: unknown;
       const start = (): void => {
-        while (running < NATIVE_QUEUE && next < jobs.length && failure === undefined) {
+        while (running < this.threads && next < jobs.length && failure === undefined) {
           const j = jobs[next++]!;
           const data = stored.subarray(j.from, j.from + j.size);
           const whole = j.within === 0 && j.length === j.clusterSize;
@@ -356,14 +355,6 @@ export class ClusterDecoder {
     });
   }
 }
-
-/**
- * Native decodes queued at once. koffi runs them on libuv's thread pool (4 threads), which also
- * does the import's file reads and writes: 8 keeps the pool's threads supplied while this thread
- * is not scheduled, and leaves the reads and writes little to wait behind (2, 8 and 64 measured:
- * a compressed 1 GiB import in 3.78, 3.59 and 4.01 s, medians of 7 at load 7-8).
- */
-const NATIVE_QUEUE = 8;
 
 /** True when clusters of `compressionType` are decoded by a native library on koffi's threads. */
 function nativeAsync(compressionType: number): boolean {
