@@ -188,14 +188,15 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
   // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
   // file that can have holes punched, never by writing zeros through a wrapper.
   const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
-  if (inPlace && ch.size !== undefined && (ch.preallocation ?? 'off') === 'off') {
-    const plan = tryResizeInPlace(img, file, ch.size, backingLength);
-    if (plan) {
-      applyResize(file, plan, punch);
-      return plan;
-    }
-  }
   try {
+    if (inPlace && ch.size !== undefined && (ch.preallocation ?? 'off') === 'off') {
+      const plan = tryResizeInPlace(img, file, ch.size, backingLength);
+      if (plan) {
+        const punchData = df instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(df, offset, length) : undefined;
+        applyResize(file, plan, punch, df, punchData);
+        return plan;
+      }
+    }
     const plan = planAmend(img, file, ch, df?.size(), backingLength, readBacking);
     applyAmend(file, plan, df, punch);
     return plan;

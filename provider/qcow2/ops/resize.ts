@@ -33,9 +33,13 @@
 // leaks when it stops at the same point: it writes refcount blocks before the tables that use
 // a new cluster and after the tables that drop one. `check -r leaks` repairs them.
 //
+// An external data file is truncated to the new size, as qemu-img truncates it: before the
+// stages when growing, after them when shrinking (with the ranges QEMU's discard punched).
+//
 // Cases this does not replay are planned by ops/amend.ts (new tables written elsewhere, one
-// header commit): persistent bitmaps, an external data file, lazy refcounts left dirty,
-// preallocation, and a replay whose stage would reuse a cluster the image on disk still uses
+// header commit): persistent bitmaps, lazy refcounts left dirty, preallocation (and the growth
+// of a data-file-raw image, which QEMU preallocates), zeros QEMU writes into the data file at
+// the old end, and a replay whose stage would reuse a cluster the image on disk still uses
 // or whose refcount table would move (both need QEMU's intermediate header writes of a kind
 // this does not write).
 
@@ -43,7 +47,7 @@ import { BlockFile } from '../io/blockfile';
 import * as C from '../spec/constants';
 import { HEADER_V2 } from '../spec/header';
 import {
-  L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, parseCompressedEntry,
+  L2Format, L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, parseCompressedEntry,
   readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount, writeRefcount } from '../spec/refcount';
@@ -86,6 +90,12 @@ export interface ResizePlan {
    * nothing any image reads changes; the file's allocation ends as qemu-img's.
    */
   discards: Array<{ punch: boolean; offset: number; length: number }>;
+  /**
+   * The external data file: truncated to the new size (qemu-img truncates it exactly), before
+   * the stages when growing (the old image reads nothing past its end), after them when
+   * shrinking, once the ranges QEMU's discard gives back are punched.
+   */
+  dataFile?: { size: number; grow: boolean; punches: Array<{ offset: number; length: number }> };
 }
 
 /** The replay met a case it does not write in place; ops/amend.ts plans it instead. */
@@ -101,7 +111,7 @@ const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 export function planResizeInPlace(img: Image, file: BlockFile, newSize: bigint, backingLength?: bigint): ResizePlan {
   const h = img.header;
   if (h.bitmaps !== undefined) throw new NotInPlace('persistent bitmaps');
-  if (img.hasDataFile) throw new NotInPlace('external data file');
+  if (img.dataFileRaw && newSize > h.size) throw new NotInPlace('data-file-raw growth preallocates');
   if (img.dirty) throw new NotInPlace('dirty refcounts');
   if (newSize === h.size) throw new NotInPlace('no size change');
   const r = new Replay(img, file);
@@ -114,6 +124,11 @@ class Replay {
   private readonly g: Geometry;
   private readonly cs: number;
   private readonly ext: boolean;
+  private readonly fmt: L2Format;
+  /** The image has an external data file: data clusters are not counted, discards punch it. */
+  private readonly hasData: boolean;
+  /** Ranges of the data file QEMU's discard punches (qcow2_free_any_cluster). */
+  private readonly dataPunches: Array<{ offset: number; length: number }> = [];
   private readonly l2: TableCache;
   private readonly rb: TableCache;
   private readonly rc: TableRefcounts;
@@ -137,6 +152,8 @@ class Replay {
   /** The file operations of QEMU's discards, in order: a batch of clusters punched (as its runs), or a cluster written. */
   private readonly discardLog: Array<{ batch: number[] } | { wrote: number }> = [];
   private truncateTo: number | undefined;
+  /** The size grew (else it shrank). */
+  private grew = false;
   /** The stage writes the refcount table whole (qcow2_shrink_reftable). */
   private wholeReftable = false;
 
@@ -144,6 +161,8 @@ class Replay {
     this.g = img.geometry;
     this.cs = this.g.clusterSize;
     this.ext = this.g.extendedL2;
+    this.hasData = img.hasDataFile;
+    this.fmt = { dataFile: this.hasData, extendedL2: this.ext };
     const h = img.header;
     this.l2 = new TableCache(file, this.cs, Number.MAX_SAFE_INTEGER);
     this.rb = new TableCache(file, this.cs, Number.MAX_SAFE_INTEGER);
@@ -177,6 +196,7 @@ class Replay {
   /** qcow2_co_truncate, growing (prealloc off). */
   grow(newSize: bigint, backingLength?: bigint): void {
     const oldSize = this.size;
+    this.grew = true;
     const need = this.g.l1EntriesFor(newSize);
     if (need > C.QCOW_MAX_L1_SIZE / 8) throw new Qcow2Error('REFUSED', 'Failed to grow the L1 table: File too large', { property: 'size' });
     if (need > this.l1.length) this.growL1(need);
@@ -298,7 +318,7 @@ class Replay {
       const nsc = Math.ceil(Number(head) / scs);
       const { t, k } = this.clusterTable(gc);
       const e = readL2Entry(t.view, k, this.ext);
-      if (clusterTypeOf(e.hi, e.lo, { dataFile: false, extendedL2: true }) === 'compressed') {
+      if (clusterTypeOf(e.hi, e.lo, this.fmt) === 'compressed') {
         throw new Qcow2Error('REFUSED', 'Cannot grow this image over a longer backing file: its old end is inside a compressed cluster, which cannot hold zero subclusters (qemu-img refuses too)', { property: 'size' });
       }
       const mask = nsc >= 32 ? SUBCLUSTERS_ALL : ((((1 << nsc) >>> 0) - 1) << sc) >>> 0;
@@ -312,7 +332,7 @@ class Replay {
     for (let gc = Number(offset / cs); gc < end; gc++) {
       const { t, k } = this.clusterTable(gc);
       const e = readL2Entry(t.view, k, this.ext);
-      const compressed = clusterTypeOf(e.hi, e.lo, { dataFile: false, extendedL2: this.ext }) === 'compressed';
+      const compressed = clusterTypeOf(e.hi, e.lo, this.fmt) === 'compressed';
       const ne = compressed ? { ...NO_ENTRY } : { ...e };
       if (this.ext) ne.zeroBits = SUBCLUSTERS_ALL, ne.allocBits = 0; else ne.lo = (ne.lo | L2_LO_ZERO) >>> 0;
       if (ne.hi === e.hi && ne.lo === e.lo && ne.allocBits === e.allocBits && ne.zeroBits === e.zeroBits) continue;
@@ -324,6 +344,7 @@ class Replay {
 
   /** The explicit zeros of the old end's subcluster: written in place, in a cluster the image owns alone. */
   private zeroHead(from: bigint, to: bigint): void {
+    if (this.hasData) throw new NotInPlace('zeros written into the data file');
     const cs = BigInt(this.cs);
     const gc = Number(from / cs);
     const inCluster = Number(from % cs);
@@ -331,7 +352,7 @@ class Replay {
     const e = t ? readL2Entry(t.view, gc % this.g.l2Entries, this.ext) : NO_ENTRY;
     const scs = this.ext ? this.cs / 32 : this.cs;
     const sc = Math.floor(inCluster / scs);
-    const own = clusterTypeOf(e.hi, e.lo, { dataFile: false, extendedL2: this.ext }) === 'normal' && (e.hi & L2_HI_COPIED) !== 0 &&
+    const own = clusterTypeOf(e.hi, e.lo, this.fmt) === 'normal' && (e.hi & L2_HI_COPIED) !== 0 &&
       (!this.ext || ((e.allocBits >>> sc) & 1) === 1);
     if (!own) {
       throw new Qcow2Error('REFUSED', "Cannot grow this image over a longer backing file with the native engine: its old end is inside a cluster the image does not own (unallocated, shared with a snapshot, compressed or zero), whose rest qemu-img fills by copy-on-write. Use the qemu-img engine, or resize to a multiple of the cluster size first", { property: 'size' });
@@ -371,7 +392,11 @@ class Replay {
 
   /** qcow2_free_any_cluster; `discard`: of a type QEMU passes down (QCOW2_DISCARD_ALWAYS). */
   private freeAny(e: L2Halves, discard: boolean): void {
-    const type = clusterTypeOf(e.hi, e.lo, { dataFile: false, extendedL2: this.ext });
+    const type = clusterTypeOf(e.hi, e.lo, this.fmt);
+    if (this.hasData) {
+      if (discard && (type === 'normal' || type === 'zero-alloc')) this.dataPunches.push({ offset: hostOffsetOf(e.hi, e.lo), length: this.cs });
+      return;
+    }
     if (type === 'compressed') {
       const r = parseCompressedEntry(entryOf(e.hi, e.lo), this.g.clusterBits);
       this.free(r.firstCluster, r.clusters, discard);
@@ -541,12 +566,26 @@ class Replay {
         else discards.push(last = { punch: true, offset: c * cs, length: cs });
       }
     }
-    return { stages: this.stages, ...(this.truncateTo !== undefined ? { truncate: this.truncateTo } : {}), discards };
+    const plan: ResizePlan = { stages: this.stages, ...(this.truncateTo !== undefined ? { truncate: this.truncateTo } : {}), discards };
+    if (this.hasData) plan.dataFile = { size: Number(this.size), grow: this.grew, punches: this.dataPunches };
+    return plan;
   }
 }
 
-/** Write a plan in the order of the file comment, a flush between steps that wrote anything. */
-export function applyResize(file: BlockFile, plan: ResizePlan, punchHole?: (offset: number, length: number) => void): void {
+/**
+ * Write a plan in the order of the file comment, a flush between steps that wrote anything.
+ * `punchHole` punches the image file, `dataFile` (with `punchData`) is the open external data file.
+ */
+export function applyResize(file: BlockFile, plan: ResizePlan, punchHole?: (offset: number, length: number) => void,
+  dataFile?: BlockFile, punchData?: (offset: number, length: number) => void): void {
+  const df = plan.dataFile;
+  if (df && !dataFile) throw new Qcow2Error('NOT_FOUND', 'The external data file must be open to resize it');
+  // Growing never shortens a data file that is already longer (qemu-img would cut it to the new
+  // size: bytes no mapping reaches, but bytes of a file the user keeps).
+  if (df?.grow && dataFile && dataFile.size() < df.size) {
+    dataFile.truncate(df.size);
+    dataFile.flush();
+  }
   let pending = false;
   const write = (ws: ResizeWrite[]) => {
     for (const w of ws) file.write(w.offset, w.data);
@@ -577,5 +616,10 @@ export function applyResize(file: BlockFile, plan: ResizePlan, punchHole?: (offs
   if (plan.truncate !== undefined && plan.truncate < file.size()) {
     file.truncate(plan.truncate);
     file.flush();
+  }
+  if (df && !df.grow && dataFile) {
+    if (punchData) for (const p of df.punches) if (p.offset < df.size) punchData(p.offset, Math.min(p.length, df.size - p.offset));
+    dataFile.truncate(df.size);
+    dataFile.flush();
   }
 }

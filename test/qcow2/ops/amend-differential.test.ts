@@ -195,7 +195,7 @@ const SCENARIOS: Scenario[] = [
   { name: 'data-file-raw: grow within the L2 64M -> 100M', setup: and(mk(DFR, '64M'), DATA64), op: amend('size=100M'), bytes: MOVES },
   { name: 'data-file-raw, 4 KiB clusters: resize +40M (L1 8 -> 28 entries)', setup: and(mk(`${DFR},cluster_size=4096`, '16M'), DATA16), op: ['resize', IMG, '+40M'], bytes: GROW_L1 },
   { name: 'data-file-raw, 4 KiB clusters: shrink 64M -> 20M+512 across L2 tables', setup: and(mk(`${DFR},cluster_size=4096`, '64M'), DATA64), op: amend('size=20972032'), bytes: SHRINK },
-  { name: 'data-file-raw, 16 KiB clusters: resize --shrink 128M -> 40M+512 (L1 4 -> 2 entries)', setup: and(mk(`${DFR},cluster_size=16k`, '128M'), DATA128), op: ['resize', '--shrink', IMG, '41943552'], bytes: SHRINK },
+  { name: 'data-file-raw, 16 KiB clusters: resize --shrink 128M -> 40M+512 (L1 4 -> 2 entries)', setup: and(mk(`${DFR},cluster_size=16k`, '128M'), DATA128), op: ['resize', '--shrink', IMG, '41943552'], bytes: true },
   // Growing over a longer backing file: the new area must read as zeros (QEMU's truncate writes
   // ZERO entries), not show the backing file's data.
   { name: 'overlay over a longer backing file: resize 32M -> 48M (new area zeroed)', setup: and(BASE64, `$QEMU_IMG create -q -f qcow2 -b base.qcow2 -F qcow2 ${IMG} 32M`, io('write -P 0x21 1M 64k')), op: ['resize', IMG, '48M'], bytes: true },
@@ -209,6 +209,8 @@ const SCENARIOS: Scenario[] = [
   { name: 'resize grow from 0', setup: mk('', '0'), op: ['resize', IMG, '1G'], bytes: true },
   { name: 'resize grow over a longer backing file: L1 growth, ZERO tables (4 KiB clusters)', setup: and(BASE64, `$QEMU_IMG create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F qcow2 ${IMG} 3M`, io('write -P 0x21 1M 64k')), op: ['resize', IMG, '40M'], bytes: true },
   { name: 'resize --shrink then grow over a backing file, extended L2 (271)', setup: and(`$QEMU_IMG create -q -f raw base.raw 1M`, `$QEMU_IMG create -q -f qcow2 -o extended_l2=on -F raw -b base.raw ${IMG} 1M`, io('write -q 0 128k', 'discard -q 0 128k'), `$QEMU_IMG resize -q --shrink ${IMG} 64k`), op: ['resize', IMG, '1M'], bytes: true },
+  { name: 'data file: resize --shrink 1G -> 300M (the data file punched and truncated)', setup: and(mk(DF, '1G'), DATA1G), op: ['resize', '--shrink', IMG, '300M'], bytes: true },
+  { name: 'data file: resize grow 64M -> 1G', setup: and(mk(DF, '64M'), DATA64), op: ['resize', IMG, '1G'], bytes: true },
   { name: 'overlay over a shorter backing file: grow 32M -> 128M', setup: and(BASE64, `$QEMU_IMG create -q -f qcow2 -b base.qcow2 -F qcow2 ${IMG} 32M`, `$QEMU_IMG resize -q --shrink base.qcow2 16M`), op: ['resize', IMG, '128M'], bytes: true },
   {
     name: 'v2 overlay over a longer backing file: grow refused',

@@ -101,6 +101,12 @@ const OPERATIONS: Operation[] = [
     inPlace: true,
   },
   {
+    name: 'resize --shrink in place with an external data file (4 KiB clusters)',
+    setup: and(mk('data_file=data.raw,cluster_size=4096', '64M'), io('write -P 0x76 0 8M', 'write -P 0x77 60M 1M')),
+    run: (p, b) => resizeImage(p, 4n << 20n, { ...b, allowShrink: true }),
+    inPlace: true,
+  },
+  {
     name: 'resize grow in place over a longer backing file: new L1 (its own commit), new ZERO L2 tables (4 KiB clusters)',
     setup: and(`$QEMU_IMG create -q -f qcow2 base.qcow2 64M`, `$QEMU_IO -c 'write -P 0x42 0 64M' base.qcow2 >/dev/null`,
       `$QEMU_IMG create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F qcow2 ${IMG} 3M`, io('write -P 0x21 1M 64k', 'write -P 0x22 2M 1M')),
