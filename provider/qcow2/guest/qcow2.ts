@@ -421,9 +421,10 @@ export class Qcow2Image implements GuestSource {
     this.beginGuestWrite(offset, length);
     const cs = this.cs;
     const end = offset + length;
-    if (!this.v3 || this.extendedL2) {
-      // v2 has no ZERO flag (QEMU: -ENOTSUP, falls back to writing zeros); extended L2 images
-      // are zeroed by writing zeros too, which keeps every subcluster bitmap exact.
+    if ((!this.v3 && this.backing !== null) || this.extendedL2) {
+      // v2 has no ZERO flag: over a backing file QEMU gets -ENOTSUP and falls back to writing
+      // zeros (without one, zeroing is a discard: zeroizeClusters); extended L2 images are
+      // zeroed by writing zeros too, which keeps every subcluster bitmap exact.
       this.writeZeroBuffers(offset, end);
       return;
     }
@@ -459,6 +460,11 @@ export class Qcow2Image implements GuestSource {
   /** qcow2_subcluster_zeroize / zero_in_l2_slice over whole clusters [from, to). */
   private zeroizeClusters(from: number, to: number, unmap: boolean): void {
     if (this.dataFileRaw) writeZeros(this.dataFile!, from, to - from);
+    if (!this.v3) {
+      // qcow2_subcluster_zeroize on v2 without a backing file: a discard (unallocated reads as zeros).
+      this.discard(from, to - from);
+      return;
+    }
     const cs = this.cs;
     for (let gc = from / cs; gc * cs < to; gc++) {
       const e = this.meta.entry(gc);
