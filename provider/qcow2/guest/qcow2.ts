@@ -301,7 +301,7 @@ export class Qcow2Image implements GuestSource {
     const runEnd = Math.min((last + 1) * cs, end);
     const src = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     // Whole clusters of new data need no copy-on-write: write straight from the caller's buffer.
-    const whole = p === runStart && (runEnd === (last + 1) * cs || runEnd === this.size);
+    const whole = p === runStart && runEnd === (last + 1) * cs;
     const buf = whole ? src.subarray(p - base, runEnd - base) : Buffer.alloc(n * cs);
     // Copy-on-write: the head and tail clusters not fully covered keep their current guest bytes.
     const fill = (c: number) => {
@@ -323,8 +323,9 @@ export class Qcow2Image implements GuestSource {
       for (let c = gc; c <= last; c += this.g.l2Entries - (c % this.g.l2Entries)) this.meta.l2ForWrite(Math.floor(c / this.g.l2Entries));
       hostStart = this.meta.allocClusters(n) * cs;
     }
-    const tailLen = Math.min(buf.length, Math.ceil((this.size - runStart) / 512) * 512);
-    this.writeHost(hostStart, tailLen === buf.length ? buf : buf.subarray(0, tailLen));
+    // A last cluster the image ends inside is written whole too: QEMU's copy-on-write of the rest
+    // of a partly written cluster zeroes it up to the cluster's end.
+    this.writeHost(hostStart, buf);
     for (let i = 0; i < n; i++) {
       // Extended L2: the new cluster was filled from the guest view, so every subcluster is data.
       this.setEntry(gc + i, this.ownedEntry(hostStart + i * cs));

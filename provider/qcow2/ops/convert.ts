@@ -324,8 +324,9 @@ function placeWindow(w: Window, dst: Qcow2Image): Write[] {
       buf.fill(0, a - w.offset, b - w.offset);
     }
   }
-  // The image's tail: written up to a 512-byte boundary (as QEMU writes it), zeros past the end.
-  const tail = Math.min(buf.length, Math.ceil(w.length / 512) * 512);
+  // The image's last cluster: written whole, zeros past the end (QEMU's copy-on-write of the rest
+  // of a partly written cluster zeroes it up to the cluster's end).
+  const tail = Math.min(buf.length, Math.ceil((w.offset + w.length) / cs) * cs - w.offset);
   buf.fill(0, w.length, tail);
   const writes: Write[] = [];
   const target = dst.dataFile ?? dst.file;
