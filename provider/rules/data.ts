@@ -44,6 +44,8 @@ export interface ImportRequest {
   maxSize?: bigint;
   /** How many source files are read, one after another (qemu-img convert SRC1 SRC2 ... DST); default 1. */
   sources?: number;
+  /** convert -n: the target exists, with its own options and backing file (-B then only says the source's top layer is copied). */
+  existingTarget?: boolean;
 }
 
 export function validateImport(req: ImportRequest): Refusal | undefined {
@@ -89,7 +91,7 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     };
   }
   const o = req.options;
-  if (req.overBacking) {
+  if (req.overBacking && !req.existingTarget) {
     if (o.backingFile === undefined) return { property: 'backing_file', message: 'convert -B needs the name of the backing file' };
     if (o.backingFormat === undefined) return { property: 'backing_fmt', message: 'Use of backing file requires explicit backing format' };
   } else if (o.backingFile !== undefined || o.backingFormat !== undefined) {

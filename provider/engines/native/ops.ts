@@ -418,7 +418,9 @@ export function importRawImage(dst: string, options: CreateOptions, source: Loca
  */
 export function convertIntoImage(dst: string, source: LocalImportSource, behaviour: Pick<ImportBehaviour, 'progress' | 'more' | 'sparse' | 'overBacking'> = {}): void {
   const list = sourcesOf(source, behaviour, localFs);
-  throwIfRefused(validateImport({ sourceFormat: sourceFormatOf(list)!, options: {}, sourceSize: 0n, sameFile: false }));
+  throwIfRefused(validateImport({
+    sourceFormat: sourceFormatOf(list)!, options: {}, sourceSize: 0n, sameFile: false, sources: list.length, existingTarget: true, ...(behaviour.overBacking ? { overBacking: true } : {}),
+  }));
   const src = openSources(list, localFs);
   try {
     if (list.some((s) => sameFile(dst, s.source.path))) throwIfRefused({ property: 'source', message: 'The source and the destination are the same file; convert -n never writes over its source' }, dst);

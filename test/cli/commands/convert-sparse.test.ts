@@ -150,6 +150,7 @@ describe.skipIf(SKIP)('convert from several sources and -S, against qemu-img', (
       ['-O', 'qcow2', '-B', 'base.qcow2', 'part1.qcow2', 'part2.qcow2', 'x.qcow2'],
       ['-O', 'qcow2', '-c', '-B', 'base.qcow2', 'part1.qcow2', 'part2.qcow2', 'x.qcow2'],
       ['-O', 'qcow2', '-o', 'backing_file=base.qcow2,backing_fmt=qcow2', 'part1.qcow2', 'part2.qcow2', 'x.qcow2'],
+      ['-O', 'qcow2', '-n', '-B', 'base.qcow2', 'part1.qcow2', 'part2.qcow2', 'exists.qcow2'],
       ['-O', 'qcow2', '--bitmaps', 'part1.qcow2', 'part2.qcow2', 'x.qcow2'],
       ['-O', 'qcow2', '-l', 'snap', 'part1.qcow2', 'part2.qcow2', 'x.qcow2'],
       ['-O', 'qcow2', 'part1.qcow2', 'missing.qcow2', 'x.qcow2'],
