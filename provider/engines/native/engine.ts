@@ -171,22 +171,16 @@ export class NativeEngine implements Engine {
     if (sources.some((s) => s.host !== undefined && s.host !== 'local') || (await this.target).kind !== 'local') {
       throw new Qcow2Error('UNSUPPORTED', `convert -n, and convert from several sources, work on images and sources of this machine: '${path}'`, { file: path });
     }
-    const { prepareSource } = await import('../source');
-    const prepared: Array<Awaited<ReturnType<typeof prepareSource>>> = [];
-    try {
-      const locals: LocalImportSource[] = [];
-      for (const { host: _host, ...file } of sources) {
-        const local = await prepareSource(file, opts);
-        prepared.push(local);
+    const { withPreparedSources } = await import('../source');
+    await withPreparedSources(sources, opts, (prepared) => {
+      const locals = prepared.map(({ local, source }) => {
         const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
-        if (file.snapshot !== undefined) src.snapshot = file.snapshot;
-        if (file.maxSize !== undefined) src.maxSize = file.maxSize;
-        locals.push(src);
-      }
-      await run(locals[0]!, locals.slice(1));
-    } finally {
-      for (const p of prepared) await p.release();
-    }
+        if (source.snapshot !== undefined) src.snapshot = source.snapshot;
+        if (source.maxSize !== undefined) src.maxSize = source.maxSize;
+        return src;
+      });
+      return run(locals[0]!, locals.slice(1));
+    });
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {

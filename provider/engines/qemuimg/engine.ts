@@ -72,7 +72,7 @@ import { validateAmend, validateConsistent, validateGrowOverBacking, validateReb
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateConvertInto, validateImport } from '../../rules/data';
 import { ReferencePolicy, validateSourceReference } from '../../rules/references';
-import { prepareSource } from '../source';
+import { prepareSource, withPreparedSources } from '../source';
 import type { AmendRequest, CommitFacts, CommitRequest, ConsistencyFacts, SnapshotRequest } from '../../rules/types';
 import type {
   BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Dependents, Engine, FileStat, ImageChain, ImageRef,
@@ -439,20 +439,15 @@ export class QemuImgEngine implements Engine {
     if (host.label !== '' || sources.some((s) => s.host !== undefined && s.host !== 'local')) {
       throw new Qcow2Error('UNSUPPORTED', `convert from several sources works on images and sources of this machine: '${imagePath}'`, { file: imagePath });
     }
-    const prepared: Array<Awaited<ReturnType<typeof prepareSource>>> = [];
-    try {
+    await withPreparedSources(sources, opts, async (prepared) => {
       const chains: SourceChain[] = [];
-      for (const { host: _where, ...file } of sources) {
-        const local = await prepareSource(file, opts);
-        prepared.push(local);
+      for (const { local } of prepared) {
         await this.mustExist(local.path);
         const c = await this.guestChain(local.path, local.format, { path: host.resolve(local.path), label: local.label, references: local.references, downloaded: local.downloaded });
         chains.push({ spec: c.spec, size: c.size, path: local.path, format: local.format, label: local.label });
       }
       await run(chains);
-    } finally {
-      for (const p of prepared) await p.release();
-    }
+    });
   }
 
   /**
