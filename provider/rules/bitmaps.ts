@@ -135,21 +135,43 @@ export interface CopyBitmapsRequest {
   skipBroken: boolean;
 }
 
-/** convert --bitmaps (qemu-img's convert_check_bitmaps, then what the new image can hold). */
+/**
+ * The bitmaps in the order qemu-img meets them: it loads an image's bitmaps in the order of its
+ * bitmap directory and puts each at the head of its list, so its checks and warnings go from the
+ * directory's last bitmap to its first.
+ */
+function inQemuOrder(bitmaps: readonly BitmapState[]): BitmapState[] {
+  return [...bitmaps].reverse();
+}
+
+/**
+ * convert --bitmaps, as qemu-img judges it: convert_check_bitmaps on the source (the first
+ * inconsistent bitmap it meets, unless skipped), then whether the new image can store bitmaps at
+ * all (a v2 image cannot, even when there are none to copy).
+ */
 export function validateCopyBitmaps(req: CopyBitmapsRequest): Refusal | undefined {
   if (req.sourceFormat !== 'qcow2') return { property: 'bitmaps', message: 'Source lacks bitmap support' };
-  const bad = req.skipBroken ? undefined : req.bitmaps.find((b) => b.inconsistent);
+  const bad = req.skipBroken ? undefined : inQemuOrder(req.bitmaps).find((b) => b.inconsistent);
   if (bad) {
     return {
       property: 'bitmaps',
       message: `Cannot copy inconsistent bitmap '${bad.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
     };
   }
-  const copied = req.bitmaps.find((b) => !b.inconsistent);
-  if (copied && req.targetCompat === '0.10') {
-    return { property: 'compat', message: `Failed to populate bitmap ${copied.name}: Cannot store dirty bitmaps in qcow2 v2 files. Create the new image with compat 1.1` };
+  if (req.targetCompat === '0.10') {
+    return {
+      property: 'compat',
+      message: "Format driver 'qcow2' does not support bitmaps\n" +
+        'A v2 (compat 0.10) image cannot store bitmaps: create the new image with compat 1.1, or leave out --bitmaps',
+    };
   }
   return undefined;
+}
+
+/** The warnings of convert --bitmaps --skip-broken-bitmaps: one per inconsistent bitmap left out, in qemu-img's order. */
+export function skippedBitmapWarnings(req: CopyBitmapsRequest): string[] {
+  if (!req.skipBroken) return [];
+  return inQemuOrder(req.bitmaps).filter((b) => b.inconsistent).map((b) => `Skipping inconsistent bitmap '${b.name}'`);
 }
 
 /** The image's bitmaps as the rules see them (from the facts' detail; names only for a state written before it was kept). */

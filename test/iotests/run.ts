@@ -66,7 +66,7 @@ async function main(argv: string[]): Promise<number> {
     onOutcome: (t: TestOutcome) => console.log(`${t.name.padEnd(28)} ${t.status.padEnd(8)} ${t.seconds.toFixed(1).padStart(6)} s`),
   });
   if (o.diffs && r.diffs) console.log(r.diffs);
-  if (o.json) fs.writeFileSync(o.json, JSON.stringify(r.outcomes, null, 2) + '\n');
+  if (o.json) fs.writeFileSync(o.json, JSON.stringify(r.outcomes.map((t) => ({ ...t, routed: r.routed.get(t.name) ?? [] })), null, 2) + '\n');
   if (o.writePassing) fs.writeFileSync(o.writePassing, r.passed.join('\n') + '\n');
   if (o.keep) console.log(`iotests: run folder kept: ${r.runDir}`);
   console.log(summary(r));

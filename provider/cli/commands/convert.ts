@@ -19,6 +19,7 @@ import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 import { parseSize } from '../../model/size';
+import { bitmapStates, skippedBitmapWarnings } from '../../rules/bitmaps';
 
 export const usage = 'convert [-c] [-p] [-q] [-C] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] [-n] [-O raw|qcow2] [-o OPTIONS] SRC|URL DST';
 export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new raw (default) or qcow2 image; never overwrites';
@@ -139,6 +140,11 @@ export async function run(argv: string[]): Promise<void> {
       await engineFor(target, from).convertInto(target.path, source, opts);
     } else {
       await engineFor(target, from).import(target.path, options, source, opts);
+    }
+    // qemu-img warns of each inconsistent bitmap it leaves out as it copies the bitmaps, after the data.
+    if (o.bitmaps && o.skipBrokenBitmaps && !url) {
+      const facts = await engineFor(from).info(from.path, { format: format === undefined ? 'probe' : format === 'raw' ? 'raw' : 'qcow2', forceShare: true });
+      for (const w of skippedBitmapWarnings({ sourceFormat: facts.format ?? 'qcow2', bitmaps: bitmapStates(facts), targetCompat: '1.1', skipBroken: true })) warn(w);
     }
   } catch (e) {
     bar?.stop();
