@@ -13,12 +13,13 @@ import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
 import { AmendChanges, AmendPlan, BackingReader, ResizePreallocation, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
 import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
+import { DowngradePlan, applyDowngrade, checkSnapshotL1Tables, firstSharedZeroCluster, planDowngrade } from '../../qcow2/ops/downgrade';
 import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import type { ImageLock } from '../../qcow2/io/lock';
 import {
-  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+  validateAmend, validateConsistent, validateDowngradeZeroClusters, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
 } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
@@ -200,7 +201,7 @@ function widensRefcountsOnly(img: Image, ch: AmendChanges): boolean {
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan | DowngradePlan {
   const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
   return withWritableImage(path, behaviour, (opened, file) => {
     let img = opened;
@@ -220,8 +221,34 @@ export function amendImage(path: string, request: AmendRequest, behaviour: Amend
       rewriteSnapshotTable(file, img);
       img = Image.open(file, path);
     }
+    if (ch.version === 2 && img.header.version === 3) return downgrade(img, file, path, ch, behaviour.host ?? localFs);
     return runPlan(img, file, path, ch, behaviour.host ?? localFs);
   });
+}
+
+/**
+ * compat=0.10 in qcow2_amend_options' order: the other options first, then qcow2_downgrade. What
+ * else the amend changes (a size, a refcount width, header fields), and the repair of refcounts
+ * a dirty image left stale, are one commit (runPlan); the downgrade then expands the zero
+ * clusters of every table in place and commits with its own header write
+ * (qcow2/ops/downgrade.ts). A crash between the two leaves a compat 1.1 image with the other
+ * changes made, which reads as the new one.
+ */
+function downgrade(opened: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs): AmendPlan | DowngradePlan {
+  let img = opened;
+  const { version: _v, ...rest } = ch;
+  const others = Object.keys(rest).length > 0;
+  // qcow2_validate_table's refusal of a broken snapshot L1 table comes first, in qemu-img's words.
+  checkSnapshotL1Tables(img);
+  if (others || img.dirty) {
+    runPlan(img, file, path, rest, host);
+    img = Image.open(file, path);
+  }
+  throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
+  throwIfRefused(validateDowngradeZeroClusters(firstSharedZeroCluster(img)), path);
+  const plan = planDowngrade(img, file);
+  applyDowngrade(file, plan, img.geometry.clusterSize);
+  return plan;
 }
 
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
