@@ -10,6 +10,7 @@ import { qemuProgress } from '../render/progress';
 import { amendProgress } from '../../engines/local-facts';
 import { Exit, fail, failOn, messageOf, reportEach } from '../report';
 import { Qcow2Error } from '../../model/errors';
+import { dataFileOverrideRefusal } from '../names';
 import type { AmendRequest } from '../../rules/types';
 import { repairDirtyFirst } from '../dirty';
 
@@ -49,13 +50,18 @@ export async function run(argv: string[]): Promise<void> {
   if (file === undefined) fail('Expecting one image file name');
   requireQcow2(o.f);
   // qemu-img opens the image (repairing a dirty one) before it checks the options.
-  const image = imageName(file, o.imageOpts === true);
+  // A data file named at open time: amend opens no data file unless the size changes.
+  const image = imageName(file, o.imageOpts === true, false, true);
   await repairDirtyFirst(image).catch((e: unknown) => failOn(e, file));
   let req: AmendRequest;
   try {
     req = toAmendRequest(pairs);
   } catch (e) {
     fail(messageOf(e));
+  }
+  if (req.size !== undefined) {
+    const bad = dataFileOverrideRefusal(image, 'amend -o size');
+    if (bad) fail(`Could not open '${file}': ${bad.message}`);
   }
   // qemu-img's -p: 0 before the change, QEMU's own step figures, 100, then the error if any.
   const progress = o.p && !o.q ? qemuProgress(true) : undefined;
