@@ -19,16 +19,24 @@
 //        now count only themselves dropped (qcow2_shrink_reftable);
 //     6. the file truncated after its last used cluster; freed clusters inside it punched
 //        (QEMU discards what a shrink frees).
-//   grow (a stage per QEMU header write: a new L1 first when it grows, then the size):
-//     1. clusters nothing on disk references: a new L1, new L2 tables;
+//   grow (a stage per QEMU header write: a new L1 when it grows; with falloc/full a new
+//   refcount table (qcow2_refcount_area); the size last):
+//     1. the file grown (preallocation: sparse for metadata, zeros for falloc/full), then
+//        clusters nothing on disk references: a new L1, L2 tables, refcount table and blocks,
+//        data clusters (the copy-on-write of the old end's head, the new end's tail);
 //     2. refcount blocks raised, new blocks' reftable entries;
 //     3. in place, only what the old image's guest does not read: L2 entries past the old end
-//        (ZERO entries over a longer backing file), L1 entries pointing at tables of step 1,
+//        (ZERO entries over a longer backing file, preallocated clusters), an old end cluster
+//        remapped to a copy holding the same bytes, L1 entries pointing at tables of step 1,
 //        zeros past the old end inside the image's own cluster;
-//     4. the header (one page: the new L1's fields, or the size): the stage's commit;
-//     5. refcount blocks as they end (the old L1's clusters freed).
+//     4. the header (one page: the new L1's fields, the new refcount table's, or the size):
+//        the stage's commit;
+//     5. refcount blocks as they end (an old L1, refcount table or old end cluster freed).
+//   A cluster a stage frees is reused only by a later stage (once the header that stopped
+//   using it is written), as QEMU's own order reuses it; where the replay would reuse it
+//   within the stage, the resize is not replayed (below).
 //
-// A crash leaves at most leaked clusters: between steps 3 (raised) and 5 (as they end) some
+// A crash leaves at most leaked clusters: between steps 2 (raised) and 5 (as they end) some
 // refcounts count a reference that is not (yet, or any more) on disk. qemu-img leaves the same
 // leaks when it stops at the same point: it writes refcount blocks before the tables that use
 // a new cluster and after the tables that drop one. `check -r leaks` repairs them.
@@ -36,12 +44,15 @@
 // An external data file is truncated to the new size, as qemu-img truncates it: before the
 // stages when growing, after them when shrinking (with the ranges QEMU's discard punched).
 //
+// Deliberate difference: preallocated clusters inside the old file, which QEMU leaves holding
+// whatever stale bytes a freed cluster held (a guest would read them), are written with zeros.
+//
 // Cases this does not replay are planned by ops/amend.ts (new tables written elsewhere, one
-// header commit): persistent bitmaps, lazy refcounts left dirty, preallocation (and the growth
-// of a data-file-raw image, which QEMU preallocates), zeros QEMU writes into the data file at
-// the old end, and a replay whose stage would reuse a cluster the image on disk still uses
-// or whose refcount table would move (both need QEMU's intermediate header writes of a kind
-// this does not write).
+// header commit): persistent bitmaps, lazy refcounts left dirty, preallocation with extended
+// L2 entries or an external data file (and the growth of a data-file-raw image, which QEMU
+// preallocates), preallocation over an old end cluster that is zero, compressed or shared,
+// zeros QEMU writes into the data file at the old end, a refcount table that moves for a new
+// refcount block, and a replay whose stage would reuse a cluster the image on disk still uses.
 
 import { BlockFile } from '../io/blockfile';
 import { writeZeros } from '../io/sparse';
@@ -108,7 +119,7 @@ export class NotInPlace extends Error {}
 const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 
 /**
- * Plan `qemu-img resize FILE newSize` (no preallocation) in qemu-img's layout, or throw
+ * Plan `qemu-img resize [--preallocation=MODE] FILE newSize` in qemu-img's layout, or throw
  * NotInPlace. `backingLength`: the backing file's virtual size when growing over one. The size
  * was validated by provider/rules; REFUSED is thrown for what only the tables can decide.
  */
