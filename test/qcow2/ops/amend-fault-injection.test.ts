@@ -351,4 +351,11 @@ describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})
       `$QEMU_IMG create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 ${IMG} 1M`, io('write -P 0x21 0 512k'));
     await killTrials('kill-grow', setup, ['resize', IMG, '64M'], '512 B clusters, 1M over a 64M backing file', 24);
   }, 240_000);
+
+  // falloc/full: a new refcount table (its own commit), the data area written with zeros, the
+  // L2 tables, then the size.
+  it('kill -9 of the CLI at random moments: resize --preallocation=full in place', async () => {
+    const setup = and(mk('cluster_size=512', '8M'), io('write -P 0x31 0 2M', 'write -P 0x32 7M 1M'));
+    await killTrials('kill-prealloc', setup, ['resize', '--preallocation=full', IMG, '40M'], '512 B clusters, 8M', 24);
+  }, 240_000);
 });
