@@ -3,7 +3,7 @@
 // positional arguments. The commands that change images use commander.
 
 import { fail } from './report';
-import { parseImageName, type ImageName } from './names';
+import { dataFileOverrideRefusal, parseImageName, type ImageName } from './names';
 
 export interface ArgSpec {
   /** Flags without a value: short or long spelling -> the name in the result. */
@@ -112,9 +112,12 @@ export function parseReadArgs(argv: readonly string[], opts: { quiet?: boolean; 
 }
 
 /** An image name from the command line (plain, file:, json:, --image-opts, or ssh://); refusals as qemu-img's error lines. */
-export function imageName(name: string, imageOpts = false, create = false): ImageName {
+export function imageName(name: string, imageOpts = false, create = false, dataFileOverride = false): ImageName {
   try {
-    return parseImageName(name, imageOpts);
+    const image = parseImageName(name, imageOpts);
+    const bad = dataFileOverride ? undefined : dataFileOverrideRefusal(image, 'this command');
+    if (bad) throw bad;
+    return image;
   } catch (e) {
     // create reports `FILE: message`; the commands that open an image `Could not open 'FILE': message`.
     if (create) fail((e as Error).message, name);

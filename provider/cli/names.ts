@@ -24,6 +24,12 @@ export interface ImageName {
   remote?: RemoteHost;
   /** The format the name states (`driver`), when it states one. */
   format?: 'qcow2' | 'raw';
+  /**
+   * The data file named at open time (`data-file.filename`), in place of the one the header
+   * names. Only commands that never open the data file take such a name (info, and amend
+   * without a size change); the others refuse it (requireNoDataFileOverride).
+   */
+  dataFile?: string;
   /** The name qemu-img prints for the image (its bs->filename). */
   display: string;
 }
@@ -34,6 +40,9 @@ const OTHER_DRIVERS = new Set(
     'host_cdrom host_device http https iscsi iser luks nbd nfs null-aio null-co nvme parallels preallocate qcow qed ' +
     'quorum rbd replication snapshot-access ssh throttle vdi vhdx vmdk vpc vvfat').split(' '),
 );
+
+/** qcow2 runtime options that size QEMU's caches (accepted, no effect here: this engine has no such caches). */
+const QCOW2_CACHE_OPTIONS = ['cache-size', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-clean-interval'];
 
 const refuse = (message: string) => new Qcow2Error('UNSUPPORTED', message, { property: 'filename' });
 
@@ -59,20 +68,32 @@ function unsupportedDriver(driver: string): Qcow2Error {
 
 /**
  * A block-node description (from json: or --image-opts, flattened to dotted keys) as a local
- * file: `driver` qcow2|raw|file, and for qcow2/raw a `file` node with `driver: file` and
- * `filename`. Any other key is refused, so nothing is silently ignored.
+ * file: `driver` qcow2|raw|file (none: the format is probed), and for qcow2/raw a `file` node
+ * with `driver: file` and `filename`; for qcow2, a `data-file` node likewise, and the sizes of
+ * QEMU's caches. Any other key is refused, so nothing is silently ignored.
  */
 function fromOptions(opts: Map<string, string>, source: string): ImageName {
   const driver = opts.get('driver');
   const known = new Set(['driver']);
   let path: string | undefined;
   let format: 'qcow2' | 'raw' | undefined;
-  if (driver === undefined) throw refuse(`Parameter 'driver' is missing in ${source}`);
+  if (driver === undefined && !opts.has('file') && ![...opts.keys()].some((k) => k.startsWith('file.'))) {
+    throw refuse('Must specify either driver or file');
+  }
   if (driver === 'file') {
     path = opts.get('filename');
     known.add('filename');
-  } else if (driver === 'qcow2' || driver === 'raw') {
-    format = driver;
+  } else if (driver === 'qcow2' || driver === 'raw' || driver === undefined) {
+    // Without a driver, qemu-img probes the format of the `file` node, as it does for a plain name.
+    if (driver !== undefined) format = driver;
+    // The sizes of QEMU's qcow2 metadata caches tune its memory and speed, never a result.
+    if (driver !== 'raw') for (const k of QCOW2_CACHE_OPTIONS) known.add(k);
+    // A qcow2 image's data file named at open time (QEMU's data-file child), a local file.
+    if (driver !== 'raw') {
+      const dd = opts.get('data-file.driver');
+      if (dd !== undefined && dd !== 'file') throw unsupportedDriver(dd);
+      known.add('data-file.driver').add('data-file.filename');
+    }
     // `file` as a string would name another block node (a reference), which qemu-img cannot have here.
     const fd = opts.get('file.driver');
     if (fd !== undefined && fd !== 'file') throw unsupportedDriver(fd);
@@ -87,6 +108,8 @@ function fromOptions(opts: Map<string, string>, source: string): ImageName {
   if (path === undefined || path === '') throw refuse(`${source} names no file: give file.filename (or filename with driver=file)`);
   const out: ImageName = { path, display: displayOf(path) };
   if (format !== undefined) out.format = format;
+  const dataFile = opts.get('data-file.filename');
+  if (dataFile !== undefined) out.dataFile = dataFile;
   return out;
 }
 
@@ -232,4 +255,10 @@ export function parseQemuJson(text: string): Json {
   ws();
   if (i !== text.length) bad('trailing text');
   return v;
+}
+
+/** A data file named at open time, refused by a command that would open the header's data file. */
+export function dataFileOverrideRefusal(name: ImageName, command: string): Qcow2Error | undefined {
+  if (name.dataFile === undefined) return undefined;
+  return refuse(`Option 'data-file.filename' is not supported by ${command}: it opens the data file the image's header names. Name the image by its file alone, or fix the header's name (amend -o data_file=NAME)`);
 }

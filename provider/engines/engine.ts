@@ -127,6 +127,20 @@ export interface ImportOptions {
    * size rounded up to a sector; no create options apply. Default 'qcow2'.
    */
   targetFormat?: 'qcow2' | 'raw';
+  /**
+   * convert -S: the shortest run of zeros, in bytes (a multiple of 512 up to 16 MiB), that the
+   * copy leaves unwritten (a hole, an unallocated cluster), as qemu-img splits what it writes;
+   * shorter runs are written with the data around them. 0 writes everything: every cluster of
+   * a new image is allocated, zeros too. Default 4096 (qemu-img's).
+   */
+  sparse?: number;
+  /**
+   * convert SRC1 SRC2 ... DST: files read after `source`, in order, as one guest view (each
+   * starting where the one before ends, rounded up to a sector; the new image's size is their
+   * sum). Files of this machine only, for an image of this machine; refused with a backing file
+   * for the new image (-B) and with bitmaps, in qemu-img's words.
+   */
+  moreSources?: readonly ImportSource[];
 }
 
 export interface BitmapOptions {

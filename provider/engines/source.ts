@@ -193,3 +193,19 @@ export async function prepareSource(source: ImportSource, options: ImportOptions
     throw e;
   }
 }
+
+/**
+ * prepareSource for each of several sources (convert SRC1 SRC2 ... DST), in order; `run` with
+ * the local files (each source's own fields beside them), then every one released, also on a
+ * failure.
+ */
+export async function withPreparedSources<T>(sources: readonly ImportSource[], options: ImportOptions,
+  run: (locals: Array<{ local: LocalSource; source: ImportSource }>) => Promise<T>): Promise<T> {
+  const prepared: Array<{ local: LocalSource; source: ImportSource }> = [];
+  try {
+    for (const { host: _where, ...source } of sources) prepared.push({ local: await prepareSource(source, options), source });
+    return await run(prepared);
+  } finally {
+    for (const p of prepared) await p.local.release();
+  }
+}

@@ -42,6 +42,10 @@ export interface ImportRequest {
   overBacking?: boolean;
   /** The largest virtual size the user allows for the source (`sourceMaxSize`). */
   maxSize?: bigint;
+  /** How many source files are read, one after another (qemu-img convert SRC1 SRC2 ... DST); default 1. */
+  sources?: number;
+  /** convert -n: the target exists, with its own options and backing file (-B then only says the source's top layer is copied). */
+  existingTarget?: boolean;
 }
 
 export function validateImport(req: ImportRequest): Refusal | undefined {
@@ -71,6 +75,14 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     // qemu-img fails at the first compressed write (qcow2 has no compressed clusters in a data file).
     return { property: 'compress', message: 'Compressed output (-c) cannot be written to an image with an external data file (data_file): convert without -c, or without data_file' };
   }
+  // qemu-img's words for what several sources cannot have: a backing file, bitmaps.
+  const several = (req.sources ?? 1) > 1;
+  if (several && req.overBacking) {
+    return { property: 'backing_file', message: 'Having a backing file for the target makes no sense when concatenating multiple input images' };
+  }
+  if (several && req.bitmaps) {
+    return { property: 'bitmaps', message: 'Copying bitmaps only possible with single source' };
+  }
   if (req.maxSize !== undefined && req.sourceSize > req.maxSize) {
     return {
       property: 'sourceMaxSize',
@@ -79,7 +91,7 @@ export function validateImport(req: ImportRequest): Refusal | undefined {
     };
   }
   const o = req.options;
-  if (req.overBacking) {
+  if (req.overBacking && !req.existingTarget) {
     if (o.backingFile === undefined) return { property: 'backing_file', message: 'convert -B needs the name of the backing file' };
     if (o.backingFormat === undefined) return { property: 'backing_fmt', message: 'Use of backing file requires explicit backing format' };
   } else if (o.backingFile !== undefined || o.backingFormat !== undefined) {

@@ -46,7 +46,7 @@ describe('parseImageName', () => {
     ['json:{"driver":"qcow2","file":"node0"}', "Option 'file' in the json: file name is not supported"],
     ['json:{"driver":"qcow2","file":{"driver":"file","filename":"x","aio":"native"}}', "Option 'file.aio'"],
     ['json:{"driver":"qcow2"}', 'names no file'],
-    ['json:{"file":{"driver":"file","filename":"x"}}', "Parameter 'driver' is missing"],
+    ['json:{"filename":"x"}', 'Must specify either driver or file'],
     ['json:["x"]', 'must be a JSON object'],
     ['json:{"driver":"qcow2",}', 'expected a key'],
     ['json:{"driver":"qcow2"} x', 'trailing text'],
@@ -55,6 +55,14 @@ describe('parseImageName', () => {
     ['json:{"driver":"qcow2', 'unterminated string'],
   ])('refuses %s', (name, words) => {
     expect(() => parseImageName(name)).toThrow(words);
+  });
+
+  it('takes names without a driver (the format probed), a data file named at open time, and qcow2 cache sizes', () => {
+    expect(parseImageName('data-file.filename=d.raw,file.filename=x', true)).toEqual({ path: 'x', display: 'x', dataFile: 'd.raw' });
+    expect(parseImageName('json:{"file":{"driver":"file","filename":"x"}}')).toEqual({ path: 'x', display: 'x' });
+    expect(parseImageName('driver=qcow2,file.filename=x,l2-cache-entry-size=4096,refcount-cache-size=1M', true)).toEqual({ path: 'x', display: 'x', format: 'qcow2' });
+    expect(() => parseImageName('driver=raw,file.filename=x,l2-cache-size=1M', true)).toThrow("Option 'l2-cache-size'");
+    expect(() => parseImageName('driver=qcow2,file.filename=x,data-file.driver=nbd', true)).toThrow("Driver 'nbd' is not supported");
   });
 
   it('refuses --image-opts that name more than a local file', () => {

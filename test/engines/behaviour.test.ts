@@ -263,6 +263,26 @@ const scenarios: Scenario[] = [
     fails: { code: 'REFUSED' },
   },
   {
+    name: 'import several sources one after another (raw, then a chain), every cluster written (sparse 0)',
+    setup: (d) => { rawFile(path.join(d, 'src.raw'), (1 << 20) + 1000); imageWithData(d, '', '8M', 'base.qcow2'); overlayWithZeros(d); },
+    run: (e) => e.import('new.qcow2', {}, { path: 'src.raw', format: 'raw' }, { moreSources: [{ path: 'img.qcow2' }], sparse: 0 }), images: ['new.qcow2'],
+  },
+  {
+    name: 'import with a minimum sparse size above the cluster size (sparse 8k, 1 KiB clusters)',
+    setup: (d) => { imageWithData(d, '', '8M', 'base.qcow2'); overlayWithZeros(d); qio(d, 'img.qcow2', 'write -P 0x66 3M 512', 'write -P 0x66 3076k 512'); },
+    run: (e) => e.import('new.qcow2', { clusterSize: 1024 }, { path: 'img.qcow2' }, { sparse: 8192 }), images: ['new.qcow2'],
+  },
+  {
+    name: 'convert -n of several sources, zeros written as data (sparse 0)',
+    setup: (d) => { rawFile(path.join(d, 'src.raw'), 1 << 20); imageWithData(d, '', '8M', 'base.qcow2'); qimg(d, 'create', '-q', '-f', 'qcow2', 'img.qcow2', '16M'); },
+    run: (e) => e.convertInto('img.qcow2', { path: 'src.raw', format: 'raw' }, { moreSources: [{ path: 'base.qcow2' }], sparse: 0 }),
+  },
+  {
+    name: 'import of several sources refuses a backing file for the new image', setup: (d) => rawFile(path.join(d, 'src.raw'), 1 << 20),
+    run: (e) => e.import('img.qcow2', { backingFile: 'src.raw', backingFormat: 'raw' }, { path: 'src.raw', format: 'raw' }, { moreSources: [{ path: 'src.raw', format: 'raw' }], overBacking: true }),
+    fails: { code: 'REFUSED', message: 'Having a backing file for the target makes no sense when concatenating multiple input images' },
+  },
+  {
     name: 'map of an overlay through its chain', setup: (d) => { imageWithData(d, '', '8M', 'base.qcow2'); overlayWithZeros(d); },
     run: async (e) => (await e.map('img.qcow2', { forceShare: true })).map(({ filename: _f, ...entry }) => entry),
   },

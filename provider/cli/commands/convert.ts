@@ -1,8 +1,8 @@
 // `qcow2 convert [-c] [-p] [-q] [-t CACHE] [--checksum ALG:HEX] [--bitmaps] [-f raw|qcow2] [-l SNAPSHOT]
-// [-B BACKING -F FMT] [-n] [-O raw|qcow2] [-o OPTIONS] SRC DST`: import a raw or qcow2 image (read through its backing chain),
-// or an http(s) URL (downloaded through the cache and verified against --checksum), into a new
-// image, sparse-aware, compressed with -c; never overwrites (-n writes into an existing image the
-// user names instead). gzip/xz/zstd-compressed sources are decompressed. A
+// [-B BACKING -F FMT] [-n] [-O raw|qcow2] [-o OPTIONS] [-S SIZE] SRC [SRC2 ...] DST`: import a raw or qcow2 image (read through its backing chain),
+// or an http(s) URL (downloaded through the cache and verified against --checksum), or several
+// files one after another, into a new image, sparse as -S says, compressed with -c; never
+// overwrites (-n writes into an existing image the user names instead). gzip/xz/zstd-compressed sources are decompressed. A
 // local source's backing and data file names are followed as qemu-img follows them; a
 // downloaded image may name none.
 
@@ -19,10 +19,12 @@ import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 import { parseSize } from '../../model/size';
+import { Qcow2Error } from '../../model/errors';
+import { resolve } from 'path';
 import { bitmapStates, skippedBitmapWarnings } from '../../rules/bitmaps';
 
-export const usage = 'convert [-c] [-p] [-q] [-C] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] [-n] [-O raw|qcow2] [-o OPTIONS] SRC|URL DST';
-export const description = 'import a raw or qcow2 image (read through its backing chain) or an http(s) URL (verified by --checksum) into a new raw (default) or qcow2 image; never overwrites';
+export const usage = 'convert [-c] [-p] [-q] [-C] [-t CACHE] [--checksum ALG:HEX] [--bitmaps [--skip-broken-bitmaps]] [-f raw|qcow2] [-l SNAPSHOT] [-B BACKING -F FMT] [-n] [-O raw|qcow2] [-o OPTIONS] [-S SIZE] SRC|URL [SRC2 ...] DST';
+export const description = 'import a raw or qcow2 image (read through its backing chain), an http(s) URL (verified by --checksum), or several files one after another, into a new raw (default) or qcow2 image; never overwrites';
 
 interface Opts {
   f?: string; O?: string; o: string[]; p?: boolean; q?: boolean; c?: boolean; t?: string; checksum?: string; bitmaps?: boolean; skipBrokenBitmaps?: boolean;
@@ -33,7 +35,7 @@ interface Opts {
 const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 const spec: CommandSpec = {
-  name: 'convert', usage, description, args: ['[src]', '[dst]'],
+  name: 'convert', usage, description, args: ['[files...]'],
   options: [
     ['-f <fmt>', 'source format: raw or qcow2 (detected by content when omitted)'],
     ['-O <fmt>', 'output format: raw (the default, as in qemu-img: a sparse raw file) or qcow2'],
@@ -46,11 +48,11 @@ const spec: CommandSpec = {
     ['--bitmaps', "copy the source's persistent dirty bitmaps"],
     ['--skip-broken-bitmaps', 'with --bitmaps: leave inconsistent bitmaps out instead of failing'],
     ['-l <snapshot>', 'read an internal snapshot (id or name, or snapshot.id=ID,snapshot.name=NAME) instead of the current state'],
-    ['-B <backing>', 'make the new image an overlay of BACKING (as -o backing_file=): only what the source holds above its own backing file is copied; BACKING must hold the rest'],
+    ['-B <backing>', 'make the new image an overlay of BACKING (as -o backing_file=): only what the source holds above its own backing file is copied; BACKING must hold the rest (with -n: only that is written into DST)'],
     ['-F <fmt>', "format of -B's backing file (qcow2 or raw; required, as -o backing_fmt=)"],
-    ['-n', 'write into DST, an existing qcow2 image at least as large as the source (its options and backing file kept), instead of creating it'],
+    ['-n', 'write into DST, an existing qcow2 image at least as large as the source (its options and backing file kept), instead of creating it; not with -c or -o'],
     ['-C', "copy offloading: accepted (data in local files is always copied with copy_file_range where the kernel allows; qemu-img's conflicts with -c, -S and --salvage are refused in its words)"],
-    ['-S <size>', 'minimum sparse size: not supported (refused), except for qemu-img\'s conflict with -C'],
+    ['-S <size>', 'minimum sparse size (default 4k): zero runs at least this long are left unwritten (holes, unallocated clusters), shorter ones written with the data around them, as qemu-img splits its writes; a multiple of 512 up to 16M; 0 writes everything (every cluster allocated, zeros too)'],
     ['--salvage', 'continue past read errors: not supported (refused), except for qemu-img\'s conflict with -C'],
   ],
 };
@@ -58,18 +60,25 @@ const spec: CommandSpec = {
 export async function run(argv: string[]): Promise<void> {
   const parsed = parseCommand<Opts>(spec, argv);
   if (parsed === undefined) return;
-  const { args: [src, dst], o } = parsed;
+  const { o } = parsed;
+  const files = (parsed.args[0] as unknown as string[] | undefined) ?? [];
+  // qemu-img: every file name but the last is a source, read one after another.
+  const sources = files.slice(0, -1);
+  const src = sources[0];
+  const dst = files.length >= 2 ? files[files.length - 1] : undefined;
+  let sparse: number | undefined;
   if (o.S !== undefined) {
-    let sparse: bigint;
+    let bytes: bigint;
     try {
-      sparse = parseSize(o.S, { name: 'buffer size for sparse output' });
+      bytes = parseSize(o.S, { name: 'buffer size for sparse output' });
     } catch (e) {
       reportEach(messageOf(e));
       throw new Exit(1);
     }
-    if (sparse % 512n !== 0n || sparse > 16n << 20n) {
+    if (bytes % 512n !== 0n || bytes > 16n << 20n) {
       fail('Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).');
     }
+    sparse = Number(bytes);
   }
   const snapshot = o.l === undefined ? undefined : snapshotSelector(o.l);
   // qemu-img's order: these conflicts before anything else is looked at.
@@ -77,6 +86,7 @@ export async function run(argv: string[]): Promise<void> {
   if (o.c && o.C) fail('Cannot enable copy offloading when -c is used');
   if (o.S !== undefined && o.C) fail('Cannot enable copy offloading when -S is used');
   if (o.C && o.salvage) fail('Cannot use copy offloading in salvaging mode');
+  if (o.n && o.o.length > 0) fail('-o has no effect when skipping image creation');
   let options: CreateOptions;
   try {
     const pairs = o.o.length ? parseOptionList(mergeOptionLists(o.o)) : [];
@@ -84,7 +94,7 @@ export async function run(argv: string[]): Promise<void> {
       // qemu-img: without -O the output format is raw; with both file names the protocol's options are listed too.
       const fmt = o.O ?? 'raw';
       requireCreatable(fmt);
-      out(createOptionsHelp(fmt as 'qcow2' | 'raw', src !== undefined && dst !== undefined));
+      out(createOptionsHelp(fmt as 'qcow2' | 'raw', dst !== undefined));
       return;
     }
     options = toCreateOptions(pairs, undefined, { onWarning: warn });
@@ -95,12 +105,15 @@ export async function run(argv: string[]): Promise<void> {
     reportEach(messageOf(e));
     throw new Exit(1);
   }
-  if (src === undefined || dst === undefined) fail('Expecting image file name');
-  if (o.S !== undefined) fail('convert -S (the minimum size of a zero run left sparse) is not supported: convert without -S (zero areas are left sparse)');
+  if (src === undefined || dst === undefined) fail('Must specify image file name');
+  if (sources.length > 1 && o.l !== undefined && snapshot !== undefined && 'idOrName' in snapshot) fail('No support for concatenating multiple snapshot');
   if (o.salvage) fail('convert --salvage is not supported: this tool stops at the first read error; convert without --salvage');
   if (o.O !== undefined && o.O !== 'qcow2' && o.O !== 'raw') fail(`Unknown output format '${o.O}': this tool writes qcow2 and raw images (-O qcow2, -O raw)`);
   if (o.t !== undefined && !CACHE_MODES.includes(o.t)) fail(`Invalid cache option: ${o.t}`);
   const url = /^https?:\/\//i.test(src);
+  if (sources.length > 1 && sources.some((s) => /^https?:\/\//i.test(s))) {
+    fail('Several sources are read as files of this machine: download each URL first (convert --checksum URL FILE), then convert the files');
+  }
   // A URL is fetched by the engine; a file name is read as qemu-img reads it (file:, json:, --image-opts).
   const from: ImageName = url ? { path: src, display: src } : imageName(src);
   const format = o.f ?? from.format;
@@ -114,7 +127,11 @@ export async function run(argv: string[]): Promise<void> {
     ...((o.O ?? (o.n ? 'qcow2' : 'raw')) === 'raw' ? { targetFormat: 'raw' as const } : {}),
     // qemu-img convert -B / -o backing_file=: the new image is an overlay.
     ...(options.backingFile !== undefined ? { overBacking: true } : {}),
+    ...(sparse !== undefined ? { sparse } : {}),
   };
+  const more = sources.slice(1).map((name) => imageName(name));
+  if (more.length > 0) opts.moreSources = more.map((name) => importSource(name, target, o.f ?? name.format));
+  if (o.n && o.c) fail('convert -n -c (compressed writes into an existing image) is not supported: convert -c into a new image');
   // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
   const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;
   if (bar) {
@@ -136,7 +153,6 @@ export async function run(argv: string[]): Promise<void> {
       ...(snapshot ? { snapshot } : {}),
     };
     if (o.n) {
-      if (o.c || options.backingFile !== undefined) fail('convert -n writes into an existing image as it is: -c, -B and backing_file= are not supported with it');
       await engineFor(target, from).convertInto(target.path, source, opts);
     } else {
       await engineFor(target, from).import(target.path, options, source, opts);
@@ -156,7 +172,9 @@ export async function run(argv: string[]): Promise<void> {
       throw new Exit(1);
     }
     // qemu-img opens the source, then loads the snapshot: its failure is not an open error.
-    report((/^Failed to load snapshot: /.test(messageOf(e)) ? '' : openPrefix(e, url ? redactUrl(src) : src)) + messageOf(e));
+    // The source that failed to open, of several.
+    const failed = more.find((name) => Qcow2Error.isInstance(e) && e.file !== undefined && resolve(e.file) === resolve(name.path))?.display ?? (url ? redactUrl(src) : src);
+    report((/^Failed to load snapshot: /.test(messageOf(e)) ? '' : openPrefix(e, failed)) + messageOf(e));
     throw new Exit(1);
   }
   bar?.stop();

@@ -26,7 +26,8 @@ export async function run(argv: string[]): Promise<void> {
   if (a.positional.length > 1) fail(`Unexpected argument '${a.positional[1]}'`);
   const chain: Array<{ facts: ImageFacts; filename: string }> = [];
   const seen = new Set<string>();
-  let image = imageName(file, a.flags.has('imageOpts'));
+  // info reads the header only: a data file named at open time changes nothing it prints.
+  let image = imageName(file, a.flags.has('imageOpts'), false, true);
   fmt ??= image.format;
   let { path, display } = image;
   // qemu-img's collect_image_info_list: each backing file by its full name, in the format the

@@ -6,6 +6,7 @@ import { Qcow2Error } from '../../model/errors';
 import type { ProgressFn } from '../../qcow2/guest/source';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import type { OpCall, TargetDescriptor } from './protocol';
+import type { LocalImportSource } from './ops';
 
 // Each operation loads what it needs when first run: `qcow2 info` must not pay for loading the
 // whole format engine (module loading is most of a short command's cost).
@@ -38,12 +39,11 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       if (call.raw) {
         if (host !== localFs) throw new Qcow2Error('UNSUPPORTED', 'convert -O raw writes a file of this machine: convert on the host the image is on');
         ops().importRawImage(call.path, call.options, call.source, {
-          durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}),
-          ...(call.compressed ? { compressed: true } : {}), ...(call.overBacking ? { overBacking: true } : {}),
+          durable: call.durable, ...(progress ? { progress } : {}), ...(call.bitmaps ? { bitmaps: call.bitmaps } : {}), ...copyOf(call),
         });
         return undefined;
       }
-      const special = { ...(call.compressed ? { compressed: true } : {}), ...(call.overBacking ? { overBacking: true } : {}) };
+      const special = copyOf(call);
       if (host === localFs && (call.sourceTarget === undefined || call.sourceTarget.kind === 'local')) {
         // Asynchronous: reads, decoding (on libuv's thread pool) and writes overlap.
         return ops().importImageAsync(call.path, call.options, call.source, {
@@ -62,7 +62,7 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       return undefined;
     case 'convertInto':
       if (host !== localFs) throw new Qcow2Error('UNSUPPORTED', 'convert -n writes into an image of this machine: convert on the host the image is on');
-      ops().convertIntoImage(call.path, call.source, progress ? { progress } : {});
+      ops().convertIntoImage(call.path, call.source, { ...(progress ? { progress } : {}), ...copyOf(call) });
       return undefined;
     case 'amend':
       ops().amendImage(call.path, call.request, { host });
@@ -119,4 +119,12 @@ export function runOp(target: TargetDescriptor, call: OpCall, progress?: Progres
       throw new Qcow2Error('UNSUPPORTED', `Unknown operation '${(never as { op: string }).op}'`);
     }
   }
+}
+
+/** How an import or convert -n copies: -c, -B, further sources, -S. */
+function copyOf(call: Extract<OpCall, { op: 'import' | 'convertInto' }>): { compressed?: true; overBacking?: true; more?: LocalImportSource[]; sparse?: number } {
+  return {
+    ...('compressed' in call && call.compressed ? { compressed: true as const } : {}), ...(call.overBacking ? { overBacking: true as const } : {}),
+    ...(call.more !== undefined && call.more.length > 0 ? { more: call.more } : {}), ...(call.sparse !== undefined ? { sparse: call.sparse } : {}),
+  };
 }

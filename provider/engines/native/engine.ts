@@ -101,6 +101,15 @@ export class NativeEngine implements Engine {
 
   /** A URL is downloaded (through the cache) and a compressed source decompressed here, on the caller's thread; the conversion runs on the executor. */
   async import(path: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
+    if (opts.moreSources !== undefined && opts.moreSources.length > 0) {
+      await this.withLocalSources(path, [source, ...opts.moreSources], opts, (first, more) => {
+        const call: OpCall = { op: 'import', path, options, source: first, durable: opts.durable ?? true, more, ...copyOptions(opts) };
+        if (opts.bitmaps) call.bitmaps = { skipBroken: opts.skipBrokenBitmaps ?? false };
+        if (opts.targetFormat === 'raw') call.raw = true;
+        return this.run(call, opts.progress);
+      });
+      return;
+    }
     const { host, ...file } = source;
     const target = await this.target;
     const url = /^https?:\/\//i.test(source.path);
@@ -124,6 +133,7 @@ export class NativeEngine implements Engine {
       if (opts.compressed) call.compressed = true;
       if (opts.overBacking) call.overBacking = true;
       if (opts.targetFormat === 'raw') call.raw = true;
+      if (opts.sparse !== undefined) call.sparse = opts.sparse;
       await this.run(call, opts.progress);
       return;
     }
@@ -141,6 +151,7 @@ export class NativeEngine implements Engine {
       if (opts.compressed) call.compressed = true;
       if (opts.overBacking) call.overBacking = true;
       if (opts.targetFormat === 'raw') call.raw = true;
+      if (opts.sparse !== undefined) call.sparse = opts.sparse;
       await this.run(call, opts.progress);
     } finally {
       await local.release();
@@ -148,19 +159,28 @@ export class NativeEngine implements Engine {
   }
 
   async convertInto(path: string, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
-    const { host, ...file } = source;
-    if ((host !== undefined && host !== 'local') || (await this.target).kind !== 'local') {
-      throw new Qcow2Error('UNSUPPORTED', `convert -n works on images and sources of this machine: '${path}'`, { file: path });
+    await this.withLocalSources(path, [source, ...(opts.moreSources ?? [])], opts, (first, more) =>
+      this.run({ op: 'convertInto', path, source: first, ...(more.length > 0 ? { more } : {}), ...copyOptions(opts) }, opts.progress));
+  }
+
+  /**
+   * Sources that are files of this machine (or URLs, downloaded), for an image of this machine:
+   * each made a plain local file (engines/source.ts), `run` with them, then released.
+   */
+  private async withLocalSources(path: string, sources: readonly ImportSource[], opts: ImportOptions, run: (first: LocalImportSource, more: LocalImportSource[]) => Promise<unknown>): Promise<void> {
+    if (sources.some((s) => s.host !== undefined && s.host !== 'local') || (await this.target).kind !== 'local') {
+      throw new Qcow2Error('UNSUPPORTED', `convert -n, and convert from several sources, work on images and sources of this machine: '${path}'`, { file: path });
     }
-    const { prepareSource } = await import('../source');
-    const local = await prepareSource(file, opts);
-    try {
-      const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
-      if (source.snapshot !== undefined) src.snapshot = source.snapshot;
-      await this.run({ op: 'convertInto', path, source: src }, opts.progress);
-    } finally {
-      await local.release();
-    }
+    const { withPreparedSources } = await import('../source');
+    await withPreparedSources(sources, opts, (prepared) => {
+      const locals = prepared.map(({ local, source }) => {
+        const src: LocalImportSource = { path: local.path, format: local.format, references: local.references, label: local.label, downloaded: local.downloaded };
+        if (source.snapshot !== undefined) src.snapshot = source.snapshot;
+        if (source.maxSize !== undefined) src.maxSize = source.maxSize;
+        return src;
+      });
+      return run(locals[0]!, locals.slice(1));
+    });
   }
 
   async amend(path: string, request: AmendRequest): Promise<void> {
@@ -232,4 +252,9 @@ export class NativeEngine implements Engine {
   dependents(path: string, candidates: readonly string[]): Promise<Dependents> {
     return this.run({ op: 'dependents', path, candidates: [...candidates] });
   }
+}
+
+/** How the copy is made (-c, -B, -S), as an OpCall carries it. */
+function copyOptions(opts: ImportOptions): { compressed?: true; overBacking?: true; sparse?: number } {
+  return { ...(opts.compressed ? { compressed: true as const } : {}), ...(opts.overBacking ? { overBacking: true as const } : {}), ...(opts.sparse !== undefined ? { sparse: opts.sparse } : {}) };
 }

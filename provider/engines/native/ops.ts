@@ -11,14 +11,16 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
+import { NotInPlace, ResizePlan, applyResize, planResizeInPlace } from '../../qcow2/ops/resize';
 import { AmendChanges, AmendPlan, BackingReader, ResizePreallocation, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
 import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
+import { DowngradePlan, applyDowngrade, checkSnapshotL1Tables, firstSharedZeroCluster, planDowngrade } from '../../qcow2/ops/downgrade';
 import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import type { ImageLock } from '../../qcow2/io/lock';
 import {
-  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+  validateAmend, validateConsistent, validateDowngradeZeroClusters, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
 } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
@@ -156,7 +158,13 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs): AmendPlan {
+/**
+ * Apply a validated change. `inPlace` (resize): a size change is written
+ * in qemu-img's layout (ops/resize.ts), the cases that does not replay as amend writes them.
+ */
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host?: HostFs): AmendPlan;
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs, inPlace: true): AmendPlan | ResizePlan;
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs, inPlace = false): AmendPlan | ResizePlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
@@ -178,15 +186,34 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
       try { return src.read(offset, length); } finally { src.close(); }
     }
     : undefined;
+  // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
+  // file that can have holes punched, never by writing zeros through a wrapper.
+  const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
   try {
+    if (inPlace && ch.size !== undefined) {
+      const plan = tryResizeInPlace(img, file, ch.size, backingLength, ch.preallocation ?? 'off', readBacking);
+      if (plan) {
+        const punchData = df instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(df, offset, length) : undefined;
+        applyResize(file, plan, punch, df, punchData);
+        return plan;
+      }
+    }
     const plan = planAmend(img, file, ch, df?.size(), backingLength, readBacking);
-    // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
-    // file that can have holes punched, never by writing zeros through a wrapper.
-    const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
     applyAmend(file, plan, df, punch);
     return plan;
   } finally {
     df?.close();
+  }
+}
+
+/** ops/resize.ts's plan, or undefined where it does not replay the case. */
+function tryResizeInPlace(img: Image, file: BlockFile, size: bigint, backingLength: bigint | undefined,
+  prealloc: ResizePreallocation, readBacking: BackingReader | undefined): ResizePlan | undefined {
+  try {
+    return planResizeInPlace(img, file, size, backingLength, prealloc, readBacking);
+  } catch (e) {
+    if (e instanceof NotInPlace) return undefined;
+    throw e;
   }
 }
 
@@ -200,7 +227,7 @@ function widensRefcountsOnly(img: Image, ch: AmendChanges): boolean {
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan | DowngradePlan {
   const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
   return withWritableImage(path, behaviour, (opened, file) => {
     let img = opened;
@@ -220,12 +247,38 @@ export function amendImage(path: string, request: AmendRequest, behaviour: Amend
       rewriteSnapshotTable(file, img);
       img = Image.open(file, path);
     }
+    if (ch.version === 2 && img.header.version === 3) return downgrade(img, file, path, ch, behaviour.host ?? localFs);
     return runPlan(img, file, path, ch, behaviour.host ?? localFs);
   });
 }
 
+/**
+ * compat=0.10 in qcow2_amend_options' order: the other options first, then qcow2_downgrade. What
+ * else the amend changes (a size, a refcount width, header fields), and the repair of refcounts
+ * a dirty image left stale, are one commit (runPlan); the downgrade then expands the zero
+ * clusters of every table in place and commits with its own header write
+ * (qcow2/ops/downgrade.ts). A crash between the two leaves a compat 1.1 image with the other
+ * changes made, which reads as the new one.
+ */
+function downgrade(opened: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs): AmendPlan | DowngradePlan {
+  let img = opened;
+  const { version: _v, ...rest } = ch;
+  const others = Object.keys(rest).length > 0;
+  // qcow2_validate_table's refusal of a broken snapshot L1 table comes first, in qemu-img's words.
+  checkSnapshotL1Tables(img);
+  if (others || img.dirty) {
+    runPlan(img, file, path, rest, host);
+    img = Image.open(file, path);
+  }
+  throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
+  throwIfRefused(validateDowngradeZeroClusters(firstSharedZeroCluster(img)), path);
+  const plan = planDowngrade(img, file);
+  applyDowngrade(file, plan, img.geometry.clusterSize);
+  return plan;
+}
+
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan | ResizePlan {
   const size = typeof sizeAsked === 'object' && sizeAsked !== null
     ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
@@ -235,7 +288,7 @@ export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint
     throwIfRefused(r, path);
     const ch: AmendChanges = { size: target };
     if (behaviour.preallocation !== undefined) ch.preallocation = behaviour.preallocation;
-    return runPlan(img, file, path, ch, behaviour.host ?? localFs);
+    return runPlan(img, file, path, ch, behaviour.host ?? localFs, true);
   });
 }
 
@@ -255,11 +308,12 @@ export function rebaseUnsafe(path: string, backingFile: string, backingFormat: s
 // friends do the work; provider/rules/data.ts decides what is allowed).
 
 export type { CreateBehaviour };
-import { WriteImportOptions, copyGuestOver, writeImportedImage, writeImportedImageAsync, writeImportedRaw } from '../../qcow2/ops/convert';
+import { WriteImportOptions, copyGuestOver, copyTopLayer, writeImportedImage, writeImportedImageAsync, writeImportedRaw } from '../../qcow2/ops/convert';
 import { Qcow2Image } from '../../qcow2/guest/qcow2';
 import type { GuestSource, OpenOptions, ProgressFn } from '../../qcow2/guest/source';
 import * as path from 'path';
 import { openSource, probeFileFormat as probeFormat } from '../../qcow2/guest/sources/open';
+import { ConcatSource } from '../../qcow2/guest/sources/concat';
 import { validateChain } from '../../qcow2/guest/sources/preflight';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { MapEntry, mapSource } from '../../qcow2/ops/map';
@@ -294,6 +348,10 @@ export interface ImportBehaviour {
   compressed?: boolean;
   /** convert -B: the new image is an overlay; only the source's top layer is copied (see ImportOptions.overBacking). */
   overBacking?: boolean;
+  /** convert SRC1 SRC2 ... DST: the sources after the first, read after it in order (see ImportOptions.moreSources). */
+  more?: readonly LocalImportSource[];
+  /** convert -S: the shortest run of zeros left unwritten, in bytes (see ImportOptions.sparse). */
+  sparse?: number;
 }
 
 /** An import source that is a local file (engines/source.ts made it one), as the worker gets it. */
@@ -319,15 +377,16 @@ export function referenceGuard(source: LocalImportSource): OpenOptions['onRefere
 }
 
 /**
- * Create `dst` holding the guest view of `source` (qemu-img convert -O qcow2 -o ...). The source
- * is opened and validated (header, backing chain and data file names against the reference
- * policy, every mapping inside its file) before anything is created; `dst` and a data file are
- * never overwritten, and a failure leaves nothing behind.
+ * Create `dst` holding the guest view of `source` (qemu-img convert -O qcow2 -o ...), or of it and
+ * `behaviour.more` one after another. The sources are opened and validated (header, backing chain
+ * and data file names against the reference policy, every mapping inside its file) before
+ * anything is created; `dst` and a data file are never overwritten, and a failure leaves nothing
+ * behind.
  */
 export function importImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
-  const { src, plan, bitmaps } = openImport(dst, options, source, behaviour);
+  const { src, plan, bitmaps, backingSize } = openImport(dst, options, source, behaviour);
   try {
-    writeImportedImage(dst, plan, src, writeOptions(behaviour, bitmaps));
+    writeImportedImage(dst, plan, src, writeOptions(behaviour, bitmaps, backingSize));
   } finally {
     src.close();
   }
@@ -335,56 +394,95 @@ export function importImage(dst: string, options: CreateOptions, source: LocalIm
 
 /** importImage with reads, decoding and writes overlapped (what the Engine runs on local files). */
 export async function importImageAsync(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): Promise<void> {
-  const { src, plan, bitmaps } = openImport(dst, options, source, behaviour);
+  const { src, plan, bitmaps, backingSize } = openImport(dst, options, source, behaviour);
   try {
-    await writeImportedImageAsync(dst, plan, src, writeOptions(behaviour, bitmaps));
+    await writeImportedImageAsync(dst, plan, src, writeOptions(behaviour, bitmaps, backingSize));
   } finally {
     src.close();
   }
 }
 
-function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined): WriteImportOptions {
+function writeOptions(behaviour: ImportBehaviour, bitmaps: DirtyBitmap[] | undefined, backingSize: number | undefined): WriteImportOptions {
   return {
+    ...(backingSize !== undefined ? { backingSize } : {}),
     host: behaviour.host ?? localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(bitmaps ? { bitmaps } : {}),
     ...(behaviour.compressed ? { compressed: true } : {}), ...(behaviour.overBacking ? { topLayerOnly: true } : {}),
+    ...(behaviour.sparse !== undefined ? { sparse: behaviour.sparse } : {}),
   };
 }
 
-/** `qemu-img convert -O raw`: a new raw file holding the guest view of `source` (zero areas left as holes). */
-export function importRawImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
-  const format = source.format ?? probeFormat(source.path);
-  const onReference = referenceGuard(source);
-  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+/** The sources of an import (`source`, then `behaviour.more`), each with its format: given, or probed on `host`. */
+type SourceList = Array<{ source: LocalImportSource; format: string }>;
+
+function sourcesOf(source: LocalImportSource, behaviour: ImportBehaviour, host: HostFs): SourceList {
+  return [source, ...(behaviour.more ?? [])].map((s) => ({ source: s, format: s.format ?? probeFormat(s.path, host) }));
+}
+
+/** The first of the given source formats that import does not read (refused by the rules), else the first. */
+function sourceFormatOf(list: Array<{ format?: string | undefined }>): string | undefined {
+  return (list.find((s) => s.format !== undefined && s.format !== 'raw' && s.format !== 'qcow2') ?? list[0])?.format;
+}
+
+/**
+ * Open the sources (each through its backing chain, the names in its headers judged by its
+ * reference policy, the chain validated): one guest view, or their concatenation, as qemu-img
+ * convert reads several source files. A failure closes what was opened.
+ */
+function openSources(list: SourceList, host: HostFs): GuestSource {
+  const opened: GuestSource[] = [];
   try {
-    validateChain(src);
+    for (const { source, format } of list) {
+      const onReference = referenceGuard(source);
+      const src = openSource(source.path, format, { host, ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+      opened.push(src);
+      validateChain(src);
+    }
+    return opened.length === 1 ? opened[0]! : new ConcatSource(opened);
+  } catch (e) {
+    for (const s of opened) s.close();
+    throw e;
+  }
+}
+
+/** `qemu-img convert -O raw`: a new raw file holding the guest view of the sources (zero areas left as holes, as `sparse` says). */
+export function importRawImage(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour = {}): void {
+  const list = sourcesOf(source, behaviour, localFs);
+  const src = openSources(list, localFs);
+  try {
     throwIfRefused(validateImport({
-      sourceFormat: format, targetFormat: 'raw', options, sourceSize: BigInt(src.size), sameFile: sameFile(dst, source.path),
-      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(behaviour.bitmaps ? { bitmaps: true } : {}),
+      sourceFormat: sourceFormatOf(list)!, targetFormat: 'raw', options, sourceSize: BigInt(src.size), sameFile: list.some((s) => sameFile(dst, s.source.path)),
+      sources: list.length, ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(behaviour.bitmaps ? { bitmaps: true } : {}),
       ...(behaviour.compressed ? { compress: true } : {}), ...(behaviour.overBacking ? { overBacking: true } : {}),
     }), dst);
-    writeImportedRaw(dst, src, { host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}) });
+    writeImportedRaw(dst, src, {
+      host: localFs, durable: behaviour.durable ?? true, ...(behaviour.progress ? { progress: behaviour.progress } : {}),
+      ...(behaviour.sparse !== undefined ? { sparse: behaviour.sparse } : {}),
+    });
   } finally {
     src.close();
   }
 }
 
 /**
- * `qemu-img convert -n`: the guest view of `source` written over the existing image `dst`
+ * `qemu-img convert -n`: the guest view of the sources written over the existing image `dst`
  * (opened for writing as any guest write: QEMU's locks, the write rules), which must be at
- * least as large. Data is copied; zero areas are written as zeros (the image may hold data there).
+ * least as large. Data is copied; zero areas are written as zeros (the image may hold data
+ * there), or as data with `sparse` 0. With `overBacking` (-n -B) only the source's top layer.
  */
-export function convertIntoImage(dst: string, source: LocalImportSource, behaviour: { progress?: ProgressFn } = {}): void {
-  const format = source.format ?? probeFormat(source.path);
-  throwIfRefused(validateImport({ sourceFormat: format, options: {}, sourceSize: 0n, sameFile: false }));
-  const onReference = referenceGuard(source);
-  const src: GuestSource = openSource(source.path, format, { ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+export function convertIntoImage(dst: string, source: LocalImportSource, behaviour: Pick<ImportBehaviour, 'progress' | 'more' | 'sparse' | 'overBacking'> = {}): void {
+  const list = sourcesOf(source, behaviour, localFs);
+  throwIfRefused(validateImport({
+    sourceFormat: sourceFormatOf(list)!, options: {}, sourceSize: 0n, sameFile: false, sources: list.length, existingTarget: true, ...(behaviour.overBacking ? { overBacking: true } : {}),
+  }));
+  const src = openSources(list, localFs);
   try {
-    validateChain(src);
-    if (sameFile(dst, source.path)) throwIfRefused({ property: 'source', message: 'The source and the destination are the same file; convert -n never writes over its source' }, dst);
+    if (list.some((s) => sameFile(dst, s.source.path))) throwIfRefused({ property: 'source', message: 'The source and the destination are the same file; convert -n never writes over its source' }, dst);
     const img = openImageForWrite(dst);
     try {
       throwIfRefused(validateConvertInto(BigInt(src.size), BigInt(img.size)), dst);
-      copyGuestOver(src, img, behaviour.progress);
+      // -n -B: only what the source's top layer holds (the image's own backing, if any, is not looked at).
+      if (behaviour.overBacking) copyTopLayer(src, img, behaviour.progress, behaviour.sparse);
+      else copyGuestOver(src, img, { ...(behaviour.progress ? { progress: behaviour.progress } : {}), ...(behaviour.sparse !== undefined ? { sparse: behaviour.sparse } : {}) });
     } finally {
       img.close();
     }
@@ -393,38 +491,41 @@ export function convertIntoImage(dst: string, source: LocalImportSource, behavio
   }
 }
 
-/** Open and validate an import's source (and, for --bitmaps, its bitmaps) and plan its image; nothing is created yet. */
-function openImport(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour): { src: GuestSource; plan: CreatePlan; bitmaps?: DirtyBitmap[] } {
+/** Open and validate an import's sources (and, for --bitmaps, their bitmaps) and plan its image; nothing is created yet. */
+function openImport(dst: string, options: CreateOptions, source: LocalImportSource, behaviour: ImportBehaviour): { src: GuestSource; plan: CreatePlan; bitmaps?: DirtyBitmap[]; backingSize?: number } {
   const host = behaviour.host ?? localFs;
   const sourceHost = behaviour.sourceHost ?? host;
-  const early = source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
+  const given = [source, ...(behaviour.more ?? [])];
+  const early = given.every((s) => s.format !== undefined) ? validateImport({ sourceFormat: sourceFormatOf(given)!, options: {}, sourceSize: 0n, sameFile: false }) : undefined;
   throwIfRefused(early);
-  const format = source.format ?? probeFormat(source.path, sourceHost);
-  const onReference = referenceGuard(source);
-  const src: GuestSource = openSource(source.path, format, { host: sourceHost, ...(onReference ? { onReference } : {}), ...(source.snapshot ? { snapshot: source.snapshot } : {}) });
+  const list = sourcesOf(source, behaviour, sourceHost);
+  const src = openSources(list, sourceHost);
   try {
-    validateChain(src);
     // Files on two hosts are never the same file.
-    const same = (a: string) => sourceHost === host && sameFile(a, source.path, host);
+    const same = (a: string) => sourceHost === host && list.some((s) => sameFile(a, s.source.path, host));
     const r = validateImport({
-      sourceFormat: format,
+      sourceFormat: sourceFormatOf(list)!,
       options,
       sourceSize: BigInt(src.size),
       sameFile: same(dst) || (options.dataFile !== undefined && same(options.dataFile)),
+      sources: list.length,
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
       ...(behaviour.compressed ? { compress: true } : {}), ...(behaviour.overBacking ? { overBacking: true } : {}),
+      ...(behaviour.bitmaps ? { bitmaps: true } : {}),
     });
     throwIfRefused(r, dst);
     const plan = planCreate(resolved(dst, { ...options, size: BigInt(src.size) }, {}, host));
     let bitmaps: DirtyBitmap[] | undefined;
     if (behaviour.bitmaps) {
-      const list = src instanceof Qcow2Image ? readImageBitmaps(src.image) : [];
+      const list0 = src instanceof Qcow2Image ? readImageBitmaps(src.image) : [];
       throwIfRefused(validateCopyBitmaps({
-        sourceFormat: format, bitmaps: statesOf(list), targetCompat: plan.options.compat ?? '1.1', skipBroken: behaviour.bitmaps.skipBroken,
+        sourceFormat: list[0]!.format, bitmaps: statesOf(list0), targetCompat: plan.options.compat ?? '1.1', skipBroken: behaviour.bitmaps.skipBroken,
       }), source.label ?? source.path);
-      bitmaps = list.filter((b) => !b.inconsistent);
+      bitmaps = list0.filter((b) => !b.inconsistent);
     }
-    return { src, plan, ...(bitmaps ? { bitmaps } : {}) };
+    // -B: zeros past the end of the new backing file are left to it (qemu-img's target_backing_sectors).
+    const backing = behaviour.overBacking && options.backingFile !== undefined ? probeBacking(dst, options.backingFile, options.backingFormat, host) : undefined;
+    return { src, plan, ...(bitmaps ? { bitmaps } : {}), ...(backing ? { backingSize: Number(backing.size) } : {}) };
   } catch (e) {
     src.close();
     throw e;

@@ -29,8 +29,11 @@ export type OpCall =
   | { op: 'create'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
   | { op: 'createRaw'; path: string; options: RawCreateOptions }
   | { op: 'resolveCreate'; path: string; options: CreateOptions; behaviour: CreateBehaviour }
-  | { op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; sourceTarget?: TargetDescriptor; durable: boolean; bitmaps?: { skipBroken: boolean }; compressed?: boolean; overBacking?: boolean; raw?: boolean }
-  | { op: 'convertInto'; path: string; source: LocalImportSource }
+  | {
+    op: 'import'; path: string; options: CreateOptions; source: LocalImportSource; sourceTarget?: TargetDescriptor; durable: boolean; bitmaps?: { skipBroken: boolean };
+    compressed?: boolean; overBacking?: boolean; raw?: boolean; more?: LocalImportSource[]; sparse?: number;
+  }
+  | { op: 'convertInto'; path: string; source: LocalImportSource; more?: LocalImportSource[]; sparse?: number; overBacking?: boolean }
   | { op: 'amend'; path: string; request: AmendRequest }
   | { op: 'resize'; path: string; size: bigint | { relative: bigint }; options: ResizeOptions }
   | { op: 'rebase'; path: string; backingFile: string; backingFormat?: string; safe: boolean }

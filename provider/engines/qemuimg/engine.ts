@@ -63,15 +63,16 @@ import type { CheckResult } from '../../qcow2/ops/check';
 import { hasProtocolPrefix, resolveBackingName } from '../../qcow2/spec/backing';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
 import { Qcow2Error } from '../../model/errors';
+import { roundToSector } from '../../model/facts';
 import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../../model/options';
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
-import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import { validateAmend, validateConsistent, validateDowngradeZeroClusters, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateConvertInto, validateImport } from '../../rules/data';
 import { ReferencePolicy, validateSourceReference } from '../../rules/references';
-import { prepareSource } from '../source';
+import { prepareSource, withPreparedSources } from '../source';
 import type { AmendRequest, CommitFacts, CommitRequest, ConsistencyFacts, SnapshotRequest } from '../../rules/types';
 import type {
   BitmapAction, BitmapDump, BitmapOptions, BitmapResult, CommitOptions, CompareOptions, CompareResult, Dependents, Engine, FileStat, ImageChain, ImageRef,
@@ -173,7 +174,21 @@ export class QemuImgEngine implements Engine {
     const facts = parseInfo(r.stdout, file);
     // qemu-img resolved the backing name against our absolute json: name; the caller's is `file`.
     if (facts.backingFile !== undefined && facts.detail) facts.detail.fullBackingFile = resolveBackingName(file, facts.backingFile);
+    await this.addSnapshotDiskSizes(abs, facts);
     return facts;
+  }
+
+  /**
+   * Each snapshot's disk size (which decides a downgrade), read from the image where the host
+   * reads files here: qemu-img info does not report it. Elsewhere it stays unknown, and qemu-img
+   * decides a downgrade in its own words.
+   */
+  private async addSnapshotDiskSizes(abs: string, facts: ImageFacts): Promise<void> {
+    const host = await this.hostP;
+    if (facts.snapshots === 0 || !facts.detail || facts.compat !== '1.1' || host.downgradeFacts === undefined) return;
+    const sizes = await host.downgradeFacts(abs).then((d) => d.snapshotDiskSizes, () => undefined);
+    if (sizes === undefined || sizes.length !== facts.detail.snapshots.length) return;
+    facts.detail.snapshots = facts.detail.snapshots.map((s, i) => ({ ...s, diskSize: sizes[i]! }));
   }
 
   /** Like the native engine: NOT_FOUND (same words) before qemu-img names an absolute path. */
@@ -344,6 +359,11 @@ export class QemuImgEngine implements Engine {
    */
   async import(imagePath: string, options: CreateOptions, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
     await this.binary();
+    if (opts.moreSources !== undefined && opts.moreSources.length > 0) {
+      await this.withLocalChains(imagePath, [source, ...opts.moreSources], opts, (chains) =>
+        (opts.targetFormat === 'raw' ? this.importRaw(imagePath, options, chains, source, opts) : this.importQcow2(imagePath, options, chains, source, opts)));
+      return;
+    }
     const host = await this.hostP;
     throwIfRefused(source.format !== undefined ? validateImport({ sourceFormat: source.format, options: {}, sourceSize: 0n, sameFile: false }) : undefined);
     if (source.host !== undefined && source.host !== 'local') {
@@ -372,39 +392,76 @@ export class QemuImgEngine implements Engine {
       const src = await this.guestChain(at, format, {
         path: host.resolve(at), label, references: prepared?.references ?? file.references ?? 'any', downloaded: prepared?.downloaded ?? false,
       });
-      const same = async (a: string) => copy === undefined && (await host.sameFile(a, at));
+      const chain: SourceChain = { spec: src.spec, size: src.size, path: at, format, label, ...(copy !== undefined ? { copied: true } : {}) };
       if (opts.targetFormat === 'raw') {
         if (host.label !== '') throw new Qcow2Error('UNSUPPORTED', 'convert -O raw with the qemu-img engine writes a file of this machine', { property: 'format' });
-        await this.importRaw(imagePath, options, src, { path: at, format, label }, source, opts);
+        await this.importRaw(imagePath, options, [chain], source, opts);
         return;
       }
-      const r = validateImport({
-        sourceFormat: format,
-        options,
-        sourceSize: src.size,
-        sameFile: (await same(imagePath)) || (options.dataFile !== undefined && (await same(options.dataFile))),
-        ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}),
-        ...(opts.compressed ? { compress: true } : {}), ...(opts.overBacking ? { overBacking: true } : {}),
-      });
-      throwIfRefused(r, imagePath);
-      const o = await this.resolved(imagePath, { ...options, size: src.size });
-      if (opts.bitmaps) {
-        const top = format === 'qcow2' ? await this.readInfo(at, false) : undefined;
-        throwIfRefused(validateCopyBitmaps({
-          sourceFormat: format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
-        }), label);
-      }
-      await host.assertNewImageFiles(imagePath, o);
-      await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
-        const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
-        const args = ['convert', '-q', ...(opts.compressed ? ['-c'] : []), ...bitmapArgs, '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot), src.spec, 'img.qcow2'];
-        await this.run('write', args, { arg: src.spec, file: label }, tmp);
-      }, opts.durable ?? true);
-      opts.progress?.(Number(src.size), Number(src.size));
+      await this.importQcow2(imagePath, options, [chain], source, opts);
     } finally {
       await copy?.dispose();
       await prepared?.release();
     }
+  }
+
+  /** `qemu-img convert -O qcow2` of the sources' chains (one after another) into a new image, published when complete. */
+  private async importQcow2(imagePath: string, options: CreateOptions, chains: SourceChain[], source: ImportSource, opts: ImportOptions): Promise<void> {
+    const host = await this.hostP;
+    const size = chainsSize(chains);
+    const same = (a: string) => this.sameAsAny(a, chains);
+    const r = validateImport({
+      ...sourceFacts(chains, size),
+      options,
+      sameFile: (await same(imagePath)) || (options.dataFile !== undefined && (await same(options.dataFile))),
+      ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(opts.bitmaps ? { bitmaps: true } : {}),
+      ...(opts.compressed ? { compress: true } : {}), ...(opts.overBacking ? { overBacking: true } : {}),
+    });
+    throwIfRefused(r, imagePath);
+    const o = await this.resolved(imagePath, { ...options, size });
+    const first = chains[0]!;
+    if (opts.bitmaps) {
+      const top = first.format === 'qcow2' ? await this.readInfo(first.path, false) : undefined;
+      throwIfRefused(validateCopyBitmaps({
+        sourceFormat: first.format, bitmaps: top ? QemuImgEngine.bitmapStates(top) : [], targetCompat: o.compat, skipBroken: opts.skipBrokenBitmaps ?? false,
+      }), first.label);
+    }
+    await host.assertNewImageFiles(imagePath, o);
+    await this.publishViaTemp(imagePath, o, async (tmp, pairs) => {
+      const bitmapArgs = opts.bitmaps ? ['--bitmaps', ...(opts.skipBrokenBitmaps ? ['--skip-broken-bitmaps'] : [])] : [];
+      const args = ['convert', '-q', ...(opts.compressed ? ['-c'] : []), ...bitmapArgs, ...sparseArgs(opts), '-O', 'qcow2', '-o', optList(pairs), ...snapshotArgs(source.snapshot),
+        ...chains.map((c) => c.spec), 'img.qcow2'];
+      await this.run('write', args, { arg: first.spec, file: first.label }, tmp);
+    }, opts.durable ?? true);
+    opts.progress?.(Number(size), Number(size));
+  }
+
+  /** Whether `file` is one of the sources' files (a copy sent to the image's host is none of them). */
+  private async sameAsAny(file: string, chains: readonly SourceChain[]): Promise<boolean> {
+    const host = await this.hostP;
+    for (const c of chains) if (!c.copied && (await host.sameFile(file, c.path))) return true;
+    return false;
+  }
+
+  /**
+   * Several sources (or convert -n's): files of this machine (URLs downloaded, compressed ones
+   * decompressed) for an image of this machine, each read as its chain of explicit file nodes;
+   * `run` with them, then the local files released.
+   */
+  private async withLocalChains(imagePath: string, sources: readonly ImportSource[], opts: ImportOptions, run: (chains: SourceChain[]) => Promise<void>): Promise<void> {
+    const host = await this.hostP;
+    if (host.label !== '' || sources.some((s) => s.host !== undefined && s.host !== 'local')) {
+      throw new Qcow2Error('UNSUPPORTED', `convert from several sources works on images and sources of this machine: '${imagePath}'`, { file: imagePath });
+    }
+    await withPreparedSources(sources, opts, async (prepared) => {
+      const chains: SourceChain[] = [];
+      for (const { local } of prepared) {
+        await this.mustExist(local.path);
+        const c = await this.guestChain(local.path, local.format, { path: host.resolve(local.path), label: local.label, references: local.references, downloaded: local.downloaded });
+        chains.push({ spec: c.spec, size: c.size, path: local.path, format: local.format, label: local.label });
+      }
+      await run(chains);
+    });
   }
 
   /**
@@ -514,7 +571,11 @@ export class QemuImgEngine implements Engine {
     if (request.compat === '0.10' && state.compat === '1.1' && state.compressionType === 'zstd') {
       state.hasCompressedClusters = await this.hasCompressedClusters(file);
     }
-    const r = validateAmend(state, request, true);
+    // The snapshots' disk sizes came with the state (readInfo): the rules decide before qemu-img
+    // would resize and then refuse; and qemu-img would zero a cluster a snapshot reads as data.
+    const host = await this.hostP;
+    const down = request.compat === '0.10' && state.compat === '1.1' && host.downgradeFacts !== undefined ? await host.downgradeFacts(host.resolve(file)) : undefined;
+    const r = validateAmend(state, request, true) ?? (down ? validateDowngradeZeroClusters(down.sharedZeroCluster) : undefined);
     if (r) throw refused(r, file);
 
     const pairs: Array<[string, string]> = [];
@@ -781,12 +842,12 @@ export class QemuImgEngine implements Engine {
     return undefined;
   }
 
-  /** `qemu-img convert -O raw` into a temporary name beside the target, published when complete (local images). */
-  private async importRaw(imagePath: string, options: CreateOptions, src: { spec: string; size: bigint }, local: { path: string; format: string; label: string },
-    source: ImportSource, opts: ImportOptions): Promise<void> {
+  /** `qemu-img convert -O raw` of the sources' chains into a temporary name beside the target, published when complete (local images). */
+  private async importRaw(imagePath: string, options: CreateOptions, chains: SourceChain[], source: ImportSource, opts: ImportOptions): Promise<void> {
     const host = await this.hostP;
+    const size = chainsSize(chains);
     throwIfRefused(validateImport({
-      sourceFormat: local.format, targetFormat: 'raw', options, sourceSize: src.size, sameFile: await host.sameFile(imagePath, local.path),
+      ...sourceFacts(chains, size), targetFormat: 'raw', options, sameFile: await this.sameAsAny(imagePath, chains),
       ...(source.maxSize !== undefined ? { maxSize: source.maxSize } : {}), ...(opts.bitmaps ? { bitmaps: true } : {}),
       ...(opts.compressed ? { compress: true } : {}), ...(opts.overBacking ? { overBacking: true } : {}),
     }), imagePath);
@@ -795,35 +856,35 @@ export class QemuImgEngine implements Engine {
     const pub = host.publication();
     try {
       const tmp = await pub.folderBeside(abs);
-      await this.run('write', ['convert', '-q', '-O', 'raw', ...snapshotArgs(source.snapshot), src.spec, 'img.raw'], { arg: src.spec, file: local.label }, tmp);
+      await this.run('write', ['convert', '-q', ...sparseArgs(opts), '-O', 'raw', ...snapshotArgs(source.snapshot), ...chains.map((c) => c.spec), 'img.raw'],
+        { arg: chains[0]!.spec, file: chains[0]!.label }, tmp);
       pub.stage(path.join(tmp, 'img.raw'), abs, 'image');
       await pub.publish({ durable: opts.durable ?? true });
     } catch (e) {
       await pub.abort();
       throw e;
     }
-    opts.progress?.(Number(src.size), Number(src.size));
+    opts.progress?.(Number(size), Number(size));
   }
 
-  /** `qemu-img convert -n`: the source's chain as explicit file nodes, over the existing image (local images). */
+  /** `qemu-img convert -n`: the sources' chains as explicit file nodes, over the existing image (local images). */
   async convertInto(file: string, source: ImportSource, opts: ImportOptions = {}): Promise<void> {
     await this.binary();
     const host = await this.hostP;
     if (host.label !== '') throw new Qcow2Error('UNSUPPORTED', `convert -n works on local images only: '${file}' is on ${host.label}`, { file });
-    const { host: _where, ...plain } = source;
-    const local = await prepareSource(plain, opts);
-    try {
-      await this.mustExist(local.path);
-      const src = await this.guestChain(local.path, local.format, { path: host.resolve(local.path), label: local.label, references: local.references, downloaded: local.downloaded });
-      throwIfRefused(validateImport({ sourceFormat: local.format, options: {}, sourceSize: src.size, sameFile: await host.sameFile(file, local.path) }), file);
+    await this.withLocalChains(file, [source, ...(opts.moreSources ?? [])], opts, async (chains) => {
+      const size = chainsSize(chains);
+      throwIfRefused(validateImport({
+        ...sourceFacts(chains, size), options: {}, sameFile: await this.sameAsAny(file, chains), existingTarget: true, ...(opts.overBacking ? { overBacking: true } : {}),
+      }), file);
       const state = await this.stateForChange(file);
-      throwIfRefused(validateConvertInto(src.size, state.virtualSize), file);
+      throwIfRefused(validateConvertInto(size, state.virtualSize), file);
       const spec = await this.readSpec(host.resolve(file));
-      await this.run('write', ['convert', '-q', '-n', ...snapshotArgs(source.snapshot), '-O', 'qcow2', src.spec, spec], { arg: spec, file });
-      opts.progress?.(Number(src.size), Number(src.size));
-    } finally {
-      await local.release();
-    }
+      // -n -B: only the sources' top layers are copied; qemu-img does not open the name with -n.
+      const backing = opts.overBacking ? ['-B', spec] : [];
+      await this.run('write', ['convert', '-q', '-n', ...backing, ...sparseArgs(opts), ...snapshotArgs(source.snapshot), '-O', 'qcow2', ...chains.map((c) => c.spec), spec], { arg: spec, file });
+      opts.progress?.(Number(size), Number(size));
+    });
   }
 
   /** `qemu-img compare` over both chains, every layer an explicit file node. */
@@ -885,6 +946,25 @@ export class QemuImgEngine implements Engine {
 
 
 /** convert -l as qemu-img takes it: an id or name, or snapshot.id/snapshot.name (commas doubled). */
+/** A source of convert as qemu-img reads it: its chain's node spec and size, the local file, its format and name. */
+interface SourceChain { spec: string; size: bigint; path: string; format: string; label: string; copied?: boolean }
+
+/** The sources one after another, each taking whole sectors (qemu-img's total_sectors). */
+function chainsSize(chains: readonly SourceChain[]): bigint {
+  return chains.reduce((t, c) => t + roundToSector(c.size), 0n);
+}
+
+/** What the rules need of the sources: the first format import does not read (else the first's), their size and count. */
+function sourceFacts(chains: readonly SourceChain[], size: bigint): { sourceFormat: string; sourceSize: bigint; sources: number } {
+  const odd = chains.find((c) => c.format !== 'raw' && c.format !== 'qcow2');
+  return { sourceFormat: (odd ?? chains[0]!).format, sourceSize: size, sources: chains.length };
+}
+
+/** convert -S, as given. */
+function sparseArgs(opts: ImportOptions): string[] {
+  return opts.sparse !== undefined ? ['-S', String(opts.sparse)] : [];
+}
+
 function snapshotArgs(sel: ImportSource['snapshot']): string[] {
   if (sel === undefined) return [];
   if ('idOrName' in sel) return ['-l', sel.idOrName];

@@ -9,6 +9,7 @@ import { parseCompressedEntry } from '../spec/l2';
 import { safeOffset } from '../meta/image';
 import { Qcow2Image } from './qcow2';
 import { RawSource } from './sources/raw';
+import { ConcatSource } from './sources/concat';
 import type { GuestSource } from './source';
 
 export type Extent =
@@ -70,6 +71,16 @@ export function guestExtents(src: GuestSource, offset: number, length: number, o
       const st = src.blockStatus(p, inside - p);
       push(out, st.data ? { kind: 'data', offset: p, length: st.length, file: src.file, host: p } : { kind: 'zero', offset: p, length: st.length });
       p += st.length;
+    }
+  } else if (src instanceof ConcatSource) {
+    // Each part's extents, moved to where the part starts.
+    for (let p = offset; p < inside;) {
+      const part = src.partAt(p);
+      const n = Math.min(inside, part.start + part.span) - p;
+      for (const e of guestExtents(part.source, p - part.start, n)) {
+        push(out, e.kind === 'read' ? { ...e, offset: e.offset + part.start, source: src } : { ...e, offset: e.offset + part.start });
+      }
+      p += n;
     }
   } else if (inside > offset) {
     out.push({ kind: 'read', offset, length: inside - offset, source: src });

@@ -301,7 +301,7 @@ export class Qcow2Image implements GuestSource {
     const runEnd = Math.min((last + 1) * cs, end);
     const src = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     // Whole clusters of new data need no copy-on-write: write straight from the caller's buffer.
-    const whole = p === runStart && (runEnd === (last + 1) * cs || runEnd === this.size);
+    const whole = p === runStart && runEnd === (last + 1) * cs;
     const buf = whole ? src.subarray(p - base, runEnd - base) : Buffer.alloc(n * cs);
     // Copy-on-write: the head and tail clusters not fully covered keep their current guest bytes.
     const fill = (c: number) => {
@@ -323,8 +323,9 @@ export class Qcow2Image implements GuestSource {
       for (let c = gc; c <= last; c += this.g.l2Entries - (c % this.g.l2Entries)) this.meta.l2ForWrite(Math.floor(c / this.g.l2Entries));
       hostStart = this.meta.allocClusters(n) * cs;
     }
-    const tailLen = Math.min(buf.length, Math.ceil((this.size - runStart) / 512) * 512);
-    this.writeHost(hostStart, tailLen === buf.length ? buf : buf.subarray(0, tailLen));
+    // A last cluster the image ends inside is written whole too: QEMU's copy-on-write of the rest
+    // of a partly written cluster zeroes it up to the cluster's end.
+    this.writeHost(hostStart, buf);
     for (let i = 0; i < n; i++) {
       // Extended L2: the new cluster was filled from the guest view, so every subcluster is data.
       this.setEntry(gc + i, this.ownedEntry(hostStart + i * cs));
@@ -421,9 +422,10 @@ export class Qcow2Image implements GuestSource {
     this.beginGuestWrite(offset, length);
     const cs = this.cs;
     const end = offset + length;
-    if (!this.v3 || this.extendedL2) {
-      // v2 has no ZERO flag (QEMU: -ENOTSUP, falls back to writing zeros); extended L2 images
-      // are zeroed by writing zeros too, which keeps every subcluster bitmap exact.
+    if ((!this.v3 && this.backing !== null) || this.extendedL2) {
+      // v2 has no ZERO flag: over a backing file QEMU gets -ENOTSUP and falls back to writing
+      // zeros (without one, zeroing is a discard: zeroizeClusters); extended L2 images are
+      // zeroed by writing zeros too, which keeps every subcluster bitmap exact.
       this.writeZeroBuffers(offset, end);
       return;
     }
@@ -459,6 +461,11 @@ export class Qcow2Image implements GuestSource {
   /** qcow2_subcluster_zeroize / zero_in_l2_slice over whole clusters [from, to). */
   private zeroizeClusters(from: number, to: number, unmap: boolean): void {
     if (this.dataFileRaw) writeZeros(this.dataFile!, from, to - from);
+    if (!this.v3) {
+      // qcow2_subcluster_zeroize on v2 without a backing file: a discard (unallocated reads as zeros).
+      this.discard(from, to - from);
+      return;
+    }
     const cs = this.cs;
     for (let gc = from / cs; gc * cs < to; gc++) {
       const e = this.meta.entry(gc);

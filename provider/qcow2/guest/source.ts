@@ -76,3 +76,22 @@ export interface OpenOptions {
    */
   frees?: FreePolicy;
 }
+
+/**
+ * Whether the guest view of `src` at `offset` is known to read as zeros through its whole chain
+ * (holes, zero clusters, unallocated with nothing below, the sector padding past its end), and
+ * for how many bytes (at most `length`).
+ */
+export function chainZero(src: GuestSource, offset: number, length: number): { zero: boolean; length: number } {
+  let layer: GuestSource | null = src;
+  let n = length;
+  while (layer) {
+    if (offset >= layer.size) return { zero: true, length: n };
+    const st = layer.blockStatus(offset, n);
+    n = Math.min(n, st.length);
+    if (st.zero) return { zero: true, length: n };
+    if (st.data) return { zero: false, length: n };
+    layer = layer.backing;
+  }
+  return { zero: true, length: n };
+}

@@ -5,9 +5,10 @@
 // - the source is walked by block status (through its backing chain): zero ranges are skipped
 //   (a new image reads as zeros), data ranges are copied in requests of at most qemu-img's
 //   buffer (2 MiB, or a cluster when larger), cut to whole clusters; a range shorter than a
-//   cluster counts as data (compressed clusters are written whole);
+//   cluster counts as data (compressed clusters are written whole) (convert-sparse.ts);
 // - a cluster that is all zeros is skipped (qemu-img writes compressed data a cluster at a time
-//   and leaves zero ones out); every other one is compressed, the last one padded with zeros past
+//   and leaves zero ones out), except with -S 0, where zero ranges are requests too and every
+//   cluster is compressed; every other one is compressed, the last one padded with zeros past
 //   the image end; a cluster whose compressed form does not fit in cluster size - 1 bytes is
 //   written uncompressed, as QEMU does (-ENOMEM);
 // - compressed clusters are placed in guest order (QEMU places them in the order its threads
@@ -19,38 +20,7 @@ import type { ClusterCompressor, CompressSlot } from '../io/compressor';
 import { isZeroBuffer } from '../io/sparse';
 import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
-import { knownZeroRanges } from './convert';
-
-/** qemu-img convert's IO_BUF_SIZE and MAX_BUF_SECTORS. */
-const IO_BUF = 2 << 20;
-const MAX_BUF = 16 << 20;
-
-interface Request { pos: number; n: number; data: boolean }
-
-/** The requests qemu-img convert -c makes over `size` bytes of `src` (cluster size `cs`). */
-export function compressedRequests(src: GuestSource, size: number, cs: number): Request[] {
-  const buf = Math.min(MAX_BUF, Math.max(IO_BUF, cs));
-  const out: Request[] = [];
-  let pos = 0, statusEnd = 0, data = false;
-  while (pos < size) {
-    if (statusEnd <= pos) {
-      const first = knownZeroRanges(src, pos, Math.min(size - pos, 1 << 30))[0]!;
-      data = !first.zero;
-      statusEnd = pos + first.length;
-    }
-    let n = statusEnd - pos;
-    if (data) n = Math.min(n, buf);
-    if (n < cs) {
-      n = Math.min(cs, size - pos);
-      data = true;
-    } else {
-      n -= n % cs;
-    }
-    out.push({ pos, n, data });
-    pos += n;
-  }
-  return out;
-}
+import { convertRequests } from './convert-sparse';
 
 /** Requests read into one slot of the compressor: its data clusters' guest offsets, and the progress each request completes. */
 interface Batch { slot: CompressSlot; at: number[]; marks: number[] }
@@ -64,10 +34,12 @@ interface Batch { slot: CompressSlot; at: number[]; marks: number[] }
  * the other, then places the first slot's results (joining in the compression of what is left of
  * it first), so the reads and writes overlap the compression.
  */
-export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compressor: ClusterCompressor, progress?: ProgressFn): void {
+export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compressor: ClusterCompressor, progress?: ProgressFn, sparse?: number): void {
   const size = Math.min(src.size, dst.size);
   const cs = dst.cs;
-  const requests = compressedRequests(src, size, cs).filter((r) => r.data);
+  // -S 0: every cluster is written, zeros too; any other -S changes nothing here.
+  const full = sparse === 0;
+  const requests = convertRequests(src, size, cs, { compressed: true, ...(sparse !== undefined ? { sparse } : {}) }).filter((r) => r.kind === 'data' || (full && r.kind === 'zero'));
   const total = requests.reduce((t, r) => t + r.n, 0);
   let done = 0;
   progress?.(0, total);
@@ -102,7 +74,7 @@ export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compresso
       // The clusters with data, moved together to be compressed in one batch.
       let kept = 0;
       for (let q = 0; q < whole; q += cs) {
-        if (isZeroBuffer(view, q, q + cs)) continue;
+        if (!full && isZeroBuffer(view, q, q + cs)) continue;
         if (q !== kept * cs) view.copy(view, kept * cs, q, q + cs);
         cur.at.push(r.pos + q);
         kept++;

@@ -30,11 +30,12 @@ import { isZeroBuffer, writeZeros } from '../io/sparse';
 import { CreatePlan, writePlan } from './create';
 import { Extent, guestExtents } from '../guest/extents';
 import { Qcow2Image } from '../guest/qcow2';
-import { GuestSource, ProgressFn } from '../guest/source';
+import { GuestSource, ProgressFn, chainZero } from '../guest/source';
 import { DirtyBitmap } from '../meta/dirty-bitmap';
 import { clusterCompressor } from '../io/compressor';
 import { copyGuestCompressed } from './convert-compressed';
 import { RangeCopier } from '../io/copy-range';
+import { ConvertRequest, DEFAULT_SPARSE, convertRequests, copyBuffer, sparseRuns } from './convert-sparse';
 
 const WINDOW = 1 << 20;
 /**
@@ -69,18 +70,7 @@ export function knownZeroRanges(src: GuestSource, offset: number, length: number
   let p = offset;
   const end = offset + length;
   while (p < end) {
-    let layer: GuestSource | null = src;
-    let n = end - p;
-    let zero = false;
-    while (layer) {
-      if (p >= layer.size) { zero = true; break; }
-      const st = layer.blockStatus(p, n);
-      n = Math.min(n, st.length);
-      if (st.zero) { zero = true; break; }
-      if (st.data) break;
-      layer = layer.backing;
-      if (!layer) zero = true;
-    }
+    const { zero, length: n } = chainZero(src, p, end - p);
     const last = out[out.length - 1];
     if (last && last.zero === zero && last.start + last.length === p) last.length += n;
     else out.push({ start: p, length: n, zero });
@@ -340,8 +330,9 @@ function placeWindow(w: Window, dst: Qcow2Image): Write[] {
       buf.fill(0, a - w.offset, b - w.offset);
     }
   }
-  // The image's tail: written up to a 512-byte boundary (as QEMU writes it), zeros past the end.
-  const tail = Math.min(buf.length, Math.ceil(w.length / 512) * 512);
+  // The image's last cluster: written whole, zeros past the end (QEMU's copy-on-write of the rest
+  // of a partly written cluster zeroes it up to the cluster's end).
+  const tail = Math.min(buf.length, Math.ceil((w.offset + w.length) / cs) * cs - w.offset);
   buf.fill(0, w.length, tail);
   const writes: Write[] = [];
   const target = dst.dataFile ?? dst.file;
@@ -512,6 +503,10 @@ export interface WriteImportOptions {
   compressed?: boolean;
   /** convert -B: the new image is an overlay; only what the source's top layer holds is copied (copyTopLayer). */
   topLayerOnly?: boolean;
+  /** convert -S: the shortest run of zeros left out, in bytes (a multiple of 512; 0: every cluster written). Default 4096. */
+  sparse?: number;
+  /** With topLayerOnly: the size of the new image's backing file (zeros past it are left to it). */
+  backingSize?: number;
 }
 
 /**
@@ -559,64 +554,127 @@ function importInto<T>(imagePath: string, plan: CreatePlan, opts: WriteImportOpt
  * behind.
  */
 export function writeImportedImage(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): void {
-  importInto(imagePath, plan, opts, (img) => (special(opts) ? copySpecial(src, img, plan, opts) : copyGuest(src, img, opts.progress)),
+  importInto(imagePath, plan, opts, (img) => (special(opts, img) ? copySpecial(src, img, plan, opts) : copyGuest(src, img, opts.progress)),
     (_r, finish) => finish());
 }
 
-/** writeImportedImage with the copy overlapped (copyGuestAsync); -c and -B copies run on this thread (compression on its pool). */
+/** writeImportedImage with the copy overlapped (copyGuestAsync); -c, -B and -S copies run on this thread (compression on its pool). */
 export function writeImportedImageAsync(imagePath: string, plan: CreatePlan, src: GuestSource, opts: WriteImportOptions = {}): Promise<void> {
   return importInto(imagePath, plan, opts,
-    (img) => (special(opts) ? Promise.resolve().then(() => copySpecial(src, img, plan, opts)) : copyGuestAsync(src, img, opts.progress)),
+    (img) => (special(opts, img) ? Promise.resolve().then(() => copySpecial(src, img, plan, opts)) : copyGuestAsync(src, img, opts.progress)),
     (p, finish, fail) => p.then(finish, fail));
 }
 
-const special = (opts: WriteImportOptions) => opts.compressed === true || opts.topLayerOnly === true;
+/**
+ * Whether the copy is not the plain one (copyGuest): -c, -B, or a -S under which a cluster
+ * with no data can be written. With -S at most the cluster size (the default 4 KiB is), the
+ * clusters qemu-img allocates are exactly those holding a byte that is not zero, which the plain
+ * copy finds a cluster at a time; -S 0 writes every cluster, and a larger -S writes zero
+ * clusters that lie between data closer than -S.
+ */
+const special = (opts: WriteImportOptions, dst: Qcow2Image) =>
+  opts.compressed === true || opts.topLayerOnly === true || (opts.sparse !== undefined && (opts.sparse === 0 || opts.sparse > dst.cs));
 
-/** The -B copy, or convert -c's (its compressor started for the plan's compression type and closed after). */
+/** The -B copy, convert -c's (its compressor started for the plan's compression type and closed after), or a -S copy. */
 function copySpecial(src: GuestSource, dst: Qcow2Image, plan: CreatePlan, opts: WriteImportOptions): void {
   if (opts.topLayerOnly) {
-    copyTopLayer(src, dst, opts.progress);
+    copyTopLayer(src, dst, opts.progress, opts.sparse, opts.backingSize);
+    return;
+  }
+  if (!opts.compressed) {
+    copyGuestSparse(src, dst, opts.sparse ?? DEFAULT_SPARSE, opts.progress);
     return;
   }
   const compressor = clusterCompressor(plan.options.compressionType, dst.cs);
   try {
-    copyGuestCompressed(src, dst, compressor, opts.progress);
+    copyGuestCompressed(src, dst, compressor, opts.progress, opts.sparse);
   } finally {
     compressor.close();
   }
 }
 
 /**
+ * qemu-img convert's progress over its requests: the bytes of those it writes (data, and with
+ * -S 0 zeros too) out of all of them, reported as each is done.
+ */
+function requestProgress(requests: readonly ConvertRequest[], full: boolean, fn?: ProgressFn): (r: ConvertRequest) => void {
+  if (fn === undefined) return () => undefined;
+  const counted = (r: ConvertRequest) => r.kind === 'data' || (full && r.kind === 'zero');
+  const total = requests.reduce((t, r) => t + (counted(r) ? r.n : 0), 0);
+  let done = 0;
+  fn(0, total);
+  return (r) => {
+    if (!counted(r)) return;
+    done += r.n;
+    fn(done, total);
+  };
+}
+
+/**
+ * One request of qemu-img convert into `dst` as it writes it (convert_co_write): nothing for
+ * what is left to the backing file; with -S 0 everything else as data (zero requests included);
+ * otherwise the data runs of sparseRuns as data, and its zero runs and the zero requests through
+ * `zeros` (nothing on a new image; written as zeros on an image that may hold data there).
+ */
+function writeRequest(dst: { write(offset: number, data: Uint8Array): void }, src: GuestSource, r: ConvertRequest, buf: Buffer, sparse: number,
+  zeros: (offset: number, length: number) => void): void {
+  if (r.kind === 'backing') return;
+  if (r.kind === 'zero' && sparse !== 0) {
+    zeros(r.pos, r.n);
+    return;
+  }
+  const view = buf.subarray(0, r.n);
+  if (r.kind === 'data') src.readInto(view, r.pos); else view.fill(0);
+  if (sparse === 0) {
+    dst.write(r.pos, view);
+    return;
+  }
+  for (const run of sparseRuns(view, r.pos, sparse)) {
+    if (run.data) dst.write(run.start, view.subarray(run.start - r.pos, run.start - r.pos + run.length));
+    else zeros(run.start, run.length);
+  }
+}
+
+/**
+ * convert -S into a new image: qemu-img's requests written as it writes them (writeRequest),
+ * in guest order, zeros left out (a new image reads as zeros).
+ */
+export function copyGuestSparse(src: GuestSource, dst: Qcow2Image, sparse: number, progress?: ProgressFn): void {
+  const size = Math.min(src.size, dst.size);
+  const requests = convertRequests(src, size, dst.cs, { sparse });
+  const report = requestProgress(requests, sparse === 0, progress);
+  const buf = Buffer.allocUnsafe(copyBuffer(dst.cs));
+  for (const r of requests) {
+    writeRequest(dst, src, r, buf, sparse, () => undefined);
+    dst.maybeCommit();
+    report(r);
+  }
+}
+
+/**
  * convert -O raw: a new raw file of the source's size (rounded up to a sector, as qemu-img
- * sizes it) holding its guest view; zero areas and all-zero 4 KiB blocks (qemu-img's default
- * -S) are left as holes, except the first block, which the file driver writes when it creates
- * the file (create.ts writeNewRawImage). Never overwrites; a failure leaves nothing behind.
+ * sizes it) holding its guest view, written as qemu-img writes it (writeRequest): zero areas,
+ * and zero runs of at least -S (default 4 KiB) in data, are left as holes, except the first
+ * block, which the file driver writes when it creates the file (create.ts writeNewRawImage);
+ * with -S 0 every byte is written. Never overwrites; a failure leaves nothing behind.
  */
 export function writeImportedRaw(imagePath: string, src: GuestSource, opts: WriteImportOptions = {}): void {
   const host = opts.host ?? localFs;
   if (host.lstat(imagePath) !== undefined) throw existsError(imagePath, 'image');
   const size = Math.ceil(src.size / 512) * 512;
+  const sparse = opts.sparse ?? DEFAULT_SPARSE;
   const pub = new Publication(host);
   try {
     const f = new Unflushed(pub.create(imagePath, 'image'));
     f.truncate(size);
     if (size > 0) f.write(0, new Uint8Array(size < 4096 ? 512 : 4096));
-    const buf = Buffer.allocUnsafe(WINDOW);
-    const SPARSE = 4096;
-    opts.progress?.(0, size);
-    for (let p = 0; p < src.size; p += WINDOW) {
-      const len = Math.min(WINDOW, src.size - p);
-      for (const r of knownZeroRanges(src, p, len)) {
-        if (r.zero) continue;
-        const view = buf.subarray(0, r.length);
-        src.readInto(view, r.start);
-        for (let q = 0; q < r.length;) {
-          const stop = Math.min(r.length, Math.floor((r.start + q) / SPARSE) * SPARSE + SPARSE - r.start);
-          if (!isZeroBuffer(view, q, stop)) f.write(r.start + q, view.subarray(q, stop));
-          q = stop;
-        }
-      }
-      opts.progress?.(p + len, size);
+    const requests = convertRequests(src, src.size, 512, { sparse });
+    const report = requestProgress(requests, sparse === 0, opts.progress);
+    const buf = Buffer.allocUnsafe(copyBuffer(512));
+    const file = { write: (offset: number, data: Uint8Array) => f.write(offset, data) };
+    for (const r of requests) {
+      writeRequest(file, src, r, buf, sparse, () => undefined);
+      report(r);
     }
     pub.publish({ durable: opts.durable ?? true });
   } catch (e) {
@@ -626,65 +684,39 @@ export function writeImportedRaw(imagePath: string, src: GuestSource, opts: Writ
 }
 
 /**
- * convert -n: the whole guest view of `src` over an existing image: data copied (zero clusters
- * among it written as zeros), zero areas written as zeros and unmapped where they can be, as
- * qemu-img writes into a target it did not create (no zero-init).
+ * convert -n: the whole guest view of `src` over an existing image, as qemu-img writes into a
+ * target it did not create (no zero-init; writeRequest): data copied, zero areas and zero runs of
+ * at least -S in data written as zeros and unmapped where they can be; with -S 0 zeros are
+ * written as data.
  */
-export function copyGuestOver(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
+export function copyGuestOver(src: GuestSource, dst: Qcow2Image, opts: { progress?: ProgressFn; sparse?: number } = {}): void {
   const size = Math.min(src.size, dst.size);
-  const cs = dst.cs;
-  const buf = Buffer.allocUnsafe(WINDOW);
-  progress?.(0, size);
-  for (let p = 0; p < size; p += WINDOW) {
-    const len = Math.min(WINDOW, size - p);
-    for (const r of knownZeroRanges(src, p, len)) {
-      if (r.zero) {
-        dst.writeZeroes(r.start, r.length, { unmap: true });
-        continue;
-      }
-      const view = buf.subarray(0, r.length);
-      src.readInto(view, r.start);
-      writeDataOrZeros(dst, r.start, view, cs);
-    }
+  const sparse = opts.sparse ?? DEFAULT_SPARSE;
+  const requests = convertRequests(src, size, dst.cs, { sparse });
+  const report = requestProgress(requests, sparse === 0, opts.progress);
+  const buf = Buffer.allocUnsafe(copyBuffer(dst.cs));
+  for (const r of requests) {
+    writeRequest(dst, src, r, buf, sparse, (offset, length) => dst.writeZeroes(offset, length, { unmap: true }));
     dst.maybeCommit();
-    progress?.(p + len, size);
-  }
-}
-
-/** `view` at guest offset `at`, cluster by cluster: data written, all-zero clusters written as zeros. */
-function writeDataOrZeros(dst: Qcow2Image, at: number, view: Buffer, cs: number): void {
-  for (let q = 0; q < view.length;) {
-    const stop = Math.min(view.length, Math.floor((at + q) / cs) * cs + cs - at);
-    if (isZeroBuffer(view, q, stop)) dst.writeZeroes(at + q, stop - q);
-    else dst.write(at + q, view.subarray(q, stop));
-    q = stop;
+    report(r);
   }
 }
 
 /**
- * convert -B (qemu-img's target_has_backing): what the source's top layer holds, into a new
- * overlay whose backing file stands for the rest. Areas the top layer does not hold stay
- * unallocated; areas it holds as zeros, and zero clusters among its data, are written as zeros
- * (the new backing file may hold data there); its data is copied.
+ * convert -B (qemu-img's target_has_backing): what the source's top layer holds, into an overlay
+ * whose backing file stands for the rest (a new one, or with -n an existing image). Areas the
+ * top layer does not hold are not written, nor zeros past the end of a new overlay's backing
+ * file; zero areas, and zero runs of at least -S among its data, are written as zeros (the
+ * backing file may hold data there); its data is copied (writeRequest).
  */
-export function copyTopLayer(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn): void {
+export function copyTopLayer(src: GuestSource, dst: Qcow2Image, progress?: ProgressFn, sparse = DEFAULT_SPARSE, backingSize?: number): void {
   const size = Math.min(src.size, dst.size);
-  const cs = dst.cs;
-  const buf = Buffer.allocUnsafe(WINDOW);
-  progress?.(0, size);
-  for (let p = 0; p < size;) {
-    const st = src.blockStatus(p, Math.min(size - p, WINDOW));
-    const n = Math.min(st.length, size - p);
-    if (st.allocated && !st.data) {
-      dst.writeZeroes(p, n);
-    } else if (st.allocated) {
-      const view = buf.subarray(0, n);
-      src.readInto(view, p);
-      writeDataOrZeros(dst, p, view, cs);
-      dst.maybeCommit();
-    }
-    p += n;
-    progress?.(p, size);
+  const requests = convertRequests(src, size, dst.cs, { sparse, topLayer: true, ...(backingSize !== undefined ? { backingSize } : {}) });
+  const report = requestProgress(requests, sparse === 0, progress);
+  const buf = Buffer.allocUnsafe(copyBuffer(dst.cs));
+  for (const r of requests) {
+    writeRequest(dst, src, r, buf, sparse, (offset, length) => dst.writeZeroes(offset, length, { unmap: true }));
+    dst.maybeCommit();
+    report(r);
   }
 }
-

@@ -1,6 +1,7 @@
 // Engine behaviours qemu-iotests check, against qemu-img on the same images: a safe rebase
 // writes a zero cluster where the old chain reads zeros and the new one has data (252), and
-// resize --shrink gives the data clusters it frees back to the file system (250).
+// resize --shrink gives the data clusters it frees back to the file system (250), and amend
+// takes a data file named at open time in --image-opts (061).
 
 import * as fs from 'fs';
 import * as path from 'path';
@@ -66,5 +67,22 @@ describe.skipIf(SKIP)('behaviours qemu-iotests check', () => {
     expect(used(b)).toBeLessThanOrEqual(used(a) + (1 << 20));
     expect(must('qemu-img', ['check', 'img.qcow2'], b).status).toBe(0);
     expect(must('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', path.join(a, 'img.qcow2'), path.join(b, 'img.qcow2')], b).status).toBe(0);
+  });
+
+  it('amend_removes_a_data_file_name_given_a_data_file_at_open_time_as_qemu_img (061)', async () => {
+    // The header names a data file that is not there; --image-opts names the real one.
+    const make = (d: string) => {
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'data_file=img.data', 'img.qcow2', '64M'], d);
+      must('qemu-img', ['amend', '-o', 'data_file=foo', 'img.qcow2'], d);
+    };
+    const a = folder(), b = folder();
+    make(a);
+    make(b);
+    const opts = 'data-file.filename=img.data,file.filename=img.qcow2';
+    must('qemu-img', ['amend', '-o', 'data_file=', '--image-opts', opts], a);
+    expect(await ours(['amend', '-o', 'data_file=', '--image-opts', opts], b)).toBe(0);
+    expect(fs.readFileSync(path.join(b, 'img.qcow2')).equals(fs.readFileSync(path.join(a, 'img.qcow2')))).toBe(true);
+    // A command that would open the header's data file refuses such a name.
+    expect(await ours(['map', '--image-opts', opts], b)).toBe(1);
   });
 });
