@@ -9,13 +9,36 @@ import type { Sink } from './transfer';
 
 const REHASH_CHUNK = 1 << 20;
 
-/** Received bytes appended to a file, hashed as they are written. */
+/**
+ * Bytes per write of a FileSink: chunks gathered into this, written while the next fills (1 MiB
+ * measured no faster; two buffers of it count in a URL import's peak memory, the download's).
+ */
+const WRITE_CHUNK = 256 << 10;
+
+/**
+ * Received bytes appended to a file, hashed as they arrive. The body comes in chunks of up to
+ * 64 KiB; they are gathered into a 256 KiB buffer, written (on libuv's pool) while the next
+ * buffer fills and is hashed here: one write, one hand-over to another thread, per 256 KiB, not
+ * per chunk (a 478 MiB download from 127.0.0.1: about 0.25 s less CPU than with a write awaited
+ * per chunk, 1.58 against 1.82 s, medians of 4 on a loaded machine).
+ * `offset` counts every byte taken; sync() and close() write what is gathered first.
+ */
 export class FileSink implements Sink {
+  private filling: Buffer = Buffer.allocUnsafe(WRITE_CHUNK);
+  private spare: Buffer | undefined = Buffer.allocUnsafe(WRITE_CHUNK);
+  private filled = 0;
+  /** The file's length once the write in flight is done. */
+  private written: number;
+  /** The write in flight (it rejects with its failure), if any. */
+  private writing: Promise<void> | undefined;
+
   private constructor(
     private readonly fh: fs.promises.FileHandle,
     readonly digest: StreamingDigest,
     private position: number,
-  ) {}
+  ) {
+    this.written = position;
+  }
 
   /**
    * Open `file` for receiving: a new file (`flag` 'wx', fails if it exists) or, with 'r+', an
@@ -48,27 +71,69 @@ export class FileSink implements Sink {
   }
 
   async write(chunk: Buffer): Promise<void> {
-    let done = 0;
-    while (done < chunk.length) {
-      const { bytesWritten } = await this.fh.write(chunk, done, chunk.length - done, this.position + done);
-      done += bytesWritten;
-    }
-    this.position += chunk.length;
     this.digest.update(chunk);
+    this.position += chunk.length;
+    for (let from = 0; from < chunk.length;) {
+      const n = Math.min(chunk.length - from, WRITE_CHUNK - this.filled);
+      chunk.copy(this.filling, this.filled, from, from + n);
+      this.filled += n;
+      from += n;
+      if (this.filled === WRITE_CHUNK) await this.startWrite();
+    }
+  }
+
+  /** Wait for the write in flight, then start writing what is gathered (its buffer swapped for the spare). */
+  private async startWrite(): Promise<void> {
+    await this.settle();
+    if (this.filled === 0) return;
+    const buf = this.filling, length = this.filled, at = this.written;
+    this.filling = this.spare ?? Buffer.allocUnsafe(WRITE_CHUNK);
+    this.spare = undefined;
+    this.filled = 0;
+    this.written += length;
+    const w = (async () => {
+      let done = 0;
+      while (done < length) {
+        const { bytesWritten } = await this.fh.write(buf, done, length - done, at + done);
+        done += bytesWritten;
+      }
+      this.spare = buf;
+    })();
+    w.catch(() => undefined); // observed by the next settle()
+    this.writing = w;
+  }
+
+  /** The write in flight finished (its failure thrown here). */
+  private async settle(): Promise<void> {
+    const w = this.writing;
+    this.writing = undefined;
+    await w;
+  }
+
+  /** Every byte taken written to the file (not yet flushed to disk). */
+  private async drain(): Promise<void> {
+    await this.startWrite();
+    await this.settle();
   }
 
   async restart(): Promise<void> {
+    await this.settle().catch(() => undefined);
+    this.filled = 0;
     await this.fh.truncate(0);
     this.position = 0;
+    this.written = 0;
     this.digest.reset();
   }
 
-  /** Flush to disk (before the file is published). */
+  /** Write what is gathered and flush to disk (before the file is published). */
   async sync(): Promise<void> {
+    await this.drain();
     await this.fh.sync();
   }
 
+  /** Write what is gathered (a partial download is kept for resuming), then close; failures are ignored. */
   async close(): Promise<void> {
+    await this.drain().catch(() => undefined);
     await this.fh.close().catch(() => undefined);
   }
 }
