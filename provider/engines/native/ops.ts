@@ -11,6 +11,7 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
+import { NotInPlace, ResizePlan, applyResize, planResizeInPlace } from '../../qcow2/ops/resize';
 import { AmendChanges, AmendPlan, BackingReader, ResizePreallocation, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
 import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
 import { DowngradePlan, applyDowngrade, checkSnapshotL1Tables, firstSharedZeroCluster, planDowngrade } from '../../qcow2/ops/downgrade';
@@ -157,7 +158,13 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs): AmendPlan {
+/**
+ * Apply a validated change. `inPlace` (resize): a size change without preallocation is written
+ * in qemu-img's layout (ops/resize.ts), the cases that does not replay as amend writes them.
+ */
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host?: HostFs): AmendPlan;
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs, inPlace: true): AmendPlan | ResizePlan;
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs, inPlace = false): AmendPlan | ResizePlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
@@ -179,15 +186,33 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
       try { return src.read(offset, length); } finally { src.close(); }
     }
     : undefined;
+  // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
+  // file that can have holes punched, never by writing zeros through a wrapper.
+  const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
   try {
+    if (inPlace && ch.size !== undefined && (ch.preallocation ?? 'off') === 'off') {
+      const plan = tryResizeInPlace(img, file, ch.size, backingLength);
+      if (plan) {
+        const punchData = df instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(df, offset, length) : undefined;
+        applyResize(file, plan, punch, df, punchData);
+        return plan;
+      }
+    }
     const plan = planAmend(img, file, ch, df?.size(), backingLength, readBacking);
-    // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
-    // file that can have holes punched, never by writing zeros through a wrapper.
-    const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
     applyAmend(file, plan, df, punch);
     return plan;
   } finally {
     df?.close();
+  }
+}
+
+/** ops/resize.ts's plan, or undefined where it does not replay the case. */
+function tryResizeInPlace(img: Image, file: BlockFile, size: bigint, backingLength: bigint | undefined): ResizePlan | undefined {
+  try {
+    return planResizeInPlace(img, file, size, backingLength);
+  } catch (e) {
+    if (e instanceof NotInPlace) return undefined;
+    throw e;
   }
 }
 
@@ -252,7 +277,7 @@ function downgrade(opened: Image, file: BlockFile, path: string, ch: AmendChange
 }
 
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan | ResizePlan {
   const size = typeof sizeAsked === 'object' && sizeAsked !== null
     ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
@@ -262,7 +287,7 @@ export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint
     throwIfRefused(r, path);
     const ch: AmendChanges = { size: target };
     if (behaviour.preallocation !== undefined) ch.preallocation = behaviour.preallocation;
-    return runPlan(img, file, path, ch, behaviour.host ?? localFs);
+    return runPlan(img, file, path, ch, behaviour.host ?? localFs, true);
   });
 }
 
