@@ -159,7 +159,7 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
 }
 
 /**
- * Apply a validated change. `inPlace` (resize): a size change without preallocation is written
+ * Apply a validated change. `inPlace` (resize): a size change is written
  * in qemu-img's layout (ops/resize.ts), the cases that does not replay as amend writes them.
  */
 export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host?: HostFs): AmendPlan;
@@ -190,8 +190,8 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
   // file that can have holes punched, never by writing zeros through a wrapper.
   const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
   try {
-    if (inPlace && ch.size !== undefined && (ch.preallocation ?? 'off') === 'off') {
-      const plan = tryResizeInPlace(img, file, ch.size, backingLength);
+    if (inPlace && ch.size !== undefined) {
+      const plan = tryResizeInPlace(img, file, ch.size, backingLength, ch.preallocation ?? 'off', readBacking);
       if (plan) {
         const punchData = df instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(df, offset, length) : undefined;
         applyResize(file, plan, punch, df, punchData);
@@ -207,9 +207,10 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
 }
 
 /** ops/resize.ts's plan, or undefined where it does not replay the case. */
-function tryResizeInPlace(img: Image, file: BlockFile, size: bigint, backingLength: bigint | undefined): ResizePlan | undefined {
+function tryResizeInPlace(img: Image, file: BlockFile, size: bigint, backingLength: bigint | undefined,
+  prealloc: ResizePreallocation, readBacking: BackingReader | undefined): ResizePlan | undefined {
   try {
-    return planResizeInPlace(img, file, size, backingLength);
+    return planResizeInPlace(img, file, size, backingLength, prealloc, readBacking);
   } catch (e) {
     if (e instanceof NotInPlace) return undefined;
     throw e;

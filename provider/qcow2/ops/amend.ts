@@ -10,7 +10,9 @@
 //   4. flush; then what only the new image allows: shrinking the data file and the image file.
 //
 // A downgrade (compat=0.10) is not planned here: qcow2/ops/downgrade.ts edits the tables in
-// place as qemu-img does, after this plan made the amend's other changes.
+// place as qemu-img does, after this plan made the amend's other changes. Nor is `resize`:
+// qcow2/ops/resize.ts edits the tables in place as qemu-img does; the cases it does not replay
+// (persistent bitmaps; preallocation with extended L2 or a data file; see there) come here.
 // Header-only changes (compat up, lazy refcounts, data file name, data-file-raw off, rebase -u)
 // are step 3 alone, and their bytes equal qemu-img's. Persistent bitmaps are kept as they are
 // (their clusters keep their refcounts through a rebuild), and resized with the image: stored

@@ -19,16 +19,24 @@
 //        now count only themselves dropped (qcow2_shrink_reftable);
 //     6. the file truncated after its last used cluster; freed clusters inside it punched
 //        (QEMU discards what a shrink frees).
-//   grow (a stage per QEMU header write: a new L1 first when it grows, then the size):
-//     1. clusters nothing on disk references: a new L1, new L2 tables;
+//   grow (a stage per QEMU header write: a new L1 when it grows; with falloc/full a new
+//   refcount table (qcow2_refcount_area); the size last):
+//     1. the file grown (preallocation: sparse for metadata, zeros for falloc/full), then
+//        clusters nothing on disk references: a new L1, L2 tables, refcount table and blocks,
+//        data clusters (the copy-on-write of the old end's head, the new end's tail);
 //     2. refcount blocks raised, new blocks' reftable entries;
 //     3. in place, only what the old image's guest does not read: L2 entries past the old end
-//        (ZERO entries over a longer backing file), L1 entries pointing at tables of step 1,
+//        (ZERO entries over a longer backing file, preallocated clusters), an old end cluster
+//        remapped to a copy holding the same bytes, L1 entries pointing at tables of step 1,
 //        zeros past the old end inside the image's own cluster;
-//     4. the header (one page: the new L1's fields, or the size): the stage's commit;
-//     5. refcount blocks as they end (the old L1's clusters freed).
+//     4. the header (one page: the new L1's fields, the new refcount table's, or the size):
+//        the stage's commit;
+//     5. refcount blocks as they end (an old L1, refcount table or old end cluster freed).
+//   A cluster a stage frees is reused only by a later stage (once the header that stopped
+//   using it is written), as QEMU's own order reuses it; where the replay would reuse it
+//   within the stage, the resize is not replayed (below).
 //
-// A crash leaves at most leaked clusters: between steps 3 (raised) and 5 (as they end) some
+// A crash leaves at most leaked clusters: between steps 2 (raised) and 5 (as they end) some
 // refcounts count a reference that is not (yet, or any more) on disk. qemu-img leaves the same
 // leaks when it stops at the same point: it writes refcount blocks before the tables that use
 // a new cluster and after the tables that drop one. `check -r leaks` repairs them.
@@ -36,18 +44,22 @@
 // An external data file is truncated to the new size, as qemu-img truncates it: before the
 // stages when growing, after them when shrinking (with the ranges QEMU's discard punched).
 //
+// Deliberate difference: preallocated clusters inside the old file, which QEMU leaves holding
+// whatever stale bytes a freed cluster held (a guest would read them), are written with zeros.
+//
 // Cases this does not replay are planned by ops/amend.ts (new tables written elsewhere, one
-// header commit): persistent bitmaps, lazy refcounts left dirty, preallocation (and the growth
-// of a data-file-raw image, which QEMU preallocates), zeros QEMU writes into the data file at
-// the old end, and a replay whose stage would reuse a cluster the image on disk still uses
-// or whose refcount table would move (both need QEMU's intermediate header writes of a kind
-// this does not write).
+// header commit): persistent bitmaps, lazy refcounts left dirty, preallocation with extended
+// L2 entries or an external data file (and the growth of a data-file-raw image, which QEMU
+// preallocates), preallocation over an old end cluster that is zero, compressed or shared,
+// zeros QEMU writes into the data file at the old end, a refcount table that moves for a new
+// refcount block, and a replay whose stage would reuse a cluster the image on disk still uses.
 
 import { BlockFile } from '../io/blockfile';
+import { writeZeros } from '../io/sparse';
 import * as C from '../spec/constants';
 import { HEADER_V2 } from '../spec/header';
 import {
-  L2Format, L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, parseCompressedEntry,
+  L2Format, L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry, parseCompressedEntry,
   readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount, writeRefcount } from '../spec/refcount';
@@ -57,6 +69,7 @@ import { TableRefcounts } from '../meta/refcount';
 import { TableCache } from '../meta/tables';
 import { COMMIT_PAGE } from '../meta/header-commit';
 import { Geometry } from '../spec/geometry';
+import type { BackingReader, ResizePreallocation } from './amend';
 
 /** A write of bytes at a file offset. */
 export interface ResizeWrite { offset: number; data: Uint8Array }
@@ -67,6 +80,8 @@ export interface ResizeStage {
   headerFirst: boolean;
   /** The first page of the file as the stage ends it. */
   header: Uint8Array;
+  /** The image file grows to `to` first (preallocation): with zeros written from `zerosFrom`, else sparse. */
+  extend?: { to: number; zerosFrom?: number };
   /** Clusters nothing on disk references. */
   fresh: ResizeWrite[];
   /** Refcount blocks raised in place, then reftable entries of new blocks. */
@@ -104,18 +119,20 @@ export class NotInPlace extends Error {}
 const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 
 /**
- * Plan `qemu-img resize FILE newSize` (no preallocation) in qemu-img's layout, or throw
+ * Plan `qemu-img resize [--preallocation=MODE] FILE newSize` in qemu-img's layout, or throw
  * NotInPlace. `backingLength`: the backing file's virtual size when growing over one. The size
  * was validated by provider/rules; REFUSED is thrown for what only the tables can decide.
  */
-export function planResizeInPlace(img: Image, file: BlockFile, newSize: bigint, backingLength?: bigint): ResizePlan {
+export function planResizeInPlace(img: Image, file: BlockFile, newSize: bigint, backingLength?: bigint,
+  prealloc: ResizePreallocation = 'off', readBacking?: BackingReader): ResizePlan {
   const h = img.header;
+  if (prealloc !== 'off' && (img.hasDataFile || img.geometry.extendedL2)) throw new NotInPlace('preallocation with a data file or subclusters');
   if (h.bitmaps !== undefined) throw new NotInPlace('persistent bitmaps');
   if (img.dataFileRaw && newSize > h.size) throw new NotInPlace('data-file-raw growth preallocates');
   if (img.dirty) throw new NotInPlace('dirty refcounts');
   if (newSize === h.size) throw new NotInPlace('no size change');
-  const r = new Replay(img, file);
-  if (newSize < h.size) r.shrink(newSize); else r.grow(newSize, backingLength);
+  const r = new Replay(img, file, readBacking);
+  if (newSize < h.size) r.shrink(newSize); else r.grow(newSize, backingLength, prealloc);
   return r.plan();
 }
 
@@ -152,12 +169,18 @@ class Replay {
   /** The file operations of QEMU's discards, in order: a batch of clusters punched (as its runs), or a cluster written. */
   private readonly discardLog: Array<{ batch: number[] } | { wrote: number }> = [];
   private truncateTo: number | undefined;
+  /** The image file's length as QEMU's writes so far have left it (bdrv_getlength in the replay). */
+  private simSize: number;
+  /** Grow the image file to this length with zeros before the last stage's writes (preallocation). */
+  private growFileTo = 0;
+  /** falloc/full: the file grows with zeros written from here (else sparse). */
+  private zeroFrom: number | undefined;
   /** The size grew (else it shrank). */
   private grew = false;
   /** The stage writes the refcount table whole (qcow2_shrink_reftable). */
   private wholeReftable = false;
 
-  constructor(img: Image, private readonly file: BlockFile) {
+  constructor(img: Image, private readonly file: BlockFile, private readonly readBacking?: BackingReader) {
     this.g = img.geometry;
     this.cs = this.g.clusterSize;
     this.ext = this.g.extendedL2;
@@ -172,6 +195,7 @@ class Replay {
     this.l1 = img.readL1();
     this.l1Offset = safeOffset(h.l1TableOffset);
     this.page = file.read(0, Math.min(this.cs, COMMIT_PAGE, file.size()));
+    this.simSize = file.size();
     this.size = h.size;
   }
 
@@ -187,21 +211,28 @@ class Replay {
     if (from < oldSize) this.discard(Number(from / cs), this.g.clustersFor(oldSize), keepL1);
     this.shrinkL1(keepL1);
     this.shrinkReftable();
-    const fileSize = this.file.size();
+    const fileSize = this.simSize;
     const last = this.rc.lastCluster(Math.ceil(fileSize / this.cs));
     if ((last + 1) * this.cs < fileSize) this.truncateTo = (last + 1) * this.cs;
     this.endStage(true);
   }
 
   /** qcow2_co_truncate, growing (prealloc off). */
-  grow(newSize: bigint, backingLength?: bigint): void {
+  grow(newSize: bigint, backingLength?: bigint, prealloc: ResizePreallocation = 'off'): void {
     const oldSize = this.size;
     this.grew = true;
     const need = this.g.l1EntriesFor(newSize);
     if (need > C.QCOW_MAX_L1_SIZE / 8) throw new Qcow2Error('REFUSED', 'Failed to grow the L1 table: File too large', { property: 'size' });
     if (need > this.l1.length) this.growL1(need);
-    // bdrv_co_truncate asks for zeros where the backing file is longer than the old end.
-    if (backingLength !== undefined && backingLength > oldSize) {
+    // bdrv_co_truncate asks for zeros where the backing file is longer than the old end; the
+    // file driver gives them itself when falloc or full grows the file (the flag is dropped).
+    let zeroWrite = backingLength !== undefined && backingLength > oldSize;
+    if (prealloc === 'metadata') this.preallocateMetadata(oldSize, newSize);
+    if (prealloc === 'falloc' || prealloc === 'full') {
+      this.preallocateData(oldSize, newSize);
+      zeroWrite = false;
+    }
+    if (zeroWrite) {
       const scs = this.ext ? this.cs / 32 : this.cs;
       const zeroStart = BigInt(Math.ceil(Number(oldSize) / scs) * scs);
       if (newSize > zeroStart) this.zeroize(zeroStart, newSize);
@@ -304,6 +335,146 @@ class Replay {
     this.discardLog.push({ batch });
   }
 
+  /** The old image's guest bytes [from, to) of guest cluster gc (its own, the backing file's, zeros). */
+  private oldView(gc: number, from: number, to: number): Uint8Array {
+    const t = this.tableOf(gc);
+    const e = t ? readL2Entry(t.view, gc % this.g.l2Entries, this.ext) : NO_ENTRY;
+    const type = clusterTypeOf(e.hi, e.lo, this.fmt);
+    if (type === 'normal') return this.file.read(hostOffsetOf(e.hi, e.lo) + from, to - from);
+    if (type === 'unallocated') return this.backing(gc * this.cs + from, to - from);
+    if (type === 'compressed') throw new NotInPlace('copy-on-write of a compressed cluster');
+    return new Uint8Array(to - from);
+  }
+
+  /** The backing file's bytes (zeros past its end, or without one): what QEMU's copy-on-write reads there. */
+  private backing(offset: number, length: number): Uint8Array {
+    if (this.readBacking === undefined) return new Uint8Array(length);
+    return this.readBacking(offset, length);
+  }
+
+  /**
+   * preallocate_co(from, to): qcow2_alloc_host_offset over the range, call after call: a cluster
+   * the image owns alone is kept; the others get data clusters, contiguous while they can be
+   * (qcow2_alloc_clusters_at after the previous run), else first fit, each table's L2 table
+   * first; copy-on-write of the old end's head and of the new end cluster's tail. Then the file
+   * grows to the last data cluster.
+   */
+  private preallocateMetadata(from: bigint, to: bigint): void {
+    const cs = this.cs, E = this.g.l2Entries;
+    const end = Number(to);
+    let start = Number(from);
+    let fileEnd = 0;
+    while (start < end) {
+      let hostEnd = -1;
+      for (;;) {
+        if (start >= end) break;
+        const gc = Math.floor(start / cs);
+        const t0 = this.tableOf(gc);
+        const e = t0 ? readL2Entry(t0.view, gc % E, this.ext) : NO_ENTRY;
+        const type = clusterTypeOf(e.hi, e.lo, this.fmt);
+        const copied = (e.hi & L2_HI_COPIED) !== 0;
+        if (type === 'normal' && copied) {
+          // handle_copied: kept, if contiguous with the run
+          const host = hostOffsetOf(e.hi, e.lo);
+          if (hostEnd >= 0 && host !== hostEnd) break;
+          hostEnd = host + cs;
+          start = (gc + 1) * cs;
+          fileEnd = Math.max(fileEnd, hostEnd);
+          continue;
+        }
+        if (type !== 'unallocated') throw new NotInPlace(`preallocation over a ${type} cluster`);
+        // handle_alloc: the L2 table first, then the data clusters
+        const lastGc = Math.min(Math.ceil(end / cs), (Math.floor(gc / E) + 1) * E) - 1;
+        let n = 1;
+        while (gc + n <= lastGc) {
+          const tn = this.tableOf(gc + n);
+          const en = tn ? readL2Entry(tn.view, (gc + n) % E, this.ext) : NO_ENTRY;
+          if (clusterTypeOf(en.hi, en.lo, this.fmt) !== 'unallocated') break;
+          n++;
+        }
+        const head = gc * cs < start ? start - gc * cs : 0;
+        const headBytes = head > 0 ? this.oldView(gc, 0, head) : undefined;
+        const { t } = this.clusterTable(gc);
+        let first: number;
+        if (hostEnd < 0) {
+          first = this.alloc(n);
+        } else {
+          this.processDiscards();
+          const got = this.rc.allocAt(hostEnd / cs, n);
+          if (got === 0) break;
+          for (let c = hostEnd / cs; c < hostEnd / cs + got; c++) this.allocated.add(c);
+          n = got;
+          first = hostEnd / cs;
+        }
+        for (let j = 0; j < n; j++) writeL2Entry(t.view, (gc + j) % E, this.ext, normalEntry((first + j) * cs));
+        this.l2.markDirty(t.offset);
+        // perform_cow: the head of the first cluster, the tail of the one holding the new end
+        if (headBytes) this.data.fresh.push({ offset: first * cs, data: headBytes });
+        const lastEnd = (gc + n) * cs;
+        if (lastEnd > end && end % cs !== 0) {
+          const tail = end % cs;
+          this.data.fresh.push({ offset: (first + n - 1) * cs + tail, data: this.backing(end, cs - tail) });
+        }
+        // Free clusters inside the file may hold stale bytes QEMU leaves there: zeros instead.
+        for (let c = first; c < first + n && c * cs < this.file.size(); c++) {
+          const from0 = c === first ? head : 0;
+          const to0 = c === first + n - 1 && lastEnd > end ? end % cs || cs : cs;
+          if (to0 > from0) this.data.fresh.push({ offset: c * cs + from0, data: new Uint8Array(to0 - from0) });
+        }
+        hostEnd = (first + n) * cs;
+        fileEnd = Math.max(fileEnd, hostEnd);
+        start = Math.min(end, (gc + n) * cs);
+      }
+    }
+    if (fileEnd > this.growFileTo) this.growFileTo = fileEnd;
+  }
+
+  /**
+   * qcow2_co_truncate with falloc or full: refcount structures for the new area at the end of
+   * the used file (qcow2_refcount_area: a new refcount table, published by its own header
+   * write), the data clusters after them, the file grown over them with zeros, then L2 entries
+   * per table (the old end's head copied on write; a cluster it replaces freed).
+   */
+  private preallocateData(from: bigint, to: bigint): void {
+    const cs = this.cs, E = this.g.l2Entries;
+    const size = this.simSize;
+    const last = this.rc.lastCluster(Math.ceil(size / cs));
+    const oldFileSize = last >= 0 ? (last + 1) * cs : Math.ceil(size / cs) * cs;
+    const firstGc = Math.floor(Number(from) / cs);
+    let nData = this.g.clustersFor(to) - firstGc;
+    const nL2 = Math.ceil(nData / E) + 1;
+    this.processDiscards();
+    const allocStart = this.rc.refcountArea(oldFileSize, nData + nL2, true, 0, 0);
+    const f = Buffer.alloc(12);
+    f.writeBigUInt64BE(BigInt(this.rc.reftableOffset), 0);
+    f.writeUInt32BE(Math.ceil((this.rc.reftable.length * 8) / cs), 8);
+    f.copy(this.page, HEADER_V2.offsets.refcountTableOffset!);
+    this.endStage(false);
+    const got = this.rc.allocAt(allocStart / cs, nData);
+    if (got !== nData) throw new NotInPlace(`data area not free: ${got} of ${nData} at cluster ${allocStart / cs} (old file ${oldFileSize})`);
+    for (let c = allocStart / cs; c < allocStart / cs + nData; c++) this.allocated.add(c);
+    this.growFileTo = allocStart + nData * cs;
+    this.zeroFrom = allocStart;
+    let gc = firstGc, host = allocStart;
+    const head = Number(from) % cs;
+    while (nData > 0) {
+      const n = Math.min(nData, E - (gc % E));
+      const headBytes = gc === firstGc && head > 0 ? this.oldView(gc, 0, head) : undefined;
+      const { t } = this.clusterTable(gc);
+      const old: L2Halves[] = [];
+      for (let j = 0; j < n; j++) {
+        old.push(readL2Entry(t.view, (gc + j) % E, this.ext));
+        writeL2Entry(t.view, (gc + j) % E, this.ext, normalEntry(host + j * cs));
+      }
+      this.l2.markDirty(t.offset);
+      if (headBytes) this.data.fresh.push({ offset: host, data: headBytes });
+      for (const e of old) this.freeAny(e, false); // QCOW2_DISCARD_NEVER
+      gc += n;
+      host += n * cs;
+      nData -= n;
+    }
+  }
+
   /** qcow2_subcluster_zeroize(from, to - from) during a truncate: flags 0, the end is the image's end. */
   private zeroize(from: bigint, to: bigint): void {
     const cs = BigInt(this.cs);
@@ -382,6 +553,7 @@ class Replay {
       const c = this.alloc(1);
       if (off === 0) this.l2.create(c * this.cs); else this.l2.copy(off, c * this.cs);
       this.discardLog.push({ wrote: c }); // l2_allocate writes it at once
+      this.simSize = Math.max(this.simSize, (c + 1) * this.cs);
       this.l1[i] = BigInt(c * this.cs) | C.QCOW_OFLAG_COPIED;
       this.l1Dirty.add(i);
       if (off !== 0) this.free(off / this.cs, 1, false);
@@ -465,7 +637,14 @@ class Replay {
   private endStage(headerFirst: boolean): void {
     const cs = this.cs;
     const st: ResizeStage = { headerFirst, header: Buffer.from(this.page), fresh: [], raise: [], inPlace: [], lower: [] };
-    if (this.rc.reftableMoved) throw new NotInPlace('the refcount table moves');
+    if (this.growFileTo > 0) {
+      st.extend = { to: this.growFileTo, ...(this.zeroFrom !== undefined ? { zerosFrom: this.zeroFrom } : {}) };
+      this.growFileTo = 0;
+      this.zeroFrom = undefined;
+    }
+    // qcow2_refcount_area: a new table (its entries included) in fresh clusters, published by
+    // this stage's header; the old one freed, lowered after it.
+    if (this.rc.reftableMoved) st.fresh.push({ offset: this.rc.reftableOffset, data: this.rc.reftableBytes() });
 
     // New refcount blocks (not in the table the stage started with) are fresh; the others are
     // raised first and lowered last.
@@ -534,7 +713,11 @@ class Replay {
     }
     st.fresh.push(...this.data.fresh);
     st.inPlace.push(...this.data.inPlace);
-    for (const w of st.fresh) this.requireFree(w.offset, w.data.length);
+    for (const w of st.fresh) {
+      this.requireFree(w.offset, w.data.length);
+      this.simSize = Math.max(this.simSize, w.offset + w.data.length);
+    }
+    if (st.extend) this.simSize = Math.max(this.simSize, st.extend.to);
     for (const [off, end] of ended) this.committedBlocks.set(off, end);
 
     this.stages.push(st);
@@ -598,6 +781,13 @@ export function applyResize(file: BlockFile, plan: ResizePlan, punchHole?: (offs
   for (const st of plan.stages) {
     const header = [{ offset: 0, data: st.header }];
     if (st.headerFirst) { write(header); barrier(); }
+    if (st.extend?.zerosFrom !== undefined) {
+      writeZeros(file, st.extend.zerosFrom, st.extend.to - st.extend.zerosFrom, true);
+      pending = true;
+    } else if (st.extend && st.extend.to > file.size()) {
+      file.truncate(st.extend.to);
+      pending = true;
+    }
     write(st.fresh); barrier();
     write(st.raise); barrier();
     write(st.inPlace); barrier();

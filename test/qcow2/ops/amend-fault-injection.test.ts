@@ -67,6 +67,8 @@ const OPERATIONS: Operation[] = [
     name: 'resize --preallocation=full 1000k -> 3000k, old end inside a cluster (4 KiB clusters)',
     setup: and(mk('cluster_size=4096', '1000k'), io('write -P 0x5a 0 500k')),
     run: (p, b) => resizeImage(p, 3000n * 1024n, { ...b, preallocation: 'full' }),
+
+    inPlace: true,
   },
   {
     name: 'resize --preallocation=metadata over a longer backing file from inside a subcluster (extended L2)',
@@ -84,6 +86,8 @@ const OPERATIONS: Operation[] = [
     name: 'resize --preallocation=falloc, old end in a cluster shared with a snapshot (4 KiB clusters)',
     setup: and(mk('cluster_size=4096', '1000k'), io('write -P 0x5b 0 1000k'), `$QEMU_IMG snapshot -c s ${IMG}`),
     run: (p, b) => resizeImage(p, 2000n * 1024n, { ...b, preallocation: 'falloc' }),
+
+    inPlace: true,
   },
   // resize in qemu-img's layout (ops/resize.ts): tables edited in place, stages committed by
   // header writes where QEMU writes its header. Between a stage's raised refcounts and its
@@ -98,6 +102,19 @@ const OPERATIONS: Operation[] = [
     name: 'resize --shrink in place with an internal snapshot: the shared L2 table copied (64 KiB clusters)',
     setup: and(mk('', '1G'), io('write -P 0x73 0 1M', 'write -P 0x74 511M 2M', 'write -P 0x75 700M 64k'), `$QEMU_IMG snapshot -c s ${IMG}`),
     run: (p, b) => resizeImage(p, 600n << 20n, { ...b, allowShrink: true }),
+    inPlace: true,
+  },
+  {
+    name: 'resize --preallocation=metadata in place over a longer backing file, old end inside an unallocated cluster (125)',
+    setup: and(`$QEMU_IMG create -q -f raw base.raw 128k`, `$QEMU_IO -f raw -c 'write -P 1 0 128k' base.raw >/dev/null`,
+      `$QEMU_IMG create -q -f qcow2 -o cluster_size=64k -b base.raw -F raw ${IMG} 31k`),
+    run: (p, b) => resizeImage(p, 96n * 1024n, { ...b, preallocation: 'metadata' }),
+    inPlace: true,
+  },
+  {
+    name: 'resize --preallocation=full in place, 512 B clusters: new L1, refcount table moved (its own commit), L2 tables in its old clusters',
+    setup: mk('cluster_size=512', String(2 * 1024 * 1024 - 48 * 1024)),
+    run: (p, b) => resizeImage(p, 2n << 20n, { ...b, preallocation: 'full' }),
     inPlace: true,
   },
   {
@@ -333,5 +350,12 @@ describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})
     const setup = and(`$QEMU_IMG create -q -f qcow2 -o cluster_size=512 base.qcow2 64M`, `$QEMU_IO -c 'write -P 0x42 0 8M' -c 'write -P 0x43 40M 8M' base.qcow2 >/dev/null`,
       `$QEMU_IMG create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 ${IMG} 1M`, io('write -P 0x21 0 512k'));
     await killTrials('kill-grow', setup, ['resize', IMG, '64M'], '512 B clusters, 1M over a 64M backing file', 24);
+  }, 240_000);
+
+  // falloc/full: a new refcount table (its own commit), the data area written with zeros, the
+  // L2 tables, then the size.
+  it('kill -9 of the CLI at random moments: resize --preallocation=full in place', async () => {
+    const setup = and(mk('cluster_size=512', '8M'), io('write -P 0x31 0 2M', 'write -P 0x32 7M 1M'));
+    await killTrials('kill-prealloc', setup, ['resize', '--preallocation=full', IMG, '40M'], '512 B clusters, 8M', 24);
   }, 240_000);
 });
