@@ -3,6 +3,7 @@
 // the sinks a caller running main() in-process hands over.
 
 import { writeSync } from 'fs';
+import { isatty } from 'tty';
 
 export interface Io {
   out(text: string): void;
@@ -20,8 +21,8 @@ export class BrokenPipe extends Error {
 
 export const BROKEN_PIPE_STATUS = 141;
 
-function writeAll(fd: number, text: string): void {
-  const buf = Buffer.from(text, 'utf8');
+function writeAll(fd: number, text: string | Buffer): void {
+  const buf = typeof text === 'string' ? Buffer.from(text, 'utf8') : text;
   for (let off = 0; off < buf.length;) {
     try {
       off += writeSync(fd, buf, off, buf.length - off);
@@ -39,7 +40,42 @@ function writeAll(fd: number, text: string): void {
   }
 }
 
-export const FD_IO: Io = { out: (t) => writeAll(1, t), err: (t) => writeAll(2, t) };
+/**
+ * Standard output in the order qemu-img's C stdio gives it. To a terminal it is written at once
+ * (glibc buffers it by line; our writes are whole lines). To a pipe or a file glibc buffers it in
+ * blocks of the descriptor's st_blksize (4096 bytes), flushed when full and at exit, while
+ * standard error is not buffered: a script that captures both (`2>&1`) sees qemu-img's stderr
+ * first and its stdout after it (check -r's repair lines before its summary). The same here:
+ * whole 4096-byte blocks as they fill, the rest by flushOut() (at the command's end, and where
+ * qemu-img flushes: its progress lines).
+ */
+const STDOUT_BLOCK = 4096;
+let stdoutBlocks: boolean | undefined;
+let pendingOut = Buffer.alloc(0);
+
+function writeOut(text: string): void {
+  stdoutBlocks ??= !isatty(1);
+  if (!stdoutBlocks) {
+    writeAll(1, text);
+    return;
+  }
+  pendingOut = Buffer.concat([pendingOut, Buffer.from(text, 'utf8')]);
+  if (pendingOut.length < STDOUT_BLOCK) return;
+  const n = pendingOut.length - (pendingOut.length % STDOUT_BLOCK);
+  const full = pendingOut.subarray(0, n);
+  pendingOut = pendingOut.subarray(n);
+  writeAll(1, full);
+}
+
+/** Write what standard output holds back (fflush(stdout)); throws BrokenPipe as out() does. */
+export function flushOut(): void {
+  if (current !== FD_IO || pendingOut.length === 0) return;
+  const rest = pendingOut;
+  pendingOut = Buffer.alloc(0);
+  writeAll(1, rest);
+}
+
+export const FD_IO: Io = { out: writeOut, err: (t) => writeAll(2, t) };
 
 let current: Io = FD_IO;
 

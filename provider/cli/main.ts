@@ -6,7 +6,7 @@
 // reaches the user through report.ts: a message, never a stack trace.
 
 import { Exit, PROG, messageOf, report } from './report';
-import { BROKEN_PIPE_STATUS, BrokenPipe, Io, err, out, runEndings, withIo } from './io';
+import { BROKEN_PIPE_STATUS, BrokenPipe, Io, err, flushOut, out, runEndings, withIo } from './io';
 
 interface CommandModule {
   usage: string;
@@ -57,8 +57,16 @@ function help(): string {
 }
 
 /** Run one command line; resolves with the exit status. Output goes to `io` (default: fds 1 and 2). */
-export function main(argv: string[], io?: Io): Promise<number> {
-  return io ? withIo(io, () => run(argv)) : run(argv);
+export async function main(argv: string[], io?: Io): Promise<number> {
+  if (io) return withIo(io, () => run(argv));
+  const code = await run(argv);
+  try {
+    flushOut(); // exit(3) flushes stdout after everything
+  } catch (e) {
+    if (e instanceof BrokenPipe) return BROKEN_PIPE_STATUS;
+    throw e;
+  }
+  return code;
 }
 
 async function run(argv: string[]): Promise<number> {

@@ -35,6 +35,9 @@ const OTHER_DRIVERS = new Set(
     'quorum rbd replication snapshot-access ssh throttle vdi vhdx vmdk vpc vvfat').split(' '),
 );
 
+/** qcow2 runtime options that size QEMU's caches (accepted, no effect here: this engine has no such caches). */
+const QCOW2_CACHE_OPTIONS = ['cache-size', 'l2-cache-size', 'l2-cache-entry-size', 'refcount-cache-size', 'cache-clean-interval'];
+
 const refuse = (message: string) => new Qcow2Error('UNSUPPORTED', message, { property: 'filename' });
 
 /** path_has_protocol: a ':' before any '/'. */
@@ -73,6 +76,8 @@ function fromOptions(opts: Map<string, string>, source: string): ImageName {
     known.add('filename');
   } else if (driver === 'qcow2' || driver === 'raw') {
     format = driver;
+    // The sizes of QEMU's qcow2 metadata caches tune its memory and speed, never a result.
+    if (driver === 'qcow2') for (const k of QCOW2_CACHE_OPTIONS) known.add(k);
     // `file` as a string would name another block node (a reference), which qemu-img cannot have here.
     const fd = opts.get('file.driver');
     if (fd !== undefined && fd !== 'file') throw unsupportedDriver(fd);

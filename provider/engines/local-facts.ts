@@ -11,6 +11,7 @@ import type { ConsistencyFacts } from '../rules/types';
 import { Image } from '../qcow2/meta/image';
 import { consistencyOf } from '../qcow2/ops/check';
 import { AmendProgressChange, amendProgressFigures } from '../qcow2/ops/amend-progress';
+import { firstSharedZeroCluster } from '../qcow2/ops/downgrade';
 
 function statRegular(name: string, host: HostFs): HostStat {
   const st = host.stat(name);
@@ -49,6 +50,25 @@ export function amendProgress(imagePath: string, change: AmendProgressChange, ho
   const img = Image.openFile(imagePath, false, host);
   try {
     return amendProgressFigures(img, change);
+  } finally {
+    img.close();
+  }
+}
+
+/** What a downgrade's rules ask of the image itself: each snapshot's disk size (qemu-img info does not report it), and a zero cluster a snapshot reads as data. */
+export interface DowngradeFacts {
+  snapshotDiskSizes: bigint[];
+  sharedZeroCluster?: { hostOffset: number };
+}
+
+/** DowngradeFacts of an image (read-only, metadata only). */
+export function downgradeFacts(imagePath: string, host: HostFs = localFs): DowngradeFacts {
+  const img = Image.openFile(imagePath, false, host);
+  try {
+    const out: DowngradeFacts = { snapshotDiskSizes: img.readSnapshots().map((s) => s.diskSize ?? img.header.size) };
+    const shared = firstSharedZeroCluster(img);
+    if (shared) out.sharedZeroCluster = shared;
+    return out;
   } finally {
     img.close();
   }

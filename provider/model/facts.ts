@@ -18,6 +18,8 @@ export interface SnapshotFacts {
   vmClockNsec: bigint;
   /** Instruction count (record/replay), when recorded. */
   icount?: bigint;
+  /** The image's virtual size when the snapshot was taken (v3 extra data; a v2 entry has none, QEMU takes the image's size). Undefined when not read (qemu-img info does not report it). */
+  diskSize?: bigint;
 }
 
 /** A persistent dirty bitmap, as the bitmap directory records it. */

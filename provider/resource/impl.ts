@@ -444,12 +444,14 @@ function connectionFor(olds: ImageOutputs, news: ImageInputs): ConnectionArgs | 
 /**
  * The image as its header says now (or, while a QEMU holds it, as that QEMU reports it); path,
  * host and preallocation from the state (the file does not record them). Of the detail, the
- * bitmaps are kept: the rules judge each one's granularity, recording and consistency.
+ * bitmaps and snapshots are kept: the rules judge each bitmap's granularity, recording and
+ * consistency, and each snapshot's sizes for a downgrade.
  */
 function factsOnDisk(info: ImageFacts, olds: ImageOutputs): ImageFacts {
   const { detail, dataFile, backingFile, backingFormat, ...facts } = info;
   const f: ImageFacts = { ...facts, path: olds.path, host: olds.host ?? '' };
-  if (detail) f.detail = { snapshots: [], bitmaps: detail.bitmaps };
+  // The snapshots too: whether a downgrade is possible depends on each one's disk and VM state size.
+  if (detail) f.detail = { snapshots: detail.snapshots, bitmaps: detail.bitmaps };
   if (dataFile) f.dataFile = dataFile;
   if (backingFile) f.backingFile = backingFile;
   if (backingFormat) f.backingFormat = backingFormat;

@@ -92,11 +92,8 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
     const down = (option: 'refcount_bits' | 'data_file' | 'extended_l2' | 'compression_type') => v2Refusal(option, 'downgrade', after);
     const r = down('refcount_bits') ?? down('data_file');
     if (r) return r;
-    if (state.snapshots > 0) {
-      // qemu-img downgrades some of these (expanding zero clusters in every snapshot's tables);
-      // this project does not, in either engine, so both refuse alike.
-      return { property: 'compat', message: 'Downgrading an image with internal snapshots is not supported: delete the snapshots first (qemu-img snapshot -d), or keep compat 1.1' };
-    }
+    const snap = snapshotsPreventDowngrade(state, req.size ?? state.virtualSize);
+    if (snap) return snap;
     const ext = down('extended_l2');
     if (ext) return ext;
     if (state.bitmaps.length > 0) {
@@ -113,6 +110,34 @@ export function validateAmend(state: ImageFacts, req: AmendRequest, allowShrink 
     if (zstd) return zstd;
   }
   return undefined;
+}
+
+/**
+ * qcow2_downgrade: v2 snapshots have no disk size and a 32-bit VM state size, so a snapshot whose
+ * disk size is not the image's (after a size change in the same amend: qemu-img resizes first)
+ * or whose VM state exceeds 32 bits prevents the downgrade. Snapshots whose disk size the facts
+ * do not carry (qemu-img info does not report it) are left to the engine, which reads them.
+ */
+export function snapshotsPreventDowngrade(state: ImageFacts, size: bigint): Refusal | undefined {
+  if (state.snapshots === 0) return undefined;
+  const bad = (state.detail?.snapshots ?? []).find((s) => s.vmStateSize > 0xffffffffn || (s.diskSize !== undefined && s.diskSize !== size));
+  if (!bad) return undefined;
+  return { property: 'compat', message: 'Internal snapshots prevent downgrade of image' };
+}
+
+/**
+ * A zero cluster whose host cluster another table (a snapshot's) reads as data: qemu-img's
+ * downgrade writes zeros into it in place, which changes what that snapshot reads. `shared` is
+ * the fact the engine read (qcow2/ops/downgrade.ts firstSharedZeroCluster).
+ */
+export function validateDowngradeZeroClusters(shared: { hostOffset: number } | undefined): Refusal | undefined {
+  if (!shared) return undefined;
+  return {
+    property: 'compat',
+    message: `Cannot downgrade this image: the zero cluster at host offset 0x${shared.hostOffset.toString(16)} shares its data cluster with an internal snapshot, ` +
+      'and compat 0.10 has no zero clusters: expanding it in place (as qemu-img does) would overwrite data the snapshot reads. ' +
+      'Write the zeros again without keeping the allocation (qemu-io -c "write -z -u"), delete the snapshot (qemu-img snapshot -d), or keep compat 1.1',
+  };
 }
 
 /**

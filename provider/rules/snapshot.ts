@@ -33,10 +33,13 @@ export function validateSnapshot(state: ImageFacts, req: SnapshotRequest, found:
 
 /**
  * A snapshot needs one more reference to every cluster the image reaches; qemu-img fails with
- * EINVAL when a refcount would exceed its width (refcount_bits=1 cannot hold a snapshot of
- * allocated data). `over` is whether the engine found such a cluster.
+ * the errno of qcow2_update_snapshot_refcount: EINVAL when a refcount would exceed its width
+ * (refcount_bits=1 cannot hold a snapshot of allocated data), EFBIG and EAGAIN when a table
+ * points past what the refcount table describes (a broken image: check -r all repairs it).
+ * `failure` is what the engine found.
  */
-export function validateSnapshotRefcounts(name: string, over: boolean): Refusal | undefined {
-  if (!over) return undefined;
-  return { property: 'refcount_bits', message: `Could not create snapshot '${name}': -22 (Invalid argument)` };
+export function validateSnapshotRefcounts(name: string, failure: 'overflow' | 'efbig' | 'eagain' | undefined): Refusal | undefined {
+  if (failure === undefined) return undefined;
+  if (failure === 'overflow') return { property: 'refcount_bits', message: `Could not create snapshot '${name}': -22 (Invalid argument)` };
+  return { property: 'snapshot', message: `Could not create snapshot '${name}': ${failure === 'efbig' ? '-27 (File too large)' : '-11 (Resource temporarily unavailable)'}` };
 }

@@ -71,6 +71,26 @@ describe('the qcow2 executable', () => {
     }
   });
 
+  // qemu-img's stdout is block-buffered to a pipe (C stdio), its stderr not: with both on one
+  // pipe, check -r's repair lines (stderr) come before its summary (stdout). iotest 271 reads it so.
+  it.skipIf(!haveQemu && !requireQemu)('to_a_pipe_prints_standard_output_after_standard_error_as_qemu_img_does', () => {
+    const sh = (cmd: string) => spawnSync('sh', ['-c', cmd], { cwd: dir, encoding: 'utf8' });
+    // An unaligned data cluster offset (L2 entry of guest cluster 0, in the L2 table at cluster
+    // 4): check -r all rebuilds the refcounts and still finds it, on stderr, after its summary
+    // of the repair began on stdout.
+    const setup = (img: string) => {
+      const r = sh(`qemu-img create -q -f qcow2 ${img} 1M && qemu-io -c 'write -q 0 64k' ${img} && ` +
+        `printf '\\002' | dd of=${img} bs=1 seek=${4 * 65536 + 6} conv=notrunc status=none`);
+      expect(r.status, r.stderr).toBe(0);
+    };
+    setup('q.qcow2');
+    setup('o.qcow2');
+    const theirs = sh('qemu-img check -r all q.qcow2 2>&1 | cat');
+    const ours = sh(`'${process.execPath}' '${BIN}' check -r all o.qcow2 2>&1 | cat`);
+    expect(theirs.stdout).toMatch(/Data cluster is not properly aligned; L2 entry corrupted.\nThe following inconsistencies were found and repaired:\n/);
+    expect(ours.stdout.replace(/o\.qcow2/g, 'q.qcow2')).toBe(theirs.stdout);
+  });
+
   it('prints_the_package_version', () => {
     const r = run(['--version'], dir);
     expect(r.stdout).toBe(`${PKG.version}\n`);

@@ -8,7 +8,7 @@ import { lists, missingPrerequisites, readList, runIotests, summary } from './ha
 import { iotestsSource, SourceUnavailable, type IotestsSource } from './sources';
 
 /** How many of ci-tests.txt pass today; raise it as features land, never lower it. */
-const MIN_PASSING = 66;
+const MIN_PASSING = 67;
 
 const required = process.env.CI === 'true' || process.env.REQUIRE_QEMU === '1';
 

@@ -25,10 +25,11 @@ describe('resource state <-> facts', () => {
     expect(back).toEqual({ ...facts });
   });
 
-  it('carries_snapshots_so_a_downgrade_is_refused_from_state_as_from_the_image', () => {
-    const fromState = factsOfState(factOutputs(facts));
-    expect(validateAmend(fromState, { compat: '0.10' })).toEqual(validateAmend(facts, { compat: '0.10' }));
-    expect(validateAmend(fromState, { compat: '0.10' })?.message).toMatch(/internal snapshots/);
+  it('carries_snapshots_so_a_v2_resize_is_refused_from_state_as_from_the_image', () => {
+    const v2 = { ...facts, compat: '0.10' as const, bitmaps: [] };
+    const fromState = factsOfState(factOutputs(v2));
+    expect(validateAmend(fromState, { size: 2n << 30n })).toEqual(validateAmend(v2, { size: 2n << 30n }));
+    expect(validateAmend(fromState, { size: 2n << 30n })?.message).toMatch(/v2 image which has snapshots/);
   });
 
   it('reads_a_state_written_before_snapshots_were_recorded', () => {

@@ -13,7 +13,7 @@ import { factsFromInfoJson, type ImageInfoJson } from '../../provider/model/qemu
 import { runQemuImg } from '../helpers/qemu';
 import {
   KiB, MiB, amendOptString, dataFileState, describeWithQemu, makeTempRoot, mustQemu, overlayState, plainState,
-  qemuMessage, rawState, removeTree, v2State,
+  qemuMessage, rawState, removeTree, snapshotsOf, v2State,
 } from './support';
 
 const M = {
@@ -26,7 +26,7 @@ const M = {
   size512: 'The new size must be a multiple of 512',
   downRefcount: 'compat=0.10 requires refcount_bits=16',
   downDataFile: 'Cannot downgrade an image with a data file',
-  downSnapshots: 'Downgrading an image with internal snapshots is not supported: delete the snapshots first (qemu-img snapshot -d), or keep compat 1.1',
+  downSnapshots: 'Internal snapshots prevent downgrade of image',
   downExtL2: 'Cannot downgrade an image with incompatible features 0x10 set',
   downCorrupt: 'Cannot downgrade an image with incompatible features 0x2 set',
   downZstd: 'Cannot downgrade an image with zstd compression type and existing compressed clusters',
@@ -83,7 +83,13 @@ const AMEND_CASES: AmendCase[] = [
   { name: 'compat=0.10 with refcount_bits=8 is refused', state: plainState({ refcountBits: 8 }), req: { compat: '0.10' }, expect: refuse('compat', M.downRefcount) },
   { name: 'compat=0.10 with refcount_bits=8 and refcount_bits=16 in the request is allowed', state: plainState({ refcountBits: 8 }), req: { compat: '0.10', refcountBits: 16 }, expect: undefined },
   { name: 'compat=0.10 with refcount_bits=8 in the request is refused', state: plainState(), req: { compat: '0.10', refcountBits: 8 }, expect: refuse('refcount_bits', M.refcountV2) },
-  { name: 'compat=0.10 with internal snapshots is refused', state: plainState({ snapshots: 1 }), req: { compat: '0.10' }, expect: refuse('compat', M.downSnapshots) },
+  { name: 'compat=0.10 with internal snapshots of the image\'s size is allowed', state: plainState({ snapshots: 2, detail: snapshotsOf([MiB, MiB]) }), req: { compat: '0.10' }, expect: undefined },
+  { name: 'compat=0.10 with a snapshot of another size is refused', state: plainState({ snapshots: 2, detail: snapshotsOf([MiB, 2n * MiB]) }), req: { compat: '0.10' }, expect: refuse('compat', M.downSnapshots) },
+  { name: 'compat=0.10 with a snapshot whose VM state exceeds 32 bits is refused', state: plainState({ snapshots: 1, detail: snapshotsOf([MiB], 1n << 32n) }), req: { compat: '0.10' }, expect: refuse('compat', M.downSnapshots) },
+  { name: 'compat=0.10 with a snapshot whose VM state fits 32 bits is allowed', state: plainState({ snapshots: 1, detail: snapshotsOf([MiB], 0xffffffffn) }), req: { compat: '0.10' }, expect: undefined },
+  { name: 'compat=0.10 with a size: qemu-img resizes first, so the snapshots must have the new size', state: plainState({ snapshots: 1, detail: snapshotsOf([2n * MiB]) }), req: { compat: '0.10', size: 2n * MiB }, expect: undefined },
+  { name: 'compat=0.10 with a size other than the snapshots\' is refused', state: plainState({ snapshots: 1, detail: snapshotsOf([MiB]) }), req: { compat: '0.10', size: 2n * MiB }, expect: refuse('compat', M.downSnapshots) },
+  { name: 'compat=0.10 with snapshots whose disk size was not read is left to the engine', state: plainState({ snapshots: 1, detail: snapshotsOf([undefined]) }), req: { compat: '0.10' }, expect: undefined },
   { name: 'compat=0.10 with zstd and compressed clusters is refused', state: plainState({ compressionType: 'zstd', hasCompressedClusters: true }), req: { compat: '0.10' }, expect: refuse('compat', M.downZstd) },
   { name: 'compat=0.10 with zstd and compressed clusters not scanned is refused', state: plainState({ compressionType: 'zstd', hasCompressedClusters: undefined }), req: { compat: '0.10' }, expect: refuse('compat', M.downZstd) },
   { name: 'compat=0.10 with zstd and no compressed clusters is allowed', state: plainState({ compressionType: 'zstd', hasCompressedClusters: false }), req: { compat: '0.10' }, expect: undefined },
@@ -250,9 +256,9 @@ const FIXTURES: Record<string, Fixture> = {
       mustQemu(['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', `compression_type=zstd,cluster_size=${CS}`, 'src.raw', IMG], d);
     },
   },
-  snap: { state: sm(plainState({ snapshots: 1 })), make: (d) => { create(d, ''); mustQemu(['snapshot', '-c', 's1', IMG], d); } },
+  snap: { state: sm(plainState({ snapshots: 1, detail: snapshotsOf([MiB]) })), make: (d) => { create(d, ''); mustQemu(['snapshot', '-c', 's1', IMG], d); } },
   snapResized: {
-    state: sm(plainState({ snapshots: 1, virtualSize: 2n * MiB })),
+    state: sm(plainState({ snapshots: 1, virtualSize: 2n * MiB, detail: snapshotsOf([MiB]) })),
     make: (d) => { create(d, ''); mustQemu(['snapshot', '-c', 's1', IMG], d); mustQemu(['resize', '-q', IMG, '2M'], d); },
   },
   bitmap: { state: sm(plainState({ bitmaps: ['b0'] })), make: (d) => { create(d, ''); mustQemu(['bitmap', '--add', IMG, 'b0'], d); } },
@@ -338,18 +344,13 @@ const DIFF_CASES: Array<[FixtureName, AmendRequest]> = [
 ];
 
 /** Both refuse, but ours names its own limitation rather than qemu-img's narrower reason. */
-const OWN_WORDS: Record<string, string> = {
-  'snapResized compat=0.10': 'every downgrade of an image with internal snapshots is refused (not only those qemu-img refuses)',
-};
+const OWN_WORDS: Record<string, string> = {};
 
 /**
  * Where we deliberately differ from qemu-img 7.2: qemu-img accepts, validateAmend refuses.
  * Key: `${fixture} ${amend -o text}`.
  */
 const STRICTER: Record<string, string> = {
-  'snap compat=0.10':
-    'qemu-img refuses a downgrade only when a snapshot has VM state or a disk size other than the current one; ' +
-    'ImageFacts carries only the snapshot count, so validateAmend refuses any internal snapshot',
   'bitmap compat=0.10':
     'qemu-img 7.2 downgrades an image with persistent bitmaps and leaves them inconsistent and their clusters leaked; ' +
     'validateAmend refuses with the reason QEMU gives for adding one to a v2 image',

@@ -38,6 +38,16 @@ export function plainState(over: Partial<ImageFacts> = {}): ImageFacts {
   };
 }
 
+/** Internal snapshots as info reads them: disk size `diskSize` each (undefined: not read, as from qemu-img info), no VM state unless given. */
+export function snapshotsOf(diskSizes: Array<bigint | undefined>, vmStateSize = 0n): NonNullable<ImageFacts['detail']> {
+  return {
+    bitmaps: [],
+    snapshots: diskSizes.map((d, i) => ({
+      id: String(i + 1), name: `s${i + 1}`, vmStateSize, dateSec: 0, dateNsec: 0, vmClockNsec: 0n, ...(d !== undefined ? { diskSize: d } : {}),
+    })),
+  };
+}
+
 export const v2State = (over: Partial<ImageFacts> = {}): ImageFacts => plainState({ compat: '0.10', ...over });
 export const dataFileState = (over: Partial<ImageFacts> = {}): ImageFacts =>
   plainState({ hasDataFile: true, dataFile: 'img.raw', ...over });

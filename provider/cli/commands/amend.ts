@@ -8,7 +8,8 @@ import { amendOptionsHelp, hasHelpOption, mergeOptionLists, parseOptionList, toA
 import { out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { amendProgress } from '../../engines/local-facts';
-import { fail, failOn, messageOf } from '../report';
+import { Exit, fail, failOn, messageOf, reportEach } from '../report';
+import { Qcow2Error } from '../../model/errors';
 import type { AmendRequest } from '../../rules/types';
 import { repairDirtyFirst } from '../dirty';
 
@@ -21,12 +22,13 @@ const spec: CommandSpec = {
     ['-f <fmt>', 'image format (qcow2)'],
     ['-o <options>', 'options to change: compat, lazy_refcounts, refcount_bits, size, data_file, data_file_raw (repeatable)', 'repeatable'],
     ['-q', 'quiet'],
+    ['--image-opts', 'FILE is an option list (driver=qcow2,file.filename=NAME) rather than a file name'],
     ['-p', "progress: qemu-img's figures for its steps, on standard output (the change itself is one commit)"],
   ],
 };
 
 export async function run(argv: string[]): Promise<void> {
-  const parsed = parseCommand<{ f?: string; o: string[]; p?: boolean; q?: boolean }>(spec, argv);
+  const parsed = parseCommand<{ f?: string; o: string[]; p?: boolean; q?: boolean; imageOpts?: boolean }>(spec, argv);
   if (parsed === undefined) return;
   const { args: [file], o } = parsed;
   if (!o.o.length) fail('Must specify options (-o)');
@@ -47,14 +49,14 @@ export async function run(argv: string[]): Promise<void> {
   if (file === undefined) fail('Expecting one image file name');
   requireQcow2(o.f);
   // qemu-img opens the image (repairing a dirty one) before it checks the options.
-  await repairDirtyFirst(imageName(file)).catch((e: unknown) => failOn(e, file));
+  const image = imageName(file, o.imageOpts === true);
+  await repairDirtyFirst(image).catch((e: unknown) => failOn(e, file));
   let req: AmendRequest;
   try {
     req = toAmendRequest(pairs);
   } catch (e) {
     fail(messageOf(e));
   }
-  const image = imageName(file);
   // qemu-img's -p: 0 before the change, QEMU's own step figures, 100, then the error if any.
   const progress = o.p && !o.q ? qemuProgress(true) : undefined;
   let figures: number[] = [];
@@ -73,6 +75,11 @@ export async function run(argv: string[]): Promise<void> {
     for (const f of figures) progress?.update(f);
   } catch (e) {
     progress?.end();
+    // qemu-img reports a broken snapshot table met by the downgrade as separate error lines.
+    if (Qcow2Error.isInstance(e) && e.code === 'REFUSED' && e.property === 'snapshot') {
+      reportEach(e.message);
+      throw new Exit(1);
+    }
     failOn(e, file);
   }
   progress?.end();

@@ -10,7 +10,13 @@ import { Exit, fail, messageOf, report, reportEach, warn } from '../report';
 import { Qcow2Error } from '../../model/errors';
 import type { CreateOptions, RawCreateOptions } from '../../model/options';
 import { parseSize } from '../../model/size';
-import { out } from '../io';
+import { flushOut, out } from '../io';
+
+/** qemu-img's Formatting line: bdrv_img_create flushes standard output after it (io.ts flushOut). */
+function printFormatting(line: string): void {
+  out(line);
+  flushOut();
+}
 
 export const usage = 'create [-f qcow2|raw] [-o OPTIONS] [-b FILE -F FMT] [-u] [-q] [--adopt-data-file] FILE [SIZE]';
 export const description = 'create a new qcow2 image (never overwrites an existing image or data file)';
@@ -58,7 +64,7 @@ export async function run(argv: string[]): Promise<void> {
     options = toCreateOptions(all, size, { unsafe: o.u ?? false, onWarning: warn });
   } catch (e) {
     if (Qcow2Error.isInstance(e)) {
-      if (raisedAfterFormatting(e) && !o.q) out(formattingLine(file, all, positionalSize(size)) + '\n');
+      if (raisedAfterFormatting(e) && !o.q) printFormatting(formattingLine(file, all, positionalSize(size)) + '\n');
       report(e.message, file);
     } else {
       reportEach(messageOf(e));
@@ -79,10 +85,10 @@ export async function run(argv: string[]): Promise<void> {
   try {
     resolvedSize = (await engine.resolveCreate(target, options, behaviour)).size;
   } catch (e) {
-    if (!failsBeforeFormatting(e) && !o.q) out(formattingLine(file, all, options.size) + '\n');
+    if (!failsBeforeFormatting(e) && !o.q) printFormatting(formattingLine(file, all, options.size) + '\n');
     fail(messageOf(e), file);
   }
-  if (!o.q) out(formattingLine(file, all, options.size ?? resolvedSize) + '\n');
+  if (!o.q) printFormatting(formattingLine(file, all, options.size ?? resolvedSize) + '\n');
   try {
     await engine.create(target, options, behaviour);
   } catch (e) {
@@ -123,7 +129,7 @@ async function createRaw(file: string, pairs: OptionPair[], size: string | undef
     options = toRawCreateOptions(pairs, size, { onWarning: warn });
   } catch (e) {
     if (Qcow2Error.isInstance(e)) {
-      if (raisedAfterFormatting(e) && !o.q) out(formattingLine(file, pairs, positionalSize(size), 'raw') + '\n');
+      if (raisedAfterFormatting(e) && !o.q) printFormatting(formattingLine(file, pairs, positionalSize(size), 'raw') + '\n');
       report(e.message, file);
     } else {
       reportEach(messageOf(e));
@@ -132,7 +138,7 @@ async function createRaw(file: string, pairs: OptionPair[], size: string | undef
   }
   if (options.size === undefined) fail('Image creation needs a size parameter', file);
   const image = imageName(file, false, true);
-  if (!o.q) out(formattingLine(file, pairs, options.size, 'raw') + '\n');
+  if (!o.q) printFormatting(formattingLine(file, pairs, options.size, 'raw') + '\n');
   try {
     await engineFor(image).createRaw(image.path, options);
   } catch (e) {

@@ -2,7 +2,7 @@
 // output, terminal or not, `    (%3.2f/100%)\r` when the figure moved by more than 1 point
 // (and at 0 and 100), a final `    (100.00/100%)\r` and a newline at the end.
 
-import { out } from '../io';
+import { flushOut, out } from '../io';
 
 export interface Progress {
   /** A percentage from 0 to 100. */
@@ -31,17 +31,19 @@ function fixed2(p: number): string {
  */
 export function qemuProgress(exact = false): Progress {
   let last = 0;
-  out(line(0));
+  // qemu_progress_print flushes standard output after each line (see io.ts flushOut).
+  const print = (text: string) => { out(text); flushOut(); };
+  print(line(0));
   return {
     update(percent) {
       const p = Math.max(0, Math.min(100, percent));
       if (p > last + 1 || p < last - 1 || (p === 100 && (exact || last !== 100)) || (exact && p === 0)) {
         last = p;
-        out(line(p));
+        print(line(p));
       }
     },
     end() {
-      out(`${line(100)}\n`);
+      print(`${line(100)}\n`);
     },
   };
 }

@@ -92,7 +92,8 @@ export function snapshotImage(path: string, req: SnapshotRequest, behaviour: Ame
     // QEMU discards the clusters a snapshot operation frees (holes in the image file).
     const opts = { punch: punchIn(file, behaviour.host) };
     if (req.action === 'create') {
-      if (createSnapshot(file, img, req.name, req.time, opts) === 'overflow') throwIfRefused(validateSnapshotRefcounts(req.name, true), path);
+      const made = createSnapshot(file, img, req.name, req.time, opts);
+      if (typeof made === 'string') throwIfRefused(validateSnapshotRefcounts(req.name, made), path);
     } else if (req.action === 'delete') {
       deleteSnapshot(file, img, index, opts);
     } else {

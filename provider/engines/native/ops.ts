@@ -11,14 +11,16 @@ import { BlockFile, NodeBlockFile } from '../../qcow2/io/blockfile';
 import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
+import { NotInPlace, ResizePlan, applyResize, planResizeInPlace } from '../../qcow2/ops/resize';
 import { AmendChanges, AmendPlan, BackingReader, ResizePreallocation, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
 import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
+import { DowngradePlan, applyDowngrade, checkSnapshotL1Tables, firstSharedZeroCluster, planDowngrade } from '../../qcow2/ops/downgrade';
 import { consistencyOf } from '../../qcow2/ops/check';
 import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import type { ImageLock } from '../../qcow2/io/lock';
 import {
-  validateAmend, validateConsistent, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+  validateAmend, validateConsistent, validateDowngradeZeroClusters, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
 } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
@@ -156,7 +158,13 @@ function changesOf(state: ImageFacts, req: AmendRequest): AmendChanges {
   return ch;
 }
 
-export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs): AmendPlan {
+/**
+ * Apply a validated change. `inPlace` (resize): a size change without preallocation is written
+ * in qemu-img's layout (ops/resize.ts), the cases that does not replay as amend writes them.
+ */
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host?: HostFs): AmendPlan;
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs, inPlace: true): AmendPlan | ResizePlan;
+export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs = localFs, inPlace = false): AmendPlan | ResizePlan {
   const needsData = ch.size !== undefined && ch.size !== img.header.size && img.hasDataFile;
   const grows = ch.size !== undefined && ch.size > img.header.size;
   // Growing over a longer backing file must zero the new area: learn the backing file's length.
@@ -178,15 +186,33 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
       try { return src.read(offset, length); } finally { src.close(); }
     }
     : undefined;
+  // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
+  // file that can have holes punched, never by writing zeros through a wrapper.
+  const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
   try {
+    if (inPlace && ch.size !== undefined && (ch.preallocation ?? 'off') === 'off') {
+      const plan = tryResizeInPlace(img, file, ch.size, backingLength);
+      if (plan) {
+        const punchData = df instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(df, offset, length) : undefined;
+        applyResize(file, plan, punch, df, punchData);
+        return plan;
+      }
+    }
     const plan = planAmend(img, file, ch, df?.size(), backingLength, readBacking);
-    // Giving freed clusters back is advisory (QEMU's discard may do nothing): only on a local
-    // file that can have holes punched, never by writing zeros through a wrapper.
-    const punch = file instanceof NodeBlockFile ? (offset: number, length: number) => localFs.punchHole(file, offset, length) : undefined;
     applyAmend(file, plan, df, punch);
     return plan;
   } finally {
     df?.close();
+  }
+}
+
+/** ops/resize.ts's plan, or undefined where it does not replay the case. */
+function tryResizeInPlace(img: Image, file: BlockFile, size: bigint, backingLength: bigint | undefined): ResizePlan | undefined {
+  try {
+    return planResizeInPlace(img, file, size, backingLength);
+  } catch (e) {
+    if (e instanceof NotInPlace) return undefined;
+    throw e;
   }
 }
 
@@ -200,7 +226,7 @@ function widensRefcountsOnly(img: Image, ch: AmendChanges): boolean {
  * `qemu-img amend -o ...`, all or nothing: every option is validated (provider/rules) before
  * anything is written, and the change is committed by a single header write.
  */
-export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan {
+export function amendImage(path: string, request: AmendRequest, behaviour: AmendBehaviour = {}): AmendPlan | DowngradePlan {
   const req = request.size === undefined ? request : { ...request, size: sizeArg(request.size) };
   return withWritableImage(path, behaviour, (opened, file) => {
     let img = opened;
@@ -220,12 +246,38 @@ export function amendImage(path: string, request: AmendRequest, behaviour: Amend
       rewriteSnapshotTable(file, img);
       img = Image.open(file, path);
     }
+    if (ch.version === 2 && img.header.version === 3) return downgrade(img, file, path, ch, behaviour.host ?? localFs);
     return runPlan(img, file, path, ch, behaviour.host ?? localFs);
   });
 }
 
+/**
+ * compat=0.10 in qcow2_amend_options' order: the other options first, then qcow2_downgrade. What
+ * else the amend changes (a size, a refcount width, header fields), and the repair of refcounts
+ * a dirty image left stale, are one commit (runPlan); the downgrade then expands the zero
+ * clusters of every table in place and commits with its own header write
+ * (qcow2/ops/downgrade.ts). A crash between the two leaves a compat 1.1 image with the other
+ * changes made, which reads as the new one.
+ */
+function downgrade(opened: Image, file: BlockFile, path: string, ch: AmendChanges, host: HostFs): AmendPlan | DowngradePlan {
+  let img = opened;
+  const { version: _v, ...rest } = ch;
+  const others = Object.keys(rest).length > 0;
+  // qcow2_validate_table's refusal of a broken snapshot L1 table comes first, in qemu-img's words.
+  checkSnapshotL1Tables(img);
+  if (others || img.dirty) {
+    runPlan(img, file, path, rest, host);
+    img = Image.open(file, path);
+  }
+  throwIfRefused(validateConsistent(consistencyOf(img, file)), path);
+  throwIfRefused(validateDowngradeZeroClusters(firstSharedZeroCluster(img)), path);
+  const plan = planDowngrade(img, file);
+  applyDowngrade(file, plan, img.geometry.clusterSize);
+  return plan;
+}
+
 /** `qemu-img resize [--shrink] FILE SIZE`: SIZE may be relative (+N / -N). */
-export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan {
+export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint }, behaviour: AmendBehaviour = {}): AmendPlan | ResizePlan {
   const size = typeof sizeAsked === 'object' && sizeAsked !== null
     ? { relative: sizeArg(sizeAsked.relative, 'size', true) } : sizeArg(sizeAsked);
   return withWritableImage(path, behaviour, (img, file) => {
@@ -235,7 +287,7 @@ export function resizeImage(path: string, sizeAsked: bigint | { relative: bigint
     throwIfRefused(r, path);
     const ch: AmendChanges = { size: target };
     if (behaviour.preallocation !== undefined) ch.preallocation = behaviour.preallocation;
-    return runPlan(img, file, path, ch, behaviour.host ?? localFs);
+    return runPlan(img, file, path, ch, behaviour.host ?? localFs, true);
   });
 }
 

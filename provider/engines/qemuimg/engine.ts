@@ -68,7 +68,7 @@ import type { CreateOptions, RawCreateOptions, ResolvedCreateOptions } from '../
 import type { ImageFacts } from '../../model/facts';
 import { optionOf, type OptionName } from '../../model/names';
 import type { MapEntry } from '../../qcow2/ops/map';
-import { validateAmend, validateConsistent, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
+import { validateAmend, validateConsistent, validateDowngradeZeroClusters, validateGrowOverBacking, validateRebase, validateResizeRequest, validateWritable } from '../../rules/amend';
 import { CreateBehaviour, resolveCreate, validateRawCreate } from '../../rules/create';
 import { validateConvertInto, validateImport } from '../../rules/data';
 import { ReferencePolicy, validateSourceReference } from '../../rules/references';
@@ -174,7 +174,21 @@ export class QemuImgEngine implements Engine {
     const facts = parseInfo(r.stdout, file);
     // qemu-img resolved the backing name against our absolute json: name; the caller's is `file`.
     if (facts.backingFile !== undefined && facts.detail) facts.detail.fullBackingFile = resolveBackingName(file, facts.backingFile);
+    await this.addSnapshotDiskSizes(abs, facts);
     return facts;
+  }
+
+  /**
+   * Each snapshot's disk size (which decides a downgrade), read from the image where the host
+   * reads files here: qemu-img info does not report it. Elsewhere it stays unknown, and qemu-img
+   * decides a downgrade in its own words.
+   */
+  private async addSnapshotDiskSizes(abs: string, facts: ImageFacts): Promise<void> {
+    const host = await this.hostP;
+    if (facts.snapshots === 0 || !facts.detail || facts.compat !== '1.1' || host.downgradeFacts === undefined) return;
+    const sizes = await host.downgradeFacts(abs).then((d) => d.snapshotDiskSizes, () => undefined);
+    if (sizes === undefined || sizes.length !== facts.detail.snapshots.length) return;
+    facts.detail.snapshots = facts.detail.snapshots.map((s, i) => ({ ...s, diskSize: sizes[i]! }));
   }
 
   /** Like the native engine: NOT_FOUND (same words) before qemu-img names an absolute path. */
@@ -557,7 +571,11 @@ export class QemuImgEngine implements Engine {
     if (request.compat === '0.10' && state.compat === '1.1' && state.compressionType === 'zstd') {
       state.hasCompressedClusters = await this.hasCompressedClusters(file);
     }
-    const r = validateAmend(state, request, true);
+    // The snapshots' disk sizes came with the state (readInfo): the rules decide before qemu-img
+    // would resize and then refuse; and qemu-img would zero a cluster a snapshot reads as data.
+    const host = await this.hostP;
+    const down = request.compat === '0.10' && state.compat === '1.1' && host.downgradeFacts !== undefined ? await host.downgradeFacts(host.resolve(file)) : undefined;
+    const r = validateAmend(state, request, true) ?? (down ? validateDowngradeZeroClusters(down.sharedZeroCluster) : undefined);
     if (r) throw refused(r, file);
 
     const pairs: Array<[string, string]> = [];

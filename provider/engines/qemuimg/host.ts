@@ -16,7 +16,7 @@ import { Publication, type PublishedKind } from '../../qcow2/io/publish';
 import { assertNewImageFiles } from '../../qcow2/ops/create';
 import type { RemoveOptions } from '../engine';
 import type { ConsistencyFacts } from '../../rules/types';
-import { consistencyFacts, createFacts, sameFile } from '../local-facts';
+import { DowngradeFacts, consistencyFacts, createFacts, downgradeFacts, sameFile } from '../local-facts';
 import { findDependents, readImageChain } from '../chain';
 import type { Dependents, ImageChain } from '../../model/chain';
 import { removeImageFiles } from '../../qcow2/ops/remove';
@@ -72,6 +72,8 @@ export interface QemuImgHost {
   dependents(file: string, candidates: readonly string[]): Promise<Dependents>;
   /** The native checker's verdict on an image's tables, where it reads the files here (else the engine asks qemu-img check). */
   consistency?(file: string): Promise<ConsistencyFacts>;
+  /** What a downgrade's rules read from the image itself, where the host reads files here (else qemu-img decides, in its words). */
+  downgradeFacts?(file: string): Promise<DowngradeFacts>;
 }
 
 /** The qemu-img engine's NOT_FOUND, in the native engine's words (blockfile.ts ioError). */
@@ -121,6 +123,7 @@ export const localHost: QemuImgHost = {
   },
   remove: async (file, options) => removeImageFiles(file, options),
   consistency: async (file) => consistencyFacts(file),
+  downgradeFacts: async (file) => downgradeFacts(file),
   chain: async (file, seen) => readImageChain(file, seen),
   dependents: async (file, candidates) => findDependents(file, candidates),
 };

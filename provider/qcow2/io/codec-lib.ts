@@ -10,14 +10,24 @@
 
 type Koffi = typeof import('koffi');
 
+/** A native call made on koffi's threads: `done` hears its result on this thread (`err` set if koffi could not make it). */
+type Async<A extends unknown[], R> = (...args: [...A, (err: unknown, r: R) => void]) => void;
+
 export interface DeflateLib {
   /** libdeflate_deflate_decompress with actual_out NULL: 0 only for a stream that fills `cap` exactly. */
   decompress(d: unknown, src: Uint8Array, n: number, out: Uint8Array, cap: number, actual: null): number;
+  /** The same on koffi's threads; a decompressor serves one call at a time. */
+  decompressAsync: Async<[d: unknown, src: Uint8Array, n: number, out: Uint8Array, cap: number, actual: null], number>;
+  /** This thread's decompressor (for decompress). */
   decompressor: unknown;
+  /** A new decompressor (libdeflate_alloc_decompressor), for calls made at once. */
+  newDecompressor(): unknown;
 }
 
 export interface ZstdLib {
   decompress(out: Uint8Array, cap: number, src: Uint8Array, n: number): number | bigint;
+  /** The same on koffi's threads (ZSTD_decompress makes its own context per call). */
+  decompressAsync: Async<[out: Uint8Array, cap: number, src: Uint8Array, n: number], number | bigint>;
   isError(r: number | bigint): number;
   /** ZSTD_getErrorCode (70: dstSize_tooSmall). */
   errorCode(r: number | bigint): number;
@@ -70,7 +80,12 @@ export function deflateLib(): DeflateLib | undefined {
     const lib = k.load('libdeflate.so.0');
     const alloc = lib.func('void *libdeflate_alloc_decompressor()');
     const decompress = lib.func('int libdeflate_deflate_decompress(void *d, const uint8_t *in, size_t in_nbytes, uint8_t *out, size_t out_nbytes_avail, void *actual_out)');
-    return { decompress: decompress as unknown as DeflateLib['decompress'], decompressor: alloc() };
+    return {
+      decompress: decompress as unknown as DeflateLib['decompress'],
+      decompressAsync: decompress.async as DeflateLib['decompressAsync'],
+      decompressor: alloc(),
+      newDecompressor: () => alloc(),
+    };
   });
 }
 
@@ -80,8 +95,10 @@ export function zstdLib(): ZstdLib | undefined {
     const lib = k.load('libzstd.so.1');
     const isError = lib.func('unsigned int ZSTD_isError(size_t code)');
     const errorCode = lib.func('int ZSTD_getErrorCode(size_t code)');
+    const decompress = lib.func('size_t ZSTD_decompress(uint8_t *dst, size_t dst_cap, const uint8_t *src, size_t src_size)');
     return {
-      decompress: lib.func('size_t ZSTD_decompress(uint8_t *dst, size_t dst_cap, const uint8_t *src, size_t src_size)') as unknown as ZstdLib['decompress'],
+      decompress: decompress as unknown as ZstdLib['decompress'],
+      decompressAsync: decompress.async as ZstdLib['decompressAsync'],
       isError: (r) => isError(r) as number,
       errorCode: (r) => errorCode(r) as number,
       createCCtx: lib.func('void *ZSTD_createCCtx()') as unknown as ZstdLib['createCCtx'],

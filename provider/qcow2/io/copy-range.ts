@@ -27,14 +27,14 @@ const KERNEL_CHUNK = 1 << 30;
 /** The calls this module makes; tests give refusing or short-copying ones. */
 export type CopyCalls = Pick<Libc, 'copyFileRange' | 'copyFileRangeAsync'>;
 
-/** Bytes copied each way so far (for tests and diagnostics). */
-export interface CopyStats { kernel: number; fallback: number }
+/** Bytes copied each way so far, and copy_file_range calls that copied (for tests and diagnostics). */
+export interface CopyStats { kernel: number; fallback: number; calls: number }
 
 /** The process's totals over every RangeCopier (an import makes its own). */
-export const copyTotals: CopyStats = { kernel: 0, fallback: 0 };
+export const copyTotals: CopyStats = { kernel: 0, fallback: 0, calls: 0 };
 
 export class RangeCopier {
-  readonly stats: CopyStats = { kernel: 0, fallback: 0 };
+  readonly stats: CopyStats = { kernel: 0, fallback: 0, calls: 0 };
   private readonly refused = new Set<string>();
   private noKernel = false;
   private buffers: Buffer[] = [];
@@ -63,6 +63,8 @@ export class RangeCopier {
         done += r;
         this.stats.kernel += r;
         copyTotals.kernel += r;
+        this.stats.calls++;
+        copyTotals.calls++;
         continue;
       }
       if (r < 0 && UNSUPPORTED.has(-r)) {

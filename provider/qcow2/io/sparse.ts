@@ -37,6 +37,21 @@ export function punchHoleFd(fd: number | undefined, file: BlockFile, offset: num
   writeZeros(file, offset, length);
 }
 
+/** fallocate(2) FALLOC_FL_ZERO_RANGE. */
+const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/**
+ * Make [offset, offset+length) read as zeros the way QEMU's write-zeroes of a file does it
+ * (file-posix handle_aiocb_write_zeroes): fallocate(ZERO_RANGE), which also extends the file;
+ * where that is not available (no fd, another file system), zeros are written.
+ */
+export function zeroRange(file: BlockFile, offset: number, length: number): void {
+  if (length <= 0) return;
+  const b = libc();
+  if (b !== undefined && file.fd !== undefined && b.fallocate(file.fd, FALLOC_FL_ZERO_RANGE, offset, length) === 0) return;
+  writeZeros(file, offset, length, true);
+}
+
 const ZERO_CHUNK = 1 << 20;
 let zeroBuf: Buffer | undefined;
 

@@ -5,12 +5,12 @@
 //   1. the data file grows (if it must): the old image does not look past its old size;
 //   2. every new metadata cluster (L2 tables, L1, refcount blocks and table, zero clusters) goes
 //      to clusters that are free in the old image, so the old image cannot see them;
-//      ZERO_ALLOC clusters expanded by a downgrade are zeroed in place: they read as zeros in
-//      the old image whatever they hold;
 //   3. flush; then the header is rewritten in one write of at most 4 KiB (one page): the commit
 //      (meta/header-commit.ts);
 //   4. flush; then what only the new image allows: shrinking the data file and the image file.
 //
+// A downgrade (compat=0.10) is not planned here: qcow2/ops/downgrade.ts edits the tables in
+// place as qemu-img does, after this plan made the amend's other changes.
 // Header-only changes (compat up, lazy refcounts, data file name, data-file-raw off, rebase -u)
 // are step 3 alone, and their bytes equal qemu-img's. Persistent bitmaps are kept as they are
 // (their clusters keep their refcounts through a rebuild), and resized with the image: stored
@@ -185,7 +185,8 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
 
   const newOrder = ch.refcountOrder ?? old.refcountOrder;
   const sizeChanges = ch.size !== undefined && ch.size !== old.size;
-  const downgrade = ch.version === 2 && old.version === 3;
+  // A downgrade is qcow2/ops/downgrade.ts's (tables edited in place); the engine plans the rest here first.
+  if (ch.version === 2 && old.version === 3) throw new Qcow2Error('UNSUPPORTED', 'A downgrade is planned by planDowngrade (qcow2/ops/downgrade.ts), not planAmend');
   const repair = img.dirty;
   const metadata = amendMovesMetadata(img, ch);
 
@@ -510,43 +511,6 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       resizeBitmaps(img, h, newSize, a, writes);
     }
 
-    /** Zero-alloc entries of a downgrade: COPIED follows the refcount once the frees are in. */
-    const copiedLater: Array<{ i: number; k: number; host: number; ci: number }> = [];
-    if (downgrade) {
-      // Expand zero clusters as QEMU does: plain ones vanish (or become real zero clusters over a
-      // backing file), allocated ones keep their cluster, zeroed, without the ZERO flag.
-      const backed = old.backingFile !== undefined;
-      for (let i = 0; i < l1.length; i++) {
-        let src = current(i);
-        if (src === undefined) continue;
-        for (let k = 0; k < g.l2Entries; k++) {
-          const e = entryAt(src, k);
-          const type = clusterTypeOf(e.hi, e.lo, fmt);
-          if (type !== 'zero-plain' && type !== 'zero-alloc') continue;
-          const t = tableFor(i);
-          src = t; // the copy holds the same entries from k on
-          if (type === 'zero-plain') {
-            if (!backed) { setEntry(t, k, NO_ENTRY); continue; }
-            const c = a.alloc(1);
-            writes.push({ offset: c * cs, data: new Uint8Array(cs) });
-            setEntry(t, k, normalEntry(c * cs));
-          } else {
-            writes.push({ offset: safeOffset(entryOf(e.hi, e.lo) & C.L2E_OFFSET_MASK), data: new Uint8Array(cs) });
-            copiedLater.push({ i, k, host: hostOffsetOf(e.hi, e.lo), ci: hostClusterOf(e.hi, e.lo, g.clusterBits) });
-          }
-        }
-      }
-      h.version = 2;
-      h.headerLength = C.QCOW2_V2_HEADER_LENGTH;
-      h.compatibleFeatures = 0n;
-      h.autoclearFeatures = 0n;
-      h.unknownFields = new Uint8Array(0);
-      if (h.compressionType !== C.QCOW2_COMPRESSION_TYPE_ZLIB) {
-        h.compressionType = C.QCOW2_COMPRESSION_TYPE_ZLIB;
-        h.incompatibleFeatures &= ~C.QCOW2_INCOMPAT_COMPRESSION;
-      }
-    }
-
     // New L2 tables, then a new L1 that points at them (the old L1 stays as it was).
     const l1Changed = copies.size > 0 || generated.size > 0 || l1Size !== old.l1Size || l1.some((e, i) => e !== l1Old[i]);
     for (const i of [...new Set([...copies.keys(), ...generated.keys()])].sort((x, y) => x - y)) {
@@ -568,9 +532,6 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     }
     // Every allocation is made: what the plan freed counts from here on.
     a.applyFrees();
-    for (const { i, k, host, ci } of copiedLater) {
-      setEntry(copies.get(i)!, k, normalEntry(host, a.get(ci) === 1));
-    }
     if (newL1 !== undefined) {
       const bytes = l1Size * 8;
       const buf = Buffer.alloc(Math.ceil(bytes / cs) * cs);
@@ -586,7 +547,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
     }
 
     if (!a.touched && newOrder === old.refcountOrder && !repair) {
-      // Nothing moved (a downgrade without zero clusters, a size change within the L1): the
+      // Nothing moved (a size change within the L1): the
       // header alone changes, exactly as qemu-img would write it.
       return { ...plan, headerOnly: writes.length === 0, commit: planHeaderCommit(h, cs, file) };
     }

@@ -48,8 +48,14 @@ const BUFFERS = DEPTH + 2;
 /** Compressed clusters this close together in the file are read with one pread. */
 const GAP = 64 << 10;
 
-/** File-to-file copies in flight at once (each up to a window's data; 1, 2 and 4 measured alike: the kernel serialises writers of one file). */
+/** File-to-file copies in flight at once (1, 2 and 4 measured alike: the kernel serialises writers of one file). */
 const COPIES = 2;
+/**
+ * Bytes one file-to-file copy may grow to: a copy that continues the one before it in both files
+ * (consecutive windows of one extent, placed one after another) joins it, up to this size.
+ * Fewer, larger copy_file_range calls: each call is a hand-over to another thread and back.
+ */
+const COPY_MAX = 8 << 20;
 /** Bytes of a cluster read first to tell data from zeros (a page). */
 const PROBE = 4096;
 
@@ -391,6 +397,14 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
     allocated++;
     return sharedBuffer(WINDOW);
   };
+  /** The file-to-file copy not yet started: the next window's may continue it. */
+  let pending: Copy | undefined;
+  const startCopy = async (c: Copy): Promise<void> => {
+    while (writing.length >= COPIES) await writing.shift();
+    const done = copier.copy(c.src, c.from, target, c.host, c.length);
+    done.catch(() => undefined);
+    writing.push(done);
+  };
   let next = 0;
   try {
     while (inflight.length > 0 || next < size) {
@@ -413,10 +427,12 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
       await ready;
       if (w.direct) {
         for (const c of placeDirect(w, dst, probe, whole ??= Buffer.allocUnsafe(dst.cs))) {
-          while (writing.length >= COPIES) await writing.shift();
-          const done = copier.copy(c.src, c.from, target, c.host, c.length);
-          done.catch(() => undefined);
-          writing.push(done);
+          if (pending !== undefined && c.src === pending.src && c.from === pending.from + pending.length && c.host === pending.host + pending.length && pending.length + c.length <= COPY_MAX) {
+            pending.length += c.length;
+            continue;
+          }
+          if (pending !== undefined) await startCopy(pending);
+          pending = c;
         }
         dst.maybeCommit();
         report?.upTo(w.offset + w.length);
@@ -432,6 +448,7 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
       dst.maybeCommit();
       report?.upTo(w.offset + w.length);
     }
+    if (pending !== undefined) await startCopy(pending);
     await Promise.all(writing);
   } catch (e) {
     await Promise.allSettled([...inflight.map((f) => f.ready), ...writing]);

@@ -32,6 +32,7 @@ export function factsOfImage(img: Image, allocated: number | bigint, fileName = 
   const snapshots = img.readSnapshots().map((s) => {
     const f: SnapshotFacts = { id: s.id, name: s.name, vmStateSize: s.vmStateSize, dateSec: s.dateSec, dateNsec: s.dateNsec, vmClockNsec: s.vmClockNsec };
     if (s.icount !== undefined && s.icount !== ICOUNT_UNKNOWN) f.icount = s.icount;
+    f.diskSize = s.diskSize ?? h.size; // qcow2_read_snapshots
     return f;
   });
   const facts: ImageFacts = {

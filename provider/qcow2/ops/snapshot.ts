@@ -174,14 +174,26 @@ class SnapshotChange {
   }
 
   /**
-   * Whether adding a reference to everything `l1` reaches would take a refcount past its
-   * width's maximum (what qcow2_update_snapshot_refcount would fail on, with EINVAL).
+   * Where adding a reference to everything `l1` reaches fails in qcow2_update_snapshot_refcount,
+   * cluster by cluster in its order (each L2 table's data clusters, then the table): 'efbig' for
+   * a cluster the refcount table could not grow to describe, 'eagain' for one without a refcount
+   * block (QEMU adds the block and returns EAGAIN, which the snapshot reports), 'overflow' for a
+   * refcount past its width's maximum (EINVAL). Undefined when every reference can be added.
    */
-  incrementOverflows(l1: BigUint64Array): boolean {
+  incrementFailure(l1: BigUint64Array): SnapshotRefcountFailure | undefined {
     const g = this.img.geometry;
+    const reftable = this.rc.reftable;
     const added = new Map<number, number>();
-    const add = (c: number, n = 1) => {
-      for (let k = c; k < c + n; k++) added.set(k, (added.get(k) ?? 0) + 1);
+    const add = (first: number, n = 1): SnapshotRefcountFailure | undefined => {
+      for (let c = first; c < first + n; c++) {
+        const ti = Math.floor(c / g.refblockEntries);
+        if (ti >= reftable.length) return Math.ceil(c / g.refblockEntries) > C.QCOW_MAX_REFTABLE_SIZE / 8 ? 'efbig' : 'eagain';
+        if ((reftable[ti]! & C.REFT_OFFSET_MASK) === 0n) return 'eagain';
+        const k = (added.get(c) ?? 0) + 1;
+        if (this.rc.get(c) + k > this.rc.max) return 'overflow';
+        added.set(c, k);
+      }
+      return undefined;
     };
     for (const e of l1) {
       const l2off = e & C.L1E_OFFSET_MASK;
@@ -190,17 +202,19 @@ class SnapshotChange {
       for (let j = 0; j < g.l2Entries; j++) {
         const hi = v.getUint32(j * this.step), lo = v.getUint32(j * this.step + 4);
         const t = clusterTypeOf(hi, lo, this.fmt);
+        let f: SnapshotRefcountFailure | undefined;
         if (t === 'compressed') {
           const r = parseCompressedEntry(entryOf(hi, lo), g.clusterBits);
-          add(r.firstCluster, r.clusters);
+          f = add(r.firstCluster, r.clusters);
         } else if (t === 'normal' || t === 'zero-alloc') {
-          add(hostClusterOf(hi, lo, g.clusterBits));
+          f = add(hostClusterOf(hi, lo, g.clusterBits));
         }
+        if (f) return f;
       }
-      add(safeOffset(l2off) / this.cs);
+      const f = add(safeOffset(l2off) / this.cs);
+      if (f) return f;
     }
-    for (const [c, n] of added) if (this.rc.get(c) + n > this.rc.max) return true;
-    return false;
+    return undefined;
   }
 
   /** The active L1 table changed in memory (written with the other tables). */
@@ -258,22 +272,26 @@ function readL1Of(img: Image, sn: Snapshot): BigUint64Array {
   return out;
 }
 
+/** How qcow2_update_snapshot_refcount fails to add a snapshot's references (see incrementFailure). */
+export type SnapshotRefcountFailure = 'overflow' | 'efbig' | 'eagain';
+
 /**
- * qcow2_snapshot_create (from qemu-img: no VM state, icount 0). Returns the new entry, or
- * 'overflow' when a refcount would exceed its width: then, as QEMU does, only the L1 table
- * copy it had already allocated is written (a leaked cluster), and nothing else changes.
+ * qcow2_snapshot_create (from qemu-img: no VM state, icount 0). Returns the new entry, or where
+ * adding the snapshot's references fails (incrementFailure): then, as QEMU does, the L1 table
+ * copy it had already allocated is written (a leaked cluster), and nothing else changes (QEMU
+ * may have added some references, or a refcount block, before failing).
  */
-export function createSnapshot(file: BlockFile, img: Image, name: string, time: SnapshotTime = wallClock(), opts: SnapshotOptions = {}): Snapshot | 'overflow' {
+export function createSnapshot(file: BlockFile, img: Image, name: string, time: SnapshotTime = wallClock(), opts: SnapshotOptions = {}): Snapshot | SnapshotRefcountFailure {
   const w = new SnapshotChange(file, img, opts);
   let idMax = 0n;
   for (const s of w.list) if (idNumber(s.id) > idMax) idMax = idNumber(s.id);
-  const overflow = w.incrementOverflows(w.l1);
+  const overflow = w.incrementFailure(w.l1);
   // The L1 copy holds the active entries as they are now (with their COPIED flags), as QEMU's does.
   const l1Offset = w.alloc(w.l1.length * 8);
   if (w.l1.length) w.addFresh(l1Offset, l1Bytes(w.l1));
   if (overflow) {
     w.commit();
-    return 'overflow';
+    return overflow;
   }
   if (w.updateRefcounts(w.l1, 1)) w.activeL1Dirty();
   const id = String(idMax + 1n);

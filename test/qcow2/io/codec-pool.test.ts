@@ -1,5 +1,5 @@
-// The codec pool (io/codecs.ts CodecPool): one set of worker threads both compresses
-// (io/compressor.ts) and decodes (ClusterDecoder), each on the same native bindings
+// The codec pool (io/codecs.ts CodecPool): worker threads that compress (io/compressor.ts), and
+// decode (ClusterDecoder) where no native decoder is installed, on the same native bindings
 // (io/codec-lib.ts); a compressor's two slots compress at once, in any order of finishing, to
 // the bytes one thread makes; a slot must be finished before it is used again.
 
@@ -27,7 +27,7 @@ function clusters(n: number): Buffer {
 const copies = (rs: Array<Uint8Array | undefined>) => rs.map((r) => (r ? Buffer.from(r) : undefined));
 
 describe.skipIf(zstdLib() === undefined)('codec pool', () => {
-  it('compression_and_decoding_share_one_pool_and_agree', async () => {
+  it('what_the_pool_compresses_decodes_back_without_more_threads', async () => {
     const input = clusters(24);
     const alone = copies(clusterCompressor('zstd', CS, 1).compress(input, CS));
     // Every cluster left to two workers of the pool.
@@ -37,7 +37,7 @@ describe.skipIf(zstdLib() === undefined)('codec pool', () => {
     expect(pooled).toEqual(alone);
     const started = codecPool().started;
     expect(started).toBeGreaterThanOrEqual(2);
-    // The same workers decode what they compressed.
+    // Decoded on koffi's threads (libzstd): no further worker starts.
     const stored = sharedBuffer(pooled.reduce((n, p) => n + (p?.length ?? 0), 0));
     const out = sharedBuffer(input.length);
     const jobs: DecodeJob[] = [];

@@ -34,6 +34,8 @@ interface Operation {
   /** bash run in the base folder: makes img.qcow2 (and its data file) with qemu-img / qemu-io. */
   setup: string;
   run: (path: string, b: AmendBehaviour) => unknown;
+  /** The resize is written in place in qemu-img's layout (ops/resize.ts), not planned as amend. */
+  inPlace?: true;
 }
 
 const IMG = 'img.qcow2';
@@ -59,6 +61,7 @@ const OPERATIONS: Operation[] = [
     name: 'shrink a preallocated image 32M -> 10M+512 (4 KiB clusters)',
     setup: and(mk('preallocation=metadata,cluster_size=4096', '32M'), io('write -P 0x55 9M 2M', 'write -P 0x66 30M 1M')),
     run: (p, b) => resizeImage(p, 10485760n + 512n, { ...b, allowShrink: true }),
+    inPlace: true,
   },
   {
     name: 'resize --preallocation=full 1000k -> 3000k, old end inside a cluster (4 KiB clusters)',
@@ -82,9 +85,59 @@ const OPERATIONS: Operation[] = [
     setup: and(mk('cluster_size=4096', '1000k'), io('write -P 0x5b 0 1000k'), `$QEMU_IMG snapshot -c s ${IMG}`),
     run: (p, b) => resizeImage(p, 2000n * 1024n, { ...b, preallocation: 'falloc' }),
   },
+  // resize in qemu-img's layout (ops/resize.ts): tables edited in place, stages committed by
+  // header writes where QEMU writes its header. Between a stage's raised refcounts and its
+  // lowered ones a crash leaks clusters, as qemu-img's own order does at the same points.
+  {
+    name: 'resize --shrink in place across L2 tables, refcount blocks dropped (4 KiB clusters)',
+    setup: and(mk('cluster_size=4096', '64M'), io('write -P 0x71 0 40M', 'write -P 0x72 60M 1M')),
+    run: (p, b) => resizeImage(p, (1n << 20n) + 512n, { ...b, allowShrink: true }),
+    inPlace: true,
+  },
+  {
+    name: 'resize --shrink in place with an internal snapshot: the shared L2 table copied (64 KiB clusters)',
+    setup: and(mk('', '1G'), io('write -P 0x73 0 1M', 'write -P 0x74 511M 2M', 'write -P 0x75 700M 64k'), `$QEMU_IMG snapshot -c s ${IMG}`),
+    run: (p, b) => resizeImage(p, 600n << 20n, { ...b, allowShrink: true }),
+    inPlace: true,
+  },
+  {
+    name: 'resize --shrink in place with an external data file (4 KiB clusters)',
+    setup: and(mk('data_file=data.raw,cluster_size=4096', '64M'), io('write -P 0x76 0 8M', 'write -P 0x77 60M 1M')),
+    run: (p, b) => resizeImage(p, 4n << 20n, { ...b, allowShrink: true }),
+    inPlace: true,
+  },
+  {
+    name: 'resize grow in place over a longer backing file: new L1 (its own commit), new ZERO L2 tables (4 KiB clusters)',
+    setup: and(`$QEMU_IMG create -q -f qcow2 base.qcow2 64M`, `$QEMU_IO -c 'write -P 0x42 0 64M' base.qcow2 >/dev/null`,
+      `$QEMU_IMG create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F qcow2 ${IMG} 3M`, io('write -P 0x21 1M 64k', 'write -P 0x22 2M 1M')),
+    run: (p, b) => resizeImage(p, 20n << 20n, b),
+    inPlace: true,
+  },
+  {
+    name: 'resize grow in place, extended L2 over a longer backing file, old end inside an owned subcluster',
+    setup: and(`$QEMU_IMG create -q -f raw base.raw 2M`, `$QEMU_IO -f raw -c 'write -P 0x99 0 2M' base.raw >/dev/null`,
+      `$QEMU_IMG create -q -f qcow2 -o extended_l2=on -b base.raw -F raw ${IMG} 503k`, io('write -P 0x11 448k 55k')),
+    run: (p, b) => resizeImage(p, 1013n * 1024n, b),
+    inPlace: true,
+  },
   {
     name: 'compat downgrade with zero clusters (4 KiB clusters)',
     setup: and(mk('cluster_size=4096', '32M'), io('write -P 0x66 0 2M', 'write -z 0 64k', 'write -z -u 512k 32k', 'write -z 4M 64k', 'write -z -u 8M 16k')),
+    run: amendOp({ compat: '0.10' }),
+  },
+  {
+    name: 'compat downgrade with an internal snapshot: zero clusters in the shared L2 table and in a copy, expanded in place (4 KiB clusters)',
+    setup: and(mk('cluster_size=4096', '32M'), io('write -P 0x66 0 2M', 'write -z 0 64k', 'write -z -u 512k 32k'), `$QEMU_IMG snapshot -c s1 ${IMG}`,
+      io('write -P 0x67 4M 64k', 'write -z 4M 32k', 'write -z -u 8M 16k')),
+    run: amendOp({ compat: '0.10' }),
+  },
+  {
+    // New clusters and refcount blocks: a crash after the refcounts and before the L2 tables
+    // leaves them leaked (check exit 3), as qemu-img's own order does.
+    name: 'compat downgrade over a backing file with a snapshot: plain zero clusters expanded to new clusters, new refcount blocks (512 B clusters)',
+    setup: and(`$QEMU_IMG create -q -f qcow2 base.qcow2 4M`, `$QEMU_IO -c 'write -P 0x42 0 4M' base.qcow2 >/dev/null`,
+      `$QEMU_IMG create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 ${IMG} 4M`, io('write -P 0x31 1M 96k', 'write -z -u 0 16k'),
+      `$QEMU_IMG snapshot -c s1 ${IMG}`, io('write -z -u 2M 16k')),
     run: amendOp({ compat: '0.10' }),
   },
   {
@@ -137,7 +190,8 @@ describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})
       // The uninjected run: the new reference, and the number of mutations to walk through.
       copyDir(base, neu);
       let counter: FaultyFile | undefined;
-      inDir(neu, () => op.run(join(neu, IMG), { wrapFile: (f) => (counter = new FaultyFile(f, 0, 'none')) }));
+      const result = inDir(neu, () => op.run(join(neu, IMG), { wrapFile: (f) => (counter = new FaultyFile(f, 0, 'none')) }));
+      expect(typeof result === 'object' && result !== null && 'stages' in result, 'written in place (ops/resize.ts)').toBe(op.inPlace === true);
       const mutations = counter?.mutations ?? 0;
       const ref: Reference = { dir: neu, info: infoOf(neu) };
       expect(checkOf(neu).status, 'the uninjected result must be clean').toBe(0);
@@ -175,24 +229,25 @@ describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})
     expect(total).toBeGreaterThanOrEqual(200);
   });
 
-  it('kill -9 of the CLI at random moments: amend -o refcount_bits=64,size=1G', async () => {
-    const trials = Number(process.env.AMEND_KILL_TRIALS ?? 40);
+  /**
+   * kill -9 of the CLI at random moments of `args` on the image `setup` makes in a folder of
+   * its own (`tag`), each outcome classified against the old image and the uninjected result.
+   */
+  async function killTrials(tag: string, setup: string, args: string[], describeImage: string, defaultTrials = 40): Promise<void> {
+    const trials = Number(process.env.AMEND_KILL_TRIALS ?? defaultTrials);
     const seed = Number(process.env.AMEND_KILL_SEED ?? 20240607);
     const rnd = prng(seed);
-    const dir = join(root, 'kill');
+    const dir = join(root, tag);
     const base = join(dir, 'base');
     const neu = join(dir, 'new');
     const trial = join(dir, 'trial');
     mkdirSync(base, { recursive: true });
-    // 512 B clusters: about 50,000 clusters in use, so the 64-bit rebuild writes ~800 refblocks,
-    // and the grow writes a 256 KiB L1: a run takes long enough to be killed in the middle.
-    shOk(and(mk('cluster_size=512', '64M'), io('write -P 0x3c 0 16M', 'write -P 0x4d 40M 8M')), base);
+    shOk(setup, base);
     const old: Reference = { dir: base, info: infoOf(base) };
-    const args = ['amend', '-o', 'refcount_bits=64,size=1G', IMG];
 
     // Half of the trials run on a "slow disk": a preload makes every fs.writeSync busy-wait
-    // 0.3 ms first (the CLI's logic is untouched), which widens the write phase from ~15 ms to
-    // ~250 ms so that more kills land between the first write and the commit.
+    // 0.3 ms first (the CLI's logic is untouched), which widens the write phase so that more
+    // kills land between the first write and the commit.
     const slowDisk = join(root, 'slow-disk.js');
     writeFileSync(slowDisk, `const fs = require('fs');\nconst w = fs.writeSync;\n` +
       `fs.writeSync = function (...a) { const end = process.hrtime.bigint() + 300000n; while (process.hrtime.bigint() < end); return w.apply(this, a); };\n`);
@@ -250,11 +305,33 @@ describe.skipIf(SKIP !== '')(`amend fault injection${SKIP ? ` (SKIPPED: ${SKIP})
         record(t, res, `kill after ${delay} ms (whole run ${whole.toFixed(0)} ms${slow ? ', slow disk' : ''})`);
       }
     }
-    const name = `kill -9 during ${args.slice(0, 3).join(' ')} (512 B clusters, 64M), seed ${seed}`;
+    const name = `kill -9 during ${args.join(' ')} (${describeImage}), seed ${seed}`;
     summary.push([`${name} [${killed} killed before exit, ${midway} of the old outcomes killed mid-write ` +
       `(file already changed); whole run ${wholes.join(', ')}]`, t]);
     expect(t.failures, t.failures.join('\n\n')).toEqual([]);
     expect(t.corrupt).toBe(0);
     expect(existsSync(join(trial, IMG))).toBe(true);
+  }
+
+  // 512 B clusters: about 50,000 clusters in use, so the 64-bit rebuild writes ~800 refblocks,
+  // and the grow writes a 256 KiB L1: a run takes long enough to be killed in the middle.
+  const KILL_IMAGE = and(mk('cluster_size=512', '64M'), io('write -P 0x3c 0 16M', 'write -P 0x4d 40M 8M'));
+
+  it('kill -9 of the CLI at random moments: amend -o refcount_bits=64,size=1G', async () => {
+    await killTrials('kill', KILL_IMAGE, ['amend', '-o', 'refcount_bits=64,size=1G', IMG], '512 B clusters, 64M');
   }, 120_000);
+
+  // In place (ops/resize.ts): the shrink commits its size first, then clears the entries of
+  // ~500 L2 tables and drops refcount blocks (kills after the commit leave the new image, at
+  // most with leaks); the grow writes a new L1 (its own commit), then ZERO tables and the size.
+  it('kill -9 of the CLI at random moments: resize --shrink in place', async () => {
+    const setup = and(mk('cluster_size=512', '24M'), io('write -P 0x3c 0 12M', 'write -P 0x4d 20M 4M'));
+    await killTrials('kill-shrink', setup, ['resize', '--shrink', IMG, '1M'], '512 B clusters, 24M', 24);
+  }, 240_000);
+
+  it('kill -9 of the CLI at random moments: resize grow in place over a longer backing file', async () => {
+    const setup = and(`$QEMU_IMG create -q -f qcow2 -o cluster_size=512 base.qcow2 64M`, `$QEMU_IO -c 'write -P 0x42 0 8M' -c 'write -P 0x43 40M 8M' base.qcow2 >/dev/null`,
+      `$QEMU_IMG create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 ${IMG} 1M`, io('write -P 0x21 0 512k'));
+    await killTrials('kill-grow', setup, ['resize', IMG, '64M'], '512 B clusters, 1M over a 64M backing file', 24);
+  }, 240_000);
 });

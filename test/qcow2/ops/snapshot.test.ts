@@ -155,6 +155,19 @@ describe.skipIf(SKIP !== '')(`internal snapshots against qemu-img${SKIP ? ` (SKI
     expect(ours.status).toBe(theirs.status);
     expect(ours.stderr.replace(/^qcow2:/, 'qemu-img:')).toBe(theirs.stderr);
     expect(firstDifference(join(d, 'r1.qcow2'), join(d, 'r1-ours.qcow2'))).toBeUndefined();
+    // An L2 entry pointing past what the refcount table describes (iotest 080): a compressed
+    // cluster past the largest refcount table (EFBIG), a data cluster at 1 TiB without a refcount
+    // block (EAGAIN), in qemu-img's words.
+    shOk(and(`$QEMU_IMG create -q -f qcow2 huge.qcow2 64M`, `$QEMU_IO -c 'write 0 512' huge.qcow2 >/dev/null`), d);
+    const l2 = 0x40000; // the only L2 table of a fresh 64 MiB image with one write
+    for (const [entry, errno] of [['\\xbf\\xff\\xff\\xff\\xff\\xff\\x00\\x00', '-27 (File too large)'], ['\\x80\\x00\\x00\\xff\\xff\\xff\\x00\\x00', '-11 (Resource temporarily unavailable)']] as const) {
+      shOk(`printf '${entry}' | dd of=huge.qcow2 bs=1 seek=${l2} conv=notrunc status=none && cp huge.qcow2 huge-q.qcow2`, d);
+      const q = qemuImg(['snapshot', '-c', 'test', 'huge-q.qcow2'], d);
+      const o = await runOurs(['snapshot', '-c', 'test', 'huge.qcow2'], d);
+      expect(q.stderr).toBe(`qemu-img: Could not create snapshot 'test': ${errno}\n`);
+      expect(o.status).toBe(q.status);
+      expect(o.stderr.replace(/^qcow2:/, 'qemu-img:')).toBe(q.stderr);
+    }
   });
 
   it('a_stored_name_that_is_not_utf8_survives_a_table_rewrite_byte_for_byte', () => {
