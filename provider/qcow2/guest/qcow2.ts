@@ -422,7 +422,7 @@ export class Qcow2Image implements GuestSource {
     this.beginGuestWrite(offset, length);
     const cs = this.cs;
     const end = offset + length;
-    if ((!this.v3 && this.backing !== null) || this.extendedL2) {
+    if ((!this.v3 && this.hasBacking) || this.extendedL2) {
       // v2 has no ZERO flag: over a backing file QEMU gets -ENOTSUP and falls back to writing
       // zeros (without one, zeroing is a discard: zeroizeClusters); extended L2 images are
       // zeroed by writing zeros too, which keeps every subcluster bitmap exact.
@@ -459,6 +459,11 @@ export class Qcow2Image implements GuestSource {
   }
 
   /** qcow2_subcluster_zeroize / zero_in_l2_slice over whole clusters [from, to). */
+  /** The image has a backing file: one opened below it, or one its header names (an image opened without its chain). */
+  private get hasBacking(): boolean {
+    return this.backing !== null || (this.header.backingFile !== undefined && this.header.backingFile !== '');
+  }
+
   private zeroizeClusters(from: number, to: number, unmap: boolean): void {
     if (this.dataFileRaw) writeZeros(this.dataFile!, from, to - from);
     if (!this.v3) {

@@ -22,8 +22,12 @@ import { Qcow2Image } from '../guest/qcow2';
 import { GuestSource, ProgressFn } from '../guest/source';
 import { convertRequests } from './convert-sparse';
 
-/** Requests read into one slot of the compressor: its data clusters' guest offsets, and the progress each request completes. */
-interface Batch { slot: CompressSlot; at: number[]; marks: number[] }
+/**
+ * Requests read into one slot of the compressor: its data clusters' guest offsets, the zeros to
+ * write among them (-B: at the index of the cluster they come before), and the progress each
+ * request completes.
+ */
+interface Batch { slot: CompressSlot; at: number[]; zeros: Array<{ before: number; offset: number; length: number }>; marks: number[] }
 
 /**
  * Copy the guest view of `src` into a new, empty image as compressed clusters. `progress` counts
@@ -34,21 +38,36 @@ interface Batch { slot: CompressSlot; at: number[]; marks: number[] }
  * the other, then places the first slot's results (joining in the compression of what is left of
  * it first), so the reads and writes overlap the compression.
  */
-export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compressor: ClusterCompressor, progress?: ProgressFn, sparse?: number): void {
+export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compressor: ClusterCompressor, progress?: ProgressFn, sparse?: number,
+  over?: { backingSize?: number }): void {
   const size = Math.min(src.size, dst.size);
   const cs = dst.cs;
   // -S 0: every cluster is written, zeros too; any other -S changes nothing here.
   const full = sparse === 0;
-  const requests = convertRequests(src, size, cs, { compressed: true, ...(sparse !== undefined ? { sparse } : {}) }).filter((r) => r.kind === 'data' || (full && r.kind === 'zero'));
-  const total = requests.reduce((t, r) => t + r.n, 0);
+  // -B: what the source's top layer does not hold is left to the backing file; its zeros are
+  // written as zeros (the backing file may hold data there), as qemu-img does when the target
+  // has a backing file (no zero-init).
+  const requests = convertRequests(src, size, cs, {
+    compressed: true, ...(sparse !== undefined ? { sparse } : {}), ...(over ? { topLayer: true, ...(over.backingSize !== undefined ? { backingSize: over.backingSize } : {}) } : {}),
+  }).filter((r) => r.kind === 'data' || (r.kind === 'zero' && (full || over !== undefined)));
+  const copied = (r: (typeof requests)[number]) => r.kind === 'data' || full;
+  const total = requests.reduce((t, r) => t + (copied(r) ? r.n : 0), 0);
   let done = 0;
   progress?.(0, total);
   const place = (b: Batch): void => {
     const input = Buffer.from(b.slot.input.buffer, b.slot.input.byteOffset, b.slot.input.length);
-    b.slot.finish().forEach((c, i) => {
+    const results = b.slot.finish();
+    // In guest order: each cluster after the zeros that come before it.
+    let z = 0;
+    const zerosBefore = (i: number) => {
+      for (; z < b.zeros.length && b.zeros[z]!.before <= i; z++) dst.writeZeroes(b.zeros[z]!.offset, b.zeros[z]!.length, { unmap: true });
+    };
+    results.forEach((c, i) => {
+      zerosBefore(i);
       if (c) dst.writeCompressed(b.at[i]! / cs, c);
       else dst.write(b.at[i]!, input.subarray(i * cs, i * cs + Math.min(cs, size - b.at[i]!)));
     });
+    zerosBefore(Infinity);
     dst.maybeCommit();
     for (const m of b.marks) progress?.(m, total);
   };
@@ -63,9 +82,14 @@ export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compresso
   };
   try {
     for (const r of requests) {
+      if (!copied(r)) {
+        cur ??= { slot: compressor.slot(), at: [], zeros: [], marks: [] };
+        cur.zeros.push({ before: cur.at.length, offset: r.pos, length: r.n });
+        continue;
+      }
       const whole = Math.ceil(r.n / cs) * cs;
       if (cur !== undefined && (cur.at.length * cs + whole) > cur.slot.capacity * cs) flush();
-      cur ??= { slot: compressor.slot(), at: [], marks: [] };
+      cur ??= { slot: compressor.slot(), at: [], zeros: [], marks: [] };
       // A request (at most max(2 MiB, one cluster)) always fits an empty slot (at least 4 MiB, or one cluster).
       const base = cur.at.length * cs;
       const view = Buffer.from(cur.slot.input.buffer, cur.slot.input.byteOffset + base, whole);
@@ -74,7 +98,11 @@ export function copyGuestCompressed(src: GuestSource, dst: Qcow2Image, compresso
       // The clusters with data, moved together to be compressed in one batch.
       let kept = 0;
       for (let q = 0; q < whole; q += cs) {
-        if (!full && isZeroBuffer(view, q, q + cs)) continue;
+        if (!full && isZeroBuffer(view, q, q + cs)) {
+          // A zero cluster: left out of a new image; written as zeros over a backing file.
+          if (over) cur.zeros.push({ before: cur.at.length, offset: r.pos + q, length: Math.min(cs, size - r.pos - q) });
+          continue;
+        }
         if (q !== kept * cs) view.copy(view, kept * cs, q, q + cs);
         cur.at.push(r.pos + q);
         kept++;

@@ -577,7 +577,7 @@ const special = (opts: WriteImportOptions, dst: Qcow2Image) =>
 
 /** The -B copy, convert -c's (its compressor started for the plan's compression type and closed after), or a -S copy. */
 function copySpecial(src: GuestSource, dst: Qcow2Image, plan: CreatePlan, opts: WriteImportOptions): void {
-  if (opts.topLayerOnly) {
+  if (opts.topLayerOnly && !opts.compressed) {
     copyTopLayer(src, dst, opts.progress, opts.sparse, opts.backingSize);
     return;
   }
@@ -587,7 +587,8 @@ function copySpecial(src: GuestSource, dst: Qcow2Image, plan: CreatePlan, opts: 
   }
   const compressor = clusterCompressor(plan.options.compressionType, dst.cs);
   try {
-    copyGuestCompressed(src, dst, compressor, opts.progress, opts.sparse);
+    copyGuestCompressed(src, dst, compressor, opts.progress, opts.sparse,
+      opts.topLayerOnly ? { ...(opts.backingSize !== undefined ? { backingSize: opts.backingSize } : {}) } : undefined);
   } finally {
     compressor.close();
   }
