@@ -14,6 +14,21 @@ import { Script } from 'vm';
 import type { Io } from './io';
 
 export const BUNDLE = join(__dirname, 'qcow2-bundle.js');
+
+/**
+ * Where the launcher's shell line (scripts/bundle-cli.js) keeps NODE_EXTRA_CA_CERTS while Node
+ * starts, so that Node does not load those certificates (with its whole CA store) at start-up
+ * for commands that make no TLS connection.
+ */
+export const DEFERRED_CA_CERTS = 'QCOW2_LAUNCHER_NODE_EXTRA_CA_CERTS';
+
+/** Put NODE_EXTRA_CA_CERTS back as the user set it, for the HTTPS client and child processes. */
+export function restoreExtraCaCerts(env: NodeJS.ProcessEnv): void {
+  const deferred = env[DEFERRED_CA_CERTS];
+  if (deferred === undefined) return;
+  delete env[DEFERRED_CA_CERTS];
+  env.NODE_EXTRA_CA_CERTS = deferred;
+}
 export const CODE_CACHE = join(__dirname, 'qcow2-bundle.cache');
 
 interface CommandLine {
@@ -60,6 +75,7 @@ export function main(argv: string[], io?: Io): Promise<number> {
 export const INTERRUPT_BUDGET = 16 * 67584;
 
 if (require.main === module) {
+  restoreExtraCaCerts(process.env);
   setFlagsFromString(`--interrupt-budget=${INTERRUPT_BUDGET}`);
   void main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
 }
