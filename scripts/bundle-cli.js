@@ -20,7 +20,7 @@ const esbuild = require('esbuild');
 const root = path.resolve(__dirname, '..');
 const cliDir = path.join(root, 'dist', 'provider', 'cli');
 const launcher = path.join(cliDir, 'qcow2.js');
-const { BUNDLE, CODE_CACHE, DEFERRED_CA_CERTS: DEFERRED, load } = require(launcher);
+const { BUNDLE, CODE_CACHE, DEFERRED_CA_CERTS: DEFERRED, load, setStartFlags } = require(launcher);
 
 esbuild.buildSync({
   entryPoints: [path.join(cliDir, 'main.js')],
@@ -61,6 +61,8 @@ fs.chmodSync(launcher, 0o755);
 /** Run the commands a short invocation runs, in this process, then keep what V8 compiled. */
 async function makeCodeCache() {
   fs.rmSync(CODE_CACHE, { force: true });
+  // Under the flags the launcher runs with: V8 rejects a cache made under other flags.
+  setStartFlags();
   const { cli, script } = load();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-build-'));
   const sink = { out() {}, err() {} };

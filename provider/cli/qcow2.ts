@@ -74,8 +74,16 @@ export function main(argv: string[], io?: Io): Promise<number> {
  */
 export const INTERRUPT_BUDGET = 16 * 67584;
 
+/**
+ * V8's flags for a command (INTERRUPT_BUDGET), set before the bundle is compiled: V8 accepts a
+ * code cache only under the flags it was made with, so scripts/bundle-cli.js makes it under these.
+ */
+export function setStartFlags(): void {
+  setFlagsFromString(`--interrupt-budget=${INTERRUPT_BUDGET}`);
+}
+
 if (require.main === module) {
   restoreExtraCaCerts(process.env);
-  setFlagsFromString(`--interrupt-budget=${INTERRUPT_BUDGET}`);
+  setStartFlags();
   void main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
 }
