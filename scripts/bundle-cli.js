@@ -20,7 +20,7 @@ const esbuild = require('esbuild');
 const root = path.resolve(__dirname, '..');
 const cliDir = path.join(root, 'dist', 'provider', 'cli');
 const launcher = path.join(cliDir, 'qcow2.js');
-const { BUNDLE, CODE_CACHE, DEFERRED_CA_CERTS: DEFERRED, load, setStartFlags } = require(launcher);
+const { BUNDLE, CODE_CACHE, DEFERRED_CA_CERTS: DEFERRED, INTERRUPT_BUDGET, load, setStartFlags } = require(launcher);
 
 esbuild.buildSync({
   entryPoints: [path.join(cliDir, 'main.js')],
@@ -44,11 +44,12 @@ esbuild.buildSync({
 // system bundle there; nodejs/node#40524): the launcher puts it back in process.env
 // (restoreExtraCaCerts), where the HTTPS client reads it on the first https:// source
 // (transport/http/tls.ts). Node reads the second line as the string ':' and a comment, before
-// "use strict" (both stay directives).
+// "use strict" (both stay directives). V8's flags for a command (setStartFlags) go on Node's
+// command line there, which spares the launcher loading the v8 module to set them.
 const HEAD = '#!/usr/bin/env node\n"use strict";\n';
 const SHELL = [
   `if [ -n "\${NODE_EXTRA_CA_CERTS:-}" ]; then ${DEFERRED}=$NODE_EXTRA_CA_CERTS; export ${DEFERRED}; unset NODE_EXTRA_CA_CERTS; fi`,
-  'exec node "$0" "$@"',
+  `exec node --interrupt-budget=${INTERRUPT_BUDGET} "$0" "$@"`,
 ].join('; ');
 const text = fs.readFileSync(launcher, 'utf8');
 if (text.startsWith(HEAD)) {
