@@ -65,7 +65,7 @@ function main(): number {
           freshCopy(template, dir);
           dirs[who] = dir;
           const args = ['amend', '-f', 'qcow2', '-o', opts, 'img.qcow2'];
-          const s = who === 'qemu' ? measure([QEMU_IMG, ...args], dir) : measure([process.execPath, CLI, ...args], dir);
+          const s = who === 'qemu' ? measure([QEMU_IMG, ...args], dir) : measure([CLI, ...args], dir);
           (who === 'qemu' ? theirs : ours).push(s);
         }
         if (i === 0) {

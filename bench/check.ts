@@ -33,7 +33,7 @@ process.exitCode = perRawImage('check', sizes, runs, QEMU_IMG, columns, (dir) =>
   const args = ['check', '--output=json', 'img.qcow2'];
   const r = interleaved(runs, dir, {
     qemu: [QEMU_IMG, ...args],
-    ours: [process.execPath, CLI, ...args],
+    ours: [CLI, ...args],
     engine: [process.execPath, '-e', ENGINE_ONLY, 'img.qcow2'],
   });
   const qemu = r['qemu']!, ours = r['ours']!, engine = r['engine']!;

@@ -35,7 +35,7 @@ function main(): number {
     const preload = path.join(dir, 'report-cpu.js');
     fs.writeFileSync(preload, PRELOAD);
     const img = path.join(dir, 'img.qcow2');
-    const made = spawnSync(process.execPath, [CLI, 'create', '-q', img, '1G'], { encoding: 'utf8' });
+    const made = spawnSync(CLI, ['create', '-q', img, '1G'], { encoding: 'utf8' });
     if (made.status !== 0) throw new Error(made.stderr);
     const bare: number[] = [], info: number[] = [];
     let last: Report | undefined;

@@ -6,8 +6,13 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
-/** The `qcow2` executable as installed: the bundled command line (benches run from dist/bench). */
+/**
+ * The `qcow2` executable as installed, run as a user runs it (its launcher starts `node` from
+ * PATH): the bundled command line (benches run from dist/bench).
+ */
 export const CLI = path.join(__dirname, '..', 'provider', 'cli', 'qcow2.js');
+// The launcher's `node` is the one running this bench.
+process.env.PATH = `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`;
 
 export interface Sample {
   wall: number;

@@ -167,7 +167,7 @@ async function main(): Promise<number> {
     const sum = `sha256:${crypto.createHash('sha256').update(fs.readFileSync(cloud.image)).digest('hex')}`;
     server = await startHttpServer(cloud.image);
     const curl = qemuHasCurl();
-    const ourCli = (args: string[], env: string[] = []) => ['env', ...env, process.execPath, CLI, 'convert', ...args];
+    const ourCli = (args: string[], env: string[] = []) => ['env', ...env, CLI, 'convert', ...args];
     const cases: Case[] = [
       {
         name: 'raw sparse', reference: sparse, referenceFormat: 'raw', speedup: 1, theirsLabel: 'qemu-img convert',

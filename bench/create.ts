@@ -30,7 +30,7 @@ function main(): number {
           const dir = path.join(root, `${who}-${i}`);
           fs.mkdirSync(dir);
           const args = ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${cluster},data_file=data.raw,data_file_raw=on`, 'img.qcow2', size];
-          const s = who === 'qemu' ? measure(['qemu-img', ...args], dir) : measure([process.execPath, CLI, ...args], dir);
+          const s = who === 'qemu' ? measure(['qemu-img', ...args], dir) : measure([CLI, ...args], dir);
           (who === 'qemu' ? theirs : ours).push(s);
         }
         // Same relative names in both folders, so the images must match byte for byte.

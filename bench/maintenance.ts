@@ -71,7 +71,7 @@ function pairRuns(name: string, dir: string, prepare: (tag: string) => { args: s
     const results: Record<string, { sample: Sample; result?: string }> = {};
     for (const who of order) {
       const { args, result } = prepare(`${who}${i}`);
-      const argv = who === 'qemu' ? [QEMU_IMG, ...args] : [process.execPath, CLI, ...args];
+      const argv = who === 'qemu' ? [QEMU_IMG, ...args] : [CLI, ...args];
       const sample = measure(argv, dir, ok);
       (who === 'qemu' ? qemu : ours).push(sample);
       results[who] = { sample, result };

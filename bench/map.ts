@@ -15,7 +15,7 @@ const columns = ['qemu-img CPU s', 'qcow2 CPU s', 'CPU ratio', 'qemu-img wall s'
 
 process.exitCode = perRawImage('map', sizes, runs, QEMU_IMG, columns, (dir) => {
   const args = ['map', '--output=json', 'img.qcow2'];
-  const r = interleaved(runs, dir, { qemu: [QEMU_IMG, ...args], ours: [process.execPath, CLI, ...args] });
+  const r = interleaved(runs, dir, { qemu: [QEMU_IMG, ...args], ours: [CLI, ...args] });
   const qemu = r['qemu']!, ours = r['ours']!;
   const same = qemu[0]!.stdout === ours[0]!.stdout;
   const cpu = (xs: Sample[]) => med(xs, 'cpu');

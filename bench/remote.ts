@@ -108,7 +108,7 @@ function create(sshd: Sshd, port: number, dir: string, home: string, label: stri
   const ssh = sshTo(sshd, port, home);
   for (let i = 0; i < RUNS; i++) {
     const a = next(), b = next();
-    const ours = () => native.push(measure([...env, process.execPath, CLI, 'create', '-q', '-f', 'qcow2', '-o', `data_file=${a}.raw,data_file_raw=on`, url(`${a}.qcow2`), '1T'], dir));
+    const ours = () => native.push(measure([...env, CLI, 'create', '-q', '-f', 'qcow2', '-o', `data_file=${a}.raw,data_file_raw=on`, url(`${a}.qcow2`), '1T'], dir));
     const theirs = () => qemu.push(measure([...ssh, 'qemu-img', 'create', '-q', '-f', 'qcow2', '-o', `data_file=${b}.raw,data_file_raw=on`, `${b}.qcow2`, '1T'], dir));
     if (i % 2 === 0) { ours(); theirs(); } else { theirs(); ours(); }
     for (const f of [a, b]) for (const x of ['.qcow2', '.raw']) fs.rmSync(f + x, { force: true });
@@ -138,7 +138,7 @@ async function urlSource(sshd: Sshd, dir: string, home: string): Promise<void> {
   try {
     const env = (tag: string) => ['env', `HOME=${home}`, 'SSH_AUTH_SOCK=', `PULUMI_QCOW2_CACHE_DIR=${path.join(home, `cache-${tag}`)}`];
     const ours = (port: number, out: string, tag: string) =>
-      [...env(tag), process.execPath, CLI, 'convert', '--checksum', sum, '-O', 'qcow2', server.url, `ssh://127.0.0.1:${port}${out}`];
+      [...env(tag), CLI, 'convert', '--checksum', sum, '-O', 'qcow2', server.url, `ssh://127.0.0.1:${port}${out}`];
     const ssh = sshTo(sshd, sshd.port, home);
     // The same flow by hand: download and convert here, then scp to the host (-C off, as ours).
     const scp = ['scp', ...sshOptions(sshd, home), '-P', String(sshd.port)];

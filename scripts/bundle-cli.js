@@ -20,7 +20,7 @@ const esbuild = require('esbuild');
 const root = path.resolve(__dirname, '..');
 const cliDir = path.join(root, 'dist', 'provider', 'cli');
 const launcher = path.join(cliDir, 'qcow2.js');
-const { BUNDLE, CODE_CACHE, load } = require(launcher);
+const { BUNDLE, CODE_CACHE, DEFERRED_CA_CERTS: DEFERRED, INTERRUPT_BUDGET, load, setStartFlags } = require(launcher);
 
 esbuild.buildSync({
   entryPoints: [path.join(cliDir, 'main.js')],
@@ -37,11 +37,33 @@ esbuild.buildSync({
   sourcesContent: false,
   logLevel: 'warning',
 });
+// The launcher's first two lines, as tsc wrote them, become a script that /bin/sh and Node both
+// read (the line count stays, so tsc's source map of it still holds). The shell starts Node on
+// the file itself without NODE_EXTRA_CA_CERTS, which Node 20 reads and parses at start-up with
+// its whole bundled CA store whatever the command (0.09 s of CPU on a machine that names the
+// system bundle there; nodejs/node#40524): the launcher puts it back in process.env
+// (restoreExtraCaCerts), where the HTTPS client reads it on the first https:// source
+// (transport/http/tls.ts). Node reads the second line as the string ':' and a comment, before
+// "use strict" (both stay directives). V8's flags for a command (setStartFlags) go on Node's
+// command line there, which spares the launcher loading the v8 module to set them.
+const HEAD = '#!/usr/bin/env node\n"use strict";\n';
+const SHELL = [
+  `if [ -n "\${NODE_EXTRA_CA_CERTS:-}" ]; then ${DEFERRED}=$NODE_EXTRA_CA_CERTS; export ${DEFERRED}; unset NODE_EXTRA_CA_CERTS; fi`,
+  `exec node --interrupt-budget=${INTERRUPT_BUDGET} "$0" "$@"`,
+].join('; ');
+const text = fs.readFileSync(launcher, 'utf8');
+if (text.startsWith(HEAD)) {
+  fs.writeFileSync(launcher, `#!/bin/sh\n':' /*; ${SHELL} # */; "use strict";\n${text.slice(HEAD.length)}`);
+} else if (!text.startsWith('#!/bin/sh\n')) {
+  throw new Error(`bundle-cli: ${path.relative(root, launcher)} does not start as tsc writes it`);
+}
 fs.chmodSync(launcher, 0o755);
 
 /** Run the commands a short invocation runs, in this process, then keep what V8 compiled. */
 async function makeCodeCache() {
   fs.rmSync(CODE_CACHE, { force: true });
+  // Under the flags the launcher runs with: V8 rejects a cache made under other flags.
+  setStartFlags();
   const { cli, script } = load();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow2-build-'));
   const sink = { out() {}, err() {} };

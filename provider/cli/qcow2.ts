@@ -9,11 +9,25 @@
 import { readFileSync } from 'fs';
 import { createRequire } from 'module';
 import { join } from 'path';
-import { setFlagsFromString } from 'v8';
 import { Script } from 'vm';
 import type { Io } from './io';
 
 export const BUNDLE = join(__dirname, 'qcow2-bundle.js');
+
+/**
+ * Where the launcher's shell line (scripts/bundle-cli.js) keeps NODE_EXTRA_CA_CERTS while Node
+ * starts, so that Node does not load those certificates (with its whole CA store) at start-up
+ * for commands that make no TLS connection.
+ */
+export const DEFERRED_CA_CERTS = 'QCOW2_LAUNCHER_NODE_EXTRA_CA_CERTS';
+
+/** Put NODE_EXTRA_CA_CERTS back as the user set it, for the HTTPS client and child processes. */
+export function restoreExtraCaCerts(env: NodeJS.ProcessEnv): void {
+  const deferred = env[DEFERRED_CA_CERTS];
+  if (deferred === undefined) return;
+  delete env[DEFERRED_CA_CERTS];
+  env.NODE_EXTRA_CA_CERTS = deferred;
+}
 export const CODE_CACHE = join(__dirname, 'qcow2-bundle.cache');
 
 interface CommandLine {
@@ -59,7 +73,20 @@ export function main(argv: string[], io?: Io): Promise<number> {
  */
 export const INTERRUPT_BUDGET = 16 * 67584;
 
+/**
+ * V8's flags for a command (INTERRUPT_BUDGET), set before the bundle is compiled: V8 accepts a
+ * code cache only under the flags it was made with, so scripts/bundle-cli.js makes it under these.
+ */
+export function setStartFlags(): void {
+  const flag = `--interrupt-budget=${INTERRUPT_BUDGET}`;
+  // Given on Node's command line by the launcher's shell line: the same flags, without loading
+  // the v8 module (a few milliseconds of every command's start).
+  if (process.execArgv.includes(flag)) return;
+  (require('v8') as typeof import('v8')).setFlagsFromString(flag);
+}
+
 if (require.main === module) {
-  setFlagsFromString(`--interrupt-budget=${INTERRUPT_BUDGET}`);
+  restoreExtraCaCerts(process.env);
+  setStartFlags();
   void main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
 }

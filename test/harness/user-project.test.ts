@@ -3,6 +3,7 @@
 // run it (test/harness/engine.ts). Then the folder moves: the same state refreshes and destroys
 // from the moved copy, and the state never names the project's folder.
 
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -83,5 +84,22 @@ describe('a fresh project with only the tarball and @pulumi/pulumi installed', (
     expect(destroy.ops).toEqual({ vm: 'delete', base: 'delete' });
     expect(fs.readdirSync(images)).toEqual([]);
     expect(there.readState().resources).toEqual([]);
+  }, HANG_MS);
+
+  // The command line as npm installs it: node_modules/.bin/qcow2, a link to the package's
+  // executable, run by its shell line (which starts Node without NODE_EXTRA_CA_CERTS: a file
+  // Node could not read would show as a warning at start-up).
+  it('runs the installed qcow2 executable from node_modules/.bin', async () => {
+    const dir = await projectCopy(source, path.join(work, 'cli-project'), await bareInstall());
+    const bin = path.join(dir, 'node_modules', '.bin', 'qcow2');
+    expect(fs.lstatSync(bin).isSymbolicLink()).toBe(true);
+    const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, NODE_EXTRA_CA_CERTS: path.join(dir, 'no-such-ca.pem') };
+    const run = (args: string[]) => spawnSync(bin, args, { cwd: dir, env, encoding: 'utf8' });
+    const made = run(['create', '-q', '-f', 'qcow2', 'cli.qcow2', '64M']);
+    expect(made.status, made.stderr).toBe(0);
+    const info = run(['info', 'cli.qcow2']);
+    expect(info.status, info.stderr).toBe(0);
+    expect(info.stdout).toContain('virtual size: 64 MiB (67108864 bytes)');
+    expect(info.stderr).toBe('');
   }, HANG_MS);
 });

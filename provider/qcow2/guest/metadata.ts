@@ -98,6 +98,19 @@ export class Qcow2Metadata {
     return t === undefined ? NO_ENTRY : readL2Entry(t.view, gc % this.g.l2Entries, this.fmt.extendedL2);
   }
 
+  /** The L2 entries of guest clusters gc..gc+n-1, one table lookup per L2 table they span. */
+  entries(gc: number, n: number): L2Halves[] {
+    const per = this.g.l2Entries;
+    const out: L2Halves[] = new Array<L2Halves>(n);
+    for (let i = 0; i < n;) {
+      const c = gc + i;
+      const stop = Math.min(n, i + per - (c % per));
+      const t = this.l2Table(Math.floor(c / per));
+      for (; i < stop; i++) out[i] = t === undefined ? NO_ENTRY : readL2Entry(t.view, (gc + i) % per, this.fmt.extendedL2);
+    }
+    return out;
+  }
+
   typeOf(e: L2Halves): ClusterType {
     return clusterTypeOf(e.hi, e.lo, this.fmt);
   }
@@ -148,6 +161,27 @@ export class Qcow2Metadata {
     const t = this.l2ForWrite(l1i);
     writeL2Entry(t.view, gc % this.g.l2Entries, this.fmt.extendedL2, e);
     this.l2.markDirty(this.l2Offset(l1i));
+  }
+
+  /**
+   * setEntry for each of guest clusters gc..gc+n-1 that `pick(i)` gives an entry for, in order:
+   * each L2 table readied (l2ForWrite) when its first entry is set, and looked up once.
+   */
+  setEntries(gc: number, n: number, pick: (i: number) => L2Halves | undefined): void {
+    const per = this.g.l2Entries;
+    for (let i = 0; i < n;) {
+      const c = gc + i;
+      const l1i = Math.floor(c / per);
+      const stop = Math.min(n, i + per - (c % per));
+      let t: Table | undefined;
+      for (; i < stop; i++) {
+        const e = pick(i);
+        if (e === undefined) continue;
+        t ??= this.l2ForWrite(l1i);
+        writeL2Entry(t.view, (gc + i) % per, this.fmt.extendedL2, e);
+      }
+      if (t !== undefined) this.l2.markDirty(this.l2Offset(l1i));
+    }
   }
 
   /**

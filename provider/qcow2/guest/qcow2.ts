@@ -390,11 +390,14 @@ export class Qcow2Image implements GuestSource {
     const length = Math.min(n * cs, this.size - gc * cs);
     this.checkRange(gc * cs, length, 'Write');
     let fresh = 0;
-    for (let c = gc; c < gc + n; c++) {
-      const e = this.meta.entry(c);
+    const entries = this.meta.entries(gc, n);
+    const unallocated = new Uint8Array(n);
+    for (let i = 0; i < n; i++) {
+      const e = entries[i]!;
       const t = this.meta.typeOf(e);
+      if (t === 'unallocated') unallocated[i] = 1;
       if (t === 'unallocated' && (!this.extendedL2 || e.allocBits === 0)) fresh++;
-      else if (!(this.hasDataFile && t === 'normal' && this.meta.owns(e) && this.meta.hostOf(e) === c * cs && (!this.extendedL2 || e.allocBits === SUBCLUSTERS_ALL))) return undefined;
+      else if (!(this.hasDataFile && t === 'normal' && this.meta.owns(e) && this.meta.hostOf(e) === (gc + i) * cs && (!this.extendedL2 || e.allocBits === SUBCLUSTERS_ALL))) return undefined;
     }
     this.beginGuestWrite(gc * cs, length);
     let host: number;
@@ -405,7 +408,10 @@ export class Qcow2Image implements GuestSource {
       for (let c = gc; c < gc + n; c += this.g.l2Entries - (c % this.g.l2Entries)) this.meta.l2ForWrite(Math.floor(c / this.g.l2Entries));
       host = this.meta.allocClusters(n) * cs;
     }
-    if (fresh > 0) for (let i = 0; i < n; i++) if (this.meta.typeOf(this.meta.entry(gc + i)) === 'unallocated') this.setEntry(gc + i, this.ownedEntry(host + i * cs));
+    if (fresh > 0) {
+      this.meta.setEntries(gc, n, (i) => (unallocated[i] === 1 ? this.ownedEntry(host + i * cs) : undefined));
+      this.compressedCache = undefined;
+    }
     this.meta.noteDataWritten();
     return host;
   }

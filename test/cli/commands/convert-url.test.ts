@@ -1,4 +1,4 @@
-// `qcow2 convert` from an https URL, as a user runs it: the built CLI in its own process, the
+// `qcow2 convert` from an https URL, as a user runs it: the `qcow2` executable, the
 // test CA trusted through NODE_EXTRA_CA_CERTS, the cache through PULUMI_QCOW2_CACHE_DIR; the
 // second convert is served from the cache (no request at the server); -p prints qemu-img's
 // (x/100%) lines although standard output is a pipe; a bad checksum exits 1 leaving nothing.
@@ -10,7 +10,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scratchBase, skipWithoutTools, tool } from '../../engines/helpers';
 import { bytes, filesUnder, makeTestCa, opensslMissing, sha256, startServer, TestServer } from '../../transport/http/server';
 
-const CLI = path.resolve(__dirname, '../../../dist/provider/cli/main.js');
+// The executable itself, through its launcher (which holds NODE_EXTRA_CA_CERTS back from Node's
+// start-up and gives it to the HTTPS client): the trust below goes the way a user's does.
+const CLI = path.resolve(__dirname, '../../../dist/provider/cli/qcow2.js');
+const PATH = `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`;
 const noOpenssl = opensslMissing();
 if (noOpenssl) console.warn(`[cli/convert-url] SKIPPED: ${noOpenssl}`);
 const SKIP = skipWithoutTools('cli/convert-url') || noOpenssl !== undefined;
@@ -24,10 +27,10 @@ interface Run { code: number; stdout: string; stderr: string }
 
 function qcow2(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], {
+    execFile(CLI, args, {
       cwd: root,
       encoding: 'utf8',
-      env: { PATH: process.env.PATH, HOME: root, LC_ALL: 'C', NODE_EXTRA_CA_CERTS: caFile, PULUMI_QCOW2_CACHE_DIR: path.join(root, 'cache'), ...env },
+      env: { PATH, HOME: root, LC_ALL: 'C', NODE_EXTRA_CA_CERTS: caFile, PULUMI_QCOW2_CACHE_DIR: path.join(root, 'cache'), ...env },
     }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
   });
 }

@@ -22,8 +22,11 @@ export function validateMappings(img: Qcow2Image): void {
     }
     const t = meta.l2Table(i)!;
     for (let k = 0; k < g.l2Entries; k++) {
-      const hi = entryHi(t.view, k * g.l2EntrySize);
-      const lo = entryLo(t.view, k * g.l2EntrySize);
+      const at = k * g.l2EntrySize;
+      // An entry of all zero bits maps nothing (most of a sparse image's): skipped unread.
+      if (t.view.getUint32(at) === 0 && t.view.getUint32(at + 4) === 0) continue;
+      const hi = entryHi(t.view, at);
+      const lo = entryLo(t.view, at);
       const type = clusterTypeOf(hi, lo, meta.fmt);
       if (type === 'compressed') {
         if (img.hasDataFile) throw invalidImage(`'${img.fileName}': compressed cluster in an image with an external data file`);
