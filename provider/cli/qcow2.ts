@@ -3,8 +3,12 @@
 // qcow2-bundle.js (scripts/bundle-cli.js), with V8's code cache for that file, qcow2-bundle.cache,
 // made when the package was built: V8 then neither parses the bundle nor compiles the functions a
 // read command runs, which is most of what `qcow2 info` costs beyond Node's own start-up
-// (bench/cli-startup.ts). A cache V8 rejects (another Node version, or none there) only costs
-// that time back: the bundle is compiled from its source as usual.
+// (bench/cli-startup.ts). A cache V8 rejects (another Node version, other V8 flags, or none
+// there) only costs that time back: the bundle is compiled from its source as usual.
+//
+// The build rewrites this file's first two lines into a POSIX shell line (scripts/bundle-cli.js):
+// run as an executable, `sh` starts Node on this file with the command's V8 flags and without
+// NODE_EXTRA_CA_CERTS, which restoreExtraCaCerts puts back before the command runs.
 
 import { readFileSync } from 'fs';
 import { createRequire } from 'module';
@@ -13,6 +17,7 @@ import { Script } from 'vm';
 import type { Io } from './io';
 
 export const BUNDLE = join(__dirname, 'qcow2-bundle.js');
+export const CODE_CACHE = join(__dirname, 'qcow2-bundle.cache');
 
 /**
  * Where the launcher's shell line (scripts/bundle-cli.js) keeps NODE_EXTRA_CA_CERTS while Node
@@ -28,7 +33,6 @@ export function restoreExtraCaCerts(env: NodeJS.ProcessEnv): void {
   delete env[DEFERRED_CA_CERTS];
   env.NODE_EXTRA_CA_CERTS = deferred;
 }
-export const CODE_CACHE = join(__dirname, 'qcow2-bundle.cache');
 
 interface CommandLine {
   main(argv: string[], io?: Io): Promise<number>;
