@@ -60,6 +60,26 @@ describe('the qcow2 executable', () => {
     expect(Object.keys(after).filter((k) => k.startsWith('QCOW2_LAUNCHER'))).toEqual([]);
   });
 
+  // The shell line passes its arguments on as they came: spaces, quotes, globs, dollars, an
+  // empty one, and the launcher reached through a folder whose name has them too.
+  it('passes_every_argument_through_its_shell_line_unchanged', () => {
+    const odd = path.join(dir, "a dir with 'quotes' $HOME *");
+    fs.mkdirSync(odd, { recursive: true });
+    const link = path.join(odd, 'qcow2 link');
+    fs.symlinkSync(BIN, link);
+    const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` };
+    const name = "disk 'one' $HOME *.qcow2";
+    const made = spawnSync(link, ['create', '-q', '-f', 'qcow2', name, '16M'], { cwd: odd, env, encoding: 'utf8' });
+    expect(made.status, made.stderr).toBe(0);
+    expect(fs.readdirSync(odd).sort()).toEqual([name, 'qcow2 link'].sort());
+    const info = spawnSync(link, ['info', '--output=json', name], { cwd: odd, env, encoding: 'utf8' });
+    expect(info.status, info.stderr).toBe(0);
+    expect((JSON.parse(info.stdout) as { filename: string })['filename']).toBe(name);
+    const empty = spawnSync(link, ['info', ''], { cwd: odd, env, encoding: 'utf8' });
+    expect(empty.status).toBe(1);
+    expect(empty.stderr).not.toContain('qcow2 link');
+  });
+
   it('info_loads_one_module_of_this_package_and_no_dependency', () => {
     expect(run(['create', '-q', 'img.qcow2', '1G'], dir).status).toBe(0);
     const r = run(['info', 'img.qcow2'], dir);
