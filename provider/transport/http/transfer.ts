@@ -4,6 +4,7 @@
 
 import { Qcow2Error } from '../../model/errors';
 import { discard, header, HttpClient, isTransient, networkError, statusError, transientError } from './client';
+import { ChunkCollector } from './collect';
 import { redactUrl } from './url';
 
 /** Bytes received so far and the size the server declared (absent when it did not say). */
@@ -161,6 +162,7 @@ export async function transfer(client: HttpClient, url: URL, sink: Sink, options
       }
       await options.onResumeState?.(state);
       options.onProgress?.({ received: sink.offset, ...(total !== undefined ? { total } : {}) });
+      const collector = new ChunkCollector();
       try {
         for await (const chunk of res.body as AsyncIterable<Buffer>) {
           const end = sink.offset + chunk.length;
@@ -171,6 +173,7 @@ export async function transfer(client: HttpClient, url: URL, sink: Sink, options
           }
           if (cap !== undefined && end > cap) throw tooLarge(url, cap);
           await sink.write(chunk);
+          collector.received(chunk.length);
           options.onProgress?.({ received: sink.offset, ...(total !== undefined ? { total } : {}) });
         }
       } catch (e) {
