@@ -4,10 +4,10 @@
 // fast download allocates little else: a 478 MiB download from 127.0.0.1 held 27 to 32 MiB of
 // dead chunks at its peak (process.memoryUsage().arrayBuffers), and malloc's arenas kept what
 // they had grown to. A young-generation collection (a scavenge, over the few objects alive)
-// every COLLECT_EVERY bytes frees them as they die: the URL import's peak RSS went from 95-97 to
-// 88-89 MiB, now set by the conversion that follows, not the download (2 MiB measured the same;
-// 8 MiB 94-96; 16 MiB 108-110, malloc's arenas growing between collections), for no measurable
-// CPU.
+// every COLLECT_EVERY bytes frees them as they die: the URL import's peak RSS went from 95-99.5
+// to 88.5-91.9 MiB, set by the end of the download or the conversion that follows (2 MiB
+// measured the same; 8 MiB 94-96; 16 MiB 108-110, malloc's arenas growing between
+// collections), for no measurable CPU.
 //
 // Node has no API for a collection: the function is the one V8 exposes under --expose-gc, taken
 // from a new context after setting that flag at run time (as Jest's leak detector does). Where
