@@ -141,6 +141,27 @@ export function validateDowngradeZeroClusters(shared: { hostOffset: number } | u
 }
 
 /**
+ * Growing over a longer backing file from an old end inside a cluster: QEMU zeroes the rest of
+ * that cluster. With subclusters it marks them zero, which a compressed cluster cannot hold
+ * (qemu-img refuses too); otherwise it writes zeros by copy-on-write when the image does not own
+ * the cluster alone, which the native engine does not do in place. `end`: the old end's cluster,
+ * as the resize planners find it in the tables.
+ */
+export function validateGrowOverBackingEnd(end: { compressedSubclusters?: boolean; owned?: boolean }): Refusal | undefined {
+  if (end.compressedSubclusters) {
+    return { property: 'size', message: 'Cannot grow this image over a longer backing file: its old end is inside a compressed cluster, which cannot hold zero subclusters (qemu-img refuses too)' };
+  }
+  if (end.owned === false) {
+    return {
+      property: 'size',
+      message: 'Cannot grow this image over a longer backing file with the native engine: its old end is inside a cluster the image does not own (unallocated, shared with a snapshot, compressed or zero), ' +
+        'whose rest qemu-img fills by copy-on-write. Use the qemu-img engine, or resize to a multiple of the cluster size first',
+    };
+  }
+  return undefined;
+}
+
+/**
  * A change that moves metadata (a size change, a refcount width, a downgrade, a safe rebase)
  * on an image check calls corrupt would build on broken tables and spread the damage (one
  * overlapping L2 entry became thousands of refcount errors). Refused, the image unchanged;

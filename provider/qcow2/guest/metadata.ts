@@ -27,15 +27,13 @@ import { Geometry } from '../spec/geometry';
 import { Header, encodeHeader } from '../spec/header';
 import { encodeL1Entry } from '../spec/l1';
 import {
-  ClusterType, L2Format, L2Halves, L2_HI_COPIED, clusterTypeOf, hostOffsetIsSafe, hostOffsetOf, parseCompressedEntry,
+  ClusterType, L2Format, L2Halves, NO_L2_ENTRY, L2_HI_COPIED, clusterTypeOf, hostOffsetIsSafe, hostOffsetOf, parseCompressedEntry,
   entryOf, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { Image, safeOffset } from '../meta/image';
 import { planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { FreePolicy, TableRefcounts } from '../meta/refcount';
 import { Table, TableCache } from '../meta/tables';
-
-const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 
 export class Qcow2Metadata {
   readonly g: Geometry;
@@ -95,7 +93,7 @@ export class Qcow2Metadata {
   /** The L2 entry of guest cluster `gc`. */
   entry(gc: number): L2Halves {
     const t = this.l2Table(Math.floor(gc / this.g.l2Entries));
-    return t === undefined ? NO_ENTRY : readL2Entry(t.view, gc % this.g.l2Entries, this.fmt.extendedL2);
+    return t === undefined ? NO_L2_ENTRY : readL2Entry(t.view, gc % this.g.l2Entries, this.fmt.extendedL2);
   }
 
   /** The L2 entries of guest clusters gc..gc+n-1, one table lookup per L2 table they span. */
@@ -106,7 +104,7 @@ export class Qcow2Metadata {
       const c = gc + i;
       const stop = Math.min(n, i + per - (c % per));
       const t = this.l2Table(Math.floor(c / per));
-      for (; i < stop; i++) out[i] = t === undefined ? NO_ENTRY : readL2Entry(t.view, (gc + i) % per, this.fmt.extendedL2);
+      for (; i < stop; i++) out[i] = t === undefined ? NO_L2_ENTRY : readL2Entry(t.view, (gc + i) % per, this.fmt.extendedL2);
     }
     return out;
   }

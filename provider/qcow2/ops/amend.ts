@@ -24,12 +24,13 @@ import { writeZeros } from '../io/sparse';
 import * as C from '../spec/constants';
 import { countReferences } from './check';
 import { Qcow2Error } from '../../model/errors';
+import { validateGrowOverBackingEnd } from '../../rules/amend';
 import { Geometry } from '../spec/geometry';
 import { Header } from '../spec/header';
 import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { encodeL1Entry } from '../spec/l1';
 import {
-  L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, subclusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
+  L2Halves, NO_L2_ENTRY, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, subclusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry,
   parseCompressedEntry, putNormalEntry, readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount } from '../spec/refcount';
@@ -125,7 +126,11 @@ export function firstRefcountAbove(img: Image, file: BlockFile, max: bigint): { 
   return undefined;
 }
 
-const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
+/** The rules' refusal of growing over a longer backing file from this old end, as the resize planners throw it. */
+export function oldEndRefused(end: Parameters<typeof validateGrowOverBackingEnd>[0]): Qcow2Error {
+  const r = validateGrowOverBackingEnd(end)!;
+  return new Qcow2Error('REFUSED', r.message, { property: r.property });
+}
 
 /**
  * Whether an amend writes more than the header: a size change, a new refcount width, a
@@ -282,11 +287,11 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       const headEnd = Math.min(zeroStart, newEnd);
       if (headEnd > inCluster) {
         const t = current(i);
-        const e = t ? entryAt(t, k) : NO_ENTRY;
+        const e = t ? entryAt(t, k) : NO_L2_ENTRY;
         const sc = Math.floor(inCluster / scs);
         const own = clusterTypeOf(e.hi, e.lo, fmt) === 'normal' && (e.hi & L2_HI_COPIED) !== 0 && (!ext || (e.allocBits >>> sc) & 1);
         if (!own) {
-          throw new Qcow2Error('REFUSED', "Cannot grow this image over a longer backing file with the native engine: its old end is inside a cluster the image does not own (unallocated, shared with a snapshot, compressed or zero), whose rest qemu-img fills by copy-on-write. Use the qemu-img engine, or resize to a multiple of the cluster size first", { property: 'size' });
+          throw oldEndRefused({ owned: false });
         }
         tailZeros = { offset: hostOffsetOf(e.hi, e.lo) + inCluster, length: headEnd - inCluster, inDataFile: hasData };
       }
@@ -294,7 +299,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         const t = tableFor(i);
         const e = entryAt(t, k);
         if (clusterTypeOf(e.hi, e.lo, fmt) === 'compressed') {
-          throw new Qcow2Error('REFUSED', 'Cannot grow this image over a longer backing file: its old end is inside a compressed cluster, which cannot hold zero subclusters (qemu-img refuses too)', { property: 'size' });
+          throw oldEndRefused({ compressedSubclusters: true });
         }
         let mask = 0;
         for (let sc = zeroStart / scs; sc < Math.ceil(newEnd / scs); sc++) mask |= 1 << sc;
@@ -308,7 +313,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       if (old.size % BigInt(cs) === 0n) return;
       const gc = Number(old.size / BigInt(cs));
       const t = current(Math.floor(gc / g.l2Entries));
-      const e = t ? entryAt(t, gc % g.l2Entries) : NO_ENTRY;
+      const e = t ? entryAt(t, gc % g.l2Entries) : NO_L2_ENTRY;
       if (clusterTypeOf(e.hi, e.lo, fmt) !== 'normal') throw refusePreallocOldEnd();
     };
 
@@ -327,7 +332,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
       const gc = Number(old.size / BigInt(cs));
       const i = Math.floor(gc / g.l2Entries), k = gc % g.l2Entries;
       const t0 = current(i);
-      const e = t0 ? entryAt(t0, k) : NO_ENTRY;
+      const e = t0 ? entryAt(t0, k) : NO_L2_ENTRY;
       const type = clusterTypeOf(e.hi, e.lo, fmt);
       if (type === 'compressed') throw refusePreallocOldEnd();
       const scs = ext ? cs / 32 : cs;
@@ -504,7 +509,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
             const e = entryAt(t, k);
             if (e.hi === 0 && e.lo === 0 && e.allocBits === 0 && e.zeroBits === 0) continue;
             dropDataRef(e);
-            setEntry(t, k, NO_ENTRY);
+            setEntry(t, k, NO_L2_ENTRY);
           }
         }
         if (hasData) plan.dataFileShrink = Number(newSize);

@@ -31,7 +31,7 @@ import * as C from '../spec/constants';
 import { Header } from '../spec/header';
 import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
 import { readEntries } from '../spec/l1';
-import { L2Halves, clusterTypeOf, hostClusterOf, hostOffsetOf, normalEntry, readL2Entry, writeL2Entry } from '../spec/l2';
+import { NO_L2_ENTRY, clusterTypeOf, hostClusterOf, hostOffsetOf, normalEntry, readL2Entry, writeL2Entry } from '../spec/l2';
 import { writeRefcount } from '../spec/refcount';
 import { Image, safeOffset } from '../meta/image';
 import { storedRefcounts } from './amend';
@@ -51,8 +51,6 @@ export interface DowngradePlan {
 }
 
 const FMT = { dataFile: false, extendedL2: false };
-const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
-
 /** qcow2_validate_table for a snapshot's L1 table, in QEMU's words and errno. */
 function validateSnapshotL1(offset: bigint, l1Size: number, cs: number): void {
   if (l1Size > C.QCOW_MAX_L1_SIZE / 8) {
@@ -187,7 +185,7 @@ export function planDowngrade(img: Image, file: BlockFile): DowngradePlan {
       if (type === 'zero-plain') {
         changed = true;
         if (!backed) {
-          writeL2Entry(t.view, k, false, NO_ENTRY);
+          writeL2Entry(t.view, k, false, NO_L2_ENTRY);
           continue;
         }
         // Every L1 table sharing this L2 table reaches the new cluster.

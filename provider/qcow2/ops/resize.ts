@@ -59,7 +59,7 @@ import { writeZeros } from '../io/sparse';
 import * as C from '../spec/constants';
 import { HEADER_V2 } from '../spec/header';
 import {
-  L2Format, L2Halves, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry, parseCompressedEntry,
+  L2Format, L2Halves, NO_L2_ENTRY, L2_HI_COPIED, L2_LO_ZERO, SUBCLUSTERS_ALL, clusterTypeOf, entryOf, hostClusterOf, hostOffsetOf, normalEntry, parseCompressedEntry,
   readL2Entry, writeL2Entry,
 } from '../spec/l2';
 import { readRefcount, writeRefcount } from '../spec/refcount';
@@ -69,7 +69,7 @@ import { TableRefcounts } from '../meta/refcount';
 import { TableCache } from '../meta/tables';
 import { COMMIT_PAGE } from '../meta/header-commit';
 import { Geometry } from '../spec/geometry';
-import type { BackingReader, ResizePreallocation } from './amend';
+import { oldEndRefused, type BackingReader, type ResizePreallocation } from './amend';
 
 /** A write of bytes at a file offset. */
 export interface ResizeWrite { offset: number; data: Uint8Array }
@@ -115,8 +115,6 @@ export interface ResizePlan {
 
 /** The replay met a case it does not write in place; ops/amend.ts plans it instead. */
 export class NotInPlace extends Error {}
-
-const NO_ENTRY: L2Halves = { hi: 0, lo: 0, allocBits: 0, zeroBits: 0 };
 
 /**
  * Plan `qemu-img resize [--preallocation=MODE] FILE newSize` in qemu-img's layout, or throw
@@ -279,7 +277,7 @@ class Replay {
         const k = gc % E;
         const e = readL2Entry(t.view, k, this.ext);
         if (e.hi === 0 && e.lo === 0 && e.allocBits === 0 && e.zeroBits === 0) continue;
-        writeL2Entry(t.view, k, this.ext, NO_ENTRY);
+        writeL2Entry(t.view, k, this.ext, NO_L2_ENTRY);
         this.l2.markDirty(t.offset);
         this.freeAny(e, true);
       }
@@ -338,7 +336,7 @@ class Replay {
   /** The old image's guest bytes [from, to) of guest cluster gc (its own, the backing file's, zeros). */
   private oldView(gc: number, from: number, to: number): Uint8Array {
     const t = this.tableOf(gc);
-    const e = t ? readL2Entry(t.view, gc % this.g.l2Entries, this.ext) : NO_ENTRY;
+    const e = t ? readL2Entry(t.view, gc % this.g.l2Entries, this.ext) : NO_L2_ENTRY;
     const type = clusterTypeOf(e.hi, e.lo, this.fmt);
     if (type === 'normal') return this.file.read(hostOffsetOf(e.hi, e.lo) + from, to - from);
     if (type === 'unallocated') return this.backing(gc * this.cs + from, to - from);
@@ -370,7 +368,7 @@ class Replay {
         if (start >= end) break;
         const gc = Math.floor(start / cs);
         const t0 = this.tableOf(gc);
-        const e = t0 ? readL2Entry(t0.view, gc % E, this.ext) : NO_ENTRY;
+        const e = t0 ? readL2Entry(t0.view, gc % E, this.ext) : NO_L2_ENTRY;
         const type = clusterTypeOf(e.hi, e.lo, this.fmt);
         const copied = (e.hi & L2_HI_COPIED) !== 0;
         if (type === 'normal' && copied) {
@@ -388,7 +386,7 @@ class Replay {
         let n = 1;
         while (gc + n <= lastGc) {
           const tn = this.tableOf(gc + n);
-          const en = tn ? readL2Entry(tn.view, (gc + n) % E, this.ext) : NO_ENTRY;
+          const en = tn ? readL2Entry(tn.view, (gc + n) % E, this.ext) : NO_L2_ENTRY;
           if (clusterTypeOf(en.hi, en.lo, this.fmt) !== 'unallocated') break;
           n++;
         }
@@ -490,7 +488,7 @@ class Replay {
       const { t, k } = this.clusterTable(gc);
       const e = readL2Entry(t.view, k, this.ext);
       if (clusterTypeOf(e.hi, e.lo, this.fmt) === 'compressed') {
-        throw new Qcow2Error('REFUSED', 'Cannot grow this image over a longer backing file: its old end is inside a compressed cluster, which cannot hold zero subclusters (qemu-img refuses too)', { property: 'size' });
+        throw oldEndRefused({ compressedSubclusters: true });
       }
       const mask = nsc >= 32 ? SUBCLUSTERS_ALL : ((((1 << nsc) >>> 0) - 1) << sc) >>> 0;
       const ne = { ...e, allocBits: (e.allocBits & ~mask) >>> 0, zeroBits: (e.zeroBits | mask) >>> 0 };
@@ -504,7 +502,7 @@ class Replay {
       const { t, k } = this.clusterTable(gc);
       const e = readL2Entry(t.view, k, this.ext);
       const compressed = clusterTypeOf(e.hi, e.lo, this.fmt) === 'compressed';
-      const ne = compressed ? { ...NO_ENTRY } : { ...e };
+      const ne = compressed ? { ...NO_L2_ENTRY } : { ...e };
       if (this.ext) ne.zeroBits = SUBCLUSTERS_ALL, ne.allocBits = 0; else ne.lo = (ne.lo | L2_LO_ZERO) >>> 0;
       if (ne.hi === e.hi && ne.lo === e.lo && ne.allocBits === e.allocBits && ne.zeroBits === e.zeroBits) continue;
       writeL2Entry(t.view, k, this.ext, ne);
@@ -520,13 +518,13 @@ class Replay {
     const gc = Number(from / cs);
     const inCluster = Number(from % cs);
     const t = this.tableOf(gc);
-    const e = t ? readL2Entry(t.view, gc % this.g.l2Entries, this.ext) : NO_ENTRY;
+    const e = t ? readL2Entry(t.view, gc % this.g.l2Entries, this.ext) : NO_L2_ENTRY;
     const scs = this.ext ? this.cs / 32 : this.cs;
     const sc = Math.floor(inCluster / scs);
     const own = clusterTypeOf(e.hi, e.lo, this.fmt) === 'normal' && (e.hi & L2_HI_COPIED) !== 0 &&
       (!this.ext || ((e.allocBits >>> sc) & 1) === 1);
     if (!own) {
-      throw new Qcow2Error('REFUSED', "Cannot grow this image over a longer backing file with the native engine: its old end is inside a cluster the image does not own (unallocated, shared with a snapshot, compressed or zero), whose rest qemu-img fills by copy-on-write. Use the qemu-img engine, or resize to a multiple of the cluster size first", { property: 'size' });
+      throw oldEndRefused({ owned: false });
     }
     this.data.inPlace.push({ offset: hostOffsetOf(e.hi, e.lo) + inCluster, data: new Uint8Array(Number(to - from)) });
   }

@@ -79,6 +79,9 @@ export function entryZeroBits(v: DataView, at: number): number {
 /** An entry as a table holds it: its halves and, with extended L2, its subcluster bits (unsigned). */
 export interface L2Halves { hi: number; lo: number; allocBits: number; zeroBits: number }
 
+/** The entry of a cluster with no L2 table: all zero bits (unallocated). Shared: never changed. */
+export const NO_L2_ENTRY: L2Halves = Object.freeze({ hi: 0, lo: 0, allocBits: 0, zeroBits: 0 });
+
 /** Entry `k` of a table. */
 export function readL2Entry(t: DataView, k: number, extendedL2: boolean): L2Halves {
   const at = k * (extendedL2 ? C.L2E_SIZE_EXTENDED : C.L2E_SIZE_NORMAL);
