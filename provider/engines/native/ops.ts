@@ -12,7 +12,7 @@ import { HostFs, localFs } from '../../qcow2/io/hostfs';
 import { createFacts, sameFile } from '../local-facts';
 import type { ImportSource } from '../engine';
 import { NotInPlace, ResizePlan, applyResize, planResizeInPlace } from '../../qcow2/ops/resize';
-import { AmendChanges, AmendPlan, BackingReader, ResizePreallocation, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
+import { AmendChanges, AmendPlan, BackingReader, OldEndRefused, ResizePreallocation, amendMovesMetadata, applyAmend, firstRefcountAbove, planAmend, upgradeRewritesSnapshots } from '../../qcow2/ops/amend';
 import { rewriteSnapshotTable } from '../../qcow2/ops/snapshot';
 import { DowngradePlan, applyDowngrade, checkSnapshotL1Tables, firstSharedZeroCluster, planDowngrade } from '../../qcow2/ops/downgrade';
 import { consistencyOf } from '../../qcow2/ops/check';
@@ -20,7 +20,7 @@ import * as C from '../../qcow2/spec/constants';
 import { Image } from '../../qcow2/meta/image';
 import type { ImageLock } from '../../qcow2/io/lock';
 import {
-  validateAmend, validateConsistent, validateDowngradeZeroClusters, validateGrowOverBacking, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
+  validateAmend, validateConsistent, validateDowngradeZeroClusters, validateGrowOverBacking, validateGrowOverBackingEnd, validateRefcountWidth, validateRebase, validateResizeRequest, validateWritable,
 } from '../../rules/amend';
 import type { AmendRequest, Refusal } from '../../rules/types';
 import { refused, sizeArg, throwIfRefused } from '../refusal';
@@ -201,6 +201,10 @@ export function runPlan(img: Image, file: BlockFile, path: string, ch: AmendChan
     const plan = planAmend(img, file, ch, df?.size(), backingLength, readBacking);
     applyAmend(file, plan, df, punch);
     return plan;
+  } catch (e) {
+    // The planners found an old end the rules refuse to grow from: their words, nothing written.
+    if (e instanceof OldEndRefused) throw refused(validateGrowOverBackingEnd(e.end)!);
+    throw e;
   } finally {
     df?.close();
   }

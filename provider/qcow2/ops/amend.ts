@@ -24,7 +24,6 @@ import { writeZeros } from '../io/sparse';
 import * as C from '../spec/constants';
 import { countReferences } from './check';
 import { Qcow2Error } from '../../model/errors';
-import { validateGrowOverBackingEnd } from '../../rules/amend';
 import { Geometry } from '../spec/geometry';
 import { Header } from '../spec/header';
 import { HeaderCommit, planHeaderCommit, writeHeaderCommit } from '../meta/header-commit';
@@ -126,10 +125,19 @@ export function firstRefcountAbove(img: Image, file: BlockFile, max: bigint): { 
   return undefined;
 }
 
-/** The rules' refusal of growing over a longer backing file from this old end, as the resize planners throw it. */
-export function oldEndRefused(end: Parameters<typeof validateGrowOverBackingEnd>[0]): Qcow2Error {
-  const r = validateGrowOverBackingEnd(end)!;
-  return new Qcow2Error('REFUSED', r.message, { property: r.property });
+/**
+ * Thrown by the resize planners (here and ops/resize.ts) at an old end that a growth over a
+ * longer backing file cannot zero in place: the fact, which engines/native/ops.ts turns into
+ * the rules' refusal (rules/amend.ts validateGrowOverBackingEnd).
+ */
+export class OldEndRefused extends Error {
+  constructor(readonly end: { compressedSubclusters?: boolean; owned?: boolean }) {
+    super('growth over a longer backing file refused at the old end');
+  }
+}
+
+export function oldEndRefused(end: OldEndRefused['end']): OldEndRefused {
+  return new OldEndRefused(end);
 }
 
 /**
