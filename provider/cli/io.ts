@@ -2,8 +2,7 @@
 // through process.stdout, whose stream machinery costs a short command more than its work), or
 // the sinks a caller running main() in-process hands over.
 
-import { writeSync } from 'fs';
-import { isatty } from 'tty';
+import { fstatSync, writeSync } from 'fs';
 
 export interface Io {
   out(text: string): void;
@@ -53,8 +52,22 @@ const STDOUT_BLOCK = 4096;
 let stdoutBlocks: boolean | undefined;
 let pendingOut = Buffer.alloc(0);
 
+/**
+ * isatty(3) of a descriptor. A terminal is a character device, so anything else (a pipe, a file:
+ * where a script or benchmark sends the output) is answered from fstat alone, without loading
+ * Node's tty module, which brings net and the stream machinery with it (3-4 ms of a command).
+ */
+export function isTerminal(fd: number): boolean {
+  try {
+    if (!fstatSync(fd).isCharacterDevice()) return false;
+  } catch {
+    return false; // closed
+  }
+  return (require('tty') as typeof import('tty')).isatty(fd);
+}
+
 function writeOut(text: string): void {
-  stdoutBlocks ??= !isatty(1);
+  stdoutBlocks ??= !isTerminal(1);
   if (!stdoutBlocks) {
     writeAll(1, text);
     return;

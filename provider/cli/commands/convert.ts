@@ -15,7 +15,7 @@ import { Exit, fail, messageOf, openPrefix, report, reportEach, warn } from '../
 import type { CreateOptions } from '../../model/options';
 import type { ImportOptions, ImportSource, SnapshotSelector } from '../../engines/engine';
 import type { OptionPair } from '../optlist';
-import { out } from '../io';
+import { isTerminal, out } from '../io';
 import { qemuProgress } from '../render/progress';
 import { redactUrl } from '../../transport/http/url';
 import { parseSize } from '../../model/size';
@@ -133,7 +133,7 @@ export async function run(argv: string[]): Promise<void> {
   if (more.length > 0) opts.moreSources = more.map((name) => importSource(name, target, o.f ?? name.format));
   if (o.n && o.c) fail('convert -n -c (compressed writes into an existing image) is not supported: convert -c into a new image');
   // qemu-img's `    (NN.NN/100%)` lines, except on a terminal, where a bar is drawn instead.
-  const bar = o.p && !o.q ? (process.stdout.isTTY ? progressBar() : qemuLines()) : undefined;
+  const bar = o.p && !o.q ? (isTerminal(1) ? progressBar() : qemuLines()) : undefined;
   if (bar) {
     // A download (not a cache hit) is the first half of the figure, the conversion the second.
     let downloadShare = 0;

@@ -11,8 +11,7 @@ import { engineFor } from '../engine';
 import { Exit, fail, messageOf, openPrefix, report, warn } from '../report';
 import { parseSizeOption } from '../../model/size';
 import { resolveBackingName } from '../../model/backing-name';
-import { isatty } from 'tty';
-import { err, out } from '../io';
+import { err, isTerminal, out } from '../io';
 import { repairDirtyFirst } from '../dirty';
 
 export const usage = 'resize [-f qcow2] [--shrink] [--preallocation=off|metadata|falloc|full] [-q] FILE [+|-]SIZE';
@@ -60,7 +59,7 @@ export async function run(argv: string[]): Promise<void> {
     // A data-file-raw image's data file changes size with it, as in qemu-img: the file the
     // header names, which may not be where the user expects. Say which one it is, to a person
     // at a terminal (scripts get qemu-img's output unchanged).
-    if (facts?.dataFileRaw && facts.dataFile && !o.q && isatty(2)) err(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
+    if (facts?.dataFileRaw && facts.dataFile && !o.q && isTerminal(2)) err(`Resizing data file '${resolveBackingName(path, facts.dataFile)}' with the image (data_file_raw).\n`);
     await engine.resize(path, size, { allowShrink: o.shrink ?? false, preallocation: prealloc });
   } catch (e) {
     if (e instanceof Exit) throw e;
