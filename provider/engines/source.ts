@@ -9,14 +9,10 @@
 // converted image travels. The HTTP client and the cache are loaded only when a source needs
 // them: a plain local file (the common import) does not pay for them.
 
-import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { pipeline } from 'stream/promises';
-import { Writable } from 'stream';
 import { Qcow2Error } from '../model/errors';
 import { libc } from '../qcow2/io/libc';
-import { decompress } from '../transport/content/decompress';
 import { Compression, ContentFormat, describeFormat, detectFileFormat } from '../transport/content/detect';
 import { parseChecksum, StreamingDigest, verifyChecksum } from '../transport/http/checksum';
 import { isHttpUrl, parseSourceUrl, redactUrl } from '../transport/http/url';
@@ -40,6 +36,14 @@ export interface LocalSource {
 }
 
 const CHUNK = 1 << 20;
+
+/** What only a compressed source needs, loaded then: Node's streams, crypto and zlib would cost every plain import several ms of start-up. */
+const streams = async () => ({
+  crypto: await import('crypto'),
+  pipeline: (await import('stream/promises')).pipeline,
+  Writable: (await import('stream')).Writable,
+  decompress: (await import('../transport/content/decompress')).decompress,
+});
 
 /** The checksum of a file, streamed. */
 async function fileDigest(file: string, algorithm: 'sha256' | 'sha512'): Promise<StreamingDigest> {
@@ -66,6 +70,7 @@ const ZERO = Buffer.alloc(64 << 10);
  * holes. At most `maxOutput` bytes; the file is removed again on any failure.
  */
 async function decompressToFile(file: string, compression: Compression, dir: string, label: string, maxOutput?: bigint): Promise<string> {
+  const { crypto, pipeline, Writable, decompress } = await streams();
   fs.mkdirSync(dir, { recursive: true });
   const out = path.join(dir, `.content-${process.pid}-${crypto.randomBytes(6).toString('hex')}`);
   const fh = await fs.promises.open(out, 'wx', 0o600);

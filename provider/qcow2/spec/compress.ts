@@ -3,7 +3,9 @@
 // fzstd, pure JS). Both stop at the cluster size and ignore the sector padding after the
 // stream, as QEMU does.
 
-import * as zlib from 'zlib';
+// zlib is loaded on the first compressed cluster: most images have none, and every command pays
+// for a module loaded at start-up.
+const zlib = () => require('zlib') as typeof import('zlib');
 import { Qcow2Error } from '../../model/errors';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './constants';
 
@@ -14,7 +16,8 @@ export function decompressCluster(data: Uint8Array, clusterSize: number, compres
     if (compressionType === QCOW2_COMPRESSION_TYPE_ZSTD) {
       out = zstdDecompress(data, clusterSize);
     } else {
-      out = zlib.inflateRawSync(data, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: clusterSize });
+      const z = zlib();
+      out = z.inflateRawSync(data, { finishFlush: z.constants.Z_SYNC_FLUSH, maxOutputLength: clusterSize });
     }
   } catch (e) {
     if (Qcow2Error.isInstance(e)) throw e;

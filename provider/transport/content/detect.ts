@@ -90,12 +90,14 @@ export function describeFormat(f: ContentFormat): string {
 
 /** Read the leading bytes of a file and detect its format. */
 export async function detectFileFormat(file: string): Promise<ContentFormat> {
-  const fh = await fs.promises.open(file, 'r');
+  // Synchronous: one read of a few hundred bytes, which through fs.promises would load that
+  // module and start libuv's threads before the import's first byte moves (5 ms of a command).
+  const fd = fs.openSync(file, 'r');
   try {
     const buf = Buffer.alloc(DETECT_BYTES);
-    const { bytesRead } = await fh.read(buf, 0, DETECT_BYTES, 0);
+    const bytesRead = fs.readSync(fd, buf, 0, DETECT_BYTES, 0);
     return detectFormat(buf.subarray(0, bytesRead));
   } finally {
-    await fh.close();
+    fs.closeSync(fd);
   }
 }

@@ -1,8 +1,11 @@
 // Checksums of downloaded sources: the `sha256:<hex>` / `sha512:<hex>` spec the user writes, and
 // a streaming digest over the bytes as they arrive.
 
-import * as crypto from 'crypto';
+import type * as Crypto from 'crypto';
 import { Qcow2Error } from '../../model/errors';
+
+/** Node's crypto, loaded when a digest starts (a plain local import has none to verify). */
+const createHash = (algorithm: string): Crypto.Hash => (require('crypto') as typeof Crypto).createHash(algorithm);
 
 /** The digests a source checksum may use. */
 export type ChecksumAlgorithm = 'sha256' | 'sha512';
@@ -54,11 +57,11 @@ export function formatChecksum(c: Checksum): string {
 
 /** A running digest over bytes received, restartable when a download starts over. */
 export class StreamingDigest {
-  private hash: crypto.Hash;
+  private hash: Crypto.Hash;
   private count = 0;
 
   constructor(readonly algorithm: ChecksumAlgorithm) {
-    this.hash = crypto.createHash(algorithm);
+    this.hash = createHash(algorithm);
   }
 
   /** Bytes hashed so far. */
@@ -73,7 +76,7 @@ export class StreamingDigest {
 
   /** Forget everything hashed (the download starts again from byte 0). */
   reset(): void {
-    this.hash = crypto.createHash(this.algorithm);
+    this.hash = createHash(this.algorithm);
     this.count = 0;
   }
 
