@@ -1,8 +1,9 @@
 // The `qcow2` executable (package.json "bin", dist/provider/cli/qcow2.js, from provider/cli/qcow2.ts)
 // runs the command line as tsc compiled it (dist/provider/cli/main.js) and every module of this
 // package it can run, bundled by esbuild into one file, dist/provider/cli/qcow2-bundle.js, with
-// V8's code cache for that file, qcow2-bundle.cache, made here. Dependencies (commander,
-// cli-progress, koffi, ...) stay in node_modules and load when a command needs them.
+// V8's code cache for that file, qcow2-bundle.cache, made here. Commander, which every command
+// runs, is bundled too (its MIT licence at the top of the bundle); the other dependencies
+// (cli-progress, koffi, ...) stay in node_modules and load when a command needs them.
 //
 // Why: a short command's cost is mostly Node's loading and V8's compiling of modules, not its
 // work. Node 20 resolves each module in JavaScript, and past half a dozen modules that resolution
@@ -22,14 +23,37 @@ const cliDir = path.join(root, 'dist', 'provider', 'cli');
 const launcher = path.join(cliDir, 'qcow2.js');
 const { BUNDLE, CODE_CACHE, DEFERRED_CA_CERTS: DEFERRED, INTERRUPT_BUDGET, load, setStartFlags } = require(launcher);
 
-esbuild.buildSync({
+const pkg = require(path.join(root, 'package.json'));
+/** Bundled from node_modules: the command-line parser, loaded by every command (10 ms of each from node_modules). */
+const BUNDLED = new Set(['commander']);
+const external = Object.keys({ ...pkg.dependencies, ...pkg.peerDependencies, ...pkg.devDependencies }).filter((d) => !BUNDLED.has(d));
+const licence = (name) => fs.readFileSync(path.join(root, 'node_modules', name, 'LICENSE'), 'utf8').trim();
+
+// Commander requires child_process at load for executable subcommands, which this command line
+// has none of; Node's child_process brings net, dgram and the stream machinery (4 ms of every
+// command). In the bundle, commander gets it on first use instead.
+const lazyChildProcess = {
+  name: 'lazy-child-process',
+  setup(build) {
+    build.onResolve({ filter: /^(node:)?child_process$/ }, (args) =>
+      /[\\/]node_modules[\\/]commander[\\/]/.test(args.importer) ? { path: 'child_process', namespace: 'lazy-builtin' } : undefined);
+    build.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, () => ({
+      contents: 'let m; module.exports = new Proxy({}, { get: (_, k) => (m ??= require("child_process"))[k] });',
+      loader: 'js',
+    }));
+  },
+};
+
+const bundled = esbuild.build({
   entryPoints: [path.join(cliDir, 'main.js')],
   outfile: BUNDLE,
   bundle: true,
   platform: 'node',
   target: 'node20',
   format: 'cjs',
-  packages: 'external',
+  external,
+  plugins: [lazyChildProcess],
+  banner: { js: [...BUNDLED].map((d) => `/*! ${d} ${require(path.join(root, 'node_modules', d, 'package.json')).version}, bundled:\n${licence(d)}\n*/`).join('\n') },
   // Whitespace only (names and syntax stay as tsc wrote them): less for V8 to scan when the
   // cache cannot be used. qcow2-bundle.js.map leads back to the TypeScript (through tsc's maps).
   minifyWhitespace: true,
@@ -82,7 +106,7 @@ async function makeCodeCache() {
   fs.writeFileSync(CODE_CACHE, script.createCachedData());
 }
 
-makeCodeCache().catch((e) => {
+bundled.then(makeCodeCache).catch((e) => {
   console.error(`bundle-cli: ${e.message}`);
   process.exitCode = 1;
 });
