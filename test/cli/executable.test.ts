@@ -16,13 +16,27 @@ const BIN = path.join(ROOT, PKG.bin.qcow2!);
 const haveQemu = qemuImgAvailable();
 if (!haveQemu && !requireQemu) console.warn('executable: qemu-img not installed; the codec-thread comparison is skipped');
 
-/** Run the executable with a preload that writes, at exit, the modules require() loaded to fd 3. */
-function run(args: string[], cwd: string): { status: number | null; stdout: string; stderr: string; modules: string[] } {
+/**
+ * Run the executable (its output to pipes) with a preload that writes, at exit, the modules
+ * require() loaded and the Node built-ins loaded after the preload, to fd 3.
+ */
+function run(args: string[], cwd: string): { status: number | null; stdout: string; stderr: string; modules: string[]; builtins: string[] } {
   const preload = path.join(cwd, 'modules.js');
-  fs.writeFileSync(preload, "process.on('exit', () => require('fs').writeSync(3, JSON.stringify(Object.keys(require.cache))));\n");
-  const r = spawnSync(process.execPath, ['-r', preload, BIN, ...args], { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr, modules: (JSON.parse(String(r.output[3])) as string[]).filter((m) => m !== preload) };
+  fs.writeFileSync(preload, [
+    'const before = new Set(process.moduleLoadList);',
+    "process.on('exit', () => require('fs').writeSync(3, JSON.stringify({ modules: Object.keys(require.cache),",
+    "  builtins: process.moduleLoadList.filter((m) => !before.has(m) && m.startsWith('NativeModule ')).map((m) => m.slice(13)) })));",
+  ].join('\n'));
+  // Through the launcher's shell line, as a user runs it (it starts Node with the V8 flags the
+  // code cache was made under, which spares loading the v8 module).
+  const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, NODE_OPTIONS: `--require ${preload}` };
+  const r = spawnSync(BIN, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+  const seen = JSON.parse(String(r.output[3])) as { modules: string[]; builtins: string[] };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, modules: seen.modules.filter((m) => m !== preload), builtins: seen.builtins };
 }
+
+/** Node built-ins a short command should not pay for (each brings the stream machinery, or is large). */
+const HEAVY_BUILTINS = ['child_process', 'net', 'tty', 'crypto', 'zlib', 'stream', 'fs/promises', 'worker_threads'];
 
 describe('the qcow2 executable', () => {
   let dir: string;
@@ -86,6 +100,17 @@ describe('the qcow2 executable', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain('virtual size: 1 GiB (1073741824 bytes)');
     expect(r.modules).toEqual([BIN]);
+    expect(r.builtins.filter((m) => HEAVY_BUILTINS.includes(m))).toEqual([]);
+  });
+
+  // A plain import (a local raw or qcow2 file, no checksum, no compression): commander runs
+  // from the bundle, and nothing loads Node's child_process (commander's, for executable
+  // subcommands), streams, crypto or zlib, which only other sources need.
+  it('a_plain_import_loads_no_stream_network_crypto_or_compression_module', () => {
+    const r = run(['convert', '-O', 'qcow2', 'img.qcow2', 'copy.qcow2'], dir);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.modules.some((m) => m.includes(`${path.sep}commander${path.sep}`))).toBe(false);
+    expect(r.builtins.filter((m) => HEAVY_BUILTINS.includes(m) && m !== 'worker_threads')).toEqual([]);
   });
 
   it('a_command_that_changes_an_image_loads_its_dependencies_from_node_modules_only', () => {
