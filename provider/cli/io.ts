@@ -2,7 +2,7 @@
 // through process.stdout, whose stream machinery costs a short command more than its work), or
 // the sinks a caller running main() in-process hands over.
 
-import { fstatSync, writeSync } from 'fs';
+import { fstatSync, Stats, statSync, writeSync } from 'fs';
 
 export interface Io {
   out(text: string): void;
@@ -54,14 +54,22 @@ let pendingOut = Buffer.alloc(0);
 
 /**
  * isatty(3) of a descriptor. A terminal is a character device, so anything else (a pipe, a file:
- * where a script or benchmark sends the output) is answered from fstat alone, without loading
- * Node's tty module, which brings net and the stream machinery with it (3-4 ms of a command).
+ * where a script or benchmark sends the output), and /dev/null, is answered by fstat alone,
+ * without loading Node's tty module, which brings net and the stream machinery with it (3-4 ms
+ * of a command).
  */
 export function isTerminal(fd: number): boolean {
+  let st: Stats;
   try {
-    if (!fstatSync(fd).isCharacterDevice()) return false;
+    st = fstatSync(fd);
   } catch {
     return false; // closed
+  }
+  if (!st.isCharacterDevice()) return false;
+  try {
+    if (st.rdev === statSync('/dev/null').rdev) return false;
+  } catch {
+    // no /dev/null here: isatty decides
   }
   return (require('tty') as typeof import('tty')).isatty(fd);
 }
