@@ -119,6 +119,39 @@ describe('the qcow2 executable', () => {
     expect(r.modules.filter((m) => !m.includes(`${path.sep}node_modules${path.sep}`))).toEqual([BIN]);
   });
 
+  // convert -p draws a progress bar on a terminal and prints qemu-img's `(x/100%)` lines
+  // anywhere else; telling them apart must not load Node's tty for a pipe, a file or /dev/null.
+  it('tells_a_terminal_from_a_pipe_a_file_and_dev_null', () => {
+    let n = 0;
+    const argv = () => ['convert', '-p', '-O', 'qcow2', 'img.qcow2', `p${n++}.qcow2`];
+    const piped = run(argv(), dir);
+    expect(piped.status, piped.stderr).toBe(0);
+    expect(piped.stdout).toContain('(100.00/100%)');
+    expect(piped.builtins).not.toContain('tty');
+    for (const target of ['/dev/null', path.join(dir, 'progress.txt')]) {
+      const preload = path.join(dir, 'builtins.js');
+      fs.writeFileSync(preload, "const b = new Set(process.moduleLoadList); process.on('exit', () => require('fs').writeSync(3, JSON.stringify(process.moduleLoadList.filter((m) => !b.has(m)))));");
+      const fd = fs.openSync(target, 'w');
+      try {
+        const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, NODE_OPTIONS: `--require ${preload}` };
+        const r = spawnSync(BIN, argv(), { cwd: dir, env, encoding: 'utf8', stdio: ['ignore', fd, 'pipe', 'pipe'] });
+        expect(r.status, r.stderr).toBe(0);
+        expect(JSON.parse(String(r.output[3])) as string[], target).not.toContain('NativeModule tty');
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    expect(fs.readFileSync(path.join(dir, 'progress.txt'), 'utf8')).toContain('(100.00/100%)');
+    // A terminal: util-linux's script(1) runs the command on a pseudo-terminal.
+    const script = spawnSync('script', ['-qec', `'${BIN}' ${argv().join(' ')}`, '/dev/null'], {
+      cwd: dir, encoding: 'utf8', env: { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` },
+    });
+    if (script.error !== undefined) return void console.warn('executable: script(1) not installed; the terminal case is skipped');
+    expect(script.status, script.stderr).toBe(0);
+    expect(script.stdout).toContain('100%');
+    expect(script.stdout).not.toContain('(100.00/100%)');
+  });
+
   // The codec threads start from the compiled tree beside the bundle (not from the sources): a
   // compressed convert and the decoding of its result, as an installed `qcow2` runs them.
   it.skipIf(!haveQemu && !requireQemu)('compresses_and_decodes_on_its_codec_threads_byte_for_byte_with_qemu_img', () => {
