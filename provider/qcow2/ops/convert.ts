@@ -49,11 +49,13 @@ const BUFFERS = DEPTH + 2;
 const GAP = 64 << 10;
 
 /**
- * File-to-file copies in flight at once. One: the kernel serialises writers of one file (ext4's
+ * Placed file-to-file copies waiting for the kernel, at most: the calling thread places no
+ * further ahead. One copy runs at a time: the kernel serialises writers of one file (ext4's
  * inode lock), and a second copy spins on that lock (rwsem_spin_on_owner: 0.08 s of CPU on a
- * 1 GiB import, 10% of the process's, for no gain in time).
+ * 1 GiB import, 10% of the process's, for no gain in time). The next starts as the last one
+ * ends (copyGuestAsync).
  */
-const COPIES = 1;
+const QUEUED_COPIES = 4;
 /**
  * Bytes one file-to-file copy may grow to: a copy that continues the one before it in both files
  * (consecutive windows of one extent, placed one after another) joins it, up to this size.
@@ -407,13 +409,38 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
     allocated++;
     return sharedBuffer(WINDOW);
   };
-  /** The file-to-file copy not yet started: the next window's may continue it. */
-  let pending: Copy | undefined;
-  const startCopy = async (c: Copy): Promise<void> => {
-    while (writing.length >= COPIES) await writing.shift();
-    const done = copier.copy(c.src, c.from, target, c.host, c.length);
-    done.catch(() => undefined);
-    writing.push(done);
+  // File-to-file copies, one at a time, in the order placed. The last one queued may still grow
+  // (the next piece placed may continue it in both files) until the kernel is free to take it:
+  // each copy starts the moment the one before it ends, so the kernel never waits for the next
+  // window to be placed, and the copies are as large as the placing keeps ahead of them.
+  const queued: Copy[] = [];
+  let copying: Promise<void> | undefined;
+  let copyFailed: { error: unknown } | undefined;
+  let copyEnded: (() => void) | undefined;
+  const nextCopy = (): void => {
+    if (copying !== undefined || copyFailed !== undefined || queued.length === 0) return;
+    const c = queued.shift()!;
+    copying = copier.copy(c.src, c.from, target, c.host, c.length).then(() => {
+      copying = undefined;
+      nextCopy();
+    }, (error: unknown) => {
+      copyFailed = { error };
+      copying = undefined;
+    }).finally(() => copyEnded?.());
+  };
+  /** Wait for a copy to end while `busy()`; a failed copy's error is thrown here. */
+  const copiesWhile = async (busy: () => boolean): Promise<void> => {
+    while (copyFailed === undefined && busy()) await new Promise<void>((resolve) => { copyEnded = resolve; });
+    if (copyFailed !== undefined) throw copyFailed.error;
+  };
+  const queueCopy = (c: Copy): void => {
+    const last = queued[queued.length - 1];
+    if (last !== undefined && c.src === last.src && c.from === last.from + last.length && c.host === last.host + last.length && last.length + c.length <= COPY_MAX) {
+      last.length += c.length;
+    } else {
+      queued.push(c);
+    }
+    nextCopy();
   };
   let next = 0;
   try {
@@ -436,14 +463,12 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
       const { w, ready } = inflight.shift()!;
       await ready;
       if (w.direct) {
-        for (const c of placeDirect(w, dst, probe, whole ??= Buffer.allocUnsafe(dst.cs))) {
-          if (pending !== undefined && c.src === pending.src && c.from === pending.from + pending.length && c.host === pending.host + pending.length && pending.length + c.length <= COPY_MAX) {
-            pending.length += c.length;
-            continue;
-          }
-          if (pending !== undefined) await startCopy(pending);
-          pending = c;
-        }
+        for (const c of placeDirect(w, dst, probe, whole ??= Buffer.allocUnsafe(dst.cs))) queueCopy(c);
+        await copiesWhile(() => queued.length > QUEUED_COPIES);
+        // Let a copy that ended start the next one now, not after the windows placed before the
+        // queue fills (only the event loop hears of it): the kernel's idle time between the
+        // copies of a flattened chain, 78 to 89 ms of its 0.4 s, became 29 to 64 ms.
+        if (copying !== undefined) await new Promise((resolve) => setImmediate(resolve));
         dst.maybeCommit();
         report?.upTo(w.offset + w.length);
         continue;
@@ -458,10 +483,11 @@ export async function copyGuestAsync(src: GuestSource, dst: Qcow2Image, progress
       dst.maybeCommit();
       report?.upTo(w.offset + w.length);
     }
-    if (pending !== undefined) await startCopy(pending);
+    await copiesWhile(() => copying !== undefined || queued.length > 0);
     await Promise.all(writing);
   } catch (e) {
-    await Promise.allSettled([...inflight.map((f) => f.ready), ...writing]);
+    queued.length = 0;
+    await Promise.allSettled([...inflight.map((f) => f.ready), ...writing, copying]);
     throw e;
   }
   report?.finish();
