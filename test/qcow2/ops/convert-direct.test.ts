@@ -9,11 +9,41 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { importImage, importImageAsync } from '../../../provider/engines/native/ops';
 import { copyTotals } from '../../../provider/qcow2/io/copy-range';
 import { libcUnavailable } from '../../../provider/qcow2/io/libc';
 import { prng, qemuImg, qemuIo, runQemuImg, skipWithoutQemuTools, tempDir } from '../guest/harness';
+
+/**
+ * When set, the next kernel copy waits this many turns of the event loop before it runs: the
+ * copies placed meanwhile queue behind it, as they do behind a copy the kernel is busy with, but
+ * counted in the importer's own steps (one turn per window placed), not in time.
+ */
+let holdNextCopy = 0;
+/** When set, the kernel copy after this many more fails with this error (as a failed thread call would). */
+let failCopy: { after: number; error: Error } | undefined;
+vi.mock('../../../provider/qcow2/io/libc', async (importOriginal) => {
+  const m = await importOriginal<typeof import('../../../provider/qcow2/io/libc')>();
+  return {
+    ...m,
+    libc: () => {
+      const l = m.libc();
+      return l && {
+        ...l,
+        copyFileRangeAsync: async (...args: Parameters<typeof l.copyFileRangeAsync>) => {
+          for (let turns = holdNextCopy, i = (holdNextCopy = 0); i < turns; i++) await new Promise((resolve) => setImmediate(resolve));
+          if (failCopy !== undefined && failCopy.after-- === 0) {
+            const { error } = failCopy;
+            failCopy = undefined;
+            throw error;
+          }
+          return l.copyFileRangeAsync(...args);
+        },
+      };
+    },
+  };
+});
 
 /** A raw file: 6 MiB of runs over 8 MiB (+ a tail of 1000 bytes), in `dir`. */
 function makeRaw(file: string): void {
@@ -76,10 +106,8 @@ describe.skipIf(skipWithoutQemuTools('direct convert') || noLibc !== undefined)(
         await importImageAsync(ours, opts, { path: src, format: fmt });
         const after = copyTotals.kernel;
         expect(after - before).toBeGreaterThan(1 << 20);
-        // Copies that continue each other join (up to 8 MiB): the raw file's 5 MiB of runs, over
-        // 7 windows of 1 MiB, in three calls (the first run is two pieces around its all-zero
-        // cluster; the second run's last, partly zero cluster goes through the buffer).
-        if (kind === 'raw' && clusterSize === undefined) expect(copyTotals.calls - calls).toBe(3);
+        // At least one call per piece that continues none before it: the raw file's three (below).
+        if (kind === 'raw' && clusterSize === undefined) expect(copyTotals.calls - calls).toBeGreaterThanOrEqual(3);
         importImage(buffered, opts, { path: src, format: fmt });
         expect(copyTotals.kernel).toBe(after); // the synchronous import copies through its buffer
         qemuImg(['convert', '-f', fmt, '-O', 'qcow2', ...(clusterSize ? ['-o', `cluster_size=${clusterSize}`] : []), src, theirs]);
@@ -87,6 +115,41 @@ describe.skipIf(skipWithoutQemuTools('direct convert') || noLibc !== undefined)(
       });
     }
   }
+
+  // The kernel takes the next copy as soon as it is free (a copy is never held back for the next
+  // window's pieces); the pieces placed while it is busy join the copy queued last when they
+  // continue it in both files, up to 8 MiB: the raw file's 5 MiB of runs, over 7 windows of 1 MiB,
+  // in three calls (the first run is two pieces around its all-zero cluster; the second run's
+  // last, partly zero cluster goes through the buffer).
+  it('copies placed while the kernel is busy join the one queued before them', async () => {
+    const src = path.join(root, 'src.raw');
+    const ours = path.join(root, 'held.ours.qcow2'), buffered = path.join(root, 'held.sync.qcow2'), theirs = path.join(root, 'held.qemu.qcow2');
+    const calls = copyTotals.calls;
+    holdNextCopy = 64;
+    await importImageAsync(ours, {}, { path: src, format: 'raw' });
+    expect(copyTotals.calls - calls).toBe(3);
+    importImage(buffered, {}, { path: src, format: 'raw' });
+    qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', src, theirs]);
+    sameImage(ours, buffered, theirs, src, 'raw');
+  });
+
+  // A copy that fails while others are placed behind it: the import ends with its error, waits
+  // for nothing left running, and leaves no file (the image was still under its temporary name).
+  it('a failed copy ends the import with its error and leaves nothing', async () => {
+    const big = path.join(root, 'big.raw');
+    const fd = fs.openSync(big, 'w');
+    const rand = prng(11);
+    const chunk = Buffer.from(Array.from({ length: 1 << 20 }, () => Math.floor(rand() * 256)));
+    for (let i = 0; i < 24; i++) fs.writeSync(fd, chunk, 0, chunk.length, i * (1 << 20));
+    fs.closeSync(fd);
+    const ours = path.join(root, 'failed.qcow2');
+    const before = fs.readdirSync(root).sort();
+    failCopy = { after: 1, error: new Error('copy refused by the test') };
+    await expect(importImageAsync(ours, {}, { path: big, format: 'raw' })).rejects.toThrow('copy refused by the test');
+    expect(failCopy).toBeUndefined(); // the second copy was the one that failed
+    expect(fs.readdirSync(root).sort()).toEqual(before);
+    fs.rmSync(big);
+  });
 
   const shm = fs.existsSync('/dev/shm') ? fs.mkdtempSync(path.join('/dev/shm', 'qcow2-convert-direct-')) : undefined;
   afterAll(() => { if (shm) fs.rmSync(shm, { recursive: true, force: true }); });
