@@ -38,7 +38,7 @@ export interface LocalSource {
 const CHUNK = 1 << 20;
 
 /** What only a compressed source needs, loaded then: Node's streams, crypto and zlib would cost every plain import several ms of start-up. */
-const streams = async () => ({
+const decompressionModules = async () => ({
   crypto: await import('crypto'),
   pipeline: (await import('stream/promises')).pipeline,
   Writable: (await import('stream')).Writable,
@@ -70,7 +70,7 @@ const ZERO = Buffer.alloc(64 << 10);
  * holes. At most `maxOutput` bytes; the file is removed again on any failure.
  */
 async function decompressToFile(file: string, compression: Compression, dir: string, label: string, maxOutput?: bigint): Promise<string> {
-  const { crypto, pipeline, Writable, decompress } = await streams();
+  const { crypto, pipeline, Writable, decompress } = await decompressionModules();
   fs.mkdirSync(dir, { recursive: true });
   const out = path.join(dir, `.content-${process.pid}-${crypto.randomBytes(6).toString('hex')}`);
   const fh = await fs.promises.open(out, 'wx', 0o600);

@@ -3,11 +3,12 @@
 // fzstd, pure JS). Both stop at the cluster size and ignore the sector padding after the
 // stream, as QEMU does.
 
+import { Qcow2Error } from '../../model/errors';
+import { QCOW2_COMPRESSION_TYPE_ZSTD } from './constants';
+
 // zlib is loaded on the first compressed cluster: most images have none, and every command pays
 // for a module loaded at start-up.
 const zlib = () => require('zlib') as typeof import('zlib');
-import { Qcow2Error } from '../../model/errors';
-import { QCOW2_COMPRESSION_TYPE_ZSTD } from './constants';
 
 /** Decompress one cluster. Throws INVALID_IMAGE (QEMU: EIO) when the data does not decode to a full cluster. */
 export function decompressCluster(data: Uint8Array, clusterSize: number, compressionType: number, at?: bigint): Buffer {
