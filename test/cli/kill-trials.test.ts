@@ -2,8 +2,10 @@
 // preallocated), create with full preallocation, convert, resize of a data-file-raw image, amend
 // and a safe rebase, each run by the `qcow2` command line in a child process killed part way.
 // After every kill:
-// - nothing is corrupt: an image at the user's path passes qemu-img check, and shows the guest
-//   data it held before or the result (qemu-img compare against a reference);
+// - nothing is corrupt: an image at the user's path passes qemu-img check (for an in-place
+//   change, leaked clusters only are allowed and counted: a kill between new clusters'
+//   refcounts and the tables that use them leaves them, as qemu-img's own order does), and
+//   shows the guest data it held before or the result (qemu-img compare against a reference);
 // - nothing stands at a user's path without its image (a data file alone, a half-written image);
 // - the next run of the same command in that folder succeeds, and afterwards no temporary file
 //   of ours is left there.
@@ -49,9 +51,19 @@ const qemuIo = (args: string[], dir: string) => {
   if (r.status !== 0) throw new Error(`qemu-io ${args.join(' ')}: ${r.stderr}`);
 };
 
-function consistent(dir: string, image: string): string {
+/** Checks that found leaked clusters only (exit 3), where an in-place change allows them. */
+let leakyChecks = 0;
+
+/**
+ * qemu-img check: exit 0, or for an in-place change (`leaksAllowed`) 3 too: leaked clusters
+ * only, which a kill between new clusters' refcounts and the tables that use them leaves, as
+ * qemu-img's own order does (README: every in-place change; the fault-injection tests allow
+ * them likewise). Counted in the figures.
+ */
+function consistent(dir: string, image: string, leaksAllowed = false): string {
   const r = qemu(['check', image], dir);
-  return r.status === 0 ? '' : `check: ${r.stdout}${r.stderr}`.slice(0, 400);
+  if (r.status === 3 && leaksAllowed) leakyChecks++;
+  return r.status === 0 || (r.status === 3 && leaksAllowed) ? '' : `check: ${r.stdout}${r.stderr}`.slice(0, 400);
 }
 
 function virtualSize(dir: string, image: string): number {
@@ -102,7 +114,7 @@ const OPERATIONS: Operation[] = [
     userFiles: ['disk.raw'],
     image: 'img.qcow2',
     verify: (dir, completed) => {
-      const bad = consistent(dir, 'img.qcow2');
+      const bad = consistent(dir, 'img.qcow2', true);
       if (bad) return bad;
       const size = virtualSize(dir, 'img.qcow2');
       if (size !== 2 ** 30 && size !== 17 * 2 ** 30) return `virtual size ${size}: neither the old nor the new`;
@@ -121,7 +133,7 @@ const OPERATIONS: Operation[] = [
     argv: ['amend', '-o', 'refcount_bits=64', 'img.qcow2'],
     userFiles: [],
     image: 'img.qcow2',
-    verify: (dir) => consistent(dir, 'img.qcow2') || sameGuestView(dir, 'ref.qcow2', 'img.qcow2'),
+    verify: (dir) => consistent(dir, 'img.qcow2', true) || sameGuestView(dir, 'ref.qcow2', 'img.qcow2'),
   },
   {
     name: 'rebase (safe, 4 MiB differing)',
@@ -136,7 +148,7 @@ const OPERATIONS: Operation[] = [
     argv: ['rebase', '-b', 'new.qcow2', '-F', 'qcow2', 'img.qcow2'],
     userFiles: [],
     image: 'img.qcow2',
-    verify: (dir) => consistent(dir, 'img.qcow2') || sameGuestView(dir, 'ref.qcow2', 'img.qcow2'),
+    verify: (dir) => consistent(dir, 'img.qcow2', true) || sameGuestView(dir, 'ref.qcow2', 'img.qcow2'),
   },
 ];
 
@@ -215,6 +227,7 @@ describe.skipIf(SKIP)('kill -9 trials', () => {
 
       const problems: string[] = [];
       let interrupted = 0, corruptions = 0, orphans = 0, temps = 0;
+      const leakyBefore = leakyChecks;
       for (let i = 0; i < TRIALS; i++) {
         const dir = path.join(scratch, `${OPERATIONS.indexOf(op)}-${i}`);
         fs.mkdirSync(dir);
@@ -254,7 +267,7 @@ describe.skipIf(SKIP)('kill -9 trials', () => {
         fs.rmSync(dir, { recursive: true, force: true });
       }
       fs.rmSync(probe, { recursive: true, force: true });
-      figures.push(`  ${op.name}: ${TRIALS} trials over ${length.toFixed(0)} ms, ${interrupted} interrupted, ${corruptions} corruptions, ${orphans} orphans, ${temps} with temporary files left`);
+      figures.push(`  ${op.name}: ${TRIALS} trials over ${length.toFixed(0)} ms, ${interrupted} interrupted, ${corruptions} corruptions, ${leakyChecks - leakyBefore} checks with leaked clusters only, ${orphans} orphans, ${temps} with temporary files left`);
       expect(problems.slice(0, 10).join('\n')).toBe('');
       // The kills must land inside the operation, not only after it.
       expect(interrupted).toBeGreaterThanOrEqual(TRIALS / 3);
