@@ -136,10 +136,6 @@ export class OldEndRefused extends Error {
   }
 }
 
-export function oldEndRefused(end: OldEndRefused['end']): OldEndRefused {
-  return new OldEndRefused(end);
-}
-
 /**
  * Whether an amend writes more than the header: a size change, a new refcount width, a
  * downgrade, or the repair of refcounts lazy refcounts left dirty. Such changes build on the
@@ -299,7 +295,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         const sc = Math.floor(inCluster / scs);
         const own = clusterTypeOf(e.hi, e.lo, fmt) === 'normal' && (e.hi & L2_HI_COPIED) !== 0 && (!ext || (e.allocBits >>> sc) & 1);
         if (!own) {
-          throw oldEndRefused({ owned: false });
+          throw new OldEndRefused({ owned: false });
         }
         tailZeros = { offset: hostOffsetOf(e.hi, e.lo) + inCluster, length: headEnd - inCluster, inDataFile: hasData };
       }
@@ -307,7 +303,7 @@ export function planAmend(img: Image, file: BlockFile, ch: AmendChanges, dataFil
         const t = tableFor(i);
         const e = entryAt(t, k);
         if (clusterTypeOf(e.hi, e.lo, fmt) === 'compressed') {
-          throw oldEndRefused({ compressedSubclusters: true });
+          throw new OldEndRefused({ compressedSubclusters: true });
         }
         let mask = 0;
         for (let sc = zeroStart / scs; sc < Math.ceil(newEnd / scs); sc++) mask |= 1 << sc;

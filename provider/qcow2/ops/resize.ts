@@ -69,7 +69,7 @@ import { TableRefcounts } from '../meta/refcount';
 import { TableCache } from '../meta/tables';
 import { COMMIT_PAGE } from '../meta/header-commit';
 import { Geometry } from '../spec/geometry';
-import { oldEndRefused, type BackingReader, type ResizePreallocation } from './amend';
+import { OldEndRefused, type BackingReader, type ResizePreallocation } from './amend';
 
 /** A write of bytes at a file offset. */
 export interface ResizeWrite { offset: number; data: Uint8Array }
@@ -488,7 +488,7 @@ class Replay {
       const { t, k } = this.clusterTable(gc);
       const e = readL2Entry(t.view, k, this.ext);
       if (clusterTypeOf(e.hi, e.lo, this.fmt) === 'compressed') {
-        throw oldEndRefused({ compressedSubclusters: true });
+        throw new OldEndRefused({ compressedSubclusters: true });
       }
       const mask = nsc >= 32 ? SUBCLUSTERS_ALL : ((((1 << nsc) >>> 0) - 1) << sc) >>> 0;
       const ne = { ...e, allocBits: (e.allocBits & ~mask) >>> 0, zeroBits: (e.zeroBits | mask) >>> 0 };
@@ -524,7 +524,7 @@ class Replay {
     const own = clusterTypeOf(e.hi, e.lo, this.fmt) === 'normal' && (e.hi & L2_HI_COPIED) !== 0 &&
       (!this.ext || ((e.allocBits >>> sc) & 1) === 1);
     if (!own) {
-      throw oldEndRefused({ owned: false });
+      throw new OldEndRefused({ owned: false });
     }
     this.data.inPlace.push({ offset: hostOffsetOf(e.hi, e.lo) + inCluster, data: new Uint8Array(Number(to - from)) });
   }
