@@ -16,11 +16,17 @@ const BIN = path.join(ROOT, PKG.bin.qcow2!);
 const haveQemu = qemuImgAvailable();
 if (!haveQemu && !requireQemu) console.warn('executable: qemu-img not installed; the codec-thread comparison is skipped');
 
+/** The environment with this Node first on PATH: the launcher's shell line starts `node` from PATH. */
+function launcherEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, ...extra };
+}
+
 /**
- * Run the executable (its output to pipes) with a preload that writes, at exit, the modules
- * require() loaded and the Node built-ins loaded after the preload, to fd 3.
+ * Run the executable (its output to a pipe, or to `stdout`, an open file) with a preload that
+ * writes, at exit, the modules require() loaded and the Node built-ins loaded after the preload,
+ * to fd 3.
  */
-function run(args: string[], cwd: string): { status: number | null; stdout: string; stderr: string; modules: string[]; builtins: string[] } {
+function run(args: string[], cwd: string, stdout: 'pipe' | number = 'pipe'): { status: number | null; stdout: string; stderr: string; modules: string[]; builtins: string[] } {
   const preload = path.join(cwd, 'modules.js');
   fs.writeFileSync(preload, [
     'const before = new Set(process.moduleLoadList);',
@@ -29,8 +35,8 @@ function run(args: string[], cwd: string): { status: number | null; stdout: stri
   ].join('\n'));
   // Through the launcher's shell line, as a user runs it (it starts Node with the V8 flags the
   // code cache was made under, which spares loading the v8 module).
-  const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, NODE_OPTIONS: `--require ${preload}` };
-  const r = spawnSync(BIN, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+  const env = launcherEnv({ NODE_OPTIONS: `--require ${preload}` });
+  const r = spawnSync(BIN, args, { cwd, env, encoding: 'utf8', stdio: ['ignore', stdout, 'pipe', 'pipe'] });
   const seen = JSON.parse(String(r.output[3])) as { modules: string[]; builtins: string[] };
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, modules: seen.modules.filter((m) => m !== preload), builtins: seen.builtins };
 }
@@ -57,7 +63,7 @@ describe('the qcow2 executable', () => {
   // line starts Node without it, and the launcher puts it back for the HTTPS client
   // (cli/commands/convert-url.test.ts trusts its test CA that way).
   it('starts_node_without_loading_NODE_EXTRA_CA_CERTS_and_gives_it_back_to_the_command', () => {
-    const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, NODE_EXTRA_CA_CERTS: path.join(dir, 'missing-ca.pem') };
+    const env = launcherEnv({ NODE_EXTRA_CA_CERTS: path.join(dir, 'missing-ca.pem') });
     const direct = spawnSync(process.execPath, [BIN, '--version'], { cwd: dir, env, encoding: 'utf8' });
     expect(direct.status).toBe(0);
     expect(direct.stderr).toContain('Ignoring extra certs'); // Node itself read it at start-up
@@ -81,7 +87,7 @@ describe('the qcow2 executable', () => {
     fs.mkdirSync(odd, { recursive: true });
     const link = path.join(odd, 'qcow2 link');
     fs.symlinkSync(BIN, link);
-    const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` };
+    const env = launcherEnv();
     const name = "disk 'one' $HOME *.qcow2";
     const made = spawnSync(link, ['create', '-q', '-f', 'qcow2', name, '16M'], { cwd: odd, env, encoding: 'utf8' });
     expect(made.status, made.stderr).toBe(0);
@@ -129,14 +135,11 @@ describe('the qcow2 executable', () => {
     expect(piped.stdout).toContain('(100.00/100%)');
     expect(piped.builtins).not.toContain('tty');
     for (const target of ['/dev/null', path.join(dir, 'progress.txt')]) {
-      const preload = path.join(dir, 'builtins.js');
-      fs.writeFileSync(preload, "const b = new Set(process.moduleLoadList); process.on('exit', () => require('fs').writeSync(3, JSON.stringify(process.moduleLoadList.filter((m) => !b.has(m)))));");
       const fd = fs.openSync(target, 'w');
       try {
-        const env = { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, NODE_OPTIONS: `--require ${preload}` };
-        const r = spawnSync(BIN, argv(), { cwd: dir, env, encoding: 'utf8', stdio: ['ignore', fd, 'pipe', 'pipe'] });
+        const r = run(argv(), dir, fd);
         expect(r.status, r.stderr).toBe(0);
-        expect(JSON.parse(String(r.output[3])) as string[], target).not.toContain('NativeModule tty');
+        expect(r.builtins, target).not.toContain('tty');
       } finally {
         fs.closeSync(fd);
       }
@@ -144,7 +147,7 @@ describe('the qcow2 executable', () => {
     expect(fs.readFileSync(path.join(dir, 'progress.txt'), 'utf8')).toContain('(100.00/100%)');
     // A terminal: util-linux's script(1) runs the command on a pseudo-terminal.
     const script = spawnSync('script', ['-qec', `'${BIN}' ${argv().join(' ')}`, '/dev/null'], {
-      cwd: dir, encoding: 'utf8', env: { ...process.env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}` },
+      cwd: dir, encoding: 'utf8', env: launcherEnv(),
     });
     if (script.error !== undefined) return void console.warn('executable: script(1) not installed; the terminal case is skipped');
     expect(script.status, script.stderr).toBe(0);
